@@ -1,0 +1,319 @@
+//! Record layouts and constants shared by ctrwatch's eBPF programs (`watcher-ebpf`) and its
+//! daemon (`watcher`). Everything that crosses the kernel/user boundary is defined here, once,
+//! as `#[repr(C)]` plain data, so that both sides agree on every byte.
+//!
+//! A record in the ring buffer starts with a [`RecordHeader`]; its `kind` says which of
+//! [`FileRecord`], [`ExecRecord`], [`ForkRecord`] or [`ExitRecord`] follows. File and exec records
+//! end in a variable-length `data` tail; only the used part of it is sent.
+#![no_std]
+
+/// Bytes kept of one path (Linux's PATH_MAX, including the terminating NUL).
+pub const PATH_CAP: usize = 4096;
+/// Size of the variable tail of a file record: path, second path (rename/link/symlink) or
+/// xattr name and value, packed one after the other. Offsets inside it are masked to
+/// `2 * PATH_CAP - 1` so that the verifier can bound every write.
+pub const DATA_CAP: usize = 4 * PATH_CAP;
+/// Bytes kept of an extended attribute name (XATTR_NAME_MAX is 255, plus NUL).
+pub const XATTR_NAME_CAP: usize = 256;
+/// Bytes kept of an extended attribute value. Values are only captured for the overlay
+/// namespaces (`trusted.overlay.*`, `user.overlay.*`), whose values are short.
+pub const XATTR_VALUE_CAP: usize = 256;
+/// Bytes kept of a command line (NUL-separated argv).
+pub const ARGS_CAP: usize = 2048;
+/// Size of the exec record's tail: exe path then command line.
+pub const EXEC_DATA_CAP: usize = 2 * PATH_CAP + ARGS_CAP;
+/// Path components walked from a dentry up to the root (mount crossings count too). Deeper
+/// paths are cut at the top and flagged with [`FLAG_PATH_TRUNCATED`].
+pub const MAX_PATH_DEPTH: u32 = 96;
+/// Bytes of a path compared by the in-kernel root filter (the LPM trie key size).
+pub const ROOT_KEY_CAP: usize = 256;
+/// How many watched roots (including aliases such as symlinks and bind mounts) the kernel holds.
+pub const MAX_ROOTS: u32 = 256;
+
+/// `RecordHeader::kind` values.
+pub mod kind {
+    pub const FILE: u16 = 1;
+    pub const EXEC: u16 = 2;
+    pub const FORK: u16 = 3;
+    pub const EXIT: u16 = 4;
+}
+
+/// File operations (`RecordHeader::op` of a file record). These numbers are also the loss
+/// counter slots, so keep them below [`LOSS_SLOTS`].
+pub mod op {
+    /// An existing file opened for writing (no truncation, not created).
+    pub const OPEN_WRITE: u16 = 1;
+    /// A file created by open/creat (the kernel marked the open FMODE_CREATED).
+    pub const CREATE: u16 = 2;
+    /// truncate/ftruncate, or an open with O_TRUNC of an existing file.
+    pub const TRUNCATE: u16 = 3;
+    /// Aggregated writes of one process through one open file, sent when it is closed.
+    pub const MODIFY: u16 = 4;
+    pub const FALLOCATE: u16 = 5;
+    pub const UNLINK: u16 = 6;
+    pub const RMDIR: u16 = 7;
+    pub const RENAME: u16 = 8;
+    pub const LINK: u16 = 9;
+    pub const SYMLINK: u16 = 10;
+    pub const MKNOD: u16 = 11;
+    pub const MKDIR: u16 = 12;
+    pub const SETXATTR: u16 = 13;
+    pub const REMOVEXATTR: u16 = 14;
+    pub const CHMOD: u16 = 15;
+    pub const CHOWN: u16 = 16;
+    /// Internal: first write of a process to a watched fd; binds (tgid, fd) to a path so that
+    /// the aggregate can be reported even when the process exits without closing.
+    pub const WRITE_BIND: u16 = 17;
+    pub const LAST: u16 = WRITE_BIND;
+}
+
+/// Loss counter slots: file ops use their op number; process lifecycle uses these.
+pub const LOSS_EXEC: u32 = 24;
+pub const LOSS_FORK: u32 = 25;
+pub const LOSS_EXIT: u32 = 26;
+pub const LOSS_SLOTS: u32 = 32;
+
+/// `FileRecord::flags` bits set by the kernel side (the syscall's own flags are in `sys_flags`).
+pub const FLAG_PATH_TRUNCATED: u32 = 1;
+pub const FLAG_PATH2_TRUNCATED: u32 = 2;
+/// The xattr value was longer than [`XATTR_VALUE_CAP`] and was cut.
+pub const FLAG_VALUE_TRUNCATED: u32 = 4;
+/// The operation was reached through a file descriptor (ftruncate, fsetxattr, fchmod...).
+pub const FLAG_BY_FD: u32 = 8;
+/// The record was sent at process exit / fd reuse rather than at close (modify aggregates).
+pub const FLAG_NOT_CLOSED: u32 = 16;
+
+/// Common prefix of every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordHeader {
+    pub kind: u16,
+    pub op: u16,
+    /// Number of bytes of this record actually sent (fixed part plus used tail).
+    pub len: u32,
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) when the record was made.
+    pub ts_ns: u64,
+}
+
+/// The acting task, as the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskInfo {
+    /// Thread-group id (what userspace calls the pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread-group id of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Inode number of the task's mount namespace.
+    pub mnt_ns: u32,
+    /// cgroup v2 id (bpf_get_current_cgroup_id).
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// One file operation under a watched root.
+///
+/// The tail `data` holds, packed: `path` (`path_len` bytes, no NUL), then `path2`
+/// (`path2_len`; the new path of a rename, the new name of a link, the target of a symlink),
+/// then the xattr name (`name_len`) and value (`value_len`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileRecord {
+    pub hdr: RecordHeader,
+    pub task: TaskInfo,
+    /// Syscall return value: >= 0 success, negative errno on failure.
+    pub result: i64,
+    pub ino: u64,
+    /// Kernel-internal dev_t of the inode's super block (major << 20 | minor).
+    pub dev: u32,
+    /// For create/mkdir/mknod/chmod: the requested mode; otherwise the inode's i_mode if known.
+    pub mode: u32,
+    /// The syscall's own flags argument (open flags, renameat2 flags, AT_* flags, xattr flags).
+    pub sys_flags: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// `file->f_mode` of the file an open returned (userspace reads FMODE_CREATED from it).
+    pub f_mode: u32,
+    /// mknod device number (userspace encoding), or the fd of an fd-based operation.
+    pub rdev: u32,
+    /// truncate length, fallocate length, xattr value size, or the file size after the last
+    /// write of a modify aggregate.
+    pub size: u64,
+    /// fallocate offset / fallocate mode in the low bits of `sys_flags`.
+    pub offset: u64,
+    /// Modify aggregate: bytes written and number of write calls.
+    pub bytes: u64,
+    pub writes: u64,
+    /// Modify aggregate: time of the first write (CLOCK_MONOTONIC ns).
+    pub first_ns: u64,
+    /// chown arguments (u32::MAX = unchanged).
+    pub uid_arg: u32,
+    pub gid_arg: u32,
+    pub fd: i32,
+    pub path_len: u16,
+    pub path2_len: u16,
+    pub name_len: u16,
+    pub value_len: u16,
+    /// The in-kernel root filter reads `{lpm_prefixlen, data[..ROOT_KEY_CAP]}` as its LPM trie
+    /// key, so this field must stay right before `data`.
+    pub lpm_prefixlen: u32,
+    pub data: [u8; DATA_CAP],
+}
+
+/// Fixed part of a [`FileRecord`], i.e. where `data` starts.
+pub const FILE_RECORD_FIXED: usize = core::mem::offset_of!(FileRecord, data);
+
+/// A process image replaced (execve/execveat succeeded).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRecord {
+    pub hdr: RecordHeader,
+    pub task: TaskInfo,
+    /// The pid before exec (differs when a non-leader thread exec'd).
+    pub old_pid: u32,
+    pub exe_len: u16,
+    pub args_len: u16,
+    /// FLAG_PATH_TRUNCATED when the exe path was cut; 2 when the args were cut.
+    pub flags: u32,
+    pub lpm_prefixlen: u32,
+    /// `exe` path (`exe_len`), then the NUL-separated argv (`args_len`).
+    pub data: [u8; EXEC_DATA_CAP],
+}
+
+pub const EXEC_RECORD_FIXED: usize = core::mem::offset_of!(ExecRecord, data);
+/// ExecRecord::flags bit: argv longer than [`ARGS_CAP`].
+pub const FLAG_ARGS_TRUNCATED: u32 = 2;
+
+/// A new process (not a thread): `task` is the parent, `child_pid` the new thread group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForkRecord {
+    pub hdr: RecordHeader,
+    pub task: TaskInfo,
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+/// A process (thread group leader) exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitRecord {
+    pub hdr: RecordHeader,
+    pub task: TaskInfo,
+    /// task->exit_code (status << 8 | signal).
+    pub exit_code: i32,
+    pub _pad: u32,
+}
+
+/// Key of the write aggregation map: one entry per (process, fd) with writes under a root.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WriteKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+
+/// Write aggregate of one (process, fd).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteAgg {
+    /// `struct file *` the fd pointed at when the aggregate began (detects fd reuse).
+    pub file: u64,
+    pub bytes: u64,
+    pub writes: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// i_size after the last write.
+    pub size: u64,
+    pub ino: u64,
+    pub dev: u32,
+    /// Thread that made the last write.
+    pub tid: u32,
+}
+
+/// Value of the root filter trie: index of the root (userspace keeps the table).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RootEntry {
+    pub index: u32,
+}
+
+/// Key of the root filter trie (an LPM trie key: prefix length in bits, then path bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RootKey {
+    pub prefixlen: u32,
+    pub data: [u8; ROOT_KEY_CAP],
+}
+
+/// Offsets of the kernel struct fields the programs read, in bytes, computed by the daemon
+/// from the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and handed to the programs as a
+/// read-only global before load. Nothing here is fixed at build time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    // struct task_struct
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_fs: u32,
+    pub task_files: u32,
+    pub task_mm: u32,
+    pub task_nsproxy: u32,
+    pub task_exit_code: u32,
+    // struct fs_struct
+    pub fs_pwd: u32,
+    pub fs_root: u32,
+    // struct path
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    // struct files_struct / struct fdtable
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    // struct file
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub file_f_mode: u32,
+    // struct dentry / struct qstr
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub dentry_d_inode: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    // struct inode / struct super_block
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub inode_i_size: u32,
+    pub inode_i_mode: u32,
+    pub sb_s_dev: u32,
+    // struct mount / struct vfsmount
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub vfsmount_mnt_root: u32,
+    // struct mm_struct
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_exe_file: u32,
+    // struct nsproxy / struct mnt_namespace / struct ns_common
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_ns_ns: u32,
+    pub ns_common_inum: u32,
+    /// Non-zero once filled in; the programs do nothing while this is 0.
+    pub valid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] structs of integers and byte arrays, valid for any
+    // bit pattern, and have no padding the kernel could leak into.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::WriteKey {}
+    unsafe impl aya::Pod for super::WriteAgg {}
+    unsafe impl aya::Pod for super::RootEntry {}
+    unsafe impl aya::Pod for super::RootKey {}
+}

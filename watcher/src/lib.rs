@@ -1,0 +1,2 @@
+//! ctrwatch's daemon and CLI library.
+pub mod kernel;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", watcher::kernel::EBPF_OBJECT.len());
+}
