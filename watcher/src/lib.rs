@@ -1,2 +1,10 @@
-//! ctrwatch's daemon and CLI library.
+//! ctrwatch's daemon and CLI library. One event's path: kernel/records.rs decodes it,
+//! enrich.rs attributes it (process.rs, cgroup.rs, roots.rs), watch.rs sends it to a sink.
+pub mod cgroup;
+pub mod enrich;
+pub mod event;
 pub mod kernel;
+pub mod loss;
+pub mod process;
+pub mod roots;
+pub mod watch;

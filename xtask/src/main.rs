@@ -1,1 +1,366 @@
-fn main() {}
+//! `cargo xtask`: sets up the machine, builds, runs and tests ctrwatch.
+//!
+//! Every subcommand first runs `setup`, which installs only what is missing, so a fresh Debian 12
+//! machine with rustup needs nothing but `cargo xtask run` or `cargo xtask test`.
+
+mod cmd;
+mod setup;
+
+use std::ffi::OsString;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Workspace members that cannot be built for the host: the eBPF crate is built for the BPF
+/// target by watcher/build.rs (aya-build), so `--workspace` leaves it out.
+const HOST_EXCLUDE: &[&str] = &["watcher-ebpf"];
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test ctrwatch",
+    long_about = "Set up, build, run and test ctrwatch.\n\n\
+        Every subcommand first runs `setup`, which installs what is missing (Debian packages, \
+        the nightly toolchain with rust-src, bpf-linker) and nothing else.\n\n\
+        Start with:\n  cargo xtask run     # build and watch containerd's storage (as root)\n  \
+        cargo xtask test    # run all the tests (as root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing needs, only what is missing.
+    ///
+    /// Debian packages (LLVM 22 for bpf-linker, bpftool, containerd, runc, umoci,
+    /// busybox-static, auditd; needs root), rustup's `nightly` toolchain with `rust-src`,
+    /// clippy and rustfmt, and bpf-linker 0.13.0 (built with `cargo install`).
+    Setup,
+    /// Set up, then build the workspace.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build a release ctrwatch and run `ctrwatch watch` (as root).
+    ///
+    /// With no arguments it watches containerd's default roots. Arguments after `--` go to
+    /// `ctrwatch watch`, e.g. `cargo xtask run -- --root /tmp/x --json`.
+    Run {
+        /// Arguments for `ctrwatch watch` (after `--`).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Set up, lint, build and run all the tests (as root: they load eBPF programs).
+    ///
+    /// Runs `cargo fmt --check` and `cargo clippy -D warnings` (unless --no-lint), builds the
+    /// binaries, then `cargo test` over the workspace with CTRWATCH_BIN pointing at the debug
+    /// ctrwatch and CTRWATCH_REQUIRE_ROOT_TESTS=1, so the root-only tests fail rather than skip.
+    /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p watcher-common` or
+    /// `cargo xtask test -- some_test -- --nocapture`.
+    Test {
+        /// Skip rustfmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Arguments for `cargo test` (after `--`).
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+        cargo_args: Vec<OsString>,
+    },
+    /// Set up, build a release ctrwatch and run the benchmark (`tests` crate, bin `bench`).
+    ///
+    /// Arguments after `--` go to the benchmark.
+    Bench {
+        /// Arguments for the benchmark (after `--`).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    put_cargo_bin_on_path();
+    match Cli::parse().task.run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Task {
+    fn run(self) -> Result<ExitCode> {
+        match self {
+            Task::Setup => setup::setup()?,
+            Task::Build { release } => {
+                setup::setup()?;
+                let mut build = cargo(&["build"]);
+                build.args(workspace_args());
+                if release {
+                    build.arg("--release");
+                }
+                cmd::run(&mut build)?;
+            }
+            Task::Run { args } => {
+                require_root("cargo xtask run", "ctrwatch loads eBPF programs")?;
+                setup::setup()?;
+                cmd::run(&mut cargo(&["build", "--release", "-p", "watcher"]))?;
+                let mut watch = Command::new(target_dir().join("release/ctrwatch"));
+                watch.arg("watch").args(args);
+                return Err(exec(&mut watch));
+            }
+            Task::Test {
+                no_lint,
+                cargo_args,
+            } => {
+                require_root(
+                    "cargo xtask test",
+                    "the integration tests load eBPF programs and run containerd",
+                )?;
+                setup::setup()?;
+                return test(!no_lint, cargo_args);
+            }
+            Task::Bench { args } => {
+                setup::setup()?;
+                cmd::run(&mut cargo(&["build", "--release", "-p", "watcher"]))?;
+                let mut bench = cargo(&["run", "--release", "-p", "tests", "--bin", "bench", "--"]);
+                bench
+                    .args(args)
+                    .env("CTRWATCH_BIN", target_dir().join("release/ctrwatch"));
+                return Err(exec(&mut bench));
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One step of `cargo xtask test`, for the summary.
+struct Step {
+    name: &'static str,
+    ok: bool,
+    took: Duration,
+}
+
+fn test(lint: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
+    let mut steps = Vec::new();
+    let mut step = |name: &'static str, cmd: &mut Command| -> bool {
+        let start = Instant::now();
+        let result = cmd::run(cmd);
+        if let Err(e) = &result {
+            eprintln!("error: {e:#}");
+        }
+        let ok = result.is_ok();
+        steps.push(Step {
+            name,
+            ok,
+            took: start.elapsed(),
+        });
+        ok
+    };
+    if lint {
+        step("fmt", &mut cargo(&["fmt", "--all", "--", "--check"]));
+        step(
+            "clippy",
+            cargo(&["clippy"]).args(workspace_args()).args([
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        );
+    }
+    let built = step(
+        "build",
+        cargo(&["build"]).args(workspace_args()).arg("--bins"),
+    );
+
+    let mut counts = None;
+    if built {
+        let mut test = cargo(&["test"]);
+        // Unless the caller chose the packages (`-- -p watcher-common`), test them all.
+        let picks_packages = cargo_args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .take_while(|a| a != "--")
+            .any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace");
+        if !picks_packages {
+            test.args(workspace_args());
+        }
+        test.args(&cargo_args)
+            .env("CTRWATCH_BIN", target_dir().join("debug/ctrwatch"))
+            .env("CTRWATCH_REQUIRE_ROOT_TESTS", "1");
+        let start = Instant::now();
+        let result = run_counting_tests(&mut test);
+        let ok = match &result {
+            Ok((true, _)) => true,
+            Ok((false, _)) => false,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                false
+            }
+        };
+        counts = result.ok().map(|(_, c)| c);
+        steps.push(Step {
+            name: "test",
+            ok,
+            took: start.elapsed(),
+        });
+    } else {
+        eprintln!("error: the build failed, so no test was run");
+    }
+
+    eprintln!();
+    eprintln!("cargo xtask test summary:");
+    for s in &steps {
+        let status = if s.ok { "ok" } else { "FAILED" };
+        eprintln!("  {status:<7} {:<7} {:>7.1}s", s.name, s.took.as_secs_f64());
+    }
+    let all_ok = built && steps.iter().all(|s| s.ok);
+    // The last line, in the plain form that test-result readers understand.
+    match counts {
+        Some(c) if c.results > 0 => println!(
+            "tests: {} passed, {} failed, {} skipped",
+            c.passed, c.failed, c.ignored
+        ),
+        Some(_) => println!("tests: cargo test reported no test results"),
+        None => {}
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[derive(Default)]
+struct Counts {
+    /// How many `test result:` lines (test binaries and doc-test runs) were seen.
+    results: u64,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, passing its output through while adding up libtest's
+/// `test result: ok. 5 passed; 0 failed; 1 ignored; …` lines. Returns (success, counts).
+fn run_counting_tests(cmd: &mut Command) -> Result<(bool, Counts)> {
+    let line = cmd::display(cmd);
+    eprintln!("+ {line}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let mut counts = Counts::default();
+    let mut reader = BufReader::new(child.stdout.take().context("child stdout")?);
+    let mut out = std::io::stdout();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        out.write_all(&buf)?;
+        out.flush()?;
+        if let Some(rest) = String::from_utf8_lossy(&buf)
+            .trim()
+            .strip_prefix("test result: ")
+        {
+            counts.results += 1;
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => counts.passed += n,
+                    "failed" => counts.failed += n,
+                    "ignored" => counts.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{line}`"))?;
+    if !status.success() {
+        eprintln!("error: `{line}` failed ({status})");
+    }
+    Ok((status.success(), counts))
+}
+
+/// `--workspace --exclude` the crates that only build for the BPF target.
+fn workspace_args() -> Vec<&'static str> {
+    let mut args = vec!["--workspace"];
+    for krate in HOST_EXCLUDE {
+        args.extend(["--exclude", krate]);
+    }
+    args
+}
+
+/// The workspace's cargo, run in the workspace root.
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    c.args(args).current_dir(workspace_root());
+    c
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        // A relative CARGO_TARGET_DIR is relative to where cargo was started.
+        Some(dir) => std::env::current_dir()
+            .map(|cwd| cwd.join(&dir))
+            .unwrap_or_else(|_| dir.into()),
+        None => workspace_root().join("target"),
+    }
+}
+
+fn require_root(what: &str, why: &str) -> Result<()> {
+    if !setup::is_root() {
+        bail!("{what} must run as root ({why}); run it again from a root shell");
+    }
+    Ok(())
+}
+
+/// Replaces xtask with `cmd`, so that Ctrl-C and the exit status are the program's own.
+/// Returns only on failure.
+fn exec(cmd: &mut Command) -> anyhow::Error {
+    let line = cmd::display(cmd);
+    eprintln!("+ exec {line}");
+    anyhow::Error::new(cmd.exec()).context(format!("could not start `{line}`"))
+}
+
+/// Child commands (rustup, cargo, bpf-linker, aya-build's `rustup run nightly`) are found in
+/// `$CARGO_HOME/bin` even when the caller's PATH lacks it.
+fn put_cargo_bin_on_path() {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(bin) = cargo_home.map(|h| h.join("bin")) else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let Ok(path) = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+    else {
+        return;
+    };
+    // SAFETY: called first thing in main, before xtask starts any thread.
+    unsafe { std::env::set_var("PATH", path) };
+}

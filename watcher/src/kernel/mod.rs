@@ -1,4 +1,275 @@
-//! Loading and attaching the eBPF programs.
+//! The kernel side as the daemon sees it: probe what the running kernel allows, compute struct
+//! offsets from its BTF, load the eBPF object, attach every hook the kernel has, and hand out
+//! the ring buffer and maps.
+
+pub mod btf_offsets;
+pub mod capabilities;
+pub mod records;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{Program, RawTracePoint, TracePoint},
+};
+use watcher_common::{LOSS_SLOTS, ROOT_KEY_CAP, RootEntry, WriteAgg, WriteKey};
+
+use capabilities::{Backend, Capabilities};
 
 /// The eBPF object built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher"));
+
+/// Why the kernel side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("kernel offsets: {0}")]
+    Btf(#[from] btf_offsets::BtfError),
+    #[error("no usable hook family on this kernel: {0}")]
+    NoBackend(String),
+    #[error("loading the eBPF object failed (are you root with CAP_BPF/CAP_SYS_ADMIN?): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("root prefix longer than {max} bytes: {prefix}")]
+    RootTooLong { prefix: String, max: usize },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Settings for [`KernelWatch::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+    /// Thread-group id whose activity is never reported (the daemon itself).
+    pub self_tgid: u32,
+}
+
+/// What was attached, for status output and logs.
+#[derive(Clone, Debug, Default)]
+pub struct Attachment {
+    pub backend: String,
+    pub attached: Vec<String>,
+    /// Hooks this kernel does not have (e.g. syscalls newer than the kernel).
+    pub unavailable: Vec<String>,
+}
+
+/// Loaded and attached programs. Dropping it detaches everything.
+pub struct KernelWatch {
+    ebpf: Ebpf,
+    pub attachment: Attachment,
+    pub capabilities: Capabilities,
+}
+
+impl KernelWatch {
+    pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
+        let capabilities = Capabilities::probe();
+        let backend = capabilities
+            .best_backend()
+            .ok_or_else(|| KernelError::NoBackend(capabilities.summary()))?;
+        let offsets = btf_offsets::kernel_offsets()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("SELF_TGID", &opts.self_tgid, true)
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .load(EBPF_OBJECT)?;
+        let attachment = attach(&mut ebpf, backend, &capabilities)?;
+        Ok(KernelWatch {
+            ebpf,
+            attachment,
+            capabilities,
+        })
+    }
+
+    /// The ring buffer of records; take it once.
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(KernelError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| KernelError::Map {
+            name: "EVENTS",
+            source,
+        })
+    }
+
+    /// Replaces the set of watched path prefixes in the kernel filter, and forgets the cached
+    /// per-file verdicts (they were computed against the old set).
+    pub fn set_root_prefixes(&mut self, prefixes: &[Vec<u8>]) -> Result<(), KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("ROOTS")
+            .ok_or(KernelError::MissingMap("ROOTS"))?;
+        let mut trie: LpmTrie<_, [u8; ROOT_KEY_CAP], RootEntry> =
+            LpmTrie::try_from(map).map_err(|source| KernelError::Map {
+                name: "ROOTS",
+                source,
+            })?;
+        let old: Vec<_> = trie.keys().filter_map(Result::ok).collect();
+        let mut wanted = Vec::new();
+        for (index, prefix) in prefixes.iter().enumerate() {
+            if prefix.len() > ROOT_KEY_CAP {
+                return Err(KernelError::RootTooLong {
+                    prefix: String::from_utf8_lossy(prefix).into_owned(),
+                    max: ROOT_KEY_CAP,
+                });
+            }
+            let mut data = [0u8; ROOT_KEY_CAP];
+            data[..prefix.len()].copy_from_slice(prefix);
+            let key = aya::maps::lpm_trie::Key::new((prefix.len() * 8) as u32, data);
+            trie.insert(
+                &key,
+                RootEntry {
+                    index: index as u32,
+                },
+                0,
+            )
+            .map_err(|source| KernelError::Map {
+                name: "ROOTS",
+                source,
+            })?;
+            wanted.push((prefix.len() * 8) as u32);
+        }
+        for key in old {
+            let len = key.prefix_len() as usize / 8;
+            let still = prefixes
+                .iter()
+                .any(|p| p.len() == len && p[..] == key.data()[..len]);
+            if !still {
+                let _ = trie.remove(&key);
+            }
+        }
+        self.clear_verdicts()
+    }
+
+    fn clear_verdicts(&mut self) -> Result<(), KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("VERDICTS")
+            .ok_or(KernelError::MissingMap("VERDICTS"))?;
+        // aya's HashMap also handles LRU hash maps.
+        let mut verdicts: BpfHashMap<_, [u64; 2], u8> =
+            BpfHashMap::try_from(map).map_err(|source| KernelError::Map {
+                name: "VERDICTS",
+                source,
+            })?;
+        let keys: Vec<_> = verdicts.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = verdicts.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Per-slot totals of records the kernel could not deliver, summed over CPUs.
+    pub fn lost_counts(&self) -> Result<Vec<u64>, KernelError> {
+        let map = self
+            .ebpf
+            .map("LOST")
+            .ok_or(KernelError::MissingMap("LOST"))?;
+        let lost: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| KernelError::Map {
+                name: "LOST",
+                source,
+            })?;
+        let mut totals = vec![0u64; LOSS_SLOTS as usize];
+        for (slot, total) in totals.iter_mut().enumerate() {
+            let values = lost
+                .get(&(slot as u32), 0)
+                .map_err(|source| KernelError::Map {
+                    name: "LOST",
+                    source,
+                })?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Removes and returns the write aggregates of process `tgid` (it exited without closing).
+    pub fn take_write_aggregates(
+        &mut self,
+        tgid: u32,
+    ) -> Result<Vec<(WriteKey, WriteAgg)>, KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("WRITES")
+            .ok_or(KernelError::MissingMap("WRITES"))?;
+        let mut writes: BpfHashMap<_, WriteKey, WriteAgg> =
+            BpfHashMap::try_from(map).map_err(|source| KernelError::Map {
+                name: "WRITES",
+                source,
+            })?;
+        let mine: Vec<(WriteKey, WriteAgg)> = writes
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.tgid == tgid)
+            .collect();
+        for (key, _) in &mine {
+            let _ = writes.remove(key);
+        }
+        Ok(mine)
+    }
+}
+
+/// Loads and attaches every program the chosen backend uses and the kernel has.
+fn attach(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    caps: &Capabilities,
+) -> Result<Attachment, KernelError> {
+    let mut attachment = Attachment {
+        backend: backend.name().to_string(),
+        ..Default::default()
+    };
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
+    // Sorted so that exits attach before enters: an enter without its exit would leave
+    // pending entries behind.
+    let mut ordered: BTreeMap<(u8, String), ()> = BTreeMap::new();
+    for name in names {
+        let rank = if name.starts_with("sys_exit_") { 0 } else { 1 };
+        ordered.insert((rank, name), ());
+    }
+    for ((_, name), ()) in ordered {
+        let Some(program) = ebpf.program_mut(&name) else {
+            continue;
+        };
+        let program_error = |source| KernelError::Program {
+            name: name.clone(),
+            source,
+        };
+        match program {
+            Program::TracePoint(tp) => {
+                if !caps.has_syscall_tracepoint(&name) {
+                    attachment.unavailable.push(name.clone());
+                    continue;
+                }
+                let tp: &mut TracePoint = tp;
+                tp.load().map_err(program_error)?;
+                tp.attach("syscalls", &name).map_err(program_error)?;
+            }
+            Program::RawTracePoint(rtp) => {
+                let rtp: &mut RawTracePoint = rtp;
+                rtp.load().map_err(program_error)?;
+                rtp.attach(&name).map_err(program_error)?;
+            }
+            _ => {
+                attachment.unavailable.push(name.clone());
+                continue;
+            }
+        }
+        attachment.attached.push(name);
+    }
+    Ok(attachment)
+}

@@ -1,0 +1,731 @@
+//! File operations seen through the syscall tracepoints.
+//!
+//! Each watched syscall is described by a [`Spec`] (which argument is the dirfd, the path, the
+//! flags...). `sys_enter_*` resolves the path(s), asks the root filter, and only for operations
+//! under a root stores the raw arguments in `PENDING`. `sys_exit_*` finds that entry, builds
+//! the record with the result and sends it. Operations outside the roots cost one path read and
+//! one trie lookup at enter, and one failed hash lookup at exit.
+//!
+//! Writes are aggregated in `WRITES` per (process, fd) and reported once, at close.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user as read_user,
+        generated::{
+            bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str, bpf_ringbuf_output,
+        },
+    },
+    programs::TracePointContext,
+};
+use watcher_common::{
+    FILE_RECORD_FIXED, FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED,
+    FLAG_VALUE_TRUNCATED, FileRecord, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP,
+    XATTR_VALUE_CAP, kind, op,
+};
+
+use crate::{
+    kernel::{fd_to_file, file_inode, file_path, fill_task_info, inode_identity, now_ns},
+    maps::{
+        EVENTS, FileKey, PENDING, PENDING_WRITE, Pending, PendingWrite, SCRATCH, SCRATCH2,
+        VERDICTS, WRITES, count_lost, offsets, offsets_valid, self_tgid,
+    },
+    path::{MASK, MASK2, resolve_user_path, under_root, write_dentry_path},
+};
+
+/// "Argument not used".
+const NONE: i8 = -1;
+/// The dirfd of syscalls without one (open, unlink, ...).
+const CWD: i8 = -2;
+const AT_FDCWD: i64 = -100;
+const AT_REMOVEDIR: u64 = 0x200;
+const O_WRONLY: u64 = 1;
+const O_RDWR: u64 = 2;
+const O_CREAT: u64 = 0o100;
+const O_TRUNC: u64 = 0o1000;
+
+/// How a syscall's arguments map onto a file record. Indices are syscall argument positions.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Spec {
+    pub op: u16,
+    /// Implicit flags (creat: O_CREAT|O_WRONLY|O_TRUNC).
+    pub implicit_flags: u16,
+    pub dirfd: i8,
+    pub path: i8,
+    /// File descriptor of fd-based operations (ftruncate, fsetxattr, fchmod...).
+    pub fd: i8,
+    pub dirfd2: i8,
+    /// Second path, resolved (rename/link new name).
+    pub path2: i8,
+    /// Second string, kept as given (symlink target).
+    pub raw2: i8,
+    pub flags: i8,
+    pub mode: i8,
+    /// truncate/fallocate length, or xattr value size.
+    pub size: i8,
+    /// fallocate offset.
+    pub offset: i8,
+    pub name: i8,
+    pub value: i8,
+    pub uid: i8,
+    pub gid: i8,
+    pub rdev: i8,
+    /// openat2: flags in `struct open_how` / setxattrat: `struct xattr_args` at this argument.
+    pub indirect: i8,
+}
+
+impl Spec {
+    pub const fn new(op: u16) -> Self {
+        Spec {
+            op,
+            implicit_flags: 0,
+            dirfd: CWD,
+            path: NONE,
+            fd: NONE,
+            dirfd2: NONE,
+            path2: NONE,
+            raw2: NONE,
+            flags: NONE,
+            mode: NONE,
+            size: NONE,
+            offset: NONE,
+            name: NONE,
+            value: NONE,
+            uid: NONE,
+            gid: NONE,
+            rdev: NONE,
+            indirect: NONE,
+        }
+    }
+    pub const fn at(mut self, dirfd: i8, path: i8) -> Self {
+        self.dirfd = dirfd;
+        self.path = path;
+        self
+    }
+    pub const fn path(mut self, path: i8) -> Self {
+        self.path = path;
+        self
+    }
+    pub const fn fd(mut self, fd: i8) -> Self {
+        self.fd = fd;
+        self
+    }
+    pub const fn to(mut self, dirfd2: i8, path2: i8) -> Self {
+        self.dirfd2 = dirfd2;
+        self.path2 = path2;
+        self
+    }
+    pub const fn raw2(mut self, raw2: i8) -> Self {
+        self.raw2 = raw2;
+        self
+    }
+    pub const fn flags(mut self, flags: i8) -> Self {
+        self.flags = flags;
+        self
+    }
+    pub const fn implicit(mut self, flags: u16) -> Self {
+        self.implicit_flags = flags;
+        self
+    }
+    pub const fn mode(mut self, mode: i8) -> Self {
+        self.mode = mode;
+        self
+    }
+    pub const fn size(mut self, size: i8) -> Self {
+        self.size = size;
+        self
+    }
+    pub const fn offset(mut self, offset: i8) -> Self {
+        self.offset = offset;
+        self
+    }
+    pub const fn xattr(mut self, name: i8, value: i8, size: i8) -> Self {
+        self.name = name;
+        self.value = value;
+        self.size = size;
+        self
+    }
+    pub const fn owner(mut self, uid: i8, gid: i8) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+    pub const fn rdev(mut self, rdev: i8) -> Self {
+        self.rdev = rdev;
+        self
+    }
+    pub const fn indirect(mut self, arg: i8) -> Self {
+        self.indirect = arg;
+        self
+    }
+}
+
+/// Argument `i` of a syscall tracepoint (`args` start at byte 16, 8 bytes each).
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: i8) -> u64 {
+    if !(0..6).contains(&i) {
+        return 0;
+    }
+    // SAFETY: syscall tracepoint records hold six 8-byte arguments from offset 16.
+    unsafe { ctx.read_at::<u64>(16 + 8 * i as usize).unwrap_or(0) }
+}
+
+#[inline(always)]
+fn dirfd_of(args: &[u64; 6], i: i8) -> i64 {
+    if (0..6).contains(&i) {
+        args[i as usize] as i32 as i64
+    } else {
+        AT_FDCWD
+    }
+}
+
+/// `__syscall_nr` of a syscall tracepoint record.
+#[inline(always)]
+fn syscall_nr(ctx: &TracePointContext) -> u16 {
+    // SAFETY: syscall tracepoint records carry `int __syscall_nr` at offset 8.
+    unsafe { ctx.read_at::<i32>(8).unwrap_or(-1) as u16 }
+}
+
+/// Is the file behind `file` under a root? Cached per (file, inode) in `VERDICTS`.
+#[inline(always)]
+pub fn file_watched(rec: *mut FileRecord, file: u64) -> bool {
+    if file == 0 {
+        return false;
+    }
+    let key = FileKey {
+        file,
+        inode: file_inode(file),
+    };
+    // SAFETY: map lookup returns a valid pointer to the value or None.
+    if let Some(v) = unsafe { VERDICTS.get(&key) } {
+        return *v != 0;
+    }
+    let (mnt, dentry) = file_path(file);
+    // SAFETY: `rec` is this CPU's scratch record.
+    let watched = unsafe {
+        let (len, _) = write_dentry_path((*rec).data.as_mut_ptr(), mnt, dentry);
+        under_root(&raw mut (*rec).lpm_prefixlen, len)
+    };
+    let _ = VERDICTS.insert(&key, &(watched as u8), 0);
+    watched
+}
+
+#[inline(always)]
+fn scratch() -> Option<*mut FileRecord> {
+    SCRATCH.get_ptr_mut(0)
+}
+
+/// `sys_enter_*` of every file operation except the write family and close.
+#[inline(always)]
+pub fn enter(ctx: &TracePointContext, spec: &Spec) -> u32 {
+    if !offsets_valid() {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if (id >> 32) as u32 == self_tgid() {
+        return 0;
+    }
+    let mut args = [0u64; 6];
+    let mut i = 0;
+    while i < 6 {
+        args[i] = arg(ctx, i as i8);
+        i += 1;
+    }
+    let mut op = spec.op;
+    if op == op::OPEN_WRITE {
+        let flags = open_flags(spec, &args);
+        // Read-only opens are the bulk of all opens: leave before touching any path.
+        if flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 {
+            return 0;
+        }
+    }
+    if op == op::UNLINK && saved(&args, spec.flags) & AT_REMOVEDIR != 0 {
+        op = op::RMDIR;
+    }
+    let Some(rec) = scratch() else { return 0 };
+    let watched = if spec.fd >= 0 {
+        file_watched(rec, fd_to_file(saved(&args, spec.fd) as i32 as i64))
+    } else {
+        // SAFETY: scratch record, see path.rs for the buffer contract.
+        let first = unsafe {
+            match resolve_user_path(
+                (*rec).data.as_mut_ptr(),
+                dirfd_of(&args, spec.dirfd),
+                saved(&args, spec.path),
+            ) {
+                Some((len, _)) => under_root(&raw mut (*rec).lpm_prefixlen, len),
+                None => false,
+            }
+        };
+        first || (spec.path2 >= 0 && second_path_watched(&args, spec))
+    };
+    if !watched {
+        return 0;
+    }
+    let pending = Pending {
+        op,
+        syscall_nr: syscall_nr(ctx),
+        _pad: 0,
+        args,
+    };
+    if PENDING.insert(&id, &pending, 0).is_err() {
+        count_lost(op as u32);
+    }
+    0
+}
+
+/// Saved argument `i`, or 0 when the syscall has no such argument.
+#[inline(always)]
+fn saved(args: &[u64; 6], i: i8) -> u64 {
+    if (0..6).contains(&i) {
+        args[i as usize]
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn second_path_watched(args: &[u64; 6], spec: &Spec) -> bool {
+    let Some(s2) = SCRATCH2.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's second scratch buffer.
+    unsafe {
+        match resolve_user_path(
+            (*s2).data.as_mut_ptr(),
+            dirfd_of(args, spec.dirfd2),
+            saved(args, spec.path2),
+        ) {
+            Some((len, _)) => under_root(&raw mut (*s2).lpm_prefixlen, len),
+            None => false,
+        }
+    }
+}
+
+#[inline(always)]
+fn open_flags(spec: &Spec, args: &[u64; 6]) -> u64 {
+    let mut flags = spec.implicit_flags as u64;
+    if spec.flags >= 0 {
+        flags |= saved(args, spec.flags);
+    }
+    if spec.indirect >= 0 {
+        // openat2: struct open_how { u64 flags; u64 mode; u64 resolve; }
+        // SAFETY: user memory read through the helper.
+        flags |= unsafe { read_user(saved(args, spec.indirect) as *const u64).unwrap_or(0) };
+    }
+    flags
+}
+
+/// Resets the fixed part of the scratch record and fills the task and header.
+#[inline(always)]
+fn begin_record(rec: *mut FileRecord, op: u16) {
+    // SAFETY: `rec` is this CPU's scratch record.
+    unsafe {
+        let r = &mut *rec;
+        r.hdr.kind = kind::FILE;
+        r.hdr.op = op;
+        r.hdr.len = 0;
+        r.hdr.ts_ns = now_ns();
+        fill_task_info(&mut r.task);
+        r.result = 0;
+        r.ino = 0;
+        r.dev = 0;
+        r.mode = 0;
+        r.sys_flags = 0;
+        r.flags = 0;
+        r.f_mode = 0;
+        r.rdev = 0;
+        r.size = 0;
+        r.offset = 0;
+        r.bytes = 0;
+        r.writes = 0;
+        r.first_ns = 0;
+        r.uid_arg = u32::MAX;
+        r.gid_arg = u32::MAX;
+        r.fd = -1;
+        r.path_len = 0;
+        r.path2_len = 0;
+        r.name_len = 0;
+        r.value_len = 0;
+    }
+}
+
+/// Sends the scratch record (fixed part plus the used tail) or counts it lost.
+#[inline(always)]
+fn send(rec: *mut FileRecord) {
+    // SAFETY: `rec` is this CPU's scratch record; the length is bounded below its size.
+    unsafe {
+        let r = &mut *rec;
+        let tail = (r.path_len as usize & MASK)
+            + (r.path2_len as usize & MASK)
+            + (r.name_len as usize & (XATTR_NAME_CAP - 1))
+            + (r.value_len as usize & (2 * XATTR_VALUE_CAP - 1));
+        let len = FILE_RECORD_FIXED + tail;
+        r.hdr.len = len as u32;
+        let ret = bpf_ringbuf_output(
+            &raw const EVENTS as *mut c_void,
+            rec as *mut c_void,
+            len as u64,
+            0,
+        );
+        if ret != 0 {
+            count_lost(r.hdr.op as u32);
+        }
+    }
+}
+
+/// `sys_exit_*` of every file operation except the write family and close.
+#[inline(always)]
+pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: map lookup; the value is copied out before the entry is removed.
+    let Some(p) = (unsafe { PENDING.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING.remove(&id);
+    if p.syscall_nr != syscall_nr(ctx) {
+        // Left over from a syscall whose exit we missed (e.g. attached in between).
+        return 0;
+    }
+    let Some(rec) = scratch() else { return 0 };
+    // SAFETY: syscall exit records carry `long ret` at offset 16.
+    let ret: i64 = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    begin_record(rec, p.op);
+    // SAFETY: `rec` is this CPU's scratch record; all tail writes are masked (see path.rs).
+    unsafe {
+        let r = &mut *rec;
+        r.result = ret;
+        if spec.flags >= 0 || spec.indirect >= 0 || spec.implicit_flags != 0 {
+            r.sys_flags = if spec.op == op::OPEN_WRITE {
+                open_flags(spec, &p.args) as u32
+            } else {
+                saved(&p.args, spec.flags) as u32
+            };
+        }
+        if spec.mode >= 0 {
+            r.mode = saved(&p.args, spec.mode) as u32;
+        }
+        if spec.rdev >= 0 {
+            r.rdev = saved(&p.args, spec.rdev) as u32;
+        }
+        if spec.uid >= 0 {
+            r.uid_arg = saved(&p.args, spec.uid) as u32;
+            r.gid_arg = saved(&p.args, spec.gid) as u32;
+        }
+        if spec.offset >= 0 {
+            r.offset = saved(&p.args, spec.offset);
+        }
+        if spec.size >= 0 {
+            r.size = saved(&p.args, spec.size);
+        }
+
+        // First path: the file of an fd-based op, or the resolved path argument.
+        if spec.fd >= 0 {
+            let fd = saved(&p.args, spec.fd) as i32;
+            let file = fd_to_file(fd as i64);
+            let (mnt, dentry) = file_path(file);
+            let (len, truncated) = write_dentry_path(r.data.as_mut_ptr(), mnt, dentry);
+            r.path_len = len as u16;
+            r.fd = fd;
+            r.flags |= FLAG_BY_FD;
+            if truncated {
+                r.flags |= FLAG_PATH_TRUNCATED;
+            }
+            let (dev, ino, mode, _) = inode_identity(file_inode(file));
+            r.dev = dev;
+            r.ino = ino;
+            if spec.mode < 0 {
+                r.mode = mode;
+            }
+        } else {
+            match resolve_user_path(
+                r.data.as_mut_ptr(),
+                dirfd_of(&p.args, spec.dirfd),
+                saved(&p.args, spec.path),
+            ) {
+                Some((len, truncated)) => {
+                    r.path_len = len as u16;
+                    if truncated {
+                        r.flags |= FLAG_PATH_TRUNCATED;
+                    }
+                }
+                None => r.path_len = 0,
+            }
+        }
+        let mut tail = r.path_len as usize & MASK;
+
+        // Second path: resolved (rename/link) or as given (symlink target).
+        if spec.path2 >= 0 {
+            if let Some(s2) = SCRATCH2.get_ptr_mut(0) {
+                if let Some((len2, truncated)) = resolve_user_path(
+                    (*s2).data.as_mut_ptr(),
+                    dirfd_of(&p.args, spec.dirfd2),
+                    saved(&p.args, spec.path2),
+                ) {
+                    let len2 = len2 & MASK;
+                    bpf_probe_read_kernel(
+                        r.data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
+                        len2 as u32,
+                        (*s2).data.as_ptr() as *const c_void,
+                    );
+                    r.path2_len = len2 as u16;
+                    if truncated {
+                        r.flags |= FLAG_PATH2_TRUNCATED;
+                    }
+                }
+            }
+        } else if spec.raw2 >= 0 {
+            let n = bpf_probe_read_user_str(
+                r.data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
+                PATH_CAP as u32,
+                saved(&p.args, spec.raw2) as *const c_void,
+            );
+            if n > 0 {
+                r.path2_len = ((n - 1) as usize & MASK) as u16;
+            }
+        }
+        tail += r.path2_len as usize & MASK;
+
+        if spec.name >= 0 {
+            xattr_name_value(r, &p, spec, tail);
+        }
+
+        // Opens: identity of the opened file, and remember it is watched for its writes.
+        if spec.op == op::OPEN_WRITE && ret >= 0 {
+            let file = fd_to_file(ret);
+            let inode = file_inode(file);
+            let (dev, ino, mode, size) = inode_identity(inode);
+            r.dev = dev;
+            r.ino = ino;
+            r.size = size;
+            r.fd = ret as i32;
+            r.f_mode = crate::kernel::read::<u32>(file, crate::maps::off(&offsets().file_f_mode));
+            if spec.mode < 0 {
+                r.mode = mode;
+            }
+            let _ = VERDICTS.insert(&FileKey { file, inode }, &1u8, 0);
+        }
+    }
+    send(rec);
+    0
+}
+
+/// Appends the xattr name and, for the overlay namespaces, its value.
+#[inline(always)]
+unsafe fn xattr_name_value(r: &mut FileRecord, p: &Pending, spec: &Spec, tail: usize) {
+    let name_off = tail & MASK2;
+    // SAFETY: name_off <= MASK2 and the buffer has room for XATTR_NAME_CAP more bytes.
+    unsafe {
+        let n = bpf_probe_read_user_str(
+            r.data.as_mut_ptr().add(name_off) as *mut c_void,
+            XATTR_NAME_CAP as u32,
+            saved(&p.args, spec.name) as *const c_void,
+        );
+        if n <= 0 {
+            return;
+        }
+        let name_len = (n as usize - 1) & (XATTR_NAME_CAP - 1);
+        r.name_len = name_len as u16;
+        if spec.value < 0 && spec.indirect < 0 {
+            return;
+        }
+        let name = r.data.as_ptr().add(name_off);
+        if !is_overlay_xattr(name, name_len) {
+            return;
+        }
+        let (value_ptr, size) = if spec.indirect >= 0 {
+            // setxattrat: struct xattr_args { __aligned_u64 value; __u32 size; __u32 flags; }
+            let args = saved(&p.args, spec.indirect);
+            let value = read_user(args as *const u64).unwrap_or(0);
+            let size = read_user((args + 8) as *const u32).unwrap_or(0) as u64;
+            r.sys_flags = read_user((args + 12) as *const u32).unwrap_or(0);
+            (value, size)
+        } else {
+            (saved(&p.args, spec.value), saved(&p.args, spec.size))
+        };
+        r.size = size;
+        let mut copy = size as usize;
+        if copy > XATTR_VALUE_CAP {
+            copy = XATTR_VALUE_CAP;
+            r.flags |= FLAG_VALUE_TRUNCATED;
+        }
+        let value_off = (name_off + name_len) & MASK2;
+        if bpf_probe_read_user(
+            r.data.as_mut_ptr().add(value_off) as *mut c_void,
+            (copy & (2 * XATTR_VALUE_CAP - 1)) as u32,
+            value_ptr as *const c_void,
+        ) == 0
+        {
+            r.value_len = copy as u16;
+        }
+    }
+}
+
+/// `trusted.overlay.*` or `user.overlay.*`.
+#[inline(always)]
+unsafe fn is_overlay_xattr(name: *const u8, len: usize) -> bool {
+    const TRUSTED: &[u8; 16] = b"trusted.overlay.";
+    const USER: &[u8; 13] = b"user.overlay.";
+    // SAFETY: the caller guarantees `len` readable bytes at `name`.
+    unsafe {
+        if len >= TRUSTED.len() && starts_with(name, TRUSTED) {
+            return true;
+        }
+        len >= USER.len() && starts_with(name, USER)
+    }
+}
+
+#[inline(always)]
+unsafe fn starts_with<const N: usize>(s: *const u8, prefix: &[u8; N]) -> bool {
+    let mut i = 0;
+    while i < N {
+        // SAFETY: the caller checked that `s` has at least N bytes.
+        if unsafe { *s.add(i) } != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `sys_enter_write` and friends: remember the fd if its file is watched.
+#[inline(always)]
+pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
+    if !offsets_valid() {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if (id >> 32) as u32 == self_tgid() {
+        return 0;
+    }
+    let fd = arg(ctx, fd_arg) as i32;
+    let file = fd_to_file(fd as i64);
+    let Some(rec) = scratch() else { return 0 };
+    if !file_watched(rec, file) {
+        return 0;
+    }
+    let pending = PendingWrite { file, fd, _pad: 0 };
+    if PENDING_WRITE.insert(&id, &pending, 0).is_err() {
+        count_lost(op::MODIFY as u32);
+    }
+    0
+}
+
+/// `sys_exit_write` and friends: add the bytes written to the (process, fd) aggregate.
+#[inline(always)]
+pub fn exit_write(ctx: &TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: map lookup, copied out before removal.
+    let Some(pw) = (unsafe { PENDING_WRITE.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_WRITE.remove(&id);
+    // SAFETY: syscall exit records carry `long ret` at offset 16.
+    let ret: i64 = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    if ret <= 0 {
+        return 0;
+    }
+    let key = WriteKey {
+        tgid: (id >> 32) as u32,
+        fd: pw.fd,
+    };
+    let now = now_ns();
+    let (dev, ino, _, size) = inode_identity(file_inode(pw.file));
+    if let Some(agg) = WRITES.get_ptr_mut(&key) {
+        // SAFETY: valid map value pointer; only this thread group updates its own keys.
+        let agg = unsafe { &mut *agg };
+        if agg.file == pw.file {
+            agg.bytes += ret as u64;
+            agg.writes += 1;
+            agg.last_ns = now;
+            agg.size = size;
+            agg.tid = id as u32;
+            return 0;
+        }
+        // The fd now names another file (closed without our seeing it, e.g. by dup2):
+        // report the old aggregate before starting the new one.
+        let old = *agg;
+        send_modify(&key, &old, FLAG_NOT_CLOSED);
+    }
+    let agg = WriteAgg {
+        file: pw.file,
+        bytes: ret as u64,
+        writes: 1,
+        first_ns: now,
+        last_ns: now,
+        size,
+        ino,
+        dev,
+        tid: id as u32,
+    };
+    if WRITES.insert(&key, &agg, 0).is_err() {
+        count_lost(op::MODIFY as u32);
+        return 0;
+    }
+    // Tell userspace which path this (process, fd) writes to, in case the process exits
+    // without closing it (then userspace reports the aggregate).
+    send_file_event(op::WRITE_BIND, &key, &agg, 0);
+    0
+}
+
+/// `sys_enter_close`: report the aggregate of this (process, fd), if any.
+#[inline(always)]
+pub fn enter_close(ctx: &TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let key = WriteKey {
+        tgid: (id >> 32) as u32,
+        fd: arg(ctx, 0) as i32,
+    };
+    // SAFETY: map lookup, copied out before removal.
+    let Some(agg) = (unsafe { WRITES.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = WRITES.remove(&key);
+    let file = fd_to_file(key.fd as i64);
+    let flags = if file == agg.file { 0 } else { FLAG_NOT_CLOSED };
+    let mut agg = agg;
+    if file == agg.file {
+        agg.size = inode_identity(file_inode(file)).3;
+    }
+    send_modify(&key, &agg, flags);
+    0
+}
+
+#[inline(always)]
+fn send_modify(key: &WriteKey, agg: &WriteAgg, flags: u32) {
+    send_file_event(op::MODIFY, key, agg, flags);
+}
+
+/// A record about an aggregate: the path comes from the file it points at.
+#[inline(always)]
+fn send_file_event(op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
+    let Some(rec) = scratch() else { return };
+    begin_record(rec, op);
+    // SAFETY: this CPU's scratch record.
+    unsafe {
+        let r = &mut *rec;
+        r.task.tid = agg.tid;
+        r.fd = key.fd;
+        r.dev = agg.dev;
+        r.ino = agg.ino;
+        r.size = agg.size;
+        r.bytes = agg.bytes;
+        r.writes = agg.writes;
+        r.first_ns = agg.first_ns;
+        r.hdr.ts_ns = agg.last_ns;
+        r.flags = flags | FLAG_BY_FD;
+        r.result = agg.bytes as i64;
+        // The file may be gone (fd reused); only read its path while it is the fd's file.
+        if flags & FLAG_NOT_CLOSED == 0 || op == op::WRITE_BIND {
+            let (mnt, dentry) = file_path(agg.file);
+            let (len, truncated) = write_dentry_path(r.data.as_mut_ptr(), mnt, dentry);
+            r.path_len = len as u16;
+            if truncated {
+                r.flags |= FLAG_PATH_TRUNCATED;
+            }
+        }
+    }
+    send(rec);
+}

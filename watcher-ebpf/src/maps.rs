@@ -1,0 +1,181 @@
+//! Maps and read-only globals shared by all programs. Userspace sizes the ring buffer and fills
+//! the globals before load (see watcher/src/kernel/mod.rs).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use watcher_common::{
+    FileRecord, KernelOffsets, LOSS_SLOTS, MAX_PATH_DEPTH, MAX_ROOTS, PATH_CAP, ROOT_KEY_CAP,
+    RootEntry, WriteAgg, WriteKey,
+};
+
+/// Struct field offsets of the running kernel, from its BTF. All zero (invalid) until set.
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_fs: 0,
+    task_files: 0,
+    task_mm: 0,
+    task_nsproxy: 0,
+    task_exit_code: 0,
+    fs_pwd: 0,
+    fs_root: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_f_path: 0,
+    file_f_inode: 0,
+    file_f_mode: 0,
+    dentry_d_parent: 0,
+    dentry_d_name: 0,
+    dentry_d_inode: 0,
+    qstr_len: 0,
+    qstr_name: 0,
+    inode_i_ino: 0,
+    inode_i_sb: 0,
+    inode_i_size: 0,
+    inode_i_mode: 0,
+    sb_s_dev: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    vfsmount_mnt_root: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    mm_exe_file: 0,
+    nsproxy_mnt_ns: 0,
+    mnt_ns_ns: 0,
+    ns_common_inum: 0,
+    valid: 0,
+};
+
+/// The daemon's own thread-group id: its file activity is never reported.
+#[unsafe(no_mangle)]
+pub static SELF_TGID: u32 = 0;
+
+/// The offsets table. Read its fields only through [`off`]: userspace rewrites this .rodata
+/// at load time, so a plain read would be folded to the zero initializer by the compiler.
+#[inline(always)]
+pub fn offsets() -> &'static KernelOffsets {
+    &OFFSETS
+}
+
+/// Have the offsets been filled in by userspace?
+#[inline(always)]
+pub fn offsets_valid() -> bool {
+    off(&OFFSETS.valid) != 0
+}
+
+#[inline(always)]
+pub fn off(field: &u32) -> u64 {
+    // SAFETY: `field` points into OFFSETS; volatile so each use reads the loaded value.
+    unsafe { core::ptr::read_volatile(field) as u64 }
+}
+
+#[inline(always)]
+pub fn self_tgid() -> u32 {
+    // SAFETY: plain static, see `offsets`.
+    unsafe { core::ptr::read_volatile(&raw const SELF_TGID) }
+}
+
+/// Records for userspace. Sized by userspace (`--ring-buffer-mb`); this is the default.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Records the kernel could not deliver (ring buffer full, pending table full), per CPU and per
+/// slot (the op number of a file record, or LOSS_EXEC/FORK/EXIT).
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+/// Watched roots: path prefixes ("/var/lib/containerd/" and "/var/lib/containerd\0").
+#[map]
+pub static ROOTS: LpmTrie<[u8; ROOT_KEY_CAP], RootEntry> = LpmTrie::with_max_entries(MAX_ROOTS, 0);
+
+/// The record being built on this CPU (too large for the 512-byte BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<FileRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Second path of rename/link (filtered on its own before being appended to the record).
+#[repr(C)]
+pub struct PathScratch {
+    pub lpm_prefixlen: u32,
+    pub data: [u8; 4 * PATH_CAP],
+}
+
+#[map]
+pub static SCRATCH2: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Dentries collected while walking up to the root, replayed top-down to write the path.
+#[repr(C)]
+pub struct DentryStack {
+    /// Number of entries in `dentries`. Kept in map memory on purpose: the verifier does not
+    /// track values stored there, so each loop iteration converges to one state instead of one
+    /// state per possible depth (which would exceed the verifier's budget).
+    pub n: u64,
+    pub dentries: [u64; DENTRY_SLOTS],
+}
+
+/// Slots of the dentry stack: a power of two above MAX_PATH_DEPTH, so that masked indices
+/// are provably in bounds.
+pub const DENTRY_SLOTS: usize = 128;
+const _: () = assert!(MAX_PATH_DEPTH as usize <= DENTRY_SLOTS);
+
+#[map]
+pub static DENTRY_STACK: PerCpuArray<DentryStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// A syscall under a root, between its enter and exit tracepoints. Keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub op: u16,
+    /// The syscall that stored this entry (its exit checks it).
+    pub syscall_nr: u16,
+    pub _pad: u32,
+    /// The raw syscall arguments.
+    pub args: [u64; 6],
+}
+
+#[map]
+pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// A write-family syscall on a watched file, between enter and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingWrite {
+    pub file: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static PENDING_WRITE: HashMap<u64, PendingWrite> = HashMap::with_max_entries(16384, 0);
+
+/// Verdict per open file: is it under a root? Keyed by (struct file *, struct inode *) so that a
+/// recycled `struct file` for another inode does not inherit a stale verdict.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileKey {
+    pub file: u64,
+    pub inode: u64,
+}
+
+#[map]
+pub static VERDICTS: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Write aggregates per (process, fd), flushed at close (kernel) or process exit (userspace).
+#[map]
+pub static WRITES: HashMap<WriteKey, WriteAgg> = HashMap::with_max_entries(16384, 0);
+
+/// Count one undeliverable record in `slot`.
+#[inline(always)]
+pub fn count_lost(slot: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}

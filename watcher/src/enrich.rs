@@ -1,0 +1,366 @@
+//! From kernel records to enriched events: keeps the process table current from lifecycle
+//! records, names files canonically, and attaches the acting process, its parent chain, unit
+//! and container to every file operation.
+
+use std::collections::HashMap;
+
+use watcher_common::{
+    FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_VALUE_TRUNCATED,
+    WriteAgg, WriteKey, op,
+};
+
+use crate::{
+    event::{
+        AncestorView, Clock, Details, FileEvent, PathText, ProcessView, XattrView, errno_name, hex,
+        lossless_text,
+    },
+    kernel::records::{FileOp, Record},
+    process::{ExecEvent, ProcessTable, Task},
+    roots::RootSet,
+};
+
+/// `file->f_mode` bit set when an open created the file (include/linux/fs.h; unchanged since
+/// 4.19). Interpreted here rather than in the kernel so that a kernel that moves it needs a
+/// daemon change only.
+const FMODE_CREATED: u32 = 0x100000;
+const O_ACCMODE: u32 = 3;
+const O_CREAT: u32 = 0o100;
+const O_TRUNC: u32 = 0o1000;
+const O_APPEND: u32 = 0o2000;
+const S_IFMT: u32 = 0o170000;
+const S_IFCHR: u32 = 0o020000;
+
+/// What a record turned into.
+#[derive(Debug)]
+pub enum Outcome {
+    Event(Box<FileEvent>),
+    /// A process exited: its unflushed write aggregates must be collected from the kernel.
+    ProcessExited(u32),
+    Nothing,
+}
+
+/// Per-(process, fd) path of an ongoing write aggregate (from WRITE_BIND records).
+#[derive(Clone, Debug)]
+struct Binding {
+    path: Vec<u8>,
+    comm: [u8; 16],
+}
+
+pub struct Enricher {
+    pub roots: RootSet,
+    pub processes: ProcessTable,
+    pub clock: Clock,
+    bindings: HashMap<(u32, i32), Binding>,
+}
+
+impl Enricher {
+    pub fn new(roots: RootSet, processes: ProcessTable) -> Self {
+        Enricher {
+            roots,
+            processes,
+            clock: Clock::now(),
+            bindings: HashMap::new(),
+        }
+    }
+
+    pub fn on_record(&mut self, record: Record) -> Outcome {
+        match record {
+            Record::Exec(exec) => {
+                self.processes.on_exec(&ExecEvent {
+                    task: Task::from(&exec.task),
+                    exe: &exec.exe,
+                    args: &exec.args,
+                    ts_ns: exec.ts_ns,
+                });
+                Outcome::Nothing
+            }
+            Record::Fork {
+                ts_ns,
+                task,
+                child_pid,
+            } => {
+                self.processes.on_fork(&Task::from(&task), child_pid, ts_ns);
+                Outcome::Nothing
+            }
+            Record::Exit {
+                ts_ns,
+                task,
+                exit_code,
+            } => {
+                self.processes.on_exit(&Task::from(&task), exit_code, ts_ns);
+                Outcome::ProcessExited(task.pid)
+            }
+            Record::File(file) => self.on_file(file),
+        }
+    }
+
+    fn on_file(&mut self, mut f: FileOp) -> Outcome {
+        let key = (f.task.pid, f.fd);
+        if f.op == op::WRITE_BIND {
+            self.bindings.insert(
+                key,
+                Binding {
+                    path: f.path,
+                    comm: f.task.comm,
+                },
+            );
+            return Outcome::Nothing;
+        }
+        if f.op == op::MODIFY {
+            let bound = self.bindings.remove(&key);
+            if f.path.is_empty() {
+                if let Some(b) = bound {
+                    f.path = b.path;
+                }
+            }
+        }
+        match self.file_event(f) {
+            Some(ev) => Outcome::Event(Box::new(ev)),
+            None => Outcome::Nothing,
+        }
+    }
+
+    /// Reports the write aggregates of a process that exited without closing its files.
+    pub fn on_unclosed_writes(&mut self, aggregates: Vec<(WriteKey, WriteAgg)>) -> Vec<FileEvent> {
+        let mut out = Vec::new();
+        for (key, agg) in aggregates {
+            let Some(binding) = self.bindings.remove(&(key.tgid, key.fd)) else {
+                continue;
+            };
+            let task = watcher_common::TaskInfo {
+                pid: key.tgid,
+                tid: agg.tid,
+                comm: binding.comm,
+                ..Default::default()
+            };
+            let f = FileOp {
+                op: op::MODIFY,
+                ts_ns: agg.last_ns,
+                task,
+                result: agg.bytes as i64,
+                ino: agg.ino,
+                dev: agg.dev,
+                mode: 0,
+                sys_flags: 0,
+                flags: FLAG_BY_FD | FLAG_NOT_CLOSED,
+                f_mode: 0,
+                rdev: 0,
+                size: agg.size,
+                offset: 0,
+                bytes: agg.bytes,
+                writes: agg.writes,
+                first_ns: agg.first_ns,
+                uid_arg: u32::MAX,
+                gid_arg: u32::MAX,
+                fd: key.fd,
+                path: binding.path,
+                path2: Vec::new(),
+                xattr_name: Vec::new(),
+                xattr_value: Vec::new(),
+            };
+            if let Some(ev) = self.file_event(f) {
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    fn file_event(&mut self, f: FileOp) -> Option<FileEvent> {
+        let path = self.roots.canonical_path(&f.path);
+        let new_path = (!f.path2.is_empty() && f.op != op::SYMLINK)
+            .then(|| self.roots.canonical_path(&f.path2));
+        // The kernel's prefix test is lexical; `/root/../elsewhere` passes it. Drop what is
+        // not under a root once `..` is folded.
+        let inside =
+            self.roots.contains(&path) || new_path.as_ref().is_some_and(|p| self.roots.contains(p));
+        if !inside {
+            return None;
+        }
+        let (result, errno) = if f.result < 0 && f.op != op::MODIFY {
+            let errno = (-f.result) as i32;
+            (errno_name(errno), Some(errno))
+        } else {
+            ("ok".to_string(), None)
+        };
+        let mut details = Details::default();
+        let name = op_name(&f, &mut details);
+        if !PathText(path.clone()).is_utf8() {
+            details.path_hex = Some(hex(&path));
+        }
+        let new_path_text = if f.op == op::SYMLINK {
+            // The symlink's target, as given (not a path we resolve).
+            (!f.path2.is_empty()).then(|| PathText(f.path2.clone()))
+        } else {
+            new_path.map(PathText)
+        };
+        if let Some(p) = &new_path_text {
+            if !p.is_utf8() {
+                details.new_path_hex = Some(hex(&p.0));
+            }
+        }
+        self.fill_details(&f, &mut details);
+        Some(FileEvent {
+            time: self.clock.rfc3339(f.ts_ns),
+            mono_ns: f.ts_ns,
+            op: name,
+            path: PathText(path),
+            new_path: new_path_text,
+            result,
+            errno,
+            inode: (f.ino != 0).then_some(f.ino),
+            dev: (f.dev != 0).then(|| format!("{}:{}", f.dev >> 20, f.dev & 0xfffff)),
+            process: self.process_view(&f),
+            details,
+        })
+    }
+
+    fn fill_details(&self, f: &FileOp, d: &mut Details) {
+        let has_mode = matches!(f.op, op::MKDIR | op::MKNOD | op::CHMOD)
+            || (f.op == op::OPEN_WRITE && f.sys_flags & O_CREAT != 0);
+        if has_mode {
+            d.mode = Some(format!("{:04o}", f.mode & 0o7777));
+        }
+        match f.op {
+            op::TRUNCATE | op::FALLOCATE => d.size = Some(f.size),
+            op::OPEN_WRITE => d.size = Some(f.size),
+            _ => {}
+        }
+        if f.op == op::FALLOCATE {
+            d.offset = Some(f.offset);
+        }
+        if f.op == op::MODIFY {
+            d.bytes = Some(f.bytes);
+            d.writes = Some(f.writes);
+            d.size = Some(f.size);
+            d.first_write = Some(self.clock.rfc3339(f.first_ns));
+        }
+        if f.op == op::CHOWN {
+            d.owner_uid = (f.uid_arg != u32::MAX).then_some(f.uid_arg);
+            d.owner_gid = (f.gid_arg != u32::MAX).then_some(f.gid_arg);
+        }
+        if f.op == op::MKNOD {
+            // Userspace dev_t encoding (glibc makedev).
+            let major = ((f.rdev >> 8) & 0xfff) | ((f.rdev >> 12) & !0xfff);
+            let minor = (f.rdev & 0xff) | ((f.rdev >> 12) & !0xff);
+            d.rdev = Some(format!("{major}:{minor}"));
+            d.whiteout = Some(f.mode & S_IFMT == S_IFCHR && f.rdev == 0);
+        }
+        if matches!(f.op, op::SETXATTR | op::REMOVEXATTR) {
+            let value = (!f.xattr_value.is_empty()).then(|| &f.xattr_value);
+            d.xattr = Some(XattrView {
+                name: lossless_text(&f.xattr_name),
+                value: value.map(|v| {
+                    let v = v.strip_suffix(&[0]).unwrap_or(v);
+                    lossless_text(v)
+                }),
+                value_hex: value.map(|v| hex(v)),
+            });
+            if f.op == op::SETXATTR {
+                d.size = Some(f.size);
+            }
+        }
+        if f.flags & FLAG_BY_FD != 0 {
+            d.notes.push("by_fd");
+        }
+        if f.flags & FLAG_PATH_TRUNCATED != 0 {
+            d.notes.push("path_truncated");
+        }
+        if f.flags & FLAG_PATH2_TRUNCATED != 0 {
+            d.notes.push("new_path_truncated");
+        }
+        if f.flags & FLAG_VALUE_TRUNCATED != 0 {
+            d.notes.push("value_truncated");
+        }
+        if f.flags & FLAG_NOT_CLOSED != 0 {
+            d.notes.push("not_closed");
+        }
+    }
+
+    fn process_view(&mut self, f: &FileOp) -> ProcessView {
+        let t = &f.task;
+        let mut view = ProcessView {
+            pid: t.pid,
+            tid: t.tid,
+            ppid: t.ppid,
+            comm: crate::process::comm_from_bytes(&t.comm),
+            uid: t.uid,
+            gid: t.gid,
+            cgroup_id: t.cgroup_id,
+            mnt_ns: t.mnt_ns,
+            ..Default::default()
+        };
+        if let Some(info) = self.processes.lookup(t.pid) {
+            view.exe = info.exe.as_deref().map(lossless_text);
+            view.cmdline = info.cmdline.iter().map(|a| lossless_text(a)).collect();
+            view.unit = info.cgroup.unit.clone();
+            view.container_id = info.cgroup.container_id.clone();
+            if view.ppid == 0 {
+                view.ppid = info.ppid;
+            }
+        }
+        view.ancestors = self
+            .processes
+            .ancestors(t.pid)
+            .into_iter()
+            .map(|a| AncestorView {
+                pid: a.pid,
+                comm: a.comm,
+                exe: a.exe.as_deref().map(lossless_text),
+            })
+            .collect();
+        view
+    }
+}
+
+/// The op's name, refined for opens (create / truncate / open_write) from the flags.
+fn op_name(f: &FileOp, d: &mut Details) -> &'static str {
+    match f.op {
+        op::OPEN_WRITE => {
+            let flags = f.sys_flags;
+            if flags & O_ACCMODE != 0 {
+                d.open_flags.push("write");
+            }
+            if flags & O_CREAT != 0 {
+                d.open_flags.push("create");
+            }
+            if flags & O_TRUNC != 0 {
+                d.open_flags.push("truncate");
+            }
+            if flags & O_APPEND != 0 {
+                d.open_flags.push("append");
+            }
+            if f.result >= 0 && f.f_mode & FMODE_CREATED != 0 {
+                "create"
+            } else if flags & O_TRUNC != 0 {
+                "truncate"
+            } else {
+                "open_write"
+            }
+        }
+        other => static_op_name(other),
+    }
+}
+
+/// Stable names of the ops, as they appear in JSON `op`.
+pub fn static_op_name(op: u16) -> &'static str {
+    match op {
+        op::OPEN_WRITE => "open_write",
+        op::CREATE => "create",
+        op::TRUNCATE => "truncate",
+        op::MODIFY => "modify",
+        op::FALLOCATE => "fallocate",
+        op::UNLINK => "unlink",
+        op::RMDIR => "rmdir",
+        op::RENAME => "rename",
+        op::LINK => "link",
+        op::SYMLINK => "symlink",
+        op::MKNOD => "mknod",
+        op::MKDIR => "mkdir",
+        op::SETXATTR => "setxattr",
+        op::REMOVEXATTR => "removexattr",
+        op::CHMOD => "chmod",
+        op::CHOWN => "chown",
+        op::WRITE_BIND => "write_bind",
+        _ => "unknown",
+    }
+}

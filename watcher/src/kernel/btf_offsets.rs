@@ -1,0 +1,792 @@
+//! Byte offsets of the kernel struct fields the eBPF programs read, taken from the running
+//! kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! The programs walk kernel structs (`task_struct`, `file`, `dentry`, `mount`...) by hand, and
+//! where a field sits depends on the kernel version, its configuration (debug options, LSMs,
+//! randomized layouts) and its compiler. Offsets compiled into the programs would be right for
+//! one kernel build only; the kernel's own BTF describes the layout of exactly the kernel that is
+//! running, so the daemon reads the offsets from it at start-up and hands them to the programs
+//! in [`KernelOffsets`].
+//!
+//! Parsing is done by the `btf-rs` crate, which exposes every struct member with its name, type
+//! and bit offset; the walk through anonymous structs/unions and typedef/qualifier chains is done
+//! here, with bounded depth, because the BTF comes from outside this program and is not trusted
+//! to be well formed.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use btf_rs::{Btf, BtfType, Member, Struct, Type};
+use watcher_common::KernelOffsets;
+
+/// Where the kernel exposes its own BTF (needs CONFIG_DEBUG_INFO_BTF=y).
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Longest typedef/const/volatile/restrict/type-tag chain followed. Real kernels need 2 or 3;
+/// the bound turns a reference cycle in corrupt BTF into an error instead of a hang.
+const MAX_TYPE_CHAIN: usize = 32;
+/// Deepest nesting of anonymous structs/unions searched, for the same reason (and to bound
+/// the recursion).
+const MAX_ANON_DEPTH: usize = 32;
+
+/// Why the kernel offsets could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("kernel BTF file {} does not exist (the kernel needs CONFIG_DEBUG_INFO_BTF=y)", path.display())]
+    Missing { path: PathBuf },
+    // The I/O error is part of the message rather than a `source`, so that it is not printed
+    // twice by error-chain formatters.
+    #[error("cannot read kernel BTF file {}: {error}", path.display())]
+    Unreadable { path: PathBuf, error: io::Error },
+    #[error("malformed BTF in {origin}: {reason}")]
+    Malformed { origin: String, reason: String },
+    #[error("struct or union `{name}` not found in BTF")]
+    TypeNotFound { name: String },
+    #[error("field `{field}` not found in struct {struct_name}")]
+    FieldNotFound { struct_name: String, field: String },
+    #[error(
+        "{struct_name}.{field} is a {bits}-bit bitfield at bit offset {bit_offset}, \
+         not a field at a byte offset"
+    )]
+    Bitfield {
+        struct_name: String,
+        field: String,
+        bit_offset: u64,
+        bits: u32,
+    },
+    #[error(
+        "{struct_name}.{field} is not a struct or union, so `{next}` cannot be looked up in it"
+    )]
+    NotComposite {
+        struct_name: String,
+        field: String,
+        next: String,
+    },
+    #[error(
+        "{struct_name}.{field} has different offsets in different BTF definitions: {offsets:?}"
+    )]
+    Ambiguous {
+        struct_name: String,
+        field: String,
+        offsets: Vec<u32>,
+    },
+}
+
+/// Parsed BTF, ready for offset queries.
+pub struct KernelBtf {
+    btf: Btf,
+    /// Where the BTF came from, for error messages.
+    origin: String,
+}
+
+impl KernelBtf {
+    /// Reads and parses a BTF file (normally [`VMLINUX_BTF`]).
+    pub fn open(path: &Path) -> Result<Self, BtfError> {
+        // Read it whole ourselves: I/O errors are then told apart from bad contents, and
+        // btf-rs parses from memory, where its mmap backend's unchecked slicing is not used.
+        let bytes = std::fs::read(path).map_err(|error| {
+            if error.kind() == io::ErrorKind::NotFound {
+                BtfError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                BtfError::Unreadable {
+                    path: path.to_path_buf(),
+                    error,
+                }
+            }
+        })?;
+        Self::parse(&bytes, path.display().to_string())
+    }
+
+    /// Parses BTF held in memory (raw BTF, as in `/sys/kernel/btf/vmlinux`, not an ELF file).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BtfError> {
+        Self::parse(bytes, "in-memory BTF".to_string())
+    }
+
+    fn parse(bytes: &[u8], origin: String) -> Result<Self, BtfError> {
+        // btf-rs reports a short file as a bare "failed to fill whole buffer"; say what it is.
+        const HEADER_LEN: usize = 24;
+        if bytes.len() < HEADER_LEN {
+            return Err(BtfError::Malformed {
+                origin,
+                reason: format!(
+                    "{} bytes, shorter than the {HEADER_LEN}-byte BTF header",
+                    bytes.len()
+                ),
+            });
+        }
+        match Btf::from_bytes(bytes) {
+            Ok(btf) => Ok(Self { btf, origin }),
+            Err(e) => Err(BtfError::Malformed {
+                origin,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn malformed(&self, reason: impl std::fmt::Display) -> BtfError {
+        BtfError::Malformed {
+            origin: self.origin.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The struct or union that `ty` names once typedefs and qualifiers are looked through, or
+    /// `None` when it is something else (an int, a pointer, a forward declaration...).
+    fn composite_of(&self, ty: &dyn BtfType) -> Result<Option<Struct>, BtfError> {
+        let Some(mut id) = ty.get_type_id() else {
+            return Ok(None);
+        };
+        for _ in 0..MAX_TYPE_CHAIN {
+            let resolved = self
+                .btf
+                .resolve_type_by_id(id)
+                .map_err(|e| self.malformed(e))?;
+            let next = match &resolved {
+                Type::Struct(s) | Type::Union(s) => return Ok(Some(s.clone())),
+                Type::Typedef(t) => t.get_type_id(),
+                Type::Volatile(q) | Type::Const(q) | Type::Restrict(q) => q.get_type_id(),
+                Type::TypeTag(t) => t.get_type_id(),
+                _ => return Ok(None),
+            };
+            match next {
+                Some(n) => id = n,
+                None => return Ok(None),
+            }
+        }
+        Err(self.malformed(format_args!(
+            "type {id} is behind more than {MAX_TYPE_CHAIN} typedefs/qualifiers (a cycle?)"
+        )))
+    }
+
+    /// Finds member `name` of `composite`, looking into anonymous struct/union members the way
+    /// C does, and returns it with its bit offset from the start of `composite`.
+    fn find_member(
+        &self,
+        composite: &Struct,
+        name: &str,
+        depth: usize,
+    ) -> Result<Option<(Member, u64)>, BtfError> {
+        if depth > MAX_ANON_DEPTH {
+            return Err(self.malformed(format_args!(
+                "anonymous members nested more than {MAX_ANON_DEPTH} deep (a cycle?)"
+            )));
+        }
+        for member in &composite.members {
+            let member_name = self
+                .btf
+                .resolve_name(member)
+                .map_err(|e| self.malformed(e))?;
+            if member_name == name {
+                return Ok(Some((member.clone(), u64::from(member.bit_offset()))));
+            }
+            if !member_name.is_empty() {
+                continue;
+            }
+            // Anonymous: an unnamed struct/union whose members belong to the enclosing scope,
+            // or unnamed bitfield padding, which composite_of rejects.
+            let Some(inner) = self.composite_of(member)? else {
+                continue;
+            };
+            if let Some((found, inner_bits)) = self.find_member(&inner, name, depth + 1)? {
+                return Ok(Some((found, u64::from(member.bit_offset()) + inner_bits)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Byte offset of `path` (a member, then members of that member...) inside `root`.
+    fn offset_in(&self, struct_name: &str, root: &Struct, path: &[&str]) -> Result<u32, BtfError> {
+        let mut current = root.clone();
+        let mut bits: u64 = 0;
+        for (i, name) in path.iter().enumerate() {
+            let field = path[..=i].join(".");
+            let Some((member, member_bits)) = self.find_member(&current, name, 0)? else {
+                return Err(BtfError::FieldNotFound {
+                    struct_name: struct_name.to_string(),
+                    field,
+                });
+            };
+            bits = bits.checked_add(member_bits).ok_or_else(|| {
+                self.malformed(format_args!("offset of {struct_name}.{field} overflows"))
+            })?;
+            match member.bitfield_size() {
+                // With kind_flag set every member carries a size; 0 means "not a bitfield".
+                Some(size) if size != 0 => {
+                    return Err(BtfError::Bitfield {
+                        struct_name: struct_name.to_string(),
+                        field,
+                        bit_offset: bits,
+                        bits: size,
+                    });
+                }
+                _ => {}
+            }
+            if !bits.is_multiple_of(8) {
+                return Err(self.malformed(format_args!(
+                    "{struct_name}.{field} is at bit offset {bits} but is not a bitfield"
+                )));
+            }
+            if let Some(next) = path.get(i + 1) {
+                current = self
+                    .composite_of(&member)?
+                    .ok_or_else(|| BtfError::NotComposite {
+                        struct_name: struct_name.to_string(),
+                        field: field.clone(),
+                        next: (*next).to_string(),
+                    })?;
+            }
+        }
+        u32::try_from(bits / 8).map_err(|_| {
+            self.malformed(format_args!(
+                "offset of {struct_name}.{} does not fit in 32 bits",
+                path.join(".")
+            ))
+        })
+    }
+}
+
+/// Byte offset of `field_path` inside `struct struct_name` (or `union struct_name`).
+///
+/// `field_path` names a member and then, optionally, members of that member (which must then be
+/// a struct or union, not a pointer): `&["d_name", "name"]` in `dentry` is the offset of
+/// `dentry.d_name.name`. Members of anonymous structs/unions are found as in C, without naming
+/// the anonymous level.
+pub fn field_offset(
+    btf: &KernelBtf,
+    struct_name: &str,
+    field_path: &[&str],
+) -> Result<u32, BtfError> {
+    if field_path.is_empty() {
+        return Err(BtfError::FieldNotFound {
+            struct_name: struct_name.to_string(),
+            field: "(empty field path)".to_string(),
+        });
+    }
+    let candidates = btf
+        .btf
+        .resolve_types_by_name(struct_name)
+        .map_err(|e| btf.malformed(e))?;
+    // A name can also belong to a function, a variable or a forward declaration; only full
+    // definitions have members.
+    let definitions: Vec<Struct> = candidates
+        .into_iter()
+        .filter_map(|t| match t {
+            Type::Struct(s) | Type::Union(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let Some(first) = definitions.first() else {
+        return Err(BtfError::TypeNotFound {
+            name: struct_name.to_string(),
+        });
+    };
+    if definitions.len() == 1 {
+        return btf.offset_in(struct_name, first, field_path);
+    }
+
+    // Deduplicated kernel BTF holds one definition per name, but if it ever holds several
+    // (conflicting definitions in different compilation units), use the ones that have the
+    // field, and refuse to guess between them when they disagree.
+    let mut offsets = BTreeSet::new();
+    let mut first_error = None;
+    for definition in &definitions {
+        match btf.offset_in(struct_name, definition, field_path) {
+            Ok(offset) => {
+                offsets.insert(offset);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let mut found = offsets.iter().copied();
+    match (found.next(), found.next(), first_error) {
+        (Some(offset), None, _) => Ok(offset),
+        (Some(_), Some(_), _) => Err(BtfError::Ambiguous {
+            struct_name: struct_name.to_string(),
+            field: field_path.join("."),
+            offsets: offsets.into_iter().collect(),
+        }),
+        (None, _, Some(e)) => Err(e),
+        (None, _, None) => Err(BtfError::TypeNotFound {
+            name: struct_name.to_string(),
+        }),
+    }
+}
+
+/// All the offsets the eBPF programs need, from already parsed BTF.
+pub fn offsets_from_btf(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
+    let f = |struct_name: &str, field: &str| field_offset(btf, struct_name, &[field]);
+    // A struct literal without `..`: a field added to KernelOffsets fails to compile here
+    // rather than being sent to the kernel as 0.
+    Ok(KernelOffsets {
+        task_pid: f("task_struct", "pid")?,
+        task_tgid: f("task_struct", "tgid")?,
+        task_real_parent: f("task_struct", "real_parent")?,
+        task_fs: f("task_struct", "fs")?,
+        task_files: f("task_struct", "files")?,
+        task_mm: f("task_struct", "mm")?,
+        task_nsproxy: f("task_struct", "nsproxy")?,
+        task_exit_code: f("task_struct", "exit_code")?,
+        fs_pwd: f("fs_struct", "pwd")?,
+        fs_root: f("fs_struct", "root")?,
+        path_mnt: f("path", "mnt")?,
+        path_dentry: f("path", "dentry")?,
+        files_fdt: f("files_struct", "fdt")?,
+        fdt_max_fds: f("fdtable", "max_fds")?,
+        fdt_fd: f("fdtable", "fd")?,
+        file_f_path: f("file", "f_path")?,
+        file_f_inode: f("file", "f_inode")?,
+        file_f_mode: f("file", "f_mode")?,
+        dentry_d_parent: f("dentry", "d_parent")?,
+        dentry_d_name: f("dentry", "d_name")?,
+        dentry_d_inode: f("dentry", "d_inode")?,
+        qstr_len: f("qstr", "len")?,
+        qstr_name: f("qstr", "name")?,
+        inode_i_ino: f("inode", "i_ino")?,
+        inode_i_sb: f("inode", "i_sb")?,
+        inode_i_size: f("inode", "i_size")?,
+        inode_i_mode: f("inode", "i_mode")?,
+        sb_s_dev: f("super_block", "s_dev")?,
+        mount_mnt: f("mount", "mnt")?,
+        mount_mnt_parent: f("mount", "mnt_parent")?,
+        mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
+        vfsmount_mnt_root: f("vfsmount", "mnt_root")?,
+        mm_arg_start: f("mm_struct", "arg_start")?,
+        mm_arg_end: f("mm_struct", "arg_end")?,
+        mm_exe_file: f("mm_struct", "exe_file")?,
+        nsproxy_mnt_ns: f("nsproxy", "mnt_ns")?,
+        mnt_ns_ns: f("mnt_namespace", "ns")?,
+        ns_common_inum: f("ns_common", "inum")?,
+        valid: 1,
+    })
+}
+
+/// The offsets for a kernel whose BTF is in the file `path`.
+pub fn kernel_offsets_from(path: &Path) -> Result<KernelOffsets, BtfError> {
+    offsets_from_btf(&KernelBtf::open(path)?)
+}
+
+/// The offsets for the running kernel, from [`VMLINUX_BTF`].
+pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
+    kernel_offsets_from(Path::new(VMLINUX_BTF))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds raw BTF by hand, so that the parser's handling of anonymous members, qualifier
+    /// chains, bitfields and corrupt input is tested on any machine, whatever its kernel.
+    struct BtfBuilder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    const KIND_INT: u32 = 1;
+    const KIND_PTR: u32 = 2;
+    const KIND_STRUCT: u32 = 4;
+    const KIND_UNION: u32 = 5;
+    const KIND_TYPEDEF: u32 = 8;
+    const KIND_VOLATILE: u32 = 9;
+    const KIND_CONST: u32 = 10;
+
+    impl BtfBuilder {
+        fn new() -> Self {
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: 1,
+            }
+        }
+
+        fn name(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn u32s(&mut self, words: &[u32]) {
+            for w in words {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+
+        fn header(
+            &mut self,
+            name: &str,
+            kind: u32,
+            kind_flag: bool,
+            vlen: u32,
+            size_or_type: u32,
+        ) -> u32 {
+            let name_off = self.name(name);
+            let info = (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
+            self.u32s(&[name_off, info, size_or_type]);
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        }
+
+        fn int(&mut self, name: &str, size: u32) -> u32 {
+            let id = self.header(name, KIND_INT, false, 0, size);
+            self.u32s(&[size * 8]);
+            id
+        }
+
+        fn ptr(&mut self, to: u32) -> u32 {
+            self.header("", KIND_PTR, false, 0, to)
+        }
+
+        fn typedef(&mut self, name: &str, to: u32) -> u32 {
+            self.header(name, KIND_TYPEDEF, false, 0, to)
+        }
+
+        fn qualifier(&mut self, kind: u32, to: u32) -> u32 {
+            self.header("", kind, false, 0, to)
+        }
+
+        /// `members`: (name, type id, bit offset, bitfield size); a non-zero bitfield size
+        /// makes the whole struct use kind_flag encoding, as compilers do.
+        fn composite(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) -> u32 {
+            let kind_flag = members.iter().any(|m| m.3 != 0);
+            let id = self.header(name, kind, kind_flag, members.len() as u32, size);
+            for &(mname, ty, bit_off, bits) in members {
+                let name_off = self.name(mname);
+                let offset = if kind_flag {
+                    (bits << 24) | bit_off
+                } else {
+                    bit_off
+                };
+                self.u32s(&[name_off, ty, offset]);
+            }
+            id
+        }
+
+        fn build(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+            out.push(1); // version
+            out.push(0); // flags
+            let type_len = self.types.len() as u32;
+            for w in [24, 0, type_len, type_len, self.strings.len() as u32] {
+                out.extend_from_slice(&u32::to_le_bytes(w));
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// A small layout exercising what the kernel's does:
+    ///
+    /// ```c
+    /// struct inner { u32 hash; u32 len; };
+    /// struct outer {
+    ///     u64 head;                                   // 0
+    ///     union { struct { u32 hash; u32 len; }; u64 hash_len; };  // 8 (len at 12)
+    ///     const volatile struct inner named;          // 16
+    ///     u32 flag_a:1, flag_b:3;                     // 24 (bitfields)
+    ///     void *tail;                                 // 32
+    /// };
+    /// typedef struct outer outer_t;
+    /// ```
+    fn sample() -> KernelBtf {
+        let mut b = BtfBuilder::new();
+        let u32_t = b.int("unsigned int", 4);
+        let u64_t = b.int("long long unsigned int", 8);
+        let u32_td = b.typedef("u32", u32_t);
+        let anon_s = b.composite(
+            KIND_STRUCT,
+            "",
+            8,
+            &[("hash", u32_td, 0, 0), ("len", u32_td, 32, 0)],
+        );
+        let anon_u = b.composite(
+            KIND_UNION,
+            "",
+            8,
+            &[("", anon_s, 0, 0), ("hash_len", u64_t, 0, 0)],
+        );
+        let inner = b.composite(
+            KIND_STRUCT,
+            "inner",
+            8,
+            &[("hash", u32_t, 0, 0), ("len", u32_t, 32, 0)],
+        );
+        let inner_td = b.typedef("inner_t", inner);
+        let inner_v = b.qualifier(KIND_VOLATILE, inner_td);
+        let inner_cv = b.qualifier(KIND_CONST, inner_v);
+        let void_ptr = b.ptr(0);
+        let outer = b.composite(
+            KIND_STRUCT,
+            "outer",
+            40,
+            &[
+                ("head", u64_t, 0, 0),
+                ("", anon_u, 64, 0),
+                ("named", inner_cv, 128, 0),
+                ("flag_a", u32_t, 192, 1),
+                ("flag_b", u32_t, 193, 3),
+                ("tail", void_ptr, 256, 0),
+            ],
+        );
+        b.typedef("outer_t", outer);
+        KernelBtf::from_bytes(&b.build()).expect("hand-built BTF parses")
+    }
+
+    #[test]
+    fn finds_plain_and_anonymous_members() {
+        let btf = sample();
+        assert_eq!(field_offset(&btf, "outer", &["head"]).unwrap(), 0);
+        assert_eq!(field_offset(&btf, "outer", &["hash_len"]).unwrap(), 8);
+        // Two anonymous levels (union, then struct) are looked through and added up.
+        assert_eq!(field_offset(&btf, "outer", &["hash"]).unwrap(), 8);
+        assert_eq!(field_offset(&btf, "outer", &["len"]).unwrap(), 12);
+        assert_eq!(field_offset(&btf, "outer", &["tail"]).unwrap(), 32);
+    }
+
+    #[test]
+    fn follows_qualifiers_and_typedefs_into_nested_fields() {
+        let btf = sample();
+        assert_eq!(field_offset(&btf, "outer", &["named"]).unwrap(), 16);
+        assert_eq!(field_offset(&btf, "outer", &["named", "len"]).unwrap(), 20);
+    }
+
+    #[test]
+    fn bitfields_are_refused() {
+        let btf = sample();
+        let err = field_offset(&btf, "outer", &["flag_b"]).unwrap_err();
+        assert!(
+            matches!(&err, BtfError::Bitfield { field, bit_offset: 193, bits: 3, .. } if field == "flag_b"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("outer.flag_b"), "{err}");
+    }
+
+    #[test]
+    fn missing_things_are_named_in_the_error() {
+        let btf = sample();
+        let err = field_offset(&btf, "outer", &["nope"]).unwrap_err();
+        assert_eq!(err.to_string(), "field `nope` not found in struct outer");
+        let err = field_offset(&btf, "outer", &["named", "nope"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `named.nope` not found in struct outer"
+        );
+        // A typedef name is not a struct name.
+        let err = field_offset(&btf, "outer_t", &["head"]).unwrap_err();
+        assert!(
+            matches!(err, BtfError::TypeNotFound { ref name } if name == "outer_t"),
+            "{err:?}"
+        );
+        let err = field_offset(&btf, "outer", &["tail", "x"]).unwrap_err();
+        assert!(matches!(err, BtfError::NotComposite { .. }), "{err:?}");
+        let err = field_offset(&btf, "outer", &[]).unwrap_err();
+        assert!(matches!(err, BtfError::FieldNotFound { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn reference_cycles_are_errors_not_hangs() {
+        let mut b = BtfBuilder::new();
+        // Type 1 is a typedef of itself; struct 2 holds an anonymous member of type 1, and
+        // struct 3 an anonymous member of its own type.
+        b.typedef("loop_t", 1);
+        b.composite(KIND_STRUCT, "a", 8, &[("", 1, 0, 0)]);
+        b.composite(KIND_STRUCT, "b", 8, &[("", 3, 0, 0)]);
+        let btf = KernelBtf::from_bytes(&b.build()).unwrap();
+        let err = field_offset(&btf, "a", &["x"]).unwrap_err();
+        assert!(matches!(err, BtfError::Malformed { .. }), "{err:?}");
+        let err = field_offset(&btf, "b", &["x"]).unwrap_err();
+        assert!(matches!(err, BtfError::Malformed { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn dangling_type_ids_are_errors() {
+        let mut b = BtfBuilder::new();
+        b.composite(KIND_STRUCT, "s", 8, &[("", 999, 0, 0)]);
+        let btf = KernelBtf::from_bytes(&b.build()).unwrap();
+        let err = field_offset(&btf, "s", &["x"]).unwrap_err();
+        assert!(matches!(err, BtfError::Malformed { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn corrupt_input_is_malformed() {
+        let good = {
+            let mut b = BtfBuilder::new();
+            let u32_t = b.int("unsigned int", 4);
+            b.composite(KIND_STRUCT, "s", 4, &[("x", u32_t, 0, 0)]);
+            b.build()
+        };
+        assert!(KernelBtf::from_bytes(&good).is_ok());
+        let mut bad_magic = good.clone();
+        bad_magic[0] = 0;
+        for (what, bytes) in [
+            ("empty", &[][..]),
+            ("short", &good[..10]),
+            ("truncated", &good[..good.len() - 5]),
+            ("bad magic", &bad_magic[..]),
+        ] {
+            match KernelBtf::from_bytes(bytes) {
+                Err(BtfError::Malformed { .. }) => {}
+                Err(e) => panic!("{what}: wrong error {e:?}"),
+                Ok(_) => panic!("{what}: parsed"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_file_is_reported_as_such() {
+        let path = Path::new("/nonexistent/ctrwatch/vmlinux");
+        let err = kernel_offsets_from(path).unwrap_err();
+        assert!(matches!(err, BtfError::Missing { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("/nonexistent/ctrwatch/vmlinux"),
+            "{err}"
+        );
+        let err = kernel_offsets_from(Path::new("/")).unwrap_err();
+        assert!(matches!(err, BtfError::Unreadable { .. }), "{err:?}");
+    }
+
+    /// The running kernel's BTF, when this machine has one.
+    fn vmlinux() -> Option<KernelBtf> {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("{VMLINUX_BTF} absent: skipping the checks against the running kernel");
+            return None;
+        }
+        Some(KernelBtf::open(path).expect("the running kernel's BTF parses"))
+    }
+
+    #[test]
+    fn running_kernel_offsets_are_plausible() {
+        let Some(btf) = vmlinux() else { return };
+        let o = offsets_from_btf(&btf).expect("all offsets found");
+        assert_eq!(o.valid, 1);
+        assert_eq!(kernel_offsets().expect("kernel_offsets()"), o);
+
+        // Layouts that have not changed in decades and that the programs rely on.
+        assert_eq!((o.path_mnt, o.path_dentry), (0, 8));
+        assert_eq!(o.qstr_name, 8);
+        // qstr.len sits in an anonymous struct in an anonymous union, after or before the
+        // hash depending on byte order.
+        let len = if cfg!(target_endian = "little") { 4 } else { 0 };
+        assert_eq!(o.qstr_len, len);
+        assert_eq!(o.fdt_max_fds, 0);
+        assert_eq!(o.fdt_fd, 8);
+
+        // Fields of one struct cannot share an offset (none of these are in a common union).
+        let groups: [&[u32]; 8] = [
+            &[
+                o.task_pid,
+                o.task_tgid,
+                o.task_real_parent,
+                o.task_fs,
+                o.task_files,
+                o.task_mm,
+                o.task_nsproxy,
+                o.task_exit_code,
+            ],
+            &[o.fs_pwd, o.fs_root],
+            &[o.file_f_path, o.file_f_inode, o.file_f_mode],
+            &[o.dentry_d_parent, o.dentry_d_name, o.dentry_d_inode],
+            &[o.inode_i_ino, o.inode_i_sb, o.inode_i_size, o.inode_i_mode],
+            &[o.mount_mnt, o.mount_mnt_parent, o.mount_mnt_mountpoint],
+            &[o.mm_arg_start, o.mm_arg_end, o.mm_exe_file],
+            &[o.fdt_max_fds, o.fdt_fd],
+        ];
+        for group in groups {
+            let distinct: BTreeSet<_> = group.iter().collect();
+            assert_eq!(distinct.len(), group.len(), "overlapping offsets {group:?}");
+        }
+        assert_eq!(
+            o.task_tgid,
+            o.task_pid + 4,
+            "pid_t pid; pid_t tgid; are adjacent"
+        );
+        assert_eq!(
+            o.mm_arg_end,
+            o.mm_arg_start + 8,
+            "arg_start, arg_end are adjacent"
+        );
+        // Pointers and longs are 8-byte aligned on 64-bit kernels.
+        for ptr in [
+            o.task_real_parent,
+            o.task_fs,
+            o.task_files,
+            o.task_mm,
+            o.task_nsproxy,
+            o.file_f_inode,
+            o.dentry_d_parent,
+            o.dentry_d_inode,
+            o.inode_i_sb,
+            o.inode_i_ino,
+            o.mount_mnt_parent,
+            o.mount_mnt_mountpoint,
+            o.vfsmount_mnt_root,
+            o.mm_arg_start,
+            o.mm_exe_file,
+            o.nsproxy_mnt_ns,
+            o.files_fdt,
+        ] {
+            assert_eq!(ptr % 8, 0, "{ptr} not pointer-aligned in {o:?}");
+        }
+    }
+
+    #[test]
+    fn running_kernel_nested_paths_add_up() {
+        let Some(btf) = vmlinux() else { return };
+        let o = offsets_from_btf(&btf).unwrap();
+        let nested = |s: &str, p: &[&str]| field_offset(&btf, s, p).unwrap();
+        assert_eq!(
+            nested("dentry", &["d_name", "name"]),
+            o.dentry_d_name + o.qstr_name
+        );
+        assert_eq!(
+            nested("dentry", &["d_name", "len"]),
+            o.dentry_d_name + o.qstr_len
+        );
+        assert_eq!(
+            nested("file", &["f_path", "dentry"]),
+            o.file_f_path + o.path_dentry
+        );
+        assert_eq!(
+            nested("mount", &["mnt", "mnt_root"]),
+            o.mount_mnt + o.vfsmount_mnt_root
+        );
+        assert_eq!(
+            nested("mnt_namespace", &["ns", "inum"]),
+            o.mnt_ns_ns + o.ns_common_inum
+        );
+        assert_eq!(nested("fs_struct", &["pwd", "mnt"]), o.fs_pwd + o.path_mnt);
+    }
+
+    #[test]
+    fn running_kernel_errors() {
+        let Some(btf) = vmlinux() else { return };
+        let err = field_offset(&btf, "task_struct", &["no_such_field"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `no_such_field` not found in struct task_struct"
+        );
+        let err = field_offset(&btf, "no_such_struct_ctrwatch", &["x"]).unwrap_err();
+        assert!(matches!(err, BtfError::TypeNotFound { .. }), "{err:?}");
+        // task_struct.sched_reset_on_fork has been a 1-bit bitfield since 2.6.
+        let err = field_offset(&btf, "task_struct", &["sched_reset_on_fork"]).unwrap_err();
+        assert!(matches!(err, BtfError::Bitfield { bits: 1, .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,198 @@
+//! `ctrwatch watch`: attach, stream enriched events until interrupted, detach.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    enrich::{Enricher, Outcome},
+    event::{FileEvent, LossEvent, monotonic_ns},
+    kernel::{KernelWatch, LoadOptions, records},
+    loss::LossTracker,
+    process::ProcessTable,
+    roots::RootSet,
+};
+
+/// Where containerd and k3s keep their state unless configured otherwise.
+pub const DEFAULT_ROOTS: &[&str] = &[
+    "/var/lib/containerd",
+    "/run/containerd",
+    "/var/lib/rancher/k3s/agent/containerd",
+    "/run/k3s/containerd",
+];
+
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    pub roots: Vec<PathBuf>,
+    pub json: bool,
+    pub ring_buffer_bytes: u32,
+    /// How often roots are re-resolved (new symlinks, bind mounts, roots created later).
+    pub root_refresh: Duration,
+    /// How long exited processes stay resolvable for late events.
+    pub process_grace: Duration,
+}
+
+/// Where events go.
+pub trait Sink {
+    fn file_event(&mut self, ev: &FileEvent) -> std::io::Result<()>;
+    fn loss(&mut self, ev: &LossEvent) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+/// Events on stdout, one JSON object or one readable line each.
+pub struct StdoutSink {
+    out: std::io::BufWriter<std::io::Stdout>,
+    json: bool,
+}
+
+impl StdoutSink {
+    pub fn new(json: bool) -> Self {
+        StdoutSink {
+            out: std::io::BufWriter::new(std::io::stdout()),
+            json,
+        }
+    }
+}
+
+impl Sink for StdoutSink {
+    fn file_event(&mut self, ev: &FileEvent) -> std::io::Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut self.out, ev)?;
+            self.out.write_all(b"\n")
+        } else {
+            writeln!(self.out, "{}", ev.human_line())
+        }
+    }
+    fn loss(&mut self, ev: &LossEvent) -> std::io::Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut self.out, ev)?;
+            self.out.write_all(b"\n")
+        } else {
+            writeln!(
+                self.out,
+                "{} LOSS       {} records not delivered between {} and {}: {:?}",
+                ev.time, ev.lost, ev.from, ev.to, ev.kinds
+            )
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> {
+    let mut kernel = KernelWatch::load(&LoadOptions {
+        ring_buffer_bytes: opts.ring_buffer_bytes,
+        self_tgid: std::process::id(),
+    })
+    .context("attaching the eBPF programs")?;
+    let roots = RootSet::resolve(&opts.roots);
+    kernel
+        .set_root_prefixes(&roots.kernel_prefixes())
+        .context("setting the watched roots")?;
+    let mut processes = ProcessTable::new(opts.process_grace);
+    if let Err(e) = processes.seed_from_proc() {
+        log::warn!("reading running processes from /proc: {e:#}");
+    }
+    let mut enricher = Enricher::new(roots, processes);
+    let mut losses = LossTracker::new(kernel.lost_counts()?, monotonic_ns());
+    let ring = kernel.take_ring_buffer()?;
+    // SAFETY: the ring buffer owns its fd and is owned by the AsyncFd, so the fd stays open
+    // for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+
+    eprintln!(
+        "ctrwatch: watching {} root(s) with {} ({} hooks attached, {} not on this kernel): {}",
+        enricher.roots.roots.len(),
+        kernel.attachment.backend,
+        kernel.attachment.attached.len(),
+        kernel.attachment.unavailable.len(),
+        enricher
+            .roots
+            .roots
+            .iter()
+            .map(|r| r.canonical.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_refresh = Instant::now();
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("ring buffer")?;
+                drain(guard.get_inner_mut(), &mut enricher, &mut kernel, sink)?;
+                guard.clear_ready();
+                sink.flush()?;
+            }
+            _ = tick.tick() => {
+                if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
+                    sink.loss(&loss)?;
+                    sink.flush()?;
+                }
+                enricher.processes.reap(monotonic_ns());
+                if last_refresh.elapsed() >= opts.root_refresh {
+                    last_refresh = Instant::now();
+                    let fresh = RootSet::resolve(&opts.roots);
+                    if fresh != enricher.roots {
+                        log::info!("watched roots changed: {:?}", fresh.roots);
+                        kernel.set_root_prefixes(&fresh.kernel_prefixes())?;
+                        enricher.roots = fresh;
+                    }
+                }
+            }
+        }
+    }
+    // What arrived before the signal is still reported.
+    drain(ring.get_mut(), &mut enricher, &mut kernel, sink)?;
+    if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
+        sink.loss(&loss)?;
+    }
+    sink.flush()?;
+    Ok(())
+}
+
+fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    enricher: &mut Enricher,
+    kernel: &mut KernelWatch,
+    sink: &mut dyn Sink,
+) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        let record = match records::decode(&item) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("undecodable record: {e}");
+                continue;
+            }
+        };
+        drop(item);
+        match enricher.on_record(record) {
+            Outcome::Event(ev) => sink.file_event(&ev)?,
+            Outcome::ProcessExited(pid) => {
+                let unclosed = kernel.take_write_aggregates(pid)?;
+                if !unclosed.is_empty() {
+                    for ev in enricher.on_unclosed_writes(unclosed) {
+                        sink.file_event(&ev)?;
+                    }
+                }
+            }
+            Outcome::Nothing => {}
+        }
+    }
+    Ok(())
+}
