@@ -223,26 +223,32 @@ fn cycles_and_shared_pages() {
     put_u64(&mut bad, page_off(root) + 16 + 16 + 8, c0);
     assert!(matches!(open_err(bad), BoltError::PageReused { .. }));
     // A bucket whose root is a page of the root bucket's tree.
-    let db = Db::from_bytes(img.clone()).unwrap();
-    let paged = db
-        .root()
-        .bucket(b"paged")
-        .unwrap()
-        .unwrap()
-        .root_pgid()
-        .unwrap();
-    drop(db);
     let leaf = first_leaf(&img, root);
     let mut bad = img.clone();
-    // Find the value of "paged" by scanning for its bucket header.
-    let needle = paged.to_le_bytes();
-    let pos = bad
-        .windows(8)
-        .enumerate()
-        .position(|(i, w)| w == needle && i > 2 * PS && i % PS != 0)
-        .unwrap();
-    put_u64(&mut bad, pos, leaf);
-    assert!(matches!(open_err(bad), BoltError::PageReused { .. }));
+    let value = value_offset(&img, b"paged");
+    put_u64(&mut bad, value, leaf);
+    assert!(matches!(open_err(bad), BoltError::PageReused { pgid, .. } if pgid == leaf));
+}
+
+/// Offset in the image of the value stored under `key` (searching every leaf page).
+fn value_offset(img: &[u8], key: &[u8]) -> usize {
+    for pgid in 2..(img.len() / PS) as u64 {
+        if flags(img, pgid) != common::LEAF {
+            continue;
+        }
+        let off = page_off(pgid);
+        let count = u16::from_le_bytes([img[off + 10], img[off + 11]]) as usize;
+        for i in 0..count {
+            let e = off + 16 + 16 * i;
+            let field = |f: usize| u32::from_le_bytes(img[e + f..e + f + 4].try_into().unwrap());
+            let k = e + field(4) as usize;
+            let ksize = field(8) as usize;
+            if &img[k..k + ksize] == key {
+                return k + ksize;
+            }
+        }
+    }
+    panic!("key {key:?} not found");
 }
 
 /// A chain of single-element branch pages deeper than the limit.

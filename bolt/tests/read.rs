@@ -392,7 +392,7 @@ fn total_counts_match() {
     let db = roundtrip(4096, &t);
     assert_eq!(common::walk(db.root()).unwrap(), t.total());
     // Items are exactly what was written.
-    match t.entries.get(&b"v1".to_vec()) {
+    match t.entries.get(b"v1".as_slice()) {
         Some(Item::Bucket(_)) => {}
         _ => panic!("v1 should be a bucket"),
     }

@@ -1,1 +1,244 @@
+//! Harness for ctrwatch's integration tests: they need root and a real kernel, and drive the
+//! real `ctrwatch` binary.
+//!
+//! [`Watcher`] runs `ctrwatch watch --json` on some roots and collects its output in the
+//! background; tests perform operations from child processes and wait for the records.
 
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long a test waits for a record before failing.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The ctrwatch binary under test: $CTRWATCH_BIN (set by `cargo xtask test`), else the debug
+/// build next to this test binary.
+pub fn ctrwatch_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CTRWATCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/<test> -> target/debug/ctrwatch
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("ctrwatch"))
+        .unwrap_or_default();
+    assert!(
+        candidate.exists(),
+        "ctrwatch binary not found: build it (cargo build -p watcher) or set CTRWATCH_BIN; \
+         `cargo xtask test` does both"
+    );
+    candidate
+}
+
+/// These tests load eBPF programs: they must run as root, and are never skipped silently.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests need root (they load eBPF programs): run `sudo cargo xtask test`"
+    );
+}
+
+/// A fresh directory under /tmp for one test (not under the system temp dir, which may be a
+/// tmpfs mounted elsewhere in other environments; /tmp is what the docs use).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(format!(
+        "/tmp/ctrwatch-test-{}-{}-{}",
+        name,
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    dir
+}
+
+/// A running `ctrwatch watch --json`.
+pub struct Watcher {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Starts the watcher on `roots` with `extra` arguments and waits until it is attached.
+    pub fn start(roots: &[&Path], extra: &[&str]) -> Watcher {
+        require_root();
+        let mut cmd = Command::new(ctrwatch_bin());
+        cmd.arg("watch").arg("--json");
+        for r in roots {
+            cmd.arg("--root").arg(r);
+        }
+        cmd.args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl in the child before exec; async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                // The watcher must not outlive the tests (a shared watcher is never dropped).
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", ctrwatch_bin().display()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            let lines = Arc::clone(&lines);
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let value: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("watch --json printed non-JSON {line:?}: {e}"));
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(value);
+                    }
+                }
+            }));
+        }
+        if let Some(err) = child.stderr.take() {
+            let stderr = Arc::clone(&stderr);
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = stderr.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            }));
+        }
+        let watcher = Watcher {
+            child,
+            lines,
+            stderr,
+            readers,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let err = watcher.stderr();
+            if err.contains("ctrwatch: watching") {
+                break;
+            }
+            assert!(!err.contains("error"), "ctrwatch failed to start:\n{err}");
+            assert!(
+                Instant::now() < deadline,
+                "ctrwatch did not attach within 120 s; stderr:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        watcher
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every record so far.
+    pub fn records(&self) -> Vec<Value> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until a record matching `pred` has arrived; returns it.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            if let Some(v) = self.records().into_iter().find(&pred) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no record for {what} within {EVENT_TIMEOUT:?}; records so far:\n{}\nstderr:\n{}",
+                self.records()
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal to the watcher (SIGSTOP/SIGCONT to hold its reading back).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Stops the watcher (SIGTERM), waits for it, and returns every record it printed.
+    pub fn stop(mut self) -> Vec<Value> {
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "ctrwatch exited with {status:?}; stderr:\n{}",
+            self.stderr()
+        );
+        self.records()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGCONT);
+            self.signal(libc::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Field of a record as a string ("" when absent).
+pub fn s<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The record's process object field.
+pub fn process<'a>(v: &'a Value, field: &str) -> &'a Value {
+    v.get("process")
+        .and_then(|p| p.get(field))
+        .unwrap_or(&Value::Null)
+}
+
+/// Starts a watcher from a thread that lives as long as the test process, so that the
+/// watcher's parent-death signal fires when the tests end, not when the test that happened to
+/// start it finishes. For a watcher shared by the tests of one binary.
+pub fn start_shared(roots: Vec<PathBuf>, extra: Vec<String>) -> Watcher {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let roots: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let result = std::panic::catch_unwind(|| Watcher::start(&roots, &extra));
+        let _ = tx.send(result);
+        loop {
+            std::thread::park();
+        }
+    });
+    match rx.recv() {
+        Ok(Ok(w)) => w,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => panic!("watcher thread: {e}"),
+    }
+}

@@ -1,0 +1,477 @@
+//! Real kernel events: each test performs file operations from child processes under a watched
+//! root and checks the exact record `ctrwatch watch --json` prints, and checks that the same
+//! operations outside the roots print nothing. Needs root (loads eBPF).
+
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use serde_json::Value;
+use tests::{Watcher, process, s, start_shared, temp_dir};
+
+const FSOP: &str = env!("CARGO_BIN_EXE_fsop");
+
+/// One watcher for the tests of this file, on three roots: a plain directory, a symlink to a
+/// directory, and a directory that does not exist when the watcher starts.
+struct Shared {
+    watcher: Watcher,
+    base: PathBuf,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let base = temp_dir("events");
+        let main = base.join("main");
+        let target = base.join("symlink-target");
+        std::fs::create_dir_all(&main).expect("mkdir main");
+        std::fs::create_dir_all(&target).expect("mkdir symlink target");
+        std::os::unix::fs::symlink(&target, base.join("link")).expect("symlink root");
+        let roots = vec![main, base.join("link"), base.join("later")];
+        let watcher = start_shared(roots, vec!["--root-refresh".into(), "1".into()]);
+        Shared { watcher, base }
+    })
+}
+
+/// A fresh directory for one test under the plain root.
+fn test_dir(name: &str) -> PathBuf {
+    let d = shared().base.join("main").join(name);
+    std::fs::create_dir_all(&d).expect("mkdir test dir");
+    d
+}
+
+/// Runs `fsop ARGS` and returns its pid; asserts the exit status.
+fn fsop(args: &[&OsStr], expect_ok: bool) -> u32 {
+    let mut child = Command::new(FSOP).args(args).spawn().expect("spawn fsop");
+    let pid = child.id();
+    let status = child.wait().expect("wait fsop");
+    assert_eq!(
+        status.success(),
+        expect_ok,
+        "fsop {args:?} exited with {status}"
+    );
+    pid
+}
+
+fn os(p: &Path) -> &OsStr {
+    p.as_os_str()
+}
+
+fn path_of(v: &Value, field: &str) -> Vec<u8> {
+    // Exact bytes: from the hex field when the path is not UTF-8.
+    let hex_field = format!("{field}_hex");
+    if let Some(h) = v.get(&hex_field).and_then(Value::as_str) {
+        return (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+            .collect();
+    }
+    s(v, field).as_bytes().to_vec()
+}
+
+/// Waits for the record of `op` on `path` by process `pid`.
+fn record(op: &str, path: &Path, pid: u32) -> Value {
+    let want = path.as_os_str().as_bytes().to_vec();
+    shared()
+        .watcher
+        .wait_for(&format!("{op} {}", path.display()), |v| {
+            s(v, "op") == op
+                && path_of(v, "path") == want
+                && process(v, "pid").as_u64() == Some(pid as u64)
+        })
+}
+
+/// The checks every file record must pass: acting process, its exe, its parent (this test
+/// process) first in the ancestry, ending at PID 1.
+fn assert_attributed(v: &Value, pid: u32) {
+    assert_eq!(process(v, "pid").as_u64(), Some(pid as u64), "{v}");
+    assert_eq!(process(v, "comm").as_str(), Some("fsop"), "{v}");
+    assert_eq!(process(v, "exe").as_str(), Some(FSOP), "{v}");
+    assert_eq!(
+        process(v, "ppid").as_u64(),
+        Some(std::process::id() as u64),
+        "{v}"
+    );
+    let ancestors = process(v, "ancestors")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        ancestors
+            .first()
+            .and_then(|a| a.get("pid"))
+            .and_then(Value::as_u64),
+        Some(std::process::id() as u64),
+        "first ancestor is the test process: {v}"
+    );
+    assert_eq!(
+        ancestors
+            .last()
+            .and_then(|a| a.get("pid"))
+            .and_then(Value::as_u64),
+        Some(1),
+        "ancestry ends at PID 1: {v}"
+    );
+    assert!(
+        v.get("time")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+}
+
+#[test]
+fn every_operation_kind_is_reported_with_its_process() {
+    let d = test_dir("ops");
+    let f = d.join("file");
+    let f2 = d.join("renamed");
+    let sub = d.join("sub");
+
+    let pid = fsop(&[OsStr::new("create"), os(&f)], true);
+    let v = record("create", &f, pid);
+    assert_attributed(&v, pid);
+    assert_eq!(s(&v, "result"), "ok");
+    assert!(v.get("inode").and_then(Value::as_u64).is_some(), "{v}");
+
+    let pid = fsop(&[OsStr::new("write"), os(&f), OsStr::new("4096")], true);
+    let v = record("modify", &f, pid);
+    assert_attributed(&v, pid);
+    assert_eq!(v.get("bytes").and_then(Value::as_u64), Some(4096), "{v}");
+    assert_eq!(v.get("writes").and_then(Value::as_u64), Some(1), "{v}");
+    assert_eq!(v.get("size").and_then(Value::as_u64), Some(4096), "{v}");
+    record("open_write", &f, pid);
+
+    let pid = fsop(
+        &[OsStr::new("write-noclose"), os(&f), OsStr::new("10")],
+        true,
+    );
+    let v = record("modify", &f, pid);
+    assert_eq!(v.get("bytes").and_then(Value::as_u64), Some(10), "{v}");
+    assert!(v.to_string().contains("not_closed"), "{v}");
+
+    let pid = fsop(&[OsStr::new("truncate"), os(&f), OsStr::new("100")], true);
+    let v = record("truncate", &f, pid);
+    assert_attributed(&v, pid);
+    assert_eq!(v.get("size").and_then(Value::as_u64), Some(100), "{v}");
+
+    let pid = fsop(&[OsStr::new("ftruncate"), os(&f), OsStr::new("7")], true);
+    let v = record("truncate", &f, pid);
+    assert_eq!(v.get("size").and_then(Value::as_u64), Some(7), "{v}");
+    assert!(v.to_string().contains("by_fd"), "{v}");
+
+    let pid = fsop(&[OsStr::new("open-trunc"), os(&f)], true);
+    let v = record("truncate", &f, pid);
+    assert!(v.to_string().contains("\"open_flags\""), "{v}");
+
+    let pid = fsop(&[OsStr::new("fallocate"), os(&f), OsStr::new("8192")], true);
+    let v = record("fallocate", &f, pid);
+    assert_attributed(&v, pid);
+    assert_eq!(v.get("size").and_then(Value::as_u64), Some(8192), "{v}");
+
+    let pid = fsop(&[OsStr::new("chmod"), os(&f), OsStr::new("600")], true);
+    let v = record("chmod", &f, pid);
+    assert_eq!(s(&v, "mode"), "0600", "{v}");
+
+    let pid = fsop(
+        &[
+            OsStr::new("chown"),
+            os(&f),
+            OsStr::new("1"),
+            OsStr::new("2"),
+        ],
+        true,
+    );
+    let v = record("chown", &f, pid);
+    assert_eq!(v.get("owner_uid").and_then(Value::as_u64), Some(1), "{v}");
+    assert_eq!(v.get("owner_gid").and_then(Value::as_u64), Some(2), "{v}");
+
+    let pid = fsop(&[OsStr::new("mkdir"), os(&sub)], true);
+    assert_attributed(&record("mkdir", &sub, pid), pid);
+
+    let pid = fsop(
+        &[
+            OsStr::new("setxattr"),
+            os(&sub),
+            OsStr::new("trusted.overlay.opaque"),
+            OsStr::new("y"),
+        ],
+        true,
+    );
+    let v = record("setxattr", &sub, pid);
+    assert_eq!(v["xattr"]["name"], "trusted.overlay.opaque", "{v}");
+    assert_eq!(v["xattr"]["value"], "y", "{v}");
+
+    let pid = fsop(
+        &[
+            OsStr::new("setxattr"),
+            os(&sub),
+            OsStr::new("user.other"),
+            OsStr::new("secret"),
+        ],
+        true,
+    );
+    let v = record("setxattr", &sub, pid);
+    assert_eq!(v["xattr"]["name"], "user.other", "{v}");
+    assert!(
+        v["xattr"].get("value").is_none(),
+        "non-overlay values are not captured: {v}"
+    );
+
+    let pid = fsop(
+        &[
+            OsStr::new("removexattr"),
+            os(&sub),
+            OsStr::new("trusted.overlay.opaque"),
+        ],
+        true,
+    );
+    assert_eq!(
+        record("removexattr", &sub, pid)["xattr"]["name"],
+        "trusted.overlay.opaque"
+    );
+
+    let pid = fsop(&[OsStr::new("rename"), os(&f), os(&f2)], true);
+    let v = record("rename", &f, pid);
+    assert_attributed(&v, pid);
+    assert_eq!(
+        s(&v, "new_path").as_bytes(),
+        f2.as_os_str().as_bytes(),
+        "{v}"
+    );
+
+    let hard = d.join("hard");
+    let pid = fsop(&[OsStr::new("link"), os(&f2), os(&hard)], true);
+    let v = record("link", &f2, pid);
+    assert_eq!(
+        s(&v, "new_path").as_bytes(),
+        hard.as_os_str().as_bytes(),
+        "{v}"
+    );
+
+    let sym = d.join("sym");
+    let pid = fsop(
+        &[OsStr::new("symlink"), OsStr::new("../elsewhere"), os(&sym)],
+        true,
+    );
+    let v = record("symlink", &sym, pid);
+    assert_eq!(
+        s(&v, "new_path"),
+        "../elsewhere",
+        "the target, as given: {v}"
+    );
+
+    let wh = d.join("whiteout");
+    let pid = fsop(&[OsStr::new("whiteout"), os(&wh)], true);
+    let v = record("mknod", &wh, pid);
+    assert_eq!(v.get("whiteout"), Some(&Value::Bool(true)), "{v}");
+    assert_eq!(s(&v, "rdev"), "0:0", "{v}");
+
+    let pid = fsop(&[OsStr::new("unlink"), os(&hard)], true);
+    let v = record("unlink", &hard, pid);
+    assert_attributed(&v, pid);
+    assert_eq!(s(&v, "result"), "ok");
+
+    // A failed unlink is not a deletion: the result says so.
+    let missing = d.join("missing");
+    let pid = fsop(&[OsStr::new("unlink"), os(&missing)], false);
+    let v = record("unlink", &missing, pid);
+    assert_eq!(s(&v, "result"), "ENOENT", "{v}");
+    assert_eq!(v.get("errno").and_then(Value::as_i64), Some(2), "{v}");
+
+    let pid = fsop(&[OsStr::new("rmdir"), os(&sub)], true);
+    assert_attributed(&record("rmdir", &sub, pid), pid);
+}
+
+#[test]
+fn operations_outside_the_roots_are_not_reported() {
+    let outside = temp_dir("outside");
+    let f = outside.join("file");
+    fsop(&[OsStr::new("create"), os(&f)], true);
+    fsop(&[OsStr::new("write"), os(&f), OsStr::new("100")], true);
+    fsop(&[OsStr::new("truncate"), os(&f), OsStr::new("1")], true);
+    fsop(&[OsStr::new("chmod"), os(&f), OsStr::new("600")], true);
+    fsop(
+        &[
+            OsStr::new("setxattr"),
+            os(&outside),
+            OsStr::new("trusted.overlay.opaque"),
+            OsStr::new("y"),
+        ],
+        true,
+    );
+    fsop(&[OsStr::new("mkdir"), os(&outside.join("d"))], true);
+    fsop(
+        &[OsStr::new("rename"), os(&f), os(&outside.join("g"))],
+        true,
+    );
+    fsop(&[OsStr::new("unlink"), os(&outside.join("g"))], true);
+    // A marker inside a root: records arrive in order, so once it is here, anything the
+    // operations above produced would be here too.
+    let marker = test_dir("outside-marker").join("marker");
+    let pid = fsop(&[OsStr::new("create"), os(&marker)], true);
+    record("create", &marker, pid);
+    let prefix = outside.as_os_str().as_bytes();
+    let leaked: Vec<Value> = shared()
+        .watcher
+        .records()
+        .into_iter()
+        .filter(|v| {
+            path_of(v, "path").starts_with(prefix) || path_of(v, "new_path").starts_with(prefix)
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "operations outside the roots were reported: {leaked:?}"
+    );
+    let _ = std::fs::remove_dir_all(outside);
+}
+
+#[test]
+fn relative_paths_resolve_against_dirfd_and_cwd() {
+    let d = test_dir("relative");
+    std::fs::write(d.join("by-dirfd"), b"x").expect("write");
+    std::fs::write(d.join("by-cwd"), b"x").expect("write");
+    let pid = fsop(
+        &[OsStr::new("unlinkat"), os(&d), OsStr::new("by-dirfd")],
+        true,
+    );
+    assert_attributed(&record("unlink", &d.join("by-dirfd"), pid), pid);
+    let pid = fsop(
+        &[OsStr::new("cwd-unlink"), os(&d), OsStr::new("by-cwd")],
+        true,
+    );
+    assert_attributed(&record("unlink", &d.join("by-cwd"), pid), pid);
+}
+
+#[test]
+fn a_symlinked_root_is_watched_and_reported_canonically() {
+    let base = &shared().base;
+    let via_link = base.join("link").join("a");
+    let canonical = std::fs::canonicalize(base.join("symlink-target"))
+        .expect("canonical")
+        .join("a");
+    // Through the symlink path...
+    let pid = fsop(&[OsStr::new("create"), os(&via_link)], true);
+    record("create", &canonical, pid);
+    // ...and through the real path.
+    let pid = fsop(&[OsStr::new("unlink"), os(&canonical)], true);
+    record("unlink", &canonical, pid);
+}
+
+#[test]
+fn a_root_created_after_start_is_watched() {
+    let later = shared().base.join("later");
+    let pid = fsop(&[OsStr::new("mkdir"), os(&later)], true);
+    record("mkdir", &later, pid);
+    let f = later.join("f");
+    let pid = fsop(&[OsStr::new("create"), os(&f)], true);
+    record("create", &f, pid);
+}
+
+#[test]
+fn a_bind_mount_of_a_root_is_followed() {
+    let d = test_dir("bind-source");
+    let mnt = temp_dir("bind-target");
+    let ok = Command::new("mount")
+        .args([OsStr::new("--bind"), os(&d), os(&mnt)])
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount --bind failed");
+    // The watcher re-reads the mount table every second (--root-refresh 1).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let pid = fsop(&[OsStr::new("create"), os(&mnt.join("via-bind"))], true);
+    let v = record("create", &d.join("via-bind"), pid);
+    assert_attributed(&v, pid);
+    let _ = Command::new("umount").arg(&mnt).status();
+}
+
+#[test]
+fn awkward_names_are_carried_exactly() {
+    let d = test_dir("names");
+    let names: Vec<Vec<u8>> = vec![
+        b"with space".to_vec(),
+        b"new\nline".to_vec(),
+        b"bad-\xff\xfe-utf8".to_vec(),
+        vec![b'n'; 255],
+    ];
+    for name in names {
+        let p = d.join(OsStr::from_bytes(&name));
+        let pid = fsop(&[OsStr::new("create"), os(&p)], true);
+        let v = record("create", &p, pid);
+        if std::str::from_utf8(&name).is_err() {
+            assert!(
+                v.get("path_hex").is_some(),
+                "non-UTF-8 path carries its bytes: {v}"
+            );
+            assert!(
+                s(&v, "path").contains("\\xff"),
+                "and an escaped display form: {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_path_forty_directories_deep_is_complete() {
+    let mut p = test_dir("deep");
+    for i in 0..40 {
+        p.push(format!("level{i:02}"));
+    }
+    std::fs::create_dir_all(&p).expect("mkdir -p");
+    // Relative to a dirfd at the bottom, so the kernel has to walk all 40 levels up.
+    std::fs::write(p.join("leaf"), b"x").expect("write leaf");
+    let pid = fsop(&[OsStr::new("unlinkat"), os(&p), OsStr::new("leaf")], true);
+    let v = record("unlink", &p.join("leaf"), pid);
+    assert!(!v.to_string().contains("path_truncated"), "{v}");
+}
+
+#[test]
+fn a_short_lived_process_chain_is_attributed_with_its_ancestry() {
+    let d = test_dir("chain");
+    let f = d.join("victim");
+    std::fs::write(&f, b"x").expect("write");
+    let script = format!("sh -c 'rm -f {}'", f.display());
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .expect("bash");
+    assert!(status.success());
+    let v = shared().watcher.wait_for("rm by sh by bash", |v| {
+        s(v, "op") == "unlink" && path_of(v, "path") == f.as_os_str().as_bytes()
+    });
+    assert_eq!(process(&v, "comm").as_str(), Some("rm"), "{v}");
+    assert!(
+        process(&v, "exe")
+            .as_str()
+            .is_some_and(|e| e.ends_with("/rm")),
+        "{v}"
+    );
+    let chain: Vec<String> = process(&v, "ancestors")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| a["comm"].as_str().unwrap_or("").to_string())
+        .collect();
+    // bash may exec its last command directly, so the shells are "sh" then "bash", or just
+    // one of them; the test process must follow.
+    let test_comm_pos = chain
+        .iter()
+        .position(|c| c.starts_with("kernel_events"))
+        .unwrap_or(usize::MAX);
+    assert!(
+        chain.first().is_some_and(|c| c == "sh" || c == "bash") && test_comm_pos <= 2,
+        "ancestry {chain:?} in {v}"
+    );
+    assert_eq!(
+        process(&v, "ancestors")
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|a| a.get("pid"))
+            .and_then(Value::as_u64),
+        Some(1)
+    );
+}
