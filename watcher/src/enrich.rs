@@ -108,10 +108,8 @@ impl Enricher {
         }
         if f.op == op::MODIFY {
             let bound = self.bindings.remove(&key);
-            if f.path.is_empty() {
-                if let Some(b) = bound {
-                    f.path = b.path;
-                }
+            if let (true, Some(b)) = (f.path.is_empty(), bound) {
+                f.path = b.path;
             }
         }
         match self.file_event(f) {
@@ -193,11 +191,10 @@ impl Enricher {
         } else {
             new_path.map(PathText)
         };
-        if let Some(p) = &new_path_text {
-            if !p.is_utf8() {
-                details.new_path_hex = Some(hex(&p.0));
-            }
-        }
+        details.new_path_hex = new_path_text
+            .as_ref()
+            .filter(|p| !p.is_utf8())
+            .map(|p| hex(&p.0));
         self.fill_details(&f, &mut details);
         Some(FileEvent {
             time: self.clock.rfc3339(f.ts_ns),
@@ -246,7 +243,7 @@ impl Enricher {
             d.whiteout = Some(f.mode & S_IFMT == S_IFCHR && f.rdev == 0);
         }
         if matches!(f.op, op::SETXATTR | op::REMOVEXATTR) {
-            let value = (!f.xattr_value.is_empty()).then(|| &f.xattr_value);
+            let value = (!f.xattr_value.is_empty()).then_some(&f.xattr_value);
             d.xattr = Some(XattrView {
                 name: lossless_text(&f.xattr_name),
                 value: value.map(|v| {

@@ -115,10 +115,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 }
 
 /// Splits `tail` into consecutive parts of the given lengths.
-fn split_tail<'a, const N: usize>(
-    tail: &'a [u8],
-    lens: [usize; N],
-) -> Result<[&'a [u8]; N], DecodeError> {
+fn split_tail<const N: usize>(tail: &[u8], lens: [usize; N]) -> Result<[&[u8]; N], DecodeError> {
     let need: usize = lens.iter().sum();
     if need > tail.len() {
         return Err(DecodeError::Tail {
