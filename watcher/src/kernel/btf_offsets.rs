@@ -8,16 +8,18 @@
 //! running, so the daemon reads the offsets from it at start-up and hands them to the programs
 //! in [`KernelOffsets`].
 //!
-//! Parsing is done by the `btf-rs` crate, which exposes every struct member with its name, type
-//! and bit offset; the walk through anonymous structs/unions and typedef/qualifier chains is done
-//! here, with bounded depth, because the BTF comes from outside this program and is not trusted
-//! to be well formed.
+//! BTF is parsed by the private [`parse`] module, written here rather than taken from a crate
+//! (see there for why); the walk through anonymous structs/unions and typedef/qualifier chains is
+//! done in this module, with bounded depth, because the BTF comes from outside this program and
+//! is not trusted to be well formed.
+
+mod parse;
 
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use btf_rs::{Btf, BtfType, Member, Struct, Type};
+use parse::{Btf, Kind, Member, ParseError};
 use watcher_common::KernelOffsets;
 
 /// Where the kernel exposes its own BTF (needs CONFIG_DEBUG_INFO_BTF=y).
@@ -83,8 +85,8 @@ pub struct KernelBtf {
 impl KernelBtf {
     /// Reads and parses a BTF file (normally [`VMLINUX_BTF`]).
     pub fn open(path: &Path) -> Result<Self, BtfError> {
-        // Read it whole ourselves: I/O errors are then told apart from bad contents, and
-        // btf-rs parses from memory, where its mmap backend's unchecked slicing is not used.
+        // Read it whole: I/O errors are then told apart from bad contents, and the parser
+        // works on memory it owns.
         let bytes = std::fs::read(path).map_err(|error| {
             if error.kind() == io::ErrorKind::NotFound {
                 BtfError::Missing {
@@ -97,27 +99,16 @@ impl KernelBtf {
                 }
             }
         })?;
-        Self::parse(&bytes, path.display().to_string())
+        Self::parse(bytes, path.display().to_string())
     }
 
     /// Parses BTF held in memory (raw BTF, as in `/sys/kernel/btf/vmlinux`, not an ELF file).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BtfError> {
-        Self::parse(bytes, "in-memory BTF".to_string())
+        Self::parse(bytes.to_vec(), "in-memory BTF".to_string())
     }
 
-    fn parse(bytes: &[u8], origin: String) -> Result<Self, BtfError> {
-        // btf-rs reports a short file as a bare "failed to fill whole buffer"; say what it is.
-        const HEADER_LEN: usize = 24;
-        if bytes.len() < HEADER_LEN {
-            return Err(BtfError::Malformed {
-                origin,
-                reason: format!(
-                    "{} bytes, shorter than the {HEADER_LEN}-byte BTF header",
-                    bytes.len()
-                ),
-            });
-        }
-        match Btf::from_bytes(bytes) {
+    fn parse(bytes: Vec<u8>, origin: String) -> Result<Self, BtfError> {
+        match Btf::parse(bytes) {
             Ok(btf) => Ok(Self { btf, origin }),
             Err(e) => Err(BtfError::Malformed {
                 origin,
@@ -133,39 +124,68 @@ impl KernelBtf {
         }
     }
 
-    /// The struct or union that `ty` names once typedefs and qualifiers are looked through, or
-    /// `None` when it is something else (an int, a pointer, a forward declaration...).
-    fn composite_of(&self, ty: &dyn BtfType) -> Result<Option<Struct>, BtfError> {
-        let Some(mut id) = ty.get_type_id() else {
-            return Ok(None);
-        };
+    fn parse_error(&self) -> impl Fn(ParseError) -> BtfError + '_ {
+        |e| self.malformed(e)
+    }
+
+    /// Type `type_id` once typedefs and qualifiers are looked through (`None`: void), with the
+    /// id it ended at.
+    fn resolve(&self, mut type_id: u32) -> Result<Option<(u32, parse::TypeInfo)>, BtfError> {
         for _ in 0..MAX_TYPE_CHAIN {
-            let resolved = self
-                .btf
-                .resolve_type_by_id(id)
-                .map_err(|e| self.malformed(e))?;
-            let next = match &resolved {
-                Type::Struct(s) | Type::Union(s) => return Ok(Some(s.clone())),
-                Type::Typedef(t) => t.get_type_id(),
-                Type::Volatile(q) | Type::Const(q) | Type::Restrict(q) => q.get_type_id(),
-                Type::TypeTag(t) => t.get_type_id(),
-                _ => return Ok(None),
+            let Some(ty) = self.btf.type_by_id(type_id).map_err(self.parse_error())? else {
+                return Ok(None);
             };
-            match next {
-                Some(n) => id = n,
-                None => return Ok(None),
+            match ty.kind {
+                Kind::Typedef | Kind::Volatile | Kind::Const | Kind::Restrict | Kind::TypeTag => {
+                    type_id = ty.size_or_type;
+                }
+                _ => return Ok(Some((type_id, ty))),
             }
         }
         Err(self.malformed(format_args!(
-            "type {id} is behind more than {MAX_TYPE_CHAIN} typedefs/qualifiers (a cycle?)"
+            "type {type_id} is behind more than {MAX_TYPE_CHAIN} typedefs/qualifiers (a cycle?)"
         )))
     }
 
-    /// Finds member `name` of `composite`, looking into anonymous struct/union members the way
-    /// C does, and returns it with its bit offset from the start of `composite`.
+    /// The id of the struct or union that `type_id` names once typedefs and qualifiers are
+    /// looked through, or `None` when it is something else (an int, a pointer, a forward
+    /// declaration...).
+    fn composite_of(&self, type_id: u32) -> Result<Option<u32>, BtfError> {
+        Ok(self
+            .resolve(type_id)?
+            .and_then(|(id, ty)| matches!(ty.kind, Kind::Struct | Kind::Union).then_some(id)))
+    }
+
+    /// The bitfield size of `member` in bits, or `None` when it is not a bitfield.
+    ///
+    /// Structs with kind_flag set (what pahole and compilers emit whenever a struct has a
+    /// bitfield) give it in the member; in the older encoding, a bitfield's type is an INT
+    /// narrower than its storage or not starting at its bit 0.
+    fn bitfield_bits(&self, member: &Member) -> Result<Option<(u32, u64)>, BtfError> {
+        if let Some(size) = member.bitfield_size {
+            // With kind_flag set every member carries a size; 0 means "not a bitfield".
+            return Ok((size != 0).then_some((size, 0)));
+        }
+        let Some((_, ty)) = self.resolve(member.type_id)? else {
+            return Ok(None);
+        };
+        let Some(int) = self.btf.int_info(&ty).map_err(self.parse_error())? else {
+            return Ok(None);
+        };
+        let storage_bits = u64::from(ty.size_or_type) * 8;
+        if int.bit_offset == 0 && u64::from(int.bits) == storage_bits {
+            Ok(None)
+        } else {
+            Ok(Some((int.bits, u64::from(int.bit_offset))))
+        }
+    }
+
+    /// Finds member `name` of struct/union `composite`, looking into anonymous struct/union
+    /// members the way C does, and returns it with its bit offset from the start of
+    /// `composite`.
     fn find_member(
         &self,
-        composite: &Struct,
+        composite: u32,
         name: &str,
         depth: usize,
     ) -> Result<Option<(Member, u64)>, BtfError> {
@@ -174,36 +194,37 @@ impl KernelBtf {
                 "anonymous members nested more than {MAX_ANON_DEPTH} deep (a cycle?)"
             )));
         }
-        for member in &composite.members {
-            let member_name = self
-                .btf
-                .resolve_name(member)
-                .map_err(|e| self.malformed(e))?;
-            if member_name == name {
-                return Ok(Some((member.clone(), u64::from(member.bit_offset()))));
+        let Some(ty) = self.btf.type_by_id(composite).map_err(self.parse_error())? else {
+            return Ok(None);
+        };
+        for member in self.btf.members(&ty).map_err(self.parse_error())? {
+            let member_name = self.btf.name(member.name_off).map_err(self.parse_error())?;
+            if member_name == name.as_bytes() {
+                return Ok(Some((member, u64::from(member.bit_offset))));
             }
             if !member_name.is_empty() {
                 continue;
             }
             // Anonymous: an unnamed struct/union whose members belong to the enclosing scope,
             // or unnamed bitfield padding, which composite_of rejects.
-            let Some(inner) = self.composite_of(member)? else {
+            let Some(inner) = self.composite_of(member.type_id)? else {
                 continue;
             };
-            if let Some((found, inner_bits)) = self.find_member(&inner, name, depth + 1)? {
-                return Ok(Some((found, u64::from(member.bit_offset()) + inner_bits)));
+            if let Some((found, inner_bits)) = self.find_member(inner, name, depth + 1)? {
+                return Ok(Some((found, u64::from(member.bit_offset) + inner_bits)));
             }
         }
         Ok(None)
     }
 
-    /// Byte offset of `path` (a member, then members of that member...) inside `root`.
-    fn offset_in(&self, struct_name: &str, root: &Struct, path: &[&str]) -> Result<u32, BtfError> {
-        let mut current = root.clone();
+    /// Byte offset of `path` (a member, then members of that member...) inside struct/union
+    /// `root`.
+    fn offset_in(&self, struct_name: &str, root: u32, path: &[&str]) -> Result<u32, BtfError> {
+        let mut current = root;
         let mut bits: u64 = 0;
         for (i, name) in path.iter().enumerate() {
             let field = path[..=i].join(".");
-            let Some((member, member_bits)) = self.find_member(&current, name, 0)? else {
+            let Some((member, member_bits)) = self.find_member(current, name, 0)? else {
                 return Err(BtfError::FieldNotFound {
                     struct_name: struct_name.to_string(),
                     field,
@@ -212,17 +233,13 @@ impl KernelBtf {
             bits = bits.checked_add(member_bits).ok_or_else(|| {
                 self.malformed(format_args!("offset of {struct_name}.{field} overflows"))
             })?;
-            match member.bitfield_size() {
-                // With kind_flag set every member carries a size; 0 means "not a bitfield".
-                Some(size) if size != 0 => {
-                    return Err(BtfError::Bitfield {
-                        struct_name: struct_name.to_string(),
-                        field,
-                        bit_offset: bits,
-                        bits: size,
-                    });
-                }
-                _ => {}
+            if let Some((size, int_offset)) = self.bitfield_bits(&member)? {
+                return Err(BtfError::Bitfield {
+                    struct_name: struct_name.to_string(),
+                    field,
+                    bit_offset: bits.saturating_add(int_offset),
+                    bits: size,
+                });
             }
             if !bits.is_multiple_of(8) {
                 return Err(self.malformed(format_args!(
@@ -230,13 +247,13 @@ impl KernelBtf {
                 )));
             }
             if let Some(next) = path.get(i + 1) {
-                current = self
-                    .composite_of(&member)?
-                    .ok_or_else(|| BtfError::NotComposite {
-                        struct_name: struct_name.to_string(),
-                        field: field.clone(),
-                        next: (*next).to_string(),
-                    })?;
+                current =
+                    self.composite_of(member.type_id)?
+                        .ok_or_else(|| BtfError::NotComposite {
+                            struct_name: struct_name.to_string(),
+                            field: field.clone(),
+                            next: (*next).to_string(),
+                        })?;
             }
         }
         u32::try_from(bits / 8).map_err(|_| {
@@ -265,20 +282,10 @@ pub fn field_offset(
             field: "(empty field path)".to_string(),
         });
     }
-    let candidates = btf
-        .btf
-        .resolve_types_by_name(struct_name)
-        .map_err(|e| btf.malformed(e))?;
     // A name can also belong to a function, a variable or a forward declaration; only full
-    // definitions have members.
-    let definitions: Vec<Struct> = candidates
-        .into_iter()
-        .filter_map(|t| match t {
-            Type::Struct(s) | Type::Union(s) => Some(s),
-            _ => None,
-        })
-        .collect();
-    let Some(first) = definitions.first() else {
+    // struct/union definitions (which have members) are indexed.
+    let definitions = btf.btf.composites_named(struct_name);
+    let Some(&first) = definitions.first() else {
         return Err(BtfError::TypeNotFound {
             name: struct_name.to_string(),
         });
@@ -292,7 +299,7 @@ pub fn field_offset(
     // field, and refuse to guess between them when they disagree.
     let mut offsets = BTreeSet::new();
     let mut first_error = None;
-    for definition in &definitions {
+    for &definition in &definitions {
         match btf.offset_in(struct_name, definition, field_path) {
             Ok(offset) => {
                 offsets.insert(offset);
@@ -478,15 +485,38 @@ mod tests {
         }
 
         fn build(&self) -> Vec<u8> {
+            self.build_with(false)
+        }
+
+        /// The same BTF as a big-endian kernel would have it. Every kind's data is made of
+        /// 32-bit words, so swapping each word of the type section is enough.
+        fn build_big_endian(&self) -> Vec<u8> {
+            self.build_with(true)
+        }
+
+        fn build_with(&self, big_endian: bool) -> Vec<u8> {
+            let word = |w: u32| {
+                if big_endian {
+                    w.to_be_bytes()
+                } else {
+                    w.to_le_bytes()
+                }
+            };
             let mut out = Vec::new();
-            out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+            if big_endian {
+                out.extend_from_slice(&0xeb9f_u16.to_be_bytes());
+            } else {
+                out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+            }
             out.push(1); // version
             out.push(0); // flags
             let type_len = self.types.len() as u32;
             for w in [24, 0, type_len, type_len, self.strings.len() as u32] {
-                out.extend_from_slice(&u32::to_le_bytes(w));
+                out.extend_from_slice(&word(w));
             }
-            out.extend_from_slice(&self.types);
+            for w in self.types.chunks_exact(4) {
+                out.extend_from_slice(&word(u32::from_le_bytes(w.try_into().unwrap())));
+            }
             out.extend_from_slice(&self.strings);
             out
         }
@@ -645,6 +675,193 @@ mod tests {
                 Err(BtfError::Malformed { .. }) => {}
                 Err(e) => panic!("{what}: wrong error {e:?}"),
                 Ok(_) => panic!("{what}: parsed"),
+            }
+        }
+    }
+
+    /// One type of every kind, each with trailing data of a different size, then a struct:
+    /// the struct is found only if every kind's size is skipped correctly.
+    fn every_kind() -> BtfBuilder {
+        let mut b = BtfBuilder::new();
+        let int = b.int("int", 4); // 1: INT, +4
+        b.ptr(int); // 2: PTR
+        b.header("", 3, false, 0, 0); // 3: ARRAY, +12
+        b.u32s(&[int, int, 4]);
+        let e = b.header("e", 6, false, 2, 4); // 4: ENUM, +8 per value
+        let (a, z) = (b.name("A"), b.name("Z"));
+        b.u32s(&[a, 0, z, 1]);
+        b.header("fwd", 7, false, 0, 0); // 5: FWD
+        b.qualifier(11, int); // 6: RESTRICT
+        let proto = b.header("", 13, false, 2, int); // 7: FUNC_PROTO, +8 per param
+        let p = b.name("p");
+        b.u32s(&[p, int, 0, 0]);
+        b.header("f", 12, false, 0, proto); // 8: FUNC
+        let var = b.header("v", 14, false, 0, int); // 9: VAR, +4
+        b.u32s(&[1]);
+        b.header(".data", 15, false, 1, 4); // 10: DATASEC, +12 per var
+        b.u32s(&[var, 0, 4]);
+        b.header("double", 16, false, 0, 8); // 11: FLOAT
+        b.header("tag", 17, false, 0, int); // 12: DECL_TAG, +4
+        b.u32s(&[u32::MAX]);
+        let tagged = b.header("user", 18, false, 0, int); // 13: TYPE_TAG
+        b.header("e64", 19, false, 1, 8); // 14: ENUM64, +12 per value
+        b.u32s(&[a, 1, 2]);
+        b.composite(
+            KIND_STRUCT,
+            "s",
+            16,
+            &[("x", e, 0, 0), ("y", tagged, 32, 0), ("z", int, 64, 0)],
+        );
+        b
+    }
+
+    #[test]
+    fn every_kind_is_skipped_by_its_size() {
+        let btf = KernelBtf::from_bytes(&every_kind().build()).unwrap();
+        assert_eq!(field_offset(&btf, "s", &["z"]).unwrap(), 8);
+        assert_eq!(field_offset(&btf, "s", &["y"]).unwrap(), 4);
+        // Names of other kinds are not struct names.
+        for name in ["e", "f", "fwd", "v", ".data", "int"] {
+            let err = field_offset(&btf, name, &["x"]).unwrap_err();
+            assert!(
+                matches!(err, BtfError::TypeNotFound { .. }),
+                "{name}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn big_endian_btf_is_read() {
+        let mut b = every_kind();
+        b.composite(KIND_STRUCT, "bits", 4, &[("lo", 1, 0, 4), ("hi", 1, 4, 28)]);
+        let btf = KernelBtf::from_bytes(&b.build_big_endian()).unwrap();
+        assert_eq!(field_offset(&btf, "s", &["z"]).unwrap(), 8);
+        let err = field_offset(&btf, "bits", &["hi"]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BtfError::Bitfield {
+                    bit_offset: 4,
+                    bits: 28,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn bitfields_without_kind_flag_are_refused() {
+        // The older encoding: no kind_flag, the bitfield's width and position within its
+        // storage are in its INT type.
+        let mut b = BtfBuilder::new();
+        let full = b.int("unsigned int", 4);
+        let narrow = b.header("", KIND_INT, false, 0, 4);
+        b.u32s(&[3]); // 3 bits
+        let shifted = b.header("", KIND_INT, false, 0, 4);
+        b.u32s(&[(5 << 16) | 2]); // 2 bits at bit 5 of the storage unit
+        b.composite(
+            KIND_STRUCT,
+            "legacy",
+            12,
+            &[
+                ("a", full, 0, 0),
+                ("b", narrow, 32, 0),
+                ("c", shifted, 64, 0),
+            ],
+        );
+        let btf = KernelBtf::from_bytes(&b.build()).unwrap();
+        assert_eq!(field_offset(&btf, "legacy", &["a"]).unwrap(), 0);
+        let err = field_offset(&btf, "legacy", &["b"]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BtfError::Bitfield {
+                    bit_offset: 32,
+                    bits: 3,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = field_offset(&btf, "legacy", &["c"]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BtfError::Bitfield {
+                    bit_offset: 69,
+                    bits: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn structural_corruption_is_malformed() {
+        let malformed = |what: &str, bytes: &[u8]| match KernelBtf::from_bytes(bytes) {
+            Err(BtfError::Malformed { reason, .. }) => reason,
+            Err(e) => panic!("{what}: wrong error {e:?}"),
+            Ok(_) => panic!("{what}: parsed"),
+        };
+        let good = every_kind().build();
+        let set_u32 = |bytes: &mut Vec<u8>, at: usize, v: u32| {
+            bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        };
+        // Header fields: hdr_len at 4, type_len at 12, str_off at 16, str_len at 20.
+        let mut v = good.clone();
+        v[2] = 2;
+        assert!(malformed("version", &v).contains("version 2"));
+        let mut v = good.clone();
+        set_u32(&mut v, 4, 8);
+        malformed("short hdr_len", &v);
+        let mut v = good.clone();
+        set_u32(&mut v, 16, u32::MAX);
+        malformed("str_off overflow", &v);
+        let mut v = good.clone();
+        set_u32(&mut v, 12, 10);
+        malformed("type section ends inside a type header", &v);
+        let mut v = good.clone();
+        set_u32(&mut v, 12, 12 + 2);
+        malformed("type section ends inside INT data", &v);
+        // A string section not ending with NUL would let a name run off its end.
+        let mut v = good.clone();
+        let last = v.len() - 1;
+        v[last] = b'x';
+        malformed("unterminated strings", &v);
+        // Type 1 (INT) given an unknown kind, then a huge vlen as a struct.
+        let info_at = 24 + 4;
+        let mut v = good.clone();
+        set_u32(&mut v, info_at, 31 << 24);
+        assert!(malformed("unknown kind", &v).contains("unknown kind 31"));
+        let mut v = good.clone();
+        set_u32(&mut v, info_at, (4 << 24) | 0xffff);
+        malformed("vlen past the end", &v);
+        // A struct name outside the string section.
+        let mut v = good.clone();
+        set_u32(&mut v, 24, u32::MAX - 3);
+        set_u32(&mut v, info_at, 4 << 24);
+        malformed("name offset", &v);
+    }
+
+    #[test]
+    fn no_corruption_panics() {
+        // Every truncation, and every byte of the header and type section set to a few
+        // values: errors are fine, panics and hangs are not.
+        let good = every_kind().build();
+        for len in 0..good.len() {
+            let _ = KernelBtf::from_bytes(&good[..len]);
+        }
+        let strings_at = good.len() - every_kind().strings.len();
+        for at in 0..strings_at {
+            for value in [0, 1, 0x7f, 0x80, 0xff] {
+                let mut v = good.clone();
+                v[at] = value;
+                if let Ok(btf) = KernelBtf::from_bytes(&v) {
+                    let _ = field_offset(&btf, "s", &["z"]);
+                    let _ = field_offset(&btf, "s", &["x", "y"]);
+                }
             }
         }
     }
