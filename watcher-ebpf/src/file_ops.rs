@@ -11,6 +11,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user as read_user,
         generated::{
@@ -160,6 +161,38 @@ impl Spec {
         self.indirect = arg;
         self
     }
+
+    /// How many leading syscall arguments the spec uses. Programs read no further: the kernel
+    /// refuses to attach a tracepoint program whose context reads go past the record.
+    pub const fn arg_count(&self) -> usize {
+        let used = [
+            self.dirfd,
+            self.path,
+            self.fd,
+            self.dirfd2,
+            self.path2,
+            self.raw2,
+            self.flags,
+            self.mode,
+            self.size,
+            self.offset,
+            self.name,
+            self.value,
+            self.uid,
+            self.gid,
+            self.rdev,
+            self.indirect,
+        ];
+        let mut max = 0;
+        let mut i = 0;
+        while i < used.len() {
+            if used[i] >= 0 && used[i] as usize + 1 > max {
+                max = used[i] as usize + 1;
+            }
+            i += 1;
+        }
+        max
+    }
 }
 
 /// Argument `i` of a syscall tracepoint (`args` start at byte 16, 8 bytes each).
@@ -168,8 +201,9 @@ fn arg(ctx: &TracePointContext, i: i8) -> u64 {
     if !(0..6).contains(&i) {
         return 0;
     }
-    // SAFETY: syscall tracepoint records hold six 8-byte arguments from offset 16.
-    unsafe { ctx.read_at::<u64>(16 + 8 * i as usize).unwrap_or(0) }
+    // SAFETY: syscall enter records hold six 8-byte arguments from offset 16; tracepoint
+    // programs may load their context directly (no helper call on this hot path).
+    unsafe { *(ctx.as_ptr() as *const u64).add(2 + i as usize) }
 }
 
 #[inline(always)]
@@ -181,11 +215,18 @@ fn dirfd_of(args: &[u64; 6], i: i8) -> i64 {
     }
 }
 
+/// `long ret` of a syscall exit record (offset 16).
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: syscall exit records carry `long ret` at offset 16; direct context load.
+    unsafe { *(ctx.as_ptr() as *const i64).add(2) }
+}
+
 /// `__syscall_nr` of a syscall tracepoint record.
 #[inline(always)]
 fn syscall_nr(ctx: &TracePointContext) -> u16 {
     // SAFETY: syscall tracepoint records carry `int __syscall_nr` at offset 8.
-    unsafe { ctx.read_at::<i32>(8).unwrap_or(-1) as u16 }
+    unsafe { *(ctx.as_ptr() as *const i32).add(2) as u16 }
 }
 
 /// Is the file behind `file` under a root? Cached per (file, inode) in `VERDICTS`.
@@ -219,7 +260,7 @@ fn scratch() -> Option<*mut FileRecord> {
 
 /// `sys_enter_*` of every file operation except the write family and close.
 #[inline(always)]
-pub fn enter(ctx: &TracePointContext, spec: &Spec) -> u32 {
+pub fn enter<const ARGS: usize>(ctx: &TracePointContext, spec: &Spec) -> u32 {
     if !offsets_valid() {
         return 0;
     }
@@ -229,7 +270,7 @@ pub fn enter(ctx: &TracePointContext, spec: &Spec) -> u32 {
     }
     let mut args = [0u64; 6];
     let mut i = 0;
-    while i < 6 {
+    while i < 6 && i < ARGS {
         args[i] = arg(ctx, i as i8);
         i += 1;
     }
@@ -390,8 +431,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
         return 0;
     }
     let Some(rec) = scratch() else { return 0 };
-    // SAFETY: syscall exit records carry `long ret` at offset 16.
-    let ret: i64 = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    let ret = syscall_ret(ctx);
     begin_record(rec, p.op);
     // SAFETY: `rec` is this CPU's scratch record; all tail writes are masked (see path.rs).
     unsafe {
@@ -622,8 +662,7 @@ pub fn exit_write(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     let _ = PENDING_WRITE.remove(&id);
-    // SAFETY: syscall exit records carry `long ret` at offset 16.
-    let ret: i64 = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    let ret = syscall_ret(ctx);
     if ret <= 0 {
         return 0;
     }

@@ -31,11 +31,15 @@ macro_rules! file_syscall {
     ($enter:ident, $exit:ident, $spec:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            file_ops::enter(&ctx, &$spec)
+            const SPEC: Spec = $spec;
+            // Evaluated at compile time: the program reads exactly this many arguments.
+            const ARGS: usize = SPEC.arg_count();
+            file_ops::enter::<ARGS>(&ctx, &SPEC)
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            file_ops::exit(&ctx, &$spec)
+            const SPEC: Spec = $spec;
+            file_ops::exit(&ctx, &SPEC)
         }
     };
 }
