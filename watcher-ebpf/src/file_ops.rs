@@ -36,9 +36,9 @@ use crate::{
 };
 
 /// "Argument not used".
-const NONE: i8 = -1;
+pub const NONE: i8 = -1;
 /// The dirfd of syscalls without one (open, unlink, ...).
-const CWD: i8 = -2;
+pub const CWD: i8 = -2;
 const AT_FDCWD: i64 = -100;
 const AT_REMOVEDIR: u64 = 0x200;
 const O_WRONLY: u64 = 1;

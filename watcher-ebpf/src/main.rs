@@ -18,11 +18,9 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use file_ops::Spec;
+use file_ops::{CWD, NONE, Spec};
 use watcher_common::op;
 
-const CWD: i8 = -2;
-const NONE: i8 = -1;
 /// creat() is open(O_CREAT | O_WRONLY | O_TRUNC).
 const CREAT_FLAGS: u16 = 0o1101;
 
