@@ -161,11 +161,11 @@ pub(crate) fn read_metas<R: ReadAt + ?Sized>(src: &R) -> io::Result<MetaPair> {
             let mut found = Err(MetaProblem::NotFound);
             let mut size = MIN_PAGE_SIZE;
             while size <= MAX_PAGE_SIZE {
-                if let Ok(m1) = read_meta(src, u64::from(size))? {
-                    if m1.page_size == size {
-                        found = Ok(m1);
-                        break;
-                    }
+                if let Ok(m1) = read_meta(src, u64::from(size))?
+                    && m1.page_size == size
+                {
+                    found = Ok(m1);
+                    break;
                 }
                 size <<= 1;
             }

@@ -76,13 +76,21 @@ pub struct Watcher {
 impl Watcher {
     /// Starts the watcher on `roots` with `extra` arguments and waits until it is attached.
     pub fn start(roots: &[&Path], extra: &[&str]) -> Watcher {
+        let mut args: Vec<std::ffi::OsString> = vec!["watch".into(), "--json".into()];
+        for r in roots {
+            args.push("--root".into());
+            args.push(r.as_os_str().to_owned());
+        }
+        args.extend(extra.iter().map(|a| a.into()));
+        Watcher::start_command(&args)
+    }
+
+    /// Starts `ctrwatch ARGS...` (e.g. `run --root R --store S`) and waits until it is
+    /// attached. Its stdout, if any, must be JSON lines.
+    pub fn start_command(args: &[std::ffi::OsString]) -> Watcher {
         require_root();
         let mut cmd = Command::new(ctrwatch_bin());
-        cmd.arg("watch").arg("--json");
-        for r in roots {
-            cmd.arg("--root").arg(r);
-        }
-        cmd.args(extra)
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -243,4 +251,26 @@ pub fn start_shared(roots: Vec<PathBuf>, extra: Vec<String>) -> Watcher {
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
         Err(e) => panic!("watcher thread: {e}"),
     }
+}
+
+/// Runs `ctrwatch ARGS...` to completion: (exit code, stdout, stderr).
+pub fn ctrwatch(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(ctrwatch_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running ctrwatch {args:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// JSON lines of a command's stdout.
+pub fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
 }

@@ -10,6 +10,7 @@ use watcher_common::{
 };
 
 use crate::{
+    containerd::attribution::Attributor,
     event::{
         AncestorView, Clock, Details, FileEvent, PathText, ProcessView, XattrView, errno_name, hex,
         lossless_text,
@@ -50,6 +51,8 @@ pub struct Enricher {
     pub roots: RootSet,
     pub processes: ProcessTable,
     pub clock: Clock,
+    /// Adds the `containerd` object to events under containerd roots.
+    pub attributor: Option<Attributor>,
     bindings: HashMap<(u32, i32), Binding>,
 }
 
@@ -59,8 +62,15 @@ impl Enricher {
             roots,
             processes,
             clock: Clock::now(),
+            attributor: None,
             bindings: HashMap::new(),
         }
+    }
+
+    /// Attributes events under containerd roots with `attributor`.
+    pub fn with_attributor(mut self, attributor: Attributor) -> Self {
+        self.attributor = Some(attributor);
+        self
     }
 
     pub fn on_record(&mut self, record: Record) -> Outcome {
@@ -196,6 +206,16 @@ impl Enricher {
             .filter(|p| !p.is_utf8())
             .map(|p| hex(&p.0));
         self.fill_details(&f, &mut details);
+        let process = self.process_view(&f);
+        if let Some(attributor) = self.attributor.as_mut() {
+            let new_path = new_path_text
+                .as_ref()
+                .filter(|_| f.op != op::SYMLINK)
+                .map(|p| p.0.as_slice());
+            details.containerd = attributor
+                .attribute(&path, new_path, &process, &mut self.processes)
+                .map(Box::new);
+        }
         Some(FileEvent {
             time: self.clock.rfc3339(f.ts_ns),
             mono_ns: f.ts_ns,
@@ -206,7 +226,7 @@ impl Enricher {
             errno,
             inode: (f.ino != 0).then_some(f.ino),
             dev: (f.dev != 0).then(|| format!("{}:{}", f.dev >> 20, f.dev & 0xfffff)),
-            process: self.process_view(&f),
+            process,
             details,
         })
     }

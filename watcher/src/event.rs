@@ -96,6 +96,61 @@ pub struct Details {
     /// Notes: "by_fd", "path_truncated", "not_closed", ...
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<&'static str>,
+    /// What the path is in containerd's storage, and whether the writer owns it (events under
+    /// a containerd root only). Serialized as the top-level `containerd` object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containerd: Option<Box<ContainerdView>>,
+}
+
+/// An event's place in containerd's storage (see `containerd::attribution`). Unknown fields
+/// are absent.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ContainerdView {
+    /// The instance's root.
+    pub root: String,
+    /// `snapshot`, `snapshot_temp`, `blob`, `ingest`, `metadata`, `tmpmount`, `runtime_state`
+    /// or `other`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshotter: Option<String>,
+    /// The snapshot directory's id (`snapshots/<id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<u64>,
+    /// The client's key (a chainID for a layer, the container id for a rootfs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_key: Option<String>,
+    /// `committed`, `active`, `view`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::containerd::PodInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob_digest: Option<String>,
+    /// `layer`, `manifest`, `config`, `index`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob_role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest_ref: Option<String>,
+    /// The path inside the layer or container filesystem (`/pause`), or inside the
+    /// directory the kind names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathText>,
+    /// The mapping comes from metadata that has since changed (e.g. the snapshot was removed).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// `owner`, `foreign` or `container`.
+    pub verdict: &'static str,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -310,6 +365,16 @@ impl FileEvent {
                 .map(|a| format!("{}({})", escape_bytes(a.comm.as_bytes()), a.pid))
                 .collect();
             let _ = write!(line, " parents={}", chain.join("<"));
+        }
+        if let Some(c) = &self.details.containerd {
+            let _ = write!(line, " containerd={}", c.kind);
+            if let Some(p) = &c.path {
+                let _ = write!(line, ":{}", p.display());
+            }
+            if let Some(image) = c.images.first() {
+                let _ = write!(line, " image={image}");
+            }
+            let _ = write!(line, " verdict={} ({})", c.verdict, c.reason);
         }
         line
     }

@@ -29,8 +29,23 @@ pub const DEFAULT_ROOTS: &[&str] = &[
     "/run/k3s/containerd",
 ];
 
+/// The roots to watch when none are given: the usual containerd and k3s locations, plus every
+/// containerd instance discovered on the node (config files, running processes, k3s).
+pub fn discovered_roots() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = DEFAULT_ROOTS.iter().map(PathBuf::from).collect();
+    let instances = crate::containerd::discover(&crate::containerd::DiscoveryEnv::system());
+    for r in crate::containerd::watch_roots(&instances) {
+        if !roots.contains(&r) {
+            roots.push(r);
+        }
+    }
+    roots
+}
+
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
+    /// Roots given on the command line; empty: discover them (again at every refresh, so a
+    /// containerd installed later is picked up without a restart).
     pub roots: Vec<PathBuf>,
     pub json: bool,
     pub ring_buffer_bytes: u32,
@@ -38,6 +53,8 @@ pub struct WatchOptions {
     pub root_refresh: Duration,
     /// How long exited processes stay resolvable for late events.
     pub process_grace: Duration,
+    /// Writers trusted besides containerd (ownership verdicts).
+    pub trust: crate::containerd::attribution::Trust,
 }
 
 /// Where events go.
@@ -94,7 +111,14 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
         self_tgid: std::process::id(),
     })
     .context("attaching the eBPF programs")?;
-    let roots = RootSet::resolve(&opts.roots);
+    let configured = || {
+        if opts.roots.is_empty() {
+            discovered_roots()
+        } else {
+            opts.roots.clone()
+        }
+    };
+    let roots = RootSet::resolve(&configured());
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
@@ -102,7 +126,9 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
     if let Err(e) = processes.seed_from_proc() {
         log::warn!("reading running processes from /proc: {e:#}");
     }
-    let mut enricher = Enricher::new(roots, processes);
+    let attributor =
+        crate::containerd::attribution::Attributor::new(opts.roots.clone(), opts.trust.clone());
+    let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let mut losses = LossTracker::new(kernel.lost_counts()?, monotonic_ns());
     let ring = kernel.take_ring_buffer()?;
     // SAFETY: the ring buffer owns its fd and is owned by the AsyncFd, so the fd stays open
@@ -145,9 +171,15 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
                     sink.flush()?;
                 }
                 enricher.processes.reap(monotonic_ns());
+                if let Some(a) = enricher.attributor.as_mut() {
+                    a.tick();
+                }
                 if last_refresh.elapsed() >= opts.root_refresh {
                     last_refresh = Instant::now();
-                    let fresh = RootSet::resolve(&opts.roots);
+                    if let Some(a) = enricher.attributor.as_mut() {
+                        a.rediscover();
+                    }
+                    let fresh = RootSet::resolve(&configured());
                     if fresh != enricher.roots {
                         log::info!("watched roots changed: {:?}", fresh.roots);
                         kernel.set_root_prefixes(&fresh.kernel_prefixes())?;

@@ -295,7 +295,9 @@ fn attach(
                 let rtp: &mut RawTracePoint = rtp;
                 rtp.load().map_err(program_error)?;
                 let id = rtp.attach(&name).map_err(program_error)?;
-                links.push(Link::RawTracePoint(rtp.take_link(id).map_err(program_error)?));
+                links.push(Link::RawTracePoint(
+                    rtp.take_link(id).map_err(program_error)?,
+                ));
             }
             _ => {
                 attachment.unavailable.push(name.clone());

@@ -1,0 +1,1002 @@
+//! Per-event containerd attribution: what a path under a containerd root is (namespace,
+//! snapshot, layer, images, container, blob, ingest, path inside the layer) and whether the
+//! process acting on it is the instance that owns the root (`owner`), a container writing its
+//! own writable layer (`container`), or anything else (`foreign`).
+//!
+//! Per event this is string work and hash lookups only. The metadata model of each instance
+//! is reloaded when its bolt files change (checked by `stat` at most every
+//! [`RELOAD_DEBOUNCE`], on the watch loop's tick and when an event names a snapshot the
+//! model does not know). What a snapshot was is remembered across reloads, so an event on a
+//! snapshot that has just been removed still names its layer and images.
+
+use std::{
+    collections::HashMap,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::{
+    BlobRole, DiscoveryEnv, Instance, Model, PathClass, RootLayout, SnapshotArea, SnapshotInfo,
+    SnapshotKind, classify_path, discover,
+};
+use crate::{
+    event::{ContainerdView, PathText, ProcessView},
+    process::ProcessTable,
+};
+
+/// Minimum time between two loads of one instance's metadata.
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
+/// Minimum time between two checks of the bolt files for a snapshot or blob not in the model.
+const UNKNOWN_RECHECK: Duration = Duration::from_millis(10);
+/// Minimum time between two re-discoveries forced by an unexpected `containerd` process.
+const REDISCOVER_MIN: Duration = Duration::from_secs(1);
+/// Remembered snapshots and blobs per instance, beyond which the ones no longer in the
+/// model are forgotten.
+const MAX_REMEMBERED: usize = 200_000;
+
+/// Writers the operator trusts besides containerd itself (`--trust-exe`, `--trust-unit`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trust {
+    pub exes: Vec<PathBuf>,
+    pub units: Vec<String>,
+}
+
+/// Remembered facts about a content blob.
+#[derive(Clone, Debug, Default)]
+struct BlobFacts {
+    namespace: Option<String>,
+    role: Option<BlobRole>,
+    images: Vec<String>,
+}
+
+/// One containerd instance being attributed.
+struct Tracked {
+    layout: RootLayout,
+    /// Every directory of the instance (root, state, snapshotter roots).
+    dirs: Vec<PathBuf>,
+    containerd_pid: Option<u32>,
+    exe: Option<PathBuf>,
+    /// The systemd unit of containerd, when containerd is that unit's own process (its parent
+    /// is PID 1 or a k3s/rke2 supervisor).
+    unit: Option<String>,
+    /// k3s/rke2 supervising containerd (it writes `containerd.log` in the root).
+    supervisor_pid: Option<u32>,
+    model: Option<Model>,
+    /// `stat` of the bolt files when the model was loaded.
+    signature: Vec<(PathBuf, u64, i64, i64)>,
+    loaded_at: Option<Instant>,
+    checked_at: Option<Instant>,
+    load_error: Option<String>,
+    snapshots: HashMap<(String, u64), SnapshotInfo>,
+    blobs: HashMap<String, BlobFacts>,
+    /// `tmpmounts/<name>` → the snapshot mounted there.
+    tmpmounts: HashMap<String, (String, u64)>,
+}
+
+impl Tracked {
+    fn new(layout: RootLayout, instance: Option<&Instance>) -> Tracked {
+        let mut dirs = vec![layout.root.clone()];
+        dirs.extend(layout.state.clone());
+        if let Some(i) = instance {
+            dirs.extend(i.snapshotter_roots.iter().map(|s| s.path.clone()));
+        }
+        dirs.extend(layout.snapshotter_roots.iter().map(|(_, p)| p.clone()));
+        dirs.sort();
+        dirs.dedup();
+        let mut t = Tracked {
+            layout,
+            dirs,
+            containerd_pid: None,
+            exe: None,
+            unit: None,
+            supervisor_pid: None,
+            model: None,
+            signature: Vec::new(),
+            loaded_at: None,
+            checked_at: None,
+            load_error: None,
+            snapshots: HashMap::new(),
+            blobs: HashMap::new(),
+            tmpmounts: HashMap::new(),
+        };
+        t.set_process(instance);
+        t
+    }
+
+    fn set_process(&mut self, instance: Option<&Instance>) {
+        let pid = instance.and_then(|i| i.containerd_pid);
+        self.containerd_pid = pid;
+        self.exe = instance.and_then(|i| i.exe.clone());
+        self.unit = None;
+        self.supervisor_pid = None;
+        let Some(pid) = pid else { return };
+        let ppid = read_ppid(pid);
+        let parent_exe = ppid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok());
+        let parent_is_supervisor = parent_exe
+            .as_deref()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("k3s") || n.starts_with("rke2"));
+        if parent_is_supervisor {
+            self.supervisor_pid = ppid;
+        }
+        // A unit is containerd's only if systemd (or its supervisor) started it: a containerd
+        // started from a shell shares the shell's unit with every other command there.
+        if ppid == Some(1) || parent_is_supervisor {
+            self.unit = crate::cgroup::read_for_pid(pid)
+                .ok()
+                .and_then(|c| c.unit)
+                .filter(|u| u.ends_with(".service"));
+        }
+    }
+
+    /// For a path below `tmpmounts/` (`/<mount>/<p>`): the snapshot whose directory is
+    /// mounted there (from containerd's mountinfo while the mount exists, then remembered),
+    /// and `/<p>` inside it.
+    fn tmpmount_target(&mut self, inner: &[u8]) -> Option<(String, u64, Vec<u8>)> {
+        let rest = inner.strip_prefix(b"/")?;
+        let (name, below) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, &b""[..]),
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        if !self.tmpmounts.contains_key(&name) {
+            let mount_point = self.layout.root.join("tmpmounts").join(&name);
+            let pid = self.containerd_pid.unwrap_or_else(std::process::id);
+            let source = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+                .ok()
+                .and_then(|mi| bind_source(&mi, &mount_point))?;
+            let PathClass::SnapshotFile {
+                snapshotter,
+                dir_id,
+                area: SnapshotArea::Fs,
+                ..
+            } = classify_path(&self.layout, source.as_os_str().as_bytes())
+            else {
+                return None;
+            };
+            if self.tmpmounts.len() > 1024 {
+                self.tmpmounts.clear();
+            }
+            self.tmpmounts.insert(name.clone(), (snapshotter, dir_id));
+        }
+        let (sn, id) = self.tmpmounts.get(&name)?.clone();
+        let inner = if below.is_empty() {
+            b"/".to_vec()
+        } else {
+            below.to_vec()
+        };
+        Some((sn, id, inner))
+    }
+
+    fn contains(&self, path: &[u8]) -> bool {
+        self.dirs.iter().any(|d| under(path, d))
+    }
+
+    fn metadata_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.layout.meta_db()];
+        match &self.model {
+            Some(m) => files.extend(m.snapshotters.values().map(|s| s.root.join("metadata.db"))),
+            None => {
+                if let Ok(rd) = std::fs::read_dir(&self.layout.root) {
+                    for e in rd.filter_map(Result::ok) {
+                        let name = e.file_name();
+                        if name
+                            .as_bytes()
+                            .starts_with(b"io.containerd.snapshotter.v1.")
+                        {
+                            files.push(e.path().join("metadata.db"));
+                        }
+                    }
+                }
+                files.extend(
+                    self.layout
+                        .snapshotter_roots
+                        .iter()
+                        .map(|(_, p)| p.join("metadata.db")),
+                );
+            }
+        }
+        files
+    }
+
+    fn current_signature(&self) -> Vec<(PathBuf, u64, i64, i64)> {
+        self.metadata_files()
+            .into_iter()
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.size(), m.mtime(), m.mtime_nsec()))
+            })
+            .collect()
+    }
+
+    /// Reloads the model if the bolt files changed (or it was never loaded), at most every
+    /// [`RELOAD_DEBOUNCE`].
+    fn maybe_reload(&mut self, now: Instant) {
+        self.maybe_reload_within(now, RELOAD_DEBOUNCE);
+    }
+
+    /// For a snapshot or blob the model does not know (just created): the bolt files are
+    /// checked more often, since the events that follow need it.
+    fn reload_for_unknown(&mut self, now: Instant) {
+        self.maybe_reload_within(now, UNKNOWN_RECHECK);
+    }
+
+    fn maybe_reload_within(&mut self, now: Instant, debounce: Duration) {
+        if self
+            .checked_at
+            .is_some_and(|t| now.duration_since(t) < debounce)
+        {
+            return;
+        }
+        self.checked_at = Some(now);
+        let sig = self.current_signature();
+        if self.model.is_some() && sig == self.signature {
+            return;
+        }
+        self.signature = sig;
+        self.loaded_at = Some(now);
+        match Model::load_layout(&self.layout) {
+            Ok(model) => {
+                self.load_error = None;
+                self.remember(&model);
+                self.model = Some(model);
+            }
+            Err(e) => {
+                if self.load_error.as_deref() != Some(&e.to_string()) {
+                    log::debug!("containerd metadata of {}: {e}", self.layout.root.display());
+                }
+                self.load_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Copies what the model says about every snapshot and blob into the remembered maps,
+    /// keeping what removed ones were.
+    fn remember(&mut self, model: &Model) {
+        let mut live_snaps = Vec::new();
+        for (name, sn) in &model.snapshotters {
+            for &id in sn.by_id.keys() {
+                let Some(mut info) = model.snapshot_by_dir_id(name, id) else {
+                    continue;
+                };
+                let key = (name.clone(), id);
+                if let Some(old) = self.snapshots.get(&key)
+                    && old.key == info.key
+                {
+                    // An image removed before its layers are collected: the layer still holds
+                    // that image's files, so what it was derived from the image is kept.
+                    keep_known(&mut info, old);
+                }
+                live_snaps.push(key.clone());
+                self.snapshots.insert(key, info);
+            }
+        }
+        let mut live_blobs = Vec::new();
+        for ns in model.namespaces.values() {
+            for digest in ns.blobs.keys() {
+                let Some(b) = model.blob(digest) else {
+                    continue;
+                };
+                let entry = self.blobs.entry(digest.clone()).or_default();
+                entry.namespace = b.namespaces.first().cloned();
+                entry.role = b.role;
+                if !b.images.is_empty() {
+                    entry.images = b.images;
+                }
+                live_blobs.push(digest.clone());
+            }
+        }
+        if self.snapshots.len() > MAX_REMEMBERED {
+            let live: std::collections::HashSet<_> = live_snaps.into_iter().collect();
+            self.snapshots.retain(|k, _| live.contains(k));
+        }
+        if self.blobs.len() > MAX_REMEMBERED {
+            let live: std::collections::HashSet<_> = live_blobs.into_iter().collect();
+            self.blobs.retain(|k, _| live.contains(k));
+        }
+    }
+}
+
+/// Attributes events to containerd instances. See the module docs.
+pub struct Attributor {
+    /// Roots given on the command line (empty: every discovered instance).
+    configured: Vec<PathBuf>,
+    trust: Trust,
+    env: DiscoveryEnv,
+    instances: Vec<Tracked>,
+    rediscovered_at: Option<Instant>,
+}
+
+impl Attributor {
+    /// Discovers the instances for `configured` roots (empty: all of them).
+    pub fn new(configured: Vec<PathBuf>, trust: Trust) -> Attributor {
+        Attributor::with_env(configured, trust, DiscoveryEnv::system())
+    }
+
+    pub fn with_env(configured: Vec<PathBuf>, trust: Trust, env: DiscoveryEnv) -> Attributor {
+        let mut a = Attributor {
+            configured,
+            trust,
+            env,
+            instances: Vec::new(),
+            rediscovered_at: None,
+        };
+        a.rediscover();
+        a
+    }
+
+    /// The instances' roots.
+    pub fn roots(&self) -> Vec<&Path> {
+        self.instances
+            .iter()
+            .map(|t| t.layout.root.as_path())
+            .collect()
+    }
+
+    /// Re-runs discovery (a containerd restarted, installed, or a root appeared). Remembered
+    /// mappings and loaded models of instances that stay are kept.
+    pub fn rediscover(&mut self) {
+        self.rediscovered_at = Some(Instant::now());
+        let found = discover(&self.env);
+        let mut wanted: Vec<(RootLayout, Option<Instance>)> = Vec::new();
+        if self.configured.is_empty() {
+            for i in found.iter().filter(|i| i.exists) {
+                wanted.push((i.layout(), Some(i.clone())));
+            }
+        } else {
+            for c in &self.configured {
+                let c = self.env.canonical(c);
+                let matching = found.iter().find(|i| {
+                    let mut dirs = vec![&i.root, &i.state];
+                    dirs.extend(i.snapshotter_roots.iter().map(|s| &s.path));
+                    dirs.iter().any(|d| d.starts_with(&c) || c.starts_with(d))
+                });
+                match matching {
+                    Some(i) => wanted.push((i.layout(), Some(i.clone()))),
+                    None if looks_like_root(&c) => wanted.push((RootLayout::new(c), None)),
+                    None => {}
+                }
+            }
+        }
+        let mut old: Vec<Tracked> = std::mem::take(&mut self.instances);
+        for (layout, instance) in wanted {
+            if self.instances.iter().any(|t| t.layout.root == layout.root) {
+                continue;
+            }
+            match old.iter().position(|t| t.layout == layout) {
+                Some(pos) => {
+                    let mut t = old.swap_remove(pos);
+                    t.set_process(instance.as_ref());
+                    self.instances.push(t);
+                }
+                None => self.instances.push(Tracked::new(layout, instance.as_ref())),
+            }
+        }
+    }
+
+    /// Periodic work: reloads changed metadata.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        for t in &mut self.instances {
+            t.maybe_reload(now);
+        }
+    }
+
+    /// The `containerd` object of an event on `path` (or, for a rename, `new_path`) by
+    /// `process`; `None` outside every containerd root.
+    pub fn attribute(
+        &mut self,
+        path: &[u8],
+        new_path: Option<&[u8]>,
+        process: &ProcessView,
+        processes: &mut ProcessTable,
+    ) -> Option<ContainerdView> {
+        let (idx, path) = match self.instances.iter().position(|t| t.contains(path)) {
+            Some(i) => (i, path),
+            None => {
+                let np = new_path?;
+                (self.instances.iter().position(|t| t.contains(np))?, np)
+            }
+        };
+        let mut view = self.describe(idx, path);
+        let (mut verdict, mut reason) = self.verdict(idx, process, processes, &view, path);
+        // containerd restarted (new pid) since discovery: look again, once a second at most.
+        let looks_like_containerd = process.comm == "containerd"
+            || self.instances[idx]
+                .exe
+                .as_ref()
+                .is_some_and(|e| process.exe.as_deref() == e.to_str());
+        if verdict == "foreign"
+            && looks_like_containerd
+            && self
+                .rediscovered_at
+                .is_none_or(|t| t.elapsed() >= REDISCOVER_MIN)
+        {
+            self.rediscover();
+            if let Some(i) = self.instances.iter().position(|t| t.contains(path)) {
+                (verdict, reason) = self.verdict(i, process, processes, &view, path);
+            }
+        }
+        view.verdict = verdict;
+        view.reason = reason;
+        Some(view)
+    }
+
+    /// What `path` is in instance `idx`'s storage.
+    fn describe(&mut self, idx: usize, path: &[u8]) -> ContainerdView {
+        let t = &mut self.instances[idx];
+        if t.model.is_none() {
+            t.maybe_reload(Instant::now());
+        }
+        let mut v = ContainerdView {
+            root: t.layout.root.display().to_string(),
+            kind: "other",
+            ..ContainerdView::default()
+        };
+        match classify_path(&t.layout, path) {
+            PathClass::SnapshotFile {
+                snapshotter,
+                dir_id,
+                area,
+                inner_path,
+            } => {
+                v.kind = "snapshot";
+                let key = (snapshotter.clone(), dir_id);
+                // Unknown (just prepared), or an unpack that is being committed.
+                let settling = t
+                    .snapshots
+                    .get(&key)
+                    .is_none_or(|i| i.names.first().is_some_and(|n| n.starts_with("extract-")));
+                if settling {
+                    t.reload_for_unknown(Instant::now());
+                }
+                if let Some(info) = t.snapshots.get(&key) {
+                    fill_snapshot(&mut v, info);
+                    v.stale = t.model.as_ref().is_none_or(|m| {
+                        m.snapshotters
+                            .get(&snapshotter)
+                            .is_none_or(|s| !s.by_id.contains_key(&dir_id))
+                    });
+                }
+                v.snapshotter = Some(snapshotter);
+                v.snapshot_id = Some(dir_id);
+                if area == SnapshotArea::Fs {
+                    v.path = Some(PathText(if inner_path.is_empty() {
+                        b"/".to_vec()
+                    } else {
+                        inner_path
+                    }));
+                }
+            }
+            PathClass::SnapshotTemp {
+                snapshotter,
+                inner_path,
+                ..
+            } => {
+                v.kind = "snapshot_temp";
+                v.snapshotter = Some(snapshotter);
+                v.path = (!inner_path.is_empty()).then_some(PathText(inner_path));
+            }
+            PathClass::Blob { digest } => {
+                v.kind = "blob";
+                if !t.blobs.contains_key(&digest) {
+                    t.reload_for_unknown(Instant::now());
+                }
+                if let Some(b) = t.blobs.get(&digest) {
+                    v.namespace = b.namespace.clone();
+                    v.images = b.images.clone();
+                    v.blob_role = b.role.map(role_name);
+                    if b.role == Some(BlobRole::Layer) {
+                        v.layer_digest = Some(digest.clone());
+                    }
+                }
+                v.blob_digest = Some(digest);
+            }
+            PathClass::Ingest { dir, .. } => {
+                v.kind = "ingest";
+                let info = t.model.as_ref().and_then(|m| m.ingest(&dir));
+                if info.is_none() {
+                    t.maybe_reload(Instant::now());
+                }
+                if let Some(info) = t.model.as_ref().and_then(|m| m.ingest(&dir)) {
+                    v.namespace = info.namespace;
+                    v.ingest_ref = info.key.or(info.backend_ref);
+                    v.blob_digest = info.expected;
+                }
+            }
+            PathClass::Metadata { .. } => {
+                v.kind = "metadata";
+                t.maybe_reload(Instant::now());
+            }
+            PathClass::Tmpmount { inner_path } => {
+                v.kind = "tmpmount";
+                v.path = (!inner_path.is_empty()).then_some(PathText(inner_path.clone()));
+                // Base layers are unpacked through a bind mount of the snapshot's `fs` at
+                // `tmpmounts/containerd-mountN`: map the path to the snapshot.
+                if let Some((sn, id, inner)) = t.tmpmount_target(&inner_path) {
+                    let key = (sn.clone(), id);
+                    if !t.snapshots.contains_key(&key) {
+                        t.reload_for_unknown(Instant::now());
+                    }
+                    if let Some(info) = t.snapshots.get(&key) {
+                        fill_snapshot(&mut v, info);
+                    }
+                    v.snapshotter = Some(sn);
+                    v.snapshot_id = Some(id);
+                    v.path = Some(PathText(inner));
+                }
+            }
+            PathClass::RuntimeState {
+                namespace,
+                container_id,
+                inner_path,
+                ..
+            } => {
+                v.kind = "runtime_state";
+                if let Some(c) = t
+                    .model
+                    .as_ref()
+                    .and_then(|m| m.container_in(&namespace, &container_id))
+                {
+                    v.images.extend(c.image.clone());
+                    v.pod = c.pod();
+                }
+                v.namespace = Some(namespace);
+                v.container_id = Some(container_id);
+                v.path = (!inner_path.is_empty()).then_some(PathText(inner_path));
+            }
+            PathClass::Other => {}
+        }
+        v
+    }
+
+    /// `owner`, `container` or `foreign`, and why.
+    fn verdict(
+        &self,
+        idx: usize,
+        p: &ProcessView,
+        processes: &mut ProcessTable,
+        view: &ContainerdView,
+        path: &[u8],
+    ) -> (&'static str, String) {
+        let t = &self.instances[idx];
+        let exe = p.exe.as_deref().unwrap_or("?");
+        let exe_base = p.exe.as_deref().map(basename).unwrap_or("");
+        if let Some(e) = p.exe.as_deref()
+            && let Some(trusted) = self.trust.exes.iter().find(|t| t.as_os_str() == e)
+        {
+            return ("owner", format!("trusted exe {}", trusted.display()));
+        }
+        if let Some(u) = p.unit.as_deref()
+            && self.trust.units.iter().any(|t| t == u)
+        {
+            return ("owner", format!("trusted unit {u}"));
+        }
+        if let Some(cpid) = t.containerd_pid {
+            let cexe = t
+                .exe
+                .as_deref()
+                .map(|e| e.display().to_string())
+                .unwrap_or_else(|| "?".into());
+            if p.pid == cpid {
+                return ("owner", format!("containerd pid {cpid} ({cexe})"));
+            }
+            let shim_pos = p
+                .ancestors
+                .iter()
+                .position(|a| is_shim(&a.comm, a.exe.as_deref()));
+            let under_containerd = p.ancestors.iter().any(|a| a.pid == cpid);
+            if under_containerd {
+                let is_runtime = is_shim(&p.comm, p.exe.as_deref())
+                    || p.comm.starts_with("runc")
+                    || exe_base == "runc";
+                if shim_pos.is_none() || is_runtime {
+                    return (
+                        "owner",
+                        format!("child of containerd pid {cpid} ({})", p.comm),
+                    );
+                }
+                // A process in a container (below a shim).
+                let own = container_of(p, shim_pos, processes);
+                return container_verdict(own.as_deref(), view);
+            }
+            if let Some(sup) = t.supervisor_pid
+                && p.pid == sup
+                && is_log_file(&t.layout.root, path)
+            {
+                return (
+                    "owner",
+                    format!("supervisor pid {sup} of containerd, its log"),
+                );
+            }
+            if let (Some(unit), Some(pu)) = (&t.unit, &p.unit)
+                && unit == pu
+            {
+                return ("owner", format!("containerd's unit {unit}"));
+            }
+            if p.container_id.is_some() {
+                return container_verdict(p.container_id.as_deref(), view);
+            }
+            let what = describe_process(p, exe);
+            return (
+                "foreign",
+                format!("{what}, not containerd pid {cpid} ({cexe}) or its children"),
+            );
+        }
+        if p.container_id.is_some() {
+            return container_verdict(p.container_id.as_deref(), view);
+        }
+        let what = describe_process(p, exe);
+        (
+            "foreign",
+            format!("{what}; no running containerd known for this root"),
+        )
+    }
+}
+
+/// Fills what `fresh` (the same snapshot, reloaded) no longer knows from `old`.
+fn keep_known(fresh: &mut SnapshotInfo, old: &SnapshotInfo) {
+    if fresh.images.is_empty() {
+        fresh.images = old.images.clone();
+    }
+    if fresh.layer_digest.is_none() {
+        fresh.layer_digest = old.layer_digest.clone();
+    }
+    if fresh.layer_digests.is_empty() {
+        fresh.layer_digests = old.layer_digests.clone();
+    }
+    if fresh.diff_id.is_none() {
+        fresh.diff_id = old.diff_id.clone();
+    }
+    if fresh.chain_id.is_none() {
+        fresh.chain_id = old.chain_id.clone();
+    }
+    if fresh.container_id.is_none() {
+        fresh.container_id = old.container_id.clone();
+        fresh.pod = old.pod.clone();
+    }
+}
+
+fn fill_snapshot(v: &mut ContainerdView, info: &SnapshotInfo) {
+    v.namespace = info.namespaces.first().cloned();
+    v.snapshot_key = info.names.first().cloned();
+    v.snapshot_kind = Some(
+        match info.kind {
+            SnapshotKind::Committed => "committed",
+            SnapshotKind::Active => "active",
+            SnapshotKind::View => "view",
+            SnapshotKind::Unknown(_) => "unknown",
+        }
+        .to_owned(),
+    );
+    v.layer_digest = info.layer_digest.clone();
+    v.chain_id = info.chain_id.clone();
+    v.images = info.images.clone();
+    v.container_id = info.container_id.clone();
+    v.pod = info.pod.clone();
+}
+
+fn role_name(r: BlobRole) -> String {
+    match r {
+        BlobRole::Index => "index",
+        BlobRole::Manifest => "manifest",
+        BlobRole::Config => "config",
+        BlobRole::Layer => "layer",
+    }
+    .to_owned()
+}
+
+/// A container process writing: `container` in its own snapshot, else `foreign`.
+fn container_verdict(own: Option<&str>, view: &ContainerdView) -> (&'static str, String) {
+    match (own, view.container_id.as_deref()) {
+        (Some(own), Some(snap)) if own == snap && view.kind == "snapshot" => (
+            "container",
+            format!("container {own} writing its own layer"),
+        ),
+        (Some(own), _) => (
+            "foreign",
+            format!("container {own} writing outside its own writable layer"),
+        ),
+        (None, _) => (
+            "foreign",
+            "a container process (unknown container) writing to containerd's storage".to_owned(),
+        ),
+    }
+}
+
+/// The container a process below a shim runs in: its cgroup's container id, else the shim's
+/// `-id` argument (one shim per container, as with `ctr run`).
+fn container_of(
+    p: &ProcessView,
+    shim_pos: Option<usize>,
+    processes: &mut ProcessTable,
+) -> Option<String> {
+    if let Some(id) = &p.container_id {
+        return Some(id.clone());
+    }
+    let shim = p.ancestors.get(shim_pos?)?;
+    let info = processes.lookup(shim.pid)?;
+    let args = &info.cmdline;
+    args.iter()
+        .position(|a| a.as_slice() == b"-id" || a.as_slice() == b"--id")
+        .and_then(|i| args.get(i + 1))
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+}
+
+fn is_shim(comm: &str, exe: Option<&str>) -> bool {
+    comm.starts_with("containerd-shim")
+        || exe
+            .map(basename)
+            .is_some_and(|b| b.starts_with("containerd-shim"))
+}
+
+/// "bash script /tmp/x/cleanup.sh (pid 12, comm cleanup.sh)", or "pid 12 comm rm (/usr/bin/rm)".
+fn describe_process(p: &ProcessView, exe: &str) -> String {
+    let base = basename(exe);
+    let interpreter = matches!(base, "bash" | "sh" | "dash" | "zsh" | "ash" | "busybox")
+        || base.starts_with("python")
+        || base.starts_with("perl");
+    let script = p
+        .cmdline
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .filter(|_| interpreter);
+    let mut s = match script {
+        Some(script) => format!("{base} script {script} (pid {}, comm {})", p.pid, p.comm),
+        None => format!("pid {} comm {} ({exe})", p.pid, p.comm),
+    };
+    if p.comm == "containerd" {
+        s.push_str(", named containerd but not it");
+    } else if let Some(a) = p.ancestors.iter().find(|a| {
+        a.exe
+            .as_deref()
+            .map(basename)
+            .is_some_and(|b| matches!(b, "bash" | "sh" | "dash") || b.starts_with("python"))
+            && a.comm != "bash"
+            && a.comm != "sh"
+    }) {
+        let _ = std::fmt::Write::write_fmt(
+            &mut s,
+            format_args!(", run by script {} (pid {})", a.comm, a.pid),
+        );
+    }
+    s
+}
+
+fn basename(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
+}
+
+fn is_log_file(root: &Path, path: &[u8]) -> bool {
+    let Some(rest) = path.strip_prefix(root.as_os_str().as_bytes()) else {
+        return false;
+    };
+    rest == b"/containerd.log"
+}
+
+/// Whether `path` is `dir` or below it (lexically).
+fn under(path: &[u8], dir: &Path) -> bool {
+    let d = dir.as_os_str().as_bytes();
+    let d = d.strip_suffix(b"/").unwrap_or(d);
+    path.starts_with(d) && (path.len() == d.len() || path.get(d.len()) == Some(&b'/'))
+}
+
+/// A directory given as a root that no discovered instance owns, but holds containerd's
+/// plugin directories.
+fn looks_like_root(dir: &Path) -> bool {
+    dir.join("io.containerd.metadata.v1.bolt").is_dir()
+        || std::fs::read_dir(dir).is_ok_and(|rd| {
+            rd.filter_map(Result::ok)
+                .any(|e| e.file_name().as_bytes().starts_with(b"io.containerd."))
+        })
+}
+
+/// The host path bind-mounted at `mount_point`, from a mountinfo text: the mount's root
+/// within its filesystem, placed under a mount of the whole filesystem (same device, root
+/// `/`, or the longest root that is a prefix).
+fn bind_source(mountinfo: &str, mount_point: &Path) -> Option<PathBuf> {
+    let fields = |line: &str| -> Option<(String, PathBuf, PathBuf)> {
+        let mut f = line.split(' ');
+        let (_, _, dev, root, mp) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        Some((
+            dev.to_owned(),
+            PathBuf::from(unescape(root)),
+            PathBuf::from(unescape(mp)),
+        ))
+    };
+    let lines: Vec<_> = mountinfo.lines().filter_map(fields).collect();
+    let (dev, root, _) = lines.iter().rev().find(|(_, _, mp)| mp == mount_point)?;
+    let (base_root, base_mp) = lines
+        .iter()
+        .filter(|(d, r, mp)| d == dev && root.starts_with(r) && mp != mount_point)
+        .max_by_key(|(_, r, _)| r.as_os_str().len())
+        .map(|(_, r, mp)| (r, mp))?;
+    let rel = root.strip_prefix(base_root).ok()?;
+    Some(base_mp.join(rel))
+}
+
+/// mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(oct) = b.get(i + 1..i + 4)
+            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(oct), 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn read_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: the fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AncestorView;
+
+    fn tracked(pid: Option<u32>) -> Attributor {
+        let mut t = Tracked::new(RootLayout::new("/r").with_state("/s"), None);
+        t.containerd_pid = pid;
+        t.exe = pid.map(|_| PathBuf::from("/usr/bin/containerd"));
+        Attributor {
+            configured: vec![PathBuf::from("/r")],
+            trust: Trust {
+                exes: vec![PathBuf::from("/usr/local/bin/cleaner")],
+                units: vec!["gc.service".into()],
+            },
+            env: DiscoveryEnv::new("/nonexistent-prefix", "/nonexistent-proc"),
+            instances: vec![t],
+            rediscovered_at: Some(Instant::now()),
+        }
+    }
+
+    fn proc(pid: u32, comm: &str, exe: &str, ancestors: &[(u32, &str, &str)]) -> ProcessView {
+        ProcessView {
+            pid,
+            comm: comm.into(),
+            exe: Some(exe.into()),
+            ancestors: ancestors
+                .iter()
+                .map(|(pid, comm, exe)| AncestorView {
+                    pid: *pid,
+                    comm: (*comm).into(),
+                    exe: Some((*exe).into()),
+                })
+                .collect(),
+            ..ProcessView::default()
+        }
+    }
+
+    fn verdict(a: &Attributor, p: &ProcessView, view: &ContainerdView) -> (&'static str, String) {
+        let mut table = ProcessTable::detached(Duration::from_secs(1));
+        a.verdict(0, p, &mut table, view, b"/r/x")
+    }
+
+    #[test]
+    fn owner_child_shim_and_foreign() {
+        let a = tracked(Some(100));
+        let v = ContainerdView::default();
+        let cd = proc(100, "containerd", "/usr/bin/containerd", &[]);
+        assert_eq!(verdict(&a, &cd, &v).0, "owner");
+        let unpigz = proc(
+            101,
+            "unpigz",
+            "/usr/bin/unpigz",
+            &[(100, "containerd", "/usr/bin/containerd")],
+        );
+        assert!(
+            verdict(&a, &unpigz, &v)
+                .1
+                .contains("child of containerd pid 100")
+        );
+        let runc = proc(
+            103,
+            "runc:[2:INIT]",
+            "/usr/bin/runc",
+            &[
+                (102, "containerd-shim", "/usr/bin/containerd-shim-runc-v2"),
+                (100, "containerd", "/usr/bin/containerd"),
+            ],
+        );
+        assert_eq!(verdict(&a, &runc, &v).0, "owner");
+        let fake = proc(
+            200,
+            "containerd",
+            "/usr/bin/bash",
+            &[(1, "systemd", "/usr/lib/systemd/systemd")],
+        );
+        let (verd, reason) = verdict(&a, &fake, &v);
+        assert_eq!(verd, "foreign");
+        assert!(reason.contains("named containerd but not it"), "{reason}");
+        let trusted = proc(300, "cleaner", "/usr/local/bin/cleaner", &[]);
+        assert_eq!(
+            verdict(&a, &trusted, &v),
+            ("owner", "trusted exe /usr/local/bin/cleaner".into())
+        );
+        let mut unit = proc(301, "x", "/x", &[]);
+        unit.unit = Some("gc.service".into());
+        assert_eq!(verdict(&a, &unit, &v).0, "owner");
+        let none = tracked(None);
+        assert_eq!(verdict(&none, &cd, &v).0, "foreign");
+    }
+
+    #[test]
+    fn container_in_its_own_layer() {
+        let a = tracked(Some(100));
+        let mut own = proc(
+            110,
+            "sh",
+            "/bin/busybox",
+            &[
+                (102, "containerd-shim", "/usr/bin/containerd-shim-runc-v2"),
+                (100, "containerd", "/usr/bin/containerd"),
+            ],
+        );
+        own.container_id = Some("c1".into());
+        let mut v = ContainerdView {
+            kind: "snapshot",
+            container_id: Some("c1".into()),
+            ..ContainerdView::default()
+        };
+        assert_eq!(
+            verdict(&a, &own, &v),
+            ("container", "container c1 writing its own layer".into())
+        );
+        v.container_id = Some("c2".into());
+        assert_eq!(verdict(&a, &own, &v).0, "foreign");
+    }
+
+    #[test]
+    fn script_reason_names_the_script() {
+        let mut p = proc(5, "cleanup.sh", "/usr/bin/bash", &[]);
+        p.cmdline = vec!["/bin/bash".into(), "/tmp/cleanup.sh".into()];
+        assert_eq!(
+            describe_process(&p, "/usr/bin/bash"),
+            "bash script /tmp/cleanup.sh (pid 5, comm cleanup.sh)"
+        );
+        let rm = proc(
+            6,
+            "rm",
+            "/usr/bin/rm",
+            &[(5, "cleanup.sh", "/usr/bin/bash")],
+        );
+        assert!(describe_process(&rm, "/usr/bin/rm").contains("run by script cleanup.sh (pid 5)"));
+    }
+
+    #[test]
+    fn tmpmount_bind_source() {
+        let mi = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                  90 27 254:0 /r/io.containerd.snapshotter.v1.overlayfs/snapshots/7/fs /r/tmpmounts/containerd-mount1 rw - ext4 /dev/vda rw\n";
+        assert_eq!(
+            bind_source(mi, Path::new("/r/tmpmounts/containerd-mount1")),
+            Some(PathBuf::from(
+                "/r/io.containerd.snapshotter.v1.overlayfs/snapshots/7/fs"
+            ))
+        );
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn under_is_by_component() {
+        assert!(under(b"/r/a", Path::new("/r")));
+        assert!(under(b"/r", Path::new("/r")));
+        assert!(!under(b"/rr/a", Path::new("/r")));
+        assert!(is_log_file(Path::new("/r"), b"/r/containerd.log"));
+    }
+}

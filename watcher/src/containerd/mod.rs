@@ -1,0 +1,40 @@
+//! containerd's storage: where it is ([`discovery`]), what a path in it is ([`paths`]), and
+//! what its databases say about it ([`metadata`]). See `docs/containerd.md`.
+//!
+//! Everything here only reads, and never takes a lock: containerd holds an exclusive `flock`
+//! on its bolt files while it runs, and a reader that waited for it (or held one) would block
+//! containerd or be blocked by it. The `bolt` crate copies a consistent snapshot instead.
+
+pub mod attribution;
+pub mod discovery;
+pub mod metadata;
+pub mod paths;
+
+use std::path::PathBuf;
+
+pub use discovery::{DiscoveryEnv, Instance, SnapshotterRoot, describe, discover, watch_roots};
+pub use metadata::{
+    BlobInfo, BlobRole, ChainInfo, Container, ImageInfo, Model, PodInfo, SnapshotInfo, SnapshotKind,
+};
+pub use paths::{MetadataFile, PathClass, RootLayout, SnapshotArea, classify_path};
+
+/// Why a containerd root could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    /// The root is missing or is not a directory.
+    #[error("{}: not a directory (not a containerd root)", .0.display())]
+    NotADirectory(PathBuf),
+    /// The root has no `io.containerd.metadata.v1.bolt/meta.db` (containerd never started
+    /// with it, or it was removed).
+    #[error("{}: no metadata database here (containerd has not run with this root?)", .0.display())]
+    MissingMetadata(PathBuf),
+    /// A bolt file could not be read or is damaged.
+    #[error("{}: cannot read bolt database: {source}", path.display())]
+    Bolt {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: bolt::BoltError,
+    },
+}

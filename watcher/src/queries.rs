@@ -1,0 +1,272 @@
+//! The investigation commands: `history`, `who-deleted`, `query`, `gaps`. They read the store
+//! while the daemon writes it, print a table or JSON lines, and map each store failure to its
+//! own exit code so scripts can tell "no store" from "store locked" from "store corrupt".
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::SystemTime,
+};
+
+use crate::store::{
+    DeleteOptions, Filter, Gap, PathMatch, PathQuery, Store, StoreError, StoredEvent, render_gaps,
+    render_table,
+};
+
+/// Exit codes of the query commands (documented in docs/operations.md).
+pub mod exit {
+    /// Ran; results (possibly none) printed.
+    pub const OK: u8 = 0;
+    /// Any other failure (bad time, I/O on stdout...).
+    pub const FAILURE: u8 = 1;
+    /// Bad usage (clap's own code).
+    pub const USAGE: u8 = 2;
+    pub const STORE_MISSING: u8 = 3;
+    pub const STORE_LOCKED: u8 = 4;
+    pub const STORE_CORRUPT: u8 = 5;
+    /// The store's schema is newer (or older) than this binary reads.
+    pub const STORE_VERSION: u8 = 6;
+    pub const STORE_FULL: u8 = 7;
+}
+
+/// A query command's failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    BadTime(String),
+    #[error("writing the results: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl QueryError {
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            QueryError::Store(StoreError::Missing { .. }) => exit::STORE_MISSING,
+            QueryError::Store(StoreError::Locked { .. }) => exit::STORE_LOCKED,
+            QueryError::Store(StoreError::Corrupt { .. }) => exit::STORE_CORRUPT,
+            QueryError::Store(StoreError::NewerSchema { .. } | StoreError::OlderSchema { .. }) => {
+                exit::STORE_VERSION
+            }
+            QueryError::Store(StoreError::Full { .. }) => exit::STORE_FULL,
+            QueryError::Store(StoreError::InvalidQuery(_)) | QueryError::BadTime(_) => exit::USAGE,
+            _ => exit::FAILURE,
+        })
+    }
+}
+
+/// `--since`/`--until`: a duration ago (`90s`, `2h`, `3days`) or an RFC 3339 time
+/// (`2026-11-22T10:00:00Z`; a date-time without zone is taken as UTC).
+pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, QueryError> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return now
+            .checked_sub(d)
+            .ok_or_else(|| QueryError::BadTime(format!("{text:?} reaches before 1970")));
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        QueryError::BadTime(format!(
+            "{text:?} is neither a duration (like 2h, 30min, 7days) nor an RFC 3339 time \
+             (like 2026-11-22T10:00:00Z)"
+        ))
+    })
+}
+
+/// Output options shared by the commands.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub json: bool,
+}
+
+fn open(store: &Path) -> Result<Store, QueryError> {
+    Ok(Store::open_read_only(store)?)
+}
+
+fn print_events(events: &[StoredEvent], out: &Output) -> Result<(), QueryError> {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    if out.json {
+        for e in events {
+            serde_json::to_writer(&mut w, e).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")?;
+        }
+    } else if events.is_empty() {
+        writeln!(w, "no matching events")?;
+    } else {
+        write!(w, "{}", render_table(events))?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn print_gaps(gaps: &[Gap], out: &Output) -> Result<(), QueryError> {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    if out.json {
+        for g in gaps {
+            serde_json::to_writer(&mut w, g).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")?;
+        }
+    } else if gaps.is_empty() {
+        writeln!(w, "no gaps: the history is complete for this window")?;
+    } else {
+        write!(w, "{}", render_gaps(gaps))?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// The time window and limit of a path question.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl Window {
+    fn resolve(&self) -> Result<(Option<SystemTime>, Option<SystemTime>), QueryError> {
+        let now = SystemTime::now();
+        let since = self
+            .since
+            .as_deref()
+            .map(|t| parse_time(t, now))
+            .transpose()?;
+        let until = self
+            .until
+            .as_deref()
+            .map(|t| parse_time(t, now))
+            .transpose()?;
+        Ok((since, until))
+    }
+}
+
+fn path_query(path: &Path, matching: PathMatch, w: &Window) -> Result<PathQuery, QueryError> {
+    let (since, until) = w.resolve()?;
+    let mut q = PathQuery::new(path.as_os_str().as_encoded_bytes());
+    q.matching = matching;
+    q.since = since;
+    q.until = until;
+    q.limit = w.limit;
+    Ok(q)
+}
+
+pub fn history(
+    store: &Path,
+    path: &Path,
+    matching: PathMatch,
+    w: &Window,
+    out: &Output,
+) -> Result<(), QueryError> {
+    let events = open(store)?.history(&path_query(path, matching, w)?)?;
+    print_events(&events, out)
+}
+
+pub fn who_deleted(
+    store: &Path,
+    path: &Path,
+    matching: PathMatch,
+    opts: DeleteOptions,
+    w: &Window,
+    out: &Output,
+) -> Result<(), QueryError> {
+    let events = open(store)?.who_deleted(&path_query(path, matching, w)?, opts)?;
+    print_events(&events, out)
+}
+
+/// Filters of `ctrwatch query`, as given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct QueryArgs {
+    pub ops: Vec<String>,
+    pub path: Option<PathBuf>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub result: Option<String>,
+    pub window: Window,
+}
+
+pub fn query(store: &Path, args: &QueryArgs, out: &Output) -> Result<(), QueryError> {
+    let (since, until) = args.window.resolve()?;
+    let filter = Filter {
+        ops: args.ops.clone(),
+        path: args
+            .path
+            .as_ref()
+            .map(|p| p.as_os_str().as_encoded_bytes().to_vec()),
+        pid: args.pid,
+        comm: args.comm.clone(),
+        exe: args.exe.clone(),
+        unit: args.unit.clone(),
+        container: args.container.clone(),
+        result: args.result.clone(),
+        since,
+        until,
+        limit: args.window.limit,
+    };
+    let events = open(store)?.query(&filter)?;
+    print_events(&events, out)
+}
+
+pub fn gaps(store: &Path, w: &Window, out: &Output) -> Result<(), QueryError> {
+    let (since, until) = w.resolve()?;
+    let gaps = open(store)?.gaps(since, until)?;
+    print_gaps(&gaps, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn times_are_durations_ago_or_rfc3339() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100_000);
+        assert_eq!(
+            parse_time("2h", now).ok(),
+            Some(now - Duration::from_secs(7200))
+        );
+        assert_eq!(
+            parse_time("1970-01-01T00:01:40Z", now).ok(),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(100))
+        );
+        assert!(matches!(
+            parse_time("yesterday-ish", now),
+            Err(QueryError::BadTime(_))
+        ));
+    }
+
+    #[test]
+    fn store_failures_have_distinct_exit_codes() {
+        let p = PathBuf::from("/x");
+        let codes: Vec<ExitCode> = [
+            StoreError::Missing { path: p.clone() },
+            StoreError::Locked {
+                path: p.clone(),
+                detail: String::new(),
+            },
+            StoreError::Corrupt {
+                path: p.clone(),
+                detail: String::new(),
+            },
+            StoreError::NewerSchema {
+                path: p.clone(),
+                found: 9,
+                supported: 1,
+            },
+            StoreError::Full { path: p },
+        ]
+        .into_iter()
+        .map(|e| QueryError::Store(e).exit_code())
+        .collect();
+        for (i, a) in codes.iter().enumerate() {
+            for b in &codes[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

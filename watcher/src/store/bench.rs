@@ -1,0 +1,464 @@
+//! Ingest and query measurements on synthetic but realistic events, for the benchmark
+//! binary and docs/store.md.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::event::{
+    AncestorView, ContainerdView, Details, FileEvent, PathText, ProcessView, XattrView,
+};
+
+use super::codec::format_time;
+use super::{DeleteOptions, Filter, PathQuery, Store, StoreError, StoreOptions};
+
+/// What the synthetic events look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchScenario {
+    /// A node's mix: 300 processes (containerd, shims, runc, kubelet, tar, rm, ...), 200
+    /// overlayfs snapshots with 2 000 file paths each plus the content store, ops weighted
+    /// like image pulls and container churn (create, modify, unlink, rename, mkdir, chmod,
+    /// chown, setxattr, truncate, open_write).
+    Mixed,
+    /// One `rm -rf` deleting `n` distinct files under one snapshot.
+    DeleteFlood,
+}
+
+/// Figures from [`bench_ingest`].
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub scenario: String,
+    pub events: u64,
+    /// Time spent in `append_event` + `flush` (batches of 10 000).
+    pub ingest_seconds: f64,
+    pub events_per_sec: f64,
+    /// Database size after a checkpoint (WAL folded in).
+    pub db_bytes: u64,
+    pub bytes_per_event: f64,
+    /// The same events as JSON lines (what `watch --json` prints), for comparison.
+    pub json_bytes_per_event: f64,
+    pub distinct_paths: u64,
+    pub distinct_processes: u64,
+    /// Median of 20 runs, read-only connection, newest 100.
+    pub history_host_ms: f64,
+    pub history_inner_ms: f64,
+    pub who_deleted_host_ms: f64,
+    pub who_deleted_inner_ms: f64,
+    /// op=unlink + unit=containerd.service, limit 100.
+    pub query_filter_ms: f64,
+    /// path glob `**/libjq*`, limit 100.
+    pub query_glob_ms: f64,
+    /// pid filter (a rare process), limit 100.
+    pub query_pid_ms: f64,
+}
+
+const BASE: &str = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn processes() -> Vec<ProcessView> {
+    let kinds: &[(&str, &str, Option<&str>, &[&str])] = &[
+        (
+            "containerd",
+            "/usr/bin/containerd",
+            Some("containerd.service"),
+            &[],
+        ),
+        (
+            "containerd-shim",
+            "/usr/bin/containerd-shim-runc-v2",
+            Some("containerd.service"),
+            &[
+                "-namespace",
+                "k8s.io",
+                "-address",
+                "/run/containerd/containerd.sock",
+            ],
+        ),
+        (
+            "runc",
+            "/usr/bin/runc",
+            Some("containerd.service"),
+            &["--root", "/run/containerd/runc/k8s.io", "create"],
+        ),
+        (
+            "kubelet",
+            "/usr/bin/kubelet",
+            Some("kubelet.service"),
+            &["--config=/var/lib/kubelet/config.yaml"],
+        ),
+        ("tar", "/usr/bin/tar", None, &["-xzf", "/tmp/layer.tar.gz"]),
+        (
+            "rm",
+            "/usr/bin/rm",
+            None,
+            &["-rf", "/var/lib/containerd/tmpmounts"],
+        ),
+        ("sh", "/usr/bin/dash", None, &["-c", "cleanup.sh"]),
+        (
+            "python3",
+            "/usr/bin/python3.11",
+            Some("node-agent.service"),
+            &["/opt/agent/run.py"],
+        ),
+        ("cp", "/usr/bin/cp", None, &["-a", "src", "dst"]),
+        (
+            "unpigz",
+            "/usr/bin/unpigz",
+            Some("containerd.service"),
+            &["-d", "-c"],
+        ),
+    ];
+    let systemd = AncestorView {
+        pid: 1,
+        comm: "systemd".into(),
+        exe: Some("/usr/lib/systemd/systemd".into()),
+    };
+    (0..300u32)
+        .map(|i| {
+            let (comm, exe, unit, args) = kinds[i as usize % kinds.len()];
+            let mut cmdline = vec![exe.to_string()];
+            cmdline.extend(args.iter().map(|a| a.to_string()));
+            let mut ancestors = vec![];
+            if comm != "containerd" && comm != "kubelet" {
+                ancestors.push(AncestorView {
+                    pid: 900 + i % 7,
+                    comm: "containerd-shim".into(),
+                    exe: Some("/usr/bin/containerd-shim-runc-v2".into()),
+                });
+                ancestors.push(AncestorView {
+                    pid: 850,
+                    comm: "containerd".into(),
+                    exe: Some("/usr/bin/containerd".into()),
+                });
+            }
+            ancestors.push(systemd.clone());
+            let container = (i % 5 == 4).then(|| format!("{:016x}{:048x}", i as u64 * 7919, i));
+            ProcessView {
+                pid: 10_000 + i * 13,
+                tid: 10_000 + i * 13,
+                ppid: ancestors.first().map_or(1, |a| a.pid),
+                comm: comm.into(),
+                exe: Some(exe.into()),
+                cmdline,
+                uid: 0,
+                gid: 0,
+                unit: unit.map(String::from),
+                container_id: container,
+                cgroup_id: 4000 + i as u64,
+                mnt_ns: 4_026_531_841,
+                ancestors,
+            }
+        })
+        .collect()
+}
+
+fn inner_paths() -> Vec<String> {
+    let mut v = vec![
+        "/pause".to_string(),
+        "/usr/lib/x86_64-linux-gnu/libjq.so.1".to_string(),
+    ];
+    let dirs = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/share/doc",
+        "/etc",
+        "/usr/bin",
+        "/usr/lib/python3/dist-packages/pkg",
+        "/var/lib/dpkg/info",
+        "/usr/share/locale/de/LC_MESSAGES",
+        "/opt/app/node_modules/lib",
+    ];
+    let mut i = 0;
+    while v.len() < 2000 {
+        let d = dirs[i % dirs.len()];
+        v.push(format!("{d}/file-{i:05}.so.{}", i % 7));
+        i += 1;
+    }
+    v
+}
+
+/// Synthetic events for a scenario, deterministic for a seed. Event `i` is 10 µs after
+/// event `i - 1`, starting 2026-01-01.
+pub fn synthetic_events(
+    scenario: BenchScenario,
+    n: u64,
+    seed: u64,
+) -> impl Iterator<Item = FileEvent> {
+    let procs = processes();
+    let inner = inner_paths();
+    // What the daemon's containerd attribution adds to every event under the root.
+    let snapshot_view = |id: u64, path: &str| ContainerdView {
+        root: "/var/lib/containerd".into(),
+        kind: "snapshot",
+        namespace: Some("k8s.io".into()),
+        snapshotter: Some("overlayfs".into()),
+        snapshot_id: Some(id),
+        snapshot_key: Some(format!("sha256:{:064x}", id * 7919)),
+        snapshot_kind: Some("committed".into()),
+        layer_digest: Some(format!("sha256:{:064x}", id * 104_729)),
+        chain_id: Some(format!("sha256:{:064x}", id * 7919)),
+        images: vec![format!("registry.example/app-{}:1.{}", id % 17, id % 5)],
+        path: Some(PathText(path.as_bytes().to_vec())),
+        verdict: "owner",
+        reason: "containerd".into(),
+        ..Default::default()
+    };
+    let mut rng = Rng(seed | 1);
+    let start_ns: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+    let boot_ns: i64 = start_ns - 86_400_000_000_000; // booted a day earlier
+    (0..n).map(move |i| {
+        let t = start_ns + i as i64 * 10_000 + rng.below(5_000) as i64;
+        let mono = (t - boot_ns) as u64;
+        let mut d = Details::default();
+        let (op, path, new_path, process) = match scenario {
+            BenchScenario::DeleteFlood => {
+                let path = format!("{BASE}/77/fs/usr/share/dir-{:04}/file-{i:08}.txt", i / 100);
+                ("unlink", path, None, procs[5].clone())
+            }
+            BenchScenario::Mixed => {
+                let p = procs[rng.below(procs.len() as u64) as usize].clone();
+                let path = if rng.below(20) == 0 {
+                    let r = rng.below(5000);
+                    d.containerd = Some(Box::new(ContainerdView {
+                        root: "/var/lib/containerd".into(),
+                        kind: "ingest",
+                        ingest_ref: Some(format!("k8s.io/1/layer-sha256:{r:064x}")),
+                        path: Some(PathText(b"/data".to_vec())),
+                        verdict: "owner",
+                        reason: "containerd".into(),
+                        ..Default::default()
+                    }));
+                    format!(
+                        "/var/lib/containerd/io.containerd.content.v1.content/ingest/{r:064x}/data"
+                    )
+                } else {
+                    let id = 1 + rng.below(200);
+                    let file = &inner[rng.below(inner.len() as u64) as usize];
+                    d.containerd = Some(Box::new(snapshot_view(id, file)));
+                    format!("{BASE}/{id}/fs{file}")
+                };
+                let roll = rng.below(100);
+                let op = match roll {
+                    0..25 => "create",
+                    25..50 => "modify",
+                    50..70 => "unlink",
+                    70..75 => "mkdir",
+                    75..80 => "rename",
+                    80..85 => "chmod",
+                    85..88 => "chown",
+                    88..90 => "setxattr",
+                    90..95 => "truncate",
+                    _ => "open_write",
+                };
+                let mut new_path = None;
+                match op {
+                    "create" | "open_write" | "truncate" => {
+                        d.mode = Some("0644".into());
+                        d.size = Some(if op == "truncate" {
+                            0
+                        } else {
+                            rng.below(1 << 20)
+                        });
+                        d.open_flags = vec!["write", "create"];
+                        if op == "truncate" {
+                            d.open_flags.push("truncate");
+                        }
+                    }
+                    "modify" => {
+                        let w = 1 + rng.below(64);
+                        d.bytes = Some(w * 4096);
+                        d.writes = Some(w);
+                        d.size = Some(w * 4096);
+                        d.first_write = Some(format_time(t - 1_000_000));
+                        d.notes = vec!["by_fd"];
+                    }
+                    "mkdir" | "chmod" => d.mode = Some("0755".into()),
+                    "chown" => {
+                        d.owner_uid = Some(65534);
+                        d.owner_gid = Some(65534);
+                    }
+                    "setxattr" => {
+                        d.xattr = Some(XattrView {
+                            name: "trusted.overlay.opaque".into(),
+                            value: Some("y".into()),
+                            value_hex: Some("79".into()),
+                        });
+                        d.size = Some(1);
+                    }
+                    "rename" => new_path = Some(format!("{path}.tmp{}", rng.below(4))),
+                    _ => {}
+                }
+                (op, path, new_path, p)
+            }
+        };
+        let failed = rng.below(50) == 0;
+        FileEvent {
+            time: format_time(t),
+            mono_ns: mono,
+            op,
+            path: PathText(path.into_bytes()),
+            new_path: new_path.map(|p| PathText(p.into_bytes())),
+            result: if failed { "ENOENT".into() } else { "ok".into() },
+            errno: failed.then_some(2),
+            inode: matches!(op, "modify" | "create").then(|| 1_000_000 + rng.below(1 << 24)),
+            dev: matches!(op, "modify" | "create").then(|| "253:0".to_string()),
+            process,
+            details: d,
+        }
+    })
+}
+
+fn median_ms(
+    reps: usize,
+    mut f: impl FnMut() -> Result<(), StoreError>,
+) -> Result<f64, StoreError> {
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+/// Writes `n` synthetic events into a new store `dir/bench.db`; (path, time spent in the
+/// store, JSON bytes of the same events, stats).
+pub(crate) fn ingest(
+    dir: &Path,
+    n: u64,
+    scenario: BenchScenario,
+) -> Result<(std::path::PathBuf, Duration, u64, super::StoreStats), StoreError> {
+    let db = dir.join("bench.db");
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let opts = StoreOptions {
+        retention_age: None,
+        retention_bytes: None,
+        ..Default::default()
+    };
+    let mut store = Store::open(&db, opts)?;
+    let start = SystemTime::now();
+    store.begin_run(start)?;
+    let mut spent = Duration::ZERO;
+    let mut json_bytes: u64 = 0;
+    for (i, ev) in synthetic_events(scenario, n, 42).enumerate() {
+        if i % 64 == 0 {
+            json_bytes += serde_json::to_vec(&ev).map_or(0, |v| v.len() as u64 + 1) * 64;
+        }
+        let t = Instant::now();
+        store.append_event(&ev)?;
+        if i % 10_000 == 9_999 {
+            store.flush()?;
+        }
+        spent += t.elapsed();
+    }
+    let t = Instant::now();
+    store.flush()?;
+    spent += t.elapsed();
+    store.end_run(SystemTime::now())?;
+    let stats = store.stats()?;
+    drop(store);
+    Ok((db, spent, json_bytes, stats))
+}
+
+/// Writes `n` synthetic events of `scenario` into a new store `dir/bench.db` (removed first),
+/// then measures queries on it with a read-only connection. Retention is off.
+pub fn bench_ingest(
+    dir: &Path,
+    n: u64,
+    scenario: BenchScenario,
+) -> Result<BenchResult, StoreError> {
+    bench_with(dir, n, scenario, 20)
+}
+
+pub(crate) fn bench_with(
+    dir: &Path,
+    n: u64,
+    scenario: BenchScenario,
+    reps: usize,
+) -> Result<BenchResult, StoreError> {
+    let (db, spent, json_bytes, stats) = ingest(dir, n, scenario)?;
+    let db_bytes = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+
+    let reader = Store::open_read_only(&db)?;
+    let host = format!("{BASE}/5/fs/usr/lib/x86_64-linux-gnu/libjq.so.1");
+    let (host, inner) = match scenario {
+        BenchScenario::Mixed => (host, "/usr/lib/x86_64-linux-gnu/libjq.so.1".to_string()),
+        BenchScenario::DeleteFlood => (
+            format!("{BASE}/77/fs/usr/share/dir-0000/file-00000042.txt"),
+            "/usr/share/dir-0000/file-00000042.txt".to_string(),
+        ),
+    };
+    let q = |p: &str, m: super::PathMatch| PathQuery {
+        path: p.as_bytes().to_vec(),
+        matching: m,
+        limit: Some(100),
+        ..Default::default()
+    };
+    let hq = q(&host, super::PathMatch::Host);
+    let iq = q(&inner, super::PathMatch::Auto);
+    let history_host_ms = median_ms(reps, || reader.history(&hq).map(|_| ()))?;
+    let history_inner_ms = median_ms(reps, || reader.history(&iq).map(|_| ()))?;
+    let who_deleted_host_ms = median_ms(reps, || {
+        reader.who_deleted(&hq, DeleteOptions::new()).map(|_| ())
+    })?;
+    let who_deleted_inner_ms = median_ms(reps, || {
+        reader.who_deleted(&iq, DeleteOptions::new()).map(|_| ())
+    })?;
+    let f = Filter {
+        ops: vec!["unlink".into()],
+        unit: Some("containerd.service".into()),
+        limit: Some(100),
+        ..Default::default()
+    };
+    let query_filter_ms = median_ms(reps, || reader.query(&f).map(|_| ()))?;
+    let g = Filter {
+        path: Some(b"**/libjq*".to_vec()),
+        limit: Some(100),
+        ..Default::default()
+    };
+    let query_glob_ms = median_ms(reps, || reader.query(&g).map(|_| ()))?;
+    let p = Filter {
+        pid: Some(10_000 + 299 * 13),
+        limit: Some(100),
+        ..Default::default()
+    };
+    let query_pid_ms = median_ms(reps, || reader.query(&p).map(|_| ()))?;
+    let secs = spent.as_secs_f64();
+    Ok(BenchResult {
+        scenario: format!("{scenario:?}"),
+        events: n,
+        ingest_seconds: secs,
+        events_per_sec: n as f64 / secs.max(1e-9),
+        db_bytes,
+        bytes_per_event: db_bytes as f64 / n.max(1) as f64,
+        json_bytes_per_event: json_bytes as f64 / n.max(1) as f64,
+        distinct_paths: stats.distinct_paths,
+        distinct_processes: stats.distinct_processes,
+        history_host_ms,
+        history_inner_ms,
+        who_deleted_host_ms,
+        who_deleted_inner_ms,
+        query_filter_ms,
+        query_glob_ms,
+        query_pid_ms,
+    })
+}

@@ -1,0 +1,749 @@
+//! Pure encodings used by the store: path splitting and the snapshot-inner path, path globs,
+//! the compact binary form of an event's op-specific details, times, and a stable hash.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::event::{Details, XattrView};
+
+use super::StoredDetails;
+
+// ---------------------------------------------------------------------------------------------
+// Paths
+
+/// Splits a path at its last `/`: `(Some(dir), name)`, or `(None, path)` when it has no `/`.
+/// `dir` is everything before the slash, so "/pause" is `(Some(""), "pause")` and the split is
+/// exact for any bytes ("//a" is `(Some("/"), "a")`).
+pub(crate) fn split_path(path: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (Some(&path[..i]), &path[i + 1..]),
+        None => (None, path),
+    }
+}
+
+/// Inverse of [`split_path`].
+pub(crate) fn join_path(dir: Option<&[u8]>, name: &[u8]) -> Vec<u8> {
+    match dir {
+        Some(d) => {
+            let mut out = Vec::with_capacity(d.len() + 1 + name.len());
+            out.extend_from_slice(d);
+            out.push(b'/');
+            out.extend_from_slice(name);
+            out
+        }
+        None => name.to_vec(),
+    }
+}
+
+/// Snapshotters whose snapshot directory is the filesystem itself (`snapshots/<id>/<path>`);
+/// all others keep it in `snapshots/<id>/fs/<path>` (overlayfs, fuse-overlayfs, stargz, nydus).
+const DIRECT_SNAPSHOTTERS: &[&[u8]] = &[b"native", b"btrfs", b"zfs"];
+const SNAPSHOTTER_PREFIX: &[u8] = b"io.containerd.snapshotter.v1.";
+
+/// For a directory path, the same directory as seen inside the image or container: the part
+/// after `…/io.containerd.snapshotter.v1.<name>/snapshots/<id>/fs` (or `…/snapshots/<id>` for
+/// the native, btrfs and zfs snapshotters). The snapshot root itself is `""` (its files then
+/// join to "/file"). None when the directory is not inside a snapshot.
+pub(crate) fn inner_dir(dir: &[u8]) -> Option<&[u8]> {
+    // Walk components, remembering byte offsets.
+    let mut comps: Vec<(usize, usize)> = Vec::new(); // (start, end) of each component
+    let mut start = 0;
+    for (i, &b) in dir.iter().enumerate() {
+        if b == b'/' {
+            if i > start {
+                comps.push((start, i));
+            }
+            start = i + 1;
+        }
+    }
+    if dir.len() > start {
+        comps.push((start, dir.len()));
+    }
+    for (k, &(s, e)) in comps.iter().enumerate() {
+        let Some(name) = dir[s..e].strip_prefix(SNAPSHOTTER_PREFIX) else {
+            continue;
+        };
+        let &(ss, se) = comps.get(k + 1)?;
+        if &dir[ss..se] != b"snapshots" {
+            continue;
+        }
+        let &(_, id_end) = comps.get(k + 2)?;
+        let root_end = if DIRECT_SNAPSHOTTERS.contains(&name) {
+            id_end
+        } else {
+            let &(fs, fe) = comps.get(k + 3)?;
+            if &dir[fs..fe] != b"fs" {
+                return None;
+            }
+            fe
+        };
+        return Some(&dir[root_end..]);
+    }
+    None
+}
+
+/// The path of a file as seen inside its image or container, when it lies in a snapshot:
+/// `…/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs/usr/bin/jq` is `/usr/bin/jq`.
+pub fn inner_path(path: &[u8]) -> Option<Vec<u8>> {
+    let (dir, name) = split_path(path);
+    let inner = inner_dir(dir?)?;
+    Some(join_path(Some(inner), name))
+}
+
+/// A query path as typed: repeated slashes folded, a trailing slash dropped.
+pub(crate) fn normalize_query_path(path: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::with_capacity(path.len());
+    for &b in path {
+        if b == b'/' && out.last() == Some(&b'/') {
+            continue;
+        }
+        out.push(b);
+    }
+    while out.len() > 1 && out.last() == Some(&b'/') {
+        out.pop();
+    }
+    out
+}
+
+/// The proper ancestors of a path, nearest first, excluding "/" itself.
+pub(crate) fn ancestors(path: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut cur = path;
+    while let (Some(dir), _) = split_path(cur) {
+        if dir.is_empty() {
+            break;
+        }
+        out.push(dir);
+        cur = dir;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Globs
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    Byte(u8),
+    /// `?`: one byte other than `/`.
+    Any,
+    /// `*`: any run of bytes without `/`.
+    Star,
+    /// `**` not followed by `/`: any run of bytes, `/` included.
+    DoubleStar,
+    /// `**/`: zero or more whole directories (empty, or any run ending in `/`).
+    Dirs,
+    /// `[...]`: (negated, ranges).
+    Class(bool, Vec<(u8, u8)>),
+}
+
+/// A compiled path glob: `*` (not crossing `/`), `**` (crossing; `**/` also matches no
+/// directory at all), `?`, `[abc]`, `[a-z]`, `[!x]`, and `\` to quote the next byte.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    toks: Vec<Tok>,
+    /// The longest literal run: a text without it cannot match (cheap rejection).
+    needle: Vec<u8>,
+}
+
+impl Glob {
+    pub fn new(pattern: &[u8]) -> Result<Glob, String> {
+        let mut toks = Vec::new();
+        let mut i = 0;
+        while i < pattern.len() {
+            let b = pattern[i];
+            match b {
+                b'\\' => {
+                    let Some(&n) = pattern.get(i + 1) else {
+                        return Err("trailing backslash in glob".into());
+                    };
+                    toks.push(Tok::Byte(n));
+                    i += 2;
+                }
+                b'*' => {
+                    if pattern.get(i + 1) == Some(&b'*') {
+                        i += 2;
+                        while pattern.get(i) == Some(&b'*') {
+                            i += 1;
+                        }
+                        if pattern.get(i) == Some(&b'/') {
+                            toks.push(Tok::Dirs);
+                            i += 1;
+                        } else {
+                            toks.push(Tok::DoubleStar);
+                        }
+                    } else {
+                        toks.push(Tok::Star);
+                        i += 1;
+                    }
+                }
+                b'?' => {
+                    toks.push(Tok::Any);
+                    i += 1;
+                }
+                b'[' => {
+                    let mut j = i + 1;
+                    let negated = matches!(pattern.get(j), Some(b'!') | Some(b'^'));
+                    if negated {
+                        j += 1;
+                    }
+                    let mut ranges = Vec::new();
+                    let mut first = true;
+                    loop {
+                        let Some(&c) = pattern.get(j) else {
+                            return Err("unclosed '[' in glob".into());
+                        };
+                        if c == b']' && !first {
+                            j += 1;
+                            break;
+                        }
+                        first = false;
+                        let lo = if c == b'\\' {
+                            j += 1;
+                            *pattern.get(j).ok_or("trailing backslash in glob")?
+                        } else {
+                            c
+                        };
+                        j += 1;
+                        if pattern.get(j) == Some(&b'-')
+                            && pattern.get(j + 1).is_some_and(|&c| c != b']')
+                        {
+                            ranges.push((lo, pattern[j + 1]));
+                            j += 2;
+                        } else {
+                            ranges.push((lo, lo));
+                        }
+                    }
+                    toks.push(Tok::Class(negated, ranges));
+                    i = j;
+                }
+                _ => {
+                    toks.push(Tok::Byte(b));
+                    i += 1;
+                }
+            }
+        }
+        let mut needle = Vec::new();
+        let mut run = Vec::new();
+        for t in toks.iter().chain(std::iter::once(&Tok::Any)) {
+            match t {
+                Tok::Byte(b) => run.push(*b),
+                _ => {
+                    if run.len() > needle.len() {
+                        needle = std::mem::take(&mut run);
+                    }
+                    run.clear();
+                }
+            }
+        }
+        Ok(Glob { toks, needle })
+    }
+
+    /// Whether the pattern has no wildcard (it is a plain path).
+    pub fn is_literal(&self) -> bool {
+        self.toks.iter().all(|t| matches!(t, Tok::Byte(_)))
+    }
+
+    pub fn matches(&self, text: &[u8]) -> bool {
+        if !self.needle.is_empty() && !text.windows(self.needle.len()).any(|w| w == self.needle) {
+            return false;
+        }
+        // cur[j]: the tokens so far match text[..j]. One pass per token: O(tokens * text).
+        let n = text.len();
+        let mut cur = vec![false; n + 1];
+        cur[0] = true;
+        let mut next = vec![false; n + 1];
+        for tok in &self.toks {
+            match tok {
+                Tok::Star => {
+                    next[0] = cur[0];
+                    for j in 1..=n {
+                        next[j] = cur[j] || (next[j - 1] && text[j - 1] != b'/');
+                    }
+                }
+                Tok::DoubleStar => {
+                    next[0] = cur[0];
+                    for j in 1..=n {
+                        next[j] = cur[j] || next[j - 1];
+                    }
+                }
+                Tok::Dirs => {
+                    // reach: some k < j with cur[k] (any bytes may follow, ending in '/').
+                    let mut reach = false;
+                    next[0] = cur[0];
+                    for j in 1..=n {
+                        reach |= cur[j - 1];
+                        next[j] = cur[j] || (reach && text[j - 1] == b'/');
+                    }
+                }
+                Tok::Any => {
+                    next[0] = false;
+                    for j in 1..=n {
+                        next[j] = cur[j - 1] && text[j - 1] != b'/';
+                    }
+                }
+                Tok::Byte(b) => {
+                    next[0] = false;
+                    for j in 1..=n {
+                        next[j] = cur[j - 1] && text[j - 1] == *b;
+                    }
+                }
+                Tok::Class(neg, ranges) => {
+                    next[0] = false;
+                    for j in 1..=n {
+                        let c = text[j - 1];
+                        let inside = ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+                        next[j] = cur[j - 1] && c != b'/' && (inside != *neg);
+                    }
+                }
+            }
+            std::mem::swap(&mut cur, &mut next);
+            if !cur.iter().any(|&x| x) {
+                return false;
+            }
+        }
+        cur[n]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Times
+
+/// RFC 3339 text to ns since the epoch.
+pub(crate) fn parse_time_ns(text: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(text).ok()?;
+    system_time_ns(t)
+}
+
+pub(crate) fn system_time_ns(t: SystemTime) -> Option<i64> {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).ok(),
+        Err(e) => i64::try_from(e.duration().as_nanos()).ok().map(|n| -n),
+    }
+}
+
+pub(crate) fn ns_system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// ns since the epoch to the RFC 3339 form `FileEvent.time` uses (UTC, nanoseconds).
+pub(crate) fn format_time(ns: i64) -> String {
+    humantime::format_rfc3339_nanos(ns_system_time(ns)).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stable hash (FNV-1a, 64 bit): the same on every build, so it can be stored.
+
+pub(crate) struct Fnv(u64);
+
+impl Fnv {
+    pub(crate) fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        for &x in b {
+            self.0 ^= x as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    pub(crate) fn u64(&mut self, v: u64) {
+        for x in v.to_le_bytes() {
+            self.0 ^= x as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    pub(crate) fn opt(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.u64(1);
+                self.bytes(s.as_bytes());
+            }
+            None => self.u64(0),
+        }
+    }
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Details: tag/value records, varints. NULL (no bytes) when an event has none.
+
+const T_MODE: u8 = 1;
+const T_SIZE: u8 = 2;
+const T_OFFSET: u8 = 3;
+const T_BYTES: u8 = 4;
+const T_WRITES: u8 = 5;
+const T_FIRST_WRITE_DELTA: u8 = 6;
+const T_FIRST_WRITE_TEXT: u8 = 7;
+const T_XATTR_NAME: u8 = 8;
+const T_XATTR_VALUE: u8 = 9;
+const T_XATTR_VALUE_HEX: u8 = 10;
+const T_OWNER_UID: u8 = 11;
+const T_OWNER_GID: u8 = 12;
+const T_RDEV: u8 = 13;
+const T_WHITEOUT: u8 = 14;
+const T_OPEN_FLAG: u8 = 15;
+const T_NOTE: u8 = 16;
+/// `containerd` object without its `path`: an atom (JSON text, shared by every event of the
+/// same snapshot/blob and verdict).
+const T_CONTAINERD: u8 = 17;
+/// `containerd.path` (JSON string text).
+const T_CONTAINERD_PATH: u8 = 18;
+/// `containerd.path` is the event path's inner path (nothing stored).
+const T_CONTAINERD_PATH_INNER: u8 = 19;
+
+/// Which dictionary ("atoms") a short string goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum AtomKind {
+    Op = 0,
+    Result = 1,
+    Dev = 2,
+    Mode = 3,
+    Rdev = 4,
+    Flag = 5,
+    Note = 6,
+    /// A `containerd` object (JSON) without its `path`.
+    Containerd = 7,
+}
+
+impl AtomKind {
+    pub(crate) fn from_i64(v: i64) -> Option<AtomKind> {
+        Some(match v {
+            0 => AtomKind::Op,
+            1 => AtomKind::Result,
+            2 => AtomKind::Dev,
+            3 => AtomKind::Mode,
+            4 => AtomKind::Rdev,
+            5 => AtomKind::Flag,
+            6 => AtomKind::Note,
+            7 => AtomKind::Containerd,
+            _ => return None,
+        })
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        if shift >= 64 {
+            return None;
+        }
+        v |= ((b & 0x7f) as u64) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+        shift += 7;
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_u(out: &mut Vec<u8>, tag: u8, v: u64) {
+    out.push(tag);
+    put_varint(out, v);
+}
+
+fn put_s(out: &mut Vec<u8>, tag: u8, s: &[u8]) {
+    out.push(tag);
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s);
+}
+
+/// Encodes the details (path_hex/new_path_hex are not stored: they follow from the path bytes).
+/// `atom` maps a short string of a kind to its id (inserting it when new).
+/// How `containerd.path` is stored.
+pub(crate) enum CtrdPath<'a> {
+    Absent,
+    /// The event path's inner path: derived when read back.
+    Inner,
+    /// JSON string text.
+    Text(&'a str),
+}
+
+/// `containerd` is the event's containerd object as (JSON of it without `path`, its `path`),
+/// computed by the caller (it caches the JSON).
+pub(crate) fn encode_details<E>(
+    d: &Details,
+    time_ns: i64,
+    containerd: Option<(&str, CtrdPath<'_>)>,
+    mut atom: impl FnMut(AtomKind, &str) -> Result<i64, E>,
+) -> Result<Option<Vec<u8>>, E> {
+    let mut out = Vec::new();
+    if let Some((json, path)) = containerd {
+        put_u(
+            &mut out,
+            T_CONTAINERD,
+            atom(AtomKind::Containerd, json)? as u64,
+        );
+        match path {
+            CtrdPath::Absent => {}
+            CtrdPath::Inner => out.push(T_CONTAINERD_PATH_INNER),
+            CtrdPath::Text(p) => put_s(&mut out, T_CONTAINERD_PATH, p.as_bytes()),
+        }
+    }
+    if let Some(m) = &d.mode {
+        put_u(&mut out, T_MODE, atom(AtomKind::Mode, m)? as u64);
+    }
+    if let Some(v) = d.size {
+        put_u(&mut out, T_SIZE, v);
+    }
+    if let Some(v) = d.offset {
+        put_u(&mut out, T_OFFSET, v);
+    }
+    if let Some(v) = d.bytes {
+        put_u(&mut out, T_BYTES, v);
+    }
+    if let Some(v) = d.writes {
+        put_u(&mut out, T_WRITES, v);
+    }
+    if let Some(fw) = &d.first_write {
+        // Stored as the distance to `time` when it round-trips exactly.
+        match parse_time_ns(fw).filter(|&ns| format_time(ns) == *fw) {
+            Some(ns) => put_u(
+                &mut out,
+                T_FIRST_WRITE_DELTA,
+                zigzag(time_ns.wrapping_sub(ns)),
+            ),
+            None => put_s(&mut out, T_FIRST_WRITE_TEXT, fw.as_bytes()),
+        }
+    }
+    if let Some(x) = &d.xattr {
+        put_s(&mut out, T_XATTR_NAME, x.name.as_bytes());
+        if let Some(v) = &x.value {
+            put_s(&mut out, T_XATTR_VALUE, v.as_bytes());
+        }
+        if let Some(v) = &x.value_hex {
+            put_s(&mut out, T_XATTR_VALUE_HEX, v.as_bytes());
+        }
+    }
+    if let Some(v) = d.owner_uid {
+        put_u(&mut out, T_OWNER_UID, v as u64);
+    }
+    if let Some(v) = d.owner_gid {
+        put_u(&mut out, T_OWNER_GID, v as u64);
+    }
+    if let Some(r) = &d.rdev {
+        put_u(&mut out, T_RDEV, atom(AtomKind::Rdev, r)? as u64);
+    }
+    if let Some(w) = d.whiteout {
+        put_u(&mut out, T_WHITEOUT, w as u64);
+    }
+    for f in &d.open_flags {
+        put_u(&mut out, T_OPEN_FLAG, atom(AtomKind::Flag, f)? as u64);
+    }
+    for n in &d.notes {
+        put_u(&mut out, T_NOTE, atom(AtomKind::Note, n)? as u64);
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn xattr(d: &mut StoredDetails) -> &mut XattrView {
+    d.xattr.get_or_insert_with(|| XattrView {
+        name: String::new(),
+        value: None,
+        value_hex: None,
+    })
+}
+
+fn get_str(buf: &[u8], pos: &mut usize) -> Option<String> {
+    let len = usize::try_from(get_varint(buf, pos)?).ok()?;
+    let end = pos.checked_add(len)?;
+    let s = buf.get(*pos..end)?;
+    *pos = end;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+/// Decodes what [`encode_details`] wrote. None when the bytes are not a valid encoding.
+pub(crate) fn decode_details(
+    buf: &[u8],
+    time_ns: i64,
+    path: &[u8],
+    mut atom: impl FnMut(i64) -> Option<String>,
+) -> Option<StoredDetails> {
+    let mut d = StoredDetails::default();
+    let mut pos = 0;
+    let mut ctrd_path: Option<String> = None;
+    let mut atom_at = |pos: &mut usize| -> Option<String> {
+        let id = i64::try_from(get_varint(buf, pos)?).ok()?;
+        atom(id)
+    };
+    while pos < buf.len() {
+        let tag = buf[pos];
+        pos += 1;
+        match tag {
+            T_MODE => d.mode = Some(atom_at(&mut pos)?),
+            T_SIZE => d.size = Some(get_varint(buf, &mut pos)?),
+            T_OFFSET => d.offset = Some(get_varint(buf, &mut pos)?),
+            T_BYTES => d.bytes = Some(get_varint(buf, &mut pos)?),
+            T_WRITES => d.writes = Some(get_varint(buf, &mut pos)?),
+            T_FIRST_WRITE_DELTA => {
+                let delta = unzigzag(get_varint(buf, &mut pos)?);
+                d.first_write = Some(format_time(time_ns.wrapping_sub(delta)));
+            }
+            T_FIRST_WRITE_TEXT => d.first_write = Some(get_str(buf, &mut pos)?),
+            T_XATTR_NAME => xattr(&mut d).name = get_str(buf, &mut pos)?,
+            T_XATTR_VALUE => xattr(&mut d).value = Some(get_str(buf, &mut pos)?),
+            T_XATTR_VALUE_HEX => xattr(&mut d).value_hex = Some(get_str(buf, &mut pos)?),
+            T_OWNER_UID => d.owner_uid = Some(u32::try_from(get_varint(buf, &mut pos)?).ok()?),
+            T_OWNER_GID => d.owner_gid = Some(u32::try_from(get_varint(buf, &mut pos)?).ok()?),
+            T_RDEV => d.rdev = Some(atom_at(&mut pos)?),
+            T_WHITEOUT => d.whiteout = Some(get_varint(buf, &mut pos)? != 0),
+            T_OPEN_FLAG => d.open_flags.push(atom_at(&mut pos)?),
+            T_NOTE => d.notes.push(atom_at(&mut pos)?),
+            T_CONTAINERD => {
+                d.containerd = Some(serde_json::from_str(&atom_at(&mut pos)?).ok()?);
+            }
+            T_CONTAINERD_PATH => ctrd_path = Some(get_str(buf, &mut pos)?),
+            T_CONTAINERD_PATH_INNER => {
+                let inner = crate::event::PathText(inner_path(path)?);
+                ctrd_path = Some(serde_json::to_string(&inner).ok()?);
+            }
+            _ => return None,
+        }
+    }
+    if let (Some(serde_json::Value::Object(m)), Some(p)) = (&mut d.containerd, ctrd_path) {
+        m.insert("path".into(), serde_json::from_str(&p).ok()?);
+    }
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_and_join_are_exact() {
+        for p in [
+            &b"/a/b"[..],
+            b"/pause",
+            b"/",
+            b"",
+            b"rel",
+            b"//x",
+            b"/a/",
+            b"/a\xff/b",
+        ] {
+            let (d, n) = split_path(p);
+            assert_eq!(join_path(d, n), p.to_vec(), "{p:?}");
+        }
+        assert_eq!(split_path(b"/pause"), (Some(&b""[..]), &b"pause"[..]));
+    }
+
+    #[test]
+    fn inner_paths_of_snapshotters() {
+        let ov = b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs";
+        assert_eq!(inner_dir(ov), Some(&b""[..]));
+        let mut deep = ov.to_vec();
+        deep.extend_from_slice(b"/usr/lib");
+        assert_eq!(inner_dir(&deep), Some(&b"/usr/lib"[..]));
+        assert_eq!(
+            inner_dir(
+                b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/work"
+            ),
+            None
+        );
+        assert_eq!(
+            inner_dir(b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12"),
+            None
+        );
+        assert_eq!(
+            inner_dir(b"/var/lib/containerd/io.containerd.snapshotter.v1.native/snapshots/3/usr"),
+            Some(&b"/usr"[..])
+        );
+        assert_eq!(
+            inner_dir(b"/var/lib/containerd/io.containerd.snapshotter.v1.native/snapshots/3"),
+            Some(&b""[..])
+        );
+        assert_eq!(
+            inner_dir(b"/var/lib/containerd/io.containerd.content.v1.content"),
+            None
+        );
+        assert_eq!(
+            inner_path(b"/k/io.containerd.snapshotter.v1.overlayfs/snapshots/rm-7/fs/pause"),
+            Some(b"/pause".to_vec())
+        );
+    }
+
+    #[test]
+    fn globs() {
+        let m = |p: &str, t: &str| Glob::new(p.as_bytes()).map(|g| g.matches(t.as_bytes()));
+        assert_eq!(m("/a/*/c", "/a/b/c"), Ok(true));
+        assert_eq!(m("/a/*/c", "/a/b/x/c"), Ok(false));
+        assert_eq!(m("/a/**/c", "/a/b/x/c"), Ok(true));
+        assert_eq!(m("/a/**/c", "/a/c"), Ok(true));
+        assert_eq!(m("/a/**", "/a/b/c"), Ok(true));
+        assert_eq!(m("**/pause", "/var/x/fs/pause"), Ok(true));
+        assert_eq!(m("/a/?", "/a/b"), Ok(true));
+        assert_eq!(m("/a/?", "/a/bc"), Ok(false));
+        assert_eq!(m("/a/[bc]x", "/a/cx"), Ok(true));
+        assert_eq!(m("/a/[!bc]x", "/a/cx"), Ok(false));
+        assert_eq!(m("/a/[a-z]", "/a/q"), Ok(true));
+        assert_eq!(m("/a/\\*", "/a/*"), Ok(true));
+        assert_eq!(m("/a/\\*", "/a/b"), Ok(false));
+        assert_eq!(m("*.so*", "libjq.so.1"), Ok(true));
+        assert!(Glob::new(b"[ab").is_err());
+        assert!(Glob::new(b"/x").is_ok_and(|g| g.is_literal()));
+    }
+
+    #[test]
+    fn details_round_trip() {
+        let d = Details {
+            mode: Some("0644".into()),
+            size: Some(7),
+            offset: Some(3),
+            bytes: Some(1 << 40),
+            writes: Some(2),
+            first_write: Some(format_time(1_700_000_000_123_456_789)),
+            xattr: Some(XattrView {
+                name: "trusted.overlay.opaque".into(),
+                value: Some("y".into()),
+                value_hex: Some("79".into()),
+            }),
+            owner_uid: Some(0),
+            owner_gid: Some(65534),
+            rdev: Some("0:0".into()),
+            whiteout: Some(true),
+            open_flags: vec!["write", "create"],
+            notes: vec!["by_fd"],
+            ..Default::default()
+        };
+        let mut atoms: Vec<String> = Vec::new();
+        let enc = encode_details::<()>(&d, 1_700_000_001_000_000_000, None, |_, s| {
+            atoms.push(s.to_string());
+            Ok(atoms.len() as i64 - 1)
+        });
+        let Ok(Some(enc)) = enc else { panic!("encode") };
+        let dec = decode_details(&enc, 1_700_000_001_000_000_000, b"/x", |id| {
+            atoms.get(id as usize).cloned()
+        });
+        let Some(dec) = dec else { panic!("decode") };
+        assert_eq!(
+            serde_json::to_value(&dec).ok(),
+            serde_json::to_value(&d).ok()
+        );
+        assert!(decode_details(&[99], 0, b"", |_| None).is_none());
+        assert!(decode_details(&[T_SIZE], 0, b"", |_| None).is_none());
+    }
+}

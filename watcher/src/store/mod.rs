@@ -1,0 +1,391 @@
+//! The event history store: every enriched event, every loss record and the daemon's own
+//! start/stop records, in an embedded SQLite database on local disk, with the queries an
+//! investigator needs (history of a path, who deleted it, filters, gaps).
+//!
+//! One writer (the daemon's writer thread) and any number of readers (CLI invocations, in other
+//! processes) at the same time: the database runs in WAL mode, so readers see the last
+//! committed state and never block the writer. See docs/store.md for the design and figures.
+//!
+//! Writer: [`Store::open`], [`Store::begin_run`], then [`Store::append_event`] /
+//! [`Store::append_loss`] for every record and [`Store::flush`] regularly (events are
+//! acknowledged — durable across a crash of the daemon — once `flush` returns Ok),
+//! [`Store::heartbeat`] every few seconds, [`Store::prune`] every minute or so, and
+//! [`Store::end_run`] at a clean stop.
+//!
+//! Reader: [`Store::open_read_only`], then [`Store::history`], [`Store::who_deleted`],
+//! [`Store::query`], [`Store::gaps`], [`Store::stats`].
+
+mod bench;
+mod codec;
+mod read;
+mod render;
+mod schema;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::event::{PathText, ProcessView, XattrView};
+
+pub use bench::{BenchResult, BenchScenario, bench_ingest, synthetic_events};
+pub use codec::{Glob, inner_path};
+pub use read::{DeleteOptions, Filter, PathMatch, PathQuery};
+pub use render::{render_gaps, render_table};
+pub use schema::SCHEMA_VERSION;
+
+/// Where the daemon keeps its store unless told otherwise.
+pub const DEFAULT_DIR: &str = "/var/lib/ctrwatch";
+/// The database file's name inside [`DEFAULT_DIR`].
+pub const DEFAULT_FILE: &str = "events.db";
+
+/// `/var/lib/ctrwatch/events.db`.
+pub fn default_path() -> PathBuf {
+    Path::new(DEFAULT_DIR).join(DEFAULT_FILE)
+}
+
+/// Default retention by age: 30 days.
+pub const DEFAULT_RETENTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default retention by size: 256 MiB of database (about 2.5 million events, see
+/// docs/store.md), small enough for an edge node's disk.
+pub const DEFAULT_RETENTION_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Why a store could not be opened or used. Each variant is a distinct condition the CLI can
+/// map to its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No database file at the path (readers only; the writer creates it).
+    #[error("no event store at {path} (is the ctrwatch daemon running with this --store?)")]
+    Missing { path: PathBuf },
+    /// Another process holds the store: a second writer, or a lock that outlasted the busy
+    /// timeout.
+    #[error("event store {path} is locked: {detail}")]
+    Locked { path: PathBuf, detail: String },
+    /// Not a SQLite database, not a ctrwatch store, or damaged.
+    #[error("event store {path} is corrupt or not a ctrwatch store: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    /// Written by a newer ctrwatch (schema version `found` > `supported`).
+    #[error(
+        "event store {path} has schema version {found}, this ctrwatch reads up to {supported}: upgrade ctrwatch"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// Older schema than this build reads; the daemon (the writer) migrates it when it starts.
+    #[error(
+        "event store {path} has schema version {found}, this ctrwatch reads {supported}: start the daemon once to migrate it"
+    )]
+    OlderSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// The filesystem is full. From the writer this is not fatal: the store keeps counting
+    /// what it could not write and records it as a `store_full` gap once space returns.
+    #[error("event store {path}: disk full")]
+    Full { path: PathBuf },
+    /// A write on a store opened with [`Store::open_read_only`].
+    #[error("event store {path} is open read-only")]
+    ReadOnly { path: PathBuf },
+    /// A query that cannot be run (bad glob, ...).
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("event store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// Writer settings.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Events older than this are pruned. None: no limit by age.
+    pub retention_age: Option<Duration>,
+    /// When the database holds more than this many bytes, the oldest events are pruned until
+    /// it holds 90 % of it. None: no limit by size.
+    pub retention_bytes: Option<u64>,
+    /// An open batch is committed by `append_event` itself once it holds this many events
+    /// (bounds memory and the WAL between two `flush` calls).
+    pub max_batch: usize,
+    /// At most this many events are removed by one `prune` call (it reports `more` when it
+    /// stopped early), so one call never stalls the writer for long.
+    pub prune_chunk: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            retention_age: Some(DEFAULT_RETENTION_AGE),
+            retention_bytes: Some(DEFAULT_RETENTION_BYTES),
+            max_batch: 50_000,
+            prune_chunk: 250_000,
+        }
+    }
+}
+
+/// An event read back from the store. Serializes to the same JSON object as the
+/// [`crate::event::FileEvent`] it was stored from (same field names and presence rules), plus
+/// `deletion` in [`Store::who_deleted`] answers.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoredEvent {
+    /// Row key in the store (wall-clock ns, made unique).
+    #[serde(skip)]
+    pub id: i64,
+    /// `time` as ns since the epoch.
+    #[serde(skip)]
+    pub time_ns: i64,
+    #[serde(skip)]
+    pub(crate) path_id: i64,
+    #[serde(skip)]
+    pub(crate) new_path_id: Option<i64>,
+    pub time: String,
+    pub mono_ns: u64,
+    pub op: String,
+    pub path: PathText,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_path: Option<PathText>,
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    pub process: ProcessView,
+    #[serde(flatten)]
+    pub details: StoredDetails,
+    /// who-deleted answers only: how this event removed the file. One of `unlink`, `rmdir`,
+    /// `rename_away` (renamed from the path), `rename_onto` (another file renamed onto the
+    /// path: replaced it if it existed), `whiteout` (overlay whiteout created at the path),
+    /// `ancestor_renamed` (a directory above it renamed away), `ancestor_opaque` (a directory
+    /// above it made opaque in an overlay layer), `truncate_to_zero`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<&'static str>,
+}
+
+/// [`crate::event::Details`] with owned strings; same JSON.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoredDetails {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_path_hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_write: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xattr: Option<XattrView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whiteout: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub open_flags: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The event's place in containerd's storage, as the daemon attributed it (same JSON
+    /// object as [`crate::event::ContainerdView`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containerd: Option<serde_json::Value>,
+}
+
+/// A window the history does not fully cover.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Gap {
+    /// `loss` (the kernel could not deliver records), `downtime` (no daemon was recording),
+    /// `store_full` (records the store could not write: disk full; `store_error` for other
+    /// write failures), `pruned` (removed by retention).
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    #[serde(skip)]
+    pub from_ns: i64,
+    #[serde(skip)]
+    pub to_ns: i64,
+    /// Records missing from the window (None for downtime: unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    /// Per kind: op names and exec/fork/exit (loss, store_full); age/size (pruned).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub kinds: BTreeMap<String, u64>,
+    /// downtime: `stopped` (clean stop) or `unclean_stop` (crash, kill -9, power loss: the
+    /// window starts at the last heartbeat); store_full/store_error: the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the gap was written.
+    pub recorded: String,
+}
+
+/// What one [`Store::prune`] call removed.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PruneReport {
+    pub removed: u64,
+    pub removed_by_age: u64,
+    pub removed_by_size: u64,
+    /// Time window of the removed events.
+    pub from: String,
+    pub to: String,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Stopped at `prune_chunk`: call again.
+    pub more: bool,
+}
+
+/// Size and extent of a store.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StoreStats {
+    pub path: String,
+    pub schema_version: i64,
+    pub events: u64,
+    pub distinct_paths: u64,
+    pub distinct_processes: u64,
+    pub gaps: u64,
+    /// Database file bytes (in use: without free pages).
+    pub used_bytes: u64,
+    pub file_bytes: u64,
+    pub wal_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest: Option<String>,
+}
+
+/// An open store: the writer (from [`Store::open`]) or a reader (from
+/// [`Store::open_read_only`]). Readers' methods work on both.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    writer: Option<Box<write::Writer>>,
+    /// Held for the writer's lifetime: one writer per store (`<path>.lock`, flock).
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("writer", &self.writer.is_some())
+            .finish()
+    }
+}
+
+impl Store {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this handle can write.
+    pub fn is_writer(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    pub(crate) fn err(&self, e: rusqlite::Error) -> StoreError {
+        schema::map_err(&self.path, e)
+    }
+
+    /// Size and extent of the store.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let q = |sql: &str| -> Result<i64, StoreError> {
+            self.conn
+                .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+                .map(|v| v.unwrap_or(0))
+                .map_err(|e| self.err(e))
+        };
+        let page_size = q("PRAGMA page_size")?.max(0) as u64;
+        let pages = q("PRAGMA page_count")?.max(0) as u64;
+        let free = q("PRAGMA freelist_count")?.max(0) as u64;
+        let oldest: Option<i64> = self
+            .conn
+            .query_row("SELECT id - adj FROM events ORDER BY id LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(self.err(e)),
+            })?;
+        let newest: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id - adj FROM events ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(self.err(e)),
+            })?;
+        Ok(StoreStats {
+            path: self.path.display().to_string(),
+            schema_version: q("PRAGMA user_version")?,
+            events: q("SELECT value FROM meta WHERE key = 'events'")?.max(0) as u64,
+            distinct_paths: q("SELECT count(*) FROM names")?.max(0) as u64,
+            distinct_processes: q("SELECT count(*) FROM procs")?.max(0) as u64,
+            gaps: q("SELECT count(*) FROM gaps")?.max(0) as u64,
+            used_bytes: pages.saturating_sub(free) * page_size,
+            file_bytes: pages * page_size,
+            wal_bytes: wal_size(&self.path),
+            oldest: oldest.map(codec::format_time),
+            newest: newest.map(codec::format_time),
+        })
+    }
+
+    /// `PRAGMA integrity_check`: `["ok"]` for a sound database, else the problems found.
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+fn wal_size(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `SystemTime` to ns since the epoch (saturating).
+pub(crate) fn ns(t: SystemTime) -> i64 {
+    codec::system_time_ns(t).unwrap_or(if t > SystemTime::UNIX_EPOCH {
+        i64::MAX
+    } else {
+        i64::MIN
+    })
+}

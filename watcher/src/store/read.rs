@@ -1,0 +1,858 @@
+//! Queries: history of a path, who deleted it, filtered listing, gaps.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::SystemTime;
+
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use serde::Deserialize;
+
+use crate::event::{AncestorView, PathText, ProcessView, hex};
+
+use super::codec::{self, AtomKind, Glob};
+use super::write::ADJ_SLACK_NS;
+use super::{Gap, Store, StoreError, StoredEvent, ns, schema};
+
+/// How a query path is matched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PathMatch {
+    /// As a host path and as a path inside an image/container (every snapshot).
+    #[default]
+    Auto,
+    /// Only the exact host path.
+    Host,
+    /// Only inside snapshots: `/pause` is `…/snapshots/<id>/fs/pause` in every snapshot.
+    Inner,
+}
+
+/// A path question (history, who-deleted).
+#[derive(Clone, Debug, Default)]
+pub struct PathQuery {
+    /// The path's bytes (a host path, or a path inside an image or container).
+    pub path: Vec<u8>,
+    pub matching: PathMatch,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    /// Newest first; None: all.
+    pub limit: Option<usize>,
+}
+
+impl PathQuery {
+    pub fn new(path: impl AsRef<[u8]>) -> PathQuery {
+        PathQuery {
+            path: path.as_ref().to_vec(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What who-deleted also reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeleteOptions {
+    /// Truncations to zero (`truncate` to size 0, opens with O_TRUNC).
+    pub truncations: bool,
+    /// Attempts that failed (a failed unlink deleted nothing).
+    pub failed: bool,
+    /// Renames of a directory above the path and opaque markers set on one.
+    pub ancestors: bool,
+}
+
+impl DeleteOptions {
+    pub fn new() -> DeleteOptions {
+        DeleteOptions {
+            truncations: false,
+            failed: false,
+            ancestors: true,
+        }
+    }
+}
+
+/// A general query. String filters match exactly, or as a glob when they contain `*`, `?` or
+/// `[` (SQLite GLOB: case-sensitive, `*` also matches `/`).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Any of these ops (empty: all).
+    pub ops: Vec<String>,
+    /// Path glob ([`Glob`]: `*` within a component, `**` across), matched against the host
+    /// path and, for files in snapshots, the path inside the image; also against `new_path`.
+    pub path: Option<Vec<u8>>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub unit: Option<String>,
+    /// Container id or a prefix of it.
+    pub container: Option<String>,
+    /// `ok` or an errno name.
+    pub result: Option<String>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    /// Newest first; None: all.
+    pub limit: Option<usize>,
+}
+
+/// SQL functions the queries use (glob on paths).
+pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    // ctrwatch_glob(pattern, dir_id, dir_path, name, inner_dir)
+    conn.create_scalar_function(
+        "ctrwatch_glob",
+        5,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let glob = ctx.get_or_create_aux(0, |v| -> Result<Glob, String> {
+                let b = v.as_bytes().map_err(|e| e.to_string())?;
+                Glob::new(b)
+            })?;
+            let dir_id: i64 = ctx.get(1)?;
+            let dir = ctx.get_raw(2).as_bytes_or_null()?;
+            let name = ctx.get_raw(3).as_bytes_or_null()?.unwrap_or_default();
+            let inner = ctx.get_raw(4).as_bytes_or_null()?;
+            let host = codec::join_path(if dir_id == 0 { None } else { dir }, name);
+            if glob.matches(&host) {
+                return Ok(true);
+            }
+            Ok(inner.is_some_and(|i| glob.matches(&codec::join_path(Some(i), name))))
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct AncestorRow {
+    pid: u32,
+    comm: String,
+    exe: Option<String>,
+}
+
+fn json_err(col: usize, e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
+}
+
+/// A `procs` row (from column `at`: pid, tid, ppid, comm, exe, cmdline, uid, gid, unit,
+/// container, cgroup_id, mnt_ns, ancestors) as a process view.
+pub(crate) fn proc_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<ProcessView> {
+    let cmdline: String = row.get(at + 5)?;
+    let ancestors: String = row.get(at + 12)?;
+    let cmdline: Vec<String> = serde_json::from_str(&cmdline).map_err(|e| json_err(at + 5, e))?;
+    let ancestors: Vec<AncestorRow> =
+        serde_json::from_str(&ancestors).map_err(|e| json_err(at + 12, e))?;
+    Ok(ProcessView {
+        pid: row.get(at)?,
+        tid: row.get(at + 1)?,
+        ppid: row.get(at + 2)?,
+        comm: row.get(at + 3)?,
+        exe: row.get(at + 4)?,
+        cmdline,
+        uid: row.get(at + 6)?,
+        gid: row.get(at + 7)?,
+        unit: row.get(at + 8)?,
+        container_id: row.get(at + 9)?,
+        cgroup_id: row.get::<_, i64>(at + 10)? as u64,
+        mnt_ns: row.get(at + 11)?,
+        ancestors: ancestors
+            .into_iter()
+            .map(|a| AncestorView {
+                pid: a.pid,
+                comm: a.comm,
+                exe: a.exe,
+            })
+            .collect(),
+    })
+}
+
+const EVENT_COLS: &str = "e.id, e.path, e.op, e.proc, e.result, e.adj, e.mono_d, e.errno, e.new_path, e.inode, e.dev, e.details";
+
+struct RawEvent {
+    id: i64,
+    path: i64,
+    op: i64,
+    proc_id: i64,
+    result: i64,
+    adj: i64,
+    mono_d: i64,
+    errno: Option<i32>,
+    new_path: Option<i64>,
+    inode: Option<i64>,
+    dev: Option<i64>,
+    details: Option<Vec<u8>>,
+}
+
+impl RawEvent {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<RawEvent> {
+        Ok(RawEvent {
+            id: r.get(0)?,
+            path: r.get(1)?,
+            op: r.get(2)?,
+            proc_id: r.get(3)?,
+            result: r.get(4)?,
+            adj: r.get(5)?,
+            mono_d: r.get(6)?,
+            errno: r.get(7)?,
+            new_path: r.get(8)?,
+            inode: r.get(9)?,
+            dev: r.get(10)?,
+            details: r.get(11)?,
+        })
+    }
+    fn time_ns(&self) -> i64 {
+        self.id.wrapping_sub(self.adj)
+    }
+}
+
+/// Turns rows into events, looking up (and remembering) atoms, paths and processes.
+struct Resolver<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    atoms: HashMap<i64, String>,
+    names: HashMap<i64, Vec<u8>>,
+    procs: HashMap<i64, (ProcessView, i64)>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(store: &'a Store) -> Result<Resolver<'a>, StoreError> {
+        Ok(Resolver {
+            conn: &store.conn,
+            path: &store.path,
+            atoms: HashMap::new(),
+            names: HashMap::new(),
+            procs: HashMap::new(),
+        })
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.to_path_buf(),
+            detail: what,
+        }
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        schema::map_err(self.path, e)
+    }
+
+    /// An atom's text (looked up once per query).
+    fn lookup_atom(
+        conn: &Connection,
+        atoms: &mut HashMap<i64, String>,
+        id: i64,
+    ) -> rusqlite::Result<Option<String>> {
+        if let Some(t) = atoms.get(&id) {
+            return Ok(Some(t.clone()));
+        }
+        let text: Option<String> = conn
+            .prepare_cached("SELECT text FROM atoms WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        if let Some(t) = &text {
+            atoms.insert(id, t.clone());
+        }
+        Ok(text)
+    }
+
+    fn atom(&mut self, id: i64) -> Result<String, StoreError> {
+        Resolver::lookup_atom(self.conn, &mut self.atoms, id)
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| self.corrupt(format!("unknown atom {id}")))
+    }
+
+    fn name(&mut self, id: i64) -> Result<Vec<u8>, StoreError> {
+        if let Some(p) = self.names.get(&id) {
+            return Ok(p.clone());
+        }
+        let row: Option<(i64, Option<Vec<u8>>, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT n.dir, d.path, n.name FROM names n LEFT JOIN dirs d ON d.id = n.dir \
+                 WHERE n.id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some((dir_id, dir, name)) = row else {
+            return Err(self.corrupt(format!("event refers to missing path {id}")));
+        };
+        let path = if dir_id == 0 {
+            codec::join_path(None, &name)
+        } else {
+            match dir {
+                Some(d) => codec::join_path(Some(&d), &name),
+                None => return Err(self.corrupt(format!("path {id} refers to missing dir"))),
+            }
+        };
+        self.names.insert(id, path.clone());
+        Ok(path)
+    }
+
+    fn process(&mut self, id: i64) -> Result<(ProcessView, i64), StoreError> {
+        if let Some(p) = self.procs.get(&id) {
+            return Ok(p.clone());
+        }
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT clock_off, pid, tid, ppid, comm, exe, cmdline, uid, gid, unit, container, \
+                 cgroup_id, mnt_ns, ancestors FROM procs WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![id], |r| Ok((proc_from_row(r, 1)?, r.get(0)?)))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some(p) = row else {
+            return Err(self.corrupt(format!("event refers to missing process {id}")));
+        };
+        self.procs.insert(id, p.clone());
+        Ok(p)
+    }
+
+    fn event(&mut self, raw: RawEvent) -> Result<StoredEvent, StoreError> {
+        let time_ns = raw.time_ns();
+        let path = self.name(raw.path)?;
+        let new_path = match raw.new_path {
+            Some(id) => Some(self.name(id)?),
+            None => None,
+        };
+        let (process, clock_off) = self.process(raw.proc_id)?;
+        let mono_ns = time_ns
+            .wrapping_sub(clock_off.wrapping_add(raw.mono_d))
+            .cast_unsigned();
+        let mut details = match &raw.details {
+            Some(b) => {
+                let mut failed = None;
+                let (conn, atoms) = (self.conn, &mut self.atoms);
+                let d = codec::decode_details(b, time_ns, &path, |id| {
+                    Resolver::lookup_atom(conn, atoms, id)
+                        .map_err(|e| failed = Some(e))
+                        .ok()
+                        .flatten()
+                });
+                if let Some(e) = failed {
+                    return Err(self.err(e));
+                }
+                d.ok_or_else(|| self.corrupt(format!("bad details in event {}", raw.id)))?
+            }
+            None => Default::default(),
+        };
+        let path = PathText(path);
+        if !path.is_utf8() {
+            details.path_hex = Some(hex(&path.0));
+        }
+        let new_path = new_path.map(PathText);
+        details.new_path_hex = new_path
+            .as_ref()
+            .filter(|p| !p.is_utf8())
+            .map(|p| hex(&p.0));
+        Ok(StoredEvent {
+            id: raw.id,
+            path_id: raw.path,
+            new_path_id: raw.new_path,
+            time_ns,
+            time: codec::format_time(time_ns),
+            mono_ns,
+            op: self.atom(raw.op)?,
+            path,
+            new_path,
+            result: self.atom(raw.result)?,
+            errno: raw.errno,
+            inode: raw.inode.map(|i| i as u64),
+            dev: match raw.dev {
+                Some(d) => Some(self.atom(d)?),
+                None => None,
+            },
+            process,
+            details,
+            deletion: None,
+        })
+    }
+}
+
+/// Integers as an SQL list (they are ids: no quoting needed).
+fn id_list(ids: &[i64]) -> String {
+    let mut s = String::with_capacity(ids.len() * 8);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s
+}
+
+/// [since, until] in ns; the id range to scan is [since, until + slack] (ids exceed times by
+/// `adj`, which is tiny).
+fn window(since: Option<SystemTime>, until: Option<SystemTime>) -> (i64, i64, i64) {
+    let since = since.map(ns).unwrap_or(i64::MIN);
+    let until = until.map(ns).unwrap_or(i64::MAX);
+    (since, until, until.saturating_add(ADJ_SLACK_NS))
+}
+
+impl Store {
+    /// Opens an existing store for queries. Works while the daemon writes (WAL: the reader
+    /// sees the last commit and does not block the writer).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    detail: "not a regular file".into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing { path });
+            }
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        }
+        let conn = schema::connect(&path, false)?;
+        schema::check_readable(&conn, &path)?;
+        register_functions(&conn).map_err(|e| schema::map_err(&path, e))?;
+        Ok(Store {
+            conn,
+            path,
+            writer: None,
+            _lock: None,
+        })
+    }
+
+    fn atom_ids(&self, kind: AtomKind) -> Result<HashMap<String, i64>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT text, id FROM atoms WHERE kind = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![kind as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn ids_of(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<i64>, StoreError> {
+        // Dynamic statements (id lists) are not worth keeping in the cache.
+        if sql.contains(" IN (") {
+            let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(p, |r| r.get::<_, i64>(0))
+                .map_err(|e| self.err(e))?;
+            return rows.collect::<Result<_, _>>().map_err(|e| self.err(e));
+        }
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(p, |r| r.get::<_, i64>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Path rows for an exact host path.
+    fn host_ids(&self, path: &[u8]) -> Result<Vec<i64>, StoreError> {
+        match codec::split_path(path) {
+            (None, name) => self.ids_of(
+                "SELECT id FROM names WHERE dir = 0 AND name = ?1",
+                params![name],
+            ),
+            (Some(dir), name) => self.ids_of(
+                "SELECT n.id FROM dirs d JOIN names n ON n.dir = d.id \
+                 WHERE d.path = ?1 AND n.name = ?2",
+                params![dir, name],
+            ),
+        }
+    }
+
+    /// Path rows of the file at `path` inside every snapshot.
+    fn inner_ids(&self, path: &[u8]) -> Result<Vec<i64>, StoreError> {
+        match codec::split_path(path) {
+            (Some(dir), name) if path.starts_with(b"/") => self.ids_of(
+                "SELECT n.id FROM dirs d JOIN names n ON n.dir = d.id \
+                 WHERE d.inner = ?1 AND n.name = ?2",
+                params![dir, name],
+            ),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn resolve(&self, path: &[u8], matching: PathMatch) -> Result<Vec<i64>, StoreError> {
+        let path = codec::normalize_query_path(path);
+        let mut ids = Vec::new();
+        if matching != PathMatch::Inner {
+            ids.extend(self.host_ids(&path)?);
+        }
+        if matching != PathMatch::Host {
+            ids.extend(self.inner_ids(&path)?);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Event ids with `path` in `names` and an op in `ops`, newest first. One path: one
+    /// index range per op, each at most `limit` long (a hot path costs no more than a cold
+    /// one). Several paths (a file in many snapshots): one statement over all of them.
+    fn ids_by_path(
+        &self,
+        names: &[i64],
+        ops: &[i64],
+        lo: i64,
+        hi: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut out = Vec::new();
+        if names.is_empty() || ops.is_empty() {
+            return Ok(out);
+        }
+        if names.len() == 1 {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM events WHERE path = ?1 AND op = ?2 AND id BETWEEN ?3 AND ?4 \
+                     ORDER BY id DESC LIMIT ?5",
+                )
+                .map_err(|e| self.err(e))?;
+            for &op in ops {
+                let rows = stmt
+                    .query_map(params![names[0], op, lo, hi, limit], |r| r.get::<_, i64>(0))
+                    .map_err(|e| self.err(e))?;
+                for r in rows {
+                    out.push(r.map_err(|e| self.err(e))?);
+                }
+            }
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT id FROM events WHERE path IN ({}) AND op IN ({}) AND id BETWEEN ?1 AND ?2 \
+             ORDER BY id DESC LIMIT ?3",
+            id_list(names),
+            id_list(ops)
+        );
+        out.extend(self.ids_of(&sql, params![lo, hi, limit])?);
+        Ok(out)
+    }
+
+    fn ids_by_new_path(
+        &self,
+        names: &[i64],
+        lo: i64,
+        hi: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id FROM events WHERE new_path IN ({}) AND id BETWEEN ?1 AND ?2 \
+             ORDER BY id DESC LIMIT ?3",
+            id_list(names)
+        );
+        self.ids_of(&sql, params![lo, hi, limit])
+    }
+
+    fn load(&self, res: &mut Resolver<'_>, id: i64) -> Result<Option<StoredEvent>, StoreError> {
+        let raw = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events e WHERE e.id = ?1"
+            ))
+            .and_then(|mut s| s.query_row(params![id], RawEvent::from_row).optional())
+            .map_err(|e| self.err(e))?;
+        raw.map(|r| res.event(r)).transpose()
+    }
+
+    /// Loads events by id, newest first, keeping those in [since, until] that `keep` accepts,
+    /// up to `limit`.
+    fn load_ids(
+        &self,
+        mut ids: Vec<i64>,
+        since: i64,
+        until: i64,
+        limit: Option<usize>,
+        mut keep: impl FnMut(&mut StoredEvent) -> bool,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        let mut res = Resolver::new(self)?;
+        let mut out = Vec::new();
+        for id in ids {
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+            let Some(mut ev) = self.load(&mut res, id)? else {
+                continue; // pruned meanwhile
+            };
+            if ev.time_ns < since || ev.time_ns > until || !keep(&mut ev) {
+                continue;
+            }
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    /// Every recorded operation on the file at `q.path`, newest first: operations on the path
+    /// itself and renames/links onto it. With [`PathMatch::Auto`] (the default) a path inside
+    /// an image or container (`/pause`) also matches that file in every snapshot.
+    pub fn history(&self, q: &PathQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let names = self.resolve(&q.path, q.matching)?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (since, until, hi) = window(q.since, q.until);
+        // Per stream, a few more than asked: some may fall outside [since, until] exactly.
+        let per = q.limit.map_or(i64::MAX, |l| (l as i64).saturating_add(64));
+        let ops: Vec<i64> = self.atom_ids(AtomKind::Op)?.into_values().collect();
+        let mut ids = self.ids_by_path(&names, &ops, since, hi, per)?;
+        ids.extend(self.ids_by_new_path(&names, since, hi, per)?);
+        self.load_ids(ids, since, until, q.limit, |_| true)
+    }
+
+    /// The operations that removed the file at `q.path` (newest first), each with
+    /// `deletion` saying how: unlink, rmdir, rename away from it, a rename onto it (replaced
+    /// it, if it existed), an overlay whiteout at it; with `opts.ancestors`, renames of a
+    /// directory above it and opaque markers set on one; with `opts.truncations`, truncations
+    /// to zero. Failed attempts only with `opts.failed`.
+    pub fn who_deleted(
+        &self,
+        q: &PathQuery,
+        opts: DeleteOptions,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let path = codec::normalize_query_path(&q.path);
+        let names = self.resolve(&path, q.matching)?;
+        let (since, until, hi) = window(q.since, q.until);
+        let per = q.limit.map_or(i64::MAX, |l| (l as i64).saturating_add(64));
+        let op_ids = self.atom_ids(AtomKind::Op)?;
+        let op = |name: &str| op_ids.get(name).copied();
+        let ops_of = |names: &[&str]| -> Vec<i64> { names.iter().filter_map(|n| op(n)).collect() };
+
+        let mut ids = Vec::new();
+        let mut deleting = vec!["unlink", "rmdir", "rename", "mknod"];
+        if opts.truncations {
+            deleting.push("truncate");
+        }
+        ids.extend(self.ids_by_path(&names, &ops_of(&deleting), since, hi, per)?);
+        ids.extend(self.ids_by_new_path(&names, since, hi, per)?);
+
+        // Directories above the path: host ancestors of the query path and of every matched
+        // file, and (for a path inside images) the same directory in every snapshot.
+        let mut ancestor_names: HashSet<i64> = HashSet::new();
+        if opts.ancestors {
+            let mut dirs: Vec<Vec<u8>> = Vec::new();
+            if q.matching != PathMatch::Inner {
+                dirs.extend(codec::ancestors(&path).into_iter().map(<[u8]>::to_vec));
+            }
+            // For files in snapshots, the directories inside the snapshot are covered below
+            // (one lookup for every snapshot at once); only those above it are listed here.
+            let mut res = Resolver::new(self)?;
+            for &n in names.iter().take(1024) {
+                let host = res.name(n)?;
+                let depth_inside =
+                    codec::inner_path(&host).map_or(0, |i| codec::ancestors(&i).len());
+                let skip = if q.matching == PathMatch::Host {
+                    0
+                } else {
+                    depth_inside
+                };
+                dirs.extend(
+                    codec::ancestors(&host)
+                        .into_iter()
+                        .skip(skip)
+                        .map(<[u8]>::to_vec),
+                );
+            }
+            dirs.sort();
+            dirs.dedup();
+            for d in &dirs {
+                ancestor_names.extend(self.host_ids(d)?);
+            }
+            if q.matching != PathMatch::Host {
+                for d in codec::ancestors(&path) {
+                    ancestor_names.extend(self.inner_ids(d)?);
+                }
+            }
+            let anc: Vec<i64> = ancestor_names.iter().copied().collect();
+            ids.extend(self.ids_by_path(&anc, &ops_of(&["rename", "setxattr"]), since, hi, per)?);
+        }
+
+        let name_set: HashSet<i64> = names.iter().copied().collect();
+        self.load_ids(ids, since, until, q.limit, |ev| {
+            if !opts.failed && ev.result != "ok" {
+                return false;
+            }
+            let on_path = name_set.contains(&ev.path_id);
+            let onto = ev.new_path_id.is_some_and(|i| name_set.contains(&i));
+            let kind = match ev.op.as_str() {
+                "unlink" if on_path => Some("unlink"),
+                "rmdir" if on_path => Some("rmdir"),
+                "rename" if on_path => Some("rename_away"),
+                "rename" if onto => Some("rename_onto"),
+                "mknod" if on_path && ev.details.whiteout == Some(true) => Some("whiteout"),
+                "truncate"
+                    if on_path
+                        && (ev.details.size == Some(0)
+                            || ev.details.open_flags.iter().any(|f| f == "truncate")) =>
+                {
+                    Some("truncate_to_zero")
+                }
+                "rename" if ancestor_names.contains(&ev.path_id) => Some("ancestor_renamed"),
+                "setxattr"
+                    if ancestor_names.contains(&ev.path_id)
+                        && ev.details.xattr.as_ref().is_some_and(|x| {
+                            x.name.ends_with("overlay.opaque")
+                                && matches!(x.value.as_deref(), Some("y") | Some("x"))
+                        }) =>
+                {
+                    Some("ancestor_opaque")
+                }
+                // A link or symlink onto the path does not delete it (it fails if the path
+                // exists).
+                _ => None,
+            };
+            ev.deletion = kind;
+            kind.is_some()
+        })
+    }
+
+    /// Events matching every given filter, newest first.
+    pub fn query(&self, f: &Filter) -> Result<Vec<StoredEvent>, StoreError> {
+        let (since, until, hi) = window(f.since, f.until);
+        let mut sql = format!("SELECT {EVENT_COLS} FROM events e WHERE e.id BETWEEN ?1 AND ?2");
+        let mut args: Vec<Value> = vec![Value::Integer(since), Value::Integer(hi)];
+        let arg = |v: Value, args: &mut Vec<Value>| -> String {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        if !f.ops.is_empty() {
+            let ids = self.atom_ids(AtomKind::Op)?;
+            let wanted: Vec<String> = f
+                .ops
+                .iter()
+                .filter_map(|o| ids.get(o.as_str()))
+                .map(|id| id.to_string())
+                .collect();
+            if wanted.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push_str(&format!(" AND e.op IN ({})", wanted.join(",")));
+        }
+        if let Some(r) = &f.result {
+            let ids = self.atom_ids(AtomKind::Result)?;
+            let Some(id) = ids.get(r.as_str()) else {
+                return Ok(Vec::new());
+            };
+            sql.push_str(&format!(" AND e.result = {id}"));
+        }
+        let mut cte = String::new();
+        let mut proc_conds = Vec::new();
+        if let Some(pid) = f.pid {
+            let a = arg(Value::Integer(pid as i64), &mut args);
+            proc_conds.push(format!("pid = {a}"));
+        }
+        for (col, v) in [("comm", &f.comm), ("exe", &f.exe), ("unit", &f.unit)] {
+            if let Some(v) = v {
+                let is_glob = v.contains(['*', '?', '[']);
+                let a = arg(Value::Text(v.clone()), &mut args);
+                proc_conds.push(if is_glob {
+                    format!("{col} GLOB {a}")
+                } else {
+                    format!("{col} = {a}")
+                });
+            }
+        }
+        if let Some(c) = &f.container {
+            let a = arg(Value::Text(c.clone()), &mut args);
+            proc_conds.push(format!("substr(container, 1, length({a})) = {a}"));
+        }
+        if !proc_conds.is_empty() {
+            sql.push_str(&format!(
+                " AND e.proc IN (SELECT id FROM procs WHERE {})",
+                proc_conds.join(" AND ")
+            ));
+        }
+        if let Some(p) = &f.path {
+            let glob = Glob::new(p).map_err(StoreError::InvalidQuery)?;
+            if glob.is_literal() {
+                let ids = self.resolve(p, PathMatch::Auto)?;
+                let list = ids
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                sql.push_str(&format!(
+                    " AND (e.path IN ({list}) OR e.new_path IN ({list}))"
+                ));
+            } else {
+                // Evaluated once per distinct path (not per event), into a materialized set.
+                let a = arg(Value::Blob(p.clone()), &mut args);
+                cte = format!(
+                    "WITH m(id) AS MATERIALIZED (SELECT n.id FROM names n \
+                     LEFT JOIN dirs d ON d.id = n.dir \
+                     WHERE ctrwatch_glob({a}, n.dir, d.path, n.name, d.inner)) "
+                );
+                sql.push_str(
+                    " AND (e.path IN (SELECT id FROM m) OR e.new_path IN (SELECT id FROM m))",
+                );
+            }
+        }
+        sql.push_str(" ORDER BY e.id DESC");
+        if let Some(l) = f.limit {
+            sql.push_str(&format!(" LIMIT {}", l.saturating_add(64)));
+        }
+        let sql = cte + &sql;
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params_from_iter(args), RawEvent::from_row)
+            .map_err(|e| self.err(e))?;
+        let mut res = Resolver::new(self)?;
+        let mut out = Vec::new();
+        for raw in rows {
+            let raw = raw.map_err(|e| self.err(e))?;
+            let t = raw.time_ns();
+            if t < since || t > until {
+                continue;
+            }
+            out.push(res.event(raw)?);
+            if f.limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Windows the history does not cover that overlap [since, until], oldest first: kernel
+    /// loss, daemon downtime, records the store could not write, pruned history.
+    pub fn gaps(
+        &self,
+        since: Option<SystemTime>,
+        until: Option<SystemTime>,
+    ) -> Result<Vec<Gap>, StoreError> {
+        let (since, until, _) = window(since, until);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT kind, from_ns, to_ns, lost, kinds, reason, recorded_ns FROM gaps \
+                 WHERE to_ns >= ?1 AND from_ns <= ?2 ORDER BY from_ns, id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![since, until], |r| {
+                let kinds: Option<String> = r.get(4)?;
+                let kinds: BTreeMap<String, u64> = match kinds {
+                    Some(k) => serde_json::from_str(&k).map_err(|e| json_err(4, e))?,
+                    None => BTreeMap::new(),
+                };
+                let from_ns: i64 = r.get(1)?;
+                let to_ns: i64 = r.get(2)?;
+                let recorded: i64 = r.get(6)?;
+                Ok(Gap {
+                    kind: r.get(0)?,
+                    from: codec::format_time(from_ns),
+                    to: codec::format_time(to_ns),
+                    from_ns,
+                    to_ns,
+                    lost: r.get::<_, Option<i64>>(3)?.map(|l| l.max(0) as u64),
+                    kinds,
+                    reason: r.get(5)?,
+                    recorded: codec::format_time(recorded),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}

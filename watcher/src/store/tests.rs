@@ -1,0 +1,1143 @@
+//! Store tests: schema, round trip, queries, gaps, retention, runs, concurrency, crash
+//! safety (a child process killed with SIGKILL) and a full disk (a small tmpfs).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use crate::event::{
+    AncestorView, ContainerdView, Details, FileEvent, LossEvent, PathText, ProcessView, XattrView,
+    hex,
+};
+
+use super::codec::{format_time, ns_system_time};
+use super::*;
+
+const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+const BOOT: i64 = T0 - 3_600_000_000_000;
+const SEC: i64 = 1_000_000_000;
+const OV: &str = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ctrwatch-store-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("tempdir");
+        TempDir(p)
+    }
+    fn db(&self) -> PathBuf {
+        self.0.join("events.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn at(ns: i64) -> SystemTime {
+    ns_system_time(ns)
+}
+
+fn process(pid: u32, comm: &str) -> ProcessView {
+    ProcessView {
+        pid,
+        tid: pid,
+        ppid: 100,
+        comm: comm.into(),
+        exe: Some(format!("/usr/bin/{comm}")),
+        cmdline: vec![format!("/usr/bin/{comm}"), "-x".into()],
+        uid: 0,
+        gid: 0,
+        unit: Some(if comm == "kubelet" {
+            "kubelet.service".into()
+        } else {
+            "containerd.service".into()
+        }),
+        container_id: None,
+        cgroup_id: 77,
+        mnt_ns: 4_026_531_841,
+        ancestors: vec![
+            AncestorView {
+                pid: 100,
+                comm: "containerd".into(),
+                exe: Some("/usr/bin/containerd".into()),
+            },
+            AncestorView {
+                pid: 1,
+                comm: "systemd".into(),
+                exe: None,
+            },
+        ],
+    }
+}
+
+fn ev(t: i64, op: &'static str, path: &str) -> FileEvent {
+    FileEvent {
+        time: format_time(t),
+        mono_ns: (t - BOOT) as u64,
+        op,
+        path: PathText(path.as_bytes().to_vec()),
+        new_path: None,
+        result: "ok".into(),
+        errno: None,
+        inode: None,
+        dev: None,
+        process: process(4242, "rm"),
+        details: Details::default(),
+    }
+}
+
+fn opts_no_retention() -> StoreOptions {
+    StoreOptions {
+        retention_age: None,
+        retention_bytes: None,
+        ..Default::default()
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v).expect("json")
+}
+
+fn paths(events: &[StoredEvent]) -> Vec<String> {
+    events.iter().map(|e| e.path.display()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema and opening
+
+#[test]
+fn creates_schema_and_reopens() {
+    let dir = TempDir::new("schema");
+    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let st = store.stats().expect("stats");
+    assert_eq!(st.schema_version, SCHEMA_VERSION);
+    assert_eq!(st.events, 0);
+    drop(store);
+    let store = Store::open(dir.db(), StoreOptions::default()).expect("reopen");
+    assert!(store.is_writer());
+    drop(store);
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    assert!(!r.is_writer());
+    let app: i32 = r
+        .conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .expect("app id");
+    assert_eq!(app, schema::APPLICATION_ID);
+    let mode: String = r
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    let av: i64 = r
+        .conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .expect("auto_vacuum");
+    assert_eq!(av, 2, "incremental");
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = TempDir::new("newer");
+    drop(Store::open(dir.db(), StoreOptions::default()).expect("open"));
+    let c = rusqlite::Connection::open(dir.db()).expect("raw");
+    c.execute_batch("PRAGMA user_version = 99").expect("bump");
+    drop(c);
+    match Store::open(dir.db(), StoreOptions::default()) {
+        Err(StoreError::NewerSchema { found: 99, .. }) => {}
+        other => panic!("writer: {other:?}"),
+    }
+    match Store::open_read_only(dir.db()) {
+        Err(StoreError::NewerSchema { found: 99, .. }) => {}
+        other => panic!("reader: {other:?}"),
+    }
+}
+
+#[test]
+fn older_schema_is_migrated_by_the_writer() {
+    let dir = TempDir::new("older");
+    // A store at version 0: marked as ctrwatch's, nothing created yet.
+    let c = rusqlite::Connection::open(dir.db()).expect("raw");
+    c.execute_batch(&format!(
+        "PRAGMA application_id = {}; CREATE TABLE scratch (x);",
+        schema::APPLICATION_ID
+    ))
+    .expect("v0");
+    drop(c);
+    match Store::open_read_only(dir.db()) {
+        Err(StoreError::OlderSchema { found: 0, .. }) => {}
+        other => panic!("reader: {other:?}"),
+    }
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("migrate");
+    w.begin_run(at(T0)).expect("run");
+    w.append_event(&ev(T0, "unlink", "/a/b")).expect("append");
+    w.flush().expect("flush");
+    let r = Store::open_read_only(dir.db()).expect("reader after migration");
+    assert_eq!(r.stats().expect("stats").schema_version, SCHEMA_VERSION);
+}
+
+#[test]
+fn missing_corrupt_foreign_and_locked_are_distinct() {
+    let dir = TempDir::new("errors");
+    match Store::open_read_only(dir.0.join("nope.db")) {
+        Err(StoreError::Missing { .. }) => {}
+        other => panic!("missing: {other:?}"),
+    }
+    let garbage = dir.0.join("garbage.db");
+    std::fs::write(&garbage, vec![0x5a; 8192]).expect("write");
+    match Store::open_read_only(&garbage) {
+        Err(StoreError::Corrupt { .. }) => {}
+        other => panic!("garbage reader: {other:?}"),
+    }
+    match Store::open(&garbage, StoreOptions::default()) {
+        Err(StoreError::Corrupt { .. }) => {}
+        other => panic!("garbage writer: {other:?}"),
+    }
+    let foreign = dir.0.join("foreign.db");
+    let c = rusqlite::Connection::open(&foreign).expect("raw");
+    c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .expect("foreign");
+    drop(c);
+    match Store::open_read_only(&foreign) {
+        Err(StoreError::Corrupt { detail, .. }) => assert!(detail.contains("not a ctrwatch")),
+        other => panic!("foreign reader: {other:?}"),
+    }
+    match Store::open(&foreign, StoreOptions::default()) {
+        Err(StoreError::Corrupt { .. }) => {}
+        other => panic!("foreign writer: {other:?}"),
+    }
+    let _w = Store::open(dir.db(), StoreOptions::default()).expect("first writer");
+    match Store::open(dir.db(), StoreOptions::default()) {
+        Err(StoreError::Locked { .. }) => {}
+        other => panic!("second writer: {other:?}"),
+    }
+    // Readers are fine beside the writer.
+    Store::open_read_only(dir.db()).expect("reader beside writer");
+    let mut r = Store::open_read_only(dir.db()).expect("reader");
+    match r.append_event(&ev(T0, "unlink", "/x")) {
+        Err(StoreError::ReadOnly { .. }) => {}
+        other => panic!("write on reader: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trip
+
+fn full_event() -> FileEvent {
+    let path = b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/9/fs/bad\xff\xfename".to_vec();
+    let new_path = b"/var/lib/containerd/tmp/\x01ctl\xc3".to_vec();
+    let t = T0 + 123_456_789;
+    let mut p = process(31337, "containerd-shim");
+    p.tid = 31340;
+    p.uid = 1000;
+    p.gid = 1001;
+    p.container_id = Some("ab".repeat(32));
+    p.cmdline = vec![
+        "shim".into(),
+        "--id".into(),
+        "with space \\ and \\x00".into(),
+    ];
+    FileEvent {
+        time: format_time(t),
+        mono_ns: (t - BOOT) as u64,
+        op: "rename",
+        path: PathText(path.clone()),
+        new_path: Some(PathText(new_path.clone())),
+        result: "EXDEV".into(),
+        errno: Some(18),
+        inode: Some(u64::MAX - 5),
+        dev: Some("253:1".into()),
+        process: p,
+        details: Details {
+            path_hex: Some(hex(&path)),
+            new_path_hex: Some(hex(&new_path)),
+            mode: Some("0640".into()),
+            size: Some(4096),
+            offset: Some(512),
+            bytes: Some(1 << 33),
+            writes: Some(9),
+            first_write: Some(format_time(t - 5 * SEC)),
+            xattr: Some(XattrView {
+                name: "trusted.overlay.opaque".into(),
+                value: Some("y".into()),
+                value_hex: Some("7900".into()),
+            }),
+            owner_uid: Some(0),
+            owner_gid: Some(4_294_967_294),
+            rdev: Some("0:0".into()),
+            whiteout: Some(true),
+            open_flags: vec!["write", "create", "truncate"],
+            notes: vec!["by_fd", "not_closed"],
+            containerd: Some(Box::new(ContainerdView {
+                root: "/var/lib/containerd".into(),
+                kind: "snapshot",
+                namespace: Some("k8s.io".into()),
+                snapshotter: Some("overlayfs".into()),
+                snapshot_id: Some(9),
+                snapshot_key: Some("sha256:abc".into()),
+                snapshot_kind: Some("committed".into()),
+                layer_digest: Some(format!("sha256:{}", "1".repeat(64))),
+                chain_id: Some(format!("sha256:{}", "2".repeat(64))),
+                images: vec!["registry.k8s.io/pause:3.10".into()],
+                path: Some(PathText(b"/bad\xff\xfename".to_vec())),
+                verdict: "foreign",
+                reason: "not containerd".into(),
+                ..Default::default()
+            })),
+        },
+    }
+}
+
+#[test]
+fn events_round_trip_with_the_same_json() {
+    let dir = TempDir::new("roundtrip");
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    w.begin_run(at(T0)).expect("run");
+    let full = full_event();
+    let plain = ev(T0 + SEC, "unlink", "/var/lib/containerd/plain");
+    let mut exe_less = ev(T0 + 2 * SEC, "mkdir", "/r/dir");
+    exe_less.process.exe = None;
+    exe_less.process.unit = None;
+    exe_less.process.cmdline.clear();
+    exe_less.process.ancestors.clear();
+    exe_less.details.mode = Some("0755".into());
+    // Same nanosecond as `plain`: both kept, both exact. A containerd object whose path is
+    // not the inner path (stored as is), and one without a path.
+    let mut twin = ev(T0 + SEC, "unlink", "/var/lib/containerd/twin");
+    twin.details.containerd = Some(Box::new(ContainerdView {
+        root: "/var/lib/containerd".into(),
+        kind: "ingest",
+        ingest_ref: Some("default/1/layer-sha256:x".into()),
+        path: Some(PathText(b"/data".to_vec())),
+        stale: true,
+        verdict: "owner",
+        reason: "containerd".into(),
+        ..Default::default()
+    }));
+    let mut plain = plain;
+    plain.details.containerd = Some(Box::new(ContainerdView {
+        root: "/var/lib/containerd".into(),
+        kind: "other",
+        verdict: "owner",
+        reason: "containerd".into(),
+        ..Default::default()
+    }));
+    for e in [&full, &plain, &exe_less, &twin] {
+        w.append_event(e).expect("append");
+    }
+    assert_eq!(w.flush().expect("flush"), 4);
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let all = r.query(&Filter::default()).expect("query");
+    assert_eq!(all.len(), 4);
+    let find = |p: &[u8]| {
+        all.iter()
+            .find(|e| e.path.0 == p)
+            .unwrap_or_else(|| panic!("{:?} not stored", String::from_utf8_lossy(p)))
+    };
+    for orig in [&full, &plain, &exe_less, &twin] {
+        let stored = find(&orig.path.0);
+        assert_eq!(json(stored), json(orig), "{}", orig.path.display());
+        assert_eq!(stored.path.0, orig.path.0);
+        assert_eq!(stored.new_path, orig.new_path);
+    }
+    // Field names: the same set of keys, even for a minimal event.
+    let keys = |v: serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(json(find(&plain.path.0))), keys(json(&plain)));
+    assert_eq!(keys(json(find(&full.path.0))), keys(json(&full)));
+    // Newest first.
+    assert_eq!(all[0].path.0, exe_less.path.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+
+fn seeded_store(dir: &TempDir) -> Store {
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    w.begin_run(at(T0)).expect("run");
+    let mut t = T0;
+    let mut push = |w: &mut Store, mut e: FileEvent| {
+        t += SEC;
+        e.time = format_time(t);
+        e.mono_ns = (t - BOOT) as u64;
+        w.append_event(&e).expect("append");
+    };
+    // /pause in snapshots 1 and 2, libjq in snapshot 2, and a host file outside snapshots.
+    let mut create = ev(0, "create", &format!("{OV}/1/fs/pause"));
+    create.process = process(500, "containerd");
+    create.details.mode = Some("0755".into());
+    push(&mut w, create);
+    let mut create2 = ev(0, "create", &format!("{OV}/2/fs/pause"));
+    create2.process = process(500, "containerd");
+    push(&mut w, create2);
+    let mut jq = ev(
+        0,
+        "modify",
+        &format!("{OV}/2/fs/usr/lib/x86_64-linux-gnu/libjq.so.1"),
+    );
+    jq.process = process(600, "tar");
+    jq.details.bytes = Some(10);
+    push(&mut w, jq);
+    let mut failed = ev(0, "unlink", &format!("{OV}/2/fs/pause"));
+    failed.result = "EACCES".into();
+    failed.errno = Some(13);
+    failed.process = process(700, "kubelet");
+    push(&mut w, failed);
+    push(&mut w, ev(0, "unlink", &format!("{OV}/2/fs/pause"))); // 5: rm deletes it
+    push(&mut w, ev(0, "unlink", "/var/lib/containerd/tmp/pause")); // not in a snapshot
+    let mut rename = ev(0, "rename", &format!("{OV}/1/fs/pause"));
+    rename.new_path = Some(PathText(format!("{OV}/1/fs/pause.old").into_bytes()));
+    push(&mut w, rename); // 7
+    let mut onto = ev(0, "rename", &format!("{OV}/1/fs/pause.new"));
+    onto.new_path = Some(PathText(format!("{OV}/1/fs/pause").into_bytes()));
+    push(&mut w, onto); // 8
+    let mut trunc = ev(
+        0,
+        "truncate",
+        &format!("{OV}/2/fs/usr/lib/x86_64-linux-gnu/libjq.so.1"),
+    );
+    trunc.details.size = Some(0);
+    push(&mut w, trunc); // 9
+    let mut wh = ev(0, "mknod", &format!("{OV}/3/fs/pause"));
+    wh.details.whiteout = Some(true);
+    wh.details.rdev = Some("0:0".into());
+    push(&mut w, wh); // 10
+    let mut opaque = ev(0, "setxattr", &format!("{OV}/4/fs/usr/lib"));
+    opaque.details.xattr = Some(XattrView {
+        name: "trusted.overlay.opaque".into(),
+        value: Some("y".into()),
+        value_hex: Some("79".into()),
+    });
+    push(&mut w, opaque); // 11
+    let mut snap_rm = ev(0, "rename", &format!("{OV}/2"));
+    snap_rm.new_path = Some(PathText(format!("{OV}/rm-2").into_bytes()));
+    snap_rm.process = process(500, "containerd");
+    push(&mut w, snap_rm); // 12
+    let mut native = ev(
+        0,
+        "unlink",
+        "/var/lib/containerd/io.containerd.snapshotter.v1.native/snapshots/8/pause",
+    );
+    native.process.container_id = Some("0123456789abcdef".repeat(4));
+    push(&mut w, native); // 13
+    w.flush().expect("flush");
+    w
+}
+
+#[test]
+fn history_by_host_path_and_by_inner_path_across_snapshots() {
+    let dir = TempDir::new("history");
+    let _w = seeded_store(&dir);
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let p1 = format!("{OV}/1/fs/pause");
+    let h = r.history(&PathQuery::new(&p1)).expect("history");
+    let ops: Vec<&str> = h.iter().map(|e| e.op.as_str()).collect();
+    assert_eq!(ops, ["rename", "rename", "create"], "{:?}", paths(&h));
+    assert_eq!(
+        h[0].new_path.as_ref().map(|p| p.display()),
+        Some(p1.clone())
+    ); // onto
+    assert!(h.windows(2).all(|w| w[0].time_ns >= w[1].time_ns));
+    let e = &h[2];
+    assert_eq!(e.process.comm, "containerd");
+    assert_eq!(e.process.unit.as_deref(), Some("containerd.service"));
+    assert_eq!(e.process.ancestors.len(), 2);
+    assert_eq!(e.process.cmdline, ["/usr/bin/containerd", "-x"]);
+
+    // Inner path: every snapshot (overlayfs 1, 2, 3 and native 8), not the host tmp file.
+    let h = r.history(&PathQuery::new("/pause")).expect("inner");
+    assert_eq!(h.len(), 8, "{:?}", paths(&h));
+    assert!(h.iter().all(|e| !e.path.display().contains("/tmp/")));
+    assert!(
+        h.iter()
+            .any(|e| e.path.display().contains("v1.native/snapshots/8/pause"))
+    );
+    assert!(h.windows(2).all(|w| w[0].time_ns >= w[1].time_ns));
+    // Host only / inner only.
+    let mut q = PathQuery::new("/pause");
+    q.matching = PathMatch::Host;
+    assert!(r.history(&q).expect("host").is_empty());
+    let h = r
+        .history(&PathQuery::new("/usr/lib/x86_64-linux-gnu//libjq.so.1/"))
+        .expect("jq");
+    assert_eq!(h.len(), 2);
+    // Limit and time window.
+    let mut q = PathQuery::new("/pause");
+    q.limit = Some(3);
+    assert_eq!(r.history(&q).expect("limit").len(), 3);
+    q.limit = None;
+    q.since = Some(at(T0 + 4 * SEC));
+    q.until = Some(at(T0 + 7 * SEC));
+    let h = r.history(&q).expect("window");
+    assert_eq!(h.len(), 3, "{:?}", paths(&h)); // events 4, 5, 7
+    assert!(
+        r.history(&PathQuery::new("/nope"))
+            .expect("none")
+            .is_empty()
+    );
+}
+
+#[test]
+fn who_deleted_finds_every_way_a_file_goes() {
+    let dir = TempDir::new("deleted");
+    let _w = seeded_store(&dir);
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let kinds = |v: &[StoredEvent]| -> Vec<String> {
+        v.iter()
+            .map(|e| format!("{}:{}", e.deletion.unwrap_or("?"), e.path.display()))
+            .collect()
+    };
+    let d = r
+        .who_deleted(&PathQuery::new("/pause"), DeleteOptions::new())
+        .expect("who");
+    let k = kinds(&d);
+    assert_eq!(
+        d.iter()
+            .map(|e| e.deletion.unwrap_or("?"))
+            .collect::<Vec<_>>(),
+        [
+            "unlink",           // 13 native
+            "ancestor_renamed", // 12 snapshots/2 -> rm-2
+            "whiteout",         // 10
+            "rename_onto",      // 8
+            "rename_away",      // 7
+            "unlink",           // 5 (the failed one at 4 is not a deletion)
+        ],
+        "{k:?}"
+    );
+    assert_eq!(d[5].process.comm, "rm");
+    let mut o = DeleteOptions::new();
+    o.failed = true;
+    let d = r
+        .who_deleted(&PathQuery::new("/pause"), o)
+        .expect("failed too");
+    assert!(d.iter().any(|e| e.result == "EACCES"));
+    // Host path of snapshot 2: its unlink and the snapshot's removal.
+    let d = r
+        .who_deleted(
+            &PathQuery::new(format!("{OV}/2/fs/pause")),
+            DeleteOptions::new(),
+        )
+        .expect("host");
+    assert_eq!(
+        d.iter()
+            .map(|e| e.deletion.unwrap_or("?"))
+            .collect::<Vec<_>>(),
+        ["ancestor_renamed", "unlink"],
+        "{:?}",
+        kinds(&d)
+    );
+    // libjq: truncation only on request; opaque marker on /usr/lib in snapshot 4.
+    let jq = PathQuery::new("/usr/lib/x86_64-linux-gnu/libjq.so.1");
+    let d = r.who_deleted(&jq, DeleteOptions::new()).expect("jq");
+    assert_eq!(
+        d.iter()
+            .map(|e| e.deletion.unwrap_or("?"))
+            .collect::<Vec<_>>(),
+        ["ancestor_renamed", "ancestor_opaque"],
+        "{:?}",
+        kinds(&d)
+    );
+    let mut o = DeleteOptions::new();
+    o.truncations = true;
+    let d = r.who_deleted(&jq, o).expect("jq trunc");
+    assert!(d.iter().any(|e| e.deletion == Some("truncate_to_zero")));
+    let mut o = DeleteOptions::new();
+    o.ancestors = false;
+    assert!(r.who_deleted(&jq, o).expect("no anc").is_empty());
+    // JSON carries `deletion`.
+    let d = r
+        .who_deleted(&PathQuery::new("/pause"), DeleteOptions::new())
+        .expect("who");
+    assert_eq!(json(&d[0])["deletion"], "unlink");
+}
+
+#[test]
+fn query_filters() {
+    let dir = TempDir::new("query");
+    let _w = seeded_store(&dir);
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let q = |f: Filter| r.query(&f).expect("query");
+    assert_eq!(q(Filter::default()).len(), 13);
+    let by_op = q(Filter {
+        ops: vec!["unlink".into(), "rmdir".into()],
+        ..Default::default()
+    });
+    assert_eq!(by_op.len(), 4);
+    assert!(
+        q(Filter {
+            ops: vec!["nonsense".into()],
+            ..Default::default()
+        })
+        .is_empty()
+    );
+    // Globs: `*` stays within a component, `**` crosses; inner paths match too.
+    let g = |p: &str| {
+        q(Filter {
+            path: Some(p.as_bytes().to_vec()),
+            ..Default::default()
+        })
+        .len()
+    };
+    assert_eq!(g(&format!("{OV}/*/fs/pause")), 7); // 1, 2, 4, 5, 7, 8 (onto), 10
+    assert_eq!(g("**/libjq*"), 2);
+    assert_eq!(g("/usr/lib/*/libjq.so.?"), 2); // inner path
+    assert_eq!(g("/usr/lib/*"), 0);
+    assert_eq!(g("/usr/lib/**"), 2);
+    assert_eq!(g("/var/lib/containerd/tmp/pause"), 1); // literal
+    assert!(matches!(
+        r.query(&Filter {
+            path: Some(b"[oops".to_vec()),
+            ..Default::default()
+        }),
+        Err(StoreError::InvalidQuery(_))
+    ));
+    assert_eq!(
+        q(Filter {
+            pid: Some(500),
+            ..Default::default()
+        })
+        .len(),
+        3
+    );
+    assert_eq!(
+        q(Filter {
+            comm: Some("kubelet".into()),
+            ..Default::default()
+        })
+        .len(),
+        1
+    );
+    assert_eq!(
+        q(Filter {
+            exe: Some("/usr/bin/t*".into()),
+            ..Default::default()
+        })
+        .len(),
+        1
+    );
+    assert_eq!(
+        q(Filter {
+            unit: Some("kubelet.service".into()),
+            ..Default::default()
+        })
+        .len(),
+        1
+    );
+    assert_eq!(
+        q(Filter {
+            container: Some("0123456789ab".into()),
+            ..Default::default()
+        })
+        .len(),
+        1
+    );
+    assert_eq!(
+        q(Filter {
+            result: Some("EACCES".into()),
+            ..Default::default()
+        })
+        .len(),
+        1
+    );
+    let w = q(Filter {
+        since: Some(at(T0 + 3 * SEC)),
+        until: Some(at(T0 + 5 * SEC)),
+        ..Default::default()
+    });
+    assert_eq!(w.len(), 3);
+    assert_eq!(w[0].time_ns, T0 + 5 * SEC);
+    let l = q(Filter {
+        ops: vec!["unlink".into()],
+        unit: Some("containerd.service".into()),
+        limit: Some(2),
+        ..Default::default()
+    });
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[0].time_ns, T0 + 13 * SEC);
+    let table = render_table(&l);
+    assert!(table.starts_with("TIME"), "{table}");
+    assert!(table.contains("rm (/usr/bin/rm)"), "{table}");
+    assert!(table.contains("containerd(100)<systemd(1)"), "{table}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gaps, runs, retention
+
+#[test]
+fn gaps_record_loss_downtime_and_unclean_stops() {
+    let dir = TempDir::new("gaps");
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    assert_eq!(w.begin_run(at(T0)).expect("first run"), None);
+    let mut kinds = BTreeMap::new();
+    kinds.insert("unlink", 40);
+    kinds.insert("exec", 2);
+    w.append_loss(&LossEvent {
+        time: format_time(T0 + 11 * SEC),
+        op: "loss",
+        from: format_time(T0 + 10 * SEC),
+        to: format_time(T0 + 11 * SEC),
+        lost: 42,
+        kinds,
+    })
+    .expect("loss");
+    w.append_event(&ev(T0 + 12 * SEC, "unlink", "/a"))
+        .expect("ev");
+    w.heartbeat(at(T0 + 20 * SEC)).expect("hb");
+    w.flush().expect("flush");
+    w.end_run(at(T0 + 30 * SEC)).expect("end");
+    drop(w);
+
+    // Clean stop, restart 60 s later: a downtime gap from the stop (recorded, not returned).
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("reopen");
+    assert_eq!(w.begin_run(at(T0 + 90 * SEC)).expect("second run"), None);
+    let g = w
+        .gaps(Some(at(T0 + 50 * SEC)), Some(at(T0 + 60 * SEC)))
+        .expect("gaps");
+    let g = g.into_iter().next().expect("downtime gap");
+    assert_eq!(g.kind, "downtime");
+    assert_eq!(g.reason.as_deref(), Some("stopped"));
+    assert_eq!((g.from_ns, g.to_ns), (T0 + 30 * SEC, T0 + 90 * SEC));
+    w.append_event(&ev(T0 + 95 * SEC, "unlink", "/b"))
+        .expect("ev");
+    w.flush().expect("flush");
+    w.heartbeat(at(T0 + 100 * SEC)).expect("hb");
+    // No end_run: as if killed.
+    drop(w);
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("reopen");
+    let g = w.begin_run(at(T0 + 200 * SEC)).expect("third run");
+    let g = g.expect("unclean gap");
+    assert_eq!(g.reason.as_deref(), Some("unclean_stop"));
+    assert_eq!((g.from_ns, g.to_ns), (T0 + 100 * SEC, T0 + 200 * SEC));
+    w.flush().expect("flush");
+
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let gaps = r.gaps(None, None).expect("gaps");
+    assert_eq!(
+        gaps.iter().map(|g| g.kind.as_str()).collect::<Vec<_>>(),
+        ["loss", "downtime", "downtime"]
+    );
+    assert_eq!(gaps[0].lost, Some(42));
+    assert_eq!(gaps[0].kinds.get("unlink"), Some(&40));
+    assert_eq!(gaps[0].from, format_time(T0 + 10 * SEC));
+    let v = json(&gaps[0]);
+    assert_eq!(v["kind"], "loss");
+    assert_eq!(v["kinds"]["exec"], 2);
+    // Window filter: overlapping gaps only.
+    let some = r
+        .gaps(Some(at(T0 + 150 * SEC)), Some(at(T0 + 160 * SEC)))
+        .expect("window");
+    assert_eq!(some.len(), 1);
+    assert!(render_gaps(&gaps).contains("unclean_stop"));
+}
+
+#[test]
+fn retention_by_age_prunes_oldest_and_records_it() {
+    let dir = TempDir::new("age");
+    let opts = StoreOptions {
+        retention_age: Some(Duration::from_secs(50)),
+        retention_bytes: None,
+        ..Default::default()
+    };
+    let mut w = Store::open(dir.db(), opts).expect("open");
+    w.begin_run(at(T0)).expect("run");
+    for i in 0..100 {
+        w.append_event(&ev(T0 + i * SEC, "unlink", &format!("{OV}/1/fs/f{i}")))
+            .expect("append");
+    }
+    w.flush().expect("flush");
+    assert_eq!(w.prune(at(T0 + 30 * SEC)).expect("nothing old"), None);
+    let rep = w.prune(at(T0 + 99 * SEC)).expect("prune").expect("removed");
+    assert_eq!(rep.removed_by_age, 49); // 0..=48 are older than 50 s
+    assert_eq!(rep.from, format_time(T0));
+    assert_eq!(rep.to, format_time(T0 + 48 * SEC));
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let all = r.query(&Filter::default()).expect("all");
+    assert_eq!(all.len(), 51);
+    assert_eq!(all.last().map(|e| e.time_ns), Some(T0 + 49 * SEC));
+    assert_eq!(r.stats().expect("stats").events, 51);
+    assert_eq!(r.stats().expect("stats").distinct_paths, 51); // orphans went too
+    let gaps = r.gaps(None, None).expect("gaps");
+    let pruned: Vec<&Gap> = gaps.iter().filter(|g| g.kind == "pruned").collect();
+    assert_eq!(pruned.len(), 1);
+    assert_eq!(pruned[0].lost, Some(49));
+    assert_eq!(pruned[0].kinds.get("age"), Some(&49));
+    // A second prune shortly after extends the same record.
+    let rep = w.prune(at(T0 + 109 * SEC)).expect("prune").expect("more");
+    assert_eq!(rep.removed, 10);
+    let gaps = r.gaps(None, None).expect("gaps");
+    let pruned: Vec<&Gap> = gaps.iter().filter(|g| g.kind == "pruned").collect();
+    assert_eq!(pruned.len(), 1);
+    assert_eq!(pruned[0].lost, Some(59));
+    assert_eq!(pruned[0].to_ns, T0 + 58 * SEC);
+    // History of a pruned path is empty; of a kept one, whole.
+    assert!(r.history(&PathQuery::new("/f3")).expect("h").is_empty());
+    assert_eq!(r.history(&PathQuery::new("/f80")).expect("h").len(), 1);
+}
+
+#[test]
+fn retention_by_size_keeps_the_database_under_the_limit() {
+    let dir = TempDir::new("size");
+    let limit = 256 * 1024;
+    let opts = StoreOptions {
+        retention_age: None,
+        retention_bytes: Some(limit),
+        ..Default::default()
+    };
+    let mut w = Store::open(dir.db(), opts).expect("open");
+    w.begin_run(at(T0)).expect("run");
+    let n = 20_000;
+    for i in 0..n {
+        let mut e = ev(
+            T0 + i * 1_000_000,
+            "unlink",
+            &format!("{OV}/{}/fs/usr/share/doc/pkg-{}/file-{i}", i % 7, i % 300),
+        );
+        e.process = process(1000 + (i % 50) as u32, "rm");
+        w.append_event(&e).expect("append");
+    }
+    w.flush().expect("flush");
+    let before = w.stats().expect("stats");
+    assert!(before.used_bytes > limit, "{before:?}");
+    let rep = w
+        .prune(at(T0 + n * 1_000_000))
+        .expect("prune")
+        .expect("removed");
+    assert!(rep.removed_by_size > 0 && !rep.more, "{rep:?}");
+    let after = w.stats().expect("stats");
+    assert!(after.used_bytes <= limit, "{after:?}");
+    assert!(after.file_bytes <= limit, "{after:?}");
+    assert_eq!(after.events, before.events - rep.removed);
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let all = r.query(&Filter::default()).expect("all");
+    assert_eq!(all.len() as u64, after.events);
+    // Oldest first: what is left is a suffix.
+    let oldest_left = all.last().map(|e| e.time_ns).unwrap_or(0);
+    assert_eq!(oldest_left, T0 + rep.removed as i64 * 1_000_000);
+    assert_eq!(all[0].time_ns, T0 + (n - 1) * 1_000_000);
+    let gaps = r.gaps(None, None).expect("gaps");
+    assert!(
+        gaps.iter()
+            .any(|g| g.kind == "pruned" && g.kinds.get("size") == Some(&rep.removed)),
+        "{gaps:?}"
+    );
+    assert_eq!(r.integrity_check().expect("check"), ["ok"]);
+}
+
+#[test]
+fn readers_run_while_the_writer_commits() {
+    let dir = TempDir::new("concurrent");
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    w.begin_run(at(T0)).expect("run");
+    w.flush().expect("flush");
+    let writer = std::thread::spawn(move || -> Result<u64, StoreError> {
+        let mut acked = 0u64;
+        for b in 0..40i64 {
+            for i in 0..500i64 {
+                let k = b * 500 + i;
+                w.append_event(&ev(T0 + k * 1000, "unlink", &format!("{OV}/1/fs/x{k}")))?;
+            }
+            acked += w.flush()? as u64;
+        }
+        Ok(acked)
+    });
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let mut last = 0;
+    let mut reads = 0;
+    while !writer.is_finished() {
+        let n = r.stats().expect("stats while writing").events;
+        assert!(n >= last);
+        last = n;
+        let page = r
+            .query(&Filter {
+                limit: Some(10),
+                ..Default::default()
+            })
+            .expect("query while writing");
+        assert!(page.len() <= 10);
+        reads += 1;
+    }
+    let acked = writer.join().expect("join").expect("writer never failed");
+    assert_eq!(acked, 20_000);
+    assert_eq!(r.stats().expect("stats").events, 20_000);
+    assert!(reads > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash safety: a child writes and acknowledges; SIGKILL; everything acknowledged is there.
+
+const CRASH_ENV: &str = "CTRWATCH_STORE_CRASH_CHILD";
+
+/// The child side of `kill_9_keeps_every_acknowledged_event` (does nothing in a normal run).
+#[test]
+fn crash_child_writer() {
+    let Some(db) = std::env::var_os(CRASH_ENV) else {
+        return;
+    };
+    let mut w = Store::open(PathBuf::from(db), opts_no_retention()).expect("child open");
+    w.begin_run(SystemTime::now()).expect("child run");
+    let mut k: i64 = 0;
+    let mut acked: u64 = 0;
+    loop {
+        for _ in 0..500 {
+            let mut e = ev(T0 + k * 1000, "unlink", &format!("{OV}/{}/fs/f{k}", k % 13));
+            e.process = process(2000 + (k % 40) as u32, "rm");
+            w.append_event(&e).expect("child append");
+            k += 1;
+        }
+        acked += w.flush().expect("child flush") as u64;
+        w.heartbeat(SystemTime::now()).expect("child hb");
+        println!("ACK {acked}");
+    }
+}
+
+#[test]
+fn kill_9_keeps_every_acknowledged_event() {
+    let dir = TempDir::new("crash");
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "store::tests::crash_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_ENV, dir.db())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut last_ack = 0u64;
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while last_ack < 30_000 && std::time::Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(n) = line.strip_prefix("ACK ") {
+            last_ack = n.trim().parse().expect("ack count");
+        }
+    }
+    child.kill().expect("SIGKILL"); // mid-flood: the child never stops appending
+    let _ = child.wait();
+    assert!(last_ack >= 30_000, "child acknowledged only {last_ack}");
+
+    let r = Store::open_read_only(dir.db()).expect("open after kill");
+    assert_eq!(r.integrity_check().expect("check"), ["ok"]);
+    let stored = r.stats().expect("stats").events;
+    assert!(
+        stored >= last_ack,
+        "stored {stored} < acknowledged {last_ack}"
+    );
+    // Exactly the first `last_ack` events (by time) are all there.
+    let first = r
+        .query(&Filter {
+            until: Some(at(T0 + (last_ack as i64 - 1) * 1000)),
+            ..Default::default()
+        })
+        .expect("query");
+    assert_eq!(first.len() as u64, last_ack);
+    drop(r);
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("writer after kill");
+    let gap = w.begin_run(SystemTime::now()).expect("run").expect("gap");
+    assert_eq!(gap.kind, "downtime");
+    assert_eq!(gap.reason.as_deref(), Some("unclean_stop"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Full disk: a 2 MiB tmpfs.
+
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| Mount(dir.to_path_buf()))
+}
+
+#[test]
+fn full_disk_is_survived_and_recorded() {
+    let dir = TempDir::new("full");
+    let mnt = dir.0.join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mnt");
+    let Some(mount) = mount_tmpfs(&mnt, "2m") else {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    let db = mnt.join("events.db");
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0u8; 1024 * 1024]).expect("filler");
+    {
+        let mut w = Store::open(&db, opts_no_retention()).expect("open on tmpfs");
+        w.begin_run(at(T0)).expect("run");
+        let mut appended = 0u64;
+        let mut acked = 0u64;
+        let mut full_errors = 0;
+        let mut k = 0i64;
+        let push = |w: &mut Store, k: &mut i64, full_errors: &mut i32| {
+            let e = ev(T0 + *k * 1000, "unlink", &format!("{OV}/1/fs/dir/file-{k}"));
+            *k += 1;
+            match w.append_event(&e) {
+                Ok(()) => {}
+                Err(StoreError::Full { .. }) => *full_errors += 1,
+                Err(e) => panic!("append: {e}"),
+            }
+        };
+        // Write until the disk is full.
+        while full_errors == 0 && k < 200_000 {
+            for _ in 0..200 {
+                push(&mut w, &mut k, &mut full_errors);
+                appended += 1;
+            }
+            match w.flush() {
+                Ok(n) => acked += n as u64,
+                Err(StoreError::Full { .. }) => full_errors += 1,
+                Err(e) => panic!("flush: {e}"),
+            }
+        }
+        assert!(full_errors > 0, "the tmpfs never filled");
+        assert!(w.unstored().is_some());
+        // Still full: the writer keeps taking events. What it cannot write is counted; a flush
+        // may manage a small commit in space the failed one had allocated, then fail again.
+        for _ in 0..5 {
+            for _ in 0..300 {
+                push(&mut w, &mut k, &mut full_errors);
+                appended += 1;
+            }
+            match w.flush() {
+                Ok(n) => acked += n as u64,
+                Err(StoreError::Full { .. }) => {}
+                Err(e) => panic!("flush while full: {e}"),
+            }
+        }
+        // Space returns: the next flush records the gap and the writer is back.
+        std::fs::remove_file(&filler).expect("free space");
+        w.heartbeat(at(T0 + k * 1000)).expect("hb");
+        acked += w.flush().expect("recovered") as u64;
+        assert_eq!(w.unstored(), None);
+        for _ in 0..100 {
+            push(&mut w, &mut k, &mut full_errors);
+            appended += 1;
+        }
+        acked += w.flush().expect("after recovery") as u64;
+        let stats = w.stats().expect("stats");
+        assert_eq!(stats.events, acked);
+        let gaps = w.gaps(None, None).expect("gaps");
+        let full: Vec<&Gap> = gaps.iter().filter(|g| g.kind == "store_full").collect();
+        assert!(!full.is_empty(), "{gaps:?}");
+        let lost: u64 = full.iter().filter_map(|g| g.lost).sum();
+        assert_eq!(lost, appended - acked, "{gaps:?}");
+        let by_kind: u64 = full.iter().filter_map(|g| g.kinds.get("unlink")).sum();
+        assert_eq!(by_kind, lost);
+        assert!(
+            full.iter()
+                .all(|g| g.reason.as_deref().is_some_and(|r| r.contains("full")))
+        );
+        // What was written after recovery is there.
+        let last = w
+            .query(&Filter {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .expect("query");
+        assert_eq!(last[0].time_ns, T0 + (k - 1) * 1000);
+        assert_eq!(w.integrity_check().expect("check"), ["ok"]);
+    }
+    drop(mount);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark
+
+#[test]
+fn bench_smoke() {
+    let dir = TempDir::new("bench");
+    let r = bench::bench_with(&dir.0, 10_000, BenchScenario::Mixed, 1).expect("bench");
+    assert_eq!(r.events, 10_000);
+    assert!(r.bytes_per_event > 0.0 && r.bytes_per_event < r.json_bytes_per_event);
+    let r = bench::bench_with(&dir.0, 3_000, BenchScenario::DeleteFlood, 1).expect("flood");
+    assert_eq!(r.distinct_paths, 3_000);
+}
+
+/// `CTRWATCH_BENCH_N=1000000 cargo test --release -p watcher --lib store::tests::bench_report
+/// -- --ignored --nocapture` (CTRWATCH_BENCH_DIR: where to write; default the temp dir).
+#[test]
+#[ignore]
+fn bench_report() {
+    let n: u64 = std::env::var("CTRWATCH_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let base = std::env::var_os("CTRWATCH_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("ctrwatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let only = std::env::var("CTRWATCH_BENCH_SCENARIO").unwrap_or_default();
+    for scenario in [BenchScenario::Mixed, BenchScenario::DeleteFlood] {
+        if !only.is_empty() && !format!("{scenario:?}").eq_ignore_ascii_case(&only) {
+            continue;
+        }
+        let n = if scenario == BenchScenario::DeleteFlood {
+            n.min(1_000_000)
+        } else {
+            n
+        };
+        let r = bench_ingest(&dir, n, scenario).expect("bench");
+        println!("{}", serde_json::to_string_pretty(&r).expect("json"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ingest only, for profiling: `CTRWATCH_BENCH_N=… CTRWATCH_BENCH_SCENARIO=mixed|deleteflood`.
+#[test]
+#[ignore]
+fn bench_ingest_only() {
+    let n: u64 = std::env::var("CTRWATCH_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let scenario = match std::env::var("CTRWATCH_BENCH_SCENARIO").as_deref() {
+        Ok("deleteflood") => BenchScenario::DeleteFlood,
+        _ => BenchScenario::Mixed,
+    };
+    let dir = TempDir::new("ingest");
+    let (db, spent, _, stats) = bench::ingest(&dir.0, n, scenario).expect("ingest");
+    let bytes = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{scenario:?} {n} events: {:.0} events/s, {:.1} bytes/event, {} paths",
+        n as f64 / spent.as_secs_f64(),
+        bytes as f64 / n as f64,
+        stats.distinct_paths
+    );
+}

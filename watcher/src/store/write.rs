@@ -1,0 +1,1236 @@
+//! The writer: batched inserts with in-memory id caches, runs and heartbeats, loss and gap
+//! records, retention, and surviving a full disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::event::{ContainerdView, FileEvent, LossEvent, ProcessView};
+
+use super::codec::{self, AtomKind, Fnv};
+use super::read::proc_from_row;
+use super::{Gap, PruneReport, Store, StoreError, StoreOptions, ns, schema};
+
+/// Entries in the path cache before it is emptied (bounds memory: ~150 bytes each).
+const PATH_CACHE_MAX: usize = 200_000;
+/// Entries in the process cache before it is emptied.
+const PROC_CACHE_MAX: usize = 50_000;
+/// Pruned gaps written within this long of each other are merged into one record.
+const PRUNED_MERGE_NS: i64 = 3600 * 1_000_000_000;
+/// Events whose time collides with a stored one are moved by at most about this much.
+pub(crate) const ADJ_SLACK_NS: i64 = 1_000_000_000;
+
+struct CachedProc {
+    id: i64,
+    clock_off: i64,
+    view: ProcessView,
+}
+
+/// Records the store could not write (disk full or another write error), to be written as one
+/// gap once it can write again.
+#[derive(Debug)]
+struct Unstored {
+    kind: &'static str,
+    reason: String,
+    from_ns: i64,
+    to_ns: i64,
+    lost: u64,
+    kinds: BTreeMap<String, u64>,
+}
+
+impl Unstored {
+    fn add(&mut self, kind: &str, n: u64, time_ns: i64) {
+        *self.kinds.entry(kind.to_string()).or_insert(0) += n;
+        self.lost += n;
+        self.from_ns = self.from_ns.min(time_ns);
+        self.to_ns = self.to_ns.max(time_ns);
+    }
+}
+
+pub(crate) struct Writer {
+    opts: StoreOptions,
+    in_txn: bool,
+    /// Events in the open transaction.
+    batch: u64,
+    /// Loss records' counts in the open transaction.
+    batch_loss: u64,
+    /// What the open transaction holds, per op / loss kind (counted as lost if it fails).
+    batch_kinds: HashMap<&'static str, u64>,
+    batch_from: i64,
+    batch_to: i64,
+    /// Events committed since the last `flush` returned.
+    committed: u64,
+    atoms: HashMap<AtomKind, HashMap<String, i64>>,
+    dirs: HashMap<Vec<u8>, i64>,
+    paths: HashMap<Vec<u8>, i64>,
+    procs: HashMap<u64, CachedProc>,
+    /// Recent containerd objects (without `path`) and their JSON.
+    containerd: HashMap<u64, Vec<(ContainerdView, String)>>,
+    /// Processes used in the open transaction: id -> newest event id.
+    touched: HashMap<i64, i64>,
+    /// Largest event id (None: to be read from the database).
+    max_id: Option<i64>,
+    run_id: Option<i64>,
+    heartbeat_ns: i64,
+    /// Latest time the store was told about (events, heartbeats, runs).
+    latest_ns: i64,
+    unstored: Option<Unstored>,
+}
+
+fn lock_file(path: &Path) -> Result<File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| io_err(path, e))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::Locked {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "another process is writing it (holds {})",
+                    lock_path.display()
+                ),
+            });
+        }
+        return Err(io_err(path, e));
+    }
+    Ok(file)
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> StoreError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        StoreError::Full {
+            path: path.to_path_buf(),
+        }
+    } else {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    ns(SystemTime::now())
+}
+
+/// Bytes of the database in use (pages not on the free list).
+pub(crate) fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    Ok((pages - free).max(0) as u64 * page_size.max(0) as u64)
+}
+
+fn file_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    Ok(pages.max(0) as u64 * page_size.max(0) as u64)
+}
+
+/// Equal apart from `path` (exhaustive: a new field must be considered here).
+fn same_but_path(a: &ContainerdView, b: &ContainerdView) -> bool {
+    let ContainerdView {
+        root,
+        kind,
+        namespace,
+        snapshotter,
+        snapshot_id,
+        snapshot_key,
+        snapshot_kind,
+        layer_digest,
+        chain_id,
+        images,
+        container_id,
+        pod,
+        blob_digest,
+        blob_role,
+        ingest_ref,
+        path: _,
+        stale,
+        verdict,
+        reason,
+    } = a;
+    *snapshot_id == b.snapshot_id
+        && *kind == b.kind
+        && *verdict == b.verdict
+        && *stale == b.stale
+        && *root == b.root
+        && *namespace == b.namespace
+        && *snapshotter == b.snapshotter
+        && *snapshot_key == b.snapshot_key
+        && *snapshot_kind == b.snapshot_kind
+        && *layer_digest == b.layer_digest
+        && *chain_id == b.chain_id
+        && *images == b.images
+        && *container_id == b.container_id
+        && *pod == b.pod
+        && *blob_digest == b.blob_digest
+        && *blob_role == b.blob_role
+        && *ingest_ref == b.ingest_ref
+        && *reason == b.reason
+}
+
+/// Inserts a dictionary row unless it exists; its id either way. `OR IGNORE` (not `ON CONFLICT
+/// … RETURNING`): no statement journal, no ephemeral table: several times cheaper.
+fn insert_or_select(
+    conn: &Connection,
+    insert: &str,
+    select: &str,
+    p: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<i64> {
+    if conn.prepare_cached(insert)?.execute(p)? == 1 {
+        return Ok(conn.last_insert_rowid());
+    }
+    conn.prepare_cached(select)?.query_row(p, |r| r.get(0))
+}
+
+/// Runs a statement to completion (`PRAGMA incremental_vacuum` yields a row per page freed).
+fn step_all(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+/// Stable hash of a process description (also the in-memory cache key).
+pub(crate) fn proc_hash(p: &ProcessView) -> u64 {
+    let mut h = Fnv::new();
+    h.u64(p.pid as u64);
+    h.u64(p.tid as u64);
+    h.u64(p.ppid as u64);
+    h.bytes(p.comm.as_bytes());
+    h.opt(p.exe.as_deref());
+    h.u64(p.cmdline.len() as u64);
+    for a in &p.cmdline {
+        h.bytes(a.as_bytes());
+    }
+    h.u64(p.uid as u64);
+    h.u64(p.gid as u64);
+    h.opt(p.unit.as_deref());
+    h.opt(p.container_id.as_deref());
+    h.u64(p.cgroup_id);
+    h.u64(p.mnt_ns as u64);
+    h.u64(p.ancestors.len() as u64);
+    for a in &p.ancestors {
+        h.u64(a.pid as u64);
+        h.bytes(a.comm.as_bytes());
+        h.opt(a.exe.as_deref());
+    }
+    h.finish()
+}
+
+pub(crate) fn proc_eq(a: &ProcessView, b: &ProcessView) -> bool {
+    a.pid == b.pid
+        && a.tid == b.tid
+        && a.ppid == b.ppid
+        && a.comm == b.comm
+        && a.exe == b.exe
+        && a.cmdline == b.cmdline
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.unit == b.unit
+        && a.container_id == b.container_id
+        && a.cgroup_id == b.cgroup_id
+        && a.mnt_ns == b.mnt_ns
+        && a.ancestors == b.ancestors
+}
+
+impl Writer {
+    fn load(conn: &Connection, opts: StoreOptions) -> rusqlite::Result<Writer> {
+        let mut w = Writer {
+            opts,
+            in_txn: false,
+            batch: 0,
+            batch_loss: 0,
+            batch_kinds: HashMap::new(),
+            batch_from: i64::MAX,
+            batch_to: i64::MIN,
+            committed: 0,
+            atoms: HashMap::new(),
+            dirs: HashMap::new(),
+            paths: HashMap::new(),
+            procs: HashMap::new(),
+            containerd: HashMap::new(),
+            touched: HashMap::new(),
+            max_id: None,
+            run_id: None,
+            heartbeat_ns: i64::MIN,
+            latest_ns: i64::MIN,
+            unstored: None,
+        };
+        w.load_atoms(conn)?;
+        Ok(w)
+    }
+
+    fn load_atoms(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.atoms.clear();
+        let mut stmt = conn.prepare("SELECT id, kind, text FROM atoms")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, kind, text) = row?;
+            if let Some(kind) = AtomKind::from_i64(kind) {
+                self.atoms.entry(kind).or_default().insert(text, id);
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_caches(&mut self) {
+        self.atoms.clear();
+        self.dirs.clear();
+        self.paths.clear();
+        self.procs.clear();
+        self.max_id = None;
+    }
+
+    fn see(&mut self, t: i64) {
+        self.latest_ns = self.latest_ns.max(t);
+    }
+
+    fn now_hint(&self) -> i64 {
+        if self.latest_ns == i64::MIN {
+            now_ns()
+        } else {
+            self.latest_ns
+        }
+    }
+
+    fn begin(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if !self.in_txn {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.in_txn = true;
+            if self.atoms.is_empty() {
+                self.load_atoms(conn)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn atom(&mut self, conn: &Connection, kind: AtomKind, text: &str) -> rusqlite::Result<i64> {
+        if let Some(&id) = self.atoms.get(&kind).and_then(|m| m.get(text)) {
+            return Ok(id);
+        }
+        let id = insert_or_select(
+            conn,
+            "INSERT OR IGNORE INTO atoms (kind, text) VALUES (?1, ?2)",
+            "SELECT id FROM atoms WHERE kind = ?1 AND text = ?2",
+            params![kind as i64, text],
+        )?;
+        self.atoms
+            .entry(kind)
+            .or_default()
+            .insert(text.to_string(), id);
+        Ok(id)
+    }
+
+    fn dir_id(&mut self, conn: &Connection, dir: &[u8]) -> rusqlite::Result<i64> {
+        if let Some(&id) = self.dirs.get(dir) {
+            return Ok(id);
+        }
+        let inner = codec::inner_dir(dir);
+        let found: Option<i64> = conn
+            .prepare_cached("SELECT id FROM dirs WHERE path = ?1")?
+            .query_row(params![dir], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                conn.prepare_cached("INSERT INTO dirs (path, inner) VALUES (?1, ?2)")?
+                    .execute(params![dir, inner])?;
+                conn.last_insert_rowid()
+            }
+        };
+        if self.dirs.len() >= PATH_CACHE_MAX {
+            self.dirs.clear();
+        }
+        self.dirs.insert(dir.to_vec(), id);
+        Ok(id)
+    }
+
+    fn path_id(&mut self, conn: &Connection, path: &[u8]) -> rusqlite::Result<i64> {
+        if let Some(&id) = self.paths.get(path) {
+            return Ok(id);
+        }
+        let (dir, name) = codec::split_path(path);
+        let dir_id = match dir {
+            Some(d) => self.dir_id(conn, d)?,
+            None => 0,
+        };
+        let id = insert_or_select(
+            conn,
+            "INSERT OR IGNORE INTO names (dir, name) VALUES (?1, ?2)",
+            "SELECT id FROM names WHERE dir = ?1 AND name = ?2",
+            params![dir_id, name],
+        )?;
+        if self.paths.len() >= PATH_CACHE_MAX {
+            self.paths.clear();
+        }
+        self.paths.insert(path.to_vec(), id);
+        Ok(id)
+    }
+
+    /// (process row id, its clock offset).
+    fn proc_id(
+        &mut self,
+        conn: &Connection,
+        p: &ProcessView,
+        clock: i64,
+    ) -> rusqlite::Result<(i64, i64)> {
+        let h = proc_hash(p);
+        if let Some(c) = self.procs.get(&h)
+            && proc_eq(&c.view, p)
+        {
+            return Ok((c.id, c.clock_off));
+        }
+        let found = {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, clock_off, pid, tid, ppid, comm, exe, cmdline, uid, gid, unit, \
+                 container, cgroup_id, mnt_ns, ancestors FROM procs WHERE hash = ?1",
+            )?;
+            let mut rows = stmt.query(params![h as i64])?;
+            let mut found = None;
+            while let Some(row) = rows.next()? {
+                let view = proc_from_row(row, 2)?;
+                if proc_eq(&view, p) {
+                    found = Some((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?));
+                    break;
+                }
+            }
+            found
+        };
+        let (id, clock_off) = match found {
+            Some(f) => f,
+            None => {
+                let cmdline = serde_json::to_string(&p.cmdline)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                let ancestors = serde_json::to_string(&p.ancestors)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO procs (hash, pid, tid, ppid, comm, exe, cmdline, uid, gid, unit, \
+                     container, cgroup_id, mnt_ns, ancestors, clock_off, last_seen) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 0)",
+                )?
+                .execute(params![
+                    h as i64,
+                    p.pid,
+                    p.tid,
+                    p.ppid,
+                    p.comm,
+                    p.exe,
+                    cmdline,
+                    p.uid,
+                    p.gid,
+                    p.unit,
+                    p.container_id,
+                    p.cgroup_id as i64,
+                    p.mnt_ns,
+                    ancestors,
+                    clock,
+                ])?;
+                (conn.last_insert_rowid(), clock)
+            }
+        };
+        if self.procs.len() >= PROC_CACHE_MAX {
+            self.procs.clear();
+        }
+        self.procs.insert(
+            h,
+            CachedProc {
+                id,
+                clock_off,
+                view: p.clone(),
+            },
+        );
+        Ok((id, clock_off))
+    }
+
+    /// The containerd object as (JSON without `path`, `path` as JSON text). The JSON is shared
+    /// by many events (one snapshot, one verdict): the last few are remembered.
+    fn containerd_json(
+        &mut self,
+        c: &ContainerdView,
+    ) -> rusqlite::Result<(String, Option<String>)> {
+        let to_json = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+        let path = c
+            .path
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(to_json)?;
+        // Bucketed by the fields that tell objects apart; compared whole within a bucket.
+        let mut h = Fnv::new();
+        h.bytes(c.kind.as_bytes());
+        h.u64(c.snapshot_id.unwrap_or(u64::MAX));
+        h.opt(c.snapshot_key.as_deref());
+        h.opt(c.blob_digest.as_deref());
+        h.opt(c.ingest_ref.as_deref());
+        h.opt(c.container_id.as_deref());
+        h.bytes(c.verdict.as_bytes());
+        h.bytes(c.reason.as_bytes());
+        let bucket = h.finish();
+        if let Some((_, json)) = self
+            .containerd
+            .get(&bucket)
+            .and_then(|b| b.iter().find(|(v, _)| same_but_path(v, c)))
+        {
+            return Ok((json.clone(), path));
+        }
+        let mut key = c.clone();
+        key.path = None;
+        let json = serde_json::to_string(&key).map_err(to_json)?;
+        if self.containerd.len() >= 4096 {
+            self.containerd.clear();
+        }
+        self.containerd
+            .entry(bucket)
+            .or_default()
+            .push((key, json.clone()));
+        Ok((json, path))
+    }
+
+    fn max_id(&mut self, conn: &Connection) -> rusqlite::Result<i64> {
+        if let Some(m) = self.max_id {
+            return Ok(m);
+        }
+        let m: Option<i64> = conn.query_row("SELECT max(id) FROM events", [], |r| r.get(0))?;
+        let m = m.unwrap_or(i64::MIN);
+        self.max_id = Some(m);
+        Ok(m)
+    }
+
+    fn insert_event(
+        &mut self,
+        conn: &Connection,
+        ev: &FileEvent,
+        time_ns: i64,
+    ) -> rusqlite::Result<()> {
+        self.begin(conn)?;
+        let path = self.path_id(conn, &ev.path.0)?;
+        let new_path = match &ev.new_path {
+            Some(p) => Some(self.path_id(conn, &p.0)?),
+            None => None,
+        };
+        // wall - monotonic: constant for a daemon run, so stored relative to the process row.
+        let clock = time_ns.wrapping_sub(ev.mono_ns as i64);
+        let (proc_id, clock_off) = self.proc_id(conn, &ev.process, clock)?;
+        let op = self.atom(conn, AtomKind::Op, ev.op)?;
+        let result = self.atom(conn, AtomKind::Result, &ev.result)?;
+        let dev = match &ev.dev {
+            Some(d) => Some(self.atom(conn, AtomKind::Dev, d)?),
+            None => None,
+        };
+        let containerd = match &ev.details.containerd {
+            Some(c) => {
+                let (json, path) = self.containerd_json(c)?;
+                // Usually the inner path of the event's path: derived when read back.
+                let derived = c.path.is_some()
+                    && c.path.as_ref().map(|p| &p.0) == codec::inner_path(&ev.path.0).as_ref();
+                Some((json, path, derived))
+            }
+            None => None,
+        };
+        let details = codec::encode_details(
+            &ev.details,
+            time_ns,
+            containerd.as_ref().map(|(j, p, derived)| {
+                let path = match (p, derived) {
+                    (_, true) => codec::CtrdPath::Inner,
+                    (Some(p), false) => codec::CtrdPath::Text(p),
+                    (None, false) => codec::CtrdPath::Absent,
+                };
+                (j.as_str(), path)
+            }),
+            |kind, s| self.atom(conn, kind, s),
+        )?;
+        let mono_d = clock.wrapping_sub(clock_off);
+        let max_id = self.max_id(conn)?;
+        // OR IGNORE: a taken id is reported as 0 rows changed (no statement journal needed).
+        let mut stmt = conn.prepare_cached(
+            "INSERT OR IGNORE INTO events (id, path, op, proc, result, adj, mono_d, errno, new_path, inode, \
+             dev, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?;
+        let mut id = time_ns;
+        let mut tries = 0;
+        loop {
+            let r = stmt.execute(params![
+                id,
+                path,
+                op,
+                proc_id,
+                result,
+                id.wrapping_sub(time_ns),
+                mono_d,
+                ev.errno,
+                new_path,
+                ev.inode.map(|i| i as i64),
+                dev,
+                details,
+            ]);
+            match r {
+                Ok(1) => break,
+                Ok(_) if tries < 64 => {
+                    tries += 1;
+                    // Two events in one nanosecond: take the next free one. At the end of the
+                    // table that is right after the largest id.
+                    id = if max_id >= id && max_id - id < 1000 {
+                        max_id.saturating_add(1)
+                    } else {
+                        id.saturating_add(1)
+                    };
+                }
+                Ok(_) => return Err(rusqlite::Error::StatementChangedRows(0)),
+                Err(e) => return Err(e),
+            }
+        }
+        self.max_id = Some(max_id.max(id));
+        let t = self.touched.entry(proc_id).or_insert(id);
+        *t = (*t).max(id);
+        self.batch += 1;
+        *self.batch_kinds.entry(ev.op).or_insert(0) += 1;
+        self.batch_from = self.batch_from.min(time_ns);
+        self.batch_to = self.batch_to.max(time_ns);
+        Ok(())
+    }
+
+    fn insert_loss(&mut self, conn: &Connection, loss: &LossEvent) -> rusqlite::Result<()> {
+        self.begin(conn)?;
+        let recorded = codec::parse_time_ns(&loss.time).unwrap_or_else(|| self.now_hint());
+        let from = codec::parse_time_ns(&loss.from).unwrap_or(recorded);
+        let to = codec::parse_time_ns(&loss.to).unwrap_or(recorded);
+        let kinds = serde_json::to_string(&loss.kinds)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        conn.prepare_cached(
+            "INSERT INTO gaps (kind, from_ns, to_ns, lost, kinds, reason, recorded_ns) \
+             VALUES ('loss', ?1, ?2, ?3, ?4, NULL, ?5)",
+        )?
+        .execute(params![from, to, loss.lost as i64, kinds, recorded])?;
+        self.batch_loss += loss.lost;
+        for (k, n) in &loss.kinds {
+            *self.batch_kinds.entry(k).or_insert(0) += n;
+        }
+        self.batch_from = self.batch_from.min(from);
+        self.batch_to = self.batch_to.max(to);
+        Ok(())
+    }
+
+    fn reset_batch(&mut self) {
+        self.batch = 0;
+        self.batch_loss = 0;
+        self.batch_kinds.clear();
+        self.batch_from = i64::MAX;
+        self.batch_to = i64::MIN;
+        self.touched.clear();
+    }
+
+    fn commit(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if !self.in_txn {
+            return Ok(());
+        }
+        {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE procs SET last_seen = ?2 WHERE id = ?1 AND last_seen < ?2",
+            )?;
+            for (&id, &last) in &self.touched {
+                stmt.execute(params![id, last])?;
+            }
+        }
+        if let Some(run) = self.run_id {
+            let hb = self.heartbeat_ns.max(self.batch_to);
+            conn.prepare_cached(
+                "UPDATE runs SET heartbeat_ns = max(heartbeat_ns, ?2) WHERE id = ?1",
+            )?
+            .execute(params![run, hb])?;
+        }
+        if self.batch > 0 {
+            conn.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'events'")?
+                .execute(params![self.batch as i64])?;
+        }
+        conn.execute_batch("COMMIT")?;
+        self.in_txn = false;
+        self.committed += self.batch;
+        self.reset_batch();
+        Ok(())
+    }
+
+    /// A write failed: roll back, count what the transaction held (and `current`, the record
+    /// being written) as not stored, and go degraded until a write succeeds again.
+    fn fail(
+        &mut self,
+        conn: &Connection,
+        path: &Path,
+        e: rusqlite::Error,
+        current: Option<(&str, u64, i64)>,
+    ) -> StoreError {
+        let err = schema::map_err(path, e);
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        self.in_txn = false;
+        let kind = if matches!(err, StoreError::Full { .. }) {
+            "store_full"
+        } else {
+            "store_error"
+        };
+        let now = self.now_hint();
+        let u = self.unstored.get_or_insert_with(|| Unstored {
+            kind,
+            reason: err.to_string(),
+            from_ns: now,
+            to_ns: now,
+            lost: 0,
+            kinds: BTreeMap::new(),
+        });
+        for (k, n) in &self.batch_kinds {
+            *u.kinds.entry(k.to_string()).or_insert(0) += n;
+        }
+        u.lost += self.batch + self.batch_loss;
+        if self.batch + self.batch_loss > 0 {
+            u.from_ns = u.from_ns.min(self.batch_from);
+            u.to_ns = u.to_ns.max(self.batch_to);
+        }
+        if let Some((k, n, t)) = current {
+            u.add(k, n, t);
+        }
+        self.reset_batch();
+        // Ids inserted by the rolled-back transaction are gone.
+        self.clear_caches();
+        err
+    }
+
+    /// Degraded: try to write the gap for what could not be stored (this is also the probe for
+    /// free space).
+    fn recover(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let Some(u) = &self.unstored else {
+            return Ok(());
+        };
+        if u.lost == 0 {
+            self.unstored = None;
+            return Ok(());
+        }
+        let now = self.now_hint();
+        let kinds = serde_json::to_string(&u.kinds)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let r = conn
+            .execute(
+                "INSERT INTO gaps (kind, from_ns, to_ns, lost, kinds, reason, recorded_ns) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    u.kind,
+                    u.from_ns.min(now),
+                    u.to_ns.max(now),
+                    u.lost as i64,
+                    kinds,
+                    u.reason,
+                    now
+                ],
+            )
+            .and_then(|_| conn.execute_batch("COMMIT"));
+        if let Err(e) = r {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            return Err(e);
+        }
+        self.unstored = None;
+        Ok(())
+    }
+
+    fn insert_gap(conn: &Connection, g: &Gap, recorded: i64) -> rusqlite::Result<()> {
+        let kinds = if g.kinds.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&g.kinds)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            )
+        };
+        conn.execute(
+            "INSERT INTO gaps (kind, from_ns, to_ns, lost, kinds, reason, recorded_ns) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                g.kind,
+                g.from_ns,
+                g.to_ns,
+                g.lost.map(|l| l as i64),
+                kinds,
+                g.reason,
+                recorded
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes events with id <= `upto` (and what only they referenced); records the pruning.
+    /// Returns (removed, from_ns, to_ns).
+    fn delete_upto(
+        &mut self,
+        conn: &Connection,
+        upto: i64,
+        reason: &str,
+        now: i64,
+    ) -> rusqlite::Result<(u64, i64, i64)> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| -> rusqlite::Result<(u64, i64, i64)> {
+            let window: Option<(i64, i64)> = conn
+                .query_row(
+                    "SELECT (SELECT id - adj FROM events WHERE id <= ?1 ORDER BY id LIMIT 1), \
+                            (SELECT id - adj FROM events WHERE id <= ?1 ORDER BY id DESC LIMIT 1)",
+                    params![upto],
+                    |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
+                )
+                .map(|(a, b)| a.zip(b))?;
+            let Some((from, to)) = window else {
+                return Ok((0, 0, 0));
+            };
+            conn.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS prune_names (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE IF NOT EXISTS prune_dirs (id INTEGER PRIMARY KEY);
+                 DELETE FROM temp.prune_names; DELETE FROM temp.prune_dirs;",
+            )?;
+            conn.execute(
+                "INSERT OR IGNORE INTO temp.prune_names SELECT path FROM events WHERE id <= ?1",
+                params![upto],
+            )?;
+            conn.execute(
+                "INSERT OR IGNORE INTO temp.prune_names SELECT new_path FROM events \
+                 WHERE id <= ?1 AND new_path IS NOT NULL",
+                params![upto],
+            )?;
+            let removed = conn.execute("DELETE FROM events WHERE id <= ?1", params![upto])? as u64;
+            conn.execute_batch(
+                "DELETE FROM temp.prune_names WHERE \
+                     EXISTS (SELECT 1 FROM events WHERE path = temp.prune_names.id) \
+                     OR EXISTS (SELECT 1 FROM events WHERE new_path = temp.prune_names.id);
+                 INSERT OR IGNORE INTO temp.prune_dirs \
+                     SELECT dir FROM names WHERE id IN (SELECT id FROM temp.prune_names);
+                 DELETE FROM names WHERE id IN (SELECT id FROM temp.prune_names);
+                 DELETE FROM temp.prune_dirs WHERE \
+                     EXISTS (SELECT 1 FROM names WHERE dir = temp.prune_dirs.id);
+                 DELETE FROM dirs WHERE id IN (SELECT id FROM temp.prune_dirs);",
+            )?;
+            conn.execute("DELETE FROM procs WHERE last_seen <= ?1", params![upto])?;
+            conn.execute(
+                "UPDATE meta SET value = max(0, value - ?1) WHERE key = 'events'",
+                params![removed as i64],
+            )?;
+            // One `pruned` record per hour or so: extend the latest if it is recent.
+            let last: Option<(i64, i64, String)> = conn
+                .query_row(
+                    "SELECT id, recorded_ns, coalesce(kinds, '{}') FROM gaps \
+                     WHERE kind = 'pruned' ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            match last {
+                Some((id, recorded, kinds)) if now.saturating_sub(recorded) < PRUNED_MERGE_NS => {
+                    let mut kinds: BTreeMap<String, u64> =
+                        serde_json::from_str(&kinds).unwrap_or_default();
+                    *kinds.entry(reason.to_string()).or_insert(0) += removed;
+                    let kinds = serde_json::to_string(&kinds)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    conn.execute(
+                        "UPDATE gaps SET from_ns = min(from_ns, ?2), to_ns = max(to_ns, ?3), \
+                         lost = coalesce(lost, 0) + ?4, kinds = ?5, recorded_ns = ?6 WHERE id = ?1",
+                        params![id, from, to, removed as i64, kinds, now],
+                    )?;
+                }
+                _ => {
+                    let mut kinds = BTreeMap::new();
+                    kinds.insert(reason.to_string(), removed);
+                    let g = Gap {
+                        kind: "pruned".into(),
+                        from: String::new(),
+                        to: String::new(),
+                        from_ns: from,
+                        to_ns: to,
+                        lost: Some(removed),
+                        kinds,
+                        reason: None,
+                        recorded: String::new(),
+                    };
+                    Writer::insert_gap(conn, &g, now)?;
+                }
+            }
+            Ok((removed, from, to))
+        })();
+        match r {
+            Ok(v) => {
+                conn.execute_batch("COMMIT")?;
+                self.clear_caches();
+                Ok(v)
+            }
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                self.clear_caches();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating it and its directory if needed) the store at `path` for writing. One
+    /// writer per store: a second one gets [`StoreError::Locked`]. Creates or migrates the
+    /// schema; a store from a newer ctrwatch is [`StoreError::NewerSchema`].
+    pub fn open(path: impl AsRef<Path>, opts: StoreOptions) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_err(&path, e))?;
+        }
+        let lock = lock_file(&path)?;
+        let conn = schema::connect(&path, true)?;
+        schema::prepare_writer(&conn, &path)?;
+        super::read::register_functions(&conn).map_err(|e| schema::map_err(&path, e))?;
+        let writer = Writer::load(&conn, opts).map_err(|e| schema::map_err(&path, e))?;
+        Ok(Store {
+            conn,
+            path,
+            writer: Some(Box::new(writer)),
+            _lock: Some(lock),
+        })
+    }
+
+    fn parts(&mut self) -> Result<(&Connection, &mut Writer, &Path), StoreError> {
+        match self.writer.as_deref_mut() {
+            Some(w) => Ok((&self.conn, w, &self.path)),
+            None => Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            }),
+        }
+    }
+
+    /// Records a daemon start. When an earlier run is on record, the time since it ended is
+    /// recorded as a `downtime` gap (`reason`: `stopped`). If it did not end cleanly (crash,
+    /// kill -9, power loss), the gap runs from its last heartbeat or commit (`reason`:
+    /// `unclean_stop`) and is also returned.
+    pub fn begin_run(&mut self, now: SystemTime) -> Result<Option<Gap>, StoreError> {
+        let (conn, w, path) = self.parts()?;
+        let t = ns(now);
+        w.see(t);
+        w.heartbeat_ns = w.heartbeat_ns.max(t);
+        if w.in_txn
+            && let Err(e) = w.commit(conn)
+        {
+            return Err(w.fail(conn, path, e, None));
+        }
+        let r = (|| -> rusqlite::Result<Option<Gap>> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let prev: Option<(i64, i64, Option<i64>)> = conn
+                .query_row(
+                    "SELECT started_ns, heartbeat_ns, ended_ns FROM runs ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let gap = prev.map(|(started, heartbeat, ended)| {
+                let (from, reason) = match ended {
+                    Some(e) => (e, "stopped"),
+                    None => (heartbeat.max(started), "unclean_stop"),
+                };
+                let from = from.min(t);
+                Gap {
+                    kind: "downtime".into(),
+                    from: codec::format_time(from),
+                    to: codec::format_time(t),
+                    from_ns: from,
+                    to_ns: t,
+                    lost: None,
+                    kinds: BTreeMap::new(),
+                    reason: Some(reason.into()),
+                    recorded: codec::format_time(t),
+                }
+            });
+            if let Some(g) = &gap {
+                Writer::insert_gap(conn, g, t)?;
+            }
+            conn.execute(
+                "INSERT INTO runs (started_ns, heartbeat_ns, ended_ns, pid, version) \
+                 VALUES (?1, ?1, NULL, ?2, ?3)",
+                params![t, std::process::id(), env!("CARGO_PKG_VERSION")],
+            )?;
+            let run = conn.last_insert_rowid();
+            conn.execute_batch("COMMIT")?;
+            w.run_id = Some(run);
+            Ok(gap.filter(|g| g.reason.as_deref() == Some("unclean_stop")))
+        })();
+        r.map_err(|e| {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            schema::map_err(path, e)
+        })
+    }
+
+    /// Notes that the daemon is alive at `now` (call every few seconds, also when idle): an
+    /// unclean end is then dated to within that interval.
+    pub fn heartbeat(&mut self, now: SystemTime) -> Result<(), StoreError> {
+        let (conn, w, path) = self.parts()?;
+        let t = ns(now);
+        w.see(t);
+        w.heartbeat_ns = w.heartbeat_ns.max(t);
+        if w.in_txn || w.unstored.is_some() {
+            return Ok(()); // written with the next commit
+        }
+        if let Some(run) = w.run_id {
+            conn.prepare_cached(
+                "UPDATE runs SET heartbeat_ns = max(heartbeat_ns, ?2) WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![run, t]))
+            .map_err(|e| schema::map_err(path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Records a clean stop (commits what is pending first).
+    pub fn end_run(&mut self, now: SystemTime) -> Result<(), StoreError> {
+        self.flush()?;
+        let (conn, w, path) = self.parts()?;
+        let t = ns(now);
+        w.see(t);
+        if let Some(run) = w.run_id.take() {
+            conn.execute(
+                "UPDATE runs SET ended_ns = ?2, heartbeat_ns = max(heartbeat_ns, ?2) WHERE id = ?1",
+                params![run, t],
+            )
+            .map_err(|e| schema::map_err(path, e))?;
+        }
+        // Leave a compact file behind: WAL folded in and truncated.
+        let _ = conn.execute_batch("PRAGMA optimize;");
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        Ok(())
+    }
+
+    /// Adds an event to the open batch. Not durable until [`Store::flush`] returns Ok.
+    ///
+    /// On a full disk this returns [`StoreError::Full`] once; the batch is dropped and counted,
+    /// and until a later `flush` finds space again, events are counted (not stored) and this
+    /// returns Ok. The counts become a `store_full` gap. The writer never has to be reopened.
+    pub fn append_event(&mut self, ev: &FileEvent) -> Result<(), StoreError> {
+        let (conn, w, path) = self.parts()?;
+        let time_ns = codec::parse_time_ns(&ev.time).unwrap_or_else(now_ns);
+        w.see(time_ns);
+        if let Some(u) = &mut w.unstored {
+            u.add(ev.op, 1, time_ns);
+            return Ok(());
+        }
+        if let Err(e) = w.insert_event(conn, ev, time_ns) {
+            return Err(w.fail(conn, path, e, Some((ev.op, 1, time_ns))));
+        }
+        if w.batch >= w.opts.max_batch as u64
+            && let Err(e) = w.commit(conn)
+        {
+            return Err(w.fail(conn, path, e, None));
+        }
+        Ok(())
+    }
+
+    /// Adds a loss record (a `loss` gap) to the open batch.
+    pub fn append_loss(&mut self, loss: &LossEvent) -> Result<(), StoreError> {
+        let (conn, w, path) = self.parts()?;
+        let t = codec::parse_time_ns(&loss.to).unwrap_or_else(now_ns);
+        w.see(t);
+        if let Some(u) = &mut w.unstored {
+            for (k, n) in &loss.kinds {
+                u.add(k, *n, t);
+            }
+            return Ok(());
+        }
+        if let Err(e) = w.insert_loss(conn, loss) {
+            return Err(w.fail(conn, path, e, None).with_loss(w, loss, t));
+        }
+        Ok(())
+    }
+
+    /// Commits the open batch. Returns how many events were committed since the previous call
+    /// (batches `append_event` committed itself included). Every event appended before an Ok
+    /// return is on disk and survives a crash of the daemon.
+    ///
+    /// Degraded after a failed write (disk full): first writes the gap for what could not be
+    /// stored; while that still fails, returns the error ([`StoreError::Full`]) again.
+    pub fn flush(&mut self) -> Result<usize, StoreError> {
+        let (conn, w, path) = self.parts()?;
+        if w.unstored.is_some() {
+            w.recover(conn).map_err(|e| schema::map_err(path, e))?;
+        }
+        if w.in_txn
+            && let Err(e) = w.commit(conn)
+        {
+            return Err(w.fail(conn, path, e, None));
+        }
+        let n = w.committed;
+        w.committed = 0;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Whether the writer is degraded (records are being counted, not stored, until space
+    /// returns), and how many so far.
+    pub fn unstored(&self) -> Option<u64> {
+        self.writer
+            .as_deref()
+            .and_then(|w| w.unstored.as_ref())
+            .map(|u| u.lost)
+    }
+
+    /// Retention: removes events older than `retention_age`, then the oldest events while the
+    /// database holds more than `retention_bytes` (down to 90 % of it), at most `prune_chunk`
+    /// per call, with the paths and processes only they referenced. Records a `pruned` gap.
+    /// None when nothing was removed. Commits the open batch first.
+    pub fn prune(&mut self, now: SystemTime) -> Result<Option<PruneReport>, StoreError> {
+        let (conn, w, path) = self.parts()?;
+        if w.unstored.is_some() {
+            return Ok(None);
+        }
+        if w.in_txn
+            && let Err(e) = w.commit(conn)
+        {
+            return Err(w.fail(conn, path, e, None));
+        }
+        let t = ns(now);
+        let err = |e| schema::map_err(path, e);
+        let before = used_bytes(conn).map_err(err)?;
+        let mut budget = w.opts.prune_chunk.max(1);
+        let mut by_age = 0;
+        let mut by_size = 0;
+        let mut from = i64::MAX;
+        let mut to = i64::MIN;
+        let mut more = false;
+        let nth_oldest = |n: u64| -> rusqlite::Result<Option<i64>> {
+            conn.query_row(
+                "SELECT id FROM events ORDER BY id LIMIT 1 OFFSET ?1",
+                params![n as i64],
+                |r| r.get(0),
+            )
+            .optional()
+        };
+        if let Some(age) = w.opts.retention_age {
+            let cutoff = t.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX));
+            let mut upto = cutoff.saturating_sub(1);
+            if let Some(nth) = nth_oldest(budget).map_err(err)?
+                && nth <= upto
+            {
+                upto = nth - 1;
+                more = true;
+            }
+            let (n, f, l) = w.delete_upto(conn, upto, "age", t).map_err(err)?;
+            if n > 0 {
+                by_age = n;
+                budget = budget.saturating_sub(n);
+                from = from.min(f);
+                to = to.max(l);
+            }
+            // Old loss/downtime records go with the events of their time.
+            conn.execute(
+                "DELETE FROM gaps WHERE to_ns < ?1 AND kind != 'pruned'",
+                params![cutoff],
+            )
+            .map_err(err)?;
+            conn.execute(
+                "DELETE FROM runs WHERE ended_ns IS NOT NULL AND ended_ns < ?1 \
+                 AND id != (SELECT max(id) FROM runs)",
+                params![cutoff],
+            )
+            .map_err(err)?;
+        }
+        if let Some(limit) = w.opts.retention_bytes {
+            for _ in 0..16 {
+                let used = used_bytes(conn).map_err(err)?;
+                if used <= limit {
+                    break;
+                }
+                if budget == 0 {
+                    more = true;
+                    break;
+                }
+                let count: i64 = conn
+                    .query_row("SELECT value FROM meta WHERE key = 'events'", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(err)?;
+                if count <= 0 {
+                    break;
+                }
+                let target = limit / 10 * 9;
+                let per_event = (used / count as u64).max(1);
+                let n = (used.saturating_sub(target) / per_event).clamp(1, budget);
+                let upto = nth_oldest(n - 1).map_err(err)?.unwrap_or(i64::MAX);
+                let (n, f, l) = w.delete_upto(conn, upto, "size", t).map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                by_size += n;
+                budget = budget.saturating_sub(n);
+                from = from.min(f);
+                to = to.max(l);
+            }
+            if file_bytes(conn).map_err(err)? > limit {
+                // Give the free pages back to the filesystem.
+                step_all(conn, "PRAGMA incremental_vacuum").map_err(err)?;
+            }
+        }
+        if by_age + by_size == 0 {
+            return Ok(None);
+        }
+        let after = used_bytes(conn).map_err(err)?;
+        Ok(Some(PruneReport {
+            removed: by_age + by_size,
+            removed_by_age: by_age,
+            removed_by_size: by_size,
+            from: codec::format_time(from),
+            to: codec::format_time(to),
+            bytes_before: before,
+            bytes_after: after,
+            more,
+        }))
+    }
+}
+
+impl StoreError {
+    /// The loss record being written when a write failed is not stored either.
+    fn with_loss(self, w: &mut Writer, loss: &LossEvent, t: i64) -> StoreError {
+        if let Some(u) = &mut w.unstored {
+            for (k, n) in &loss.kinds {
+                u.add(k, *n, t);
+            }
+        }
+        self
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: what was appended is kept (it was not acknowledged; a crash would have
+        // lost it). The run stays open: the next start records an unclean stop.
+        if let Some(w) = self.writer.as_deref_mut()
+            && w.in_txn
+        {
+            let _ = w.commit(&self.conn);
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+        }
+    }
+}
