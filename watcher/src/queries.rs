@@ -83,38 +83,40 @@ fn open(store: &Path) -> Result<Store, QueryError> {
     Ok(Store::open_read_only(store)?)
 }
 
-fn print_events(events: &[StoredEvent], out: &Output) -> Result<(), QueryError> {
+/// Prints `items` as JSON lines, or as a table (`empty` when there are none).
+fn print<T: serde::Serialize>(
+    items: &[T],
+    out: &Output,
+    table: fn(&[T]) -> String,
+    empty: &str,
+) -> Result<(), QueryError> {
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
     if out.json {
-        for e in events {
-            serde_json::to_writer(&mut w, e).map_err(std::io::Error::other)?;
+        for item in items {
+            serde_json::to_writer(&mut w, item).map_err(std::io::Error::other)?;
             w.write_all(b"\n")?;
         }
-    } else if events.is_empty() {
-        writeln!(w, "no matching events")?;
+    } else if items.is_empty() {
+        writeln!(w, "{empty}")?;
     } else {
-        write!(w, "{}", render_table(events))?;
+        write!(w, "{}", table(items))?;
     }
     w.flush()?;
     Ok(())
 }
 
+fn print_events(events: &[StoredEvent], out: &Output) -> Result<(), QueryError> {
+    print(events, out, render_table, "no matching events")
+}
+
 fn print_gaps(gaps: &[Gap], out: &Output) -> Result<(), QueryError> {
-    let stdout = std::io::stdout();
-    let mut w = std::io::BufWriter::new(stdout.lock());
-    if out.json {
-        for g in gaps {
-            serde_json::to_writer(&mut w, g).map_err(std::io::Error::other)?;
-            w.write_all(b"\n")?;
-        }
-    } else if gaps.is_empty() {
-        writeln!(w, "no gaps: the history is complete for this window")?;
-    } else {
-        write!(w, "{}", render_gaps(gaps))?;
-    }
-    w.flush()?;
-    Ok(())
+    print(
+        gaps,
+        out,
+        render_gaps,
+        "no gaps: the history is complete for this window",
+    )
 }
 
 /// The time window and limit of a path question.
