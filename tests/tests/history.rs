@@ -117,6 +117,15 @@ fn who_deleted_and_history_name_the_script_and_its_parents() {
             "documented field {field} missing: {v}"
         );
     }
+    // The containerd attribution is kept in the store and comes back with the query.
+    let c = &v["containerd"];
+    assert_eq!(c["kind"], "snapshot", "{v}");
+    assert_eq!(c["snapshot_id"], 7, "{v}");
+    assert_eq!(c["path"], "/pause", "{v}");
+    assert_eq!(
+        c["verdict"], "foreign",
+        "a cleanup script is not containerd: {v}"
+    );
 
     // history by host path shows the truncation of the library.
     let lib = layer.join("libjq.so.1");
