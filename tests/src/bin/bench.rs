@@ -35,7 +35,7 @@ use std::{
         unix::{ffi::OsStrExt, process::CommandExt},
     },
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, ExitCode, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -67,7 +67,7 @@ struct Args {
     /// Leave auditd out (the audit subsystem is not touched at all).
     #[arg(long)]
     skip_auditd: bool,
-    /// Rounds of the paired phase (outside-root overhead) [default: 15, or 3 with --quick].
+    /// Rounds of the paired phase (outside-root overhead) [default: 5, or 2 with --quick].
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
     /// Repetitions of the daemon phase (real daemons, inside-root runs) [default: 5, or 2
@@ -81,6 +81,8 @@ struct Args {
     dir: Option<PathBuf>,
     #[arg(long, hide = true)]
     iters: Option<u64>,
+    #[arg(long, hide = true)]
+    serve: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -139,6 +141,16 @@ impl Workload {
         if quick { n / 5 } else { n }
     }
 
+    /// Iterations of one pass of a serve-mode worker in the paired phase: a few tens of ms.
+    fn batch_iters(self, quick: bool) -> u64 {
+        let n = match self {
+            Workload::Write4k => 80_000,
+            Workload::Write1 => 100_000,
+            Workload::CreateUnlink => 5_000,
+        };
+        if quick { n / 4 } else { n }
+    }
+
     /// Untimed iterations before the timed ones (caches, page cache, dentries).
     fn warmup(iters: u64) -> u64 {
         (iters / 10).max(1)
@@ -169,80 +181,141 @@ impl Workload {
 // ---------------------------------------------------------------------------------------------
 // Worker: the loops themselves.
 
+/// One workload's loop, set up once (the open file, the path) and run in passes.
+enum Loop {
+    Write {
+        file: fs::File,
+        path: PathBuf,
+        buf: Vec<u8>,
+        rewind_every: u64,
+        /// Writes since the last rewind, carried across passes.
+        since_rewind: u64,
+    },
+    CreateUnlink {
+        path: CString,
+    },
+}
+
+impl Loop {
+    fn new(kind: Workload, dir: &Path) -> Result<Loop> {
+        match kind {
+            Workload::Write4k | Workload::Write1 => {
+                let size = if kind == Workload::Write4k { 4096 } else { 1 };
+                let path = dir.join("bench-write");
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Ok(Loop::Write {
+                    file,
+                    path,
+                    buf: vec![0x5a_u8; size],
+                    rewind_every: ((1u64 << 20) / size as u64).max(1),
+                    since_rewind: 0,
+                })
+            }
+            Workload::CreateUnlink => {
+                let path = dir.join("bench-create");
+                Ok(Loop::CreateUnlink {
+                    path: CString::new(path.as_os_str().as_bytes())
+                        .context("path with a NUL byte")?,
+                })
+            }
+        }
+    }
+
+    /// Runs `n` iterations; returns how long they took, in ns.
+    fn pass(&mut self, n: u64) -> Result<u64> {
+        let start = Instant::now();
+        match self {
+            Loop::Write {
+                file,
+                buf,
+                rewind_every,
+                since_rewind,
+                ..
+            } => {
+                let fd = file.as_raw_fd();
+                for _ in 0..n {
+                    // SAFETY: `fd` stays open while `file` lives; `buf` is valid for its length.
+                    let written = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+                    if written != buf.len() as isize {
+                        return Err(io::Error::last_os_error()).context("write");
+                    }
+                    *since_rewind += 1;
+                    if *since_rewind == *rewind_every {
+                        *since_rewind = 0;
+                        // SAFETY: plain syscall on an fd we own.
+                        if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
+                            return Err(io::Error::last_os_error()).context("lseek");
+                        }
+                    }
+                }
+            }
+            Loop::CreateUnlink { path } => {
+                for _ in 0..n {
+                    // SAFETY: valid C string; plain syscalls; the fd is closed right away.
+                    unsafe {
+                        let fd = libc::open(
+                            path.as_ptr(),
+                            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                            0o644,
+                        );
+                        if fd < 0 {
+                            return Err(io::Error::last_os_error()).context("open(O_CREAT)");
+                        }
+                        libc::close(fd);
+                        if libc::unlink(path.as_ptr()) != 0 {
+                            return Err(io::Error::last_os_error()).context("unlink");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(start.elapsed().as_nanos() as u64)
+    }
+
+    /// Closes and removes what the loop created.
+    fn finish(self) -> Result<()> {
+        if let Loop::Write { file, path, .. } = self {
+            drop(file);
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// One run: warm-up, then `iters` timed iterations; prints the ns they took.
 fn run_worker(kind: Workload, dir: &Path, iters: u64) -> Result<()> {
-    let warm = Workload::warmup(iters);
-    let ns = match kind {
-        Workload::Write4k => write_loop(dir, 4096, warm, iters)?,
-        Workload::Write1 => write_loop(dir, 1, warm, iters)?,
-        Workload::CreateUnlink => create_unlink_loop(dir, warm, iters)?,
-    };
+    let mut l = Loop::new(kind, dir)?;
+    l.pass(Workload::warmup(iters))?;
+    let ns = l.pass(iters)?;
+    l.finish()?;
     println!("{ns}");
     Ok(())
 }
 
-fn write_loop(dir: &Path, size: usize, warm: u64, iters: u64) -> Result<u64> {
-    let path = dir.join("bench-write");
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let fd = file.as_raw_fd();
-    let buf = vec![0x5a_u8; size];
-    let rewind_every = ((1u64 << 20) / size as u64).max(1);
-    let pass = |n: u64| -> Result<()> {
-        for i in 0..n {
-            // SAFETY: `fd` stays open while `file` lives; `buf` holds `size` bytes.
-            let written = unsafe { libc::write(fd, buf.as_ptr().cast(), size) };
-            if written != size as isize {
-                return Err(io::Error::last_os_error()).context("write");
-            }
-            if i % rewind_every == rewind_every - 1 {
-                // SAFETY: plain syscall on an fd we own.
-                if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
-                    return Err(io::Error::last_os_error()).context("lseek");
-                }
-            }
-        }
-        Ok(())
-    };
-    pass(warm)?;
-    let start = Instant::now();
-    pass(iters)?;
-    let ns = start.elapsed().as_nanos() as u64;
-    drop(file);
-    fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    Ok(ns)
-}
-
-fn create_unlink_loop(dir: &Path, warm: u64, iters: u64) -> Result<u64> {
-    let path = dir.join("bench-create");
-    let c = CString::new(path.as_os_str().as_bytes()).context("path with a NUL byte")?;
-    let pass = |n: u64| -> Result<()> {
-        for _ in 0..n {
-            // SAFETY: valid C string; plain syscalls; the fd is closed right away.
-            unsafe {
-                let fd = libc::open(
-                    c.as_ptr(),
-                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                    0o644,
-                );
-                if fd < 0 {
-                    return Err(io::Error::last_os_error()).context("open(O_CREAT)");
-                }
-                libc::close(fd);
-                if libc::unlink(c.as_ptr()) != 0 {
-                    return Err(io::Error::last_os_error()).context("unlink");
-                }
-            }
-        }
-        Ok(())
-    };
-    pass(warm)?;
-    let start = Instant::now();
-    pass(iters)?;
-    Ok(start.elapsed().as_nanos() as u64)
+/// Serve mode: for every number N read from stdin, run N iterations and print the ns they
+/// took; stop at end of input. Lets the bench switch configurations between short passes of
+/// one process.
+fn serve_worker(kind: Workload, dir: &Path) -> Result<()> {
+    use std::io::Write as _;
+    let mut l = Loop::new(kind, dir)?;
+    let stdin = io::stdin();
+    let mut out = io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line.context("reading a command")?;
+        let n: u64 = line
+            .trim()
+            .parse()
+            .with_context(|| format!("bad command {line:?}"))?;
+        let ns = l.pass(n)?;
+        writeln!(out, "{ns}").context("answering")?;
+        out.flush().context("answering")?;
+    }
+    l.finish()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,6 +744,116 @@ fn steady_run(
             r.other_cores,
             r.io_stall * 100.0
         ));
+    }
+}
+
+/// A worker in serve mode: one process, passes of the loop run on request.
+struct Server {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    stdout: Option<BufReader<ChildStdout>>,
+    pid: u32,
+}
+
+impl Server {
+    fn start(kind: Workload, dir: &Path) -> Result<Server> {
+        check_interrupted()?;
+        let exe = std::env::current_exe().context("locating the bench binary")?;
+        let mut child = Command::new(exe)
+            .args(["--worker", kind.arg(), "--serve", "--dir"])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning a serve-mode workload process")?;
+        let pid = child.id();
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        Ok(Server {
+            child: Some(child),
+            stdin: Some(stdin),
+            stdout: Some(BufReader::new(stdout)),
+            pid,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Runs `n` iterations in the worker; returns ns per iteration.
+    fn pass(&mut self, n: u64) -> Result<f64> {
+        use std::io::Write as _;
+        let (Some(stdin), Some(stdout)) = (self.stdin.as_mut(), self.stdout.as_mut()) else {
+            bail!("worker already finished");
+        };
+        writeln!(stdin, "{n}").context("sending a pass to the worker")?;
+        stdin.flush().context("sending a pass to the worker")?;
+        let mut line = String::new();
+        if stdout
+            .read_line(&mut line)
+            .context("reading the worker's answer")?
+            == 0
+        {
+            bail!("the worker exited during a pass");
+        }
+        let ns: u64 = line
+            .trim()
+            .parse()
+            .with_context(|| format!("worker answered {line:?}"))?;
+        Ok(ns as f64 / n as f64)
+    }
+
+    /// End of input: the worker cleans up and exits.
+    fn finish(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        drop(self.stdout.take());
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().context("waiting for the worker")?;
+            if !status.success() {
+                bail!("the serve-mode worker failed ({status})");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// CPU used by processes other than `ours`, and I/O stall, over an interval.
+struct OtherMeter {
+    start: Instant,
+    busy: u64,
+    ours: u64,
+    io: u64,
+}
+
+impl OtherMeter {
+    fn start(ours: &[u32]) -> Result<OtherMeter> {
+        Ok(OtherMeter {
+            start: Instant::now(),
+            busy: machine_cpu_ns()?.0,
+            ours: daemons_cpu_ns(ours),
+            io: io_stall_ns(),
+        })
+    }
+
+    /// (other CPU use in cores, I/O stall as a fraction of the time).
+    fn stop(self, ours: &[u32]) -> Result<(f64, f64)> {
+        let wall = self.start.elapsed().as_nanos() as f64;
+        let busy = machine_cpu_ns()?.0.saturating_sub(self.busy) as f64;
+        let ours = daemons_cpu_ns(ours).saturating_sub(self.ours) as f64;
+        let io = io_stall_ns().saturating_sub(self.io) as f64;
+        Ok(((busy - ours).max(0.0) / wall, io / wall))
     }
 }
 
@@ -1477,6 +1660,10 @@ enum Config {
     Ctrwatch,
     Floor,
     Auditd,
+    /// The baseline measured a second time in the same cycle: how large noise alone looks.
+    Control,
+    /// Baseline as a fresh process, for auditd's pairs.
+    FreshBaseline,
 }
 
 impl Config {
@@ -1486,6 +1673,8 @@ impl Config {
             Config::Ctrwatch => "ctrwatch",
             Config::Floor => "empty programs on the same tracepoints",
             Config::Auditd => "auditd `-w ROOT -p wa`",
+            Config::Control => "no watcher, again (noise control)",
+            Config::FreshBaseline => "no watcher (fresh process per run, for auditd)",
         }
     }
 
@@ -1495,6 +1684,8 @@ impl Config {
             Config::Ctrwatch => "ctrwatch",
             Config::Floor => "empty",
             Config::Auditd => "auditd",
+            Config::Control => "again",
+            Config::FreshBaseline => "fresh",
         }
     }
 }
@@ -1616,6 +1807,7 @@ struct Bench {
     /// Paired phase: ns/op of each round, by configuration and workload (index = round).
     paired: BTreeMap<(Config, Workload), Vec<f64>>,
     paired_disturbed: usize,
+    paired_groups: usize,
     paired_skipped: Option<String>,
     /// Daemon phase: runs by configuration, place and workload (index = repetition).
     runs: BTreeMap<(Config, Place, Workload), Vec<Run>>,
@@ -1820,13 +2012,12 @@ impl Bench {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Paired phase: outside-root overhead with configurations switched between runs.
+    // Paired phase: outside-root overhead with configurations switched between passes.
 
     fn paired_phase(&mut self, programs: &Programs, audit: Option<&Audit>) -> Result<()> {
-        let mut configs = vec![Config::Baseline, Config::Ctrwatch, Config::Floor];
-        if audit.is_some() {
-            configs.push(Config::Auditd);
-        }
+        let quick = self.args.quick;
+        let batches = if quick { 5 } else { 20 };
+        let audit_pairs = if quick { 1 } else { 3 };
         for round in 0..self.rounds {
             progress(format!(
                 "paired round {}/{} (workload outside the root)",
@@ -1834,67 +2025,130 @@ impl Bench {
                 self.rounds
             ));
             for w in Self::order(round) {
-                let mut order = configs.clone();
-                order.rotate_left(round % configs.len());
-                let iters = w.paired_iters(self.args.quick);
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    let mut disturbed = !wait_quiet()?;
-                    let mut got = Vec::new();
-                    for c in &order {
-                        let r = self.paired_run(*c, w, iters, programs, audit)?;
-                        disturbed |= r.disturbed();
-                        got.push((*c, r.ns_per_op));
+                    let quiet = wait_quiet()?;
+                    let (got, other, io) = self.paired_passes(w, round, batches, programs)?;
+                    let disturbed = !quiet || other > QUIET_CORES || io > QUIET_IO;
+                    if disturbed && attempt < 3 {
+                        progress(format!(
+                            "  {} disturbed (other CPU use {other:.2} cores, I/O stall {:.0} %); again",
+                            w.arg(),
+                            io * 100.0
+                        ));
+                        continue;
                     }
-                    if !disturbed || attempt >= 3 {
-                        if disturbed {
-                            self.paired_disturbed += 1;
-                        }
-                        let line: Vec<String> = got
+                    self.paired_groups += 1;
+                    if disturbed {
+                        self.paired_disturbed += 1;
+                    }
+                    let mut line = Vec::new();
+                    for c in [Config::Baseline, Config::Ctrwatch, Config::Floor, Config::Control] {
+                        let v: Vec<f64> = got
                             .iter()
-                            .map(|(c, ns)| format!("{} {ns:.1}", c.short()))
+                            .filter(|(k, _)| *k == c)
+                            .map(|(_, ns)| *ns)
                             .collect();
-                        progress(format!("  {:<14} {}", w.arg(), line.join("  ")));
-                        for (c, ns) in got {
-                            self.paired.entry((c, w)).or_default().push(ns);
-                        }
-                        break;
+                        line.push(format!("{} {:.1}", c.short(), median(&v)));
+                        self.paired.entry((c, w)).or_default().extend(v);
                     }
-                    progress(format!("  {} disturbed by other activity; again", w.arg()));
+                    progress(format!("  {:<14} {}", w.arg(), line.join("  ")));
+                    break;
+                }
+                if let Some(audit) = audit {
+                    for pair in 0..audit_pairs {
+                        self.audit_pair(w, round * audit_pairs + pair, audit)?;
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn paired_run(
+    /// One serve-mode worker: `batches` cycles of the four configurations, each a pass of a
+    /// few tens of ms. Returns the passes and the other CPU use and I/O stall meanwhile.
+    fn paired_passes(
         &self,
-        c: Config,
         w: Workload,
-        iters: u64,
+        round: usize,
+        batches: usize,
         programs: &Programs,
-        audit: Option<&Audit>,
-    ) -> Result<WorkerRun> {
-        match c {
-            Config::Baseline => run_worker_child(w, &self.outside, iters, &[], || {}),
-            Config::Ctrwatch => {
-                let _attached = programs.attach_ctrwatch()?;
-                run_worker_child(w, &self.outside, iters, &[], || {})
+    ) -> Result<(Vec<(Config, f64)>, f64, f64)> {
+        let n = w.batch_iters(self.args.quick);
+        let mut server = Server::start(w, &self.outside)?;
+        server.pass(n)?; // warm-up
+        let mut ours = OUR_PIDS.lock().map(|v| v.clone()).unwrap_or_default();
+        ours.extend([std::process::id(), server.pid()]);
+        let meter = OtherMeter::start(&ours)?;
+        let mut got = Vec::new();
+        for b in 0..batches {
+            let mut order = [
+                Config::Baseline,
+                Config::Ctrwatch,
+                Config::Floor,
+                Config::Control,
+            ];
+            order.rotate_left((round * batches + b) % 4);
+            for c in order {
+                check_interrupted()?;
+                let ns = match c {
+                    Config::Ctrwatch => {
+                        let _attached = programs.attach_ctrwatch()?;
+                        server.pass(n)?
+                    }
+                    Config::Floor => {
+                        let _attached = programs.attach_empty()?;
+                        server.pass(n)?
+                    }
+                    _ => server.pass(n)?,
+                };
+                got.push((c, ns));
             }
-            Config::Floor => {
-                let _attached = programs.attach_empty()?;
-                run_worker_child(w, &self.outside, iters, &[], || {})
+        }
+        let (other, io) = meter.stop(&ours)?;
+        server.finish()?;
+        Ok((got, other, io))
+    }
+
+    /// auditd against no watcher, one fresh process each (audit is decided at fork).
+    fn audit_pair(&mut self, w: Workload, k: usize, audit: &Audit) -> Result<()> {
+        let iters = w.paired_iters(self.args.quick);
+        let daemons = audit_daemons(audit);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let quiet = wait_quiet()?;
+            let mut runs = Vec::new();
+            for c in if k % 2 == 0 {
+                [Config::FreshBaseline, Config::Auditd]
+            } else {
+                [Config::Auditd, Config::FreshBaseline]
+            } {
+                let r = if c == Config::Auditd {
+                    audit.watch(&self.root)?;
+                    let r = run_worker_child(w, &self.outside, iters, &daemons, || {});
+                    let restored = audit.unwatch();
+                    let r = r?;
+                    restored?;
+                    r
+                } else {
+                    run_worker_child(w, &self.outside, iters, &daemons, || {})?
+                };
+                runs.push((c, r));
             }
-            Config::Auditd => {
-                let audit = audit.context("auditd configuration without auditd")?;
-                audit.watch(&self.root)?;
-                let r = run_worker_child(w, &self.outside, iters, &audit_daemons(audit), || {});
-                let restored = audit.unwatch();
-                let r = r?;
-                restored?;
-                Ok(r)
+            let disturbed = !quiet || runs.iter().any(|(_, r)| r.disturbed());
+            if disturbed && attempt < 3 {
+                continue;
             }
+            self.paired_groups += 1;
+            if disturbed {
+                self.paired_disturbed += 1;
+            }
+            for (c, r) in runs {
+                self.paired.entry((c, w)).or_default().push(r.ns_per_op);
+            }
+            return Ok(());
         }
     }
 
@@ -1928,7 +2182,7 @@ impl Bench {
                             self.auditd_inside(a, rep)?;
                         }
                     }
-                    Config::Floor => {}
+                    Config::Floor | Config::Control | Config::FreshBaseline => {}
                 }
             }
         }
@@ -2172,7 +2426,12 @@ impl Bench {
     }
 
     fn paired_ovh(&self, c: Config, w: Workload) -> Option<Overhead> {
-        paired_overhead(self.paired_ns(Config::Baseline, w)?, self.paired_ns(c, w)?)
+        let base = if c == Config::Auditd {
+            Config::FreshBaseline
+        } else {
+            Config::Baseline
+        };
+        paired_overhead(self.paired_ns(base, w)?, self.paired_ns(c, w)?)
     }
 
     fn ns(&self, c: Config, p: Place, w: Workload) -> Option<Vec<f64>> {
@@ -2300,7 +2559,7 @@ impl Bench {
         );
         let _ = writeln!(
             md,
-            "| method | paired phase: {} rounds, configurations switched between runs; daemon phase: {} repetitions with the real daemons |",
+            "| method | paired phase: {} rounds, configurations switched between passes of one process; daemon phase: {} repetitions with the real daemons |",
             self.rounds, self.reps
         );
         let _ = writeln!(
@@ -2326,7 +2585,7 @@ impl Bench {
             "| quiet machine | every run waits until no other process holds tracing BPF programs, other CPU use is under {QUIET_CORES} cores and I/O stall (PSI) under {:.0} %, and is redone (up to 3×) if either rose during it; measured on a busy machine all the same: {} of {} paired groups, {} of {} daemon-phase runs |",
             QUIET_IO * 100.0,
             self.paired_disturbed,
-            self.rounds * WORKLOADS.len(),
+            self.paired_groups,
             disturbed,
             runs.len()
         );
@@ -2349,14 +2608,15 @@ impl Bench {
             md,
             "ctrwatch watches `root/`; the workload runs in `outside/`, so everything it does is \
              filtered out in the kernel and what remains is the cost of looking. Overhead = \
-             median over the rounds of (ns/op with ÷ ns/op without, same round) − 1; the \
-             interquartile range of those ratios is in brackets.\n"
+             median over all paired passes of (ns/op with ÷ ns/op without, same cycle) − 1, \
+             with the interquartile range of those ratios in brackets. \"Noise\" is the same \
+             figure for the baseline against itself.\n"
         );
         let _ = writeln!(
             md,
-            "| workload | no watcher ns/op | ctrwatch ns/op | ctrwatch overhead | target | verdict | empty-program floor | auditd overhead |"
+            "| workload | no watcher ns/op | ctrwatch ns/op | ctrwatch overhead | target | verdict | noise | empty-program floor | auditd overhead |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---:|---:|---:|");
         for w in WORKLOADS {
             let (ovh, base, with) = if self.paired_skipped.is_none() {
                 (
@@ -2375,17 +2635,27 @@ impl Bench {
             };
             let t = w.target_pct();
             let verdict = match &ovh {
-                Some(o) if o.pct <= t => format!("PASS ({:.1} points under)", t - o.pct),
-                Some(o) => format!("**MISS by {:.1} points**", o.pct - t),
+                Some(o) => {
+                    let mut v = if o.pct <= t {
+                        format!("PASS ({:.1} points under)", t - o.pct)
+                    } else {
+                        format!("**MISS by {:.1} points**", o.pct - t)
+                    };
+                    if o.q1 <= t && t <= o.q3 {
+                        v.push_str(", within the noise");
+                    }
+                    v
+                }
                 None => "—".into(),
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | ≤ {t} % | {verdict} | {} | {} |",
+                "| {} | {} | {} | {} | ≤ {t} % | {verdict} | {} | {} | {} |",
                 w.title(),
                 fmt_ns(base),
                 fmt_ns(with),
                 fmt_ovh(ovh.as_ref()),
+                fmt_ovh(self.paired_ovh(Config::Control, w).as_ref()),
                 fmt_ovh(self.paired_ovh(Config::Floor, w).as_ref()),
                 fmt_ovh(self.paired_ovh(Config::Auditd, w).as_ref()),
             );
@@ -2400,45 +2670,56 @@ impl Bench {
         let _ = writeln!(md, "### Paired phase, per workload\n");
         let _ = writeln!(
             md,
-            "Each round runs every configuration once per workload, back to back, in an order \
-             rotated every round; one fresh process per run. \"ctrwatch\" here is ctrwatch's own \
-             {} syscall-tracepoint programs with their maps, taken over from a running ctrwatch \
-             (`pidfd_getfd`) and attached the way ctrwatch attaches them, so that they can be \
-             switched on and off between runs in milliseconds instead of the seconds a ctrwatch \
-             start takes; its userspace has nothing to do for a workload outside the root (see \
-             the daemon phase below for the real daemon). Its three scheduler programs (exec, fork, exit) are \
-             left out: they run once per process, not per syscall. \"Empty programs\" is `r0 = 0; exit` on \
+            "The machine's speed drifts (see \"Reading these numbers\"), so configurations are \
+             compared within seconds of each other. For each of {} rounds and each workload, one \
+             worker process runs {} cycles; a cycle is four passes of the loop (a few tens of ms \
+             each), one per configuration, in an order rotated every cycle: no watcher, \
+             ctrwatch, empty programs, and no watcher again as the noise control. Between passes \
+             the bench attaches or detaches the programs. \"ctrwatch\" here is ctrwatch's own {} \
+             syscall-tracepoint programs with their maps, taken over from a running ctrwatch \
+             (`pidfd_getfd`) and attached the way ctrwatch attaches them; its three scheduler \
+             programs (exec, fork, exit) are left out, as they run once per process, not per \
+             syscall, and its userspace has nothing to do for a workload outside the root (the \
+             daemon phase below runs the real daemon). \"Empty programs\" is `r0 = 0; exit` on \
              the same tracepoints ({}): what any syscall-tracepoint watcher pays before doing any \
-             work. auditd: the daemon runs throughout; its rule is loaded only for its runs.\n",
+             work. auditd cannot be switched within a process (audit is decided at fork), so it \
+             is compared run against run, each a fresh process, with its rule loaded only for \
+             its runs ({} pairs per workload).\n",
+            self.rounds,
+            if self.args.quick { 5 } else { 20 },
             self.tracepoints.len(),
-            abbreviate(&self.tracepoints)
+            abbreviate(&self.tracepoints),
+            self.paired_ns(Config::Auditd, Workload::Write1)
+                .map(|v| v.len())
+                .unwrap_or(0)
         );
         for w in WORKLOADS {
-            let iters = w.paired_iters(self.args.quick);
             let _ = writeln!(
                 md,
-                "**{}**: {}; {} timed iterations after {} warm-up ones.\n",
+                "**{}**: {}; passes of {} iterations (auditd pairs: runs of {}).\n",
                 w.title(),
                 w.detail(),
-                iters,
-                Workload::warmup(iters)
+                w.batch_iters(self.args.quick),
+                w.paired_iters(self.args.quick),
             );
             let _ = writeln!(
                 md,
-                "| configuration | ns/op median | min..max | overhead [IQR] | overhead in ns/op |"
+                "| configuration | passes | ns/op median | min..max | overhead [IQR] | overhead in ns/op |"
             );
-            let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
             for c in [
                 Config::Baseline,
+                Config::Control,
                 Config::Ctrwatch,
                 Config::Floor,
+                Config::FreshBaseline,
                 Config::Auditd,
             ] {
                 let Some(v) = self.paired_ns(c, w) else {
                     continue;
                 };
                 let (lo, hi) = min_max(v);
-                let (ovh, ns) = if c == Config::Baseline {
+                let (ovh, ns) = if matches!(c, Config::Baseline | Config::FreshBaseline) {
                     ("—".to_string(), "—".to_string())
                 } else {
                     let o = self.paired_ovh(c, w);
@@ -2449,42 +2730,14 @@ impl Bench {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {:.1} | {lo:.1}..{hi:.1} | {ovh} | {ns} |",
+                    "| {} | {} | {:.1} | {lo:.1}..{hi:.1} | {ovh} | {ns} |",
                     c.title(),
+                    v.len(),
                     median(v)
                 );
             }
             md.push('\n');
         }
-        if let Some(o) = self.paired_aa() {
-            let _ = writeln!(
-                md,
-                "Resolution: the same comparison between consecutive baseline runs of the paired \
-                 phase (round r against round r+1) gives {}; overheads within that range of zero \
-                 are noise.\n",
-                o
-            );
-        }
-    }
-
-    /// Baseline against baseline one round later, per workload: how large "no difference" looks.
-    fn paired_aa(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        for w in WORKLOADS {
-            let b = self.paired_ns(Config::Baseline, w)?;
-            if b.len() < 3 {
-                return None;
-            }
-            let o = paired_overhead(&b[..b.len() - 1], &b[1..])?;
-            parts.push(format!(
-                "{} median {:+.1} % [IQR {:+.1} .. {:+.1}]",
-                w.title(),
-                o.pct,
-                o.q1,
-                o.q3
-            ));
-        }
-        Some(parts.join("; "))
     }
 
     fn report_bpf(&self, md: &mut String) {
@@ -2881,21 +3134,22 @@ const READING: &str = r#"## Reading these numbers
 ÷ ns per iteration without, − 1. The workloads are tight loops of syscalls, so this is the worst
 case for a per-syscall cost; real programs do work between syscalls and see a smaller fraction.
 
-**Why paired rounds.** This machine is a virtual machine whose speed drifts by tens of percent
-over seconds (neighbours on the host; the guest sees no steal time). Comparing a baseline
-measured now with a ctrwatch run measured half a minute later — a ctrwatch start takes seconds,
-mostly program verification — mixes that drift into the overhead. The paired phase therefore
-switches configurations between runs of a few tenths of a second: ctrwatch's own programs, with
-their maps, are taken over from a running ctrwatch and attached and detached by the bench itself
-(the way ctrwatch attaches them), the empty programs likewise, and auditd's rule is loaded and
-deleted around its runs (the audit daemon runs throughout). Each round measures every
-configuration back to back, in an order rotated every round, and the overhead is the median of
-the per-round ratios. The "resolution" line (baseline against the next round's baseline) shows
-how large a difference noise alone produces. Runs are also skipped while anything else uses the
-machine (CPU, disk, or other tracing BPF programs) and redone if that changed during the run.
-The daemon phase repeats the outside workloads with the real daemon to check the paired figures,
-and measures what only the real daemon can show: the workloads inside the root, records
-delivered, and the daemon's RSS and CPU.
+**Why paired passes.** This machine is a virtual machine whose speed drifts by tens of percent
+from one second to the next (neighbours on the host; the guest sees no steal time): the same
+1-byte loop measured a few seconds apart varies between about 320 and 800 ns per write. Comparing
+a baseline measured now with a ctrwatch run half a minute later — a ctrwatch start takes seconds,
+mostly program verification — would mix that drift into the overhead. The paired phase
+therefore keeps one worker process running and switches configurations between passes of a few
+tens of ms: ctrwatch's own programs, with their maps, are taken over from a running ctrwatch and
+attached and detached by the bench itself (the way ctrwatch attaches them), and so are the empty
+programs. Every cycle measures each configuration once, in a rotated order, and the overhead is
+the median of the per-cycle ratios; a second baseline pass in every cycle ("noise") shows how
+large a difference noise alone produces. auditd, decided at fork, is compared run against run
+with fresh processes, which is coarser. Runs also wait while anything else uses the machine (CPU,
+disk, or other tracing BPF programs) and are redone if that changed during the run. The daemon
+phase repeats the outside workloads with the real daemon, as a cross-check, and measures what
+only the real daemon can show: the workloads inside the root, records delivered, and the
+daemon's RSS and CPU.
 
 **Why the 1-byte write loop is the hardest case.** Syscall tracepoints are global: once a
 program is attached to `sys_enter_write`, every `write(2)` on the machine runs it, and it must
@@ -2946,11 +3200,15 @@ fn workspace_root() -> PathBuf {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(kind) = args.worker {
-        let (Some(dir), Some(iters)) = (args.dir.as_deref(), args.iters) else {
-            eprintln!("--worker needs --dir and --iters");
-            return ExitCode::from(2);
+        let result = match (args.dir.as_deref(), args.iters) {
+            (Some(dir), _) if args.serve => serve_worker(kind, dir),
+            (Some(dir), Some(iters)) => run_worker(kind, dir, iters),
+            _ => {
+                eprintln!("--worker needs --dir, and --iters or --serve");
+                return ExitCode::from(2);
+            }
         };
-        return match run_worker(kind, dir, iters) {
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -3009,13 +3267,14 @@ fn bench(args: Args) -> Result<()> {
     let reps = args.reps.unwrap_or(if args.quick { 2 } else { 5 }).max(1);
     let rounds = args
         .rounds
-        .unwrap_or(if args.quick { 3 } else { 15 })
+        .unwrap_or(if args.quick { 2 } else { 5 })
         .max(1);
     let mut b = Bench {
         reps,
         rounds,
         paired: BTreeMap::new(),
         paired_disturbed: 0,
+        paired_groups: 0,
         paired_skipped: None,
         ctrwatch_bin,
         audit_dir: base.join("audit"),
