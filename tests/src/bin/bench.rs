@@ -1844,6 +1844,10 @@ fn audit_daemons(audit: &Audit) -> Vec<u32> {
     v
 }
 
+/// Runs of one paired pass (configuration, ns/op), the other CPU use and the I/O stall
+/// meanwhile.
+type PairedPasses = (Vec<(Config, f64)>, f64, f64);
+
 impl Bench {
     fn iters(&self, w: Workload) -> u64 {
         w.iters(self.args.quick)
@@ -2044,7 +2048,12 @@ impl Bench {
                         self.paired_disturbed += 1;
                     }
                     let mut line = Vec::new();
-                    for c in [Config::Baseline, Config::Ctrwatch, Config::Floor, Config::Control] {
+                    for c in [
+                        Config::Baseline,
+                        Config::Ctrwatch,
+                        Config::Floor,
+                        Config::Control,
+                    ] {
                         let v: Vec<f64> = got
                             .iter()
                             .filter(|(k, _)| *k == c)
@@ -2074,7 +2083,7 @@ impl Bench {
         round: usize,
         batches: usize,
         programs: &Programs,
-    ) -> Result<(Vec<(Config, f64)>, f64, f64)> {
+    ) -> Result<PairedPasses> {
         let n = w.batch_iters(self.args.quick);
         let mut server = Server::start(w, &self.outside)?;
         server.pass(n)?; // warm-up
@@ -2120,7 +2129,7 @@ impl Bench {
             attempt += 1;
             let quiet = wait_quiet()?;
             let mut runs = Vec::new();
-            for c in if k % 2 == 0 {
+            for c in if k.is_multiple_of(2) {
                 [Config::FreshBaseline, Config::Auditd]
             } else {
                 [Config::Auditd, Config::FreshBaseline]
@@ -3265,10 +3274,7 @@ fn bench(args: Args) -> Result<()> {
         progress(format!("auditd: {why}"));
     }
     let reps = args.reps.unwrap_or(if args.quick { 2 } else { 5 }).max(1);
-    let rounds = args
-        .rounds
-        .unwrap_or(if args.quick { 2 } else { 5 })
-        .max(1);
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 5 }).max(1);
     let mut b = Bench {
         reps,
         rounds,
