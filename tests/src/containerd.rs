@@ -108,6 +108,8 @@ const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MT_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const MT_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 /// Live instances in this process, and whether /run/containerd existed before the first.
@@ -835,6 +837,44 @@ impl Drop for Containerd {
 #[derive(Clone, Debug, Default)]
 pub struct Layer {
     entries: Vec<LayerEntry>,
+    compression: Compression,
+}
+
+/// How [`write_oci_archive`] stores a layer's blob (containerd 1.6 unpacks all three).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// `application/vnd.oci.image.layer.v1.tar+gzip`.
+    #[default]
+    Gzip,
+    /// `application/vnd.oci.image.layer.v1.tar+zstd`.
+    Zstd,
+    /// `application/vnd.oci.image.layer.v1.tar`: the blob is the tar (its digest is the
+    /// diffID).
+    None,
+}
+
+impl Compression {
+    /// The OCI media type of a layer stored this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => MT_LAYER_GZIP,
+            Compression::Zstd => MT_LAYER_ZSTD,
+            Compression::None => MT_LAYER_TAR,
+        }
+    }
+
+    /// `raw` (a tar) compressed this way.
+    pub fn compress(self, raw: &[u8]) -> Result<Vec<u8>> {
+        match self {
+            Compression::Gzip => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(raw).context("gzip")?;
+                gz.finish().context("gzip")
+            }
+            Compression::Zstd => zstd::stream::encode_all(raw, 3).context("zstd"),
+            Compression::None => Ok(raw.to_vec()),
+        }
+    }
 }
 
 /// One entry of a [`Layer`].
@@ -947,6 +987,17 @@ impl Layer {
         &self.entries
     }
 
+    /// Stores the layer's blob compressed with `c` (default gzip).
+    pub fn compressed(mut self, c: Compression) -> Layer {
+        self.compression = c;
+        self
+    }
+
+    /// How the layer's blob is stored.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
     /// The uncompressed layer tar.
     pub fn tar(&self) -> Result<Vec<u8>> {
         let mut b = tar::Builder::new(Vec::new());
@@ -1047,7 +1098,7 @@ fn append_pax_xattrs(
 }
 
 /// Writes an OCI image layout archive (oci-layout, index.json, blobs/sha256/*) for `layers`
-/// (base first: gzip-compressed tars) at `path`. The image config has `rootfs.diff_ids`, Cmd
+/// (base first: tars compressed as [`Layer::compressed`] says, gzip by default) at `path`. The image config has `rootfs.diff_ids`, Cmd
 /// `/bin/sh` and `PATH=/bin`; index.json names the image `name_ref` through the annotations
 /// `io.containerd.image.name` (what `ctr images import` uses, verbatim) and
 /// `org.opencontainers.image.ref.name` (the tag). Deterministic: same input, same digests.
@@ -1061,13 +1112,21 @@ pub fn write_oci_archive(path: &Path, name_ref: &str, layers: &[Layer]) -> Resul
     for (i, layer) in layers.iter().enumerate() {
         let raw = layer.tar().with_context(|| format!("layer {i}"))?;
         diff_ids.push(sha256_digest(&raw));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&raw).context("gzip")?;
-        let gz = gz.finish().context("gzip")?;
-        let digest = sha256_digest(&gz);
-        layer_descs.push(json!({"mediaType": MT_LAYER_GZIP, "digest": digest, "size": gz.len()}));
+        let blob = layer
+            .compression
+            .compress(&raw)
+            .with_context(|| format!("layer {i}"))?;
+        let digest = sha256_digest(&blob);
+        layer_descs.push(json!({
+            "mediaType": layer.compression.media_type(),
+            "digest": digest,
+            "size": blob.len(),
+        }));
         layer_digests.push(digest.clone());
-        blobs.push((digest, gz));
+        // Identical layers (e.g. uncompressed) are one blob in the archive.
+        if !blobs.iter().any(|(d, _)| *d == digest) {
+            blobs.push((digest, blob));
+        }
     }
     let history: Vec<Value> = (0..layers.len())
         .map(|i| json!({"created": "2023-11-14T22:13:20Z", "created_by": format!("ctrwatch tests: layer {i}")}))

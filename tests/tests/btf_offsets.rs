@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use watcher::kernel::btf_offsets::{VMLINUX_BTF, kernel_offsets};
+use watcher::kernel::btf_offsets::{
+    KernelBtf, VMLINUX_BTF, kernel_offsets, tracepoint_arg_is_struct_ptr,
+};
 use watcher_common::KernelOffsets;
 
 /// Where Debian's `bpftool` package installs it; `bpftool` on PATH is tried first.
@@ -241,7 +243,9 @@ fn every_offset_matches_bpftool() {
         inode_i_sb,
         inode_i_size,
         inode_i_mode,
+        inode_i_nlink,
         sb_s_dev,
+        xfs_inode_i_vnode,
         mount_mnt,
         mount_mnt_parent,
         mount_mnt_mountpoint,
@@ -256,7 +260,7 @@ fn every_offset_matches_bpftool() {
     } = ours;
     assert_eq!(valid, 1, "valid must be set on success");
 
-    let expected: [(&str, &str, &str, u32); 38] = [
+    let mut expected: Vec<(&str, &str, &str, u32)> = vec![
         ("task_pid", "task_struct", "pid", task_pid),
         ("task_tgid", "task_struct", "tgid", task_tgid),
         (
@@ -289,6 +293,7 @@ fn every_offset_matches_bpftool() {
         ("inode_i_sb", "inode", "i_sb", inode_i_sb),
         ("inode_i_size", "inode", "i_size", inode_i_size),
         ("inode_i_mode", "inode", "i_mode", inode_i_mode),
+        ("inode_i_nlink", "inode", "i_nlink", inode_i_nlink),
         ("sb_s_dev", "super_block", "s_dev", sb_s_dev),
         ("mount_mnt", "mount", "mnt", mount_mnt),
         ("mount_mnt_parent", "mount", "mnt_parent", mount_mnt_parent),
@@ -311,6 +316,20 @@ fn every_offset_matches_bpftool() {
         ("mnt_ns_ns", "mnt_namespace", "ns", mnt_ns_ns),
         ("ns_common_inum", "ns_common", "inum", ns_common_inum),
     ];
+    // Optional (0 when this kernel's BTF has no xfs), checked when present.
+    if xfs_inode_i_vnode != 0 {
+        expected.push((
+            "xfs_inode_i_vnode",
+            "xfs_inode",
+            "i_vnode",
+            xfs_inode_i_vnode,
+        ));
+    } else {
+        assert!(
+            raw.offset("xfs_inode", "i_vnode").is_err(),
+            "xfs_inode.i_vnode is in BTF but the module left it 0"
+        );
+    }
 
     let mut mismatches = Vec::new();
     for (field, struct_name, member, got) in expected {
@@ -327,4 +346,40 @@ fn every_offset_matches_bpftool() {
         "offsets disagree with bpftool:\n  {}",
         mismatches.join("\n  ")
     );
+}
+
+/// The rename-target hook reads a `struct inode *` from a raw tracepoint's argument list; the
+/// position comes from the kernel's `btf_trace_<name>` prototype. Checked here on tracepoints
+/// whose prototypes are known: `ext4_mark_inode_dirty(struct inode *, unsigned long)` and
+/// `sched_process_exec(struct task_struct *, pid_t, struct linux_binprm *)`.
+#[test]
+fn tracepoint_prototypes_come_from_btf() {
+    let btf = KernelBtf::open(Path::new(VMLINUX_BTF)).expect("parse vmlinux BTF");
+    let check = |tp: &str, index: usize, name: &str| {
+        tracepoint_arg_is_struct_ptr(&btf, tp, index, name)
+            .unwrap_or_else(|e| panic!("{tp} argument {index}: {e}"))
+    };
+    let ext4 = Path::new("/sys/kernel/tracing/events/ext4/ext4_mark_inode_dirty").is_dir();
+    if ext4 && !Path::new("/sys/kernel/btf/ext4").exists() {
+        assert_eq!(check("ext4_mark_inode_dirty", 0, "inode"), Some(true));
+        assert_eq!(check("ext4_mark_inode_dirty", 1, "inode"), Some(false));
+        assert_eq!(check("ext4_mark_inode_dirty", 0, "dentry"), Some(false));
+        assert_eq!(check("ext4_mark_inode_dirty", 2, "inode"), Some(false));
+    }
+    // `xfs_iunlink(struct xfs_inode *)`, `btrfs_inode_evict(const struct inode *)` (the
+    // qualifier is looked through).
+    let tracing = Path::new("/sys/kernel/tracing/events");
+    if tracing.join("xfs/xfs_iunlink").is_dir() && !Path::new("/sys/kernel/btf/xfs").exists() {
+        assert_eq!(check("xfs_iunlink", 0, "xfs_inode"), Some(true));
+        assert_eq!(check("xfs_iunlink", 0, "inode"), Some(false));
+    }
+    if tracing.join("btrfs/btrfs_inode_evict").is_dir()
+        && !Path::new("/sys/kernel/btf/btrfs").exists()
+    {
+        assert_eq!(check("btrfs_inode_evict", 0, "inode"), Some(true));
+    }
+    assert_eq!(check("sched_process_exec", 0, "task_struct"), Some(true));
+    assert_eq!(check("sched_process_exec", 2, "linux_binprm"), Some(true));
+    assert_eq!(check("sched_process_exec", 1, "task_struct"), Some(false));
+    assert_eq!(check("no_such_tracepoint_at_all", 0, "inode"), None);
 }

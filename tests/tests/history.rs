@@ -159,6 +159,38 @@ fn who_deleted_and_history_name_the_script_and_its_parents() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("pause") && out.contains("cleanup.sh"), "{out}");
 
+    // A rename over a file deletes it: who-deleted names the rename as `replaced`, with the
+    // inode the kernel saw lose its last link (ext4 here has the rename-target hook).
+    let victim = layer.join("etc-passwd");
+    let staged = layer.join("etc-passwd.new");
+    std::fs::write(&victim, b"old\n").expect("write victim");
+    let victim_ino =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&victim).expect("stat"));
+    std::fs::write(&staged, b"new\n").expect("write staged");
+    let status = Command::new("mv")
+        .arg(&staged)
+        .arg(&victim)
+        .status()
+        .expect("mv");
+    assert!(status.success());
+    let deleted = query_until(
+        &[
+            OsStr::new("who-deleted"),
+            victim.as_os_str(),
+            OsStr::new("--store"),
+            store_arg,
+            OsStr::new("--json"),
+        ],
+        |r| r.iter().any(|v| s(v, "op") == "rename"),
+    );
+    let r = deleted
+        .iter()
+        .find(|v| s(v, "op") == "rename")
+        .expect("rename record");
+    assert_eq!(s(r, "deletion"), "replaced", "{r}");
+    assert_eq!(r["overwritten"]["inode"].as_u64(), Some(victim_ino), "{r}");
+    assert_eq!(process(r, "comm").as_str(), Some("mv"), "{r}");
+
     daemon.stop();
     let (code, out, err) = ctrwatch(&[OsStr::new("gaps"), OsStr::new("--store"), store_arg]);
     assert_eq!(code, 0, "{err}");

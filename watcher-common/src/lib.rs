@@ -82,6 +82,11 @@ pub const FLAG_VALUE_TRUNCATED: u32 = 4;
 pub const FLAG_BY_FD: u32 = 8;
 /// The record was sent at process exit / fd reuse rather than at close (modify aggregates).
 pub const FLAG_NOT_CLOSED: u32 = 16;
+/// Rename: the target name existed and its inode lost its last link in this rename (it was
+/// overwritten, i.e. deleted); `replaced_ino`/`replaced_dev` name it. Set only where a
+/// filesystem hook for the running filesystem is attached (see
+/// watcher/src/kernel/capabilities.rs, `RENAME_TARGET_HOOKS`).
+pub const FLAG_REPLACED: u32 = 32;
 
 /// Common prefix of every ring buffer record.
 #[repr(C)]
@@ -149,6 +154,12 @@ pub struct FileRecord {
     pub writes: u64,
     /// Modify aggregate: time of the first write (CLOCK_MONOTONIC ns).
     pub first_ns: u64,
+    /// Rename with [`FLAG_REPLACED`]: inode number and dev (as `dev`) of the overwritten
+    /// target.
+    pub replaced_ino: u64,
+    pub replaced_dev: u32,
+    /// Explicit padding: no hidden padding in the fixed part, and `data` stays 8-byte aligned.
+    pub _reserved: u32,
     /// chown arguments (u32::MAX = unchanged).
     pub uid_arg: u32,
     pub gid_arg: u32,
@@ -289,7 +300,13 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     pub inode_i_size: u32,
     pub inode_i_mode: u32,
+    /// `inode.i_nlink` (in an anonymous union with `__i_nlink`): the rename-target hooks
+    /// recognise the replaced inode by its link count dropping to 0.
+    pub inode_i_nlink: u32,
     pub sb_s_dev: u32,
+    /// `xfs_inode.i_vnode` (the embedded VFS inode), for the xfs rename-target hooks; 0 when
+    /// the kernel's BTF does not describe xfs (not built, or a module), and they stay detached.
+    pub xfs_inode_i_vnode: u32,
     // struct mount / struct vfsmount
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,

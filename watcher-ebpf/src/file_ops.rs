@@ -4,7 +4,8 @@
 //! flags...). `sys_enter_*` resolves the path(s), asks the root filter, and only for operations
 //! under a root stores the raw arguments in `PENDING`. `sys_exit_*` finds that entry, builds
 //! the record with the result and sends it. Operations outside the roots cost one path read and
-//! one trie lookup at enter, and one failed hash lookup at exit.
+//! one trie lookup at enter, and at exit one load of the `INFLIGHT` count (plus a failed hash
+//! lookup while some other operation under a root is in flight).
 //!
 //! Writes are aggregated in `WRITES` per (process, fd) and reported once, at close.
 
@@ -22,15 +23,16 @@ use aya_ebpf::{
 };
 use watcher_common::{
     FILE_RECORD_FIXED, FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED,
-    FLAG_VALUE_TRUNCATED, FileRecord, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP,
+    FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecord, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP,
     XATTR_VALUE_CAP, kind, op,
 };
 
 use crate::{
-    kernel::{fd_to_file, file_inode, file_path, fill_task_info, inode_identity, now_ns},
+    kernel::{fd_to_file, file_inode, file_path, fill_task_info, inode_identity, now_ns, read},
     maps::{
-        EVENTS, FileKey, PENDING, PENDING_WRITE, Pending, PendingWrite, SCRATCH, SCRATCH2,
-        VERDICTS, WRITES, count_lost, offsets, offsets_valid, self_tgid,
+        EVENTS, FileKey, INFLIGHT_PENDING, INFLIGHT_WRITE, PENDING, PENDING_WRITE, Pending,
+        PendingWrite, SCRATCH, SCRATCH2, VERDICTS, WRITES, count_lost, inflight_add, none_inflight,
+        off, offsets, offsets_valid, self_tgid,
     },
     path::{MASK, MASK2, resolve_user_path, under_root, write_dentry_path},
 };
@@ -45,6 +47,8 @@ const O_WRONLY: u64 = 1;
 const O_RDWR: u64 = 2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
+/// renameat2: swap the two names. Nothing is replaced, whatever a filesystem hook saw.
+const RENAME_EXCHANGE: u64 = 2;
 
 /// How a syscall's arguments map onto a file record. Indices are syscall argument positions.
 #[derive(Clone, Copy)]
@@ -308,10 +312,14 @@ pub fn enter<const ARGS: usize>(ctx: &TracePointContext, spec: &Spec) -> u32 {
     let pending = Pending {
         op,
         syscall_nr: syscall_nr(ctx),
-        _pad: 0,
+        replaced_dev: 0,
         args,
+        replaced_ino: 0,
     };
+    // Counted before it exists, so that its exit never skips it (see INFLIGHT).
+    inflight_add(INFLIGHT_PENDING, 1);
     if PENDING.insert(&id, &pending, 0).is_err() {
+        inflight_add(INFLIGHT_PENDING, u64::MAX);
         count_lost(op as u32);
     }
     0
@@ -383,6 +391,9 @@ fn begin_record(rec: *mut FileRecord, op: u16) {
         r.bytes = 0;
         r.writes = 0;
         r.first_ns = 0;
+        r.replaced_ino = 0;
+        r.replaced_dev = 0;
+        r._reserved = 0;
         r.uid_arg = u32::MAX;
         r.gid_arg = u32::MAX;
         r.fd = -1;
@@ -420,12 +431,17 @@ fn send(rec: *mut FileRecord) {
 /// `sys_exit_*` of every file operation except the write family and close.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
+    if none_inflight(INFLIGHT_PENDING) {
+        return 0;
+    }
     let id = bpf_get_current_pid_tgid();
     // SAFETY: map lookup; the value is copied out before the entry is removed.
     let Some(p) = (unsafe { PENDING.get(&id) }).copied() else {
         return 0;
     };
-    let _ = PENDING.remove(&id);
+    if PENDING.remove(&id).is_ok() {
+        inflight_add(INFLIGHT_PENDING, u64::MAX);
+    }
     if p.syscall_nr != syscall_nr(ctx) {
         // Left over from a syscall whose exit we missed (e.g. attached in between).
         return 0;
@@ -532,6 +548,19 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
             xattr_name_value(r, &p, spec, tail);
         }
 
+        // Rename over an existing name: a filesystem hook saw the target's inode lose its last
+        // link during this syscall (on_unlinked_inode). Only a successful rename that is not
+        // an exchange replaced anything.
+        if p.op == op::RENAME
+            && p.replaced_ino != 0
+            && ret == 0
+            && saved(&p.args, spec.flags) & RENAME_EXCHANGE == 0
+        {
+            r.flags |= FLAG_REPLACED;
+            r.replaced_ino = p.replaced_ino;
+            r.replaced_dev = p.replaced_dev;
+        }
+
         // Opens: identity of the opened file, and remember it is watched for its writes.
         if spec.op == op::OPEN_WRITE && ret >= 0 {
             let file = fd_to_file(ret);
@@ -550,6 +579,85 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
     }
     send(rec);
     0
+}
+
+/// A filesystem hook saw `inode` (a `struct inode *`) being updated or evicted. If this thread
+/// is inside a watched rename and the inode has no link left, it is the rename's target, which
+/// the rename just unlinked: remember it for `exit`.
+///
+/// The hooks fire for every inode update on their filesystem (ext4_mark_inode_dirty runs on
+/// most writes), so the common path must stay one failed lookup in `PENDING`, which holds only
+/// the syscalls under a root that are in flight. Inside a rename the only inode that can be at
+/// zero links is the replaced target: the moved inode keeps its link, the directories keep
+/// theirs, and a RENAME_WHITEOUT whiteout is created with one. A target that has other hard
+/// links keeps them and is not a deleted file: it is not reported.
+#[inline(always)]
+pub fn on_unlinked_inode(inode: u64) -> u32 {
+    if none_inflight(INFLIGHT_PENDING) {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let Some(p) = PENDING.get_ptr_mut(&id) else {
+        return 0;
+    };
+    // SAFETY: valid map value pointer; the entry is only touched by its own thread.
+    let p = unsafe { &mut *p };
+    if p.op != op::RENAME || !offsets_valid() {
+        return 0;
+    }
+    if inode == 0 {
+        return 0;
+    }
+    let nlink: u32 = read(inode, off(&offsets().inode_i_nlink));
+    if nlink != 0 {
+        return 0;
+    }
+    let (dev, ino, _, _) = inode_identity(inode);
+    if ino == 0 {
+        // Unreadable inode (a failed read also gave nlink 0): nothing to report.
+        return 0;
+    }
+    // The latest one wins: the same inode can be seen twice (marked dirty when unlinked, again
+    // when evicted at the end of the syscall).
+    p.replaced_ino = ino;
+    p.replaced_dev = dev;
+    0
+}
+
+/// An inode that a filesystem hook saw go onto its unlinked list earlier in this syscall got a
+/// link again (xfs: the RENAME_WHITEOUT whiteout): if it was taken for the replaced target,
+/// forget it.
+#[inline(always)]
+pub fn on_relinked_inode(inode: u64) -> u32 {
+    if none_inflight(INFLIGHT_PENDING) || inode == 0 {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let Some(p) = PENDING.get_ptr_mut(&id) else {
+        return 0;
+    };
+    // SAFETY: valid map value pointer; the entry is only touched by its own thread.
+    let p = unsafe { &mut *p };
+    if p.op != op::RENAME || p.replaced_ino == 0 || !offsets_valid() {
+        return 0;
+    }
+    let (dev, ino, _, _) = inode_identity(inode);
+    if ino == p.replaced_ino && dev == p.replaced_dev {
+        p.replaced_ino = 0;
+        p.replaced_dev = 0;
+    }
+    0
+}
+
+/// The VFS inode embedded in an `xfs_inode` (0 when the offset is unknown; the xfs hooks are
+/// then not attached anyway).
+#[inline(always)]
+pub fn xfs_vfs_inode(xfs_inode: u64) -> u64 {
+    let offset = off(&offsets().xfs_inode_i_vnode);
+    if xfs_inode == 0 || offset == 0 {
+        return 0;
+    }
+    xfs_inode + offset
 }
 
 /// Appends the xattr name and, for the overlay namespaces, its value.
@@ -647,7 +755,9 @@ pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
         return 0;
     }
     let pending = PendingWrite { file, fd, _pad: 0 };
+    inflight_add(INFLIGHT_WRITE, 1);
     if PENDING_WRITE.insert(&id, &pending, 0).is_err() {
+        inflight_add(INFLIGHT_WRITE, u64::MAX);
         count_lost(op::MODIFY as u32);
     }
     0
@@ -656,12 +766,18 @@ pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
 /// `sys_exit_write` and friends: add the bytes written to the (process, fd) aggregate.
 #[inline(always)]
 pub fn exit_write(ctx: &TracePointContext) -> u32 {
+    // Most writes are to files outside the roots: no pending write anywhere, no lookup.
+    if none_inflight(INFLIGHT_WRITE) {
+        return 0;
+    }
     let id = bpf_get_current_pid_tgid();
     // SAFETY: map lookup, copied out before removal.
     let Some(pw) = (unsafe { PENDING_WRITE.get(&id) }).copied() else {
         return 0;
     };
-    let _ = PENDING_WRITE.remove(&id);
+    if PENDING_WRITE.remove(&id).is_ok() {
+        inflight_add(INFLIGHT_WRITE, u64::MAX);
+    }
     let ret = syscall_ret(ctx);
     if ret <= 0 {
         return 0;

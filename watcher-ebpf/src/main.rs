@@ -7,6 +7,9 @@
 //! `sys_exit_unlinkat` → file_ops::exit → ring buffer `EVENTS` → watcher/src/kernel/records.rs.
 #![no_std]
 #![no_main]
+// For the atomic add on the INFLIGHT counts (maps.rs): the eBPF crate is built with nightly.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod file_ops;
 mod kernel;
@@ -269,6 +272,42 @@ write_syscall!(sys_enter_sendfile64, sys_exit_sendfile64, 0);
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     file_ops::enter_close(&ctx)
+}
+
+// Which inode a rename replaced: filesystem tracepoints that see an inode after its link count
+// dropped. Attached only where the kernel has them (watcher/src/kernel/capabilities.rs,
+// RENAME_TARGET_HOOKS, which also checks each argument's type in BTF).
+
+/// `ext4_mark_inode_dirty(struct inode *inode, unsigned long IP)`: ext4_rename marks the
+/// target dirty right after dropping its link, inside the syscall, even when the target is
+/// still open elsewhere (its eviction then comes later, at the last close).
+#[raw_tracepoint(tracepoint = "ext4_mark_inode_dirty")]
+pub fn ext4_mark_inode_dirty(ctx: RawTracePointContext) -> u32 {
+    // Argument 0 of this tracepoint is the inode (checked against BTF before attaching).
+    file_ops::on_unlinked_inode(ctx.arg::<u64>(0))
+}
+
+/// `btrfs_inode_evict(const struct inode *inode)`: the replaced target is evicted at the end of
+/// the rename, when its dentry is released; a target still open elsewhere is evicted only at
+/// its last close, after the rename's exit, and is not seen.
+#[raw_tracepoint(tracepoint = "btrfs_inode_evict")]
+pub fn btrfs_inode_evict(ctx: RawTracePointContext) -> u32 {
+    file_ops::on_unlinked_inode(ctx.arg::<u64>(0))
+}
+
+/// `xfs_iunlink(struct xfs_inode *ip)`: the inode, now without links, is put on the unlinked
+/// list, inside the rename whether or not it is still open.
+#[raw_tracepoint(tracepoint = "xfs_iunlink")]
+pub fn xfs_iunlink(ctx: RawTracePointContext) -> u32 {
+    file_ops::on_unlinked_inode(file_ops::xfs_vfs_inode(ctx.arg::<u64>(0)))
+}
+
+/// `xfs_iunlink_remove(struct xfs_inode *ip)`: taken off the unlinked list again. A
+/// RENAME_WHITEOUT rename allocates its whiteout as an unlinked temporary inode and links it
+/// in later: that one was not a replaced target.
+#[raw_tracepoint(tracepoint = "xfs_iunlink_remove")]
+pub fn xfs_iunlink_remove(ctx: RawTracePointContext) -> u32 {
+    file_ops::on_relinked_inode(file_ops::xfs_vfs_inode(ctx.arg::<u64>(0)))
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]

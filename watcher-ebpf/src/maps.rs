@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use watcher_common::{
     FileRecord, KernelOffsets, LOSS_SLOTS, MAX_PATH_DEPTH, MAX_ROOTS, PATH_CAP, ROOT_KEY_CAP,
@@ -40,7 +40,9 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_sb: 0,
     inode_i_size: 0,
     inode_i_mode: 0,
+    inode_i_nlink: 0,
     sb_s_dev: 0,
+    xfs_inode_i_vnode: 0,
     mount_mnt: 0,
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
@@ -135,13 +137,58 @@ pub struct Pending {
     pub op: u16,
     /// The syscall that stored this entry (its exit checks it).
     pub syscall_nr: u16,
-    pub _pad: u32,
+    /// Rename: dev of the replaced target, filled in by a filesystem hook during the syscall
+    /// (see file_ops::on_unlinked_inode); 0 while none was seen.
+    pub replaced_dev: u32,
     /// The raw syscall arguments.
     pub args: [u64; 6],
+    /// Rename: inode number of the replaced target (0: none seen).
+    pub replaced_ino: u64,
 }
 
 #[map]
 pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// How many entries `PENDING` ([`INFLIGHT_PENDING`]) and `PENDING_WRITE`
+/// ([`INFLIGHT_WRITE`]) hold, so that the programs that only look an entry up — every
+/// `sys_exit_*`, and the rename-target hooks, which run on most inode updates — can skip the
+/// hash lookup (tens of ns) when the table is empty, which it is most of the time: entries live
+/// only from the enter to the exit of an operation under a root. An array lookup is inlined by
+/// the verifier into a plain load.
+///
+/// Incremented before an entry is inserted and decremented after it is removed, by the same
+/// thread, so the count is never below the number of entries. It can only drift upwards (an
+/// entry overwritten because its exit was never seen), which costs the lookup again, never a
+/// record.
+#[map]
+pub static INFLIGHT: Array<u64> = Array::with_max_entries(2, 0);
+pub const INFLIGHT_PENDING: u32 = 0;
+pub const INFLIGHT_WRITE: u32 = 1;
+
+/// Adds `delta` (wrapping: `u64::MAX` is -1) to an `INFLIGHT` count.
+#[inline(always)]
+pub fn inflight_add(slot: u32, delta: u64) {
+    if let Some(count) = INFLIGHT.get_ptr_mut(slot) {
+        // SAFETY: valid, aligned map value; shared by all CPUs, hence the atomic add (BPF
+        // `lock xadd`; core's AtomicU64 has no fetch_add on the BPF target, the intrinsic does).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                count, delta,
+            );
+        }
+    }
+}
+
+/// Is the table behind `slot` certainly empty?
+#[inline(always)]
+pub fn none_inflight(slot: u32) -> bool {
+    match INFLIGHT.get_ptr(slot) {
+        // SAFETY: valid map value; a racing update only makes the answer conservative for
+        // other threads' entries, never for this thread's own (see INFLIGHT).
+        Some(count) => (unsafe { core::ptr::read_volatile(count) }) == 0,
+        None => false,
+    }
+}
 
 /// A write-family syscall on a watched file, between enter and exit.
 #[repr(C)]

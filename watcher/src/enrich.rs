@@ -5,15 +5,15 @@
 use std::collections::HashMap;
 
 use watcher_common::{
-    FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_VALUE_TRUNCATED,
-    WriteAgg, WriteKey, op,
+    FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_REPLACED,
+    FLAG_VALUE_TRUNCATED, WriteAgg, WriteKey, op,
 };
 
 use crate::{
     containerd::attribution::Attributor,
     event::{
-        AncestorView, Clock, Details, FileEvent, PathText, ProcessView, XattrView, errno_name, hex,
-        lossless_text,
+        AncestorView, Clock, Details, FileEvent, Overwritten, PathText, ProcessView, XattrView,
+        errno_name, hex, lossless_text,
     },
     kernel::records::{FileOp, Record},
     process::{ExecEvent, ProcessTable, Task},
@@ -158,6 +158,8 @@ impl Enricher {
                 bytes: agg.bytes,
                 writes: agg.writes,
                 first_ns: agg.first_ns,
+                replaced_ino: 0,
+                replaced_dev: 0,
                 uid_arg: u32::MAX,
                 gid_arg: u32::MAX,
                 fd: key.fd,
@@ -225,7 +227,7 @@ impl Enricher {
             result,
             errno,
             inode: (f.ino != 0).then_some(f.ino),
-            dev: (f.dev != 0).then(|| format!("{}:{}", f.dev >> 20, f.dev & 0xfffff)),
+            dev: (f.dev != 0).then(|| dev_text(f.dev)),
             process,
             details,
         })
@@ -275,6 +277,12 @@ impl Enricher {
             if f.op == op::SETXATTR {
                 d.size = Some(f.size);
             }
+        }
+        if f.op == op::RENAME && f.flags & FLAG_REPLACED != 0 && f.replaced_ino != 0 {
+            d.overwritten = Some(Overwritten {
+                inode: f.replaced_ino,
+                dev: dev_text(f.replaced_dev),
+            });
         }
         if f.flags & FLAG_BY_FD != 0 {
             d.notes.push("by_fd");
@@ -330,6 +338,11 @@ impl Enricher {
 }
 
 /// The op's name, refined for opens (create / truncate / open_write) from the flags.
+/// "major:minor" of a kernel-internal dev_t (`MAJOR << 20 | MINOR`), as `stat` shows it.
+fn dev_text(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xfffff)
+}
+
 fn op_name(f: &FileOp, d: &mut Details) -> &'static str {
     match f.op {
         op::OPEN_WRITE => {

@@ -90,6 +90,12 @@ pub struct Details {
     pub rdev: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub whiteout: Option<bool>,
+    /// Rename: the target name existed and this rename deleted that file (its last link).
+    /// Absent when nothing was replaced, and also where it cannot be seen (see
+    /// docs/architecture.md: filesystems without a rename-target hook, targets with other
+    /// hard links).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwritten: Option<Overwritten>,
     /// Open flags, e.g. ["write", "create", "truncate"].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub open_flags: Vec<&'static str>,
@@ -151,6 +157,14 @@ pub struct ContainerdView {
     /// `owner`, `foreign` or `container`.
     pub verdict: &'static str,
     pub reason: String,
+}
+
+/// The file a rename overwrote.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Overwritten {
+    pub inode: u64,
+    /// "major:minor" of its filesystem, like the event's `dev`.
+    pub dev: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -330,6 +344,13 @@ impl FileEvent {
         if let Some(new) = &self.new_path {
             let _ = write!(line, " -> {}", new.display());
         }
+        if let Some(o) = &self.details.overwritten {
+            let _ = write!(
+                line,
+                " (replaced the target: inode {} on {})",
+                o.inode, o.dev
+            );
+        }
         if let Some(x) = &self.details.xattr {
             let _ = write!(line, " [{}", escape_bytes(x.name.as_bytes()));
             if let Some(v) = &x.value {
@@ -401,6 +422,21 @@ mod tests {
             Some("\"/r/\\\\xff\"")
         );
         assert_eq!(hex(&p.0), "2f722fff");
+    }
+
+    #[test]
+    fn overwritten_is_a_top_level_object_only_when_known() {
+        let mut d = Details::default();
+        let json = |d: &Details| serde_json::to_value(d).unwrap_or_default();
+        assert!(json(&d).get("overwritten").is_none());
+        d.overwritten = Some(Overwritten {
+            inode: 42,
+            dev: "254:0".into(),
+        });
+        assert_eq!(
+            json(&d)["overwritten"],
+            serde_json::json!({"inode": 42, "dev": "254:0"})
+        );
     }
 
     #[test]

@@ -138,6 +138,60 @@ Examples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch quer
     /// Show the containerd instances found on this node, why, and the directories watched
     /// when no --root is given.
     Roots,
+    /// Check a containerd root offline: content digests and sizes, ingests, every layer
+    /// snapshot against its tar, snapshot and runtime metadata, and what keeps removed
+    /// content alive. Reads only; containerd may be running.
+    #[command(after_help = AUDIT_HELP)]
+    Audit {
+        #[command(flatten)]
+        audit: AuditArgs,
+    },
+}
+
+const AUDIT_HELP: &str = "Exit status: 0 clean (information only), 1 problems found, 2 could not audit.\n\n\
+Findings are grouped by severity (critical, error, warning, info); each names the image and\n\
+layer it belongs to and the ctr commands that fix it. The class names (`layer-file-truncated`,\n\
+`blob-digest-mismatch`, ...) are stable: see docs/audit.md.\n\n\
+Examples:\n  ctrwatch audit\n  ctrwatch audit --root /var/lib/rancher/k3s/agent/containerd --image docker.io/rancher/mirrored-pause:3.6\n  \
+ctrwatch audit --content-only --json | jq '.findings[] | select(.severity == \"critical\")'\n  \
+ctrwatch audit --since-watch      # who last touched each damaged file (from `ctrwatch run`'s history)";
+
+/// Options of `audit`.
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// The containerd root to audit (repeatable). Default: every containerd instance found on
+    /// the node (see `ctrwatch roots`), e.g. /var/lib/containerd.
+    #[arg(long = "root", value_name = "DIR")]
+    roots: Vec<PathBuf>,
+    /// Only this image (repeatable; its name as `ctr images ls` shows it, any namespace) and
+    /// its content and layers.
+    #[arg(long = "image", value_name = "NAME")]
+    images: Vec<String>,
+    /// Only this snapshot (repeatable): its directory id (`snapshots/<id>`), snapshotter key or
+    /// chainID.
+    #[arg(long = "snapshot", value_name = "ID|KEY")]
+    snapshots: Vec<String>,
+    /// Only the content store: blob digests and sizes, orphans, ingests.
+    #[arg(long, conflicts_with = "layers_only")]
+    content_only: bool,
+    /// Only the layer replay: each layer's tar against its snapshot directory.
+    #[arg(long)]
+    layers_only: bool,
+    /// One JSON document per audited root instead of the report.
+    #[arg(long)]
+    json: bool,
+    /// Threads for hashing and replay (default: one per CPU).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+    /// Name who last touched each damaged path, from the history store of `ctrwatch run`.
+    #[arg(long)]
+    since_watch: bool,
+    /// The history database read by --since-watch.
+    #[arg(long, default_value_os_t = store::default_path(), value_name = "FILE")]
+    store: PathBuf,
+    /// No progress bar (it is drawn on stderr only when stderr is a terminal).
+    #[arg(long)]
+    no_progress: bool,
 }
 
 /// Options shared by `watch` and `run`.
@@ -334,6 +388,7 @@ fn main() -> ExitCode {
             };
             return query_result(queries::gaps(&store, &w, &Output { json }));
         }
+        Command::Audit { audit } => return run_audit(audit),
         Command::Probe => probe(),
         Command::Roots => {
             let instances = containerd::discover(&containerd::DiscoveryEnv::system());
@@ -401,7 +456,91 @@ fn probe() -> anyhow::Result<()> {
         Some(b) => println!("backend: {}", b.name()),
         None => println!("backend: none usable"),
     }
+    for hook in &caps.rename_target_hooks {
+        println!(
+            "rename target hook {}: {} ({})",
+            hook.name,
+            if hook.available {
+                "available"
+            } else {
+                "unavailable"
+            },
+            hook.note
+        );
+    }
     let offsets = btf_offsets::kernel_offsets().context("kernel struct offsets from BTF")?;
     println!("kernel struct offsets from BTF: {offsets:?}");
     Ok(())
+}
+
+/// `ctrwatch audit`: exit 0 clean, 1 findings, 2 could not audit (any root).
+fn run_audit(args: AuditArgs) -> ExitCode {
+    use watcher::audit::{self, Options, Progress};
+    let instances = containerd::discover(&containerd::DiscoveryEnv::system());
+    let layouts: Vec<containerd::RootLayout> = if args.roots.is_empty() {
+        instances
+            .iter()
+            .filter(|i| i.exists && i.root.join("io.containerd.metadata.v1.bolt").is_dir())
+            .map(|i| i.layout())
+            .collect()
+    } else {
+        args.roots
+            .iter()
+            .map(|r| {
+                let canon = std::fs::canonicalize(r).unwrap_or_else(|_| r.clone());
+                instances
+                    .iter()
+                    .find(|i| i.root == canon)
+                    .map(|i| i.layout())
+                    .unwrap_or_else(|| containerd::RootLayout::new(r))
+            })
+            .collect()
+    };
+    if layouts.is_empty() {
+        eprintln!(
+            "ctrwatch: error: no containerd root found on this node (see `ctrwatch roots`); give one with --root DIR"
+        );
+        return ExitCode::from(2);
+    }
+    let mut worst = 0u8;
+    for layout in layouts {
+        let root = layout.root.clone();
+        let opts = Options {
+            layout,
+            images: args.images.clone(),
+            snapshots: args.snapshots.clone(),
+            content_only: args.content_only,
+            layers_only: args.layers_only,
+            threads: args.threads,
+            since_watch: args.since_watch.then(|| args.store.clone()),
+        };
+        let progress = if args.no_progress {
+            Progress::hidden()
+        } else {
+            Progress::for_stderr()
+        };
+        match audit::run(&opts, progress) {
+            Ok(report) => {
+                let out = if args.json {
+                    match serde_json::to_string(&report) {
+                        Ok(s) => s + "\n",
+                        Err(e) => {
+                            eprintln!("ctrwatch: error: cannot encode the report: {e}");
+                            worst = 2;
+                            continue;
+                        }
+                    }
+                } else {
+                    audit::report::render_text(&report)
+                };
+                print!("{out}");
+                worst = worst.max(report.exit_code() as u8);
+            }
+            Err(e) => {
+                eprintln!("ctrwatch: error: cannot audit {}: {e}", root.display());
+                worst = 2;
+            }
+        }
+    }
+    ExitCode::from(worst)
 }

@@ -24,6 +24,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",
     // auditd: the benchmark compares ctrwatch with the audit subsystem.
     "auditd",
+    // xfs and btrfs images on loop devices: the rename-target hooks of those filesystems.
+    "xfsprogs",
+    "btrfs-progs",
 ];
 
 /// The linker for the BPF target that aya-build calls; pinned, and built against Debian's LLVM.

@@ -106,6 +106,28 @@ fn run(args: &[OsString]) -> Result<(), String> {
                     "rename",
                 )?;
             }
+            "renameat2" => {
+                // fsop renameat2 OLD NEW FLAGS, FLAGS one of 0, noreplace, exchange, whiteout
+                // (the raw syscall: glibc's wrapper may be missing or emulated)
+                let flags = match arg(args, 3)?.to_str() {
+                    Some("0") => 0,
+                    Some("noreplace") => libc::RENAME_NOREPLACE,
+                    Some("exchange") => libc::RENAME_EXCHANGE,
+                    Some("whiteout") => libc::RENAME_WHITEOUT,
+                    _ => return Err("argument 3 must be 0, noreplace, exchange or whiteout".into()),
+                };
+                check(
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        libc::AT_FDCWD,
+                        cstr(arg(args, 1)?).as_ptr(),
+                        libc::AT_FDCWD,
+                        cstr(arg(args, 2)?).as_ptr(),
+                        flags,
+                    ),
+                    "renameat2",
+                )?;
+            }
             "link" => {
                 check(
                     libc::link(cstr(arg(args, 1)?).as_ptr(), cstr(arg(args, 2)?).as_ptr()) as _,

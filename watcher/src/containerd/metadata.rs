@@ -304,6 +304,10 @@ pub struct Container {
     pub labels: Labels,
     #[serde(skip)]
     pub created_at: Option<SystemTime>,
+    /// Names of its extensions (CRI keeps its own metadata in one:
+    /// `io.cri-containerd.sandbox.metadata` / `io.cri-containerd.container.metadata`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
 }
 
 impl Container {
@@ -376,6 +380,8 @@ pub struct Sandbox {
     pub runtime: Option<String>,
     pub labels: Labels,
     pub created_at: Option<SystemTime>,
+    /// Names of its extensions (containerd 2's CRI needs `metadata` to recover the pod).
+    pub extensions: Vec<String>,
 }
 
 /// Everything one namespace holds.
@@ -1267,6 +1273,10 @@ fn read_namespace(name: &str, b: Bucket<'_>, r: &mut Reader) -> Namespace {
                 runtime,
                 labels: r.map(cb, "labels", &cctx),
                 created_at: r.time(cb, "createdat", &cctx),
+                extensions: {
+                    let eb = r.sub(cb, "extensions", &cctx);
+                    r.keys(eb, &cctx)
+                },
                 id: id.clone(),
             };
             ns.containers.insert(id, c);
@@ -1373,6 +1383,10 @@ fn read_namespace(name: &str, b: Bucket<'_>, r: &mut Reader) -> Namespace {
                 runtime,
                 labels: r.map(sb, "labels", &sctx),
                 created_at: r.time(sb, "createdat", &sctx),
+                extensions: {
+                    let eb = r.sub(sb, "extensions", &sctx);
+                    r.keys(eb, &sctx)
+                },
                 id: id.clone(),
             };
             ns.sandboxes.insert(id, s);

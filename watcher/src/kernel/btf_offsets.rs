@@ -357,7 +357,11 @@ pub fn offsets_from_btf(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         inode_i_sb: f("inode", "i_sb")?,
         inode_i_size: f("inode", "i_size")?,
         inode_i_mode: f("inode", "i_mode")?,
+        inode_i_nlink: f("inode", "i_nlink")?,
         sb_s_dev: f("super_block", "s_dev")?,
+        // Optional: only the xfs rename-target hooks use it, and they are not attached
+        // without it (capabilities.rs).
+        xfs_inode_i_vnode: f("xfs_inode", "i_vnode").unwrap_or(0),
         mount_mnt: f("mount", "mnt")?,
         mount_mnt_parent: f("mount", "mnt_parent")?,
         mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
@@ -370,6 +374,74 @@ pub fn offsets_from_btf(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         ns_common_inum: f("ns_common", "inum")?,
         valid: 1,
     })
+}
+
+/// Whether argument `index` of tracepoint `tracepoint`, as a raw tracepoint program sees it (the
+/// `TP_PROTO` arguments, in order), is a pointer to `struct struct_name`.
+///
+/// The kernel describes every tracepoint's prototype in BTF as
+/// `typedef void (*btf_trace_<tracepoint>)(void *__data, <TP_PROTO arguments>)`; a program that
+/// reads a pointer argument from the wrong position would read the wrong memory silently, so
+/// the position is checked here instead of assumed. `None`: this BTF does not describe the
+/// tracepoint (e.g. it belongs to a module, whose BTF is separate).
+pub fn tracepoint_arg_is_struct_ptr(
+    btf: &KernelBtf,
+    tracepoint: &str,
+    index: usize,
+    struct_name: &str,
+) -> Result<Option<bool>, BtfError> {
+    let typedefs = btf
+        .btf
+        .types_named(&format!("btf_trace_{tracepoint}"), Kind::Typedef)
+        .map_err(btf.parse_error())?;
+    let Some(&typedef) = typedefs.first() else {
+        return Ok(None);
+    };
+    Ok(Some(btf.proto_arg_is_struct_ptr(
+        typedef,
+        index,
+        struct_name,
+    )?))
+}
+
+impl KernelBtf {
+    fn proto_arg_is_struct_ptr(
+        &self,
+        typedef: u32,
+        index: usize,
+        struct_name: &str,
+    ) -> Result<bool, BtfError> {
+        let btf = self;
+        // typedef -> pointer -> function prototype.
+        let Some(ty) = btf.btf.type_by_id(typedef).map_err(btf.parse_error())? else {
+            return Ok(false);
+        };
+        let Some((_, ptr)) = btf.resolve(ty.size_or_type)? else {
+            return Ok(false);
+        };
+        if ptr.kind != Kind::Ptr {
+            return Ok(false);
+        }
+        let Some((_, proto)) = btf.resolve(ptr.size_or_type)? else {
+            return Ok(false);
+        };
+        let params = btf.btf.params(&proto).map_err(btf.parse_error())?;
+        // params[0] is the probe's `void *__data`.
+        let Some(&param) = params.get(index + 1) else {
+            return Ok(false);
+        };
+        let Some((_, param_ty)) = btf.resolve(param)? else {
+            return Ok(false);
+        };
+        if param_ty.kind != Kind::Ptr {
+            return Ok(false);
+        }
+        let Some((_, target)) = btf.resolve(param_ty.size_or_type)? else {
+            return Ok(false);
+        };
+        Ok(target.kind == Kind::Struct
+            && btf.btf.name(target.name_off).map_err(btf.parse_error())? == struct_name.as_bytes())
+    }
 }
 
 /// The offsets for a kernel whose BTF is in the file `path`.
@@ -628,6 +700,36 @@ mod tests {
         assert!(matches!(err, BtfError::NotComposite { .. }), "{err:?}");
         let err = field_offset(&btf, "outer", &[]).unwrap_err();
         assert!(matches!(err, BtfError::FieldNotFound { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn tracepoint_arguments_are_read_from_the_btf_trace_prototype() {
+        const KIND_FUNC_PROTO: u32 = 13;
+        let mut b = BtfBuilder::new();
+        let inode = b.composite(KIND_STRUCT, "inode", 8, &[]);
+        let const_inode = b.qualifier(KIND_CONST, inode);
+        let p_inode = b.ptr(const_inode);
+        let ulong = b.int("long unsigned int", 8);
+        let p_void = b.ptr(0);
+        // void (*)(void *__data, const struct inode *, unsigned long)
+        let proto = b.header("", KIND_FUNC_PROTO, false, 3, 0);
+        let (n0, n1, n2) = (b.name("__data"), b.name("inode"), b.name("ip"));
+        b.u32s(&[n0, p_void, n1, p_inode, n2, ulong]);
+        let p_proto = b.ptr(proto);
+        b.typedef("btf_trace_some_dirty", p_proto);
+        let Ok(btf) = KernelBtf::from_bytes(&b.build()) else {
+            panic!("hand-built BTF must parse");
+        };
+        let check = |tp: &str, i: usize, name: &str| {
+            tracepoint_arg_is_struct_ptr(&btf, tp, i, name)
+                .ok()
+                .flatten()
+        };
+        assert_eq!(check("some_dirty", 0, "inode"), Some(true));
+        assert_eq!(check("some_dirty", 0, "dentry"), Some(false));
+        assert_eq!(check("some_dirty", 1, "inode"), Some(false));
+        assert_eq!(check("some_dirty", 2, "inode"), Some(false));
+        assert_eq!(check("other", 0, "inode"), None);
     }
 
     #[test]

@@ -27,6 +27,60 @@ impl Backend {
     }
 }
 
+/// A filesystem tracepoint that shows the inode a rename replaced, with the target's link count
+/// already dropped (see `on_unlinked_inode` in watcher-ebpf/src/file_ops.rs). The syscall
+/// tracepoints only see path strings, so without one of these a rename over an existing file is
+/// reported without saying that the target was destroyed.
+#[derive(Clone, Copy, Debug)]
+pub struct RenameTargetHook {
+    /// Tracepoint name, which is also the eBPF program's name.
+    pub name: &'static str,
+    /// tracefs event group.
+    pub group: &'static str,
+    /// The struct its first argument points to: `inode`, or `xfs_inode` (then the program
+    /// needs `xfs_inode.i_vnode` from BTF).
+    pub arg_struct: &'static str,
+    /// When the hook fires relative to the target's deletion, for `ctrwatch probe`.
+    pub sees: &'static str,
+}
+
+/// The rename-target hooks the programs implement (tmpfs has no tracepoint to use).
+pub const RENAME_TARGET_HOOKS: &[RenameTargetHook] = &[
+    RenameTargetHook {
+        name: "ext4_mark_inode_dirty",
+        group: "ext4",
+        arg_struct: "inode",
+        sees: "ext4: link count drop inside the rename, also when the target is still open",
+    },
+    RenameTargetHook {
+        name: "xfs_iunlink",
+        group: "xfs",
+        arg_struct: "xfs_inode",
+        sees: "xfs: link count drop inside the rename, also when the target is still open",
+    },
+    RenameTargetHook {
+        name: "xfs_iunlink_remove",
+        group: "xfs",
+        arg_struct: "xfs_inode",
+        sees: "xfs: takes back the RENAME_WHITEOUT whiteout seen by xfs_iunlink",
+    },
+    RenameTargetHook {
+        name: "btrfs_inode_evict",
+        group: "btrfs",
+        arg_struct: "inode",
+        sees: "btrfs: eviction at the end of the rename; a target still open elsewhere is missed",
+    },
+];
+
+/// What was found about one [`RenameTargetHook`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RenameTargetHookStatus {
+    pub name: &'static str,
+    pub available: bool,
+    /// Why not, or what it sees.
+    pub note: String,
+}
+
 /// What was found on this kernel.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Capabilities {
@@ -37,6 +91,8 @@ pub struct Capabilities {
     pub kprobes: bool,
     /// `bpf` is in the active LSM list (LSM programs attached elsewhere never run).
     pub bpf_lsm_active: bool,
+    /// Filesystem hooks that tell which inode a rename replaced.
+    pub rename_target_hooks: Vec<RenameTargetHookStatus>,
 }
 
 impl Capabilities {
@@ -51,6 +107,7 @@ impl Capabilities {
         let bpf_lsm_active = fs::read_to_string("/sys/kernel/security/lsm")
             .map(|l| l.trim().split(',').any(|m| m == "bpf"))
             .unwrap_or(false);
+        let rename_target_hooks = probe_rename_target_hooks(tracefs.as_deref());
         Capabilities {
             kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
@@ -60,7 +117,19 @@ impl Capabilities {
             btf: Path::new(super::btf_offsets::VMLINUX_BTF).exists(),
             kprobes,
             bpf_lsm_active,
+            rename_target_hooks,
         }
+    }
+
+    /// Is `name` a rename-target hook, and may it be attached on this kernel?
+    /// `None`: not such a hook.
+    pub fn rename_target_hook_usable(&self, name: &str) -> Option<bool> {
+        RENAME_TARGET_HOOKS.iter().find(|h| h.name == name)?;
+        Some(
+            self.rename_target_hooks
+                .iter()
+                .any(|h| h.name == name && h.available),
+        )
     }
 
     /// The best implemented backend this kernel supports.
@@ -85,8 +154,97 @@ impl Capabilities {
             yes(self.btf),
             yes(self.kprobes),
             yes(self.bpf_lsm_active),
+        ) + &format!(
+            ", rename target hooks {}",
+            match self
+                .rename_target_hooks
+                .iter()
+                .filter(|h| h.available)
+                .map(|h| h.name)
+                .collect::<Vec<_>>()
+            {
+                names if names.is_empty() => "none".to_string(),
+                names => names.join(" "),
+            }
         )
     }
+}
+
+/// Which rename-target hooks exist here: the tracepoint must be in tracefs, and its inode
+/// argument must be where the program reads it. The position is checked in vmlinux BTF; a
+/// tracepoint of a filesystem built as a module is described in that module's BTF, which is
+/// not parsed here, and is used unchecked (its prototype has not changed since it was added).
+fn probe_rename_target_hooks(tracefs: Option<&Path>) -> Vec<RenameTargetHookStatus> {
+    let mut found = probe_each_rename_target_hook(tracefs);
+    // xfs_iunlink alone would take a RENAME_WHITEOUT's whiteout for the replaced target: it
+    // is used only with xfs_iunlink_remove, which takes it back.
+    let remove_ok = found
+        .iter()
+        .any(|h| h.name == "xfs_iunlink_remove" && h.available);
+    for hook in &mut found {
+        if hook.name == "xfs_iunlink" && hook.available && !remove_ok {
+            hook.available = false;
+            hook.note = "needs xfs_iunlink_remove, which is unavailable".to_string();
+        }
+    }
+    found
+}
+
+fn probe_each_rename_target_hook(tracefs: Option<&Path>) -> Vec<RenameTargetHookStatus> {
+    use super::btf_offsets::{KernelBtf, VMLINUX_BTF, field_offset, tracepoint_arg_is_struct_ptr};
+    // Parsed once for all hooks (a few ms); the offsets are computed from their own parse.
+    let btf = KernelBtf::open(Path::new(VMLINUX_BTF));
+    RENAME_TARGET_HOOKS
+        .iter()
+        .map(|hook| {
+            let status = |available: bool, note: String| RenameTargetHookStatus {
+                name: hook.name,
+                available,
+                note,
+            };
+            let exists =
+                tracefs.is_some_and(|t| t.join("events").join(hook.group).join(hook.name).is_dir());
+            if !exists {
+                return status(
+                    false,
+                    format!("tracepoint {}:{} not on this kernel", hook.group, hook.name),
+                );
+            }
+            let btf = match &btf {
+                Ok(btf) => btf,
+                Err(e) => return status(false, format!("BTF: {e}")),
+            };
+            // xfs_inode hooks find the VFS inode through a BTF offset: without it they would
+            // read the wrong memory.
+            if hook.arg_struct == "xfs_inode"
+                && field_offset(btf, "xfs_inode", &["i_vnode"]).is_err()
+            {
+                return status(
+                    false,
+                    "struct xfs_inode is not in vmlinux BTF (xfs built as a module?)".to_string(),
+                );
+            }
+            match tracepoint_arg_is_struct_ptr(btf, hook.name, 0, hook.arg_struct) {
+                Ok(Some(true)) => status(true, hook.sees.to_string()),
+                Ok(None) if hook.arg_struct == "inode" => status(
+                    true,
+                    format!("{} (prototype in module BTF, not checked)", hook.sees),
+                ),
+                Ok(None) => status(
+                    false,
+                    format!("the prototype of {} is not in vmlinux BTF", hook.name),
+                ),
+                Ok(Some(false)) => status(
+                    false,
+                    format!(
+                        "argument 0 of {} is not a struct {} * in BTF",
+                        hook.name, hook.arg_struct
+                    ),
+                ),
+                Err(e) => status(false, format!("BTF: {e}")),
+            }
+        })
+        .collect()
 }
 
 fn yes(b: bool) -> &'static str {

@@ -293,11 +293,31 @@ fn attach(
             }
             Program::RawTracePoint(rtp) => {
                 let rtp: &mut RawTracePoint = rtp;
-                rtp.load().map_err(program_error)?;
-                let id = rtp.attach(&name).map_err(program_error)?;
-                links.push(Link::RawTracePoint(
-                    rtp.take_link(id).map_err(program_error)?,
-                ));
+                let optional = match caps.rename_target_hook_usable(&name) {
+                    Some(false) => {
+                        attachment.unavailable.push(name.clone());
+                        continue;
+                    }
+                    Some(true) => true,
+                    None => false,
+                };
+                let attached = rtp
+                    .load()
+                    .and_then(|()| rtp.attach(&name))
+                    .and_then(|id| rtp.take_link(id));
+                match attached {
+                    Ok(link) => links.push(Link::RawTracePoint(link)),
+                    // A rename-target hook only adds the `overwritten` detail: without it
+                    // renames are still reported, so a refusal is a warning, not a failure.
+                    Err(e) if optional => {
+                        log::warn!(
+                            "{name}: not attached, renames will not say what they replaced: {e}"
+                        );
+                        attachment.unavailable.push(name.clone());
+                        continue;
+                    }
+                    Err(e) => return Err(program_error(e)),
+                }
             }
             _ => {
                 attachment.unavailable.push(name.clone());

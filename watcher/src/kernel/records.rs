@@ -41,6 +41,10 @@ pub struct FileOp {
     pub bytes: u64,
     pub writes: u64,
     pub first_ns: u64,
+    /// Rename with `FLAG_REPLACED`: the overwritten target's inode number and dev (0 when
+    /// nothing was replaced, or it could not be seen).
+    pub replaced_ino: u64,
+    pub replaced_dev: u32,
     pub uid_arg: u32,
     pub gid_arg: u32,
     pub fd: i32,
@@ -160,6 +164,8 @@ fn decode_file(bytes: &[u8]) -> Result<FileOp, DecodeError> {
         bytes: r.bytes,
         writes: r.writes,
         first_ns: r.first_ns,
+        replaced_ino: r.replaced_ino,
+        replaced_dev: r.replaced_dev,
         uid_arg: r.uid_arg,
         gid_arg: r.gid_arg,
         fd: r.fd,
@@ -218,6 +224,19 @@ mod tests {
         };
         assert_eq!(f.path, b"/r/a");
         assert_eq!(f.path2, b"/r/b c");
+    }
+
+    #[test]
+    fn decodes_the_replaced_target_of_a_rename() {
+        let mut bytes = file_record_bytes(b"/r/a", b"/r/b");
+        let ino_at = std::mem::offset_of!(FileRecord, replaced_ino);
+        let dev_at = std::mem::offset_of!(FileRecord, replaced_dev);
+        bytes[ino_at..ino_at + 8].copy_from_slice(&77u64.to_ne_bytes());
+        bytes[dev_at..dev_at + 4].copy_from_slice(&((254u32 << 20) | 1).to_ne_bytes());
+        let Ok(Record::File(f)) = decode(&bytes) else {
+            panic!("not a file record");
+        };
+        assert_eq!((f.replaced_ino, f.replaced_dev), (77, (254 << 20) | 1));
     }
 
     #[test]

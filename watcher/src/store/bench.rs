@@ -10,6 +10,7 @@ use crate::event::{
     AncestorView, ContainerdView, Details, FileEvent, PathText, ProcessView, XattrView,
 };
 
+use super::audit_log;
 use super::codec::format_time;
 use super::{DeleteOptions, Filter, PathQuery, Store, StoreError, StoreOptions};
 
@@ -51,7 +52,53 @@ pub struct BenchResult {
     pub query_glob_ms: f64,
     /// pid filter (a rare process), limit 100.
     pub query_pid_ms: f64,
+    /// Peak resident memory of the whole process after ingest (VmHWM, KiB): the writer,
+    /// its SQLite page cache and the event generator.
+    pub peak_rss_kib: u64,
+    /// `ausearch -f` over an audit log holding the same operations (None: not run, see
+    /// `ausearch_note`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ausearch: Option<AusearchFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ausearch_note: Option<String>,
 }
+
+/// The same questions asked of an auditd log of the same operations with `ausearch`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AusearchFigures {
+    pub log_bytes: u64,
+    pub log_bytes_per_event: f64,
+    /// Time to synthesise and write the log (not a figure of auditd's).
+    pub write_seconds: f64,
+    /// `ausearch -if LOG -f HOST_PATH`, one run, log in the page cache.
+    pub history_host_ms: f64,
+    /// `ausearch -if LOG -f INNER_PATH`: ausearch matches names as substrings, so the inner
+    /// path finds the file in every snapshot (and any longer name containing it).
+    pub history_inner_ms: f64,
+    /// `-f HOST_PATH --success yes -sc unlinkat` plus the same with `-sc rename` (ausearch
+    /// takes one syscall per run).
+    pub who_deleted_host_ms: f64,
+    /// Which of the three questions ausearch did not answer within `limit_seconds` (it was
+    /// killed; its time is reported as the limit).
+    pub timed_out: Vec<&'static str>,
+    pub limit_seconds: f64,
+    /// The same three questions on a log of the first 10 000 events plus the host path's
+    /// own: (history host, history inner, who-deleted host) ms. ausearch's time grows with
+    /// the square of the events per second of log, so this shows its cost at low density.
+    pub sample_log_events: usize,
+    pub sample_ms: (f64, f64, f64),
+    /// Events ausearch printed / events the store returned (no limit) for each question
+    /// (on the full log; partial when timed out).
+    pub history_host_events: (usize, usize),
+    pub history_inner_events: (usize, usize),
+    pub who_deleted_host_events: (usize, usize),
+    /// The correctness check: what ausearch found in the captured real records and whether
+    /// it found the synthesised event it had to.
+    pub check: String,
+}
+
+/// Seed of the benchmark's events (the store and the audit log get the same ones).
+const SEED: u64 = 42;
 
 const BASE: &str = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
 
@@ -359,7 +406,7 @@ pub(crate) fn ingest(
     store.begin_run(start)?;
     let mut spent = Duration::ZERO;
     let mut json_bytes: u64 = 0;
-    for (i, ev) in synthetic_events(scenario, n, 42).enumerate() {
+    for (i, ev) in synthetic_events(scenario, n, SEED).enumerate() {
         if i % 64 == 0 {
             json_bytes += serde_json::to_vec(&ev).map_or(0, |v| v.len() as u64 + 1) * 64;
         }
@@ -380,13 +427,161 @@ pub(crate) fn ingest(
 }
 
 /// Writes `n` synthetic events of `scenario` into a new store `dir/bench.db` (removed first),
-/// then measures queries on it with a read-only connection. Retention is off.
+/// then measures queries on it with a read-only connection. Retention is off. When
+/// `ausearch` is installed, also writes the same operations as an auditd log
+/// (`dir/audit.log`, removed afterwards) and times `ausearch -f` for the same paths.
 pub fn bench_ingest(
     dir: &Path,
     n: u64,
     scenario: BenchScenario,
 ) -> Result<BenchResult, StoreError> {
-    bench_with(dir, n, scenario, 20)
+    bench_with(dir, n, scenario, 20, true)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench_io(dir: &Path, what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(format!("{what}: {e}")),
+    }
+}
+
+/// The ausearch side of the benchmark (see [`AusearchFigures`]).
+fn compare_ausearch(
+    dir: &Path,
+    n: u64,
+    scenario: BenchScenario,
+    reader: &Store,
+    host: &str,
+    inner: &str,
+) -> Result<AusearchFigures, StoreError> {
+    // The captured records: what ausearch finds for a real file.
+    let captured = dir.join("captured-audit.log");
+    std::fs::write(&captured, audit_log::CAPTURED)
+        .map_err(|e| bench_io(dir, "writing the captured records", e))?;
+    let limit = Duration::from_secs(
+        std::env::var("CTRWATCH_BENCH_AUSEARCH_LIMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(120),
+    );
+    let real = audit_log::ausearch(&captured, audit_log::CAPTURED_PATH, &[], limit)
+        .map_err(|e| bench_io(dir, "ausearch on the captured records", e))?;
+    let real_ops = audit_log::CAPTURED
+        .lines()
+        .filter(|l| l.starts_with("type=SYSCALL") && l.contains("comm=\"python3\""))
+        .count();
+    let _ = std::fs::remove_file(&captured);
+
+    let log = dir.join("audit.log");
+    let sample = dir.join("audit-sample.log");
+    let sample_log_events = 10_000;
+    let t = Instant::now();
+    let host_bytes = host.as_bytes().to_vec();
+    let (log_bytes, watched) = audit_log::write_log(
+        &log,
+        &sample,
+        sample_log_events,
+        synthetic_events(scenario, n, SEED),
+        |ev| ev.path.0 == host_bytes,
+    )
+    .map_err(|e| bench_io(dir, "writing the audit log", e))?;
+    let write_seconds = t.elapsed().as_secs_f64();
+    let run = |log: &Path, file: &str, extra: &[&str]| {
+        audit_log::ausearch(log, file, extra, limit).map_err(|e| bench_io(dir, "ausearch", e))
+    };
+    let questions = |log: &Path| -> Result<_, StoreError> {
+        let hh = run(log, host, &[])?;
+        let hi = run(log, inner, &[])?;
+        let du = run(log, host, &["--success", "yes", "-sc", "unlinkat"])?;
+        let dr = run(log, host, &["--success", "yes", "-sc", "rename"])?;
+        Ok((hh, hi, du, dr))
+    };
+    let (shh, shi, sdu, sdr) = questions(&sample)?;
+    let (hh, hi, du, dr) = questions(&log)?;
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&sample);
+
+    let all = |p: &str, m: super::PathMatch| PathQuery {
+        path: p.as_bytes().to_vec(),
+        matching: m,
+        ..Default::default()
+    };
+    let ours_hh = reader.history(&all(host, super::PathMatch::Host))?.len();
+    let ours_hi = reader.history(&all(inner, super::PathMatch::Inner))?.len();
+    let opts = DeleteOptions {
+        ancestors: false,
+        ..DeleteOptions::new()
+    };
+    let ours_d = reader
+        .who_deleted(&all(host, super::PathMatch::Host), opts)?
+        .len();
+
+    // The check: every synthesised event on the host path must be among what `ausearch -f`
+    // printed from the sample log, as the captured real operations are.
+    let newest = watched.iter().max().map(|&(_, serial)| serial);
+    let found = !watched.is_empty() && watched.iter().all(|(_, s)| shh.serials.contains(s));
+    if real.serials.is_empty() || !found {
+        return Err(bench_io(
+            dir,
+            "ausearch check",
+            std::io::Error::other(format!(
+                "ausearch -f found {} captured events; all synthesised events on the host \
+                 path (newest serial {:?}): {}",
+                real.serials.len(),
+                newest,
+                if found { "yes" } else { "no" }
+            )),
+        ));
+    }
+    let check = format!(
+        "captured: ausearch -f {} found {} of the {} real operations (not the unlink that \
+         named the file relative to its cwd); synthesised: found all {} events on the host \
+         path in the sample log (newest serial {})",
+        audit_log::CAPTURED_PATH,
+        real.serials.len(),
+        real_ops,
+        watched.len(),
+        newest.unwrap_or(0)
+    );
+    let mut timed_out = Vec::new();
+    if hh.timed_out {
+        timed_out.push("history_host");
+    }
+    if hi.timed_out {
+        timed_out.push("history_inner");
+    }
+    if du.timed_out || dr.timed_out {
+        timed_out.push("who_deleted_host");
+    }
+    let mut deleted = du.serials.clone();
+    deleted.extend(dr.serials.iter().copied());
+    Ok(AusearchFigures {
+        log_bytes,
+        log_bytes_per_event: log_bytes as f64 / n.max(1) as f64,
+        write_seconds,
+        history_host_ms: hh.ms,
+        history_inner_ms: hi.ms,
+        who_deleted_host_ms: du.ms + dr.ms,
+        timed_out,
+        limit_seconds: limit.as_secs_f64(),
+        sample_log_events,
+        sample_ms: (shh.ms, shi.ms, sdu.ms + sdr.ms),
+        history_host_events: (hh.serials.len(), ours_hh),
+        history_inner_events: (hi.serials.len(), ours_hi),
+        who_deleted_host_events: (deleted.len(), ours_d),
+        check,
+    })
 }
 
 pub(crate) fn bench_with(
@@ -394,8 +589,10 @@ pub(crate) fn bench_with(
     n: u64,
     scenario: BenchScenario,
     reps: usize,
+    with_ausearch: bool,
 ) -> Result<BenchResult, StoreError> {
     let (db, spent, json_bytes, stats) = ingest(dir, n, scenario)?;
+    let peak_rss_kib = peak_rss_kib();
     let db_bytes = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
 
     let reader = Store::open_read_only(&db)?;
@@ -442,6 +639,19 @@ pub(crate) fn bench_with(
         ..Default::default()
     };
     let query_pid_ms = median_ms(reps, || reader.query(&p).map(|_| ()))?;
+    let (ausearch, ausearch_note) = if !with_ausearch {
+        (None, Some("not run".to_string()))
+    } else if !audit_log::available() {
+        (
+            None,
+            Some("ausearch is not installed (Debian package auditd)".to_string()),
+        )
+    } else {
+        (
+            Some(compare_ausearch(dir, n, scenario, &reader, &host, &inner)?),
+            None,
+        )
+    };
     let secs = spent.as_secs_f64();
     Ok(BenchResult {
         scenario: format!("{scenario:?}"),
@@ -460,5 +670,8 @@ pub(crate) fn bench_with(
         query_filter_ms,
         query_glob_ms,
         query_pid_ms,
+        peak_rss_kib,
+        ausearch,
+        ausearch_note,
     })
 }

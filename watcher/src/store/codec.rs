@@ -396,6 +396,9 @@ const T_CONTAINERD: u8 = 17;
 const T_CONTAINERD_PATH: u8 = 18;
 /// `containerd.path` is the event path's inner path (nothing stored).
 const T_CONTAINERD_PATH_INNER: u8 = 19;
+/// Rename: the inode the rename deleted, and its filesystem's "major:minor" (an atom).
+const T_OVERWRITTEN_INODE: u8 = 20;
+const T_OVERWRITTEN_DEV: u8 = 21;
 
 /// Which dictionary ("atoms") a short string goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -550,6 +553,14 @@ pub(crate) fn encode_details<E>(
     if let Some(w) = d.whiteout {
         put_u(&mut out, T_WHITEOUT, w as u64);
     }
+    if let Some(o) = &d.overwritten {
+        put_u(&mut out, T_OVERWRITTEN_INODE, o.inode);
+        put_u(
+            &mut out,
+            T_OVERWRITTEN_DEV,
+            atom(AtomKind::Rdev, &o.dev)? as u64,
+        );
+    }
     for f in &d.open_flags {
         put_u(&mut out, T_OPEN_FLAG, atom(AtomKind::Flag, f)? as u64);
     }
@@ -565,6 +576,14 @@ fn xattr(d: &mut StoredDetails) -> &mut XattrView {
         value: None,
         value_hex: None,
     })
+}
+
+fn overwritten(d: &mut StoredDetails) -> &mut crate::event::Overwritten {
+    d.overwritten
+        .get_or_insert_with(|| crate::event::Overwritten {
+            inode: 0,
+            dev: String::new(),
+        })
 }
 
 fn get_str(buf: &[u8], pos: &mut usize) -> Option<String> {
@@ -610,6 +629,10 @@ pub(crate) fn decode_details(
             T_OWNER_GID => d.owner_gid = Some(u32::try_from(get_varint(buf, &mut pos)?).ok()?),
             T_RDEV => d.rdev = Some(atom_at(&mut pos)?),
             T_WHITEOUT => d.whiteout = Some(get_varint(buf, &mut pos)? != 0),
+            T_OVERWRITTEN_INODE => {
+                overwritten(&mut d).inode = get_varint(buf, &mut pos)?;
+            }
+            T_OVERWRITTEN_DEV => overwritten(&mut d).dev = atom_at(&mut pos)?,
             T_OPEN_FLAG => d.open_flags.push(atom_at(&mut pos)?),
             T_NOTE => d.notes.push(atom_at(&mut pos)?),
             T_CONTAINERD => {
@@ -725,6 +748,10 @@ mod tests {
             owner_gid: Some(65534),
             rdev: Some("0:0".into()),
             whiteout: Some(true),
+            overwritten: Some(crate::event::Overwritten {
+                inode: 1 << 33,
+                dev: "254:0".into(),
+            }),
             open_flags: vec!["write", "create"],
             notes: vec!["by_fd"],
             ..Default::default()

@@ -15,6 +15,7 @@
 //! Reader: [`Store::open_read_only`], then [`Store::history`], [`Store::who_deleted`],
 //! [`Store::query`], [`Store::gaps`], [`Store::stats`].
 
+mod audit_log;
 mod bench;
 mod codec;
 mod read;
@@ -35,7 +36,7 @@ use serde::Serialize;
 
 use crate::event::{PathText, ProcessView, XattrView};
 
-pub use bench::{BenchResult, BenchScenario, bench_ingest, synthetic_events};
+pub use bench::{AusearchFigures, BenchResult, BenchScenario, bench_ingest, synthetic_events};
 pub use codec::{Glob, inner_path};
 pub use read::{DeleteOptions, Filter, PathMatch, PathQuery};
 pub use render::{render_gaps, render_table};
@@ -113,6 +114,9 @@ pub enum StoreError {
     },
 }
 
+/// Events per time segment by default (see [`StoreOptions::segment_events`]).
+pub const DEFAULT_SEGMENT_EVENTS: u64 = 500_000;
+
 /// Writer settings.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -127,6 +131,9 @@ pub struct StoreOptions {
     /// At most this many events are removed by one `prune` call (it reports `more` when it
     /// stopped early), so one call never stalls the writer for long.
     pub prune_chunk: u64,
+    /// A new time segment starts after this many events (see docs/store.md: the newest
+    /// segment's index pages are the writer's working set; queries visit each segment).
+    pub segment_events: u64,
 }
 
 impl Default for StoreOptions {
@@ -136,6 +143,7 @@ impl Default for StoreOptions {
             retention_bytes: Some(DEFAULT_RETENTION_BYTES),
             max_batch: 50_000,
             prune_chunk: 250_000,
+            segment_events: DEFAULT_SEGMENT_EVENTS,
         }
     }
 }
@@ -172,8 +180,9 @@ pub struct StoredEvent {
     #[serde(flatten)]
     pub details: StoredDetails,
     /// who-deleted answers only: how this event removed the file. One of `unlink`, `rmdir`,
-    /// `rename_away` (renamed from the path), `rename_onto` (another file renamed onto the
-    /// path: replaced it if it existed), `whiteout` (overlay whiteout created at the path),
+    /// `rename_away` (renamed from the path), `replaced` (another file renamed onto the
+    /// path deleted it: the kernel saw its last link go), `rename_onto` (another file renamed
+    /// onto the path where that could not be seen: replaced it if it existed), `whiteout` (overlay whiteout created at the path),
     /// `ancestor_renamed` (a directory above it renamed away), `ancestor_opaque` (a directory
     /// above it made opaque in an overlay layer), `truncate_to_zero`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,6 +218,9 @@ pub struct StoredDetails {
     pub rdev: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub whiteout: Option<bool>,
+    /// Rename: the file at the new path that this rename deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwritten: Option<crate::event::Overwritten>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub open_flags: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

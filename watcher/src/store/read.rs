@@ -485,9 +485,53 @@ impl Store {
         Ok(ids)
     }
 
-    /// Event ids with `path` in `names` and an op in `ops`, newest first. One path: one
-    /// index range per op, each at most `limit` long (a hot path costs no more than a cold
-    /// one). Several paths (a file in many snapshots): one statement over all of them.
+    /// Segments that may hold ids in [lo, hi]: (seg, largest id), newest segment first.
+    fn segments(&self, lo: i64, hi: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seg, hi FROM segments WHERE hi >= ?1 AND lo <= ?2 ORDER BY seg DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The newest `per` ids of a stream read segment by segment (`read(seg)`), newest segment
+    /// first. Stops once it has `per` ids all newer than anything a remaining segment can
+    /// hold: a path's recent history costs one or two segments, however long the store.
+    fn newest_over_segments(
+        segs: &[(i64, i64)],
+        per: i64,
+        mut read: impl FnMut(i64) -> Result<Vec<i64>, StoreError>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let per = usize::try_from(per).unwrap_or(usize::MAX);
+        // rest[k]: the largest id the segments after k can hold (ids are times, and events
+        // may arrive slightly out of order, so segment order alone does not bound them).
+        let mut rest = vec![i64::MIN; segs.len()];
+        for k in (0..segs.len().saturating_sub(1)).rev() {
+            rest[k] = rest[k + 1].max(segs[k + 1].1);
+        }
+        let mut out: Vec<i64> = Vec::new();
+        for (k, &(seg, _)) in segs.iter().enumerate() {
+            out.extend(read(seg)?);
+            if out.len() >= per {
+                out.sort_unstable_by(|a, b| b.cmp(a));
+                out.truncate(per);
+                if out.last().is_some_and(|&last| last > rest[k]) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Event ids with `path` in `names` and an op in `ops`, newest first, at most `limit`.
+    /// Per segment: for one path, one index range per op, each at most `limit` long (a hot
+    /// path costs no more than a cold one); for several paths (a file in many snapshots),
+    /// one statement over all of them.
     fn ids_by_path(
         &self,
         names: &[i64],
@@ -496,36 +540,46 @@ impl Store {
         hi: i64,
         limit: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        let mut out = Vec::new();
         if names.is_empty() || ops.is_empty() {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        let segs = self.segments(lo, hi)?;
         if names.len() == 1 {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT id FROM events WHERE path = ?1 AND op = ?2 AND id BETWEEN ?3 AND ?4 \
-                     ORDER BY id DESC LIMIT ?5",
+                    "SELECT id FROM events WHERE seg = ?1 AND path = ?2 AND op = ?3 \
+                     AND id BETWEEN ?4 AND ?5 ORDER BY id DESC LIMIT ?6",
                 )
                 .map_err(|e| self.err(e))?;
-            for &op in ops {
-                let rows = stmt
-                    .query_map(params![names[0], op, lo, hi, limit], |r| r.get::<_, i64>(0))
-                    .map_err(|e| self.err(e))?;
-                for r in rows {
-                    out.push(r.map_err(|e| self.err(e))?);
+            return Store::newest_over_segments(&segs, limit, |seg| {
+                let mut out = Vec::new();
+                for &op in ops {
+                    let rows = stmt
+                        .query_map(params![seg, names[0], op, lo, hi, limit], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .map_err(|e| self.err(e))?;
+                    for r in rows {
+                        out.push(r.map_err(|e| self.err(e))?);
+                    }
                 }
-            }
-            return Ok(out);
+                Ok(out)
+            });
         }
         let sql = format!(
-            "SELECT id FROM events WHERE path IN ({}) AND op IN ({}) AND id BETWEEN ?1 AND ?2 \
-             ORDER BY id DESC LIMIT ?3",
+            "SELECT id FROM events WHERE seg = ?1 AND path IN ({}) AND op IN ({}) \
+             AND id BETWEEN ?2 AND ?3 ORDER BY id DESC LIMIT ?4",
             id_list(names),
             id_list(ops)
         );
-        out.extend(self.ids_of(&sql, params![lo, hi, limit])?);
-        Ok(out)
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        Store::newest_over_segments(&segs, limit, |seg| {
+            let rows = stmt
+                .query_map(params![seg, lo, hi, limit], |r| r.get::<_, i64>(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        })
     }
 
     fn ids_by_new_path(
@@ -538,12 +592,19 @@ impl Store {
         if names.is_empty() {
             return Ok(Vec::new());
         }
+        let segs = self.segments(lo, hi)?;
         let sql = format!(
-            "SELECT id FROM events WHERE new_path IN ({}) AND id BETWEEN ?1 AND ?2 \
-             ORDER BY id DESC LIMIT ?3",
+            "SELECT id FROM events WHERE seg = ?1 AND new_path IN ({}) \
+             AND id BETWEEN ?2 AND ?3 ORDER BY id DESC LIMIT ?4",
             id_list(names)
         );
-        self.ids_of(&sql, params![lo, hi, limit])
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        Store::newest_over_segments(&segs, limit, |seg| {
+            let rows = stmt
+                .query_map(params![seg, lo, hi, limit], |r| r.get::<_, i64>(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        })
     }
 
     fn load(&self, res: &mut Resolver<'_>, id: i64) -> Result<Option<StoredEvent>, StoreError> {
@@ -681,6 +742,7 @@ impl Store {
                 "unlink" if on_path => Some("unlink"),
                 "rmdir" if on_path => Some("rmdir"),
                 "rename" if on_path => Some("rename_away"),
+                "rename" if onto && ev.details.overwritten.is_some() => Some("replaced"),
                 "rename" if onto => Some("rename_onto"),
                 "mknod" if on_path && ev.details.whiteout == Some(true) => Some("whiteout"),
                 "truncate"
@@ -774,8 +836,10 @@ impl Store {
                     .map(|i| i.to_string())
                     .collect::<Vec<_>>()
                     .join(",");
+                // `seg IN segments`: lets each side use its (seg, path) index.
                 sql.push_str(&format!(
-                    " AND (e.path IN ({list}) OR e.new_path IN ({list}))"
+                    " AND ((e.seg IN (SELECT seg FROM segments) AND e.path IN ({list})) \
+                     OR (e.seg IN (SELECT seg FROM segments) AND e.new_path IN ({list})))"
                 ));
             } else {
                 // Evaluated once per distinct path (not per event), into a materialized set.

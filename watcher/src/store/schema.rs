@@ -12,7 +12,7 @@ pub(crate) const APPLICATION_ID: i32 = 0x6374_7277;
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 /// `PRAGMA user_version` holds the version. Never edit a released entry; append a new one.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -33,7 +33,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// * `gaps`: windows the history does not cover: kernel loss records, daemon downtime, events
 ///   the store could not write (disk full), and what retention pruned.
 /// * `runs`: daemon starts, heartbeats and clean stops (to detect unclean ends).
-const V1: &str = "
+pub(crate) const V1: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE atoms (
     id INTEGER PRIMARY KEY,
@@ -112,12 +112,45 @@ INSERT INTO meta (key, value) VALUES ('events', 0);
 INSERT INTO atoms (id, kind, text) VALUES (1, 1, 'ok');
 ";
 
-/// SQLite's page cache for the writer (KiB, as `cache_size` wants it negative).
-const WRITER_CACHE_KIB: i64 = 32 * 1024;
-/// WAL pages before an automatic checkpoint (4 KiB pages: 16 MiB).
-const WAL_AUTOCHECKPOINT: i64 = 4096;
+/// Version 2: time segments.
+///
+/// Every event belongs to a segment (`seg`): the writer starts a new one every
+/// `StoreOptions::segment_events` events. The path indexes are keyed by segment first, so
+/// each segment's entries form one contiguous, small range of the index: inserts only ever
+/// touch the newest segment's pages, which stay in the page cache, instead of random pages
+/// of one index that grows with the whole history (v1: `events_path (path, op)` fell out of
+/// the cache past a few million events and every commit rewrote thousands of its pages).
+/// Queries visit the segments newest first (`segments` lists them with their id range) and
+/// stop as soon as the rest cannot hold anything newer; pruning the oldest events removes
+/// whole leading ranges of these indexes.
+///
+/// Migrating a v1 store: its events become segment 0 (`ADD COLUMN … DEFAULT 0` rewrites no
+/// row), and the two path indexes are rebuilt with the segment in front.
+const V2: &str = "
+ALTER TABLE events ADD COLUMN seg INTEGER NOT NULL DEFAULT 0;
+DROP INDEX events_path;
+DROP INDEX events_new_path;
+CREATE INDEX events_seg_path ON events (seg, path, op);
+CREATE INDEX events_seg_new_path ON events (seg, new_path) WHERE new_path IS NOT NULL;
+CREATE TABLE segments (
+    seg INTEGER PRIMARY KEY,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    events INTEGER NOT NULL
+);
+INSERT INTO segments (seg, lo, hi, events)
+    SELECT 0, min(id), max(id), count(*) FROM events HAVING count(*) > 0;
+";
+
+/// SQLite's page cache for the writer (KiB, as `cache_size` wants it negative). Holds the
+/// newest segment's index pages, the hot part of `names`/`dirs` and the table's tail; see
+/// docs/store.md for what it costs in RSS.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// WAL pages before an automatic checkpoint (4 KiB pages: 64 MiB). A page rewritten by
+/// several commits between two checkpoints is copied to the database once.
+const WAL_AUTOCHECKPOINT: i64 = 16384;
 /// The WAL file is truncated back to this after a checkpoint.
-const JOURNAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Maps a SQLite error to the store's error classes.

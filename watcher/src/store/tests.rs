@@ -188,6 +188,108 @@ fn older_schema_is_migrated_by_the_writer() {
     assert_eq!(r.stats().expect("stats").schema_version, SCHEMA_VERSION);
 }
 
+/// A version-1 store as the previous release wrote it (its schema SQL, rows as its writer
+/// stored them), migrated by this writer: old events keep answering, new ones join them.
+#[test]
+fn version_1_store_is_migrated_with_its_events() {
+    let dir = TempDir::new("v1");
+    let c = rusqlite::Connection::open(dir.db()).expect("raw");
+    c.execute_batch(&format!(
+        "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; {} \
+         PRAGMA application_id = {}; PRAGMA user_version = 1;",
+        schema::V1,
+        schema::APPLICATION_ID
+    ))
+    .expect("v1 schema");
+    c.execute_batch(&format!(
+        "INSERT INTO atoms (id, kind, text) VALUES (2, 0, 'create'), (3, 0, 'unlink'), \
+             (4, 0, 'rename');
+         INSERT INTO dirs (id, path, inner) VALUES (1, X'{}', NULL);
+         INSERT INTO names (id, dir, name) VALUES (1, 1, X'{}'), (2, 1, X'{}');
+         INSERT INTO procs (id, hash, pid, tid, ppid, comm, exe, cmdline, uid, gid, unit, \
+             container, cgroup_id, mnt_ns, ancestors, clock_off, last_seen) \
+             VALUES (1, 7, 4242, 4242, 1, 'rm', '/usr/bin/rm', '[\"rm\",\"f.txt\"]', 0, 0, \
+             NULL, NULL, 0, 4026531840, '[]', {BOOT}, {t2});
+         INSERT INTO events (id, path, op, proc, result, adj, mono_d, errno, new_path, inode, \
+             dev, details) VALUES \
+             ({t0}, 1, 2, 1, 1, 0, 0, NULL, NULL, NULL, NULL, NULL), \
+             ({t1}, 2, 4, 1, 1, 0, 0, NULL, 1, NULL, NULL, NULL), \
+             ({t2}, 1, 3, 1, 1, 0, 0, NULL, NULL, NULL, NULL, NULL);
+         UPDATE meta SET value = 3 WHERE key = 'events';",
+        hex(b"/var/lib/x"),
+        hex(b"f.txt"),
+        hex(b"g.txt"),
+        t0 = T0,
+        t1 = T0 + SEC,
+        t2 = T0 + 2 * SEC,
+    ))
+    .expect("v1 rows");
+    drop(c);
+    match Store::open_read_only(dir.db()) {
+        Err(StoreError::OlderSchema { found: 1, .. }) => {}
+        other => panic!("reader of a v1 store: {other:?}"),
+    }
+    // One event per segment from now on: the old events (segment 0) and each new one are
+    // in different segments.
+    let opts = StoreOptions {
+        segment_events: 1,
+        ..opts_no_retention()
+    };
+    let mut w = Store::open(dir.db(), opts).expect("migrate v1");
+    w.begin_run(at(T0 + 10 * SEC)).expect("run");
+    let mut e = ev(T0 + 11 * SEC, "create", "/var/lib/x/f.txt");
+    e.mono_ns = (T0 + 11 * SEC - BOOT) as u64;
+    w.append_event(&e).expect("append");
+    w.append_event(&ev(T0 + 12 * SEC, "unlink", "/var/lib/x/f.txt"))
+        .expect("append");
+    w.flush().expect("flush");
+    let r = Store::open_read_only(dir.db()).expect("reader after migration");
+    let st = r.stats().expect("stats");
+    assert_eq!(st.schema_version, SCHEMA_VERSION);
+    assert_eq!(st.events, 5);
+    let segs: Vec<(i64, i64)> = {
+        let c = rusqlite::Connection::open(dir.db()).expect("raw");
+        let mut s = c
+            .prepare("SELECT seg, events FROM segments ORDER BY seg")
+            .expect("segments");
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("segments")
+    };
+    assert_eq!(
+        segs.first(),
+        Some(&(0, 3)),
+        "v1 events are segment 0: {segs:?}"
+    );
+    assert!(segs.len() >= 3, "{segs:?}");
+    let h = r
+        .history(&PathQuery::new("/var/lib/x/f.txt"))
+        .expect("history");
+    let got: Vec<(&str, i64)> = h.iter().map(|e| (e.op.as_str(), e.time_ns)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("unlink", T0 + 12 * SEC),
+            ("create", T0 + 11 * SEC),
+            ("unlink", T0 + 2 * SEC),
+            ("rename", T0 + SEC),
+            ("create", T0),
+        ]
+    );
+    // The v1 row reads back whole: process from the old procs row, mono_ns from clock_off.
+    let old = &h[4];
+    assert_eq!(old.process.comm, "rm");
+    assert_eq!(old.process.cmdline, vec!["rm", "f.txt"]);
+    assert_eq!(old.mono_ns, (T0 - BOOT) as u64);
+    let d = r
+        .who_deleted(&PathQuery::new("/var/lib/x/f.txt"), DeleteOptions::new())
+        .expect("who-deleted");
+    let kinds: Vec<_> = d.iter().map(|e| e.deletion.unwrap_or("?")).collect();
+    assert_eq!(kinds, vec!["unlink", "unlink", "rename_onto"]);
+    assert_eq!(w.integrity_check().expect("check"), vec!["ok"]);
+}
+
 #[test]
 fn missing_corrupt_foreign_and_locked_are_distinct() {
     let dir = TempDir::new("errors");
@@ -278,6 +380,7 @@ fn full_event() -> FileEvent {
             owner_gid: Some(4_294_967_294),
             rdev: Some("0:0".into()),
             whiteout: Some(true),
+            overwritten: None,
             open_flags: vec!["write", "create", "truncate"],
             notes: vec!["by_fd", "not_closed"],
             containerd: Some(Box::new(ContainerdView {
@@ -368,7 +471,12 @@ fn events_round_trip_with_the_same_json() {
 // Queries
 
 fn seeded_store(dir: &TempDir) -> Store {
-    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    // Four events per segment: every query below runs over many segments.
+    let opts = StoreOptions {
+        segment_events: 4,
+        ..opts_no_retention()
+    };
+    let mut w = Store::open(dir.db(), opts).expect("open");
     w.begin_run(at(T0)).expect("run");
     let mut t = T0;
     let mut push = |w: &mut Store, mut e: FileEvent| {
@@ -749,9 +857,11 @@ fn gaps_record_loss_downtime_and_unclean_stops() {
 #[test]
 fn retention_by_age_prunes_oldest_and_records_it() {
     let dir = TempDir::new("age");
+    // Ten events per segment: pruning removes whole segments and cuts one.
     let opts = StoreOptions {
         retention_age: Some(Duration::from_secs(50)),
         retention_bytes: None,
+        segment_events: 10,
         ..Default::default()
     };
     let mut w = Store::open(dir.db(), opts).expect("open");
@@ -797,6 +907,7 @@ fn retention_by_size_keeps_the_database_under_the_limit() {
     let opts = StoreOptions {
         retention_age: None,
         retention_bytes: Some(limit),
+        segment_events: 500,
         ..Default::default()
     };
     let mut w = Store::open(dir.db(), opts).expect("open");
@@ -1082,10 +1193,10 @@ fn full_disk_is_survived_and_recorded() {
 #[test]
 fn bench_smoke() {
     let dir = TempDir::new("bench");
-    let r = bench::bench_with(&dir.0, 10_000, BenchScenario::Mixed, 1).expect("bench");
+    let r = bench::bench_with(&dir.0, 10_000, BenchScenario::Mixed, 1, false).expect("bench");
     assert_eq!(r.events, 10_000);
     assert!(r.bytes_per_event > 0.0 && r.bytes_per_event < r.json_bytes_per_event);
-    let r = bench::bench_with(&dir.0, 3_000, BenchScenario::DeleteFlood, 1).expect("flood");
+    let r = bench::bench_with(&dir.0, 3_000, BenchScenario::DeleteFlood, 1, false).expect("flood");
     assert_eq!(r.distinct_paths, 3_000);
 }
 
@@ -1139,5 +1250,74 @@ fn bench_ingest_only() {
         n as f64 / spent.as_secs_f64(),
         bytes as f64 / n as f64,
         stats.distinct_paths
+    );
+}
+
+/// The layout of one audit record: its field names, with the values that shape an event
+/// (record type, item count, name types) kept.
+fn audit_layout(line: &str) -> Vec<String> {
+    line.split([' ', '\u{1d}'])
+        .filter_map(|tok| tok.split_once('='))
+        .map(|(k, v)| match k {
+            "type" | "items" | "nametype" | "success" => format!("{k}={v}"),
+            _ => k.to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn synthesised_audit_records_have_the_captured_layout() {
+    let mut real: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for line in audit_log::CAPTURED.lines() {
+        let serial = audit_log::serial_of(line.as_bytes()).expect("serial");
+        real.entry(serial).or_default().push(line);
+    }
+    let mut compared = 0;
+    for records in real.values() {
+        let Some(syscall) = records
+            .iter()
+            .find(|l| l.starts_with("type=SYSCALL") && l.contains("comm=\"python3\""))
+        else {
+            continue; // auditctl's own rule changes
+        };
+        let name = syscall
+            .split([' ', '\u{1d}'])
+            .find_map(|t| t.strip_prefix("SYSCALL="))
+            .expect("syscall name");
+        let op = match name {
+            "openat" => "create",
+            "unlink" => "unlink",
+            other => other,
+        };
+        let mut e = ev(T0, op, audit_log::CAPTURED_PATH);
+        e.process = process(21222, "python3");
+        if op == "rename" {
+            e.new_path = Some(PathText(
+                format!("{}.tmp0", audit_log::CAPTURED_PATH).into(),
+            ));
+        }
+        let mut out = String::new();
+        audit_log::format_event(&mut out, &e, 7);
+        let synth: Vec<Vec<String>> = out.lines().map(audit_layout).collect();
+        let mut want: Vec<Vec<String>> = records.iter().map(|l| audit_layout(l)).collect();
+        if op == "unlink" {
+            // Captured: unlink(2) (Python); synthesised: unlinkat(2), what rm and containerd
+            // call. Same records; the syscall number and name differ only in value.
+            want = want
+                .into_iter()
+                .map(|r| {
+                    r.into_iter()
+                        .map(|k| k.replace("=unlink", "=unlinkat"))
+                        .collect()
+                })
+                .collect();
+        }
+        assert_eq!(synth, want, "{op}:\n{out}\nvs\n{}", records.join("\n"));
+        compared += 1;
+    }
+    assert_eq!(compared, 8, "every captured operation compared");
+    assert_eq!(
+        audit_log::serial_of(b"type=CWD msg=audit(1.002:77): cwd=\"/\""),
+        Some(77)
     );
 }

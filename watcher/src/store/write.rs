@@ -15,8 +15,13 @@ use super::codec::{self, AtomKind, Fnv};
 use super::read::proc_from_row;
 use super::{Gap, PruneReport, Store, StoreError, StoreOptions, ns, schema};
 
-/// Entries in the path cache before it is emptied (bounds memory: ~150 bytes each).
-const PATH_CACHE_MAX: usize = 200_000;
+/// Entries in the path cache before it is emptied. Keys are 128-bit hashes of the path, not
+/// the path (25 bytes a bucket), so the cache can hold every path of a busy node: a miss
+/// costs two lookups in `names_dir_name`, the writer's largest index. 7/8 of 2^20: the most
+/// the hash table holds in 2^20 buckets (25 MiB) without doubling.
+const PATH_CACHE_MAX: usize = (1 << 20) / 8 * 7;
+/// Entries in the directory cache before it is emptied (~150 bytes each).
+const DIR_CACHE_MAX: usize = 100_000;
 /// Entries in the process cache before it is emptied.
 const PROC_CACHE_MAX: usize = 50_000;
 /// Pruned gaps written within this long of each other are merged into one record.
@@ -66,7 +71,8 @@ pub(crate) struct Writer {
     committed: u64,
     atoms: HashMap<AtomKind, HashMap<String, i64>>,
     dirs: HashMap<Vec<u8>, i64>,
-    paths: HashMap<Vec<u8>, i64>,
+    /// Path bytes' 128-bit hash ([`path_key`]) -> `names.id`.
+    paths: HashMap<u128, i64>,
     procs: HashMap<u64, CachedProc>,
     /// Recent containerd objects (without `path`) and their JSON.
     containerd: HashMap<u64, Vec<(ContainerdView, String)>>,
@@ -74,6 +80,12 @@ pub(crate) struct Writer {
     touched: HashMap<i64, i64>,
     /// Largest event id (None: to be read from the database).
     max_id: Option<i64>,
+    /// The segment new events go to and how many it holds (None: to be read from the
+    /// database). Kept across rollbacks: a count off by a failed batch only moves the next
+    /// segment's start.
+    seg: Option<(i64, u64)>,
+    /// Per segment in the open transaction: (smallest id, largest id, events).
+    batch_segs: BTreeMap<i64, (i64, i64, u64)>,
     run_id: Option<i64>,
     heartbeat_ns: i64,
     /// Latest time the store was told about (events, heartbeats, runs).
@@ -206,6 +218,21 @@ fn step_all(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The path cache's key: two independent 64-bit hashes of the bytes (FNV-1a and SipHash-1-3
+/// with fixed keys). Two distinct paths share a key with probability ~2^-128 per pair
+/// (about 2^-88 for a million cached paths): negligible next to disk errors.
+fn path_key(path: &[u8]) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut fnv = Fnv::new();
+    fnv.bytes(path);
+    // SipHasher is deprecated only in favour of the randomly keyed default; the keys must be
+    // fixed here (deterministic), and the cache never leaves the process.
+    #[allow(deprecated)]
+    let mut sip = std::hash::SipHasher::new_with_keys(0x6374_7277_7061_7468, 0x5eed_cafe_f00d_beef);
+    path.hash(&mut sip);
+    (u128::from(fnv.finish()) << 64) | u128::from(sip.finish())
+}
+
 /// Stable hash of a process description (also the in-memory cache key).
 pub(crate) fn proc_hash(p: &ProcessView) -> u64 {
     let mut h = Fnv::new();
@@ -267,6 +294,8 @@ impl Writer {
             containerd: HashMap::new(),
             touched: HashMap::new(),
             max_id: None,
+            seg: None,
+            batch_segs: BTreeMap::new(),
             run_id: None,
             heartbeat_ns: i64::MIN,
             latest_ns: i64::MIN,
@@ -360,7 +389,7 @@ impl Writer {
                 conn.last_insert_rowid()
             }
         };
-        if self.dirs.len() >= PATH_CACHE_MAX {
+        if self.dirs.len() >= DIR_CACHE_MAX {
             self.dirs.clear();
         }
         self.dirs.insert(dir.to_vec(), id);
@@ -368,7 +397,8 @@ impl Writer {
     }
 
     fn path_id(&mut self, conn: &Connection, path: &[u8]) -> rusqlite::Result<i64> {
-        if let Some(&id) = self.paths.get(path) {
+        let key = path_key(path);
+        if let Some(&id) = self.paths.get(&key) {
             return Ok(id);
         }
         let (dir, name) = codec::split_path(path);
@@ -385,7 +415,7 @@ impl Writer {
         if self.paths.len() >= PATH_CACHE_MAX {
             self.paths.clear();
         }
-        self.paths.insert(path.to_vec(), id);
+        self.paths.insert(key, id);
         Ok(id)
     }
 
@@ -518,6 +548,29 @@ impl Writer {
         Ok(m)
     }
 
+    /// The segment the next event goes to: the newest, or a new one once it holds
+    /// `segment_events`.
+    fn segment(&mut self, conn: &Connection) -> rusqlite::Result<i64> {
+        let (seg, n) = match self.seg {
+            Some(s) => s,
+            None => conn
+                .query_row(
+                    "SELECT seg, events FROM segments ORDER BY seg DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64)),
+                )
+                .optional()?
+                .unwrap_or((0, 0)),
+        };
+        let cur = if n >= self.opts.segment_events.max(1) {
+            (seg.saturating_add(1), 0)
+        } else {
+            (seg, n)
+        };
+        self.seg = Some(cur);
+        Ok(cur.0)
+    }
+
     fn insert_event(
         &mut self,
         conn: &Connection,
@@ -564,10 +617,11 @@ impl Writer {
         )?;
         let mono_d = clock.wrapping_sub(clock_off);
         let max_id = self.max_id(conn)?;
+        let seg = self.segment(conn)?;
         // OR IGNORE: a taken id is reported as 0 rows changed (no statement journal needed).
         let mut stmt = conn.prepare_cached(
             "INSERT OR IGNORE INTO events (id, path, op, proc, result, adj, mono_d, errno, new_path, inode, \
-             dev, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             dev, details, seg) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         let mut id = time_ns;
         let mut tries = 0;
@@ -585,6 +639,7 @@ impl Writer {
                 ev.inode.map(|i| i as i64),
                 dev,
                 details,
+                seg,
             ]);
             match r {
                 Ok(1) => break,
@@ -603,6 +658,13 @@ impl Writer {
             }
         }
         self.max_id = Some(max_id.max(id));
+        if let Some((_, n)) = &mut self.seg {
+            *n += 1;
+        }
+        let s = self.batch_segs.entry(seg).or_insert((id, id, 0));
+        s.0 = s.0.min(id);
+        s.1 = s.1.max(id);
+        s.2 += 1;
         let t = self.touched.entry(proc_id).or_insert(id);
         *t = (*t).max(id);
         self.batch += 1;
@@ -640,6 +702,7 @@ impl Writer {
         self.batch_from = i64::MAX;
         self.batch_to = i64::MIN;
         self.touched.clear();
+        self.batch_segs.clear();
     }
 
     fn commit(&mut self, conn: &Connection) -> rusqlite::Result<()> {
@@ -664,6 +727,16 @@ impl Writer {
         if self.batch > 0 {
             conn.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'events'")?
                 .execute(params![self.batch as i64])?;
+        }
+        {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO segments (seg, lo, hi, events) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (seg) DO UPDATE SET lo = min(lo, excluded.lo), \
+                 hi = max(hi, excluded.hi), events = events + excluded.events",
+            )?;
+            for (&seg, &(lo, hi, n)) in &self.batch_segs {
+                stmt.execute(params![seg, lo, hi, n as i64])?;
+            }
         }
         conn.execute_batch("COMMIT")?;
         self.in_txn = false;
@@ -818,10 +891,24 @@ impl Writer {
                 params![upto],
             )?;
             let removed = conn.execute("DELETE FROM events WHERE id <= ?1", params![upto])? as u64;
+            // Segments wholly removed go; a partly removed one gets its new range and count
+            // (one scan of that segment's index range).
+            conn.execute("DELETE FROM segments WHERE hi <= ?1", params![upto])?;
+            conn.execute(
+                "UPDATE segments SET \
+                     lo = coalesce((SELECT min(id) FROM events WHERE seg = segments.seg), lo), \
+                     events = (SELECT count(*) FROM events WHERE seg = segments.seg) \
+                 WHERE lo <= ?1",
+                params![upto],
+            )?;
+            conn.execute("DELETE FROM segments WHERE events = 0", [])?;
+            // A path is still referenced if some remaining segment's index range has it.
             conn.execute_batch(
                 "DELETE FROM temp.prune_names WHERE \
-                     EXISTS (SELECT 1 FROM events WHERE path = temp.prune_names.id) \
-                     OR EXISTS (SELECT 1 FROM events WHERE new_path = temp.prune_names.id);
+                     EXISTS (SELECT 1 FROM events WHERE seg IN (SELECT seg FROM segments) \
+                             AND path = temp.prune_names.id) \
+                     OR EXISTS (SELECT 1 FROM events WHERE seg IN (SELECT seg FROM segments) \
+                             AND new_path = temp.prune_names.id);
                  INSERT OR IGNORE INTO temp.prune_dirs \
                      SELECT dir FROM names WHERE id IN (SELECT id FROM temp.prune_names);
                  DELETE FROM names WHERE id IN (SELECT id FROM temp.prune_names);

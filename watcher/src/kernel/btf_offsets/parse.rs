@@ -378,6 +378,31 @@ impl Btf {
             .collect()
     }
 
+    /// Ids of the types of kind `kind` named `name`, in id order. A linear scan (vmlinux has
+    /// about 150 000 types: a few milliseconds), for the rare lookups that are not of a struct.
+    pub(super) fn types_named(&self, name: &str, kind: Kind) -> Result<Vec<u32>, ParseError> {
+        let mut found = Vec::new();
+        for (i, &pos) in self.type_pos.iter().enumerate() {
+            let ty = self.decode(pos)?;
+            if ty.kind == kind && ty.name_off != 0 && self.name(ty.name_off)? == name.as_bytes() {
+                // type_pos never holds more than u32::MAX entries (checked by index_types).
+                found.push(u32::try_from(i + 1).unwrap_or(u32::MAX));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Parameter type ids of a FUNC_PROTO (empty for other kinds).
+    pub(super) fn params(&self, ty: &TypeInfo) -> Result<Vec<u32>, ParseError> {
+        if ty.kind != Kind::FuncProto {
+            return Ok(Vec::new());
+        }
+        // struct btf_param: name_off, type.
+        (0..to_usize(ty.vlen))
+            .map(|i| self.u32_at(ty.data_pos + i * 8 + 4))
+            .collect()
+    }
+
     /// Members of a struct or union (empty for other kinds).
     pub(super) fn members(&self, ty: &TypeInfo) -> Result<Vec<Member>, ParseError> {
         if !matches!(ty.kind, Kind::Struct | Kind::Union) {

@@ -1,0 +1,229 @@
+//! Rendering an audit [`Report`]: grouped by severity for people, one JSON document for
+//! machines; and `--since-watch`, which asks the history store who last touched each path.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{Finding, Report, Severity};
+use crate::store::{PathMatch, PathQuery, Store, StoreError};
+
+/// Orders findings most severe first, then by class and path.
+pub fn sort(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
+        (a.severity(), a.class, &a.path, &a.image_path).cmp(&(
+            b.severity(),
+            b.class,
+            &b.path,
+            &b.image_path,
+        ))
+    });
+}
+
+/// Adds the last recorded operation on each finding's host path from the history store
+/// (read-only: the daemon may be writing it).
+pub fn attach_history(findings: &mut [Finding], store: &Path) -> Result<(), StoreError> {
+    let store = Store::open_read_only(store)?;
+    for f in findings
+        .iter_mut()
+        .filter(|f| f.severity() < Severity::Info)
+    {
+        let Some(path) = &f.path else { continue };
+        let q = PathQuery {
+            matching: PathMatch::Host,
+            limit: Some(1),
+            ..PathQuery::new(path.as_bytes())
+        };
+        if let Some(ev) = store.history(&q)?.into_iter().next() {
+            f.last_touched = serde_json::to_value(&ev).ok();
+        }
+    }
+    Ok(())
+}
+
+/// One line about a stored event: time, op, result, process, exe, parents.
+fn describe_event(ev: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let p = &ev["process"];
+    let mut line = format!(
+        "{} {} ({}) by {} pid {} exe {}",
+        s(&ev["time"]),
+        s(&ev["op"]),
+        s(&ev["result"]),
+        s(&p["comm"]),
+        p["pid"],
+        s(&p["exe"]),
+    );
+    if let Some(unit) = p["unit"].as_str() {
+        let _ = write!(line, " unit {unit}");
+    }
+    if let Some(anc) = p["ancestors"].as_array() {
+        let chain: Vec<String> = anc
+            .iter()
+            .map(|a| format!("{}({})", s(&a["comm"]), a["pid"]))
+            .collect();
+        if !chain.is_empty() {
+            let _ = write!(line, " ← {}", chain.join(" ← "));
+        }
+    }
+    if let Some(v) = ev["containerd"]["verdict"].as_str() {
+        let _ = write!(line, " [{v}]");
+    }
+    line
+}
+
+/// The report for people: a header, then findings grouped by severity, then a summary.
+pub fn render_text(r: &Report) -> String {
+    let mut out = String::new();
+    let st = &r.stats;
+    let _ = writeln!(
+        out,
+        "ctrwatch audit of {} ({}, {:.1} s)",
+        r.root.display(),
+        humantime::format_rfc3339_seconds(r.started),
+        r.duration.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "checked: {} blobs ({}), {} ingests, {} layers ({} tar entries), {} snapshots",
+        st.blobs,
+        human_bytes(st.blob_bytes),
+        st.ingests,
+        st.layers,
+        st.layer_entries,
+        st.snapshots
+    );
+    for sev in Severity::ALL {
+        let group: Vec<&Finding> = r.findings.iter().filter(|f| f.severity() == sev).collect();
+        if group.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{} ({})", sev.name().to_uppercase(), group.len());
+        for f in group {
+            render_finding(&mut out, f);
+        }
+    }
+    if !r.metadata_problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nmetadata records that could not be read ({}):",
+            r.metadata_problems.len()
+        );
+        for p in &r.metadata_problems {
+            let _ = writeln!(out, "  {p}");
+        }
+    }
+    let counts: Vec<String> = r
+        .counts()
+        .iter()
+        .map(|(s, n)| format!("{n} {}", s.name()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nsummary: {} -> {}",
+        counts.join(", "),
+        if r.has_problems() {
+            "problems found (exit 1)"
+        } else {
+            "clean (exit 0)"
+        }
+    );
+    out
+}
+
+fn render_finding(out: &mut String, f: &Finding) {
+    let _ = writeln!(out, "  [{}] {}", f.class, f.message);
+    let field = |out: &mut String, k: &str, v: &str| {
+        let _ = writeln!(out, "      {k:<13} {v}");
+    };
+    if let Some(p) = &f.image_path {
+        field(out, "in image:", p);
+    }
+    if let Some(p) = &f.path {
+        field(out, "path:", p);
+    }
+    if !f.images.is_empty() {
+        field(out, "images:", &f.images.join(", "));
+    }
+    if let Some(l) = &f.layer {
+        field(out, "layer:", l);
+    }
+    if let (Some(b), None) = (&f.blob, &f.layer) {
+        field(out, "blob:", b);
+    }
+    if let Some(s) = &f.snapshot {
+        let key = f
+            .snapshot_key
+            .as_deref()
+            .map(|k| format!(" ({k})"))
+            .unwrap_or_default();
+        field(out, "snapshot:", &format!("{s}{key}"));
+    }
+    if let Some(ns) = &f.namespace {
+        field(out, "namespace:", ns);
+    }
+    for (k, v) in &f.facts {
+        field(out, &format!("{k}:"), v);
+    }
+    if let Some(ev) = &f.last_touched {
+        field(out, "last touched:", &describe_event(ev));
+    }
+    if !f.remediation.is_empty() {
+        let _ = writeln!(out, "      fix:");
+        for (i, step) in f.remediation.iter().enumerate() {
+            let _ = writeln!(out, "        {}. {step}", i + 1);
+        }
+    }
+}
+
+/// `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_by_severity_then_class() {
+        let mut v = vec![
+            Finding::new(Severity::Info, "b", "x"),
+            Finding::new(Severity::Critical, "z", "x"),
+            Finding::new(Severity::Critical, "a", "x"),
+            Finding::new(Severity::Warning, "a", "x"),
+        ];
+        sort(&mut v);
+        let order: Vec<(Severity, &str)> = v.iter().map(|f| (f.severity(), f.class)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (Severity::Critical, "a"),
+                (Severity::Critical, "z"),
+                (Severity::Warning, "a"),
+                (Severity::Info, "b"),
+            ]
+        );
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}
