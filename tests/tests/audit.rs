@@ -192,6 +192,25 @@ fn audit_metadata_classes_on_a_real_containerd() -> Result<()> {
     assert_eq!(f["path"], orphan.to_string_lossy().as_ref(), "{f}");
     std::fs::remove_dir_all(&orphan)?;
 
+    // 3b. An active snapshot no container uses (left by a client that prepared it and went
+    //     away).
+    cd.ctr(&[
+        "snapshots",
+        "prepare",
+        "audit-left-behind",
+        &kept.chain_ids[1],
+    ])?;
+    let f = one_problem(&cd, "snapshot-active-orphan");
+    assert_eq!(f["snapshot_key"], "audit-left-behind", "{f}");
+    assert!(
+        str_list(&f["remediation"])
+            .iter()
+            .any(|s| s.contains("snapshots --snapshotter overlayfs rm audit-left-behind")),
+        "{f}"
+    );
+    cd.ctr(&["snapshots", "rm", "audit-left-behind"])?;
+    cd.gc()?;
+
     // 4. A CRI-labelled container without CRI's metadata extension (what CRI writes itself).
     cd.ctr(&[
         "containers",

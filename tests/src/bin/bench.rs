@@ -1099,6 +1099,16 @@ impl Drop for Ctrwatch {
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: &str = "17";
+/// ctrwatch's rename-target hooks (raw tracepoints of filesystems): they run on every inode
+/// change of those filesystems, so they are part of what a workload outside the root pays.
+const FS_HOOKS: [&str; 4] = [
+    "ext4_mark_inode_dirty",
+    "xfs_iunlink",
+    "xfs_iunlink_remove",
+    "btrfs_inode_evict",
+];
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
@@ -1169,6 +1179,12 @@ fn load_empty_program() -> io::Result<OwnedFd> {
         (&raw const attr).cast(),
         std::mem::size_of::<ProgLoadAttr>(),
     )
+}
+
+/// Whether the kernel has filesystem tracepoint `name` (`events/<fs>/<name>`).
+fn fs_tracepoint_exists(name: &str) -> bool {
+    let fs = name.split('_').next().unwrap_or_default();
+    tracefs().join("events").join(fs).join(name).is_dir()
 }
 
 fn tracefs() -> PathBuf {
@@ -1266,11 +1282,25 @@ fn attach(pairs: &[(&str, BorrowedFd<'_>)]) -> Result<Attached> {
     Ok(Attached { events })
 }
 
+/// Attaches a raw-tracepoint program, as ctrwatch does; detached when the fd is closed.
+fn attach_raw_tracepoint(tp: &str, prog: BorrowedFd<'_>) -> Result<OwnedFd> {
+    let name = std::ffi::CString::new(tp).context("tracepoint name")?;
+    // bpf_attr.raw_tracepoint: name (pointer), prog_fd, padding.
+    let mut attr = [0u8; 16];
+    attr[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_RAW_TRACEPOINT_OPEN, attr.as_ptr(), attr.len())
+        .with_context(|| format!("attaching the raw tracepoint {tp}"))
+}
+
 /// ctrwatch's syscall-tracepoint programs, taken over from a running ctrwatch (pidfd_getfd)
 /// so that they outlive it with their maps, and the empty program for the floor.
 struct Programs {
     /// Tracepoint name (= program name) and program.
     ctrwatch: Vec<(String, OwnedFd)>,
+    /// ctrwatch's raw-tracepoint programs on filesystem tracepoints ([`FS_HOOKS`]) that
+    /// exist on this kernel.
+    fs_hooks: Vec<(String, OwnedFd)>,
     empty: OwnedFd,
 }
 
@@ -1281,7 +1311,13 @@ impl Programs {
             .iter()
             .map(|(n, fd)| (n.as_str(), fd.as_fd()))
             .collect();
-        attach(&pairs)
+        let mut attached = attach(&pairs)?;
+        for (name, prog) in &self.fs_hooks {
+            attached
+                .events
+                .push(attach_raw_tracepoint(name, prog.as_fd())?);
+        }
+        Ok(attached)
     }
 
     fn attach_empty(&self) -> Result<Attached> {
@@ -1333,6 +1369,7 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
     let syscalls = tracefs().join("events/syscalls");
     let dir = format!("/proc/{pid}/fdinfo");
     let mut found: BTreeMap<String, OwnedFd> = BTreeMap::new();
+    let mut hooks: BTreeMap<String, OwnedFd> = BTreeMap::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
         let Ok(entry) = entry else { continue };
         let Some(fd) = entry
@@ -1350,18 +1387,24 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
                 .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
                 .map(|v| v.trim().to_string())
         };
-        // Program fds (not links, which also name a prog_id) of tracepoint programs.
-        if field("prog_type").as_deref() != Some("5") || field("link_type").is_some() {
+        // Program fds (not links, which also name a prog_id) of tracepoint programs, and the
+        // filesystem hooks among the raw-tracepoint ones.
+        let prog_type = field("prog_type");
+        let raw = prog_type.as_deref() == Some(BPF_PROG_TYPE_RAW_TRACEPOINT);
+        if !(prog_type.as_deref() == Some("5") || raw) || field("link_type").is_some() {
             continue;
         }
         let Some(id) = field("prog_id").and_then(|v| v.parse::<u32>().ok()) else {
             continue;
         };
         let Some(name) = names.get(&id) else { continue };
-        if !(name.starts_with("sys_enter_") || name.starts_with("sys_exit_"))
-            || !syscalls.join(name).join("id").exists()
-            || found.contains_key(name)
-        {
+        let wanted = if raw {
+            FS_HOOKS.contains(&name.as_str()) && fs_tracepoint_exists(name)
+        } else {
+            (name.starts_with("sys_enter_") || name.starts_with("sys_exit_"))
+                && syscalls.join(name).join("id").exists()
+        };
+        if !wanted || found.contains_key(name) || hooks.contains_key(name) {
             continue;
         }
         // SAFETY: plain syscall; the result is checked.
@@ -1371,7 +1414,12 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
                 .context(format!("pidfd_getfd({pid}, {fd}) for {name}"));
         }
         // SAFETY: fresh fd from the kernel.
-        found.insert(name.clone(), unsafe { OwnedFd::from_raw_fd(dup as i32) });
+        let dup = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+        if raw {
+            hooks.insert(name.clone(), dup);
+        } else {
+            found.insert(name.clone(), dup);
+        }
     }
     if found.is_empty() {
         bail!("no syscall tracepoint programs found in ctrwatch's fds");
@@ -1379,6 +1427,7 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
     let empty = load_empty_program().context("loading an empty BPF tracepoint program")?;
     Ok(Programs {
         ctrwatch: found.into_iter().collect(),
+        fs_hooks: hooks.into_iter().collect(),
         empty,
     })
 }
@@ -1908,6 +1957,8 @@ struct Bench {
     /// Daemon phase: runs by configuration, place and workload (index = repetition).
     runs: BTreeMap<(Config, Place, Workload), Vec<Run>>,
     tracepoints: Vec<String>,
+    /// ctrwatch's filesystem hooks attached with its syscall programs in the paired phase.
+    fs_hooks: Vec<String>,
     bpf_costs: BTreeMap<(Place, Workload), BpfCost>,
     bpf_cost_skipped: Option<String>,
     ctrwatch_idle: Option<DaemonIdle>,
@@ -2061,9 +2112,12 @@ impl Bench {
             match take_programs(cw.pid, &names) {
                 Ok(p) => {
                     self.tracepoints = p.tracepoints();
+                    self.fs_hooks = p.fs_hooks.iter().map(|(n, _)| n.clone()).collect();
                     progress(format!(
-                        "took over ctrwatch's {} syscall tracepoint programs",
-                        p.ctrwatch.len()
+                        "took over ctrwatch's {} syscall tracepoint programs and its \
+                         filesystem hooks {:?}",
+                        p.ctrwatch.len(),
+                        self.fs_hooks
                     ));
                     Some(p)
                 }
@@ -2833,7 +2887,8 @@ impl Bench {
              control. Between passes the bench attaches or detaches the programs. \"ctrwatch\" \
              here is ctrwatch's own {} syscall-tracepoint programs with their maps, taken over \
              from a running ctrwatch (`pidfd_getfd`) and attached the way ctrwatch attaches \
-             them; its three scheduler programs (exec, fork, exit) are left out, as they run \
+             them, plus its rename-target hooks on filesystem tracepoints ({}); its three \
+             scheduler programs (exec, fork, exit) are left out, as they run \
              once per process, not per syscall, and its userspace has nothing to do for a \
              workload outside the root (the daemon phase below runs the real daemon). \"Empty \
              programs\" is `r0 = 0; exit` on the same tracepoints ({}): what any \
@@ -2844,6 +2899,15 @@ impl Bench {
             self.rounds,
             if self.args.quick { 4 } else { 12 },
             self.tracepoints.len(),
+            if self.fs_hooks.is_empty() {
+                "none on this kernel".to_string()
+            } else {
+                self.fs_hooks
+                    .iter()
+                    .map(|h| format!("`{h}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
             abbreviate(&self.tracepoints),
             self.paired_ns(Config::Auditd, Workload::Write1)
                 .map(|v| v.len())
@@ -3525,6 +3589,7 @@ fn bench(args: Args) -> Result<()> {
         audit_skipped,
         runs: BTreeMap::new(),
         tracepoints: Vec::new(),
+        fs_hooks: Vec::new(),
         bpf_costs: BTreeMap::new(),
         bpf_cost_skipped: None,
         ctrwatch_idle: None,

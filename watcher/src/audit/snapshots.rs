@@ -300,3 +300,62 @@ pub fn remediate_layer(
     }
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containerd::metadata::{BackendSnapshot, SnapshotterState};
+    use crate::containerd::{Model, RootLayout};
+
+    /// A snapshot whose parent the snapshotter does not have (its database lost the record):
+    /// containerd 1.6 cannot produce it on demand, so the model is built by hand over a real
+    /// directory.
+    #[test]
+    fn parent_missing_is_critical() {
+        let root =
+            std::env::temp_dir().join(format!("ctrwatch-audit-parent-{}", std::process::id()));
+        let sn_root = root.join("io.containerd.snapshotter.v1.overlayfs");
+        std::fs::create_dir_all(sn_root.join("snapshots/2/fs")).expect("mkdir");
+        let key = "default/2/sha256:child".to_owned();
+        let mut state = SnapshotterState {
+            name: "overlayfs".into(),
+            root: sn_root.clone(),
+            ..SnapshotterState::default()
+        };
+        state.by_id.insert(2, key.clone());
+        state.snapshots.insert(
+            key.clone(),
+            BackendSnapshot {
+                key: key.clone(),
+                id: 2,
+                kind: SnapshotKind::Committed,
+                parent: Some("default/1/sha256:gone".into()),
+                labels: Default::default(),
+                size: None,
+                inodes: None,
+                created_at: None,
+            },
+        );
+        let mut model = Model::default();
+        model.layout = RootLayout::new(&root);
+        model.snapshotters.insert("overlayfs".into(), state);
+        let out = check(&Context::for_model(model));
+        let _ = std::fs::remove_dir_all(&root);
+        let classes: Vec<&str> = out.findings.iter().map(|f| f.class).collect();
+        // No namespace records it either: the metadata GC would remove it.
+        assert_eq!(
+            classes,
+            vec!["snapshot-parent-missing", "snapshot-unreferenced"],
+            "{:?}",
+            out.findings
+        );
+        let f = &out.findings[0];
+        assert_eq!(f.severity(), Severity::Critical);
+        assert_eq!(f.snapshot.as_deref(), Some("overlayfs/2"));
+        assert!(
+            f.facts
+                .iter()
+                .any(|(k, v)| k == "parent" && v.contains("gone"))
+        );
+    }
+}
