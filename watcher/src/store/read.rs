@@ -573,13 +573,7 @@ impl Store {
             id_list(names),
             id_list(ops)
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        Store::newest_over_segments(&segs, limit, |seg| {
-            let rows = stmt
-                .query_map(params![seg, lo, hi, limit], |r| r.get::<_, i64>(0))
-                .map_err(|e| self.err(e))?;
-            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-        })
+        self.ids_in_segments(&sql, &segs, lo, hi, limit)
     }
 
     fn ids_by_new_path(
@@ -598,8 +592,21 @@ impl Store {
              AND id BETWEEN ?2 AND ?3 ORDER BY id DESC LIMIT ?4",
             id_list(names)
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        Store::newest_over_segments(&segs, limit, |seg| {
+        self.ids_in_segments(&sql, &segs, lo, hi, limit)
+    }
+
+    /// Runs `sql` (parameters: segment, lowest id, highest id, limit; one id column) in each
+    /// of `segs`, newest first, until `limit` ids are certain.
+    fn ids_in_segments(
+        &self,
+        sql: &str,
+        segs: &[(i64, i64)],
+        lo: i64,
+        hi: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        Store::newest_over_segments(segs, limit, |seg| {
             let rows = stmt
                 .query_map(params![seg, lo, hi, limit], |r| r.get::<_, i64>(0))
                 .map_err(|e| self.err(e))?;
