@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// What a bytes phase shows: done, total, throughput, time left.
+const BYTES_TEMPLATE: &str =
+    "{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
+/// What a files phase shows.
+const FILES_TEMPLATE: &str = "{prefix:>14} [{bar:30}] {pos}/{len} files {per_sec} ETA {eta}";
+
 /// A progress bar that may be hidden. All methods are no-ops when hidden.
 #[derive(Clone, Debug)]
 pub struct Progress {
@@ -48,12 +54,10 @@ impl Progress {
     /// Starts a phase named `name` with `total` units to do (0 if unknown).
     pub fn phase(&self, name: &str, total: u64, unit: Unit) {
         let template = match unit {
-            Unit::Bytes => {
-                "{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"
-            }
-            Unit::Files => "{prefix:>14} [{bar:30}] {pos}/{len} files {per_sec} ETA {eta}",
+            Unit::Bytes => BYTES_TEMPLATE,
+            Unit::Files => FILES_TEMPLATE,
         };
-        // The templates are constants: a failure here is a bug caught by the tests.
+        // The templates are constants, checked by the tests below.
         if let Ok(style) = ProgressStyle::with_template(template) {
             self.bar.set_style(style.progress_chars("=> "));
         }
@@ -83,5 +87,23 @@ impl Progress {
     /// Removes the bar from the terminal.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_valid() {
+        for t in [BYTES_TEMPLATE, FILES_TEMPLATE] {
+            assert!(ProgressStyle::with_template(t).is_ok(), "{t}");
+        }
+        // A hidden bar takes every call without drawing.
+        let p = Progress::hidden();
+        p.phase("hashing", 10, Unit::Bytes);
+        p.inc(5);
+        p.inc_total(5);
+        p.finish();
     }
 }
