@@ -2179,43 +2179,7 @@ impl Bench {
                 self.rounds
             ));
             for w in Self::order(round) {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let quiet = wait_quiet()?;
-                    let (got, other, io) =
-                        self.paired_passes(w, round, batches, programs, &MAIN_CONFIGS)?;
-                    let disturbed = !quiet || other > QUIET_CORES || io > QUIET_IO;
-                    if disturbed && attempt < 3 {
-                        progress(format!(
-                            "  {} disturbed (other CPU use {other:.2} cores, I/O stall {:.0} %); again",
-                            w.arg(),
-                            io * 100.0
-                        ));
-                        continue;
-                    }
-                    self.paired_groups += 1;
-                    if disturbed {
-                        self.paired_disturbed += 1;
-                    }
-                    let mut line = Vec::new();
-                    for c in [
-                        Config::Baseline,
-                        Config::Ctrwatch,
-                        Config::Floor,
-                        Config::Control,
-                    ] {
-                        let v: Vec<f64> = got
-                            .iter()
-                            .filter(|(k, _)| *k == c)
-                            .map(|(_, ns)| *ns)
-                            .collect();
-                        line.push(format!("{} {:.1}", c.short(), median(&v)));
-                        self.paired.entry((c, w)).or_default().extend(v);
-                    }
-                    progress(format!("  {:<14} {}", w.arg(), line.join("  ")));
-                    break;
-                }
+                self.paired_group(w, w.arg(), round, batches, programs, &MAIN_CONFIGS)?;
                 if let Some(audit) = audit {
                     for pair in 0..audit_pairs {
                         self.audit_pair(w, round * audit_pairs + pair, audit)?;
@@ -2230,15 +2194,39 @@ impl Bench {
     /// The 1-byte loop with programs on the write tracepoints only: how the overhead splits
     /// between entering the tracepoint, ctrwatch's enter program and its exit program.
     fn split_group(&mut self, round: usize, batches: usize, programs: &Programs) -> Result<()> {
-        let w = Workload::Write1;
+        self.paired_group(
+            Workload::Write1,
+            "write1 split",
+            round,
+            batches,
+            programs,
+            &SPLIT_CONFIGS,
+        )
+    }
+
+    /// One group of the paired phase: a worker's passes over `configs` for workload `w`,
+    /// redone (up to 3 times in all) while the machine was not quiet; the passes are kept by
+    /// configuration and their medians printed under `label`.
+    fn paired_group(
+        &mut self,
+        w: Workload,
+        label: &str,
+        round: usize,
+        batches: usize,
+        programs: &Programs,
+        configs: &[Config],
+    ) -> Result<()> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let quiet = wait_quiet()?;
-            let (got, other, io) =
-                self.paired_passes(w, round, batches, programs, &SPLIT_CONFIGS)?;
+            let (got, other, io) = self.paired_passes(w, round, batches, programs, configs)?;
             let disturbed = !quiet || other > QUIET_CORES || io > QUIET_IO;
             if disturbed && attempt < 3 {
+                progress(format!(
+                    "  {label} disturbed (other CPU use {other:.2} cores, I/O stall {:.0} %); again",
+                    io * 100.0
+                ));
                 continue;
             }
             self.paired_groups += 1;
@@ -2246,7 +2234,7 @@ impl Bench {
                 self.paired_disturbed += 1;
             }
             let mut line = Vec::new();
-            for c in SPLIT_CONFIGS {
+            for &c in configs {
                 let v: Vec<f64> = got
                     .iter()
                     .filter(|(k, _)| *k == c)
@@ -2255,7 +2243,7 @@ impl Bench {
                 line.push(format!("{} {:.1}", c.short(), median(&v)));
                 self.paired.entry((c, w)).or_default().extend(v);
             }
-            progress(format!("  {:<14} {}", "write1 split", line.join("  ")));
+            progress(format!("  {label:<14} {}", line.join("  ")));
             return Ok(());
         }
     }

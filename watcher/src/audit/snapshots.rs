@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
 use super::{Context, Finding, Outcome, Severity};
+use crate::containerd::Container;
 use crate::containerd::SnapshotKind;
-use crate::containerd::metadata::unpack_target;
+use crate::containerd::metadata::{Namespace, unpack_target};
 
 /// Directories the overlayfs snapshotter uses while it works: `new-<n>` before a snapshot's
 /// record is committed, `rm-<id>` while one is removed. Not orphans unless they are old.
@@ -60,14 +61,7 @@ pub fn check(ctx: &Context) -> Outcome {
                         refs.entry(bkey).or_default().push((ns_name, key));
                     }
                     _ if ctx.scope.everything => {
-                        let container = ns
-                            .containers
-                            .values()
-                            .find(|c| {
-                                c.snapshotter.as_deref() == Some(sn_name)
-                                    && c.snapshot_key.as_deref() == Some(key.as_str())
-                            })
-                            .map(|c| c.id.clone());
+                        let container = container_using(ns, sn_name, key).map(|c| c.id.clone());
                         let mut f = Finding::new(
                             Severity::Error,
                             "snapshot-record-dangling",
@@ -193,10 +187,7 @@ pub fn check(ctx: &Context) -> Outcome {
                     let Some(namespace) = model.namespaces.get(*ns) else {
                         continue;
                     };
-                    let used = namespace.containers.values().any(|c| {
-                        c.snapshotter.as_deref() == Some(sn_name)
-                            && c.snapshot_key.as_deref() == Some(*key)
-                    });
+                    let used = container_using(namespace, sn_name, key).is_some();
                     let leased = namespace
                         .leases
                         .values()
@@ -270,6 +261,13 @@ pub fn check(ctx: &Context) -> Outcome {
         }
     }
     out
+}
+
+/// The container of `ns` whose snapshot is `key` of `snapshotter`, if any.
+fn container_using<'a>(ns: &'a Namespace, snapshotter: &str, key: &str) -> Option<&'a Container> {
+    ns.containers.values().find(|c| {
+        c.snapshotter.as_deref() == Some(snapshotter) && c.snapshot_key.as_deref() == Some(key)
+    })
 }
 
 /// The fix for a damaged or missing layer snapshot: remove what uses it, collect, pull again.
