@@ -47,6 +47,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
+use watcher::kernel::capabilities::RENAME_TARGET_HOOKS;
 
 /// The audit key our rule carries, to count its records.
 const AUDIT_KEY: &str = "ctrwatch-bench";
@@ -1101,14 +1102,6 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: &str = "17";
-/// ctrwatch's rename-target hooks (raw tracepoints of filesystems): they run on every inode
-/// change of those filesystems, so they are part of what a workload outside the root pays.
-const FS_HOOKS: [&str; 4] = [
-    "ext4_mark_inode_dirty",
-    "xfs_iunlink",
-    "xfs_iunlink_remove",
-    "btrfs_inode_evict",
-];
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
@@ -1179,12 +1172,6 @@ fn load_empty_program() -> io::Result<OwnedFd> {
         (&raw const attr).cast(),
         std::mem::size_of::<ProgLoadAttr>(),
     )
-}
-
-/// Whether the kernel has filesystem tracepoint `name` (`events/<fs>/<name>`).
-fn fs_tracepoint_exists(name: &str) -> bool {
-    let fs = name.split('_').next().unwrap_or_default();
-    tracefs().join("events").join(fs).join(name).is_dir()
 }
 
 fn tracefs() -> PathBuf {
@@ -1298,8 +1285,8 @@ fn attach_raw_tracepoint(tp: &str, prog: BorrowedFd<'_>) -> Result<OwnedFd> {
 struct Programs {
     /// Tracepoint name (= program name) and program.
     ctrwatch: Vec<(String, OwnedFd)>,
-    /// ctrwatch's raw-tracepoint programs on filesystem tracepoints ([`FS_HOOKS`]) that
-    /// exist on this kernel.
+    /// ctrwatch's raw-tracepoint programs on filesystem tracepoints
+    /// ([`RENAME_TARGET_HOOKS`]) that exist on this kernel.
     fs_hooks: Vec<(String, OwnedFd)>,
     empty: OwnedFd,
 }
@@ -1399,7 +1386,11 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
         };
         let Some(name) = names.get(&id) else { continue };
         let wanted = if raw {
-            FS_HOOKS.contains(&name.as_str()) && fs_tracepoint_exists(name)
+            // ctrwatch's rename-target hooks run on every inode change of their filesystem,
+            // so they are part of what a workload outside the root pays.
+            RENAME_TARGET_HOOKS.iter().any(|h| {
+                h.name == name && tracefs().join("events").join(h.group).join(h.name).is_dir()
+            })
         } else {
             (name.starts_with("sys_enter_") || name.starts_with("sys_exit_"))
                 && syscalls.join(name).join("id").exists()
