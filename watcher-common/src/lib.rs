@@ -102,7 +102,7 @@ pub struct RecordHeader {
 
 /// The acting task, as the kernel saw it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskInfo {
     /// Thread-group id (what userspace calls the pid).
     pub pid: u32,

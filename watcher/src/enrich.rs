@@ -3,10 +3,11 @@
 //! and container to every file operation.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use watcher_common::{
     FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_REPLACED,
-    FLAG_VALUE_TRUNCATED, WriteAgg, WriteKey, op,
+    FLAG_VALUE_TRUNCATED, TaskInfo, WriteAgg, WriteKey, op,
 };
 
 use crate::{
@@ -30,6 +31,8 @@ const O_TRUNC: u32 = 0o1000;
 const O_APPEND: u32 = 0o2000;
 const S_IFMT: u32 = 0o170000;
 const S_IFCHR: u32 = 0o020000;
+/// Threads whose process description is remembered before the memo starts over.
+const VIEW_CACHE_MAX: usize = 16_384;
 
 /// What a record turned into.
 #[derive(Debug)]
@@ -54,6 +57,17 @@ pub struct Enricher {
     /// Adds the `containerd` object to events under containerd roots.
     pub attributor: Option<Attributor>,
     bindings: HashMap<(u32, i32), Binding>,
+    /// The process description last built for each thread. Building one walks the parent
+    /// chain and copies every string in it; events of a thread share one `Arc` instead, until
+    /// the process table changes (an entry added, replaced or reaped: exec, fork, a pid read
+    /// from /proc) or the kernel reports the thread differently (comm, ids, cgroup).
+    views: HashMap<u32, CachedView>,
+}
+
+struct CachedView {
+    generation: u64,
+    task: TaskInfo,
+    view: Arc<ProcessView>,
 }
 
 impl Enricher {
@@ -64,6 +78,7 @@ impl Enricher {
             clock: Clock::now(),
             attributor: None,
             bindings: HashMap::new(),
+            views: HashMap::new(),
         }
     }
 
@@ -301,7 +316,29 @@ impl Enricher {
         }
     }
 
-    fn process_view(&mut self, f: &FileOp) -> ProcessView {
+    /// The acting process's description: the thread's previous one while it still holds.
+    fn process_view(&mut self, f: &FileOp) -> Arc<ProcessView> {
+        if let Some(c) = self.views.get(&f.task.tid)
+            && c.generation == self.processes.generation()
+            && c.task == f.task
+        {
+            return c.view.clone();
+        }
+        let view = Arc::new(self.build_process_view(f));
+        if self.views.len() >= VIEW_CACHE_MAX {
+            self.views.clear();
+        }
+        // After building: reading /proc for an unknown pid adds an entry.
+        let cached = CachedView {
+            generation: self.processes.generation(),
+            task: f.task,
+            view: view.clone(),
+        };
+        self.views.insert(f.task.tid, cached);
+        view
+    }
+
+    fn build_process_view(&mut self, f: &FileOp) -> ProcessView {
         let t = &f.task;
         let mut view = ProcessView {
             pid: t.pid,
@@ -392,5 +429,89 @@ pub fn static_op_name(op: u16) -> &'static str {
         op::CHOWN => "chown",
         op::WRITE_BIND => "write_bind",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::kernel::records::Exec;
+
+    fn task(pid: u32, tid: u32, comm: &str) -> TaskInfo {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        TaskInfo {
+            pid,
+            tid,
+            ppid: 1,
+            comm: c,
+            ..TaskInfo::default()
+        }
+    }
+
+    fn exec(pid: u32, comm: &str, exe: &str, args: &str) -> Record {
+        Record::Exec(Exec {
+            ts_ns: 1,
+            task: task(pid, pid, comm),
+            old_pid: pid,
+            flags: 0,
+            exe: exe.as_bytes().to_vec(),
+            args: args.replace(' ', "\0").into_bytes(),
+        })
+    }
+
+    fn unlink(root: &[u8], t: TaskInfo, name: &str) -> Record {
+        let mut path = root.to_vec();
+        path.extend_from_slice(b"/");
+        path.extend_from_slice(name.as_bytes());
+        Record::File(FileOp {
+            op: op::UNLINK,
+            ts_ns: 2,
+            task: t,
+            path,
+            ..FileOp::default()
+        })
+    }
+
+    fn event(e: &mut Enricher, r: Record) -> Box<FileEvent> {
+        match e.on_record(r) {
+            Outcome::Event(ev) => ev,
+            other => panic!("no event: {other:?}"),
+        }
+    }
+
+    /// A thread's events share one description until the process table changes; an exec
+    /// gives the next event the new program.
+    #[test]
+    fn process_description_is_shared_until_the_table_changes() {
+        let dir = std::env::temp_dir().join(format!("ctrwatch-enrich-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let roots = RootSet::resolve(std::slice::from_ref(&PathBuf::from(&dir)));
+        let root = roots.kernel_prefixes().into_iter().next().expect("root");
+        let mut e = Enricher::new(roots, ProcessTable::detached(Duration::from_secs(60)));
+        e.on_record(exec(4000, "sh", "/bin/sh", "sh -c rm"));
+        let first = event(&mut e, unlink(&root, task(4000, 4000, "sh"), "a"));
+        let second = event(&mut e, unlink(&root, task(4000, 4000, "sh"), "b"));
+        assert!(Arc::ptr_eq(&first.process, &second.process));
+        assert_eq!(first.process.exe.as_deref(), Some("/bin/sh"));
+        // Another thread of the process: its own description (its tid), the same program.
+        let other = event(&mut e, unlink(&root, task(4000, 4001, "sh"), "c"));
+        assert!(!Arc::ptr_eq(&first.process, &other.process));
+        assert_eq!(
+            (other.process.tid, other.process.exe.as_deref()),
+            (4001, Some("/bin/sh"))
+        );
+        // The thread renamed itself (comm): rebuilt.
+        let renamed = event(&mut e, unlink(&root, task(4000, 4000, "worker"), "d"));
+        assert_eq!(renamed.process.comm, "worker");
+        // exec: the table changed, the next event names the new program.
+        e.on_record(exec(4000, "rm", "/usr/bin/rm", "rm -f e"));
+        let after = event(&mut e, unlink(&root, task(4000, 4000, "rm"), "e"));
+        assert_eq!(after.process.exe.as_deref(), Some("/usr/bin/rm"));
+        assert_eq!(after.process.cmdline, ["rm", "-f", "e"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::{
     fmt::Write as _,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -28,7 +29,8 @@ pub struct FileEvent {
     /// "major:minor" of the filesystem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
-    pub process: ProcessView,
+    /// Shared by the events of one thread while its description holds (see `enrich`).
+    pub process: Arc<ProcessView>,
     #[serde(flatten)]
     pub details: Details,
 }
@@ -178,7 +180,7 @@ pub struct XattrView {
 }
 
 /// The acting process.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
 pub struct ProcessView {
     pub pid: u32,
     pub tid: u32,
@@ -195,7 +197,7 @@ pub struct ProcessView {
     pub ancestors: Vec<AncestorView>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
 pub struct AncestorView {
     pub pid: u32,
     pub comm: String,

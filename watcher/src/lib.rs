@@ -13,3 +13,12 @@ pub mod queries;
 pub mod roots;
 pub mod store;
 pub mod watch;
+
+/// The daemon's allocator, here rather than in `main.rs` so that the benchmarks and tests that
+/// link this crate measure what ships. Events are allocated on the watch loop and freed on the
+/// store's writer thread; glibc's malloc takes the allocating arena's lock for every such
+/// free, mimalloc queues them without one. Measured with `daemon::bench` (2 M events offered
+/// at 100 000/s): 1.01 M stored with glibc's malloc, 1.58 M with mimalloc, same build
+/// otherwise.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -202,6 +202,9 @@ pub struct ProcessTable {
     /// What `/proc/<pid>/cgroup` said for each cgroup id it was read for.
     cgroups: HashMap<u64, CgroupInfo>,
     cgroup_index: Option<CgroupIdIndex>,
+    /// Changes whenever an entry is added, replaced or dropped, i.e. whenever what
+    /// [`Self::lookup`] and [`Self::ancestors`] return may have changed.
+    generation: u64,
 }
 
 impl ProcessTable {
@@ -224,6 +227,7 @@ impl ProcessTable {
             proc_root: None,
             cgroups: HashMap::new(),
             cgroup_index: None,
+            generation: 0,
         }
     }
 
@@ -251,6 +255,12 @@ impl ProcessTable {
 
     pub fn is_empty(&self) -> bool {
         self.procs.is_empty()
+    }
+
+    /// See the field: equal generations mean the same answers from `lookup` and `ancestors`
+    /// (the enricher reuses process descriptions while it holds).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The entry for `pid`, without falling back to `/proc`.
@@ -445,7 +455,11 @@ impl ProcessTable {
                 (ppid, child_start) = (parent.ppid, parent.start_ns);
             }
         }
+        let before = self.procs.len();
         self.procs.retain(|pid, p| keeps(p) || pinned.contains(pid));
+        if self.procs.len() != before {
+            self.generation = self.generation.wrapping_add(1);
+        }
     }
 
     /// Whether a live entry and an exec record describe the same process. The record's ppid
@@ -600,6 +614,7 @@ impl ProcessTable {
 
     /// Inserts or replaces an entry, making room first when the table is full.
     fn insert(&mut self, info: ProcInfo) {
+        self.generation = self.generation.wrapping_add(1);
         if !self.procs.contains_key(&info.pid) && self.procs.len() >= self.capacity {
             self.make_room();
         }
@@ -801,8 +816,27 @@ mod tests {
         assert_eq!(pids(&t.ancestors(61)), vec![60]);
     }
 
+    /// The generation moves when lookups may answer differently (entries added, replaced or
+    /// reaped), not when a live entry only learns its exit.
     #[test]
-    fn exit_keeps_the_entry_within_grace() {
+    fn generation_moves_with_the_entries() {
+        let mut t = base();
+        let g0 = t.generation();
+        fork(&mut t, 200, 301, 3 * SEC);
+        assert_ne!(t.generation(), g0, "fork");
+        let mut t = with_touch();
+        let g = t.generation();
+        t.on_exit(&task(300, 200, "touch"), 0, 3 * SEC + 2 * MS);
+        assert_eq!(t.generation(), g, "exit of a known process");
+        t.reap(3 * SEC + 2 * MS);
+        assert_eq!(t.generation(), g, "nothing reaped");
+        t.reap(3 * SEC + 2 * MS + 3600 * SEC);
+        assert!(t.get(300).is_none());
+        assert_ne!(t.generation(), g, "reaped");
+    }
+
+    /// `base()` plus 300, forked by 200 at 3 s, running `touch x` from 3 s + 1 ms.
+    fn with_touch() -> ProcessTable {
         let mut t = base();
         fork(&mut t, 200, 300, 3 * SEC);
         exec(
@@ -813,6 +847,12 @@ mod tests {
             "touch\0x\0",
             3 * SEC + MS,
         );
+        t
+    }
+
+    #[test]
+    fn exit_keeps_the_entry_within_grace() {
+        let mut t = with_touch();
         t.on_exit(&task(300, 200, "touch"), 256, 3 * SEC + 2 * MS);
         let p = t.lookup(300);
         assert_eq!(p.and_then(|p| p.exited_ns), Some(3 * SEC + 2 * MS));

@@ -59,7 +59,9 @@ pub struct WatchOptions {
 
 /// Where events go.
 pub trait Sink {
-    fn file_event(&mut self, ev: &FileEvent) -> std::io::Result<()>;
+    /// Takes the event, boxed as the enricher makes it: the store's sink hands it to its
+    /// writer thread as it is, without a copy.
+    fn file_event(&mut self, ev: Box<FileEvent>) -> std::io::Result<()>;
     fn loss(&mut self, ev: &LossEvent) -> std::io::Result<()>;
     fn flush(&mut self) -> std::io::Result<()>;
 }
@@ -80,9 +82,9 @@ impl StdoutSink {
 }
 
 impl Sink for StdoutSink {
-    fn file_event(&mut self, ev: &FileEvent) -> std::io::Result<()> {
+    fn file_event(&mut self, ev: Box<FileEvent>) -> std::io::Result<()> {
         if self.json {
-            serde_json::to_writer(&mut self.out, ev)?;
+            serde_json::to_writer(&mut self.out, &*ev)?;
             self.out.write_all(b"\n")
         } else {
             writeln!(self.out, "{}", ev.human_line())
@@ -214,12 +216,12 @@ fn drain(
         };
         drop(item);
         match enricher.on_record(record) {
-            Outcome::Event(ev) => sink.file_event(&ev)?,
+            Outcome::Event(ev) => sink.file_event(ev)?,
             Outcome::ProcessExited(pid) => {
                 let unclosed = kernel.take_write_aggregates(pid)?;
                 if !unclosed.is_empty() {
                     for ev in enricher.on_unclosed_writes(unclosed) {
-                        sink.file_event(&ev)?;
+                        sink.file_event(Box::new(ev))?;
                     }
                 }
             }

@@ -23,7 +23,7 @@ pub enum Record {
 }
 
 /// A file operation, with its variable parts split out.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FileOp {
     pub op: u16,
     pub ts_ns: u64,

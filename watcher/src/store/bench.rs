@@ -2,6 +2,7 @@
 //! binary and docs/store.md.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -13,6 +14,7 @@ use crate::event::{
 use super::audit_log;
 use super::codec::format_time;
 use super::{DeleteOptions, Filter, PathQuery, Store, StoreError, StoreOptions};
+use crate::daemon::COMMIT_BATCH;
 
 /// What the synthetic events look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +33,8 @@ pub enum BenchScenario {
 pub struct BenchResult {
     pub scenario: String,
     pub events: u64,
-    /// Time spent in `append_event` + `flush` (batches of 10 000).
+    /// Time spent in `append_event` + `flush` (a flush every `COMMIT_BATCH` events, as the
+    /// daemon's writer does under a flood).
     pub ingest_seconds: f64,
     pub events_per_sec: f64,
     /// Database size after a checkpoint (WAL folded in).
@@ -245,10 +248,13 @@ pub fn synthetic_events(
     n: u64,
     seed: u64,
 ) -> impl Iterator<Item = FileEvent> {
-    let procs = processes();
+    // One `Arc` per process, as the enricher shares a thread's description between events.
+    let procs: Vec<Arc<ProcessView>> = processes().into_iter().map(Arc::new).collect();
     let inner = inner_paths();
-    // What the daemon's containerd attribution adds to every event under the root.
-    let snapshot_view = |id: u64, path: &str| ContainerdView {
+    // What the daemon's containerd attribution adds to every event under the root; built
+    // once per snapshot (the attribution keeps its objects too): the generator must outrun
+    // the writer in the pipeline benchmark (`daemon::bench`).
+    let snapshot_view = |id: u64| ContainerdView {
         root: "/var/lib/containerd".into(),
         kind: "snapshot",
         namespace: Some("k8s.io".into()),
@@ -259,11 +265,11 @@ pub fn synthetic_events(
         layer_digest: Some(format!("sha256:{:064x}", id * 104_729)),
         chain_id: Some(format!("sha256:{:064x}", id * 7919)),
         images: vec![format!("registry.example/app-{}:1.{}", id % 17, id % 5)],
-        path: Some(PathText(path.as_bytes().to_vec())),
         verdict: "owner",
         reason: "containerd".into(),
         ..Default::default()
     };
+    let snapshot_views: Vec<ContainerdView> = (1..=200).map(snapshot_view).collect();
     let mut rng = Rng(seed | 1);
     let start_ns: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
     let boot_ns: i64 = start_ns - 86_400_000_000_000; // booted a day earlier
@@ -295,7 +301,9 @@ pub fn synthetic_events(
                 } else {
                     let id = 1 + rng.below(200);
                     let file = &inner[rng.below(inner.len() as u64) as usize];
-                    d.containerd = Some(Box::new(snapshot_view(id, file)));
+                    let mut view = snapshot_views[(id - 1) as usize].clone();
+                    view.path = Some(PathText(file.as_bytes().to_vec()));
+                    d.containerd = Some(Box::new(view));
                     format!("{BASE}/{id}/fs{file}")
                 };
                 let roll = rng.below(100);
@@ -412,7 +420,8 @@ pub(crate) fn ingest(
         }
         let t = Instant::now();
         store.append_event(&ev)?;
-        if i % 10_000 == 9_999 {
+        // Committed as the daemon's writer does under a flood (`ctrwatch run`).
+        if i % COMMIT_BATCH == COMMIT_BATCH - 1 {
             store.flush()?;
         }
         spent += t.elapsed();
@@ -438,7 +447,7 @@ pub fn bench_ingest(
     bench_with(dir, n, scenario, 20, true)
 }
 
-fn peak_rss_kib() -> u64 {
+pub(crate) fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

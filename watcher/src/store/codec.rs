@@ -44,33 +44,22 @@ const SNAPSHOTTER_PREFIX: &[u8] = b"io.containerd.snapshotter.v1.";
 /// the native, btrfs and zfs snapshotters). The snapshot root itself is `""` (its files then
 /// join to "/file"). None when the directory is not inside a snapshot.
 pub(crate) fn inner_dir(dir: &[u8]) -> Option<&[u8]> {
-    // Walk components, remembering byte offsets.
-    let mut comps: Vec<(usize, usize)> = Vec::new(); // (start, end) of each component
-    let mut start = 0;
-    for (i, &b) in dir.iter().enumerate() {
-        if b == b'/' {
-            if i > start {
-                comps.push((start, i));
-            }
-            start = i + 1;
-        }
-    }
-    if dir.len() > start {
-        comps.push((start, dir.len()));
-    }
-    for (k, &(s, e)) in comps.iter().enumerate() {
+    // Runs for every event the writer stores: no allocation, one pass over the bytes.
+    let mut comps = Components { bytes: dir, pos: 0 };
+    while let Some((s, e)) = comps.next() {
         let Some(name) = dir[s..e].strip_prefix(SNAPSHOTTER_PREFIX) else {
             continue;
         };
-        let &(ss, se) = comps.get(k + 1)?;
+        let mut ahead = comps.clone();
+        let (ss, se) = ahead.next()?;
         if &dir[ss..se] != b"snapshots" {
             continue;
         }
-        let &(_, id_end) = comps.get(k + 2)?;
+        let (_, id_end) = ahead.next()?;
         let root_end = if DIRECT_SNAPSHOTTERS.contains(&name) {
             id_end
         } else {
-            let &(fs, fe) = comps.get(k + 3)?;
+            let (fs, fe) = ahead.next()?;
             if &dir[fs..fe] != b"fs" {
                 return None;
             }
@@ -81,12 +70,45 @@ pub(crate) fn inner_dir(dir: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// The (start, end) byte offsets of a path's non-empty components.
+#[derive(Clone)]
+struct Components<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Iterator for Components<'_> {
+    type Item = (usize, usize);
+    fn next(&mut self) -> Option<(usize, usize)> {
+        while self.bytes.get(self.pos) == Some(&b'/') {
+            self.pos += 1;
+        }
+        if self.pos >= self.bytes.len() {
+            return None;
+        }
+        let start = self.pos;
+        let len = self.bytes[start..]
+            .iter()
+            .position(|&b| b == b'/')
+            .unwrap_or(self.bytes.len() - start);
+        self.pos = start + len;
+        Some((start, self.pos))
+    }
+}
+
+/// Where a file's path inside its snapshot starts: `&path[i..]` is what [`inner_path`]
+/// returns, without allocating.
+pub(crate) fn inner_start(path: &[u8]) -> Option<usize> {
+    let (dir, _) = split_path(path);
+    let dir = dir?;
+    let inner = inner_dir(dir)?;
+    Some(dir.len() - inner.len())
+}
+
 /// The path of a file as seen inside its image or container, when it lies in a snapshot:
 /// `…/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs/usr/bin/jq` is `/usr/bin/jq`.
 pub fn inner_path(path: &[u8]) -> Option<Vec<u8>> {
-    let (dir, name) = split_path(path);
-    let inner = inner_dir(dir?)?;
-    Some(join_path(Some(inner), name))
+    inner_start(path).map(|i| path[i..].to_vec())
 }
 
 /// A query path as typed: repeated slashes folded, a trailing slash dropped.
@@ -474,100 +496,88 @@ fn put_s(out: &mut Vec<u8>, tag: u8, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// Encodes the details (path_hex/new_path_hex are not stored: they follow from the path bytes).
-/// `atom` maps a short string of a kind to its id (inserting it when new).
 /// How `containerd.path` is stored.
-pub(crate) enum CtrdPath<'a> {
+pub(crate) enum CtrdPath {
     Absent,
     /// The event path's inner path: derived when read back.
     Inner,
     /// JSON string text.
-    Text(&'a str),
+    Text(String),
 }
 
-/// `containerd` is the event's containerd object as (JSON of it without `path`, its `path`),
-/// computed by the caller (it caches the JSON).
+/// Encodes the details into `out` (path_hex/new_path_hex are not stored: they follow from the
+/// path bytes); nothing is written when there are none. `atom` maps a short string of a kind
+/// to its id (inserting it when new). `containerd` is the event's containerd object as (the
+/// atom of its JSON without `path`, its `path`), computed by the caller (it caches the atom).
 pub(crate) fn encode_details<E>(
+    out: &mut Vec<u8>,
     d: &Details,
     time_ns: i64,
-    containerd: Option<(&str, CtrdPath<'_>)>,
+    containerd: Option<(i64, CtrdPath)>,
     mut atom: impl FnMut(AtomKind, &str) -> Result<i64, E>,
-) -> Result<Option<Vec<u8>>, E> {
-    let mut out = Vec::new();
-    if let Some((json, path)) = containerd {
-        put_u(
-            &mut out,
-            T_CONTAINERD,
-            atom(AtomKind::Containerd, json)? as u64,
-        );
+) -> Result<(), E> {
+    if let Some((atom_id, path)) = containerd {
+        put_u(out, T_CONTAINERD, atom_id as u64);
         match path {
             CtrdPath::Absent => {}
             CtrdPath::Inner => out.push(T_CONTAINERD_PATH_INNER),
-            CtrdPath::Text(p) => put_s(&mut out, T_CONTAINERD_PATH, p.as_bytes()),
+            CtrdPath::Text(p) => put_s(out, T_CONTAINERD_PATH, p.as_bytes()),
         }
     }
     if let Some(m) = &d.mode {
-        put_u(&mut out, T_MODE, atom(AtomKind::Mode, m)? as u64);
+        put_u(out, T_MODE, atom(AtomKind::Mode, m)? as u64);
     }
     if let Some(v) = d.size {
-        put_u(&mut out, T_SIZE, v);
+        put_u(out, T_SIZE, v);
     }
     if let Some(v) = d.offset {
-        put_u(&mut out, T_OFFSET, v);
+        put_u(out, T_OFFSET, v);
     }
     if let Some(v) = d.bytes {
-        put_u(&mut out, T_BYTES, v);
+        put_u(out, T_BYTES, v);
     }
     if let Some(v) = d.writes {
-        put_u(&mut out, T_WRITES, v);
+        put_u(out, T_WRITES, v);
     }
     if let Some(fw) = &d.first_write {
         // Stored as the distance to `time` when it round-trips exactly.
         match parse_time_ns(fw).filter(|&ns| format_time(ns) == *fw) {
-            Some(ns) => put_u(
-                &mut out,
-                T_FIRST_WRITE_DELTA,
-                zigzag(time_ns.wrapping_sub(ns)),
-            ),
-            None => put_s(&mut out, T_FIRST_WRITE_TEXT, fw.as_bytes()),
+            Some(ns) => put_u(out, T_FIRST_WRITE_DELTA, zigzag(time_ns.wrapping_sub(ns))),
+            None => put_s(out, T_FIRST_WRITE_TEXT, fw.as_bytes()),
         }
     }
     if let Some(x) = &d.xattr {
-        put_s(&mut out, T_XATTR_NAME, x.name.as_bytes());
+        put_s(out, T_XATTR_NAME, x.name.as_bytes());
         if let Some(v) = &x.value {
-            put_s(&mut out, T_XATTR_VALUE, v.as_bytes());
+            put_s(out, T_XATTR_VALUE, v.as_bytes());
         }
         if let Some(v) = &x.value_hex {
-            put_s(&mut out, T_XATTR_VALUE_HEX, v.as_bytes());
+            put_s(out, T_XATTR_VALUE_HEX, v.as_bytes());
         }
     }
     if let Some(v) = d.owner_uid {
-        put_u(&mut out, T_OWNER_UID, v as u64);
+        put_u(out, T_OWNER_UID, v as u64);
     }
     if let Some(v) = d.owner_gid {
-        put_u(&mut out, T_OWNER_GID, v as u64);
+        put_u(out, T_OWNER_GID, v as u64);
     }
     if let Some(r) = &d.rdev {
-        put_u(&mut out, T_RDEV, atom(AtomKind::Rdev, r)? as u64);
+        put_u(out, T_RDEV, atom(AtomKind::Rdev, r)? as u64);
     }
     if let Some(w) = d.whiteout {
-        put_u(&mut out, T_WHITEOUT, w as u64);
+        put_u(out, T_WHITEOUT, w as u64);
     }
     if let Some(o) = &d.overwritten {
-        put_u(&mut out, T_OVERWRITTEN_INODE, o.inode);
-        put_u(
-            &mut out,
-            T_OVERWRITTEN_DEV,
-            atom(AtomKind::Rdev, &o.dev)? as u64,
-        );
+        put_u(out, T_OVERWRITTEN_INODE, o.inode);
+        put_u(out, T_OVERWRITTEN_DEV, atom(AtomKind::Rdev, &o.dev)? as u64);
     }
     for f in &d.open_flags {
-        put_u(&mut out, T_OPEN_FLAG, atom(AtomKind::Flag, f)? as u64);
+        put_u(out, T_OPEN_FLAG, atom(AtomKind::Flag, f)? as u64);
     }
     for n in &d.notes {
-        put_u(&mut out, T_NOTE, atom(AtomKind::Note, n)? as u64);
+        put_u(out, T_NOTE, atom(AtomKind::Note, n)? as u64);
     }
-    Ok((!out.is_empty()).then_some(out))
+    Ok(())
 }
 
 fn xattr(d: &mut StoredDetails) -> &mut XattrView {
@@ -707,6 +717,41 @@ mod tests {
             inner_path(b"/k/io.containerd.snapshotter.v1.overlayfs/snapshots/rm-7/fs/pause"),
             Some(b"/pause".to_vec())
         );
+        // Repeated slashes, a snapshotter name again below a snapshot, a missing `fs`.
+        assert_eq!(
+            inner_path(b"/k//io.containerd.snapshotter.v1.overlayfs//snapshots/3/fs//etc/x"),
+            Some(b"//etc/x".to_vec())
+        );
+        assert_eq!(
+            inner_path(
+                b"/k/io.containerd.snapshotter.v1.native/x/io.containerd.snapshotter.v1.native/snapshots/9/a"
+            ),
+            Some(b"/a".to_vec())
+        );
+        assert_eq!(
+            inner_path(b"/k/io.containerd.snapshotter.v1.overlayfs/snapshots/3/etc/x"),
+            None
+        );
+        assert_eq!(inner_path(b"pause"), None);
+    }
+
+    /// The inner path is always the path's tail, which the writer compares without copying.
+    #[test]
+    fn inner_path_is_a_suffix_from_inner_start() {
+        for p in [
+            &b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs/usr/lib/x"[..],
+            b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs/pause",
+            b"/var/lib/containerd/io.containerd.snapshotter.v1.native/snapshots/3/pause",
+            b"/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/ab",
+            b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12",
+        ] {
+            let (dir, name) = split_path(p);
+            let joined = dir
+                .and_then(inner_dir)
+                .map(|d| join_path(Some(d), name));
+            assert_eq!(inner_path(p), joined, "{}", String::from_utf8_lossy(p));
+            assert_eq!(inner_start(p).map(|i| p[i..].to_vec()), joined);
+        }
     }
 
     #[test]
@@ -757,11 +802,12 @@ mod tests {
             ..Default::default()
         };
         let mut atoms: Vec<String> = Vec::new();
-        let enc = encode_details::<()>(&d, 1_700_000_001_000_000_000, None, |_, s| {
+        let mut enc = Vec::new();
+        let r = encode_details::<()>(&mut enc, &d, 1_700_000_001_000_000_000, None, |_, s| {
             atoms.push(s.to_string());
             Ok(atoms.len() as i64 - 1)
         });
-        let Ok(Some(enc)) = enc else { panic!("encode") };
+        assert!(r.is_ok() && !enc.is_empty(), "encode");
         let dec = decode_details(&enc, 1_700_000_001_000_000_000, b"/x", |id| {
             atoms.get(id as usize).cloned()
         });

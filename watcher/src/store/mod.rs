@@ -16,7 +16,7 @@
 //! [`Store::query`], [`Store::gaps`], [`Store::stats`].
 
 mod audit_log;
-mod bench;
+pub(crate) mod bench;
 mod codec;
 mod read;
 mod render;
@@ -141,7 +141,7 @@ impl Default for StoreOptions {
         StoreOptions {
             retention_age: Some(DEFAULT_RETENTION_AGE),
             retention_bytes: Some(DEFAULT_RETENTION_BYTES),
-            max_batch: 50_000,
+            max_batch: 100_000,
             prune_chunk: 250_000,
             segment_events: DEFAULT_SEGMENT_EVENTS,
         }

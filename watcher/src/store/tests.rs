@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -94,7 +95,7 @@ fn ev(t: i64, op: &'static str, path: &str) -> FileEvent {
         errno: None,
         inode: None,
         dev: None,
-        process: process(4242, "rm"),
+        process: Arc::new(process(4242, "rm")),
         details: Details::default(),
     }
 }
@@ -361,7 +362,7 @@ fn full_event() -> FileEvent {
         errno: Some(18),
         inode: Some(u64::MAX - 5),
         dev: Some("253:1".into()),
-        process: p,
+        process: Arc::new(p),
         details: Details {
             path_hex: Some(hex(&path)),
             new_path_hex: Some(hex(&new_path)),
@@ -411,10 +412,10 @@ fn events_round_trip_with_the_same_json() {
     let full = full_event();
     let plain = ev(T0 + SEC, "unlink", "/var/lib/containerd/plain");
     let mut exe_less = ev(T0 + 2 * SEC, "mkdir", "/r/dir");
-    exe_less.process.exe = None;
-    exe_less.process.unit = None;
-    exe_less.process.cmdline.clear();
-    exe_less.process.ancestors.clear();
+    Arc::make_mut(&mut exe_less.process).exe = None;
+    Arc::make_mut(&mut exe_less.process).unit = None;
+    Arc::make_mut(&mut exe_less.process).cmdline.clear();
+    Arc::make_mut(&mut exe_less.process).ancestors.clear();
     exe_less.details.mode = Some("0755".into());
     // Same nanosecond as `plain`: both kept, both exact. A containerd object whose path is
     // not the inner path (stored as is), and one without a path.
@@ -487,24 +488,24 @@ fn seeded_store(dir: &TempDir) -> Store {
     };
     // /pause in snapshots 1 and 2, libjq in snapshot 2, and a host file outside snapshots.
     let mut create = ev(0, "create", &format!("{OV}/1/fs/pause"));
-    create.process = process(500, "containerd");
+    create.process = Arc::new(process(500, "containerd"));
     create.details.mode = Some("0755".into());
     push(&mut w, create);
     let mut create2 = ev(0, "create", &format!("{OV}/2/fs/pause"));
-    create2.process = process(500, "containerd");
+    create2.process = Arc::new(process(500, "containerd"));
     push(&mut w, create2);
     let mut jq = ev(
         0,
         "modify",
         &format!("{OV}/2/fs/usr/lib/x86_64-linux-gnu/libjq.so.1"),
     );
-    jq.process = process(600, "tar");
+    jq.process = Arc::new(process(600, "tar"));
     jq.details.bytes = Some(10);
     push(&mut w, jq);
     let mut failed = ev(0, "unlink", &format!("{OV}/2/fs/pause"));
     failed.result = "EACCES".into();
     failed.errno = Some(13);
-    failed.process = process(700, "kubelet");
+    failed.process = Arc::new(process(700, "kubelet"));
     push(&mut w, failed);
     push(&mut w, ev(0, "unlink", &format!("{OV}/2/fs/pause"))); // 5: rm deletes it
     push(&mut w, ev(0, "unlink", "/var/lib/containerd/tmp/pause")); // not in a snapshot
@@ -534,14 +535,14 @@ fn seeded_store(dir: &TempDir) -> Store {
     push(&mut w, opaque); // 11
     let mut snap_rm = ev(0, "rename", &format!("{OV}/2"));
     snap_rm.new_path = Some(PathText(format!("{OV}/rm-2").into_bytes()));
-    snap_rm.process = process(500, "containerd");
+    snap_rm.process = Arc::new(process(500, "containerd"));
     push(&mut w, snap_rm); // 12
     let mut native = ev(
         0,
         "unlink",
         "/var/lib/containerd/io.containerd.snapshotter.v1.native/snapshots/8/pause",
     );
-    native.process.container_id = Some("0123456789abcdef".repeat(4));
+    Arc::make_mut(&mut native.process).container_id = Some("0123456789abcdef".repeat(4));
     push(&mut w, native); // 13
     w.flush().expect("flush");
     w
@@ -919,7 +920,7 @@ fn retention_by_size_keeps_the_database_under_the_limit() {
             "unlink",
             &format!("{OV}/{}/fs/usr/share/doc/pkg-{}/file-{i}", i % 7, i % 300),
         );
-        e.process = process(1000 + (i % 50) as u32, "rm");
+        e.process = Arc::new(process(1000 + (i % 50) as u32, "rm"));
         w.append_event(&e).expect("append");
     }
     w.flush().expect("flush");
@@ -1007,7 +1008,7 @@ fn crash_child_writer() {
     loop {
         for _ in 0..500 {
             let mut e = ev(T0 + k * 1000, "unlink", &format!("{OV}/{}/fs/f{k}", k % 13));
-            e.process = process(2000 + (k % 40) as u32, "rm");
+            e.process = Arc::new(process(2000 + (k % 40) as u32, "rm"));
             w.append_event(&e).expect("child append");
             k += 1;
         }
@@ -1290,7 +1291,7 @@ fn synthesised_audit_records_have_the_captured_layout() {
             other => other,
         };
         let mut e = ev(T0, op, audit_log::CAPTURED_PATH);
-        e.process = process(21222, "python3");
+        e.process = Arc::new(process(21222, "python3"));
         if op == "rename" {
             e.new_path = Some(PathText(
                 format!("{}.tmp0", audit_log::CAPTURED_PATH).into(),

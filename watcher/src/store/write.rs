@@ -1,12 +1,17 @@
 //! The writer: batched inserts with in-memory id caches, runs and heartbeats, loss and gap
 //! records, retention, and surviving a full disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
+// The writer's maps hash with foldhash: their keys are the writer's own (hashes, ids, short
+// strings), and std's SipHash showed in profiles.
+use foldhash::{HashMap, HashMapExt};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::event::{ContainerdView, FileEvent, LossEvent, ProcessView};
@@ -22,12 +27,41 @@ use super::{Gap, PruneReport, Store, StoreError, StoreOptions, ns, schema};
 const PATH_CACHE_MAX: usize = (1 << 20) / 8 * 7;
 /// Entries in the directory cache before it is emptied (~150 bytes each).
 const DIR_CACHE_MAX: usize = 100_000;
+/// Distinct containerd objects (snapshot, blob or ingest, with a verdict) in the cache before
+/// it is emptied (~600 bytes each).
+const CONTAINERD_CACHE_MAX: usize = 16_384;
+/// Process descriptions remembered by address before that cache is emptied (it holds them,
+/// ~1 KiB each).
+const PROC_ADDR_CACHE_MAX: usize = 4096;
 /// Entries in the process cache before it is emptied.
 const PROC_CACHE_MAX: usize = 50_000;
 /// Pruned gaps written within this long of each other are merged into one record.
 const PRUNED_MERGE_NS: i64 = 3600 * 1_000_000_000;
 /// Events whose time collides with a stored one are moved by at most about this much.
 pub(crate) const ADJ_SLACK_NS: i64 = 1_000_000_000;
+
+/// An event's row, built by `append_event` and inserted with others (up to [`ROW_CHUNK`]) by
+/// one prepared statement: looking the statement up in rusqlite's cache and handing it back
+/// cost more per event than binding its values. Its id (the time, or the next free one) is
+/// settled at insertion.
+struct PendingRow {
+    time_ns: i64,
+    path: i64,
+    op: i64,
+    proc_id: i64,
+    result: i64,
+    mono_d: i64,
+    errno: Option<i32>,
+    new_path: Option<i64>,
+    inode: Option<i64>,
+    dev: Option<i64>,
+    /// Range in `Writer::row_details` (empty: no details).
+    details: std::ops::Range<usize>,
+    seg: i64,
+}
+
+/// Rows buffered before they are inserted.
+const ROW_CHUNK: usize = 256;
 
 struct CachedProc {
     id: i64,
@@ -73,9 +107,19 @@ pub(crate) struct Writer {
     dirs: HashMap<Vec<u8>, i64>,
     /// Path bytes' 128-bit hash ([`path_key`]) -> `names.id`.
     paths: HashMap<u128, i64>,
+    /// In-memory hash of the whole description (`hash_state`) -> its row.
     procs: HashMap<u64, CachedProc>,
-    /// Recent containerd objects (without `path`) and their JSON.
-    containerd: HashMap<u64, Vec<(ContainerdView, String)>>,
+    /// Seeds the in-memory hashes of process descriptions and containerd objects.
+    hash_state: foldhash::fast::RandomState,
+    /// The same by the address of the event's `Arc` (see [`Writer::proc_id`]): (the `Arc`,
+    /// row id, clock offset).
+    proc_addrs: HashMap<usize, (Arc<ProcessView>, i64, i64)>,
+    /// Recent containerd objects (without `path`) and their atom id.
+    containerd: HashMap<u64, Vec<(ContainerdView, i64)>>,
+    /// Events whose row is built but not inserted yet (see [`PendingRow`]), and their
+    /// details records, end to end.
+    rows: Vec<PendingRow>,
+    row_details: Vec<u8>,
     /// Processes used in the open transaction: id -> newest event id.
     touched: HashMap<i64, i64>,
     /// Largest event id (None: to be read from the database).
@@ -218,22 +262,15 @@ fn step_all(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The path cache's key: two independent 64-bit hashes of the bytes (FNV-1a and SipHash-1-3
-/// with fixed keys). Two distinct paths share a key with probability ~2^-128 per pair
-/// (about 2^-88 for a million cached paths): negligible next to disk errors.
+/// The path cache's key: XXH3's 128-bit hash of the bytes, built for this (a 128-bit
+/// checksum that is fast on short inputs). Two distinct paths share a key with probability
+/// ~2^-128 per pair (about 2^-88 for a million cached paths): negligible next to disk errors.
 fn path_key(path: &[u8]) -> u128 {
-    use std::hash::{Hash, Hasher};
-    let mut fnv = Fnv::new();
-    fnv.bytes(path);
-    // SipHasher is deprecated only in favour of the randomly keyed default; the keys must be
-    // fixed here (deterministic), and the cache never leaves the process.
-    #[allow(deprecated)]
-    let mut sip = std::hash::SipHasher::new_with_keys(0x6374_7277_7061_7468, 0x5eed_cafe_f00d_beef);
-    path.hash(&mut sip);
-    (u128::from(fnv.finish()) << 64) | u128::from(sip.finish())
+    xxhash_rust::xxh3::xxh3_128(path)
 }
 
-/// Stable hash of a process description (also the in-memory cache key).
+/// Stable hash of a process description, stored in `procs.hash` (`procs_hash` finds a
+/// description's rows after a restart).
 pub(crate) fn proc_hash(p: &ProcessView) -> u64 {
     let mut h = Fnv::new();
     h.u64(p.pid as u64);
@@ -260,22 +297,6 @@ pub(crate) fn proc_hash(p: &ProcessView) -> u64 {
     h.finish()
 }
 
-pub(crate) fn proc_eq(a: &ProcessView, b: &ProcessView) -> bool {
-    a.pid == b.pid
-        && a.tid == b.tid
-        && a.ppid == b.ppid
-        && a.comm == b.comm
-        && a.exe == b.exe
-        && a.cmdline == b.cmdline
-        && a.uid == b.uid
-        && a.gid == b.gid
-        && a.unit == b.unit
-        && a.container_id == b.container_id
-        && a.cgroup_id == b.cgroup_id
-        && a.mnt_ns == b.mnt_ns
-        && a.ancestors == b.ancestors
-}
-
 impl Writer {
     fn load(conn: &Connection, opts: StoreOptions) -> rusqlite::Result<Writer> {
         let mut w = Writer {
@@ -291,7 +312,11 @@ impl Writer {
             dirs: HashMap::new(),
             paths: HashMap::new(),
             procs: HashMap::new(),
+            hash_state: foldhash::fast::RandomState::default(),
+            proc_addrs: HashMap::new(),
             containerd: HashMap::new(),
+            rows: Vec::new(),
+            row_details: Vec::new(),
             touched: HashMap::new(),
             max_id: None,
             seg: None,
@@ -329,6 +354,8 @@ impl Writer {
         self.dirs.clear();
         self.paths.clear();
         self.procs.clear();
+        self.proc_addrs.clear();
+        self.containerd.clear();
         self.max_id = None;
     }
 
@@ -419,19 +446,43 @@ impl Writer {
         Ok(id)
     }
 
-    /// (process row id, its clock offset).
+    /// (process row id, its clock offset). By the `Arc`'s address first: the enricher hands a
+    /// thread's events one `Arc` while its description holds, so the usual lookup hashes a
+    /// pointer, not the description. The cache holds the `Arc`, so no other description can
+    /// take that address while it is cached.
     fn proc_id(
+        &mut self,
+        conn: &Connection,
+        p: &Arc<ProcessView>,
+        clock: i64,
+    ) -> rusqlite::Result<(i64, i64)> {
+        let addr = Arc::as_ptr(p) as usize;
+        if let Some(&(_, id, clock_off)) = self.proc_addrs.get(&addr) {
+            return Ok((id, clock_off));
+        }
+        let found = self.proc_id_by_value(conn, p, clock)?;
+        if self.proc_addrs.len() >= PROC_ADDR_CACHE_MAX {
+            self.proc_addrs.clear();
+        }
+        self.proc_addrs
+            .insert(addr, (Arc::clone(p), found.0, found.1));
+        Ok(found)
+    }
+
+    /// [`Writer::proc_id`] by the description: the in-memory cache, then `procs_hash`.
+    fn proc_id_by_value(
         &mut self,
         conn: &Connection,
         p: &ProcessView,
         clock: i64,
     ) -> rusqlite::Result<(i64, i64)> {
-        let h = proc_hash(p);
-        if let Some(c) = self.procs.get(&h)
-            && proc_eq(&c.view, p)
+        let key = self.hash_state.hash_one(p);
+        if let Some(c) = self.procs.get(&key)
+            && c.view == *p
         {
             return Ok((c.id, c.clock_off));
         }
+        let h = proc_hash(p);
         let found = {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, clock_off, pid, tid, ppid, comm, exe, cmdline, uid, gid, unit, \
@@ -441,7 +492,7 @@ impl Writer {
             let mut found = None;
             while let Some(row) = rows.next()? {
                 let view = proc_from_row(row, 2)?;
-                if proc_eq(&view, p) {
+                if view == *p {
                     found = Some((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?));
                     break;
                 }
@@ -484,7 +535,7 @@ impl Writer {
             self.procs.clear();
         }
         self.procs.insert(
-            h,
+            key,
             CachedProc {
                 id,
                 clock_off,
@@ -494,48 +545,37 @@ impl Writer {
         Ok((id, clock_off))
     }
 
-    /// The containerd object as (JSON without `path`, `path` as JSON text). The JSON is shared
-    /// by many events (one snapshot, one verdict): the last few are remembered.
-    fn containerd_json(
-        &mut self,
-        c: &ContainerdView,
-    ) -> rusqlite::Result<(String, Option<String>)> {
-        let to_json = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
-        let path = c
-            .path
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(to_json)?;
+    /// The atom of a containerd object without its `path` (its JSON). The object is shared by
+    /// many events (one snapshot, one verdict): recent ones are remembered with their atom.
+    fn containerd_atom(&mut self, conn: &Connection, c: &ContainerdView) -> rusqlite::Result<i64> {
         // Bucketed by the fields that tell objects apart; compared whole within a bucket.
-        let mut h = Fnv::new();
-        h.bytes(c.kind.as_bytes());
-        h.u64(c.snapshot_id.unwrap_or(u64::MAX));
-        h.opt(c.snapshot_key.as_deref());
-        h.opt(c.blob_digest.as_deref());
-        h.opt(c.ingest_ref.as_deref());
-        h.opt(c.container_id.as_deref());
-        h.bytes(c.verdict.as_bytes());
-        h.bytes(c.reason.as_bytes());
+        let mut h = self.hash_state.build_hasher();
+        c.kind.hash(&mut h);
+        c.snapshot_id.hash(&mut h);
+        c.snapshot_key.hash(&mut h);
+        c.blob_digest.hash(&mut h);
+        c.ingest_ref.hash(&mut h);
+        c.container_id.hash(&mut h);
+        c.verdict.hash(&mut h);
+        c.reason.hash(&mut h);
         let bucket = h.finish();
-        if let Some((_, json)) = self
+        if let Some(&(_, id)) = self
             .containerd
             .get(&bucket)
             .and_then(|b| b.iter().find(|(v, _)| same_but_path(v, c)))
         {
-            return Ok((json.clone(), path));
+            return Ok(id);
         }
         let mut key = c.clone();
         key.path = None;
-        let json = serde_json::to_string(&key).map_err(to_json)?;
-        if self.containerd.len() >= 4096 {
+        let json = serde_json::to_string(&key)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let id = self.atom(conn, AtomKind::Containerd, &json)?;
+        if self.containerd.len() >= CONTAINERD_CACHE_MAX {
             self.containerd.clear();
         }
-        self.containerd
-            .entry(bucket)
-            .or_default()
-            .push((key, json.clone()));
-        Ok((json, path))
+        self.containerd.entry(bucket).or_default().push((key, id));
+        Ok(id)
     }
 
     fn max_id(&mut self, conn: &Connection) -> rusqlite::Result<i64> {
@@ -594,83 +634,119 @@ impl Writer {
         };
         let containerd = match &ev.details.containerd {
             Some(c) => {
-                let (json, path) = self.containerd_json(c)?;
-                // Usually the inner path of the event's path: derived when read back.
-                let derived = c.path.is_some()
-                    && c.path.as_ref().map(|p| &p.0) == codec::inner_path(&ev.path.0).as_ref();
-                Some((json, path, derived))
+                let atom = self.containerd_atom(conn, c)?;
+                // Usually the inner path of the event's path (its tail): derived when read
+                // back. Otherwise kept as JSON text.
+                let path = match &c.path {
+                    None => codec::CtrdPath::Absent,
+                    Some(p)
+                        if ev.path.0.ends_with(&p.0)
+                            && codec::inner_start(&ev.path.0)
+                                == Some(ev.path.0.len() - p.0.len()) =>
+                    {
+                        codec::CtrdPath::Inner
+                    }
+                    Some(p) => codec::CtrdPath::Text(
+                        serde_json::to_string(p)
+                            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                    ),
+                };
+                Some((atom, path))
             }
             None => None,
         };
-        let details = codec::encode_details(
-            &ev.details,
-            time_ns,
-            containerd.as_ref().map(|(j, p, derived)| {
-                let path = match (p, derived) {
-                    (_, true) => codec::CtrdPath::Inner,
-                    (Some(p), false) => codec::CtrdPath::Text(p),
-                    (None, false) => codec::CtrdPath::Absent,
-                };
-                (j.as_str(), path)
-            }),
-            |kind, s| self.atom(conn, kind, s),
-        )?;
+        let start = self.row_details.len();
+        let mut details = std::mem::take(&mut self.row_details);
+        let encoded =
+            codec::encode_details(&mut details, &ev.details, time_ns, containerd, |kind, s| {
+                self.atom(conn, kind, s)
+            });
+        self.row_details = details;
+        encoded?;
         let mono_d = clock.wrapping_sub(clock_off);
-        let max_id = self.max_id(conn)?;
         let seg = self.segment(conn)?;
+        self.rows.push(PendingRow {
+            time_ns,
+            path,
+            op,
+            proc_id,
+            result,
+            mono_d,
+            errno: ev.errno,
+            new_path,
+            inode: ev.inode.map(|i| i as i64),
+            dev,
+            details: start..self.row_details.len(),
+            seg,
+        });
+        if let Some((_, n)) = &mut self.seg {
+            *n += 1;
+        }
+        self.batch += 1;
+        *self.batch_kinds.entry(ev.op).or_insert(0) += 1;
+        self.batch_from = self.batch_from.min(time_ns);
+        self.batch_to = self.batch_to.max(time_ns);
+        Ok(())
+    }
+
+    /// Inserts the buffered rows, through one prepared statement.
+    fn insert_rows(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let mut max_id = self.max_id(conn)?;
         // OR IGNORE: a taken id is reported as 0 rows changed (no statement journal needed).
         let mut stmt = conn.prepare_cached(
             "INSERT OR IGNORE INTO events (id, path, op, proc, result, adj, mono_d, errno, new_path, inode, \
              dev, details, seg) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
-        let mut id = time_ns;
-        let mut tries = 0;
-        loop {
-            let r = stmt.execute(params![
-                id,
-                path,
-                op,
-                proc_id,
-                result,
-                id.wrapping_sub(time_ns),
-                mono_d,
-                ev.errno,
-                new_path,
-                ev.inode.map(|i| i as i64),
-                dev,
-                details,
-                seg,
-            ]);
-            match r {
-                Ok(1) => break,
-                Ok(_) if tries < 64 => {
-                    tries += 1;
-                    // Two events in one nanosecond: take the next free one. At the end of the
-                    // table that is right after the largest id.
-                    id = if max_id >= id && max_id - id < 1000 {
-                        max_id.saturating_add(1)
-                    } else {
-                        id.saturating_add(1)
-                    };
+        for row in &self.rows {
+            let details = &self.row_details[row.details.clone()];
+            let mut id = row.time_ns;
+            let mut tries = 0;
+            loop {
+                let r = stmt.execute(params![
+                    id,
+                    row.path,
+                    row.op,
+                    row.proc_id,
+                    row.result,
+                    id.wrapping_sub(row.time_ns),
+                    row.mono_d,
+                    row.errno,
+                    row.new_path,
+                    row.inode,
+                    row.dev,
+                    (!details.is_empty()).then_some(details),
+                    row.seg,
+                ]);
+                match r {
+                    Ok(1) => break,
+                    Ok(_) if tries < 64 => {
+                        tries += 1;
+                        // Two events in one nanosecond: take the next free one. At the end of
+                        // the table that is right after the largest id.
+                        id = if max_id >= id && max_id - id < 1000 {
+                            max_id.saturating_add(1)
+                        } else {
+                            id.saturating_add(1)
+                        };
+                    }
+                    Ok(_) => return Err(rusqlite::Error::StatementChangedRows(0)),
+                    Err(e) => return Err(e),
                 }
-                Ok(_) => return Err(rusqlite::Error::StatementChangedRows(0)),
-                Err(e) => return Err(e),
             }
+            max_id = max_id.max(id);
+            let s = self.batch_segs.entry(row.seg).or_insert((id, id, 0));
+            s.0 = s.0.min(id);
+            s.1 = s.1.max(id);
+            s.2 += 1;
+            let t = self.touched.entry(row.proc_id).or_insert(id);
+            *t = (*t).max(id);
         }
-        self.max_id = Some(max_id.max(id));
-        if let Some((_, n)) = &mut self.seg {
-            *n += 1;
-        }
-        let s = self.batch_segs.entry(seg).or_insert((id, id, 0));
-        s.0 = s.0.min(id);
-        s.1 = s.1.max(id);
-        s.2 += 1;
-        let t = self.touched.entry(proc_id).or_insert(id);
-        *t = (*t).max(id);
-        self.batch += 1;
-        *self.batch_kinds.entry(ev.op).or_insert(0) += 1;
-        self.batch_from = self.batch_from.min(time_ns);
-        self.batch_to = self.batch_to.max(time_ns);
+        self.max_id = Some(max_id);
+        self.rows.clear();
+        self.row_details.clear();
         Ok(())
     }
 
@@ -703,12 +779,15 @@ impl Writer {
         self.batch_to = i64::MIN;
         self.touched.clear();
         self.batch_segs.clear();
+        self.rows.clear();
+        self.row_details.clear();
     }
 
     fn commit(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         if !self.in_txn {
             return Ok(());
         }
+        self.insert_rows(conn)?;
         {
             let mut stmt = conn.prepare_cached(
                 "UPDATE procs SET last_seen = ?2 WHERE id = ?1 AND last_seen < ?2",
@@ -1126,6 +1205,12 @@ impl Store {
         }
         if let Err(e) = w.insert_event(conn, ev, time_ns) {
             return Err(w.fail(conn, path, e, Some((ev.op, 1, time_ns))));
+        }
+        // The event is in the batch now: a failure from here on counts it with the batch.
+        if w.rows.len() >= ROW_CHUNK
+            && let Err(e) = w.insert_rows(conn)
+        {
+            return Err(w.fail(conn, path, e, None));
         }
         if w.batch >= w.opts.max_batch as u64
             && let Err(e) = w.commit(conn)
