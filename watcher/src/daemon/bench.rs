@@ -8,17 +8,15 @@
 //! every event offered.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
 use super::StoreSink;
-use crate::store::{BenchScenario, Store, StoreOptions, synthetic_events};
+use crate::store::bench::{SEED, fresh_store, remove_store_files};
+use crate::store::{BenchScenario, Store, synthetic_events};
 use crate::watch::Sink as _;
-
-/// The events are the store benchmark's for this seed.
-const SEED: u64 = 42;
 
 /// Figures from [`bench_pipeline`].
 #[derive(Clone, Debug, Serialize)]
@@ -55,21 +53,7 @@ pub fn bench_pipeline(
     let rate = rate.max(1);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = dir.join("pipeline.db");
-    let remove = || {
-        for suffix in ["", "-wal", "-shm", ".lock"] {
-            let mut p = db.as_os_str().to_owned();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    };
-    remove();
-    let opts = StoreOptions {
-        retention_age: None,
-        retention_bytes: None,
-        ..Default::default()
-    };
-    let mut store = Store::open(&db, opts).context("opening the bench store")?;
-    store.begin_run(SystemTime::now())?;
+    let store = fresh_store(&db).context("opening the bench store")?;
     let mut sink = StoreSink::start(store, None)?;
     let start = Instant::now();
     for (i, ev) in synthetic_events(scenario, n, SEED).enumerate() {
@@ -93,7 +77,7 @@ pub fn bench_pipeline(
     let reader = Store::open_read_only(&db)?;
     let stats = reader.stats()?;
     drop(reader);
-    remove();
+    remove_store_files(&db);
     Ok(PipelineResult {
         scenario: format!("{scenario:?}"),
         events: n,

@@ -101,7 +101,7 @@ pub struct AusearchFigures {
 }
 
 /// Seed of the benchmark's events (the store and the audit log get the same ones).
-const SEED: u64 = 42;
+pub(crate) const SEED: u64 = 42;
 
 const BASE: &str = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
 
@@ -391,6 +391,29 @@ fn median_ms(
     Ok(times[times.len() / 2])
 }
 
+/// Removes the store at `db` with its WAL, shared-memory and lock files.
+pub(crate) fn remove_store_files(db: &Path) {
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A new store at `db` (any old one removed), without retention, its run begun: where the
+/// benchmarks write.
+pub(crate) fn fresh_store(db: &Path) -> Result<Store, StoreError> {
+    remove_store_files(db);
+    let opts = StoreOptions {
+        retention_age: None,
+        retention_bytes: None,
+        ..Default::default()
+    };
+    let mut store = Store::open(db, opts)?;
+    store.begin_run(SystemTime::now())?;
+    Ok(store)
+}
+
 /// Writes `n` synthetic events into a new store `dir/bench.db`; (path, time spent in the
 /// store, JSON bytes of the same events, stats).
 pub(crate) fn ingest(
@@ -399,19 +422,7 @@ pub(crate) fn ingest(
     scenario: BenchScenario,
 ) -> Result<(std::path::PathBuf, Duration, u64, super::StoreStats), StoreError> {
     let db = dir.join("bench.db");
-    for suffix in ["", "-wal", "-shm", ".lock"] {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
-    let opts = StoreOptions {
-        retention_age: None,
-        retention_bytes: None,
-        ..Default::default()
-    };
-    let mut store = Store::open(&db, opts)?;
-    let start = SystemTime::now();
-    store.begin_run(start)?;
+    let mut store = fresh_store(&db)?;
     let mut spent = Duration::ZERO;
     let mut json_bytes: u64 = 0;
     for (i, ev) in synthetic_events(scenario, n, SEED).enumerate() {

@@ -640,9 +640,8 @@ impl Writer {
                 let path = match &c.path {
                     None => codec::CtrdPath::Absent,
                     Some(p)
-                        if ev.path.0.ends_with(&p.0)
-                            && codec::inner_start(&ev.path.0)
-                                == Some(ev.path.0.len() - p.0.len()) =>
+                        if codec::inner_start(&ev.path.0)
+                            .is_some_and(|i| ev.path.0[i..] == p.0[..]) =>
                     {
                         codec::CtrdPath::Inner
                     }
