@@ -746,6 +746,44 @@ fn a_changed_tid_is_never_answered_by_the_strict_api() {
 }
 
 #[test]
+fn an_undecodable_gap_is_skipped_and_counted() {
+    let dir = TempDir::new("gaprow");
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    w.begin_run(at(T0)).expect("run");
+    for k in 0..3 {
+        let mut kinds = BTreeMap::new();
+        kinds.insert("unlink", 5);
+        w.append_loss(&LossEvent {
+            time: format_time(T0 + (k + 1) * SEC),
+            op: "loss",
+            from: format_time(T0 + k * SEC),
+            to: format_time(T0 + (k + 1) * SEC),
+            lost: 5,
+            kinds,
+        })
+        .expect("loss");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let c = rusqlite::Connection::open(dir.db()).expect("raw");
+    c.execute_batch(&format!(
+        "UPDATE gaps SET kinds = '{{\"unlink\": 5' WHERE from_ns = {}",
+        T0 + SEC
+    ))
+    .expect("damage");
+    drop(c);
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let a = r.gaps_partial(None, None).expect("gaps_partial");
+    assert_eq!(a.found.len(), 2);
+    assert_eq!(a.unreadable.count, 1);
+    assert_eq!(a.unreadable.rows[0].table, "gaps");
+    match r.gaps(None, None) {
+        Err(StoreError::Corrupt { .. }) => {}
+        other => panic!("strict gaps: {other:?}"),
+    }
+}
+
+#[test]
 fn new_store_has_16_kib_pages() {
     let dir = TempDir::new("pages");
     drop(Store::open(dir.db(), StoreOptions::default()).expect("open"));
