@@ -182,16 +182,113 @@ fn serial(v: &SqlValue) -> (u64, Vec<u8>) {
 }
 
 /// Where a row's record lies in the file: the offset of each column's serial type byte in
-/// the header (single-byte types only) and of its body bytes.
+/// the header (single-byte types only) and of its body bytes, and where it starts and ends.
 struct RecordAt {
+    start: usize,
     type_at: Vec<usize>,
     body_at: Vec<usize>,
     len: usize,
 }
 
+fn read_sqlite_varint(b: &[u8], pos: &mut usize) -> u64 {
+    let mut v: u64 = 0;
+    for i in 0..9 {
+        let byte = b[*pos];
+        *pos += 1;
+        if i == 8 {
+            return (v << 8) | u64::from(byte);
+        }
+        v = (v << 7) | u64::from(byte & 0x7f);
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+/// The file offset of the payload of the row with rowid `id` in the table b-tree rooted at
+/// page `root`: the live copy, found by walking the b-tree (a page's free space may still
+/// hold older copies of a row after a split).
+fn payload_offset(file: &[u8], page_size: usize, root: usize, id: i64) -> usize {
+    let mut page_no = root;
+    loop {
+        let base = (page_no - 1) * page_size;
+        // Page 1 starts with the 100-byte file header.
+        let hdr = base + if page_no == 1 { 100 } else { 0 };
+        let kind = file[hdr];
+        let cells = usize::from(u16::from_be_bytes([file[hdr + 3], file[hdr + 4]]));
+        let ptrs = hdr + if kind == 5 { 12 } else { 8 };
+        let cell = |i: usize| {
+            base + usize::from(u16::from_be_bytes([
+                file[ptrs + 2 * i],
+                file[ptrs + 2 * i + 1],
+            ]))
+        };
+        match kind {
+            // Interior table page: cells are (left child, largest rowid in it).
+            5 => {
+                let mut next = u32::from_be_bytes([
+                    file[hdr + 8],
+                    file[hdr + 9],
+                    file[hdr + 10],
+                    file[hdr + 11],
+                ]) as usize;
+                for i in 0..cells {
+                    let at = cell(i);
+                    let child =
+                        u32::from_be_bytes([file[at], file[at + 1], file[at + 2], file[at + 3]])
+                            as usize;
+                    let mut pos = at + 4;
+                    if read_sqlite_varint(file, &mut pos) as i64 >= id {
+                        next = child;
+                        break;
+                    }
+                }
+                page_no = next;
+            }
+            // Leaf table page: cells are (payload size, rowid, payload).
+            13 => {
+                for i in 0..cells {
+                    let mut pos = cell(i);
+                    read_sqlite_varint(file, &mut pos);
+                    if read_sqlite_varint(file, &mut pos) as i64 == id {
+                        return pos;
+                    }
+                }
+                panic!("row {id} not in its leaf page {page_no}");
+            }
+            k => panic!("page {page_no}: not a table b-tree page (type {k})"),
+        }
+    }
+}
+
 /// Finds the record of the row of `table` with rowid `id` (its INTEGER PRIMARY KEY is stored
-/// as NULL in the record) in the database file. Panics unless it occurs exactly once.
+/// as NULL in the record) in the database file, and checks it is the record its values make.
 fn locate(db: &Path, table: &str, id: i64) -> RecordAt {
+    let (record, type_at, body_at) = record_of(db, table, id);
+    let file = std::fs::read(db).expect("read db");
+    let page_size = scalar(db, "PRAGMA page_size") as usize;
+    let root = scalar(
+        db,
+        &format!("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = '{table}'"),
+    ) as usize;
+    let start = payload_offset(&file, page_size, root, id);
+    assert_eq!(
+        file.get(start..start + record.len()),
+        Some(record.as_slice()),
+        "{table} row {id}: the record at {start} is not the one its values make"
+    );
+    RecordAt {
+        start,
+        type_at: type_at.iter().map(|o| start + o).collect(),
+        body_at: body_at.iter().map(|o| start + o).collect(),
+        len: record.len(),
+    }
+}
+
+/// The record of the row of `table` with rowid `id` (its INTEGER PRIMARY KEY is stored as NULL
+/// in the record), with each column's offset in its header and in its body.
+fn record_of(db: &Path, table: &str, id: i64) -> (Vec<u8>, Vec<usize>, Vec<usize>) {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
     let cols: Vec<(String, bool)> = conn
         .prepare(&format!("PRAGMA table_info({table})"))
@@ -235,28 +332,29 @@ fn locate(db: &Path, table: &str, id: i64) -> RecordAt {
     let mut record = vec![header_len as u8];
     record.extend_from_slice(&types);
     record.extend_from_slice(&body);
+    let body_at = body_offsets.iter().map(|o| header_len + o).collect();
+    let type_at = header_cols.iter().map(|c| 1 + c).collect();
+    (record, type_at, body_at)
+}
+
+/// The rowid of the cell that ends at the last byte of the file, when the last page is a
+/// table b-tree leaf whose last cell fills it to its end (no overflow page).
+fn rowid_at_end(db: &Path) -> Option<i64> {
     let file = std::fs::read(db).expect("read db");
-    let hits: Vec<usize> = file
-        .windows(record.len())
-        .enumerate()
-        .filter(|(_, w)| *w == record.as_slice())
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(
-        hits.len(),
-        1,
-        "{table} row {id}: its record occurs {} times in the file",
-        hits.len()
-    );
-    let start = hits[0];
-    RecordAt {
-        type_at: header_cols.iter().map(|c| start + 1 + c).collect(),
-        body_at: body_offsets
-            .iter()
-            .map(|o| start + header_len + o)
-            .collect(),
-        len: record.len(),
+    let page_size = scalar(db, "PRAGMA page_size") as usize;
+    let page = &file[file.len().checked_sub(page_size)?..];
+    // Table b-tree leaf: type 13, cell count at 3, cell pointers after the 8-byte header.
+    if page[0] != 13 {
+        return None;
     }
+    let cells = usize::from(u16::from_be_bytes([page[3], page[4]]));
+    let last = (0..cells)
+        .map(|i| usize::from(u16::from_be_bytes([page[8 + 2 * i], page[9 + 2 * i]])))
+        .max()?;
+    let mut pos = last;
+    let payload = read_sqlite_varint(page, &mut pos) as usize;
+    let rowid = read_sqlite_varint(page, &mut pos) as i64;
+    (pos + payload == page_size).then_some(rowid)
 }
 
 fn column_index(db: &Path, table: &str, column: &str) -> usize {
@@ -372,6 +470,16 @@ fn write_event_id(db: &Path, name: &str) -> i64 {
 fn a_copy_truncated_by_one_byte_answers_with_the_rows_it_can_read_and_exits_5() {
     let copy = copy_of("truncated");
     let len = std::fs::metadata(&copy).expect("stat").len();
+    // The file's last byte is the last byte of an event's row (the events table grows last
+    // while the script runs), as in the issue: that row is the one the truncation damages.
+    let victim = rowid_at_end(&copy)
+        .expect("the store's last page is a table leaf whose last cell ends the file");
+    let rec = locate(&copy, "events", victim);
+    assert_eq!(
+        (rec.start + rec.len) as u64,
+        len,
+        "the row ending the file is event {victim}'s"
+    );
     std::fs::OpenOptions::new()
         .write(true)
         .open(&copy)
@@ -386,6 +494,17 @@ fn a_copy_truncated_by_one_byte_answers_with_the_rows_it_can_read_and_exits_5() 
     drop(conn);
     let (_, skipped) = damaged_answer(&copy);
     assert_eq!(skipped, 1, "the last byte belongs to one event row");
+    let (_, out, _) = query(&copy, &["--limit", "100000000"]);
+    let summary: Value = out
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    assert_eq!(
+        summary["rows"][0]["id"].as_i64(),
+        Some(victim),
+        "the truncated row is the one reported: {summary}"
+    );
     // The human table says the same on stderr, after the readable rows.
     let (code, out, err) = ctrwatch(&[
         OsStr::new("query"),
