@@ -250,8 +250,9 @@ struct PathArgs {
     /// Only events at or before this time (same forms as --since).
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
-    /// At most this many events (newest first).
-    #[arg(long, default_value_t = 1000)]
+    /// At most this many events (newest first). At least 1; a number larger than the store
+    /// holds (however large) shows every event.
+    #[arg(long, default_value_t = 1000, value_parser = limit_arg)]
     limit: usize,
     /// Match PATH only as a host path (`host`), only inside snapshots (`inner`), or both.
     #[arg(long = "match", value_enum, default_value_t = MatchArg::Auto)]
@@ -285,6 +286,23 @@ impl PathArgs {
     }
     fn output(&self) -> Output {
         Output { json: self.json }
+    }
+}
+
+/// `--limit`: a positive number of events. 0 is refused rather than guessed at (some tools
+/// read it as "none", others as "no limit"); a number beyond what fits is the same as the
+/// largest one: no limit.
+fn limit_arg(s: &str) -> Result<usize, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a number of events"));
+    }
+    match s.parse::<usize>() {
+        Ok(0) => Err(
+            "must be at least 1 (to see every event, give a large number, e.g. 1000000000)".into(),
+        ),
+        Ok(n) => Ok(n),
+        // Only digits, so only too large: clamped.
+        Err(_) => Ok(usize::MAX),
     }
 }
 

@@ -1,6 +1,10 @@
 //! The investigation commands: `history`, `who-deleted`, `query`, `gaps`. They read the store
 //! while the daemon writes it, print a table or JSON lines, and map each store failure to its
 //! own exit code so scripts can tell "no store" from "store locked" from "store corrupt".
+//!
+//! Damaged rows (undecodable, or failing their checksum) are skipped: the commands print every
+//! row they can read, then say how many they skipped (stderr; with `--json` also a last
+//! record, `{"op":"unreadable",...}` or for gaps `{"kind":"unreadable",...}`) and exit 5.
 
 use std::{
     io::Write,
@@ -10,8 +14,8 @@ use std::{
 };
 
 use crate::store::{
-    DeleteOptions, Filter, Gap, PathMatch, PathQuery, Store, StoreError, StoredEvent, render_gaps,
-    render_table,
+    Answer, DeleteOptions, Filter, Gap, PathMatch, PathQuery, Store, StoreError, StoredEvent,
+    Unreadable, render_gaps, render_table,
 };
 
 /// Exit codes of the query commands (documented in docs/operations.md).
@@ -24,6 +28,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const STORE_MISSING: u8 = 3;
     pub const STORE_LOCKED: u8 = 4;
+    /// The store is damaged: it could not be read at all, or some rows could not (they were
+    /// skipped; the rows printed are those that could be read).
     pub const STORE_CORRUPT: u8 = 5;
     /// The store's schema is newer (or older) than this binary reads.
     pub const STORE_VERSION: u8 = 6;
@@ -39,6 +45,16 @@ pub enum QueryError {
     BadTime(String),
     #[error("writing the results: {0}")]
     Output(#[from] std::io::Error),
+    /// The answer was printed, but rows of a damaged store had to be skipped.
+    #[error(
+        "event store {} is damaged: {}; the results printed are the rows that could be read",
+        crate::event::escape_bytes(path.as_os_str().as_encoded_bytes()),
+        unreadable.summary()
+    )]
+    Unreadable {
+        path: PathBuf,
+        unreadable: Unreadable,
+    },
 }
 
 impl QueryError {
@@ -46,7 +62,9 @@ impl QueryError {
         ExitCode::from(match self {
             QueryError::Store(StoreError::Missing { .. }) => exit::STORE_MISSING,
             QueryError::Store(StoreError::Locked { .. }) => exit::STORE_LOCKED,
-            QueryError::Store(StoreError::Corrupt { .. }) => exit::STORE_CORRUPT,
+            QueryError::Store(StoreError::Corrupt { .. }) | QueryError::Unreadable { .. } => {
+                exit::STORE_CORRUPT
+            }
             QueryError::Store(StoreError::NewerSchema { .. } | StoreError::OlderSchema { .. }) => {
                 exit::STORE_VERSION
             }
@@ -83,39 +101,80 @@ fn open(store: &Path) -> Result<Store, QueryError> {
     Ok(Store::open_read_only(store)?)
 }
 
-/// Prints `items` as JSON lines, or as a table (`empty` when there are none).
+/// The last JSON record of an answer that skipped damaged rows:
+/// `{"op":"unreadable","skipped":N,"rows":[{"table","id","time","reason"}...]}`. `kind_field`
+/// is the field the command's records are told apart by (`op` for events, `kind` for gaps),
+/// so a script that dispatches on it sees this record for what it is.
+fn unreadable_record(kind_field: &str, skipped: &Unreadable) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert(kind_field.into(), "unreadable".into());
+    m.insert("skipped".into(), skipped.count.into());
+    m.insert(
+        "rows".into(),
+        serde_json::to_value(&skipped.rows).unwrap_or_default(),
+    );
+    serde_json::Value::Object(m)
+}
+
+/// Prints the rows of `answer` as JSON lines, or as a table (`empty` when there are none),
+/// then, when rows were skipped, says so: a last JSON record (`kind_field: "unreadable"`) and
+/// [`QueryError::Unreadable`] (stderr, exit 5).
 fn print<T: serde::Serialize>(
-    items: &[T],
+    store: &Path,
+    answer: &Answer<T>,
     out: &Output,
     table: fn(&[T]) -> String,
     empty: &str,
+    kind_field: &'static str,
 ) -> Result<(), QueryError> {
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
+    let items = &answer.found;
+    let skipped = &answer.unreadable;
     if out.json {
         for item in items {
             serde_json::to_writer(&mut w, item).map_err(std::io::Error::other)?;
             w.write_all(b"\n")?;
         }
+        if skipped.count > 0 {
+            serde_json::to_writer(&mut w, &unreadable_record(kind_field, skipped))
+                .map_err(std::io::Error::other)?;
+            w.write_all(b"\n")?;
+        }
     } else if items.is_empty() {
-        writeln!(w, "{empty}")?;
+        // "Nothing matched" would be a claim the skipped rows may contradict.
+        if skipped.count == 0 {
+            writeln!(w, "{empty}")?;
+        }
     } else {
         write!(w, "{}", table(items))?;
     }
     w.flush()?;
+    if skipped.count > 0 {
+        return Err(QueryError::Unreadable {
+            path: store.to_path_buf(),
+            unreadable: skipped.clone(),
+        });
+    }
     Ok(())
 }
 
-fn print_events(events: &[StoredEvent], out: &Output) -> Result<(), QueryError> {
-    print(events, out, render_table, "no matching events")
+fn print_events(
+    store: &Path,
+    events: &Answer<StoredEvent>,
+    out: &Output,
+) -> Result<(), QueryError> {
+    print(store, events, out, render_table, "no matching events", "op")
 }
 
-fn print_gaps(gaps: &[Gap], out: &Output) -> Result<(), QueryError> {
+fn print_gaps(store: &Path, gaps: &Answer<Gap>, out: &Output) -> Result<(), QueryError> {
     print(
+        store,
         gaps,
         out,
         render_gaps,
         "no gaps: the history is complete for this window",
+        "kind",
     )
 }
 
@@ -161,8 +220,8 @@ pub fn history(
     w: &Window,
     out: &Output,
 ) -> Result<(), QueryError> {
-    let events = open(store)?.history(&path_query(path, matching, w)?)?;
-    print_events(&events, out)
+    let events = open(store)?.history_partial(&path_query(path, matching, w)?)?;
+    print_events(store, &events, out)
 }
 
 pub fn who_deleted(
@@ -173,8 +232,8 @@ pub fn who_deleted(
     w: &Window,
     out: &Output,
 ) -> Result<(), QueryError> {
-    let events = open(store)?.who_deleted(&path_query(path, matching, w)?, opts)?;
-    print_events(&events, out)
+    let events = open(store)?.who_deleted_partial(&path_query(path, matching, w)?, opts)?;
+    print_events(store, &events, out)
 }
 
 /// Filters of `ctrwatch query`, as given on the command line.
@@ -209,14 +268,14 @@ pub fn query(store: &Path, args: &QueryArgs, out: &Output) -> Result<(), QueryEr
         until,
         limit: args.window.limit,
     };
-    let events = open(store)?.query(&filter)?;
-    print_events(&events, out)
+    let events = open(store)?.query_partial(&filter)?;
+    print_events(store, &events, out)
 }
 
 pub fn gaps(store: &Path, w: &Window, out: &Output) -> Result<(), QueryError> {
     let (since, until) = w.resolve()?;
-    let gaps = open(store)?.gaps(since, until)?;
-    print_gaps(&gaps, out)
+    let gaps = open(store)?.gaps_partial(since, until)?;
+    print_gaps(store, &gaps, out)
 }
 
 #[cfg(test)]

@@ -327,6 +327,38 @@ impl Glob {
     }
 }
 
+/// Checks a pattern for SQLite's `GLOB` (the `--comm`/`--exe`/`--unit` filters): `*`, `?` and
+/// `[...]` (`^` negates, `]` first in the set is literal). The one way such a pattern is
+/// malformed is a `[` without its `]`: SQLite then matches nothing, which would answer "no
+/// matching events" to a typo.
+pub(crate) fn check_sql_glob(pattern: &str) -> Result<(), String> {
+    let b = pattern.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'[' {
+            let mut j = i + 1;
+            if b.get(j) == Some(&b'^') {
+                j += 1;
+            }
+            // A `]` right after `[` or `[^` is a member of the set.
+            if b.get(j) == Some(&b']') {
+                j += 1;
+            }
+            match b[j.min(b.len())..].iter().position(|&c| c == b']') {
+                Some(k) => i = j + k + 1,
+                None => {
+                    return Err(format!(
+                        "unclosed '[' in glob {pattern:?} (write [[] for a literal '[')"
+                    ));
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Times
 
@@ -351,9 +383,32 @@ pub(crate) fn ns_system_time(ns: i64) -> SystemTime {
     }
 }
 
-/// ns since the epoch to the RFC 3339 form `FileEvent.time` uses (UTC, nanoseconds).
+/// ns since the epoch to the RFC 3339 form `FileEvent.time` uses (UTC, nanoseconds). Total:
+/// a time before 1970 (only a damaged row holds one) is formatted too, where humantime would
+/// panic.
 pub(crate) fn format_time(ns: i64) -> String {
-    humantime::format_rfc3339_nanos(ns_system_time(ns)).to_string()
+    if ns >= 0 {
+        return humantime::format_rfc3339_nanos(ns_system_time(ns)).to_string();
+    }
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,6 +445,103 @@ impl Fnv {
     pub(crate) fn finish(&self) -> u64 {
         self.0
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row checksums (schema version 3): see docs/store.md, "Row checksums".
+
+/// The digest of a path's bytes: XXH3's 128-bit hash. Also the writer's path cache key.
+pub(crate) fn path_digest(path: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(path)
+}
+
+/// The digest of an atom's text (op, result, device, mode, flag, note, containerd object).
+pub(crate) fn text_digest(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+/// Layout of what [`content_digest`] hashes; part of the hashed bytes, so a later layout can
+/// never be confused with this one.
+const CHECKSUM_LAYOUT: u8 = 1;
+
+/// Everything an event's answer is built from, as its checksum covers it: the row's own
+/// columns (but its id, see [`row_checksum`]) and a digest of each row it refers to — the
+/// path and new path (their bytes), the process (its whole description and clock offset), the
+/// op, result and device atoms, and the atoms its details refer to (in the order the details
+/// name them). A silent change in any of these rows changes the answer and fails the check.
+pub(crate) struct RowContent<'a> {
+    pub path: u128,
+    pub new_path: Option<u128>,
+    /// `proc_hash` of the process description (FNV-1a: any single changed byte changes it).
+    pub process: u64,
+    pub clock_off: i64,
+    pub op: u64,
+    pub result: u64,
+    pub dev: Option<u64>,
+    pub mono_d: i64,
+    pub errno: Option<i32>,
+    pub inode: Option<i64>,
+    pub seg: i64,
+    pub details: &'a [u8],
+    pub detail_atoms: &'a [u64],
+}
+
+/// XXH3 of a [`RowContent`], laid out in `buf` (a scratch buffer, reused).
+pub(crate) fn content_digest(c: &RowContent<'_>, buf: &mut Vec<u8>) -> u64 {
+    buf.clear();
+    buf.push(CHECKSUM_LAYOUT);
+    buf.extend_from_slice(&c.path.to_le_bytes());
+    match c.new_path {
+        Some(p) => {
+            buf.push(1);
+            buf.extend_from_slice(&p.to_le_bytes());
+        }
+        None => buf.push(0),
+    }
+    buf.extend_from_slice(&c.process.to_le_bytes());
+    buf.extend_from_slice(&c.clock_off.to_le_bytes());
+    buf.extend_from_slice(&c.op.to_le_bytes());
+    buf.extend_from_slice(&c.result.to_le_bytes());
+    match c.dev {
+        Some(d) => {
+            buf.push(1);
+            buf.extend_from_slice(&d.to_le_bytes());
+        }
+        None => buf.push(0),
+    }
+    buf.extend_from_slice(&c.mono_d.to_le_bytes());
+    match c.errno {
+        Some(e) => {
+            buf.push(1);
+            buf.extend_from_slice(&e.to_le_bytes());
+        }
+        None => buf.push(0),
+    }
+    match c.inode {
+        Some(i) => {
+            buf.push(1);
+            buf.extend_from_slice(&i.to_le_bytes());
+        }
+        None => buf.push(0),
+    }
+    buf.extend_from_slice(&c.seg.to_le_bytes());
+    buf.extend_from_slice(&(c.details.len() as u64).to_le_bytes());
+    buf.extend_from_slice(c.details);
+    for a in c.detail_atoms {
+        buf.extend_from_slice(&a.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(buf)
+}
+
+/// The value stored in `events.checksum`: the content digest bound to the row's id and `adj`
+/// (settled only when the row is inserted), cut to 32 bits so SQLite stores it in 4 bytes. A
+/// damaged row passes with probability 2^-32.
+pub(crate) fn row_checksum(content: u64, id: i64, adj: i64) -> i64 {
+    let mut b = [0u8; 24];
+    b[..8].copy_from_slice(&content.to_le_bytes());
+    b[8..16].copy_from_slice(&id.to_le_bytes());
+    b[16..].copy_from_slice(&adj.to_le_bytes());
+    i64::from(xxhash_rust::xxh3::xxh3_64(&b) as u32 as i32)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -773,6 +925,112 @@ mod tests {
         assert_eq!(m("*.so*", "libjq.so.1"), Ok(true));
         assert!(Glob::new(b"[ab").is_err());
         assert!(Glob::new(b"/x").is_ok_and(|g| g.is_literal()));
+    }
+
+    #[test]
+    fn times_before_1970_are_formatted_not_a_panic() {
+        assert_eq!(format_time(-1), "1969-12-31T23:59:59.999999999Z");
+        assert_eq!(
+            format_time(-86_400_000_000_000),
+            "1969-12-31T00:00:00.000000000Z"
+        );
+        assert_eq!(format_time(i64::MIN), "1677-09-21T00:12:43.145224192Z");
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(format_time(i64::MAX), "2262-04-11T23:47:16.854775807Z");
+        // A details record whose first write lies before 1970.
+        let mut enc = Vec::new();
+        put_u(&mut enc, T_FIRST_WRITE_DELTA, zigzag(1_000));
+        let d = decode_details(&enc, 0, b"/x", |_| None);
+        assert_eq!(
+            d.and_then(|d| d.first_write).as_deref(),
+            Some("1969-12-31T23:59:59.999999000Z")
+        );
+    }
+
+    /// Writes the seed corpus of the `row_codec` fuzz target (watcher/fuzz): rows as the
+    /// fuzz target reads them (8-byte time, path length and bytes, details record) holding
+    /// what the real encoder writes. The atom ids refer to the target's own table
+    /// (`store::fuzzing::ATOMS`): 0 a mode, 1 a device, 2 and 3 flags, 4 a note, 5 a
+    /// containerd object.
+    /// `cargo test -p watcher --lib store::codec::tests::write_fuzz_seeds -- --ignored`
+    #[test]
+    #[ignore = "writes files into watcher/fuzz/corpus; run by hand"]
+    fn write_fuzz_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/row_codec");
+        std::fs::create_dir_all(&dir).expect("mkdir corpus");
+        let path: &[u8] =
+            b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/9/fs/usr/bin/jq";
+        let time_ns: i64 = 1_767_225_600_123_456_789;
+        let atom = |_: AtomKind, s: &str| -> Result<i64, ()> {
+            Ok(match s {
+                "0644" => 0,
+                "0:0" => 1,
+                "write" => 2,
+                "create" => 3,
+                _ => 4,
+            })
+        };
+        let full = Details {
+            mode: Some("0644".into()),
+            size: Some(4096),
+            offset: Some(512),
+            bytes: Some(1 << 33),
+            writes: Some(9),
+            first_write: Some(format_time(time_ns - 5_000_000_000)),
+            xattr: Some(XattrView {
+                name: "trusted.overlay.opaque".into(),
+                value: Some("y".into()),
+                value_hex: Some("79".into()),
+            }),
+            owner_uid: Some(0),
+            owner_gid: Some(65534),
+            rdev: Some("0:0".into()),
+            whiteout: Some(true),
+            overwritten: Some(crate::event::Overwritten {
+                inode: 1 << 33,
+                dev: "0:0".into(),
+            }),
+            open_flags: vec!["write", "create"],
+            notes: vec!["by_fd"],
+            ..Default::default()
+        };
+        let modify = Details {
+            bytes: Some(12),
+            writes: Some(1),
+            first_write: Some("not a time".into()),
+            ..Default::default()
+        };
+        // (file name, details, containerd atom and path)
+        type Seed<'a> = (&'a str, &'a Details, Option<(i64, CtrdPath)>);
+        let seeds: Vec<Seed> = vec![
+            ("full", &full, Some((5, CtrdPath::Inner))),
+            (
+                "full-ctrd-text",
+                &full,
+                Some((5, CtrdPath::Text("\"/data\"".into()))),
+            ),
+            ("modify-ctrd-no-path", &modify, Some((5, CtrdPath::Absent))),
+            ("modify", &modify, None),
+        ];
+        for (name, d, ctrd) in seeds {
+            let mut row = time_ns.to_le_bytes().to_vec();
+            row.push(path.len() as u8);
+            row.extend_from_slice(path);
+            let r = encode_details(&mut row, d, time_ns, ctrd, atom);
+            assert!(r.is_ok());
+            std::fs::write(dir.join(name), row).expect("write seed");
+        }
+        std::fs::write(dir.join("empty-details"), time_ns.to_le_bytes()).expect("write seed");
+    }
+
+    #[test]
+    fn sql_globs_are_checked() {
+        assert!(check_sql_glob("[").is_err());
+        assert!(check_sql_glob("a[bc").is_err());
+        assert!(check_sql_glob("[^]").is_err());
+        for ok in ["", "*/bash", "[]]", "[^]]", "[[]", "a?[a-z]*", "]"] {
+            assert!(check_sql_glob(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@
 mod audit_log;
 pub(crate) mod bench;
 mod codec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod read;
 mod render;
 mod schema;
@@ -38,7 +40,7 @@ use crate::event::{PathText, ProcessView, XattrView};
 
 pub use bench::{AusearchFigures, BenchResult, BenchScenario, bench_ingest, synthetic_events};
 pub use codec::{Glob, inner_path};
-pub use read::{DeleteOptions, Filter, PathMatch, PathQuery};
+pub use read::{Answer, DeleteOptions, Filter, PathMatch, PathQuery, Unreadable, UnreadableRow};
 pub use render::{render_gaps, render_table};
 pub use schema::SCHEMA_VERSION;
 

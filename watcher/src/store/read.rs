@@ -7,12 +7,12 @@ use std::time::SystemTime;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{AncestorView, PathText, ProcessView, hex};
 
 use super::codec::{self, AtomKind, Glob};
-use super::write::ADJ_SLACK_NS;
+use super::write::{ADJ_SLACK_NS, proc_hash};
 use super::{Gap, Store, StoreError, StoredEvent, ns, schema};
 
 /// How a query path is matched.
@@ -104,10 +104,17 @@ pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
                 let b = v.as_bytes().map_err(|e| e.to_string())?;
                 Glob::new(b)
             })?;
-            let dir_id: i64 = ctx.get(1)?;
-            let dir = ctx.get_raw(2).as_bytes_or_null()?;
-            let name = ctx.get_raw(3).as_bytes_or_null()?.unwrap_or_default();
-            let inner = ctx.get_raw(4).as_bytes_or_null()?;
+            // A damaged row (a value of the wrong type) matches nothing rather than failing
+            // the whole query.
+            let dir_id: i64 = ctx.get(1).unwrap_or(0);
+            let dir = ctx.get_raw(2).as_bytes_or_null().ok().flatten();
+            let name = ctx
+                .get_raw(3)
+                .as_bytes_or_null()
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let inner = ctx.get_raw(4).as_bytes_or_null().ok().flatten();
             let host = codec::join_path(if dir_id == 0 { None } else { dir }, name);
             if glob.matches(&host) {
                 return Ok(true);
@@ -160,7 +167,7 @@ pub(crate) fn proc_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Proces
     })
 }
 
-const EVENT_COLS: &str = "e.id, e.path, e.op, e.proc, e.result, e.adj, e.mono_d, e.errno, e.new_path, e.inode, e.dev, e.details";
+const EVENT_COLS: &str = "e.id, e.path, e.op, e.proc, e.result, e.adj, e.mono_d, e.errno, e.new_path, e.inode, e.dev, e.details, e.seg, e.checksum";
 
 struct RawEvent {
     id: i64,
@@ -175,6 +182,8 @@ struct RawEvent {
     inode: Option<i64>,
     dev: Option<i64>,
     details: Option<Vec<u8>>,
+    seg: i64,
+    checksum: Option<i64>,
 }
 
 impl RawEvent {
@@ -192,6 +201,8 @@ impl RawEvent {
             inode: r.get(9)?,
             dev: r.get(10)?,
             details: r.get(11)?,
+            seg: r.get(12)?,
+            checksum: r.get(13)?,
         })
     }
     fn time_ns(&self) -> i64 {
@@ -199,147 +210,358 @@ impl RawEvent {
     }
 }
 
-/// Turns rows into events, looking up (and remembering) atoms, paths and processes.
+/// At most this many unreadable rows are described in an [`Unreadable`] (all are counted).
+const UNREADABLE_EXAMPLES: usize = 10;
+
+/// Rows a query could not read (damaged: undecodable, referring to missing or damaged rows,
+/// or failing their checksum). They are skipped, not answered: counted, and the first few
+/// described.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Unreadable {
+    /// How many rows were skipped.
+    pub count: u64,
+    /// The first [`UNREADABLE_EXAMPLES`] of them.
+    pub rows: Vec<UnreadableRow>,
+}
+
+/// One row a query skipped.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct UnreadableRow {
+    /// `events`, `names` (a path a who-deleted answer needed) or `gaps`.
+    pub table: &'static str,
+    /// Its row id (for events, the time in ns since the epoch, made unique).
+    pub id: i64,
+    /// For events: the time its id says (the event's time give or take `adj`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Unreadable {
+    fn add(&mut self, table: &'static str, id: i64, reason: String) {
+        self.count += 1;
+        if self.rows.len() < UNREADABLE_EXAMPLES {
+            self.rows.push(UnreadableRow {
+                table,
+                id,
+                time: (table == "events").then(|| codec::format_time(id)),
+                reason,
+            });
+        }
+    }
+
+    /// Adds the rows `other` skipped.
+    fn merge(&mut self, other: Unreadable) {
+        self.count += other.count;
+        let room = UNREADABLE_EXAMPLES.saturating_sub(self.rows.len());
+        self.rows.extend(other.rows.into_iter().take(room));
+    }
+
+    /// "3 unreadable rows skipped (events 2026-…: checksum mismatch; …)".
+    pub fn summary(&self) -> String {
+        let rows = if self.count == 1 { "row" } else { "rows" };
+        let mut s = format!("{} unreadable {rows} skipped", self.count);
+        if !self.rows.is_empty() {
+            let first: Vec<String> = self
+                .rows
+                .iter()
+                .map(|r| match &r.time {
+                    Some(t) => format!("{} {} ({t}): {}", r.table, r.id, r.reason),
+                    None => format!("{} {}: {}", r.table, r.id, r.reason),
+                })
+                .collect();
+            let more = if self.count > self.rows.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            };
+            s.push_str(&format!(" ({}{more})", first.join("; ")));
+        }
+        s
+    }
+}
+
+/// A query's answer: the rows it could read, and an account of those it could not.
+#[derive(Clone, Debug)]
+pub struct Answer<T> {
+    pub found: Vec<T>,
+    pub unreadable: Unreadable,
+}
+
+impl<T> Default for Answer<T> {
+    fn default() -> Self {
+        Answer {
+            found: Vec::new(),
+            unreadable: Unreadable::default(),
+        }
+    }
+}
+
+impl<T> Answer<T> {
+    /// The rows, or [`StoreError::Corrupt`] when any was unreadable.
+    pub fn complete(self, path: &Path) -> Result<Vec<T>, StoreError> {
+        if self.unreadable.count == 0 {
+            Ok(self.found)
+        } else {
+            Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: self.unreadable.summary(),
+            })
+        }
+    }
+}
+
+/// Why one row could not be turned into an answer.
+enum RowFault {
+    /// The row (or one it refers to) is damaged: skip it, count it.
+    Unreadable(String),
+    /// The store cannot be read at all right now (I/O error, locked...): the query fails.
+    Fatal(StoreError),
+}
+
+/// A failure reading one row: a bad stored value or a damaged page (SQLITE_CORRUPT) is that
+/// row's problem; anything else is the query's.
+fn row_fault(path: &Path, e: rusqlite::Error) -> RowFault {
+    if schema::is_bad_stored_value(&e)
+        || e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
+    {
+        RowFault::Unreadable(e.to_string())
+    } else {
+        RowFault::Fatal(schema::map_err(path, e))
+    }
+}
+
+/// What a process row resolves to: (description, clock offset, `proc_hash` digest).
+type ProcEntry = (ProcessView, i64, u64);
+
+/// Turns rows into events, looking up (and remembering) atoms, paths and processes, and
+/// checking each event's checksum. A damaged dictionary row is remembered as such: every
+/// event referring to it is unreadable.
 struct Resolver<'a> {
     conn: &'a Connection,
     path: &'a Path,
-    atoms: HashMap<i64, String>,
-    names: HashMap<i64, Vec<u8>>,
-    procs: HashMap<i64, (ProcessView, i64)>,
+    /// Atom id -> (text, digest).
+    atoms: HashMap<i64, Result<(String, u64), String>>,
+    /// Path id -> (bytes, digest).
+    names: HashMap<i64, Result<(Vec<u8>, u128), String>>,
+    procs: HashMap<i64, Result<ProcEntry, String>>,
+    /// Rows with an id up to this were stored before checksums (schema v3) and may lack one;
+    /// None: every row must have one.
+    unsummed_max_id: Option<i64>,
+    sum_buf: Vec<u8>,
+    unreadable: Unreadable,
 }
 
 impl<'a> Resolver<'a> {
     fn new(store: &'a Store) -> Result<Resolver<'a>, StoreError> {
+        let unsummed_max_id: Option<i64> = store
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'unsummed_max_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| store.err(e))?;
         Ok(Resolver {
             conn: &store.conn,
             path: &store.path,
             atoms: HashMap::new(),
             names: HashMap::new(),
             procs: HashMap::new(),
+            unsummed_max_id,
+            sum_buf: Vec::new(),
+            unreadable: Unreadable::default(),
         })
     }
 
-    fn corrupt(&self, what: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.to_path_buf(),
-            detail: what,
-        }
+    fn fault(&self, e: rusqlite::Error) -> RowFault {
+        row_fault(self.path, e)
     }
 
-    fn err(&self, e: rusqlite::Error) -> StoreError {
-        schema::map_err(self.path, e)
-    }
-
-    /// An atom's text (looked up once per query).
-    fn lookup_atom(
-        conn: &Connection,
-        atoms: &mut HashMap<i64, String>,
-        id: i64,
-    ) -> rusqlite::Result<Option<String>> {
-        if let Some(t) = atoms.get(&id) {
-            return Ok(Some(t.clone()));
-        }
-        let text: Option<String> = conn
-            .prepare_cached("SELECT text FROM atoms WHERE id = ?1")?
-            .query_row(params![id], |r| r.get(0))
-            .optional()?;
-        if let Some(t) = &text {
-            atoms.insert(id, t.clone());
-        }
-        Ok(text)
-    }
-
-    fn atom(&mut self, id: i64) -> Result<String, StoreError> {
-        Resolver::lookup_atom(self.conn, &mut self.atoms, id)
-            .map_err(|e| self.err(e))?
-            .ok_or_else(|| self.corrupt(format!("unknown atom {id}")))
-    }
-
-    fn name(&mut self, id: i64) -> Result<Vec<u8>, StoreError> {
-        if let Some(p) = self.names.get(&id) {
-            return Ok(p.clone());
-        }
-        let row: Option<(i64, Option<Vec<u8>>, Vec<u8>)> = self
-            .conn
-            .prepare_cached(
-                "SELECT n.dir, d.path, n.name FROM names n LEFT JOIN dirs d ON d.id = n.dir \
-                 WHERE n.id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()
-            })
-            .map_err(|e| self.err(e))?;
-        let Some((dir_id, dir, name)) = row else {
-            return Err(self.corrupt(format!("event refers to missing path {id}")));
-        };
-        let path = if dir_id == 0 {
-            codec::join_path(None, &name)
-        } else {
-            match dir {
-                Some(d) => codec::join_path(Some(&d), &name),
-                None => return Err(self.corrupt(format!("path {id} refers to missing dir"))),
+    /// Records a row that could not be read, or passes on a failure of the whole query.
+    fn skip(&mut self, table: &'static str, id: i64, fault: RowFault) -> Result<(), StoreError> {
+        match fault {
+            RowFault::Unreadable(reason) => {
+                self.unreadable.add(table, id, reason);
+                Ok(())
             }
-        };
-        self.names.insert(id, path.clone());
-        Ok(path)
-    }
-
-    fn process(&mut self, id: i64) -> Result<(ProcessView, i64), StoreError> {
-        if let Some(p) = self.procs.get(&id) {
-            return Ok(p.clone());
+            RowFault::Fatal(e) => Err(e),
         }
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT clock_off, pid, tid, ppid, comm, exe, cmdline, uid, gid, unit, container, \
-                 cgroup_id, mnt_ns, ancestors FROM procs WHERE id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![id], |r| Ok((proc_from_row(r, 1)?, r.get(0)?)))
-                    .optional()
-            })
-            .map_err(|e| self.err(e))?;
-        let Some(p) = row else {
-            return Err(self.corrupt(format!("event refers to missing process {id}")));
-        };
-        self.procs.insert(id, p.clone());
-        Ok(p)
     }
 
-    fn event(&mut self, raw: RawEvent) -> Result<StoredEvent, StoreError> {
+    /// Caches a dictionary row's lookup: a damaged row is remembered as such, a failure of
+    /// the query is not cached.
+    fn cached<T: Clone>(
+        map: &mut HashMap<i64, Result<T, String>>,
+        id: i64,
+        look: impl FnOnce() -> Result<T, RowFault>,
+    ) -> Result<T, RowFault> {
+        if let Some(r) = map.get(&id) {
+            return r.clone().map_err(RowFault::Unreadable);
+        }
+        match look() {
+            Ok(v) => {
+                map.insert(id, Ok(v.clone()));
+                Ok(v)
+            }
+            Err(RowFault::Unreadable(why)) => {
+                map.insert(id, Err(why.clone()));
+                Err(RowFault::Unreadable(why))
+            }
+            Err(f) => Err(f),
+        }
+    }
+
+    /// An atom's text and digest (looked up once per query).
+    fn atom(&mut self, id: i64) -> Result<(String, u64), RowFault> {
+        let (conn, path) = (self.conn, self.path);
+        Resolver::cached(&mut self.atoms, id, || {
+            let text: Option<String> = conn
+                .prepare_cached("SELECT text FROM atoms WHERE id = ?1")
+                .and_then(|mut s| s.query_row(params![id], |r| r.get(0)).optional())
+                .map_err(|e| row_fault(path, e))?;
+            match text {
+                Some(t) => {
+                    let d = codec::text_digest(&t);
+                    Ok((t, d))
+                }
+                None => Err(RowFault::Unreadable(format!("refers to missing atom {id}"))),
+            }
+        })
+    }
+
+    /// A path's bytes and digest.
+    fn name(&mut self, id: i64) -> Result<(Vec<u8>, u128), RowFault> {
+        let (conn, path) = (self.conn, self.path);
+        Resolver::cached(&mut self.names, id, || {
+            let row: Option<(i64, Option<Vec<u8>>, Vec<u8>)> = conn
+                .prepare_cached(
+                    "SELECT n.dir, d.path, n.name FROM names n LEFT JOIN dirs d ON d.id = n.dir \
+                     WHERE n.id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(|e| row_fault(path, e))?;
+            let Some((dir_id, dir, name)) = row else {
+                return Err(RowFault::Unreadable(format!("refers to missing path {id}")));
+            };
+            let bytes = if dir_id == 0 {
+                codec::join_path(None, &name)
+            } else {
+                match dir {
+                    Some(d) => codec::join_path(Some(&d), &name),
+                    None => {
+                        return Err(RowFault::Unreadable(format!(
+                            "path {id} refers to missing directory {dir_id}"
+                        )));
+                    }
+                }
+            };
+            let digest = codec::path_digest(&bytes);
+            Ok((bytes, digest))
+        })
+    }
+
+    fn process(&mut self, id: i64) -> Result<ProcEntry, RowFault> {
+        let (conn, path) = (self.conn, self.path);
+        Resolver::cached(&mut self.procs, id, || {
+            let row = conn
+                .prepare_cached(
+                    "SELECT clock_off, pid, tid, ppid, comm, exe, cmdline, uid, gid, unit, \
+                     container, cgroup_id, mnt_ns, ancestors FROM procs WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![id], |r| Ok((proc_from_row(r, 1)?, r.get(0)?)))
+                        .optional()
+                })
+                .map_err(|e| row_fault(path, e))?;
+            match row {
+                Some((view, clock_off)) => {
+                    let digest = proc_hash(&view);
+                    Ok((view, clock_off, digest))
+                }
+                None => Err(RowFault::Unreadable(format!(
+                    "refers to missing process {id}"
+                ))),
+            }
+        })
+    }
+
+    /// The event of a row, after checking it against its checksum.
+    fn event(&mut self, raw: RawEvent) -> Result<StoredEvent, RowFault> {
         let time_ns = raw.time_ns();
-        let path = self.name(raw.path)?;
+        let (path, path_digest) = self.name(raw.path)?;
         let new_path = match raw.new_path {
             Some(id) => Some(self.name(id)?),
             None => None,
         };
-        let (process, clock_off) = self.process(raw.proc_id)?;
-        let mono_ns = time_ns
-            .wrapping_sub(clock_off.wrapping_add(raw.mono_d))
-            .cast_unsigned();
-        let mut details = match &raw.details {
-            Some(b) => {
-                let mut failed = None;
-                let (conn, atoms) = (self.conn, &mut self.atoms);
-                let d = codec::decode_details(b, time_ns, &path, |id| {
-                    Resolver::lookup_atom(conn, atoms, id)
-                        .map_err(|e| failed = Some(e))
-                        .ok()
-                        .flatten()
-                });
-                if let Some(e) = failed {
-                    return Err(self.err(e));
-                }
-                d.ok_or_else(|| self.corrupt(format!("bad details in event {}", raw.id)))?
-            }
-            None => Default::default(),
+        let (process, clock_off, proc_digest) = self.process(raw.proc_id)?;
+        let (op, op_digest) = self.atom(raw.op)?;
+        let (result, result_digest) = self.atom(raw.result)?;
+        let dev = match raw.dev {
+            Some(d) => Some(self.atom(d)?),
+            None => None,
         };
+        let raw_details: &[u8] = raw.details.as_deref().unwrap_or_default();
+        let mut detail_atoms: Vec<u64> = Vec::new();
+        let mut details = if raw_details.is_empty() {
+            Default::default()
+        } else {
+            let mut fault = None;
+            let d = codec::decode_details(raw_details, time_ns, &path, |id| match self.atom(id) {
+                Ok((text, digest)) => {
+                    detail_atoms.push(digest);
+                    Some(text)
+                }
+                Err(f) => {
+                    fault = Some(f);
+                    None
+                }
+            });
+            if let Some(f) = fault {
+                return Err(f);
+            }
+            d.ok_or_else(|| RowFault::Unreadable("undecodable details".into()))?
+        };
+        match raw.checksum {
+            Some(stored) => {
+                let content = codec::RowContent {
+                    path: path_digest,
+                    new_path: new_path.as_ref().map(|p| p.1),
+                    process: proc_digest,
+                    clock_off,
+                    op: op_digest,
+                    result: result_digest,
+                    dev: dev.as_ref().map(|d| d.1),
+                    mono_d: raw.mono_d,
+                    errno: raw.errno,
+                    inode: raw.inode,
+                    seg: raw.seg,
+                    details: raw_details,
+                    detail_atoms: &detail_atoms,
+                };
+                let digest = codec::content_digest(&content, &mut self.sum_buf);
+                if codec::row_checksum(digest, raw.id, raw.adj) != stored {
+                    return Err(RowFault::Unreadable(
+                        "checksum mismatch: the row or a row it refers to (path, process, \
+                         atom) was changed after it was written"
+                            .into(),
+                    ));
+                }
+            }
+            // Stored before checksums existed: read as before, not verified.
+            None if self.unsummed_max_id.is_some_and(|m| raw.id <= m) => {}
+            None => return Err(RowFault::Unreadable("checksum missing".into())),
+        }
         let path = PathText(path);
         if !path.is_utf8() {
             details.path_hex = Some(hex(&path.0));
         }
-        let new_path = new_path.map(PathText);
+        let new_path = new_path.map(|p| PathText(p.0));
         details.new_path_hex = new_path
             .as_ref()
             .filter(|p| !p.is_utf8())
@@ -350,17 +572,16 @@ impl<'a> Resolver<'a> {
             new_path_id: raw.new_path,
             time_ns,
             time: codec::format_time(time_ns),
-            mono_ns,
-            op: self.atom(raw.op)?,
+            mono_ns: time_ns
+                .wrapping_sub(clock_off.wrapping_add(raw.mono_d))
+                .cast_unsigned(),
+            op,
             path,
             new_path,
-            result: self.atom(raw.result)?,
+            result,
             errno: raw.errno,
             inode: raw.inode.map(|i| i as u64),
-            dev: match raw.dev {
-                Some(d) => Some(self.atom(d)?),
-                None => None,
-            },
+            dev: dev.map(|d| d.0),
             process,
             details,
             deletion: None,
@@ -614,19 +835,29 @@ impl Store {
         })
     }
 
+    /// The event with row id `id`. None when it is gone (pruned meanwhile) or unreadable (then
+    /// counted in `res`).
     fn load(&self, res: &mut Resolver<'_>, id: i64) -> Result<Option<StoredEvent>, StoreError> {
         let raw = self
             .conn
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLS} FROM events e WHERE e.id = ?1"
             ))
-            .and_then(|mut s| s.query_row(params![id], RawEvent::from_row).optional())
-            .map_err(|e| self.err(e))?;
-        raw.map(|r| res.event(r)).transpose()
+            .and_then(|mut s| s.query_row(params![id], RawEvent::from_row).optional());
+        let fault = match raw {
+            Ok(None) => return Ok(None),
+            Ok(Some(raw)) => match res.event(raw) {
+                Ok(ev) => return Ok(Some(ev)),
+                Err(f) => f,
+            },
+            Err(e) => res.fault(e),
+        };
+        res.skip("events", id, fault)?;
+        Ok(None)
     }
 
     /// Loads events by id, newest first, keeping those in [since, until] that `keep` accepts,
-    /// up to `limit`.
+    /// up to `limit`; unreadable ones are skipped and counted.
     fn load_ids(
         &self,
         mut ids: Vec<i64>,
@@ -634,7 +865,7 @@ impl Store {
         until: i64,
         limit: Option<usize>,
         mut keep: impl FnMut(&mut StoredEvent) -> bool,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    ) -> Result<Answer<StoredEvent>, StoreError> {
         ids.sort_unstable_by(|a, b| b.cmp(a));
         ids.dedup();
         let mut res = Resolver::new(self)?;
@@ -644,62 +875,114 @@ impl Store {
                 break;
             }
             let Some(mut ev) = self.load(&mut res, id)? else {
-                continue; // pruned meanwhile
+                continue; // pruned meanwhile, or unreadable
             };
             if ev.time_ns < since || ev.time_ns > until || !keep(&mut ev) {
                 continue;
             }
             out.push(ev);
         }
-        Ok(out)
+        Ok(Answer {
+            found: out,
+            unreadable: res.unreadable,
+        })
+    }
+
+    /// Gathers candidate ids with `gather(per)` (at most `per` per stream, newest first) and
+    /// loads them. Ids beyond `limit` are gathered in case some are rejected (outside the
+    /// window exactly, unreadable, not a deletion); when so many were rejected that the answer
+    /// came out short, gathers again with more per stream, until the answer is full or no more
+    /// ids come.
+    fn gather_and_load(
+        &self,
+        limit: Option<usize>,
+        mut gather: impl FnMut(i64) -> Result<Vec<i64>, StoreError>,
+        mut load: impl FnMut(Vec<i64>) -> Result<Answer<StoredEvent>, StoreError>,
+    ) -> Result<Answer<StoredEvent>, StoreError> {
+        let mut per = limit.map_or(i64::MAX, |l| limit_i64(l).saturating_add(64));
+        let mut gathered = None;
+        loop {
+            let ids = gather(per)?;
+            let n = ids.len();
+            let answer = load(ids)?;
+            let full = limit.is_none_or(|l| answer.found.len() >= l);
+            if full || per == i64::MAX || gathered == Some(n) {
+                return Ok(answer);
+            }
+            gathered = Some(n);
+            per = per.saturating_mul(4);
+        }
     }
 
     /// Every recorded operation on the file at `q.path`, newest first: operations on the path
     /// itself and renames/links onto it. With [`PathMatch::Auto`] (the default) a path inside
     /// an image or container (`/pause`) also matches that file in every snapshot.
+    /// [`StoreError::Corrupt`] if any of them cannot be read (see [`Store::history_partial`]).
     pub fn history(&self, q: &PathQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        self.history_partial(q)?.complete(&self.path)
+    }
+
+    /// [`Store::history`], answering the events it can read and counting those it cannot
+    /// (damaged rows) in [`Answer::unreadable`].
+    pub fn history_partial(&self, q: &PathQuery) -> Result<Answer<StoredEvent>, StoreError> {
         let names = self.resolve(&q.path, q.matching)?;
-        if names.is_empty() {
-            return Ok(Vec::new());
+        if names.is_empty() || q.limit == Some(0) {
+            return Ok(Answer::default());
         }
         let (since, until, hi) = window(q.since, q.until);
-        // Per stream, a few more than asked: some may fall outside [since, until] exactly.
-        let per = q.limit.map_or(i64::MAX, |l| (l as i64).saturating_add(64));
         let ops: Vec<i64> = self.atom_ids(AtomKind::Op)?.into_values().collect();
-        let mut ids = self.ids_by_path(&names, &ops, since, hi, per)?;
-        ids.extend(self.ids_by_new_path(&names, since, hi, per)?);
-        self.load_ids(ids, since, until, q.limit, |_| true)
+        self.gather_and_load(
+            q.limit,
+            |per| {
+                let mut ids = self.ids_by_path(&names, &ops, since, hi, per)?;
+                ids.extend(self.ids_by_new_path(&names, since, hi, per)?);
+                Ok(ids)
+            },
+            |ids| self.load_ids(ids, since, until, q.limit, |_| true),
+        )
     }
 
     /// The operations that removed the file at `q.path` (newest first), each with
     /// `deletion` saying how: unlink, rmdir, rename away from it, a rename onto it (replaced
     /// it, if it existed), an overlay whiteout at it; with `opts.ancestors`, renames of a
     /// directory above it and opaque markers set on one; with `opts.truncations`, truncations
-    /// to zero. Failed attempts only with `opts.failed`.
+    /// to zero. Failed attempts only with `opts.failed`. [`StoreError::Corrupt`] if any row
+    /// cannot be read (see [`Store::who_deleted_partial`]).
     pub fn who_deleted(
         &self,
         q: &PathQuery,
         opts: DeleteOptions,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.who_deleted_partial(q, opts)?.complete(&self.path)
+    }
+
+    /// [`Store::who_deleted`], answering the events it can read and counting those it cannot
+    /// (damaged rows) in [`Answer::unreadable`].
+    pub fn who_deleted_partial(
+        &self,
+        q: &PathQuery,
+        opts: DeleteOptions,
+    ) -> Result<Answer<StoredEvent>, StoreError> {
+        if q.limit == Some(0) {
+            return Ok(Answer::default());
+        }
         let path = codec::normalize_query_path(&q.path);
         let names = self.resolve(&path, q.matching)?;
         let (since, until, hi) = window(q.since, q.until);
-        let per = q.limit.map_or(i64::MAX, |l| (l as i64).saturating_add(64));
         let op_ids = self.atom_ids(AtomKind::Op)?;
         let op = |name: &str| op_ids.get(name).copied();
         let ops_of = |names: &[&str]| -> Vec<i64> { names.iter().filter_map(|n| op(n)).collect() };
-
-        let mut ids = Vec::new();
         let mut deleting = vec!["unlink", "rmdir", "rename", "mknod"];
         if opts.truncations {
             deleting.push("truncate");
         }
-        ids.extend(self.ids_by_path(&names, &ops_of(&deleting), since, hi, per)?);
-        ids.extend(self.ids_by_new_path(&names, since, hi, per)?);
+        let deleting = ops_of(&deleting);
+        let ancestor_ops = ops_of(&["rename", "setxattr"]);
 
         // Directories above the path: host ancestors of the query path and of every matched
         // file, and (for a path inside images) the same directory in every snapshot.
         let mut ancestor_names: HashSet<i64> = HashSet::new();
+        let mut unreadable_names = Unreadable::default();
         if opts.ancestors {
             let mut dirs: Vec<Vec<u8>> = Vec::new();
             if q.matching != PathMatch::Inner {
@@ -709,7 +992,13 @@ impl Store {
             // (one lookup for every snapshot at once); only those above it are listed here.
             let mut res = Resolver::new(self)?;
             for &n in names.iter().take(1024) {
-                let host = res.name(n)?;
+                let host = match res.name(n) {
+                    Ok((host, _)) => host,
+                    Err(f) => {
+                        res.skip("names", n, f)?;
+                        continue;
+                    }
+                };
                 let depth_inside =
                     codec::inner_path(&host).map_or(0, |i| codec::ancestors(&i).len());
                 let skip = if q.matching == PathMatch::Host {
@@ -724,6 +1013,7 @@ impl Store {
                         .map(<[u8]>::to_vec),
                 );
             }
+            unreadable_names = res.unreadable;
             dirs.sort();
             dirs.dedup();
             for d in &dirs {
@@ -734,52 +1024,54 @@ impl Store {
                     ancestor_names.extend(self.inner_ids(d)?);
                 }
             }
-            let anc: Vec<i64> = ancestor_names.iter().copied().collect();
-            ids.extend(self.ids_by_path(&anc, &ops_of(&["rename", "setxattr"]), since, hi, per)?);
         }
+        let anc: Vec<i64> = ancestor_names.iter().copied().collect();
 
         let name_set: HashSet<i64> = names.iter().copied().collect();
-        self.load_ids(ids, since, until, q.limit, |ev| {
-            if !opts.failed && ev.result != "ok" {
-                return false;
-            }
-            let on_path = name_set.contains(&ev.path_id);
-            let onto = ev.new_path_id.is_some_and(|i| name_set.contains(&i));
-            let kind = match ev.op.as_str() {
-                "unlink" if on_path => Some("unlink"),
-                "rmdir" if on_path => Some("rmdir"),
-                "rename" if on_path => Some("rename_away"),
-                "rename" if onto && ev.details.overwritten.is_some() => Some("replaced"),
-                "rename" if onto => Some("rename_onto"),
-                "mknod" if on_path && ev.details.whiteout == Some(true) => Some("whiteout"),
-                "truncate"
-                    if on_path
-                        && (ev.details.size == Some(0)
-                            || ev.details.open_flags.iter().any(|f| f == "truncate")) =>
-                {
-                    Some("truncate_to_zero")
+        let mut answer = self.gather_and_load(
+            q.limit,
+            |per| {
+                let mut ids = self.ids_by_path(&names, &deleting, since, hi, per)?;
+                ids.extend(self.ids_by_new_path(&names, since, hi, per)?);
+                if opts.ancestors {
+                    ids.extend(self.ids_by_path(&anc, &ancestor_ops, since, hi, per)?);
                 }
-                "rename" if ancestor_names.contains(&ev.path_id) => Some("ancestor_renamed"),
-                "setxattr"
-                    if ancestor_names.contains(&ev.path_id)
-                        && ev.details.xattr.as_ref().is_some_and(|x| {
-                            x.name.ends_with("overlay.opaque")
-                                && matches!(x.value.as_deref(), Some("y") | Some("x"))
-                        }) =>
-                {
-                    Some("ancestor_opaque")
-                }
-                // A link or symlink onto the path does not delete it (it fails if the path
-                // exists).
-                _ => None,
-            };
-            ev.deletion = kind;
-            kind.is_some()
-        })
+                Ok(ids)
+            },
+            |ids| {
+                self.load_ids(ids, since, until, q.limit, |ev| {
+                    ev.deletion = deletion_kind(ev, opts, &name_set, &ancestor_names);
+                    ev.deletion.is_some()
+                })
+            },
+        )?;
+        answer.unreadable.merge(unreadable_names);
+        Ok(answer)
     }
 
-    /// Events matching every given filter, newest first.
+    /// Events matching every given filter, newest first. [`StoreError::Corrupt`] if any of
+    /// them cannot be read (see [`Store::query_partial`]).
     pub fn query(&self, f: &Filter) -> Result<Vec<StoredEvent>, StoreError> {
+        self.query_partial(f)?.complete(&self.path)
+    }
+
+    /// [`Store::query`], answering the events it can read and counting those it cannot
+    /// (damaged rows) in [`Answer::unreadable`].
+    pub fn query_partial(&self, f: &Filter) -> Result<Answer<StoredEvent>, StoreError> {
+        // Checked before anything else, so a bad pattern is always reported as such.
+        for (flag, v) in [("comm", &f.comm), ("exe", &f.exe), ("unit", &f.unit)] {
+            if let Some(v) = v {
+                codec::check_sql_glob(v)
+                    .map_err(|e| StoreError::InvalidQuery(format!("{flag}: {e}")))?;
+            }
+        }
+        let path_glob = match &f.path {
+            Some(p) => Some(Glob::new(p).map_err(StoreError::InvalidQuery)?),
+            None => None,
+        };
+        if f.limit == Some(0) {
+            return Ok(Answer::default());
+        }
         let (since, until, hi) = window(f.since, f.until);
         let mut sql = format!("SELECT {EVENT_COLS} FROM events e WHERE e.id BETWEEN ?1 AND ?2");
         let mut args: Vec<Value> = vec![Value::Integer(since), Value::Integer(hi)];
@@ -796,14 +1088,14 @@ impl Store {
                 .map(|id| id.to_string())
                 .collect();
             if wanted.is_empty() {
-                return Ok(Vec::new());
+                return Ok(Answer::default());
             }
             sql.push_str(&format!(" AND e.op IN ({})", wanted.join(",")));
         }
         if let Some(r) = &f.result {
             let ids = self.atom_ids(AtomKind::Result)?;
             let Some(id) = ids.get(r.as_str()) else {
-                return Ok(Vec::new());
+                return Ok(Answer::default());
             };
             sql.push_str(&format!(" AND e.result = {id}"));
         }
@@ -834,8 +1126,7 @@ impl Store {
                 proc_conds.join(" AND ")
             ));
         }
-        if let Some(p) = &f.path {
-            let glob = Glob::new(p).map_err(StoreError::InvalidQuery)?;
+        if let (Some(p), Some(glob)) = (&f.path, &path_glob) {
             if glob.is_literal() {
                 let ids = self.resolve(p, PathMatch::Auto)?;
                 let list = ids
@@ -862,68 +1153,168 @@ impl Store {
             }
         }
         sql.push_str(" ORDER BY e.id DESC");
-        if let Some(l) = f.limit {
-            sql.push_str(&format!(" LIMIT {}", l.saturating_add(64)));
-        }
         let sql = cte + &sql;
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params_from_iter(args), RawEvent::from_row)
-            .map_err(|e| self.err(e))?;
-        let mut res = Resolver::new(self)?;
-        let mut out = Vec::new();
-        for raw in rows {
-            let raw = raw.map_err(|e| self.err(e))?;
-            let t = raw.time_ns();
-            if t < since || t > until {
-                continue;
+        // A few more rows than asked: some may fall outside [since, until] exactly, or be
+        // unreadable. If so many were that the answer came out short, ask again for more.
+        let mut sql_limit = f.limit.map(|l| limit_i64(l).saturating_add(64));
+        loop {
+            let full_sql = match sql_limit {
+                Some(l) => format!("{sql} LIMIT {l}"),
+                None => sql.clone(),
+            };
+            let mut stmt = self.conn.prepare(&full_sql).map_err(|e| self.err(e))?;
+            let mut rows = stmt
+                .query(params_from_iter(args.iter()))
+                .map_err(|e| self.err(e))?;
+            let mut res = Resolver::new(self)?;
+            let mut out = Vec::new();
+            let mut returned: i64 = 0;
+            while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+                returned += 1;
+                let id: i64 = row.get(0).unwrap_or_default();
+                let raw = match RawEvent::from_row(row) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        let fault = res.fault(e);
+                        res.skip("events", id, fault)?;
+                        continue;
+                    }
+                };
+                let t = raw.time_ns();
+                if t < since || t > until {
+                    continue;
+                }
+                match res.event(raw) {
+                    Ok(ev) => out.push(ev),
+                    Err(fault) => res.skip("events", id, fault)?,
+                }
+                if f.limit.is_some_and(|l| out.len() >= l) {
+                    break;
+                }
             }
-            out.push(res.event(raw)?);
-            if f.limit.is_some_and(|l| out.len() >= l) {
-                break;
+            let answer = Answer {
+                found: out,
+                unreadable: res.unreadable,
+            };
+            match sql_limit {
+                Some(l)
+                    if returned >= l
+                        && l < i64::MAX
+                        && f.limit.is_some_and(|want| answer.found.len() < want) =>
+                {
+                    sql_limit = Some(l.saturating_mul(4));
+                }
+                _ => return Ok(answer),
             }
         }
-        Ok(out)
     }
 
     /// Windows the history does not cover that overlap [since, until], oldest first: kernel
     /// loss, daemon downtime, records the store could not write, pruned history.
+    /// [`StoreError::Corrupt`] if any of them cannot be read (see [`Store::gaps_partial`]).
     pub fn gaps(
         &self,
         since: Option<SystemTime>,
         until: Option<SystemTime>,
     ) -> Result<Vec<Gap>, StoreError> {
+        self.gaps_partial(since, until)?.complete(&self.path)
+    }
+
+    /// [`Store::gaps`], answering the gaps it can read and counting those it cannot (damaged
+    /// rows) in [`Answer::unreadable`].
+    pub fn gaps_partial(
+        &self,
+        since: Option<SystemTime>,
+        until: Option<SystemTime>,
+    ) -> Result<Answer<Gap>, StoreError> {
         let (since, until, _) = window(since, until);
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT kind, from_ns, to_ns, lost, kinds, reason, recorded_ns FROM gaps \
+                "SELECT kind, from_ns, to_ns, lost, kinds, reason, recorded_ns, id FROM gaps \
                  WHERE to_ns >= ?1 AND from_ns <= ?2 ORDER BY from_ns, id",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![since, until], |r| {
-                let kinds: Option<String> = r.get(4)?;
-                let kinds: BTreeMap<String, u64> = match kinds {
-                    Some(k) => serde_json::from_str(&k).map_err(|e| json_err(4, e))?,
-                    None => BTreeMap::new(),
-                };
-                let from_ns: i64 = r.get(1)?;
-                let to_ns: i64 = r.get(2)?;
-                let recorded: i64 = r.get(6)?;
-                Ok(Gap {
-                    kind: r.get(0)?,
-                    from: codec::format_time(from_ns),
-                    to: codec::format_time(to_ns),
-                    from_ns,
-                    to_ns,
-                    lost: r.get::<_, Option<i64>>(3)?.map(|l| l.max(0) as u64),
-                    kinds,
-                    reason: r.get(5)?,
-                    recorded: codec::format_time(recorded),
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        let mut rows = stmt.query(params![since, until]).map_err(|e| self.err(e))?;
+        let mut answer = Answer::default();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let id: i64 = r.get(7).unwrap_or_default();
+            match gap_from_row(r) {
+                Ok(g) => answer.found.push(g),
+                Err(e) => match row_fault(&self.path, e) {
+                    RowFault::Unreadable(why) => answer.unreadable.add("gaps", id, why),
+                    RowFault::Fatal(e) => return Err(e),
+                },
+            }
+        }
+        Ok(answer)
+    }
+}
+
+fn gap_from_row(r: &Row<'_>) -> rusqlite::Result<Gap> {
+    let kinds: Option<String> = r.get(4)?;
+    let kinds: BTreeMap<String, u64> = match kinds {
+        Some(k) => serde_json::from_str(&k).map_err(|e| json_err(4, e))?,
+        None => BTreeMap::new(),
+    };
+    let from_ns: i64 = r.get(1)?;
+    let to_ns: i64 = r.get(2)?;
+    let recorded: i64 = r.get(6)?;
+    Ok(Gap {
+        kind: r.get(0)?,
+        from: codec::format_time(from_ns),
+        to: codec::format_time(to_ns),
+        from_ns,
+        to_ns,
+        lost: r.get::<_, Option<i64>>(3)?.map(|l| l.max(0) as u64),
+        kinds,
+        reason: r.get(5)?,
+        recorded: codec::format_time(recorded),
+    })
+}
+
+/// A limit as SQLite takes it: larger than any table can be is the same as none.
+fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// How `ev` removed a file of `names` (or None: it did not).
+fn deletion_kind(
+    ev: &StoredEvent,
+    opts: DeleteOptions,
+    names: &HashSet<i64>,
+    ancestor_names: &HashSet<i64>,
+) -> Option<&'static str> {
+    if !opts.failed && ev.result != "ok" {
+        return None;
+    }
+    let on_path = names.contains(&ev.path_id);
+    let onto = ev.new_path_id.is_some_and(|i| names.contains(&i));
+    match ev.op.as_str() {
+        "unlink" if on_path => Some("unlink"),
+        "rmdir" if on_path => Some("rmdir"),
+        "rename" if on_path => Some("rename_away"),
+        "rename" if onto && ev.details.overwritten.is_some() => Some("replaced"),
+        "rename" if onto => Some("rename_onto"),
+        "mknod" if on_path && ev.details.whiteout == Some(true) => Some("whiteout"),
+        "truncate"
+            if on_path
+                && (ev.details.size == Some(0)
+                    || ev.details.open_flags.iter().any(|f| f == "truncate")) =>
+        {
+            Some("truncate_to_zero")
+        }
+        "rename" if ancestor_names.contains(&ev.path_id) => Some("ancestor_renamed"),
+        "setxattr"
+            if ancestor_names.contains(&ev.path_id)
+                && ev.details.xattr.as_ref().is_some_and(|x| {
+                    x.name.ends_with("overlay.opaque")
+                        && matches!(x.value.as_deref(), Some("y") | Some("x"))
+                }) =>
+        {
+            Some("ancestor_opaque")
+        }
+        // A link or symlink onto the path does not delete it (it fails if the path exists).
+        _ => None,
     }
 }

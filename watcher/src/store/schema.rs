@@ -12,7 +12,7 @@ pub(crate) const APPLICATION_ID: i32 = 0x6374_7277;
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 /// `PRAGMA user_version` holds the version. Never edit a released entry; append a new one.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -126,7 +126,7 @@ INSERT INTO atoms (id, kind, text) VALUES (1, 1, 'ok');
 ///
 /// Migrating a v1 store: its events become segment 0 (`ADD COLUMN … DEFAULT 0` rewrites no
 /// row), and the two path indexes are rebuilt with the segment in front.
-const V2: &str = "
+pub(crate) const V2: &str = "
 ALTER TABLE events ADD COLUMN seg INTEGER NOT NULL DEFAULT 0;
 DROP INDEX events_path;
 DROP INDEX events_new_path;
@@ -140,6 +140,22 @@ CREATE TABLE segments (
 );
 INSERT INTO segments (seg, lo, hi, events)
     SELECT 0, min(id), max(id), count(*) FROM events HAVING count(*) > 0;
+";
+
+/// Version 3: row checksums.
+///
+/// `events.checksum` holds, for every event written from now on, 32 bits of XXH3 over
+/// everything the event's answer is built from: its own columns and details, and a digest of
+/// each row it refers to (path and new path bytes, the process description, the atoms). A
+/// reader recomputes it and skips (and counts) a row that does not match: a silent change in
+/// any of those rows is detected instead of answered (`codec::RowContent`).
+///
+/// Rows stored before the migration keep a NULL checksum: they are read as before, not
+/// verified. `meta.unsummed_max_id` records the largest id among them, so a NULL checksum on a
+/// later row (a damaged one) is not mistaken for an old row. `ADD COLUMN` rewrites no row.
+const V3: &str = "
+ALTER TABLE events ADD COLUMN checksum INTEGER;
+INSERT INTO meta (key, value) SELECT 'unsummed_max_id', max(id) FROM events HAVING count(*) > 0;
 ";
 
 /// SQLite's page cache for the writer (KiB, as `cache_size` wants it negative). Holds the
@@ -171,6 +187,12 @@ pub(crate) fn map_err(path: &Path, e: rusqlite::Error) -> StoreError {
             path,
             detail: e.to_string(),
         },
+        // A stored value of the wrong type or out of range: the schema admits no such value,
+        // so the row was damaged (a flipped bit in a record's type byte, ...).
+        None if is_bad_stored_value(&e) => StoreError::Corrupt {
+            path,
+            detail: format!("unreadable stored value: {e}"),
+        },
         // SQLITE_IOERR_SHMSIZE and friends: the -shm file could not grow (usually ENOSPC).
         Some(ErrorCode::SystemIoFailure)
             if e.sqlite_extended_error_code() == Some(rusqlite::ffi::SQLITE_IOERR_SHMSIZE) =>
@@ -179,6 +201,18 @@ pub(crate) fn map_err(path: &Path, e: rusqlite::Error) -> StoreError {
         }
         _ => StoreError::Sqlite { path, source: e },
     }
+}
+
+/// Whether the error is a stored value that cannot be what the writer wrote (wrong type, out
+/// of range, not UTF-8, bad JSON): the row is damaged.
+pub(crate) fn is_bad_stored_value(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::Utf8Error(..)
+    )
 }
 
 /// Opens a connection and applies the settings common to writer and readers.
@@ -257,10 +291,12 @@ pub(crate) fn prepare_writer(conn: &Connection, path: &Path) -> Result<(), Store
         });
     }
     if objects == 0 {
-        // Only possible before the first table exists: lets pruning return space to the
-        // filesystem (PRAGMA incremental_vacuum).
+        // Only possible before the first table exists. The page size first: SQLite ignores a
+        // page_size set after auto_vacuum on an empty database (the store then silently got
+        // 4 KiB pages), and once the database is in WAL mode it can never change.
+        // auto_vacuum lets pruning return space to the filesystem (PRAGMA incremental_vacuum).
         conn.execute_batch(&format!(
-            "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA page_size = {PAGE_SIZE};"
+            "PRAGMA page_size = {PAGE_SIZE}; PRAGMA auto_vacuum = INCREMENTAL;"
         ))
         .map_err(err)?;
     }

@@ -58,6 +58,8 @@ struct PendingRow {
     /// Range in `Writer::row_details` (empty: no details).
     details: std::ops::Range<usize>,
     seg: i64,
+    /// `codec::content_digest` of the row: its checksum once the id is settled.
+    content: u64,
 }
 
 /// Rows buffered before they are inserted.
@@ -66,8 +68,13 @@ const ROW_CHUNK: usize = 256;
 struct CachedProc {
     id: i64,
     clock_off: i64,
+    /// [`proc_hash`] of the description: what the rows' checksums cover of it.
+    digest: u64,
     view: ProcessView,
 }
+
+/// A process row as an event refers to it: (row id, clock offset, [`proc_hash`]).
+type ProcRef = (i64, i64, u64);
 
 /// Records the store could not write (disk full or another write error), to be written as one
 /// gap once it can write again.
@@ -103,7 +110,8 @@ pub(crate) struct Writer {
     batch_to: i64,
     /// Events committed since the last `flush` returned.
     committed: u64,
-    atoms: HashMap<AtomKind, HashMap<String, i64>>,
+    /// Text -> (`atoms.id`, `codec::text_digest` of the text).
+    atoms: HashMap<AtomKind, HashMap<String, (i64, u64)>>,
     dirs: HashMap<Vec<u8>, i64>,
     /// Path bytes' 128-bit hash ([`path_key`]) -> `names.id`.
     paths: HashMap<u128, i64>,
@@ -112,14 +120,18 @@ pub(crate) struct Writer {
     /// Seeds the in-memory hashes of process descriptions and containerd objects.
     hash_state: foldhash::fast::RandomState,
     /// The same by the address of the event's `Arc` (see [`Writer::proc_id`]): (the `Arc`,
-    /// row id, clock offset).
-    proc_addrs: HashMap<usize, (Arc<ProcessView>, i64, i64)>,
-    /// Recent containerd objects (without `path`) and their atom id.
-    containerd: HashMap<u64, Vec<(ContainerdView, i64)>>,
+    /// row id, clock offset, digest).
+    proc_addrs: HashMap<usize, (Arc<ProcessView>, ProcRef)>,
+    /// Recent containerd objects (without `path`), their atom id and its text's digest.
+    containerd: HashMap<u64, Vec<(ContainerdView, i64, u64)>>,
     /// Events whose row is built but not inserted yet (see [`PendingRow`]), and their
     /// details records, end to end.
     rows: Vec<PendingRow>,
     row_details: Vec<u8>,
+    /// Scratch for a row's checksum: the bytes hashed, and the digests of the atoms its
+    /// details refer to.
+    sum_buf: Vec<u8>,
+    detail_atoms: Vec<u64>,
     /// Processes used in the open transaction: id -> newest event id.
     touched: HashMap<i64, i64>,
     /// Largest event id (None: to be read from the database).
@@ -266,7 +278,7 @@ fn step_all(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// checksum that is fast on short inputs). Two distinct paths share a key with probability
 /// ~2^-128 per pair (about 2^-88 for a million cached paths): negligible next to disk errors.
 fn path_key(path: &[u8]) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(path)
+    codec::path_digest(path)
 }
 
 /// Stable hash of a process description, stored in `procs.hash` (`procs_hash` finds a
@@ -317,6 +329,8 @@ impl Writer {
             containerd: HashMap::new(),
             rows: Vec::new(),
             row_details: Vec::new(),
+            sum_buf: Vec::new(),
+            detail_atoms: Vec::new(),
             touched: HashMap::new(),
             max_id: None,
             seg: None,
@@ -343,7 +357,11 @@ impl Writer {
         for row in rows {
             let (id, kind, text) = row?;
             if let Some(kind) = AtomKind::from_i64(kind) {
-                self.atoms.entry(kind).or_default().insert(text, id);
+                let digest = codec::text_digest(&text);
+                self.atoms
+                    .entry(kind)
+                    .or_default()
+                    .insert(text, (id, digest));
             }
         }
         Ok(())
@@ -382,9 +400,15 @@ impl Writer {
         Ok(())
     }
 
-    fn atom(&mut self, conn: &Connection, kind: AtomKind, text: &str) -> rusqlite::Result<i64> {
-        if let Some(&id) = self.atoms.get(&kind).and_then(|m| m.get(text)) {
-            return Ok(id);
+    /// The atom's id and the digest of its text (what row checksums cover of it).
+    fn atom(
+        &mut self,
+        conn: &Connection,
+        kind: AtomKind,
+        text: &str,
+    ) -> rusqlite::Result<(i64, u64)> {
+        if let Some(&a) = self.atoms.get(&kind).and_then(|m| m.get(text)) {
+            return Ok(a);
         }
         let id = insert_or_select(
             conn,
@@ -392,11 +416,12 @@ impl Writer {
             "SELECT id FROM atoms WHERE kind = ?1 AND text = ?2",
             params![kind as i64, text],
         )?;
+        let a = (id, codec::text_digest(text));
         self.atoms
             .entry(kind)
             .or_default()
-            .insert(text.to_string(), id);
-        Ok(id)
+            .insert(text.to_string(), a);
+        Ok(a)
     }
 
     fn dir_id(&mut self, conn: &Connection, dir: &[u8]) -> rusqlite::Result<i64> {
@@ -423,10 +448,11 @@ impl Writer {
         Ok(id)
     }
 
-    fn path_id(&mut self, conn: &Connection, path: &[u8]) -> rusqlite::Result<i64> {
+    /// The path's row id and its digest ([`path_key`], what row checksums cover of it).
+    fn path_id(&mut self, conn: &Connection, path: &[u8]) -> rusqlite::Result<(i64, u128)> {
         let key = path_key(path);
         if let Some(&id) = self.paths.get(&key) {
-            return Ok(id);
+            return Ok((id, key));
         }
         let (dir, name) = codec::split_path(path);
         let dir_id = match dir {
@@ -443,10 +469,10 @@ impl Writer {
             self.paths.clear();
         }
         self.paths.insert(key, id);
-        Ok(id)
+        Ok((id, key))
     }
 
-    /// (process row id, its clock offset). By the `Arc`'s address first: the enricher hands a
+    /// (process row id, its clock offset, its digest). By the `Arc`'s address first: the enricher hands a
     /// thread's events one `Arc` while its description holds, so the usual lookup hashes a
     /// pointer, not the description. The cache holds the `Arc`, so no other description can
     /// take that address while it is cached.
@@ -455,17 +481,16 @@ impl Writer {
         conn: &Connection,
         p: &Arc<ProcessView>,
         clock: i64,
-    ) -> rusqlite::Result<(i64, i64)> {
+    ) -> rusqlite::Result<ProcRef> {
         let addr = Arc::as_ptr(p) as usize;
-        if let Some(&(_, id, clock_off)) = self.proc_addrs.get(&addr) {
-            return Ok((id, clock_off));
+        if let Some(&(_, found)) = self.proc_addrs.get(&addr) {
+            return Ok(found);
         }
         let found = self.proc_id_by_value(conn, p, clock)?;
         if self.proc_addrs.len() >= PROC_ADDR_CACHE_MAX {
             self.proc_addrs.clear();
         }
-        self.proc_addrs
-            .insert(addr, (Arc::clone(p), found.0, found.1));
+        self.proc_addrs.insert(addr, (Arc::clone(p), found));
         Ok(found)
     }
 
@@ -475,12 +500,12 @@ impl Writer {
         conn: &Connection,
         p: &ProcessView,
         clock: i64,
-    ) -> rusqlite::Result<(i64, i64)> {
+    ) -> rusqlite::Result<ProcRef> {
         let key = self.hash_state.hash_one(p);
         if let Some(c) = self.procs.get(&key)
             && c.view == *p
         {
-            return Ok((c.id, c.clock_off));
+            return Ok((c.id, c.clock_off, c.digest));
         }
         let h = proc_hash(p);
         let found = {
@@ -491,7 +516,10 @@ impl Writer {
             let mut rows = stmt.query(params![h as i64])?;
             let mut found = None;
             while let Some(row) = rows.next()? {
-                let view = proc_from_row(row, 2)?;
+                // A damaged row (undecodable) is not this description: a new row is written.
+                let Ok(view) = proc_from_row(row, 2) else {
+                    continue;
+                };
                 if view == *p {
                     found = Some((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?));
                     break;
@@ -539,15 +567,21 @@ impl Writer {
             CachedProc {
                 id,
                 clock_off,
+                digest: h,
                 view: p.clone(),
             },
         );
-        Ok((id, clock_off))
+        Ok((id, clock_off, h))
     }
 
     /// The atom of a containerd object without its `path` (its JSON). The object is shared by
     /// many events (one snapshot, one verdict): recent ones are remembered with their atom.
-    fn containerd_atom(&mut self, conn: &Connection, c: &ContainerdView) -> rusqlite::Result<i64> {
+    /// Its id and the digest of its text.
+    fn containerd_atom(
+        &mut self,
+        conn: &Connection,
+        c: &ContainerdView,
+    ) -> rusqlite::Result<(i64, u64)> {
         // Bucketed by the fields that tell objects apart; compared whole within a bucket.
         let mut h = self.hash_state.build_hasher();
         c.kind.hash(&mut h);
@@ -559,23 +593,26 @@ impl Writer {
         c.verdict.hash(&mut h);
         c.reason.hash(&mut h);
         let bucket = h.finish();
-        if let Some(&(_, id)) = self
+        if let Some(&(_, id, digest)) = self
             .containerd
             .get(&bucket)
-            .and_then(|b| b.iter().find(|(v, _)| same_but_path(v, c)))
+            .and_then(|b| b.iter().find(|(v, _, _)| same_but_path(v, c)))
         {
-            return Ok(id);
+            return Ok((id, digest));
         }
         let mut key = c.clone();
         key.path = None;
         let json = serde_json::to_string(&key)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let id = self.atom(conn, AtomKind::Containerd, &json)?;
+        let (id, digest) = self.atom(conn, AtomKind::Containerd, &json)?;
         if self.containerd.len() >= CONTAINERD_CACHE_MAX {
             self.containerd.clear();
         }
-        self.containerd.entry(bucket).or_default().push((key, id));
-        Ok(id)
+        self.containerd
+            .entry(bucket)
+            .or_default()
+            .push((key, id, digest));
+        Ok((id, digest))
     }
 
     fn max_id(&mut self, conn: &Connection) -> rusqlite::Result<i64> {
@@ -625,16 +662,26 @@ impl Writer {
         };
         // wall - monotonic: constant for a daemon run, so stored relative to the process row.
         let clock = time_ns.wrapping_sub(ev.mono_ns as i64);
-        let (proc_id, clock_off) = self.proc_id(conn, &ev.process, clock)?;
-        let op = self.atom(conn, AtomKind::Op, ev.op)?;
-        let result = self.atom(conn, AtomKind::Result, &ev.result)?;
+        let (proc_id, clock_off, proc_digest) = self.proc_id(conn, &ev.process, clock)?;
+        let (op, op_digest) = self.atom(conn, AtomKind::Op, ev.op)?;
+        let (result, result_digest) = self.atom(conn, AtomKind::Result, &ev.result)?;
         let dev = match &ev.dev {
             Some(d) => Some(self.atom(conn, AtomKind::Dev, d)?),
             None => None,
         };
+        // The digests of the atoms the details refer to, in the order they name them.
+        let mut detail_atoms = std::mem::take(&mut self.detail_atoms);
+        detail_atoms.clear();
         let containerd = match &ev.details.containerd {
             Some(c) => {
-                let atom = self.containerd_atom(conn, c)?;
+                let (atom, digest) = match self.containerd_atom(conn, c) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.detail_atoms = detail_atoms;
+                        return Err(e);
+                    }
+                };
+                detail_atoms.push(digest);
                 // Usually the inner path of the event's path (its tail): derived when read
                 // back. Otherwise kept as JSON text.
                 let path = match &c.path {
@@ -645,10 +692,13 @@ impl Writer {
                     {
                         codec::CtrdPath::Inner
                     }
-                    Some(p) => codec::CtrdPath::Text(
-                        serde_json::to_string(p)
-                            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-                    ),
+                    Some(p) => match serde_json::to_string(p) {
+                        Ok(text) => codec::CtrdPath::Text(text),
+                        Err(e) => {
+                            self.detail_atoms = detail_atoms;
+                            return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+                        }
+                    },
                 };
                 Some((atom, path))
             }
@@ -658,25 +708,49 @@ impl Writer {
         let mut details = std::mem::take(&mut self.row_details);
         let encoded =
             codec::encode_details(&mut details, &ev.details, time_ns, containerd, |kind, s| {
-                self.atom(conn, kind, s)
+                let (id, digest) = self.atom(conn, kind, s)?;
+                detail_atoms.push(digest);
+                Ok(id)
             });
         self.row_details = details;
-        encoded?;
+        let details = start..self.row_details.len();
         let mono_d = clock.wrapping_sub(clock_off);
-        let seg = self.segment(conn)?;
+        let seg = encoded.and_then(|()| self.segment(conn));
+        let inode = ev.inode.map(|i| i as i64);
+        let content = seg.map(|seg| {
+            let c = codec::RowContent {
+                path: path.1,
+                new_path: new_path.map(|p| p.1),
+                process: proc_digest,
+                clock_off,
+                op: op_digest,
+                result: result_digest,
+                dev: dev.map(|d| d.1),
+                mono_d,
+                errno: ev.errno,
+                inode,
+                seg,
+                details: &self.row_details[details.clone()],
+                detail_atoms: &detail_atoms,
+            };
+            (seg, codec::content_digest(&c, &mut self.sum_buf))
+        });
+        self.detail_atoms = detail_atoms;
+        let (seg, content) = content?;
         self.rows.push(PendingRow {
             time_ns,
-            path,
+            path: path.0,
             op,
             proc_id,
             result,
             mono_d,
             errno: ev.errno,
-            new_path,
-            inode: ev.inode.map(|i| i as i64),
-            dev,
-            details: start..self.row_details.len(),
+            new_path: new_path.map(|p| p.0),
+            inode,
+            dev: dev.map(|d| d.0),
+            details,
             seg,
+            content,
         });
         if let Some((_, n)) = &mut self.seg {
             *n += 1;
@@ -697,20 +771,22 @@ impl Writer {
         // OR IGNORE: a taken id is reported as 0 rows changed (no statement journal needed).
         let mut stmt = conn.prepare_cached(
             "INSERT OR IGNORE INTO events (id, path, op, proc, result, adj, mono_d, errno, new_path, inode, \
-             dev, details, seg) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             dev, details, seg, checksum) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         for row in &self.rows {
             let details = &self.row_details[row.details.clone()];
             let mut id = row.time_ns;
             let mut tries = 0;
             loop {
+                let adj = id.wrapping_sub(row.time_ns);
                 let r = stmt.execute(params![
                     id,
                     row.path,
                     row.op,
                     row.proc_id,
                     row.result,
-                    id.wrapping_sub(row.time_ns),
+                    adj,
                     row.mono_d,
                     row.errno,
                     row.new_path,
@@ -718,6 +794,7 @@ impl Writer {
                     row.dev,
                     (!details.is_empty()).then_some(details),
                     row.seg,
+                    codec::row_checksum(row.content, id, adj),
                 ]);
                 match r {
                     Ok(1) => break,
