@@ -128,7 +128,9 @@ struct HumanWatcher {
 }
 
 impl HumanWatcher {
-    fn start(root: &Path) -> HumanWatcher {
+    /// Starts it; call [`HumanWatcher::attached`] before relying on it. Started from the
+    /// test's own thread: its parent-death signal fires when the starting thread ends.
+    fn spawn(root: &Path) -> (HumanWatcher, std::sync::mpsc::Receiver<()>) {
         let mut cmd = Command::new(ctrwatch_bin());
         cmd.arg("watch")
             .arg("--root")
@@ -161,9 +163,12 @@ impl HumanWatcher {
                 }
             }
         });
+        (HumanWatcher { child, lines }, rx)
+    }
+
+    fn attached(rx: &std::sync::mpsc::Receiver<()>) {
         rx.recv_timeout(Duration::from_secs(120))
             .expect("ctrwatch watch attached");
-        HumanWatcher { child, lines }
     }
 
     /// Waits for the line of `op` by `pid`.
@@ -181,10 +186,17 @@ impl HumanWatcher {
             if let Some(l) = found {
                 return l;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no readable line for {op} by{pid}"
-            );
+            if Instant::now() >= deadline {
+                let lines = self.lines.lock().expect("lines");
+                let shown: Vec<String> = lines
+                    .iter()
+                    .map(|l| l.chars().take(160).collect())
+                    .collect();
+                panic!(
+                    "no readable line for {op} by{pid}; lines:\n{}",
+                    shown.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -372,10 +384,7 @@ fn paths_longer_than_path_max_are_never_recorded_as_another_path() {
     let root = base.join("root");
     let store = base.join("store/events.db");
     std::fs::create_dir_all(&root).expect("mkdir root");
-    let human = std::thread::spawn({
-        let root = root.clone();
-        move || HumanWatcher::start(&root)
-    });
+    let (human, human_attached) = HumanWatcher::spawn(&root);
     let daemon = Watcher::start_command(&[
         OsString::from("run"),
         "--root".into(),
@@ -385,7 +394,7 @@ fn paths_longer_than_path_max_are_never_recorded_as_another_path() {
         "--print".into(),
         "--json".into(),
     ]);
-    let human = human.join().expect("human watcher");
+    HumanWatcher::attached(&human_attached);
 
     // The chain: 20 directories of 250 characters (about 5 KiB), and one twice as
     // deep (about 10 KiB).

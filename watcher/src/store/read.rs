@@ -9,7 +9,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde::Deserialize;
 
-use crate::event::{AncestorView, PathText, ProcessView, hex};
+use crate::event::{
+    AncestorView, NOTE_NEW_PATH_TRUNCATED, NOTE_PATH_TRUNCATED, PathText, ProcessView, hex,
+};
 
 use super::codec::{self, AtomKind, Glob};
 use super::write::ADJ_SLACK_NS;
@@ -668,7 +670,10 @@ impl Store {
         let ops: Vec<i64> = self.atom_ids(AtomKind::Op)?.into_values().collect();
         let mut ids = self.ids_by_path(&names, &ops, since, hi, per)?;
         ids.extend(self.ids_by_new_path(&names, since, hi, per)?);
-        self.load_ids(ids, since, until, q.limit, |_| true)
+        let names: HashSet<i64> = names.into_iter().collect();
+        self.load_ids(ids, since, until, q.limit, |ev| {
+            ev.path_is(&names) || ev.new_path_is(&names)
+        })
     }
 
     /// The operations that removed the file at `q.path` (newest first), each with
@@ -743,8 +748,8 @@ impl Store {
             if !opts.failed && ev.result != "ok" {
                 return false;
             }
-            let on_path = name_set.contains(&ev.path_id);
-            let onto = ev.new_path_id.is_some_and(|i| name_set.contains(&i));
+            let on_path = ev.path_is(&name_set);
+            let onto = ev.new_path_is(&name_set);
             let kind = match ev.op.as_str() {
                 "unlink" if on_path => Some("unlink"),
                 "rmdir" if on_path => Some("rmdir"),
@@ -759,9 +764,9 @@ impl Store {
                 {
                     Some("truncate_to_zero")
                 }
-                "rename" if ancestor_names.contains(&ev.path_id) => Some("ancestor_renamed"),
+                "rename" if ev.path_is(&ancestor_names) => Some("ancestor_renamed"),
                 "setxattr"
-                    if ancestor_names.contains(&ev.path_id)
+                    if ev.path_is(&ancestor_names)
                         && ev.details.xattr.as_ref().is_some_and(|x| {
                             x.name.ends_with("overlay.opaque")
                                 && matches!(x.value.as_deref(), Some("y") | Some("x"))
@@ -834,10 +839,14 @@ impl Store {
                 proc_conds.join(" AND ")
             ));
         }
+        // A literal path asks for that file: events whose matching path is truncated are not
+        // about it (checked per event below).
+        let mut literal: Option<HashSet<i64>> = None;
         if let Some(p) = &f.path {
             let glob = Glob::new(p).map_err(StoreError::InvalidQuery)?;
             if glob.is_literal() {
                 let ids = self.resolve(p, PathMatch::Auto)?;
+                literal = Some(ids.iter().copied().collect());
                 let list = ids
                     .iter()
                     .map(|i| i.to_string())
@@ -878,7 +887,14 @@ impl Store {
             if t < since || t > until {
                 continue;
             }
-            out.push(res.event(raw)?);
+            let ev = res.event(raw)?;
+            if literal
+                .as_ref()
+                .is_some_and(|names| !ev.path_is(names) && !ev.new_path_is(names))
+            {
+                continue;
+            }
+            out.push(ev);
             if f.limit.is_some_and(|l| out.len() >= l) {
                 break;
             }
@@ -925,5 +941,24 @@ impl Store {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}
+
+impl StoredEvent {
+    /// Is the event's path one of `names`? A path the kernel could not build completely
+    /// (note `path_truncated`: a prefix, `…`, a name) is not the file's path whatever its text,
+    /// so it never answers a question about an exact path; globs still find it.
+    fn path_is(&self, names: &HashSet<i64>) -> bool {
+        names.contains(&self.path_id) && !self.has_note(NOTE_PATH_TRUNCATED)
+    }
+
+    /// The same for the new path of a rename or link.
+    fn new_path_is(&self, names: &HashSet<i64>) -> bool {
+        self.new_path_id.is_some_and(|id| names.contains(&id))
+            && !self.has_note(NOTE_NEW_PATH_TRUNCATED)
+    }
+
+    fn has_note(&self, note: &str) -> bool {
+        self.details.notes.iter().any(|n| n == note)
     }
 }
