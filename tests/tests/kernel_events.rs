@@ -428,6 +428,78 @@ fn a_path_forty_directories_deep_is_complete() {
     assert!(!v.to_string().contains("path_truncated"), "{v}");
 }
 
+/// The kernel walks at most 96 path components up from a dentry. A directory tree outside the
+/// roots whose lowest 96 components spell a watched root (`…/tmp/ctrwatch-test-events-…/main/
+/// forged/l01/…/l92`) must not make operations there look like operations under the root:
+/// the walk never reached the top, so the path is not the root's.
+#[test]
+fn a_path_deeper_than_the_walk_is_never_taken_for_a_root_path() {
+    let root = shared().base.join("main");
+    let outside = temp_dir("forge");
+    let mut fake = outside.clone();
+    for c in root.components().skip(1) {
+        fake.push(c);
+    }
+    fake.push("forged");
+    let below = 96 - (root.components().count() - 1) - 1;
+    let mut deep = fake.clone();
+    for i in 1..=below {
+        deep.push(format!("l{i:02}"));
+    }
+    std::fs::create_dir_all(&deep).expect("mkdir -p");
+    let victim = deep.join("victim");
+    let renamed = deep.join("renamed");
+    // One level up, the file's own lowest 96 components spell the root.
+    let written = deep.parent().expect("parent").join("written");
+    for f in [&victim, &renamed, &written] {
+        std::fs::write(f, b"x").expect("write file");
+    }
+    let d = os(&deep);
+    let pids = [
+        fsop(&[OsStr::new("write"), os(&written), OsStr::new("5")], true),
+        fsop(
+            &[
+                OsStr::new("at-write"),
+                d,
+                OsStr::new("victim"),
+                OsStr::new("3"),
+            ],
+            true,
+        ),
+        fsop(&[OsStr::new("at-create"), d, OsStr::new("new")], true),
+        fsop(
+            &[
+                OsStr::new("at-rename"),
+                d,
+                OsStr::new("new"),
+                OsStr::new("new2"),
+            ],
+            true,
+        ),
+        fsop(&[OsStr::new("unlinkat"), d, OsStr::new("renamed")], true),
+        fsop(&[OsStr::new("cwd-unlink"), d, OsStr::new("victim")], true),
+    ];
+    // Records arrive in order: once the marker is here, the operations above would be too.
+    let marker = test_dir("forge-marker").join("marker");
+    let pid = fsop(&[OsStr::new("create"), os(&marker)], true);
+    record("create", &marker, pid);
+    let forged: Vec<Value> = shared()
+        .watcher
+        .records()
+        .into_iter()
+        .filter(|v| {
+            process(v, "pid")
+                .as_u64()
+                .is_some_and(|p| pids.contains(&(p as u32)))
+        })
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "operations outside the roots were reported under a root: {forged:?}"
+    );
+    let _ = std::fs::remove_dir_all(outside);
+}
+
 #[test]
 fn a_short_lived_process_chain_is_attributed_with_its_ancestry() {
     let d = test_dir("chain");

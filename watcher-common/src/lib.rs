@@ -7,12 +7,23 @@
 //! end in a variable-length `data` tail; only the used part of it is sent.
 #![no_std]
 
-/// Bytes kept of one path (Linux's PATH_MAX, including the terminating NUL).
+/// Bytes of a path argument a syscall accepts (Linux's PATH_MAX, including the terminating
+/// NUL): what is read of a path or string given by a process.
 pub const PATH_CAP: usize = 4096;
+/// Bytes kept of a path the kernel side builds (a directory's path from its dentries, plus a
+/// relative argument). A directory can be deeper than PATH_MAX (reached with relative paths),
+/// so this is twice as much; a path that does not fit is cut and marked (see
+/// [`FLAG_PATH_TRUNCATED`]). A power of two: offsets are masked with `PATH_BUF_CAP - 1`.
+pub const PATH_BUF_CAP: usize = 2 * PATH_CAP;
+/// Written where part of a path could not be built (U+2026 `…`, in UTF-8). A path that could
+/// not be built completely is never left looking like a complete one: see
+/// [`FLAG_PATH_TRUNCATED`].
+pub const PATH_GAP: [u8; 3] = [0xE2, 0x80, 0xA6];
 /// Size of the variable tail of a file record: path, second path (rename/link/symlink) or
 /// xattr name and value, packed one after the other. Offsets inside it are masked to
-/// `2 * PATH_CAP - 1` so that the verifier can bound every write.
-pub const DATA_CAP: usize = 4 * PATH_CAP;
+/// `2 * PATH_BUF_CAP - 1` so that the verifier can bound every write; the xattr value may
+/// start at the last of them.
+pub const DATA_CAP: usize = 2 * PATH_BUF_CAP + XATTR_NAME_CAP + 2 * XATTR_VALUE_CAP;
 /// Bytes kept of an extended attribute name (XATTR_NAME_MAX is 255, plus NUL).
 pub const XATTR_NAME_CAP: usize = 256;
 /// Bytes kept of an extended attribute value. Values are only captured for the overlay
@@ -20,10 +31,13 @@ pub const XATTR_NAME_CAP: usize = 256;
 pub const XATTR_VALUE_CAP: usize = 256;
 /// Bytes kept of a command line (NUL-separated argv).
 pub const ARGS_CAP: usize = 2048;
-/// Size of the exec record's tail: exe path then command line.
-pub const EXEC_DATA_CAP: usize = 2 * PATH_CAP + ARGS_CAP;
-/// Path components walked from a dentry up to the root (mount crossings count too). Deeper
-/// paths are cut at the top and flagged with [`FLAG_PATH_TRUNCATED`].
+/// Size of the exec record's tail: exe path then command line (read with a length masked to
+/// `2 * ARGS_CAP - 1`).
+pub const EXEC_DATA_CAP: usize = PATH_BUF_CAP + 2 * ARGS_CAP;
+/// Path components walked from a dentry up to the root (mount crossings count too). When the
+/// walk does not reach the root, the top of the path is unknown: the path then starts with
+/// [`PATH_GAP`] instead of `/` (so it cannot pass for an absolute path, nor match a root) and
+/// is flagged with [`FLAG_PATH_TRUNCATED`].
 pub const MAX_PATH_DEPTH: u32 = 96;
 /// Bytes of a path compared by the in-kernel root filter (the LPM trie key size).
 pub const ROOT_KEY_CAP: usize = 256;
@@ -74,7 +88,14 @@ pub const LOSS_EXIT: u32 = 26;
 pub const LOSS_SLOTS: u32 = 32;
 
 /// `FileRecord::flags` bits set by the kernel side (the syscall's own flags are in `sys_flags`).
+///
+/// The path could not be built completely (longer than [`PATH_BUF_CAP`], deeper than
+/// [`MAX_PATH_DEPTH`], or a name could not be read). What is missing is replaced by
+/// [`PATH_GAP`]: `<prefix>/…/<name>` (the kernel's prefix of the path, then the file's own name
+/// or the syscall's relative argument as given), or `…/<lower components>` when the top is
+/// unknown. Such a path is not the path of the file and must never be matched as one.
 pub const FLAG_PATH_TRUNCATED: u32 = 1;
+/// The same for the second path (rename/link new path).
 pub const FLAG_PATH2_TRUNCATED: u32 = 2;
 /// The xattr value was longer than [`XATTR_VALUE_CAP`] and was cut.
 pub const FLAG_VALUE_TRUNCATED: u32 = 4;
@@ -231,7 +252,10 @@ pub struct WriteKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WriteAgg {
-    /// `struct file *` the fd pointed at when the aggregate began (detects fd reuse).
+    /// `struct file *` the fd pointed at when the aggregate began. With `dev` and `ino`, it
+    /// tells whether the fd still names the same open file: a `struct file` freed without a
+    /// close syscall (dup2 over the fd, close_range) is recycled by the next open, often for
+    /// another file.
     pub file: u64,
     pub bytes: u64,
     pub writes: u64,

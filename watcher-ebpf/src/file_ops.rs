@@ -7,7 +7,8 @@
 //! one trie lookup at enter, and at exit one load of the `INFLIGHT` count (plus a failed hash
 //! lookup while some other operation under a root is in flight).
 //!
-//! Writes are aggregated in `WRITES` per (process, fd) and reported once, at close.
+//! Writes are aggregated in `WRITES` per (process, fd) and reported once, at close (or when
+//! dup2/dup3 closes the fd, or when the fd is found naming another open file).
 
 use core::ffi::c_void;
 
@@ -23,8 +24,8 @@ use aya_ebpf::{
 };
 use watcher_common::{
     FILE_RECORD_FIXED, FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED,
-    FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecord, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP,
-    XATTR_VALUE_CAP, kind, op,
+    FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecord, PATH_BUF_CAP, PATH_CAP, WriteAgg, WriteKey,
+    XATTR_NAME_CAP, XATTR_VALUE_CAP, kind, op,
 };
 
 use crate::{
@@ -250,7 +251,7 @@ pub fn file_watched(rec: *mut FileRecord, file: u64) -> bool {
     let (mnt, dentry) = file_path(file);
     // SAFETY: `rec` is this CPU's scratch record.
     let watched = unsafe {
-        let (len, _) = write_dentry_path((*rec).data.as_mut_ptr(), mnt, dentry);
+        let (len, _) = write_dentry_path((*rec).data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
         under_root(&raw mut (*rec).lpm_prefixlen, len)
     };
     let _ = VERDICTS.insert(&key, &(watched as u8), 0);
@@ -482,7 +483,8 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
             let fd = saved(&p.args, spec.fd) as i32;
             let file = fd_to_file(fd as i64);
             let (mnt, dentry) = file_path(file);
-            let (len, truncated) = write_dentry_path(r.data.as_mut_ptr(), mnt, dentry);
+            let (len, truncated) =
+                write_dentry_path(r.data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
             r.path_len = len as u16;
             r.fd = fd;
             r.flags |= FLAG_BY_FD;
@@ -791,7 +793,7 @@ pub fn exit_write(ctx: &TracePointContext) -> u32 {
     if let Some(agg) = WRITES.get_ptr_mut(&key) {
         // SAFETY: valid map value pointer; only this thread group updates its own keys.
         let agg = unsafe { &mut *agg };
-        if agg.file == pw.file {
+        if same_open_file(agg, pw.file, dev, ino) {
             agg.bytes += ret as u64;
             agg.writes += 1;
             agg.last_ns = now;
@@ -799,8 +801,8 @@ pub fn exit_write(ctx: &TracePointContext) -> u32 {
             agg.tid = id as u32;
             return 0;
         }
-        // The fd now names another file (closed without our seeing it, e.g. by dup2):
-        // report the old aggregate before starting the new one.
+        // The fd now names another file (its old file was dropped without a close we saw,
+        // e.g. by close_range): report the old aggregate before starting the new one.
         let old = *agg;
         send_modify(&key, &old, FLAG_NOT_CLOSED);
     }
@@ -825,27 +827,69 @@ pub fn exit_write(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// Is `file` (whose inode is `dev`, `ino`) still the open file the aggregate began on? The
+/// pointer alone does not say: a `struct file` dropped without a close syscall — bash restoring
+/// fd 1 with dup2 after `echo > X`, close_range — is freed and usually handed to the next open,
+/// which may be of another file.
+#[inline(always)]
+fn same_open_file(agg: &WriteAgg, file: u64, dev: u32, ino: u64) -> bool {
+    agg.file == file && agg.ino == ino && agg.dev == dev
+}
+
 /// `sys_enter_close`: report the aggregate of this (process, fd), if any.
 #[inline(always)]
 pub fn enter_close(ctx: &TracePointContext) -> u32 {
+    flush_fd(arg(ctx, 0) as i32);
+    0
+}
+
+/// `sys_enter_dup2`/`sys_enter_dup3(oldfd, newfd, ...)`: newfd is closed first, so its
+/// aggregate ends here. This is how a shell ends a redirection: `echo aaaa > X` is open X,
+/// save fd 1, dup2(X's fd, 1), close X's fd, write, dup2(saved, 1) — which closes X. Without
+/// this hook X would be reported only at the next write on fd 1 or at exit.
+#[inline(always)]
+pub fn enter_dup(ctx: &TracePointContext) -> u32 {
+    let oldfd = arg(ctx, 0) as i32;
+    let newfd = arg(ctx, 1) as i32;
+    let key = WriteKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: newfd,
+    };
+    // Most dup2 calls are on fds without writes to a watched file: one failed lookup.
+    // SAFETY: map lookup, value not used.
+    if unsafe { WRITES.get(&key) }.is_none() {
+        return 0;
+    }
+    // dup2(fd, fd) changes nothing; with a bad oldfd it fails before closing newfd.
+    if oldfd == newfd || fd_to_file(oldfd as i64) == 0 {
+        return 0;
+    }
+    flush_fd(newfd);
+    0
+}
+
+/// Reports and forgets the aggregate of (this process, `fd`), if any: the fd is being closed.
+#[inline(always)]
+fn flush_fd(fd: i32) {
     let id = bpf_get_current_pid_tgid();
     let key = WriteKey {
         tgid: (id >> 32) as u32,
-        fd: arg(ctx, 0) as i32,
+        fd,
     };
     // SAFETY: map lookup, copied out before removal.
-    let Some(agg) = (unsafe { WRITES.get(&key) }).copied() else {
-        return 0;
+    let Some(mut agg) = (unsafe { WRITES.get(&key) }).copied() else {
+        return;
     };
     let _ = WRITES.remove(&key);
     let file = fd_to_file(key.fd as i64);
-    let flags = if file == agg.file { 0 } else { FLAG_NOT_CLOSED };
-    let mut agg = agg;
-    if file == agg.file {
-        agg.size = inode_identity(file_inode(file)).3;
-    }
+    let (dev, ino, _, size) = inode_identity(file_inode(file));
+    let flags = if same_open_file(&agg, file, dev, ino) {
+        agg.size = size;
+        0
+    } else {
+        FLAG_NOT_CLOSED
+    };
     send_modify(&key, &agg, flags);
-    0
 }
 
 #[inline(always)]
@@ -875,7 +919,8 @@ fn send_file_event(op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
         // The file may be gone (fd reused); only read its path while it is the fd's file.
         if flags & FLAG_NOT_CLOSED == 0 || op == op::WRITE_BIND {
             let (mnt, dentry) = file_path(agg.file);
-            let (len, truncated) = write_dentry_path(r.data.as_mut_ptr(), mnt, dentry);
+            let (len, truncated) =
+                write_dentry_path(r.data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
             r.path_len = len as u16;
             if truncated {
                 r.flags |= FLAG_PATH_TRUNCATED;

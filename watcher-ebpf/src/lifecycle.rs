@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use watcher_common::{
     ARGS_CAP, EXEC_RECORD_FIXED, ExecRecord, ExitRecord, FLAG_ARGS_TRUNCATED, FLAG_PATH_TRUNCATED,
-    ForkRecord, LOSS_EXEC, LOSS_EXIT, LOSS_FORK, RecordHeader, TaskInfo, kind,
+    ForkRecord, LOSS_EXEC, LOSS_EXIT, LOSS_FORK, PATH_BUF_CAP, RecordHeader, TaskInfo, kind,
 };
 
 use crate::{
@@ -59,7 +59,7 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
         let exe_file: u64 = read(mm, off(&o.mm_exe_file));
         let (mnt, dentry) = file_path(exe_file);
         let (exe_len, truncated) = if dentry != 0 {
-            write_dentry_path(r.data.as_mut_ptr(), mnt, dentry)
+            write_dentry_path(r.data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP)
         } else {
             (0, false)
         };

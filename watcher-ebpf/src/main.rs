@@ -274,6 +274,18 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     file_ops::enter_close(&ctx)
 }
 
+// dup2/dup3 close their newfd: a shell restoring fd 1 after a redirection ends the write
+// aggregate of the redirected file (file_ops::enter_dup).
+#[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    file_ops::enter_dup(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    file_ops::enter_dup(&ctx)
+}
+
 // Which inode a rename replaced: filesystem tracepoints that see an inode after its link count
 // dropped. Attached only where the kernel has them (watcher/src/kernel/capabilities.rs,
 // RENAME_TARGET_HOOKS, which also checks each argument's type in BTF).

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use watcher_common::{
-    FileRecord, KernelOffsets, LOSS_SLOTS, MAX_PATH_DEPTH, MAX_ROOTS, PATH_CAP, ROOT_KEY_CAP,
-    RootEntry, WriteAgg, WriteKey,
+    FileRecord, KernelOffsets, LOSS_SLOTS, MAX_PATH_DEPTH, MAX_ROOTS, PATH_BUF_CAP, PATH_CAP,
+    ROOT_KEY_CAP, RootEntry, WriteAgg, WriteKey,
 };
 
 /// Struct field offsets of the running kernel, from its BTF. All zero (invalid) until set.
@@ -106,7 +106,8 @@ pub static SCRATCH: PerCpuArray<FileRecord> = PerCpuArray::with_max_entries(1, 0
 #[repr(C)]
 pub struct PathScratch {
     pub lpm_prefixlen: u32,
-    pub data: [u8; 4 * PATH_CAP],
+    /// What `path::resolve_user_path` needs.
+    pub data: [u8; PATH_BUF_CAP + PATH_CAP],
 }
 
 #[map]
@@ -119,6 +120,12 @@ pub struct DentryStack {
     /// track values stored there, so each loop iteration converges to one state instead of one
     /// state per possible depth (which would exceed the verifier's budget).
     pub n: u64,
+    /// The state of writing the path top-down (see `path::write_dentry_path`), in map memory
+    /// for the same reason as `n`: the length written, where to cut a path that turns out too
+    /// long, and whether it was cut (1: top unknown, 2: too long or a name unreadable).
+    pub pos: u64,
+    pub keep: u64,
+    pub cut: u64,
     pub dentries: [u64; DENTRY_SLOTS],
 }
 

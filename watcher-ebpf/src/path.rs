@@ -5,6 +5,10 @@
 //! is written by walking `dentry->d_parent` up to the root, crossing mounts through
 //! `mount->mnt_mountpoint` (what `d_path` does). The result is looked up in the `ROOTS` LPM
 //! trie: one map lookup decides whether the operation is under a watched root.
+//!
+//! A path that cannot be built completely is never left looking like another path: what is
+//! missing is replaced by `…` (`PATH_GAP`) and the path is flagged truncated (see
+//! `write_dentry_path`). The prefix it keeps is the real one, so the root filter still works.
 
 use core::ffi::c_void;
 
@@ -12,7 +16,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     maps::lpm_trie::Key,
 };
-use watcher_common::{MAX_PATH_DEPTH, PATH_CAP, ROOT_KEY_CAP};
+use watcher_common::{MAX_PATH_DEPTH, PATH_BUF_CAP, PATH_CAP, PATH_GAP, ROOT_KEY_CAP};
 
 use crate::{
     kernel::{cwd, fd_to_file, file_path, read},
@@ -20,17 +24,40 @@ use crate::{
 };
 
 /// Offsets of the first path in a buffer are masked with this, so every write is in bounds.
-pub const MASK: usize = PATH_CAP - 1;
+pub const MASK: usize = PATH_BUF_CAP - 1;
 /// Offsets of what follows the first path (second path, xattr name and value).
-pub const MASK2: usize = 2 * PATH_CAP - 1;
+pub const MASK2: usize = 2 * PATH_BUF_CAP - 1;
 /// Longest component name plus NUL.
 const NAME_CAP: usize = 256;
+/// Room a cut path needs after its prefix: `/…` and `/` plus the last name (at most
+/// NAME_CAP - 1 bytes).
+const GAP_ROOM: usize = 1 + PATH_GAP.len() + NAME_CAP;
 const AT_FDCWD: i64 = -100;
 
-/// Writes the absolute path of (`vfsmnt`, `dentry`) at `buf[0..]`, NUL-terminated. `buf` must
-/// have at least `PATH_CAP + NAME_CAP` bytes. Returns (length without NUL, truncated).
+/// Writes [`PATH_GAP`] at `buf[pos..]`; returns the position after it.
 #[inline(always)]
-pub fn write_dentry_path(buf: *mut u8, vfsmnt: u64, dentry: u64) -> (usize, bool) {
+unsafe fn write_gap(buf: *mut u8, pos: usize) -> usize {
+    // SAFETY: the caller guarantees PATH_GAP.len() bytes of room after the masked offset.
+    unsafe {
+        *buf.add(pos & MASK) = PATH_GAP[0];
+        *buf.add((pos + 1) & MASK) = PATH_GAP[1];
+        *buf.add((pos + 2) & MASK) = PATH_GAP[2];
+    }
+    pos + PATH_GAP.len()
+}
+
+/// Writes the absolute path of (`vfsmnt`, `dentry`) at `buf[0..]`, NUL-terminated, in less
+/// than `cap` bytes (`cap` <= PATH_BUF_CAP; the NUL is the last byte at most). `buf` must have
+/// at least `PATH_BUF_CAP + NAME_CAP` bytes. Returns (length without NUL, truncated).
+///
+/// A path that does not fit, or whose names cannot all be read, is written as the longest
+/// prefix of whole components that leaves room for the rest, then `/…` and `/` plus the
+/// dentry's own name: `/var/lib/x/…/file`. A walk that does not reach the root within
+/// MAX_PATH_DEPTH steps gives `…/lower/components`: its top is unknown, and a path that does
+/// not start with `/` never matches a root. Either way it is flagged truncated, and it is never
+/// a prefix of the path followed by something that looks like a child of it.
+#[inline(always)]
+pub fn write_dentry_path(buf: *mut u8, vfsmnt: u64, dentry: u64, cap: usize) -> (usize, bool) {
     let o = offsets();
     let Some(stack) = DENTRY_STACK.get_ptr_mut(0) else {
         return (0, true);
@@ -39,7 +66,8 @@ pub fn write_dentry_path(buf: *mut u8, vfsmnt: u64, dentry: u64) -> (usize, bool
     let mut mnt = vfsmnt.wrapping_sub(mnt_off);
     let mut d = dentry;
     let mut complete = false;
-    // SAFETY: `stack` is this CPU's scratch slot; indices are masked to DENTRY_SLOTS.
+    // SAFETY: `stack` is this CPU's scratch slot; indices are masked to DENTRY_SLOTS, buffer
+    // offsets to MASK (the buffer has NAME_CAP bytes of room beyond it).
     unsafe {
         core::ptr::write_volatile(&raw mut (*stack).n, 0);
         for _ in 0..MAX_PATH_DEPTH {
@@ -64,44 +92,86 @@ pub fn write_dentry_path(buf: *mut u8, vfsmnt: u64, dentry: u64) -> (usize, bool
             core::ptr::write_volatile(&raw mut (*stack).n, (n + 1) as u64);
             d = parent;
         }
-        let n = core::ptr::read_volatile(&raw const (*stack).n) as usize;
-        let mut pos: usize = 0;
-        let mut truncated = !complete;
+        // The writing state lives in map memory too (`pos`, `keep`, `cut`): the verifier does
+        // not track values there, so the iterations of the loop below converge to one state,
+        // and so do the loop's exits, instead of one of each per possible length.
+        let st = &raw mut (*stack);
+        let set = |field: *mut u64, v: usize| core::ptr::write_volatile(field, v as u64);
+        let get = |field: *const u64| core::ptr::read_volatile(field) as usize;
+        set(&raw mut (*st).cut, usize::from(!complete));
+        if complete {
+            set(&raw mut (*st).pos, 0);
+        } else {
+            // The top is unknown: say so where it would be.
+            set(&raw mut (*st).pos, write_gap(buf, 0));
+        }
+        // `keep`: the end of the longest prefix written so far that leaves GAP_ROOM before
+        // `cap`, where a path that turns out too long is cut.
+        set(&raw mut (*st).keep, get(&raw const (*st).pos));
+        let n = get(&raw const (*st).n);
         for i in 0..MAX_PATH_DEPTH as usize {
             if i >= n {
                 break;
             }
-            if pos + 1 + NAME_CAP >= PATH_CAP {
-                truncated = true;
-                break;
-            }
+            let pos = get(&raw const (*st).pos) & MASK;
             let d = (*stack).dentries[(n - 1 - i) & (DENTRY_SLOTS - 1)];
             let name: u64 = read(d, off(&o.dentry_d_name) + off(&o.qstr_name));
-            *buf.add(pos & MASK) = b'/';
-            pos += 1;
+            *buf.add(pos) = b'/';
             let r = bpf_probe_read_kernel_str(
-                buf.add(pos & MASK) as *mut c_void,
+                buf.add((pos + 1) & MASK) as *mut c_void,
                 NAME_CAP as u32,
                 name as *const c_void,
             );
-            if r <= 0 {
-                truncated = true;
+            let next = pos + 1 + ((r as usize).wrapping_sub(1) & (NAME_CAP - 1));
+            if r <= 0 || next >= cap {
+                set(&raw mut (*st).cut, 2);
                 break;
             }
-            pos += (r as usize - 1) & (NAME_CAP - 1);
+            set(&raw mut (*st).pos, next);
+            if next + GAP_ROOM < cap {
+                set(&raw mut (*st).keep, next);
+            }
         }
-        if pos == 0 {
+        let mut pos = get(&raw const (*st).pos) & MASK;
+        let cut = get(&raw const (*st).cut);
+        if cut == 2 {
+            // Back to the last prefix with room, then `/…/` and the dentry's own name.
+            pos = get(&raw const (*st).keep) & MASK;
+            if pos + GAP_ROOM >= cap {
+                pos = 0;
+            }
+            *buf.add(pos) = b'/';
+            pos = write_gap(buf, pos + 1) & MASK;
+            if n > 0 {
+                let own = (*stack).dentries[0];
+                let name: u64 = read(own, off(&o.dentry_d_name) + off(&o.qstr_name));
+                *buf.add(pos) = b'/';
+                let r = bpf_probe_read_kernel_str(
+                    buf.add((pos + 1) & MASK) as *mut c_void,
+                    NAME_CAP as u32,
+                    name as *const c_void,
+                );
+                if r > 1 {
+                    pos += 1 + ((r as usize - 1) & (NAME_CAP - 1));
+                }
+            }
+        } else if pos == 0 {
             *buf = b'/';
             pos = 1;
         }
         *buf.add(pos & MASK) = 0;
-        (pos & MASK, truncated)
+        (pos & MASK, cut != 0)
     }
 }
 
 /// Resolves a path argument of a syscall, relative to `dirfd` (AT_FDCWD: the cwd), into
-/// `buf[0..]`, NUL-terminated. `buf` must have at least `2 * PATH_CAP + NAME_CAP` bytes.
+/// `buf[0..]`, NUL-terminated. `buf` must have at least `PATH_BUF_CAP + PATH_CAP` bytes.
 /// Returns (length without NUL, truncated), or None when the argument could not be read.
+///
+/// An absolute argument is taken as given (the kernel refuses longer than PATH_MAX). A relative
+/// one is appended to the dirfd's or cwd's path, which is given the room the argument leaves,
+/// so the argument is always whole: when the directory's path does not fit, the result is
+/// `<prefix>/…/<dir name>/<argument>`, flagged truncated.
 #[inline(always)]
 pub fn resolve_user_path(buf: *mut u8, dirfd: i64, user_path: u64) -> Option<(usize, bool)> {
     // SAFETY: every write goes through a masked offset into a buffer of the documented size.
@@ -125,7 +195,9 @@ pub fn resolve_user_path(buf: *mut u8, dirfd: i64, user_path: u64) -> Option<(us
         if dentry == 0 {
             return None;
         }
-        let (base_len, truncated) = write_dentry_path(buf, mnt, dentry);
+        // `/` and the argument (n - 1 bytes) follow the directory's path.
+        let room = (n as usize) & (PATH_CAP * 2 - 1);
+        let (base_len, truncated) = write_dentry_path(buf, mnt, dentry, PATH_BUF_CAP - room);
         if n == 1 {
             // Empty path (AT_EMPTY_PATH): the dirfd itself.
             return Some((base_len, truncated));
@@ -143,9 +215,11 @@ pub fn resolve_user_path(buf: *mut u8, dirfd: i64, user_path: u64) -> Option<(us
         if m <= 0 {
             return None;
         }
-        let len = pos + m as usize - 1;
-        if len >= PATH_CAP {
-            // Longer than PATH_MAX: keep the first PATH_CAP - 1 bytes.
+        let len = (pos & MASK) + m as usize - 1;
+        if len >= PATH_BUF_CAP {
+            // Only when the argument grew between the two reads (another thread rewrote it):
+            // cut it, and say so.
+            write_gap(buf, MASK - PATH_GAP.len());
             *buf.add(MASK) = 0;
             return Some((MASK, true));
         }

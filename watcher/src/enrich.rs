@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use watcher_common::{
     FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_REPLACED,
-    FLAG_VALUE_TRUNCATED, TaskInfo, WriteAgg, WriteKey, op,
+    FLAG_VALUE_TRUNCATED, PATH_GAP, TaskInfo, WriteAgg, WriteKey, op,
 };
 
 use crate::{
     containerd::attribution::Attributor,
     event::{
-        AncestorView, Clock, Details, FileEvent, Overwritten, PathText, ProcessView, XattrView,
-        errno_name, hex, lossless_text,
+        AncestorView, Clock, Details, FileEvent, NOTE_NEW_PATH_TRUNCATED, NOTE_PATH_TRUNCATED,
+        Overwritten, PathText, ProcessView, XattrView, errno_name, hex, lossless_text,
     },
     kernel::records::{FileOp, Record},
     process::{ExecEvent, ProcessTable, Task},
@@ -47,6 +47,9 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 struct Binding {
     path: Vec<u8>,
+    /// The path could not be built completely (`FLAG_PATH_TRUNCATED`): the aggregate's record
+    /// must say so too.
+    path_truncated: bool,
     comm: [u8; 16],
 }
 
@@ -126,6 +129,7 @@ impl Enricher {
                 key,
                 Binding {
                     path: f.path,
+                    path_truncated: f.flags & FLAG_PATH_TRUNCATED != 0,
                     comm: f.task.comm,
                 },
             );
@@ -135,6 +139,9 @@ impl Enricher {
             let bound = self.bindings.remove(&key);
             if let (true, Some(b)) = (f.path.is_empty(), bound) {
                 f.path = b.path;
+                if b.path_truncated {
+                    f.flags |= FLAG_PATH_TRUNCATED;
+                }
             }
         }
         match self.file_event(f) {
@@ -165,7 +172,13 @@ impl Enricher {
                 dev: agg.dev,
                 mode: 0,
                 sys_flags: 0,
-                flags: FLAG_BY_FD | FLAG_NOT_CLOSED,
+                flags: FLAG_BY_FD
+                    | FLAG_NOT_CLOSED
+                    | if binding.path_truncated {
+                        FLAG_PATH_TRUNCATED
+                    } else {
+                        0
+                    },
                 f_mode: 0,
                 rdev: 0,
                 size: agg.size,
@@ -191,9 +204,9 @@ impl Enricher {
     }
 
     fn file_event(&mut self, f: FileOp) -> Option<FileEvent> {
-        let path = self.roots.canonical_path(&f.path);
+        let path = self.canonical_path(&f.path, f.flags & FLAG_PATH_TRUNCATED != 0);
         let new_path = (!f.path2.is_empty() && f.op != op::SYMLINK)
-            .then(|| self.roots.canonical_path(&f.path2));
+            .then(|| self.canonical_path(&f.path2, f.flags & FLAG_PATH2_TRUNCATED != 0));
         // The kernel's prefix test is lexical; `/root/../elsewhere` passes it. Drop what is
         // not under a root once `..` is folded.
         let inside =
@@ -246,6 +259,26 @@ impl Enricher {
             process,
             details,
         })
+    }
+
+    /// The path as reported: under its canonical root name, `.` and `..` folded. A path the
+    /// kernel could not build completely (`truncated`) is folded only up to its first gap
+    /// ([`PATH_GAP`]): what follows the gap is relative to directories nobody knows, and a
+    /// `..` there must not eat the gap and leave a path that looks complete.
+    fn canonical_path(&self, path: &[u8], truncated: bool) -> Vec<u8> {
+        if !truncated {
+            return self.roots.canonical_path(path);
+        }
+        match first_gap(path) {
+            // The top is unknown: nothing to fold or to name canonically.
+            Some(0) => path.to_vec(),
+            Some(at) => {
+                let mut out = self.roots.canonical_path(&path[..at - 1]);
+                out.extend_from_slice(&path[at - 1..]);
+                out
+            }
+            None => self.roots.canonical_path(path),
+        }
     }
 
     fn fill_details(&self, f: &FileOp, d: &mut Details) {
@@ -303,10 +336,10 @@ impl Enricher {
             d.notes.push("by_fd");
         }
         if f.flags & FLAG_PATH_TRUNCATED != 0 {
-            d.notes.push("path_truncated");
+            d.notes.push(NOTE_PATH_TRUNCATED);
         }
         if f.flags & FLAG_PATH2_TRUNCATED != 0 {
-            d.notes.push("new_path_truncated");
+            d.notes.push(NOTE_NEW_PATH_TRUNCATED);
         }
         if f.flags & FLAG_VALUE_TRUNCATED != 0 {
             d.notes.push("value_truncated");
@@ -374,12 +407,25 @@ impl Enricher {
     }
 }
 
-/// The op's name, refined for opens (create / truncate / open_write) from the flags.
+/// Where the first path component that is the gap marker ([`PATH_GAP`], as the kernel writes
+/// it for what it could not build) starts.
+fn first_gap(path: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    for component in path.split(|b| *b == b'/') {
+        if component == PATH_GAP {
+            return Some(at);
+        }
+        at += component.len() + 1;
+    }
+    None
+}
+
 /// "major:minor" of a kernel-internal dev_t (`MAJOR << 20 | MINOR`), as `stat` shows it.
 fn dev_text(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xfffff)
 }
 
+/// The op's name, refined for opens (create / truncate / open_write) from the flags.
 fn op_name(f: &FileOp, d: &mut Details) -> &'static str {
     match f.op {
         op::OPEN_WRITE => {
@@ -481,6 +527,69 @@ mod tests {
             Outcome::Event(ev) => ev,
             other => panic!("no event: {other:?}"),
         }
+    }
+
+    /// What follows the gap of a truncated path is relative to directories nobody knows:
+    /// `..` there is not folded into the known prefix. The truncation survives the write
+    /// aggregate's binding (a process that exits without closing).
+    #[test]
+    fn truncated_paths_keep_their_gap_and_their_note() {
+        let dir = std::env::temp_dir().join(format!("ctrwatch-enrich-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let roots = RootSet::resolve(std::slice::from_ref(&PathBuf::from(&dir)));
+        let mut root = roots.kernel_prefixes().into_iter().next().expect("root");
+        if root.ends_with(b"/") {
+            root.pop();
+        }
+        let mut e = Enricher::new(roots, ProcessTable::detached(Duration::from_secs(60)));
+        let mut cut = root.clone();
+        cut.extend_from_slice("/a/…/../../x".as_bytes());
+        let file = |path: Vec<u8>, flags: u32| {
+            Record::File(FileOp {
+                op: op::UNLINK,
+                ts_ns: 2,
+                task: task(4000, 4000, "rm"),
+                flags,
+                path,
+                ..FileOp::default()
+            })
+        };
+        let v = event(&mut e, file(cut.clone(), FLAG_PATH_TRUNCATED));
+        assert_eq!(v.path.0, cut);
+        assert_eq!(v.details.notes, [NOTE_PATH_TRUNCATED]);
+        // A complete path is folded as before.
+        let mut whole = root.clone();
+        whole.extend_from_slice(b"/a/b/../x");
+        let v = event(&mut e, file(whole, 0));
+        assert_eq!(v.path.0, [&root[..], b"/a/x"].concat());
+
+        // Bound while truncated, reported at exit without a path of its own.
+        let mut bound = root.clone();
+        bound.extend_from_slice("/a/…/f".as_bytes());
+        let bind = FileOp {
+            op: op::WRITE_BIND,
+            task: task(4000, 4000, "sh"),
+            fd: 1,
+            flags: FLAG_BY_FD | FLAG_PATH_TRUNCATED,
+            path: bound.clone(),
+            ..FileOp::default()
+        };
+        assert!(matches!(e.on_record(Record::File(bind)), Outcome::Nothing));
+        let key = WriteKey { tgid: 4000, fd: 1 };
+        let agg = WriteAgg {
+            bytes: 3,
+            writes: 1,
+            ..WriteAgg::default()
+        };
+        let out = e.on_unclosed_writes(vec![(key, agg)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].path.0, bound);
+        assert!(
+            out[0].details.notes.contains(&NOTE_PATH_TRUNCATED),
+            "{:?}",
+            out[0].details.notes
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A thread's events share one description until the process table changes; an exec

@@ -333,6 +333,25 @@ pub fn errno_name(errno: i32) -> String {
     name.to_string()
 }
 
+/// `notes` entry of an event whose path the kernel could not build completely (too long,
+/// too deep): the path holds [`watcher_common::PATH_GAP`] where parts are missing and is not
+/// the path of the file.
+pub const NOTE_PATH_TRUNCATED: &str = "path_truncated";
+/// The same for `new_path`.
+pub const NOTE_NEW_PATH_TRUNCATED: &str = "new_path_truncated";
+
+/// What readable output writes after a path that is truncated (`note` among `notes`): the `…`
+/// inside it could be taken for a directory's name.
+pub fn truncation_marker<S: AsRef<str>>(notes: &[S], note: &str) -> &'static str {
+    if !notes.iter().any(|n| n.as_ref() == note) {
+        ""
+    } else if note == NOTE_NEW_PATH_TRUNCATED {
+        " (new path truncated)"
+    } else {
+        " (path truncated)"
+    }
+}
+
 impl FileEvent {
     /// One readable line.
     pub fn human_line(&self) -> String {
@@ -343,8 +362,11 @@ impl FileEvent {
             self.result,
             self.path.display()
         );
+        let notes = &self.details.notes;
+        line.push_str(truncation_marker(notes, NOTE_PATH_TRUNCATED));
         if let Some(new) = &self.new_path {
             let _ = write!(line, " -> {}", new.display());
+            line.push_str(truncation_marker(notes, NOTE_NEW_PATH_TRUNCATED));
         }
         if let Some(o) = &self.details.overwritten {
             let _ = write!(
@@ -439,6 +461,47 @@ mod tests {
             json(&d)["overwritten"],
             serde_json::json!({"inode": 42, "dev": "254:0"})
         );
+    }
+
+    fn event(path: &str, new_path: Option<&str>, notes: Vec<&'static str>) -> FileEvent {
+        FileEvent {
+            time: "2026-01-01T00:00:00Z".into(),
+            mono_ns: 1,
+            op: "rename",
+            path: PathText(path.as_bytes().to_vec()),
+            new_path: new_path.map(|p| PathText(p.as_bytes().to_vec())),
+            result: "ok".into(),
+            errno: None,
+            inode: None,
+            dev: None,
+            process: Arc::new(ProcessView::default()),
+            details: Details {
+                notes,
+                ..Details::default()
+            },
+        }
+    }
+
+    /// A truncated path is marked on the readable line right after it, a complete one not.
+    #[test]
+    fn the_readable_line_marks_truncated_paths() {
+        let line = event("/r/a/…/f", Some("/r/a/…/g"), vec![NOTE_PATH_TRUNCATED]).human_line();
+        assert!(
+            line.contains(" /r/a/…/f (path truncated) -> /r/a/…/g pid="),
+            "{line}"
+        );
+        let line = event(
+            "/r/a/…/f",
+            Some("/r/a/…/g"),
+            vec![NOTE_PATH_TRUNCATED, NOTE_NEW_PATH_TRUNCATED],
+        )
+        .human_line();
+        assert!(
+            line.contains(" /r/a/…/f (path truncated) -> /r/a/…/g (new path truncated) pid="),
+            "{line}"
+        );
+        let line = event("/r/a/f", Some("/r/a/g"), vec!["by_fd"]).human_line();
+        assert!(!line.contains("truncated"), "{line}");
     }
 
     #[test]

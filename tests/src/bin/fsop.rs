@@ -2,6 +2,10 @@
 //! integration tests know which syscall, from which process, produced a record. Paths are taken
 //! as raw bytes (non-UTF-8 names work). Exit status 0 when the operation succeeded, 1 when the
 //! kernel refused it (the errno is printed), 2 on bad usage.
+//!
+//! The `at-*` operations and `unlinkat` act relative to a directory fd, and `cwd-unlink`
+//! relative to the working directory; their DIR may be longer than PATH_MAX (it is opened or
+//! entered one component at a time, as a script that `cd`s down would).
 
 use std::{
     ffi::{CString, OsString},
@@ -25,6 +29,45 @@ fn open(path: &OsString, flags: i32) -> Result<i32, String> {
     // SAFETY: valid C string; plain syscall.
     let fd = unsafe { libc::open(cstr(path).as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
     check(fd as libc::c_long, "open").map(|fd| fd as i32)
+}
+
+/// A directory fd for `path`, opened one component at a time: `path` may be longer than
+/// PATH_MAX, which no single syscall accepts.
+fn open_dir(path: &OsString) -> Result<i32, String> {
+    let bytes = path.clone().into_vec();
+    let start = if bytes.starts_with(b"/") {
+        &b"/"[..]
+    } else {
+        &b"."[..]
+    };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let c = CString::new(start).unwrap_or_default();
+    // SAFETY: valid C string; plain syscall.
+    let mut fd = check(
+        unsafe { libc::open(c.as_ptr(), flags) } as libc::c_long,
+        "open",
+    )? as i32;
+    for part in bytes.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+        let c = CString::new(part).unwrap_or_default();
+        // SAFETY: valid fd and C string; the old fd is closed once the next one is open.
+        let next = unsafe {
+            let next = libc::openat(fd, c.as_ptr(), flags);
+            libc::close(fd);
+            next
+        };
+        fd = check(next as libc::c_long, "openat")? as i32;
+    }
+    Ok(fd)
+}
+
+/// Makes `path` (possibly longer than PATH_MAX) the working directory.
+fn chdir_long(path: &OsString) -> Result<(), String> {
+    let fd = open_dir(path)?;
+    // SAFETY: valid fd.
+    check(unsafe { libc::fchdir(fd) } as libc::c_long, "fchdir")?;
+    // SAFETY: valid fd, no longer needed.
+    unsafe { libc::close(fd) };
+    Ok(())
 }
 
 fn num(args: &[OsString], i: usize) -> Result<i64, String> {
@@ -187,7 +230,7 @@ fn run(args: &[OsString]) -> Result<(), String> {
             }
             "unlinkat" => {
                 // relative to a directory fd: fsop unlinkat DIR NAME
-                let dir = open(arg(args, 1)?, libc::O_RDONLY | libc::O_DIRECTORY)?;
+                let dir = open_dir(arg(args, 1)?)?;
                 check(
                     libc::unlinkat(dir, cstr(arg(args, 2)?).as_ptr(), 0) as _,
                     "unlinkat",
@@ -195,8 +238,72 @@ fn run(args: &[OsString]) -> Result<(), String> {
             }
             "cwd-unlink" => {
                 // relative to the working directory: fsop cwd-unlink DIR NAME
-                check(libc::chdir(cstr(arg(args, 1)?).as_ptr()) as _, "chdir")?;
+                chdir_long(arg(args, 1)?)?;
                 check(libc::unlink(cstr(arg(args, 2)?).as_ptr()) as _, "unlink")?;
+            }
+            "at-create" => {
+                // fsop at-create DIR NAME: openat(dirfd, NAME, O_CREAT|O_EXCL|O_WRONLY), close
+                let dir = open_dir(arg(args, 1)?)?;
+                let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+                let fd = libc::openat(dir, cstr(arg(args, 2)?).as_ptr(), flags, 0o644);
+                check(fd as _, "openat")?;
+                libc::close(fd);
+            }
+            "at-write" => {
+                // fsop at-write DIR NAME N: openat an existing file, write N bytes, close
+                let dir = open_dir(arg(args, 1)?)?;
+                let flags = libc::O_WRONLY | libc::O_CLOEXEC;
+                let fd = libc::openat(dir, cstr(arg(args, 2)?).as_ptr(), flags);
+                check(fd as _, "openat")?;
+                let buf = vec![b'x'; num(args, 3)? as usize];
+                check(
+                    libc::write(fd, buf.as_ptr().cast(), buf.len()) as libc::c_long,
+                    "write",
+                )?;
+                libc::close(fd);
+            }
+            "at-rename" => {
+                // fsop at-rename DIR OLD NEW: renameat(dirfd, OLD, dirfd, NEW)
+                let dir = open_dir(arg(args, 1)?)?;
+                check(
+                    libc::renameat(
+                        dir,
+                        cstr(arg(args, 2)?).as_ptr(),
+                        dir,
+                        cstr(arg(args, 3)?).as_ptr(),
+                    ) as _,
+                    "renameat",
+                )?;
+            }
+            "recycle-fd" => {
+                // fsop recycle-fd A N B M: write N bytes to A, drop the fd with close_range
+                // (no close syscall), open B (it gets the same fd number, and usually the same
+                // recycled `struct file`), write M bytes to it, close.
+                let a = open(arg(args, 1)?, libc::O_WRONLY)?;
+                let buf = vec![b'a'; num(args, 2)? as usize];
+                check(
+                    libc::write(a, buf.as_ptr().cast(), buf.len()) as libc::c_long,
+                    "write",
+                )?;
+                check(
+                    libc::syscall(
+                        libc::SYS_close_range,
+                        a as libc::c_uint,
+                        a as libc::c_uint,
+                        0,
+                    ),
+                    "close_range",
+                )?;
+                let b = open(arg(args, 3)?, libc::O_WRONLY)?;
+                if b != a {
+                    return Err(format!("fd {b} is not the recycled fd {a}"));
+                }
+                let buf = vec![b'b'; num(args, 4)? as usize];
+                check(
+                    libc::write(b, buf.as_ptr().cast(), buf.len()) as libc::c_long,
+                    "write",
+                )?;
+                libc::close(b);
             }
             "flood" => {
                 // fsop flood DIR COUNT: COUNT unlink attempts of missing files (each one a

@@ -9,7 +9,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{AncestorView, PathText, ProcessView, hex};
+use crate::event::{
+    AncestorView, NOTE_NEW_PATH_TRUNCATED, NOTE_PATH_TRUNCATED, PathText, ProcessView, hex,
+};
 
 use super::codec::{self, AtomKind, Glob};
 use super::write::{ADJ_SLACK_NS, proc_hash};
@@ -931,6 +933,7 @@ impl Store {
         }
         let (since, until, hi) = window(q.since, q.until);
         let ops: Vec<i64> = self.atom_ids(AtomKind::Op)?.into_values().collect();
+        let name_set: HashSet<i64> = names.iter().copied().collect();
         self.gather_and_load(
             q.limit,
             |per| {
@@ -938,7 +941,11 @@ impl Store {
                 ids.extend(self.ids_by_new_path(&names, since, hi, per)?);
                 Ok(ids)
             },
-            |ids| self.load_ids(ids, since, until, q.limit, |_| true),
+            |ids| {
+                self.load_ids(ids, since, until, q.limit, |ev| {
+                    ev.path_is(&name_set) || ev.new_path_is(&name_set)
+                })
+            },
         )
     }
 
@@ -1126,9 +1133,13 @@ impl Store {
                 proc_conds.join(" AND ")
             ));
         }
+        // A literal path asks for that file: events whose matching path is truncated are not
+        // about it (checked per event below).
+        let mut literal: Option<HashSet<i64>> = None;
         if let (Some(p), Some(glob)) = (&f.path, &path_glob) {
             if glob.is_literal() {
                 let ids = self.resolve(p, PathMatch::Auto)?;
+                literal = Some(ids.iter().copied().collect());
                 let list = ids
                     .iter()
                     .map(|i| i.to_string())
@@ -1185,6 +1196,10 @@ impl Store {
                     continue;
                 }
                 match res.event(raw) {
+                    Ok(ev)
+                        if literal
+                            .as_ref()
+                            .is_some_and(|names| !ev.path_is(names) && !ev.new_path_is(names)) => {}
                     Ok(ev) => out.push(ev),
                     Err(fault) => res.skip("events", id, fault)?,
                 }
@@ -1288,8 +1303,8 @@ fn deletion_kind(
     if !opts.failed && ev.result != "ok" {
         return None;
     }
-    let on_path = names.contains(&ev.path_id);
-    let onto = ev.new_path_id.is_some_and(|i| names.contains(&i));
+    let on_path = ev.path_is(names);
+    let onto = ev.new_path_is(names);
     match ev.op.as_str() {
         "unlink" if on_path => Some("unlink"),
         "rmdir" if on_path => Some("rmdir"),
@@ -1304,9 +1319,9 @@ fn deletion_kind(
         {
             Some("truncate_to_zero")
         }
-        "rename" if ancestor_names.contains(&ev.path_id) => Some("ancestor_renamed"),
+        "rename" if ev.path_is(ancestor_names) => Some("ancestor_renamed"),
         "setxattr"
-            if ancestor_names.contains(&ev.path_id)
+            if ev.path_is(ancestor_names)
                 && ev.details.xattr.as_ref().is_some_and(|x| {
                     x.name.ends_with("overlay.opaque")
                         && matches!(x.value.as_deref(), Some("y") | Some("x"))
@@ -1316,5 +1331,24 @@ fn deletion_kind(
         }
         // A link or symlink onto the path does not delete it (it fails if the path exists).
         _ => None,
+    }
+}
+
+impl StoredEvent {
+    /// Is the event's path one of `names`? A path the kernel could not build completely
+    /// (note `path_truncated`: a prefix, `…`, a name) is not the file's path whatever its text,
+    /// so it never answers a question about an exact path; globs still find it.
+    fn path_is(&self, names: &HashSet<i64>) -> bool {
+        names.contains(&self.path_id) && !self.has_note(NOTE_PATH_TRUNCATED)
+    }
+
+    /// The same for the new path of a rename or link.
+    fn new_path_is(&self, names: &HashSet<i64>) -> bool {
+        self.new_path_id.is_some_and(|id| names.contains(&id))
+            && !self.has_note(NOTE_NEW_PATH_TRUNCATED)
+    }
+
+    fn has_note(&self, note: &str) -> bool {
+        self.details.notes.iter().any(|n| n == note)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::event::escape_bytes;
+use crate::event::{NOTE_NEW_PATH_TRUNCATED, NOTE_PATH_TRUNCATED, escape_bytes, truncation_marker};
 
 use super::{Gap, StoredEvent};
 
@@ -34,15 +34,19 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// One line per event: TIME OP RESULT PATH PID COMM/EXE UNIT PARENTS. The path shows
-/// `-> new_path` for renames and links; `OP` shows how a who-deleted answer deleted (e.g.
+/// `-> new_path` for renames and links, and `(path truncated)` after a path the kernel could
+/// not build completely; `OP` shows how a who-deleted answer deleted (e.g.
 /// `rename (ancestor_renamed)`). Control characters and non-UTF-8 bytes are `\xNN`.
 pub fn render_table(events: &[StoredEvent]) -> String {
     let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
+            let notes = &e.details.notes;
             let mut path = e.path.display();
+            path.push_str(truncation_marker(notes, NOTE_PATH_TRUNCATED));
             if let Some(n) = &e.new_path {
                 let _ = write!(path, " -> {}", n.display());
+                path.push_str(truncation_marker(notes, NOTE_NEW_PATH_TRUNCATED));
             }
             let op = match e.deletion {
                 Some(d) if d != e.op => format!("{} ({d})", e.op),

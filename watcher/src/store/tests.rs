@@ -1829,3 +1829,73 @@ fn synthesised_audit_records_have_the_captured_layout() {
         Some(77)
     );
 }
+
+/// A path the kernel could not build completely (a prefix, `…`, a name) is stored with its
+/// note and never answers an exact-path question, even when its text is the path of a real
+/// file (here a directory really named `…`); a glob finds both.
+#[test]
+fn truncated_paths_never_answer_exact_questions() {
+    let dir = TempDir::new("truncated");
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    w.begin_run(at(T0)).expect("run");
+    let mut t = T0;
+    let mut push = |w: &mut Store, mut e: FileEvent, notes: Vec<&'static str>| {
+        t += SEC;
+        e.time = format_time(t);
+        e.mono_ns = (t - BOOT) as u64;
+        e.details.notes = notes;
+        w.append_event(&e).expect("append");
+    };
+    let cut = crate::event::NOTE_PATH_TRUNCATED;
+    let new_cut = crate::event::NOTE_NEW_PATH_TRUNCATED;
+    push(&mut w, ev(0, "unlink", "/r/a/…/f"), vec![cut]); // 1
+    push(&mut w, ev(0, "unlink", "/r/a/…/f"), vec![]); // 2: a directory named `…`
+    let mut onto = ev(0, "rename", "/r/a/b");
+    onto.new_path = Some(PathText("/r/a/…/g".as_bytes().to_vec()));
+    push(&mut w, onto, vec![new_cut]); // 3
+    let mut away = ev(0, "rename", "/r/a/…/x");
+    away.new_path = Some(PathText(b"/r/a/y".to_vec()));
+    push(&mut w, away, vec![cut]); // 4
+    w.flush().expect("flush");
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let times =
+        |v: &[StoredEvent]| -> Vec<i64> { v.iter().map(|e| (e.time_ns - T0) / SEC).collect() };
+
+    let h = r.history(&PathQuery::new("/r/a/…/f")).expect("history");
+    assert_eq!(times(&h), [2], "{:?}", paths(&h));
+    let d = r
+        .who_deleted(&PathQuery::new("/r/a/…/f"), DeleteOptions::new())
+        .expect("who");
+    assert_eq!(times(&d), [2]);
+    let d = r
+        .who_deleted(&PathQuery::new("/r/a/…/g"), DeleteOptions::new())
+        .expect("who onto");
+    assert!(d.is_empty(), "{:?}", paths(&d));
+    // Its other path is complete: found by that one.
+    assert_eq!(
+        times(&r.history(&PathQuery::new("/r/a/b")).expect("b")),
+        [3]
+    );
+    assert_eq!(
+        times(&r.history(&PathQuery::new("/r/a/y")).expect("y")),
+        [4]
+    );
+    // Not an ancestor's rename either.
+    let d = r
+        .who_deleted(&PathQuery::new("/r/a/…/x/child"), DeleteOptions::new())
+        .expect("who child");
+    assert!(d.is_empty(), "{:?}", paths(&d));
+    // Literal query paths are exact too; globs find what the text matches.
+    let q = |p: &str| {
+        r.query(&Filter {
+            path: Some(p.as_bytes().to_vec()),
+            ..Default::default()
+        })
+        .expect("query")
+    };
+    assert_eq!(times(&q("/r/a/…/f")), [2]);
+    assert_eq!(times(&q("/r/**/f")), [2, 1]);
+    assert_eq!(times(&q("/r/**/g")), [3]);
+    let glob = q("/r/**/f");
+    assert_eq!(glob[1].details.notes, [cut]);
+}
