@@ -119,7 +119,7 @@ impl DaemonStore {
         };
         let db = lock.db().to_path_buf();
         let corruption = match Store::open_locked(db.clone(), self.opts.clone(), lock.clone()) {
-            Ok(store) => match check_after_unclean_stop(&store)? {
+            Ok(store) => match check_after_unclean_stop(&store) {
                 None => return Ok(Ok(store)),
                 Some(c) => {
                     store.close_as_is();
@@ -149,7 +149,8 @@ impl DaemonStore {
                 drop(lock);
                 self.attempt_new(new_lock)
             }
-            None => Ok(Err((Some(lock), StoreError::Full { path: db }))),
+            // The old database's lock is no use: the next try creates and locks a new one.
+            None => Ok(Err((None, StoreError::Full { path: db }))),
         }
     }
 
@@ -221,6 +222,16 @@ impl DaemonStore {
     /// uncleanly.
     pub fn begin_run(&mut self, now: SystemTime) -> Result<Option<Gap>, StoreError> {
         self.run_started = Some(now);
+        self.begin_open_run(now, true)
+    }
+
+    /// `begin_run` on the open store; damage found there (the runs table) is reset like
+    /// damage found at open, once (`may_reset`).
+    fn begin_open_run(
+        &mut self,
+        now: SystemTime,
+        may_reset: bool,
+    ) -> Result<Option<Gap>, StoreError> {
         let State::Open(store) = &mut self.state else {
             return Ok(None);
         };
@@ -229,8 +240,7 @@ impl DaemonStore {
                 self.record_reset();
                 Ok(gap)
             }
-            Err(StoreError::Full { path }) => {
-                let e = StoreError::Full { path };
+            Err(e @ StoreError::Full { .. }) => {
                 log::warn!(
                     "{e}: capturing anyway; what cannot be stored is counted and recorded as a \
                      gap once the store can be written (tried again every {} s)",
@@ -239,32 +249,21 @@ impl DaemonStore {
                 self.become_unavailable(e);
                 Ok(None)
             }
-            Err(StoreError::Corrupt { path, detail }) => {
-                // Damage the open did not touch (the runs table): the same reset as at open.
+            Err(StoreError::Corrupt { path, detail }) if may_reset => {
                 let State::Open(store) = std::mem::replace(&mut self.state, placeholder()) else {
                     return Err(StoreError::Corrupt { path, detail });
                 };
-                let Some(lock) = store.close_as_is() else {
-                    return Err(StoreError::Corrupt { path, detail });
-                };
-                match self.move_aside(&path, Corruption(detail))? {
-                    Some(new_lock) => {
-                        drop(lock);
-                        match self.attempt_new(new_lock)? {
-                            Ok(s) => self.state = State::Open(Box::new(s)),
-                            Err((l, e)) => self.unavailable_with(l, e),
-                        }
-                    }
-                    None => self.unavailable_with(Some(lock), StoreError::Full { path }),
+                let old_lock = store.close_as_is();
+                let new_lock = self.move_aside(&path, Corruption(detail))?;
+                drop(old_lock);
+                match new_lock {
+                    Some(lock) => match self.attempt_new(lock)? {
+                        Ok(s) => self.state = State::Open(Box::new(s)),
+                        Err((l, e)) => self.unavailable_with(l, e),
+                    },
+                    None => self.unavailable_with(None, StoreError::Full { path }),
                 }
-                match &mut self.state {
-                    State::Open(store) => {
-                        let gap = store.begin_run(now)?;
-                        self.record_reset();
-                        Ok(gap)
-                    }
-                    State::Unavailable { .. } => Ok(None),
-                }
+                self.begin_open_run(now, false)
             }
             Err(e) => Err(e),
         }
@@ -311,26 +310,33 @@ impl DaemonStore {
         };
         let lock = lock.take();
         match self.attempt(lock)? {
-            Ok(mut store) => {
+            Ok(store) => {
+                let old = std::mem::replace(&mut self.state, State::Open(Box::new(store)));
                 let started = self.run_started.unwrap_or_else(SystemTime::now);
-                if let Some(gap) = store.begin_run(started)? {
+                if let Some(gap) = self.begin_open_run(started, true)? {
                     log::warn!(
                         "the previous run did not stop cleanly: downtime recorded as {gap:?}"
                     );
                 }
-                let old = std::mem::replace(&mut self.state, State::Open(Box::new(store)));
-                self.record_reset();
-                if let (State::Unavailable { unstored, .. }, State::Open(store)) =
-                    (old, &mut self.state)
-                {
-                    log::warn!(
-                        "event store {} can be written again: {} records could not be stored \
-                         (recorded as a {} gap)",
-                        show(&self.requested),
-                        unstored.lost,
-                        unstored.kind
-                    );
-                    store.carry_unstored(unstored);
+                let State::Unavailable {
+                    unstored: counted, ..
+                } = old
+                else {
+                    return Ok(());
+                };
+                match &mut self.state {
+                    State::Open(store) => {
+                        log::warn!(
+                            "event store {} can be written again: {} records could not be \
+                             stored (recorded as a {} gap)",
+                            show(&self.requested),
+                            counted.lost,
+                            counted.kind
+                        );
+                        store.carry_unstored(counted);
+                    }
+                    // Full again at begin_run: keep counting.
+                    State::Unavailable { unstored, .. } => unstored.absorb(counted),
                 }
                 Ok(())
             }
@@ -451,21 +457,28 @@ fn show(p: &Path) -> String {
 }
 
 /// After an unclean stop (crash, kill -9, power loss), `PRAGMA quick_check`: Some when it
-/// finds damage.
-fn check_after_unclean_stop(store: &Store) -> Result<Option<Corruption>, StoreError> {
+/// finds damage. A check that cannot run (an I/O error) is logged and the store used: the
+/// writer will meet the same error and count what it cannot store.
+fn check_after_unclean_stop(store: &Store) -> Option<Corruption> {
     let unclean = match store.last_run_unclean() {
         Ok(u) => u,
-        Err(StoreError::Corrupt { detail, .. }) => return Ok(Some(Corruption(detail))),
-        Err(e) => return Err(e),
+        Err(StoreError::Corrupt { detail, .. }) => return Some(Corruption(detail)),
+        Err(e) => {
+            log::warn!("checking how the last run ended: {e}");
+            return None;
+        }
     };
     if !unclean {
-        return Ok(None);
+        return None;
     }
     let started = Instant::now();
     let found = match store.quick_check() {
         Ok(found) => found,
-        Err(StoreError::Corrupt { detail, .. }) => return Ok(Some(Corruption(detail))),
-        Err(e) => return Err(e),
+        Err(StoreError::Corrupt { detail, .. }) => return Some(Corruption(detail)),
+        Err(e) => {
+            log::warn!("checking the store after an unclean stop: {e}");
+            return None;
+        }
     };
     log::info!(
         "checked {} after an unclean stop in {:.1} s: {}",
@@ -474,12 +487,9 @@ fn check_after_unclean_stop(store: &Store) -> Result<Option<Corruption>, StoreEr
         found.join("; ")
     );
     if found.len() == 1 && found[0] == "ok" {
-        Ok(None)
+        None
     } else {
-        Ok(Some(Corruption(format!(
-            "quick_check: {}",
-            found.join("; ")
-        ))))
+        Some(Corruption(format!("quick_check: {}", found.join("; "))))
     }
 }
 

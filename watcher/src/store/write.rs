@@ -93,6 +93,16 @@ impl Unstored {
         }
     }
 
+    /// Adds another count's records and window to this one.
+    pub(crate) fn absorb(&mut self, other: Unstored) {
+        for (k, n) in other.kinds {
+            *self.kinds.entry(k).or_insert(0) += n;
+        }
+        self.lost += other.lost;
+        self.from_ns = self.from_ns.min(other.from_ns);
+        self.to_ns = self.to_ns.max(other.to_ns);
+    }
+
     pub(crate) fn add(&mut self, kind: &str, n: u64, time_ns: i64) {
         *self.kinds.entry(kind.to_string()).or_insert(0) += n;
         self.lost += n;
@@ -1128,14 +1138,7 @@ impl Store {
             return;
         };
         match &mut w.unstored {
-            Some(mine) => {
-                for (k, n) in &u.kinds {
-                    *mine.kinds.entry(k.clone()).or_insert(0) += n;
-                }
-                mine.lost += u.lost;
-                mine.from_ns = mine.from_ns.min(u.from_ns);
-                mine.to_ns = mine.to_ns.max(u.to_ns);
-            }
+            Some(mine) => mine.absorb(u),
             None => w.unstored = Some(u),
         }
     }
