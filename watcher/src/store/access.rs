@@ -518,6 +518,7 @@ impl StoreLock {
                     db: db.to_path_buf(),
                 };
                 lock.note_holder();
+                sweep(&dir, &lock.lock_path);
                 return Ok(lock);
             }
             let e = std::io::Error::last_os_error();
@@ -569,6 +570,33 @@ impl Drop for StoreLock {
         // Removed while still held: a waiter that then gets the lock on the removed file sees
         // that it is gone and takes a new one (see `acquire`).
         let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// Removes lock files nobody holds (left by writers killed with -9; a clean stop removes its
+/// own). Safe for anyone who then takes such a file: a lock on a removed file is noticed and
+/// taken again (see [`StoreLock::acquire`]).
+fn sweep(dir: &Path, mine: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let p = entry.path();
+        let is_lock = entry.file_name().as_bytes().starts_with(b"store-");
+        if p == mine || !is_lock {
+            continue;
+        }
+        let Ok(f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+        else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let _ = std::fs::remove_file(&p);
+        }
     }
 }
 
@@ -635,6 +663,33 @@ mod tests {
         assert_eq!(StoreGroup::resolve("4242").map(|g| g.gid), Ok(4242));
         let err = StoreGroup::resolve("no-such-group-ctrwatch").unwrap_err();
         assert!(err.contains("no group named"), "{err}");
+    }
+
+    /// Lock files left by writers killed with -9 are removed by the next writer; held ones
+    /// are not.
+    #[test]
+    fn stale_lock_files_are_swept() {
+        let dir = std::env::temp_dir().join(format!("ctrwatch-sweep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = dir.join("events.db");
+        File::create(&db).expect("db");
+        let locks = lock_dir(&db).expect("lock dir");
+        let stale = locks.join(format!("store-0.0-{}.lock", std::process::id()));
+        let held = locks.join(format!("store-0.0-{}.lock", u32::MAX - std::process::id()));
+        File::create(&stale).expect("stale");
+        let holder = File::create(&held).expect("held");
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let lock = StoreLock::acquire(&db, Duration::ZERO).expect("lock");
+        assert!(!stale.exists(), "a lock file nobody holds is removed");
+        assert!(held.exists(), "a held one stays");
+        let mine = lock.lock_path.clone();
+        assert!(mine.exists());
+        drop(lock);
+        assert!(!mine.exists(), "a writer removes its own when it lets go");
+        drop(holder);
+        let _ = std::fs::remove_file(&held);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -315,7 +315,9 @@ impl DaemonStore {
                 let started = self.run_started.unwrap_or_else(SystemTime::now);
                 if let Some(gap) = self.begin_open_run(started, true)? {
                     log::warn!(
-                        "the previous run did not stop cleanly: downtime recorded as {gap:?}"
+                        "the previous run did not stop cleanly: downtime from {} to {} recorded",
+                        gap.from,
+                        gap.to
                     );
                 }
                 let State::Unavailable {
