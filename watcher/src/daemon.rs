@@ -23,7 +23,7 @@ pub use bench::{PipelineResult, bench_pipeline};
 
 use crate::{
     event::{Clock, FileEvent, LossEvent, monotonic_ns},
-    store::{Store, StoreOptions},
+    store::{DaemonStore, StoreOptions},
     watch::{self, Sink, StdoutSink, WatchOptions},
 };
 
@@ -74,8 +74,8 @@ pub struct StoreSink {
 }
 
 impl StoreSink {
-    /// Starts the writer thread on a store whose run has begun ([`Store::begin_run`]).
-    pub fn start(store: Store, echo: Option<StdoutSink>) -> anyhow::Result<StoreSink> {
+    /// Starts the writer thread on a store whose run has begun ([`DaemonStore::begin_run`]).
+    pub fn start(store: DaemonStore, echo: Option<StdoutSink>) -> anyhow::Result<StoreSink> {
         let (tx, rx) = sync_channel(QUEUE);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -185,11 +185,9 @@ impl Sink for StoreSink {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    if let Some(dir) = opts.store.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the store directory {}", dir.display()))?;
-    }
-    let mut store = Store::open(&opts.store, opts.store_options.clone())
+    // Creates the store's directory with its mode, waits for another writer's lock, moves a
+    // corrupt store aside, and on a full disk counts until it can write.
+    let mut store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     if let Some(gap) = store
         .begin_run(SystemTime::now())
@@ -207,7 +205,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
 /// The writer thread: appends, commits in batches, heartbeats, prunes; on the end of the
 /// queue commits what is left and records a clean stop.
-fn write_loop(mut store: Store, rx: Receiver<Msg>) -> anyhow::Result<()> {
+fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
     // Stored events are freed on another thread: each is a tree of ~20 allocations made by
     // the watch loop, and under a flood freeing them was ~7 % of the writer's time, the
     // daemon's bottleneck. Handed over a burst at a time; if that thread is gone or behind,

@@ -42,7 +42,12 @@ enum Command {
     /// history store (what the systemd service runs).
     #[command(
         after_help = "The store is SQLite (WAL): queries run while the daemon writes.\n\
-Retention prunes the oldest events first and records that it did (see `ctrwatch gaps`)."
+Retention prunes the oldest events first and records that it did (see `ctrwatch gaps`).\n\n\
+The store is root's (directory 0700, files 0600) unless --store-group lets a group read it.\n\
+One daemon per store, whatever name reaches it (hardlink, symlink): a second one waits\n\
+--store-lock-wait seconds, then exits 1. A corrupt store is moved aside to\n\
+NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk the daemon\n\
+captures anyway, counts what it cannot store and records it once space returns."
     )]
     Run {
         #[command(flatten)]
@@ -59,6 +64,16 @@ Retention prunes the oldest events first and records that it did (see `ctrwatch 
         /// Also print events to stdout (readable lines, or JSON with --json).
         #[arg(long)]
         print: bool,
+        /// Let the members of this group (a name or a gid) read the history with `ctrwatch
+        /// query`, `history`, `gaps`...: the store's directory becomes 0750 and its files
+        /// 0640, owned by the group. Default: root only (0700, 0600). The history holds every
+        /// command line seen, secrets included: give it to trusted operators only.
+        #[arg(long, value_name = "GROUP", value_parser = store_group)]
+        store_group: Option<store::StoreGroup>,
+        /// Wait this long for another writer's lock on the store before giving up (a daemon
+        /// killed with -9 holds it until the kernel has detached its programs).
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        store_lock_wait: u64,
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
     #[command(
@@ -306,6 +321,10 @@ fn limit_arg(s: &str) -> Result<usize, String> {
     }
 }
 
+fn store_group(s: &str) -> Result<store::StoreGroup, String> {
+    store::StoreGroup::resolve(s)
+}
+
 fn ring_buffer_mib(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .parse()
@@ -329,6 +348,8 @@ fn main() -> ExitCode {
             retention_days,
             retention_mb,
             print,
+            store_group,
+            store_lock_wait,
         } => run_daemon(RunOptions {
             watch: watch.options(),
             store,
@@ -336,6 +357,8 @@ fn main() -> ExitCode {
                 retention_age: (retention_days > 0)
                     .then(|| Duration::from_secs(retention_days * 24 * 3600)),
                 retention_bytes: (retention_mb > 0).then(|| retention_mb * 1024 * 1024),
+                group: store_group,
+                lock_wait: Duration::from_secs(store_lock_wait),
                 ..StoreOptions::default()
             },
             echo: print,

@@ -34,6 +34,8 @@ pub mod exit {
     /// The store's schema is newer (or older) than this binary reads.
     pub const STORE_VERSION: u8 = 6;
     pub const STORE_FULL: u8 = 7;
+    /// This user may not read the store (root's, and its `--store-group`'s).
+    pub const STORE_PERMISSION: u8 = 8;
 }
 
 /// A query command's failure, with the exit code it maps to.
@@ -69,6 +71,7 @@ impl QueryError {
                 exit::STORE_VERSION
             }
             QueryError::Store(StoreError::Full { .. }) => exit::STORE_FULL,
+            QueryError::Store(StoreError::PermissionDenied { .. }) => exit::STORE_PERMISSION,
             QueryError::Store(StoreError::InvalidQuery(_)) | QueryError::BadTime(_) => exit::USAGE,
             _ => exit::FAILURE,
         })
@@ -319,7 +322,8 @@ mod tests {
                 found: 9,
                 supported: 1,
             },
-            StoreError::Full { path: p },
+            StoreError::Full { path: p.clone() },
+            StoreError::PermissionDenied { path: p },
         ]
         .into_iter()
         .map(|e| QueryError::Store(e).exit_code())

@@ -54,7 +54,7 @@ pub fn bench_pipeline(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = dir.join("pipeline.db");
     let store = fresh_store(&db).context("opening the bench store")?;
-    let mut sink = StoreSink::start(store, None)?;
+    let mut sink = StoreSink::start(store.into(), None)?;
     let start = Instant::now();
     for (i, ev) in synthetic_events(scenario, n, SEED).enumerate() {
         if i % 256 == 0 {

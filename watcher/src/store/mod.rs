@@ -14,23 +14,32 @@
 //!
 //! Reader: [`Store::open_read_only`], then [`Store::history`], [`Store::who_deleted`],
 //! [`Store::query`], [`Store::gaps`], [`Store::stats`].
+//!
+//! The daemon writes through [`DaemonStore`], which opens the store whatever state it is in: a
+//! corrupt one is moved aside and a new one started, a full disk only delays storing.
+//!
+//! Access: the store is root's (0700/0600), or root's and a readers' group's (0750/0640); one
+//! writer per database, whatever name reaches it (see [`access`]).
 
+mod access;
 mod audit_log;
 pub(crate) mod bench;
 mod codec;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod read;
+mod readonly;
 mod render;
 mod schema;
+mod start;
 mod write;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
@@ -38,11 +47,13 @@ use serde::Serialize;
 
 use crate::event::{PathText, ProcessView, XattrView};
 
+pub use access::{DEFAULT_LOCK_WAIT, LOCK_DIR, StoreGroup};
 pub use bench::{AusearchFigures, BenchResult, BenchScenario, bench_ingest, synthetic_events};
 pub use codec::{Glob, inner_path};
 pub use read::{Answer, DeleteOptions, Filter, PathMatch, PathQuery, Unreadable, UnreadableRow};
 pub use render::{render_gaps, render_table};
 pub use schema::SCHEMA_VERSION;
+pub use start::{DaemonStore, STORE_RETRY};
 
 /// Where the daemon keeps its store unless told otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/ctrwatch";
@@ -99,6 +110,17 @@ pub enum StoreError {
     /// A write on a store opened with [`Store::open_read_only`].
     #[error("event store {path} is open read-only")]
     ReadOnly { path: PathBuf },
+    /// This user may not read the store: it is root's, and its readers' group's if the daemon
+    /// was given one.
+    #[error(
+        "permission denied: the event store {path} can be read only by root and the members of \
+         the group given to `ctrwatch run --store-group`"
+    )]
+    PermissionDenied { path: PathBuf },
+    /// The store's directory or files could be replaced by another user (owned by them,
+    /// writable by others), or are not regular files: the writer refuses them.
+    #[error("event store {path}: {detail}")]
+    Unsafe { path: PathBuf, detail: String },
     /// A query that cannot be run (bad glob, ...).
     #[error("invalid query: {0}")]
     InvalidQuery(String),
@@ -136,6 +158,11 @@ pub struct StoreOptions {
     /// A new time segment starts after this many events (see docs/store.md: the newest
     /// segment's index pages are the writer's working set; queries visit each segment).
     pub segment_events: u64,
+    /// Members of this group may read the store (directory 0750, files 0640); None: root
+    /// only (0700, 0600).
+    pub group: Option<StoreGroup>,
+    /// How long the writer waits for another writer's lock before [`StoreError::Locked`].
+    pub lock_wait: Duration,
 }
 
 impl Default for StoreOptions {
@@ -146,6 +173,8 @@ impl Default for StoreOptions {
             max_batch: 100_000,
             prune_chunk: 250_000,
             segment_events: DEFAULT_SEGMENT_EVENTS,
+            group: None,
+            lock_wait: DEFAULT_LOCK_WAIT,
         }
     }
 }
@@ -238,7 +267,8 @@ pub struct StoredDetails {
 pub struct Gap {
     /// `loss` (the kernel could not deliver records), `downtime` (no daemon was recording),
     /// `store_full` (records the store could not write: disk full; `store_error` for other
-    /// write failures), `pruned` (removed by retention).
+    /// write failures), `pruned` (removed by retention), `store_reset` (the previous store was
+    /// corrupt and moved aside: the history before `to` is in the file `reason` names).
     pub kind: String,
     pub from: String,
     pub to: String,
@@ -253,7 +283,8 @@ pub struct Gap {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub kinds: BTreeMap<String, u64>,
     /// downtime: `stopped` (clean stop) or `unclean_stop` (crash, kill -9, power loss: the
-    /// window starts at the last heartbeat); store_full/store_error: the error.
+    /// window starts at the last heartbeat); store_full/store_error: the error; store_reset:
+    /// why, and where the old store went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When the gap was written.
@@ -300,8 +331,12 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     writer: Option<Box<write::Writer>>,
-    /// Held for the writer's lifetime: one writer per store (`<path>.lock`, flock).
-    _lock: Option<File>,
+    /// Held for the writer's lifetime: one writer per database (see [`access::StoreLock`]).
+    /// Shared with [`DaemonStore`], which keeps it while the store cannot be opened.
+    _lock: Option<Arc<access::StoreLock>>,
+    /// A reader on a private copy of the store (see [`readonly`]): removed when dropped,
+    /// after the connection is closed.
+    _copy: Option<readonly::PrivateCopy>,
 }
 
 impl std::fmt::Debug for Store {

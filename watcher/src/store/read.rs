@@ -613,31 +613,11 @@ fn window(since: Option<SystemTime>, until: Option<SystemTime>) -> (i64, i64, i6
 
 impl Store {
     /// Opens an existing store for queries. Works while the daemon writes (WAL: the reader
-    /// sees the last commit and does not block the writer).
+    /// sees the last commit and does not block the writer), and where SQLite's usual way to
+    /// read cannot work: full disk, read-only mount, no write access to `-shm` (see
+    /// [`super::readonly`]). Never waits for the writer's lock.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                return Err(StoreError::Corrupt {
-                    path,
-                    detail: "not a regular file".into(),
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing { path });
-            }
-            Err(e) => return Err(StoreError::Io { path, source: e }),
-        }
-        let conn = schema::connect(&path, false)?;
-        schema::check_readable(&conn, &path)?;
-        register_functions(&conn).map_err(|e| schema::map_err(&path, e))?;
-        Ok(Store {
-            conn,
-            path,
-            writer: None,
-            _lock: None,
-        })
+        super::readonly::open(path.as_ref())
     }
 
     fn atom_ids(&self, kind: AtomKind) -> Result<HashMap<String, i64>, StoreError> {

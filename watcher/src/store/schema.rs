@@ -228,6 +228,18 @@ pub(crate) fn connect(path: &Path, write: bool) -> Result<Connection, StoreError
     Ok(conn)
 }
 
+/// Opens a read-only connection on a SQLite URI (`file:…?immutable=1`, `…?readonly_shm=1`);
+/// `path` is the store the URI names, for errors.
+pub(crate) fn connect_uri(uri: &str, path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(uri, flags).map_err(|e| map_err(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| map_err(path, e))?;
+    Ok(conn)
+}
+
 /// (application_id, user_version, number of schema objects). The first read of the file:
 /// a file that is not SQLite fails here with `Corrupt`.
 fn identity(conn: &Connection, path: &Path) -> Result<(i32, i64, i64), StoreError> {

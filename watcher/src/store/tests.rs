@@ -322,7 +322,11 @@ fn missing_corrupt_foreign_and_locked_are_distinct() {
         other => panic!("foreign writer: {other:?}"),
     }
     let _w = Store::open(dir.db(), StoreOptions::default()).expect("first writer");
-    match Store::open(dir.db(), StoreOptions::default()) {
+    let no_wait = StoreOptions {
+        lock_wait: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    match Store::open(dir.db(), no_wait) {
         Err(StoreError::Locked { .. }) => {}
         other => panic!("second writer: {other:?}"),
     }
@@ -1596,7 +1600,14 @@ impl Drop for Mount {
 
 fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
     let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        // Not tmpfs's default 1777: the writer refuses a directory other users can write.
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+        ])
         .arg(dir)
         .stderr(Stdio::null())
         .status()

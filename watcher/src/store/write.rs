@@ -2,9 +2,7 @@
 //! records, retention, and surviving a full disk.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::event::{ContainerdView, FileEvent, LossEvent, ProcessView};
 
+use super::access::{self, StoreLock};
 use super::codec::{self, AtomKind, Fnv};
 use super::read::proc_from_row;
 use super::{Gap, PruneReport, Store, StoreError, StoreOptions, ns, schema};
@@ -79,17 +78,39 @@ type ProcRef = (i64, i64, u64);
 /// Records the store could not write (disk full or another write error), to be written as one
 /// gap once it can write again.
 #[derive(Debug)]
-struct Unstored {
-    kind: &'static str,
-    reason: String,
-    from_ns: i64,
-    to_ns: i64,
-    lost: u64,
-    kinds: BTreeMap<String, u64>,
+pub(crate) struct Unstored {
+    pub(crate) kind: &'static str,
+    pub(crate) reason: String,
+    pub(crate) from_ns: i64,
+    pub(crate) to_ns: i64,
+    pub(crate) lost: u64,
+    pub(crate) kinds: BTreeMap<String, u64>,
 }
 
 impl Unstored {
-    fn add(&mut self, kind: &str, n: u64, time_ns: i64) {
+    /// Nothing yet, since `now_ns`.
+    pub(crate) fn new(kind: &'static str, reason: String, now_ns: i64) -> Unstored {
+        Unstored {
+            kind,
+            reason,
+            from_ns: now_ns,
+            to_ns: now_ns,
+            lost: 0,
+            kinds: BTreeMap::new(),
+        }
+    }
+
+    /// Adds another count's records and window to this one.
+    pub(crate) fn absorb(&mut self, other: Unstored) {
+        for (k, n) in other.kinds {
+            *self.kinds.entry(k).or_insert(0) += n;
+        }
+        self.lost += other.lost;
+        self.from_ns = self.from_ns.min(other.from_ns);
+        self.to_ns = self.to_ns.max(other.to_ns);
+    }
+
+    pub(crate) fn add(&mut self, kind: &str, n: u64, time_ns: i64) {
         *self.kinds.entry(kind.to_string()).or_insert(0) += n;
         self.lost += n;
         self.from_ns = self.from_ns.min(time_ns);
@@ -149,49 +170,7 @@ pub(crate) struct Writer {
     unstored: Option<Unstored>,
 }
 
-fn lock_file(path: &Path) -> Result<File, StoreError> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| io_err(path, e))?;
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(StoreError::Locked {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "another process is writing it (holds {})",
-                    lock_path.display()
-                ),
-            });
-        }
-        return Err(io_err(path, e));
-    }
-    Ok(file)
-}
-
-fn io_err(path: &Path, e: std::io::Error) -> StoreError {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        StoreError::Full {
-            path: path.to_path_buf(),
-        }
-    } else {
-        StoreError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    }
-}
-
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     ns(SystemTime::now())
 }
 
@@ -1136,24 +1115,109 @@ impl Writer {
 
 impl Store {
     /// Opens (creating it and its directory if needed) the store at `path` for writing. One
-    /// writer per store: a second one gets [`StoreError::Locked`]. Creates or migrates the
-    /// schema; a store from a newer ctrwatch is [`StoreError::NewerSchema`].
+    /// writer per database, whatever name reaches it: a second one waits up to
+    /// `opts.lock_wait`, then gets [`StoreError::Locked`]. The directory and files get the
+    /// store's modes (see [`access`]). Creates or migrates the schema; a store from a newer
+    /// ctrwatch is [`StoreError::NewerSchema`]. A symlink at `path` is followed: the store's
+    /// [`Store::path`] is its target.
     pub fn open(path: impl AsRef<Path>, opts: StoreOptions) -> Result<Store, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io_err(&path, e))?;
-        }
-        let lock = lock_file(&path)?;
+        let (db, lock) = access::prepare_writer(path.as_ref(), &opts)?;
+        Store::open_locked(db, opts, Arc::new(lock))
+    }
+
+    /// [`Store::open`] on a database whose lock is held.
+    pub(crate) fn open_locked(
+        path: PathBuf,
+        opts: StoreOptions,
+        lock: Arc<StoreLock>,
+    ) -> Result<Store, StoreError> {
         let conn = schema::connect(&path, true)?;
-        schema::prepare_writer(&conn, &path)?;
-        super::read::register_functions(&conn).map_err(|e| schema::map_err(&path, e))?;
-        let writer = Writer::load(&conn, opts).map_err(|e| schema::map_err(&path, e))?;
-        Ok(Store {
-            conn,
-            path,
-            writer: Some(Box::new(writer)),
-            _lock: Some(lock),
-        })
+        let ready = schema::prepare_writer(&conn, &path)
+            .and_then(|()| {
+                super::read::register_functions(&conn).map_err(|e| schema::map_err(&path, e))
+            })
+            .and_then(|()| Writer::load(&conn, opts).map_err(|e| schema::map_err(&path, e)));
+        match ready {
+            Ok(writer) => Ok(Store {
+                conn,
+                path,
+                writer: Some(Box::new(writer)),
+                _lock: Some(lock),
+                _copy: None,
+            }),
+            Err(e) => {
+                // Leave a damaged store's files as they are (it may be moved aside).
+                let _ = conn.set_db_config(
+                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    true,
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the writer without folding the WAL into the database (a corrupt store moved
+    /// aside keeps its files as they were). Returns its lock.
+    pub(crate) fn close_as_is(mut self) -> Option<Arc<StoreLock>> {
+        let _ = self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        );
+        // Nothing pending is committed either: the store is being given up.
+        if let Some(w) = self.writer.as_deref_mut() {
+            w.in_txn = false;
+            w.reset_batch();
+        }
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self._lock.take()
+    }
+
+    /// Whether the last run on record did not end cleanly (crash, kill -9, power loss).
+    pub(crate) fn last_run_unclean(&self) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT ended_ns IS NULL FROM runs ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(false))
+            .map_err(|e| self.err(e))
+    }
+
+    /// `PRAGMA quick_check`: `["ok"]` for a sound database (every page and record well
+    /// formed; indexes not compared with their tables).
+    pub(crate) fn quick_check(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA quick_check(10)")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Writes a gap now, in its own transaction (commits the open batch first).
+    pub(crate) fn record_gap(&mut self, g: &Gap) -> Result<(), StoreError> {
+        self.flush()?;
+        let (conn, w, path) = self.parts()?;
+        let t = w.now_hint();
+        Writer::insert_gap(conn, g, t).map_err(|e| schema::map_err(path, e))
+    }
+
+    /// Records counted while the store could not be opened (a full disk at start): written as
+    /// one gap with the next [`Store::flush`], as when the disk fills while it runs.
+    pub(crate) fn carry_unstored(&mut self, u: Unstored) {
+        let Some(w) = self.writer.as_deref_mut() else {
+            return;
+        };
+        match &mut w.unstored {
+            Some(mine) => mine.absorb(u),
+            None => w.unstored = Some(u),
+        }
     }
 
     fn parts(&mut self) -> Result<(&Connection, &mut Writer, &Path), StoreError> {
