@@ -446,7 +446,9 @@ fn run_watch(opts: WatchOptions) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let mut sink = StdoutSink::new(opts.json);
-    runtime.block_on(watch::run(opts, &mut sink))
+    runtime
+        .block_on(watch::run(opts, &mut sink))
+        .map(|_stopped_at| ())
 }
 
 fn probe() -> anyhow::Result<()> {
