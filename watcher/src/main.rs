@@ -42,7 +42,10 @@ enum Command {
     /// history store (what the systemd service runs).
     #[command(
         after_help = "The store is SQLite (WAL): queries run while the daemon writes.\n\
-Retention prunes the oldest events first and records that it did (see `ctrwatch gaps`)."
+Retention prunes the oldest events first and records that it did (see `ctrwatch gaps`).\n\n\
+Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
+the next start is recorded as downtime. SIGHUP is logged and ignored (no reload yet). If\n\
+stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops."
     )]
     Run {
         #[command(flatten)]
@@ -56,7 +59,8 @@ Retention prunes the oldest events first and records that it did (see `ctrwatch 
         /// Keep the database under this many MiB, pruning the oldest events (0: no limit).
         #[arg(long, default_value_t = 256, value_name = "MIB")]
         retention_mb: u64,
-        /// Also print events to stdout (readable lines, or JSON with --json).
+        /// Also print events to stdout (readable lines, or JSON with --json). Printing stops
+        /// if stdout fails; recording goes on.
         #[arg(long)]
         print: bool,
     },
