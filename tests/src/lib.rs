@@ -193,6 +193,27 @@ impl Watcher {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// Waits until the watcher exits by itself (e.g. after a signal sent by another process),
+    /// at most `timeout`; returns its exit status, or None if it was still running (it is then
+    /// stopped when dropped).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    for r in self.readers.drain(..) {
+                        let _ = r.join();
+                    }
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Stops the watcher (SIGTERM), waits for it, and returns every record it printed.
     pub fn stop(mut self) -> Vec<Value> {
         self.signal(libc::SIGCONT);

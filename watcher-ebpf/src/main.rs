@@ -1,7 +1,8 @@
 //! ctrwatch's eBPF programs: one `sys_enter_*`/`sys_exit_*` tracepoint pair per watched
 //! syscall (the program's name is the tracepoint's, userspace attaches each by name when the
 //! running kernel has it), the write family and close for write aggregation, and raw
-//! tracepoints on the scheduler for process lifecycle.
+//! tracepoints on the scheduler for process lifecycle. Every program first checks the capture
+//! switch (maps::CAPTURE), which userspace turns on once all are attached and off at the stop.
 //!
 //! Follow one event: `sys_enter_unlinkat` → file_ops::enter (path.rs resolves and filters) →
 //! `sys_exit_unlinkat` → file_ops::exit → ring buffer `EVENTS` → watcher/src/kernel/records.rs.
@@ -35,11 +36,17 @@ macro_rules! file_syscall {
             const SPEC: Spec = $spec;
             // Evaluated at compile time: the program reads exactly this many arguments.
             const ARGS: usize = SPEC.arg_count();
+            if !maps::capturing() {
+                return 0;
+            }
             file_ops::enter::<ARGS>(&ctx, &SPEC)
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
             const SPEC: Spec = $spec;
+            if !maps::capturing() {
+                return 0;
+            }
             file_ops::exit(&ctx, &SPEC)
         }
     };
@@ -51,10 +58,16 @@ macro_rules! write_syscall {
     ($enter:ident, $exit:ident, $fd:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
+            if !maps::capturing() {
+                return 0;
+            }
             file_ops::enter_write(&ctx, $fd)
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
+            if !maps::capturing() {
+                return 0;
+            }
             file_ops::exit_write(&ctx)
         }
     };
@@ -271,6 +284,9 @@ write_syscall!(sys_enter_sendfile64, sys_exit_sendfile64, 0);
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
     file_ops::enter_close(&ctx)
 }
 
@@ -295,6 +311,9 @@ pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
 /// still open elsewhere (its eviction then comes later, at the last close).
 #[raw_tracepoint(tracepoint = "ext4_mark_inode_dirty")]
 pub fn ext4_mark_inode_dirty(ctx: RawTracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
     // Argument 0 of this tracepoint is the inode (checked against BTF before attaching).
     file_ops::on_unlinked_inode(ctx.arg::<u64>(0))
 }
@@ -304,6 +323,9 @@ pub fn ext4_mark_inode_dirty(ctx: RawTracePointContext) -> u32 {
 /// its last close, after the rename's exit, and is not seen.
 #[raw_tracepoint(tracepoint = "btrfs_inode_evict")]
 pub fn btrfs_inode_evict(ctx: RawTracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
     file_ops::on_unlinked_inode(ctx.arg::<u64>(0))
 }
 
@@ -311,6 +333,9 @@ pub fn btrfs_inode_evict(ctx: RawTracePointContext) -> u32 {
 /// list, inside the rename whether or not it is still open.
 #[raw_tracepoint(tracepoint = "xfs_iunlink")]
 pub fn xfs_iunlink(ctx: RawTracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
     file_ops::on_unlinked_inode(file_ops::xfs_vfs_inode(ctx.arg::<u64>(0)))
 }
 
@@ -319,21 +344,33 @@ pub fn xfs_iunlink(ctx: RawTracePointContext) -> u32 {
 /// in later: that one was not a replaced target.
 #[raw_tracepoint(tracepoint = "xfs_iunlink_remove")]
 pub fn xfs_iunlink_remove(ctx: RawTracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
     file_ops::on_relinked_inode(file_ops::xfs_vfs_inode(ctx.arg::<u64>(0)))
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
     lifecycle::on_exec(&ctx)
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
     lifecycle::on_fork(&ctx)
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
     lifecycle::on_exit(&ctx)
 }
 

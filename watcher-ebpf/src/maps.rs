@@ -85,6 +85,25 @@ pub fn self_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&raw const SELF_TGID) }
 }
 
+/// The capture switch, written by userspace: 0 (the initial value) until every program is
+/// attached and the roots are set, then 1 until the daemon stops capturing. Every program
+/// checks it first ([`capturing`]), so capture starts and stops at one instant for all of them:
+/// the daemon dates its start and stop by it, and nothing between two runs is half-captured
+/// (an enter seen without its exit). The check costs one load (the verifier inlines an array
+/// lookup); detaching instead takes seconds, one program after the other.
+#[map]
+pub static CAPTURE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Is capture on?
+#[inline(always)]
+pub fn capturing() -> bool {
+    match CAPTURE.get_ptr(0) {
+        // SAFETY: valid map value; userspace rewrites it at any time, hence the volatile read.
+        Some(on) => (unsafe { core::ptr::read_volatile(on) }) != 0,
+        None => false,
+    }
+}
+
 /// Records for userspace. Sized by userspace (`--ring-buffer-mb`); this is the default.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);

@@ -5,6 +5,13 @@
 //! through a bounded queue, so a slow disk never stalls draining. When the queue is full the
 //! event is counted, and the count becomes a `loss` record (kind `store_queue`): the history
 //! says where it is incomplete instead of hiding it.
+//!
+//! A run is dated by capture itself: it begins when capture has really started (every program
+//! attached, the roots set: [`Sink::capture_started`]), so the downtime gap since the previous
+//! run ends there, and it ends when capture stopped ([`Sink::capture_stopped`]), once all that
+//! was captured before has been stored. The heartbeat is the watch loop's watermark: everything
+//! captured before it is committed (or counted) when the heartbeat is, so after a crash the
+//! downtime from the last heartbeat covers whatever was not committed.
 
 use std::{
     collections::BTreeMap,
@@ -33,16 +40,16 @@ use crate::{
 /// queue costs ~160 MB.
 const QUEUE: usize = 65_536;
 /// The writer commits at least this often (events are acknowledged when committed): a crash
-/// loses at most the last second, which the next start records as downtime from the last
-/// heartbeat (also every second). Under a flood, fewer and larger commits are cheaper: every
-/// commit rewrites the newest segment's index pages it touched, nearly all of them.
+/// loses at most the last second or so, which the next start records as downtime from the last
+/// heartbeat (a watermark of the watch loop, every second, committed with the events before it).
+/// Under a flood, fewer and larger commits are cheaper: every commit rewrites the newest
+/// segment's index pages it touched, nearly all of them.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// ...or when this many events are waiting in the open transaction (also the store
 /// benchmark's batch).
 pub(crate) const COMMIT_BATCH: usize = 100_000;
 /// Messages the writer takes from its queue between two looks at the clock.
 const BURST: usize = 1024;
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug)]
@@ -57,12 +64,22 @@ pub struct RunOptions {
 enum Msg {
     Event(Box<FileEvent>),
     Loss(LossEvent),
+    /// Everything captured before this instant is in the messages before this one: the
+    /// heartbeat.
+    Watermark(SystemTime),
+    /// Capture stopped at this instant; the messages before this one are all it captured.
+    Stopped(SystemTime),
 }
 
 /// The sink that hands records to the writer thread: the daemon's path from the ring buffer to
 /// disk (also driven by the pipeline benchmark, `daemon::bench`).
 pub struct StoreSink {
+    /// The store until capture starts and its run begins; then the writer thread owns it.
+    store: Option<DaemonStore>,
     tx: Option<SyncSender<Msg>>,
+    /// Capture has stopped: the last drain waits for room in the queue instead of dropping
+    /// (nothing new arrives any more).
+    stopping: bool,
     /// Events dropped because the writer's queue was full, not yet reported.
     queue_lost: u64,
     queue_lost_since: Option<u64>,
@@ -74,22 +91,52 @@ pub struct StoreSink {
 }
 
 impl StoreSink {
-    /// Starts the writer thread on a store whose run has begun ([`DaemonStore::begin_run`]).
-    pub fn start(store: DaemonStore, echo: Option<StdoutSink>) -> anyhow::Result<StoreSink> {
-        let (tx, rx) = sync_channel(QUEUE);
-        let writer = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || write_loop(store, rx))
-            .context("starting the store writer")?;
-        Ok(StoreSink {
-            tx: Some(tx),
+    /// A sink for `store`: when capture starts, the run begins at that instant
+    /// ([`DaemonStore::begin_run`]) and the writer thread starts.
+    pub fn new(store: DaemonStore, echo: Option<StdoutSink>) -> StoreSink {
+        StoreSink {
+            store: Some(store),
+            tx: None,
+            stopping: false,
             queue_lost: 0,
             queue_lost_since: None,
             queue_lost_total: 0,
             echo,
             clock: Clock::now(),
-            writer: Some(writer),
-        })
+            writer: None,
+        }
+    }
+
+    /// Starts the writer thread on a store whose run has begun ([`DaemonStore::begin_run`]).
+    pub fn start(store: DaemonStore, echo: Option<StdoutSink>) -> anyhow::Result<StoreSink> {
+        let mut sink = StoreSink::new(store, echo);
+        if let Some(store) = sink.store.take() {
+            sink.start_writer(store)?;
+        }
+        Ok(sink)
+    }
+
+    fn start_writer(&mut self, store: DaemonStore) -> anyhow::Result<()> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(store, rx))
+            .context("starting the store writer")?;
+        self.tx = Some(tx);
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    /// The result of printing to stdout (`--print`). A failure (the reader went away: EPIPE;
+    /// a hung-up terminal: EIO) ends the printing, never the recording.
+    fn echoed(&mut self, printed: std::io::Result<()>) {
+        if let Err(e) = printed {
+            log::warn!(
+                "printing events to stdout failed ({e}): no longer printing events; \
+                 the store keeps recording"
+            );
+            self.echo = None;
+        }
     }
 
     /// Events dropped because the writer's queue was full, since the start.
@@ -149,9 +196,16 @@ impl StoreSink {
         self.send(Msg::Loss(loss), true)
     }
 
-    /// Stops the writer after it has stored everything queued.
-    pub fn close(mut self) -> anyhow::Result<()> {
+    /// Stops the writer after it has stored everything queued. With `stopped_at` (capture
+    /// stopped then, and everything it captured was handed over), the run is recorded as ended
+    /// at that instant; without, it is left open, as after a crash: the next start records
+    /// the downtime from its last heartbeat.
+    pub fn close(mut self, stopped_at: Option<SystemTime>) -> anyhow::Result<()> {
         self.report_queue_loss()?;
+        if let (Some(at), Some(tx)) = (stopped_at, &self.tx) {
+            tx.send(Msg::Stopped(at))
+                .map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
+        }
         drop(self.tx.take());
         match self.writer.take() {
             Some(w) => w
@@ -165,46 +219,70 @@ impl StoreSink {
 impl Sink for StoreSink {
     fn file_event(&mut self, ev: Box<FileEvent>) -> std::io::Result<()> {
         if let Some(echo) = &mut self.echo {
-            echo.file_event(ev.clone())?;
+            let printed = echo.file_event(ev.clone());
+            self.echoed(printed);
         }
-        self.send(Msg::Event(ev), false)
+        self.send(Msg::Event(ev), self.stopping)
     }
     fn loss(&mut self, ev: &LossEvent) -> std::io::Result<()> {
         if let Some(echo) = &mut self.echo {
-            echo.loss(ev)?;
+            let printed = echo.loss(ev);
+            self.echoed(printed);
         }
         self.send(Msg::Loss(ev.clone()), true)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.report_queue_loss()?;
         if let Some(echo) = &mut self.echo {
-            echo.flush()?;
+            let printed = echo.flush();
+            self.echoed(printed);
         }
         Ok(())
+    }
+    fn capture_started(&mut self, at: SystemTime) -> anyhow::Result<()> {
+        let Some(mut store) = self.store.take() else {
+            return Ok(()); // started on a run already begun
+        };
+        if let Some(gap) = store.begin_run(at).context("recording the daemon start")? {
+            log::warn!("the previous run did not stop cleanly: {gap}");
+        }
+        self.start_writer(store)
+    }
+    fn watermark(&mut self, at: SystemTime) {
+        // Events dropped at the queue before it must be reported before it.
+        if self.report_queue_loss().is_err() {
+            return;
+        }
+        // Not worth blocking the watch loop for: when the queue is full, the next one (a
+        // second later) will do.
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Msg::Watermark(at));
+        }
+    }
+    fn capture_stopped(&mut self, _at: SystemTime) {
+        self.stopping = true;
     }
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Creates the store's directory with its mode, waits for another writer's lock, moves a
     // corrupt store aside, and on a full disk counts until it can write.
-    let mut store = DaemonStore::open(&opts.store, opts.store_options.clone())
+    let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
-    if let Some(gap) = store
-        .begin_run(SystemTime::now())
-        .context("recording the daemon start")?
-    {
-        log::warn!("the previous run did not stop cleanly: downtime recorded as {gap:?}");
-    }
-    let mut sink = StoreSink::start(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)))?;
+    // The run begins when capture has started, after the programs are attached (seconds).
+    let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)));
     eprintln!("ctrwatch: storing history in {}", opts.store.display());
     let watched = watch::run(opts.watch, &mut sink).await;
-    let closed = sink.close();
+    // A clean end only when everything captured was handed over; after an error the run is
+    // left open and the next start records the downtime from the last heartbeat.
+    let closed = sink.close(watched.as_ref().ok().copied());
     watched?;
     closed
 }
 
-/// The writer thread: appends, commits in batches, heartbeats, prunes; on the end of the
-/// queue commits what is left and records a clean stop.
+/// The writer thread: appends, commits in batches, heartbeats at the watch loop's watermarks,
+/// prunes; on the end of the queue commits what is left and, when told when capture stopped,
+/// records a clean stop at that instant.
 fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
     // Stored events are freed on another thread: each is a tree of ~20 allocations made by
     // the watch loop, and under a flood freeing them was ~7 % of the writer's time, the
@@ -219,7 +297,7 @@ fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
     let mut warn = Warner::default();
     let mut pending = 0usize;
     let mut last_commit = Instant::now();
-    let mut last_heartbeat = Instant::now();
+    let mut stopped_at = None;
     // Prune soon after start (a store may have aged while the daemon was down).
     let mut last_prune = Instant::now() - PRUNE_EVERY + Duration::from_secs(5);
     loop {
@@ -239,6 +317,10 @@ fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
                     warn.report(store.append_loss(&loss), "storing a loss record");
                     pending += 1;
                 }
+                // Everything before it is appended: committed with the next commit, together
+                // with the heartbeat (the store defers it while a transaction is open).
+                Ok(Msg::Watermark(at)) => warn.report(store.heartbeat(at), "heartbeat"),
+                Ok(Msg::Stopped(at)) => stopped_at = Some(at),
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     closed = true;
@@ -271,14 +353,10 @@ fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
             if let Some(t) = freer {
                 let _ = t.join();
             }
-            store
-                .end_run(SystemTime::now())
-                .context("recording the daemon stop")?;
+            if let Some(at) = stopped_at {
+                store.end_run(at).context("recording the daemon stop")?;
+            }
             return Ok(());
-        }
-        if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
-            warn.report(store.heartbeat(SystemTime::now()), "heartbeat");
-            last_heartbeat = Instant::now();
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             match store.prune(SystemTime::now()) {

@@ -47,7 +47,10 @@ The store is root's (directory 0700, files 0600) unless --store-group lets a gro
 One daemon per store, whatever name reaches it (hardlink, symlink): a second one waits\n\
 --store-lock-wait seconds, then exits 1. A corrupt store is moved aside to\n\
 NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk the daemon\n\
-captures anyway, counts what it cannot store and records it once space returns."
+captures anyway, counts what it cannot store and records it once space returns.\n\
+Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
+the next start is recorded as downtime. SIGHUP is logged and ignored (no reload yet). If\n\
+stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops."
     )]
     Run {
         #[command(flatten)]
@@ -61,7 +64,8 @@ captures anyway, counts what it cannot store and records it once space returns."
         /// Keep the database under this many MiB, pruning the oldest events (0: no limit).
         #[arg(long, default_value_t = 256, value_name = "MIB")]
         retention_mb: u64,
-        /// Also print events to stdout (readable lines, or JSON with --json).
+        /// Also print events to stdout (readable lines, or JSON with --json). Printing stops
+        /// if stdout fails; recording goes on.
         #[arg(long)]
         print: bool,
         /// Let the members of this group (a name or a gid) read the history with `ctrwatch
@@ -487,7 +491,9 @@ fn run_watch(opts: WatchOptions) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let mut sink = StdoutSink::new(opts.json);
-    runtime.block_on(watch::run(opts, &mut sink))
+    runtime
+        .block_on(watch::run(opts, &mut sink))
+        .map(|_stopped_at| ())
 }
 
 fn probe() -> anyhow::Result<()> {

@@ -1,9 +1,16 @@
 //! `ctrwatch watch`: attach, stream enriched events until interrupted, detach.
+//!
+//! Capture starts and stops at one instant for all programs (the kernel's capture switch):
+//! it is turned on once every program is attached and the roots are set, and off first thing
+//! at the stop; then the programs are detached and the ring buffer drained, so everything
+//! captured before the stop is delivered, or counted in a loss record. The sink is told both
+//! instants ([`Sink::capture_started`], [`Sink::capture_stopped`]): the daemon dates its runs
+//! by them.
 
 use std::{
     io::Write,
     path::PathBuf,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -64,6 +71,22 @@ pub trait Sink {
     fn file_event(&mut self, ev: Box<FileEvent>) -> std::io::Result<()>;
     fn loss(&mut self, ev: &LossEvent) -> std::io::Result<()>;
     fn flush(&mut self) -> std::io::Result<()>;
+    /// Capture is on from `at` (all programs attached, roots set): called once, before any
+    /// event. An error ends the watch before anything is delivered.
+    fn capture_started(&mut self, at: SystemTime) -> anyhow::Result<()> {
+        let _ = at;
+        Ok(())
+    }
+    /// Everything captured before `at` has been handed to the sink (as events, or counted in
+    /// loss records): about once a second. What the daemon's heartbeat claims.
+    fn watermark(&mut self, at: SystemTime) {
+        let _ = at;
+    }
+    /// Capture stopped at `at`: nothing after it is captured. The final drain (what was
+    /// captured before `at`) and a flush follow.
+    fn capture_stopped(&mut self, at: SystemTime) {
+        let _ = at;
+    }
 }
 
 /// Events on stdout, one JSON object or one readable line each.
@@ -107,7 +130,13 @@ impl Sink for StdoutSink {
     }
 }
 
-pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> {
+/// Watches until SIGTERM or SIGINT; returns the instant capture stopped, once everything
+/// captured before it has been handed to `sink`. SIGHUP is logged and ignored.
+pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<SystemTime> {
+    // A hang-up (the SSH session that started it went away) must not end capture, also not
+    // while the programs are being loaded (seconds). Until a reload exists, SIGHUP is only
+    // logged.
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut kernel = KernelWatch::load(&LoadOptions {
         ring_buffer_bytes: opts.ring_buffer_bytes,
         self_tgid: std::process::id(),
@@ -124,6 +153,13 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
+    // Capture starts now, at one instant for every program. The loss counters stayed at zero
+    // while it was off; the instant is read after the switch: nothing after it is missed.
+    let mut losses = LossTracker::new(kernel.lost_counts()?, monotonic_ns());
+    kernel
+        .set_capture(true)
+        .context("turning capture on in the kernel")?;
+    sink.capture_started(SystemTime::now())?;
     let mut processes = ProcessTable::new(opts.process_grace);
     if let Err(e) = processes.seed_from_proc() {
         log::warn!("reading running processes from /proc: {e:#}");
@@ -131,7 +167,6 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
     let attributor =
         crate::containerd::attribution::Attributor::new(opts.roots.clone(), opts.trust.clone());
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
-    let mut losses = LossTracker::new(kernel.lost_counts()?, monotonic_ns());
     let ring = kernel.take_ring_buffer()?;
     // SAFETY: the ring buffer owns its fd and is owned by the AsyncFd, so the fd stays open
     // for as long as it is registered.
@@ -161,6 +196,12 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                log::warn!(
+                    "received SIGHUP: reloading the configuration is not implemented yet; \
+                     still capturing with the current settings (stop with SIGTERM)"
+                );
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer")?;
                 drain(guard.get_inner_mut(), &mut enricher, &mut kernel, sink)?;
@@ -168,10 +209,16 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
                 sink.flush()?;
             }
             _ = tick.tick() => {
+                // The watermark: read before the loss counters and before the ring buffer is
+                // drained to empty, so everything captured before it has been delivered or
+                // counted by the time the sink hears of it.
+                let watermark = SystemTime::now();
                 if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
                     sink.loss(&loss)?;
-                    sink.flush()?;
                 }
+                drain(ring.get_mut(), &mut enricher, &mut kernel, sink)?;
+                sink.flush()?;
+                sink.watermark(watermark);
                 enricher.processes.reap(monotonic_ns());
                 if let Some(a) = enricher.attributor.as_mut() {
                     a.tick();
@@ -191,13 +238,32 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
             }
         }
     }
-    // What arrived before the signal is still reported.
+    // Stop capture at one instant, read before the switch: everything up to it is captured.
+    let stopped_at = SystemTime::now();
+    let stopped_at = match kernel.set_capture(false) {
+        Ok(()) => stopped_at,
+        Err(e) => {
+            // The programs capture until they are detached.
+            log::warn!("turning capture off in the kernel: {e}; detaching instead");
+            kernel.detach();
+            SystemTime::now()
+        }
+    };
+    sink.capture_stopped(stopped_at);
+    // Programs that were past the switch finish; what was captured is then all in the ring
+    // buffer, or counted as lost.
+    kernel.detach();
     drain(ring.get_mut(), &mut enricher, &mut kernel, sink)?;
+    // Files still open: their writes so far (reported at close otherwise).
+    let open = kernel.take_all_write_aggregates()?;
+    for ev in enricher.on_unclosed_writes(open) {
+        sink.file_event(Box::new(ev))?;
+    }
     if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
         sink.loss(&loss)?;
     }
     sink.flush()?;
-    Ok(())
+    Ok(stopped_at)
 }
 
 fn drain(

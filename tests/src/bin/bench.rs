@@ -11,7 +11,8 @@
 //!   `outside/`.
 //! - Preliminaries: a real ctrwatch is started; its idle RSS/CPU is measured, one run of each
 //!   workload with the kernel's BPF statistics on says which programs cost what, and its
-//!   syscall-tracepoint programs are taken over (pidfd_getfd) before it is stopped.
+//!   syscall-tracepoint programs are taken over (pidfd_getfd) before it is stopped (and their
+//!   capture switch, which the daemon turns off when it stops, turned on again).
 //! - Paired phase (the outside-root overhead against the targets): rounds in which every
 //!   configuration runs once per workload, back to back: baseline, ctrwatch's programs attached
 //!   by the bench, empty programs on the same tracepoints, auditd's `-w root -p wa` rule loaded.
@@ -1289,9 +1290,34 @@ struct Programs {
     /// ([`RENAME_TARGET_HOOKS`]) that exist on this kernel.
     fs_hooks: Vec<(String, OwnedFd)>,
     empty: OwnedFd,
+    /// ctrwatch's capture switch (the `CAPTURE` map every program checks first), which the
+    /// daemon turns off when it stops: the bench turns it on again once the daemon is gone.
+    capture_map_id: u32,
 }
 
 impl Programs {
+    /// Turns the taken-over programs' capture switch on (ctrwatch turned it off at its stop:
+    /// left off, the programs would return at their first check and measure nothing).
+    fn capture_on(&self) -> Result<()> {
+        run_cmd(Command::new("bpftool").args([
+            "map",
+            "update",
+            "id",
+            &self.capture_map_id.to_string(),
+            "key",
+            "0",
+            "0",
+            "0",
+            "0",
+            "value",
+            "1",
+            "0",
+            "0",
+            "0",
+        ]))
+        .map(|_| ())
+    }
+
     fn attach_ctrwatch(&self) -> Result<Attached> {
         let pairs: Vec<(&str, BorrowedFd<'_>)> = self
             .ctrwatch
@@ -1357,6 +1383,7 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut found: BTreeMap<String, OwnedFd> = BTreeMap::new();
     let mut hooks: BTreeMap<String, OwnedFd> = BTreeMap::new();
+    let mut a_prog_id = None;
     for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
         let Ok(entry) = entry else { continue };
         let Some(fd) = entry
@@ -1406,6 +1433,7 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
         }
         // SAFETY: fresh fd from the kernel.
         let dup = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+        a_prog_id = Some(id);
         if raw {
             hooks.insert(name.clone(), dup);
         } else {
@@ -1416,11 +1444,38 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
         bail!("no syscall tracepoint programs found in ctrwatch's fds");
     }
     let empty = load_empty_program().context("loading an empty BPF tracepoint program")?;
+    let capture_map_id = match a_prog_id {
+        Some(id) => capture_map_id(id)?,
+        None => bail!("no ctrwatch program taken over"),
+    };
     Ok(Programs {
         ctrwatch: found.into_iter().collect(),
         fs_hooks: hooks.into_iter().collect(),
         empty,
+        capture_map_id,
     })
+}
+
+/// The id of the capture switch map (`CAPTURE`) among the maps of ctrwatch's program
+/// `prog_id` (every ctrwatch program uses it; other ctrwatch processes have their own).
+fn capture_map_id(prog_id: u32) -> Result<u32> {
+    let show = |what: &str, id: u64| -> Result<serde_json::Value> {
+        let json =
+            run_cmd(Command::new("bpftool").args([what, "show", "id", &id.to_string(), "--json"]))?;
+        serde_json::from_str(&json).context("parsing bpftool's JSON")
+    };
+    let prog = show("prog", u64::from(prog_id))?;
+    for map_id in prog["map_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_u64())
+    {
+        if show("map", map_id)?["name"] == "CAPTURE" {
+            return u32::try_from(map_id).context("map id");
+        }
+    }
+    bail!("ctrwatch's program {prog_id} has no CAPTURE map (the capture switch)")
 }
 
 /// Run time (ns) and invocation count of each BPF program a process holds, by program id.
@@ -2122,6 +2177,12 @@ impl Bench {
             None
         };
         cw.stop()?;
+        if let Some(p) = &programs
+            && let Err(e) = p.capture_on()
+        {
+            self.paired_skipped = Some(format!("could not turn ctrwatch's capture on: {e:#}"));
+            return Ok(None);
+        }
         Ok(programs)
     }
 

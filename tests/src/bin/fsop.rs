@@ -1,7 +1,9 @@
 //! `fsop OP ARGS...`: performs exactly one file operation with the syscall named, so that
 //! integration tests know which syscall, from which process, produced a record. Paths are taken
 //! as raw bytes (non-UTF-8 names work). Exit status 0 when the operation succeeded, 1 when the
-//! kernel refused it (the errno is printed), 2 on bad usage.
+//! kernel refused it (the errno is printed), 2 on bad usage. `unlink-series` is the exception:
+//! many timestamped unlinks, for the tests of what is stored or recorded as a gap across stops
+//! and starts.
 //!
 //! The `at-*` operations and `unlinkat` act relative to a directory fd, and `cwd-unlink`
 //! relative to the working directory; their DIR may be longer than PATH_MAX (it is opened or
@@ -318,9 +320,99 @@ fn run(args: &[OsString]) -> Result<(), String> {
                 }
                 println!("{count}");
             }
+            "unlink-series" => unlink_series(args)?,
             _ => return Err(format!("unknown operation {op:?}")),
         }
     }
+    Ok(())
+}
+
+/// CLOCK_REALTIME in ns: the clock the store's run and gap times are in.
+fn realtime_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// The name of attempt `i` of `unlink-series` (tests create the files under these names).
+fn series_name(i: u64) -> String {
+    format!("u{i:07}")
+}
+
+/// `fsop unlink-series DIR COUNT LOG [OPTION=VALUE...]`: unlinks DIR/u0000000, DIR/u0000001,
+/// ... in order (missing files give ENOENT, still one record each) and then writes to LOG one
+/// line per attempt, `INDEX BEFORE_NS AFTER_NS`: CLOCK_REALTIME read just before and just after
+/// the syscall, so a test can tell whether an attempt lies inside a gap. Options:
+/// `signal-at=K signal=SIG pid=PID` sends SIG to PID right after attempt K (mid-flood);
+/// `fast=F` makes the first F attempts back to back, then `pace-us=US` sleeps between attempts
+/// (default: all back to back); `stop-file=PATH` stops once PATH exists (checked every 64
+/// attempts). Prints how many attempts were made.
+fn unlink_series(args: &[OsString]) -> Result<(), String> {
+    let dir = arg(args, 1)?.clone().into_vec();
+    let count = num(args, 2)? as u64;
+    let log = arg(args, 3)?.clone();
+    let mut signal_at = None;
+    let mut signal = libc::SIGTERM;
+    let mut pid = 0;
+    let mut fast = u64::MAX;
+    let mut pace = std::time::Duration::ZERO;
+    let mut stop_file = None;
+    for option in &args[4.min(args.len())..] {
+        let option = option.to_str().unwrap_or("");
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| format!("option {option:?} must be KEY=VALUE"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("option {key} must be a number"))
+        };
+        match key {
+            "signal-at" => signal_at = Some(number()?),
+            "signal" => signal = number()? as i32,
+            "pid" => pid = number()? as i32,
+            "fast" => fast = number()?,
+            "pace-us" => pace = std::time::Duration::from_micros(number()?),
+            "stop-file" => stop_file = Some(CString::new(value).unwrap_or_default()),
+            _ => return Err(format!("unknown option {key:?}")),
+        }
+    }
+    let mut times: Vec<(i64, i64)> = Vec::with_capacity(count.min(10_000_000) as usize);
+    for i in 0..count {
+        if let Some(stop) = &stop_file
+            && i % 64 == 0
+            // SAFETY: valid C string.
+            && unsafe { libc::access(stop.as_ptr(), libc::F_OK) } == 0
+        {
+            break;
+        }
+        let mut p = dir.clone();
+        p.push(b'/');
+        p.extend_from_slice(series_name(i).as_bytes());
+        let c = CString::new(p).unwrap_or_default();
+        let before = realtime_ns();
+        // SAFETY: valid C string.
+        unsafe { libc::unlink(c.as_ptr()) };
+        let after = realtime_ns();
+        times.push((before, after));
+        if signal_at == Some(i) && pid > 0 {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, signal) };
+        }
+        if i + 1 >= fast && !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
+    }
+    let mut out = String::with_capacity(times.len() * 40);
+    for (i, (before, after)) in times.iter().enumerate() {
+        out.push_str(&format!("{i} {before} {after}\n"));
+    }
+    std::fs::write(&log, out).map_err(|e| format!("writing {}: {e}", log.to_string_lossy()))?;
+    println!("{}", times.len());
     Ok(())
 }
 

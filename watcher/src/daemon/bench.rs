@@ -72,7 +72,7 @@ pub fn bench_pipeline(
     sink.flush()?;
     let offered = start.elapsed();
     let queue_lost = sink.queue_lost_total();
-    sink.close()?;
+    sink.close(Some(std::time::SystemTime::now()))?;
     let total = start.elapsed();
     let reader = Store::open_read_only(&db)?;
     let stats = reader.stats()?;

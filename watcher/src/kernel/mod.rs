@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
         Program, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLink,
         trace_point::TracePointLink,
@@ -77,7 +77,8 @@ enum Link {
     RawTracePoint(RawTracePointLink),
 }
 
-/// Loaded and attached programs. Dropping it detaches everything.
+/// Loaded and attached programs. Capture is off until [`KernelWatch::set_capture`] turns it on.
+/// Dropping it detaches everything.
 pub struct KernelWatch {
     links: Vec<Link>,
     ebpf: Ebpf,
@@ -104,6 +105,28 @@ impl KernelWatch {
             attachment,
             capabilities,
         })
+    }
+
+    /// Turns capture on or off in every program at once (the `CAPTURE` switch each program
+    /// checks first). Off after [`KernelWatch::load`]: turn it on once the roots are set. A
+    /// program already past the check when capture is turned off still finishes its record;
+    /// [`KernelWatch::detach`] waits for those.
+    pub fn set_capture(&mut self, on: bool) -> Result<(), KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("CAPTURE")
+            .ok_or(KernelError::MissingMap("CAPTURE"))?;
+        let mut switch: Array<_, u32> =
+            Array::try_from(map).map_err(|source| KernelError::Map {
+                name: "CAPTURE",
+                source,
+            })?;
+        switch
+            .set(0, u32::from(on), 0)
+            .map_err(|source| KernelError::Map {
+                name: "CAPTURE",
+                source,
+            })
     }
 
     /// The ring buffer of records; take it once.
@@ -212,6 +235,19 @@ impl KernelWatch {
         &mut self,
         tgid: u32,
     ) -> Result<Vec<(WriteKey, WriteAgg)>, KernelError> {
+        self.take_write_aggregates_of(Some(tgid))
+    }
+
+    /// Removes and returns every write aggregate (files still open at the stop: their writes
+    /// so far are reported then).
+    pub fn take_all_write_aggregates(&mut self) -> Result<Vec<(WriteKey, WriteAgg)>, KernelError> {
+        self.take_write_aggregates_of(None)
+    }
+
+    fn take_write_aggregates_of(
+        &mut self,
+        tgid: Option<u32>,
+    ) -> Result<Vec<(WriteKey, WriteAgg)>, KernelError> {
         let map = self
             .ebpf
             .map_mut("WRITES")
@@ -224,7 +260,7 @@ impl KernelWatch {
         let mine: Vec<(WriteKey, WriteAgg)> = writes
             .iter()
             .filter_map(Result::ok)
-            .filter(|(k, _)| k.tgid == tgid)
+            .filter(|(k, _)| tgid.is_none_or(|t| k.tgid == t))
             .collect();
         for (key, _) in &mine {
             let _ = writes.remove(key);
@@ -233,12 +269,16 @@ impl KernelWatch {
     }
 }
 
-impl Drop for KernelWatch {
+impl KernelWatch {
+    /// Detaches every program; the maps (and the ring buffer) stay readable. Detaching waits
+    /// for the programs that were running (see below), so once it returns what they captured
+    /// is in the ring buffer or counted as lost.
+    ///
     /// Detaching a tracepoint waits for an RCU grace period in the kernel (tens of ms each);
     /// one after the other, 92 of them took 6.4 s here. Part of that work overlaps across
     /// threads, so the links are dropped from several threads at once (3.6 s; the rest is
     /// serialised by the kernel's event_mutex).
-    fn drop(&mut self) {
+    pub fn detach(&mut self) {
         const THREADS: usize = 16;
         let mut buckets: Vec<Vec<Link>> = (0..THREADS).map(|_| Vec::new()).collect();
         for (i, link) in std::mem::take(&mut self.links).into_iter().enumerate() {
@@ -249,6 +289,12 @@ impl Drop for KernelWatch {
                 scope.spawn(move || drop(bucket));
             }
         });
+    }
+}
+
+impl Drop for KernelWatch {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 

@@ -291,6 +291,49 @@ pub struct Gap {
     pub recorded: String,
 }
 
+/// One readable sentence, for logs: "no capture from … to … (12.3 s), recorded as a downtime
+/// gap".
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lost = self.lost.unwrap_or(0);
+        match self.kind.as_str() {
+            "downtime" => f.write_str("no capture")?,
+            "loss" => write!(f, "{lost} records not delivered by the kernel")?,
+            "pruned" => write!(f, "{lost} events removed by retention")?,
+            _ => write!(f, "{lost} records not stored")?,
+        }
+        let span = Duration::from_nanos(self.to_ns.saturating_sub(self.from_ns).max(0) as u64);
+        write!(
+            f,
+            " from {} to {} ({}), recorded as a {} gap",
+            self.from,
+            self.to,
+            readable_span(span),
+            self.kind
+        )?;
+        if !self.kinds.is_empty() {
+            let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            write!(f, " ({})", kinds.join(" "))?;
+        }
+        match (&self.reason, self.kind.as_str()) {
+            // A downtime's reason is what the sentence is logged for.
+            (_, "downtime") | (None, _) => Ok(()),
+            (Some(reason), _) => write!(f, ": {reason}"),
+        }
+    }
+}
+
+/// "850 ms", "12.3 s", "2h 5m 3s".
+fn readable_span(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
 /// What one [`Store::prune`] call removed.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct PruneReport {

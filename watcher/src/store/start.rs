@@ -314,11 +314,7 @@ impl DaemonStore {
                 let old = std::mem::replace(&mut self.state, State::Open(Box::new(store)));
                 let started = self.run_started.unwrap_or_else(SystemTime::now);
                 if let Some(gap) = self.begin_open_run(started, true)? {
-                    log::warn!(
-                        "the previous run did not stop cleanly: downtime from {} to {} recorded",
-                        gap.from,
-                        gap.to
-                    );
+                    log::warn!("the previous run did not stop cleanly: {gap}");
                 }
                 let State::Unavailable {
                     unstored: counted, ..

@@ -1342,6 +1342,12 @@ fn gaps_record_loss_downtime_and_unclean_stops() {
     let g = g.expect("unclean gap");
     assert_eq!(g.reason.as_deref(), Some("unclean_stop"));
     assert_eq!((g.from_ns, g.to_ns), (T0 + 100 * SEC, T0 + 200 * SEC));
+    // Logged as a sentence, not as a debug struct.
+    assert_eq!(
+        g.to_string(),
+        "no capture from 2026-01-01T00:01:40.000000000Z to 2026-01-01T00:03:20.000000000Z \
+         (1m 40s), recorded as a downtime gap"
+    );
     w.flush().expect("flush");
 
     let r = Store::open_read_only(dir.db()).expect("reader");
@@ -1353,6 +1359,11 @@ fn gaps_record_loss_downtime_and_unclean_stops() {
     assert_eq!(gaps[0].lost, Some(42));
     assert_eq!(gaps[0].kinds.get("unlink"), Some(&40));
     assert_eq!(gaps[0].from, format_time(T0 + 10 * SEC));
+    assert_eq!(
+        gaps[0].to_string(),
+        "42 records not delivered by the kernel from 2026-01-01T00:00:10.000000000Z to \
+         2026-01-01T00:00:11.000000000Z (1.0 s), recorded as a loss gap (exec=2 unlink=40)"
+    );
     let v = json(&gaps[0]);
     assert_eq!(v["kind"], "loss");
     assert_eq!(v["kinds"]["exec"], 2);

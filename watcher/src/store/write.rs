@@ -852,11 +852,13 @@ impl Writer {
             }
         }
         if let Some(run) = self.run_id {
-            let hb = self.heartbeat_ns.max(self.batch_to);
+            // Not the newest event's time: events are not stored in time order (a `modify` is
+            // dated by its last write and reported at the close), and older ones may still be
+            // on their way. Only a heartbeat says that everything before it is here.
             conn.prepare_cached(
                 "UPDATE runs SET heartbeat_ns = max(heartbeat_ns, ?2) WHERE id = ?1",
             )?
-            .execute(params![run, hb])?;
+            .execute(params![run, self.heartbeat_ns])?;
         }
         if self.batch > 0 {
             conn.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'events'")?
@@ -1229,10 +1231,11 @@ impl Store {
         }
     }
 
-    /// Records a daemon start. When an earlier run is on record, the time since it ended is
-    /// recorded as a `downtime` gap (`reason`: `stopped`). If it did not end cleanly (crash,
-    /// kill -9, power loss), the gap runs from its last heartbeat or commit (`reason`:
-    /// `unclean_stop`) and is also returned.
+    /// Records a daemon start at `now`, the instant capture started (everything after it is
+    /// captured). When an earlier run is on record, the time since it ended is recorded as a
+    /// `downtime` gap (`reason`: `stopped`). If it did not end cleanly (crash, kill -9, power
+    /// loss), the gap runs from its last committed heartbeat (`reason`: `unclean_stop`) and is
+    /// also returned.
     pub fn begin_run(&mut self, now: SystemTime) -> Result<Option<Gap>, StoreError> {
         let (conn, w, path) = self.parts()?;
         let t = ns(now);
@@ -1291,8 +1294,11 @@ impl Store {
         })
     }
 
-    /// Notes that the daemon is alive at `now` (call every few seconds, also when idle): an
-    /// unclean end is then dated to within that interval.
+    /// Notes that everything captured before `now` has been appended (call every few seconds,
+    /// also when idle). It is written at once, or with the next commit while a batch is open:
+    /// after an unclean end, the downtime runs from the last heartbeat written, and everything
+    /// before it is stored. Events appended later but dated before it do no harm (they are
+    /// stored and inside the downtime).
     pub fn heartbeat(&mut self, now: SystemTime) -> Result<(), StoreError> {
         let (conn, w, path) = self.parts()?;
         let t = ns(now);
@@ -1311,7 +1317,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records a clean stop (commits what is pending first).
+    /// Records a clean stop at `now`, the instant capture stopped (commits what is pending
+    /// first: everything captured before it). The next start's downtime gap begins there.
     pub fn end_run(&mut self, now: SystemTime) -> Result<(), StoreError> {
         self.flush()?;
         let (conn, w, path) = self.parts()?;
