@@ -391,11 +391,11 @@ fn main() -> ExitCode {
         Command::Audit { audit } => return run_audit(audit),
         Command::Probe => probe(),
         Command::Roots => {
-            let instances = containerd::discover(&containerd::DiscoveryEnv::system());
-            print!("{}", containerd::describe(&instances));
+            let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
+            print!("{}", containerd::describe(&found));
             println!("watched when no --root is given:");
-            for r in watch::discovered_roots() {
-                println!("  {}", r.display());
+            for r in watch::roots_of(&found) {
+                println!("  {}", watcher::event::escape_path(&r));
             }
             Ok(())
         }
@@ -476,7 +476,12 @@ fn probe() -> anyhow::Result<()> {
 /// `ctrwatch audit`: exit 0 clean, 1 findings, 2 could not audit (any root).
 fn run_audit(args: AuditArgs) -> ExitCode {
     use watcher::audit::{self, Options, Progress};
-    let instances = containerd::discover(&containerd::DiscoveryEnv::system());
+    let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
+    if args.roots.is_empty() {
+        // Why a root the operator expected is not audited.
+        containerd::log_refusals(&found.refused);
+    }
+    let instances = found.instances;
     let layouts: Vec<containerd::RootLayout> = if args.roots.is_empty() {
         instances
             .iter()
@@ -537,7 +542,10 @@ fn run_audit(args: AuditArgs) -> ExitCode {
                 worst = worst.max(report.exit_code() as u8);
             }
             Err(e) => {
-                eprintln!("ctrwatch: error: cannot audit {}: {e}", root.display());
+                eprintln!(
+                    "ctrwatch: error: cannot audit {}: {e}",
+                    watcher::event::escape_path(&root)
+                );
                 worst = 2;
             }
         }
