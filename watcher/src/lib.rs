@@ -6,6 +6,7 @@ pub mod containerd;
 pub mod daemon;
 pub mod enrich;
 pub mod event;
+pub mod fsx;
 pub mod kernel;
 pub mod loss;
 pub mod process;

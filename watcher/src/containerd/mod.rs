@@ -31,6 +31,10 @@ pub enum ContainerdError {
     /// with it, or it was removed).
     #[error("{}: no metadata database here (containerd has not run with this root?)", crate::event::escape_path(.0))]
     MissingMetadata(PathBuf),
+    /// A bolt file was not opened: a symlink on its way (it could lead out of the root), or
+    /// not a regular file.
+    #[error(transparent)]
+    Open(#[from] crate::fsx::OpenError),
     /// A bolt file could not be read or is damaged.
     #[error(
         "{}: cannot read bolt database: {source}",
