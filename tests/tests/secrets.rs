@@ -298,17 +298,23 @@ fn secrets_in_command_lines_are_masked_at_capture() {
     daemon.stop();
     check_records("query --json", &stored, &root, &expected);
     let flags: PathBuf = root.join("flags");
-    let (code, out, err) = ctrwatch(&[
-        OsStr::new("history"),
-        flags.as_os_str(),
-        OsStr::new("--store"),
-        store.as_os_str(),
-    ]);
-    assert_eq!(code, 0, "history: {err}");
-    assert!(
-        out.contains("--password=***") && out.contains("--user=alice") && !out.contains(SECRET),
-        "history shows the secret or hides too much:\n{out}"
-    );
+    for json in [false, true] {
+        let mut args = vec![
+            OsStr::new("history"),
+            flags.as_os_str(),
+            OsStr::new("--store"),
+            store.as_os_str(),
+        ];
+        if json {
+            args.push(OsStr::new("--json"));
+        }
+        let (code, out, err) = ctrwatch(&args);
+        assert_eq!(code, 0, "history: {err}");
+        assert!(!out.contains(SECRET), "history shows the secret:\n{out}");
+        if json {
+            check_records("history --json", &json_lines(&out), &root, &expected[..1]);
+        }
+    }
 
     // The database itself never held it.
     for ext in ["", "-wal", "-shm", "-journal"] {
@@ -323,4 +329,17 @@ fn secrets_in_command_lines_are_masked_at_capture() {
         }
     }
     let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn a_bad_mask_pattern_is_a_usage_error() {
+    for cmd in ["watch", "run"] {
+        let (code, _, err) =
+            ctrwatch(&[OsStr::new(cmd), OsStr::new("--mask-arg"), OsStr::new("(")]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("--mask-arg") && err.contains("not a valid regular expression"),
+            "{err}"
+        );
+    }
 }

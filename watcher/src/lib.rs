@@ -12,6 +12,7 @@ pub mod loss;
 pub mod process;
 pub mod queries;
 pub mod roots;
+pub mod secrets;
 pub mod store;
 pub mod watch;
 

@@ -220,11 +220,33 @@ struct WatchArgs {
     /// (repeatable), e.g. `my-cleanup.service`.
     #[arg(long = "trust-unit", value_name = "UNIT")]
     trust_units: Vec<String>,
+    /// Also mask what this regular expression matches in each command-line argument
+    /// (repeatable): the match becomes `***`, or only its first capture group if it has one,
+    /// e.g. `--mask-arg 'sk-[A-Za-z0-9]+'` or `--mask-arg '--vault-key=(.*)'`. Adds to the
+    /// built-in rules (passwords, tokens, keys, URL credentials...: docs/operations.md).
+    /// Masking happens at capture: neither the output nor the history holds the secret.
+    #[arg(long = "mask-arg", value_name = "REGEX", value_parser = mask_pattern)]
+    mask_args: Vec<String>,
+    /// Do not apply the built-in masking rules (only --mask-arg patterns).
+    #[arg(long)]
+    no_default_masks: bool,
+}
+
+/// Checks a `--mask-arg` pattern.
+fn mask_pattern(s: &str) -> Result<String, String> {
+    watcher::secrets::Masker::new(&[s.to_owned()], false)
+        .map(|_| s.to_owned())
+        .map_err(|e| match e {
+            watcher::secrets::MaskError::BadPattern { source, .. } => {
+                format!("not a valid regular expression: {source}")
+            }
+        })
 }
 
 impl WatchArgs {
-    fn options(self) -> WatchOptions {
-        WatchOptions {
+    fn options(self) -> anyhow::Result<WatchOptions> {
+        let masker = watcher::secrets::Masker::new(&self.mask_args, !self.no_default_masks)?;
+        Ok(WatchOptions {
             roots: self.roots,
             json: self.json,
             ring_buffer_bytes: self.ring_buffer_mb * 1024 * 1024,
@@ -234,7 +256,8 @@ impl WatchArgs {
                 exes: self.trust_exes,
                 units: self.trust_units,
             },
-        }
+            masker,
+        })
     }
 }
 
@@ -304,23 +327,25 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Watch { watch } => run_watch(watch.options()),
+        Command::Watch { watch } => watch.options().and_then(run_watch),
         Command::Run {
             watch,
             store,
             retention_days,
             retention_mb,
             print,
-        } => run_daemon(RunOptions {
-            watch: watch.options(),
-            store,
-            store_options: StoreOptions {
-                retention_age: (retention_days > 0)
-                    .then(|| Duration::from_secs(retention_days * 24 * 3600)),
-                retention_bytes: (retention_mb > 0).then(|| retention_mb * 1024 * 1024),
-                ..StoreOptions::default()
-            },
-            echo: print,
+        } => watch.options().and_then(|watch| {
+            run_daemon(RunOptions {
+                watch,
+                store,
+                store_options: StoreOptions {
+                    retention_age: (retention_days > 0)
+                        .then(|| Duration::from_secs(retention_days * 24 * 3600)),
+                    retention_bytes: (retention_mb > 0).then(|| retention_mb * 1024 * 1024),
+                    ..StoreOptions::default()
+                },
+                echo: print,
+            })
         }),
         Command::History { path, q } => {
             return query_result(queries::history(

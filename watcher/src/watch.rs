@@ -62,6 +62,8 @@ pub struct WatchOptions {
     pub process_grace: Duration,
     /// Writers trusted besides containerd (ownership verdicts).
     pub trust: crate::containerd::attribution::Trust,
+    /// Masks secrets in captured command lines.
+    pub masker: crate::secrets::Masker,
 }
 
 /// Where events go.
@@ -131,7 +133,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<()> 
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
-    let mut processes = ProcessTable::new(opts.process_grace);
+    let mut processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
     if let Err(e) = processes.seed_from_proc() {
         log::warn!("reading running processes from /proc: {e:#}");
     }
