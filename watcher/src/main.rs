@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Stream file operations under the roots to stdout until interrupted (Ctrl-C / SIGTERM).
     #[command(
-        after_help = "Examples:\n  ctrwatch watch\n  ctrwatch watch --root /var/lib/containerd --json | jq .\n\nWith no --root, watches /var/lib/containerd /run/containerd\n/var/lib/rancher/k3s/agent/containerd /run/k3s/containerd and every containerd\ninstance that `ctrwatch roots` finds."
+        after_help = "Examples:\n  ctrwatch watch\n  ctrwatch watch --root /var/lib/containerd --json | jq .\n\nWith no --root, watches /var/lib/containerd /run/containerd\n/var/lib/rancher/k3s/agent/containerd /run/k3s/containerd and every trusted\ncontainerd instance that `ctrwatch roots` finds (it also lists what it refused, and why).\n\nSecrets in command lines (--password=..., tokens, URL credentials...) are masked as\nprocesses are captured; see --mask-arg."
     )]
     Watch {
         #[command(flatten)]
@@ -135,8 +135,9 @@ Examples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch quer
     },
     /// Show what this kernel supports and which hooks ctrwatch would use.
     Probe,
-    /// Show the containerd instances found on this node, why, and the directories watched
-    /// when no --root is given.
+    /// Show the containerd instances found on this node and why, what discovery refused and
+    /// why (processes and config files root does not control alone, system directories), and
+    /// the directories watched when no --root is given.
     Roots,
     /// Check a containerd root offline: content digests and sizes, ingests, every layer
     /// snapshot against its tar, snapshot and runtime metadata, and what keeps removed
