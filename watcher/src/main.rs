@@ -227,27 +227,24 @@ struct WatchArgs {
     /// built-in rules (passwords, tokens, keys, URL credentials...: docs/operations.md).
     /// Masking happens at capture: neither the output nor the history holds the secret.
     #[arg(long = "mask-arg", value_name = "REGEX", value_parser = mask_pattern)]
-    mask_args: Vec<String>,
+    mask_args: Vec<watcher::secrets::Pattern>,
     /// Do not apply the built-in masking rules (only --mask-arg patterns).
     #[arg(long)]
     no_default_masks: bool,
 }
 
-/// Checks a `--mask-arg` pattern.
-fn mask_pattern(s: &str) -> Result<String, String> {
-    watcher::secrets::Masker::new(&[s.to_owned()], false)
-        .map(|_| s.to_owned())
-        .map_err(|e| match e {
-            watcher::secrets::MaskError::BadPattern { source, .. } => {
-                format!("not a valid regular expression: {source}")
-            }
-        })
+/// Checks and compiles a `--mask-arg` pattern.
+fn mask_pattern(s: &str) -> Result<watcher::secrets::Pattern, String> {
+    watcher::secrets::pattern(s).map_err(|e| match e {
+        watcher::secrets::MaskError::BadPattern { source, .. } => {
+            format!("not a valid regular expression: {source}")
+        }
+    })
 }
 
 impl WatchArgs {
-    fn options(self) -> anyhow::Result<WatchOptions> {
-        let masker = watcher::secrets::Masker::new(&self.mask_args, !self.no_default_masks)?;
-        Ok(WatchOptions {
+    fn options(self) -> WatchOptions {
+        WatchOptions {
             roots: self.roots,
             json: self.json,
             ring_buffer_bytes: self.ring_buffer_mb * 1024 * 1024,
@@ -257,8 +254,8 @@ impl WatchArgs {
                 exes: self.trust_exes,
                 units: self.trust_units,
             },
-            masker,
-        })
+            masker: watcher::secrets::Masker::with_patterns(self.mask_args, !self.no_default_masks),
+        }
     }
 }
 
@@ -328,25 +325,23 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Watch { watch } => watch.options().and_then(run_watch),
+        Command::Watch { watch } => run_watch(watch.options()),
         Command::Run {
             watch,
             store,
             retention_days,
             retention_mb,
             print,
-        } => watch.options().and_then(|watch| {
-            run_daemon(RunOptions {
-                watch,
-                store,
-                store_options: StoreOptions {
-                    retention_age: (retention_days > 0)
-                        .then(|| Duration::from_secs(retention_days * 24 * 3600)),
-                    retention_bytes: (retention_mb > 0).then(|| retention_mb * 1024 * 1024),
-                    ..StoreOptions::default()
-                },
-                echo: print,
-            })
+        } => run_daemon(RunOptions {
+            watch: watch.options(),
+            store,
+            store_options: StoreOptions {
+                retention_age: (retention_days > 0)
+                    .then(|| Duration::from_secs(retention_days * 24 * 3600)),
+                retention_bytes: (retention_mb > 0).then(|| retention_mb * 1024 * 1024),
+                ..StoreOptions::default()
+            },
+            echo: print,
         }),
         Command::History { path, q } => {
             return query_result(queries::history(

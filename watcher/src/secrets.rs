@@ -80,6 +80,17 @@ pub enum MaskError {
     },
 }
 
+/// An extra pattern (`--mask-arg`): a regular expression over an argument's bytes.
+pub type Pattern = Regex;
+
+/// Checks and compiles an extra pattern.
+pub fn pattern(p: &str) -> Result<Pattern, MaskError> {
+    Regex::new(p).map_err(|source| MaskError::BadPattern {
+        pattern: p.to_owned(),
+        source,
+    })
+}
+
 /// The rules that mask command lines: the built-in ones and extra patterns. See the module
 /// docs.
 #[derive(Clone, Debug)]
@@ -116,14 +127,15 @@ impl Masker {
     pub fn new(extra: &[String], builtin: bool) -> Result<Masker, MaskError> {
         let extra = extra
             .iter()
-            .map(|p| {
-                Regex::new(p).map_err(|source| MaskError::BadPattern {
-                    pattern: p.clone(),
-                    source,
-                })
-            })
+            .map(|p| pattern(p))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Masker { builtin, extra })
+        Ok(Masker::with_patterns(extra, builtin))
+    }
+
+    /// The built-in rules (unless `builtin` is false) plus `extra` patterns already checked
+    /// with [`pattern`].
+    pub fn with_patterns(extra: Vec<Pattern>, builtin: bool) -> Masker {
+        Masker { builtin, extra }
     }
 
     /// Whether some rule may apply to a command line (`text`: its arguments, in any form:
