@@ -4,6 +4,33 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+/// A path for messages: printable UTF-8 kept, `\` doubled, control characters and invalid
+/// bytes as `\xNN` (the rules of ctrwatch's `escape_bytes`), so that a hostile file name
+/// cannot forge or garble the output.
+pub(crate) fn escaped(path: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "\\x{b:02x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
 /// Where a page came from, for error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageLoc {
@@ -77,13 +104,23 @@ pub enum MetaProblem {
 #[non_exhaustive]
 pub enum BoltError {
     /// Opening or reading the file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", escaped(path))]
     Io {
         /// The file being read.
         path: PathBuf,
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+    /// The path is not a regular file (a symbolic link, FIFO, device, directory...): it is
+    /// neither followed nor read. [`Db::open`](crate::Db::open) refuses these so that a
+    /// symlink cannot make it read another file and a FIFO cannot block it.
+    #[error("{}: {kind}, not a regular file (not read)", escaped(path))]
+    NotRegularFile {
+        /// The path given.
+        path: PathBuf,
+        /// What it is, e.g. "symbolic link" or "FIFO".
+        kind: &'static str,
     },
     /// Neither meta page is valid: not a bbolt file, or a damaged one.
     #[error("no valid meta page (page 0: {meta0}; page 1: {meta1})")]

@@ -12,6 +12,9 @@
 //!
 //! - It never takes a lock, never writes, and never maps the file: it `read()`s a private copy
 //!   into memory ([`Db::open`]). A file shrunk under an mmap would fault the reader.
+//! - It never follows a symbolic link to the file nor blocks opening it (`O_NOFOLLOW |
+//!   O_NONBLOCK`), and reads only regular files; [`Db::read_file`] reads a file the caller
+//!   opened (ctrwatch opens it below the containerd root without following any symlink).
 //! - The copy is a consistent snapshot even while containerd commits (see [`Db::open`]).
 //! - Every offset, length and page id is checked; damaged or hostile input gives a [`BoltError`],
 //!   never a panic, a hang or unbounded recursion. The whole tree is checked once when the `Db`
@@ -131,18 +134,60 @@ impl Db {
     /// already be overwriting T's pages while its own meta page is not yet written.)
     /// Otherwise it tries again, up to [`OPEN_ATTEMPTS`] times with a short growing pause, then
     /// returns [`BoltError::Unstable`].
+    ///
+    /// The file is opened with `O_NOFOLLOW | O_NONBLOCK`: a symbolic link (it could point at
+    /// any file of the node) and anything that is not a regular file (a FIFO would block the
+    /// read) give [`BoltError::NotRegularFile`]. Directories above the file are followed; to
+    /// read a file below a directory without following anything, open it yourself and use
+    /// [`Db::read_file`].
     pub fn open(path: impl AsRef<Path>) -> Result<Db, BoltError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = path.as_ref();
+        let not_regular = |kind| BoltError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(not_regular("symbolic link"));
+            }
+            // A socket cannot be opened at all.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Err(not_regular("socket")),
+            Err(source) => {
+                return Err(BoltError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let meta = file.metadata().map_err(|source| BoltError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(not_regular(kind_name(&meta.file_type())));
+        }
+        Db::read_file(&file, path)
+    }
+
+    /// [`Db::open`] of a file the caller opened (e.g. with `openat` below a directory it
+    /// trusts); `path` only names it in errors. The caller checks that it is a regular file.
+    pub fn read_file(file: &File, path: impl AsRef<Path>) -> Result<Db, BoltError> {
         let path = path.as_ref();
         let io_err = |source| BoltError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io_err)?;
         let mut pause = Duration::from_millis(1);
         for attempt in 1..=OPEN_ATTEMPTS {
-            let before = meta::pick(meta::read_metas(&file).map_err(io_err)?)?;
-            let buf = read_all(&file).map_err(io_err)?;
-            let after = meta::pick(meta::read_metas(&file).map_err(io_err)?)?;
+            let before = meta::pick(meta::read_metas(file).map_err(io_err)?)?;
+            let buf = read_all(file).map_err(io_err)?;
+            let after = meta::pick(meta::read_metas(file).map_err(io_err)?)?;
             if after.txid == before.txid {
                 return Db::with_meta(buf, before);
             }
@@ -308,6 +353,26 @@ impl Db {
             }
         }
         Ok(())
+    }
+}
+
+/// What kind of file `ft` is, for messages.
+fn kind_name(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_symlink() {
+        "symbolic link"
+    } else {
+        "unknown type"
     }
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use bolt::{Db, Entry};
+use bolt::{BoltError, Db, Entry};
 
 const LAYER: &str = "sha256:04c6c1a9416330247b20e14902680bc3123b168f849bca566864bb46c32418ba";
 const MANIFEST: &str = "sha256:362168e63a6f67a80bdbfe47694ff9ea8e49bec779b2234810a43494aa21540b";
@@ -181,4 +181,60 @@ fn open_reads_the_fixture_from_disk() {
     let db = Db::open(&path).unwrap();
     assert_eq!(db.txid(), 491);
     std::fs::remove_file(&path).unwrap();
+}
+
+/// `Db::open` reads only a regular file at the path: a symlink (to a real database, even) is
+/// not followed and a FIFO does not block it. `Db::read_file` reads a file opened by the
+/// caller.
+#[test]
+fn open_refuses_symlinks_and_fifos() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bolt-open-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = dir.join("real.db");
+    std::fs::write(&real, load("containerd-1.6-meta.db.sparse")).unwrap();
+    let link = dir.join("link.db");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let fifo = dir.join("fifo.db");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+
+    let e = Db::open(&link).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BoltError::NotRegularFile {
+                kind: "symbolic link",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = Db::open(&fifo).unwrap_err();
+    assert!(
+        matches!(e, BoltError::NotRegularFile { kind: "FIFO", .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .ends_with("fifo.db: FIFO, not a regular file (not read)"),
+        "{e}"
+    );
+    let e = Db::open(&dir).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BoltError::NotRegularFile {
+                kind: "directory",
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    let file = std::fs::File::open(&real).unwrap();
+    assert_eq!(Db::read_file(&file, &real).unwrap().txid(), 491);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

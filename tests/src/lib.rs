@@ -4,6 +4,7 @@
 //! [`Watcher`] runs `ctrwatch watch --json` on some roots and collects its output in the
 //! background; tests perform operations from child processes and wait for the records.
 
+pub mod bounded;
 pub mod containerd;
 
 use std::{

@@ -241,6 +241,13 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// A path for logs and error messages: [`escape_bytes`] of its bytes, so a name with a
+/// newline, an escape sequence or invalid UTF-8 cannot forge or garble output.
+pub fn escape_path(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    escape_bytes(path.as_os_str().as_bytes())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

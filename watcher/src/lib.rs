@@ -6,11 +6,13 @@ pub mod containerd;
 pub mod daemon;
 pub mod enrich;
 pub mod event;
+pub mod fsx;
 pub mod kernel;
 pub mod loss;
 pub mod process;
 pub mod queries;
 pub mod roots;
+pub mod secrets;
 pub mod store;
 pub mod watch;
 

@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Stream file operations under the roots to stdout until interrupted (Ctrl-C / SIGTERM).
     #[command(
-        after_help = "Examples:\n  ctrwatch watch\n  ctrwatch watch --root /var/lib/containerd --json | jq .\n\nWith no --root, watches /var/lib/containerd /run/containerd\n/var/lib/rancher/k3s/agent/containerd /run/k3s/containerd and every containerd\ninstance that `ctrwatch roots` finds."
+        after_help = "Examples:\n  ctrwatch watch\n  ctrwatch watch --root /var/lib/containerd --json | jq .\n\nWith no --root, watches /var/lib/containerd /run/containerd\n/var/lib/rancher/k3s/agent/containerd /run/k3s/containerd and every trusted\ncontainerd instance that `ctrwatch roots` finds (it also lists what it refused, and why).\n\nSecrets in command lines (--password=..., tokens, URL credentials...) are masked as\nprocesses are captured; see --mask-arg."
     )]
     Watch {
         #[command(flatten)]
@@ -154,8 +154,9 @@ Examples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch quer
     },
     /// Show what this kernel supports and which hooks ctrwatch would use.
     Probe,
-    /// Show the containerd instances found on this node, why, and the directories watched
-    /// when no --root is given.
+    /// Show the containerd instances found on this node and why, what discovery refused and
+    /// why (processes and config files root does not control alone, system directories), and
+    /// the directories watched when no --root is given.
     Roots,
     /// Check a containerd root offline: content digests and sizes, ingests, every layer
     /// snapshot against its tar, snapshot and runtime metadata, and what keeps removed
@@ -239,6 +240,25 @@ struct WatchArgs {
     /// (repeatable), e.g. `my-cleanup.service`.
     #[arg(long = "trust-unit", value_name = "UNIT")]
     trust_units: Vec<String>,
+    /// Also mask what this regular expression matches in each command-line argument
+    /// (repeatable): the match becomes `***`, or only its first capture group if it has one,
+    /// e.g. `--mask-arg 'sk-[A-Za-z0-9]+'` or `--mask-arg '--vault-key=(.*)'`. Adds to the
+    /// built-in rules (passwords, tokens, keys, URL credentials...: docs/operations.md).
+    /// Masking happens at capture: neither the output nor the history holds the secret.
+    #[arg(long = "mask-arg", value_name = "REGEX", value_parser = mask_pattern)]
+    mask_args: Vec<watcher::secrets::Pattern>,
+    /// Do not apply the built-in masking rules (only --mask-arg patterns).
+    #[arg(long)]
+    no_default_masks: bool,
+}
+
+/// Checks and compiles a `--mask-arg` pattern.
+fn mask_pattern(s: &str) -> Result<watcher::secrets::Pattern, String> {
+    watcher::secrets::pattern(s).map_err(|e| match e {
+        watcher::secrets::MaskError::BadPattern { source, .. } => {
+            format!("not a valid regular expression: {source}")
+        }
+    })
 }
 
 impl WatchArgs {
@@ -253,6 +273,7 @@ impl WatchArgs {
                 exes: self.trust_exes,
                 units: self.trust_units,
             },
+            masker: watcher::secrets::Masker::with_patterns(self.mask_args, !self.no_default_masks),
         }
     }
 }
@@ -436,11 +457,11 @@ fn main() -> ExitCode {
         Command::Audit { audit } => return run_audit(audit),
         Command::Probe => probe(),
         Command::Roots => {
-            let instances = containerd::discover(&containerd::DiscoveryEnv::system());
-            print!("{}", containerd::describe(&instances));
+            let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
+            print!("{}", containerd::describe(&found));
             println!("watched when no --root is given:");
-            for r in watch::discovered_roots() {
-                println!("  {}", r.display());
+            for r in watch::roots_of(&found) {
+                println!("  {}", watcher::event::escape_path(&r));
             }
             Ok(())
         }
@@ -523,7 +544,12 @@ fn probe() -> anyhow::Result<()> {
 /// `ctrwatch audit`: exit 0 clean, 1 findings, 2 could not audit (any root).
 fn run_audit(args: AuditArgs) -> ExitCode {
     use watcher::audit::{self, Options, Progress};
-    let instances = containerd::discover(&containerd::DiscoveryEnv::system());
+    let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
+    if args.roots.is_empty() {
+        // Why a root the operator expected is not audited.
+        containerd::log_refusals(&found.refused);
+    }
+    let instances = found.instances;
     let layouts: Vec<containerd::RootLayout> = if args.roots.is_empty() {
         instances
             .iter()
@@ -584,7 +610,10 @@ fn run_audit(args: AuditArgs) -> ExitCode {
                 worst = worst.max(report.exit_code() as u8);
             }
             Err(e) => {
-                eprintln!("ctrwatch: error: cannot audit {}: {e}", root.display());
+                eprintln!(
+                    "ctrwatch: error: cannot audit {}: {e}",
+                    watcher::event::escape_path(&root)
+                );
                 worst = 2;
             }
         }

@@ -12,17 +12,24 @@
 //! so that its parent chain stays whole. A process keeps the parent that started it even when
 //! the kernel later reparents it to a subreaper: the launcher is what attribution is about.
 //!
+//! Command lines are masked as they are captured (from an exec record or from `/proc`):
+//! secrets in them (`--password=…`, tokens, URL credentials, ...) are replaced by `***` by the
+//! table's [`Masker`] before anything else sees them, so no consumer (watch output, history
+//! store, verdicts) ever holds the secret. See [`crate::secrets`].
+//!
 //! Timestamps are CLOCK_MONOTONIC nanoseconds, as the kernel records carry them.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use watcher_common::{EXEC_DATA_CAP, ExecRecord, ExitRecord, ForkRecord, TaskInfo};
 
 use crate::cgroup::{self, CgroupIdIndex, CgroupInfo};
+use crate::secrets::Masker;
 
 /// Entries kept at most by default. Well above the default `pid_max` (32 768) on small
 /// machines and above the live process count of any real node; when reached, exited entries
@@ -205,6 +212,8 @@ pub struct ProcessTable {
     /// Changes whenever an entry is added, replaced or dropped, i.e. whenever what
     /// [`Self::lookup`] and [`Self::ancestors`] return may have changed.
     generation: u64,
+    /// Masks secrets in command lines as they are captured.
+    masker: Arc<Masker>,
 }
 
 impl ProcessTable {
@@ -228,7 +237,24 @@ impl ProcessTable {
             cgroups: HashMap::new(),
             cgroup_index: None,
             generation: 0,
+            masker: Arc::new(Masker::builtin()),
         }
+    }
+
+    /// Masks command lines with `masker` (default: the built-in rules).
+    pub fn with_masker(mut self, masker: Masker) -> Self {
+        self.masker = Arc::new(masker);
+        self
+    }
+
+    /// argv from NUL-separated bytes, with its secrets masked.
+    fn capture_args(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut argv = split_args(bytes);
+        // One scan of the whole command line rules out most of them.
+        if self.masker.may_mask(bytes) {
+            self.masker.mask(&mut argv);
+        }
+        argv
     }
 
     /// Reads processes from a procfs mounted at `root` (such as the host's, in a container).
@@ -315,7 +341,7 @@ impl ProcessTable {
             ppid,
             comm: ev.task.comm.clone(),
             exe: (!ev.exe.is_empty()).then(|| ev.exe.to_vec()),
-            cmdline: split_args(ev.args),
+            cmdline: self.capture_args(ev.args),
             uid: ev.task.uid,
             gid: ev.task.gid,
             cgroup,
@@ -579,7 +605,7 @@ impl ProcessTable {
             .ok()
             .map(|p| p.as_os_str().as_bytes().to_vec());
         let cmdline = std::fs::read(dir.join("cmdline"))
-            .map(|b| split_args(&b))
+            .map(|b| self.capture_args(&b))
             .unwrap_or_default();
         let (cgroup, cgroup_id) = match cgroup::read_text_in(self.proc_root.as_ref()?, pid) {
             Ok(text) => {
@@ -1249,6 +1275,238 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t.lookup(u32::MAX).is_none());
         Ok(())
+    }
+
+    #[test]
+    fn command_lines_are_masked_at_capture() {
+        let mut t = table();
+        exec(
+            &mut t,
+            10,
+            1,
+            "/usr/bin/mysql",
+            "mysql\0-u\0app\0--password=hunter2\0-phunter2\0shop\0",
+            SEC,
+        );
+        let args: Vec<String> = t.get(10).map(ProcInfo::cmdline_lossy).into_iter().collect();
+        assert_eq!(args, ["mysql -u app --password=*** -p*** shop"]);
+        // A fork inherits the masked form.
+        fork(&mut t, 10, 11, 2 * SEC);
+        assert_eq!(
+            t.get(11).map(ProcInfo::cmdline_lossy).as_deref(),
+            Some("mysql -u app --password=*** -p*** shop")
+        );
+        // Masking off.
+        let mut t = table().with_masker(Masker::none());
+        exec(&mut t, 10, 1, "/usr/bin/app", "app\0--token=x\0", SEC);
+        assert_eq!(
+            t.get(10).map(ProcInfo::cmdline_lossy).as_deref(),
+            Some("app --token=x")
+        );
+    }
+
+    #[test]
+    fn command_lines_read_from_proc_are_masked() -> anyhow::Result<()> {
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", "sleep 30; true", "x", "--token=hunter2"])
+            .spawn()?;
+        let pid = child.id();
+        // Wait for the exec (the command line is the parent's until then).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"bash\0"))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut t = ProcessTable::new(Duration::from_secs(5));
+        let line = t.lookup(pid).map(ProcInfo::cmdline_lossy);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            line.as_deref(),
+            Some("bash -c sleep 30; true x --token=***")
+        );
+        Ok(())
+    }
+
+    /// Command lines of the kinds a node execs all day, NUL-separated as exec records carry
+    /// them (one with a secret).
+    fn typical_argvs() -> Vec<(&'static str, String)> {
+        let id = "4f1c2a7e9b3d5c6a8e0f1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f506";
+        let task = format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}");
+        let join = |a: &[&str]| {
+            let mut s = a.join("\0");
+            s.push('\0');
+            s
+        };
+        vec![
+            (
+                "/usr/bin/runc",
+                join(&[
+                    "runc",
+                    "--root",
+                    "/run/containerd/runc/k8s.io",
+                    "--log",
+                    &format!("{task}/log.json"),
+                    "--log-format",
+                    "json",
+                    "create",
+                    "--bundle",
+                    &task,
+                    "--pid-file",
+                    &format!("{task}/init.pid"),
+                    id,
+                ]),
+            ),
+            (
+                "/usr/bin/containerd-shim-runc-v2",
+                join(&[
+                    "/usr/bin/containerd-shim-runc-v2",
+                    "-namespace",
+                    "k8s.io",
+                    "-id",
+                    id,
+                    "-address",
+                    "/run/containerd/containerd.sock",
+                ]),
+            ),
+            (
+                "/usr/bin/bash",
+                join(&["bash", "-c", "for f in /var/lib/x/*; do rm -f \"$f\"; done"]),
+            ),
+            (
+                "/usr/bin/python3.11",
+                join(&[
+                    "python3",
+                    "-c",
+                    "import json,sys\nfor i in json.load(sys.stdin)['items']:\n    print(i['metadata']['name'])",
+                ]),
+            ),
+            (
+                "/usr/bin/curl",
+                join(&[
+                    "curl",
+                    "-sS",
+                    "-H",
+                    "Accept: application/json",
+                    "https://example.com/api/v1/namespaces/default/pods?limit=100",
+                ]),
+            ),
+            ("/usr/bin/ls", join(&["ls", "-la", "/var/lib/containerd"])),
+            (
+                "/usr/local/bin/k3s",
+                join(&[
+                    "/usr/local/bin/k3s",
+                    "server",
+                    "--data-dir",
+                    "/var/lib/rancher/k3s",
+                    "--write-kubeconfig-mode",
+                    "0644",
+                    "--disable",
+                    "traefik",
+                    "--node-name",
+                    "edge-17",
+                    "--kubelet-arg",
+                    "max-pods=50",
+                    "--flannel-backend",
+                    "host-gw",
+                    "--cluster-cidr",
+                    "10.42.0.0/16",
+                    "--service-cidr",
+                    "10.43.0.0/16",
+                ]),
+            ),
+            (
+                "/usr/bin/mysql",
+                join(&[
+                    "mysql",
+                    "-u",
+                    "app",
+                    "--password=hunter2",
+                    "-h",
+                    "db.local",
+                    "shop",
+                ]),
+            ),
+        ]
+    }
+
+    /// The cost of one exec record in the process table (argv split and stored), with the
+    /// built-in masking and without any, measured in alternation so that both see the same
+    /// machine load. Run: `cargo test -p watcher --release --lib
+    /// process::tests::bench_exec_records -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_exec_records() {
+        let argvs = typical_argvs();
+        let n: u32 = 400_000;
+        let run = |masker: Masker, lines: &[(&'static str, String)]| {
+            let mut t = table().with_masker(masker);
+            let start = std::time::Instant::now();
+            for i in 0..n {
+                let (exe, args) = &lines[i as usize % lines.len()];
+                t.on_exec(&ExecEvent {
+                    task: task(1000 + i % 4096, 1, "x"),
+                    exe: exe.as_bytes(),
+                    args: args.as_bytes(),
+                    ts_ns: u64::from(i),
+                });
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(n)
+        };
+        let secretive: Vec<_> = argvs
+            .iter()
+            .filter(|(_, a)| Masker::builtin().may_mask(a.as_bytes()))
+            .cloned()
+            .collect();
+        let m = Masker::builtin();
+        let mut best = f64::MAX;
+        for _ in 0..7 {
+            let start = std::time::Instant::now();
+            let mut hits = 0u32;
+            for i in 0..n {
+                hits += u32::from(m.may_mask(argvs[i as usize % argvs.len()].1.as_bytes()));
+            }
+            best = best.min(start.elapsed().as_nanos() as f64 / f64::from(n));
+            assert_eq!(hits, n / 4);
+        }
+        println!("literal scan of a command line: {best:.0} ns");
+        // For scale: what the daemon's table does on every exec besides, reading the live
+        // process's cgroup from /proc.
+        let mut live = ProcessTable::new(Duration::from_secs(60));
+        let me = std::process::id();
+        let (exe, args) = &argvs[0];
+        let mut best = f64::MAX;
+        for _ in 0..7 {
+            let start = std::time::Instant::now();
+            for i in 0..n / 20 {
+                live.on_exec(&ExecEvent {
+                    task: task(me, 1, "x"),
+                    exe: exe.as_bytes(),
+                    args: args.as_bytes(),
+                    ts_ns: u64::from(i),
+                });
+            }
+            best = best.min(start.elapsed().as_nanos() as f64 / f64::from(n / 20));
+        }
+        println!("exec record of a live process, /proc read included: {best:.0} ns");
+        for (what, lines) in [
+            ("typical mix", &argvs),
+            ("lines the rules look at", &secretive),
+        ] {
+            let (mut off, mut on) = (f64::MAX, f64::MAX);
+            for _ in 0..7 {
+                off = off.min(run(Masker::none(), lines));
+                on = on.min(run(Masker::builtin(), lines));
+            }
+            println!(
+                "exec records, {what} ({} command lines, mean {} bytes): {off:.0} ns without \
+                 masking, {on:.0} ns with ({:+.0} ns)",
+                lines.len(),
+                lines.iter().map(|(_, a)| a.len()).sum::<usize>() / lines.len().max(1),
+                on - off
+            );
+        }
     }
 
     #[test]

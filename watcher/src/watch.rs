@@ -37,11 +37,18 @@ pub const DEFAULT_ROOTS: &[&str] = &[
 ];
 
 /// The roots to watch when none are given: the usual containerd and k3s locations, plus every
-/// containerd instance discovered on the node (config files, running processes, k3s).
+/// trusted containerd instance discovered on the node (config files, running processes, k3s).
+/// What discovery refused is logged (once).
 pub fn discovered_roots() -> Vec<PathBuf> {
+    let found = crate::containerd::discover_all(&crate::containerd::DiscoveryEnv::system());
+    crate::containerd::log_refusals(&found.refused);
+    roots_of(&found)
+}
+
+/// [`discovered_roots`] of a discovery already made.
+pub fn roots_of(found: &crate::containerd::Discovery) -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = DEFAULT_ROOTS.iter().map(PathBuf::from).collect();
-    let instances = crate::containerd::discover(&crate::containerd::DiscoveryEnv::system());
-    for r in crate::containerd::watch_roots(&instances) {
+    for r in crate::containerd::watch_roots(&found.instances) {
         if !roots.contains(&r) {
             roots.push(r);
         }
@@ -62,6 +69,8 @@ pub struct WatchOptions {
     pub process_grace: Duration,
     /// Writers trusted besides containerd (ownership verdicts).
     pub trust: crate::containerd::attribution::Trust,
+    /// Masks secrets in captured command lines.
+    pub masker: crate::secrets::Masker,
 }
 
 /// Where events go.
@@ -160,7 +169,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
         .set_capture(true)
         .context("turning capture on in the kernel")?;
     sink.capture_started(SystemTime::now())?;
-    let mut processes = ProcessTable::new(opts.process_grace);
+    let mut processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
     if let Err(e) = processes.seed_from_proc() {
         log::warn!("reading running processes from /proc: {e:#}");
     }
@@ -183,7 +192,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
             .roots
             .roots
             .iter()
-            .map(|r| r.canonical.display().to_string())
+            .map(|r| crate::event::escape_path(&r.canonical))
             .collect::<Vec<_>>()
             .join(", ")
     );

@@ -7,9 +7,9 @@
 //! An ingest whose expected blob is present is compared with that blob's prefix through a
 //! digest taken at the ingest's length while the blob is hashed (no second read of the blob).
 //!
-//! Nothing is followed out of the store: the directories are checked with `lstat` before being
-//! listed and every file is opened with `O_NOFOLLOW` ([`hashing::open_regular`]). Nothing is
-//! written. containerd may be running: a blob that disappears while the audit runs (garbage
+//! Nothing is followed out of the store: every directory and file is reached from the root
+//! without following a symlink, files are opened only when they are regular files and without
+//! blocking ([`crate::fsx`], [`hashing::open_regular`]). Nothing is written. containerd may be running: a blob that disappears while the audit runs (garbage
 //! collection) is skipped, not reported.
 //!
 //! What the next pull of an ingest's ref does was measured with containerd 1.6.20 and `ctr`
@@ -20,8 +20,9 @@
 pub mod hashing;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
+use std::ffi::OsStr;
 use std::io::{BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,6 +31,8 @@ use super::layers::{self, LayerJob, Plan};
 use super::{Context, Outcome, Unit};
 use crate::containerd::metadata::{is_digest, parse_backend_key};
 use crate::containerd::{BlobInfo, BlobRole, SnapshotKind};
+use crate::event::{escape_bytes, escape_path};
+use crate::fsx;
 use hashing::{FileHash, HashError, HashingReader};
 
 /// An ingest not updated for this long is stale: no client is still writing it, and without a
@@ -267,8 +270,10 @@ enum Done {
 }
 
 fn work(ctx: &Context, item: &Item<'_>, buf: &mut [u8]) -> Done {
+    let root = ctx.model.layout.root.as_path();
     match item {
         Item::Ingest { path, .. } => Done::Ingest(hashing::hash_file(
+            root,
             path,
             Vec::new(),
             Some(&ctx.progress),
@@ -281,7 +286,7 @@ fn work(ctx: &Context, item: &Item<'_>, buf: &mut [u8]) -> Done {
                 path: path.clone(),
                 source,
             };
-            let file = match hashing::open_regular(path) {
+            let file = match hashing::open_regular(root, path) {
                 Ok(f) => f,
                 Err(e) => return Done::Blob(Err(e), Vec::new()),
             };
@@ -304,7 +309,7 @@ fn work(ctx: &Context, item: &Item<'_>, buf: &mut [u8]) -> Done {
             // Two plans for one blob should not happen (one job lists all its snapshots); if
             // they do, the others read the blob again rather than being skipped.
             for job in rest {
-                match hashing::open_regular(path) {
+                match hashing::open_regular(root, path) {
                     Ok(f) => {
                         let mut rd = BufReader::with_capacity(hashing::READ_SIZE, f);
                         replays.push(layers::replay(ctx, job, &mut rd));
@@ -357,18 +362,19 @@ fn scan_blobs(
     };
     // The content directory and blobs/ must be real directories: a symlink would lead out of
     // the root.
+    let root = ctx.model.layout.root.as_path();
     for d in [content.to_path_buf(), content.join("blobs")] {
-        match fs::symlink_metadata(&d) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) => {
+        match fsx::lstat_beneath(root, &d) {
+            Ok(st) if st.is_dir() => {}
+            Ok(st) => {
                 bad(
                     findings,
                     &d,
                     "content-not-directory",
                     format!(
                         "{} is a {}, not a directory: the content store was not read",
-                        d.display(),
-                        hashing::kind_name(&m.file_type())
+                        escape_path(&d),
+                        st.kind_name()
                     ),
                 );
                 return out;
@@ -377,22 +383,21 @@ fn scan_blobs(
             Err(_) => return out,
         }
     }
-    let Ok(algs) = fs::read_dir(content.join("blobs")) else {
+    let Ok(algs) = fsx::list_beneath(root, &content.join("blobs")) else {
         return out;
     };
-    for alg in algs.filter_map(Result::ok) {
-        let path = alg.path();
-        let name = alg.file_name().to_string_lossy().into_owned();
-        let Ok(ft) = alg.file_type() else { continue };
-        if !ft.is_dir() {
+    for (alg, st) in algs {
+        let path = content.join("blobs").join(OsStr::from_bytes(&alg));
+        let name = String::from_utf8_lossy(&alg).into_owned();
+        if !st.is_dir() {
             bad(
                 findings,
                 &path,
                 "blob-not-regular-file",
                 format!(
                     "{} in blobs/ is a {}, not an algorithm directory",
-                    path.display(),
-                    hashing::kind_name(&ft)
+                    escape_path(&path),
+                    st.kind_name()
                 ),
             );
             continue;
@@ -400,15 +405,16 @@ fn scan_blobs(
         if name != "sha256" {
             // containerd only writes sha256 (its canonical algorithm); other algorithms are
             // listed but not verified.
-            if let Ok(rd) = fs::read_dir(&path) {
-                let n = rd.count();
+            if let Ok(entries) = fsx::list_beneath(root, &path) {
+                let n = entries.len();
                 if n > 0 && report && ctx.scope.everything {
                     findings.push(
                         Finding::new(
                             Severity::Info,
                             "blob-unsupported-algorithm",
                             format!(
-                                "{n} blob(s) under blobs/{name}/ were not verified (only sha256 is)"
+                                "{n} blob(s) under blobs/{}/ were not verified (only sha256 is)",
+                                escape_bytes(&alg)
                             ),
                         )
                         .path(path.display().to_string()),
@@ -417,16 +423,13 @@ fn scan_blobs(
             }
             continue;
         }
-        let Ok(rd) = fs::read_dir(&path) else {
+        let Ok(entries) = fsx::list_beneath(root, &path) else {
             continue;
         };
-        for e in rd.filter_map(Result::ok) {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
+        for (file, m) in entries {
+            let p = path.join(OsStr::from_bytes(&file));
+            let name = String::from_utf8_lossy(&file).into_owned();
             let digest = format!("sha256:{name}");
-            let Ok(m) = fs::symlink_metadata(&p) else {
-                continue;
-            };
             if !is_digest(&digest) {
                 bad(
                     findings,
@@ -435,15 +438,15 @@ fn scan_blobs(
                     format!(
                         "{} ({}) in blobs/sha256/ is not named by a sha256 digest: containerd \
                          ignores it",
-                        p.display(),
-                        hashing::kind_name(&m.file_type())
+                        escape_path(&p),
+                        m.kind_name()
                     ),
                 );
                 continue;
             }
-            if !m.file_type().is_file() {
+            if !m.is_reg() {
                 not_regular.insert(digest.clone());
-                let kind = hashing::kind_name(&m.file_type());
+                let kind = m.kind_name();
                 if report && ctx.scope.has_blob(&digest) {
                     findings.push(
                         Finding::new(
@@ -471,7 +474,7 @@ fn scan_blobs(
                 digest,
                 DiskBlob {
                     path: p,
-                    size: m.len(),
+                    size: m.size,
                 },
             );
         }
@@ -497,7 +500,8 @@ fn recorded_now(ctx: &Context, digests: &BTreeSet<String>) -> Option<BTreeSet<St
     if digests.is_empty() {
         return Some(out);
     }
-    let db = bolt::Db::open(ctx.model.layout.meta_db()).ok()?;
+    let db = crate::containerd::metadata::open_bolt(&ctx.model.layout, &ctx.model.layout.meta_db())
+        .ok()?;
     let v1 = db.bucket_path(&[b"v1"]).ok()??;
     for e in v1.iter() {
         let Ok(bolt::Entry::Bucket(_, ns)) = e else {
@@ -981,9 +985,9 @@ pub fn expected_from_ref(key: &str) -> Option<(String, bool)> {
     is_digest(&d).then_some((d, false))
 }
 
-/// Reads a small file; `Ok(None)` if absent.
-fn read_small(path: &Path) -> Result<Option<String>, String> {
-    let f = match hashing::open_regular(path) {
+/// Reads a small file below `root`; `Ok(None)` if absent.
+fn read_small(root: &Path, path: &Path) -> Result<Option<String>, String> {
+    let f = match hashing::open_regular(root, path) {
         Ok(f) => f,
         Err(HashError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(None);
@@ -999,8 +1003,9 @@ fn read_small(path: &Path) -> Result<Option<String>, String> {
 
 fn scan_ingests(ctx: &Context, content: &Path, findings: &mut Vec<Finding>) -> Vec<IngestState> {
     let mut out = Vec::new();
+    let top = ctx.model.layout.root.as_path();
     let root = content.join("ingest");
-    match fs::symlink_metadata(&root) {
+    match fsx::lstat_beneath(top, &root) {
         Ok(m) if m.is_dir() => {}
         Ok(m) => {
             if ctx.scope.everything {
@@ -1010,8 +1015,8 @@ fn scan_ingests(ctx: &Context, content: &Path, findings: &mut Vec<Finding>) -> V
                         "ingest-unexpected-entry",
                         format!(
                             "{} is a {}, not a directory: ingests were not read",
-                            root.display(),
-                            hashing::kind_name(&m.file_type())
+                            escape_path(&root),
+                            m.kind_name()
                         ),
                     )
                     .path(root.display().to_string()),
@@ -1021,13 +1026,12 @@ fn scan_ingests(ctx: &Context, content: &Path, findings: &mut Vec<Finding>) -> V
         }
         Err(_) => return out,
     }
-    let Ok(rd) = fs::read_dir(&root) else {
+    let Ok(entries) = fsx::list_beneath(top, &root) else {
         return out;
     };
-    for e in rd.filter_map(Result::ok).take(MAX_INGESTS) {
-        let path = e.path();
-        let dir = e.file_name().to_string_lossy().into_owned();
-        let Ok(ft) = e.file_type() else { continue };
+    for (name, ft) in entries.into_iter().take(MAX_INGESTS) {
+        let path = root.join(OsStr::from_bytes(&name));
+        let dir = String::from_utf8_lossy(&name).into_owned();
         if !ft.is_dir() {
             if ctx.scope.everything {
                 findings.push(
@@ -1036,8 +1040,8 @@ fn scan_ingests(ctx: &Context, content: &Path, findings: &mut Vec<Finding>) -> V
                         "ingest-unexpected-entry",
                         format!(
                             "{} in ingest/ is a {}, not an ingest directory (not followed)",
-                            path.display(),
-                            hashing::kind_name(&ft)
+                            escape_path(&path),
+                            ft.kind_name()
                         ),
                     )
                     .path(path.display().to_string())
@@ -1050,7 +1054,7 @@ fn scan_ingests(ctx: &Context, content: &Path, findings: &mut Vec<Finding>) -> V
             continue;
         }
         let mut st = IngestState::new(path.clone());
-        match read_small(&path.join("ref")) {
+        match read_small(top, &path.join("ref")) {
             Ok(r) => st.backend_ref = r,
             Err(e) => st.bad_files.push(("ref".into(), e)),
         }
@@ -1077,18 +1081,16 @@ fn scan_ingests(ctx: &Context, content: &Path, findings: &mut Vec<Finding>) -> V
             st.expected_from = "the ref's name";
             st.verified_commit = verified;
         }
-        match fs::symlink_metadata(path.join("data")) {
-            Ok(m) if m.is_file() => st.data_len = Some(m.len()),
+        let data = fsx::lstat_beneath(top, &path.join("data"));
+        match &data {
+            Ok(m) if m.is_reg() => st.data_len = Some(m.size),
             Ok(m) => st.bad_files.push((
                 "data".into(),
-                format!(
-                    "a {}, not a regular file",
-                    hashing::kind_name(&m.file_type())
-                ),
+                format!("a {}, not a regular file", m.kind_name()),
             )),
             Err(_) => {}
         }
-        st.total = match read_small(&path.join("total")) {
+        st.total = match read_small(top, &path.join("total")) {
             Ok(None) => Ok(None),
             Ok(Some(s)) => s
                 .trim()
@@ -1098,7 +1100,7 @@ fn scan_ingests(ctx: &Context, content: &Path, findings: &mut Vec<Finding>) -> V
             Err(e) => Err(e),
         };
         for name in ["startedat", "updatedat"] {
-            match read_small(&path.join(name)) {
+            match read_small(top, &path.join(name)) {
                 Ok(Some(s)) => match parse_go_time(s.trim()) {
                     Some(t) => {
                         if name == "updatedat" {
@@ -1115,10 +1117,11 @@ fn scan_ingests(ctx: &Context, content: &Path, findings: &mut Vec<Finding>) -> V
             }
         }
         if st.updated.is_none() {
-            st.updated = fs::symlink_metadata(path.join("data"))
-                .or_else(|_| fs::symlink_metadata(&path))
-                .and_then(|m| m.modified())
-                .ok();
+            st.updated = data
+                .ok()
+                .or(Some(ft))
+                .and_then(|m| u64::try_from(m.mtime).ok())
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
         }
         out.push(st);
     }

@@ -14,16 +14,16 @@
 //! `layer-tar-*` and `layer-snapshot-missing` classes below; docs/audit.md lists them all.
 
 mod compare;
-mod fsx;
 mod tree;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{Context, Finding, Outcome, Severity};
 use crate::containerd::SnapshotKind;
 use crate::containerd::metadata::is_digest;
+use crate::fsx;
 
 use compare::{Compared, Problem, Unpack};
 use tree::{Compression, LayerTree};
@@ -98,6 +98,9 @@ pub struct SnapshotTarget {
     pub base: bool,
     /// The snapshotter's directory.
     pub root: PathBuf,
+    /// Where nothing below is followed from: the containerd root, or the snapshotter's
+    /// configured directory ([`crate::containerd::RootLayout::anchor_for`]).
+    pub anchor: PathBuf,
     /// `<root>/snapshots/<id>/fs` (overlay) or `<root>/snapshots/<id>` (native).
     pub dir: PathBuf,
     /// Namespaces the snapshot belongs to.
@@ -129,7 +132,7 @@ fn blob_present(ctx: &Context, digest: &str) -> bool {
         return false;
     };
     let path = ctx.content_dir().join("blobs").join(alg).join(enc);
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+    fsx::lstat_beneath(&ctx.model.layout.root, &path).is_ok_and(|m| m.is_reg())
 }
 
 /// Which layers to replay. Only committed snapshots of the `overlayfs` and `native`
@@ -190,6 +193,7 @@ pub fn plan(ctx: &Context) -> Plan {
                 chain_id: chain_id.clone(),
                 base: b.parent.is_none(),
                 root: root.clone(),
+                anchor: model.layout.anchor_for(&root).to_path_buf(),
                 dir: match layout {
                     SnapshotLayout::Overlay => base_dir.join("fs"),
                     SnapshotLayout::Native => base_dir,
@@ -447,28 +451,14 @@ fn blob_path(ctx: &Context, digest: &str) -> String {
     }
 }
 
-/// Opens the target's directory, each component below the snapshotter root without
-/// following symlinks. `None` if it does not exist.
-fn open_target(target: &SnapshotTarget) -> std::io::Result<Option<fsx::Dir>> {
-    let root = match fsx::Dir::open(&target.root) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let rel = target
-        .dir
-        .strip_prefix(&target.root)
-        .unwrap_or(Path::new(""));
-    let mut dir = root;
-    for c in rel.components() {
-        use std::os::unix::ffi::OsStrExt;
-        match dir.open_child(c.as_os_str().as_bytes()) {
-            Ok(d) => dir = d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        }
+/// Opens the target's directory, each component below its anchor (the containerd root, or a
+/// configured snapshotter directory) without following symlinks. `None` if it does not exist.
+fn open_target(target: &SnapshotTarget) -> Result<Option<fsx::Dir>, fsx::OpenError> {
+    match fsx::open_dir_beneath(&target.anchor, &target.dir) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some(dir))
 }
 
 fn unpack_of(target: &SnapshotTarget) -> Unpack {
@@ -504,7 +494,7 @@ fn without_tar(target: &SnapshotTarget) -> Option<Compared> {
     }
 }
 
-fn unreadable_root(target: &SnapshotTarget, e: &std::io::Error) -> Compared {
+fn unreadable_root(target: &SnapshotTarget, e: &fsx::OpenError) -> Compared {
     Compared {
         problems: vec![Problem {
             severity: Severity::Error,
@@ -512,7 +502,7 @@ fn unreadable_root(target: &SnapshotTarget, e: &std::io::Error) -> Compared {
             rel: Vec::new(),
             message: format!(
                 "cannot open snapshot directory {}: {e}",
-                target.dir.display()
+                crate::event::escape_path(&target.dir)
             ),
             facts: Vec::new(),
         }],

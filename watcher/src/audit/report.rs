@@ -75,14 +75,36 @@ fn describe_event(ev: &serde_json::Value) -> String {
     line
 }
 
+/// Text for a terminal: control characters (a newline or an escape sequence in a file name
+/// taken from a layer, say) shown as `\xNN`, so a finding cannot forge lines or drive the
+/// terminal. The JSON report needs none of this: JSON escapes them itself.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
 /// The report for people: a header, then findings grouped by severity, then a summary.
+/// Everything taken from the storage is shown [`printable`].
 pub fn render_text(r: &Report) -> String {
     let mut out = String::new();
     let st = &r.stats;
     let _ = writeln!(
         out,
         "ctrwatch audit of {} ({}, {:.1} s)",
-        r.root.display(),
+        crate::event::escape_path(&r.root),
         humantime::format_rfc3339_seconds(r.started),
         r.duration.as_secs_f64()
     );
@@ -113,7 +135,7 @@ pub fn render_text(r: &Report) -> String {
             r.metadata_problems.len()
         );
         for p in &r.metadata_problems {
-            let _ = writeln!(out, "  {p}");
+            let _ = writeln!(out, "  {}", printable(p));
         }
     }
     let counts: Vec<String> = r
@@ -135,9 +157,9 @@ pub fn render_text(r: &Report) -> String {
 }
 
 fn render_finding(out: &mut String, f: &Finding) {
-    let _ = writeln!(out, "  [{}] {}", f.class, f.message);
+    let _ = writeln!(out, "  [{}] {}", f.class, printable(&f.message));
     let field = |out: &mut String, k: &str, v: &str| {
-        let _ = writeln!(out, "      {k:<13} {v}");
+        let _ = writeln!(out, "      {:<13} {}", printable(k), printable(v));
     };
     if let Some(p) = &f.image_path {
         field(out, "in image:", p);
@@ -174,7 +196,7 @@ fn render_finding(out: &mut String, f: &Finding) {
     if !f.remediation.is_empty() {
         let _ = writeln!(out, "      fix:");
         for (i, step) in f.remediation.iter().enumerate() {
-            let _ = writeln!(out, "        {}. {step}", i + 1);
+            let _ = writeln!(out, "        {}. {}", i + 1, printable(step));
         }
     }
 }
@@ -217,6 +239,19 @@ mod tests {
                 (Severity::Warning, "a"),
                 (Severity::Info, "b"),
             ]
+        );
+    }
+
+    #[test]
+    fn text_report_shows_control_characters_escaped() {
+        let f = Finding::new(Severity::Error, "c", "file a\nFORGED \x1b[31m")
+            .path("/r/a\nb")
+            .fix("rm '/r/a\nb'");
+        let mut out = String::new();
+        render_finding(&mut out, &f);
+        assert_eq!(
+            out,
+            "  [c] file a\\x0aFORGED \\x1b[31m\n      path:         /r/a\\x0ab\n      fix:\n        1. rm '/r/a\\x0ab'\n"
         );
     }
 

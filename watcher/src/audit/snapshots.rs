@@ -7,12 +7,12 @@
 //! overlayfs and native snapshotters keep a snapshot's files in `<root>/snapshots/<id>/fs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 
 use super::{Context, Finding, Outcome, Severity};
 use crate::containerd::Container;
 use crate::containerd::SnapshotKind;
 use crate::containerd::metadata::{Namespace, unpack_target};
+use crate::fsx;
 
 /// Directories the overlayfs snapshotter uses while it works: `new-<n>` before a snapshot's
 /// record is committed, `rm-<id>` while one is removed. Not orphans unless they are old.
@@ -40,9 +40,10 @@ pub fn check(ctx: &Context) -> Outcome {
         // Directories on disk, by id.
         let mut dirs: BTreeSet<u64> = BTreeSet::new();
         let mut others: Vec<String> = Vec::new();
-        if let Ok(rd) = fs::read_dir(&snap_dir) {
-            for e in rd.filter_map(Result::ok) {
-                let name = e.file_name().to_string_lossy().into_owned();
+        let anchor = model.layout.anchor_for(&sn.root);
+        if let Ok(entries) = fsx::list_beneath(anchor, &snap_dir) {
+            for (name, _) in entries {
+                let name = String::from_utf8_lossy(&name).into_owned();
                 match name.parse::<u64>() {
                     Ok(id) => {
                         dirs.insert(id);
@@ -125,7 +126,7 @@ pub fn check(ctx: &Context) -> Outcome {
             let fs_dir = dir.join("fs");
             let missing = if !dirs.contains(&b.id) {
                 Some("its directory")
-            } else if !fs::symlink_metadata(&fs_dir).is_ok_and(|m| m.is_dir()) {
+            } else if !fsx::lstat_beneath(anchor, &fs_dir).is_ok_and(|m| m.is_dir()) {
                 Some("its fs/ directory")
             } else {
                 None

@@ -245,7 +245,10 @@ impl Tracked {
             }
             Err(e) => {
                 if self.load_error.as_deref() != Some(&e.to_string()) {
-                    log::debug!("containerd metadata of {}: {e}", self.layout.root.display());
+                    log::debug!(
+                        "containerd metadata of {}: {e}",
+                        crate::event::escape_path(&self.layout.root)
+                    );
                 }
                 self.load_error = Some(e.to_string());
             }

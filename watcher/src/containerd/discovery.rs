@@ -16,17 +16,40 @@
 //! Instances are merged by canonical root (symlinks resolved), keeping every reason.
 //! Everything is read through [`DiscoveryEnv`], so tests can stand a temporary directory in for
 //! `/` and `/proc`.
+//!
+//! # Trust
+//!
+//! Any user can start a process whose argv[0] says `containerd` and whose arguments name a
+//! "root", and any user can write a file that looks like a config. What discovery finds decides
+//! what the daemon watches (with no `--root`) and what the audit reads, so only these are
+//! believed ([`Refusal`] lists the rest, with the reason; [`log_refusals`] logs each once):
+//! - a process whose real and effective uid are root, that runs in the node's root directory
+//!   (not in a container or chroot, whose paths are not the node's), and whose executable —
+//!   the running file, `stat` through `/proc/PID/exe` — is a regular file named `containerd`,
+//!   `k3s` or `rke2` (k3s's containerd is the k3s binary), owned by root and not writable by
+//!   group or others. The file itself is what runs: replacing its path later changes nothing
+//!   for that process, so the directories above it are not checked.
+//! - a config file (containerd's TOML and its `imports`, k3s's/RKE2's `config.yaml`) that is a
+//!   regular file owned by root and not writable by group or others. It is opened with
+//!   `O_NONBLOCK` and checked on the open file (`fstat`), so a FIFO cannot hang discovery and a
+//!   file swapped between check and read is not read.
+//! - never a system directory (`/`, `/usr`, `/proc/...`, see [`system_dir`]) as a root, state
+//!   or snapshotter directory, even from a trusted source: that would watch the whole node.
+//!   Give such a directory with `--root` to watch it anyway.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
 use super::paths::{RootLayout, SNAPSHOTTER_PREFIX};
+use crate::event::escape_path as esc;
 
 /// containerd's default root.
 pub const DEFAULT_ROOT: &str = "/var/lib/containerd";
@@ -52,6 +75,45 @@ const MAX_CONFIG_FILES: usize = 32;
 /// Most symlinks followed resolving one path (as the kernel's 40).
 const MAX_LINKS: usize = 40;
 
+/// Names of the executables a containerd may run as: containerd itself, and the multi-call
+/// k3s and RKE2 binaries (k3s's containerd is `<data-dir>/data/<hash>/bin/containerd`, a
+/// symlink to the k3s binary).
+const CONTAINERD_EXES: [&str; 3] = ["containerd", "k3s", "rke2"];
+
+/// Directories never taken as a containerd root, state or snapshotter directory: watching one
+/// would record every file operation of a large part of the node. Everything below the pseudo
+/// filesystems ([`PSEUDO_FS`]) is refused too.
+const SYSTEM_DIRS: [&str; 26] = [
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/sbin",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/run",
+    "/var/tmp",
+];
+/// Kernel filesystems: nothing below them is containerd's.
+const PSEUDO_FS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
 /// containerd config version 1 short plugin names that are snapshotters
 /// (`v1MigratePluginName` in containerd's config package).
 const V1_SNAPSHOTTERS: [&str; 6] = ["aufs", "btrfs", "devmapper", "native", "overlayfs", "zfs"];
@@ -64,6 +126,9 @@ pub struct DiscoveryEnv {
     pub prefix: PathBuf,
     /// The proc filesystem (`/proc`).
     pub proc_root: PathBuf,
+    /// The uid trusted as root: processes must run as it and files be owned by it (0; a fake
+    /// system made by an unprivileged test uses its own uid).
+    pub root_uid: u32,
 }
 
 impl DiscoveryEnv {
@@ -72,6 +137,7 @@ impl DiscoveryEnv {
         DiscoveryEnv {
             prefix: PathBuf::from("/"),
             proc_root: PathBuf::from("/proc"),
+            root_uid: 0,
         }
     }
 
@@ -80,6 +146,22 @@ impl DiscoveryEnv {
         DiscoveryEnv {
             prefix: prefix.into(),
             proc_root: proc_root.into(),
+            root_uid: 0,
+        }
+    }
+
+    /// Trusts `uid` as root (see the field).
+    pub fn with_root_uid(mut self, uid: u32) -> DiscoveryEnv {
+        self.root_uid = uid;
+        self
+    }
+
+    /// The absolute path of the fake system that the real path `host` is (the inverse of
+    /// [`Self::host`]; `host` itself when it is not under the prefix).
+    fn logical(&self, host: &Path) -> PathBuf {
+        match host.strip_prefix(&self.prefix) {
+            Ok(rest) => Path::new("/").join(rest),
+            Err(_) => host.to_path_buf(),
         }
     }
 
@@ -96,8 +178,30 @@ impl DiscoveryEnv {
         self.host(p).is_dir()
     }
 
-    fn read(&self, p: &Path, limit: u64) -> Option<Vec<u8>> {
-        read_limited(&self.host(p), limit)
+    /// Reads the config file `p` if it is trusted (see the module docs): `Ok(None)` if it does
+    /// not exist, `Err(reason)` if it is refused or unreadable.
+    fn read_trusted(&self, p: &Path, limit: u64) -> Result<Option<Vec<u8>>, String> {
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(self.host(p))
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot be opened: {e}")),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        file_trust(&meta, self.root_uid)?;
+        let mut buf = Vec::new();
+        file.take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        if buf.len() as u64 > limit {
+            return Err(format!("larger than {limit} bytes"));
+        }
+        Ok(Some(buf))
     }
 
     /// `p` with symlinks resolved inside the prefix (absolute targets stay inside it); parts
@@ -150,11 +254,64 @@ fn components_rev(p: &Path) -> Vec<OsString> {
     v
 }
 
+/// Reads a file of the proc filesystem (never a FIFO or anything that blocks).
 fn read_limited(path: &Path, limit: u64) -> Option<Vec<u8>> {
     let f = fs::File::open(path).ok()?;
     let mut buf = Vec::new();
     f.take(limit + 1).read_to_end(&mut buf).ok()?;
     (buf.len() as u64 <= limit).then_some(buf)
+}
+
+/// What kind of file `meta` is, for messages.
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Whether a file (config or executable) can be trusted: a regular file owned by `root_uid`,
+/// not writable by group or others. `Err` says why not.
+fn file_trust(meta: &fs::Metadata, root_uid: u32) -> Result<(), String> {
+    if !meta.is_file() {
+        return Err(format!("{}, not a regular file", file_kind(meta)));
+    }
+    if meta.uid() != root_uid {
+        return Err(format!("owned by uid {}, not root", meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {mode:04o}), so not only root controls it"
+        ));
+    }
+    Ok(())
+}
+
+/// Why `p` (canonical) is never a containerd directory: it is a system directory or lies on a
+/// kernel filesystem. `None` for any other path.
+pub fn system_dir(p: &Path) -> Option<String> {
+    if SYSTEM_DIRS.iter().any(|d| p == Path::new(d)) {
+        return Some(format!(
+            "{} is a system directory: watching it would record a large part of the node",
+            esc(p)
+        ));
+    }
+    PSEUDO_FS
+        .iter()
+        .find(|d| p.starts_with(d))
+        .map(|d| format!("{} is on the kernel filesystem {d}", esc(p)))
 }
 
 /// A snapshotter's directory.
@@ -207,8 +364,55 @@ impl Instance {
     }
 }
 
+/// Something discovery found and did not believe: a process, a config file, or a directory
+/// that would have been watched. Shown by `ctrwatch roots`, logged once by the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Refusal {
+    /// What: `process 1234 containerd (exe /usr/bin/bash; --root /x --state /)`,
+    /// `config /etc/containerd/config.toml`, `state / of /var/lib/containerd`. Paths escaped.
+    pub what: String,
+    /// Why, e.g. `runs as uid 1001 (effective 1001), not root`.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.reason)
+    }
+}
+
+/// What [`discover_all`] found: the instances, and what it refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Discovery {
+    pub instances: Vec<Instance>,
+    pub refused: Vec<Refusal>,
+}
+
+/// Logs each refusal as a warning, once per process (refusals already logged are skipped):
+/// the daemon rediscovers every few seconds.
+pub fn log_refusals(refused: &[Refusal]) {
+    /// Refusals logged so far; cleared when it grows large (then some are logged again).
+    static LOGGED: Mutex<Option<HashSet<Refusal>>> = Mutex::new(None);
+    const MAX_REMEMBERED: usize = 4096;
+    let Ok(mut guard) = LOGGED.lock() else {
+        return;
+    };
+    let logged = guard.get_or_insert_with(HashSet::new);
+    for r in refused {
+        if logged.contains(r) {
+            continue;
+        }
+        if logged.len() >= MAX_REMEMBERED {
+            logged.clear();
+        }
+        logged.insert(r.clone());
+        log::warn!("containerd discovery refused {r}");
+    }
+}
+
 /// The directories to watch for `instances`: each root and state dir, and snapshotter
-/// directories outside their root; duplicates and directories inside another one dropped.
+/// directories outside their root; duplicates, directories inside another one and system
+/// directories ([`system_dir`]) dropped.
 pub fn watch_roots(instances: &[Instance]) -> Vec<PathBuf> {
     let mut all: Vec<PathBuf> = Vec::new();
     for i in instances {
@@ -220,6 +424,7 @@ pub fn watch_roots(instances: &[Instance]) -> Vec<PathBuf> {
             }
         }
     }
+    all.retain(|p| system_dir(p).is_none());
     let mut out: Vec<PathBuf> = Vec::new();
     for p in &all {
         if out.contains(p) {
@@ -233,39 +438,40 @@ pub fn watch_roots(instances: &[Instance]) -> Vec<PathBuf> {
     out
 }
 
-/// A human-readable listing (what `ctrwatch roots` prints).
-pub fn describe(instances: &[Instance]) -> String {
+/// A human-readable listing (what `ctrwatch roots` prints): the instances, what was refused
+/// and why, and the directories watched. Paths are escaped.
+pub fn describe(found: &Discovery) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    for i in instances {
+    for i in &found.instances {
         let _ = writeln!(
             s,
             "{}{}",
-            i.root.display(),
+            esc(&i.root),
             if i.exists {
                 ""
             } else {
                 "  (does not exist yet)"
             }
         );
-        let _ = writeln!(s, "  state:        {}", i.state.display());
+        let _ = writeln!(s, "  state:        {}", esc(&i.state));
         for sn in &i.snapshotter_roots {
             let _ = writeln!(
                 s,
                 "  snapshotter:  {} {}{}",
-                sn.name,
-                sn.path.display(),
+                crate::event::escape_bytes(sn.name.as_bytes()),
+                esc(&sn.path),
                 if sn.configured { " (root_path)" } else { "" }
             );
         }
         for c in &i.config_files {
-            let _ = writeln!(s, "  config:       {}", c.display());
+            let _ = writeln!(s, "  config:       {}", esc(c));
         }
         if let Some(pid) = i.containerd_pid {
             let exe = i
                 .exe
                 .as_ref()
-                .map(|e| format!(" {}", e.display()))
+                .map(|e| format!(" {}", esc(e)))
                 .unwrap_or_default();
             let _ = writeln!(s, "  containerd:   pid {pid}{exe}");
         }
@@ -276,9 +482,12 @@ pub fn describe(instances: &[Instance]) -> String {
             let _ = writeln!(s, "  problem:      {p}");
         }
     }
+    for r in &found.refused {
+        let _ = writeln!(s, "refused:      {r}");
+    }
     let _ = writeln!(s, "watched directories:");
-    for p in watch_roots(instances) {
-        let _ = writeln!(s, "  {}", p.display());
+    for p in watch_roots(&found.instances) {
+        let _ = writeln!(s, "  {}", esc(&p));
     }
     s
 }
@@ -295,6 +504,8 @@ struct ConfigFacts {
     snapshotter_roots: BTreeMap<String, PathBuf>,
     files: Vec<PathBuf>,
     problems: Vec<String>,
+    /// Files refused (see the module docs).
+    refused: Vec<Refusal>,
 }
 
 /// Makes `p` absolute against `base` (a directory), lexically.
@@ -313,8 +524,18 @@ fn read_config(env: &DiscoveryEnv, path: &Path, facts: &mut ConfigFacts) -> bool
     if facts.files.len() >= MAX_CONFIG_FILES || facts.files.iter().any(|f| f == path) {
         return false;
     }
-    let Some(bytes) = env.read(path, MAX_CONFIG) else {
-        return false;
+    let bytes = match env.read_trusted(path, MAX_CONFIG) {
+        Ok(Some(b)) => b,
+        Ok(None) => return false,
+        Err(reason) => {
+            let r = Refusal {
+                what: format!("config {}", esc(path)),
+                reason,
+            };
+            facts.problems.push(format!("{r} (not read)"));
+            facts.refused.push(r);
+            return false;
+        }
     };
     facts.files.push(path.to_path_buf());
     let text = String::from_utf8_lossy(&bytes);
@@ -324,8 +545,9 @@ fn read_config(env: &DiscoveryEnv, path: &Path, facts: &mut ConfigFacts) -> bool
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or("parse error");
             facts.problems.push(format!(
-                "config {}: not valid TOML: {first}",
-                path.display()
+                "config {}: not valid TOML: {}",
+                esc(path),
+                crate::event::escape_bytes(first.as_bytes())
             ));
             return true;
         }
@@ -439,15 +661,23 @@ fn wildcard(pat: &[u8], s: &[u8]) -> bool {
 /// `data-dir:` from a k3s/RKE2 `config.yaml` and its `config.yaml.d/*.yaml` (later files
 /// win). Only top-level `key: value` lines are understood, which is all these files use for
 /// it.
-fn yaml_data_dir(env: &DiscoveryEnv, config: &Path) -> Option<PathBuf> {
+fn yaml_data_dir(env: &DiscoveryEnv, config: &Path, refused: &mut Vec<Refusal>) -> Option<PathBuf> {
     let mut files = vec![config.to_path_buf()];
     let mut d = config.as_os_str().to_owned();
     d.push(".d");
     files.extend(glob(env, &PathBuf::from(d).join("*.yaml")));
     let mut out = None;
     for f in files {
-        let Some(bytes) = env.read(&f, MAX_CONFIG) else {
-            continue;
+        let bytes = match env.read_trusted(&f, MAX_CONFIG) {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(reason) => {
+                refused.push(Refusal {
+                    what: format!("config {}", esc(&f)),
+                    reason,
+                });
+                continue;
+            }
         };
         for line in String::from_utf8_lossy(&bytes).lines() {
             let Some(v) = line.strip_prefix("data-dir:") else {
@@ -567,10 +797,11 @@ fn read_procs(env: &DiscoveryEnv) -> Vec<Proc> {
         let exe = fs::read_link(dir.join("exe")).ok().map(|p| {
             // A replaced binary reads "/path (deleted)".
             let b = p.as_os_str().as_bytes();
-            match b.strip_suffix(b" (deleted)") {
+            let p = match b.strip_suffix(b" (deleted)") {
                 Some(s) => PathBuf::from(OsString::from_vec(s.to_vec())),
                 None => p,
-            }
+            };
+            env.logical(&p)
         });
         let comm = read_limited(&dir.join("comm"), 64)
             .map(|b| String::from_utf8_lossy(&b).trim_end().to_owned());
@@ -599,7 +830,7 @@ fn read_environ(env: &DiscoveryEnv, p: &mut Proc) {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ProcKind {
     Containerd,
     K3s,
@@ -628,6 +859,93 @@ fn proc_kind(p: &Proc) -> Option<ProcKind> {
         return Some(ProcKind::Rke2);
     }
     None
+}
+
+/// The real and effective uid of process `pid`, from the `Uid:` line of its status.
+fn proc_uids(env: &DiscoveryEnv, pid: u32) -> Option<(u32, u32)> {
+    let status = read_limited(
+        &env.proc_root.join(pid.to_string()).join("status"),
+        64 << 10,
+    )?;
+    let text = String::from_utf8_lossy(&status);
+    let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|v| v.parse::<u32>().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
+/// Whether process `p`, which looks like a containerd of `kind`, is trusted (see the module
+/// docs). `Err` says why not.
+fn trust_process(env: &DiscoveryEnv, p: &Proc, kind: ProcKind) -> Result<(), String> {
+    let dir = env.proc_root.join(p.pid.to_string());
+    match proc_uids(env, p.pid) {
+        Some((real, effective)) if real == env.root_uid && effective == env.root_uid => {}
+        Some((real, effective)) => {
+            return Err(format!(
+                "runs as uid {real} (effective {effective}), not root: any user can start a \
+                 process named containerd"
+            ));
+        }
+        None => return Err("its user cannot be read from /proc".to_owned()),
+    }
+    let Some(exe) = &p.exe else {
+        return Err("its executable cannot be read (/proc/PID/exe)".to_owned());
+    };
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let allowed: &[&str] = match kind {
+        ProcKind::Containerd => &CONTAINERD_EXES,
+        ProcKind::K3s => &["k3s"],
+        ProcKind::Rke2 => &["rke2"],
+    };
+    if !allowed.contains(&name.as_str()) {
+        return Err(format!(
+            "its executable {} is not a {} binary",
+            esc(exe),
+            allowed.join(" or ")
+        ));
+    }
+    // The running file itself, even if its path was replaced or removed since.
+    let meta = fs::metadata(dir.join("exe"))
+        .map_err(|e| format!("its executable {} cannot be checked: {e}", esc(exe)))?;
+    file_trust(&meta, env.root_uid)
+        .map_err(|why| format!("its executable {} is {why}", esc(exe)))?;
+    let same_root = match (fs::metadata(dir.join("root")), fs::metadata(&env.prefix)) {
+        (Ok(theirs), Ok(ours)) => theirs.dev() == ours.dev() && theirs.ino() == ours.ino(),
+        _ => false,
+    };
+    if !same_root {
+        return Err(
+            "it runs in another root directory (a container or chroot): its paths are not this \
+             node's"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// How a refused process is named: pid, argv[0], exe and the directories it names.
+fn describe_proc(p: &Proc) -> String {
+    let arg0 = p.args.first().map(String::as_str).unwrap_or("?");
+    let mut details = Vec::new();
+    if let Some(e) = &p.exe {
+        details.push(format!("exe {}", esc(e)));
+    }
+    for flag in ["root", "state", "config", "data-dir"] {
+        if let Some(v) = p.flag(&[flag]) {
+            details.push(format!(
+                "--{flag} {}",
+                crate::event::escape_bytes(v.as_bytes())
+            ));
+        }
+    }
+    format!(
+        "process {} {} ({})",
+        p.pid,
+        crate::event::escape_bytes(arg0.as_bytes()),
+        details.join(", ")
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -667,11 +985,11 @@ fn containerd_candidate(env: &DiscoveryEnv, p: &Proc) -> Option<Candidate> {
     let config_path = p.flag(&["config", "c"]).map(|c| p.path(&c));
     match &config_path {
         Some(c) => {
-            if !read_config(env, c, &mut config) {
-                config.problems.push(format!(
-                    "config {} (from --config) not readable",
-                    c.display()
-                ));
+            // A refused file is already a problem, with the reason.
+            if !read_config(env, c, &mut config) && config.refused.is_empty() {
+                config
+                    .problems
+                    .push(format!("config {} (from --config) not readable", esc(c)));
             }
         }
         None => {
@@ -704,7 +1022,7 @@ fn containerd_candidate(env: &DiscoveryEnv, p: &Proc) -> Option<Candidate> {
     let cfg = config
         .files
         .first()
-        .map(|f| format!(", config {}", f.display()))
+        .map(|f| format!(", config {}", esc(f)))
         .unwrap_or_default();
     Some(Candidate {
         root,
@@ -716,7 +1034,12 @@ fn containerd_candidate(env: &DiscoveryEnv, p: &Proc) -> Option<Candidate> {
     })
 }
 
-fn k3s_candidate(env: &DiscoveryEnv, p: &Proc, kind: ProcKind) -> Option<Candidate> {
+fn k3s_candidate(
+    env: &DiscoveryEnv,
+    p: &Proc,
+    kind: ProcKind,
+    refused: &mut Vec<Refusal>,
+) -> Option<Candidate> {
     let (name, default_dd, default_cfg, env_prefix) = match kind {
         ProcKind::Rke2 => ("rke2", RKE2_DEFAULT_DATA_DIR, RKE2_DEFAULT_CONFIG, "RKE2"),
         _ => ("k3s", K3S_DEFAULT_DATA_DIR, K3S_DEFAULT_CONFIG, "K3S"),
@@ -747,8 +1070,8 @@ fn k3s_candidate(env: &DiscoveryEnv, p: &Proc, kind: ProcKind) -> Option<Candida
             .or_else(|| p.env(&format!("{env_prefix}_CONFIG_FILE")))
             .map(|c| p.path(&c))
             .unwrap_or_else(|| PathBuf::from(default_cfg));
-        match yaml_data_dir(env, &cfg) {
-            Some(d) => (d, format!("data-dir in {}", cfg.display())),
+        match yaml_data_dir(env, &cfg, refused) {
+            Some(d) => (d, format!("data-dir in {}", esc(&cfg))),
             None => (PathBuf::from(default_dd), "default data-dir".to_owned()),
         }
     };
@@ -758,7 +1081,7 @@ fn k3s_candidate(env: &DiscoveryEnv, p: &Proc, kind: ProcKind) -> Option<Candida
     Some(k3s_layout(
         env,
         &data_dir,
-        format!("process {} {name} {why} {}", p.pid, data_dir.display()),
+        format!("process {} {name} {why} {}", p.pid, esc(&data_dir)),
     ))
 }
 
@@ -780,23 +1103,41 @@ fn k3s_layout(env: &DiscoveryEnv, data_dir: &Path, source: String) -> Candidate 
     }
 }
 
-/// Finds every containerd instance. See the module docs.
+/// Finds every trusted containerd instance. See the module docs; [`discover_all`] also says
+/// what was refused.
 pub fn discover(env: &DiscoveryEnv) -> Vec<Instance> {
+    discover_all(env).instances
+}
+
+/// Finds every trusted containerd instance, and lists what was refused and why.
+pub fn discover_all(env: &DiscoveryEnv) -> Discovery {
     let mut cands: Vec<Candidate> = Vec::new();
+    let mut refused: Vec<Refusal> = Vec::new();
 
     for mut p in read_procs(env) {
-        match proc_kind(&p) {
-            Some(ProcKind::Containerd) => cands.extend(containerd_candidate(env, &p)),
-            Some(kind) => {
+        let Some(kind) = proc_kind(&p) else {
+            continue;
+        };
+        if let Err(reason) = trust_process(env, &p, kind) {
+            refused.push(Refusal {
+                what: describe_proc(&p),
+                reason,
+            });
+            continue;
+        }
+        match kind {
+            ProcKind::Containerd => cands.extend(containerd_candidate(env, &p)),
+            _ => {
                 read_environ(env, &mut p);
-                cands.extend(k3s_candidate(env, &p, kind));
+                cands.extend(k3s_candidate(env, &p, kind, &mut refused));
             }
-            None => {}
         }
     }
 
     let mut config = ConfigFacts::default();
-    if read_config(env, Path::new(DEFAULT_CONFIG), &mut config) {
+    let read = read_config(env, Path::new(DEFAULT_CONFIG), &mut config);
+    refused.extend(config.refused.iter().cloned());
+    if read {
         cands.push(Candidate {
             root: config
                 .root
@@ -822,7 +1163,7 @@ pub fn discover(env: &DiscoveryEnv) -> Vec<Instance> {
         ("rke2", RKE2_DEFAULT_DATA_DIR, RKE2_DEFAULT_CONFIG),
     ] {
         let mut dirs = vec![(PathBuf::from(default_dd), "(default)".to_owned())];
-        if let Some(d) = yaml_data_dir(env, Path::new(cfg)) {
+        if let Some(d) = yaml_data_dir(env, Path::new(cfg), &mut refused) {
             dirs.insert(0, (d, format!("(config {cfg})")));
         }
         for (dd, why) in dirs {
@@ -830,7 +1171,7 @@ pub fn discover(env: &DiscoveryEnv) -> Vec<Instance> {
                 cands.push(k3s_layout(
                     env,
                     &dd,
-                    format!("{name} data-dir {} {why}", dd.display()),
+                    format!("{name} data-dir {} {why}", esc(&dd)),
                 ));
             }
         }
@@ -842,7 +1183,42 @@ pub fn discover(env: &DiscoveryEnv) -> Vec<Instance> {
         ));
     }
 
-    merge(env, cands)
+    for c in &cands {
+        refused.extend(c.config.refused.iter().cloned());
+    }
+    let mut instances = merge(env, cands);
+    instances.retain(|i| match system_dir(&i.root) {
+        Some(reason) => {
+            refused.push(Refusal {
+                what: format!("root {} ({})", esc(&i.root), i.source.join("; ")),
+                reason: format!("{reason}; give it with --root to watch it anyway"),
+            });
+            false
+        }
+        None => true,
+    });
+    for i in &mut instances {
+        let mut dirs = vec![("state", &i.state)];
+        dirs.extend(
+            i.snapshotter_roots
+                .iter()
+                .filter(|s| s.configured)
+                .map(|s| ("snapshotter directory", &s.path)),
+        );
+        for (what, dir) in dirs {
+            if let Some(reason) = system_dir(dir) {
+                let r = Refusal {
+                    what: format!("{what} {} of {}", esc(dir), esc(&i.root)),
+                    reason: format!("{reason}; not watched"),
+                };
+                i.problems.push(r.to_string());
+                refused.push(r);
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    refused.retain(|r| seen.insert(r.clone()));
+    Discovery { instances, refused }
 }
 
 fn default_candidate(source: &str) -> Candidate {
@@ -862,7 +1238,7 @@ fn merge(env: &DiscoveryEnv, cands: Vec<Candidate>) -> Vec<Instance> {
         let root = env.canonical(&c.root);
         let mut source = c.source.clone();
         if root != c.root {
-            source.push_str(&format!(" (as {})", c.root.display()));
+            source.push_str(&format!(" (as {})", esc(&c.root)));
         }
         let configured: Vec<SnapshotterRoot> = c
             .config

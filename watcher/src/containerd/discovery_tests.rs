@@ -1,9 +1,14 @@
 //! Discovery against fake systems: a temporary directory stands for `/`, another for `/proc`.
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
 
 struct Fake {
     base: PathBuf,
@@ -23,8 +28,9 @@ impl Fake {
         Fake { base }
     }
 
+    /// The fake system, where files of the user running the tests count as root's.
     fn env(&self) -> DiscoveryEnv {
-        DiscoveryEnv::new(self.base.join("root"), self.base.join("proc"))
+        DiscoveryEnv::new(self.base.join("root"), self.base.join("proc")).with_root_uid(euid())
     }
 
     /// The real place of absolute path `p` of the fake system.
@@ -51,7 +57,15 @@ impl Fake {
         self
     }
 
+    /// A process of the fake system's root (its uid is the fake's root uid), running `exe`
+    /// (made: an executable of root's, mode 0755, in the fake system) in the fake's root
+    /// directory.
     fn process(&self, pid: u32, exe: &str, comm: &str, args: &[&str]) -> &Fake {
+        self.process_as(euid(), pid, exe, comm, args)
+    }
+
+    /// [`Fake::process`] running as `uid`.
+    fn process_as(&self, uid: u32, pid: u32, exe: &str, comm: &str, args: &[&str]) -> &Fake {
         let d = self.base.join("proc").join(pid.to_string());
         fs::create_dir_all(&d).unwrap();
         let mut cmdline = Vec::new();
@@ -61,7 +75,19 @@ impl Fake {
         }
         fs::write(d.join("cmdline"), cmdline).unwrap();
         fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
-        symlink(exe, d.join("exe")).unwrap();
+        fs::write(
+            d.join("status"),
+            format!("Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t0\t0\t0\t0\n"),
+        )
+        .unwrap();
+        let exe_file = self.at(exe);
+        if !exe_file.exists() {
+            fs::create_dir_all(exe_file.parent().unwrap()).unwrap();
+            fs::write(&exe_file, b"\x7fELF").unwrap();
+            fs::set_permissions(&exe_file, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        symlink(&exe_file, d.join("exe")).unwrap();
+        symlink(self.base.join("root"), d.join("root")).unwrap();
         self
     }
 }
@@ -388,7 +414,7 @@ fn containerd_discovery_running_containerd() {
         watch_roots(&found),
         [p("/srv/ctr"), p("/run/ctr2"), p("/native")]
     );
-    let text = describe(&found);
+    let text = describe(&discover_all(&f.env()));
     assert!(text.contains("/srv/ctr\n"), "{text}");
     assert!(text.contains("pid 100 /usr/bin/containerd"), "{text}");
     assert!(text.contains("found by:     process 100 --root"), "{text}");
@@ -476,4 +502,355 @@ fn containerd_discovery_wildcards() {
     assert!(!wildcard(b"?", b""));
     assert!(wildcard(b"a*b*c", b"aXXbYYc"));
     assert!(!wildcard(b"a*b*c", b"aXXbYY"));
+}
+
+fn refusals(found: &Discovery) -> Vec<String> {
+    found.refused.iter().map(Refusal::to_string).collect()
+}
+
+fn refused_with(found: &Discovery, what: &str, why: &str) -> bool {
+    found
+        .refused
+        .iter()
+        .any(|r| r.what.contains(what) && r.reason.contains(why))
+}
+
+#[test]
+fn containerd_discovery_trusts_only_root_processes_running_a_root_owned_containerd() {
+    let f = Fake::new("trust");
+    f.dir("/srv/ok")
+        // The real thing.
+        .process(
+            10,
+            "/usr/bin/containerd",
+            "containerd",
+            &["/usr/bin/containerd", "--root", "/srv/ok"],
+        )
+        // Another user's process dressed up as containerd (`exec -a containerd bash ...`).
+        .process_as(
+            1001,
+            11,
+            "/usr/bin/bash",
+            "bash",
+            &[
+                "containerd",
+                "-c",
+                "sleep 120",
+                "x",
+                "--root",
+                "/home/u/fake",
+                "--state",
+                "/",
+            ],
+        )
+        // Root, but running bash.
+        .process(
+            12,
+            "/usr/bin/bash",
+            "bash",
+            &["containerd", "--root", "/bash-root"],
+        )
+        // Root, a binary named containerd that others may write.
+        .process(
+            13,
+            "/opt/bin/containerd",
+            "containerd",
+            &["containerd", "--root", "/writable-root"],
+        )
+        // Root, in another root directory (a container).
+        .process(
+            14,
+            "/usr/bin/containerd",
+            "containerd",
+            &["containerd", "--root", "/in-container"],
+        )
+        // A k3s server run by a user.
+        .process_as(
+            1001,
+            15,
+            "/usr/local/bin/k3s",
+            "k3s-server",
+            &["/usr/local/bin/k3s", "server", "--data-dir", "/home/u/k3s"],
+        );
+    fs::set_permissions(
+        f.at("/opt/bin/containerd"),
+        fs::Permissions::from_mode(0o775),
+    )
+    .unwrap();
+    let elsewhere = f.base.join("container-root");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::remove_file(f.base.join("proc/14/root")).unwrap();
+    symlink(&elsewhere, f.base.join("proc/14/root")).unwrap();
+
+    let found = discover_all(&f.env());
+    assert_eq!(roots(&found.instances), [Path::new("/srv/ok")]);
+    assert_eq!(found.instances[0].containerd_pid, Some(10));
+    let why = refusals(&found);
+    assert!(
+        refused_with(&found, "process 11 containerd", "runs as uid 1001"),
+        "{why:#?}"
+    );
+    assert!(
+        found.refused[..]
+            .iter()
+            .any(|r| r.what.contains("process 11")
+                && r.what.contains("--root /home/u/fake")
+                && r.what.contains("--state /")
+                && r.what.contains("exe /usr/bin/bash")),
+        "the refusal says what it claimed: {why:#?}"
+    );
+    assert!(
+        refused_with(
+            &found,
+            "process 12",
+            "/usr/bin/bash is not a containerd or k3s or rke2 binary"
+        ),
+        "{why:#?}"
+    );
+    assert!(
+        refused_with(
+            &found,
+            "process 13",
+            "writable by group or others (mode 0775)"
+        ),
+        "{why:#?}"
+    );
+    assert!(
+        refused_with(&found, "process 14", "another root directory"),
+        "{why:#?}"
+    );
+    assert!(
+        refused_with(&found, "process 15", "runs as uid 1001"),
+        "{why:#?}"
+    );
+    assert_eq!(found.refused.len(), 5, "{why:#?}");
+    assert_eq!(
+        watch_roots(&found.instances),
+        [p("/srv/ok"), p(DEFAULT_STATE)],
+        "nothing of the refused processes is watched, `/` least of all"
+    );
+    let text = describe(&found);
+    assert!(
+        text.contains("refused:      process 11 containerd (exe /usr/bin/bash"),
+        "{text}"
+    );
+
+    // An executable owned by someone else than root (here: root is uid 4242 and the files are
+    // the test user's).
+    let f = Fake::new("trust-owner");
+    f.process_as(
+        4242,
+        20,
+        "/usr/bin/containerd",
+        "containerd",
+        &["containerd", "--root", "/r"],
+    );
+    let found = discover_all(&f.env().with_root_uid(4242));
+    assert!(
+        refused_with(
+            &found,
+            "process 20",
+            &format!("/usr/bin/containerd is owned by uid {}, not root", euid())
+        ),
+        "{:#?}",
+        refusals(&found)
+    );
+    assert!(!roots(&found.instances).contains(&Path::new("/r")));
+}
+
+#[test]
+fn containerd_discovery_refuses_config_files_root_does_not_own_alone() {
+    // World-writable: refused, so its root is not used.
+    let f = Fake::new("cfg-mode");
+    f.file("/etc/containerd/config.toml", "root = \"/evil\"\n");
+    fs::set_permissions(
+        f.at("/etc/containerd/config.toml"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let found = discover_all(&f.env());
+    assert_eq!(roots(&found.instances), [Path::new(DEFAULT_ROOT)]);
+    assert!(
+        refused_with(
+            &found,
+            "config /etc/containerd/config.toml",
+            "writable by group or others (mode 0666)"
+        ),
+        "{:#?}",
+        refusals(&found)
+    );
+
+    // Owned by another user (root is uid 4242 here).
+    let f = Fake::new("cfg-owner");
+    f.file("/etc/containerd/config.toml", "root = \"/evil\"\n");
+    let found = discover_all(&f.env().with_root_uid(4242));
+    assert!(!roots(&found.instances).contains(&Path::new("/evil")));
+    assert!(
+        refused_with(
+            &found,
+            "config /etc/containerd/config.toml",
+            &format!("owned by uid {}, not root", euid())
+        ),
+        "{:#?}",
+        refusals(&found)
+    );
+
+    // A FIFO: refused at once (opened without blocking), not read.
+    let f = Fake::new("cfg-fifo");
+    f.dir("/etc/containerd");
+    let fifo = std::ffi::CString::new(
+        f.at("/etc/containerd/config.toml")
+            .as_os_str()
+            .as_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let found = discover_all(&f.env());
+    assert!(
+        refused_with(&found, "config /etc/containerd/config.toml", "a FIFO"),
+        "{:#?}",
+        refusals(&found)
+    );
+
+    // One refused import among trusted ones: only that one is ignored.
+    let f = Fake::new("cfg-import");
+    f.file(
+        "/etc/containerd/config.toml",
+        "version = 2\nroot = \"/data/ctr\"\nimports = [\"conf.d/*.toml\"]\n",
+    )
+    .file("/etc/containerd/conf.d/10-ok.toml", "state = \"/run/ok\"\n")
+    .file("/etc/containerd/conf.d/20-evil.toml", "root = \"/evil\"\n");
+    fs::set_permissions(
+        f.at("/etc/containerd/conf.d/20-evil.toml"),
+        fs::Permissions::from_mode(0o646),
+    )
+    .unwrap();
+    let found = discover_all(&f.env());
+    assert_eq!(roots(&found.instances), [Path::new("/data/ctr")]);
+    assert_eq!(found.instances[0].state, p("/run/ok"));
+    assert!(
+        found.instances[0]
+            .problems
+            .iter()
+            .any(|p| p.contains("config /etc/containerd/conf.d/20-evil.toml")),
+        "{:?}",
+        found.instances[0].problems
+    );
+
+    // k3s's config.yaml, world-writable: its data-dir is not used.
+    let f = Fake::new("cfg-yaml");
+    f.file("/etc/rancher/k3s/config.yaml", "data-dir: /evil-k3s\n")
+        .dir("/evil-k3s/agent/containerd");
+    fs::set_permissions(
+        f.at("/etc/rancher/k3s/config.yaml"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let found = discover_all(&f.env());
+    assert!(!roots(&found.instances).contains(&Path::new("/evil-k3s/agent/containerd")));
+    assert!(
+        refused_with(&found, "config /etc/rancher/k3s/config.yaml", "writable"),
+        "{:#?}",
+        refusals(&found)
+    );
+}
+
+#[test]
+fn containerd_discovery_never_takes_system_directories() {
+    let f = Fake::new("sysdir");
+    f.dir("/srv/ok")
+        .process(
+            30,
+            "/usr/bin/containerd",
+            "containerd",
+            &["containerd", "--root", "/srv/ok", "--state", "/"],
+        )
+        .process(
+            31,
+            "/usr/bin/containerd",
+            "containerd",
+            &["containerd", "--root", "/usr", "--state", "/run/x"],
+        )
+        .file(
+            "/etc/ctr/config.toml",
+            "version = 2\nroot = \"/proc/self\"\n[plugins.\"io.containerd.snapshotter.v1.overlayfs\"]\nroot_path = \"/var\"\n",
+        )
+        .process(
+            32,
+            "/usr/bin/containerd",
+            "containerd",
+            &["containerd", "--config", "/etc/ctr/config.toml", "--root", "/srv/two"],
+        );
+    let found = discover_all(&f.env());
+    let why = refusals(&found);
+    assert_eq!(
+        roots(&found.instances),
+        [Path::new("/srv/ok"), Path::new("/srv/two")],
+        "{why:#?}"
+    );
+    assert!(
+        refused_with(&found, "root /usr (process 31", "system directory"),
+        "{why:#?}"
+    );
+    assert!(
+        refused_with(&found, "state / of /srv/ok", "system directory"),
+        "{why:#?}"
+    );
+    assert!(
+        refused_with(
+            &found,
+            "snapshotter directory /var of /srv/two",
+            "system directory"
+        ),
+        "{why:#?}"
+    );
+    assert!(
+        found.instances[0]
+            .problems
+            .iter()
+            .any(|p| p.contains("state /")),
+        "{:?}",
+        found.instances[0].problems
+    );
+    let watched = watch_roots(&found.instances);
+    assert!(
+        !watched
+            .iter()
+            .any(|w| system_dir(w).is_some() || w == Path::new("/usr")),
+        "{watched:?}"
+    );
+    assert!(system_dir(Path::new("/proc/1/root")).is_some());
+    assert!(system_dir(Path::new("/var/lib/containerd")).is_none());
+    assert!(system_dir(Path::new("/run/containerd")).is_none());
+}
+
+#[test]
+fn containerd_discovery_escapes_what_it_prints() {
+    let f = Fake::new("escape");
+    f.process(
+        40,
+        "/usr/bin/containerd",
+        "containerd",
+        &["containerd", "--root", "/srv/a\nb\u{1b}[31m"],
+    )
+    .process_as(
+        1001,
+        41,
+        "/usr/bin/bash",
+        "bash",
+        &["containerd", "--root", "/x\ny\u{1b}[2J"],
+    );
+    let text = describe(&discover_all(&f.env()));
+    assert!(
+        text.starts_with("/srv/a\\x0ab\\x1b[31m  (does not exist yet)\n"),
+        "{text}"
+    );
+    assert!(text.contains("\n  /srv/a\\x0ab\\x1b[31m\n"), "{text}");
+    assert!(
+        text.contains("process 41 containerd (exe /usr/bin/bash, --root /x\\x0ay\\x1b[2J)"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "{text}");
 }

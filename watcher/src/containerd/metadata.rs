@@ -28,7 +28,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -39,6 +38,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::ContainerdError;
 use super::paths::{CONTENT_DIR, RootLayout, SNAPSHOTTER_DB, SNAPSHOTTER_PREFIX};
+use crate::event::escape_path;
+use crate::fsx::{OpenError, list_beneath, lstat_beneath, open_file_beneath, read_beneath};
 
 /// Labels (and annotations): key → value.
 pub type Labels = BTreeMap<String, String>;
@@ -597,12 +598,11 @@ impl Model {
             return Err(ContainerdError::NotADirectory(layout.root.clone()));
         }
         let meta_path = layout.meta_db();
-        let meta = match Db::open(&meta_path) {
+        let meta = match open_bolt(layout, &meta_path) {
             Ok(db) => db,
-            Err(BoltError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ContainerdError::MissingMetadata(meta_path));
-            }
-            Err(source) => {
+            Err(BoltOpen::Missing) => return Err(ContainerdError::MissingMetadata(meta_path)),
+            Err(BoltOpen::Unsafe(e)) => return Err(ContainerdError::Open(e)),
+            Err(BoltOpen::Bolt(source)) => {
                 return Err(ContainerdError::Bolt {
                     path: meta_path,
                     source,
@@ -612,11 +612,13 @@ impl Model {
         let mut snaps = Vec::new();
         for (name, dir) in snapshotter_dirs(layout) {
             let path = dir.join(SNAPSHOTTER_DB);
-            match Db::open(&path) {
+            match open_bolt(layout, &path) {
                 Ok(db) => snaps.push((name, dir, Ok(db))),
-                Err(BoltError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => snaps.push((name, dir, Err(format!("{}: {e}", path.display())))),
+                Err(BoltOpen::Missing) => {}
+                Err(BoltOpen::Unsafe(e)) => snaps.push((name, dir, Err(e.to_string()))),
+                Err(BoltOpen::Bolt(e)) => {
+                    snaps.push((name, dir, Err(format!("{}: {e}", escape_path(&path)))))
+                }
             }
         }
         Ok(Model::build(layout, &meta, snaps))
@@ -656,9 +658,9 @@ impl Model {
             ..Model::default()
         };
         model.index();
-        let content = ContentStore::new(layout.root.join(CONTENT_DIR));
+        let content = ContentStore::new(layout.root.clone());
         model.derive(&content, &mut r);
-        model.ingest_dirs = scan_ingests(&layout.root.join(CONTENT_DIR), &mut r);
+        model.ingest_dirs = scan_ingests(&layout.root, &mut r);
         for ns in model.namespaces.values() {
             for ing in ns.ingests.values() {
                 if let Some(bref) = &ing.backend_ref {
@@ -1070,6 +1072,27 @@ impl Model {
     }
 }
 
+/// Why a bolt file of an instance could not be read.
+pub(crate) enum BoltOpen {
+    /// It (or a directory on its way) does not exist.
+    Missing,
+    /// Not opened: a symlink on the way, not a regular file, ...
+    Unsafe(OpenError),
+    /// Opened, but not readable as a bolt database.
+    Bolt(BoltError),
+}
+
+/// Reads the bolt file `path` of `layout`'s storage, opened below its anchor without following
+/// a symlink and without blocking ([`crate::fsx`]).
+pub(crate) fn open_bolt(layout: &RootLayout, path: &Path) -> Result<Db, BoltOpen> {
+    let file = match open_file_beneath(layout.anchor_for(path), path) {
+        Ok(f) => f,
+        Err(e) if e.is_not_found() => return Err(BoltOpen::Missing),
+        Err(e) => return Err(BoltOpen::Unsafe(e)),
+    };
+    Db::read_file(&file, path).map_err(BoltOpen::Bolt)
+}
+
 /// Where each snapshotter keeps its files: configured roots, then `io.containerd.snapshotter.v1.*`
 /// directories under the root.
 fn snapshotter_dirs(layout: &RootLayout) -> Vec<(String, PathBuf)> {
@@ -1439,47 +1462,48 @@ fn read_snapshotter(name: &str, root: PathBuf, db: &Db, r: &mut Reader) -> Snaps
     st
 }
 
-/// `ingest/<dir>/ref` of every ingest directory.
-fn scan_ingests(content: &Path, r: &mut Reader) -> BTreeMap<String, String> {
+/// `ingest/<dir>/ref` of every ingest directory of the root (nothing followed out of it).
+fn scan_ingests(root: &Path, r: &mut Reader) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let Ok(rd) = fs::read_dir(content.join("ingest")) else {
+    let ingest = root.join(CONTENT_DIR).join("ingest");
+    let Ok(entries) = list_beneath(root, &ingest) else {
         return out;
     };
-    for e in rd.filter_map(Result::ok).take(MAX_INGEST_DIRS) {
-        let Some(dir) = e.file_name().to_str().map(str::to_owned) else {
+    for (name, st) in entries.into_iter().take(MAX_INGEST_DIRS) {
+        let Ok(dir) = String::from_utf8(name) else {
             continue;
         };
-        let path = e.path().join("ref");
-        match read_limited(&path, 4096) {
+        if !st.is_dir() {
+            continue;
+        }
+        let path = ingest.join(&dir).join("ref");
+        match read_beneath(root, &path, 4096) {
             Ok(Some(b)) => {
                 out.insert(dir, lossy(&b));
             }
-            Ok(None) => r.note(format!("{}: larger than expected", path.display())),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => r.note(format!("{}: {err}", path.display())),
+            Ok(None) => r.note(format!("{}: larger than expected", escape_path(&path))),
+            Err(err) if err.is_not_found() => {}
+            Err(err) => r.note(err.to_string()),
         }
     }
     out
 }
 
-/// Reads `path` if it is at most `limit` bytes (`Ok(None)` if larger).
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let f = fs::File::open(path)?;
-    let mut buf = Vec::new();
-    f.take(limit + 1).read_to_end(&mut buf)?;
-    Ok((buf.len() as u64 <= limit).then_some(buf))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The content store
 
+/// The content store of a root, read without following a symlink out of the root.
 struct ContentStore {
+    root: PathBuf,
     dir: PathBuf,
 }
 
 impl ContentStore {
-    fn new(dir: PathBuf) -> ContentStore {
-        ContentStore { dir }
+    fn new(root: PathBuf) -> ContentStore {
+        ContentStore {
+            dir: root.join(CONTENT_DIR),
+            root,
+        }
     }
 
     /// The blob file for `digest`, if the digest is well-formed (nothing else reaches the
@@ -1493,13 +1517,14 @@ impl ContentStore {
     }
 
     fn exists(&self, digest: &str) -> bool {
-        self.path(digest).is_some_and(|p| p.is_file())
+        self.path(digest)
+            .is_some_and(|p| lstat_beneath(&self.root, &p).is_ok_and(|st| st.is_reg()))
     }
 
     /// The blob's JSON, verified against its digest (sha256); `None` if absent.
     fn json(&self, digest: &str, r: &mut Reader) -> Option<Value> {
         let path = self.path(digest)?;
-        let bytes = match read_limited(&path, MAX_JSON_BLOB) {
+        let bytes = match read_beneath(&self.root, &path, MAX_JSON_BLOB) {
             Ok(Some(b)) => b,
             Ok(None) => {
                 r.note(format!(
@@ -1507,7 +1532,7 @@ impl ContentStore {
                 ));
                 return None;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.is_not_found() => return None,
             Err(e) => {
                 r.note(format!("content {digest}: {e}"));
                 return None;

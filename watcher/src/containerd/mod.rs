@@ -12,7 +12,10 @@ pub mod paths;
 
 use std::path::PathBuf;
 
-pub use discovery::{DiscoveryEnv, Instance, SnapshotterRoot, describe, discover, watch_roots};
+pub use discovery::{
+    Discovery, DiscoveryEnv, Instance, Refusal, SnapshotterRoot, describe, discover, discover_all,
+    log_refusals, watch_roots,
+};
 pub use metadata::{
     BlobInfo, BlobRole, ChainInfo, Container, ImageInfo, Model, PodInfo, SnapshotInfo, SnapshotKind,
 };
@@ -22,14 +25,21 @@ pub use paths::{MetadataFile, PathClass, RootLayout, SnapshotArea, classify_path
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
     /// The root is missing or is not a directory.
-    #[error("{}: not a directory (not a containerd root)", .0.display())]
+    #[error("{}: not a directory (not a containerd root)", crate::event::escape_path(.0))]
     NotADirectory(PathBuf),
     /// The root has no `io.containerd.metadata.v1.bolt/meta.db` (containerd never started
     /// with it, or it was removed).
-    #[error("{}: no metadata database here (containerd has not run with this root?)", .0.display())]
+    #[error("{}: no metadata database here (containerd has not run with this root?)", crate::event::escape_path(.0))]
     MissingMetadata(PathBuf),
+    /// A bolt file was not opened: a symlink on its way (it could lead out of the root), or
+    /// not a regular file.
+    #[error(transparent)]
+    Open(#[from] crate::fsx::OpenError),
     /// A bolt file could not be read or is damaged.
-    #[error("{}: cannot read bolt database: {source}", path.display())]
+    #[error(
+        "{}: cannot read bolt database: {source}",
+        crate::event::escape_path(path)
+    )]
     Bolt {
         /// The file.
         path: PathBuf,

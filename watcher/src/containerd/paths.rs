@@ -61,6 +61,19 @@ impl RootLayout {
         self
     }
 
+    /// The directory nothing below is followed from, for a path of this instance's storage:
+    /// the configured snapshotter directory (`root_path`) holding `path`, else the root. Both
+    /// come from the operator or a trusted config, and may be symlinks themselves; anything
+    /// under them is opened without following symlinks ([`crate::fsx`]).
+    pub fn anchor_for(&self, path: &Path) -> &Path {
+        self.snapshotter_roots
+            .iter()
+            .map(|(_, dir)| dir.as_path())
+            .filter(|dir| path.starts_with(dir))
+            .max_by_key(|dir| dir.as_os_str().len())
+            .unwrap_or(&self.root)
+    }
+
     /// `<root>/io.containerd.metadata.v1.bolt/meta.db`.
     pub fn meta_db(&self) -> PathBuf {
         self.root.join(METADATA_DIR).join(META_DB)

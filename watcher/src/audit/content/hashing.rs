@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest as _, Sha256};
 
 use crate::audit::{Progress, Unit};
+use crate::event::escape_path;
+use crate::fsx::{self, OpenError};
 
 /// Size of each read: large enough that the per-syscall cost vanishes next to hashing
 /// (~0.5 ms of SHA-NI work per read), small enough to stay in L2/L3 cache.
@@ -41,9 +43,9 @@ pub struct FileHash {
 /// Why a file could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
-    #[error("{}: not a regular file ({kind})", path.display())]
+    #[error("{}: not a regular file ({kind})", escape_path(path))]
     NotRegular { path: PathBuf, kind: &'static str },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", escape_path(path))]
     Io {
         path: PathBuf,
         #[source]
@@ -72,46 +74,31 @@ pub fn kind_name(ft: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Opens `path` for reading if it is a regular file, without following a symbolic link in its
-/// last component (O_NOFOLLOW: a symlink planted in the store must never lead the audit
-/// outside it), without blocking on a FIFO (O_NONBLOCK, checked by fstat right after) and,
-/// where permitted, without updating its access time (O_NOATIME: the audit modifies nothing).
-/// Tells the kernel the file is read sequentially, which doubles its readahead window.
-pub fn open_regular(path: &Path) -> Result<File, HashError> {
-    let io_err = |source| HashError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let base = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    let open = |flags| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(path)
-    };
-    let file = match open(base | libc::O_NOATIME) {
-        // O_NOATIME needs ownership or CAP_FOWNER; without it, read normally.
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(base),
-        r => r,
-    };
-    let file = match file {
+/// Opens `path` (below `root`) for reading if it is a regular file, reached from `root`
+/// without following a symbolic link (a symlink planted in the store must never lead the audit
+/// outside it), without blocking on a FIFO and, where permitted, without updating its access
+/// time (the audit modifies nothing): see [`crate::fsx::open_file_beneath`]. Tells the kernel
+/// the file is read sequentially, which doubles its readahead window.
+pub fn open_regular(root: &Path, path: &Path) -> Result<File, HashError> {
+    let file = match fsx::open_file_beneath(root, path) {
         Ok(f) => f,
-        // O_NOFOLLOW on a symlink fails with ELOOP: say what it is.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(OpenError::Symlink { path }) => {
             return Err(HashError::NotRegular {
-                path: path.to_path_buf(),
+                path,
                 kind: "symbolic link",
             });
         }
-        Err(e) => return Err(io_err(e)),
+        Err(OpenError::NotRegular { path, kind }) => {
+            return Err(HashError::NotRegular { path, kind });
+        }
+        Err(OpenError::Io { path, source }) => return Err(HashError::Io { path, source }),
+        Err(e) => {
+            return Err(HashError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other(e.to_string()),
+            });
+        }
     };
-    let meta = file.metadata().map_err(io_err)?;
-    if !meta.file_type().is_file() {
-        return Err(HashError::NotRegular {
-            path: path.to_path_buf(),
-            kind: kind_name(&meta.file_type()),
-        });
-    }
     // SAFETY: a valid open descriptor; advice only, its failure changes nothing.
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
@@ -227,14 +214,16 @@ pub fn digest_string(hasher: Sha256) -> String {
     s
 }
 
-/// Hashes one file (regular, not through a symlink) in reads of `buf.len()` bytes.
+/// Hashes one file (regular, below `root`, reached without following a symlink) in reads of
+/// `buf.len()` bytes.
 pub fn hash_file(
+    root: &Path,
     path: &Path,
     marks: Vec<u64>,
     progress: Option<&Progress>,
     buf: &mut [u8],
 ) -> Result<FileHash, HashError> {
-    let file = open_regular(path)?;
+    let file = open_regular(root, path)?;
     HashingReader::new(file, marks, progress)
         .finish(buf)
         .map_err(|source| HashError::Io {
@@ -303,7 +292,12 @@ pub fn hash_files(
     order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     progress.phase("hashing", order.iter().map(|(_, s)| s).sum(), Unit::Bytes);
     let hashed = run_pool(&order, threads, |&(i, _), buf| {
-        (i, hash_file(&paths[i], Vec::new(), Some(progress), buf))
+        // Each file on its own: only its last component is not followed.
+        let dir = paths[i].parent().unwrap_or(Path::new("/"));
+        (
+            i,
+            hash_file(dir, &paths[i], Vec::new(), Some(progress), buf),
+        )
     });
     let mut out: Vec<Option<Result<FileHash, HashError>>> =
         (0..paths.len()).map(|_| None).collect();

@@ -19,9 +19,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 
-use super::fsx::{Dir, Stat};
 use super::tree::{Kind, LayerTree, Name, Node};
 use crate::audit::Severity;
+use crate::fsx::{Dir, Stat};
 
 /// How containerd unpacked the layer into the directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
