@@ -699,14 +699,16 @@ fn writes_to_a_file_still_open_at_the_stop_are_stored() {
     let store = base.join("events.db");
     let held = root.join("held-open");
     let daemon = start_daemon(&root, &store);
-    // The shell opens, writes 5 bytes, and becomes `sleep` with the file still open.
-    let mut writer = Command::new("sh")
-        .arg("-c")
-        .arg("exec 3>>\"$1\"; printf hello >&3; exec sleep 60")
-        .arg("sh")
+    // Opens, writes 5 bytes and keeps the file open. (Not a shell's `exec 3>>f; printf >&3`:
+    // the builtin's redirection dup2s fd 3 over fd 1 and restores fd 1 afterwards, which ends
+    // that write's aggregate — correctly — before the stop.)
+    let mut writer = Command::new(FSOP)
+        .arg("write-hold")
         .arg(&held)
+        .arg("5")
+        .arg("60")
         .spawn()
-        .expect("sh");
+        .expect("fsop write-hold");
     query_until(
         &[
             OsStr::new("history"),

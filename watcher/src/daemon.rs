@@ -271,7 +271,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     // The run begins when capture has started, after the programs are attached (seconds).
     let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)));
-    eprintln!("ctrwatch: storing history in {}", opts.store.display());
+    watch::say(&format!(
+        "ctrwatch: storing history in {}",
+        crate::event::escape_path(&opts.store)
+    ));
     let watched = watch::run(opts.watch, &mut sink).await;
     // A clean end only when everything captured was handed over; after an error the run is
     // left open and the next start records the downtime from the last heartbeat.

@@ -141,6 +141,17 @@ impl Sink for StdoutSink {
 
 /// Watches until SIGTERM or SIGINT; returns the instant capture stopped, once everything
 /// captured before it has been handed to `sink`. SIGHUP is logged and ignored.
+/// Writes one line to stderr for the operator, in one write, ignoring failure: the daemon's
+/// stderr may be a terminal that hung up or a closed pipe, and losing a status line must not
+/// end capture (`eprintln!` panics when the write fails).
+pub fn say(line: &str) {
+    use std::io::Write as _;
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<SystemTime> {
     // A hang-up (the SSH session that started it went away) must not end capture, also not
     // while the programs are being loaded (seconds). Until a reload exists, SIGHUP is only
@@ -182,7 +193,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
 
-    eprintln!(
+    say(&format!(
         "ctrwatch: watching {} root(s) with {} ({} hooks attached, {} not on this kernel): {}",
         enricher.roots.roots.len(),
         kernel.attachment.backend,
@@ -195,7 +206,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
             .map(|r| crate::event::escape_path(&r.canonical))
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    ));
 
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;

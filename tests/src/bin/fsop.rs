@@ -113,6 +113,21 @@ fn run(args: &[OsString]) -> Result<(), String> {
                 )?;
                 std::process::exit(0);
             }
+            "write-hold" => {
+                // append, write and keep the file open (no close, no dup): the aggregate is
+                // still in the kernel when the process is killed or the watcher stops
+                let fd = open(
+                    arg(args, 1)?,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+                )?;
+                let buf = vec![b'h'; num(args, 2)? as usize];
+                check(
+                    libc::write(fd, buf.as_ptr().cast(), buf.len()) as libc::c_long,
+                    "write",
+                )?;
+                std::thread::sleep(std::time::Duration::from_secs(num(args, 3)? as u64));
+                std::process::exit(0);
+            }
             "open-trunc" => {
                 let fd = open(arg(args, 1)?, libc::O_WRONLY | libc::O_TRUNC)?;
                 libc::close(fd);

@@ -79,7 +79,12 @@ impl Tracked {
         let mut dirs = vec![layout.root.clone()];
         dirs.extend(layout.state.clone());
         if let Some(i) = instance {
-            dirs.extend(i.snapshotter_roots.iter().map(|s| s.path.clone()));
+            dirs.extend(
+                i.snapshotter_roots
+                    .iter()
+                    .filter(|s| super::discovery::system_dir(&s.path).is_none())
+                    .map(|s| s.path.clone()),
+            );
         }
         dirs.extend(layout.snapshotter_roots.iter().map(|(_, p)| p.clone()));
         dirs.sort();
@@ -352,8 +357,10 @@ impl Attributor {
             for c in &self.configured {
                 let c = self.env.canonical(c);
                 let matching = found.iter().find(|i| {
-                    let mut dirs = vec![&i.root, &i.state];
-                    dirs.extend(i.snapshotter_roots.iter().map(|s| &s.path));
+                    let l = i.layout();
+                    let mut dirs = vec![l.root];
+                    dirs.extend(l.state);
+                    dirs.extend(l.snapshotter_roots.into_iter().map(|(_, p)| p));
                     dirs.iter().any(|d| d.starts_with(&c) || c.starts_with(d))
                 });
                 match matching {

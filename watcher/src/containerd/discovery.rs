@@ -350,14 +350,19 @@ pub struct Instance {
 
 impl Instance {
     /// The paths [`super::paths::classify_path`] needs.
+    /// The directories to attribute events to. A state or snapshotter directory that is a
+    /// system directory (a trusted containerd started with `--state /`) is left out: it was
+    /// refused (see [`discover_all`]), and keeping it would claim every path of the node.
     pub fn layout(&self) -> RootLayout {
         RootLayout {
             root: self.root.clone(),
-            state: Some(self.state.clone()),
+            state: system_dir(&self.state)
+                .is_none()
+                .then(|| self.state.clone()),
             snapshotter_roots: self
                 .snapshotter_roots
                 .iter()
-                .filter(|s| s.configured)
+                .filter(|s| s.configured && system_dir(&s.path).is_none())
                 .map(|s| (s.name.clone(), s.path.clone()))
                 .collect(),
         }

@@ -821,6 +821,18 @@ fn containerd_discovery_never_takes_system_directories() {
             .any(|w| system_dir(w).is_some() || w == Path::new("/usr")),
         "{watched:?}"
     );
+    // Nor are events attributed through a refused directory: a layout holding `/` would
+    // claim every path of the node for that instance.
+    for i in &found.instances {
+        let l = i.layout();
+        assert!(l.state.iter().all(|s| system_dir(s).is_none()), "{l:?}");
+        assert!(
+            l.snapshotter_roots
+                .iter()
+                .all(|(_, p)| system_dir(p).is_none()),
+            "{l:?}"
+        );
+    }
     assert!(system_dir(Path::new("/proc/1/root")).is_some());
     assert!(system_dir(Path::new("/var/lib/containerd")).is_none());
     assert!(system_dir(Path::new("/run/containerd")).is_none());
