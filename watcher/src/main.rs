@@ -458,12 +458,12 @@ fn main() -> ExitCode {
         Command::Probe => probe(),
         Command::Roots => {
             let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
-            print!("{}", containerd::describe(&found));
-            println!("watched when no --root is given:");
+            let mut text = containerd::describe(&found);
+            text.push_str("watched when no --root is given:\n");
             for r in watch::roots_of(&found) {
-                println!("  {}", watcher::event::escape_path(&r));
+                text.push_str(&format!("  {}\n", watcher::event::escape_path(&r)));
             }
-            Ok(())
+            write_stdout(&text)
         }
     };
     match result {
@@ -517,15 +517,30 @@ fn run_watch(opts: WatchOptions) -> anyhow::Result<()> {
         .map(|_stopped_at| ())
 }
 
+/// Prints `text` to stdout; a closed pipe (`ctrwatch probe | head`) is an error the caller
+/// treats as success, not a panic as with `print!`.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
 fn probe() -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let caps = Capabilities::probe();
-    println!("{}", caps.summary());
+    let mut text = String::new();
+    let _ = writeln!(text, "{}", caps.summary());
     match caps.best_backend() {
-        Some(b) => println!("backend: {}", b.name()),
-        None => println!("backend: none usable"),
+        Some(b) => {
+            let _ = writeln!(text, "backend: {}", b.name());
+        }
+        None => text.push_str("backend: none usable\n"),
     }
     for hook in &caps.rename_target_hooks {
-        println!(
+        let _ = writeln!(
+            text,
             "rename target hook {}: {} ({})",
             hook.name,
             if hook.available {
@@ -537,8 +552,8 @@ fn probe() -> anyhow::Result<()> {
         );
     }
     let offsets = btf_offsets::kernel_offsets().context("kernel struct offsets from BTF")?;
-    println!("kernel struct offsets from BTF: {offsets:?}");
-    Ok(())
+    let _ = writeln!(text, "kernel struct offsets from BTF: {offsets:?}");
+    write_stdout(&text)
 }
 
 /// `ctrwatch audit`: exit 0 clean, 1 findings, 2 could not audit (any root).
@@ -606,7 +621,13 @@ fn run_audit(args: AuditArgs) -> ExitCode {
                 } else {
                     audit::report::render_text(&report)
                 };
-                print!("{out}");
+                if let Err(e) = write_stdout(&out) {
+                    if is_broken_pipe(&e) {
+                        return ExitCode::from(worst.max(report.exit_code() as u8));
+                    }
+                    eprintln!("ctrwatch: error: writing the report: {e:#}");
+                    return ExitCode::from(2);
+                }
                 worst = worst.max(report.exit_code() as u8);
             }
             Err(e) => {
