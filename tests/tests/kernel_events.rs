@@ -497,6 +497,26 @@ fn a_path_deeper_than_the_walk_is_never_taken_for_a_root_path() {
         forged.is_empty(),
         "operations outside the roots were reported under a root: {forged:?}"
     );
+    // Not silent either: operations whose path could not be followed to the top are counted
+    // (loss kind `path_unresolved`; the counters are read every second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let unresolved: u64 = shared()
+            .watcher
+            .records()
+            .iter()
+            .filter(|v| v["op"] == "loss")
+            .filter_map(|v| v["kinds"]["path_unresolved"].as_u64())
+            .sum();
+        if unresolved >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no loss record counts the operations on paths deeper than the walk"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let _ = std::fs::remove_dir_all(outside);
 }
 

@@ -85,6 +85,10 @@ pub mod op {
 pub const LOSS_EXEC: u32 = 24;
 pub const LOSS_FORK: u32 = 25;
 pub const LOSS_EXIT: u32 = 26;
+/// An operation whose path could not be followed to the top (deeper than
+/// [`MAX_PATH_DEPTH`] components): whether it was under a root cannot be told, so it is not
+/// reported, only counted here, and the history says so.
+pub const LOSS_PATH_UNRESOLVED: u32 = 27;
 pub const LOSS_SLOTS: u32 = 32;
 
 /// `FileRecord::flags` bits set by the kernel side (the syscall's own flags are in `sys_flags`).

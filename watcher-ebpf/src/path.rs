@@ -16,11 +16,13 @@ use aya_ebpf::{
     helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     maps::lpm_trie::Key,
 };
-use watcher_common::{MAX_PATH_DEPTH, PATH_BUF_CAP, PATH_CAP, PATH_GAP, ROOT_KEY_CAP};
+use watcher_common::{
+    LOSS_PATH_UNRESOLVED, MAX_PATH_DEPTH, PATH_BUF_CAP, PATH_CAP, PATH_GAP, ROOT_KEY_CAP,
+};
 
 use crate::{
     kernel::{cwd, fd_to_file, file_path, read},
-    maps::{DENTRY_SLOTS, DENTRY_STACK, ROOTS, off, offsets},
+    maps::{DENTRY_SLOTS, DENTRY_STACK, ROOTS, count_lost, off, offsets},
 };
 
 /// Offsets of the first path in a buffer are masked with this, so every write is in bounds.
@@ -229,6 +231,11 @@ pub fn resolve_user_path(buf: *mut u8, dirfd: i64, user_path: u64) -> Option<(us
 
 /// Is the NUL-terminated path at `data` (of length `len`) under a watched root? `prefixlen`
 /// must be the u32 right before `data` (it becomes the LPM key header).
+///
+/// A path whose top is unknown (`…/lower/components`: deeper than the walk goes) may or may
+/// not be under a root: it is not reported, but counted as `LOSS_PATH_UNRESOLVED`, so the
+/// history says it could not tell instead of staying silent. Such paths are rare (more than
+/// MAX_PATH_DEPTH components): this costs one load of the first byte otherwise.
 #[inline(always)]
 pub fn under_root(prefixlen: *mut u32, len: usize) -> bool {
     let bytes = if len + 1 < ROOT_KEY_CAP {
@@ -239,6 +246,10 @@ pub fn under_root(prefixlen: *mut u32, len: usize) -> bool {
     // SAFETY: `prefixlen` is followed by at least ROOT_KEY_CAP bytes of path data (the layout
     // of FileRecord and PathScratch), which is exactly an LPM key.
     unsafe {
+        if len > 0 && *(prefixlen as *const u8).add(4) != b'/' {
+            count_lost(LOSS_PATH_UNRESOLVED);
+            return false;
+        }
         *prefixlen = (bytes * 8) as u32;
         let key = &*(prefixlen as *const Key<[u8; ROOT_KEY_CAP]>);
         ROOTS.get(key).is_some()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use watcher_common::{LOSS_EXEC, LOSS_EXIT, LOSS_FORK, LOSS_SLOTS};
+use watcher_common::{LOSS_EXEC, LOSS_EXIT, LOSS_FORK, LOSS_PATH_UNRESOLVED, LOSS_SLOTS};
 
 use crate::{enrich::static_op_name, event::Clock, event::LossEvent};
 
@@ -53,6 +53,7 @@ fn slot_name(slot: u32) -> &'static str {
         LOSS_EXEC => "exec",
         LOSS_FORK => "fork",
         LOSS_EXIT => "exit",
+        LOSS_PATH_UNRESOLVED => "path_unresolved",
         s if s < LOSS_SLOTS => static_op_name(s as u16),
         _ => "unknown",
     }
