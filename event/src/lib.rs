@@ -8,6 +8,7 @@
 //! (docs/operations.md, "JSON records"): the serializers here are the only place they are
 //! written.
 
+pub mod alert;
 pub mod containerd;
 pub mod file;
 pub mod gap;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod text;
 pub mod time;
 
+pub use alert::{RuleId, Severity};
 pub use containerd::{BlobRole, ContainerdView, PodInfo, SnapshotKind, StorageKind, Verdict};
 pub use file::{Details, Dev, FileEvent, Mode, Notes, OpenFlags, Overwritten, Xattr};
 pub use gap::{Gap, GapKind, LossEvent, LossKind};
