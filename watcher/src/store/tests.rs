@@ -1287,6 +1287,13 @@ fn who_deleted_finds_every_way_a_file_goes() {
         .who_deleted(&PathQuery::new("/pause"), DeleteOptions::new())
         .expect("who");
     assert_eq!(json(&d[0])["deletion"], "unlink");
+    // Exactly the event's own object with `deletion` after its fields.
+    let text = serde_json::to_string(&d[0]).expect("json");
+    let event = serde_json::to_string(&d[0].event).expect("json");
+    assert_eq!(
+        text,
+        format!(r#"{},"deletion":"unlink"}}"#, &event[..event.len() - 1])
+    );
 }
 
 #[test]
@@ -2030,4 +2037,146 @@ fn truncated_paths_never_answer_exact_questions() {
     assert_eq!(times(&q("/r/**/g")), [3]);
     let glob = q("/r/**/f");
     assert_eq!(glob[1].details.notes, cut);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A store of the previous release
+
+/// The store in tests/fixtures/store-v3: written by the release before issue 11 (events as
+/// strings), with its own store API (see the fixture's README). This one reads it as typed
+/// events, equal to what that release was given, and goes on writing it.
+#[test]
+fn a_store_of_the_previous_release_reads_back_typed() {
+    use std::io::Read as _;
+    let dir = TempDir::new("v3-fixture");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/store-v3/events.db.gz");
+    let gz = std::fs::read(&fixture).expect("fixture");
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut bytes)
+        .expect("gunzip");
+    std::fs::write(dir.db(), bytes).expect("write");
+
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let all = r.query_partial(&Filter::default()).expect("query");
+    assert_eq!(all.unreadable.count, 0, "{:?}", all.unreadable);
+    assert_eq!(all.found.len(), 29);
+    let mut ops: Vec<Op> = all.found.iter().map(|e| e.op).collect();
+    ops.sort();
+    ops.dedup();
+    assert_eq!(ops, Op::ALL, "every op is in the fixture");
+    // The event with every field, as that release was given it.
+    let mut full = full_event();
+    full.time_ns = T0 + 101 * SEC;
+    full.mono_ns = (full.time_ns - BOOT) as u64;
+    full.details.overwritten = Some(Overwritten {
+        inode: 9,
+        dev: Dev::new(254, 1),
+    });
+    let stored = all
+        .found
+        .iter()
+        .find(|e| e.path == full.path)
+        .expect("the full event");
+    assert_eq!(*stored, full);
+    // Others, field by field.
+    let find = |p: &str| {
+        all.found
+            .iter()
+            .find(|e| e.path.as_bytes() == p.as_bytes())
+            .unwrap_or_else(|| panic!("{p}"))
+    };
+    let jq = find(&format!("{OV}/2/fs/usr/lib/x86_64-linux-gnu/libjq.so.1"));
+    let jq = if jq.op == Op::Modify {
+        jq
+    } else {
+        all.found
+            .iter()
+            .find(|e| e.op == Op::Modify && e.path == jq.path)
+            .expect("modify")
+    };
+    assert_eq!(
+        (jq.details.bytes, jq.details.first_write_ns, jq.dev),
+        (Some(10), Some(T0 + 2 * SEC + 500), Some(Dev::new(0, 45)))
+    );
+    assert_eq!(jq.details.notes, Notes::BY_FD);
+    let mkdir = find("/var/lib/containerd/ops/mkdir");
+    assert_eq!(
+        (mkdir.result, mkdir.details.mode),
+        (OpResult::Err(4095), Some(Mode(0o1777)))
+    );
+    let sx = find("/var/lib/containerd/ops/setxattr");
+    let x = sx.details.xattr.as_ref().expect("xattr");
+    assert_eq!(
+        (&x.name[..], x.value.as_deref()),
+        (&b"user.overlay.redirect"[..], Some(&[b'x'; 256][..]))
+    );
+    assert_eq!(sx.details.notes, Notes::VALUE_TRUNCATED);
+    let state = find("/run/containerd/io.containerd.runtime.v2.task/k8s.io/c1/config.json");
+    let c = state.details.containerd.as_ref().expect("containerd");
+    assert_eq!(
+        (c.kind, c.verdict, c.pod.as_ref().map(|p| p.sandbox)),
+        (StorageKind::RuntimeState, Verdict::Container, Some(true))
+    );
+    let bad = all
+        .found
+        .iter()
+        .find(|e| e.process.pid == 900)
+        .expect("non-UTF-8 path");
+    assert_eq!(
+        bad.path.as_bytes(),
+        b"/var/lib/containerd/ops/bad\xff\x1b[31m\nname"
+    );
+    // Deletions and gaps, typed.
+    let d = r
+        .who_deleted(&PathQuery::new("/pause"), DeleteOptions::new())
+        .expect("who-deleted");
+    assert_eq!(
+        d.iter().map(|d| d.deletion).collect::<Vec<_>>(),
+        [
+            DeletionKind::Unlink,
+            DeletionKind::AncestorRenamed,
+            DeletionKind::Whiteout,
+            DeletionKind::Replaced,
+            DeletionKind::RenameAway,
+            DeletionKind::Unlink,
+        ]
+    );
+    let gaps = r.gaps(None, None).expect("gaps");
+    assert_eq!(
+        gaps.iter().map(|g| g.kind).collect::<Vec<_>>(),
+        [GapKind::Loss, GapKind::Downtime]
+    );
+    assert_eq!(gaps[0].kinds.get("path_unresolved"), Some(&1));
+    drop(r);
+
+    // This release's writer goes on: a new run, a new event beside the old ones.
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("writer");
+    assert_eq!(w.begin_run(at(T0 + 200 * SEC)).expect("run"), None);
+    let mut e = ev(T0 + 201 * SEC, Op::Unlink, "/var/lib/containerd/ops/open");
+    // (A non-UTF-8 `containerd.path` that is not the event path's inner path is kept as its
+    // JSON text, the display form: as before, it reads back in that form.)
+    let mut c = full.details.containerd.clone().expect("containerd");
+    c.path = Some(path_bytes("/ops/open"));
+    e.details.containerd = Some(c);
+    w.append_event(&e).expect("append");
+    w.flush().expect("flush");
+    w.end_run(at(T0 + 210 * SEC)).expect("end");
+    drop(w);
+    let r = Store::open_read_only(dir.db()).expect("reader");
+    let all = r.query_partial(&Filter::default()).expect("query");
+    assert_eq!(all.unreadable.count, 0, "{:?}", all.unreadable);
+    assert_eq!(all.found.len(), 30);
+    assert_eq!(all.found[0], e);
+    assert!(all.found.contains(&full));
+    assert_eq!(
+        r.history(&PathQuery::new("/var/lib/containerd/ops/open"))
+            .expect("history")
+            .iter()
+            .map(|e| e.op)
+            .collect::<Vec<_>>(),
+        [Op::Unlink, Op::OpenWrite]
+    );
+    assert_eq!(r.integrity_check().expect("check"), ["ok"]);
 }
