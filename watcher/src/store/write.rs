@@ -12,7 +12,9 @@ use std::time::SystemTime;
 use foldhash::{HashMap, HashMapExt};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use ctrwatch_event::{ContainerdView, FileEvent, Gap, GapKind, LossEvent, ProcessView};
+use ctrwatch_event::{
+    ContainerdView, Dev, FileEvent, Gap, GapKind, LossEvent, OpResult, ProcessView,
+};
 
 use super::access::{self, StoreLock};
 use super::codec::{self, AtomKind, Fnv};
@@ -137,6 +139,9 @@ pub(crate) struct Writer {
     dirs: HashMap<Vec<u8>, i64>,
     /// Path bytes' 128-bit hash ([`path_key`]) -> `names.id`.
     paths: HashMap<u128, i64>,
+    /// Device -> its atom (id, digest): the `major:minor` text is formed once per device, not
+    /// once per event.
+    devs: HashMap<Dev, (i64, u64)>,
     /// In-memory hash of the whole description (`hash_state`) -> its row.
     procs: HashMap<u64, CachedProc>,
     /// Seeds the in-memory hashes of process descriptions and containerd objects.
@@ -303,6 +308,7 @@ impl Writer {
             atoms: HashMap::new(),
             dirs: HashMap::new(),
             paths: HashMap::new(),
+            devs: HashMap::new(),
             procs: HashMap::new(),
             hash_state: foldhash::fast::RandomState::default(),
             proc_addrs: HashMap::new(),
@@ -351,6 +357,7 @@ impl Writer {
         self.atoms.clear();
         self.dirs.clear();
         self.paths.clear();
+        self.devs.clear();
         self.procs.clear();
         self.proc_addrs.clear();
         self.containerd.clear();
@@ -401,6 +408,16 @@ impl Writer {
             .entry(kind)
             .or_default()
             .insert(text.to_string(), a);
+        Ok(a)
+    }
+
+    /// A device's atom, by its number while cached.
+    fn dev_atom(&mut self, conn: &Connection, dev: Dev) -> rusqlite::Result<(i64, u64)> {
+        if let Some(&a) = self.devs.get(&dev) {
+            return Ok(a);
+        }
+        let a = self.atom(conn, AtomKind::Dev, &dev.to_string())?;
+        self.devs.insert(dev, a);
         Ok(a)
     }
 
@@ -642,10 +659,13 @@ impl Writer {
         // Ops, results and devices are stored as their text in the atoms, as in every store
         // so far.
         let (op, op_digest) = self.atom(conn, AtomKind::Op, ev.op.name())?;
-        let (result, result_digest) = self.atom(conn, AtomKind::Result, &ev.result.name())?;
+        let (result, result_digest) = match ev.result {
+            OpResult::Ok => self.atom(conn, AtomKind::Result, "ok")?,
+            failed => self.atom(conn, AtomKind::Result, &failed.name())?,
+        };
         let errno = ev.result.errno();
         let dev = match ev.dev {
-            Some(d) => Some(self.atom(conn, AtomKind::Dev, &d.to_string())?),
+            Some(d) => Some(self.dev_atom(conn, d)?),
             None => None,
         };
         // The digests of the atoms the details refer to, in the order they name them.
