@@ -2,6 +2,8 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
+mod config_cmd;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use watcher::{
@@ -166,6 +168,32 @@ Examples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch quer
         #[command(flatten)]
         audit: AuditArgs,
     },
+    /// Check a configuration file before it is deployed, or print the example that documents
+    /// every key.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a file as `ctrwatch run --config` reads it, and show what it sets (defaults
+    /// filled in; sink URLs without their secret paths).
+    #[command(
+        after_help = "Exit status: 0 valid, 2 invalid (every problem is listed, each as
+FILE:LINE:COLUMN: KEY: what is wrong), 1 unreadable.
+
+Examples:
+  ctrwatch config check
+  ctrwatch config check ./edge.toml && scp ./edge.toml node:/etc/ctrwatch/ctrwatch.toml"
+    )]
+    Check {
+        /// The file.
+        #[arg(default_value = ctrwatch_config::DEFAULT_PATH, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the example configuration that ships with ctrwatch: every key, its default and
+    /// what it means (start a node's file from it).
+    Example,
 }
 
 const AUDIT_HELP: &str = "Exit status: 0 clean (information only), 1 problems found, 2 could not audit.\n\n\
@@ -455,6 +483,8 @@ fn main() -> ExitCode {
             return query_result(queries::gaps(&store, &w, &Output { json }));
         }
         Command::Audit { audit } => return run_audit(audit),
+        Command::Config(ConfigCommand::Example) => write_stdout(ctrwatch_config::EXAMPLE),
+        Command::Config(ConfigCommand::Check { file }) => return config_check(&file),
         Command::Probe => probe(),
         Command::Roots => {
             let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
@@ -473,6 +503,28 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("ctrwatch: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ctrwatch config check`: the report on stdout when valid, the problems on stderr when not.
+fn config_check(file: &std::path::Path) -> ExitCode {
+    match config_cmd::check(file) {
+        config_cmd::Checked::Valid(report) => match write_stdout(&report) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ctrwatch: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        config_cmd::Checked::Invalid(problems) => {
+            eprint!("{problems}");
+            ExitCode::from(config_cmd::INVALID)
+        }
+        config_cmd::Checked::Unreadable(problem) => {
+            eprint!("ctrwatch: error: {problem}");
             ExitCode::FAILURE
         }
     }
