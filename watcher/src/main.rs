@@ -363,8 +363,11 @@ fn ring_buffer_mib(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    watcher::logging::init(match cli.command {
+        Command::Run { .. } | Command::Watch { .. } => watcher::logging::DAEMON_FILTER,
+        _ => watcher::logging::COMMAND_FILTER,
+    });
     let result = match cli.command {
         Command::Watch { watch } => run_watch(watch.options()),
         Command::Run {
@@ -472,7 +475,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("ctrwatch: error: {e:#}");
+            watcher::logging::print_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
