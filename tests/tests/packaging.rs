@@ -252,3 +252,86 @@ fn daemon_runs_with_only_the_units_capabilities() {
     assert_eq!(gid, 4242, "the store was given to its readers' group");
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// `ctrwatch generate man DIR` writes ctrwatch(1) and a page per subcommand, from the CLI
+/// definition (the package installs them); `generate completions SHELL` prints scripts that
+/// know the subcommands and flags. `generate` itself is hidden: in neither.
+#[test]
+fn man_pages_and_completions_come_from_the_cli() {
+    let dir = temp_dir("man");
+    let (code, _, err) = ctrwatch(&[OsStr::new("generate"), OsStr::new("man"), dir.as_os_str()]);
+    assert_eq!(code, 0, "generate man: {err}");
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for want in [
+        "ctrwatch.1",
+        "ctrwatch-run.1",
+        "ctrwatch-watch.1",
+        "ctrwatch-who-deleted.1",
+        "ctrwatch-audit.1",
+    ] {
+        assert!(pages.iter().any(|p| p == want), "no {want} in {pages:?}");
+    }
+    assert!(
+        !pages
+            .iter()
+            .any(|p| p.contains("generate") || p.contains("help")),
+        "hidden commands have no page: {pages:?}"
+    );
+    let run = std::fs::read_to_string(dir.join("ctrwatch-run.1")).unwrap();
+    assert!(
+        run.starts_with(".ie") || run.contains(".TH"),
+        "not roff: {run:.200}"
+    );
+    assert!(
+        run.contains("store\\-lock\\-wait"),
+        "the page shows run's flags"
+    );
+
+    let (code, help, _) = ctrwatch(&[OsStr::new("--help")]);
+    assert_eq!(code, 0);
+    assert!(
+        !help.contains("generate"),
+        "generate is hidden from --help:\n{help}"
+    );
+
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, err) = ctrwatch(&[
+            OsStr::new("generate"),
+            OsStr::new("completions"),
+            OsStr::new(shell),
+        ]);
+        assert_eq!(code, 0, "completions {shell}: {err}");
+        for word in ["who-deleted", "retention-days", "ring-buffer-mb"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let (code, bash, _) = ctrwatch(&[
+        OsStr::new("generate"),
+        OsStr::new("completions"),
+        OsStr::new("bash"),
+    ]);
+    assert_eq!(code, 0);
+    let script = dir.join("ctrwatch.bash");
+    std::fs::write(&script, bash).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let (code, _, err) = ctrwatch(&[
+        OsStr::new("generate"),
+        OsStr::new("completions"),
+        OsStr::new("tcsh"),
+    ]);
+    assert_eq!(code, 2, "an unknown shell is a usage error: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

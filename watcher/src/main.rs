@@ -166,6 +166,27 @@ Examples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch quer
         #[command(flatten)]
         audit: AuditArgs,
     },
+    /// Write the man pages or a shell completion script (what the package installs; `cargo
+    /// xtask deb` calls it).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// The man pages ctrwatch(1) and ctrwatch-SUBCOMMAND(1), into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL, on stdout.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 const AUDIT_HELP: &str = "Exit status: 0 clean (information only), 1 problems found, 2 could not audit.\n\n\
@@ -458,6 +479,7 @@ fn main() -> ExitCode {
             return query_result(queries::gaps(&store, &w, &Output { json }));
         }
         Command::Audit { audit } => return run_audit(audit),
+        Command::Generate { what } => generate(what),
         Command::Probe => probe(),
         Command::Roots => {
             let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
@@ -528,6 +550,26 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// Man pages and completions from the CLI definition itself, so they always match `--help`.
+fn generate(what: Generate) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {}", watcher::event::escape_path(&dir)))?;
+            clap_mangen::generate_to(Cli::command(), &dir).with_context(|| {
+                format!("writing man pages in {}", watcher::event::escape_path(&dir))
+            })
+        }
+        Generate::Completions { shell } => {
+            // Into memory first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ctrwatch", &mut script);
+            write_stdout(&String::from_utf8_lossy(&script))
+        }
+    }
 }
 
 fn probe() -> anyhow::Result<()> {
