@@ -335,3 +335,330 @@ fn man_pages_and_completions_come_from_the_cli() {
     assert_eq!(code, 2, "an unknown shell is a usage error: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The package under test: $CTRWATCH_DEB (set by `cargo xtask test`), else built here with
+/// `cargo xtask deb` (a static release build: minutes the first time).
+fn package_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CTRWATCH_DEB") {
+        return PathBuf::from(p);
+    }
+    let workspace = repo_file("");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["run", "-q", "-p", "xtask", "--", "deb"])
+        .current_dir(&workspace)
+        .status()
+        .expect("cargo xtask deb");
+    assert!(status.success(), "cargo xtask deb failed ({status})");
+    let (code, version, _) = ctrwatch(&[OsStr::new("--version")]);
+    assert_eq!(code, 0);
+    let version = version
+        .split_whitespace()
+        .nth(1)
+        .expect("version")
+        .to_string();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join(format!("debian/ctrwatch_{version}_amd64.deb"))
+}
+
+/// Runs a command to completion: (success, stdout + stderr).
+fn sh(program: &str, args: &[&OsStr]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// dpkg, waiting for its lock if another installation is under way.
+fn dpkg(args: &[&OsStr]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (ok, text) = sh("dpkg", args);
+        if ok {
+            return text;
+        }
+        let locked = text.contains("lock");
+        assert!(
+            locked && Instant::now() < deadline,
+            "dpkg {args:?} failed:\n{text}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn installed() -> bool {
+    let (ok, status) = sh(
+        "dpkg-query",
+        &[
+            OsStr::new("-W"),
+            OsStr::new("-f=${Status}"),
+            OsStr::new("ctrwatch"),
+        ],
+    );
+    ok && status.ends_with(" installed")
+}
+
+/// What the package touches outside its own files, to compare before and after.
+fn system_state() -> Vec<String> {
+    let mut state = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let link = std::fs::read_link(&p).ok();
+            out.push(format!("{} -> {:?}", p.display(), link));
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, out);
+            }
+        }
+    }
+    for dir in [
+        "/etc/systemd/system",
+        "/var/lib/systemd/deb-systemd-helper-enabled",
+        "/var/lib/systemd/deb-systemd-helper-masked",
+        "/etc/ctrwatch",
+        "/var/lib/ctrwatch",
+    ] {
+        state.push(format!("{dir}: {}", Path::new(dir).exists()));
+        walk(Path::new(dir), &mut state);
+    }
+    state.sort();
+    state
+}
+
+/// Puts things back if the test fails half-way: purges the package, restores a store
+/// directory that was moved aside.
+struct Restore {
+    saved_store: Option<PathBuf>,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if installed() || sh("dpkg-query", &[OsStr::new("-W"), OsStr::new("ctrwatch")]).0 {
+            let _ = sh("dpkg", &[OsStr::new("-P"), OsStr::new("ctrwatch")]);
+        }
+        if let Some(saved) = self.saved_store.take() {
+            let _ = std::fs::remove_dir_all("/var/lib/ctrwatch");
+            let _ = std::fs::rename(saved, "/var/lib/ctrwatch");
+        }
+    }
+}
+
+fn mode(p: &str) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{p}: {e}"))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The .deb on this machine (systemd installed, not PID 1): `dpkg -i` installs the static
+/// binary, the unit (which verifies as installed, man pages included), the conffile, man
+/// pages and completions, and enables the service without starting it; the installed binary
+/// runs (`--version`, `probe`, a short `run` into the default store); a reinstall keeps a
+/// changed conffile; `dpkg -r` removes the files but keeps the configuration and the history;
+/// `dpkg -P` deletes them and leaves the machine as it was.
+#[test]
+fn deb_installs_removes_and_purges() {
+    require_root();
+    assert!(
+        !installed(),
+        "ctrwatch is installed on this machine already: this test installs and purges the \
+         package and would remove it; remove it first (dpkg -P ctrwatch)"
+    );
+    let deb = package_path();
+    assert!(deb.exists(), "no package at {}", deb.display());
+    let before_state = system_state();
+    let saved_store = Path::new("/var/lib/ctrwatch").exists().then(|| {
+        let saved = PathBuf::from(format!("/var/lib/ctrwatch.pkgtest-{}", std::process::id()));
+        std::fs::rename("/var/lib/ctrwatch", &saved).expect("move the store aside");
+        saved
+    });
+    let restore = Restore { saved_store };
+    let before_state = if restore.saved_store.is_some() {
+        system_state()
+    } else {
+        before_state
+    };
+
+    // What is in it.
+    let (ok, contents) = sh("dpkg-deb", &[OsStr::new("--contents"), deb.as_os_str()]);
+    assert!(ok, "{contents}");
+    for want in [
+        "./usr/bin/ctrwatch",
+        "./lib/systemd/system/ctrwatch.service",
+        "./etc/ctrwatch/ctrwatch.toml",
+        "./usr/share/man/man1/ctrwatch.1.gz",
+        "./usr/share/man/man1/ctrwatch-run.1.gz",
+        "./usr/share/bash-completion/completions/ctrwatch",
+        "./usr/share/zsh/vendor-completions/_ctrwatch",
+        "./usr/share/fish/vendor_completions.d/ctrwatch.fish",
+        "./usr/share/doc/ctrwatch/copyright",
+    ] {
+        assert!(
+            contents.lines().any(|l| l.ends_with(want)),
+            "{want} not in the package:\n{contents}"
+        );
+    }
+    let (ok, conffiles) = sh(
+        "dpkg-deb",
+        &[
+            OsStr::new("--info"),
+            deb.as_os_str(),
+            OsStr::new("conffiles"),
+        ],
+    );
+    assert!(
+        ok && conffiles.trim() == "/etc/ctrwatch/ctrwatch.toml",
+        "conffiles:\n{conffiles}"
+    );
+
+    // Install.
+    dpkg(&[OsStr::new("-i"), deb.as_os_str()]);
+    assert!(installed());
+    for f in [
+        "/usr/bin/ctrwatch",
+        "/lib/systemd/system/ctrwatch.service",
+        "/usr/share/man/man1/ctrwatch-who-deleted.1.gz",
+        "/usr/share/bash-completion/completions/ctrwatch",
+    ] {
+        assert!(Path::new(f).exists(), "{f} not installed");
+    }
+    assert_eq!(
+        mode("/etc/ctrwatch/ctrwatch.toml"),
+        0o600,
+        "the conffile may hold secrets"
+    );
+    assert_eq!(mode("/var/lib/ctrwatch"), 0o700, "the store's directory");
+    assert!(
+        Path::new("/etc/systemd/system/multi-user.target.wants/ctrwatch.service").exists(),
+        "the service is enabled"
+    );
+    // Static: no interpreter, no shared libraries.
+    let (_, file) = sh("file", &[OsStr::new("-L"), OsStr::new("/usr/bin/ctrwatch")]);
+    assert!(
+        file.contains("statically linked") || file.contains("static-pie"),
+        "{file}"
+    );
+    let (_, ldd) = sh("ldd", &[OsStr::new("/usr/bin/ctrwatch")]);
+    assert!(
+        ldd.contains("not a dynamic executable") || ldd.contains("statically linked"),
+        "ldd: {ldd}"
+    );
+    let (ok, version) = sh("/usr/bin/ctrwatch", &[OsStr::new("--version")]);
+    assert!(ok && version.starts_with("ctrwatch "), "{version}");
+    let (ok, probe) = sh("/usr/bin/ctrwatch", &[OsStr::new("probe")]);
+    assert!(ok && probe.contains("backend: "), "probe:\n{probe}");
+    // The installed unit verifies as it is: its binary and its man pages exist now.
+    let (ok, verify) = sh(
+        "systemd-analyze",
+        &[
+            OsStr::new("verify"),
+            OsStr::new("/lib/systemd/system/ctrwatch.service"),
+        ],
+    );
+    assert!(
+        ok && !verify.contains("ctrwatch.service"),
+        "verify:\n{verify}"
+    );
+
+    // The installed daemon runs and records into the default store.
+    let root = temp_dir("deb-root");
+    let mut daemon = Command::new("/usr/bin/ctrwatch")
+        .arg("run")
+        .arg("--root")
+        .arg(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("installed ctrwatch run");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let stderr = Arc::clone(&stderr);
+        let pipe = daemon.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                stderr.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stderr.lock().unwrap().contains("ctrwatch: watching") {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!(
+                "installed ctrwatch run exited ({status}):\n{}",
+                stderr.lock().unwrap()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not watching:\n{}",
+            stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let made = root.join("made-under-the-package");
+    std::fs::write(&made, b"x").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(
+        daemon.wait().unwrap().success(),
+        "{}",
+        stderr.lock().unwrap()
+    );
+    let _ = reader.join();
+    let (ok, out) = sh(
+        "/usr/bin/ctrwatch",
+        &[OsStr::new("query"), OsStr::new("--json")],
+    );
+    assert!(ok, "query of the default store: {out}");
+    assert!(
+        out.contains(&*made.to_string_lossy()),
+        "the default store /var/lib/ctrwatch/events.db lacks the write:\n{out}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+
+    // A changed conffile survives a reinstall (what an upgrade does).
+    let mut conf = std::fs::read_to_string("/etc/ctrwatch/ctrwatch.toml").unwrap();
+    conf.push_str("\n# changed by the operator\n");
+    std::fs::write("/etc/ctrwatch/ctrwatch.toml", &conf).unwrap();
+    dpkg(&[OsStr::new("-i"), deb.as_os_str()]);
+    assert_eq!(
+        std::fs::read_to_string("/etc/ctrwatch/ctrwatch.toml").unwrap(),
+        conf,
+        "dpkg replaced a changed conffile"
+    );
+
+    // Remove: the program goes, the configuration and the history stay.
+    dpkg(&[OsStr::new("-r"), OsStr::new("ctrwatch")]);
+    assert!(!Path::new("/usr/bin/ctrwatch").exists());
+    assert!(!Path::new("/lib/systemd/system/ctrwatch.service").exists());
+    assert!(Path::new("/etc/ctrwatch/ctrwatch.toml").exists());
+    assert!(Path::new("/var/lib/ctrwatch/events.db").exists());
+
+    // Purge: everything goes.
+    dpkg(&[OsStr::new("-P"), OsStr::new("ctrwatch")]);
+    assert!(!Path::new("/etc/ctrwatch").exists());
+    assert!(
+        !Path::new("/var/lib/ctrwatch").exists(),
+        "purge deletes the history"
+    );
+    assert!(!sh("dpkg-query", &[OsStr::new("-W"), OsStr::new("ctrwatch")]).0);
+    drop(restore);
+    assert_eq!(
+        system_state(),
+        before_state,
+        "the machine is not as it was before the package was installed"
+    );
+}

@@ -50,7 +50,10 @@ NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk th
 captures anyway, counts what it cannot store and records it once space returns.\n\
 Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
 the next start is recorded as downtime. SIGHUP is logged and ignored (no reload yet). If\n\
-stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops."
+stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops.\n\n\
+As a systemd service (the package's ctrwatch.service, Type=notify): READY=1 once capture is\n\
+on, STATUS= lines, WATCHDOG=1 from the event loop (WatchdogSec=), STOPPING=1 on SIGTERM; log\n\
+lines carry journal priorities. RUST_LOG=debug logs more."
     )]
     Run {
         #[command(flatten)]
