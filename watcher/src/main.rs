@@ -489,7 +489,7 @@ fn main() -> ExitCode {
             let mut text = containerd::describe(&found);
             text.push_str("watched when no --root is given:\n");
             for r in watch::roots_of(&found) {
-                text.push_str(&format!("  {}\n", watcher::event::escape_path(&r)));
+                text.push_str(&format!("  {}\n", ctrwatch_event::escape_path(&r)));
             }
             write_stdout(&text)
         }
@@ -561,9 +561,9 @@ fn generate(what: Generate) -> anyhow::Result<()> {
     match what {
         Generate::Man { dir } => {
             std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", watcher::event::escape_path(&dir)))?;
+                .with_context(|| format!("creating {}", ctrwatch_event::escape_path(&dir)))?;
             clap_mangen::generate_to(Cli::command(), &dir).with_context(|| {
-                format!("writing man pages in {}", watcher::event::escape_path(&dir))
+                format!("writing man pages in {}", ctrwatch_event::escape_path(&dir))
             })
         }
         Generate::Completions { shell } => {
@@ -681,7 +681,7 @@ fn run_audit(args: AuditArgs) -> ExitCode {
             Err(e) => {
                 eprintln!(
                     "ctrwatch: error: cannot audit {}: {e}",
-                    watcher::event::escape_path(&root)
+                    ctrwatch_event::escape_path(&root)
                 );
                 worst = 2;
             }

@@ -121,7 +121,7 @@ fn parse_address(value: &OsStr) -> Result<Address, NotifyError> {
     match bytes.first() {
         Some(b'/') => Ok(Address::Path(value.into())),
         Some(b'@') if bytes.len() > 1 => Ok(Address::Abstract(bytes[1..].to_vec())),
-        _ => Err(NotifyError::Address(crate::event::escape_bytes(bytes))),
+        _ => Err(NotifyError::Address(ctrwatch_event::escape_bytes(bytes))),
     }
 }
 

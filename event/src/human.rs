@@ -1,0 +1,182 @@
+//! The readable forms: one line per event for `watch`, and the columns of the query tables.
+//! Everything that came from outside is escaped (see [`crate::text::escape_bytes`]).
+
+use std::fmt::Write as _;
+
+use crate::{
+    file::{FileEvent, Notes},
+    text::{escape, escape_bytes},
+};
+
+/// Written after a path that is not the whole path (the kernel side could not build it all,
+/// note `path_truncated`): the `…` inside it could be taken for a directory's name.
+pub const TRUNCATED_MARK: &str = " (path truncated)";
+/// The same after a new path (note `new_path_truncated`).
+pub const NEW_TRUNCATED_MARK: &str = " (new path truncated)";
+
+impl FileEvent {
+    /// The path for people, with the truncation mark when it is not the whole path.
+    pub fn path_display(&self) -> String {
+        let mut p = self.path.display();
+        if self.details.notes.contains(Notes::PATH_TRUNCATED) {
+            p.push_str(TRUNCATED_MARK);
+        }
+        p
+    }
+
+    /// The new path for people (rename, link: where to; symlink: the target).
+    pub fn new_path_display(&self) -> Option<String> {
+        let n = self.new_path.as_ref()?;
+        let mut p = n.display();
+        if self.details.notes.contains(Notes::NEW_PATH_TRUNCATED) {
+            p.push_str(NEW_TRUNCATED_MARK);
+        }
+        Some(p)
+    }
+
+    /// One readable line: `TIME OP RESULT PATH [-> NEW] [xattr] [bytes=] [size=] pid= comm=
+    /// exe= uid= [unit=] [container=] [parents=] [containerd=kind:inner image= layer=]
+    /// [verdict=... (reason)]`.
+    pub fn human_line(&self) -> String {
+        let mut line = format!(
+            "{} {:<11} {:<7} {}",
+            self.time_text(),
+            self.op.name(),
+            self.result.name(),
+            self.path_display()
+        );
+        if let Some(new) = self.new_path_display() {
+            let _ = write!(line, " -> {new}");
+        }
+        let d = &self.details;
+        if let Some(o) = &d.overwritten {
+            let _ = write!(
+                line,
+                " (replaced the target: inode {} on {})",
+                o.inode, o.dev
+            );
+        }
+        if let Some(x) = &d.xattr {
+            let _ = write!(line, " [{}", escape_bytes(&x.name));
+            if let Some(v) = x.value_text() {
+                let _ = write!(line, "={}", escape(&v));
+            }
+            line.push(']');
+        }
+        if let Some(bytes) = d.bytes {
+            let _ = write!(line, " bytes={bytes}");
+        }
+        if let Some(size) = d.size {
+            let _ = write!(line, " size={size}");
+        }
+        let p = &self.process;
+        let _ = write!(
+            line,
+            " pid={} comm={} exe={} uid={}",
+            p.pid,
+            escape(&p.comm),
+            p.exe.as_deref().map_or_else(|| "?".to_owned(), escape),
+            p.uid
+        );
+        if let Some(unit) = &p.unit {
+            let _ = write!(line, " unit={}", escape(unit));
+        }
+        if let Some(c) = &p.container_id {
+            let _ = write!(line, " container={}", escape(short_id(c)));
+        }
+        if !p.ancestors.is_empty() {
+            let _ = write!(line, " parents={}", p.parents_summary());
+        }
+        if let Some(c) = &d.containerd {
+            let _ = write!(line, " containerd={}", c.kind.name());
+            if let Some(inner) = &c.path {
+                let _ = write!(line, ":{}", inner.display());
+            }
+            if let Some(image) = c.images.first() {
+                let _ = write!(line, " image={}", escape(image));
+            }
+            if let Some(layer) = &c.layer_digest {
+                let _ = write!(line, " layer={}", escape(short_digest(layer)));
+            }
+            let _ = write!(
+                line,
+                " verdict={} ({})",
+                c.verdict.name(),
+                escape(&c.reason)
+            );
+        }
+        line
+    }
+}
+
+/// The first 12 characters of a container id, as `docker ps` and `crictl ps` show it.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// `sha256:` and the first 12 hex digits of a digest.
+pub fn short_digest(digest: &str) -> &str {
+    let cut = digest.find(':').map_or(12, |i| i + 1 + 12);
+    digest.get(..cut).unwrap_or(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{Details, Op, OpResult, PathBytes, ProcessView};
+
+    fn rename(path: &str, new_path: &str, notes: Notes) -> FileEvent {
+        FileEvent {
+            time_ns: 0,
+            mono_ns: 1,
+            op: Op::Rename,
+            path: PathBytes(path.as_bytes().to_vec()),
+            new_path: Some(PathBytes(new_path.as_bytes().to_vec())),
+            result: OpResult::Ok,
+            inode: None,
+            dev: None,
+            process: Arc::new(ProcessView::default()),
+            details: Details {
+                notes,
+                ..Details::default()
+            },
+        }
+    }
+
+    /// A truncated path is marked on the readable line right after it, a complete one not.
+    #[test]
+    fn the_readable_line_marks_truncated_paths() {
+        let line = rename("/r/a/…/f", "/r/a/…/g", Notes::PATH_TRUNCATED).human_line();
+        assert!(
+            line.contains(" /r/a/…/f (path truncated) -> /r/a/…/g pid="),
+            "{line}"
+        );
+        let both = Notes::PATH_TRUNCATED | Notes::NEW_PATH_TRUNCATED;
+        let line = rename("/r/a/…/f", "/r/a/…/g", both).human_line();
+        assert!(
+            line.contains(" /r/a/…/f (path truncated) -> /r/a/…/g (new path truncated) pid="),
+            "{line}"
+        );
+        let line = rename("/r/a/f", "/r/a/g", Notes::BY_FD).human_line();
+        assert!(!line.contains("truncated"), "{line}");
+        // Names from outside cannot inject a line.
+        let line = rename("/r/a\nFORGED", "/r/b", Notes::default()).human_line();
+        assert!(
+            line.contains("/r/a\\x0aFORGED") && !line.contains('\n'),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn short_forms() {
+        assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(
+            short_digest("sha256:0123456789abcdef0123"),
+            "sha256:0123456789ab"
+        );
+        assert_eq!(short_digest("sha256:01"), "sha256:01");
+    }
+}
