@@ -538,6 +538,11 @@ fn deb_installs_removes_and_purges() {
         0o600,
         "the conffile may hold secrets"
     );
+    assert_eq!(
+        std::fs::read("/etc/ctrwatch/ctrwatch.toml").unwrap(),
+        std::fs::read(repo_file("packaging/ctrwatch.toml")).unwrap(),
+        "the conffile is the repository's example"
+    );
     assert_eq!(mode("/var/lib/ctrwatch"), 0o700, "the store's directory");
     assert!(
         Path::new("/etc/systemd/system/multi-user.target.wants/ctrwatch.service").exists(),
