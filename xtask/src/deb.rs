@@ -182,6 +182,7 @@ pub fn build(opts: &DebOptions) -> Result<PathBuf> {
          Architecture: {arch}\n\
          Maintainer: {maintainer}\n\
          Installed-Size: {installed_kib}\n\
+         Depends: {DEPENDS}\n\
          Section: admin\n\
          Priority: optional\n\
          Description: who changes containerd's image storage, and was it containerd?\n \
@@ -220,6 +221,11 @@ fn maintainer() -> String {
         _ => "ctrwatch maintainers <ctrwatch@ctrwatch.invalid>".to_string(),
     }
 }
+
+/// The maintainer scripts' deb-systemd-helper and deb-systemd-invoke (as debhelper's own
+/// snippets use them; essential from Debian 12 on, not before). Debian 11 has 1.60, Ubuntu
+/// 20.04 1.57. The binary itself needs no library.
+const DEPENDS: &str = "init-system-helpers (>= 1.56)";
 
 /// What lintian reports that is meant so.
 const LINTIAN_OVERRIDES: &str = "\
