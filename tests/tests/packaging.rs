@@ -522,6 +522,26 @@ fn deb_installs_removes_and_purges() {
         "conffiles:\n{conffiles}"
     );
 
+    // Lintian, where it is installed (`cargo xtask setup` does not install it: 60 Perl
+    // packages for one check). Errors and warnings fail; the package ships its overrides.
+    if Command::new("lintian").arg("--version").output().is_ok() {
+        let (ok, report) = sh(
+            "lintian",
+            &[OsStr::new("--fail-on=error,warning"), deb.as_os_str()],
+        );
+        let findings: Vec<&str> = report
+            .lines()
+            .filter(|l| !l.contains("running with root privileges"))
+            .collect();
+        assert!(
+            ok && findings.is_empty(),
+            "lintian:\n{}",
+            findings.join("\n")
+        );
+    } else {
+        eprintln!("lintian is not installed: the package is not linted");
+    }
+
     // Install.
     dpkg(&[OsStr::new("-i"), deb.as_os_str()]);
     assert!(installed());
