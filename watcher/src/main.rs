@@ -53,7 +53,10 @@ NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk th
 captures anyway, counts what it cannot store and records it once space returns.\n\
 Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
 the next start is recorded as downtime. SIGHUP is logged and ignored (no reload yet). If\n\
-stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops."
+stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops.\n\n\
+As a systemd service (the package's ctrwatch.service, Type=notify): READY=1 once capture is\n\
+on, STATUS= lines, WATCHDOG=1 from the event loop (WatchdogSec=), STOPPING=1 on SIGTERM; log\n\
+lines carry journal priorities. RUST_LOG=debug logs more."
     )]
     Run {
         #[command(flatten)]
@@ -179,6 +182,13 @@ Examples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch quer
     /// every key.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write the man pages or a shell completion script (what the package installs; `cargo
+    /// xtask deb` calls it).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,6 +211,20 @@ Examples:
     /// Print the example configuration that ships with ctrwatch: every key, its default and
     /// what it means (start a node's file from it).
     Example,
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// The man pages ctrwatch(1) and ctrwatch-SUBCOMMAND(1), into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL, on stdout.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 const AUDIT_HELP: &str = "Exit status: 0 clean (information only), 1 problems found, 2 could not audit.\n\n\
@@ -381,12 +405,17 @@ fn ring_buffer_mib(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // `run` sets up its logger once its configuration file is read (the file's log_level).
+    match cli.command {
+        Command::Run { .. } => {}
+        Command::Watch { .. } => watcher::logging::init(watcher::logging::DAEMON_FILTER),
+        _ => watcher::logging::init(watcher::logging::COMMAND_FILTER),
+    }
     let result = match cli.command {
         Command::Watch { watch } => {
             // `watch` reads no file: the flags over the built-in defaults.
@@ -409,6 +438,7 @@ fn main() -> ExitCode {
             let given = given_in(&matches, "run");
             settings::load(config.as_deref())
                 .and_then(|file| {
+                    watcher::logging::init(&settings::log_filter(&file));
                     settings::run_options(
                         settings::RunFlags {
                             watch,
@@ -494,6 +524,7 @@ fn main() -> ExitCode {
         Command::Audit { audit } => return run_audit(audit),
         Command::Config(ConfigCommand::Example) => write_stdout(ctrwatch_config::EXAMPLE),
         Command::Config(ConfigCommand::Check { file }) => return config_check(&file),
+        Command::Generate { what } => generate(what),
         Command::Probe => probe(),
         Command::Roots => {
             let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
@@ -511,7 +542,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("ctrwatch: error: {e:#}");
+            watcher::logging::print_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -596,6 +627,26 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// Man pages and completions from the CLI definition itself, so they always match `--help`.
+fn generate(what: Generate) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {}", ctrwatch_event::escape_path(&dir)))?;
+            clap_mangen::generate_to(Cli::command(), &dir).with_context(|| {
+                format!("writing man pages in {}", ctrwatch_event::escape_path(&dir))
+            })
+        }
+        Generate::Completions { shell } => {
+            // Into memory first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ctrwatch", &mut script);
+            write_stdout(&String::from_utf8_lossy(&script))
+        }
+    }
 }
 
 fn probe() -> anyhow::Result<()> {
