@@ -225,7 +225,7 @@ fn the_files_log_level_applies() {
             store.display().to_string()
         ),
     );
-    let mut child = Command::new(tests::ctrwatch_bin())
+    let child = Command::new(tests::ctrwatch_bin())
         .arg("run")
         .arg("--config")
         .arg(&config)
