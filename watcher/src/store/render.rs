@@ -55,14 +55,14 @@ const FACT_LABEL: usize = 11;
 
 /// The widest an event row gets (a 160-column terminal), unless even the narrowest
 /// [`MIN_PATH_CELL`] PATH cell does not fit.
-pub const ROW_WIDTH: usize = 160;
+const ROW_WIDTH: usize = 160;
 /// The narrowest a cut PATH cell gets.
 const MIN_PATH_CELL: usize = 32;
 /// The widest a COMM/EXE cell gets.
 const WHO_CELL: usize = 36;
 /// Marks a cell that was cut: at the start of a PATH cell (its end, the file, is kept), at
 /// the end of a COMM/EXE cell. The whole value is then among the facts under the row.
-pub const CUT_MARK: char = '…';
+const CUT_MARK: char = '…';
 
 const EVENT_HEADER: [&str; 6] = ["TIME", "OP", "RESULT", "PATH", "PID", "COMM/EXE"];
 
@@ -160,7 +160,6 @@ fn event_table(events: Vec<(&FileEvent, Option<DeletionKind>)>) -> String {
     };
     // Every column but PATH at its widest (COMM/EXE at most WHO_CELL), two spaces apart:
     // PATH gets the rest of ROW_WIDTH.
-    let chars = |s: &String| s.chars().count();
     let others = width(|c| c.time.chars().count(), "TIME")
         + width(|c| c.op.chars().count(), "OP")
         + width(|c| c.result.chars().count(), "RESULT")
@@ -173,7 +172,7 @@ fn event_table(events: Vec<(&FileEvent, Option<DeletionKind>)>) -> String {
         .map(|(c, e)| {
             let mut facts = Vec::new();
             let whole = c.whole_path();
-            let path = if chars(&whole) <= path_cell {
+            let path = if whole.chars().count() <= path_cell {
                 whole
             } else {
                 facts.push(Fact {
