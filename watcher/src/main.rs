@@ -31,6 +31,17 @@ struct Cli {
     command: Command,
 }
 
+/// What the query commands print without `--json` (their `--help` says it).
+macro_rules! table_help {
+    () => {
+        "Output: one row per event, TIME OP RESULT PATH PID COMM/EXE, at most 160 columns (a \
+cell too wide is cut with a visible \u{2026}); under it, indented, what is known about the \
+event: the whole path, the verdict (foreign, owner, container) and its reason, the path \
+inside the image, the image(s), the layer, the command line with its arguments, unit, \
+parents. --json prints every field."
+    };
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Stream file operations under the roots to stdout until interrupted (Ctrl-C / SIGTERM).
@@ -93,9 +104,12 @@ lines carry journal priorities. RUST_LOG=debug logs more."
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
     #[command(
-        after_help = "PATH is a host path, or a path inside an image or container (/pause,\n\
-/usr/lib/x86_64-linux-gnu/libjq.so.1): then it matches that file in every snapshot.\n\n\
-Examples:\n  ctrwatch history /pause\n  ctrwatch history /var/lib/containerd/io.containerd.content.v1.content/ingest --since 2h"
+        after_help = concat!(
+            "PATH is a host path, or a path inside an image or container (/pause,\n\
+/usr/lib/x86_64-linux-gnu/libjq.so.1): then it matches that file in every snapshot.\n\n",
+            table_help!(),
+            "\n\nExamples:\n  ctrwatch history /pause\n  ctrwatch history /var/lib/containerd/io.containerd.content.v1.content/ingest --since 2h"
+        )
     )]
     History {
         /// A host path, or a path inside an image or container (e.g. /pause).
@@ -105,7 +119,10 @@ Examples:\n  ctrwatch history /pause\n  ctrwatch history /var/lib/containerd/io.
     },
     /// Who deleted (unlinked, removed, renamed away, whited out) a file, newest first.
     #[command(
-        after_help = "Examples:\n  ctrwatch who-deleted /pause\n  ctrwatch who-deleted /usr/lib/x86_64-linux-gnu/libjq.so.1 --truncations"
+        after_help = concat!(
+            table_help!(),
+            "\n\nExamples:\n  ctrwatch who-deleted /pause\n  ctrwatch who-deleted /usr/lib/x86_64-linux-gnu/libjq.so.1 --truncations"
+        )
     )]
     WhoDeleted {
         /// A host path, or a path inside an image or container (e.g. /pause).
@@ -121,8 +138,11 @@ Examples:\n  ctrwatch history /pause\n  ctrwatch history /var/lib/containerd/io.
     },
     /// Search the history with filters (all given filters must match).
     #[command(
-        after_help = "String filters match exactly, or as globs when they contain * ? [.\n\n\
-Examples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch query --path '/var/lib/containerd/**/fs/pause' --json\n  ctrwatch query --exe '*/bash' --unit cleanup.service"
+        after_help = concat!(
+            "String filters match exactly, or as globs when they contain * ? [.\n\n",
+            table_help!(),
+            "\n\nExamples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch query --path '/var/lib/containerd/**/fs/pause' --json\n  ctrwatch query --exe '*/bash' --unit cleanup.service"
+        )
     )]
     Query {
         /// Operation (repeatable): create, open_write, truncate, modify, fallocate, unlink,
@@ -339,7 +359,8 @@ struct PathArgs {
     /// Match PATH only as a host path (`host`), only inside snapshots (`inner`), or both.
     #[arg(long = "match", value_enum, default_value_t = MatchArg::Auto)]
     matching: MatchArg,
-    /// One JSON object per line, with the same fields as `watch --json`.
+    /// One JSON object per line, with the same fields as `watch --json` (instead of the
+    /// table: one row per event, and under it what is known about it).
     #[arg(long)]
     json: bool,
 }
