@@ -155,9 +155,11 @@ pub fn watch_options(
             other.name()
         ),
     }
+    // Protect mode is not built yet: like a kernel without BPF LSM, that is said loudly and
+    // the daemon watches (an unattended node is better watched than stopped).
     if w.protect != ProtectMode::Off {
-        bail!(
-            "[watch] protect = {:?}: protect mode is not built yet (it needs BPF LSM hooks); set protect = \"off\"",
+        log::error!(
+            "[watch] protect = {:?}: protect mode is not available in this ctrwatch (it needs BPF LSM hooks, not built yet); watching only, nothing is blocked",
             w.protect.name()
         );
     }
