@@ -478,6 +478,77 @@ fn sighup_neither_kills_the_daemon_nor_stops_capture() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// A stop asked for while the daemon starts (systemd's `stop` soon after `start`; here as soon
+/// as the store is open, while the programs load for seconds) is a clean stop: exit 0, and the
+/// next start records a `stopped` downtime, not an unclean one. The SIGTERM handler used to be
+/// installed only after "watching": until then SIGTERM's default action killed the daemon
+/// (seen in CI under load, where "watching" came 46 s after the store opened).
+#[test]
+fn sigterm_while_the_daemon_starts_is_a_clean_stop() {
+    let base = temp_dir("sigterm-starting");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("events.db");
+    let mut child = Command::new(ctrwatch_bin())
+        .arg("run")
+        .arg("--root")
+        .arg(&root)
+        .arg("--store")
+        .arg(&store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctrwatch run");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let stderr = Arc::clone(&stderr);
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut s) = stderr.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        })
+    };
+    let said = || stderr.lock().map(|s| s.clone()).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !said().contains("storing history in") {
+        assert!(
+            Instant::now() < deadline,
+            "the store did not open:\n{}",
+            said()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Into the loading (seconds), past the few instructions between that line and the loop's
+    // set-up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !said().contains("watching"),
+        "attached already; the test needs the loading phase:\n{}",
+        said()
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    let _ = reader.join();
+    assert!(
+        status.success(),
+        "SIGTERM while starting: {status:?}; stderr:\n{}",
+        said()
+    );
+    stop_daemon(start_daemon(&root, &store));
+    let gaps = gap_windows(&store);
+    assert!(
+        gaps.iter().all(|g| g.reason != "unclean_stop"),
+        "the stop while starting was recorded as unclean: {gaps:?}"
+    );
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// `ctrwatch run --print` whose stdout reader goes away (a pipe to a pager that quit, the
 /// hung-up SSH session): the echo stops, the store goes on.
 #[test]

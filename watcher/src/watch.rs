@@ -150,6 +150,12 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
     // while the programs are being loaded (seconds). Until a reload exists, SIGHUP is only
     // logged.
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    // Likewise SIGTERM and SIGINT: caught from the first instant, so that a stop asked for
+    // while the programs load (seconds; systemd's `stop` right after `start`) or just after
+    // "watching" is a clean stop once the loop runs, not the default action's death with the
+    // run left open (an unclean stop in the history).
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     notify::starting("attaching the eBPF programs");
     let mut kernel = KernelWatch::load(&LoadOptions {
         ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -219,8 +225,6 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
         kernel.attachment.backend
     ));
 
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // systemd's watchdog is fed from this loop, between its other branches: when the loop
     // hangs, the pings stop and systemd restarts the service.
