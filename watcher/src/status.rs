@@ -104,7 +104,7 @@ impl StatusSource {
 }
 
 /// The daemon's state as `status` sees it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Running,
@@ -123,6 +123,9 @@ pub struct StatusReport {
     /// The lock holder's pid (running or not responding).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The last run on record, when no daemon runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<RunView>,
     /// The running daemon's snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonView>,
@@ -131,8 +134,6 @@ pub struct StatusReport {
     pub updated: Option<String>,
     #[serde(skip)]
     pub updated_ns: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_run: Option<RunView>,
     /// Database and WAL bytes on disk.
     pub store_bytes: u64,
     pub oldest_event: Option<String>,
@@ -240,7 +241,11 @@ pub fn report(store_path: &Path, now: SystemTime) -> Result<StatusReport, QueryE
         daemon,
         updated: updated_ns.map(format_rfc3339),
         updated_ns,
-        last_run: store.last_run()?.as_ref().map(RunView::from),
+        // The last run that ended, or did not: the running daemon's own is open.
+        last_run: match state {
+            State::NotRunning => store.last_run()?.as_ref().map(RunView::from),
+            State::Running | State::NotResponding => None,
+        },
         store_bytes: stats.file_bytes + stats.wal_bytes,
         oldest_event: stats.oldest,
         alerts: store.recent_alerts(ALERTS_SHOWN)?,
@@ -340,10 +345,9 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
             },
         ));
     }
-    if let (Some(run), false) = (&r.last_run, r.running) {
+    if let Some(run) = &r.last_run {
         let end = match &run.ended {
             Some(e) => format!("ended cleanly at {e}"),
-            None if r.state == State::NotResponding => "has not ended".to_string(),
             None => format!(
                 "ended uncleanly (killed, crashed or power lost): last heartbeat {}",
                 run.last_heartbeat
@@ -353,7 +357,7 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
             "last run".into(),
             format!("pid {}, started {}, {end}", run.pid, run.started),
         ));
-    } else if r.last_run.is_none() && !r.running {
+    } else if r.state == State::NotRunning {
         lines.push(("last run".into(), "none on record".into()));
     }
     lines.push((
