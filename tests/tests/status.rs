@@ -13,14 +13,17 @@ use std::{
 use serde_json::Value;
 use tests::{Watcher, ctrwatch, temp_dir};
 
-fn start_daemon(root: &Path, store: &Path) -> Watcher {
-    let args: Vec<OsString> = vec![
+fn start_daemon(root: &Path, store: &Path, config: Option<&Path>) -> Watcher {
+    let mut args: Vec<OsString> = vec![
         "run".into(),
         "--root".into(),
         root.as_os_str().to_owned(),
         "--store".into(),
         store.as_os_str().to_owned(),
     ];
+    if let Some(c) = config {
+        args.extend(["--config".into(), c.as_os_str().to_owned()]);
+    }
     Watcher::start_command(&args)
 }
 
@@ -76,7 +79,10 @@ fn status_follows_the_daemon_from_start_to_a_clean_stop() {
     let (code, _, err) = status(&store, false);
     assert_eq!(code, 3, "a missing store is exit 3; stderr: {err}");
 
-    let mut daemon = start_daemon(&root, &store);
+    // A configuration file (the flags win over it; it only has to be read).
+    let config = base.join("ctrwatch.toml");
+    std::fs::write(&config, "# read by run, shown by status\n").expect("write config");
+    let mut daemon = start_daemon(&root, &store, Some(&config));
     let pid = daemon.pid();
     let running = status_until(&store, "the daemon running", |code, v| {
         code == 0 && v["running"] == true
@@ -96,6 +102,12 @@ fn status_follows_the_daemon_from_start_to_a_clean_stop() {
     let root_text = root.to_str().expect("utf-8 root");
     assert_eq!(d["roots"], serde_json::json!([root_text]), "{running}");
     assert!(d["since"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(d["config_file"], config.to_str().expect("utf-8 config"));
+    assert!(
+        d["config_loaded"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
     assert!(running["store_bytes"].as_u64().unwrap_or(0) > 0);
 
     // A few deletions under the root: counted in the snapshot (published every second).
@@ -158,7 +170,7 @@ fn status_follows_the_daemon_from_start_to_a_clean_stop() {
 #[test]
 fn status_after_kill_9_is_not_running_and_the_run_ended_uncleanly() {
     let (base, root, store, _) = setup("status-kill", 0);
-    let mut daemon = start_daemon(&root, &store);
+    let mut daemon = start_daemon(&root, &store, None);
     let pid = daemon.pid();
     status_until(&store, "the daemon running", |code, v| {
         code == 0 && v["pid"] == pid
@@ -189,7 +201,7 @@ fn status_after_kill_9_is_not_running_and_the_run_ended_uncleanly() {
 #[test]
 fn status_of_a_stopped_daemon_is_not_responding() {
     let (base, root, store, _) = setup("status-stopped", 0);
-    let daemon = start_daemon(&root, &store);
+    let daemon = start_daemon(&root, &store, None);
     let pid = daemon.pid();
     status_until(&store, "the daemon running", |code, _| code == 0);
     daemon.signal(libc::SIGSTOP);
