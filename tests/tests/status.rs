@@ -223,3 +223,61 @@ fn status_of_a_stopped_daemon_is_not_responding() {
     drop(daemon.stop());
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// `ctrwatch status ARGS` as `uid` with only the group `gid`.
+fn status_as(uid: u32, gid: u32, store: &Path) -> (i32, String, String) {
+    let out = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg(format!("--groups={gid}"))
+        .arg(tests::ctrwatch_bin())
+        .args(["status", "--json", "--store"])
+        .arg(store)
+        .output()
+        .expect("setpriv ctrwatch status");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A member of the store's group cannot look into the root-only lock directory; status tells
+/// a running daemon from one killed with -9 for them too (by /proc/locks), and refuses a user
+/// outside the group as the queries do (exit 8).
+#[test]
+fn status_for_the_store_group_tells_running_from_killed() {
+    const GROUP: u32 = 4242;
+    let (base, root, store, _) = setup("status-group", 0);
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.as_os_str().to_owned(),
+        "--store".into(),
+        store.as_os_str().to_owned(),
+        "--store-group".into(),
+        GROUP.to_string().into(),
+    ];
+    let mut daemon = Watcher::start_command(&args);
+    let pid = daemon.pid();
+    status_until(&store, "the daemon running", |code, _| code == 0);
+
+    let (code, out, err) = status_as(GROUP, GROUP, &store);
+    assert_eq!(code, 0, "the group's member sees it running: {out}{err}");
+    let v: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["pid"], pid, "{v}");
+    assert!(v["daemon"]["hooks_attached"].as_u64() > Some(0), "{v}");
+
+    let (code, _, err) = status_as(GROUP + 1, GROUP + 1, &store);
+    assert_eq!(code, 8, "outside the group: permission denied; {err}");
+
+    daemon.signal(libc::SIGKILL);
+    assert!(daemon.wait_exit(Duration::from_secs(120)).is_some());
+    // The snapshot it left is still fresh: the pid it names holds no lock any more.
+    let (code, out, err) = status_as(GROUP, GROUP, &store);
+    assert_eq!(code, 1, "{out}{err}");
+    let v: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["state"], "not_running", "{v}");
+    assert_eq!(v["last_run"]["clean"], false, "{v}");
+    let _ = std::fs::remove_dir_all(base);
+}
