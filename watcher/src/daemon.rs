@@ -31,8 +31,9 @@ pub use bench::{PipelineResult, bench_pipeline};
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
+    status::{LoadedConfig, StatusSource},
     store::{DaemonStore, StoreOptions},
-    watch::{self, Sink, StdoutSink, WatchOptions},
+    watch::{self, CaptureInfo, Sink, StdoutSink, WatchOptions},
 };
 
 /// Events waiting for the writer: absorbs the writer's pauses (commits, checkpoints) under a
@@ -60,6 +61,8 @@ pub struct RunOptions {
     pub store_options: StoreOptions,
     /// Also print events to stdout, as `watch` does.
     pub echo: bool,
+    /// The configuration file read, if any (for `ctrwatch status`).
+    pub config: Option<LoadedConfig>,
 }
 
 enum Msg {
@@ -89,6 +92,8 @@ pub struct StoreSink {
     echo: Option<StdoutSink>,
     clock: Clock,
     writer: Option<JoinHandle<anyhow::Result<()>>>,
+    /// What the writer publishes for `ctrwatch status` with its heartbeat.
+    status: StatusSource,
 }
 
 impl StoreSink {
@@ -105,7 +110,18 @@ impl StoreSink {
             echo,
             clock: Clock::now(),
             writer: None,
+            status: StatusSource {
+                config: None,
+                started: SystemTime::now(),
+                capture: Default::default(),
+            },
         }
+    }
+
+    /// The configuration file the daemon read, for its status snapshot.
+    pub fn with_config(mut self, config: Option<LoadedConfig>) -> StoreSink {
+        self.status.config = config;
+        self
     }
 
     /// Starts the writer thread on a store whose run has begun ([`DaemonStore::begin_run`]).
@@ -119,9 +135,10 @@ impl StoreSink {
 
     fn start_writer(&mut self, store: DaemonStore) -> anyhow::Result<()> {
         let (tx, rx) = sync_channel(QUEUE);
+        let status = self.status.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(store, rx))
+            .spawn(move || write_loop(store, rx, status))
             .context("starting the store writer")?;
         self.tx = Some(tx);
         self.writer = Some(writer);
@@ -243,6 +260,7 @@ impl Sink for StoreSink {
         let Some(mut store) = self.store.take() else {
             return Ok(()); // started on a run already begun
         };
+        self.status.started = at;
         if let Some(gap) = store.begin_run(at).context("recording the daemon start")? {
             log::warn!("the previous run did not stop cleanly: {gap}");
         }
@@ -259,6 +277,12 @@ impl Sink for StoreSink {
             let _ = tx.try_send(Msg::Watermark(at));
         }
     }
+    fn capture_info(&mut self, info: CaptureInfo) {
+        // Read by the writer once a second; never contended for long.
+        if let Ok(mut shared) = self.status.capture.lock() {
+            *shared = info;
+        }
+    }
     fn capture_stopped(&mut self, _at: SystemTime) {
         self.stopping = true;
     }
@@ -271,7 +295,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     // The run begins when capture has started, after the programs are attached (seconds).
-    let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)));
+    let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)))
+        .with_config(opts.config.clone());
     log::info!(
         "ctrwatch: storing history in {}",
         ctrwatch_event::escape_path(&opts.store)
@@ -287,7 +312,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// The writer thread: appends, commits in batches, heartbeats at the watch loop's watermarks,
 /// prunes; on the end of the queue commits what is left and, when told when capture stopped,
 /// records a clean stop at that instant.
-fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
+fn write_loop(
+    mut store: DaemonStore,
+    rx: Receiver<Msg>,
+    status: StatusSource,
+) -> anyhow::Result<()> {
     // Stored events are freed on another thread: each is a tree of ~20 allocations made by
     // the watch loop, and under a flood freeing them was ~7 % of the writer's time, the
     // daemon's bottleneck. Handed over a burst at a time; if that thread is gone or behind,
@@ -302,6 +331,9 @@ fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
     let mut pending = 0usize;
     let mut last_commit = Instant::now();
     let mut stopped_at = None;
+    // For the status snapshot: events and lost events handed over since the start.
+    let mut events_received = 0u64;
+    let mut lost_received = 0u64;
     // Prune soon after start (a store may have aged while the daemon was down).
     let mut last_prune = Instant::now() - PRUNE_EVERY + Duration::from_secs(5);
     loop {
@@ -313,17 +345,29 @@ fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
         while let Some(msg) = next.take() {
             match msg {
                 Ok(Msg::Event(ev)) => {
+                    events_received += 1;
                     warn.report(store.append_event(&ev), "storing an event");
                     stored.push(ev);
                     pending += 1;
                 }
                 Ok(Msg::Loss(loss)) => {
+                    lost_received = lost_received.saturating_add(loss.lost);
                     warn.report(store.append_loss(&loss), "storing a loss record");
                     pending += 1;
                 }
                 // Everything before it is appended: committed with the next commit, together
                 // with the heartbeat (the store defers it while a transaction is open).
-                Ok(Msg::Watermark(at)) => warn.report(store.heartbeat(at), "heartbeat"),
+                // With the status snapshot (`ctrwatch status`): about once a second, one row
+                // in the transaction the heartbeat is written with.
+                Ok(Msg::Watermark(at)) => {
+                    let snapshot = status.snapshot(
+                        at,
+                        events_received,
+                        lost_received,
+                        store.unstored().unwrap_or(0),
+                    );
+                    warn.report(store.heartbeat_with_status(at, &snapshot), "heartbeat");
+                }
                 Ok(Msg::Stopped(at)) => stopped_at = Some(at),
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {

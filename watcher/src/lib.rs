@@ -17,6 +17,7 @@ pub mod process;
 pub mod queries;
 pub mod roots;
 pub mod secrets;
+pub mod status;
 pub mod store;
 pub mod watch;
 

@@ -16,6 +16,7 @@ use watcher::{
     containerd::attribution::Trust,
     daemon::RunOptions,
     secrets::Masker,
+    status::LoadedConfig,
     store::{StoreGroup, StoreOptions},
     watch::WatchOptions,
 };
@@ -33,27 +34,33 @@ pub struct RunFlags {
 
 /// The configuration `run` uses: the file named by `--config`, else the default file if it
 /// exists, else the built-in defaults. A file root does not alone control is refused: it
-/// decides what is trusted and what is watched.
-pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+/// decides what is trusted and what is watched. Also returns the file read, if any, and when
+/// (`ctrwatch status` shows it).
+pub fn load(explicit: Option<&Path>) -> anyhow::Result<(Config, Option<LoadedConfig>)> {
     let path = match explicit {
         Some(p) => p,
         None => {
             let default = Path::new(ctrwatch_config::DEFAULT_PATH);
             match std::fs::symlink_metadata(default) {
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Config::default()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok((Config::default(), None)),
                 _ => default,
             }
         }
     };
     check_owner(path)?;
-    Config::load(path).map_err(|errors| {
+    let loaded = LoadedConfig {
+        path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        loaded_at: std::time::SystemTime::now(),
+    };
+    let config = Config::load(path).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::anyhow!(
             "the configuration {} is not usable (check it with `ctrwatch config check`):\n{}",
             escape_path(path),
             lines.join("\n")
         )
-    })
+    })?;
+    Ok((config, Some(loaded)))
 }
 
 /// The logger's filter for `run`: `RUST_LOG` when set (the logger reads it), else the file's
@@ -224,5 +231,6 @@ pub fn run_options(
             ..StoreOptions::default()
         },
         echo: flags.print,
+        config: None,
     })
 }

@@ -79,6 +79,18 @@ pub struct WatchOptions {
     pub masker: crate::secrets::Masker,
 }
 
+/// What is being captured, for `ctrwatch status`: told to the sink once capture is on and
+/// again when the watched roots change ([`Sink::capture_info`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaptureInfo {
+    pub backend: String,
+    pub hooks_attached: usize,
+    /// Hooks this kernel does not have.
+    pub hooks_unavailable: usize,
+    /// The watched roots, resolved.
+    pub roots: Vec<PathBuf>,
+}
+
 /// Where events go.
 pub trait Sink {
     /// Takes the event, boxed as the enricher makes it: the store's sink hands it to its
@@ -96,6 +108,10 @@ pub trait Sink {
     /// loss records): about once a second. What the daemon's heartbeat claims.
     fn watermark(&mut self, at: SystemTime) {
         let _ = at;
+    }
+    /// What is captured: after [`Sink::capture_started`], and when the roots change.
+    fn capture_info(&mut self, info: CaptureInfo) {
+        let _ = info;
     }
     /// Capture stopped at `at`: nothing after it is captured. The final drain (what was
     /// captured before `at`) and a flush follow.
@@ -218,6 +234,14 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let capture_info = |roots: &RootSet| CaptureInfo {
+        backend: kernel.attachment.backend.clone(),
+        hooks_attached: kernel.attachment.attached.len(),
+        hooks_unavailable: kernel.attachment.unavailable.len(),
+        roots: roots.roots.iter().map(|r| r.canonical.clone()).collect(),
+    };
+    let mut info = capture_info(&enricher.roots);
+    sink.capture_info(info.clone());
     // Capture is on and the sink has begun its run (the daemon's store): ready.
     notify::ready(format!(
         "watching {} root(s) with {}",
@@ -275,6 +299,8 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
                     if fresh != enricher.roots {
                         log::info!("watched roots changed: {:?}", fresh.roots);
                         kernel.set_root_prefixes(&fresh.kernel_prefixes())?;
+                        info.roots = fresh.roots.iter().map(|r| r.canonical.clone()).collect();
+                        sink.capture_info(info.clone());
                         enricher.roots = fresh;
                     }
                 }

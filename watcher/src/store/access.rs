@@ -630,6 +630,69 @@ fn lock_holder(md: &std::fs::Metadata) -> Option<(u32, String)> {
     None
 }
 
+/// Whether a writer holds the lock on the database `db` (`ctrwatch status`), without taking
+/// it: by the lock file's holder in /proc/locks. A writer killed with -9 holds nothing once
+/// the process is gone (its lock file may remain). Only root can look into [`LOCK_DIR`]; a
+/// member of the store's group gets [`WriterLock::Unknown`].
+pub fn writer_lock(db: &Path) -> Result<WriterLock, StoreError> {
+    let key = key_of(&std::fs::metadata(db).map_err(|e| io_err(db, e))?);
+    let lock_path = Path::new(LOCK_DIR).join(format!(
+        "store-{}.{}-{}.lock",
+        libc::major(key.0),
+        libc::minor(key.0),
+        key.1
+    ));
+    match std::fs::symlink_metadata(&lock_path) {
+        Ok(md) => Ok(match lock_holder(&md) {
+            Some((pid, _)) => WriterLock::Held { pid },
+            None => WriterLock::Free,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WriterLock::Free),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Ok(WriterLock::Unknown(lock_device()))
+        }
+        Err(e) => Err(io_err(db, e)),
+    }
+}
+
+/// The device of [`LOCK_DIR`] (major, minor), which anyone may stat.
+fn lock_device() -> Option<(u32, u32)> {
+    let md = std::fs::metadata(LOCK_DIR).ok()?;
+    Some((libc::major(md.dev()), libc::minor(md.dev())))
+}
+
+/// Who holds the writer's lock on a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterLock {
+    Held {
+        pid: u32,
+    },
+    Free,
+    /// The lock directory is root's; the device it is on, to check a pid with
+    /// [`holds_lock_on`].
+    Unknown(Option<(u32, u32)>),
+}
+
+/// Whether `pid` holds a flock on a file of the device `dev` (/proc/locks, readable by all):
+/// for a user who cannot look into [`LOCK_DIR`], the evidence that the daemon named by the
+/// store's status snapshot still holds its store's lock.
+pub fn holds_lock_on(pid: u32, dev: (u32, u32)) -> bool {
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 || fields[1] != "FLOCK" || fields[4].parse::<u32>() != Ok(pid) {
+            return false;
+        }
+        let mut id = fields[5].split(':');
+        let (Some(maj), Some(min)) = (id.next(), id.next()) else {
+            return false;
+        };
+        u32::from_str_radix(maj, 16) == Ok(dev.0) && u32::from_str_radix(min, 16) == Ok(dev.1)
+    })
+}
+
 /// Whether this process may read `path` (no descriptor is opened: closing one would drop the
 /// POSIX locks a SQLite connection of this process holds on the same file).
 pub(crate) fn readable(path: &Path) -> std::io::Result<bool> {

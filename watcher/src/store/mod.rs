@@ -32,6 +32,7 @@ mod readonly;
 mod render;
 mod schema;
 mod start;
+mod status;
 mod write;
 
 #[cfg(test)]
@@ -45,13 +46,14 @@ use ctrwatch_event::FileEvent;
 use rusqlite::Connection;
 use serde::Serialize;
 
-pub use access::{DEFAULT_LOCK_WAIT, LOCK_DIR, StoreGroup};
+pub use access::{DEFAULT_LOCK_WAIT, LOCK_DIR, StoreGroup, WriterLock, holds_lock_on, writer_lock};
 pub use bench::{AusearchFigures, BenchResult, BenchScenario, bench_ingest, synthetic_events};
 pub use codec::{Glob, inner_path};
 pub use read::{Answer, DeleteOptions, Filter, PathMatch, PathQuery, Unreadable, UnreadableRow};
 pub use render::{render_deletions, render_gaps, render_table};
 pub use schema::SCHEMA_VERSION;
 pub use start::{DaemonStore, STORE_RETRY};
+pub use status::{AlertDelivery, DAEMON_STATUS_KEY, RecentAlert, RunRecord};
 
 /// Where the daemon keeps its store unless told otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/ctrwatch";

@@ -391,6 +391,18 @@ impl DaemonStore {
         }
     }
 
+    /// See [`Store::heartbeat_with_status`].
+    pub fn heartbeat_with_status(
+        &mut self,
+        now: SystemTime,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        match &mut self.state {
+            State::Open(store) => store.heartbeat_with_status(now, status),
+            State::Unavailable { .. } => Ok(()),
+        }
+    }
+
     /// See [`Store::prune`].
     pub fn prune(&mut self, now: SystemTime) -> Result<Option<PruneReport>, StoreError> {
         match &mut self.state {

@@ -2180,3 +2180,90 @@ fn a_store_of_the_previous_release_reads_back_typed() {
     );
     assert_eq!(r.integrity_check().expect("check"), ["ok"]);
 }
+
+/// The daemon's status snapshot is written with the heartbeat and read back by a reader; the
+/// last run says whether it ended cleanly.
+#[test]
+fn status_snapshot_is_written_with_the_heartbeat() {
+    let dir = TempDir::new("status");
+    let mut store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    store.begin_run(at(T0)).expect("begin");
+    store
+        .heartbeat_with_status(at(T0 + SEC), r#"{"pid":1}"#)
+        .expect("heartbeat");
+    let reader = Store::open_read_only(dir.db()).expect("reader");
+    assert_eq!(
+        reader.daemon_status().expect("status").as_deref(),
+        Some(r#"{"pid":1}"#)
+    );
+    let run = reader.last_run().expect("run").expect("a run");
+    assert_eq!((run.heartbeat_ns, run.ended_ns), (T0 + SEC, None));
+    store.end_run(at(T0 + 2 * SEC)).expect("end");
+    let run = reader.last_run().expect("run").expect("a run");
+    assert_eq!(run.ended_ns, Some(T0 + 2 * SEC));
+}
+
+/// The newest alerts of the outbox with each sink's delivery state (all its targets
+/// together); a store without an outbox has none.
+#[test]
+fn recent_alerts_come_from_the_outbox_when_there_is_one() {
+    let dir = TempDir::new("alerts");
+    drop(Store::open(dir.db(), StoreOptions::default()).expect("open"));
+    let reader = Store::open_read_only(dir.db()).expect("reader");
+    assert_eq!(reader.recent_alerts(5).expect("no outbox"), Vec::new());
+    drop(reader);
+    // The outbox's tables as the alerts crate creates them (issue 12's design).
+    let conn = rusqlite::Connection::open(dir.db()).expect("conn");
+    conn.execute_batch(
+        "CREATE TABLE alerts (id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, rule TEXT NOT NULL,
+            severity TEXT NOT NULL, rev INTEGER NOT NULL, state TEXT NOT NULL,
+            first_ns INTEGER NOT NULL, last_ns INTEGER NOT NULL, count INTEGER NOT NULL,
+            body TEXT NOT NULL, created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL);
+         CREATE TABLE deliveries (alert TEXT NOT NULL, sink TEXT NOT NULL, target TEXT NOT NULL,
+            rev INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_ns INTEGER, last_error TEXT, last_status INTEGER, delivered_ns INTEGER,
+            PRIMARY KEY (alert, sink, target)) WITHOUT ROWID;",
+    )
+    .expect("outbox");
+    for i in 0..7i64 {
+        conn.execute(
+            "INSERT INTO alerts VALUES (?1, ?2, 'foreign_change', 'high', 1, 'firing', ?3, ?3, 2, '{}', ?3, ?3)",
+            rusqlite::params![format!("ctw-{i}"), i, T0 + i * SEC],
+        )
+        .expect("alert");
+    }
+    for (target, state, attempts) in [("u1", "delivered", 1), ("u2", "pending", 3)] {
+        conn.execute(
+            "INSERT INTO deliveries (alert, sink, target, state, attempts) VALUES ('ctw-6', 'am', ?1, ?2, ?3)",
+            rusqlite::params![target, state, attempts],
+        )
+        .expect("delivery");
+    }
+    conn.execute(
+        "INSERT INTO deliveries (alert, sink, target, state, attempts) VALUES ('ctw-6', 'hook', 'https://x/?token=secret', 'delivered', 1)",
+        [],
+    )
+    .expect("delivery");
+    drop(conn);
+    let reader = Store::open_read_only(dir.db()).expect("reader");
+    let alerts = reader.recent_alerts(5).expect("alerts");
+    let ids: Vec<&str> = alerts.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["ctw-6", "ctw-5", "ctw-4", "ctw-3", "ctw-2"]);
+    assert_eq!(alerts[0].last_seen, format_time(T0 + 6 * SEC));
+    assert_eq!(
+        alerts[0].deliveries,
+        vec![
+            AlertDelivery {
+                sink: "am".into(),
+                state: "pending".into(),
+                attempts: 4
+            },
+            AlertDelivery {
+                sink: "hook".into(),
+                state: "delivered".into(),
+                attempts: 1
+            },
+        ]
+    );
+    assert!(alerts[1].deliveries.is_empty());
+}

@@ -19,6 +19,7 @@ use ctrwatch_event::{
 use super::access::{self, StoreLock};
 use super::codec::{self, AtomKind, Fnv};
 use super::read::proc_from_row;
+use super::status::DAEMON_STATUS_KEY;
 use super::{PruneReport, Store, StoreError, StoreOptions, ns, schema};
 
 /// Entries in the path cache before it is emptied. Keys are 128-bit hashes of the path, not
@@ -1330,6 +1331,55 @@ impl Store {
             .map_err(|e| schema::map_err(path, e))?;
         }
         Ok(())
+    }
+
+    /// [`Store::heartbeat`], and the daemon's status snapshot (`ctrwatch status`) in the
+    /// `meta` row [`DAEMON_STATUS_KEY`]: written in the open batch (committed with the events
+    /// it counts), or, when none is open, in one transaction with the heartbeat (one commit a
+    /// second when idle, as the heartbeat alone). Skipped while the store is degraded (disk
+    /// full): then the snapshot ages, and `ctrwatch status` says the daemon is not responding.
+    pub fn heartbeat_with_status(
+        &mut self,
+        now: SystemTime,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        let (conn, w, path) = self.parts()?;
+        let t = ns(now);
+        w.see(t);
+        w.heartbeat_ns = w.heartbeat_ns.max(t);
+        if w.unstored.is_some() {
+            return Ok(());
+        }
+        let put_status = |conn: &Connection| -> rusqlite::Result<()> {
+            conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+                .execute(params![DAEMON_STATUS_KEY, status])
+                .map(|_| ())
+        };
+        if w.in_txn {
+            // The heartbeat is written with the next commit.
+            return match put_status(conn) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(w.fail(conn, path, e, None)),
+            };
+        }
+        let run = w.run_id;
+        let r = (|| -> rusqlite::Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            put_status(conn)?;
+            if let Some(run) = run {
+                conn.prepare_cached(
+                    "UPDATE runs SET heartbeat_ns = max(heartbeat_ns, ?2) WHERE id = ?1",
+                )?
+                .execute(params![run, t])?;
+            }
+            conn.execute_batch("COMMIT")
+        })();
+        r.map_err(|e| {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            schema::map_err(path, e)
+        })
     }
 
     /// Records a clean stop at `now`, the instant capture stopped (commits what is pending

@@ -1,0 +1,429 @@
+//! `ctrwatch status`: is the daemon running, since when, what does it capture, how is its
+//! store, and were its last alerts delivered.
+//!
+//! The daemon publishes a small snapshot ([`DaemonStatus`]) in its store: the `meta` row
+//! `daemon_status`, written by the store writer together with its heartbeat, about once a
+//! second (the watch loop's watermark), off the capture path. Why the store and not a file
+//! in the root-only lock directory: `status` is for the same people as the queries (root and
+//! the store's group), who can read the store but not `/run/ctrwatch`; the snapshot is
+//! committed with the events it counts; and the writer's cost is one small row a second,
+//! in the transaction it commits anyway (no extra commit, no extra file to secure).
+//!
+//! Running means: a process holds the store's writer lock (a daemon killed with -9 holds
+//! none once it is gone) and its snapshot is fresh ([`FRESH`]). A lock holder with a stale
+//! snapshot is reported as not responding.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use ctrwatch_event::{escape_bytes, escape_path, format_rfc3339};
+
+use crate::{
+    queries::QueryError,
+    store::{RecentAlert, RunRecord, Store, WriterLock, holds_lock_on, ns, writer_lock},
+    watch::CaptureInfo,
+};
+
+/// A snapshot older than this means the daemon's loop or its store writer is stuck (it is
+/// written every second).
+pub const FRESH: Duration = Duration::from_secs(10);
+/// How many of the newest alerts `status` shows.
+pub const ALERTS_SHOWN: usize = 5;
+
+/// `ctrwatch status`'s exit code when no daemon runs on the store (or it does not respond);
+/// the store's own failures have the query commands' codes (3 to 8).
+pub const NOT_RUNNING: u8 = 1;
+
+/// The configuration file `run` read, and when.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub loaded_at: SystemTime,
+}
+
+/// The daemon's status snapshot, as stored (JSON in `meta.daemon_status`). Text is stored
+/// escaped for display.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub version: String,
+    /// When capture started (the run's start).
+    pub started_ns: i64,
+    /// When this snapshot was taken (the watch loop's watermark).
+    pub updated_ns: i64,
+    pub backend: String,
+    pub hooks_attached: usize,
+    pub hooks_unavailable: usize,
+    pub roots: Vec<String>,
+    pub config_file: Option<String>,
+    pub config_loaded_ns: Option<i64>,
+    /// Events handed to the store since the start.
+    pub events: u64,
+    /// Events lost since the start (kernel ring buffer, the writer's queue), from the loss
+    /// records.
+    pub lost: u64,
+    /// Records counted but not stored while the store could not be written (disk full).
+    pub unstored: u64,
+}
+
+/// What the daemon's writer needs to write the snapshot: the fixed part, and the capture's
+/// description shared with the watch loop's sink.
+#[derive(Clone, Debug)]
+pub struct StatusSource {
+    pub config: Option<LoadedConfig>,
+    pub started: SystemTime,
+    pub capture: std::sync::Arc<std::sync::Mutex<CaptureInfo>>,
+}
+
+impl StatusSource {
+    /// The snapshot at `now` with the writer's counts.
+    pub fn snapshot(&self, now: SystemTime, events: u64, lost: u64, unstored: u64) -> String {
+        let capture = self.capture.lock().map(|c| c.clone()).unwrap_or_default();
+        let status = DaemonStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_ns: ns(self.started),
+            updated_ns: ns(now),
+            backend: capture.backend,
+            hooks_attached: capture.hooks_attached,
+            hooks_unavailable: capture.hooks_unavailable,
+            roots: capture.roots.iter().map(|r| escape_path(r)).collect(),
+            config_file: self.config.as_ref().map(|c| escape_path(&c.path)),
+            config_loaded_ns: self.config.as_ref().map(|c| ns(c.loaded_at)),
+            events,
+            lost,
+            unstored,
+        };
+        serde_json::to_string(&status).unwrap_or_default()
+    }
+}
+
+/// The daemon's state as `status` sees it.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Running,
+    /// A process holds the store's lock but its snapshot is stale or missing (stuck, still
+    /// starting, or the disk is full).
+    NotResponding,
+    NotRunning,
+}
+
+/// Everything `status` prints (`--json`: this object).
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub state: State,
+    pub running: bool,
+    pub store: String,
+    /// The lock holder's pid (running or not responding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The last run on record, when no daemon runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<RunView>,
+    /// The running daemon's snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonView>,
+    /// When the snapshot was last written (running or not responding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+    #[serde(skip)]
+    pub updated_ns: Option<i64>,
+    /// Database and WAL bytes on disk.
+    pub store_bytes: u64,
+    pub oldest_event: Option<String>,
+    pub alerts: Vec<RecentAlert>,
+}
+
+/// The running daemon, as `--json` shows it (times RFC 3339).
+#[derive(Clone, Debug, Serialize)]
+pub struct DaemonView {
+    pub pid: u32,
+    pub version: String,
+    pub since: String,
+    #[serde(skip)]
+    pub since_ns: i64,
+    pub backend: String,
+    pub hooks_attached: usize,
+    pub hooks_unavailable: usize,
+    pub roots: Vec<String>,
+    pub config_file: Option<String>,
+    pub config_loaded: Option<String>,
+    pub events: u64,
+    pub lost: u64,
+    pub unstored: u64,
+}
+
+/// The last run on record.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunView {
+    pub pid: u32,
+    pub version: String,
+    pub started: String,
+    /// When it stopped cleanly; None: it did not (killed, crashed, power lost), or it runs.
+    pub ended: Option<String>,
+    pub clean: bool,
+    pub last_heartbeat: String,
+}
+
+impl From<&RunRecord> for RunView {
+    fn from(r: &RunRecord) -> RunView {
+        RunView {
+            pid: r.pid,
+            version: r.version.clone(),
+            started: format_rfc3339(r.started_ns),
+            ended: r.ended_ns.map(format_rfc3339),
+            clean: r.ended_ns.is_some(),
+            last_heartbeat: format_rfc3339(r.heartbeat_ns),
+        }
+    }
+}
+
+/// Reads the daemon's state and the store's facts.
+pub fn report(store_path: &Path, now: SystemTime) -> Result<StatusReport, QueryError> {
+    let store = Store::open_read_only(store_path)?;
+    let lock = writer_lock(store_path)?;
+    let snapshot: Option<DaemonStatus> = store
+        .daemon_status()?
+        .and_then(|json| serde_json::from_str(&json).ok());
+    let holder = match lock {
+        WriterLock::Held { pid } => Some(pid),
+        WriterLock::Free => None,
+        // Not root: the pid the snapshot names must hold a lock on the lock directory's
+        // device (/proc/locks is readable by all).
+        WriterLock::Unknown(dev) => snapshot
+            .as_ref()
+            .zip(dev)
+            .filter(|(s, dev)| holds_lock_on(s.pid, *dev))
+            .map(|(s, _)| s.pid),
+    };
+    let fresh = |s: &DaemonStatus| {
+        s.updated_ns.saturating_add(FRESH.as_nanos() as i64) >= ns(now) && Some(s.pid) == holder
+    };
+    let state = match (&holder, &snapshot) {
+        (None, _) => State::NotRunning,
+        (Some(_), Some(s)) if fresh(s) => State::Running,
+        (Some(_), _) => State::NotResponding,
+    };
+    let stats = store.stats()?;
+    let daemon = snapshot
+        .as_ref()
+        .filter(|_| state == State::Running)
+        .map(|s| DaemonView {
+            pid: s.pid,
+            version: s.version.clone(),
+            since: format_rfc3339(s.started_ns),
+            since_ns: s.started_ns,
+            backend: s.backend.clone(),
+            hooks_attached: s.hooks_attached,
+            hooks_unavailable: s.hooks_unavailable,
+            roots: s.roots.clone(),
+            config_file: s.config_file.clone(),
+            config_loaded: s.config_loaded_ns.map(format_rfc3339),
+            events: s.events,
+            lost: s.lost,
+            unstored: s.unstored,
+        });
+    let updated_ns = snapshot
+        .as_ref()
+        .filter(|s| state != State::NotRunning && Some(s.pid) == holder)
+        .map(|s| s.updated_ns);
+    Ok(StatusReport {
+        running: state == State::Running,
+        state,
+        store: escape_path(store_path),
+        pid: holder,
+        daemon,
+        updated: updated_ns.map(format_rfc3339),
+        updated_ns,
+        // The last run that ended, or did not: the running daemon's own is open.
+        last_run: match state {
+            State::NotRunning => store.last_run()?.as_ref().map(RunView::from),
+            State::Running | State::NotResponding => None,
+        },
+        store_bytes: stats.file_bytes + stats.wal_bytes,
+        oldest_event: stats.oldest,
+        alerts: store.recent_alerts(ALERTS_SHOWN)?,
+    })
+}
+
+/// `ctrwatch status`: prints the report; 0 when the daemon runs, [`NOT_RUNNING`] when not.
+pub fn status(store_path: &Path, json: bool) -> Result<ExitCode, QueryError> {
+    let now = SystemTime::now();
+    let report = report(store_path, now)?;
+    let text = if json {
+        let mut t = serde_json::to_string(&report).map_err(std::io::Error::other)?;
+        t.push('\n');
+        t
+    } else {
+        render(&report, now)
+    };
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(ExitCode::from(if report.running { 0 } else { NOT_RUNNING }))
+}
+
+/// How long ago `time_ns` was, rounded to the second ("3m 12s ago").
+fn ago(time_ns: i64, now: SystemTime) -> String {
+    let secs = (ns(now).saturating_sub(time_ns) / 1_000_000_000).max(0) as u64;
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The human block: a headline, then aligned `label  value` lines.
+pub fn render(r: &StatusReport, now: SystemTime) -> String {
+    let mut lines: Vec<(String, String)> = Vec::new();
+    let headline = match (&r.state, &r.daemon) {
+        (State::Running, Some(d)) => format!(
+            "ctrwatch is running (pid {}) since {} ({})",
+            d.pid,
+            d.since,
+            ago(d.since_ns, now)
+        ),
+        (State::NotResponding, _) => format!(
+            "ctrwatch is NOT RESPONDING: pid {} holds the store's lock, but its status {}; its \
+             event loop or store writer may be stuck, or the disk full (see its log)",
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            match r.updated_ns {
+                Some(t) => format!(
+                    "was last written at {} ({})",
+                    format_rfc3339(t),
+                    ago(t, now)
+                ),
+                None => "was never written (still starting?)".into(),
+            }
+        ),
+        _ => "ctrwatch is NOT RUNNING on this store".to_string(),
+    };
+    if let Some(d) = &r.daemon {
+        lines.push(("version".into(), escape_bytes(d.version.as_bytes())));
+        lines.push((
+            "backend".into(),
+            format!(
+                "{} ({} hooks attached, {} not on this kernel)",
+                escape_bytes(d.backend.as_bytes()),
+                d.hooks_attached,
+                d.hooks_unavailable
+            ),
+        ));
+        let mut roots = d.roots.iter();
+        lines.push((
+            "roots".into(),
+            roots
+                .next()
+                .map(|r| escape_bytes(r.as_bytes()))
+                .unwrap_or_else(|| "(none)".into()),
+        ));
+        for root in roots {
+            lines.push((String::new(), escape_bytes(root.as_bytes())));
+        }
+        let mut events = format!("{} stored since start, {} lost", d.events, d.lost);
+        if d.unstored > 0 {
+            events.push_str(&format!(", {} not stored (store not writable)", d.unstored));
+        }
+        lines.push(("events".into(), events));
+        lines.push((
+            "config".into(),
+            match (&d.config_file, &d.config_loaded) {
+                (Some(f), Some(at)) => {
+                    format!("{}, loaded {at}", escape_bytes(f.as_bytes()))
+                }
+                _ => "none (built-in defaults and flags)".into(),
+            },
+        ));
+    }
+    if let Some(run) = &r.last_run {
+        let end = match &run.ended {
+            Some(e) => format!("ended cleanly at {e}"),
+            None => format!(
+                "ended uncleanly (killed, crashed or power lost): last heartbeat {}",
+                run.last_heartbeat
+            ),
+        };
+        lines.push((
+            "last run".into(),
+            format!("pid {}, started {}, {end}", run.pid, run.started),
+        ));
+    } else if r.state == State::NotRunning {
+        lines.push(("last run".into(), "none on record".into()));
+    }
+    lines.push((
+        "store".into(),
+        format!(
+            "{}, {} on disk (database + WAL)",
+            escape_bytes(r.store.as_bytes()),
+            mib(r.store_bytes)
+        ),
+    ));
+    lines.push((
+        "oldest event".into(),
+        r.oldest_event
+            .clone()
+            .unwrap_or_else(|| "(no events)".into()),
+    ));
+    if let (Some(t), true) = (r.updated_ns, r.running) {
+        lines.push((
+            "updated".into(),
+            format!("{} ({})", format_rfc3339(t), ago(t, now)),
+        ));
+    }
+    if r.alerts.is_empty() {
+        lines.push(("last alerts".into(), "none".into()));
+    }
+    for (i, a) in r.alerts.iter().enumerate() {
+        let deliveries = if a.deliveries.is_empty() {
+            "no sink".to_string()
+        } else {
+            a.deliveries
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} {} ({} attempt{})",
+                        escape_bytes(d.sink.as_bytes()),
+                        escape_bytes(d.state.as_bytes()),
+                        d.attempts,
+                        if d.attempts == 1 { "" } else { "s" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        lines.push((
+            if i == 0 {
+                "last alerts".into()
+            } else {
+                String::new()
+            },
+            format!(
+                "{} {} {} {} {} ×{} rev {}: {deliveries}",
+                a.last_seen,
+                escape_bytes(a.id.as_bytes()),
+                escape_bytes(a.rule.as_bytes()),
+                escape_bytes(a.severity.as_bytes()),
+                escape_bytes(a.state.as_bytes()),
+                a.count,
+                a.rev
+            ),
+        ));
+    }
+    let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let mut out = headline;
+    out.push('\n');
+    for (label, value) in lines {
+        out.push_str(&format!("  {label:width$}  {value}\n"));
+    }
+    out
+}

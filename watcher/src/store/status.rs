@@ -1,0 +1,147 @@
+//! What `ctrwatch status` reads from the store: the daemon's status snapshot (written by the
+//! writer with its heartbeat, [`Store::heartbeat_with_status`]), the runs, and the alerts'
+//! outbox when this store has one.
+
+use rusqlite::OptionalExtension as _;
+use serde::Serialize;
+
+use super::codec::format_time;
+use super::{Store, StoreError};
+
+/// The `meta` row holding the running daemon's status snapshot (JSON, see
+/// `watcher::status::DaemonStatus`).
+pub const DAEMON_STATUS_KEY: &str = "daemon_status";
+
+/// A daemon run from the `runs` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRecord {
+    pub pid: u32,
+    pub version: String,
+    pub started_ns: i64,
+    /// The last heartbeat written (everything captured before it is stored).
+    pub heartbeat_ns: i64,
+    /// None: it did not end cleanly (or it still runs).
+    pub ended_ns: Option<i64>,
+}
+
+/// One sink's delivery state of an alert (all of the sink's targets together; the targets
+/// themselves are not shown: their URLs may carry tokens).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AlertDelivery {
+    pub sink: String,
+    /// `delivered` when every target has the alert's last revision, `pending` while one
+    /// still waits, `dropped` when one was given up.
+    pub state: String,
+    pub attempts: u64,
+}
+
+/// An alert of the outbox, newest first.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RecentAlert {
+    pub id: String,
+    pub rule: String,
+    pub severity: String,
+    pub state: String,
+    pub rev: i64,
+    pub count: i64,
+    pub last_seen: String,
+    pub deliveries: Vec<AlertDelivery>,
+}
+
+impl Store {
+    /// The daemon's last status snapshot (JSON), if one was ever written.
+    pub fn daemon_status(&self) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [DAEMON_STATUS_KEY],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The last run on record.
+    pub fn last_run(&self) -> Result<Option<RunRecord>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT pid, version, started_ns, heartbeat_ns, ended_ns FROM runs \
+                 ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(RunRecord {
+                        pid: r.get(0)?,
+                        version: r.get(1)?,
+                        started_ns: r.get(2)?,
+                        heartbeat_ns: r.get(3)?,
+                        ended_ns: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The `limit` newest alerts of the outbox with each sink's delivery state; empty when
+    /// this store has no outbox (a store of a ctrwatch without alerts).
+    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<RecentAlert>, StoreError> {
+        let has_outbox: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) = 2 FROM sqlite_master WHERE type = 'table' \
+                 AND name IN ('alerts', 'deliveries')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if !has_outbox {
+            return Ok(Vec::new());
+        }
+        let mut alerts = self
+            .conn
+            .prepare(
+                "SELECT id, rule, severity, state, rev, count, last_ns FROM alerts \
+                 ORDER BY seq DESC LIMIT ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                    Ok(RecentAlert {
+                        id: r.get(0)?,
+                        rule: r.get(1)?,
+                        severity: r.get(2)?,
+                        state: r.get(3)?,
+                        rev: r.get(4)?,
+                        count: r.get(5)?,
+                        last_seen: format_time(r.get(6)?),
+                        deliveries: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT sink, \
+                 CASE WHEN sum(state = 'dropped') > 0 THEN 'dropped' \
+                      WHEN sum(state = 'pending') > 0 THEN 'pending' \
+                      ELSE 'delivered' END, \
+                 sum(attempts) FROM deliveries WHERE alert = ?1 GROUP BY sink ORDER BY sink",
+            )
+            .map_err(|e| self.err(e))?;
+        for a in &mut alerts {
+            a.deliveries = stmt
+                .query_map([&a.id], |r| {
+                    Ok(AlertDelivery {
+                        sink: r.get(0)?,
+                        state: r.get(1)?,
+                        attempts: r.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(alerts)
+    }
+}
