@@ -4,8 +4,10 @@
 //! [`Watcher`] runs `ctrwatch watch --json` on some roots and collects its output in the
 //! background; tests perform operations from child processes and wait for the records.
 
+pub mod alertmanager;
 pub mod bounded;
 pub mod containerd;
+pub mod receiver;
 
 use std::{
     io::{BufRead, BufReader},

@@ -1,5 +1,6 @@
 //! ctrwatch's daemon and CLI library. One event's path: kernel/records.rs decodes it,
 //! enrich.rs attributes it (process.rs, cgroup.rs, roots.rs), watch.rs sends it to a sink.
+pub mod alerting;
 pub mod audit;
 pub mod cgroup;
 pub mod containerd;
