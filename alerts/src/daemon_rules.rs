@@ -224,6 +224,21 @@ impl DaemonRules {
         }
         out
     }
+
+    /// At a stop: every group's revision not yet emitted (a hole found in the last seconds
+    /// is still reported).
+    pub fn flush(&mut self) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for (kind, g) in &mut self.groups {
+            if !g.emitted || g.changed {
+                g.alert.rev += 1;
+                describe(kind, g);
+                out.push(g.alert.clone());
+            }
+        }
+        self.groups.clear();
+        out
+    }
 }
 
 fn describe(kind: &str, g: &mut Group) {

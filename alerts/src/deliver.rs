@@ -12,8 +12,8 @@
 //! * Rate: a token bucket per sink (`rate_per_minute`; the robots default to 20): bursts of
 //!   a tenth of the rate, and never more than the rate in any minute.
 //! * Alertmanager: alerts delivered and still active are posted again every
-//!   [`DeliveryOptions::resend_every`] (a batch per target), so that an instance that
-//!   restarted or joined learns them again.
+//!   [`FormatOptions::resend_every`] (a batch per target), so that they stay active and an
+//!   instance that restarted or joined learns them again.
 //! * Results (delivered, failed with the next attempt's time, skipped) go to the store
 //!   writer through a [`ResultSink`]; the worker does not wait for them to be committed (its
 //!   cursor already knows). After a restart, what was delivered but not yet recorded is sent
@@ -44,10 +44,8 @@ pub trait ResultSink: Send + Sync {
 /// Delivery settings that are not in the configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveryOptions {
-    /// Formats (Alertmanager's alert lifetime).
+    /// Formats (Alertmanager's alert lifetime and re-send interval).
     pub format: FormatOptions,
-    /// Alertmanager: active alerts are posted again this often.
-    pub resend_every: Duration,
     /// The outbox is looked at this often even when nobody wakes the workers.
     pub poll: Duration,
     /// First retry delay.
@@ -62,7 +60,6 @@ impl Default for DeliveryOptions {
     fn default() -> Self {
         DeliveryOptions {
             format: FormatOptions::default(),
-            resend_every: alertmanager::RESEND_EVERY,
             poll: Duration::from_secs(30),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
@@ -90,7 +87,7 @@ impl DeliveryOptions {
             o.format.alert_lifetime = d.max(Duration::from_secs(1));
         }
         if let Some(d) = read("CTRWATCH_ALERTMANAGER_RESEND")? {
-            o.resend_every = d.max(Duration::from_secs(1));
+            o.format.resend_every = d.max(Duration::from_secs(1));
         }
         Ok(o)
     }
@@ -610,9 +607,9 @@ impl Worker {
                     active.len()
                 );
             }
-            now + self.opts.resend_every
+            now + self.opts.format.resend_every
         } else {
-            now + self.opts.resend_every.min(Duration::from_secs(30))
+            now + self.opts.format.resend_every.min(Duration::from_secs(30))
         };
         self.targets[i].next_resend = Some(next);
         Some(next)

@@ -597,6 +597,10 @@ pub struct AlertRow {
     pub summary: String,
     /// The history command.
     pub command: String,
+    /// When the alert was first written to the outbox (RFC 3339).
+    pub created: String,
+    /// When its latest revision was written.
+    pub updated: String,
     /// Per sink and target.
     pub deliveries: Vec<DeliveryRow>,
 }
@@ -645,8 +649,8 @@ pub fn list(conn: &Connection, since_ns: i64, limit: usize) -> rusqlite::Result<
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut rows: Vec<AlertRow> = {
         let mut stmt = conn.prepare(
-            "SELECT id, seq, rule, severity, rev, state, first_ns, last_ns, count, body \
-             FROM alerts WHERE last_ns >= ?1 ORDER BY last_ns DESC, seq DESC LIMIT ?2",
+            "SELECT id, seq, rule, severity, rev, state, first_ns, last_ns, count, body, \
+             created_ns, updated_ns FROM alerts WHERE last_ns >= ?1 ORDER BY last_ns DESC, seq DESC LIMIT ?2",
         )?;
         stmt.query_map(params![since_ns, limit], |r| {
             let body: String = r.get(9)?;
@@ -670,6 +674,8 @@ pub fn list(conn: &Connection, since_ns: i64, limit: usize) -> rusqlite::Result<
                     .map(|b| b.summary.clone())
                     .unwrap_or_else(|| "(unreadable body)".into()),
                 command: parsed.map(|b| b.command).unwrap_or_default(),
+                created: ctrwatch_event::format_rfc3339(r.get(10)?),
+                updated: ctrwatch_event::format_rfc3339(r.get(11)?),
                 deliveries: Vec::new(),
             })
         })?

@@ -183,3 +183,176 @@ pub fn alert_test(config_path: &Path, sink: Option<&str>) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// The daemon's alerting while it runs: its own rules (history gaps, heartbeat), the delivery
+/// workers, and what the store writer needs (routing, who to wake, drops to report).
+pub struct DaemonAlerts {
+    /// Until capture starts: the sinks to hand to the workers.
+    pending: Option<Alerting>,
+    /// The writer's side.
+    writer: WriterAlerts,
+    node: Node,
+    config: Config,
+    rules: Option<ctrwatch_alerts::daemon_rules::DaemonRules>,
+    delivery: Option<ctrwatch_alerts::Delivery>,
+}
+
+/// What the store writer needs to apply outbox writes.
+#[derive(Clone)]
+pub struct WriterAlerts {
+    /// The sinks' names, targets and filters; the outbox bound.
+    pub routing: Routing,
+    /// Wakes the delivery workers after a commit that made deliveries pending.
+    pub waker: Option<ctrwatch_alerts::deliver::Waker>,
+    /// Alerts the outbox bound dropped undelivered, not yet reported (the writer adds, the
+    /// rules take).
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl WriterAlerts {
+    /// No sinks (the pipeline benchmark): alerts are kept, nobody is woken.
+    pub fn none() -> WriterAlerts {
+        WriterAlerts {
+            routing: Routing {
+                sinks: Vec::new(),
+                outbox_max: Config::default().alerts.outbox_max,
+            },
+            waker: None,
+            dropped: std::sync::Arc::default(),
+        }
+    }
+
+    /// The writer applied a write: wake the workers, count drops.
+    pub fn applied(&self, a: &ctrwatch_alerts::outbox::Applied) {
+        if a.pending > 0
+            && let Some(w) = &self.waker
+        {
+            w.wake();
+        }
+        if a.dropped_undelivered > 0 {
+            log::warn!(
+                "alerts: the outbox is full ([alerts] outbox_max = {}): {} undelivered alerts \
+                 dropped, oldest first",
+                self.routing.outbox_max,
+                a.dropped_undelivered
+            );
+            self.dropped
+                .fetch_add(a.dropped_undelivered, std::sync::atomic::Ordering::Relaxed);
+        }
+        if a.dropped_deliveries > 0 {
+            log::warn!(
+                "alerts: {} pending deliveries dropped: their sink, or that URL of it, is no \
+                 longer configured",
+                a.dropped_deliveries
+            );
+        }
+    }
+}
+
+impl DaemonAlerts {
+    /// The daemon's alerting for this configuration (its sinks checked).
+    pub fn new(alerting: Alerting) -> DaemonAlerts {
+        let writer = WriterAlerts {
+            routing: alerting.routing.clone(),
+            waker: None,
+            dropped: std::sync::Arc::default(),
+        };
+        DaemonAlerts {
+            node: alerting.node.clone(),
+            config: alerting.config.clone(),
+            writer,
+            pending: Some(alerting),
+            rules: None,
+            delivery: None,
+        }
+    }
+
+    /// Capture started at `started_ns` (after an unclean stop when `unclean` gives the
+    /// downtime's window): the rules start, and one delivery worker per sink on the store at
+    /// `store`, handing results to `results`. Returns what the store writer needs.
+    pub fn start(
+        &mut self,
+        started_ns: i64,
+        unclean: Option<(i64, i64)>,
+        store: &Path,
+        results: std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
+    ) -> anyhow::Result<WriterAlerts> {
+        let mut rules = ctrwatch_alerts::daemon_rules::DaemonRules::new(
+            &self.config,
+            self.node.clone(),
+            started_ns,
+        );
+        if let Some((from, to)) = unclean {
+            rules.unclean_stop(from, to, started_ns);
+        }
+        self.rules = Some(rules);
+        if let Some(alerting) = self.pending.take()
+            && !alerting.sinks.is_empty()
+        {
+            let n = alerting.sinks.len();
+            let delivery =
+                ctrwatch_alerts::Delivery::start(alerting.sinks, store, results, alerting.delivery)
+                    .map_err(|e| anyhow::anyhow!("starting the alert delivery workers: {e}"))?;
+            self.writer.waker = Some(delivery.waker());
+            self.delivery = Some(delivery);
+            log::info!("alerts: delivering to {n} sinks");
+        }
+        Ok(self.writer.clone())
+    }
+
+    /// The outbox writes the daemon's rules want at `now_ns` (call about once a second).
+    pub fn tick(&mut self, now_ns: i64) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        let Some(rules) = &mut self.rules else {
+            return Vec::new();
+        };
+        let dropped = self
+            .writer
+            .dropped
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            rules.outbox_dropped(dropped, now_ns);
+        }
+        records(rules.tick(now_ns))
+    }
+
+    /// A loss record (kernel loss, or the store writer's queue).
+    pub fn loss(&mut self, loss: &crate::event::LossEvent, now_ns: i64) {
+        let Some(rules) = &mut self.rules else {
+            return;
+        };
+        let t = |s: &str| ctrwatch_event::parse_rfc3339(s).unwrap_or(now_ns);
+        let kinds = loss
+            .kinds
+            .iter()
+            .map(|(k, n)| ((*k).to_owned(), *n))
+            .collect();
+        rules.loss(t(&loss.from), t(&loss.to), loss.lost, &kinds, now_ns);
+    }
+
+    /// At a stop: what the rules still hold (groups not yet emitted), then the workers stop
+    /// (waiting at most `grace` for requests in flight).
+    pub fn stop(&mut self, grace: std::time::Duration) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        let out = self
+            .rules
+            .as_mut()
+            .map(|r| records(r.flush()))
+            .unwrap_or_default();
+        if let Some(d) = self.delivery.take() {
+            d.stop(grace);
+        }
+        out
+    }
+}
+
+fn records(alerts: Vec<Alert>) -> Vec<ctrwatch_alerts::OutboxWrite> {
+    alerts
+        .iter()
+        .filter_map(|a| match ctrwatch_alerts::outbox::AlertRecord::of(a) {
+            Ok(r) => Some(ctrwatch_alerts::OutboxWrite::Alert(Box::new(r))),
+            Err(e) => {
+                log::error!("alerts: cannot encode alert {}: {e}", a.id);
+                None
+            }
+        })
+        .collect()
+}

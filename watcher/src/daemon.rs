@@ -29,6 +29,7 @@ mod bench;
 pub use bench::{PipelineResult, bench_pipeline};
 
 use crate::{
+    alerting::{DaemonAlerts, WriterAlerts},
     event::{Clock, FileEvent, LossEvent, monotonic_ns},
     store::{DaemonStore, StoreOptions},
     watch::{self, Sink, StdoutSink, WatchOptions},
@@ -59,6 +60,9 @@ pub struct RunOptions {
     pub store_options: StoreOptions,
     /// Also print events to stdout, as `watch` does.
     pub echo: bool,
+    /// Alerts: rules, sinks, the outbox bound (`--config`; without it the built-in defaults:
+    /// every rule on, no sink, alerts kept in the outbox only).
+    pub config: ctrwatch_config::Config,
 }
 
 enum Msg {
@@ -69,6 +73,32 @@ enum Msg {
     Watermark(SystemTime),
     /// Capture stopped at this instant; the messages before this one are all it captured.
     Stopped(SystemTime),
+    /// An alert to keep, or a delivery result: written and committed at once (an alert is on
+    /// disk before any delivery attempt).
+    Outbox(ctrwatch_alerts::OutboxWrite),
+}
+
+/// Delivery workers hand their results to the writer's queue; revoked at the stop, so that a
+/// worker still waiting for a slow receiver cannot keep the writer's queue open.
+struct WriterResults(std::sync::Mutex<Option<SyncSender<Msg>>>);
+
+impl ctrwatch_alerts::ResultSink for WriterResults {
+    fn send(&self, write: ctrwatch_alerts::OutboxWrite) -> bool {
+        match self.0.lock() {
+            Ok(tx) => tx
+                .as_ref()
+                .is_some_and(|tx| tx.send(Msg::Outbox(write)).is_ok()),
+            Err(_) => false,
+        }
+    }
+}
+
+impl WriterResults {
+    fn revoke(&self) {
+        if let Ok(mut tx) = self.0.lock() {
+            tx.take();
+        }
+    }
 }
 
 /// The sink that hands records to the writer thread: the daemon's path from the ring buffer to
@@ -88,6 +118,9 @@ pub struct StoreSink {
     echo: Option<StdoutSink>,
     clock: Clock,
     writer: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Alert rules and delivery (None: the pipeline benchmark).
+    alerts: Option<DaemonAlerts>,
+    results: Option<std::sync::Arc<WriterResults>>,
 }
 
 impl StoreSink {
@@ -104,27 +137,83 @@ impl StoreSink {
             echo,
             clock: Clock::now(),
             writer: None,
+            alerts: None,
+            results: None,
         }
+    }
+
+    /// Raises and delivers alerts (see [`DaemonAlerts`]).
+    pub fn with_alerts(mut self, alerts: DaemonAlerts) -> StoreSink {
+        self.alerts = Some(alerts);
+        self
     }
 
     /// Starts the writer thread on a store whose run has begun ([`DaemonStore::begin_run`]).
     pub fn start(store: DaemonStore, echo: Option<StdoutSink>) -> anyhow::Result<StoreSink> {
         let mut sink = StoreSink::new(store, echo);
         if let Some(store) = sink.store.take() {
-            sink.start_writer(store)?;
+            sink.start_writer(store, None)?;
         }
         Ok(sink)
     }
 
-    fn start_writer(&mut self, store: DaemonStore) -> anyhow::Result<()> {
+    /// Starts the writer thread, and the alert delivery workers (which hand their results to
+    /// it); `unclean` is the downtime window of an unclean previous stop.
+    fn start_writer(
+        &mut self,
+        store: DaemonStore,
+        unclean: Option<(i64, i64)>,
+    ) -> anyhow::Result<()> {
         let (tx, rx) = sync_channel(QUEUE);
+        let alerts = match &mut self.alerts {
+            Some(a) => {
+                let results =
+                    std::sync::Arc::new(WriterResults(std::sync::Mutex::new(Some(tx.clone()))));
+                let started = crate::store::system_time_ns(SystemTime::now());
+                let writer = a.start(
+                    started,
+                    unclean,
+                    store.requested_path(),
+                    std::sync::Arc::clone(&results)
+                        as std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
+                )?;
+                self.results = Some(results);
+                // Deliveries a removed sink left pending are dropped first.
+                let _ = tx.send(Msg::Outbox(ctrwatch_alerts::OutboxWrite::Reconcile));
+                writer
+            }
+            None => WriterAlerts::none(),
+        };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(store, rx))
+            .spawn(move || write_loop(store, rx, alerts))
             .context("starting the store writer")?;
         self.tx = Some(tx);
         self.writer = Some(writer);
         Ok(())
+    }
+
+    /// Keeps an alert (a detection's): handed to the writer, which commits it to the outbox
+    /// at once and wakes the delivery workers. Blocks while the writer's queue is full (alerts
+    /// are few and never dropped).
+    pub fn alert(&mut self, alert: &ctrwatch_alerts::Alert) -> std::io::Result<()> {
+        let record =
+            ctrwatch_alerts::outbox::AlertRecord::of(alert).map_err(std::io::Error::other)?;
+        self.send(
+            Msg::Outbox(ctrwatch_alerts::OutboxWrite::Alert(Box::new(record))),
+            true,
+        )
+    }
+
+    /// The alert rules' writes due now (blocking: alerts are few and must not be dropped).
+    fn alert_tick(&mut self, now: SystemTime) {
+        let Some(a) = &mut self.alerts else { return };
+        let writes = a.tick(crate::store::system_time_ns(now));
+        for w in writes {
+            if self.send(Msg::Outbox(w), true).is_err() {
+                return;
+            }
+        }
     }
 
     /// The result of printing to stdout (`--print`). A failure (the reader went away: EPIPE;
@@ -202,6 +291,15 @@ impl StoreSink {
     /// the downtime from its last heartbeat.
     pub fn close(mut self, stopped_at: Option<SystemTime>) -> anyhow::Result<()> {
         self.report_queue_loss()?;
+        if let Some(mut a) = self.alerts.take() {
+            // Workers first (results still reach the writer), then what the rules hold.
+            for w in a.stop(Duration::from_secs(2)) {
+                let _ = self.send(Msg::Outbox(w), true);
+            }
+        }
+        if let Some(r) = self.results.take() {
+            r.revoke();
+        }
         if let (Some(at), Some(tx)) = (stopped_at, &self.tx) {
             tx.send(Msg::Stopped(at))
                 .map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
@@ -229,6 +327,9 @@ impl Sink for StoreSink {
             let printed = echo.loss(ev);
             self.echoed(printed);
         }
+        if let Some(a) = &mut self.alerts {
+            a.loss(ev, crate::store::system_time_ns(SystemTime::now()));
+        }
         self.send(Msg::Loss(ev.clone()), true)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -243,10 +344,12 @@ impl Sink for StoreSink {
         let Some(mut store) = self.store.take() else {
             return Ok(()); // started on a run already begun
         };
+        let mut unclean = None;
         if let Some(gap) = store.begin_run(at).context("recording the daemon start")? {
             log::warn!("the previous run did not stop cleanly: {gap}");
+            unclean = Some((gap.from_ns, gap.to_ns));
         }
-        self.start_writer(store)
+        self.start_writer(store, unclean)
     }
     fn watermark(&mut self, at: SystemTime) {
         // Events dropped at the queue before it must be reported before it.
@@ -258,6 +361,7 @@ impl Sink for StoreSink {
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(Msg::Watermark(at));
         }
+        self.alert_tick(at);
     }
     fn capture_stopped(&mut self, _at: SystemTime) {
         self.stopping = true;
@@ -269,8 +373,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // corrupt store aside, and on a full disk counts until it can write.
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
+    // Sinks checked (secrets, CA files) before anything starts.
+    let alerting =
+        crate::alerting::Alerting::from_config(opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The run begins when capture has started, after the programs are attached (seconds).
-    let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)));
+    let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)))
+        .with_alerts(DaemonAlerts::new(alerting));
     watch::say(&format!(
         "ctrwatch: storing history in {}",
         crate::event::escape_path(&opts.store)
@@ -286,7 +394,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// The writer thread: appends, commits in batches, heartbeats at the watch loop's watermarks,
 /// prunes; on the end of the queue commits what is left and, when told when capture stopped,
 /// records a clean stop at that instant.
-fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
+fn write_loop(
+    mut store: DaemonStore,
+    rx: Receiver<Msg>,
+    alerts: WriterAlerts,
+) -> anyhow::Result<()> {
     // Stored events are freed on another thread: each is a tree of ~20 allocations made by
     // the watch loop, and under a flood freeing them was ~7 % of the writer's time, the
     // daemon's bottleneck. Handed over a burst at a time; if that thread is gone or behind,
@@ -324,6 +436,22 @@ fn write_loop(mut store: DaemonStore, rx: Receiver<Msg>) -> anyhow::Result<()> {
                 // with the heartbeat (the store defers it while a transaction is open).
                 Ok(Msg::Watermark(at)) => warn.report(store.heartbeat(at), "heartbeat"),
                 Ok(Msg::Stopped(at)) => stopped_at = Some(at),
+                Ok(Msg::Outbox(w)) => {
+                    // Commits the open batch, then this write: at once, not at the next tick.
+                    match store.write_outbox(&w, &alerts.routing) {
+                        Ok(applied) => alerts.applied(&applied),
+                        Err(e) => match &w {
+                            ctrwatch_alerts::OutboxWrite::Alert(a) => log::error!(
+                                "alerts: alert {} ({}) could not be kept in the outbox: {e}",
+                                a.id,
+                                a.rule
+                            ),
+                            _ => warn.report(Err::<(), _>(e), "recording an alert delivery"),
+                        },
+                    }
+                    pending = 0;
+                    last_commit = Instant::now();
+                }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     closed = true;

@@ -78,6 +78,13 @@ stdout goes away (--print into a closed pipe or a hung-up terminal), only the pr
         /// killed with -9 holds it until the kernel has detached its programs).
         #[arg(long, default_value_t = 30, value_name = "SECONDS")]
         store_lock_wait: u64,
+        /// The configuration file (TOML; see packaging/ctrwatch.toml). For now `run` takes
+        /// its alert settings from it: `[alerts]`, `[rules.<id>]` and the `[[sinks]]` alerts
+        /// are delivered to. Without it: every rule on, no sink (alerts are kept in the
+        /// store's outbox: `ctrwatch alerts`). Its other sections are checked but the flags
+        /// above still decide what they would.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
     #[command(
@@ -420,7 +427,8 @@ fn main() -> ExitCode {
             print,
             store_group,
             store_lock_wait,
-        } => run_daemon(RunOptions {
+            config,
+        } => run_daemon(config, |config| RunOptions {
             watch: watch.options(),
             store,
             store_options: StoreOptions {
@@ -432,6 +440,7 @@ fn main() -> ExitCode {
                 ..StoreOptions::default()
             },
             echo: print,
+            config,
         }),
         Command::History { path, q } => {
             return query_result(queries::history(
@@ -552,7 +561,15 @@ fn query_result(r: Result<(), queries::QueryError>) -> ExitCode {
     }
 }
 
-fn run_daemon(opts: RunOptions) -> anyhow::Result<()> {
+fn run_daemon(
+    config: Option<PathBuf>,
+    options: impl FnOnce(ctrwatch_config::Config) -> RunOptions,
+) -> anyhow::Result<()> {
+    let config = match &config {
+        Some(path) => watcher::alerting::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => ctrwatch_config::Config::default(),
+    };
+    let opts = options(config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

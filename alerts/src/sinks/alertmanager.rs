@@ -7,13 +7,17 @@
 //! alert has the same labels; the annotations (`summary`, `command`, `count`, `first_seen`,
 //! `last_seen`, `reason`, `process`, `query_command`) are overwritten by the latest post.
 //!
-//! Times: `startsAt` is the first event. `endsAt` is explicit: for event alerts the last
-//! event plus [`DEFAULT_LIFETIME`] (an hour; at least [`MIN_FIRING`] from the time of
-//! sending, so that an alert delivered late after an outage still fires); for the heartbeat
-//! its last beat plus two intervals (it resolves two intervals after the daemon went
-//! silent: the dead man's switch); for a resolved alert its last time. The delivery workers re-send alerts whose
-//! `endsAt` is still ahead every [`RESEND_EVERY`], as Prometheus does, so that an instance
-//! that restarted or joined learns them again.
+//! Times: `startsAt` is the first event; `endsAt` is always explicit.
+//! * An event alert stays active for [`DEFAULT_LIFETIME`] (an hour) after its last event.
+//!   Like Prometheus, ctrwatch does not post that end at once: each post says `endsAt` =
+//!   three re-send intervals ahead (at most the lifetime's end), and the delivery workers
+//!   post active alerts again every [`RESEND_EVERY`]. An instance that restarted or joined
+//!   learns them again, and the alerts of a node that died resolve within three intervals
+//!   instead of lingering for the hour (its heartbeat says it died). An alert delivered after
+//!   its lifetime (a long outage) still fires for three intervals.
+//! * The heartbeat ends two intervals after its last beat: it resolves two intervals after
+//!   the daemon went silent (the dead man's switch).
+//! * A resolved alert ends at its last time.
 
 use std::time::Duration;
 
@@ -26,8 +30,6 @@ use crate::alert::{AlertBody, AlertState};
 
 /// How long an event alert stays firing after its last event.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
-/// An alert sent later than its lifetime (after a long outage) still fires this long.
-pub const MIN_FIRING: Duration = Duration::from_secs(15 * 60);
 /// Active alerts are posted again this often.
 pub const RESEND_EVERY: Duration = Duration::from_secs(5 * 60);
 /// The heartbeat's interval when its alert does not say (`details.interval_seconds`).
@@ -59,12 +61,15 @@ pub fn ends_at_ns(alert: &AlertBody, now_ns: i64, opts: &FormatOptions) -> i64 {
     if alert.rule == RuleId::Heartbeat {
         return heartbeat_ends_ns(alert);
     }
-    let lifetime = dur_ns(opts.alert_lifetime);
-    let min_firing = dur_ns(MIN_FIRING.min(opts.alert_lifetime));
-    alert
+    let horizon = now_ns.saturating_add(dur_ns(opts.resend_every).saturating_mul(3));
+    let end = alert
         .last_seen_ns()
-        .saturating_add(lifetime)
-        .max(now_ns.saturating_add(min_firing))
+        .saturating_add(dur_ns(opts.alert_lifetime));
+    if end > now_ns {
+        end.min(horizon)
+    } else {
+        horizon
+    }
 }
 
 /// A heartbeat's end: two intervals after its last beat (`details.interval_seconds`). Not
@@ -295,9 +300,11 @@ mod tests {
         assert_eq!(v["annotations"]["reason"], "foreign: not containerd");
         assert_eq!(v["annotations"]["process"], "rm -f /pause");
         assert_eq!(v["startsAt"], "2026-11-18T11:06:40.000000000Z");
-        // last event + 1 h
-        assert_eq!(v["endsAt"], "2026-11-18T12:06:40.000000000Z");
-        // Sent two hours late: still fires for a while.
+        // Three re-send intervals ahead of the post...
+        assert_eq!(v["endsAt"], "2026-11-18T11:21:50.000000000Z");
+        // ...but never past the lifetime's end (last event + 1 h)...
+        assert_eq!(ends_at_ns(&b, T0 + 3500 * S, &opts), T0 + 3600 * S);
+        // ...and an alert sent two hours late still fires for three intervals.
         assert_eq!(
             ends_at_ns(&b, T0 + 7200 * S, &opts),
             T0 + 7200 * S + 900 * S

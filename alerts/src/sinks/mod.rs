@@ -120,15 +120,18 @@ pub enum Outcome {
 /// Options of the formats that are not in the configuration file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FormatOptions {
-    /// Alertmanager: how long an event alert stays firing after its last event (its
-    /// `endsAt`).
+    /// Alertmanager: how long an event alert stays active after its last event.
     pub alert_lifetime: Duration,
+    /// Alertmanager: active alerts are posted again this often (each post's `endsAt` is three
+    /// of these ahead).
+    pub resend_every: Duration,
 }
 
 impl Default for FormatOptions {
     fn default() -> Self {
         FormatOptions {
             alert_lifetime: alertmanager::DEFAULT_LIFETIME,
+            resend_every: alertmanager::RESEND_EVERY,
         }
     }
 }
