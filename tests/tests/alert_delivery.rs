@@ -432,3 +432,149 @@ fn an_outage_of_refusals_errors_timeouts_and_error_codes_loses_no_alert_and_keep
     daemon.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Fills a stopped daemon's outbox with `n` undelivered history-gap alerts for the sink
+/// `hook` at `target` (what a long outage leaves behind), oldest first.
+fn seed_outbox(store: &Path, n: usize, target: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(store).expect("open store");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let node = ctrwatch_alerts::Node {
+            hostname: "seeded".into(),
+            machine_id: "0".repeat(32),
+        };
+        let t = 1_700_000_000_000_000_000 + i as i64 * 1_000_000_000;
+        let a = ctrwatch_alerts::Alert::new(
+            ctrwatch_config::RuleId::HistoryGap,
+            ctrwatch_config::Severity::Warning,
+            format!("seeded {i}"),
+            node,
+            t,
+            format!("seeded alert {i}"),
+            "ctrwatch gaps",
+        );
+        let body = a.body_json().expect("body");
+        let seq: i64 = conn
+            .query_row(
+                "UPDATE meta SET value = value + 1 WHERE key = 'alerts_seq' RETURNING value",
+                [],
+                |r| r.get(0),
+            )
+            .expect("seq");
+        conn.execute(
+            "INSERT INTO alerts (id, seq, rule, severity, rev, state, first_ns, last_ns, count, \
+             body, created_ns, updated_ns) VALUES (?1, ?2, 'history-gap', 'warning', 1, \
+             'firing', ?3, ?3, 1, ?4, ?3, ?3)",
+            rusqlite::params![a.id.as_str(), seq, t, body],
+        )
+        .expect("insert alert");
+        conn.execute(
+            "INSERT INTO deliveries (alert, sink, target, rev, state, attempts) \
+             VALUES (?1, 'hook', ?2, 0, 'pending', 3)",
+            rusqlite::params![a.id.as_str(), target],
+        )
+        .expect("insert delivery");
+        ids.push(a.id.to_string());
+    }
+    ids
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_undelivered_counts_and_reports_them() {
+    let dir = temp_dir("alerts-bound");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = dir.join("events.db");
+    let r = Receiver::start(Mode::Refuse);
+    let config = write_config(
+        &dir,
+        &format!(
+            "[alerts]\noutbox_max = 100\n\n[rules.heartbeat]\ninterval = \"10s\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"1s\"\n",
+            r.url("/hook")
+        ),
+    );
+    // A first run (raising nothing) creates the store and its outbox; then 150 alerts wait in
+    // it, undelivered.
+    let quiet = dir.join("quiet.toml");
+    std::fs::write(&quiet, "[rules.heartbeat]\nenabled = false\n").expect("config");
+    start_daemon(&root, &store, &quiet).stop();
+    let target = format!("http://{}/hook", r.addr);
+    let seeded = seed_outbox(&store, 150, &target);
+
+    let daemon = start_daemon(&root, &store, &config);
+    // The new run's first alert makes 152: the oldest undelivered go, are counted, and a
+    // history-gap alert says so.
+    let rows = wait_outbox(
+        &store,
+        "the drop reported",
+        Duration::from_secs(30),
+        |rows| {
+            rows.iter().any(|r| {
+                r["rule"] == "history-gap"
+                    && r["summary"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("alerts were dropped from the outbox")
+            })
+        },
+    );
+    assert!(rows.len() <= 100, "{} alerts kept", rows.len());
+    let kept: BTreeSet<&str> = rows.iter().filter_map(|r| r["id"].as_str()).collect();
+    // Oldest first: what was dropped is a prefix of the seeded alerts.
+    let dropped_n = seeded
+        .iter()
+        .take_while(|id| !kept.contains(id.as_str()))
+        .count();
+    assert!(dropped_n >= 51, "only {dropped_n} dropped");
+    assert!(
+        seeded[dropped_n..]
+            .iter()
+            .all(|id| kept.contains(id.as_str())),
+        "not the oldest were dropped"
+    );
+    let table = ctrwatch(&[
+        OsStr::new("alerts"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ])
+    .1;
+    assert!(
+        table.contains(&format!("{dropped_n} alerts dropped undelivered")),
+        "{table}"
+    );
+
+    // Restored: everything kept arrives, the report included; nothing dropped does.
+    r.set_mode(Mode::Accept);
+    let rows = wait_outbox(
+        &store,
+        "every delivery done",
+        Duration::from_secs(90),
+        |rows| {
+            rows.iter()
+                .flat_map(deliveries)
+                .all(|d| d["state"] == "delivered")
+        },
+    );
+    let got: BTreeSet<String> = webhook_requests(&r)
+        .iter()
+        .filter_map(|x| x.json()["id"].as_str().map(str::to_owned))
+        .collect();
+    for row in &rows {
+        assert!(
+            got.contains(row["id"].as_str().unwrap_or("")),
+            "{row} not delivered"
+        );
+    }
+    for id in &seeded[..dropped_n] {
+        assert!(!got.contains(id), "dropped alert {id} was delivered");
+    }
+    assert!(
+        webhook_requests(&r).iter().any(|x| x.json()["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("alerts were dropped from the outbox")),
+        "the drop report never reached the receiver"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
