@@ -21,6 +21,7 @@
 pub mod alert;
 pub mod daemon_rules;
 pub mod deliver;
+pub mod detect;
 pub mod http;
 pub mod outbox;
 pub mod sinks;
