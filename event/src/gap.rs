@@ -2,6 +2,7 @@
 //! the gaps the store keeps.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
@@ -20,6 +21,9 @@ pub enum LossKind {
     Fork,
     /// A process end.
     Exit,
+    /// An operation anywhere on the node whose path was deeper than the kernel side follows:
+    /// whether it was under a root cannot be told.
+    PathUnresolved,
     /// An event the daemon's store writer could not take in time (its queue was full).
     StoreQueue,
     /// A counter slot this version does not know.
@@ -35,6 +39,7 @@ impl LossKind {
             LossKind::Exec => "exec",
             LossKind::Fork => "fork",
             LossKind::Exit => "exit",
+            LossKind::PathUnresolved => "path_unresolved",
             LossKind::StoreQueue => "store_queue",
             LossKind::Unknown => "unknown",
         }
@@ -63,16 +68,28 @@ pub struct LossEvent {
     pub kinds: BTreeMap<LossKind, u64>,
 }
 
+impl LossEvent {
+    /// The counts by kind name, in name order (the order of `kinds` in JSON and of the
+    /// store's gap records).
+    pub fn kinds_by_name(&self) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        for (k, n) in &self.kinds {
+            *out.entry(k.name()).or_insert(0) += n;
+        }
+        out
+    }
+}
+
 impl Serialize for LossEvent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
-        struct Json<'a> {
+        struct Json {
             time: String,
             op: &'static str,
             from: String,
             to: String,
             lost: u64,
-            kinds: &'a BTreeMap<LossKind, u64>,
+            kinds: BTreeMap<&'static str, u64>,
         }
         Json {
             time: format_rfc3339(self.time_ns),
@@ -80,7 +97,7 @@ impl Serialize for LossEvent {
             from: format_rfc3339(self.from_ns),
             to: format_rfc3339(self.to_ns),
             lost: self.lost,
-            kinds: &self.kinds,
+            kinds: self.kinds_by_name(),
         }
         .serialize(s)
     }
@@ -90,9 +107,9 @@ impl LossEvent {
     /// One readable line.
     pub fn human_line(&self) -> String {
         let kinds: Vec<String> = self
-            .kinds
+            .kinds_by_name()
             .iter()
-            .map(|(k, n)| format!("{}={n}", k.name()))
+            .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
             "{} LOSS        {} records not delivered between {} and {}: {}",
@@ -204,29 +221,59 @@ impl Serialize for Gap {
 }
 
 impl Gap {
-    /// One readable sentence, for logs: "no capture from … to … (12.3 s): unclean_stop".
+    /// One readable sentence, for logs: "no capture from … to … (12.3 s), recorded as a
+    /// downtime gap", "42 records not delivered by the kernel from … to … (1.0 s), recorded as
+    /// a loss gap (exec=2 unlink=40)".
     pub fn sentence(&self) -> String {
-        let secs = (self.to_ns.saturating_sub(self.from_ns)) as f64 / 1e9;
-        let what = match self.kind {
-            GapKind::Loss => "records lost",
-            GapKind::Downtime => "no capture",
-            GapKind::StoreFull => "records not stored (disk full)",
-            GapKind::StoreError => "records not stored",
-            GapKind::Pruned => "history pruned",
-            GapKind::StoreReset => "history set aside (damaged store)",
+        let lost = self.lost.unwrap_or(0);
+        let mut s = match self.kind {
+            GapKind::Downtime => "no capture".to_owned(),
+            GapKind::Loss => format!("{lost} records not delivered by the kernel"),
+            GapKind::Pruned => format!("{lost} events removed by retention"),
+            GapKind::StoreFull | GapKind::StoreError | GapKind::StoreReset => {
+                format!("{lost} records not stored")
+            }
         };
-        let mut s = format!(
-            "{what} from {} to {} ({secs:.1} s)",
+        let span = Duration::from_nanos(self.to_ns.saturating_sub(self.from_ns).max(0) as u64);
+        s.push_str(&format!(
+            " from {} to {} ({}), recorded as a {} gap",
             format_rfc3339(self.from_ns),
-            format_rfc3339(self.to_ns)
-        );
-        if let Some(n) = self.lost {
-            s.push_str(&format!(", {n} records"));
+            format_rfc3339(self.to_ns),
+            readable_span(span),
+            self.kind.name()
+        ));
+        if !self.kinds.is_empty() {
+            let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            s.push_str(&format!(" ({})", kinds.join(" ")));
         }
-        if let Some(r) = &self.reason {
-            s.push_str(&format!(": {}", crate::text::escape(r)));
+        // A downtime's reason is what the sentence is logged for.
+        if let (Some(reason), false) = (&self.reason, self.kind == GapKind::Downtime) {
+            s.push_str(&format!(": {reason}"));
         }
         s
+    }
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.sentence())
+    }
+}
+
+impl std::fmt::Display for GapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// "850 ms", "12.3 s", "2h 5m 3s".
+fn readable_span(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
     }
 }
 
@@ -245,9 +292,9 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&l)?,
-            r#"{"time":"1970-01-01T00:00:00.000000000Z","op":"loss","from":"1970-01-01T00:00:00.000000000Z","to":"1970-01-01T00:00:01.000000000Z","lost":3,"kinds":{"unlink":2,"exec":1}}"#
+            r#"{"time":"1970-01-01T00:00:00.000000000Z","op":"loss","from":"1970-01-01T00:00:00.000000000Z","to":"1970-01-01T00:00:01.000000000Z","lost":3,"kinds":{"exec":1,"unlink":2}}"#
         );
-        assert!(l.human_line().contains("unlink=2 exec=1"));
+        assert!(l.human_line().contains("exec=1 unlink=2"));
         Ok(())
     }
 
@@ -264,9 +311,36 @@ mod tests {
         };
         assert_eq!(
             g.sentence(),
-            "no capture from 1970-01-01T00:00:00.000000000Z to 1970-01-01T00:00:12.300000000Z (12.3 s): unclean_stop"
+            "no capture from 1970-01-01T00:00:00.000000000Z to 1970-01-01T00:00:12.300000000Z \
+             (12.3 s), recorded as a downtime gap"
         );
-        assert!(serde_json::to_string(&g)?.starts_with(r#"{"kind":"downtime","from":"#));
+        let g = Gap {
+            kind: GapKind::Loss,
+            lost: Some(42),
+            kinds: BTreeMap::from([("exec".into(), 2), ("unlink".into(), 40)]),
+            reason: None,
+            to_ns: 1_000_000_000,
+            ..g
+        };
+        assert_eq!(
+            g.to_string(),
+            "42 records not delivered by the kernel from 1970-01-01T00:00:00.000000000Z to \
+             1970-01-01T00:00:01.000000000Z (1.0 s), recorded as a loss gap (exec=2 unlink=40)"
+        );
+        let g = Gap {
+            kind: GapKind::StoreFull,
+            from_ns: 0,
+            to_ns: 100 * 1_000_000_000,
+            lost: Some(3),
+            kinds: BTreeMap::new(),
+            reason: Some("disk full".into()),
+            recorded_ns: 0,
+        };
+        assert!(
+            g.sentence()
+                .ends_with("(1m 40s), recorded as a store_full gap: disk full")
+        );
+        assert!(serde_json::to_string(&g)?.starts_with(r#"{"kind":"store_full","from":"#));
         for k in GapKind::ALL {
             assert_eq!(GapKind::from_name(k.name()), Some(k));
         }

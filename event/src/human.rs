@@ -8,9 +8,11 @@ use crate::{
     text::{escape, escape_bytes},
 };
 
-/// Marks a path that is not the whole path (the kernel side could not follow it all): it is
-/// shown as the part that was seen followed by this.
-pub const TRUNCATED_MARK: &str = "/…[path truncated]";
+/// Written after a path that is not the whole path (the kernel side could not build it all,
+/// note `path_truncated`): the `…` inside it could be taken for a directory's name.
+pub const TRUNCATED_MARK: &str = " (path truncated)";
+/// The same after a new path (note `new_path_truncated`).
+pub const NEW_TRUNCATED_MARK: &str = " (new path truncated)";
 
 impl FileEvent {
     /// The path for people, with the truncation mark when it is not the whole path.
@@ -27,7 +29,7 @@ impl FileEvent {
         let n = self.new_path.as_ref()?;
         let mut p = n.display();
         if self.details.notes.contains(Notes::NEW_PATH_TRUNCATED) {
-            p.push_str(TRUNCATED_MARK);
+            p.push_str(NEW_TRUNCATED_MARK);
         }
         Some(p)
     }
@@ -120,7 +122,52 @@ pub fn short_digest(digest: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::{Details, Op, OpResult, PathBytes, ProcessView};
+
+    fn rename(path: &str, new_path: &str, notes: Notes) -> FileEvent {
+        FileEvent {
+            time_ns: 0,
+            mono_ns: 1,
+            op: Op::Rename,
+            path: PathBytes(path.as_bytes().to_vec()),
+            new_path: Some(PathBytes(new_path.as_bytes().to_vec())),
+            result: OpResult::Ok,
+            inode: None,
+            dev: None,
+            process: Arc::new(ProcessView::default()),
+            details: Details {
+                notes,
+                ..Details::default()
+            },
+        }
+    }
+
+    /// A truncated path is marked on the readable line right after it, a complete one not.
+    #[test]
+    fn the_readable_line_marks_truncated_paths() {
+        let line = rename("/r/a/…/f", "/r/a/…/g", Notes::PATH_TRUNCATED).human_line();
+        assert!(
+            line.contains(" /r/a/…/f (path truncated) -> /r/a/…/g pid="),
+            "{line}"
+        );
+        let both = Notes::PATH_TRUNCATED | Notes::NEW_PATH_TRUNCATED;
+        let line = rename("/r/a/…/f", "/r/a/…/g", both).human_line();
+        assert!(
+            line.contains(" /r/a/…/f (path truncated) -> /r/a/…/g (new path truncated) pid="),
+            "{line}"
+        );
+        let line = rename("/r/a/f", "/r/a/g", Notes::BY_FD).human_line();
+        assert!(!line.contains("truncated"), "{line}");
+        // Names from outside cannot inject a line.
+        let line = rename("/r/a\nFORGED", "/r/b", Notes::default()).human_line();
+        assert!(
+            line.contains("/r/a\\x0aFORGED") && !line.contains('\n'),
+            "{line}"
+        );
+    }
 
     #[test]
     fn short_forms() {

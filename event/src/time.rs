@@ -38,9 +38,31 @@ pub fn ns_system_time(ns: i64) -> SystemTime {
 }
 
 /// ns since the epoch in the RFC 3339 form every output uses: UTC, nine decimals
-/// (`2026-11-22T05:01:02.118000000Z`).
+/// (`2026-11-22T05:01:02.118000000Z`). Total: a time before 1970 (a clock set back, a damaged
+/// store row) is formatted too, where humantime would panic.
 pub fn format_rfc3339(ns: i64) -> String {
-    humantime::format_rfc3339_nanos(ns_system_time(ns)).to_string()
+    if ns >= 0 {
+        return humantime::format_rfc3339_nanos(ns_system_time(ns)).to_string();
+    }
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 /// RFC 3339 text (as [`format_rfc3339`] writes it, or with fewer decimals) to ns since the
@@ -107,6 +129,18 @@ mod tests {
             Some(1_795_000_000_000_000_000)
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn times_before_1970_are_formatted_not_a_panic() {
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+        assert_eq!(
+            format_rfc3339(-86_400_000_000_000),
+            "1969-12-31T00:00:00.000000000Z"
+        );
+        assert_eq!(format_rfc3339(i64::MIN), "1677-09-21T00:12:43.145224192Z");
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(format_rfc3339(i64::MAX), "2262-04-11T23:47:16.854775807Z");
     }
 
     #[test]

@@ -278,7 +278,7 @@ fn hostile_name(base: &Path) -> PathBuf {
     PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&p)))
 }
 
-/// How `watcher::event::escape_bytes` shows that name.
+/// How `ctrwatch_event::escape_bytes` shows that name.
 const ESCAPED: &str = "root\\x0aFAKE LINE \\x1b[31mred\\xff";
 
 fn assert_clean_bytes(what: &str, bytes: &[u8]) {

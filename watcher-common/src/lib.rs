@@ -4,8 +4,20 @@
 //!
 //! A record in the ring buffer starts with a [`RecordHeader`]; its `kind` says which of
 //! [`FileRecord`], [`ExecRecord`], [`ForkRecord`] or [`ExitRecord`] follows. File and exec records
-//! end in a variable-length `data` tail; only the used part of it is sent.
-#![no_std]
+//! end in a variable-length `data` tail after their fixed part ([`FileRecordFixed`],
+//! [`ExecRecordFixed`]); only the used part of it is sent.
+//!
+//! Userspace (feature `user`) decodes each record right beside its layout: [`Record::decode`]
+//! gives a [`KernelFileOp`] or [`KernelExec`] (the fixed part as the kernel laid it out, the
+//! tail split into owned parts) or the fork/exit record itself. The daemon turns a
+//! `KernelFileOp` into its one event type (`ctrwatch_event::FileEvent`).
+// The eBPF programs build it without std; its own tests use std.
+#![cfg_attr(not(test), no_std)]
+
+#[cfg(feature = "user")]
+extern crate alloc;
+#[cfg(feature = "user")]
+use alloc::vec::Vec;
 
 /// Bytes of a path argument a syscall accepts (Linux's PATH_MAX, including the terminating
 /// NUL): what is read of a path or string given by a process.
@@ -115,7 +127,7 @@ pub const FLAG_REPLACED: u32 = 32;
 
 /// Common prefix of every ring buffer record.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordHeader {
     pub kind: u16,
     pub op: u16,
@@ -144,14 +156,22 @@ pub struct TaskInfo {
     pub comm: [u8; 16],
 }
 
-/// One file operation under a watched root.
-///
-/// The tail `data` holds, packed: `path` (`path_len` bytes, no NUL), then `path2`
+/// One file operation under a watched root: the fixed part ([`FileRecordFixed`]), then the
+/// tail `data`, which holds, packed: `path` (`path_len` bytes, no NUL), then `path2`
 /// (`path2_len`; the new path of a rename, the new name of a link, the target of a symlink),
-/// then the xattr name (`name_len`) and value (`value_len`).
+/// then the xattr name (`name_len`) and value (`value_len`). Only the used part of the tail is
+/// sent.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FileRecord {
+    pub fixed: FileRecordFixed,
+    pub data: [u8; DATA_CAP],
+}
+
+/// The fixed part of a [`FileRecord`]: everything but the tail.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileRecordFixed {
     pub hdr: RecordHeader,
     pub task: TaskInfo,
     /// Syscall return value: >= 0 success, negative errno on failure.
@@ -194,18 +214,127 @@ pub struct FileRecord {
     pub name_len: u16,
     pub value_len: u16,
     /// The in-kernel root filter reads `{lpm_prefixlen, data[..ROOT_KEY_CAP]}` as its LPM trie
-    /// key, so this field must stay right before `data`.
+    /// key, so this field must stay last, right before [`FileRecord::data`].
     pub lpm_prefixlen: u32,
-    pub data: [u8; DATA_CAP],
 }
 
 /// Fixed part of a [`FileRecord`], i.e. where `data` starts.
 pub const FILE_RECORD_FIXED: usize = core::mem::offset_of!(FileRecord, data);
+// `lpm_prefixlen` is followed by `data` without padding (the LPM key), and the fixed part is
+// read from the front of a record as a `FileRecordFixed`.
+const _: () = assert!(FILE_RECORD_FIXED == core::mem::size_of::<FileRecordFixed>());
+const _: () =
+    assert!(core::mem::offset_of!(FileRecordFixed, lpm_prefixlen) + 4 == FILE_RECORD_FIXED);
 
-/// A process image replaced (execve/execveat succeeded).
+/// A file record as userspace reads it: the fixed part as the kernel laid it out, and its tail
+/// split into owned parts.
+#[cfg(feature = "user")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelFileOp {
+    pub fixed: FileRecordFixed,
+    pub path: Vec<u8>,
+    /// rename/link: the new path; symlink: the target as given.
+    pub path2: Vec<u8>,
+    pub xattr_name: Vec<u8>,
+    pub xattr_value: Vec<u8>,
+}
+
+#[cfg(feature = "user")]
+impl FileRecordFixed {
+    /// A record's fixed part as the kernel side starts it (`begin_record`): nothing known yet,
+    /// chown arguments "unchanged", no fd.
+    pub fn new(op: u16, ts_ns: u64, task: TaskInfo) -> FileRecordFixed {
+        FileRecordFixed {
+            hdr: RecordHeader {
+                kind: kind::FILE,
+                op,
+                len: 0,
+                ts_ns,
+            },
+            task,
+            uid_arg: u32::MAX,
+            gid_arg: u32::MAX,
+            fd: -1,
+            ..FileRecordFixed::default()
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+impl KernelFileOp {
+    /// Decodes a file record: its fixed part, then the tail parts its lengths name.
+    pub fn decode(bytes: &[u8]) -> Result<KernelFileOp, DecodeError> {
+        let fixed: FileRecordFixed = read_prefix(bytes)?;
+        let [path, path2, name, value] = split_tail(
+            &bytes[FILE_RECORD_FIXED..],
+            [
+                usize::from(fixed.path_len),
+                usize::from(fixed.path2_len),
+                usize::from(fixed.name_len),
+                usize::from(fixed.value_len),
+            ],
+        )?;
+        Ok(KernelFileOp {
+            fixed,
+            path: path.to_vec(),
+            path2: path2.to_vec(),
+            xattr_name: name.to_vec(),
+            xattr_value: value.to_vec(),
+        })
+    }
+
+    /// The `modify` of writes through a file that was not closed (its process exited, or the
+    /// daemon stops): what the kernel side sends at a close, built from the write aggregate
+    /// taken from its map, with the path the aggregate was bound to (`WRITE_BIND`) and the
+    /// comm of the process that bound it. Flagged [`FLAG_BY_FD`] and [`FLAG_NOT_CLOSED`], and
+    /// [`FLAG_PATH_TRUNCATED`] when the bound path was.
+    pub fn unclosed_modify(
+        key: &WriteKey,
+        agg: &WriteAgg,
+        comm: [u8; 16],
+        path: Vec<u8>,
+        path_truncated: bool,
+    ) -> KernelFileOp {
+        let task = TaskInfo {
+            pid: key.tgid,
+            tid: agg.tid,
+            comm,
+            ..TaskInfo::default()
+        };
+        let mut fixed = FileRecordFixed::new(op::MODIFY, agg.last_ns, task);
+        fixed.result = i64::try_from(agg.bytes).unwrap_or(i64::MAX);
+        fixed.ino = agg.ino;
+        fixed.dev = agg.dev;
+        fixed.size = agg.size;
+        fixed.bytes = agg.bytes;
+        fixed.writes = agg.writes;
+        fixed.first_ns = agg.first_ns;
+        fixed.fd = key.fd;
+        fixed.flags = FLAG_BY_FD | FLAG_NOT_CLOSED;
+        if path_truncated {
+            fixed.flags |= FLAG_PATH_TRUNCATED;
+        }
+        KernelFileOp {
+            fixed,
+            path,
+            ..KernelFileOp::default()
+        }
+    }
+}
+
+/// A process image replaced (execve/execveat succeeded): the fixed part, then the tail `data`:
+/// the `exe` path (`exe_len`), then the NUL-separated argv (`args_len`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ExecRecord {
+    pub fixed: ExecRecordFixed,
+    pub data: [u8; EXEC_DATA_CAP],
+}
+
+/// The fixed part of an [`ExecRecord`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecRecordFixed {
     pub hdr: RecordHeader,
     pub task: TaskInfo,
     /// The pid before exec (differs when a non-leader thread exec'd).
@@ -215,13 +344,40 @@ pub struct ExecRecord {
     /// FLAG_PATH_TRUNCATED when the exe path was cut; 2 when the args were cut.
     pub flags: u32,
     pub lpm_prefixlen: u32,
-    /// `exe` path (`exe_len`), then the NUL-separated argv (`args_len`).
-    pub data: [u8; EXEC_DATA_CAP],
 }
 
 pub const EXEC_RECORD_FIXED: usize = core::mem::offset_of!(ExecRecord, data);
+const _: () = assert!(EXEC_RECORD_FIXED == core::mem::size_of::<ExecRecordFixed>());
 /// ExecRecord::flags bit: argv longer than [`ARGS_CAP`].
 pub const FLAG_ARGS_TRUNCATED: u32 = 2;
+
+/// An exec record as userspace reads it: the fixed part as the kernel laid it out, the exe
+/// and the argv.
+#[cfg(feature = "user")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelExec {
+    pub fixed: ExecRecordFixed,
+    pub exe: Vec<u8>,
+    /// argv as the kernel has it: NUL-separated (split by the process table).
+    pub args: Vec<u8>,
+}
+
+#[cfg(feature = "user")]
+impl KernelExec {
+    /// Decodes an exec record: its fixed part, then the exe and the argv.
+    pub fn decode(bytes: &[u8]) -> Result<KernelExec, DecodeError> {
+        let fixed: ExecRecordFixed = read_prefix(bytes)?;
+        let [exe, args] = split_tail(
+            &bytes[EXEC_RECORD_FIXED..],
+            [usize::from(fixed.exe_len), usize::from(fixed.args_len)],
+        )?;
+        Ok(KernelExec {
+            fixed,
+            exe: exe.to_vec(),
+            args: args.to_vec(),
+        })
+    }
+}
 
 /// A new process (not a thread): `task` is the parent, `child_pid` the new thread group.
 #[repr(C)]
@@ -242,6 +398,123 @@ pub struct ExitRecord {
     /// task->exit_code (status << 8 | signal).
     pub exit_code: i32,
     pub _pad: u32,
+}
+
+/// A record from the ring buffer, decoded (userspace): which one [`RecordHeader::kind`] says,
+/// each in its own layout.
+#[cfg(feature = "user")]
+#[derive(Clone, Debug)]
+pub enum Record {
+    File(KernelFileOp),
+    Exec(KernelExec),
+    Fork(ForkRecord),
+    Exit(ExitRecord),
+}
+
+#[cfg(feature = "user")]
+impl Record {
+    /// Decodes one ring buffer item.
+    pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+        let hdr: RecordHeader = read_prefix(bytes)?;
+        match hdr.kind {
+            kind::FILE => KernelFileOp::decode(bytes).map(Record::File),
+            kind::EXEC => KernelExec::decode(bytes).map(Record::Exec),
+            kind::FORK => read_prefix(bytes).map(Record::Fork),
+            kind::EXIT => read_prefix(bytes).map(Record::Exit),
+            other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+}
+
+/// Why a ring buffer item could not be decoded.
+#[cfg(feature = "user")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than its fixed part.
+    Short { got: usize, need: usize },
+    /// A [`RecordHeader::kind`] this version does not know.
+    UnknownKind(u16),
+    /// The tail lengths of the fixed part add up to more than the record holds.
+    Tail { got: usize, need: usize },
+}
+
+#[cfg(feature = "user")]
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::Short { got, need } => write!(
+                f,
+                "record of {got} bytes is shorter than its fixed part ({need} bytes)"
+            ),
+            DecodeError::UnknownKind(k) => write!(f, "record kind {k} is unknown"),
+            DecodeError::Tail { got, need } => write!(
+                f,
+                "record tail lengths exceed the record ({need} > {got} bytes)"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+impl core::error::Error for DecodeError {}
+
+/// Plain data that a record's front can be read as: `#[repr(C)]` structs of integers and
+/// byte arrays, valid for any bit pattern.
+///
+/// # Safety
+///
+/// Implement only for such types.
+#[cfg(feature = "user")]
+unsafe trait Plain: Copy {}
+// SAFETY: #[repr(C)] structs of integers (and structs of them), valid for any bit pattern.
+#[cfg(feature = "user")]
+unsafe impl Plain for RecordHeader {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl Plain for FileRecordFixed {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl Plain for ExecRecordFixed {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl Plain for ForkRecord {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl Plain for ExitRecord {}
+
+/// Copies a `T` out of the front of `bytes` (ring buffer items have no alignment guarantee
+/// beyond 8 bytes, and the tails make the records variable-length).
+#[cfg(feature = "user")]
+fn read_prefix<T: Plain>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = core::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            got: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: T is plain data (valid for any bytes) and `bytes` holds at least size_of::<T>()
+    // of them; the read is unaligned.
+    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Splits `tail` into consecutive parts of the given lengths.
+#[cfg(feature = "user")]
+fn split_tail<const N: usize>(tail: &[u8], lens: [usize; N]) -> Result<[&[u8]; N], DecodeError> {
+    let need: usize = lens.iter().sum();
+    if need > tail.len() {
+        return Err(DecodeError::Tail {
+            got: tail.len(),
+            need,
+        });
+    }
+    let mut parts = [&tail[..0]; N];
+    let mut at = 0;
+    for (part, len) in parts.iter_mut().zip(lens) {
+        *part = &tail[at..at + len];
+        at += len;
+    }
+    Ok(parts)
 }
 
 /// Key of the write aggregation map: one entry per (process, fd) with writes under a root.
@@ -361,4 +634,157 @@ mod pod {
     unsafe impl aya::Pod for super::WriteAgg {}
     unsafe impl aya::Pod for super::RootEntry {}
     unsafe impl aya::Pod for super::RootKey {}
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+
+    /// The bytes of a file record as the kernel side sends it: fixed part and used tail.
+    fn file_record_bytes(path: &[u8], path2: &[u8]) -> Vec<u8> {
+        let mut fixed = FileRecordFixed::new(op::RENAME, 7, TaskInfo::default());
+        fixed.path_len = path.len() as u16;
+        fixed.path2_len = path2.len() as u16;
+        fixed.replaced_ino = 77;
+        fixed.replaced_dev = (254 << 20) | 1;
+        // SAFETY: viewing a plain-data struct without padding as bytes.
+        let head = unsafe {
+            core::slice::from_raw_parts(
+                (&raw const fixed).cast::<u8>(),
+                core::mem::size_of::<FileRecordFixed>(),
+            )
+        };
+        [head, path, path2].concat()
+    }
+
+    #[test]
+    fn decodes_a_file_record_beside_its_layout() {
+        let bytes = file_record_bytes(b"/r/a", b"/r/b c");
+        let Ok(Record::File(f)) = Record::decode(&bytes) else {
+            panic!("not a file record");
+        };
+        assert_eq!(f.path, b"/r/a");
+        assert_eq!(f.path2, b"/r/b c");
+        assert!(f.xattr_name.is_empty() && f.xattr_value.is_empty());
+        assert_eq!(f.fixed.hdr.op, op::RENAME);
+        assert_eq!(f.fixed.hdr.ts_ns, 7);
+        assert_eq!(
+            (f.fixed.replaced_ino, f.fixed.replaced_dev),
+            (77, (254 << 20) | 1)
+        );
+        assert_eq!((f.fixed.uid_arg, f.fixed.fd), (u32::MAX, -1));
+    }
+
+    #[test]
+    fn rejects_truncated_records_and_unknown_kinds() {
+        let bytes = file_record_bytes(b"/r/a", b"/r/b");
+        assert!(matches!(
+            Record::decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Tail { .. })
+        ));
+        assert!(matches!(
+            Record::decode(&bytes[..10]),
+            Err(DecodeError::Short { .. })
+        ));
+        assert!(matches!(
+            Record::decode(&bytes[..FILE_RECORD_FIXED - 1]),
+            Err(DecodeError::Short { .. })
+        ));
+        let mut bytes = file_record_bytes(b"/", b"");
+        bytes[0] = 99;
+        assert!(matches!(
+            Record::decode(&bytes),
+            Err(DecodeError::UnknownKind(99))
+        ));
+    }
+
+    #[test]
+    fn decodes_exec_fork_and_exit_records() {
+        let fixed = ExecRecordFixed {
+            hdr: RecordHeader {
+                kind: kind::EXEC,
+                op: 0,
+                len: 0,
+                ts_ns: 42,
+            },
+            exe_len: 12,
+            args_len: 11,
+            ..ExecRecordFixed::default()
+        };
+        // SAFETY: viewing a plain-data struct without padding as bytes.
+        let head = unsafe {
+            core::slice::from_raw_parts(
+                (&raw const fixed).cast::<u8>(),
+                core::mem::size_of::<ExecRecordFixed>(),
+            )
+        };
+        let bytes = [head, b"/usr/bin/ctrctr\0images\0"].concat();
+        let Ok(Record::Exec(e)) = Record::decode(&bytes) else {
+            panic!("not an exec record");
+        };
+        assert_eq!(e.exe, b"/usr/bin/ctr");
+        assert_eq!(e.args, b"ctr\0images\0");
+        assert_eq!(e.fixed.hdr.ts_ns, 42);
+        assert!(matches!(
+            Record::decode(&bytes[..EXEC_RECORD_FIXED + 3]),
+            Err(DecodeError::Tail { .. })
+        ));
+
+        let fork = ForkRecord {
+            hdr: RecordHeader {
+                kind: kind::FORK,
+                ..RecordHeader::default()
+            },
+            child_pid: 12,
+            ..ForkRecord::default()
+        };
+        // SAFETY: as above.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&raw const fork).cast::<u8>(),
+                core::mem::size_of::<ForkRecord>(),
+            )
+        };
+        assert!(matches!(Record::decode(bytes), Ok(Record::Fork(f)) if f.child_pid == 12));
+        assert!(matches!(
+            Record::decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unclosed_modify_is_the_kernel_s_modify_record() {
+        let key = WriteKey { tgid: 40, fd: 3 };
+        let agg = WriteAgg {
+            bytes: 5,
+            writes: 2,
+            first_ns: 10,
+            last_ns: 20,
+            size: 9,
+            ino: 8,
+            dev: 7,
+            tid: 41,
+            ..WriteAgg::default()
+        };
+        let f = KernelFileOp::unclosed_modify(
+            &key,
+            &agg,
+            *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            b"/r/x".to_vec(),
+            true,
+        );
+        let x = &f.fixed;
+        assert_eq!(
+            (x.hdr.kind, x.hdr.op, x.hdr.ts_ns),
+            (kind::FILE, op::MODIFY, 20)
+        );
+        assert_eq!((x.task.pid, x.task.tid, x.fd), (40, 41, 3));
+        assert_eq!(
+            (x.bytes, x.writes, x.first_ns, x.size, x.result),
+            (5, 2, 10, 9, 5)
+        );
+        assert_eq!((x.ino, x.dev), (8, 7));
+        assert_eq!(x.flags, FLAG_BY_FD | FLAG_NOT_CLOSED | FLAG_PATH_TRUNCATED);
+        assert_eq!(f.path, b"/r/x");
+    }
 }

@@ -23,9 +23,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use watcher_common::{
-    FILE_RECORD_FIXED, FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED,
-    FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecord, PATH_BUF_CAP, PATH_CAP, WriteAgg, WriteKey,
-    XATTR_NAME_CAP, XATTR_VALUE_CAP, kind, op,
+    DATA_CAP, FILE_RECORD_FIXED, FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED,
+    FLAG_PATH2_TRUNCATED, FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecord, FileRecordFixed,
+    PATH_BUF_CAP, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP, XATTR_VALUE_CAP, kind, op,
 };
 
 use crate::{
@@ -252,7 +252,7 @@ pub fn file_watched(rec: *mut FileRecord, file: u64) -> bool {
     // SAFETY: `rec` is this CPU's scratch record.
     let watched = unsafe {
         let (len, _) = write_dentry_path((*rec).data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
-        under_root(&raw mut (*rec).lpm_prefixlen, len)
+        under_root(&raw mut (*rec).fixed.lpm_prefixlen, len)
     };
     let _ = VERDICTS.insert(&key, &(watched as u8), 0);
     watched
@@ -301,7 +301,7 @@ pub fn enter<const ARGS: usize>(ctx: &TracePointContext, spec: &Spec) -> u32 {
                 dirfd_of(&args, spec.dirfd),
                 saved(&args, spec.path),
             ) {
-                Some((len, _)) => under_root(&raw mut (*rec).lpm_prefixlen, len),
+                Some((len, _)) => under_root(&raw mut (*rec).fixed.lpm_prefixlen, len),
                 None => false,
             }
         };
@@ -373,7 +373,7 @@ fn open_flags(spec: &Spec, args: &[u64; 6]) -> u64 {
 fn begin_record(rec: *mut FileRecord, op: u16) {
     // SAFETY: `rec` is this CPU's scratch record.
     unsafe {
-        let r = &mut *rec;
+        let r = &mut (*rec).fixed;
         r.hdr.kind = kind::FILE;
         r.hdr.op = op;
         r.hdr.len = 0;
@@ -410,7 +410,7 @@ fn begin_record(rec: *mut FileRecord, op: u16) {
 fn send(rec: *mut FileRecord) {
     // SAFETY: `rec` is this CPU's scratch record; the length is bounded below its size.
     unsafe {
-        let r = &mut *rec;
+        let r = &mut (*rec).fixed;
         let tail = (r.path_len as usize & MASK)
             + (r.path2_len as usize & MASK)
             + (r.name_len as usize & (XATTR_NAME_CAP - 1))
@@ -452,7 +452,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
     begin_record(rec, p.op);
     // SAFETY: `rec` is this CPU's scratch record; all tail writes are masked (see path.rs).
     unsafe {
-        let r = &mut *rec;
+        let FileRecord { fixed: r, data } = &mut *rec;
         r.result = ret;
         if spec.flags >= 0 || spec.indirect >= 0 || spec.implicit_flags != 0 {
             r.sys_flags = if spec.op == op::OPEN_WRITE {
@@ -483,8 +483,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
             let fd = saved(&p.args, spec.fd) as i32;
             let file = fd_to_file(fd as i64);
             let (mnt, dentry) = file_path(file);
-            let (len, truncated) =
-                write_dentry_path(r.data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
+            let (len, truncated) = write_dentry_path(data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
             r.path_len = len as u16;
             r.fd = fd;
             r.flags |= FLAG_BY_FD;
@@ -499,7 +498,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
             }
         } else {
             match resolve_user_path(
-                r.data.as_mut_ptr(),
+                data.as_mut_ptr(),
                 dirfd_of(&p.args, spec.dirfd),
                 saved(&p.args, spec.path),
             ) {
@@ -524,7 +523,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
                 ) {
                     let len2 = len2 & MASK;
                     bpf_probe_read_kernel(
-                        r.data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
+                        data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
                         len2 as u32,
                         (*s2).data.as_ptr() as *const c_void,
                     );
@@ -536,7 +535,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
             }
         } else if spec.raw2 >= 0 {
             let n = bpf_probe_read_user_str(
-                r.data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
+                data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
                 PATH_CAP as u32,
                 saved(&p.args, spec.raw2) as *const c_void,
             );
@@ -547,7 +546,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
         tail += r.path2_len as usize & MASK;
 
         if spec.name >= 0 {
-            xattr_name_value(r, &p, spec, tail);
+            xattr_name_value(r, data, &p, spec, tail);
         }
 
         // Rename over an existing name: a filesystem hook saw the target's inode lose its last
@@ -664,12 +663,18 @@ pub fn xfs_vfs_inode(xfs_inode: u64) -> u64 {
 
 /// Appends the xattr name and, for the overlay namespaces, its value.
 #[inline(always)]
-unsafe fn xattr_name_value(r: &mut FileRecord, p: &Pending, spec: &Spec, tail: usize) {
+unsafe fn xattr_name_value(
+    r: &mut FileRecordFixed,
+    data: &mut [u8; DATA_CAP],
+    p: &Pending,
+    spec: &Spec,
+    tail: usize,
+) {
     let name_off = tail & MASK2;
     // SAFETY: name_off <= MASK2 and the buffer has room for XATTR_NAME_CAP more bytes.
     unsafe {
         let n = bpf_probe_read_user_str(
-            r.data.as_mut_ptr().add(name_off) as *mut c_void,
+            data.as_mut_ptr().add(name_off) as *mut c_void,
             XATTR_NAME_CAP as u32,
             saved(&p.args, spec.name) as *const c_void,
         );
@@ -681,7 +686,7 @@ unsafe fn xattr_name_value(r: &mut FileRecord, p: &Pending, spec: &Spec, tail: u
         if spec.value < 0 && spec.indirect < 0 {
             return;
         }
-        let name = r.data.as_ptr().add(name_off);
+        let name = data.as_ptr().add(name_off);
         if !is_overlay_xattr(name, name_len) {
             return;
         }
@@ -703,7 +708,7 @@ unsafe fn xattr_name_value(r: &mut FileRecord, p: &Pending, spec: &Spec, tail: u
         }
         let value_off = (name_off + name_len) & MASK2;
         if bpf_probe_read_user(
-            r.data.as_mut_ptr().add(value_off) as *mut c_void,
+            data.as_mut_ptr().add(value_off) as *mut c_void,
             (copy & (2 * XATTR_VALUE_CAP - 1)) as u32,
             value_ptr as *const c_void,
         ) == 0
@@ -904,7 +909,7 @@ fn send_file_event(op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
     begin_record(rec, op);
     // SAFETY: this CPU's scratch record.
     unsafe {
-        let r = &mut *rec;
+        let FileRecord { fixed: r, data } = &mut *rec;
         r.task.tid = agg.tid;
         r.fd = key.fd;
         r.dev = agg.dev;
@@ -919,8 +924,7 @@ fn send_file_event(op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
         // The file may be gone (fd reused); only read its path while it is the fd's file.
         if flags & FLAG_NOT_CLOSED == 0 || op == op::WRITE_BIND {
             let (mnt, dentry) = file_path(agg.file);
-            let (len, truncated) =
-                write_dentry_path(r.data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
+            let (len, truncated) = write_dentry_path(data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
             r.path_len = len as u16;
             if truncated {
                 r.flags |= FLAG_PATH_TRUNCATED;

@@ -48,7 +48,7 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
     };
     // SAFETY: this CPU's scratch record; tail writes are masked within EXEC_DATA_CAP.
     unsafe {
-        let r = &mut *rec;
+        let ExecRecord { fixed: r, data } = &mut *rec;
         r.hdr = header(kind::EXEC, 0);
         fill_task_info(&mut r.task);
         r.old_pid = ctx.arg::<u64>(1) as u32;
@@ -59,7 +59,7 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
         let exe_file: u64 = read(mm, off(&o.mm_exe_file));
         let (mnt, dentry) = file_path(exe_file);
         let (exe_len, truncated) = if dentry != 0 {
-            write_dentry_path(r.data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP)
+            write_dentry_path(data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP)
         } else {
             (0, false)
         };
@@ -76,7 +76,7 @@ pub fn on_exec(ctx: &RawTracePointContext) -> u32 {
         }
         let args_off = exe_len & MASK;
         let got = bpf_probe_read_user(
-            r.data.as_mut_ptr().add(args_off) as *mut c_void,
+            data.as_mut_ptr().add(args_off) as *mut c_void,
             (n & (2 * ARGS_CAP - 1)) as u32,
             arg_start as *const c_void,
         );

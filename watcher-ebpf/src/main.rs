@@ -5,7 +5,8 @@
 //! switch (maps::CAPTURE), which userspace turns on once all are attached and off at the stop.
 //!
 //! Follow one event: `sys_enter_unlinkat` → file_ops::enter (path.rs resolves and filters) →
-//! `sys_exit_unlinkat` → file_ops::exit → ring buffer `EVENTS` → watcher/src/kernel/records.rs.
+//! `sys_exit_unlinkat` → file_ops::exit → ring buffer `EVENTS` (a `watcher_common::FileRecord`) →
+//! userspace decodes it beside its layout (`watcher_common::KernelFileOp`).
 #![no_std]
 #![no_main]
 // For the atomic add on the INFLIGHT counts (maps.rs): the eBPF crate is built with nightly.

@@ -316,17 +316,16 @@ impl DaemonAlerts {
     }
 
     /// A loss record (kernel loss, or the store writer's queue).
-    pub fn loss(&mut self, loss: &crate::event::LossEvent, now_ns: i64) {
+    pub fn loss(&mut self, loss: &ctrwatch_event::LossEvent, now_ns: i64) {
         let Some(rules) = &mut self.rules else {
             return;
         };
-        let t = |s: &str| ctrwatch_event::parse_rfc3339(s).unwrap_or(now_ns);
         let kinds = loss
-            .kinds
-            .iter()
-            .map(|(k, n)| ((*k).to_owned(), *n))
+            .kinds_by_name()
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), n))
             .collect();
-        rules.loss(t(&loss.from), t(&loss.to), loss.lost, &kinds, now_ns);
+        rules.loss(loss.from_ns, loss.to_ns, loss.lost, &kinds, now_ns);
     }
 
     /// At a stop: what the rules still hold (groups not yet emitted), then the workers stop

@@ -28,9 +28,10 @@ use anyhow::Context as _;
 mod bench;
 pub use bench::{PipelineResult, bench_pipeline};
 
+use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
+
 use crate::{
     alerting::{DaemonAlerts, WriterAlerts},
-    event::{Clock, FileEvent, LossEvent, monotonic_ns},
     store::{DaemonStore, StoreOptions},
     watch::{self, Sink, StdoutSink, WatchOptions},
 };
@@ -267,12 +268,11 @@ impl StoreSink {
         let now = monotonic_ns();
         let from = self.queue_lost_since.take().unwrap_or(now);
         let loss = LossEvent {
-            time: self.clock.rfc3339(now),
-            op: "loss",
-            from: self.clock.rfc3339(from),
-            to: self.clock.rfc3339(now),
+            time_ns: self.clock.wall_ns(now),
+            from_ns: self.clock.wall_ns(from),
+            to_ns: self.clock.wall_ns(now),
             lost: self.queue_lost,
-            kinds: BTreeMap::from([("store_queue", self.queue_lost)]),
+            kinds: BTreeMap::from([(LossKind::StoreQueue, self.queue_lost)]),
         };
         self.queue_lost = 0;
         log::warn!(
@@ -381,7 +381,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_alerts(DaemonAlerts::new(alerting));
     watch::say(&format!(
         "ctrwatch: storing history in {}",
-        crate::event::escape_path(&opts.store)
+        ctrwatch_event::escape_path(&opts.store)
     ));
     let watched = watch::run(opts.watch, &mut sink).await;
     // A clean end only when everything captured was handed over; after an error the run is

@@ -1,22 +1,26 @@
 //! From kernel records to enriched events: keeps the process table current from lifecycle
 //! records, names files canonically, and attaches the acting process, its parent chain, unit
 //! and container to every file operation.
+//!
+//! The kernel's record (its layout `watcher_common::FileRecord`, decoded as
+//! `watcher_common::KernelFileOp`) becomes the one typed event, `ctrwatch_event::FileEvent`:
+//! numbers stay numbers (times in ns, `Dev`, `Mode`), ops and flags become enums and bit sets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ctrwatch_event::{
+    AncestorView, Clock, Details, Dev, FileEvent, Mode, Notes, Op, OpResult, OpenFlags,
+    Overwritten, PathBytes, ProcessView, Xattr, lossless_text,
+};
 use watcher_common::{
     FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_REPLACED,
-    FLAG_VALUE_TRUNCATED, PATH_GAP, TaskInfo, WriteAgg, WriteKey, op,
+    FLAG_VALUE_TRUNCATED, FileRecordFixed, KernelFileOp, PATH_GAP, Record, TaskInfo, WriteAgg,
+    WriteKey, op,
 };
 
 use crate::{
     containerd::attribution::Attributor,
-    event::{
-        AncestorView, Clock, Details, FileEvent, NOTE_NEW_PATH_TRUNCATED, NOTE_PATH_TRUNCATED,
-        Overwritten, PathText, ProcessView, XattrView, errno_name, hex, lossless_text,
-    },
-    kernel::records::{FileOp, Record},
     process::{ExecEvent, ProcessTable, Task},
     roots::RootSet,
 };
@@ -95,52 +99,46 @@ impl Enricher {
         match record {
             Record::Exec(exec) => {
                 self.processes.on_exec(&ExecEvent {
-                    task: Task::from(&exec.task),
+                    task: Task::from(&exec.fixed.task),
                     exe: &exec.exe,
                     args: &exec.args,
-                    ts_ns: exec.ts_ns,
+                    ts_ns: exec.fixed.hdr.ts_ns,
                 });
                 Outcome::Nothing
             }
-            Record::Fork {
-                ts_ns,
-                task,
-                child_pid,
-            } => {
-                self.processes.on_fork(&Task::from(&task), child_pid, ts_ns);
+            Record::Fork(fork) => {
+                self.processes
+                    .on_fork(&Task::from(&fork.task), fork.child_pid, fork.hdr.ts_ns);
                 Outcome::Nothing
             }
-            Record::Exit {
-                ts_ns,
-                task,
-                exit_code,
-            } => {
-                self.processes.on_exit(&Task::from(&task), exit_code, ts_ns);
-                Outcome::ProcessExited(task.pid)
+            Record::Exit(exit) => {
+                self.processes
+                    .on_exit(&Task::from(&exit.task), exit.exit_code, exit.hdr.ts_ns);
+                Outcome::ProcessExited(exit.task.pid)
             }
             Record::File(file) => self.on_file(file),
         }
     }
 
-    fn on_file(&mut self, mut f: FileOp) -> Outcome {
-        let key = (f.task.pid, f.fd);
-        if f.op == op::WRITE_BIND {
+    fn on_file(&mut self, mut f: KernelFileOp) -> Outcome {
+        let key = (f.fixed.task.pid, f.fixed.fd);
+        if f.fixed.hdr.op == op::WRITE_BIND {
             self.bindings.insert(
                 key,
                 Binding {
                     path: f.path,
-                    path_truncated: f.flags & FLAG_PATH_TRUNCATED != 0,
-                    comm: f.task.comm,
+                    path_truncated: f.fixed.flags & FLAG_PATH_TRUNCATED != 0,
+                    comm: f.fixed.task.comm,
                 },
             );
             return Outcome::Nothing;
         }
-        if f.op == op::MODIFY {
+        if f.fixed.hdr.op == op::MODIFY {
             let bound = self.bindings.remove(&key);
             if let (true, Some(b)) = (f.path.is_empty(), bound) {
                 f.path = b.path;
                 if b.path_truncated {
-                    f.flags |= FLAG_PATH_TRUNCATED;
+                    f.fixed.flags |= FLAG_PATH_TRUNCATED;
                 }
             }
         }
@@ -157,45 +155,13 @@ impl Enricher {
             let Some(binding) = self.bindings.remove(&(key.tgid, key.fd)) else {
                 continue;
             };
-            let task = watcher_common::TaskInfo {
-                pid: key.tgid,
-                tid: agg.tid,
-                comm: binding.comm,
-                ..Default::default()
-            };
-            let f = FileOp {
-                op: op::MODIFY,
-                ts_ns: agg.last_ns,
-                task,
-                result: agg.bytes as i64,
-                ino: agg.ino,
-                dev: agg.dev,
-                mode: 0,
-                sys_flags: 0,
-                flags: FLAG_BY_FD
-                    | FLAG_NOT_CLOSED
-                    | if binding.path_truncated {
-                        FLAG_PATH_TRUNCATED
-                    } else {
-                        0
-                    },
-                f_mode: 0,
-                rdev: 0,
-                size: agg.size,
-                offset: 0,
-                bytes: agg.bytes,
-                writes: agg.writes,
-                first_ns: agg.first_ns,
-                replaced_ino: 0,
-                replaced_dev: 0,
-                uid_arg: u32::MAX,
-                gid_arg: u32::MAX,
-                fd: key.fd,
-                path: binding.path,
-                path2: Vec::new(),
-                xattr_name: Vec::new(),
-                xattr_value: Vec::new(),
-            };
+            let f = KernelFileOp::unclosed_modify(
+                &key,
+                &agg,
+                binding.comm,
+                binding.path,
+                binding.path_truncated,
+            );
             if let Some(ev) = self.file_event(f) {
                 out.push(ev);
             }
@@ -203,10 +169,16 @@ impl Enricher {
         out
     }
 
-    fn file_event(&mut self, f: FileOp) -> Option<FileEvent> {
-        let path = self.canonical_path(&f.path, f.flags & FLAG_PATH_TRUNCATED != 0);
-        let new_path = (!f.path2.is_empty() && f.op != op::SYMLINK)
-            .then(|| self.canonical_path(&f.path2, f.flags & FLAG_PATH2_TRUNCATED != 0));
+    fn file_event(&mut self, f: KernelFileOp) -> Option<FileEvent> {
+        let x = &f.fixed;
+        let Some(op) = file_op(x) else {
+            log::debug!("file record of unknown op {} skipped", x.hdr.op);
+            return None;
+        };
+        let path = self.canonical_path(&f.path, x.flags & FLAG_PATH_TRUNCATED != 0);
+        let symlink = x.hdr.op == op::SYMLINK;
+        let new_path = (!f.path2.is_empty() && !symlink)
+            .then(|| self.canonical_path(&f.path2, x.flags & FLAG_PATH2_TRUNCATED != 0));
         // The kernel's prefix test is lexical; `/root/../elsewhere` passes it. Drop what is
         // not under a root once `..` is folded.
         let inside =
@@ -214,48 +186,35 @@ impl Enricher {
         if !inside {
             return None;
         }
-        let (result, errno) = if f.result < 0 && f.op != op::MODIFY {
-            let errno = (-f.result) as i32;
-            (errno_name(errno), Some(errno))
+        // A modify's "result" is the bytes written.
+        let result = if x.hdr.op == op::MODIFY {
+            OpResult::Ok
         } else {
-            ("ok".to_string(), None)
+            OpResult::from_ret(x.result)
         };
-        let mut details = Details::default();
-        let name = op_name(&f, &mut details);
-        if !PathText(path.clone()).is_utf8() {
-            details.path_hex = Some(hex(&path));
-        }
-        let new_path_text = if f.op == op::SYMLINK {
+        let mut details = self.details(&f);
+        let new_path = if symlink {
             // The symlink's target, as given (not a path we resolve).
-            (!f.path2.is_empty()).then(|| PathText(f.path2.clone()))
+            (!f.path2.is_empty()).then(|| PathBytes(f.path2.clone()))
         } else {
-            new_path.map(PathText)
+            new_path.map(PathBytes)
         };
-        details.new_path_hex = new_path_text
-            .as_ref()
-            .filter(|p| !p.is_utf8())
-            .map(|p| hex(&p.0));
-        self.fill_details(&f, &mut details);
-        let process = self.process_view(&f);
+        let process = self.process_view(&x.task);
         if let Some(attributor) = self.attributor.as_mut() {
-            let new_path = new_path_text
-                .as_ref()
-                .filter(|_| f.op != op::SYMLINK)
-                .map(|p| p.0.as_slice());
+            let new_path = new_path.as_ref().filter(|_| !symlink).map(|p| p.as_bytes());
             details.containerd = attributor
                 .attribute(&path, new_path, &process, &mut self.processes)
                 .map(Box::new);
         }
         Some(FileEvent {
-            time: self.clock.rfc3339(f.ts_ns),
-            mono_ns: f.ts_ns,
-            op: name,
-            path: PathText(path),
-            new_path: new_path_text,
+            time_ns: self.clock.wall_ns(x.hdr.ts_ns),
+            mono_ns: x.hdr.ts_ns,
+            op,
+            path: PathBytes(path),
+            new_path,
             result,
-            errno,
-            inode: (f.ino != 0).then_some(f.ino),
-            dev: (f.dev != 0).then(|| dev_text(f.dev)),
+            inode: (x.ino != 0).then_some(x.ino),
+            dev: (x.dev != 0).then_some(Dev(x.dev)),
             process,
             details,
         })
@@ -281,98 +240,93 @@ impl Enricher {
         }
     }
 
-    fn fill_details(&self, f: &FileOp, d: &mut Details) {
-        let has_mode = matches!(f.op, op::MKDIR | op::MKNOD | op::CHMOD)
-            || (f.op == op::OPEN_WRITE && f.sys_flags & O_CREAT != 0);
+    /// What depends on the op. Decided on the kernel's op number: an open is an open,
+    /// whatever [`file_op`] calls it.
+    fn details(&self, f: &KernelFileOp) -> Details {
+        let x = &f.fixed;
+        let kop = x.hdr.op;
+        let mut d = Details::default();
+        let has_mode = matches!(kop, op::MKDIR | op::MKNOD | op::CHMOD)
+            || (kop == op::OPEN_WRITE && x.sys_flags & O_CREAT != 0);
         if has_mode {
-            d.mode = Some(format!("{:04o}", f.mode & 0o7777));
+            d.mode = Some(Mode::permissions(x.mode));
         }
-        match f.op {
-            op::TRUNCATE | op::FALLOCATE => d.size = Some(f.size),
-            op::OPEN_WRITE => d.size = Some(f.size),
-            _ => {}
+        if matches!(kop, op::TRUNCATE | op::FALLOCATE | op::OPEN_WRITE) {
+            d.size = Some(x.size);
         }
-        if f.op == op::FALLOCATE {
-            d.offset = Some(f.offset);
+        if kop == op::OPEN_WRITE {
+            d.open_flags = open_flags(x.sys_flags);
         }
-        if f.op == op::MODIFY {
-            d.bytes = Some(f.bytes);
-            d.writes = Some(f.writes);
-            d.size = Some(f.size);
-            d.first_write = Some(self.clock.rfc3339(f.first_ns));
+        if kop == op::FALLOCATE {
+            d.offset = Some(x.offset);
         }
-        if f.op == op::CHOWN {
-            d.owner_uid = (f.uid_arg != u32::MAX).then_some(f.uid_arg);
-            d.owner_gid = (f.gid_arg != u32::MAX).then_some(f.gid_arg);
+        if kop == op::MODIFY {
+            d.bytes = Some(x.bytes);
+            d.writes = Some(x.writes);
+            d.size = Some(x.size);
+            d.first_write_ns = Some(self.clock.wall_ns(x.first_ns));
         }
-        if f.op == op::MKNOD {
-            // Userspace dev_t encoding (glibc makedev).
-            let major = ((f.rdev >> 8) & 0xfff) | ((f.rdev >> 12) & !0xfff);
-            let minor = (f.rdev & 0xff) | ((f.rdev >> 12) & !0xff);
-            d.rdev = Some(format!("{major}:{minor}"));
-            d.whiteout = Some(f.mode & S_IFMT == S_IFCHR && f.rdev == 0);
+        if kop == op::CHOWN {
+            d.owner_uid = (x.uid_arg != u32::MAX).then_some(x.uid_arg);
+            d.owner_gid = (x.gid_arg != u32::MAX).then_some(x.gid_arg);
         }
-        if matches!(f.op, op::SETXATTR | op::REMOVEXATTR) {
-            let value = (!f.xattr_value.is_empty()).then_some(&f.xattr_value);
-            d.xattr = Some(XattrView {
-                name: lossless_text(&f.xattr_name),
-                value: value.map(|v| {
-                    let v = v.strip_suffix(&[0]).unwrap_or(v);
-                    lossless_text(v)
-                }),
-                value_hex: value.map(|v| hex(v)),
+        if kop == op::MKNOD {
+            // mknod's device argument is in userspace's encoding.
+            d.rdev = Some(Dev::from_user(u64::from(x.rdev)));
+            d.whiteout = Some(x.mode & S_IFMT == S_IFCHR && x.rdev == 0);
+        }
+        if matches!(kop, op::SETXATTR | op::REMOVEXATTR) {
+            d.xattr = Some(Xattr {
+                name: f.xattr_name.clone(),
+                value: (!f.xattr_value.is_empty()).then(|| f.xattr_value.clone()),
             });
-            if f.op == op::SETXATTR {
-                d.size = Some(f.size);
+            if kop == op::SETXATTR {
+                d.size = Some(x.size);
             }
         }
-        if f.op == op::RENAME && f.flags & FLAG_REPLACED != 0 && f.replaced_ino != 0 {
+        if kop == op::RENAME && x.flags & FLAG_REPLACED != 0 && x.replaced_ino != 0 {
             d.overwritten = Some(Overwritten {
-                inode: f.replaced_ino,
-                dev: dev_text(f.replaced_dev),
+                inode: x.replaced_ino,
+                dev: Dev(x.replaced_dev),
             });
         }
-        if f.flags & FLAG_BY_FD != 0 {
-            d.notes.push("by_fd");
+        for (bit, note) in [
+            (FLAG_BY_FD, Notes::BY_FD),
+            (FLAG_PATH_TRUNCATED, Notes::PATH_TRUNCATED),
+            (FLAG_PATH2_TRUNCATED, Notes::NEW_PATH_TRUNCATED),
+            (FLAG_VALUE_TRUNCATED, Notes::VALUE_TRUNCATED),
+            (FLAG_NOT_CLOSED, Notes::NOT_CLOSED),
+        ] {
+            if x.flags & bit != 0 {
+                d.notes.insert(note);
+            }
         }
-        if f.flags & FLAG_PATH_TRUNCATED != 0 {
-            d.notes.push(NOTE_PATH_TRUNCATED);
-        }
-        if f.flags & FLAG_PATH2_TRUNCATED != 0 {
-            d.notes.push(NOTE_NEW_PATH_TRUNCATED);
-        }
-        if f.flags & FLAG_VALUE_TRUNCATED != 0 {
-            d.notes.push("value_truncated");
-        }
-        if f.flags & FLAG_NOT_CLOSED != 0 {
-            d.notes.push("not_closed");
-        }
+        d
     }
 
     /// The acting process's description: the thread's previous one while it still holds.
-    fn process_view(&mut self, f: &FileOp) -> Arc<ProcessView> {
-        if let Some(c) = self.views.get(&f.task.tid)
+    fn process_view(&mut self, task: &TaskInfo) -> Arc<ProcessView> {
+        if let Some(c) = self.views.get(&task.tid)
             && c.generation == self.processes.generation()
-            && c.task == f.task
+            && c.task == *task
         {
             return c.view.clone();
         }
-        let view = Arc::new(self.build_process_view(f));
+        let view = Arc::new(self.build_process_view(task));
         if self.views.len() >= VIEW_CACHE_MAX {
             self.views.clear();
         }
         // After building: reading /proc for an unknown pid adds an entry.
         let cached = CachedView {
             generation: self.processes.generation(),
-            task: f.task,
+            task: *task,
             view: view.clone(),
         };
-        self.views.insert(f.task.tid, cached);
+        self.views.insert(task.tid, cached);
         view
     }
 
-    fn build_process_view(&mut self, f: &FileOp) -> ProcessView {
-        let t = &f.task;
+    fn build_process_view(&mut self, t: &TaskInfo) -> ProcessView {
         let mut view = ProcessView {
             pid: t.pid,
             tid: t.tid,
@@ -420,62 +374,60 @@ fn first_gap(path: &[u8]) -> Option<usize> {
     None
 }
 
-/// "major:minor" of a kernel-internal dev_t (`MAJOR << 20 | MINOR`), as `stat` shows it.
-fn dev_text(dev: u32) -> String {
-    format!("{}:{}", dev >> 20, dev & 0xfffff)
+/// The event op of a kernel op number (`watcher_common::op`, also the loss counter slot of
+/// that op); None for the internal `WRITE_BIND` and numbers this version does not know. Opens
+/// (`OPEN_WRITE`) are refined by [`file_op`].
+pub fn kernel_op(number: u16) -> Option<Op> {
+    Some(match number {
+        op::OPEN_WRITE => Op::OpenWrite,
+        op::CREATE => Op::Create,
+        op::TRUNCATE => Op::Truncate,
+        op::MODIFY => Op::Modify,
+        op::FALLOCATE => Op::Fallocate,
+        op::UNLINK => Op::Unlink,
+        op::RMDIR => Op::Rmdir,
+        op::RENAME => Op::Rename,
+        op::LINK => Op::Link,
+        op::SYMLINK => Op::Symlink,
+        op::MKNOD => Op::Mknod,
+        op::MKDIR => Op::Mkdir,
+        op::SETXATTR => Op::Setxattr,
+        op::REMOVEXATTR => Op::Removexattr,
+        op::CHMOD => Op::Chmod,
+        op::CHOWN => Op::Chown,
+        _ => return None,
+    })
 }
 
-/// The op's name, refined for opens (create / truncate / open_write) from the flags.
-fn op_name(f: &FileOp, d: &mut Details) -> &'static str {
-    match f.op {
-        op::OPEN_WRITE => {
-            let flags = f.sys_flags;
-            if flags & O_ACCMODE != 0 {
-                d.open_flags.push("write");
-            }
-            if flags & O_CREAT != 0 {
-                d.open_flags.push("create");
-            }
-            if flags & O_TRUNC != 0 {
-                d.open_flags.push("truncate");
-            }
-            if flags & O_APPEND != 0 {
-                d.open_flags.push("append");
-            }
-            if f.result >= 0 && f.f_mode & FMODE_CREATED != 0 {
-                "create"
-            } else if flags & O_TRUNC != 0 {
-                "truncate"
-            } else {
-                "open_write"
-            }
+/// The op of a file record: [`kernel_op`], an open refined from its flags: `create` when it
+/// created the file, `truncate` when it truncated one (O_TRUNC), `open_write` otherwise.
+fn file_op(x: &FileRecordFixed) -> Option<Op> {
+    if x.hdr.op != op::OPEN_WRITE {
+        return kernel_op(x.hdr.op);
+    }
+    Some(if x.result >= 0 && x.f_mode & FMODE_CREATED != 0 {
+        Op::Create
+    } else if x.sys_flags & O_TRUNC != 0 {
+        Op::Truncate
+    } else {
+        Op::OpenWrite
+    })
+}
+
+/// How a file was opened, from the open's flags.
+fn open_flags(sys_flags: u32) -> OpenFlags {
+    let mut f = OpenFlags::default();
+    for (bits, flag) in [
+        (O_ACCMODE, OpenFlags::WRITE),
+        (O_CREAT, OpenFlags::CREATE),
+        (O_TRUNC, OpenFlags::TRUNCATE),
+        (O_APPEND, OpenFlags::APPEND),
+    ] {
+        if sys_flags & bits != 0 {
+            f.insert(flag);
         }
-        other => static_op_name(other),
     }
-}
-
-/// Stable names of the ops, as they appear in JSON `op`.
-pub fn static_op_name(op: u16) -> &'static str {
-    match op {
-        op::OPEN_WRITE => "open_write",
-        op::CREATE => "create",
-        op::TRUNCATE => "truncate",
-        op::MODIFY => "modify",
-        op::FALLOCATE => "fallocate",
-        op::UNLINK => "unlink",
-        op::RMDIR => "rmdir",
-        op::RENAME => "rename",
-        op::LINK => "link",
-        op::SYMLINK => "symlink",
-        op::MKNOD => "mknod",
-        op::MKDIR => "mkdir",
-        op::SETXATTR => "setxattr",
-        op::REMOVEXATTR => "removexattr",
-        op::CHMOD => "chmod",
-        op::CHOWN => "chown",
-        op::WRITE_BIND => "write_bind",
-        _ => "unknown",
-    }
+    f
 }
 
 #[cfg(test)]
@@ -484,7 +436,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::kernel::records::Exec;
+    use watcher_common::{ExecRecordFixed, KernelExec, RecordHeader};
 
     fn task(pid: u32, tid: u32, comm: &str) -> TaskInfo {
         let mut c = [0u8; 16];
@@ -499,27 +451,35 @@ mod tests {
     }
 
     fn exec(pid: u32, comm: &str, exe: &str, args: &str) -> Record {
-        Record::Exec(Exec {
-            ts_ns: 1,
-            task: task(pid, pid, comm),
-            old_pid: pid,
-            flags: 0,
+        Record::Exec(KernelExec {
+            fixed: ExecRecordFixed {
+                hdr: RecordHeader {
+                    ts_ns: 1,
+                    ..RecordHeader::default()
+                },
+                task: task(pid, pid, comm),
+                old_pid: pid,
+                ..ExecRecordFixed::default()
+            },
             exe: exe.as_bytes().to_vec(),
             args: args.replace(' ', "\0").into_bytes(),
         })
+    }
+
+    /// A file record of `op` at monotonic time 2 by `t` on `path`.
+    fn file(op: u16, t: TaskInfo, path: Vec<u8>) -> KernelFileOp {
+        KernelFileOp {
+            fixed: FileRecordFixed::new(op, 2, t),
+            path,
+            ..KernelFileOp::default()
+        }
     }
 
     fn unlink(root: &[u8], t: TaskInfo, name: &str) -> Record {
         let mut path = root.to_vec();
         path.extend_from_slice(b"/");
         path.extend_from_slice(name.as_bytes());
-        Record::File(FileOp {
-            op: op::UNLINK,
-            ts_ns: 2,
-            task: t,
-            path,
-            ..FileOp::default()
-        })
+        Record::File(file(op::UNLINK, t, path))
     }
 
     fn event(e: &mut Enricher, r: Record) -> Box<FileEvent> {
@@ -544,36 +504,26 @@ mod tests {
         let mut e = Enricher::new(roots, ProcessTable::detached(Duration::from_secs(60)));
         let mut cut = root.clone();
         cut.extend_from_slice("/a/…/../../x".as_bytes());
-        let file = |path: Vec<u8>, flags: u32| {
-            Record::File(FileOp {
-                op: op::UNLINK,
-                ts_ns: 2,
-                task: task(4000, 4000, "rm"),
-                flags,
-                path,
-                ..FileOp::default()
-            })
+        let unlink = |path: Vec<u8>, flags: u32| {
+            let mut f = file(op::UNLINK, task(4000, 4000, "rm"), path);
+            f.fixed.flags = flags;
+            Record::File(f)
         };
-        let v = event(&mut e, file(cut.clone(), FLAG_PATH_TRUNCATED));
+        let v = event(&mut e, unlink(cut.clone(), FLAG_PATH_TRUNCATED));
         assert_eq!(v.path.0, cut);
-        assert_eq!(v.details.notes, [NOTE_PATH_TRUNCATED]);
+        assert_eq!(v.details.notes, Notes::PATH_TRUNCATED);
         // A complete path is folded as before.
         let mut whole = root.clone();
         whole.extend_from_slice(b"/a/b/../x");
-        let v = event(&mut e, file(whole, 0));
+        let v = event(&mut e, unlink(whole, 0));
         assert_eq!(v.path.0, [&root[..], b"/a/x"].concat());
 
         // Bound while truncated, reported at exit without a path of its own.
         let mut bound = root.clone();
         bound.extend_from_slice("/a/…/f".as_bytes());
-        let bind = FileOp {
-            op: op::WRITE_BIND,
-            task: task(4000, 4000, "sh"),
-            fd: 1,
-            flags: FLAG_BY_FD | FLAG_PATH_TRUNCATED,
-            path: bound.clone(),
-            ..FileOp::default()
-        };
+        let mut bind = file(op::WRITE_BIND, task(4000, 4000, "sh"), bound.clone());
+        bind.fixed.fd = 1;
+        bind.fixed.flags = FLAG_BY_FD | FLAG_PATH_TRUNCATED;
         assert!(matches!(e.on_record(Record::File(bind)), Outcome::Nothing));
         let key = WriteKey { tgid: 4000, fd: 1 };
         let agg = WriteAgg {
@@ -584,11 +534,11 @@ mod tests {
         let out = e.on_unclosed_writes(vec![(key, agg)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].path.0, bound);
-        assert!(
-            out[0].details.notes.contains(&NOTE_PATH_TRUNCATED),
-            "{:?}",
-            out[0].details.notes
+        assert_eq!(
+            out[0].details.notes,
+            Notes::BY_FD | Notes::PATH_TRUNCATED | Notes::NOT_CLOSED
         );
+        assert_eq!((out[0].op, out[0].details.bytes), (Op::Modify, Some(3)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -621,6 +571,121 @@ mod tests {
         let after = event(&mut e, unlink(&root, task(4000, 4000, "rm"), "e"));
         assert_eq!(after.process.exe.as_deref(), Some("/usr/bin/rm"));
         assert_eq!(after.process.cmdline, ["rm", "-f", "e"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every number of the kernel's record lands typed in the event: the op (opens refined),
+    /// the result, the device, mode, flags, notes, times in ns, the xattr's bytes.
+    #[test]
+    fn records_become_typed_events() {
+        let dir =
+            std::env::temp_dir().join(format!("ctrwatch-enrich-typed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let roots = RootSet::resolve(std::slice::from_ref(&PathBuf::from(&dir)));
+        let mut root = roots.kernel_prefixes().into_iter().next().expect("root");
+        if root.ends_with(b"/") {
+            root.pop();
+        }
+        let mut e = Enricher::new(roots, ProcessTable::detached(Duration::from_secs(60)));
+        e.clock = Clock::with_offset(1_000_000);
+        let at = |name: &str| [&root[..], b"/", name.as_bytes()].concat();
+        let t = task(4100, 4100, "tar");
+
+        // An open that created the file, with O_CREAT|O_TRUNC|O_WRONLY.
+        let mut open = file(op::OPEN_WRITE, t, at("new"));
+        open.fixed.sys_flags = 0o1101;
+        open.fixed.f_mode = FMODE_CREATED;
+        open.fixed.mode = 0o100644;
+        open.fixed.result = 3;
+        open.fixed.dev = (254 << 20) | 1;
+        open.fixed.ino = 12;
+        let v = event(&mut e, Record::File(open.clone()));
+        assert_eq!((v.op, v.result), (Op::Create, OpResult::Ok));
+        assert_eq!(
+            v.details.open_flags,
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
+        );
+        assert_eq!(v.details.mode, Some(Mode(0o644)));
+        assert_eq!((v.dev, v.inode), (Some(Dev::new(254, 1)), Some(12)));
+        assert_eq!((v.time_ns, v.mono_ns), (1_000_002, 2));
+        // The same open of an existing file truncates it; failing, it has the errno.
+        open.fixed.f_mode = 0;
+        assert_eq!(event(&mut e, Record::File(open.clone())).op, Op::Truncate);
+        open.fixed.sys_flags = 0o1;
+        open.fixed.result = -i64::from(libc::EACCES);
+        let v = event(&mut e, Record::File(open));
+        assert_eq!(
+            (v.op, v.result),
+            (Op::OpenWrite, OpResult::Err(libc::EACCES))
+        );
+        assert_eq!(v.details.mode, None);
+
+        // A whiteout.
+        let mut mknod = file(op::MKNOD, t, at("wh"));
+        mknod.fixed.mode = 0o020000;
+        let v = event(&mut e, Record::File(mknod));
+        assert_eq!(v.details.rdev, Some(Dev::new(0, 0)));
+        assert_eq!(v.details.whiteout, Some(true));
+        // An opaque marker, its value as given.
+        let mut opaque = file(op::SETXATTR, t, at("dir"));
+        opaque.xattr_name = b"trusted.overlay.opaque".to_vec();
+        opaque.xattr_value = b"y".to_vec();
+        opaque.fixed.size = 1;
+        let v = event(&mut e, Record::File(opaque));
+        let x = v.details.xattr.as_ref().expect("xattr");
+        assert!(x.is_opaque_marker());
+        assert_eq!(v.details.size, Some(1));
+        // A rename that replaced its target.
+        let mut rename = file(op::RENAME, t, at("a"));
+        rename.path2 = at("b");
+        rename.fixed.flags = FLAG_REPLACED;
+        rename.fixed.replaced_ino = 99;
+        rename.fixed.replaced_dev = (8 << 20) | 3;
+        let v = event(&mut e, Record::File(rename));
+        assert_eq!(
+            v.new_path.as_ref().map(|p| p.as_bytes()),
+            Some(&at("b")[..])
+        );
+        assert_eq!(
+            v.details.overwritten,
+            Some(Overwritten {
+                inode: 99,
+                dev: Dev::new(8, 3)
+            })
+        );
+        // chown of the group only; a symlink's target kept as given.
+        let mut chown = file(op::CHOWN, t, at("c"));
+        chown.fixed.gid_arg = 5;
+        let v = event(&mut e, Record::File(chown));
+        assert_eq!((v.details.owner_uid, v.details.owner_gid), (None, Some(5)));
+        let mut link = file(op::SYMLINK, t, at("l"));
+        link.path2 = b"../../x".to_vec();
+        let v = event(&mut e, Record::File(link));
+        assert_eq!(
+            v.new_path.as_ref().map(|p| p.as_bytes()),
+            Some(&b"../../x"[..])
+        );
+        // A modify: its result is the bytes written, never an errno; the first write's time.
+        let mut modify = file(op::MODIFY, t, at("m"));
+        modify.fixed.result = 10;
+        modify.fixed.bytes = 10;
+        modify.fixed.writes = 2;
+        modify.fixed.first_ns = 1;
+        let v = event(&mut e, Record::File(modify));
+        assert_eq!((v.op, v.result), (Op::Modify, OpResult::Ok));
+        assert_eq!(v.details.first_write_ns, Some(1_000_001));
+        // The internal write binding and unknown op numbers are no events.
+        assert!(matches!(
+            e.on_record(Record::File(file(op::WRITE_BIND, t, at("m")))),
+            Outcome::Nothing
+        ));
+        assert!(matches!(
+            e.on_record(Record::File(file(200, t, at("m")))),
+            Outcome::Nothing
+        ));
+        for n in 0..=op::LAST {
+            assert_eq!(kernel_op(n).is_some(), n != 0 && n != op::WRITE_BIND, "{n}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::event::escape_path;
+use ctrwatch_event::escape_path;
 
 /// Why something under a root could not be opened. Paths are escaped when displayed.
 #[derive(Debug, thiserror::Error)]

@@ -1,12 +1,14 @@
-//! ctrwatch's daemon and CLI library. One event's path: kernel/records.rs decodes it,
-//! enrich.rs attributes it (process.rs, cgroup.rs, roots.rs), watch.rs sends it to a sink.
+//! ctrwatch's daemon and CLI library. One event's path: the kernel's record (layout and
+//! decoding in `watcher_common`: `FileRecord`, decoded as `KernelFileOp`) becomes the one
+//! typed event (`ctrwatch_event::FileEvent`) in enrich.rs, which attributes it (process.rs,
+//! cgroup.rs, roots.rs, containerd/); watch.rs sends it to a sink (stdout, or the daemon's
+//! store).
 pub mod alerting;
 pub mod audit;
 pub mod cgroup;
 pub mod containerd;
 pub mod daemon;
 pub mod enrich;
-pub mod event;
 pub mod fsx;
 pub mod kernel;
 pub mod loss;

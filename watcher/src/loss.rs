@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use watcher_common::{LOSS_EXEC, LOSS_EXIT, LOSS_FORK, LOSS_PATH_UNRESOLVED, LOSS_SLOTS};
+use ctrwatch_event::{Clock, LossEvent, LossKind};
+use watcher_common::{LOSS_EXEC, LOSS_EXIT, LOSS_FORK, LOSS_PATH_UNRESOLVED, op};
 
-use crate::{enrich::static_op_name, event::Clock, event::LossEvent};
+use crate::enrich::kernel_op;
 
 /// Remembers the last totals and reports what was added since, with the window it covers.
 #[derive(Debug)]
@@ -30,7 +31,7 @@ impl LossTracker {
         for (slot, (now, before)) in totals.iter().zip(self.last.iter()).enumerate() {
             let delta = now.saturating_sub(*before);
             if delta > 0 {
-                *kinds.entry(slot_name(slot as u32)).or_insert(0) += delta;
+                *kinds.entry(slot_kind(slot)).or_insert(0) += delta;
                 lost += delta;
             }
         }
@@ -38,29 +39,39 @@ impl LossTracker {
         self.last = totals;
         self.window_start_ns = now_ns;
         (lost > 0).then(|| LossEvent {
-            time: clock.rfc3339(now_ns),
-            op: "loss",
-            from: clock.rfc3339(from),
-            to: clock.rfc3339(now_ns),
+            time_ns: clock.wall_ns(now_ns),
+            from_ns: clock.wall_ns(from),
+            to_ns: clock.wall_ns(now_ns),
             lost,
             kinds,
         })
     }
 }
 
-fn slot_name(slot: u32) -> &'static str {
+/// What a loss counter slot counts: the op of that number, the write binding, the process
+/// records, or the operations whose path could not be resolved.
+fn slot_kind(slot: usize) -> LossKind {
+    let Ok(slot) = u32::try_from(slot) else {
+        return LossKind::Unknown;
+    };
     match slot {
-        LOSS_EXEC => "exec",
-        LOSS_FORK => "fork",
-        LOSS_EXIT => "exit",
-        LOSS_PATH_UNRESOLVED => "path_unresolved",
-        s if s < LOSS_SLOTS => static_op_name(s as u16),
-        _ => "unknown",
+        LOSS_EXEC => LossKind::Exec,
+        LOSS_FORK => LossKind::Fork,
+        LOSS_EXIT => LossKind::Exit,
+        LOSS_PATH_UNRESOLVED => LossKind::PathUnresolved,
+        s if s == u32::from(op::WRITE_BIND) => LossKind::WriteBind,
+        s => u16::try_from(s)
+            .ok()
+            .and_then(kernel_op)
+            .map_or(LossKind::Unknown, LossKind::Op),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use ctrwatch_event::Op;
+    use watcher_common::LOSS_SLOTS;
+
     use super::*;
 
     #[test]
@@ -69,16 +80,62 @@ mod tests {
         let mut t = LossTracker::new(vec![0; 32], 100);
         let mut totals = vec![0; 32];
         assert!(t.poll(totals.clone(), 200, &clock).is_none());
-        totals[watcher_common::op::UNLINK as usize] = 5;
+        totals[op::UNLINK as usize] = 5;
         totals[LOSS_EXEC as usize] = 2;
         let ev = t.poll(totals.clone(), 300, &clock);
         let Some(ev) = ev else {
             panic!("no loss record")
         };
         assert_eq!(ev.lost, 7);
-        assert_eq!(ev.kinds.get("unlink"), Some(&5));
-        assert_eq!(ev.kinds.get("exec"), Some(&2));
-        assert_eq!(ev.from, clock.rfc3339(200));
+        assert_eq!(ev.kinds.get(&LossKind::Op(Op::Unlink)), Some(&5));
+        assert_eq!(ev.kinds.get(&LossKind::Exec), Some(&2));
+        assert_eq!(ev.from_ns, clock.wall_ns(200));
         assert!(t.poll(totals, 400, &clock).is_none());
+    }
+
+    /// Every slot has the name it had as text: op names, `write_bind`, the process records,
+    /// `path_unresolved`, and `unknown` for the unused ones.
+    #[test]
+    fn slots_are_named_as_before() {
+        let names: Vec<&str> = (0..LOSS_SLOTS as usize)
+            .map(|s| slot_kind(s).name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "unknown",
+                "open_write",
+                "create",
+                "truncate",
+                "modify",
+                "fallocate",
+                "unlink",
+                "rmdir",
+                "rename",
+                "link",
+                "symlink",
+                "mknod",
+                "mkdir",
+                "setxattr",
+                "removexattr",
+                "chmod",
+                "chown",
+                "write_bind",
+                "unknown",
+                "unknown",
+                "unknown",
+                "unknown",
+                "unknown",
+                "unknown",
+                "exec",
+                "fork",
+                "exit",
+                "path_unresolved",
+                "unknown",
+                "unknown",
+                "unknown",
+                "unknown",
+            ]
+        );
     }
 }

@@ -531,7 +531,7 @@ fn main() -> ExitCode {
             let mut text = containerd::describe(&found);
             text.push_str("watched when no --root is given:\n");
             for r in watch::roots_of(&found) {
-                text.push_str(&format!("  {}\n", watcher::event::escape_path(&r)));
+                text.push_str(&format!("  {}\n", ctrwatch_event::escape_path(&r)));
             }
             write_stdout(&text)
         }
@@ -711,7 +711,7 @@ fn run_audit(args: AuditArgs) -> ExitCode {
             Err(e) => {
                 eprintln!(
                     "ctrwatch: error: cannot audit {}: {e}",
-                    watcher::event::escape_path(&root)
+                    ctrwatch_event::escape_path(&root)
                 );
                 worst = 2;
             }

@@ -170,15 +170,15 @@ pub struct ExecEvent<'a> {
 impl<'a> ExecEvent<'a> {
     /// Reads an exec record; lengths that overrun the record are cut to it.
     pub fn from_record(rec: &'a ExecRecord) -> Self {
-        let exe_len = usize::from(rec.exe_len).min(EXEC_DATA_CAP);
+        let exe_len = usize::from(rec.fixed.exe_len).min(EXEC_DATA_CAP);
         let args_end = exe_len
-            .saturating_add(usize::from(rec.args_len))
+            .saturating_add(usize::from(rec.fixed.args_len))
             .min(EXEC_DATA_CAP);
         Self {
-            task: Task::from(&rec.task),
+            task: Task::from(&rec.fixed.task),
             exe: rec.data.get(..exe_len).unwrap_or_default(),
             args: rec.data.get(exe_len..args_end).unwrap_or_default(),
-            ts_ns: rec.hdr.ts_ns,
+            ts_ns: rec.fixed.hdr.ts_ns,
         }
     }
 }
@@ -1080,24 +1080,26 @@ mod tests {
     #[test]
     fn exec_record_decoding() {
         let mut rec = ExecRecord {
-            hdr: watcher_common::RecordHeader {
-                kind: watcher_common::kind::EXEC,
-                op: 0,
-                len: 0,
-                ts_ns: 42,
+            fixed: watcher_common::ExecRecordFixed {
+                hdr: watcher_common::RecordHeader {
+                    kind: watcher_common::kind::EXEC,
+                    op: 0,
+                    len: 0,
+                    ts_ns: 42,
+                },
+                task: TaskInfo {
+                    pid: 7,
+                    ppid: 1,
+                    comm: *b"ctr\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                    cgroup_id: 99,
+                    ..TaskInfo::default()
+                },
+                old_pid: 7,
+                exe_len: 12,
+                args_len: 12,
+                flags: 0,
+                lpm_prefixlen: 0,
             },
-            task: TaskInfo {
-                pid: 7,
-                ppid: 1,
-                comm: *b"ctr\0\0\0\0\0\0\0\0\0\0\0\0\0",
-                cgroup_id: 99,
-                ..TaskInfo::default()
-            },
-            old_pid: 7,
-            exe_len: 12,
-            args_len: 12,
-            flags: 0,
-            lpm_prefixlen: 0,
             data: [0; EXEC_DATA_CAP],
         };
         let bytes = b"/usr/bin/ctrctr\0images\0";
@@ -1108,15 +1110,15 @@ mod tests {
         assert_eq!(ev.task.comm, "ctr");
         assert_eq!(ev.ts_ns, 42);
         // Lengths past the tail are cut, not trusted.
-        rec.exe_len = u16::MAX;
-        rec.args_len = u16::MAX;
+        rec.fixed.exe_len = u16::MAX;
+        rec.fixed.args_len = u16::MAX;
         let ev = ExecEvent::from_record(&rec);
         assert_eq!(ev.exe.len(), EXEC_DATA_CAP);
         assert!(ev.args.is_empty());
 
         let mut t = table();
-        rec.exe_len = 12;
-        rec.args_len = 11;
+        rec.fixed.exe_len = 12;
+        rec.fixed.args_len = 11;
         t.on_exec_record(&rec);
         assert_eq!(
             t.get(7).map(|p| p.cmdline_lossy()),

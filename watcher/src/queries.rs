@@ -13,9 +13,11 @@ use std::{
     time::SystemTime,
 };
 
+use ctrwatch_event::{FileEvent, Gap};
+
 use crate::store::{
-    Answer, DeleteOptions, Filter, Gap, PathMatch, PathQuery, Store, StoreError, StoredEvent,
-    Unreadable, render_gaps, render_table,
+    Answer, DeleteOptions, Deletion, Filter, PathMatch, PathQuery, Store, StoreError, Unreadable,
+    render_deletions, render_gaps, render_table,
 };
 
 /// Exit codes of the query commands (documented in docs/operations.md).
@@ -50,7 +52,7 @@ pub enum QueryError {
     /// The answer was printed, but rows of a damaged store had to be skipped.
     #[error(
         "event store {} is damaged: {}; the results printed are the rows that could be read",
-        crate::event::escape_bytes(path.as_os_str().as_encoded_bytes()),
+        ctrwatch_event::escape_bytes(path.as_os_str().as_encoded_bytes()),
         unreadable.summary()
     )]
     Unreadable {
@@ -162,12 +164,23 @@ fn print<T: serde::Serialize>(
     Ok(())
 }
 
-fn print_events(
+fn print_events(store: &Path, events: &Answer<FileEvent>, out: &Output) -> Result<(), QueryError> {
+    print(store, events, out, render_table, "no matching events", "op")
+}
+
+fn print_deletions(
     store: &Path,
-    events: &Answer<StoredEvent>,
+    deletions: &Answer<Deletion>,
     out: &Output,
 ) -> Result<(), QueryError> {
-    print(store, events, out, render_table, "no matching events", "op")
+    print(
+        store,
+        deletions,
+        out,
+        render_deletions,
+        "no matching events",
+        "op",
+    )
 }
 
 fn print_gaps(store: &Path, gaps: &Answer<Gap>, out: &Output) -> Result<(), QueryError> {
@@ -235,8 +248,8 @@ pub fn who_deleted(
     w: &Window,
     out: &Output,
 ) -> Result<(), QueryError> {
-    let events = open(store)?.who_deleted_partial(&path_query(path, matching, w)?, opts)?;
-    print_events(store, &events, out)
+    let deletions = open(store)?.who_deleted_partial(&path_query(path, matching, w)?, opts)?;
+    print_deletions(store, &deletions, out)
 }
 
 /// Filters of `ctrwatch query`, as given on the command line.

@@ -19,10 +19,12 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use ctrwatch_event::{FileEvent, LossEvent, monotonic_ns};
+use watcher_common::Record;
+
 use crate::{
     enrich::{Enricher, Outcome},
-    event::{FileEvent, LossEvent, monotonic_ns},
-    kernel::{KernelWatch, LoadOptions, records},
+    kernel::{KernelWatch, LoadOptions},
     loss::LossTracker,
     process::ProcessTable,
     roots::RootSet,
@@ -127,11 +129,7 @@ impl Sink for StdoutSink {
             serde_json::to_writer(&mut self.out, ev)?;
             self.out.write_all(b"\n")
         } else {
-            writeln!(
-                self.out,
-                "{} LOSS       {} records not delivered between {} and {}: {:?}",
-                ev.time, ev.lost, ev.from, ev.to, ev.kinds
-            )
+            writeln!(self.out, "{}", ev.human_line())
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -203,7 +201,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
             .roots
             .roots
             .iter()
-            .map(|r| crate::event::escape_path(&r.canonical))
+            .map(|r| ctrwatch_event::escape_path(&r.canonical))
             .collect::<Vec<_>>()
             .join(", ")
     ));
@@ -293,7 +291,7 @@ fn drain(
     sink: &mut dyn Sink,
 ) -> anyhow::Result<()> {
     while let Some(item) = ring.next() {
-        let record = match records::decode(&item) {
+        let record = match Record::decode(&item) {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("undecodable record: {e}");

@@ -1,7 +1,7 @@
 //! The store's row codec on arbitrary bytes: decoding a details record (with a time, a path
 //! and an atom table holding valid and invalid containerd JSON) and hashing the row as the
 //! reader does must never panic or hang; and details built from the input, encoded as the
-//! writer does, must decode to the same JSON.
+//! writer does, must decode to the same details.
 
 #![no_main]
 

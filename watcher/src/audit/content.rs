@@ -31,8 +31,8 @@ use super::layers::{self, LayerJob, Plan};
 use super::{Context, Outcome, Unit};
 use crate::containerd::metadata::{is_digest, parse_backend_key};
 use crate::containerd::{BlobInfo, BlobRole, SnapshotKind};
-use crate::event::{escape_bytes, escape_path};
 use crate::fsx;
+use ctrwatch_event::{escape_bytes, escape_path};
 use hashing::{FileHash, HashError, HashingReader};
 
 /// An ingest not updated for this long is stale: no client is still writing it, and without a

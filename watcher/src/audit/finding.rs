@@ -84,7 +84,7 @@ pub struct Finding {
     pub remediation: Vec<String>,
     /// With `--since-watch`: the last recorded operation on `path` from the history store.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_touched: Option<serde_json::Value>,
+    pub last_touched: Option<Box<ctrwatch_event::FileEvent>>,
 }
 
 impl Finding {

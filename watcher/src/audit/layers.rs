@@ -502,7 +502,7 @@ fn unreadable_root(target: &SnapshotTarget, e: &fsx::OpenError) -> Compared {
             rel: Vec::new(),
             message: format!(
                 "cannot open snapshot directory {}: {e}",
-                crate::event::escape_path(&target.dir)
+                ctrwatch_event::escape_path(&target.dir)
             ),
             facts: Vec::new(),
         }],

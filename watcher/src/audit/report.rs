@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use ctrwatch_event::FileEvent;
+
 use super::{Finding, Report, Severity};
 use crate::store::{PathMatch, PathQuery, Store, StoreError};
 
@@ -34,43 +36,37 @@ pub fn attach_history(findings: &mut [Finding], store: &Path) -> Result<(), Stor
             ..PathQuery::new(path.as_bytes())
         };
         if let Some(ev) = store.history(&q)?.into_iter().next() {
-            f.last_touched = serde_json::to_value(&ev).ok();
+            f.last_touched = Some(Box::new(ev));
         }
     }
     Ok(())
 }
 
-/// One line about a stored event: time, op, result, process, exe, parents.
-fn describe_event(ev: &serde_json::Value) -> String {
-    let s = |v: &serde_json::Value| {
-        v.as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string())
-    };
-    let p = &ev["process"];
+/// One line about a stored event: time, op, result, process, exe, parents, verdict.
+fn describe_event(ev: &FileEvent) -> String {
+    let p = &ev.process;
     let mut line = format!(
         "{} {} ({}) by {} pid {} exe {}",
-        s(&ev["time"]),
-        s(&ev["op"]),
-        s(&ev["result"]),
-        s(&p["comm"]),
-        p["pid"],
-        s(&p["exe"]),
+        ev.time_text(),
+        ev.op,
+        ev.result.name(),
+        p.comm,
+        p.pid,
+        p.exe.as_deref().unwrap_or("null"),
     );
-    if let Some(unit) = p["unit"].as_str() {
+    if let Some(unit) = &p.unit {
         let _ = write!(line, " unit {unit}");
     }
-    if let Some(anc) = p["ancestors"].as_array() {
-        let chain: Vec<String> = anc
-            .iter()
-            .map(|a| format!("{}({})", s(&a["comm"]), a["pid"]))
-            .collect();
-        if !chain.is_empty() {
-            let _ = write!(line, " ← {}", chain.join(" ← "));
-        }
+    let chain: Vec<String> = p
+        .ancestors
+        .iter()
+        .map(|a| format!("{}({})", a.comm, a.pid))
+        .collect();
+    if !chain.is_empty() {
+        let _ = write!(line, " ← {}", chain.join(" ← "));
     }
-    if let Some(v) = ev["containerd"]["verdict"].as_str() {
-        let _ = write!(line, " [{v}]");
+    if let Some(c) = &ev.details.containerd {
+        let _ = write!(line, " [{}]", c.verdict.name());
     }
     line
 }
@@ -104,7 +100,7 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(
         out,
         "ctrwatch audit of {} ({}, {:.1} s)",
-        crate::event::escape_path(&r.root),
+        ctrwatch_event::escape_path(&r.root),
         humantime::format_rfc3339_seconds(r.started),
         r.duration.as_secs_f64()
     );

@@ -143,8 +143,9 @@ pub fn check(ctx: &Context) -> Outcome {
                     sev,
                     "snapshot-dir-missing",
                     format!(
-                        "snapshot {sn_name}/{} ({:?}) is recorded but {what} is missing: containers using it fail to mount",
-                        b.id, b.kind
+                        "snapshot {sn_name}/{} ({}) is recorded but {what} is missing: containers using it fail to mount",
+                        b.id,
+                        b.kind_label()
                     ),
                 );
                 f = remediate_layer(
@@ -328,6 +329,7 @@ mod tests {
                 key: key.clone(),
                 id: 2,
                 kind: SnapshotKind::Committed,
+                kind_byte: Some(3),
                 parent: Some("default/1/sha256:gone".into()),
                 labels: Default::default(),
                 size: None,

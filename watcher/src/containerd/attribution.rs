@@ -16,14 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ctrwatch_event::{ContainerdView, PathBytes, ProcessView, StorageKind, Verdict};
+
 use super::{
     BlobRole, DiscoveryEnv, Instance, Model, PathClass, RootLayout, SnapshotArea, SnapshotInfo,
-    SnapshotKind, classify_path, discover,
+    classify_path, discover,
 };
-use crate::{
-    event::{ContainerdView, PathText, ProcessView},
-    process::ProcessTable,
-};
+use crate::process::ProcessTable;
 
 /// Minimum time between two loads of one instance's metadata.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -252,7 +251,7 @@ impl Tracked {
                 if self.load_error.as_deref() != Some(&e.to_string()) {
                     log::debug!(
                         "containerd metadata of {}: {e}",
-                        crate::event::escape_path(&self.layout.root)
+                        ctrwatch_event::escape_path(&self.layout.root)
                     );
                 }
                 self.load_error = Some(e.to_string());
@@ -418,7 +417,7 @@ impl Attributor {
                 .exe
                 .as_ref()
                 .is_some_and(|e| process.exe.as_deref() == e.to_str());
-        if verdict == "foreign"
+        if verdict == Verdict::Foreign
             && looks_like_containerd
             && self
                 .rediscovered_at
@@ -441,8 +440,8 @@ impl Attributor {
             t.maybe_reload(Instant::now());
         }
         let mut v = ContainerdView {
-            root: t.layout.root.display().to_string(),
-            kind: "other",
+            root: PathBytes(t.layout.root.as_os_str().as_bytes().to_vec()),
+            kind: StorageKind::Other,
             ..ContainerdView::default()
         };
         match classify_path(&t.layout, path) {
@@ -452,7 +451,7 @@ impl Attributor {
                 area,
                 inner_path,
             } => {
-                v.kind = "snapshot";
+                v.kind = StorageKind::Snapshot;
                 let key = (snapshotter.clone(), dir_id);
                 // Unknown (just prepared), or an unpack that is being committed.
                 let settling = t
@@ -473,7 +472,7 @@ impl Attributor {
                 v.snapshotter = Some(snapshotter);
                 v.snapshot_id = Some(dir_id);
                 if area == SnapshotArea::Fs {
-                    v.path = Some(PathText(if inner_path.is_empty() {
+                    v.path = Some(PathBytes(if inner_path.is_empty() {
                         b"/".to_vec()
                     } else {
                         inner_path
@@ -485,19 +484,19 @@ impl Attributor {
                 inner_path,
                 ..
             } => {
-                v.kind = "snapshot_temp";
+                v.kind = StorageKind::SnapshotTemp;
                 v.snapshotter = Some(snapshotter);
-                v.path = (!inner_path.is_empty()).then_some(PathText(inner_path));
+                v.path = (!inner_path.is_empty()).then_some(PathBytes(inner_path));
             }
             PathClass::Blob { digest } => {
-                v.kind = "blob";
+                v.kind = StorageKind::Blob;
                 if !t.blobs.contains_key(&digest) {
                     t.reload_for_unknown(Instant::now());
                 }
                 if let Some(b) = t.blobs.get(&digest) {
                     v.namespace = b.namespace.clone();
                     v.images = b.images.clone();
-                    v.blob_role = b.role.map(role_name);
+                    v.blob_role = b.role;
                     if b.role == Some(BlobRole::Layer) {
                         v.layer_digest = Some(digest.clone());
                     }
@@ -505,7 +504,7 @@ impl Attributor {
                 v.blob_digest = Some(digest);
             }
             PathClass::Ingest { dir, .. } => {
-                v.kind = "ingest";
+                v.kind = StorageKind::Ingest;
                 let info = t.model.as_ref().and_then(|m| m.ingest(&dir));
                 if info.is_none() {
                     t.maybe_reload(Instant::now());
@@ -517,12 +516,12 @@ impl Attributor {
                 }
             }
             PathClass::Metadata { .. } => {
-                v.kind = "metadata";
+                v.kind = StorageKind::Metadata;
                 t.maybe_reload(Instant::now());
             }
             PathClass::Tmpmount { inner_path } => {
-                v.kind = "tmpmount";
-                v.path = (!inner_path.is_empty()).then_some(PathText(inner_path.clone()));
+                v.kind = StorageKind::Tmpmount;
+                v.path = (!inner_path.is_empty()).then_some(PathBytes(inner_path.clone()));
                 // Base layers are unpacked through a bind mount of the snapshot's `fs` at
                 // `tmpmounts/containerd-mountN`: map the path to the snapshot.
                 if let Some((sn, id, inner)) = t.tmpmount_target(&inner_path) {
@@ -535,7 +534,7 @@ impl Attributor {
                     }
                     v.snapshotter = Some(sn);
                     v.snapshot_id = Some(id);
-                    v.path = Some(PathText(inner));
+                    v.path = Some(PathBytes(inner));
                 }
             }
             PathClass::RuntimeState {
@@ -544,7 +543,7 @@ impl Attributor {
                 inner_path,
                 ..
             } => {
-                v.kind = "runtime_state";
+                v.kind = StorageKind::RuntimeState;
                 if let Some(c) = t
                     .model
                     .as_ref()
@@ -555,7 +554,7 @@ impl Attributor {
                 }
                 v.namespace = Some(namespace);
                 v.container_id = Some(container_id);
-                v.path = (!inner_path.is_empty()).then_some(PathText(inner_path));
+                v.path = (!inner_path.is_empty()).then_some(PathBytes(inner_path));
             }
             PathClass::Other => {}
         }
@@ -570,19 +569,19 @@ impl Attributor {
         processes: &mut ProcessTable,
         view: &ContainerdView,
         path: &[u8],
-    ) -> (&'static str, String) {
+    ) -> (Verdict, String) {
         let t = &self.instances[idx];
         let exe = p.exe.as_deref().unwrap_or("?");
         let exe_base = p.exe.as_deref().map(basename).unwrap_or("");
         if let Some(e) = p.exe.as_deref()
             && let Some(trusted) = self.trust.exes.iter().find(|t| t.as_os_str() == e)
         {
-            return ("owner", format!("trusted exe {}", trusted.display()));
+            return (Verdict::Owner, format!("trusted exe {}", trusted.display()));
         }
         if let Some(u) = p.unit.as_deref()
             && self.trust.units.iter().any(|t| t == u)
         {
-            return ("owner", format!("trusted unit {u}"));
+            return (Verdict::Owner, format!("trusted unit {u}"));
         }
         if let Some(cpid) = t.containerd_pid {
             let cexe = t
@@ -591,7 +590,7 @@ impl Attributor {
                 .map(|e| e.display().to_string())
                 .unwrap_or_else(|| "?".into());
             if p.pid == cpid {
-                return ("owner", format!("containerd pid {cpid} ({cexe})"));
+                return (Verdict::Owner, format!("containerd pid {cpid} ({cexe})"));
             }
             let shim_pos = p
                 .ancestors
@@ -604,7 +603,7 @@ impl Attributor {
                     || exe_base == "runc";
                 if shim_pos.is_none() || is_runtime {
                     return (
-                        "owner",
+                        Verdict::Owner,
                         format!("child of containerd pid {cpid} ({})", p.comm),
                     );
                 }
@@ -617,21 +616,21 @@ impl Attributor {
                 && is_log_file(&t.layout.root, path)
             {
                 return (
-                    "owner",
+                    Verdict::Owner,
                     format!("supervisor pid {sup} of containerd, its log"),
                 );
             }
             if let (Some(unit), Some(pu)) = (&t.unit, &p.unit)
                 && unit == pu
             {
-                return ("owner", format!("containerd's unit {unit}"));
+                return (Verdict::Owner, format!("containerd's unit {unit}"));
             }
             if p.container_id.is_some() {
                 return container_verdict(p.container_id.as_deref(), view);
             }
             let what = describe_process(p, exe);
             return (
-                "foreign",
+                Verdict::Foreign,
                 format!("{what}, not containerd pid {cpid} ({cexe}) or its children"),
             );
         }
@@ -640,7 +639,7 @@ impl Attributor {
         }
         let what = describe_process(p, exe);
         (
-            "foreign",
+            Verdict::Foreign,
             format!("{what}; no running containerd known for this root"),
         )
     }
@@ -672,15 +671,7 @@ fn keep_known(fresh: &mut SnapshotInfo, old: &SnapshotInfo) {
 fn fill_snapshot(v: &mut ContainerdView, info: &SnapshotInfo) {
     v.namespace = info.namespaces.first().cloned();
     v.snapshot_key = info.names.first().cloned();
-    v.snapshot_kind = Some(
-        match info.kind {
-            SnapshotKind::Committed => "committed",
-            SnapshotKind::Active => "active",
-            SnapshotKind::View => "view",
-            SnapshotKind::Unknown(_) => "unknown",
-        }
-        .to_owned(),
-    );
+    v.snapshot_kind = Some(info.kind);
     v.layer_digest = info.layer_digest.clone();
     v.chain_id = info.chain_id.clone();
     v.images = info.images.clone();
@@ -688,29 +679,19 @@ fn fill_snapshot(v: &mut ContainerdView, info: &SnapshotInfo) {
     v.pod = info.pod.clone();
 }
 
-fn role_name(r: BlobRole) -> String {
-    match r {
-        BlobRole::Index => "index",
-        BlobRole::Manifest => "manifest",
-        BlobRole::Config => "config",
-        BlobRole::Layer => "layer",
-    }
-    .to_owned()
-}
-
 /// A container process writing: `container` in its own snapshot, else `foreign`.
-fn container_verdict(own: Option<&str>, view: &ContainerdView) -> (&'static str, String) {
+fn container_verdict(own: Option<&str>, view: &ContainerdView) -> (Verdict, String) {
     match (own, view.container_id.as_deref()) {
-        (Some(own), Some(snap)) if own == snap && view.kind == "snapshot" => (
-            "container",
+        (Some(own), Some(snap)) if own == snap && view.kind == StorageKind::Snapshot => (
+            Verdict::Container,
             format!("container {own} writing its own layer"),
         ),
         (Some(own), _) => (
-            "foreign",
+            Verdict::Foreign,
             format!("container {own} writing outside its own writable layer"),
         ),
         (None, _) => (
-            "foreign",
+            Verdict::Foreign,
             "a container process (unknown container) writing to containerd's storage".to_owned(),
         ),
     }
@@ -858,7 +839,7 @@ fn read_ppid(pid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::AncestorView;
+    use ctrwatch_event::AncestorView;
 
     fn tracked(pid: Option<u32>) -> Attributor {
         let mut t = Tracked::new(RootLayout::new("/r").with_state("/s"), None);
@@ -893,7 +874,7 @@ mod tests {
         }
     }
 
-    fn verdict(a: &Attributor, p: &ProcessView, view: &ContainerdView) -> (&'static str, String) {
+    fn verdict(a: &Attributor, p: &ProcessView, view: &ContainerdView) -> (Verdict, String) {
         let mut table = ProcessTable::detached(Duration::from_secs(1));
         a.verdict(0, p, &mut table, view, b"/r/x")
     }
@@ -903,7 +884,7 @@ mod tests {
         let a = tracked(Some(100));
         let v = ContainerdView::default();
         let cd = proc(100, "containerd", "/usr/bin/containerd", &[]);
-        assert_eq!(verdict(&a, &cd, &v).0, "owner");
+        assert_eq!(verdict(&a, &cd, &v).0, Verdict::Owner);
         let unpigz = proc(
             101,
             "unpigz",
@@ -924,7 +905,7 @@ mod tests {
                 (100, "containerd", "/usr/bin/containerd"),
             ],
         );
-        assert_eq!(verdict(&a, &runc, &v).0, "owner");
+        assert_eq!(verdict(&a, &runc, &v).0, Verdict::Owner);
         let fake = proc(
             200,
             "containerd",
@@ -932,18 +913,18 @@ mod tests {
             &[(1, "systemd", "/usr/lib/systemd/systemd")],
         );
         let (verd, reason) = verdict(&a, &fake, &v);
-        assert_eq!(verd, "foreign");
+        assert_eq!(verd, Verdict::Foreign);
         assert!(reason.contains("named containerd but not it"), "{reason}");
         let trusted = proc(300, "cleaner", "/usr/local/bin/cleaner", &[]);
         assert_eq!(
             verdict(&a, &trusted, &v),
-            ("owner", "trusted exe /usr/local/bin/cleaner".into())
+            (Verdict::Owner, "trusted exe /usr/local/bin/cleaner".into())
         );
         let mut unit = proc(301, "x", "/x", &[]);
         unit.unit = Some("gc.service".into());
-        assert_eq!(verdict(&a, &unit, &v).0, "owner");
+        assert_eq!(verdict(&a, &unit, &v).0, Verdict::Owner);
         let none = tracked(None);
-        assert_eq!(verdict(&none, &cd, &v).0, "foreign");
+        assert_eq!(verdict(&none, &cd, &v).0, Verdict::Foreign);
     }
 
     #[test]
@@ -960,16 +941,19 @@ mod tests {
         );
         own.container_id = Some("c1".into());
         let mut v = ContainerdView {
-            kind: "snapshot",
+            kind: StorageKind::Snapshot,
             container_id: Some("c1".into()),
             ..ContainerdView::default()
         };
         assert_eq!(
             verdict(&a, &own, &v),
-            ("container", "container c1 writing its own layer".into())
+            (
+                Verdict::Container,
+                "container c1 writing its own layer".into()
+            )
         );
         v.container_id = Some("c2".into());
-        assert_eq!(verdict(&a, &own, &v).0, "foreign");
+        assert_eq!(verdict(&a, &own, &v).0, Verdict::Foreign);
     }
 
     #[test]

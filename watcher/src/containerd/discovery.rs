@@ -49,7 +49,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use super::paths::{RootLayout, SNAPSHOTTER_PREFIX};
-use crate::event::escape_path as esc;
+use ctrwatch_event::escape_path as esc;
 
 /// containerd's default root.
 pub const DEFAULT_ROOT: &str = "/var/lib/containerd";
@@ -464,7 +464,7 @@ pub fn describe(found: &Discovery) -> String {
             let _ = writeln!(
                 s,
                 "  snapshotter:  {} {}{}",
-                crate::event::escape_bytes(sn.name.as_bytes()),
+                ctrwatch_event::escape_bytes(sn.name.as_bytes()),
                 esc(&sn.path),
                 if sn.configured { " (root_path)" } else { "" }
             );
@@ -552,7 +552,7 @@ fn read_config(env: &DiscoveryEnv, path: &Path, facts: &mut ConfigFacts) -> bool
             facts.problems.push(format!(
                 "config {}: not valid TOML: {}",
                 esc(path),
-                crate::event::escape_bytes(first.as_bytes())
+                ctrwatch_event::escape_bytes(first.as_bytes())
             ));
             return true;
         }
@@ -941,14 +941,14 @@ fn describe_proc(p: &Proc) -> String {
         if let Some(v) = p.flag(&[flag]) {
             details.push(format!(
                 "--{flag} {}",
-                crate::event::escape_bytes(v.as_bytes())
+                ctrwatch_event::escape_bytes(v.as_bytes())
             ));
         }
     }
     format!(
         "process {} {} ({})",
         p.pid,
-        crate::event::escape_bytes(arg0.as_bytes()),
+        ctrwatch_event::escape_bytes(arg0.as_bytes()),
         details.join(", ")
     )
 }

@@ -38,8 +38,11 @@ use sha2::{Digest as _, Sha256};
 
 use super::ContainerdError;
 use super::paths::{CONTENT_DIR, RootLayout, SNAPSHOTTER_DB, SNAPSHOTTER_PREFIX};
-use crate::event::escape_path;
+// A snapshot's kind, a blob's role and a pod are the event's own types: attribution puts them
+// in events as they are.
 use crate::fsx::{OpenError, list_beneath, lstat_beneath, open_file_beneath, read_beneath};
+use ctrwatch_event::escape_path;
+pub use ctrwatch_event::{BlobRole, PodInfo, SnapshotKind};
 
 /// Labels (and annotations): key → value.
 pub type Labels = BTreeMap<String, String>;
@@ -221,26 +224,15 @@ fn lossy(b: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // The raw records
 
-/// A snapshot's kind (snapshotter `metadata.db`, `kind`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotKind {
-    View,
-    Active,
-    Committed,
-    /// Missing or another value.
-    Unknown(u8),
-}
-
-impl SnapshotKind {
-    fn from_byte(b: Option<&[u8]>) -> SnapshotKind {
-        match b {
-            Some([1]) => SnapshotKind::View,
-            Some([2]) => SnapshotKind::Active,
-            Some([3]) => SnapshotKind::Committed,
-            Some([x]) => SnapshotKind::Unknown(*x),
-            _ => SnapshotKind::Unknown(0),
-        }
+/// A snapshot's kind (snapshotter `metadata.db`, `kind`) and the byte stored there, if it is
+/// one byte: an unknown kind is reported with its value.
+fn snapshot_kind(b: Option<&[u8]>) -> (SnapshotKind, Option<u8>) {
+    match b {
+        Some([1]) => (SnapshotKind::View, Some(1)),
+        Some([2]) => (SnapshotKind::Active, Some(2)),
+        Some([3]) => (SnapshotKind::Committed, Some(3)),
+        Some([x]) => (SnapshotKind::Unknown, Some(*x)),
+        _ => (SnapshotKind::Unknown, None),
     }
 }
 
@@ -252,6 +244,8 @@ pub struct BackendSnapshot {
     /// The directory id: `snapshots/<id>`.
     pub id: u64,
     pub kind: SnapshotKind,
+    /// The `kind` byte as stored (None: missing, or not one byte).
+    pub kind_byte: Option<u8>,
     /// The parent's snapshotter key.
     pub parent: Option<String>,
     pub labels: Labels,
@@ -314,7 +308,7 @@ pub struct Container {
 impl Container {
     /// The Kubernetes pod, from CRI's labels.
     pub fn pod(&self) -> Option<PodInfo> {
-        PodInfo::from_labels(&self.labels)
+        pod_from_labels(&self.labels)
     }
 }
 
@@ -400,33 +394,31 @@ pub struct Namespace {
     pub sandboxes: BTreeMap<String, Sandbox>,
 }
 
+impl BackendSnapshot {
+    /// The kind for reports: `Committed`, `Active`, `View`, or `Unknown(<stored byte>)`.
+    pub fn kind_label(&self) -> String {
+        match self.kind {
+            SnapshotKind::View => "View".into(),
+            SnapshotKind::Active => "Active".into(),
+            SnapshotKind::Committed => "Committed".into(),
+            SnapshotKind::Unknown => format!("Unknown({})", self.kind_byte.unwrap_or(0)),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Derived views
 
-/// A Kubernetes pod, from CRI's container labels.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PodInfo {
-    pub name: String,
-    pub namespace: Option<String>,
-    pub uid: Option<String>,
-    /// `io.kubernetes.container.name` (absent for the sandbox).
-    pub container_name: Option<String>,
-    /// The pod's sandbox (pause) container.
-    pub sandbox: bool,
-}
-
-impl PodInfo {
-    /// From `io.kubernetes.*` labels; `None` without a pod name.
-    pub fn from_labels(labels: &Labels) -> Option<PodInfo> {
-        let name = labels.get(LABEL_POD_NAME)?.clone();
-        Some(PodInfo {
-            name,
-            namespace: labels.get(LABEL_POD_NAMESPACE).cloned(),
-            uid: labels.get(LABEL_POD_UID).cloned(),
-            container_name: labels.get(LABEL_CONTAINER_NAME).cloned(),
-            sandbox: labels.get(LABEL_CRI_KIND).map(String::as_str) == Some("sandbox"),
-        })
-    }
+/// The pod of CRI's container labels (`io.kubernetes.*`); `None` without a pod name.
+pub fn pod_from_labels(labels: &Labels) -> Option<PodInfo> {
+    let name = labels.get(LABEL_POD_NAME)?.clone();
+    Some(PodInfo {
+        name,
+        namespace: labels.get(LABEL_POD_NAMESPACE).cloned(),
+        uid: labels.get(LABEL_POD_UID).cloned(),
+        container_name: labels.get(LABEL_CONTAINER_NAME).cloned(),
+        sandbox: labels.get(LABEL_CRI_KIND).map(String::as_str) == Some("sandbox"),
+    })
 }
 
 /// What a snapshot directory is. See [`Model::snapshot_by_dir_id`].
@@ -461,16 +453,6 @@ pub struct SnapshotInfo {
     pub labels: Labels,
     /// What was inferred rather than read, and why.
     pub notes: Vec<String>,
-}
-
-/// What role a blob plays in the images referencing it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BlobRole {
-    Index,
-    Manifest,
-    Config,
-    Layer,
 }
 
 /// What a content blob is. See [`Model::blob`].
@@ -1441,10 +1423,11 @@ fn read_snapshotter(name: &str, root: PathBuf, db: &Db, r: &mut Reader) -> Snaps
             r.note(format!("{kctx}: no readable id"));
             continue;
         };
-        let kind = SnapshotKind::from_byte(r.get(sb, "kind", &kctx));
+        let (kind, kind_byte) = snapshot_kind(r.get(sb, "kind", &kctx));
         let snap = BackendSnapshot {
             id,
             kind,
+            kind_byte,
             parent: r.string(sb, "parent", &kctx),
             labels: r.map(sb, "labels", &kctx),
             size: r.get(sb, "size", &kctx).and_then(varint),

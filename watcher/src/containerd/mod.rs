@@ -25,11 +25,11 @@ pub use paths::{MetadataFile, PathClass, RootLayout, SnapshotArea, classify_path
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
     /// The root is missing or is not a directory.
-    #[error("{}: not a directory (not a containerd root)", crate::event::escape_path(.0))]
+    #[error("{}: not a directory (not a containerd root)", ctrwatch_event::escape_path(.0))]
     NotADirectory(PathBuf),
     /// The root has no `io.containerd.metadata.v1.bolt/meta.db` (containerd never started
     /// with it, or it was removed).
-    #[error("{}: no metadata database here (containerd has not run with this root?)", crate::event::escape_path(.0))]
+    #[error("{}: no metadata database here (containerd has not run with this root?)", ctrwatch_event::escape_path(.0))]
     MissingMetadata(PathBuf),
     /// A bolt file was not opened: a symlink on its way (it could lead out of the root), or
     /// not a regular file.
@@ -38,7 +38,7 @@ pub enum ContainerdError {
     /// A bolt file could not be read or is damaged.
     #[error(
         "{}: cannot read bolt database: {source}",
-        crate::event::escape_path(path)
+        ctrwatch_event::escape_path(path)
     )]
     Bolt {
         /// The file.

@@ -4,7 +4,6 @@
 
 pub mod btf_offsets;
 pub mod capabilities;
-pub mod records;
 
 use std::collections::BTreeMap;
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{StoreError, StoreOptions};
-use crate::event::escape_bytes;
+use ctrwatch_event::escape_bytes;
 
 /// Where writers' locks live: one file per database, named after its device and inode. Only
 /// root can open it (0700), so no other user can take or hold a lock. On tmpfs: emptied at

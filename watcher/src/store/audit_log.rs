@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::event::FileEvent;
+use ctrwatch_event::{FileEvent, Op};
 
 use super::codec;
 
@@ -58,19 +58,19 @@ fn user(id: u32) -> String {
 }
 
 /// The syscall auditd would have recorded for an op: (x86_64 number, name).
-fn syscall_of(op: &str) -> (u32, &'static str) {
+fn syscall_of(op: Op) -> (u32, &'static str) {
     match op {
-        "create" | "open_write" | "modify" => (257, "openat"),
-        "unlink" | "rmdir" => (263, "unlinkat"),
-        "rename" => (82, "rename"),
-        "mkdir" => (83, "mkdir"),
-        "chmod" => (90, "chmod"),
-        "chown" => (92, "chown"),
-        "setxattr" => (188, "setxattr"),
-        "truncate" => (76, "truncate"),
-        "mknod" => (133, "mknod"),
-        "link" => (86, "link"),
-        "symlink" => (88, "symlink"),
+        Op::Create | Op::OpenWrite | Op::Modify => (257, "openat"),
+        Op::Unlink | Op::Rmdir => (263, "unlinkat"),
+        Op::Rename => (82, "rename"),
+        Op::Mkdir => (83, "mkdir"),
+        Op::Chmod => (90, "chmod"),
+        Op::Chown => (92, "chown"),
+        Op::Setxattr => (188, "setxattr"),
+        Op::Truncate => (76, "truncate"),
+        Op::Mknod => (133, "mknod"),
+        Op::Link => (86, "link"),
+        Op::Symlink => (88, "symlink"),
         _ => (257, "openat"),
     }
 }
@@ -96,7 +96,7 @@ fn parent_of(path: &[u8]) -> Vec<u8> {
 /// syscall resolved (parents included, as the kernel does), PROCTITLE. auditd writes no EOE
 /// record to its log (it uses it to close the event), so neither does this.
 pub(crate) fn format_event(out: &mut String, ev: &FileEvent, serial: u64) {
-    let ns = codec::parse_time_ns(&ev.time).unwrap_or(0);
+    let ns = ev.time_ns;
     let stamp = format!(
         "audit({}.{:03}:{serial})",
         ns.div_euclid(1_000_000_000),
@@ -104,7 +104,7 @@ pub(crate) fn format_event(out: &mut String, ev: &FileEvent, serial: u64) {
     );
     let (nr, name) = syscall_of(ev.op);
     let path = &ev.path.0;
-    let file_mode = if ev.op == "mkdir" {
+    let file_mode = if ev.op == Op::Mkdir {
         "040755"
     } else {
         "0100644"
@@ -114,15 +114,15 @@ pub(crate) fn format_event(out: &mut String, ev: &FileEvent, serial: u64) {
     let parent = parent_of(path);
     let pino = inode_of(&parent);
     match ev.op {
-        "create" | "mkdir" | "mknod" | "link" | "symlink" => {
+        Op::Create | Op::Mkdir | Op::Mknod | Op::Link | Op::Symlink => {
             items.push((parent, "PARENT", "040755", pino));
             items.push((path.clone(), "CREATE", file_mode, inode_of(path)));
         }
-        "unlink" | "rmdir" => {
+        Op::Unlink | Op::Rmdir => {
             items.push((parent, "PARENT", "040755", pino));
             items.push((path.clone(), "DELETE", file_mode, inode_of(path)));
         }
-        "rename" => {
+        Op::Rename => {
             let new = ev.new_path.as_ref().map_or_else(Vec::new, |p| p.0.clone());
             let new_parent = parent_of(&new);
             let ino = inode_of(path);
@@ -138,11 +138,11 @@ pub(crate) fn format_event(out: &mut String, ev: &FileEvent, serial: u64) {
         }
         _ => items.push((path.clone(), "NORMAL", file_mode, inode_of(path))),
     }
-    let ok = ev.result == "ok";
+    let ok = ev.result.is_ok();
     let exit = if ok {
         if nr == 257 { 3 } else { 0 }
     } else {
-        -i64::from(ev.errno.unwrap_or(2))
+        -i64::from(ev.result.errno().unwrap_or(2))
     };
     let p = &ev.process;
     let (uid, gid) = (user(p.uid), user(p.gid));
@@ -214,7 +214,7 @@ pub(crate) fn write_log(
         bytes += buf.len() as u64;
         let watch = watch(&ev);
         if watch {
-            watched.push((codec::parse_time_ns(&ev.time).unwrap_or(0), serial));
+            watched.push((ev.time_ns, serial));
         }
         if watch || i < sample_events {
             s.write_all(buf.as_bytes())?;

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::event::{
-    AncestorView, ContainerdView, Details, FileEvent, PathText, ProcessView, XattrView,
+use ctrwatch_event::{
+    AncestorView, ContainerdView, Details, Dev, FileEvent, Mode, Notes, Op, OpResult, OpenFlags,
+    PathBytes, ProcessView, SnapshotKind, StorageKind, Verdict, Xattr,
 };
 
 use super::audit_log;
-use super::codec::format_time;
 use super::{DeleteOptions, Filter, PathQuery, Store, StoreError, StoreOptions};
 use crate::daemon::COMMIT_BATCH;
 
@@ -255,17 +255,17 @@ pub fn synthetic_events(
     // once per snapshot (the attribution keeps its objects too): the generator must outrun
     // the writer in the pipeline benchmark (`daemon::bench`).
     let snapshot_view = |id: u64| ContainerdView {
-        root: "/var/lib/containerd".into(),
-        kind: "snapshot",
+        root: PathBytes(b"/var/lib/containerd".to_vec()),
+        kind: StorageKind::Snapshot,
         namespace: Some("k8s.io".into()),
         snapshotter: Some("overlayfs".into()),
         snapshot_id: Some(id),
         snapshot_key: Some(format!("sha256:{:064x}", id * 7919)),
-        snapshot_kind: Some("committed".into()),
+        snapshot_kind: Some(SnapshotKind::Committed),
         layer_digest: Some(format!("sha256:{:064x}", id * 104_729)),
         chain_id: Some(format!("sha256:{:064x}", id * 7919)),
         images: vec![format!("registry.example/app-{}:1.{}", id % 17, id % 5)],
-        verdict: "owner",
+        verdict: Verdict::Owner,
         reason: "containerd".into(),
         ..Default::default()
     };
@@ -280,18 +280,18 @@ pub fn synthetic_events(
         let (op, path, new_path, process) = match scenario {
             BenchScenario::DeleteFlood => {
                 let path = format!("{BASE}/77/fs/usr/share/dir-{:04}/file-{i:08}.txt", i / 100);
-                ("unlink", path, None, procs[5].clone())
+                (Op::Unlink, path, None, procs[5].clone())
             }
             BenchScenario::Mixed => {
                 let p = procs[rng.below(procs.len() as u64) as usize].clone();
                 let path = if rng.below(20) == 0 {
                     let r = rng.below(5000);
                     d.containerd = Some(Box::new(ContainerdView {
-                        root: "/var/lib/containerd".into(),
-                        kind: "ingest",
+                        root: PathBytes(b"/var/lib/containerd".to_vec()),
+                        kind: StorageKind::Ingest,
                         ingest_ref: Some(format!("k8s.io/1/layer-sha256:{r:064x}")),
-                        path: Some(PathText(b"/data".to_vec())),
-                        verdict: "owner",
+                        path: Some(PathBytes(b"/data".to_vec())),
+                        verdict: Verdict::Owner,
                         reason: "containerd".into(),
                         ..Default::default()
                     }));
@@ -302,59 +302,58 @@ pub fn synthetic_events(
                     let id = 1 + rng.below(200);
                     let file = &inner[rng.below(inner.len() as u64) as usize];
                     let mut view = snapshot_views[(id - 1) as usize].clone();
-                    view.path = Some(PathText(file.as_bytes().to_vec()));
+                    view.path = Some(PathBytes(file.as_bytes().to_vec()));
                     d.containerd = Some(Box::new(view));
                     format!("{BASE}/{id}/fs{file}")
                 };
                 let roll = rng.below(100);
                 let op = match roll {
-                    0..25 => "create",
-                    25..50 => "modify",
-                    50..70 => "unlink",
-                    70..75 => "mkdir",
-                    75..80 => "rename",
-                    80..85 => "chmod",
-                    85..88 => "chown",
-                    88..90 => "setxattr",
-                    90..95 => "truncate",
-                    _ => "open_write",
+                    0..25 => Op::Create,
+                    25..50 => Op::Modify,
+                    50..70 => Op::Unlink,
+                    70..75 => Op::Mkdir,
+                    75..80 => Op::Rename,
+                    80..85 => Op::Chmod,
+                    85..88 => Op::Chown,
+                    88..90 => Op::Setxattr,
+                    90..95 => Op::Truncate,
+                    _ => Op::OpenWrite,
                 };
                 let mut new_path = None;
                 match op {
-                    "create" | "open_write" | "truncate" => {
-                        d.mode = Some("0644".into());
-                        d.size = Some(if op == "truncate" {
+                    Op::Create | Op::OpenWrite | Op::Truncate => {
+                        d.mode = Some(Mode(0o644));
+                        d.size = Some(if op == Op::Truncate {
                             0
                         } else {
                             rng.below(1 << 20)
                         });
-                        d.open_flags = vec!["write", "create"];
-                        if op == "truncate" {
-                            d.open_flags.push("truncate");
+                        d.open_flags = OpenFlags::WRITE | OpenFlags::CREATE;
+                        if op == Op::Truncate {
+                            d.open_flags.insert(OpenFlags::TRUNCATE);
                         }
                     }
-                    "modify" => {
+                    Op::Modify => {
                         let w = 1 + rng.below(64);
                         d.bytes = Some(w * 4096);
                         d.writes = Some(w);
                         d.size = Some(w * 4096);
-                        d.first_write = Some(format_time(t - 1_000_000));
-                        d.notes = vec!["by_fd"];
+                        d.first_write_ns = Some(t - 1_000_000);
+                        d.notes = Notes::BY_FD;
                     }
-                    "mkdir" | "chmod" => d.mode = Some("0755".into()),
-                    "chown" => {
+                    Op::Mkdir | Op::Chmod => d.mode = Some(Mode(0o755)),
+                    Op::Chown => {
                         d.owner_uid = Some(65534);
                         d.owner_gid = Some(65534);
                     }
-                    "setxattr" => {
-                        d.xattr = Some(XattrView {
-                            name: "trusted.overlay.opaque".into(),
-                            value: Some("y".into()),
-                            value_hex: Some("79".into()),
+                    Op::Setxattr => {
+                        d.xattr = Some(Xattr {
+                            name: b"trusted.overlay.opaque".to_vec(),
+                            value: Some(b"y".to_vec()),
                         });
                         d.size = Some(1);
                     }
-                    "rename" => new_path = Some(format!("{path}.tmp{}", rng.below(4))),
+                    Op::Rename => new_path = Some(format!("{path}.tmp{}", rng.below(4))),
                     _ => {}
                 }
                 (op, path, new_path, p)
@@ -362,15 +361,18 @@ pub fn synthetic_events(
         };
         let failed = rng.below(50) == 0;
         FileEvent {
-            time: format_time(t),
+            time_ns: t,
             mono_ns: mono,
             op,
-            path: PathText(path.into_bytes()),
-            new_path: new_path.map(|p| PathText(p.into_bytes())),
-            result: if failed { "ENOENT".into() } else { "ok".into() },
-            errno: failed.then_some(2),
-            inode: matches!(op, "modify" | "create").then(|| 1_000_000 + rng.below(1 << 24)),
-            dev: matches!(op, "modify" | "create").then(|| "253:0".to_string()),
+            path: PathBytes(path.into_bytes()),
+            new_path: new_path.map(|p| PathBytes(p.into_bytes())),
+            result: if failed {
+                OpResult::Err(libc::ENOENT)
+            } else {
+                OpResult::Ok
+            },
+            inode: matches!(op, Op::Modify | Op::Create).then(|| 1_000_000 + rng.below(1 << 24)),
+            dev: matches!(op, Op::Modify | Op::Create).then(|| Dev::new(253, 0)),
             process,
             details: d,
         }
@@ -513,7 +515,7 @@ fn compare_ausearch(
         &sample,
         sample_log_events,
         synthetic_events(scenario, n, SEED),
-        |ev| ev.path.0 == host_bytes,
+        |ev| ev.path.as_bytes() == host_bytes,
     )
     .map_err(|e| bench_io(dir, "writing the audit log", e))?;
     let write_seconds = t.elapsed().as_secs_f64();

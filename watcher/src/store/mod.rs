@@ -38,21 +38,19 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use ctrwatch_event::FileEvent;
 use rusqlite::Connection;
 use serde::Serialize;
-
-use crate::event::{PathText, ProcessView, XattrView};
 
 pub use access::{DEFAULT_LOCK_WAIT, LOCK_DIR, StoreGroup};
 pub use bench::{AusearchFigures, BenchResult, BenchScenario, bench_ingest, synthetic_events};
 pub use codec::{Glob, inner_path};
 pub use read::{Answer, DeleteOptions, Filter, PathMatch, PathQuery, Unreadable, UnreadableRow};
-pub use render::{render_gaps, render_table};
+pub use render::{render_deletions, render_gaps, render_table};
 pub use schema::SCHEMA_VERSION;
 pub use start::{DaemonStore, STORE_RETRY};
 
@@ -180,159 +178,62 @@ impl Default for StoreOptions {
     }
 }
 
-/// An event read back from the store. Serializes to the same JSON object as the
-/// [`crate::event::FileEvent`] it was stored from (same field names and presence rules), plus
-/// `deletion` in [`Store::who_deleted`] answers.
-#[derive(Clone, Debug, Serialize)]
-pub struct StoredEvent {
-    /// Row key in the store (wall-clock ns, made unique).
-    #[serde(skip)]
-    pub id: i64,
-    /// `time` as ns since the epoch.
-    #[serde(skip)]
-    pub time_ns: i64,
-    #[serde(skip)]
-    pub(crate) path_id: i64,
-    #[serde(skip)]
-    pub(crate) new_path_id: Option<i64>,
-    pub time: String,
-    pub mono_ns: u64,
-    pub op: String,
-    pub path: PathText,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_path: Option<PathText>,
-    pub result: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errno: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inode: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dev: Option<String>,
-    pub process: ProcessView,
-    #[serde(flatten)]
-    pub details: StoredDetails,
-    /// who-deleted answers only: how this event removed the file. One of `unlink`, `rmdir`,
-    /// `rename_away` (renamed from the path), `replaced` (another file renamed onto the
-    /// path deleted it: the kernel saw its last link go), `rename_onto` (another file renamed
-    /// onto the path where that could not be seen: replaced it if it existed), `whiteout` (overlay whiteout created at the path),
-    /// `ancestor_renamed` (a directory above it renamed away), `ancestor_opaque` (a directory
-    /// above it made opaque in an overlay layer), `truncate_to_zero`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deletion: Option<&'static str>,
+/// How a who-deleted answer's event removed the file (`deletion` in JSON; the names are an
+/// interface).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeletionKind {
+    /// Unlinked.
+    Unlink,
+    /// A directory removed.
+    Rmdir,
+    /// Renamed away from the path.
+    RenameAway,
+    /// Another file renamed onto the path deleted it (the kernel saw its last link go).
+    Replaced,
+    /// Another file renamed onto the path, where whether it replaced one could not be seen:
+    /// it replaced the file if there was one.
+    RenameOnto,
+    /// An overlay whiteout made at the path.
+    Whiteout,
+    /// A directory above it renamed away.
+    AncestorRenamed,
+    /// A directory above it made opaque in an overlay layer.
+    AncestorOpaque,
+    /// Truncated to zero (only when asked for).
+    TruncateToZero,
 }
 
-/// [`crate::event::Details`] with owned strings; same JSON.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct StoredDetails {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path_hex: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_path_hex: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub writes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_write: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub xattr: Option<XattrView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner_uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner_gid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rdev: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub whiteout: Option<bool>,
-    /// Rename: the file at the new path that this rename deleted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub overwritten: Option<crate::event::Overwritten>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub open_flags: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-    /// The event's place in containerd's storage, as the daemon attributed it (same JSON
-    /// object as [`crate::event::ContainerdView`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub containerd: Option<serde_json::Value>,
+impl DeletionKind {
+    /// The name in JSON and in the table's `OP` column.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DeletionKind::Unlink => "unlink",
+            DeletionKind::Rmdir => "rmdir",
+            DeletionKind::RenameAway => "rename_away",
+            DeletionKind::Replaced => "replaced",
+            DeletionKind::RenameOnto => "rename_onto",
+            DeletionKind::Whiteout => "whiteout",
+            DeletionKind::AncestorRenamed => "ancestor_renamed",
+            DeletionKind::AncestorOpaque => "ancestor_opaque",
+            DeletionKind::TruncateToZero => "truncate_to_zero",
+        }
+    }
 }
 
-/// A window the history does not fully cover.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Gap {
-    /// `loss` (the kernel could not deliver records), `downtime` (no daemon was recording),
-    /// `store_full` (records the store could not write: disk full; `store_error` for other
-    /// write failures), `pruned` (removed by retention), `store_reset` (the previous store was
-    /// corrupt and moved aside: the history before `to` is in the file `reason` names).
-    pub kind: String,
-    pub from: String,
-    pub to: String,
-    #[serde(skip)]
-    pub from_ns: i64,
-    #[serde(skip)]
-    pub to_ns: i64,
-    /// Records missing from the window (None for downtime: unknown).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost: Option<u64>,
-    /// Per kind: op names and exec/fork/exit (loss, store_full); age/size (pruned).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub kinds: BTreeMap<String, u64>,
-    /// downtime: `stopped` (clean stop) or `unclean_stop` (crash, kill -9, power loss: the
-    /// window starts at the last heartbeat); store_full/store_error: the error; store_reset:
-    /// why, and where the old store went.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// When the gap was written.
-    pub recorded: String,
-}
-
-/// One readable sentence, for logs: "no capture from … to … (12.3 s), recorded as a downtime
-/// gap".
-impl std::fmt::Display for Gap {
+impl std::fmt::Display for DeletionKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let lost = self.lost.unwrap_or(0);
-        match self.kind.as_str() {
-            "downtime" => f.write_str("no capture")?,
-            "loss" => write!(f, "{lost} records not delivered by the kernel")?,
-            "pruned" => write!(f, "{lost} events removed by retention")?,
-            _ => write!(f, "{lost} records not stored")?,
-        }
-        let span = Duration::from_nanos(self.to_ns.saturating_sub(self.from_ns).max(0) as u64);
-        write!(
-            f,
-            " from {} to {} ({}), recorded as a {} gap",
-            self.from,
-            self.to,
-            readable_span(span),
-            self.kind
-        )?;
-        if !self.kinds.is_empty() {
-            let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            write!(f, " ({})", kinds.join(" "))?;
-        }
-        match (&self.reason, self.kind.as_str()) {
-            // A downtime's reason is what the sentence is logged for.
-            (_, "downtime") | (None, _) => Ok(()),
-            (Some(reason), _) => write!(f, ": {reason}"),
-        }
+        f.write_str(self.name())
     }
 }
 
-/// "850 ms", "12.3 s", "2h 5m 3s".
-fn readable_span(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else if d < Duration::from_secs(60) {
-        format!("{:.1} s", d.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-    }
+/// A who-deleted answer: the event and how it removed the file. Serializes as the event's own
+/// JSON object with `deletion` added after its fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Deletion {
+    #[serde(flatten)]
+    pub event: FileEvent,
+    pub deletion: DeletionKind,
 }
 
 /// What one [`Store::prune`] call removed.
@@ -481,9 +382,5 @@ pub fn system_time_ns(t: SystemTime) -> i64 {
 
 /// `SystemTime` to ns since the epoch (saturating).
 pub(crate) fn ns(t: SystemTime) -> i64 {
-    codec::system_time_ns(t).unwrap_or(if t > SystemTime::UNIX_EPOCH {
-        i64::MAX
-    } else {
-        i64::MIN
-    })
+    codec::system_time_ns(t)
 }

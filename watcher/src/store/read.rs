@@ -2,20 +2,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use ctrwatch_event::{
+    AncestorView, Dev, FileEvent, Gap, GapKind, Notes, Op, OpResult, OpenFlags, PathBytes,
+    ProcessView,
+};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
-use serde::{Deserialize, Serialize};
-
-use crate::event::{
-    AncestorView, NOTE_NEW_PATH_TRUNCATED, NOTE_PATH_TRUNCATED, PathText, ProcessView, hex,
-};
+use serde::Serialize;
 
 use super::codec::{self, AtomKind, Glob};
 use super::write::{ADJ_SLACK_NS, proc_hash};
-use super::{Gap, Store, StoreError, StoredEvent, ns, schema};
+use super::{Deletion, DeletionKind, Store, StoreError, ns, schema};
 
 /// How a query path is matched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,13 +127,6 @@ pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-#[derive(Deserialize)]
-struct AncestorRow {
-    pid: u32,
-    comm: String,
-    exe: Option<String>,
-}
-
 fn json_err(col: usize, e: serde_json::Error) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
 }
@@ -143,7 +137,7 @@ pub(crate) fn proc_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Proces
     let cmdline: String = row.get(at + 5)?;
     let ancestors: String = row.get(at + 12)?;
     let cmdline: Vec<String> = serde_json::from_str(&cmdline).map_err(|e| json_err(at + 5, e))?;
-    let ancestors: Vec<AncestorRow> =
+    let ancestors: Vec<AncestorView> =
         serde_json::from_str(&ancestors).map_err(|e| json_err(at + 12, e))?;
     Ok(ProcessView {
         pid: row.get(at)?,
@@ -158,14 +152,7 @@ pub(crate) fn proc_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Proces
         container_id: row.get(at + 9)?,
         cgroup_id: row.get::<_, i64>(at + 10)? as u64,
         mnt_ns: row.get(at + 11)?,
-        ancestors: ancestors
-            .into_iter()
-            .map(|a| AncestorView {
-                pid: a.pid,
-                comm: a.comm,
-                exe: a.exe,
-            })
-            .collect(),
+        ancestors,
     })
 }
 
@@ -334,8 +321,17 @@ fn row_fault(path: &Path, e: rusqlite::Error) -> RowFault {
     }
 }
 
-/// What a process row resolves to: (description, clock offset, `proc_hash` digest).
-type ProcEntry = (ProcessView, i64, u64);
+/// What a process row resolves to: (description, clock offset, `proc_hash` digest). The events
+/// of one process row share its description.
+type ProcEntry = (Arc<ProcessView>, i64, u64);
+
+/// An event read from its row, with the path rows it names: what the path questions check
+/// (the event itself does not carry the store's row ids).
+pub(crate) struct Loaded {
+    pub(crate) event: FileEvent,
+    path_id: i64,
+    new_path_id: Option<i64>,
+}
 
 /// Turns rows into events, looking up (and remembering) atoms, paths and processes, and
 /// checking each event's checksum. A damaged dictionary row is remembered as such: every
@@ -484,7 +480,7 @@ impl<'a> Resolver<'a> {
             match row {
                 Some((view, clock_off)) => {
                     let digest = proc_hash(&view);
-                    Ok((view, clock_off, digest))
+                    Ok((Arc::new(view), clock_off, digest))
                 }
                 None => Err(RowFault::Unreadable(format!(
                     "refers to missing process {id}"
@@ -494,7 +490,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// The event of a row, after checking it against its checksum.
-    fn event(&mut self, raw: RawEvent) -> Result<StoredEvent, RowFault> {
+    fn event(&mut self, raw: RawEvent) -> Result<Loaded, RowFault> {
         let time_ns = raw.time_ns();
         let (path, path_digest) = self.name(raw.path)?;
         let new_path = match raw.new_path {
@@ -510,7 +506,7 @@ impl<'a> Resolver<'a> {
         };
         let raw_details: &[u8] = raw.details.as_deref().unwrap_or_default();
         let mut detail_atoms: Vec<u64> = Vec::new();
-        let mut details = if raw_details.is_empty() {
+        let details = if raw_details.is_empty() {
             Default::default()
         } else {
             let mut fault = None;
@@ -559,34 +555,40 @@ impl<'a> Resolver<'a> {
             None if self.unsummed_max_id.is_some_and(|m| raw.id <= m) => {}
             None => return Err(RowFault::Unreadable("checksum missing".into())),
         }
-        let path = PathText(path);
-        if !path.is_utf8() {
-            details.path_hex = Some(hex(&path.0));
-        }
-        let new_path = new_path.map(|p| PathText(p.0));
-        details.new_path_hex = new_path
-            .as_ref()
-            .filter(|p| !p.is_utf8())
-            .map(|p| hex(&p.0));
-        Ok(StoredEvent {
-            id: raw.id,
+        // The values are what was written: now their texts are read as the types they are.
+        let op = Op::from_name(&op)
+            .ok_or_else(|| RowFault::Unreadable(format!("op atom {op:?} is not an op")))?;
+        let result = OpResult::from_name(&result)
+            .filter(|r| r.errno() == raw.errno)
+            .ok_or_else(|| {
+                RowFault::Unreadable(format!(
+                    "result atom {result:?} and errno {:?} disagree",
+                    raw.errno
+                ))
+            })?;
+        let dev = match dev {
+            Some((text, _)) => Some(Dev::parse(&text).ok_or_else(|| {
+                RowFault::Unreadable(format!("device atom {text:?} is not major:minor"))
+            })?),
+            None => None,
+        };
+        Ok(Loaded {
+            event: FileEvent {
+                time_ns,
+                mono_ns: time_ns
+                    .wrapping_sub(clock_off.wrapping_add(raw.mono_d))
+                    .cast_unsigned(),
+                op,
+                path: PathBytes(path),
+                new_path: new_path.map(|p| PathBytes(p.0)),
+                result,
+                inode: raw.inode.map(|i| i as u64),
+                dev,
+                process,
+                details,
+            },
             path_id: raw.path,
             new_path_id: raw.new_path,
-            time_ns,
-            time: codec::format_time(time_ns),
-            mono_ns: time_ns
-                .wrapping_sub(clock_off.wrapping_add(raw.mono_d))
-                .cast_unsigned(),
-            op,
-            path,
-            new_path,
-            result,
-            errno: raw.errno,
-            inode: raw.inode.map(|i| i as u64),
-            dev: dev.map(|d| d.0),
-            process,
-            details,
-            deletion: None,
         })
     }
 }
@@ -819,7 +821,7 @@ impl Store {
 
     /// The event with row id `id`. None when it is gone (pruned meanwhile) or unreadable (then
     /// counted in `res`).
-    fn load(&self, res: &mut Resolver<'_>, id: i64) -> Result<Option<StoredEvent>, StoreError> {
+    fn load(&self, res: &mut Resolver<'_>, id: i64) -> Result<Option<Loaded>, StoreError> {
         let raw = self
             .conn
             .prepare_cached(&format!(
@@ -838,16 +840,16 @@ impl Store {
         Ok(None)
     }
 
-    /// Loads events by id, newest first, keeping those in [since, until] that `keep` accepts,
-    /// up to `limit`; unreadable ones are skipped and counted.
-    fn load_ids(
+    /// Loads events by id, newest first, keeping those in [since, until] that `keep` makes an
+    /// answer of, up to `limit`; unreadable ones are skipped and counted.
+    fn load_ids<T>(
         &self,
         mut ids: Vec<i64>,
         since: i64,
         until: i64,
         limit: Option<usize>,
-        mut keep: impl FnMut(&mut StoredEvent) -> bool,
-    ) -> Result<Answer<StoredEvent>, StoreError> {
+        mut keep: impl FnMut(Loaded) -> Option<T>,
+    ) -> Result<Answer<T>, StoreError> {
         ids.sort_unstable_by(|a, b| b.cmp(a));
         ids.dedup();
         let mut res = Resolver::new(self)?;
@@ -856,13 +858,16 @@ impl Store {
             if limit.is_some_and(|l| out.len() >= l) {
                 break;
             }
-            let Some(mut ev) = self.load(&mut res, id)? else {
+            let Some(loaded) = self.load(&mut res, id)? else {
                 continue; // pruned meanwhile, or unreadable
             };
-            if ev.time_ns < since || ev.time_ns > until || !keep(&mut ev) {
+            let t = loaded.event.time_ns;
+            if t < since || t > until {
                 continue;
             }
-            out.push(ev);
+            if let Some(answer) = keep(loaded) {
+                out.push(answer);
+            }
         }
         Ok(Answer {
             found: out,
@@ -875,12 +880,12 @@ impl Store {
     /// window exactly, unreadable, not a deletion); when so many were rejected that the answer
     /// came out short, gathers again with more per stream, until the answer is full or no more
     /// ids come.
-    fn gather_and_load(
+    fn gather_and_load<T>(
         &self,
         limit: Option<usize>,
         mut gather: impl FnMut(i64) -> Result<Vec<i64>, StoreError>,
-        mut load: impl FnMut(Vec<i64>) -> Result<Answer<StoredEvent>, StoreError>,
-    ) -> Result<Answer<StoredEvent>, StoreError> {
+        mut load: impl FnMut(Vec<i64>) -> Result<Answer<T>, StoreError>,
+    ) -> Result<Answer<T>, StoreError> {
         let mut per = limit.map_or(i64::MAX, |l| limit_i64(l).saturating_add(64));
         let mut gathered = None;
         loop {
@@ -900,13 +905,13 @@ impl Store {
     /// itself and renames/links onto it. With [`PathMatch::Auto`] (the default) a path inside
     /// an image or container (`/pause`) also matches that file in every snapshot.
     /// [`StoreError::Corrupt`] if any of them cannot be read (see [`Store::history_partial`]).
-    pub fn history(&self, q: &PathQuery) -> Result<Vec<StoredEvent>, StoreError> {
+    pub fn history(&self, q: &PathQuery) -> Result<Vec<FileEvent>, StoreError> {
         self.history_partial(q)?.complete(&self.path)
     }
 
     /// [`Store::history`], answering the events it can read and counting those it cannot
     /// (damaged rows) in [`Answer::unreadable`].
-    pub fn history_partial(&self, q: &PathQuery) -> Result<Answer<StoredEvent>, StoreError> {
+    pub fn history_partial(&self, q: &PathQuery) -> Result<Answer<FileEvent>, StoreError> {
         let names = self.resolve(&q.path, q.matching)?;
         if names.is_empty() || q.limit == Some(0) {
             return Ok(Answer::default());
@@ -923,14 +928,14 @@ impl Store {
             },
             |ids| {
                 self.load_ids(ids, since, until, q.limit, |ev| {
-                    ev.path_is(&name_set) || ev.new_path_is(&name_set)
+                    (ev.path_is(&name_set) || ev.new_path_is(&name_set)).then_some(ev.event)
                 })
             },
         )
     }
 
     /// The operations that removed the file at `q.path` (newest first), each with
-    /// `deletion` saying how: unlink, rmdir, rename away from it, a rename onto it (replaced
+    /// [`Deletion::deletion`] saying how: unlink, rmdir, rename away from it, a rename onto it (replaced
     /// it, if it existed), an overlay whiteout at it; with `opts.ancestors`, renames of a
     /// directory above it and opaque markers set on one; with `opts.truncations`, truncations
     /// to zero. Failed attempts only with `opts.failed`. [`StoreError::Corrupt`] if any row
@@ -939,7 +944,7 @@ impl Store {
         &self,
         q: &PathQuery,
         opts: DeleteOptions,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    ) -> Result<Vec<Deletion>, StoreError> {
         self.who_deleted_partial(q, opts)?.complete(&self.path)
     }
 
@@ -949,7 +954,7 @@ impl Store {
         &self,
         q: &PathQuery,
         opts: DeleteOptions,
-    ) -> Result<Answer<StoredEvent>, StoreError> {
+    ) -> Result<Answer<Deletion>, StoreError> {
         if q.limit == Some(0) {
             return Ok(Answer::default());
         }
@@ -1027,8 +1032,11 @@ impl Store {
             },
             |ids| {
                 self.load_ids(ids, since, until, q.limit, |ev| {
-                    ev.deletion = deletion_kind(ev, opts, &name_set, &ancestor_names);
-                    ev.deletion.is_some()
+                    let deletion = deletion_kind(&ev, opts, &name_set, &ancestor_names)?;
+                    Some(Deletion {
+                        event: ev.event,
+                        deletion,
+                    })
                 })
             },
         )?;
@@ -1038,13 +1046,13 @@ impl Store {
 
     /// Events matching every given filter, newest first. [`StoreError::Corrupt`] if any of
     /// them cannot be read (see [`Store::query_partial`]).
-    pub fn query(&self, f: &Filter) -> Result<Vec<StoredEvent>, StoreError> {
+    pub fn query(&self, f: &Filter) -> Result<Vec<FileEvent>, StoreError> {
         self.query_partial(f)?.complete(&self.path)
     }
 
     /// [`Store::query`], answering the events it can read and counting those it cannot
     /// (damaged rows) in [`Answer::unreadable`].
-    pub fn query_partial(&self, f: &Filter) -> Result<Answer<StoredEvent>, StoreError> {
+    pub fn query_partial(&self, f: &Filter) -> Result<Answer<FileEvent>, StoreError> {
         // Checked before anything else, so a bad pattern is always reported as such.
         for (flag, v) in [("comm", &f.comm), ("exe", &f.exe), ("unit", &f.unit)] {
             if let Some(v) = v {
@@ -1180,7 +1188,7 @@ impl Store {
                         if literal
                             .as_ref()
                             .is_some_and(|names| !ev.path_is(names) && !ev.new_path_is(names)) => {}
-                    Ok(ev) => out.push(ev),
+                    Ok(ev) => out.push(ev.event),
                     Err(fault) => res.skip("events", id, fault)?,
                 }
                 if f.limit.is_some_and(|l| out.len() >= l) {
@@ -1252,19 +1260,22 @@ fn gap_from_row(r: &Row<'_>) -> rusqlite::Result<Gap> {
         Some(k) => serde_json::from_str(&k).map_err(|e| json_err(4, e))?,
         None => BTreeMap::new(),
     };
-    let from_ns: i64 = r.get(1)?;
-    let to_ns: i64 = r.get(2)?;
-    let recorded: i64 = r.get(6)?;
+    let kind: String = r.get(0)?;
+    let kind = GapKind::from_name(&kind).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("{kind:?} is not a gap kind").into(),
+        )
+    })?;
     Ok(Gap {
-        kind: r.get(0)?,
-        from: codec::format_time(from_ns),
-        to: codec::format_time(to_ns),
-        from_ns,
-        to_ns,
+        kind,
+        from_ns: r.get(1)?,
+        to_ns: r.get(2)?,
         lost: r.get::<_, Option<i64>>(3)?.map(|l| l.max(0) as u64),
         kinds,
         reason: r.get(5)?,
-        recorded: codec::format_time(recorded),
+        recorded_ns: r.get(6)?,
     })
 }
 
@@ -1275,60 +1286,56 @@ fn limit_i64(limit: usize) -> i64 {
 
 /// How `ev` removed a file of `names` (or None: it did not).
 fn deletion_kind(
-    ev: &StoredEvent,
+    ev: &Loaded,
     opts: DeleteOptions,
     names: &HashSet<i64>,
     ancestor_names: &HashSet<i64>,
-) -> Option<&'static str> {
-    if !opts.failed && ev.result != "ok" {
+) -> Option<DeletionKind> {
+    let e = &ev.event;
+    let d = &e.details;
+    if !opts.failed && !e.result.is_ok() {
         return None;
     }
     let on_path = ev.path_is(names);
     let onto = ev.new_path_is(names);
-    match ev.op.as_str() {
-        "unlink" if on_path => Some("unlink"),
-        "rmdir" if on_path => Some("rmdir"),
-        "rename" if on_path => Some("rename_away"),
-        "rename" if onto && ev.details.overwritten.is_some() => Some("replaced"),
-        "rename" if onto => Some("rename_onto"),
-        "mknod" if on_path && ev.details.whiteout == Some(true) => Some("whiteout"),
-        "truncate"
-            if on_path
-                && (ev.details.size == Some(0)
-                    || ev.details.open_flags.iter().any(|f| f == "truncate")) =>
+    match e.op {
+        Op::Unlink if on_path => Some(DeletionKind::Unlink),
+        Op::Rmdir if on_path => Some(DeletionKind::Rmdir),
+        Op::Rename if on_path => Some(DeletionKind::RenameAway),
+        Op::Rename if onto && d.overwritten.is_some() => Some(DeletionKind::Replaced),
+        Op::Rename if onto => Some(DeletionKind::RenameOnto),
+        Op::Mknod if on_path && d.whiteout == Some(true) => Some(DeletionKind::Whiteout),
+        Op::Truncate
+            if on_path && (d.size == Some(0) || d.open_flags.contains(OpenFlags::TRUNCATE)) =>
         {
-            Some("truncate_to_zero")
+            Some(DeletionKind::TruncateToZero)
         }
-        "rename" if ev.path_is(ancestor_names) => Some("ancestor_renamed"),
-        "setxattr"
+        Op::Rename if ev.path_is(ancestor_names) => Some(DeletionKind::AncestorRenamed),
+        Op::Setxattr
             if ev.path_is(ancestor_names)
-                && ev.details.xattr.as_ref().is_some_and(|x| {
-                    x.name.ends_with("overlay.opaque")
-                        && matches!(x.value.as_deref(), Some("y") | Some("x"))
+                && d.xattr.as_ref().is_some_and(|x| {
+                    x.name.ends_with(b"overlay.opaque")
+                        && matches!(x.value_text().as_deref(), Some("y") | Some("x"))
                 }) =>
         {
-            Some("ancestor_opaque")
+            Some(DeletionKind::AncestorOpaque)
         }
         // A link or symlink onto the path does not delete it (it fails if the path exists).
         _ => None,
     }
 }
 
-impl StoredEvent {
+impl Loaded {
     /// Is the event's path one of `names`? A path the kernel could not build completely
     /// (note `path_truncated`: a prefix, `…`, a name) is not the file's path whatever its text,
     /// so it never answers a question about an exact path; globs still find it.
     fn path_is(&self, names: &HashSet<i64>) -> bool {
-        names.contains(&self.path_id) && !self.has_note(NOTE_PATH_TRUNCATED)
+        names.contains(&self.path_id) && !self.event.details.notes.contains(Notes::PATH_TRUNCATED)
     }
 
     /// The same for the new path of a rename or link.
     fn new_path_is(&self, names: &HashSet<i64>) -> bool {
         self.new_path_id.is_some_and(|id| names.contains(&id))
-            && !self.has_note(NOTE_NEW_PATH_TRUNCATED)
-    }
-
-    fn has_note(&self, note: &str) -> bool {
-        self.details.notes.iter().any(|n| n == note)
+            && !self.event.details.notes.contains(Notes::NEW_PATH_TRUNCATED)
     }
 }

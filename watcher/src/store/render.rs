@@ -2,9 +2,9 @@
 
 use std::fmt::Write as _;
 
-use crate::event::{NOTE_NEW_PATH_TRUNCATED, NOTE_PATH_TRUNCATED, escape_bytes, truncation_marker};
+use ctrwatch_event::{FileEvent, Gap, escape, format_rfc3339, human::short_id};
 
-use super::{Gap, StoredEvent};
+use super::{Deletion, DeletionKind};
 
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -35,67 +35,61 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// One line per event: TIME OP RESULT PATH PID COMM/EXE UNIT PARENTS. The path shows
 /// `-> new_path` for renames and links, and `(path truncated)` after a path the kernel could
-/// not build completely; `OP` shows how a who-deleted answer deleted (e.g.
-/// `rename (ancestor_renamed)`). Control characters and non-UTF-8 bytes are `\xNN`.
-pub fn render_table(events: &[StoredEvent]) -> String {
-    let rows: Vec<Vec<String>> = events
-        .iter()
-        .map(|e| {
-            let notes = &e.details.notes;
-            let mut path = e.path.display();
-            path.push_str(truncation_marker(notes, NOTE_PATH_TRUNCATED));
-            if let Some(n) = &e.new_path {
-                let _ = write!(path, " -> {}", n.display());
-                path.push_str(truncation_marker(notes, NOTE_NEW_PATH_TRUNCATED));
-            }
-            let op = match e.deletion {
-                Some(d) if d != e.op => format!("{} ({d})", e.op),
-                _ => e.op.clone(),
-            };
-            let p = &e.process;
-            let who = format!(
-                "{} ({})",
-                escape_bytes(p.comm.as_bytes()),
-                p.exe
-                    .as_deref()
-                    .map_or("?".into(), |x| escape_bytes(x.as_bytes()))
-            );
-            let unit = p
-                .unit
-                .clone()
-                .or_else(|| {
-                    p.container_id
-                        .as_ref()
-                        .map(|c| format!("container:{}", c.chars().take(12).collect::<String>()))
-                })
-                .unwrap_or_else(|| "-".into());
-            let parents = if p.ancestors.is_empty() {
-                "-".to_string()
-            } else {
-                p.ancestors
-                    .iter()
-                    .map(|a| format!("{}({})", escape_bytes(a.comm.as_bytes()), a.pid))
-                    .collect::<Vec<_>>()
-                    .join("<")
-            };
-            vec![
-                e.time.clone(),
-                op,
-                e.result.clone(),
-                path,
-                p.pid.to_string(),
-                who,
-                unit,
-                parents,
-            ]
-        })
-        .collect();
+/// not build completely. Control characters and non-UTF-8 bytes are `\xNN`.
+pub fn render_table(events: &[FileEvent]) -> String {
+    rows_table(events.iter().map(|e| row(e, None)).collect())
+}
+
+/// [`render_table`] of who-deleted answers: `OP` also says how each deleted when that is not
+/// its op (e.g. `rename (ancestor_renamed)`).
+pub fn render_deletions(deletions: &[Deletion]) -> String {
+    rows_table(
+        deletions
+            .iter()
+            .map(|d| row(&d.event, Some(d.deletion)))
+            .collect(),
+    )
+}
+
+fn rows_table(rows: Vec<Vec<String>>) -> String {
     table(
         &[
             "TIME", "OP", "RESULT", "PATH", "PID", "COMM/EXE", "UNIT", "PARENTS",
         ],
         &rows,
     )
+}
+
+fn row(e: &FileEvent, deletion: Option<DeletionKind>) -> Vec<String> {
+    let mut path = e.path_display();
+    if let Some(n) = e.new_path_display() {
+        let _ = write!(path, " -> {n}");
+    }
+    let op = match deletion {
+        Some(d) if d.name() != e.op.name() => format!("{} ({d})", e.op),
+        _ => e.op.name().to_owned(),
+    };
+    let p = &e.process;
+    let who = format!(
+        "{} ({})",
+        escape(&p.comm),
+        p.exe.as_deref().map_or_else(|| "?".into(), escape)
+    );
+    let unit = match (&p.unit, &p.container_id) {
+        (Some(unit), _) => escape(unit),
+        (None, Some(c)) => format!("container:{}", escape(short_id(c))),
+        (None, None) => "-".into(),
+    };
+    vec![
+        e.time_text(),
+        op,
+        e.result.name(),
+        path,
+        p.pid.to_string(),
+        who,
+        unit,
+        p.parents_summary(),
+    ]
 }
 
 /// One line per gap: KIND FROM TO LOST DETAIL.
@@ -116,9 +110,9 @@ pub fn render_gaps(gaps: &[Gap]) -> String {
                 detail.push_str(r);
             }
             vec![
-                g.kind.clone(),
-                g.from.clone(),
-                g.to.clone(),
+                g.kind.name().to_owned(),
+                format_rfc3339(g.from_ns),
+                format_rfc3339(g.to_ns),
                 g.lost.map_or("-".into(), |l| l.to_string()),
                 detail,
             ]

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::event::{FileEvent, LossEvent, escape_bytes};
+use ctrwatch_event::{FileEvent, Gap, GapKind, LossEvent, escape_bytes};
 
 use super::access::{self, StoreLock, sibling};
 use super::write::{Unstored, now_ns};
-use super::{Gap, PruneReport, Store, StoreError, StoreOptions, codec, ns, schema};
+use super::{PruneReport, Store, StoreError, StoreOptions, ns, schema};
 
 /// While the store cannot be opened (full disk), it is tried again this often.
 pub const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -78,7 +78,7 @@ impl DaemonStore {
             opts,
             state: State::Unavailable {
                 lock: None,
-                unstored: Unstored::new("store_full", String::new(), now_ns()),
+                unstored: Unstored::new(GapKind::StoreFull, String::new(), now_ns()),
             },
             run_started: None,
             reset: None,
@@ -94,7 +94,7 @@ impl DaemonStore {
                 );
                 ds.state = State::Unavailable {
                     lock,
-                    unstored: Unstored::new("store_full", why.to_string(), now_ns()),
+                    unstored: Unstored::new(GapKind::StoreFull, why.to_string(), now_ns()),
                 };
                 ds.next_try = Instant::now() + STORE_RETRY;
             }
@@ -191,9 +191,7 @@ impl DaemonStore {
             show(&moved)
         );
         self.reset = Some(Gap {
-            kind: "store_reset".into(),
-            from: codec::format_time(from),
-            to: codec::format_time(to),
+            kind: GapKind::StoreReset,
             from_ns: from,
             to_ns: to,
             lost: None,
@@ -207,7 +205,7 @@ impl DaemonStore {
                     "at an unknown time before `to`"
                 }
             )),
-            recorded: codec::format_time(to),
+            recorded_ns: to,
         });
         // The database's real path (not a symlink that now points to nothing).
         match access::prepare_writer(db, &self.opts) {
@@ -272,7 +270,7 @@ impl DaemonStore {
     fn unavailable_with(&mut self, lock: Option<Arc<StoreLock>>, e: StoreError) {
         self.state = State::Unavailable {
             lock,
-            unstored: Unstored::new("store_full", e.to_string(), now_ns()),
+            unstored: Unstored::new(GapKind::StoreFull, e.to_string(), now_ns()),
         };
         self.next_try = Instant::now() + STORE_RETRY;
     }
@@ -352,8 +350,7 @@ impl DaemonStore {
         match &mut self.state {
             State::Open(store) => store.append_event(ev),
             State::Unavailable { unstored, .. } => {
-                let t = codec::parse_time_ns(&ev.time).unwrap_or_else(now_ns);
-                unstored.add(ev.op, 1, t);
+                unstored.add(ev.op.name(), 1, ev.time_ns);
                 Ok(())
             }
         }
@@ -364,9 +361,8 @@ impl DaemonStore {
         match &mut self.state {
             State::Open(store) => store.append_loss(loss),
             State::Unavailable { unstored, .. } => {
-                let t = codec::parse_time_ns(&loss.to).unwrap_or_else(now_ns);
                 for (k, n) in &loss.kinds {
-                    unstored.add(k, *n, t);
+                    unstored.add(k.name(), *n, loss.to_ns);
                 }
                 Ok(())
             }
@@ -459,7 +455,7 @@ impl DaemonStore {
 fn placeholder() -> State {
     State::Unavailable {
         lock: None,
-        unstored: Unstored::new("store_full", String::new(), now_ns()),
+        unstored: Unstored::new(GapKind::StoreFull, String::new(), now_ns()),
     }
 }
 
@@ -787,7 +783,7 @@ mod tests {
         assert_eq!(store.stats().expect("stats").events, 0);
         let gaps = store.gaps(None, None).expect("gaps");
         assert_eq!(gaps.len(), 1, "{gaps:?}");
-        assert_eq!(gaps[0].kind, "store_reset");
+        assert_eq!(gaps[0].kind, GapKind::StoreReset);
         let reason = gaps[0].reason.as_deref().unwrap_or_default();
         assert!(
             reason.contains(&dir.moved()[0]) && reason.contains("quick_check"),
@@ -867,7 +863,10 @@ mod tests {
         let store = ds.store().expect("open");
         assert_eq!(store.stats().expect("stats").events, 10);
         let gaps = store.gaps(None, None).expect("gaps");
-        let full: Vec<&Gap> = gaps.iter().filter(|g| g.kind == "store_full").collect();
+        let full: Vec<&Gap> = gaps
+            .iter()
+            .filter(|g| g.kind == GapKind::StoreFull)
+            .collect();
         assert_eq!(full.len(), 1, "{gaps:?}");
         assert_eq!(full[0].lost, Some(50));
         assert_eq!(full[0].kinds.values().sum::<u64>(), 50);

@@ -12,12 +12,14 @@ use std::time::SystemTime;
 use foldhash::{HashMap, HashMapExt};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::event::{ContainerdView, FileEvent, LossEvent, ProcessView};
+use ctrwatch_event::{
+    ContainerdView, Dev, FileEvent, Gap, GapKind, LossEvent, OpResult, ProcessView,
+};
 
 use super::access::{self, StoreLock};
 use super::codec::{self, AtomKind, Fnv};
 use super::read::proc_from_row;
-use super::{Gap, PruneReport, Store, StoreError, StoreOptions, ns, schema};
+use super::{PruneReport, Store, StoreError, StoreOptions, ns, schema};
 
 /// Entries in the path cache before it is emptied. Keys are 128-bit hashes of the path, not
 /// the path (25 bytes a bucket), so the cache can hold every path of a busy node: a miss
@@ -79,7 +81,8 @@ type ProcRef = (i64, i64, u64);
 /// gap once it can write again.
 #[derive(Debug)]
 pub(crate) struct Unstored {
-    pub(crate) kind: &'static str,
+    /// `store_full` or `store_error`.
+    pub(crate) kind: GapKind,
     pub(crate) reason: String,
     pub(crate) from_ns: i64,
     pub(crate) to_ns: i64,
@@ -89,7 +92,7 @@ pub(crate) struct Unstored {
 
 impl Unstored {
     /// Nothing yet, since `now_ns`.
-    pub(crate) fn new(kind: &'static str, reason: String, now_ns: i64) -> Unstored {
+    pub(crate) fn new(kind: GapKind, reason: String, now_ns: i64) -> Unstored {
         Unstored {
             kind,
             reason,
@@ -136,6 +139,9 @@ pub(crate) struct Writer {
     dirs: HashMap<Vec<u8>, i64>,
     /// Path bytes' 128-bit hash ([`path_key`]) -> `names.id`.
     paths: HashMap<u128, i64>,
+    /// Device -> its atom (id, digest): the `major:minor` text is formed once per device, not
+    /// once per event.
+    devs: HashMap<Dev, (i64, u64)>,
     /// In-memory hash of the whole description (`hash_state`) -> its row.
     procs: HashMap<u64, CachedProc>,
     /// Seeds the in-memory hashes of process descriptions and containerd objects.
@@ -302,6 +308,7 @@ impl Writer {
             atoms: HashMap::new(),
             dirs: HashMap::new(),
             paths: HashMap::new(),
+            devs: HashMap::new(),
             procs: HashMap::new(),
             hash_state: foldhash::fast::RandomState::default(),
             proc_addrs: HashMap::new(),
@@ -350,6 +357,7 @@ impl Writer {
         self.atoms.clear();
         self.dirs.clear();
         self.paths.clear();
+        self.devs.clear();
         self.procs.clear();
         self.proc_addrs.clear();
         self.containerd.clear();
@@ -400,6 +408,16 @@ impl Writer {
             .entry(kind)
             .or_default()
             .insert(text.to_string(), a);
+        Ok(a)
+    }
+
+    /// A device's atom, by its number while cached.
+    fn dev_atom(&mut self, conn: &Connection, dev: Dev) -> rusqlite::Result<(i64, u64)> {
+        if let Some(&a) = self.devs.get(&dev) {
+            return Ok(a);
+        }
+        let a = self.atom(conn, AtomKind::Dev, &dev.to_string())?;
+        self.devs.insert(dev, a);
         Ok(a)
     }
 
@@ -627,25 +645,27 @@ impl Writer {
         Ok(cur.0)
     }
 
-    fn insert_event(
-        &mut self,
-        conn: &Connection,
-        ev: &FileEvent,
-        time_ns: i64,
-    ) -> rusqlite::Result<()> {
+    fn insert_event(&mut self, conn: &Connection, ev: &FileEvent) -> rusqlite::Result<()> {
+        let time_ns = ev.time_ns;
         self.begin(conn)?;
-        let path = self.path_id(conn, &ev.path.0)?;
+        let path = self.path_id(conn, ev.path.as_bytes())?;
         let new_path = match &ev.new_path {
-            Some(p) => Some(self.path_id(conn, &p.0)?),
+            Some(p) => Some(self.path_id(conn, p.as_bytes())?),
             None => None,
         };
         // wall - monotonic: constant for a daemon run, so stored relative to the process row.
         let clock = time_ns.wrapping_sub(ev.mono_ns as i64);
         let (proc_id, clock_off, proc_digest) = self.proc_id(conn, &ev.process, clock)?;
-        let (op, op_digest) = self.atom(conn, AtomKind::Op, ev.op)?;
-        let (result, result_digest) = self.atom(conn, AtomKind::Result, &ev.result)?;
-        let dev = match &ev.dev {
-            Some(d) => Some(self.atom(conn, AtomKind::Dev, d)?),
+        // Ops, results and devices are stored as their text in the atoms, as in every store
+        // so far.
+        let (op, op_digest) = self.atom(conn, AtomKind::Op, ev.op.name())?;
+        let (result, result_digest) = match ev.result {
+            OpResult::Ok => self.atom(conn, AtomKind::Result, "ok")?,
+            failed => self.atom(conn, AtomKind::Result, &failed.name())?,
+        };
+        let errno = ev.result.errno();
+        let dev = match ev.dev {
+            Some(d) => Some(self.dev_atom(conn, d)?),
             None => None,
         };
         // The digests of the atoms the details refer to, in the order they name them.
@@ -666,8 +686,8 @@ impl Writer {
                 let path = match &c.path {
                     None => codec::CtrdPath::Absent,
                     Some(p)
-                        if codec::inner_start(&ev.path.0)
-                            .is_some_and(|i| ev.path.0[i..] == p.0[..]) =>
+                        if codec::inner_start(ev.path.as_bytes())
+                            .is_some_and(|i| ev.path.as_bytes()[i..] == *p.as_bytes()) =>
                     {
                         codec::CtrdPath::Inner
                     }
@@ -706,7 +726,7 @@ impl Writer {
                 result: result_digest,
                 dev: dev.map(|d| d.1),
                 mono_d,
-                errno: ev.errno,
+                errno,
                 inode,
                 seg,
                 details: &self.row_details[details.clone()],
@@ -723,7 +743,7 @@ impl Writer {
             proc_id,
             result,
             mono_d,
-            errno: ev.errno,
+            errno,
             new_path: new_path.map(|p| p.0),
             inode,
             dev: dev.map(|d| d.0),
@@ -735,7 +755,7 @@ impl Writer {
             *n += 1;
         }
         self.batch += 1;
-        *self.batch_kinds.entry(ev.op).or_insert(0) += 1;
+        *self.batch_kinds.entry(ev.op.name()).or_insert(0) += 1;
         self.batch_from = self.batch_from.min(time_ns);
         self.batch_to = self.batch_to.max(time_ns);
         Ok(())
@@ -807,10 +827,9 @@ impl Writer {
 
     fn insert_loss(&mut self, conn: &Connection, loss: &LossEvent) -> rusqlite::Result<()> {
         self.begin(conn)?;
-        let recorded = codec::parse_time_ns(&loss.time).unwrap_or_else(|| self.now_hint());
-        let from = codec::parse_time_ns(&loss.from).unwrap_or(recorded);
-        let to = codec::parse_time_ns(&loss.to).unwrap_or(recorded);
-        let kinds = serde_json::to_string(&loss.kinds)
+        let (recorded, from, to) = (loss.time_ns, loss.from_ns, loss.to_ns);
+        // By kind name, as gap records keep their kinds.
+        let kinds = serde_json::to_string(&loss.kinds_by_name())
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         conn.prepare_cached(
             "INSERT INTO gaps (kind, from_ns, to_ns, lost, kinds, reason, recorded_ns) \
@@ -819,7 +838,7 @@ impl Writer {
         .execute(params![from, to, loss.lost as i64, kinds, recorded])?;
         self.batch_loss += loss.lost;
         for (k, n) in &loss.kinds {
-            *self.batch_kinds.entry(k).or_insert(0) += n;
+            *self.batch_kinds.entry(k.name()).or_insert(0) += n;
         }
         self.batch_from = self.batch_from.min(from);
         self.batch_to = self.batch_to.max(to);
@@ -896,9 +915,9 @@ impl Writer {
         }
         self.in_txn = false;
         let kind = if matches!(err, StoreError::Full { .. }) {
-            "store_full"
+            GapKind::StoreFull
         } else {
-            "store_error"
+            GapKind::StoreError
         };
         let now = self.now_hint();
         let u = self.unstored.get_or_insert_with(|| Unstored {
@@ -945,7 +964,7 @@ impl Writer {
                 "INSERT INTO gaps (kind, from_ns, to_ns, lost, kinds, reason, recorded_ns) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
-                    u.kind,
+                    u.kind.name(),
                     u.from_ns.min(now),
                     u.to_ns.max(now),
                     u.lost as i64,
@@ -978,7 +997,7 @@ impl Writer {
             "INSERT INTO gaps (kind, from_ns, to_ns, lost, kinds, reason, recorded_ns) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                g.kind,
+                g.kind.name(),
                 g.from_ns,
                 g.to_ns,
                 g.lost.map(|l| l as i64),
@@ -1083,15 +1102,13 @@ impl Writer {
                     let mut kinds = BTreeMap::new();
                     kinds.insert(reason.to_string(), removed);
                     let g = Gap {
-                        kind: "pruned".into(),
-                        from: String::new(),
-                        to: String::new(),
+                        kind: GapKind::Pruned,
                         from_ns: from,
                         to_ns: to,
                         lost: Some(removed),
                         kinds,
                         reason: None,
-                        recorded: String::new(),
+                        recorded_ns: now,
                     };
                     Writer::insert_gap(conn, &g, now)?;
                 }
@@ -1262,15 +1279,13 @@ impl Store {
                 };
                 let from = from.min(t);
                 Gap {
-                    kind: "downtime".into(),
-                    from: codec::format_time(from),
-                    to: codec::format_time(t),
+                    kind: GapKind::Downtime,
                     from_ns: from,
                     to_ns: t,
                     lost: None,
                     kinds: BTreeMap::new(),
                     reason: Some(reason.into()),
-                    recorded: codec::format_time(t),
+                    recorded_ns: t,
                 }
             });
             if let Some(g) = &gap {
@@ -1344,14 +1359,14 @@ impl Store {
     /// returns Ok. The counts become a `store_full` gap. The writer never has to be reopened.
     pub fn append_event(&mut self, ev: &FileEvent) -> Result<(), StoreError> {
         let (conn, w, path) = self.parts()?;
-        let time_ns = codec::parse_time_ns(&ev.time).unwrap_or_else(now_ns);
+        let time_ns = ev.time_ns;
         w.see(time_ns);
         if let Some(u) = &mut w.unstored {
-            u.add(ev.op, 1, time_ns);
+            u.add(ev.op.name(), 1, time_ns);
             return Ok(());
         }
-        if let Err(e) = w.insert_event(conn, ev, time_ns) {
-            return Err(w.fail(conn, path, e, Some((ev.op, 1, time_ns))));
+        if let Err(e) = w.insert_event(conn, ev) {
+            return Err(w.fail(conn, path, e, Some((ev.op.name(), 1, time_ns))));
         }
         // The event is in the batch now: a failure from here on counts it with the batch.
         if w.rows.len() >= ROW_CHUNK
@@ -1370,11 +1385,11 @@ impl Store {
     /// Adds a loss record (a `loss` gap) to the open batch.
     pub fn append_loss(&mut self, loss: &LossEvent) -> Result<(), StoreError> {
         let (conn, w, path) = self.parts()?;
-        let t = codec::parse_time_ns(&loss.to).unwrap_or_else(now_ns);
+        let t = loss.to_ns;
         w.see(t);
         if let Some(u) = &mut w.unstored {
             for (k, n) in &loss.kinds {
-                u.add(k, *n, t);
+                u.add(k.name(), *n, t);
             }
             return Ok(());
         }
@@ -1532,7 +1547,7 @@ impl StoreError {
     fn with_loss(self, w: &mut Writer, loss: &LossEvent, t: i64) -> StoreError {
         if let Some(u) = &mut w.unstored {
             for (k, n) in &loss.kinds {
-                u.add(k, *n, t);
+                u.add(k.name(), *n, t);
             }
         }
         self

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest as _, Sha256};
 
 use crate::audit::{Progress, Unit};
-use crate::event::escape_path;
 use crate::fsx::{self, OpenError};
+use ctrwatch_event::escape_path;
 
 /// Size of each read: large enough that the per-syscall cost vanishes next to hashing
 /// (~0.5 ms of SHA-NI work per read), small enough to stay in L2/L3 cache.
