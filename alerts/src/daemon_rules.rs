@@ -3,7 +3,8 @@
 //!
 //! * `history-gap`: records the kernel could not deliver or the store could not take (loss
 //!   records), a restart after an unclean stop (the downtime since the last heartbeat), and
-//!   alerts the outbox had to drop. Folded like every alert: one kind's holes within the
+//!   alerts the outbox had to drop, events the detections could not judge (their queue was
+//!   full). Folded like every alert: one kind's holes within the
 //!   group window are one alert whose count and window grow, emitted a settle delay after
 //!   the first (so a burst's first seconds fold in), and once more when the window closes if
 //!   anything changed since.
@@ -180,6 +181,12 @@ impl DaemonRules {
         self.hole("outbox", now_ns, now_ns, n, &BTreeMap::new(), now_ns);
     }
 
+    /// The detections' queue was full: `n` events between `from_ns` and `to_ns` were stored
+    /// but not judged.
+    pub fn detect_dropped(&mut self, from_ns: i64, to_ns: i64, n: u64, now_ns: i64) {
+        self.hole("detect_queue", from_ns, to_ns, n, &BTreeMap::new(), now_ns);
+    }
+
     /// What is due at `now_ns`: heartbeat revisions, history-gap revisions.
     pub fn tick(&mut self, now_ns: i64) -> Vec<Alert> {
         let mut out = Vec::new();
@@ -274,6 +281,11 @@ fn describe(kind: &str, g: &mut Group) {
         "unclean_stop" => format!(
             "ctrwatch restarted after an unclean stop (crash, kill -9 or power loss): nothing \
              was captured {window}"
+        ),
+        "detect_queue" => format!(
+            "{} events were recorded but not judged by the detections {window} (their queue \
+             was full): alerts they would have raised are missing; the history has them",
+            g.holes
         ),
         _ => format!(
             "{} alerts were dropped from the outbox before they were delivered (the outbox is \

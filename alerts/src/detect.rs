@@ -181,7 +181,14 @@ pub struct Detector {
     groups: HashMap<String, Group>,
     /// Groups replaced by a newer one of the same key, not yet finished.
     finished: Vec<Group>,
+    /// Every event before this time has been judged (the capture's watermark, passed
+    /// through the detection queue behind the events it covers).
+    judged_until_ns: i64,
 }
+
+/// A group's window is closed when the capture's watermark passed its end; if no watermark
+/// comes (capture stalled), this long after its end.
+pub const MAX_LAG: Duration = Duration::from_secs(60);
 
 fn ns(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
@@ -198,6 +205,7 @@ impl Detector {
             opaque: RuleSetting::of(config, RuleId::OpaqueLeak),
             groups: HashMap::new(),
             finished: Vec::new(),
+            judged_until_ns: i64::MIN,
         }
     }
 
@@ -285,6 +293,12 @@ impl Detector {
         );
     }
 
+    /// Every event captured before `at_ns` has been judged: the windows that ended before it
+    /// can close (a group's window is never closed while events of it may still be queued).
+    pub fn watermark(&mut self, at_ns: i64) {
+        self.judged_until_ns = self.judged_until_ns.max(at_ns);
+    }
+
     /// The revisions due at `now_ns` (call about once a second, and when the queue is idle).
     pub fn tick(&mut self, now_ns: i64) -> Vec<Alert> {
         let mut out = Vec::new();
@@ -295,9 +309,10 @@ impl Detector {
         }
         let mut closed = Vec::new();
         for (key, g) in &mut self.groups {
-            // Events are judged a little after they happen: the window is closed for good a
-            // settle delay after its end.
-            let closing = now_ns >= g.closes_ns.saturating_add(ns(SETTLE));
+            // Events are judged a little (under a flood: seconds) after they happen: the
+            // window closes when the watermark says all of its events were judged.
+            let closing = self.judged_until_ns >= g.closes_ns
+                || now_ns >= g.closes_ns.saturating_add(ns(MAX_LAG));
             let due = if g.emitted {
                 closing && g.changed
             } else {

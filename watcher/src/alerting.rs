@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use ctrwatch_alerts::{
     Alert, Node, Routing,
     deliver::{DeliveryOptions, send_now},
@@ -59,10 +60,7 @@ impl Alerting {
                 Err(e) => problems.push(e.to_string()),
             }
         }
-        let delivery = DeliveryOptions::from_env().map_err(|e| {
-            problems.push(e.clone());
-            e
-        });
+        let delivery = DeliveryOptions::from_env().inspect_err(|e| problems.push(e.clone()));
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
@@ -195,7 +193,68 @@ pub struct DaemonAlerts {
     config: Config,
     rules: Option<ctrwatch_alerts::daemon_rules::DaemonRules>,
     delivery: Option<ctrwatch_alerts::Delivery>,
+    detect: Option<DetectFeed>,
 }
+
+/// Events waiting for the detection thread at most (a burst's worth; beyond it events are
+/// stored but not judged, counted, and reported as a history gap).
+pub const DETECT_QUEUE: usize = 65_536;
+
+/// What the detection thread is handed, in capture order.
+enum DetectMsg {
+    /// An event a rule could judge.
+    Event(Box<ctrwatch_event::FileEvent>),
+    /// Everything captured before this time (ns) is ahead of it in the queue.
+    Watermark(i64),
+}
+
+/// The capture path's side of the detection thread: a bounded queue it never waits on.
+struct DetectFeed {
+    tx: Option<std::sync::mpsc::SyncSender<DetectMsg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Events not judged since the last report, and the window they fall in.
+    dropped: u64,
+    dropped_from_ns: i64,
+    dropped_to_ns: i64,
+}
+
+/// The detection thread: judges each event, emits the groups' revisions when they are due
+/// (checked at least every [`DETECT_TICK`]), hands them to the store writer; at the end of
+/// its queue emits what the groups still hold.
+fn detect_loop(
+    mut detector: ctrwatch_alerts::detect::Detector,
+    rx: std::sync::mpsc::Receiver<DetectMsg>,
+    out: std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let send = |alerts: Vec<Alert>| {
+        for w in records(alerts) {
+            // The writer blocks this thread when its queue is full, never the capture.
+            if !out.send(w) {
+                log::warn!("alerts: the store writer has stopped; a detection alert is lost");
+            }
+        }
+    };
+    let mut last_tick = std::time::Instant::now();
+    loop {
+        match rx.recv_timeout(DETECT_TICK) {
+            Ok(DetectMsg::Event(ev)) => detector.event(&ev, ctrwatch_event::time::now_ns()),
+            Ok(DetectMsg::Watermark(at)) => detector.watermark(at),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                send(detector.flush());
+                return;
+            }
+        }
+        if last_tick.elapsed() >= DETECT_TICK {
+            send(detector.tick(ctrwatch_event::time::now_ns()));
+            last_tick = std::time::Instant::now();
+        }
+    }
+}
+
+/// How often the detection thread looks for revisions due.
+const DETECT_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the store writer needs to apply outbox writes.
 #[derive(Clone)]
@@ -264,6 +323,7 @@ impl DaemonAlerts {
             pending: Some(alerting),
             rules: None,
             delivery: None,
+            detect: None,
         }
     }
 
@@ -286,6 +346,22 @@ impl DaemonAlerts {
             rules.unclean_stop(from, to, started_ns);
         }
         self.rules = Some(rules);
+        let detector = ctrwatch_alerts::detect::Detector::new(&self.config, self.node.clone());
+        if detector.any_enabled() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(DETECT_QUEUE);
+            let out = std::sync::Arc::clone(&results);
+            let thread = std::thread::Builder::new()
+                .name("detect".into())
+                .spawn(move || detect_loop(detector, rx, out))
+                .context("starting the detection thread")?;
+            self.detect = Some(DetectFeed {
+                tx: Some(tx),
+                thread: Some(thread),
+                dropped: 0,
+                dropped_from_ns: 0,
+                dropped_to_ns: 0,
+            });
+        }
         if let Some(alerting) = self.pending.take()
             && !alerting.sinks.is_empty()
         {
@@ -300,11 +376,56 @@ impl DaemonAlerts {
         Ok(self.writer.clone())
     }
 
+    /// An event on its way to the store: a copy goes to the detection thread if a rule could
+    /// judge it. Never waits: when the detection queue is full the event is counted (and
+    /// reported as a history gap at the next tick), not judged.
+    pub fn event(&mut self, ev: &ctrwatch_event::FileEvent) {
+        let Some(feed) = &mut self.detect else { return };
+        let Some(tx) = &feed.tx else { return };
+        if !ctrwatch_alerts::detect::wants(ev) {
+            return;
+        }
+        if let Err(std::sync::mpsc::TrySendError::Full(_)) =
+            tx.try_send(DetectMsg::Event(Box::new(ev.clone())))
+        {
+            if feed.dropped == 0 {
+                feed.dropped_from_ns = ev.time_ns;
+            }
+            feed.dropped += 1;
+            feed.dropped_to_ns = ev.time_ns;
+        }
+    }
+
+    /// Everything captured before `at_ns` has been handed over (the watch loop's watermark):
+    /// passed to the detections behind those events, so that a group's window closes only
+    /// when all of its events were judged. Skipped when their queue is full (the next one
+    /// comes a second later).
+    pub fn watermark(&mut self, at_ns: i64) {
+        if let Some(tx) = self.detect.as_ref().and_then(|f| f.tx.as_ref()) {
+            let _ = tx.try_send(DetectMsg::Watermark(at_ns));
+        }
+    }
+
     /// The outbox writes the daemon's rules want at `now_ns` (call about once a second).
     pub fn tick(&mut self, now_ns: i64) -> Vec<ctrwatch_alerts::OutboxWrite> {
         let Some(rules) = &mut self.rules else {
             return Vec::new();
         };
+        if let Some(feed) = &mut self.detect
+            && feed.dropped > 0
+        {
+            log::warn!(
+                "alerts: the detections fell behind: {} events stored but not judged",
+                feed.dropped
+            );
+            rules.detect_dropped(
+                feed.dropped_from_ns,
+                feed.dropped_to_ns,
+                feed.dropped,
+                now_ns,
+            );
+            feed.dropped = 0;
+        }
         let dropped = self
             .writer
             .dropped
@@ -331,6 +452,16 @@ impl DaemonAlerts {
     /// At a stop: what the rules still hold (groups not yet emitted), then the workers stop
     /// (waiting at most `grace` for requests in flight).
     pub fn stop(&mut self, grace: std::time::Duration) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        // The detections first: they judge what is queued and hand their groups' last
+        // revisions to the writer (still running).
+        if let Some(mut feed) = self.detect.take() {
+            drop(feed.tx.take());
+            if let Some(t) = feed.thread.take()
+                && t.join().is_err()
+            {
+                log::error!("alerts: the detection thread panicked");
+            }
+        }
         let out = self
             .rules
             .as_mut()

@@ -316,6 +316,9 @@ impl StoreSink {
 
 impl Sink for StoreSink {
     fn file_event(&mut self, ev: Box<FileEvent>) -> std::io::Result<()> {
+        if let Some(a) = &mut self.alerts {
+            a.event(&ev);
+        }
         if let Some(echo) = &mut self.echo {
             let printed = echo.file_event(ev.clone());
             self.echoed(printed);
@@ -360,6 +363,9 @@ impl Sink for StoreSink {
         // second later) will do.
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(Msg::Watermark(at));
+        }
+        if let Some(a) = &mut self.alerts {
+            a.watermark(crate::store::system_time_ns(at));
         }
         self.alert_tick(at);
     }

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use ctrwatch_event::{
     AncestorView, ContainerdView, Details, PathBytes, SnapshotKind, StorageKind, Xattr,
 };
@@ -235,8 +233,13 @@ fn a_tree_deleting_20000_files_gives_one_alert_whose_last_revision_counts_them_a
             out.extend(d.tick(t));
         }
     }
-    // The window (30 s) closes, plus the settle delay.
+    // The window (30 s) is not closed while events of it may still be queued.
     out.extend(d.tick(now + 29 * S));
+    d.watermark(now + 29 * S);
+    out.extend(d.tick(now + 33 * S));
+    assert_eq!(out.len(), 1, "{out:#?}");
+    // The capture's watermark passed its end: the final revision.
+    d.watermark(now + 30 * S);
     out.extend(d.tick(now + 33 * S));
     assert!(d.tick(now + 40 * S).is_empty());
     let ids: std::collections::BTreeSet<_> = out.iter().map(|a| a.id.clone()).collect();
@@ -302,6 +305,7 @@ fn trees_severities_rules_and_windows_make_separate_alerts() {
         T0 + 11 * S,
     );
     let mut out = d.tick(T0 + 11 * S);
+    d.watermark(T0 + 30 * S);
     out.extend(d.tick(T0 + 30 * S));
     let ids: std::collections::BTreeSet<_> = out.iter().map(|a| a.id.clone()).collect();
     assert_eq!(ids.len(), 4, "{out:#?}");
@@ -343,11 +347,20 @@ fn nothing_is_emitted_before_the_settle_delay_and_flush_emits_what_is_left() {
         ),
         T0 + 3 * S,
     );
-    let rest = d.flush();
+    // Without a watermark the window closes MAX_LAG after its end at the latest.
+    let t = T0 + 30 * S + MAX_LAG.as_nanos() as i64;
+    let rest = d.tick(t - 1);
+    assert!(rest.is_empty());
+    let rest = d.tick(t);
     assert_eq!(rest.len(), 1);
     assert_eq!(
         (rest[0].rev, rest[0].count, &rest[0].id),
         (2, 2, &out[0].id)
     );
-    let _ = Duration::ZERO;
+    assert!(d.flush().is_empty());
+    d.event(
+        &ev(t, Op::Unlink, committed(Verdict::Foreign), script(1)),
+        t,
+    );
+    assert_eq!(d.flush().len(), 1);
 }
