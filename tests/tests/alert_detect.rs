@@ -170,6 +170,7 @@ fn foreign_changes_opaque_markers_and_a_20000_file_script_alert_and_containerd_d
     std::thread::sleep(Duration::from_secs(WINDOW_S + 1));
 
     // 2. A foreign unlink of the committed base layer's /pause, with secrets in its argv.
+    let unlinked_at = Instant::now();
     run(Command::new("python3").args([
         OsStr::new("-c"),
         OsStr::new("import os, sys; os.unlink(sys.argv[1])"),
@@ -188,6 +189,21 @@ fn foreign_changes_opaque_markers_and_a_20000_file_script_alert_and_containerd_d
                 .any(|b| b["file"]["inner_path"] == "/pause")
         },
     );
+    if let Some(first) = r.received().iter().find(|x| {
+        x.path() == "/hook"
+            && x.json()["rule"] == "foreign-change"
+            && x.json()["file"]["inner_path"] == "/pause"
+    }) {
+        // From before the unlink to the receiver: the settle delay (2 s) is most of it.
+        eprintln!(
+            "latency: the unlink of /pause to its alert at the receiver: {:.0} ms",
+            first
+                .at
+                .saturating_duration_since(unlinked_at)
+                .as_secs_f64()
+                * 1000.0
+        );
+    }
     std::thread::sleep(Duration::from_secs(WINDOW_S + 1));
 
     // 3. A foreign opaque marker on a committed layer directory.
