@@ -17,6 +17,12 @@ const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The oldest schema readers accept without a migration: the migrations after it only add
+/// tables that event readers do not use (4: the alert outbox; `ctrwatch alerts` on such a
+/// store lists none). A store of the previous release stays readable until a daemon of this
+/// one migrates it.
+pub const READABLE_FROM: i64 = 3;
+
 /// Version 1.
 ///
 /// * `events`: one row per file operation. The key is the event's wall-clock time in ns since
@@ -281,7 +287,7 @@ pub(crate) fn check_readable(conn: &Connection, path: &Path) -> Result<(), Store
             supported: SCHEMA_VERSION,
         });
     }
-    if version < SCHEMA_VERSION {
+    if version < READABLE_FROM {
         return Err(StoreError::OlderSchema {
             path: path.to_path_buf(),
             found: version,
