@@ -74,21 +74,45 @@ enum Msg {
     Watermark(SystemTime),
     /// Capture stopped at this instant; the messages before this one are all it captured.
     Stopped(SystemTime),
-    /// An alert to keep, or a delivery result: written and committed at once (an alert is on
-    /// disk before any delivery attempt).
-    Outbox(ctrwatch_alerts::OutboxWrite),
+    /// Outbox writes are queued: wakes a writer waiting for events.
+    Wake,
 }
 
-/// Delivery workers hand their results to the writer's queue; revoked at the stop, so that a
-/// worker still waiting for a slow receiver cannot keep the writer's queue open.
-struct WriterResults(std::sync::Mutex<Option<SyncSender<Msg>>>);
+/// Outbox writes (alerts, delivery results) waiting for the writer at most.
+const OUTBOX_QUEUE: usize = 4096;
+
+/// The writer's queue of outbox writes (alerts to keep, delivery results), apart from the
+/// events: the writer empties it before each burst of events and commits each write at once,
+/// so that under a flood an alert does not wait behind up to [`QUEUE`] events.
+#[derive(Clone)]
+struct OutboxQueue {
+    tx: SyncSender<ctrwatch_alerts::OutboxWrite>,
+    wake: SyncSender<Msg>,
+}
+
+impl OutboxQueue {
+    /// Queues a write (blocking while the queue is full: alerts are few and never dropped).
+    /// False when the writer has stopped.
+    fn send(&self, write: ctrwatch_alerts::OutboxWrite) -> bool {
+        if self.tx.send(write).is_err() {
+            return false;
+        }
+        // A full event queue means the writer is busy: it looks at this queue before its next
+        // burst anyway.
+        let _ = self.wake.try_send(Msg::Wake);
+        true
+    }
+}
+
+/// Delivery workers (and the detections) hand their writes to the writer's outbox queue;
+/// revoked at the stop, so that a worker still waiting for a slow receiver cannot keep the
+/// writer's queues open.
+struct WriterResults(std::sync::Mutex<Option<OutboxQueue>>);
 
 impl ctrwatch_alerts::ResultSink for WriterResults {
     fn send(&self, write: ctrwatch_alerts::OutboxWrite) -> bool {
         match self.0.lock() {
-            Ok(tx) => tx
-                .as_ref()
-                .is_some_and(|tx| tx.send(Msg::Outbox(write)).is_ok()),
+            Ok(q) => q.as_ref().is_some_and(|q| q.send(write)),
             Err(_) => false,
         }
     }
@@ -108,6 +132,8 @@ pub struct StoreSink {
     /// The store until capture starts and its run begins; then the writer thread owns it.
     store: Option<DaemonStore>,
     tx: Option<SyncSender<Msg>>,
+    /// Alerts and delivery results to the writer.
+    outbox: Option<OutboxQueue>,
     /// Capture has stopped: the last drain waits for room in the queue instead of dropping
     /// (nothing new arrives any more).
     stopping: bool,
@@ -131,6 +157,7 @@ impl StoreSink {
         StoreSink {
             store: Some(store),
             tx: None,
+            outbox: None,
             stopping: false,
             queue_lost: 0,
             queue_lost_since: None,
@@ -166,10 +193,15 @@ impl StoreSink {
         unclean: Option<(i64, i64)>,
     ) -> anyhow::Result<()> {
         let (tx, rx) = sync_channel(QUEUE);
+        let (outbox_tx, outbox_rx) = sync_channel(OUTBOX_QUEUE);
+        let outbox = OutboxQueue {
+            tx: outbox_tx,
+            wake: tx.clone(),
+        };
         let alerts = match &mut self.alerts {
             Some(a) => {
                 let results =
-                    std::sync::Arc::new(WriterResults(std::sync::Mutex::new(Some(tx.clone()))));
+                    std::sync::Arc::new(WriterResults(std::sync::Mutex::new(Some(outbox.clone()))));
                 let started = crate::store::system_time_ns(SystemTime::now());
                 let writer = a.start(
                     started,
@@ -180,16 +212,17 @@ impl StoreSink {
                 )?;
                 self.results = Some(results);
                 // Deliveries a removed sink left pending are dropped first.
-                let _ = tx.send(Msg::Outbox(ctrwatch_alerts::OutboxWrite::Reconcile));
+                outbox.send(ctrwatch_alerts::OutboxWrite::Reconcile);
                 writer
             }
             None => WriterAlerts::none(),
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(store, rx, alerts))
+            .spawn(move || write_loop(store, rx, outbox_rx, alerts))
             .context("starting the store writer")?;
         self.tx = Some(tx);
+        self.outbox = Some(outbox);
         self.writer = Some(writer);
         Ok(())
     }
@@ -200,10 +233,14 @@ impl StoreSink {
     pub fn alert(&mut self, alert: &ctrwatch_alerts::Alert) -> std::io::Result<()> {
         let record =
             ctrwatch_alerts::outbox::AlertRecord::of(alert).map_err(std::io::Error::other)?;
-        self.send(
-            Msg::Outbox(ctrwatch_alerts::OutboxWrite::Alert(Box::new(record))),
-            true,
-        )
+        self.outbox_send(ctrwatch_alerts::OutboxWrite::Alert(Box::new(record)))
+    }
+
+    fn outbox_send(&self, write: ctrwatch_alerts::OutboxWrite) -> std::io::Result<()> {
+        match &self.outbox {
+            Some(q) if q.send(write) => Ok(()),
+            _ => Err(std::io::Error::other("the store writer has stopped")),
+        }
     }
 
     /// The alert rules' writes due now (blocking: alerts are few and must not be dropped).
@@ -211,7 +248,7 @@ impl StoreSink {
         let Some(a) = &mut self.alerts else { return };
         let writes = a.tick(crate::store::system_time_ns(now));
         for w in writes {
-            if self.send(Msg::Outbox(w), true).is_err() {
+            if self.outbox_send(w).is_err() {
                 return;
             }
         }
@@ -294,7 +331,7 @@ impl StoreSink {
         if let Some(mut a) = self.alerts.take() {
             // Workers first (results still reach the writer), then what the rules hold.
             for w in a.stop(Duration::from_secs(2)) {
-                let _ = self.send(Msg::Outbox(w), true);
+                let _ = self.outbox_send(w);
             }
         }
         if let Some(r) = self.results.take() {
@@ -304,6 +341,7 @@ impl StoreSink {
             tx.send(Msg::Stopped(at))
                 .map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
         }
+        drop(self.outbox.take());
         drop(self.tx.take());
         match self.writer.take() {
             Some(w) => w
@@ -403,6 +441,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 fn write_loop(
     mut store: DaemonStore,
     rx: Receiver<Msg>,
+    outbox: Receiver<ctrwatch_alerts::OutboxWrite>,
     alerts: WriterAlerts,
 ) -> anyhow::Result<()> {
     // Stored events are freed on another thread: each is a tree of ~20 allocations made by
@@ -422,6 +461,13 @@ fn write_loop(
     // Prune soon after start (a store may have aged while the daemon was down).
     let mut last_prune = Instant::now() - PRUNE_EVERY + Duration::from_secs(5);
     loop {
+        // Alerts and delivery results first, each committed at once (the open batch of
+        // events with it): an alert is on disk before any delivery attempt, and does not
+        // wait behind the events queued before it.
+        if write_outbox(&mut store, &outbox, &alerts, &mut warn) {
+            pending = 0;
+            last_commit = Instant::now();
+        }
         // One message (or the timeout), then whatever else is queued, up to a burst: the
         // clocks below are read once per burst, not once per event.
         let mut closed = false;
@@ -442,22 +488,8 @@ fn write_loop(
                 // with the heartbeat (the store defers it while a transaction is open).
                 Ok(Msg::Watermark(at)) => warn.report(store.heartbeat(at), "heartbeat"),
                 Ok(Msg::Stopped(at)) => stopped_at = Some(at),
-                Ok(Msg::Outbox(w)) => {
-                    // Commits the open batch, then this write: at once, not at the next tick.
-                    match store.write_outbox(&w, &alerts.routing) {
-                        Ok(applied) => alerts.applied(&applied),
-                        Err(e) => match &w {
-                            ctrwatch_alerts::OutboxWrite::Alert(a) => log::error!(
-                                "alerts: alert {} ({}) could not be kept in the outbox: {e}",
-                                a.id,
-                                a.rule
-                            ),
-                            _ => warn.report(Err::<(), _>(e), "recording an alert delivery"),
-                        },
-                    }
-                    pending = 0;
-                    last_commit = Instant::now();
-                }
+                // Outbox writes are queued: the next turn takes them.
+                Ok(Msg::Wake) => break,
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     closed = true;
@@ -486,6 +518,8 @@ fn write_loop(
             last_commit = Instant::now();
         }
         if closed {
+            // What the last senders queued (the rules' final revisions, results).
+            write_outbox(&mut store, &outbox, &alerts, &mut warn);
             drop(free_tx);
             if let Some(t) = freer {
                 let _ = t.join();
@@ -504,6 +538,32 @@ fn write_loop(
             last_prune = Instant::now();
         }
     }
+}
+
+/// Applies the queued outbox writes, each committed at once (after the open batch of events).
+/// True when any was applied.
+fn write_outbox(
+    store: &mut DaemonStore,
+    outbox: &Receiver<ctrwatch_alerts::OutboxWrite>,
+    alerts: &WriterAlerts,
+    warn: &mut Warner,
+) -> bool {
+    let mut any = false;
+    while let Ok(w) = outbox.try_recv() {
+        any = true;
+        match store.write_outbox(&w, &alerts.routing) {
+            Ok(applied) => alerts.applied(&applied),
+            Err(e) => match &w {
+                ctrwatch_alerts::OutboxWrite::Alert(a) => log::error!(
+                    "alerts: alert {} ({}) could not be kept in the outbox: {e}",
+                    a.id,
+                    a.rule
+                ),
+                _ => warn.report(Err::<(), _>(e), "recording an alert delivery"),
+            },
+        }
+    }
+    any
 }
 
 /// Store errors on the write path are not fatal: a full disk degrades the store (it counts
