@@ -640,6 +640,21 @@ fn resolve(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         }
     }
     if let Some(m) = &w.mask_args {
+        // Checked with the engine that masks (regex, on bytes), so that a file that checks
+        // is one the daemon starts with.
+        for (i, pattern) in m.iter().enumerate() {
+            if let Err(e) = regex::bytes::Regex::new(pattern) {
+                let mut p = wp("mask_args");
+                p.push(Step::Index(i));
+                c.fail(
+                    &p,
+                    format!(
+                        "{pattern:?} is not a valid regular expression: {}",
+                        first_line(&e.to_string())
+                    ),
+                );
+            }
+        }
         config.watch.mask_args = m.clone();
     }
     if let Some(d) = w.default_masks {

@@ -397,3 +397,13 @@ fn load_names_the_file() {
         e[0]
     );
 }
+
+#[test]
+fn a_mask_pattern_that_is_not_a_regular_expression_names_its_index() {
+    let e = only_error("[watch]\nmask_args = [\"ok-[0-9]+\", \"bad[\"]\n");
+    assert_eq!(at(&e), (2, 27, "watch.mask_args[1]"), "{e}");
+    assert!(
+        e.to_string().contains("not a valid regular expression"),
+        "{e}"
+    );
+}

@@ -1,15 +1,18 @@
 //! `ctrwatch`: who changed containerd's image storage, when, and was it containerd?
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
+
+mod config_cmd;
+mod settings;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, parser::ValueSource};
 use watcher::{
     containerd,
     daemon::{self, RunOptions},
     kernel::{btf_offsets, capabilities::Capabilities},
     queries::{self, Output, QueryArgs, Window},
-    store::{self, DeleteOptions, PathMatch, StoreOptions},
+    store::{self, DeleteOptions, PathMatch},
     watch::{self, StdoutSink, WatchOptions},
 };
 
@@ -78,12 +81,11 @@ stdout goes away (--print into a closed pipe or a hung-up terminal), only the pr
         /// killed with -9 holds it until the kernel has detached its programs).
         #[arg(long, default_value_t = 30, value_name = "SECONDS")]
         store_lock_wait: u64,
-        /// The configuration file (TOML; see packaging/ctrwatch.toml). For now `run` takes
-        /// its alert settings from it: `[alerts]`, `[rules.<id>]` and the `[[sinks]]` alerts
-        /// are delivered to. Without it: every rule on, no sink (alerts are kept in the
-        /// store's outbox: `ctrwatch alerts`). Its other sections are checked but the flags
-        /// above still decide what they would.
-        #[arg(long, value_name = "FILE")]
+        /// The configuration file (TOML; `ctrwatch config example` prints every key). Default:
+        /// /etc/ctrwatch/ctrwatch.toml if it exists, else the built-in defaults. A flag given
+        /// here (or by its environment variable) wins over the file, the file over the
+        /// defaults. Check a file with `ctrwatch config check FILE`.
+        #[arg(long, env = "CTRWATCH_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
@@ -199,6 +201,32 @@ Examples:\n  ctrwatch alerts\n  ctrwatch alerts --since 1h --json | jq 'select(.
         #[command(flatten)]
         audit: AuditArgs,
     },
+    /// Check a configuration file before it is deployed, or print the example that documents
+    /// every key.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a file as `ctrwatch run --config` reads it, and show what it sets (defaults
+    /// filled in; sink URLs without their secret paths).
+    #[command(
+        after_help = "Exit status: 0 valid, 2 invalid (every problem is listed, each as
+FILE:LINE:COLUMN: KEY: what is wrong), 1 unreadable.
+
+Examples:
+  ctrwatch config check
+  ctrwatch config check ./edge.toml && scp ./edge.toml node:/etc/ctrwatch/ctrwatch.toml"
+    )]
+    Check {
+        /// The file.
+        #[arg(default_value = ctrwatch_config::DEFAULT_PATH, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the example configuration that ships with ctrwatch: every key, its default and
+    /// what it means (start a node's file from it).
+    Example,
 }
 
 #[derive(Subcommand)]
@@ -313,23 +341,6 @@ fn mask_pattern(s: &str) -> Result<watcher::secrets::Pattern, String> {
     })
 }
 
-impl WatchArgs {
-    fn options(self) -> WatchOptions {
-        WatchOptions {
-            roots: self.roots,
-            json: self.json,
-            ring_buffer_bytes: self.ring_buffer_mb * 1024 * 1024,
-            root_refresh: Duration::from_secs(self.root_refresh.max(1)),
-            process_grace: Duration::from_secs(120),
-            trust: watcher::containerd::attribution::Trust {
-                exes: self.trust_exes,
-                units: self.trust_units,
-            },
-            masker: watcher::secrets::Masker::with_patterns(self.mask_args, !self.no_default_masks),
-        }
-    }
-}
-
 /// Options shared by the query commands.
 #[derive(clap::Args)]
 struct PathArgs {
@@ -416,9 +427,18 @@ fn ring_buffer_mib(s: &str) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
-        Command::Watch { watch } => run_watch(watch.options()),
+        Command::Watch { watch } => {
+            // `watch` reads no file: the flags over the built-in defaults.
+            let given = given_in(&matches, "watch");
+            settings::watch_options(watch, &given, &ctrwatch_config::Config::default())
+                .and_then(run_watch)
+        }
         Command::Run {
             watch,
             store,
@@ -428,20 +448,28 @@ fn main() -> ExitCode {
             store_group,
             store_lock_wait,
             config,
-        } => run_daemon(config, |config| RunOptions {
-            watch: watch.options(),
-            store,
-            store_options: StoreOptions {
-                retention_age: (retention_days > 0)
-                    .then(|| Duration::from_secs(retention_days * 24 * 3600)),
-                retention_bytes: (retention_mb > 0).then(|| retention_mb * 1024 * 1024),
-                group: store_group,
-                lock_wait: Duration::from_secs(store_lock_wait),
-                ..StoreOptions::default()
-            },
-            echo: print,
-            config,
-        }),
+        } => {
+            // Which flags were given (on the command line or by their environment variable):
+            // those win over the configuration file.
+            let given = given_in(&matches, "run");
+            settings::load(config.as_deref())
+                .and_then(|file| {
+                    settings::run_options(
+                        settings::RunFlags {
+                            watch,
+                            store,
+                            retention_days,
+                            retention_mb,
+                            store_group,
+                            store_lock_wait,
+                            print,
+                        },
+                        &given,
+                        &file,
+                    )
+                })
+                .and_then(run_daemon)
+        }
         Command::History { path, q } => {
             return query_result(queries::history(
                 &q.store,
@@ -525,6 +553,8 @@ fn main() -> ExitCode {
             command: AlertCommand::Test { config, sink },
         } => return watcher::alerting::alert_test(&config, sink.as_deref()),
         Command::Audit { audit } => return run_audit(audit),
+        Command::Config(ConfigCommand::Example) => write_stdout(ctrwatch_config::EXAMPLE),
+        Command::Config(ConfigCommand::Check { file }) => return config_check(&file),
         Command::Probe => probe(),
         Command::Roots => {
             let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
@@ -548,6 +578,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// `ctrwatch config check`: the report on stdout when valid, the problems on stderr when not.
+fn config_check(file: &std::path::Path) -> ExitCode {
+    match config_cmd::check(file) {
+        config_cmd::Checked::Valid(report) => match write_stdout(&report) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ctrwatch: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        config_cmd::Checked::Invalid(problems) => {
+            eprint!("{problems}");
+            ExitCode::from(config_cmd::INVALID)
+        }
+        config_cmd::Checked::Unreadable(problem) => {
+            eprint!("ctrwatch: error: {problem}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether a flag of `subcommand` was given on the command line or by its environment
+/// variable (not left at its default): given flags win over the configuration file.
+fn given_in<'a>(matches: &'a clap::ArgMatches, subcommand: &str) -> impl Fn(&str) -> bool + 'a {
+    let sub = matches.subcommand_matches(subcommand);
+    move |id: &str| {
+        sub.and_then(|m| m.value_source(id))
+            .is_some_and(|s| matches!(s, ValueSource::CommandLine | ValueSource::EnvVariable))
+    }
+}
+
 fn query_result(r: Result<(), queries::QueryError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -561,15 +623,7 @@ fn query_result(r: Result<(), queries::QueryError>) -> ExitCode {
     }
 }
 
-fn run_daemon(
-    config: Option<PathBuf>,
-    options: impl FnOnce(ctrwatch_config::Config) -> RunOptions,
-) -> anyhow::Result<()> {
-    let config = match &config {
-        Some(path) => watcher::alerting::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => ctrwatch_config::Config::default(),
-    };
-    let opts = options(config);
+fn run_daemon(opts: RunOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -60,9 +60,12 @@ pub fn roots_of(found: &crate::containerd::Discovery) -> Vec<PathBuf> {
 
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
-    /// Roots given on the command line; empty: discover them (again at every refresh, so a
-    /// containerd installed later is picked up without a restart).
+    /// Roots given by name (flags or the config file's `[watch] roots`).
     pub roots: Vec<PathBuf>,
+    /// Also watch the usual locations and every trusted containerd instance found on the node
+    /// (again at every refresh, so a containerd installed later is picked up without a
+    /// restart). Off when `--root` is given: the flags name exactly what is watched.
+    pub discover: bool,
     pub json: bool,
     pub ring_buffer_bytes: u32,
     /// How often roots are re-resolved (new symlinks, bind mounts, roots created later).
@@ -161,11 +164,15 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
     })
     .context("attaching the eBPF programs")?;
     let configured = || {
-        if opts.roots.is_empty() {
-            discovered_roots()
-        } else {
-            opts.roots.clone()
+        let mut roots = opts.roots.clone();
+        if opts.discover {
+            for r in discovered_roots() {
+                if !roots.contains(&r) {
+                    roots.push(r);
+                }
+            }
         }
+        roots
     };
     let roots = RootSet::resolve(&configured());
     kernel
@@ -182,8 +189,15 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
     if let Err(e) = processes.seed_from_proc() {
         log::warn!("reading running processes from /proc: {e:#}");
     }
+    // Discovering: every trusted instance found is attributed (extra named roots are watched,
+    // and attributed when they belong to one). Not discovering: the named roots only.
+    let attributed = if opts.discover {
+        Vec::new()
+    } else {
+        opts.roots.clone()
+    };
     let attributor =
-        crate::containerd::attribution::Attributor::new(opts.roots.clone(), opts.trust.clone());
+        crate::containerd::attribution::Attributor::new(attributed, opts.trust.clone());
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let ring = kernel.take_ring_buffer()?;
     // SAFETY: the ring buffer owns its fd and is owned by the AsyncFd, so the fd stays open

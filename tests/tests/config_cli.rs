@@ -1,0 +1,120 @@
+//! `ctrwatch config check` and `ctrwatch config example`, as an operator runs them before
+//! pushing a file to a fleet: the real binary, real files.
+
+use std::process::Command;
+
+use tests::ctrwatch_bin;
+
+fn config(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(ctrwatch_bin())
+        .arg("config")
+        .args(args)
+        .output()
+        .expect("ctrwatch config");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn scratch(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ctrwatch-config-cli.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// The example that `config example` prints is the shipped file, and it checks as valid:
+/// a node's file can start from it.
+#[test]
+fn the_printed_example_is_the_shipped_file_and_is_valid() {
+    let (code, example, err) = config(&["example"]);
+    assert_eq!(code, 0, "{err}");
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/ctrwatch.toml"),
+    )
+    .expect("packaging/ctrwatch.toml");
+    assert_eq!(example, shipped);
+    let path = scratch("example.toml", &example);
+    let (code, out, err) = config(&["check", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": valid"), "{out}");
+    // What it sets is shown, defaults included.
+    for section in [
+        "watch:", "store:", "metrics:", "alerts:", "rules:", "sinks:",
+    ] {
+        assert!(out.contains(section), "{section} missing from\n{out}");
+    }
+}
+
+/// A wrong file: exit 2, each problem as FILE:LINE:COLUMN: KEY: what, on stderr.
+#[test]
+fn a_wrong_file_names_file_line_column_and_key() {
+    let path = scratch(
+        "wrong.toml",
+        "[store]\nretention_days = 30\n\n[[sinks]]\nname = \"ops\"\nkind = \"webhok\"\nurl = \"https://example.test/hook\"\n",
+    );
+    let (code, out, err) = config(&["check", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "{out}{err}");
+    let shown = format!("{}:6:", path.display());
+    assert!(err.contains(&shown), "no {shown} in\n{err}");
+    assert!(
+        err.contains("sinks[0].kind") || err.contains("sinks[1].kind"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}
+
+/// A missing file is not "invalid": exit 1, one line naming it.
+#[test]
+fn a_missing_file_is_exit_1() {
+    let (code, _out, err) = config(&["check", "/nonexistent/ctrwatch.toml"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent/ctrwatch.toml"), "{err}");
+}
+
+/// Sinks are listed without the secrets some receivers keep in their URL (Slack's path,
+/// WeCom's key, userinfo) or in the file (signing secrets, bearer tokens).
+#[test]
+fn the_summary_never_prints_secrets() {
+    let path = scratch(
+        "sinks.toml",
+        r#"
+[[sinks]]
+name = "chat"
+kind = "slack"
+url = "https://hooks.slack.com/services/T000/B000/SLACKSECRET"
+
+[[sinks]]
+name = "robot"
+kind = "wecom"
+url = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=WECOMSECRET"
+
+[[sinks]]
+name = "hook"
+kind = "webhook"
+url = "https://user:USERSECRET@example.test/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+bearer_token = "BEARERSECRET"
+"#,
+    );
+    let (code, out, err) = config(&["check", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    for secret in [
+        "SLACKSECRET",
+        "WECOMSECRET",
+        "USERSECRET",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "BEARERSECRET",
+    ] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+        assert!(!err.contains(secret), "{secret} printed:\n{err}");
+    }
+    assert!(
+        out.contains("\"chat\" (slack): https://hooks.slack.com/…"),
+        "{out}"
+    );
+    assert!(out.contains("https://example.test/…"), "{out}");
+}

@@ -1,0 +1,215 @@
+//! `ctrwatch run`'s settings from its three sources: a flag given on the command line (or by
+//! its environment variable) wins over the configuration file, which wins over the built-in
+//! defaults (docs/operations.md, "The configuration file"). The file's meaning and checks are
+//! `ctrwatch_config`'s; this module only merges.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::WatchArgs;
+use anyhow::{Context as _, bail};
+use ctrwatch_config::{Backend, Config, ProtectMode};
+use ctrwatch_event::escape_path;
+use watcher::{
+    containerd::attribution::Trust,
+    daemon::RunOptions,
+    secrets::Masker,
+    store::{StoreGroup, StoreOptions},
+    watch::WatchOptions,
+};
+
+/// `run`'s flags.
+pub struct RunFlags {
+    pub watch: WatchArgs,
+    pub store: PathBuf,
+    pub retention_days: u64,
+    pub retention_mb: u64,
+    pub store_group: Option<StoreGroup>,
+    pub store_lock_wait: u64,
+    pub print: bool,
+}
+
+/// The configuration `run` uses: the file named by `--config`, else the default file if it
+/// exists, else the built-in defaults. A file root does not alone control is refused: it
+/// decides what is trusted and what is watched.
+pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    let path = match explicit {
+        Some(p) => p,
+        None => {
+            let default = Path::new(ctrwatch_config::DEFAULT_PATH);
+            match std::fs::symlink_metadata(default) {
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Config::default()),
+                _ => default,
+            }
+        }
+    };
+    check_owner(path)?;
+    Config::load(path).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow::anyhow!(
+            "the configuration {} is not usable (check it with `ctrwatch config check`):\n{}",
+            escape_path(path),
+            lines.join("\n")
+        )
+    })
+}
+
+/// Running as root, the file (as opened: links followed) must be root's and not writable by
+/// group or others.
+fn check_owner(path: &Path) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        // Config::load says why it cannot be read.
+        Err(_) => return Ok(()),
+    };
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        bail!(
+            "refusing the configuration {}: it must be root's and writable by root alone (owner uid {}, mode {:04o}), as it decides what is watched and trusted",
+            escape_path(path),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// `watch`'s and `run`'s watch settings: the flags that were given (`given(id)`: clap's
+/// argument id, on the command line or by environment) over `file`.
+pub fn watch_options(
+    f: WatchArgs,
+    given: &dyn Fn(&str) -> bool,
+    file: &Config,
+) -> anyhow::Result<WatchOptions> {
+    let w = &file.watch;
+    // --root names exactly what is watched; the file's roots add to discovery unless it
+    // turns discovery off.
+    let (roots, discover) = if given("roots") {
+        (f.roots, false)
+    } else {
+        (w.roots.clone(), w.discover)
+    };
+    if !discover && roots.is_empty() {
+        bail!(
+            "nothing to watch: discovery is off ([watch] discover = false) and no root is named ([watch] roots or --root)"
+        );
+    }
+    let ring_buffer_mb = if given("ring_buffer_mb") {
+        f.ring_buffer_mb
+    } else {
+        w.ring_buffer_mb
+    };
+    let root_refresh = if given("root_refresh") {
+        Duration::from_secs(f.root_refresh.max(1))
+    } else {
+        w.root_refresh
+    };
+    let trust = Trust {
+        exes: if given("trust_exes") {
+            f.trust_exes
+        } else {
+            w.trust_exes.clone()
+        },
+        units: if given("trust_units") {
+            f.trust_units
+        } else {
+            w.trust_units.clone()
+        },
+    };
+    let mask_args = if given("mask_args") {
+        f.mask_args
+    } else {
+        w.mask_args
+            .iter()
+            .map(|p| watcher::secrets::pattern(p))
+            .collect::<Result<Vec<_>, _>>()
+            .context("[watch] mask_args")?
+    };
+    let default_masks = if given("no_default_masks") {
+        !f.no_default_masks
+    } else {
+        w.default_masks
+    };
+    match w.backend {
+        Backend::Auto | Backend::Tracepoint => {}
+        other => bail!(
+            "[watch] backend = {:?}: this ctrwatch has only the syscall-tracepoint backend (auto picks it); fentry and LSM hooks are not built yet",
+            other.name()
+        ),
+    }
+    if w.protect != ProtectMode::Off {
+        bail!(
+            "[watch] protect = {:?}: protect mode is not built yet (it needs BPF LSM hooks); set protect = \"off\"",
+            w.protect.name()
+        );
+    }
+    if let Some(addr) = file.metrics.listen {
+        log::warn!(
+            "[metrics] listen = {addr}: this ctrwatch serves no metrics endpoint yet; nothing listens there"
+        );
+    }
+    Ok(WatchOptions {
+        roots,
+        discover,
+        json: f.json,
+        ring_buffer_bytes: ring_buffer_mb * 1024 * 1024,
+        root_refresh,
+        process_grace: Duration::from_secs(120),
+        trust,
+        masker: Masker::with_patterns(mask_args, default_masks),
+    })
+}
+
+/// `run`'s settings: the flags that were given over `file`.
+pub fn run_options(
+    flags: RunFlags,
+    given: &dyn Fn(&str) -> bool,
+    file: &Config,
+) -> anyhow::Result<RunOptions> {
+    let watch = watch_options(flags.watch, given, file)?;
+    let s = &file.store;
+    let store = if given("store") {
+        flags.store
+    } else {
+        s.path.clone()
+    };
+    let retention_days = if given("retention_days") {
+        flags.retention_days
+    } else {
+        s.retention_days
+    };
+    let retention_mb = if given("retention_mb") {
+        flags.retention_mb
+    } else {
+        s.retention_mb
+    };
+    let group = if given("store_group") {
+        flags.store_group
+    } else {
+        s.group
+            .as_deref()
+            .map(StoreGroup::resolve)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("[store] group: {e}"))?
+    };
+    Ok(RunOptions {
+        watch,
+        store,
+        store_options: StoreOptions {
+            retention_age: (retention_days > 0)
+                .then(|| Duration::from_secs(retention_days * 24 * 3600)),
+            retention_bytes: (retention_mb > 0).then(|| retention_mb * 1024 * 1024),
+            group,
+            lock_wait: Duration::from_secs(flags.store_lock_wait),
+            ..StoreOptions::default()
+        },
+        echo: flags.print,
+        // Alerts: [alerts], [rules.<id>], [[sinks]].
+        config: file.clone(),
+    })
+}
