@@ -57,6 +57,18 @@ pub enum SnapshotKind {
     Unknown,
 }
 
+impl SnapshotKind {
+    /// The name in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SnapshotKind::View => "view",
+            SnapshotKind::Active => "active",
+            SnapshotKind::Committed => "committed",
+            SnapshotKind::Unknown => "unknown",
+        }
+    }
+}
+
 /// What role a content blob plays in the images referencing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +81,18 @@ pub enum BlobRole {
     Config,
     /// A layer tar.
     Layer,
+}
+
+impl BlobRole {
+    /// The name in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BlobRole::Index => "index",
+            BlobRole::Manifest => "manifest",
+            BlobRole::Config => "config",
+            BlobRole::Layer => "layer",
+        }
+    }
 }
 
 /// Whose business the change was.
@@ -205,6 +229,22 @@ mod tests {
         assert!(v.is_committed_layer());
         for k in [StorageKind::SnapshotTemp, StorageKind::RuntimeState] {
             assert_eq!(serde_json::to_string(&k)?, format!("\"{}\"", k.name()));
+        }
+        for k in [
+            SnapshotKind::View,
+            SnapshotKind::Active,
+            SnapshotKind::Committed,
+            SnapshotKind::Unknown,
+        ] {
+            assert_eq!(serde_json::to_string(&k)?, format!("\"{}\"", k.name()));
+        }
+        for r in [
+            BlobRole::Index,
+            BlobRole::Manifest,
+            BlobRole::Config,
+            BlobRole::Layer,
+        ] {
+            assert_eq!(serde_json::to_string(&r)?, format!("\"{}\"", r.name()));
         }
         Ok(())
     }

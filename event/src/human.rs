@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 
 use crate::{
+    containerd::{ContainerdView, StorageKind},
     file::{FileEvent, Notes},
+    process::ProcessView,
     text::{escape, escape_bytes},
 };
 
@@ -106,6 +108,144 @@ impl FileEvent {
             );
         }
         line
+    }
+}
+
+/// How much of a command line the query tables show (the JSON has all of it).
+pub const COMMAND_CHARS: usize = 240;
+
+/// One labelled fact about an event, as the query tables show it under the event's row
+/// (`    verdict   foreign (pid 12 comm rm ...)`). The value is escaped for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fact {
+    /// What it is (`verdict`, `inside`, `image`, `layer`, `command`, ...).
+    pub label: &'static str,
+    /// Its readable value.
+    pub value: String,
+}
+
+impl Fact {
+    fn new(label: &'static str, value: String) -> Fact {
+        Fact { label, value }
+    }
+}
+
+impl FileEvent {
+    /// What an alert would say about the event, as labelled lines for people: for an event in
+    /// containerd's storage its verdict and reason, the path inside the image or container,
+    /// the image(s), the layer, where in the storage it is and the container; then who did it:
+    /// the command line with its arguments (a script's name and options, not only its
+    /// interpreter; secrets were masked at capture), the unit and the parent chain. Facts not
+    /// known are left out. Everything is escaped.
+    pub fn facts(&self) -> Vec<Fact> {
+        let mut facts = Vec::new();
+        if let Some(c) = &self.details.containerd {
+            containerd_facts(c, &mut facts);
+        }
+        process_facts(&self.process, &mut facts);
+        facts
+    }
+}
+
+fn containerd_facts(c: &ContainerdView, facts: &mut Vec<Fact>) {
+    facts.push(Fact::new(
+        "verdict",
+        format!("{} ({})", c.verdict.name(), escape(&c.reason)),
+    ));
+    if let Some(inner) = &c.path {
+        facts.push(Fact::new("inside", inner.display()));
+    }
+    if !c.images.is_empty() {
+        let label = if c.images.len() == 1 {
+            "image"
+        } else {
+            "images"
+        };
+        let list = c.images.iter().map(|i| escape(i)).collect::<Vec<_>>();
+        facts.push(Fact::new(label, list.join(", ")));
+    }
+    if let Some(layer) = &c.layer_digest {
+        facts.push(Fact::new("layer", escape(layer)));
+    }
+    facts.push(Fact::new("storage", storage_summary(c)));
+    if let Some(id) = &c.container_id {
+        let mut text = escape(id);
+        if let Some(pod) = &c.pod {
+            let _ = write!(text, " (pod ");
+            if let Some(ns) = &pod.namespace {
+                let _ = write!(text, "{}/", escape(ns));
+            }
+            text.push_str(&escape(&pod.name));
+            if let Some(name) = &pod.container_name {
+                let _ = write!(text, ", container {}", escape(name));
+            }
+            if pod.sandbox {
+                text.push_str(", sandbox");
+            }
+            text.push(')');
+        }
+        facts.push(Fact::new("container", text));
+    }
+}
+
+/// Where in containerd's storage: `snapshot 12 committed (overlayfs, namespace k8s.io)`,
+/// `blob sha256:… layer (namespace k8s.io)`, `ingest REF`, `metadata`...
+fn storage_summary(c: &ContainerdView) -> String {
+    let mut text = c.kind.name().to_owned();
+    match c.kind {
+        StorageKind::Snapshot | StorageKind::SnapshotTemp => {
+            if let Some(id) = c.snapshot_id {
+                let _ = write!(text, " {id}");
+            }
+            if let Some(kind) = c.snapshot_kind {
+                let _ = write!(text, " {}", kind.name());
+            }
+        }
+        StorageKind::Blob => {
+            if let Some(d) = &c.blob_digest {
+                let _ = write!(text, " {}", escape(d));
+            }
+            if let Some(role) = c.blob_role {
+                let _ = write!(text, " {}", role.name());
+            }
+        }
+        StorageKind::Ingest => {
+            if let Some(r) = &c.ingest_ref {
+                let _ = write!(text, " {}", escape(r));
+            }
+        }
+        _ => {}
+    }
+    let mut notes = Vec::new();
+    if let Some(s) = &c.snapshotter {
+        notes.push(escape(s));
+    }
+    if let Some(ns) = &c.namespace {
+        notes.push(format!("namespace {}", escape(ns)));
+    }
+    if c.stale {
+        notes.push("stale: the snapshot has since been removed".to_owned());
+    }
+    if !notes.is_empty() {
+        let _ = write!(text, " ({})", notes.join(", "));
+    }
+    text
+}
+
+fn process_facts(p: &ProcessView, facts: &mut Vec<Fact>) {
+    if !p.cmdline.is_empty() {
+        facts.push(Fact::new("command", p.command_summary(COMMAND_CHARS)));
+    }
+    match (&p.unit, &p.container_id) {
+        (Some(unit), _) => facts.push(Fact::new("unit", escape(unit))),
+        (None, Some(c)) => facts.push(Fact::new(
+            "unit",
+            format!("container:{}", escape(short_id(c))),
+        )),
+        (None, None) => {}
+    }
+    if !p.ancestors.is_empty() {
+        facts.push(Fact::new("parents", p.parents_summary()));
     }
 }
 

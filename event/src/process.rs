@@ -65,14 +65,18 @@ pub fn is_interpreter(exe: &str) -> bool {
 impl ProcessView {
     /// What ran, for people: the command line with its arguments (so a script shows as
     /// `bash /opt/cleanup.sh --all`, not just `bash`), else the exe, else the comm; escaped,
-    /// arguments with spaces quoted, cut to about `max_chars` characters with `…`.
+    /// arguments with spaces or quotes quoted (`'a b'`, `"rm -f 'x y'"`, `"say \"hi\" 'x'"`),
+    /// cut to about `max_chars` characters with `…`.
     pub fn command_summary(&self, max_chars: usize) -> String {
         let mut out = if !self.cmdline.is_empty() {
             self.cmdline
                 .iter()
                 .map(|a| {
                     let e = crate::text::escape(a);
-                    if e.is_empty() || e.contains(' ') {
+                    if e.contains('\'') {
+                        // `sh -c "rm -f 'x y'"`: the quotes inside stay readable.
+                        format!("\"{}\"", e.replace('"', "\\\""))
+                    } else if e.is_empty() || e.contains([' ', '"']) {
                         format!("'{e}'")
                     } else {
                         e
@@ -129,6 +133,21 @@ mod tests {
         };
         assert_eq!(p.command_summary(80), "bash /opt/cleanup.sh 'a b' \\x1b");
         assert_eq!(p.command_summary(8), "bash /o…");
+        let quoted = ProcessView {
+            cmdline: vec![
+                "sh".into(),
+                "-c".into(),
+                "rm -f 'x y'".into(),
+                "say \"hi\"".into(),
+                "\"it's\"".into(),
+                String::new(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            quoted.command_summary(80),
+            r#"sh -c "rm -f 'x y'" 'say "hi"' "\"it's\"" ''"#
+        );
         assert_eq!(p.parents_summary(), "systemd(1)");
         assert!(is_interpreter("/usr/bin/python3.11"));
         assert!(!is_interpreter("/usr/bin/rm"));

@@ -206,3 +206,63 @@ fn run_refuses_files_it_cannot_trust_or_use() {
     assert!(!store.exists(), "a refused start created the store");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The file's `log_level` sets how much `run` logs: at `error`, the daemon captures as usual
+/// and its info lines ("watching ...") are not written.
+#[test]
+fn the_files_log_level_applies() {
+    require_root();
+    let dir = temp_dir("config-log-level");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let store = dir.join("events.db");
+    let config = dir.join("ctrwatch.toml");
+    config_file(
+        &config,
+        &format!(
+            "log_level = \"error\"\n[watch]\nroots = [{:?}]\ndiscover = false\n[store]\npath = {:?}\n",
+            root.display().to_string(),
+            store.display().to_string()
+        ),
+    );
+    let child = Command::new(tests::ctrwatch_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctrwatch run");
+    // Attached once a deletion shows in the history.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n = 0;
+    loop {
+        let victim = root.join(format!("v{n}"));
+        n += 1;
+        std::fs::write(&victim, b"x").expect("create");
+        std::fs::remove_file(&victim).expect("delete");
+        std::thread::sleep(Duration::from_millis(500));
+        let (code, out, _) = ctrwatch(&[
+            OsStr::new("history"),
+            victim.as_os_str(),
+            OsStr::new("--store"),
+            store.as_os_str(),
+            OsStr::new("--json"),
+        ]);
+        if code == 0 && !json_lines(&out).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing captured within 120 s");
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("watching"),
+        "log_level = \"error\" still wrote info lines:\n{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,11 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{Watcher, ctrwatch, json_lines, process, s, temp_dir};
+use tests::{
+    Watcher,
+    containerd::{Containerd, Layer},
+    ctrwatch, json_lines, process, s, temp_dir,
+};
 
 fn start_daemon(root: &Path, store: &Path) -> Watcher {
     let args: Vec<OsString> = vec![
@@ -198,6 +202,147 @@ fn who_deleted_and_history_name_the_script_and_its_parents() {
         out.contains("complete"),
         "a clean run leaves no gaps: {out}"
     );
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// The widest a table row may be: readable on a 160-column terminal.
+const ROW_WIDTH: usize = 160;
+
+/// Checks a human answer of `who-deleted`, `history` or `query` (`what`) for the python
+/// script's deletion: its row, and under it the lines the issue asks for.
+fn check_human_answer(what: &str, out: &str, expect: &[(&str, &str)], secret: &str) {
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.first().is_some_and(|h| h.starts_with("TIME ")),
+        "{what}: no header:\n{out}"
+    );
+    for (label, value) in expect {
+        assert!(
+            lines.iter().any(|l| {
+                l.trim_start()
+                    .strip_prefix(label)
+                    .is_some_and(|rest| rest.trim_start() == *value)
+            }),
+            "{what}: no line `{label}  {value}` under the event:\n{out}"
+        );
+    }
+    for line in lines.iter().filter(|l| !l.starts_with(' ')) {
+        assert!(
+            line.chars().count() <= ROW_WIDTH,
+            "{what}: a row of {} characters (at most {ROW_WIDTH}):\n{line}\n\n{out}",
+            line.chars().count()
+        );
+    }
+    assert!(!out.contains(secret), "{what}: the secret is shown:\n{out}");
+}
+
+/// Issue 12, "What an operator reads": a foreign python3 script deletes `/pause` from a
+/// committed layer of an image imported into a real containerd, while `ctrwatch run` records
+/// it. The human answers of `who-deleted`, `history` and `query` show what an alert shows:
+/// the verdict and its reason, the script with its arguments (the secret among them
+/// masked), the path inside the image, the image and the layer; their rows fit 160 columns.
+/// Before, `who-deleted /pause` printed `python3 (/usr/bin/python3.11)` and no image.
+#[test]
+fn the_human_answers_show_verdict_script_image_and_layer() {
+    tests::require_root();
+    const NS: &str = "default";
+    const SECRET: &str = "hunter2-tables";
+    let base = temp_dir("tables");
+    let store = base.join("store/events.db");
+    let cd = Containerd::start().expect("containerd");
+    let image = "test.local/ctrwatch/tables:1";
+    let built = cd
+        .build_image_info(image, &[Layer::base().expect("base layer")])
+        .expect("build image");
+    cd.import(&built.archive, NS).expect("import");
+    let victim = cd
+        .snapshot_dir(NS, &built.chain_ids[0])
+        .expect("snapshot dir")
+        .join("fs/pause");
+    assert!(victim.exists(), "{} not unpacked", victim.display());
+    let daemon = start_daemon(cd.root(), &store);
+
+    let script = base.join("prune-layers.py");
+    std::fs::write(
+        &script,
+        "import os, sys\n# usage: prune-layers.py [--password=...] [--force] FILE\nos.unlink(sys.argv[-1])\n",
+    )
+    .expect("write script");
+    let status = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(format!("--password={SECRET}"))
+        .arg("--force")
+        .arg(&victim)
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "python3 {}: {status}", script.display());
+
+    let store_arg = store.as_os_str();
+    let deleted = query_until(
+        &[
+            OsStr::new("who-deleted"),
+            OsStr::new("/pause"),
+            OsStr::new("--store"),
+            store_arg,
+            OsStr::new("--json"),
+        ],
+        |r| r.iter().any(|v| process(v, "comm") == "python3"),
+    );
+    let v = deleted
+        .iter()
+        .find(|v| process(v, "comm") == "python3")
+        .expect("the script's deletion");
+    // What the JSON carries (and the alert shows); the table must show the same.
+    let c = &v["containerd"];
+    assert_eq!(c["verdict"], "foreign", "{v}");
+    assert_eq!(c["path"], "/pause", "{v}");
+    assert_eq!(c["layer_digest"], built.layer_digests[0].as_str(), "{v}");
+    assert!(
+        c["images"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|x| x == image)),
+        "{v}"
+    );
+    let reason = c["reason"].as_str().expect("a reason");
+    let verdict = format!("foreign ({})", ctrwatch_event::escape(reason));
+    let victim_text = victim.to_str().expect("UTF-8 path");
+    let command = format!(
+        "/usr/bin/python3 {} --password=*** --force {victim_text}",
+        script.display()
+    );
+    let expect = [
+        ("verdict", verdict.as_str()),
+        ("command", command.as_str()),
+        ("inside", "/pause"),
+        ("image", image),
+        ("layer", built.layer_digests[0].as_str()),
+    ];
+
+    let ask = |args: &[&OsStr]| {
+        let mut all = args.to_vec();
+        all.extend([OsStr::new("--store"), store_arg]);
+        let (code, out, err) = ctrwatch(&all);
+        assert_eq!(code, 0, "ctrwatch {all:?}: {err}");
+        out
+    };
+    let out = ask(&[OsStr::new("who-deleted"), OsStr::new("/pause")]);
+    eprintln!("who-deleted /pause:\n{out}");
+    check_human_answer("who-deleted /pause", &out, &expect, SECRET);
+    let out = ask(&[OsStr::new("history"), victim.as_os_str()]);
+    eprintln!("history:\n{out}");
+    check_human_answer("history HOST_PATH", &out, &expect, SECRET);
+    let out = ask(&[
+        OsStr::new("query"),
+        OsStr::new("--op"),
+        OsStr::new("unlink"),
+        OsStr::new("--comm"),
+        OsStr::new("python3"),
+    ]);
+    eprintln!("query:\n{out}");
+    check_human_answer("query --op unlink --comm python3", &out, &expect, SECRET);
+
+    daemon.stop();
+    cd.stop().expect("stop containerd");
     let _ = std::fs::remove_dir_all(base);
 }
 

@@ -2,8 +2,11 @@
 //! hook to the store) answers the query commands of this one exactly as it answered them then
 //! (issue 11: "the JSON and store formats are compatible"). The store and that release's
 //! answers are in tests/fixtures/store-v3 (its README says how they were made); the real
-//! `ctrwatch` under test asks the same questions of a copy. Tables must be the same bytes,
-//! JSON lines the same JSON values. Root is not needed, only the binary.
+//! `ctrwatch` under test asks the same questions of a copy. JSON lines must be the same JSON
+//! values as that release gave. Tables must be the same bytes as the pinned `*.txt` answers:
+//! that release's for `gaps`, the readable event tables of issue 12 for the event commands
+//! (their layout changed on purpose; the README says what changed). Root is not needed,
+//! only the binary.
 
 use std::{
     io::Read as _,

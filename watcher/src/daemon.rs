@@ -415,6 +415,7 @@ impl Sink for StoreSink {
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Creates the store's directory with its mode, waits for another writer's lock, moves a
     // corrupt store aside, and on a full disk counts until it can write.
+    crate::notify::starting("opening the event store");
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     // Sinks checked (secrets, CA files) before anything starts.
@@ -423,10 +424,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The run begins when capture has started, after the programs are attached (seconds).
     let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)))
         .with_alerts(DaemonAlerts::new(alerting));
-    watch::say(&format!(
+    log::info!(
         "ctrwatch: storing history in {}",
         ctrwatch_event::escape_path(&opts.store)
-    ));
+    );
     let watched = watch::run(opts.watch, &mut sink).await;
     // A clean end only when everything captured was handed over; after an error the run is
     // left open and the next start records the downtime from the last heartbeat.
@@ -513,6 +514,13 @@ fn write_loop(
         if closed || pending >= COMMIT_BATCH || last_commit.elapsed() >= COMMIT_EVERY {
             if pending > 0 || store.unstored().is_some() {
                 warn.report(store.flush().map(|_| ()), "committing events");
+                // The service's status line says so while the store cannot be written.
+                crate::notify::store_degraded(store.unstored().map(|n| {
+                    format!(
+                        "the event store cannot be written ({n} records not stored); \
+                         still capturing"
+                    )
+                }));
             }
             pending = 0;
             last_commit = Instant::now();

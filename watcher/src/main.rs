@@ -31,6 +31,17 @@ struct Cli {
     command: Command,
 }
 
+/// What the query commands print without `--json` (their `--help` says it).
+macro_rules! table_help {
+    () => {
+        "Output: one row per event, TIME OP RESULT PATH PID COMM/EXE, at most 160 columns (a \
+cell too wide is cut with a visible \u{2026}); under it, indented, what is known about the \
+event: the whole path, the verdict (foreign, owner, container) and its reason, the path \
+inside the image, the image(s), the layer, the command line with its arguments, unit, \
+parents. --json prints every field."
+    };
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Stream file operations under the roots to stdout until interrupted (Ctrl-C / SIGTERM).
@@ -53,7 +64,10 @@ NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk th
 captures anyway, counts what it cannot store and records it once space returns.\n\
 Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
 the next start is recorded as downtime. SIGHUP is logged and ignored (no reload yet). If\n\
-stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops."
+stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops.\n\n\
+As a systemd service (the package's ctrwatch.service, Type=notify): READY=1 once capture is\n\
+on, STATUS= lines, WATCHDOG=1 from the event loop (WatchdogSec=), STOPPING=1 on SIGTERM; log\n\
+lines carry journal priorities. RUST_LOG=debug logs more."
     )]
     Run {
         #[command(flatten)]
@@ -90,9 +104,12 @@ stdout goes away (--print into a closed pipe or a hung-up terminal), only the pr
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
     #[command(
-        after_help = "PATH is a host path, or a path inside an image or container (/pause,\n\
-/usr/lib/x86_64-linux-gnu/libjq.so.1): then it matches that file in every snapshot.\n\n\
-Examples:\n  ctrwatch history /pause\n  ctrwatch history /var/lib/containerd/io.containerd.content.v1.content/ingest --since 2h"
+        after_help = concat!(
+            "PATH is a host path, or a path inside an image or container (/pause,\n\
+/usr/lib/x86_64-linux-gnu/libjq.so.1): then it matches that file in every snapshot.\n\n",
+            table_help!(),
+            "\n\nExamples:\n  ctrwatch history /pause\n  ctrwatch history /var/lib/containerd/io.containerd.content.v1.content/ingest --since 2h"
+        )
     )]
     History {
         /// A host path, or a path inside an image or container (e.g. /pause).
@@ -102,7 +119,10 @@ Examples:\n  ctrwatch history /pause\n  ctrwatch history /var/lib/containerd/io.
     },
     /// Who deleted (unlinked, removed, renamed away, whited out) a file, newest first.
     #[command(
-        after_help = "Examples:\n  ctrwatch who-deleted /pause\n  ctrwatch who-deleted /usr/lib/x86_64-linux-gnu/libjq.so.1 --truncations"
+        after_help = concat!(
+            table_help!(),
+            "\n\nExamples:\n  ctrwatch who-deleted /pause\n  ctrwatch who-deleted /usr/lib/x86_64-linux-gnu/libjq.so.1 --truncations"
+        )
     )]
     WhoDeleted {
         /// A host path, or a path inside an image or container (e.g. /pause).
@@ -118,8 +138,11 @@ Examples:\n  ctrwatch history /pause\n  ctrwatch history /var/lib/containerd/io.
     },
     /// Search the history with filters (all given filters must match).
     #[command(
-        after_help = "String filters match exactly, or as globs when they contain * ? [.\n\n\
-Examples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch query --path '/var/lib/containerd/**/fs/pause' --json\n  ctrwatch query --exe '*/bash' --unit cleanup.service"
+        after_help = concat!(
+            "String filters match exactly, or as globs when they contain * ? [.\n\n",
+            table_help!(),
+            "\n\nExamples:\n  ctrwatch query --op unlink --op rmdir --since 1day\n  ctrwatch query --path '/var/lib/containerd/**/fs/pause' --json\n  ctrwatch query --exe '*/bash' --unit cleanup.service"
+        )
     )]
     Query {
         /// Operation (repeatable): create, open_write, truncate, modify, fallocate, unlink,
@@ -205,6 +228,13 @@ Examples:\n  ctrwatch alerts\n  ctrwatch alerts --since 1h --json | jq 'select(.
     /// every key.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write the man pages or a shell completion script (what the package installs; `cargo
+    /// xtask deb` calls it).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,6 +275,20 @@ Examples:\n  ctrwatch alert test\n  ctrwatch alert test --config /etc/ctrwatch/c
         config: PathBuf,
         /// Only this sink (its `name`).
         sink: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// The man pages ctrwatch(1) and ctrwatch-SUBCOMMAND(1), into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL, on stdout.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -360,7 +404,8 @@ struct PathArgs {
     /// Match PATH only as a host path (`host`), only inside snapshots (`inner`), or both.
     #[arg(long = "match", value_enum, default_value_t = MatchArg::Auto)]
     matching: MatchArg,
-    /// One JSON object per line, with the same fields as `watch --json`.
+    /// One JSON object per line, with the same fields as `watch --json` (instead of the
+    /// table: one row per event, and under it what is known about it).
     #[arg(long)]
     json: bool,
 }
@@ -426,12 +471,17 @@ fn ring_buffer_mib(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // `run` sets up its logger once its configuration file is read (the file's log_level).
+    match cli.command {
+        Command::Run { .. } => {}
+        Command::Watch { .. } => watcher::logging::init(watcher::logging::DAEMON_FILTER),
+        _ => watcher::logging::init(watcher::logging::COMMAND_FILTER),
+    }
     let result = match cli.command {
         Command::Watch { watch } => {
             // `watch` reads no file: the flags over the built-in defaults.
@@ -454,6 +504,7 @@ fn main() -> ExitCode {
             let given = given_in(&matches, "run");
             settings::load(config.as_deref())
                 .and_then(|file| {
+                    watcher::logging::init(&settings::log_filter(&file));
                     settings::run_options(
                         settings::RunFlags {
                             watch,
@@ -555,6 +606,7 @@ fn main() -> ExitCode {
         Command::Audit { audit } => return run_audit(audit),
         Command::Config(ConfigCommand::Example) => write_stdout(ctrwatch_config::EXAMPLE),
         Command::Config(ConfigCommand::Check { file }) => return config_check(&file),
+        Command::Generate { what } => generate(what),
         Command::Probe => probe(),
         Command::Roots => {
             let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
@@ -572,7 +624,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("ctrwatch: error: {e:#}");
+            watcher::logging::print_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -657,6 +709,26 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// Man pages and completions from the CLI definition itself, so they always match `--help`.
+fn generate(what: Generate) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {}", ctrwatch_event::escape_path(&dir)))?;
+            clap_mangen::generate_to(Cli::command(), &dir).with_context(|| {
+                format!("writing man pages in {}", ctrwatch_event::escape_path(&dir))
+            })
+        }
+        Generate::Completions { shell } => {
+            // Into memory first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ctrwatch", &mut script);
+            write_stdout(&String::from_utf8_lossy(&script))
+        }
+    }
 }
 
 fn probe() -> anyhow::Result<()> {

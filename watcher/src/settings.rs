@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::WatchArgs;
 use anyhow::{Context as _, bail};
-use ctrwatch_config::{Backend, Config, ProtectMode};
+use ctrwatch_config::{Backend, Config, LogLevel, ProtectMode};
 use ctrwatch_event::escape_path;
 use watcher::{
     containerd::attribution::Trust,
@@ -54,6 +54,19 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
             lines.join("\n")
         )
     })
+}
+
+/// The logger's filter for `run`: `RUST_LOG` when set (the logger reads it), else the file's
+/// `log_level` for ctrwatch's own lines and warnings from its libraries, as
+/// [`watcher::logging::DAEMON_FILTER`] does for the default level.
+pub fn log_filter(file: &Config) -> String {
+    match file.log_level {
+        LogLevel::Error | LogLevel::Warn => file.log_level.name().to_string(),
+        level => {
+            let level = level.name();
+            format!("warn,watcher={level},ctrwatch={level}")
+        }
+    }
 }
 
 /// Running as root, the file (as opened: links followed) must be root's and not writable by
@@ -142,9 +155,11 @@ pub fn watch_options(
             other.name()
         ),
     }
+    // Protect mode is not built yet: like a kernel without BPF LSM, that is said loudly and
+    // the daemon watches (an unattended node is better watched than stopped).
     if w.protect != ProtectMode::Off {
-        bail!(
-            "[watch] protect = {:?}: protect mode is not built yet (it needs BPF LSM hooks); set protect = \"off\"",
+        log::error!(
+            "[watch] protect = {:?}: protect mode is not available in this ctrwatch (it needs BPF LSM hooks, not built yet); watching only, nothing is blocked",
             w.protect.name()
         );
     }

@@ -26,6 +26,7 @@ use crate::{
     enrich::{Enricher, Outcome},
     kernel::{KernelWatch, LoadOptions},
     loss::LossTracker,
+    notify,
     process::ProcessTable,
     roots::RootSet,
 };
@@ -141,23 +142,15 @@ impl Sink for StdoutSink {
 }
 
 /// Watches until SIGTERM or SIGINT; returns the instant capture stopped, once everything
-/// captured before it has been handed to `sink`. SIGHUP is logged and ignored.
-/// Writes one line to stderr for the operator, in one write, ignoring failure: the daemon's
-/// stderr may be a terminal that hung up or a closed pipe, and losing a status line must not
-/// end capture (`eprintln!` panics when the write fails).
-pub fn say(line: &str) {
-    use std::io::Write as _;
-    let mut text = String::with_capacity(line.len() + 1);
-    text.push_str(line);
-    text.push('\n');
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
-}
-
+/// captured before it has been handed to `sink`. SIGHUP is logged and ignored. Tells the
+/// service manager (sd_notify) when it is ready, feeds its watchdog from the loop and says
+/// when it stops ([`crate::notify`]).
 pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<SystemTime> {
     // A hang-up (the SSH session that started it went away) must not end capture, also not
     // while the programs are being loaded (seconds). Until a reload exists, SIGHUP is only
     // logged.
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    notify::starting("attaching the eBPF programs");
     let mut kernel = KernelWatch::load(&LoadOptions {
         ring_buffer_bytes: opts.ring_buffer_bytes,
         self_tgid: std::process::id(),
@@ -205,7 +198,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
 
-    say(&format!(
+    log::info!(
         "ctrwatch: watching {} root(s) with {} ({} hooks attached, {} not on this kernel): {}",
         enricher.roots.roots.len(),
         kernel.attachment.backend,
@@ -218,16 +211,30 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
             .map(|r| ctrwatch_event::escape_path(&r.canonical))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    // Capture is on and the sink has begun its run (the daemon's store): ready.
+    notify::ready(format!(
+        "watching {} root(s) with {}",
+        enricher.roots.roots.len(),
+        kernel.attachment.backend
     ));
 
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // systemd's watchdog is fed from this loop, between its other branches: when the loop
+    // hangs, the pings stop and systemd restarts the service.
+    let mut watchdog = notify::watchdog_period().map(|period| {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let mut last_refresh = Instant::now();
-    loop {
+    let stop_signal = loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = next_tick(&mut watchdog) => notify::watchdog_ping(),
             _ = sighup.recv() => {
                 log::warn!(
                     "received SIGHUP: reloading the configuration is not implemented yet; \
@@ -269,7 +276,10 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
                 }
             }
         }
-    }
+    };
+    notify::stopping(&format!(
+        "{stop_signal}: stopping capture, detaching the programs, storing what was captured"
+    ));
     // Stop capture at one instant, read before the switch: everything up to it is captured.
     let stopped_at = SystemTime::now();
     let stopped_at = match kernel.set_capture(false) {
@@ -296,6 +306,16 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
     }
     sink.flush()?;
     Ok(stopped_at)
+}
+
+/// The next tick of an optional interval; never, without one.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn drain(

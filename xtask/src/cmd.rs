@@ -56,3 +56,21 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Runs `cmd` quietly and returns its stdout as bytes; fails, with its stderr, unless it exits
+/// with 0.
+pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+    let line = display(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}

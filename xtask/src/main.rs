@@ -4,6 +4,7 @@
 //! machine with rustup needs nothing but `cargo xtask run` or `cargo xtask test`.
 
 mod cmd;
+mod deb;
 mod setup;
 
 use std::ffi::OsString;
@@ -64,6 +65,8 @@ enum Task {
     /// Runs `cargo fmt --check` and `cargo clippy -D warnings` (unless --no-lint), builds the
     /// binaries, then `cargo test` over the workspace with CTRWATCH_BIN pointing at the debug
     /// ctrwatch and CTRWATCH_REQUIRE_ROOT_TESTS=1, so the root-only tests fail rather than skip.
+    /// The whole suite also builds the Debian package (`cargo xtask deb`), which a test
+    /// installs, removes and purges (CTRWATCH_DEB).
     /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p watcher-common` or
     /// `cargo xtask test -- some_test -- --nocapture`.
     Test {
@@ -73,6 +76,16 @@ enum Task {
         /// Arguments for `cargo test` (after `--`).
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         cargo_args: Vec<OsString>,
+    },
+    /// Set up, build the static release binary and the Debian package.
+    ///
+    /// Leaves `target/debian/ctrwatch_<version>_<arch>.deb`: /usr/bin/ctrwatch (static, musl:
+    /// runs on Debian 11/12, Ubuntu 20.04-24.04), the systemd unit, the example configuration
+    /// as a conffile, man pages and bash/zsh/fish completions. Install it with `dpkg -i`.
+    Deb {
+        /// The Rust target to build for (default: this machine's architecture, musl).
+        #[arg(long, value_name = "TRIPLE")]
+        target: Option<String>,
     },
     /// Set up, build a release ctrwatch and run the benchmark (`tests` crate, bin `bench`).
     ///
@@ -126,6 +139,15 @@ impl Task {
                 )?;
                 setup::setup()?;
                 return test(!no_lint, cargo_args);
+            }
+            Task::Deb { target } => {
+                setup::setup()?;
+                let mut opts = deb::DebOptions::host_musl();
+                if let Some(t) = target {
+                    opts.target = t;
+                }
+                setup::rust_target(&opts.target)?;
+                deb::build(&opts)?;
             }
             Task::Bench { args } => {
                 setup::setup()?;
@@ -181,21 +203,42 @@ fn test(lint: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
         cargo(&["build"]).args(workspace_args()).arg("--bins"),
     );
 
+    // Unless the caller chose the packages (`-- -p watcher-common`), test them all.
+    let picks_packages = cargo_args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--")
+        .any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace");
+    // The whole suite builds the package too (the static release build), and the package
+    // test installs that one; a narrower run leaves it to the test, which builds it if it runs.
+    let mut package = None;
+    if built && !picks_packages {
+        let start = Instant::now();
+        let opts = deb::DebOptions::host_musl();
+        let result = setup::rust_target(&opts.target).and_then(|()| deb::build(&opts));
+        match result {
+            Ok(path) => package = Some(path),
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+        steps.push(Step {
+            name: "deb",
+            ok: package.is_some(),
+            took: start.elapsed(),
+        });
+    }
+
     let mut counts = None;
     if built {
         let mut test = cargo(&["test"]);
-        // Unless the caller chose the packages (`-- -p watcher-common`), test them all.
-        let picks_packages = cargo_args
-            .iter()
-            .map(|a| a.to_string_lossy())
-            .take_while(|a| a != "--")
-            .any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace");
         if !picks_packages {
             test.args(workspace_args());
         }
         test.args(&cargo_args)
             .env("CTRWATCH_BIN", target_dir().join("debug/ctrwatch"))
             .env("CTRWATCH_REQUIRE_ROOT_TESTS", "1");
+        if let Some(path) = &package {
+            test.env("CTRWATCH_DEB", path);
+        }
         let start = Instant::now();
         let result = run_counting_tests(&mut test);
         let ok = match &result {

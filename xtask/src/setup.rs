@@ -31,6 +31,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // started by the tests themselves), and Prometheus for the metrics test.
     "prometheus-alertmanager",
     "prometheus",
+    // `cargo xtask deb`: the static (musl) binary's C parts (SQLite, mimalloc, zstd) are
+    // compiled with musl-gcc.
+    "musl-tools",
 ];
 
 /// The linker for the BPF target that aya-build calls; pinned, and built against Debian's LLVM.
@@ -192,6 +195,18 @@ fn has_component(installed: &str, component: &str) -> bool {
             || l.strip_prefix(component)
                 .is_some_and(|r| r.starts_with('-'))
     })
+}
+
+/// Adds the Rust standard library for `target` (e.g. x86_64-unknown-linux-musl) to the
+/// toolchain building the workspace, if it lacks it.
+pub fn rust_target(target: &str) -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        eprintln!("setup: Rust target {target}: present");
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["target", "add", target]))
+        .with_context(|| format!("adding the Rust target {target}"))
 }
 
 fn bpf_linker() -> Result<()> {

@@ -599,9 +599,12 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     let f = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let t = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // The system call itself: musl's libc (the static build, `cargo xtask deb`) has no
+    // renameat2 wrapper before musl 1.2.5.
     // SAFETY: valid C strings; renameat2 has no other preconditions.
     let rc = unsafe {
-        libc::renameat2(
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             f.as_ptr(),
             libc::AT_FDCWD,
