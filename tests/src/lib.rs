@@ -4,8 +4,10 @@
 //! [`Watcher`] runs `ctrwatch watch --json` on some roots and collects its output in the
 //! background; tests perform operations from child processes and wait for the records.
 
+pub mod alertmanager;
 pub mod bounded;
 pub mod containerd;
+pub mod receiver;
 
 use std::{
     io::{BufRead, BufReader},
@@ -89,8 +91,14 @@ impl Watcher {
     /// Starts `ctrwatch ARGS...` (e.g. `run --root R --store S`) and waits until it is
     /// attached. Its stdout, if any, must be JSON lines.
     pub fn start_command(args: &[std::ffi::OsString]) -> Watcher {
+        Watcher::start_command_env(args, &[])
+    }
+
+    /// [`Watcher::start_command`] with these environment variables set.
+    pub fn start_command_env(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> Watcher {
         require_root();
         let mut cmd = Command::new(ctrwatch_bin());
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

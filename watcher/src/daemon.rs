@@ -31,6 +31,7 @@ pub use bench::{PipelineResult, bench_pipeline};
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
+    alerting::{DaemonAlerts, WriterAlerts},
     status::{LoadedConfig, StatusSource},
     store::{DaemonStore, StoreOptions},
     watch::{self, CaptureInfo, Sink, StdoutSink, WatchOptions},
@@ -61,8 +62,11 @@ pub struct RunOptions {
     pub store_options: StoreOptions,
     /// Also print events to stdout, as `watch` does.
     pub echo: bool,
+    /// Alerts: rules, sinks, the outbox bound (`--config`; without it the built-in defaults:
+    /// every rule on, no sink, alerts kept in the outbox only).
+    pub config: ctrwatch_config::Config,
     /// The configuration file read, if any (for `ctrwatch status`).
-    pub config: Option<LoadedConfig>,
+    pub config_file: Option<LoadedConfig>,
 }
 
 enum Msg {
@@ -73,6 +77,56 @@ enum Msg {
     Watermark(SystemTime),
     /// Capture stopped at this instant; the messages before this one are all it captured.
     Stopped(SystemTime),
+    /// Outbox writes are queued: wakes a writer waiting for events.
+    Wake,
+}
+
+/// Outbox writes (alerts, delivery results) waiting for the writer at most.
+const OUTBOX_QUEUE: usize = 4096;
+
+/// The writer's queue of outbox writes (alerts to keep, delivery results), apart from the
+/// events: the writer empties it before each burst of events and commits each write at once,
+/// so that under a flood an alert does not wait behind up to [`QUEUE`] events.
+#[derive(Clone)]
+struct OutboxQueue {
+    tx: SyncSender<ctrwatch_alerts::OutboxWrite>,
+    wake: SyncSender<Msg>,
+}
+
+impl OutboxQueue {
+    /// Queues a write (blocking while the queue is full: alerts are few and never dropped).
+    /// False when the writer has stopped.
+    fn send(&self, write: ctrwatch_alerts::OutboxWrite) -> bool {
+        if self.tx.send(write).is_err() {
+            return false;
+        }
+        // A full event queue means the writer is busy: it looks at this queue before its next
+        // burst anyway.
+        let _ = self.wake.try_send(Msg::Wake);
+        true
+    }
+}
+
+/// Delivery workers (and the detections) hand their writes to the writer's outbox queue;
+/// revoked at the stop, so that a worker still waiting for a slow receiver cannot keep the
+/// writer's queues open.
+struct WriterResults(std::sync::Mutex<Option<OutboxQueue>>);
+
+impl ctrwatch_alerts::ResultSink for WriterResults {
+    fn send(&self, write: ctrwatch_alerts::OutboxWrite) -> bool {
+        match self.0.lock() {
+            Ok(q) => q.as_ref().is_some_and(|q| q.send(write)),
+            Err(_) => false,
+        }
+    }
+}
+
+impl WriterResults {
+    fn revoke(&self) {
+        if let Ok(mut tx) = self.0.lock() {
+            tx.take();
+        }
+    }
 }
 
 /// The sink that hands records to the writer thread: the daemon's path from the ring buffer to
@@ -81,6 +135,8 @@ pub struct StoreSink {
     /// The store until capture starts and its run begins; then the writer thread owns it.
     store: Option<DaemonStore>,
     tx: Option<SyncSender<Msg>>,
+    /// Alerts and delivery results to the writer.
+    outbox: Option<OutboxQueue>,
     /// Capture has stopped: the last drain waits for room in the queue instead of dropping
     /// (nothing new arrives any more).
     stopping: bool,
@@ -94,6 +150,9 @@ pub struct StoreSink {
     writer: Option<JoinHandle<anyhow::Result<()>>>,
     /// What the writer publishes for `ctrwatch status` with its heartbeat.
     status: StatusSource,
+    /// Alert rules and delivery (None: the pipeline benchmark).
+    alerts: Option<DaemonAlerts>,
+    results: Option<std::sync::Arc<WriterResults>>,
 }
 
 impl StoreSink {
@@ -103,6 +162,7 @@ impl StoreSink {
         StoreSink {
             store: Some(store),
             tx: None,
+            outbox: None,
             stopping: false,
             queue_lost: 0,
             queue_lost_since: None,
@@ -115,6 +175,8 @@ impl StoreSink {
                 started: SystemTime::now(),
                 capture: Default::default(),
             },
+            alerts: None,
+            results: None,
         }
     }
 
@@ -124,25 +186,89 @@ impl StoreSink {
         self
     }
 
+    /// Raises and delivers alerts (see [`DaemonAlerts`]).
+    pub fn with_alerts(mut self, alerts: DaemonAlerts) -> StoreSink {
+        self.alerts = Some(alerts);
+        self
+    }
+
     /// Starts the writer thread on a store whose run has begun ([`DaemonStore::begin_run`]).
     pub fn start(store: DaemonStore, echo: Option<StdoutSink>) -> anyhow::Result<StoreSink> {
         let mut sink = StoreSink::new(store, echo);
         if let Some(store) = sink.store.take() {
-            sink.start_writer(store)?;
+            sink.start_writer(store, None)?;
         }
         Ok(sink)
     }
 
-    fn start_writer(&mut self, store: DaemonStore) -> anyhow::Result<()> {
+    /// Starts the writer thread, and the alert delivery workers (which hand their results to
+    /// it); `unclean` is the downtime window of an unclean previous stop.
+    fn start_writer(
+        &mut self,
+        store: DaemonStore,
+        unclean: Option<(i64, i64)>,
+    ) -> anyhow::Result<()> {
         let (tx, rx) = sync_channel(QUEUE);
+        let (outbox_tx, outbox_rx) = sync_channel(OUTBOX_QUEUE);
+        let outbox = OutboxQueue {
+            tx: outbox_tx,
+            wake: tx.clone(),
+        };
+        let alerts = match &mut self.alerts {
+            Some(a) => {
+                let results =
+                    std::sync::Arc::new(WriterResults(std::sync::Mutex::new(Some(outbox.clone()))));
+                let started = crate::store::system_time_ns(SystemTime::now());
+                let writer = a.start(
+                    started,
+                    unclean,
+                    store.requested_path(),
+                    std::sync::Arc::clone(&results)
+                        as std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
+                )?;
+                self.results = Some(results);
+                // Deliveries a removed sink left pending are dropped first.
+                outbox.send(ctrwatch_alerts::OutboxWrite::Reconcile);
+                writer
+            }
+            None => WriterAlerts::none(),
+        };
         let status = self.status.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(store, rx, status))
+            .spawn(move || write_loop(store, rx, outbox_rx, alerts, status))
             .context("starting the store writer")?;
         self.tx = Some(tx);
+        self.outbox = Some(outbox);
         self.writer = Some(writer);
         Ok(())
+    }
+
+    /// Keeps an alert (a detection's): handed to the writer, which commits it to the outbox
+    /// at once and wakes the delivery workers. Blocks while the writer's queue is full (alerts
+    /// are few and never dropped).
+    pub fn alert(&mut self, alert: &ctrwatch_alerts::Alert) -> std::io::Result<()> {
+        let record =
+            ctrwatch_alerts::outbox::AlertRecord::of(alert).map_err(std::io::Error::other)?;
+        self.outbox_send(ctrwatch_alerts::OutboxWrite::Alert(Box::new(record)))
+    }
+
+    fn outbox_send(&self, write: ctrwatch_alerts::OutboxWrite) -> std::io::Result<()> {
+        match &self.outbox {
+            Some(q) if q.send(write) => Ok(()),
+            _ => Err(std::io::Error::other("the store writer has stopped")),
+        }
+    }
+
+    /// The alert rules' writes due now (blocking: alerts are few and must not be dropped).
+    fn alert_tick(&mut self, now: SystemTime) {
+        let Some(a) = &mut self.alerts else { return };
+        let writes = a.tick(crate::store::system_time_ns(now));
+        for w in writes {
+            if self.outbox_send(w).is_err() {
+                return;
+            }
+        }
     }
 
     /// The result of printing to stdout (`--print`). A failure (the reader went away: EPIPE;
@@ -219,10 +345,20 @@ impl StoreSink {
     /// the downtime from its last heartbeat.
     pub fn close(mut self, stopped_at: Option<SystemTime>) -> anyhow::Result<()> {
         self.report_queue_loss()?;
+        if let Some(mut a) = self.alerts.take() {
+            // Workers first (results still reach the writer), then what the rules hold.
+            for w in a.stop(Duration::from_secs(2)) {
+                let _ = self.outbox_send(w);
+            }
+        }
+        if let Some(r) = self.results.take() {
+            r.revoke();
+        }
         if let (Some(at), Some(tx)) = (stopped_at, &self.tx) {
             tx.send(Msg::Stopped(at))
                 .map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
         }
+        drop(self.outbox.take());
         drop(self.tx.take());
         match self.writer.take() {
             Some(w) => w
@@ -235,6 +371,9 @@ impl StoreSink {
 
 impl Sink for StoreSink {
     fn file_event(&mut self, ev: Box<FileEvent>) -> std::io::Result<()> {
+        if let Some(a) = &mut self.alerts {
+            a.event(&ev);
+        }
         if let Some(echo) = &mut self.echo {
             let printed = echo.file_event(ev.clone());
             self.echoed(printed);
@@ -245,6 +384,9 @@ impl Sink for StoreSink {
         if let Some(echo) = &mut self.echo {
             let printed = echo.loss(ev);
             self.echoed(printed);
+        }
+        if let Some(a) = &mut self.alerts {
+            a.loss(ev, crate::store::system_time_ns(SystemTime::now()));
         }
         self.send(Msg::Loss(ev.clone()), true)
     }
@@ -261,10 +403,12 @@ impl Sink for StoreSink {
             return Ok(()); // started on a run already begun
         };
         self.status.started = at;
+        let mut unclean = None;
         if let Some(gap) = store.begin_run(at).context("recording the daemon start")? {
             log::warn!("the previous run did not stop cleanly: {gap}");
+            unclean = Some((gap.from_ns, gap.to_ns));
         }
-        self.start_writer(store)
+        self.start_writer(store, unclean)
     }
     fn watermark(&mut self, at: SystemTime) {
         // Events dropped at the queue before it must be reported before it.
@@ -276,6 +420,10 @@ impl Sink for StoreSink {
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(Msg::Watermark(at));
         }
+        if let Some(a) = &mut self.alerts {
+            a.watermark(crate::store::system_time_ns(at));
+        }
+        self.alert_tick(at);
     }
     fn capture_info(&mut self, info: CaptureInfo) {
         // Read by the writer once a second; never contended for long.
@@ -294,9 +442,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::notify::starting("opening the event store");
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
+    // Sinks checked (secrets, CA files) before anything starts.
+    let alerting =
+        crate::alerting::Alerting::from_config(opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The run begins when capture has started, after the programs are attached (seconds).
     let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)))
-        .with_config(opts.config.clone());
+        .with_config(opts.config_file.clone())
+        .with_alerts(DaemonAlerts::new(alerting));
     log::info!(
         "ctrwatch: storing history in {}",
         ctrwatch_event::escape_path(&opts.store)
@@ -315,6 +467,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 fn write_loop(
     mut store: DaemonStore,
     rx: Receiver<Msg>,
+    outbox: Receiver<ctrwatch_alerts::OutboxWrite>,
+    alerts: WriterAlerts,
     status: StatusSource,
 ) -> anyhow::Result<()> {
     // Stored events are freed on another thread: each is a tree of ~20 allocations made by
@@ -337,6 +491,13 @@ fn write_loop(
     // Prune soon after start (a store may have aged while the daemon was down).
     let mut last_prune = Instant::now() - PRUNE_EVERY + Duration::from_secs(5);
     loop {
+        // Alerts and delivery results first, each committed at once (the open batch of
+        // events with it): an alert is on disk before any delivery attempt, and does not
+        // wait behind the events queued before it.
+        if write_outbox(&mut store, &outbox, &alerts, &mut warn) {
+            pending = 0;
+            last_commit = Instant::now();
+        }
         // One message (or the timeout), then whatever else is queued, up to a burst: the
         // clocks below are read once per burst, not once per event.
         let mut closed = false;
@@ -369,6 +530,8 @@ fn write_loop(
                     warn.report(store.heartbeat_with_status(at, &snapshot), "heartbeat");
                 }
                 Ok(Msg::Stopped(at)) => stopped_at = Some(at),
+                // Outbox writes are queued: the next turn takes them.
+                Ok(Msg::Wake) => break,
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     closed = true;
@@ -404,6 +567,8 @@ fn write_loop(
             last_commit = Instant::now();
         }
         if closed {
+            // What the last senders queued (the rules' final revisions, results).
+            write_outbox(&mut store, &outbox, &alerts, &mut warn);
             drop(free_tx);
             if let Some(t) = freer {
                 let _ = t.join();
@@ -422,6 +587,32 @@ fn write_loop(
             last_prune = Instant::now();
         }
     }
+}
+
+/// Applies the queued outbox writes, each committed at once (after the open batch of events).
+/// True when any was applied.
+fn write_outbox(
+    store: &mut DaemonStore,
+    outbox: &Receiver<ctrwatch_alerts::OutboxWrite>,
+    alerts: &WriterAlerts,
+    warn: &mut Warner,
+) -> bool {
+    let mut any = false;
+    while let Ok(w) = outbox.try_recv() {
+        any = true;
+        match store.write_outbox(&w, &alerts.routing) {
+            Ok(applied) => alerts.applied(&applied),
+            Err(e) => match &w {
+                ctrwatch_alerts::OutboxWrite::Alert(a) => log::error!(
+                    "alerts: alert {} ({}) could not be kept in the outbox: {e}",
+                    a.id,
+                    a.rule
+                ),
+                _ => warn.report(Err::<(), _>(e), "recording an alert delivery"),
+            },
+        }
+    }
+    any
 }
 
 /// Store errors on the write path are not fatal: a full disk degrades the store (it counts

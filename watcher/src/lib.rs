@@ -3,6 +3,7 @@
 //! typed event (`ctrwatch_event::FileEvent`) in enrich.rs, which attributes it (process.rs,
 //! cgroup.rs, roots.rs, containerd/); watch.rs sends it to a sink (stdout, or the daemon's
 //! store).
+pub mod alerting;
 pub mod audit;
 pub mod cgroup;
 pub mod containerd;

@@ -195,6 +195,32 @@ lines carry journal priorities. RUST_LOG=debug logs more."
         #[arg(long)]
         json: bool,
     },
+    /// The alerts raised, newest first, with their delivery state per sink (and per URL of
+    /// a sink): delivered, pending (attempts, next attempt, last error) or dropped.
+    #[command(
+        after_help = "Alerts wait in the store's outbox until every sink that takes them has them.\n\
+Examples:\n  ctrwatch alerts\n  ctrwatch alerts --since 1h --json | jq 'select(.deliveries[].state == \"pending\")'"
+    )]
+    Alerts {
+        /// The history database (the outbox is in it).
+        #[arg(long, default_value_os_t = store::default_path(), value_name = "FILE")]
+        store: PathBuf,
+        /// Only alerts whose last event is at or after this time: a duration ago (2h,
+        /// 3days) or an RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// At most this many alerts (newest first).
+        #[arg(long, default_value_t = 100, value_parser = limit_arg)]
+        limit: usize,
+        /// One JSON object per alert.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Alert sinks: `ctrwatch alert test` sends a test alert.
+    Alert {
+        #[command(subcommand)]
+        command: AlertCommand,
+    },
     /// Show what this kernel supports and which hooks ctrwatch would use.
     Probe,
     /// Show the containerd instances found on this node and why, what discovery refused and
@@ -242,6 +268,25 @@ Examples:
     /// Print the example configuration that ships with ctrwatch: every key, its default and
     /// what it means (start a node's file from it).
     Example,
+}
+
+#[derive(Subcommand)]
+enum AlertCommand {
+    /// Send a test alert (rule `heartbeat`, "ctrwatch test alert from NODE") to every sink of
+    /// the configuration, or to SINK, through the same formatting, signing and HTTP client as
+    /// the daemon (not through the outbox), and print each receiver's answer.
+    #[command(
+        after_help = "Exit status: 0 every receiver accepted it, 1 one did not (its answer is printed),\n\
+2 the configuration or the sink name is wrong.\n\n\
+Examples:\n  ctrwatch alert test\n  ctrwatch alert test --config /etc/ctrwatch/ctrwatch.toml dingtalk"
+    )]
+    Test {
+        /// The configuration file with the `[[sinks]]`.
+        #[arg(long, default_value = ctrwatch_config::DEFAULT_PATH, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this sink (its `name`).
+        sink: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -502,7 +547,7 @@ fn main() -> ExitCode {
                         &file,
                     );
                     options.map(|o| RunOptions {
-                        config: loaded,
+                        config_file: loaded,
                         ..o
                     })
                 })
@@ -580,6 +625,22 @@ fn main() -> ExitCode {
                 Err(e) => query_result(Err(e)),
             };
         }
+        Command::Alerts {
+            store,
+            since,
+            limit,
+            json,
+        } => {
+            let w = Window {
+                since,
+                until: None,
+                limit: Some(limit),
+            };
+            return query_result(queries::alerts(&store, &w, &Output { json }));
+        }
+        Command::Alert {
+            command: AlertCommand::Test { config, sink },
+        } => return watcher::alerting::alert_test(&config, sink.as_deref()),
         Command::Audit { audit } => return run_audit(audit),
         Command::Config(ConfigCommand::Example) => write_stdout(ctrwatch_config::EXAMPLE),
         Command::Config(ConfigCommand::Check { file }) => return config_check(&file),

@@ -294,6 +294,36 @@ pub fn gaps(store: &Path, w: &Window, out: &Output) -> Result<(), QueryError> {
     print_gaps(store, &gaps, out)
 }
 
+/// `ctrwatch alerts`: the outbox's alerts, newest first, with their delivery state per sink
+/// and target: a table and the totals, or one JSON object per alert (`--json`).
+pub fn alerts(store: &Path, w: &Window, out: &Output) -> Result<(), QueryError> {
+    let (since, _) = w.resolve()?;
+    let since_ns = since.map_or(i64::MIN, crate::store::system_time_ns);
+    let (rows, totals) = open(store)?.alerts(since_ns, w.limit.unwrap_or(usize::MAX))?;
+    let mut stdout = std::io::stdout().lock();
+    if out.json {
+        for r in &rows {
+            serde_json::to_writer(&mut stdout, r).map_err(std::io::Error::other)?;
+            stdout.write_all(b"\n")?;
+        }
+    } else if rows.is_empty() {
+        writeln!(
+            stdout,
+            "no alerts{}; {} dropped undelivered (outbox bound)",
+            if w.since.is_some() {
+                " in this window"
+            } else {
+                ""
+            },
+            totals.dropped
+        )?;
+    } else {
+        stdout.write_all(ctrwatch_alerts::outbox::render_table(&rows, &totals).as_bytes())?;
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

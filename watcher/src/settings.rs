@@ -231,6 +231,9 @@ pub fn run_options(
             ..StoreOptions::default()
         },
         echo: flags.print,
-        config: None,
+        // Alerts: [alerts], [rules.<id>], [[sinks]].
+        config: file.clone(),
+        // Set by the caller, which knows which file was read.
+        config_file: None,
     })
 }

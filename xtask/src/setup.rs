@@ -27,6 +27,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // xfs and btrfs images on loop devices: the rename-target hooks of those filesystems.
     "xfsprogs",
     "btrfs-progs",
+    // A real Alertmanager for the alert tests (two clustered instances on loopback ports,
+    // started by the tests themselves), and Prometheus for the metrics test.
+    "prometheus-alertmanager",
+    "prometheus",
     // `cargo xtask deb`: the static (musl) binary's C parts (SQLite, mimalloc, zstd) are
     // compiled with musl-gcc.
     "musl-tools",
@@ -85,6 +89,18 @@ fn debian_packages() -> Result<()> {
     cmd::run(&mut apt(&["update"]))?;
     cmd::run(apt(&["install", "-y", "--no-install-recommends"]).args(&missing))
         .context("installing the Debian packages the build and the tests need")?;
+    // Debian starts the services it installs; the tests start their own Alertmanager and
+    // Prometheus on loopback ports, so the system's (listening on every interface) go.
+    if std::path::Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl")
+            .args([
+                "disable",
+                "--now",
+                "prometheus.service",
+                "prometheus-alertmanager.service",
+            ])
+            .status();
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ pub(crate) mod bench;
 mod codec;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod outbox;
 mod read;
 mod readonly;
 mod render;
@@ -374,6 +375,11 @@ fn wal_size(path: &Path) -> u64 {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `SystemTime` to ns since the epoch (saturating).
+pub fn system_time_ns(t: SystemTime) -> i64 {
+    ns(t)
 }
 
 /// `SystemTime` to ns since the epoch (saturating).

@@ -12,10 +12,16 @@ pub(crate) const APPLICATION_ID: i32 = 0x6374_7277;
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 /// `PRAGMA user_version` holds the version. Never edit a released entry; append a new one.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The oldest schema readers accept without a migration: the migrations after it only add
+/// tables that event readers do not use (4: the alert outbox; `ctrwatch alerts` on such a
+/// store lists none). A store of the previous release stays readable until a daemon of this
+/// one migrates it.
+pub const READABLE_FROM: i64 = 3;
 
 /// Version 1.
 ///
@@ -158,6 +164,12 @@ ALTER TABLE events ADD COLUMN checksum INTEGER;
 INSERT INTO meta (key, value) SELECT 'unsummed_max_id', max(id) FROM events HAVING count(*) > 0;
 ";
 
+/// Version 4: the alert outbox (`alerts`, `deliveries`, `meta.alerts_seq`,
+/// `meta.alerts_dropped`): every alert and its delivery state per sink and target. The SQL
+/// lives with the rest of the outbox, in `ctrwatch_alerts::outbox::TABLES` (frozen like this
+/// list: a change is a new migration); docs/alerts.md describes the tables.
+const V4: &str = ctrwatch_alerts::outbox::TABLES;
+
 /// SQLite's page cache for the writer (KiB, as `cache_size` wants it negative). Holds the
 /// newest segment's index pages, the hot part of `names`/`dirs` and the table's tail; see
 /// docs/store.md for what it costs in RSS.
@@ -275,7 +287,7 @@ pub(crate) fn check_readable(conn: &Connection, path: &Path) -> Result<(), Store
             supported: SCHEMA_VERSION,
         });
     }
-    if version < SCHEMA_VERSION {
+    if version < READABLE_FROM {
         return Err(StoreError::OlderSchema {
             path: path.to_path_buf(),
             found: version,

@@ -448,6 +448,19 @@ impl DaemonStore {
             State::Unavailable { .. } => None,
         }
     }
+
+    /// The open store to write, if it is open.
+    pub(crate) fn store_mut(&mut self) -> Option<&mut Store> {
+        match &mut self.state {
+            State::Open(store) => Some(store),
+            State::Unavailable { .. } => None,
+        }
+    }
+
+    /// The path the daemon was given.
+    pub fn requested_path(&self) -> &Path {
+        &self.requested
+    }
 }
 
 /// What `state` holds while it is being replaced.

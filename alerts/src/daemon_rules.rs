@@ -1,0 +1,404 @@
+//! The alerts the daemon raises itself, from what it already knows (the detections over file
+//! events come on top of these):
+//!
+//! * `history-gap`: records the kernel could not deliver or the store could not take (loss
+//!   records), a restart after an unclean stop (the downtime since the last heartbeat), and
+//!   alerts the outbox had to drop, events the detections could not judge (their queue was
+//!   full). Folded like every alert: one kind's holes within the
+//!   group window are one alert whose count and window grow, emitted a settle delay after
+//!   the first (so a burst's first seconds fold in), and once more when the window closes if
+//!   anything changed since.
+//! * `heartbeat`: an always-firing "ctrwatch is alive" alert, one per daemon run, with a new
+//!   revision every interval (Alertmanager's dead man's switch: its silence is the alarm).
+//!
+//! The rules obey `[rules.history-gap]` and `[rules.heartbeat]` (`enabled`, `severity`,
+//! `interval`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ctrwatch_config::{Config, RuleId, Severity};
+use ctrwatch_event::format_rfc3339;
+
+use crate::alert::{Alert, Node, gaps_command};
+
+/// A group's first revision waits this long for more of the same.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+fn ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// One folded history-gap alert.
+struct Group {
+    alert: Alert,
+    /// Holes folded in (the alert's count is records, or alerts, lost).
+    holes: u64,
+    /// The window the holes span.
+    from_ns: i64,
+    to_ns: i64,
+    kinds: BTreeMap<String, u64>,
+    /// When the group's window closes (first hole + group window).
+    closes_ns: i64,
+    /// Rev 1 is emitted at this time.
+    settle_ns: i64,
+    emitted: bool,
+    changed: bool,
+}
+
+/// The daemon's own rules.
+pub struct DaemonRules {
+    node: Node,
+    gap_enabled: bool,
+    gap_severity: Severity,
+    heartbeat: Option<Heartbeat>,
+    group_window: Duration,
+    groups: BTreeMap<&'static str, Group>,
+}
+
+struct Heartbeat {
+    alert: Alert,
+    interval: Duration,
+    next_ns: i64,
+}
+
+impl DaemonRules {
+    /// The rules as configured, for a daemon on `node` whose run started at `started_ns`.
+    pub fn new(config: &Config, node: Node, started_ns: i64) -> DaemonRules {
+        let gap = config.rule(RuleId::HistoryGap);
+        let hb = config.rule(RuleId::Heartbeat);
+        let heartbeat = hb.enabled.then(|| {
+            let interval = hb.interval.unwrap_or(Duration::from_secs(300));
+            let mut alert = Alert::new(
+                RuleId::Heartbeat,
+                hb.severity.unwrap_or(RuleId::Heartbeat.default_severity()),
+                "heartbeat",
+                node.clone(),
+                started_ns,
+                String::new(),
+                "ctrwatch alerts",
+            );
+            alert.rev = 0;
+            alert.count = 0;
+            alert
+                .details
+                .insert("interval_seconds".into(), interval.as_secs().to_string());
+            Heartbeat {
+                alert,
+                interval,
+                next_ns: started_ns,
+            }
+        });
+        DaemonRules {
+            node,
+            gap_enabled: gap.enabled,
+            gap_severity: gap
+                .severity
+                .unwrap_or(RuleId::HistoryGap.default_severity()),
+            heartbeat,
+            group_window: config.alerts.group_window,
+            groups: BTreeMap::new(),
+        }
+    }
+
+    /// The node the alerts name.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    fn hole(
+        &mut self,
+        kind: &'static str,
+        from_ns: i64,
+        to_ns: i64,
+        n: u64,
+        kinds: &BTreeMap<String, u64>,
+        now_ns: i64,
+    ) {
+        if !self.gap_enabled {
+            return;
+        }
+        if let Some(g) = self.groups.get_mut(kind)
+            && now_ns < g.closes_ns
+        {
+            g.holes = g.holes.saturating_add(n);
+            g.from_ns = g.from_ns.min(from_ns);
+            g.to_ns = g.to_ns.max(to_ns);
+            for (k, v) in kinds {
+                *g.kinds.entry(k.clone()).or_insert(0) += v;
+            }
+            g.changed = true;
+            return;
+        }
+        let mut alert = Alert::new(
+            RuleId::HistoryGap,
+            self.gap_severity,
+            format!("history-gap {kind}"),
+            self.node.clone(),
+            from_ns.min(now_ns),
+            String::new(),
+            String::new(),
+        );
+        // Revisions are counted as they are emitted.
+        alert.rev = 0;
+        self.groups.insert(
+            kind,
+            Group {
+                alert,
+                holes: n,
+                from_ns,
+                to_ns,
+                kinds: kinds.clone(),
+                closes_ns: now_ns.saturating_add(ns(self.group_window)),
+                settle_ns: now_ns.saturating_add(ns(SETTLE)),
+                emitted: false,
+                changed: true,
+            },
+        );
+    }
+
+    /// A loss record: `lost` records of these kinds (op names, `exec`, `store_queue`, ...)
+    /// missing between `from_ns` and `to_ns`.
+    pub fn loss(
+        &mut self,
+        from_ns: i64,
+        to_ns: i64,
+        lost: u64,
+        kinds: &BTreeMap<String, u64>,
+        now_ns: i64,
+    ) {
+        self.hole("loss", from_ns, to_ns, lost, kinds, now_ns);
+    }
+
+    /// The daemon started after an unclean stop: nothing was captured from `from_ns` (the
+    /// last heartbeat) to `to_ns`.
+    pub fn unclean_stop(&mut self, from_ns: i64, to_ns: i64, now_ns: i64) {
+        self.hole("unclean_stop", from_ns, to_ns, 1, &BTreeMap::new(), now_ns);
+    }
+
+    /// The outbox dropped `n` alerts before they were delivered.
+    pub fn outbox_dropped(&mut self, n: u64, now_ns: i64) {
+        self.hole("outbox", now_ns, now_ns, n, &BTreeMap::new(), now_ns);
+    }
+
+    /// The detections' queue was full: `n` events between `from_ns` and `to_ns` were stored
+    /// but not judged.
+    pub fn detect_dropped(&mut self, from_ns: i64, to_ns: i64, n: u64, now_ns: i64) {
+        self.hole("detect_queue", from_ns, to_ns, n, &BTreeMap::new(), now_ns);
+    }
+
+    /// What is due at `now_ns`: heartbeat revisions, history-gap revisions.
+    pub fn tick(&mut self, now_ns: i64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        if let Some(hb) = &mut self.heartbeat
+            && now_ns >= hb.next_ns
+        {
+            let a = &mut hb.alert;
+            a.rev += 1;
+            a.count += 1;
+            a.last_seen_ns = now_ns;
+            a.summary = format!(
+                "ctrwatch on {} is alive (running since {}, beat {} every {})",
+                a.node.hostname,
+                format_rfc3339(a.first_seen_ns),
+                a.count,
+                humantime::format_duration(hb.interval)
+            );
+            out.push(a.clone());
+            hb.next_ns = now_ns.saturating_add(ns(hb.interval));
+        }
+        let mut closed = Vec::new();
+        for (kind, g) in &mut self.groups {
+            let closing = now_ns >= g.closes_ns;
+            let due = if g.emitted {
+                closing && g.changed
+            } else {
+                now_ns >= g.settle_ns || closing
+            };
+            if due {
+                g.alert.rev += 1;
+                describe(kind, g);
+                out.push(g.alert.clone());
+                g.emitted = true;
+                g.changed = false;
+            }
+            if closing {
+                closed.push(*kind);
+            }
+        }
+        for k in closed {
+            self.groups.remove(k);
+        }
+        out
+    }
+
+    /// At a stop: every group's revision not yet emitted (a hole found in the last seconds
+    /// is still reported).
+    pub fn flush(&mut self) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for (kind, g) in &mut self.groups {
+            if !g.emitted || g.changed {
+                g.alert.rev += 1;
+                describe(kind, g);
+                out.push(g.alert.clone());
+            }
+        }
+        self.groups.clear();
+        out
+    }
+}
+
+fn describe(kind: &str, g: &mut Group) {
+    let span = Duration::from_nanos(u64::try_from(g.to_ns.saturating_sub(g.from_ns)).unwrap_or(0));
+    let window = format!(
+        "from {} to {} ({})",
+        format_rfc3339(g.from_ns),
+        format_rfc3339(g.to_ns),
+        readable(span)
+    );
+    let kinds: Vec<String> = g.kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    let a = &mut g.alert;
+    a.count = g.holes;
+    a.first_seen_ns = a.first_seen_ns.min(g.from_ns);
+    a.last_seen_ns = g.to_ns.max(a.first_seen_ns);
+    a.command = gaps_command(g.from_ns, g.to_ns);
+    a.details.insert("kind".into(), kind.to_owned());
+    a.details.insert("lost".into(), g.holes.to_string());
+    if !kinds.is_empty() {
+        a.details.insert("kinds".into(), kinds.join(" "));
+    }
+    a.summary = match kind {
+        "loss" => {
+            let mut s = format!(
+                "the history has a hole: {} records were not recorded {window}",
+                g.holes
+            );
+            if !kinds.is_empty() {
+                s.push_str(&format!(" ({})", kinds.join(" ")));
+            }
+            s
+        }
+        "unclean_stop" => format!(
+            "ctrwatch restarted after an unclean stop (crash, kill -9 or power loss): nothing \
+             was captured {window}"
+        ),
+        "detect_queue" => format!(
+            "{} events were recorded but not judged by the detections {window} (their queue \
+             was full): alerts they would have raised are missing; the history has them",
+            g.holes
+        ),
+        _ => format!(
+            "{} alerts were dropped from the outbox before they were delivered (the outbox is \
+             full: [alerts] outbox_max)",
+            g.holes
+        ),
+    };
+}
+
+fn readable(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_795_000_000_000_000_000;
+    const S: i64 = 1_000_000_000;
+
+    fn rules(text: &str) -> DaemonRules {
+        let config = Config::parse("test.toml", text).unwrap_or_else(|e| panic!("{e:?}"));
+        DaemonRules::new(
+            &config,
+            Node {
+                hostname: "n".into(),
+                machine_id: "m".into(),
+            },
+            T0,
+        )
+    }
+
+    #[test]
+    fn a_burst_of_losses_is_one_alert_emitted_after_settling_and_at_the_window_end() {
+        let mut r = rules("[rules.heartbeat]\nenabled = false\n");
+        let kinds = BTreeMap::from([("unlink".to_string(), 10u64)]);
+        r.loss(T0, T0 + S, 10, &kinds, T0 + S);
+        assert!(r.tick(T0 + S).is_empty(), "settling");
+        r.loss(T0 + S, T0 + 2 * S, 10, &kinds, T0 + 2 * S);
+        let first = r.tick(T0 + 4 * S);
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].rev, first[0].count), (1, 20));
+        assert!(
+            first[0].summary.contains("20 records were not recorded"),
+            "{}",
+            first[0].summary
+        );
+        assert!(
+            first[0].summary.contains("unlink=20"),
+            "{}",
+            first[0].summary
+        );
+        assert!(first[0].command.starts_with("ctrwatch gaps --since "));
+        r.loss(T0 + 5 * S, T0 + 6 * S, 5, &kinds, T0 + 6 * S);
+        assert!(
+            r.tick(T0 + 7 * S).is_empty(),
+            "updates wait for the window end"
+        );
+        let last = r.tick(T0 + 32 * S);
+        assert_eq!(last.len(), 1);
+        assert_eq!((last[0].rev, last[0].count), (2, 25));
+        assert_eq!(last[0].id, first[0].id);
+        // Nothing changed: no more revisions; the next loss is a new alert.
+        assert!(r.tick(T0 + 40 * S).is_empty());
+        r.loss(T0 + 50 * S, T0 + 51 * S, 1, &kinds, T0 + 51 * S);
+        let next = r.tick(T0 + 54 * S);
+        assert_eq!(next.len(), 1);
+        assert_ne!(next[0].id, first[0].id);
+    }
+
+    #[test]
+    fn heartbeats_revise_one_alert_per_run_on_their_interval() {
+        let mut r = rules("[rules.heartbeat]\ninterval = \"10s\"\n");
+        let a = r.tick(T0);
+        assert_eq!(a.len(), 1);
+        assert_eq!((a[0].rev, a[0].rule), (1, RuleId::Heartbeat));
+        assert_eq!(
+            a[0].details.get("interval_seconds").map(String::as_str),
+            Some("10")
+        );
+        assert!(r.tick(T0 + 5 * S).is_empty());
+        let b = r.tick(T0 + 10 * S);
+        assert_eq!((b[0].rev, b[0].id.clone()), (2, a[0].id.clone()));
+        assert!(b[0].summary.contains("is alive"), "{}", b[0].summary);
+    }
+
+    #[test]
+    fn disabled_and_overridden_rules() {
+        let mut r = rules(
+            "[rules.history-gap]\nenabled = false\n[rules.heartbeat]\nseverity = \"warning\"\n",
+        );
+        r.unclean_stop(T0 - 10 * S, T0, T0);
+        let out = r.tick(T0 + 5 * S);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].rule, out[0].severity),
+            (RuleId::Heartbeat, Severity::Warning)
+        );
+        let mut r = rules("[rules.heartbeat]\nenabled = false\n");
+        r.unclean_stop(T0 - 10 * S, T0, T0);
+        let out = r.tick(T0 + 5 * S);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].summary.contains("unclean stop"),
+            "{}",
+            out[0].summary
+        );
+        assert_eq!(out[0].severity, Severity::Warning);
+    }
+}

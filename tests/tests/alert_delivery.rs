@@ -1,0 +1,580 @@
+//! Durable alert delivery through the real daemon (`ctrwatch run --config`), to real
+//! receivers on 127.0.0.1: alerts are kept in the store's outbox before any attempt, retried
+//! through refusals, errors, timeouts and error codes, delivered in order per rule, survive
+//! kill -9 and restarts, and the outbox bound drops (and reports) only what it must.
+//!
+//! The alerts come from what the daemon raises today from real events: `heartbeat`, and
+//! `history-gap` for kernel loss (a flood while the daemon is held back with SIGSTOP, as in
+//! loss.rs) and for a restart after kill -9.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::{OsStr, OsString},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    Watcher, ctrwatch, json_lines,
+    receiver::{Mode, Received, Receiver, verify_dingtalk, verify_standard_webhook},
+    temp_dir,
+};
+
+const FSOP: &str = env!("CARGO_BIN_EXE_fsop");
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const DING_SECRET: &str = "SECding0123456789abcdef";
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("ctrwatch.toml");
+    std::fs::write(&p, body).expect("config");
+    p
+}
+
+fn start_daemon(root: &Path, store: &Path, config: &Path) -> Watcher {
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.into(),
+        "--store".into(),
+        store.into(),
+        "--config".into(),
+        config.into(),
+        "--ring-buffer-mb".into(),
+        "1".into(),
+    ];
+    Watcher::start_command(&args)
+}
+
+/// `ctrwatch alerts --json`: every alert in the outbox with its deliveries.
+fn outbox(store: &Path) -> Vec<Value> {
+    let (code, out, err) = ctrwatch(&[
+        OsStr::new("alerts"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+        OsStr::new("--json"),
+        OsStr::new("--limit"),
+        OsStr::new("100000"),
+    ]);
+    assert_eq!(code, 0, "ctrwatch alerts: {err}");
+    json_lines(&out)
+}
+
+fn wait_outbox(
+    store: &Path,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = outbox(store);
+        if pred(&rows) {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outbox: {what} not within {timeout:?}:\n{}",
+            rows.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn deliveries(row: &Value) -> Vec<Value> {
+    row["deliveries"].as_array().cloned().unwrap_or_default()
+}
+
+/// Floods the root with failing unlinks while the daemon is stopped, so that its 1 MiB ring
+/// buffer overflows: a real kernel loss, hence a history-gap alert.
+fn kernel_loss(daemon: &Watcher, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    daemon.signal(libc::SIGSTOP);
+    let out = Command::new(FSOP)
+        .args([OsStr::new("flood"), dir.as_os_str(), OsStr::new("40000")])
+        .output()
+        .expect("flood");
+    daemon.signal(libc::SIGCONT);
+    assert!(out.status.success(), "{out:?}");
+    // Let it drain the full ring buffer before anything else happens.
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// A webhook request the sink counts as delivered: any 2xx (the webhook kind does not read
+/// the body; an error code in a 200 is only a failure for the robots).
+fn hook_delivered(x: &Received) -> bool {
+    x.path() == "/hook" && matches!(x.answered, Mode::Accept | Mode::Body200(_))
+}
+
+fn webhook_requests(r: &Receiver) -> Vec<Received> {
+    r.received()
+        .into_iter()
+        .filter(|x| x.path() == "/hook")
+        .collect()
+}
+
+#[test]
+fn undelivered_alerts_survive_kill_9_and_are_delivered_by_the_next_daemon() {
+    let dir = temp_dir("alerts-restart");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = dir.join("events.db");
+    let r = Receiver::start(Mode::Refuse);
+    let config = write_config(
+        &dir,
+        &format!(
+            "[rules.heartbeat]\ninterval = \"10s\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\ntimeout = \"1s\"\n",
+            r.url("/hook")
+        ),
+    );
+    let mut a = start_daemon(&root, &store, &config);
+    // The first run's heartbeat is in the outbox, and its delivery has failed.
+    let rows = wait_outbox(
+        &store,
+        "a heartbeat tried and pending",
+        Duration::from_secs(30),
+        |rows| {
+            rows.iter().any(|r| {
+                r["rule"] == "heartbeat"
+                    && deliveries(r)
+                        .iter()
+                        .any(|d| d["state"] == "pending" && d["attempts"].as_u64() >= Some(1))
+            })
+        },
+    );
+    let first_id = rows
+        .iter()
+        .find(|r| r["rule"] == "heartbeat")
+        .and_then(|r| r["id"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let pending = rows
+        .iter()
+        .flat_map(deliveries)
+        .find(|d| d["state"] == "pending")
+        .unwrap_or_default();
+    assert!(
+        pending["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("connection refused"),
+        "{pending}"
+    );
+    assert!(!pending.to_string().contains(&SECRET[6..]), "{pending}");
+    a.signal(libc::SIGKILL);
+    assert!(
+        a.wait_exit(Duration::from_secs(10)).is_some(),
+        "kill -9 did not end the daemon"
+    );
+
+    // The receiver is back, but no daemon: nothing can arrive.
+    r.set_mode(Mode::Accept);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        webhook_requests(&r).is_empty(),
+        "delivered without a daemon?"
+    );
+
+    let b = start_daemon(&root, &store, &config);
+    let got = r.wait_for(
+        "the first run's heartbeat and the unclean-stop gap",
+        Duration::from_secs(60),
+        |rs| {
+            let bodies: Vec<Value> = rs
+                .iter()
+                .filter(|x| x.path() == "/hook")
+                .map(Received::json)
+                .collect();
+            bodies.iter().any(|v| v["id"] == first_id.as_str())
+                && bodies.iter().any(|v| {
+                    v["rule"] == "history-gap"
+                        && v["summary"].as_str().unwrap_or("").contains("unclean stop")
+                })
+        },
+    );
+    for req in got.iter().filter(|x| x.path() == "/hook") {
+        verify_standard_webhook(req, SECRET).expect("signature");
+        let v = req.json();
+        assert_eq!(
+            req.header("webhook-id"),
+            Some(format!("{}.{}", v["id"].as_str().unwrap_or(""), v["rev"]).as_str())
+        );
+    }
+    // The outbox says so.
+    wait_outbox(
+        &store,
+        "the first heartbeat delivered",
+        Duration::from_secs(10),
+        |rows| {
+            rows.iter().any(|r| {
+                r["id"] == first_id.as_str()
+                    && deliveries(r).iter().all(|d| d["state"] == "delivered")
+            })
+        },
+    );
+    let table = ctrwatch(&[
+        OsStr::new("alerts"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ])
+    .1;
+    assert!(table.contains("-> hook http://127.0.0.1"), "{table}");
+    assert!(table.contains("delivered"), "{table}");
+    assert!(!table.contains(&SECRET[6..]));
+    b.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_outage_of_refusals_errors_timeouts_and_error_codes_loses_no_alert_and_keeps_order() {
+    let dir = temp_dir("alerts-outage");
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("work")).expect("mkdir");
+    let store = dir.join("events.db");
+    let r = Receiver::start(Mode::Refuse);
+    let config = write_config(
+        &dir,
+        &format!(
+            "[alerts]\ngroup_window = \"1s\"\n\n[rules.heartbeat]\ninterval = \"10s\"\n\n\
+             [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\ntimeout = \"1s\"\n\n\
+             [[sinks]]\nname = \"ding\"\nkind = \"dingtalk\"\nurl = \"{}\"\nsecret = \"{DING_SECRET}\"\ntimeout = \"1s\"\nrate_per_minute = 600\n",
+            r.url("/hook"),
+            r.url("/dingtalk/robot/send?access_token=tok")
+        ),
+    );
+    let daemon = start_daemon(&root, &store, &config);
+    let stages = [
+        Mode::Refuse,
+        Mode::Status(500),
+        Mode::Slow(Duration::from_secs(3)),
+        Mode::Body200(r#"{"errcode":310000,"errmsg":"sign not match"}"#.into()),
+    ];
+    let mut work_ops = 0u64;
+    for (i, mode) in stages.iter().enumerate() {
+        r.set_mode(mode.clone());
+        // An alert raised during this stage of the outage...
+        kernel_loss(&daemon, &root.join(format!("flood-{i}")));
+        // ...while the daemon goes on capturing everything else.
+        for _ in 0..5 {
+            let out = Command::new(FSOP)
+                .args([
+                    OsStr::new("flood"),
+                    root.join("work").as_os_str(),
+                    OsStr::new("200"),
+                ])
+                .output()
+                .expect("work");
+            assert!(out.status.success());
+            work_ops += 200;
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        // The retries' delay doubles: wait for one to meet this stage's failure (a refusal
+        // leaves no trace at the receiver).
+        if *mode != Mode::Refuse {
+            r.wait_for(
+                &format!("a delivery attempt answered {mode:?}"),
+                Duration::from_secs(120),
+                |rs| rs.iter().any(|x| x.answered == *mode),
+            );
+        }
+    }
+    // Everything raised so far is pending somewhere.
+    let during = outbox(&store);
+    let gaps_during = during.iter().filter(|r| r["rule"] == "history-gap").count();
+    assert!(
+        gaps_during >= 3,
+        "expected a history-gap alert per stage:\n{during:#?}"
+    );
+    assert!(
+        during
+            .iter()
+            .flat_map(deliveries)
+            .any(|d| d["state"] == "pending" && d["attempts"].as_u64() >= Some(2)),
+        "{during:#?}"
+    );
+
+    r.set_mode(Mode::Accept);
+    // Restored: every alert's latest revision reaches both sinks (the retry delay has grown
+    // during the outage: up to about 30 s).
+    let rows = wait_outbox(
+        &store,
+        "every delivery done",
+        Duration::from_secs(120),
+        |rows| {
+            rows.iter()
+                .flat_map(deliveries)
+                .all(|d| d["state"] == "delivered")
+                && rows.iter().filter(|r| r["rule"] == "history-gap").count() >= gaps_during
+        },
+    );
+    let received = r.received();
+    for row in &rows {
+        let id = row["id"].as_str().unwrap_or("");
+        let rev = row["rev"].as_u64().unwrap_or(0);
+        let hook = received
+            .iter()
+            .any(|x| hook_delivered(x) && x.json()["id"] == id && x.json()["rev"] == rev);
+        assert!(hook, "alert {id} rev {rev} never accepted by the webhook");
+        let heartbeat_later = row["rule"] == "heartbeat" && rev > 1;
+        if !heartbeat_later {
+            let ding = received.iter().any(|x| {
+                x.path().starts_with("/dingtalk")
+                    && x.accepted()
+                    && x.json()["markdown"]["text"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains(id)
+            });
+            assert!(ding, "alert {id} never accepted by the robot");
+        }
+    }
+
+    // Order per rule: history-gap alerts (one revision each: the group window is shorter than
+    // the settle delay) were accepted in the order they were raised.
+    let mut raised: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| r["rule"] == "history-gap")
+        .map(|r| {
+            (
+                r["created"].as_str().unwrap_or("").to_owned(),
+                r["id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    raised.sort();
+    let raised: Vec<String> = raised.into_iter().map(|(_, id)| id).collect();
+    let mut accepted_order = Vec::new();
+    for x in received.iter().filter(|x| hook_delivered(x)) {
+        let v = x.json();
+        if v["rule"] == "history-gap" {
+            let id = v["id"].as_str().unwrap_or("").to_owned();
+            if !accepted_order.contains(&id) {
+                accepted_order.push(id);
+            }
+        }
+    }
+    assert_eq!(accepted_order, raised, "history-gap alerts out of order");
+    // Heartbeat revisions never go backwards.
+    let beats: Vec<u64> = received
+        .iter()
+        .filter(|x| hook_delivered(x) && x.json()["rule"] == "heartbeat")
+        .filter_map(|x| x.json()["rev"].as_u64())
+        .collect();
+    assert!(beats.windows(2).all(|w| w[0] <= w[1]), "{beats:?}");
+
+    // Retries of one revision carry the same webhook-id and the same body; every request is
+    // signed; a revision was retried through several kinds of failure.
+    let mut by_id: BTreeMap<String, Vec<&Received>> = BTreeMap::new();
+    for x in received.iter().filter(|x| x.path() == "/hook") {
+        verify_standard_webhook(x, SECRET).expect("webhook signature");
+        by_id
+            .entry(x.header("webhook-id").unwrap_or("").to_owned())
+            .or_default()
+            .push(x);
+    }
+    for (id, reqs) in &by_id {
+        assert!(
+            reqs.iter().all(|x| x.body == reqs[0].body),
+            "{id}: bodies differ across retries"
+        );
+        let v = reqs[0].json();
+        assert_eq!(
+            id,
+            &format!("{}.{}", v["id"].as_str().unwrap_or(""), v["rev"])
+        );
+    }
+    let most_tried = by_id
+        .values()
+        .map(|reqs| {
+            reqs.iter()
+                .map(|x| format!("{:?}", x.answered))
+                .collect::<BTreeSet<_>>()
+                .len()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most_tried >= 2,
+        "no revision was retried through 2 kinds of answer: {by_id:#?}"
+    );
+    for x in received
+        .iter()
+        .filter(|x| x.path().starts_with("/dingtalk"))
+    {
+        verify_dingtalk(x, DING_SECRET).expect("dingtalk signature");
+    }
+
+    // The kernel side lost nothing while delivery failed: every operation of the workload
+    // (performed while the daemon ran, between the floods) is in the history.
+    let work = format!("{}/work/**", root.display());
+    let (code, out, err) = ctrwatch(&[
+        OsStr::new("query"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+        OsStr::new("--path"),
+        OsStr::new(&work),
+        OsStr::new("--op"),
+        OsStr::new("unlink"),
+        OsStr::new("--json"),
+        OsStr::new("--limit"),
+        OsStr::new("1000000"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json_lines(&out).len() as u64,
+        work_ops,
+        "workload operations missing"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Fills a stopped daemon's outbox with `n` undelivered history-gap alerts for the sink
+/// `hook` at `target` (what a long outage leaves behind), oldest first.
+fn seed_outbox(store: &Path, n: usize, target: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(store).expect("open store");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let node = ctrwatch_alerts::Node {
+            hostname: "seeded".into(),
+            machine_id: "0".repeat(32),
+        };
+        let t = 1_700_000_000_000_000_000 + i as i64 * 1_000_000_000;
+        let a = ctrwatch_alerts::Alert::new(
+            ctrwatch_config::RuleId::HistoryGap,
+            ctrwatch_config::Severity::Warning,
+            format!("seeded {i}"),
+            node,
+            t,
+            format!("seeded alert {i}"),
+            "ctrwatch gaps",
+        );
+        let body = a.body_json().expect("body");
+        let seq: i64 = conn
+            .query_row(
+                "UPDATE meta SET value = value + 1 WHERE key = 'alerts_seq' RETURNING value",
+                [],
+                |r| r.get(0),
+            )
+            .expect("seq");
+        conn.execute(
+            "INSERT INTO alerts (id, seq, rule, severity, rev, state, first_ns, last_ns, count, \
+             body, created_ns, updated_ns) VALUES (?1, ?2, 'history-gap', 'warning', 1, \
+             'firing', ?3, ?3, 1, ?4, ?3, ?3)",
+            rusqlite::params![a.id.as_str(), seq, t, body],
+        )
+        .expect("insert alert");
+        conn.execute(
+            "INSERT INTO deliveries (alert, sink, target, rev, state, attempts) \
+             VALUES (?1, 'hook', ?2, 0, 'pending', 3)",
+            rusqlite::params![a.id.as_str(), target],
+        )
+        .expect("insert delivery");
+        ids.push(a.id.to_string());
+    }
+    ids
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_undelivered_counts_and_reports_them() {
+    let dir = temp_dir("alerts-bound");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = dir.join("events.db");
+    let r = Receiver::start(Mode::Refuse);
+    let config = write_config(
+        &dir,
+        &format!(
+            "[alerts]\noutbox_max = 100\n\n[rules.heartbeat]\ninterval = \"10s\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"1s\"\n",
+            r.url("/hook")
+        ),
+    );
+    // A first run (raising nothing) creates the store and its outbox; then 150 alerts wait in
+    // it, undelivered.
+    let quiet = dir.join("quiet.toml");
+    std::fs::write(&quiet, "[rules.heartbeat]\nenabled = false\n").expect("config");
+    start_daemon(&root, &store, &quiet).stop();
+    let target = format!("http://{}/hook", r.addr);
+    let seeded = seed_outbox(&store, 150, &target);
+
+    let daemon = start_daemon(&root, &store, &config);
+    // The new run's first alert makes 152: the oldest undelivered go, are counted, and a
+    // history-gap alert says so.
+    let rows = wait_outbox(
+        &store,
+        "the drop reported",
+        Duration::from_secs(30),
+        |rows| {
+            rows.iter().any(|r| {
+                r["rule"] == "history-gap"
+                    && r["summary"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("alerts were dropped from the outbox")
+            })
+        },
+    );
+    assert!(rows.len() <= 100, "{} alerts kept", rows.len());
+    let kept: BTreeSet<&str> = rows.iter().filter_map(|r| r["id"].as_str()).collect();
+    // Oldest first: what was dropped is a prefix of the seeded alerts.
+    let dropped_n = seeded
+        .iter()
+        .take_while(|id| !kept.contains(id.as_str()))
+        .count();
+    assert!(dropped_n >= 51, "only {dropped_n} dropped");
+    assert!(
+        seeded[dropped_n..]
+            .iter()
+            .all(|id| kept.contains(id.as_str())),
+        "not the oldest were dropped"
+    );
+    let table = ctrwatch(&[
+        OsStr::new("alerts"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ])
+    .1;
+    assert!(
+        table.contains(&format!("{dropped_n} alerts dropped undelivered")),
+        "{table}"
+    );
+
+    // Restored: everything kept arrives, the report included; nothing dropped does.
+    r.set_mode(Mode::Accept);
+    let rows = wait_outbox(
+        &store,
+        "every delivery done",
+        Duration::from_secs(90),
+        |rows| {
+            rows.iter()
+                .flat_map(deliveries)
+                .all(|d| d["state"] == "delivered")
+        },
+    );
+    let got: BTreeSet<String> = webhook_requests(&r)
+        .iter()
+        .filter_map(|x| x.json()["id"].as_str().map(str::to_owned))
+        .collect();
+    for row in &rows {
+        assert!(
+            got.contains(row["id"].as_str().unwrap_or("")),
+            "{row} not delivered"
+        );
+    }
+    for id in &seeded[..dropped_n] {
+        assert!(!got.contains(id), "dropped alert {id} was delivered");
+    }
+    assert!(
+        webhook_requests(&r).iter().any(|x| x.json()["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("alerts were dropped from the outbox")),
+        "the drop report never reached the receiver"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}

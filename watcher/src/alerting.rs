@@ -1,0 +1,488 @@
+//! Alerts in the daemon and the CLI: the configuration's sinks made ready to send
+//! ([`Alerting::from_config`]), `ctrwatch alert test` ([`alert_test`]), and what the daemon
+//! needs to run them (routing for the store writer, one delivery worker per sink, the
+//! daemon's own rules). The alert model, the outbox, the formats and the workers are in the
+//! `ctrwatch-alerts` crate.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use ctrwatch_alerts::{
+    Alert, Node, Routing,
+    deliver::{DeliveryOptions, send_now},
+    http::Client,
+    sinks::{Outcome, Sink},
+};
+use ctrwatch_config::Config;
+
+/// A configuration that cannot be used, as one message (every problem, one per line).
+pub fn load_config(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// The configuration's alerting, ready: sinks with their HTTP clients, routing, node.
+pub struct Alerting {
+    /// The configuration it came from.
+    pub config: Config,
+    /// The sinks, each with its client.
+    pub sinks: Vec<(Sink, Client)>,
+    /// What the store writer needs to create deliveries.
+    pub routing: Routing,
+    /// This node.
+    pub node: Node,
+    /// Settings from the environment (Alertmanager lifetime and re-send).
+    pub delivery: DeliveryOptions,
+}
+
+impl Alerting {
+    /// Checks every sink (secrets, CA files) and prepares its client.
+    pub fn from_config(config: Config) -> Result<Alerting, String> {
+        let mut sinks = Vec::new();
+        let mut problems = Vec::new();
+        for sc in &config.sinks {
+            let client = match Client::new(sc.timeout, sc.ca_file.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(format!("sink {:?}: {e}", ctrwatch_event::escape(&sc.name)));
+                    continue;
+                }
+            };
+            match Sink::new(sc.clone()) {
+                Ok(s) => sinks.push((s, client)),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let delivery = DeliveryOptions::from_env().inspect_err(|e| problems.push(e.clone()));
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
+        let delivery = delivery.unwrap_or_default();
+        Ok(Alerting {
+            routing: Routing::of(&config),
+            node: Node::detect(config.alerts.node_name.as_deref()),
+            config,
+            sinks,
+            delivery,
+        })
+    }
+}
+
+/// `ctrwatch alert test [--config FILE] [SINK]`: a test alert to every sink (or the named
+/// one) through the real formatting, signing and HTTP path (not the outbox); prints each
+/// receiver's answer. Exit 0 when every receiver accepted it, 1 when one did not, 2 when
+/// the configuration or the sink name is wrong.
+pub fn alert_test(config_path: &Path, sink: Option<&str>) -> ExitCode {
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ctrwatch: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(name) = sink
+        && !config.sinks.iter().any(|s| s.name == name)
+    {
+        let known: Vec<String> = config
+            .sinks
+            .iter()
+            .map(|s| format!("{:?}", s.name))
+            .collect();
+        eprintln!(
+            "ctrwatch: error: no sink {:?} in {}; the sinks are: {}",
+            ctrwatch_event::escape(name),
+            ctrwatch_event::escape_path(config_path),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+        return ExitCode::from(2);
+    }
+    if config.sinks.is_empty() {
+        eprintln!(
+            "ctrwatch: error: {} has no [[sinks]]: nothing to test",
+            ctrwatch_event::escape_path(config_path)
+        );
+        return ExitCode::from(2);
+    }
+    let alerting = match Alerting::from_config(config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ctrwatch: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let alert = Alert::test_alert(alerting.node.clone(), ctrwatch_event::time::now_ns());
+    let mut all_accepted = true;
+    let mut text = format!(
+        "test alert {} from {}\n",
+        alert.id,
+        ctrwatch_event::escape(&alerting.node.hostname)
+    );
+    for (s, client) in &alerting.sinks {
+        if sink.is_some_and(|n| n != s.name()) {
+            continue;
+        }
+        let answers = match send_now(s, client, &alert, &alerting.delivery.format) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("ctrwatch: error: encoding the test alert: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for a in answers {
+            let head = format!(
+                "{} ({}) {}",
+                ctrwatch_event::escape(s.name()),
+                s.config.kind.name(),
+                a.target
+            );
+            match (&a.outcome, &a.answer) {
+                (Outcome::Accepted, Ok(r)) => {
+                    let _ = writeln!(text, "{head}: accepted (HTTP {})", r.status);
+                }
+                (Outcome::Accepted, Err(_)) => {
+                    let _ = writeln!(text, "{head}: accepted");
+                }
+                (Outcome::Failed { error, .. }, _) => {
+                    all_accepted = false;
+                    let _ = writeln!(text, "{head}: NOT accepted: {error}");
+                }
+            }
+            if let Ok(r) = &a.answer {
+                let body = ctrwatch_alerts::sinks::excerpt(&r.body, 300);
+                if !body.is_empty() {
+                    let _ = writeln!(text, "    answer: {body}");
+                }
+            }
+        }
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    if all_accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The daemon's alerting while it runs: its own rules (history gaps, heartbeat), the delivery
+/// workers, and what the store writer needs (routing, who to wake, drops to report).
+pub struct DaemonAlerts {
+    /// Until capture starts: the sinks to hand to the workers.
+    pending: Option<Alerting>,
+    /// The writer's side.
+    writer: WriterAlerts,
+    node: Node,
+    config: Config,
+    rules: Option<ctrwatch_alerts::daemon_rules::DaemonRules>,
+    delivery: Option<ctrwatch_alerts::Delivery>,
+    detect: Option<DetectFeed>,
+}
+
+/// Events waiting for the detection thread at most (a burst's worth; beyond it events are
+/// stored but not judged, counted, and reported as a history gap).
+pub const DETECT_QUEUE: usize = 65_536;
+
+/// What the detection thread is handed, in capture order.
+enum DetectMsg {
+    /// An event a rule could judge.
+    Event(Box<ctrwatch_event::FileEvent>),
+    /// Everything captured before this time (ns) is ahead of it in the queue.
+    Watermark(i64),
+}
+
+/// The capture path's side of the detection thread: a bounded queue it never waits on.
+struct DetectFeed {
+    tx: Option<std::sync::mpsc::SyncSender<DetectMsg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Events not judged since the last report, and the window they fall in.
+    dropped: u64,
+    dropped_from_ns: i64,
+    dropped_to_ns: i64,
+}
+
+/// The detection thread: judges each event, emits the groups' revisions when they are due
+/// (checked at least every [`DETECT_TICK`]), hands them to the store writer; at the end of
+/// its queue emits what the groups still hold.
+fn detect_loop(
+    mut detector: ctrwatch_alerts::detect::Detector,
+    rx: std::sync::mpsc::Receiver<DetectMsg>,
+    out: std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let send = |alerts: Vec<Alert>| {
+        for w in records(alerts) {
+            // The writer blocks this thread when its queue is full, never the capture.
+            if !out.send(w) {
+                log::warn!("alerts: the store writer has stopped; a detection alert is lost");
+            }
+        }
+    };
+    let mut last_tick = std::time::Instant::now();
+    loop {
+        match rx.recv_timeout(DETECT_TICK) {
+            Ok(DetectMsg::Event(ev)) => detector.event(&ev, ctrwatch_event::time::now_ns()),
+            Ok(DetectMsg::Watermark(at)) => detector.watermark(at),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                send(detector.flush());
+                return;
+            }
+        }
+        if last_tick.elapsed() >= DETECT_TICK {
+            send(detector.tick(ctrwatch_event::time::now_ns()));
+            last_tick = std::time::Instant::now();
+        }
+    }
+}
+
+/// How often the detection thread looks for revisions due.
+const DETECT_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What the store writer needs to apply outbox writes.
+#[derive(Clone)]
+pub struct WriterAlerts {
+    /// The sinks' names, targets and filters; the outbox bound.
+    pub routing: Routing,
+    /// Wakes the delivery workers after a commit that made deliveries pending.
+    pub waker: Option<ctrwatch_alerts::deliver::Waker>,
+    /// Alerts the outbox bound dropped undelivered, not yet reported (the writer adds, the
+    /// rules take).
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl WriterAlerts {
+    /// No sinks (the pipeline benchmark): alerts are kept, nobody is woken.
+    pub fn none() -> WriterAlerts {
+        WriterAlerts {
+            routing: Routing {
+                sinks: Vec::new(),
+                outbox_max: Config::default().alerts.outbox_max,
+            },
+            waker: None,
+            dropped: std::sync::Arc::default(),
+        }
+    }
+
+    /// The writer applied a write: wake the workers, count drops.
+    pub fn applied(&self, a: &ctrwatch_alerts::outbox::Applied) {
+        if a.pending > 0
+            && let Some(w) = &self.waker
+        {
+            w.wake();
+        }
+        if a.dropped_undelivered > 0 {
+            log::warn!(
+                "alerts: the outbox is full ([alerts] outbox_max = {}): {} undelivered alerts \
+                 dropped, oldest first",
+                self.routing.outbox_max,
+                a.dropped_undelivered
+            );
+            self.dropped
+                .fetch_add(a.dropped_undelivered, std::sync::atomic::Ordering::Relaxed);
+        }
+        if a.dropped_deliveries > 0 {
+            log::warn!(
+                "alerts: {} pending deliveries dropped: their sink, or that URL of it, is no \
+                 longer configured",
+                a.dropped_deliveries
+            );
+        }
+    }
+}
+
+impl DaemonAlerts {
+    /// The daemon's alerting for this configuration (its sinks checked).
+    pub fn new(alerting: Alerting) -> DaemonAlerts {
+        let writer = WriterAlerts {
+            routing: alerting.routing.clone(),
+            waker: None,
+            dropped: std::sync::Arc::default(),
+        };
+        DaemonAlerts {
+            node: alerting.node.clone(),
+            config: alerting.config.clone(),
+            writer,
+            pending: Some(alerting),
+            rules: None,
+            delivery: None,
+            detect: None,
+        }
+    }
+
+    /// Capture started at `started_ns` (after an unclean stop when `unclean` gives the
+    /// downtime's window): the rules start, and one delivery worker per sink on the store at
+    /// `store`, handing results to `results`. Returns what the store writer needs.
+    pub fn start(
+        &mut self,
+        started_ns: i64,
+        unclean: Option<(i64, i64)>,
+        store: &Path,
+        results: std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
+    ) -> anyhow::Result<WriterAlerts> {
+        let mut rules = ctrwatch_alerts::daemon_rules::DaemonRules::new(
+            &self.config,
+            self.node.clone(),
+            started_ns,
+        );
+        if let Some((from, to)) = unclean {
+            rules.unclean_stop(from, to, started_ns);
+        }
+        self.rules = Some(rules);
+        let detector = ctrwatch_alerts::detect::Detector::new(&self.config, self.node.clone());
+        if detector.any_enabled() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(DETECT_QUEUE);
+            let out = std::sync::Arc::clone(&results);
+            let thread = std::thread::Builder::new()
+                .name("detect".into())
+                .spawn(move || detect_loop(detector, rx, out))
+                .context("starting the detection thread")?;
+            self.detect = Some(DetectFeed {
+                tx: Some(tx),
+                thread: Some(thread),
+                dropped: 0,
+                dropped_from_ns: 0,
+                dropped_to_ns: 0,
+            });
+        }
+        if let Some(alerting) = self.pending.take()
+            && !alerting.sinks.is_empty()
+        {
+            let n = alerting.sinks.len();
+            let delivery =
+                ctrwatch_alerts::Delivery::start(alerting.sinks, store, results, alerting.delivery)
+                    .map_err(|e| anyhow::anyhow!("starting the alert delivery workers: {e}"))?;
+            self.writer.waker = Some(delivery.waker());
+            self.delivery = Some(delivery);
+            log::info!("alerts: delivering to {n} sinks");
+        }
+        Ok(self.writer.clone())
+    }
+
+    /// An event on its way to the store: a copy goes to the detection thread if a rule could
+    /// judge it. Never waits: when the detection queue is full the event is counted (and
+    /// reported as a history gap at the next tick), not judged.
+    pub fn event(&mut self, ev: &ctrwatch_event::FileEvent) {
+        let Some(feed) = &mut self.detect else { return };
+        let Some(tx) = &feed.tx else { return };
+        if !ctrwatch_alerts::detect::wants(ev) {
+            return;
+        }
+        if let Err(std::sync::mpsc::TrySendError::Full(_)) =
+            tx.try_send(DetectMsg::Event(Box::new(ev.clone())))
+        {
+            if feed.dropped == 0 {
+                feed.dropped_from_ns = ev.time_ns;
+            }
+            feed.dropped += 1;
+            feed.dropped_to_ns = ev.time_ns;
+        }
+    }
+
+    /// Everything captured before `at_ns` has been handed over (the watch loop's watermark):
+    /// passed to the detections behind those events, so that a group's window closes only
+    /// when all of its events were judged. Skipped when their queue is full (the next one
+    /// comes a second later).
+    pub fn watermark(&mut self, at_ns: i64) {
+        if let Some(tx) = self.detect.as_ref().and_then(|f| f.tx.as_ref()) {
+            let _ = tx.try_send(DetectMsg::Watermark(at_ns));
+        }
+    }
+
+    /// The outbox writes the daemon's rules want at `now_ns` (call about once a second).
+    pub fn tick(&mut self, now_ns: i64) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        let Some(rules) = &mut self.rules else {
+            return Vec::new();
+        };
+        if let Some(feed) = &mut self.detect
+            && feed.dropped > 0
+        {
+            log::warn!(
+                "alerts: the detections fell behind: {} events stored but not judged",
+                feed.dropped
+            );
+            rules.detect_dropped(
+                feed.dropped_from_ns,
+                feed.dropped_to_ns,
+                feed.dropped,
+                now_ns,
+            );
+            feed.dropped = 0;
+        }
+        let dropped = self
+            .writer
+            .dropped
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            rules.outbox_dropped(dropped, now_ns);
+        }
+        records(rules.tick(now_ns))
+    }
+
+    /// A loss record (kernel loss, or the store writer's queue).
+    pub fn loss(&mut self, loss: &ctrwatch_event::LossEvent, now_ns: i64) {
+        let Some(rules) = &mut self.rules else {
+            return;
+        };
+        let kinds = loss
+            .kinds_by_name()
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect();
+        rules.loss(loss.from_ns, loss.to_ns, loss.lost, &kinds, now_ns);
+    }
+
+    /// At a stop: what the rules still hold (groups not yet emitted), then the workers stop
+    /// (waiting at most `grace` for requests in flight).
+    pub fn stop(&mut self, grace: std::time::Duration) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        // The detections first: they judge what is queued and hand their groups' last
+        // revisions to the writer (still running).
+        if let Some(mut feed) = self.detect.take() {
+            drop(feed.tx.take());
+            if let Some(t) = feed.thread.take()
+                && t.join().is_err()
+            {
+                log::error!("alerts: the detection thread panicked");
+            }
+        }
+        let out = self
+            .rules
+            .as_mut()
+            .map(|r| records(r.flush()))
+            .unwrap_or_default();
+        if let Some(d) = self.delivery.take() {
+            d.stop(grace);
+        }
+        out
+    }
+}
+
+fn records(alerts: Vec<Alert>) -> Vec<ctrwatch_alerts::OutboxWrite> {
+    alerts
+        .iter()
+        .filter_map(|a| match ctrwatch_alerts::outbox::AlertRecord::of(a) {
+            Ok(r) => Some(ctrwatch_alerts::OutboxWrite::Alert(Box::new(r))),
+            Err(e) => {
+                log::error!("alerts: cannot encode alert {}: {e}", a.id);
+                None
+            }
+        })
+        .collect()
+}
