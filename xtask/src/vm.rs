@@ -978,6 +978,37 @@ mod tests {
     }
 
     #[test]
+    fn a_run_passes_only_with_every_check_passed() {
+        let run = |results: &str, timed_out| {
+            let (checks, info) = parse_results(results);
+            Run {
+                checks,
+                info,
+                probe: String::new(),
+                kernel_facts: String::new(),
+                boot_seconds: None,
+                test_seconds: None,
+                poweroff_seconds: None,
+                total_seconds: 0.0,
+                timed_out,
+                run_dir: PathBuf::from("/nonexistent"),
+            }
+        };
+        let all: String = EXPECTED_CHECKS
+            .iter()
+            .map(|c| format!("PASS {c}\n"))
+            .collect();
+        assert!(run(&all, false).passed());
+        assert!(!run(&all, true).passed(), "a timeout fails the run");
+        let missing = all.replace("PASS history-command\n", "");
+        let r = run(&missing, false);
+        assert!(!r.passed(), "a check without a result fails the run");
+        assert!(r.failures().any(|f| f == "no result for history-command"));
+        assert!(!run(&format!("{all}FAIL stopped exit status 1\n"), false).passed());
+        assert!(!run("", false).passed(), "no results.txt fails the run");
+    }
+
+    #[test]
     fn docs_blocks_are_replaced_one_kernel_at_a_time() {
         let doc = format!("intro\n{DOCS_BEGIN}\nold\n{DOCS_END}\nafter\n");
         let b61 = "<!-- vm-test kernel 6.1 -->\nA\n<!-- /vm-test kernel 6.1 -->";

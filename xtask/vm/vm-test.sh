@@ -112,8 +112,10 @@ else
     wait "$daemon"
     status=$?
     # The error's first line (a verifier log follows it).
+    # A verifier's refusal: the log's last message, before its statistics.
+    refusal=$(grep -B 1 -m 1 '^verification time' "$out/daemon.log" | head -n 1)
     fail watching "run exited with status $status before watching:" \
-        "$(grep -m 1 'error:' "$out/daemon.log" | cut -c 1-400)"
+        "$(grep -m 1 'error:' "$out/daemon.log" | cut -c 1-300)${refusal:+ ... $refusal}"
 fi
 
 dmesg > "$out/dmesg.txt" 2>&1
