@@ -41,9 +41,9 @@ impl DebOptions {
     }
 }
 
-/// Builds the package; returns its path, `target/debian/ctrwatch_<version>_<arch>.deb`.
-pub fn build(opts: &DebOptions) -> Result<PathBuf> {
-    let arch = debian_arch(&opts.target)?;
+/// Builds the static release binary the package holds (also what `cargo xtask vm-test` puts
+/// into its guests); returns its path, `target/<triple>/release/ctrwatch`.
+pub fn build_static_binary(opts: &DebOptions) -> Result<PathBuf> {
     cmd::run(&mut cargo(&[
         "build",
         "--release",
@@ -52,8 +52,14 @@ pub fn build(opts: &DebOptions) -> Result<PathBuf> {
         "--target",
         &opts.target,
     ]))
-    .context("building the release binary for the package")?;
-    let binary = target_dir().join(&opts.target).join("release").join(NAME);
+    .context("building the static release binary")?;
+    Ok(target_dir().join(&opts.target).join("release").join(NAME))
+}
+
+/// Builds the package; returns its path, `target/debian/ctrwatch_<version>_<arch>.deb`.
+pub fn build(opts: &DebOptions) -> Result<PathBuf> {
+    let arch = debian_arch(&opts.target)?;
+    let binary = build_static_binary(opts).context("building the binary for the package")?;
     let version = binary_version(&binary)?;
 
     let debian = target_dir().join("debian");

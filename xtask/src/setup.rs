@@ -34,6 +34,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // `cargo xtask deb`: the static (musl) binary's C parts (SQLite, mimalloc, zstd) are
     // compiled with musl-gcc.
     "musl-tools",
+    // `cargo xtask vm-test`: the guest root (mmdebstrap), its ext4 image and reading the
+    // results back from the test disk (e2fsprogs: mkfs.ext4 -d, debugfs), the guest (QEMU).
+    "mmdebstrap",
+    "e2fsprogs",
+    "qemu-system-x86",
 ];
 
 /// The linker for the BPF target that aya-build calls; pinned, and built against Debian's LLVM.

@@ -1,0 +1,1063 @@
+//! `cargo xtask vm-test`: ctrwatch on other kernels, in QEMU guests (docs/kernels.md).
+//!
+//! For each kernel: a Debian 12 guest root built with mmdebstrap (minbase, systemd, udev,
+//! bpftool and one of Debian's cloud kernels) made into an ext4 image with `mkfs.ext4 -d`,
+//! cached under `target/vm/images/` keyed by everything that goes into it; a small second disk
+//! with the static `ctrwatch` (the package's build) and `xtask/vm/vm-test.sh`; a boot under
+//! TCG (this machine's /dev/kvm cannot run QEMU) with systemd as PID 1, whose oneshot unit runs
+//! the script and powers the guest off. The script writes PASS/FAIL lines and what the kernel
+//! offers to the second disk, which is read back with debugfs once QEMU has exited (no mount,
+//! no loop device). The root image is opened with `snapshot=on`: the cached image is never
+//! written.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result};
+
+use crate::{cmd, deb, target_dir, workspace_root};
+
+/// The guest's release and where its packages come from (the GUEST has no network: only
+/// mmdebstrap, on the host, downloads).
+const SUITE: &str = "bookworm";
+const MIRRORS: &[&str] = &[
+    "deb http://deb.debian.org/debian bookworm main",
+    "deb http://deb.debian.org/debian bookworm-updates main",
+    "deb http://deb.debian.org/debian-security bookworm-security main",
+];
+/// Besides the kernel: systemd as PID 1 (the test runs from a unit, as ctrwatch does in
+/// production), udev for /dev/vdb, bpftool to record which program types the kernel loads.
+const GUEST_PACKAGES: &[&str] = &["systemd-sysv", "udev", "bpftool"];
+
+/// The unit, the boot wrapper and the test script: the first two are baked into the cached
+/// image (and so in its key), the script goes on the per-run disk.
+const UNIT: &str = include_str!("../vm/ctrwatch-vmtest.service");
+const BOOT_SCRIPT: &str = include_str!("../vm/vmtest-boot.sh");
+const TEST_SCRIPT: &str = include_str!("../vm/vm-test.sh");
+
+/// Changes when the way the image is made changes in a way the inputs above do not show.
+const IMAGE_RECIPE_VERSION: u32 = 1;
+
+/// What the guest must report as PASS (xtask/vm/vm-test.sh).
+const EXPECTED_CHECKS: &[&str] = &[
+    "probe",
+    "watching",
+    "stopped",
+    "history-create",
+    "history-unlink",
+    "history-command",
+];
+
+/// A kernel the test bed boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernel {
+    /// Debian 12's own kernel (linux-image-cloud-amd64).
+    #[value(name = "6.1")]
+    V6_1,
+    /// Debian 12's newer kernel from bookworm-security (linux-image-6.12-cloud-amd64).
+    #[value(name = "6.12")]
+    V6_12,
+    /// Both.
+    All,
+}
+
+impl Kernel {
+    /// The kernels `--kernel` names.
+    pub fn expand(self) -> Vec<Kernel> {
+        match self {
+            Kernel::All => vec![Kernel::V6_1, Kernel::V6_12],
+            k => vec![k],
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kernel::V6_1 => "6.1",
+            Kernel::V6_12 => "6.12",
+            Kernel::All => "all",
+        }
+    }
+
+    /// Debian's meta-package that depends on the current kernel package of this series.
+    fn meta_package(self) -> &'static str {
+        match self {
+            Kernel::V6_1 | Kernel::All => "linux-image-cloud-amd64",
+            Kernel::V6_12 => "linux-image-6.12-cloud-amd64",
+        }
+    }
+}
+
+/// Options of `cargo xtask vm-test`.
+pub struct VmTestOptions {
+    pub kernels: Vec<Kernel>,
+    /// Per kernel, from QEMU's start to its exit.
+    pub timeout: Duration,
+    /// Build the guest image again even when one with the same key is cached.
+    pub rebuild: bool,
+    /// Rewrite this kernel's part of docs/kernels.md.
+    pub write_docs: bool,
+}
+
+/// Runs the VM test on each kernel; Ok(true) when every check passed on every kernel.
+pub fn vm_test(opts: &VmTestOptions) -> Result<bool> {
+    // The images first: building one is mostly waiting for the archive, and a failure there
+    // is known before the long build of the binary.
+    let images: Vec<(Kernel, Result<Image>)> = opts
+        .kernels
+        .iter()
+        .map(|&kernel| (kernel, image(kernel, opts.rebuild)))
+        .collect();
+    let build = deb::DebOptions::host_musl();
+    crate::setup::rust_target(&build.target)?;
+    let binary = deb::build_static_binary(&build)?;
+
+    let mut all_ok = true;
+    let mut summary = Vec::new();
+    for (kernel, image) in images {
+        let outcome = image.and_then(|image| {
+            let run = boot_and_test(kernel, &image, &binary, opts.timeout)?;
+            Ok((image, run))
+        });
+        match outcome {
+            Ok((image, run)) => {
+                let ok = run.passed();
+                all_ok &= ok;
+                if opts.write_docs {
+                    write_docs(&image, &run)?;
+                }
+                summary.push(format!(
+                    "  {} {:<5} {} (boot {:.0} s, test {:.0} s, total {:.0} s){}",
+                    if ok { "ok    " } else { "FAILED" },
+                    kernel.label(),
+                    image.kernel_package,
+                    run.boot_seconds.unwrap_or(f64::NAN),
+                    run.test_seconds.unwrap_or(f64::NAN),
+                    run.total_seconds,
+                    run.failures()
+                        .map(|f| format!("\n           {f}"))
+                        .collect::<String>()
+                ));
+            }
+            Err(e) => {
+                all_ok = false;
+                eprintln!("error: vm-test {}: {e:#}", kernel.label());
+                summary.push(format!("  FAILED {:<5} {e:#}", kernel.label()));
+            }
+        }
+    }
+    eprintln!("\ncargo xtask vm-test summary:");
+    for line in &summary {
+        eprintln!("{line}");
+    }
+    Ok(all_ok)
+}
+
+/// A cached guest image.
+struct Image {
+    dir: PathBuf,
+    kernel: Kernel,
+    /// e.g. linux-image-6.1.0-57-cloud-amd64.
+    kernel_package: String,
+    /// How long building it took (from its manifest: also for a cached image).
+    build_seconds: BuildSeconds,
+}
+
+#[derive(Clone, Copy, Default)]
+struct BuildSeconds {
+    mmdebstrap: f64,
+    mkfs: f64,
+}
+
+impl Image {
+    fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs.ext4")
+    }
+    fn vmlinuz(&self) -> PathBuf {
+        self.dir.join("vmlinuz")
+    }
+    fn initrd(&self) -> PathBuf {
+        self.dir.join("initrd.img")
+    }
+}
+
+fn vm_dir() -> PathBuf {
+    target_dir().join("vm")
+}
+
+/// The guest image for `kernel`: the cached one when its key matches, else a new one (and the
+/// older images of this kernel are removed).
+fn image(kernel: Kernel, rebuild: bool) -> Result<Image> {
+    let kernel_package = current_kernel_package(kernel)?;
+    let mut packages: Vec<&str> = GUEST_PACKAGES.to_vec();
+    packages.push(&kernel_package);
+    let key = image_key(&packages);
+    let images = vm_dir().join("images");
+    let prefix = format!("debian12-{}-", kernel.label());
+    let dir = images.join(format!("{prefix}{key:016x}"));
+    let manifest = dir.join("manifest.txt");
+    if manifest.exists() && !rebuild {
+        eprintln!(
+            "vm-test {}: cached guest image {}",
+            kernel.label(),
+            dir.display()
+        );
+        let build_seconds = read_build_seconds(&manifest)?;
+        return Ok(Image {
+            dir,
+            kernel,
+            kernel_package,
+            build_seconds,
+        });
+    }
+
+    fs::create_dir_all(&images).with_context(|| format!("creating {}", images.display()))?;
+    // Whatever a previous build of this kernel left: older keys, an interrupted build.
+    for entry in fs::read_dir(&images)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(&prefix) || name.starts_with(&format!(".building-{prefix}")) {
+            eprintln!("vm-test: removing the old guest image {}", path.display());
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    let building = images.join(format!(".building-{prefix}{key:016x}"));
+    fs::create_dir_all(&building)?;
+    let root = building.join("root");
+
+    eprintln!(
+        "vm-test {}: building the guest root with mmdebstrap ({})",
+        kernel.label(),
+        packages.join(" ")
+    );
+    let start = Instant::now();
+    let mut mmdebstrap = Command::new("mmdebstrap");
+    mmdebstrap
+        .args(["--variant=minbase", "--mode=root", "--format=directory"])
+        .arg(format!("--include={}", packages.join(",")))
+        .arg(SUITE)
+        .arg(&root)
+        .args(MIRRORS);
+    cmd::run(&mut mmdebstrap).with_context(|| {
+        format!(
+            "building the guest root (if apt cannot find {kernel_package}, this machine's \
+             package lists are older than the archive: run `apt-get update`)"
+        )
+    })?;
+    let mmdebstrap_seconds = start.elapsed().as_secs_f64();
+
+    customize_root(&root)?;
+    // The kernel and initrd QEMU boots, from the guest's own /boot.
+    for (link, to) in [("vmlinuz", "vmlinuz"), ("initrd.img", "initrd.img")] {
+        let from = root.join(link);
+        let target = fs::read_link(&from).with_context(|| format!("reading {}", from.display()))?;
+        let from = root.join(target);
+        fs::copy(&from, building.join(to))
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
+
+    let start = Instant::now();
+    // Room for the store, logs and what the test writes (QEMU's snapshot holds the writes).
+    let used_mib = used_mib(&root)?;
+    let size_mib = used_mib + used_mib / 4 + 256;
+    cmd::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "ctrwatch-vm", "-d"])
+            .arg(&root)
+            .arg(building.join("rootfs.ext4"))
+            .arg(format!("{size_mib}M")),
+    )?;
+    let mkfs_seconds = start.elapsed().as_secs_f64();
+    fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+
+    let build_seconds = BuildSeconds {
+        mmdebstrap: mmdebstrap_seconds,
+        mkfs: mkfs_seconds,
+    };
+    let mut text = String::new();
+    let _ = writeln!(text, "# cargo xtask vm-test guest image (xtask/src/vm.rs)");
+    let _ = writeln!(text, "suite: {SUITE}");
+    let _ = writeln!(text, "packages: {}", packages.join(" "));
+    let _ = writeln!(text, "mmdebstrap_seconds: {mmdebstrap_seconds:.1}");
+    let _ = writeln!(text, "mkfs_seconds: {mkfs_seconds:.1}");
+    let _ = writeln!(text, "image_mib: {size_mib}");
+    fs::write(building.join("manifest.txt"), text)?;
+    fs::rename(&building, &dir)
+        .with_context(|| format!("renaming {} to {}", building.display(), dir.display()))?;
+    eprintln!(
+        "vm-test {}: guest image {} (mmdebstrap {mmdebstrap_seconds:.0} s, mkfs {mkfs_seconds:.0} s)",
+        kernel.label(),
+        dir.display()
+    );
+    Ok(Image {
+        dir,
+        kernel,
+        kernel_package,
+        build_seconds,
+    })
+}
+
+/// The kernel package Debian's meta-package currently depends on, from this machine's package
+/// lists (`apt-get update` first when they have none).
+fn current_kernel_package(kernel: Kernel) -> Result<String> {
+    let meta = kernel.meta_package();
+    let ask = || {
+        cmd::output(Command::new("apt-cache").args(["depends", "--important", meta]))
+            .ok()
+            .and_then(|out| kernel_dependency(&out))
+    };
+    if let Some(p) = ask() {
+        return Ok(p);
+    }
+    eprintln!("vm-test: apt-cache does not know {meta}; updating the package lists");
+    cmd::run(Command::new("apt-get").arg("update"))?;
+    ask().with_context(|| format!("apt-cache names no kernel package that {meta} depends on"))
+}
+
+/// `Depends: linux-image-6.1.0-57-cloud-amd64` in `apt-cache depends` output.
+fn kernel_dependency(apt_cache_depends: &str) -> Option<String> {
+    apt_cache_depends.lines().find_map(|l| {
+        let dep = l.trim().strip_prefix("Depends:")?.trim();
+        (dep.starts_with("linux-image-") && !dep.contains(['<', '>', ' '])).then(|| dep.to_string())
+    })
+}
+
+/// What identifies an image: change any of it and the image is built again.
+fn image_key(packages: &[&str]) -> u64 {
+    let mut text = format!("{IMAGE_RECIPE_VERSION}\n{SUITE}\n");
+    for m in MIRRORS {
+        text.push_str(m);
+        text.push('\n');
+    }
+    text.push_str(&packages.join(" "));
+    text.push('\n');
+    text.push_str(UNIT);
+    text.push_str(BOOT_SCRIPT);
+    fnv1a64(text.as_bytes())
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The test unit and its wrapper; nothing that would compete with the test for the two
+/// emulated CPUs (apt's and other timers) or talk on the serial console (getty).
+fn customize_root(root: &Path) -> Result<()> {
+    let write = |rel: &str, content: &str, mode: u32| -> Result<()> {
+        let path = root.join(rel);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", path.display()))
+    };
+    let symlink = |target: &str, rel: &str| -> Result<()> {
+        let path = root.join(rel);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        if path.symlink_metadata().is_ok() {
+            fs::remove_file(&path)?;
+        }
+        std::os::unix::fs::symlink(target, &path)
+            .with_context(|| format!("linking {}", path.display()))
+    };
+    write("etc/systemd/system/ctrwatch-vmtest.service", UNIT, 0o644)?;
+    write("usr/local/sbin/ctrwatch-vmtest-boot", BOOT_SCRIPT, 0o755)?;
+    symlink(
+        "/etc/systemd/system/ctrwatch-vmtest.service",
+        "etc/systemd/system/multi-user.target.wants/ctrwatch-vmtest.service",
+    )?;
+    for unit in [
+        "serial-getty@ttyS0.service",
+        "getty@tty1.service",
+        "apt-daily.timer",
+        "apt-daily-upgrade.timer",
+        "dpkg-db-backup.timer",
+        "e2scrub_all.timer",
+        "fstrim.timer",
+    ] {
+        symlink("/dev/null", &format!("etc/systemd/system/{unit}"))?;
+    }
+    write("etc/hostname", "ctrwatch-vm\n", 0o644)?;
+    write("etc/fstab", "/dev/vda / ext4 rw 0 1\n", 0o644)?;
+    Ok(())
+}
+
+/// `du -sm`: the root's size in MiB.
+fn used_mib(dir: &Path) -> Result<u64> {
+    let out = cmd::output(Command::new("du").args(["-s", "-m", "-x"]).arg(dir))?;
+    out.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("`du` printed {out:?}"))
+}
+
+fn read_build_seconds(manifest: &Path) -> Result<BuildSeconds> {
+    let text =
+        fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let mut seconds = BuildSeconds::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(": ") else {
+            continue;
+        };
+        let value = value.trim().parse().unwrap_or(f64::NAN);
+        match key {
+            "mmdebstrap_seconds" => seconds.mmdebstrap = value,
+            "mkfs_seconds" => seconds.mkfs = value,
+            _ => {}
+        }
+    }
+    Ok(seconds)
+}
+
+/// One check's outcome, from the guest's results.txt.
+#[derive(Debug, PartialEq)]
+struct Check {
+    name: String,
+    passed: bool,
+    detail: String,
+}
+
+/// What one boot found.
+struct Run {
+    checks: Vec<Check>,
+    /// `INFO key value` lines.
+    info: BTreeMap<String, String>,
+    /// What `ctrwatch probe` printed.
+    probe: String,
+    /// What the script recorded of the kernel (kernel.txt).
+    kernel_facts: String,
+    /// QEMU's start to the test unit's start (host clock).
+    boot_seconds: Option<f64>,
+    /// The unit's start to its end.
+    test_seconds: Option<f64>,
+    /// The unit's end to QEMU's exit.
+    poweroff_seconds: Option<f64>,
+    total_seconds: f64,
+    timed_out: bool,
+    /// Where the console log and the guest's output are kept.
+    run_dir: PathBuf,
+}
+
+impl Run {
+    fn passed(&self) -> bool {
+        !self.timed_out
+            && EXPECTED_CHECKS
+                .iter()
+                .all(|name| self.checks.iter().any(|c| c.name == *name && c.passed))
+    }
+
+    /// Why it did not pass, one line each.
+    fn failures(&self) -> impl Iterator<Item = String> + '_ {
+        let timeout = self
+            .timed_out
+            .then(|| "QEMU did not exit within the timeout".to_string());
+        let checks = EXPECTED_CHECKS.iter().filter_map(|name| {
+            match self.checks.iter().find(|c| c.name == *name) {
+                Some(c) if c.passed => None,
+                Some(c) => Some(format!("FAIL {name} {}", c.detail)),
+                None => Some(format!("no result for {name}")),
+            }
+        });
+        timeout
+            .into_iter()
+            .chain(checks)
+            .chain((!self.passed()).then(|| format!("see {}", self.run_dir.display())))
+    }
+}
+
+/// Serial-console lines the host acts on (xtask/vm/vmtest-boot.sh).
+enum Marker {
+    Begin(Instant),
+    End(Instant),
+}
+
+/// Boots the image with the test disk, waits for QEMU to exit (or kills it at the timeout) and
+/// reads the results.
+fn boot_and_test(kernel: Kernel, image: &Image, binary: &Path, timeout: Duration) -> Result<Run> {
+    let run_dir = vm_dir().join("runs").join(kernel.label());
+    if run_dir.exists() {
+        fs::remove_dir_all(&run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
+    }
+    let stage = run_dir.join("disk");
+    fs::create_dir_all(&stage)?;
+    fs::copy(binary, stage.join("ctrwatch"))
+        .with_context(|| format!("copying {}", binary.display()))?;
+    fs::write(stage.join("vm-test.sh"), TEST_SCRIPT)?;
+    fs::set_permissions(stage.join("vm-test.sh"), fs::Permissions::from_mode(0o755))?;
+    let disk = run_dir.join("disk.ext4");
+    let disk_mib = used_mib(&stage)? + 64;
+    cmd::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "ctrwatch-test", "-d"])
+            .arg(&stage)
+            .arg(&disk)
+            .arg(format!("{disk_mib}M")),
+    )?;
+    fs::remove_dir_all(&stage)?;
+
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-machine", "q35", "-accel", "tcg", "-m", "2048", "-smp", "2",
+    ])
+    .arg("-kernel")
+    .arg(image.vmlinuz())
+    .arg("-initrd")
+    .arg(image.initrd())
+    // panic=-1 with -no-reboot: a guest that panics ends QEMU at once.
+    .args([
+        "-append",
+        "root=/dev/vda rw console=ttyS0 quiet panic=-1",
+        "-nographic",
+        "-nic",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-drive")
+    .arg(drive_arg(&image.rootfs(), true))
+    .arg("-drive")
+    .arg(drive_arg(&disk, false))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped());
+    eprintln!("+ {}", cmd::display(&qemu));
+    let start = Instant::now();
+    let mut child = qemu.spawn().context("could not start qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("QEMU's stdout")?;
+    let console_path = run_dir.join("console.log");
+    let mut console = fs::File::create(&console_path)
+        .with_context(|| format!("creating {}", console_path.display()))?;
+    let (markers, marker_rx) = mpsc::channel();
+    let label = kernel.label();
+    let reader = std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match lines.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = printable(&String::from_utf8_lossy(&buf));
+            let at = start.elapsed().as_secs_f64();
+            let _ = writeln!(console, "{at:7.1} {line}");
+            eprintln!("[vm {label} {at:6.1}s] {line}");
+            if line.contains("ctrwatch-vmtest: begin") {
+                let _ = markers.send(Marker::Begin(Instant::now()));
+            } else if line.contains("ctrwatch-vmtest: end") {
+                let _ = markers.send(Marker::End(Instant::now()));
+            }
+        }
+    });
+
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for QEMU")? {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            eprintln!(
+                "vm-test {label}: no power-off within {} s, stopping QEMU",
+                timeout.as_secs()
+            );
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let end = Instant::now();
+    let _ = reader.join();
+    let (mut begin, mut unit_end) = (None, None);
+    for marker in marker_rx.try_iter() {
+        match marker {
+            Marker::Begin(at) => begin = Some(at),
+            Marker::End(at) => unit_end = Some(at),
+        }
+    }
+    if let Some(status) = status
+        && !status.success()
+    {
+        eprintln!("vm-test {label}: QEMU exited with {status}");
+    }
+
+    // The guest's out/ directory, read from the disk image without mounting it.
+    // debugfs exits with 0 whatever happened: what it left tells.
+    let out = run_dir.join("out");
+    let dumped = cmd::output(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump /out {}", run_dir.display()))
+            .arg(&disk),
+    );
+    if let Err(e) = &dumped {
+        eprintln!("vm-test {label}: reading the test disk: {e:#}");
+    }
+    if !out.join("results.txt").is_file() {
+        eprintln!(
+            "vm-test {label}: the guest left no out/results.txt on the test disk (see {})",
+            console_path.display()
+        );
+    }
+    fs::remove_file(&disk).with_context(|| format!("removing {}", disk.display()))?;
+    let read = |name: &str| fs::read_to_string(out.join(name)).unwrap_or_default();
+    let (checks, info) = parse_results(&read("results.txt"));
+    let secs = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64();
+    Ok(Run {
+        checks,
+        info,
+        probe: read("probe.txt"),
+        kernel_facts: read("kernel.txt"),
+        boot_seconds: begin.map(|b| secs(start, b)),
+        test_seconds: begin.zip(unit_end).map(|(b, e)| secs(b, e)),
+        poweroff_seconds: unit_end.map(|e| secs(e, end)),
+        total_seconds: secs(start, end),
+        timed_out,
+        run_dir,
+    })
+}
+
+/// A `-drive` argument; QEMU's option syntax doubles commas in file names.
+fn drive_arg(path: &Path, snapshot: bool) -> String {
+    let file = path.display().to_string().replace(',', ",,");
+    let mut arg = format!("file={file},format=raw,if=virtio");
+    if snapshot {
+        arg.push_str(",snapshot=on");
+    }
+    arg
+}
+
+/// The console line without terminal control sequences (SeaBIOS clears the screen).
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.trim_end().chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-byte, or ESC and one character.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `PASS name detail`, `FAIL name detail`, `INFO key value` lines.
+fn parse_results(text: &str) -> (Vec<Check>, BTreeMap<String, String>) {
+    let mut checks = Vec::new();
+    let mut info = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.trim().splitn(3, ' ');
+        let (Some(kind), Some(name)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let rest = parts.next().unwrap_or("").to_string();
+        match kind {
+            "PASS" | "FAIL" => checks.push(Check {
+                name: name.to_string(),
+                passed: kind == "PASS",
+                detail: rest,
+            }),
+            "INFO" => {
+                info.insert(name.to_string(), rest);
+            }
+            _ => {}
+        }
+    }
+    // A check reported twice counts as failed if either said so.
+    let mut merged: Vec<Check> = Vec::new();
+    for c in checks {
+        match merged.iter_mut().find(|m| m.name == c.name) {
+            Some(m) if !c.passed => *m = c,
+            Some(_) => {}
+            None => merged.push(c),
+        }
+    }
+    (merged, info)
+}
+
+/// docs/kernels.md's generated part holds one block per kernel, between these markers; a run
+/// rewrites the blocks of the kernels it ran and keeps the others.
+const DOCS_BEGIN: &str = "<!-- BEGIN generated by cargo xtask vm-test -->";
+const DOCS_END: &str = "<!-- END generated by cargo xtask vm-test -->";
+
+fn block_markers(kernel: Kernel) -> (String, String) {
+    (
+        format!("<!-- vm-test kernel {} -->", kernel.label()),
+        format!("<!-- /vm-test kernel {} -->", kernel.label()),
+    )
+}
+
+fn write_docs(image: &Image, run: &Run) -> Result<()> {
+    let path = workspace_root().join("docs/kernels.md");
+    let doc = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let block = docs_block(image, run);
+    let doc = replace_block(&doc, image.kernel, &block)
+        .with_context(|| format!("{} lacks the generated section's markers", path.display()))?;
+    fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("vm-test {}: wrote {}", image.kernel.label(), path.display());
+    Ok(())
+}
+
+/// `doc` with `kernel`'s block replaced by `block` (or added, blocks in the order of
+/// `Kernel::All.expand()`). None when the generated section is missing.
+fn replace_block(doc: &str, kernel: Kernel, block: &str) -> Option<String> {
+    let begin = doc.find(DOCS_BEGIN)? + DOCS_BEGIN.len();
+    let end = begin + doc[begin..].find(DOCS_END)?;
+    let section = &doc[begin..end];
+    let mut blocks = Vec::new();
+    for k in Kernel::All.expand() {
+        let (open, close) = block_markers(k);
+        if k == kernel {
+            blocks.push(block.trim().to_string());
+        } else if let Some(start) = section.find(&open)
+            && let Some(len) = section[start..].find(&close)
+        {
+            blocks.push(section[start..start + len + close.len()].trim().to_string());
+        }
+    }
+    Some(format!(
+        "{}\n\n{}\n\n{}",
+        &doc[..begin],
+        blocks.join("\n\n"),
+        &doc[end..]
+    ))
+}
+
+fn docs_block(image: &Image, run: &Run) -> String {
+    let kernel = image.kernel;
+    let (open, close) = block_markers(kernel);
+    let facts = KernelFacts::parse(&run.kernel_facts, &run.probe);
+    let date = utc_date(SystemTime::now());
+    let passed = EXPECTED_CHECKS
+        .iter()
+        .filter(|n| run.checks.iter().any(|c| c.name == **n && c.passed))
+        .count();
+    let captured = if run.passed() { "yes" } else { "NO" };
+    let secs = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0} s"));
+    let info_secs = |key: &str| {
+        run.info
+            .get(key)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or("-".to_string(), |s| format!("{s:.0} s"))
+    };
+    let mut b = String::new();
+    let _ = writeln!(b, "{open}");
+    let _ = writeln!(
+        b,
+        "### {} ({})\n",
+        facts.release.as_deref().unwrap_or("kernel not reported"),
+        image.kernel_package
+    );
+    let _ = writeln!(
+        b,
+        "Run {date} with `cargo xtask vm-test --kernel {}`: **ctrwatch captured: {captured}** \
+         ({passed} of {} checks passed{}).\n",
+        kernel.label(),
+        EXPECTED_CHECKS.len(),
+        if run.timed_out { ", timed out" } else { "" }
+    );
+    let _ = writeln!(b, "| | |\n|---|---|");
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(b, "| {k} | {} |", v.replace('|', "\\|"));
+    };
+    row(
+        "syscall tracepoints",
+        facts.probe_says("syscall tracepoints"),
+    );
+    row("BTF (`/sys/kernel/btf/vmlinux`)", facts.probe_says("BTF"));
+    row(
+        "raw tracepoints (`raw_tracepoint`)",
+        facts.program_type("raw_tracepoint"),
+    );
+    row(
+        "BTF tracepoints and fentry (program type `tracing`)",
+        format!(
+            "{}; {}",
+            facts.program_type("tracing"),
+            facts.config_list(&["FUNCTION_TRACER", "DYNAMIC_FTRACE_WITH_DIRECT_CALLS"])
+        ),
+    );
+    row("kprobes", facts.probe_says("kprobes"));
+    row(
+        "BPF LSM",
+        format!(
+            "active: {}; program type `lsm`: {}; {}; LSMs: `{}`",
+            facts.probe_says("BPF LSM active"),
+            facts.program_type("lsm"),
+            facts.config_list(&["BPF_LSM"]),
+            facts.lsm.as_deref().unwrap_or("?")
+        ),
+    );
+    row(
+        "ctrwatch run",
+        run.checks
+            .iter()
+            .find(|c| c.name == "watching")
+            .map_or("-".to_string(), |c| {
+                format!("{}: {}", if c.passed { "ok" } else { "FAIL" }, c.detail)
+            }),
+    );
+    row(
+        "checks",
+        EXPECTED_CHECKS
+            .iter()
+            .map(|n| match run.checks.iter().find(|c| c.name == *n) {
+                Some(c) if c.passed => format!("{n} ok"),
+                Some(_) => format!("{n} FAIL"),
+                None => format!("{n} -"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    row(
+        "times (TCG, 2 vCPUs)",
+        format!(
+            "image: mmdebstrap {:.0} s, mkfs {:.0} s; boot to the test unit {}, test {} \
+             (of which `probe` {}, `run` until watching {}), power-off {}, QEMU in all {:.0} s",
+            image.build_seconds.mmdebstrap,
+            image.build_seconds.mkfs,
+            secs(run.boot_seconds),
+            secs(run.test_seconds),
+            info_secs("probe_seconds"),
+            info_secs("start_seconds"),
+            secs(run.poweroff_seconds),
+            run.total_seconds
+        ),
+    );
+    let _ = writeln!(
+        b,
+        "\n`ctrwatch probe`:\n\n```text\n{}\n```",
+        run.probe.trim()
+    );
+    let _ = writeln!(b, "{close}");
+    b
+}
+
+/// What vm-test.sh's kernel.txt and `ctrwatch probe` say.
+struct KernelFacts {
+    release: Option<String>,
+    lsm: Option<String>,
+    config: BTreeMap<String, String>,
+    /// bpftool's `eBPF program_type X is available` / `is NOT available`.
+    program_types: BTreeMap<String, bool>,
+    /// The probe's summary line, `key value` pairs separated by `, `.
+    probe_summary: BTreeMap<String, String>,
+}
+
+impl KernelFacts {
+    fn parse(kernel_txt: &str, probe: &str) -> KernelFacts {
+        let mut facts = KernelFacts {
+            release: None,
+            lsm: None,
+            config: BTreeMap::new(),
+            program_types: BTreeMap::new(),
+            probe_summary: BTreeMap::new(),
+        };
+        for line in kernel_txt.lines() {
+            if let Some(r) = line.strip_prefix("release: ") {
+                facts.release = Some(r.trim().to_string());
+            } else if let Some(l) = line.strip_prefix("lsm: ") {
+                facts.lsm = Some(l.trim().to_string());
+            } else if let Some(c) = line.strip_prefix("config: CONFIG_")
+                && let Some((k, v)) = c.split_once('=')
+            {
+                facts.config.insert(k.to_string(), v.trim().to_string());
+            } else if let Some(p) = line.strip_prefix("bpftool: ")
+                && let Some(rest) = p.split("program_type ").nth(1)
+                && let Some((name, verdict)) = rest.split_once(' ')
+            {
+                facts
+                    .program_types
+                    .insert(name.to_string(), !verdict.contains("NOT"));
+            }
+        }
+        // "kernel 6.1.0-57-cloud-amd64, tracefs /sys/kernel/tracing, syscall tracepoints yes, ..."
+        if let Some(summary) = probe.lines().next() {
+            for part in summary.split(", ") {
+                if let Some((key, value)) = part.rsplit_once(' ') {
+                    facts
+                        .probe_summary
+                        .insert(key.to_string(), value.to_string());
+                }
+            }
+        }
+        facts
+    }
+
+    fn probe_says(&self, key: &str) -> String {
+        self.probe_summary
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "? (not in probe's output)".to_string())
+    }
+
+    fn program_type(&self, name: &str) -> String {
+        match self.program_types.get(name) {
+            Some(true) => "loads".to_string(),
+            Some(false) => "does not load".to_string(),
+            None => "?".to_string(),
+        }
+    }
+
+    fn config_list(&self, names: &[&str]) -> String {
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "CONFIG_{n}={}",
+                    self.config.get(*n).map_or("n", |v| v.as_str())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `2026-12-07` (UTC) without a date library.
+fn utc_date(now: SystemTime) -> String {
+    let days = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_package_from_apt_cache() {
+        let out = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-57-cloud-amd64\n";
+        assert_eq!(
+            kernel_dependency(out).as_deref(),
+            Some("linux-image-6.1.0-57-cloud-amd64")
+        );
+        assert_eq!(kernel_dependency("linux-image-cloud-amd64\n"), None);
+    }
+
+    #[test]
+    fn results_lines() {
+        let (checks, info) = parse_results(
+            "PASS probe\nFAIL watching no line\nINFO start_seconds 41.5\nPASS watching\njunk\n",
+        );
+        assert_eq!(checks.len(), 2);
+        assert!(checks[0].passed);
+        assert_eq!(checks[1].name, "watching");
+        assert!(!checks[1].passed, "a FAIL is not undone by a later PASS");
+        assert_eq!(info.get("start_seconds").map(String::as_str), Some("41.5"));
+    }
+
+    #[test]
+    fn a_run_passes_only_with_every_check_passed() {
+        let run = |results: &str, timed_out| {
+            let (checks, info) = parse_results(results);
+            Run {
+                checks,
+                info,
+                probe: String::new(),
+                kernel_facts: String::new(),
+                boot_seconds: None,
+                test_seconds: None,
+                poweroff_seconds: None,
+                total_seconds: 0.0,
+                timed_out,
+                run_dir: PathBuf::from("/nonexistent"),
+            }
+        };
+        let all: String = EXPECTED_CHECKS
+            .iter()
+            .map(|c| format!("PASS {c}\n"))
+            .collect();
+        assert!(run(&all, false).passed());
+        assert!(!run(&all, true).passed(), "a timeout fails the run");
+        let missing = all.replace("PASS history-command\n", "");
+        let r = run(&missing, false);
+        assert!(!r.passed(), "a check without a result fails the run");
+        assert!(r.failures().any(|f| f == "no result for history-command"));
+        assert!(!run(&format!("{all}FAIL stopped exit status 1\n"), false).passed());
+        assert!(!run("", false).passed(), "no results.txt fails the run");
+    }
+
+    #[test]
+    fn docs_blocks_are_replaced_one_kernel_at_a_time() {
+        let doc = format!("intro\n{DOCS_BEGIN}\nold\n{DOCS_END}\nafter\n");
+        let b61 = "<!-- vm-test kernel 6.1 -->\nA\n<!-- /vm-test kernel 6.1 -->";
+        let b612 = "<!-- vm-test kernel 6.12 -->\nB\n<!-- /vm-test kernel 6.12 -->";
+        let doc = replace_block(&doc, Kernel::V6_12, b612).expect("markers");
+        let doc = replace_block(&doc, Kernel::V6_1, b61).expect("markers");
+        assert!(doc.starts_with("intro\n"));
+        assert!(doc.ends_with(&format!("{DOCS_END}\nafter\n")));
+        let a = doc.find("\nA\n").expect("6.1 block");
+        let bb = doc.find("\nB\n").expect("6.12 block");
+        assert!(a < bb, "6.1 before 6.12:\n{doc}");
+        assert!(!doc.contains("old"));
+        let again = replace_block(&doc, Kernel::V6_1, b61).expect("markers");
+        assert_eq!(again, doc, "rewriting a block changes nothing else");
+        assert!(replace_block("no markers", Kernel::V6_1, b61).is_none());
+    }
+
+    #[test]
+    fn facts_from_the_guest() {
+        let facts = KernelFacts::parse(
+            "release: 6.1.0-57-cloud-amd64\nlsm: lockdown,capability,bpf\n\
+             config: CONFIG_BPF_LSM=y\n\
+             bpftool: eBPF program_type tracing is available\n\
+             bpftool: eBPF program_type lsm is NOT available\n",
+            "kernel 6.1.0-57-cloud-amd64, tracefs /sys/kernel/tracing, syscall tracepoints yes, \
+             BTF yes, kprobes yes, BPF LSM active no, rename target hooks none\nbackend: x\n",
+        );
+        assert_eq!(facts.program_type("tracing"), "loads");
+        assert_eq!(facts.program_type("lsm"), "does not load");
+        assert_eq!(facts.probe_says("syscall tracepoints"), "yes");
+        assert_eq!(facts.probe_says("BPF LSM active"), "no");
+        assert_eq!(
+            facts.config_list(&["BPF_LSM", "KPROBES"]),
+            "CONFIG_BPF_LSM=y, CONFIG_KPROBES=n"
+        );
+    }
+
+    #[test]
+    fn dates() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_601_600);
+        assert_eq!(utc_date(t), "2026-12-07");
+        assert_eq!(utc_date(SystemTime::UNIX_EPOCH), "1970-01-01");
+    }
+
+    #[test]
+    fn console_lines_lose_control_sequences() {
+        assert_eq!(
+            printable("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1.16.2)\r\n"),
+            "SeaBIOS (version 1.16.2)"
+        );
+    }
+}
