@@ -707,9 +707,14 @@ unsafe fn xattr_name_value(
             r.flags |= FLAG_VALUE_TRUNCATED;
         }
         let value_off = (name_off + name_len) & MASK2;
+        // The mask must reach the verifier: without the volatile read LLVM drops it (copy is
+        // already <= XATTR_VALUE_CAP on both paths) and passes `size` reloaded from its stack
+        // spill, whose bounds a 6.1 verifier does not keep ("R2 min value is negative": the
+        // program was refused on Debian 12's kernel, docs/kernels.md).
+        let copy = core::ptr::read_volatile(&copy) & (2 * XATTR_VALUE_CAP - 1);
         if bpf_probe_read_user(
             data.as_mut_ptr().add(value_off) as *mut c_void,
-            (copy & (2 * XATTR_VALUE_CAP - 1)) as u32,
+            copy as u32,
             value_ptr as *const c_void,
         ) == 0
         {
