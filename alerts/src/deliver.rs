@@ -84,10 +84,12 @@ impl DeliveryOptions {
             }
         };
         if let Some(d) = read("CTRWATCH_ALERTMANAGER_LIFETIME")? {
-            o.format.alert_lifetime = d.max(Duration::from_secs(1));
+            o.format.alert_lifetime =
+                d.clamp(Duration::from_secs(1), Duration::from_secs(30 * 86_400));
         }
         if let Some(d) = read("CTRWATCH_ALERTMANAGER_RESEND")? {
-            o.format.resend_every = d.max(Duration::from_secs(1));
+            // Between a second and a day: an Instant plus more could overflow (a panic).
+            o.format.resend_every = d.clamp(Duration::from_secs(1), Duration::from_secs(86_400));
         }
         Ok(o)
     }

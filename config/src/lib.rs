@@ -897,7 +897,11 @@ fn resolve_sink(c: &mut Checker<'_>, i: usize, raw: &RawSink) -> Option<SinkConf
             if raw.urls.is_some() {
                 up.push(Step::Index(j));
             }
-            c.fail(&up, format!("{u:?} is not an http:// or https:// URL"));
+            // The value itself is not shown: a chat robot's URL carries its secret.
+            c.fail(
+                &up,
+                "not an http:// or https:// URL (the value is not shown: it may hold a secret)",
+            );
         }
     }
     let secret = read_secret(

@@ -407,3 +407,12 @@ fn a_mask_pattern_that_is_not_a_regular_expression_names_its_index() {
         "{e}"
     );
 }
+
+#[test]
+fn a_wrong_sink_url_is_not_echoed_as_it_may_hold_a_secret() {
+    let e = only_error(
+        "[[sinks]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"hooks.slack.com/services/T0/B0/SLACKSECRET\"\n",
+    );
+    assert_eq!(at(&e).2, "sinks[0].url", "{e}");
+    assert!(!e.to_string().contains("SLACKSECRET"), "{e}");
+}

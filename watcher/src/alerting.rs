@@ -461,6 +461,22 @@ impl DaemonAlerts {
             {
                 log::error!("alerts: the detection thread panicked");
             }
+            // Events not judged since the last tick are a history gap too.
+            if feed.dropped > 0
+                && let Some(rules) = &mut self.rules
+            {
+                log::warn!(
+                    "alerts: the detections fell behind: {} events stored but not judged",
+                    feed.dropped
+                );
+                let now_ns = crate::store::system_time_ns(std::time::SystemTime::now());
+                rules.detect_dropped(
+                    feed.dropped_from_ns,
+                    feed.dropped_to_ns,
+                    feed.dropped,
+                    now_ns,
+                );
+            }
         }
         let out = self
             .rules

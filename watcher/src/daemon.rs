@@ -105,6 +105,16 @@ impl OutboxQueue {
         let _ = self.wake.try_send(Msg::Wake);
         true
     }
+
+    /// Queues a write without waiting: for the capture thread, which must never wait.
+    fn try_send(
+        &self,
+        write: ctrwatch_alerts::OutboxWrite,
+    ) -> Result<(), TrySendError<ctrwatch_alerts::OutboxWrite>> {
+        self.tx.try_send(write)?;
+        let _ = self.wake.try_send(Msg::Wake);
+        Ok(())
+    }
 }
 
 /// Delivery workers (and the detections) hand their writes to the writer's outbox queue;
@@ -153,6 +163,8 @@ pub struct StoreSink {
     /// Alert rules and delivery (None: the pipeline benchmark).
     alerts: Option<DaemonAlerts>,
     results: Option<std::sync::Arc<WriterResults>>,
+    /// The rules' writes the outbox queue had no room for yet (tried again at each tick).
+    unsent: std::collections::VecDeque<ctrwatch_alerts::OutboxWrite>,
 }
 
 impl StoreSink {
@@ -177,6 +189,7 @@ impl StoreSink {
             },
             alerts: None,
             results: None,
+            unsent: std::collections::VecDeque::new(),
         }
     }
 
@@ -260,13 +273,25 @@ impl StoreSink {
         }
     }
 
-    /// The alert rules' writes due now (blocking: alerts are few and must not be dropped).
+    /// The alert rules' writes due now. Called from the capture loop, so it never waits: what
+    /// the outbox queue has no room for stays here, in order, for the next tick (alerts are
+    /// few and never dropped; the queue is full only while the writer is far behind).
     fn alert_tick(&mut self, now: SystemTime) {
         let Some(a) = &mut self.alerts else { return };
-        let writes = a.tick(crate::store::system_time_ns(now));
-        for w in writes {
-            if self.outbox_send(w).is_err() {
-                return;
+        self.unsent
+            .extend(a.tick(crate::store::system_time_ns(now)));
+        let Some(q) = &self.outbox else { return };
+        while let Some(w) = self.unsent.pop_front() {
+            match q.try_send(w) {
+                Ok(()) => {}
+                Err(TrySendError::Full(w)) => {
+                    self.unsent.push_front(w);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.unsent.clear();
+                    return;
+                }
             }
         }
     }
@@ -336,6 +361,10 @@ impl StoreSink {
         if let Some(echo) = &mut self.echo {
             echo.loss(&loss)?;
         }
+        // A history gap like any other loss (docs/alerts.md, history-gap).
+        if let Some(a) = &mut self.alerts {
+            a.loss(&loss, crate::store::system_time_ns(SystemTime::now()));
+        }
         self.send(Msg::Loss(loss), true)
     }
 
@@ -345,6 +374,10 @@ impl StoreSink {
     /// the downtime from its last heartbeat.
     pub fn close(mut self, stopped_at: Option<SystemTime>) -> anyhow::Result<()> {
         self.report_queue_loss()?;
+        // Capture has stopped: waiting for the writer is fine now.
+        for w in std::mem::take(&mut self.unsent) {
+            let _ = self.outbox_send(w);
+        }
         if let Some(mut a) = self.alerts.take() {
             // Workers first (results still reach the writer), then what the rules hold.
             for w in a.stop(Duration::from_secs(2)) {

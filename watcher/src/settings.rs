@@ -224,8 +224,9 @@ pub fn run_options(
         store,
         store_options: StoreOptions {
             retention_age: (retention_days > 0)
-                .then(|| Duration::from_secs(retention_days * 24 * 3600)),
-            retention_bytes: (retention_mb > 0).then(|| retention_mb * 1024 * 1024),
+                .then(|| Duration::from_secs(retention_days.saturating_mul(24 * 3600))),
+            // Saturating: a limit beyond what a disk holds is no limit, not an overflow.
+            retention_bytes: (retention_mb > 0).then(|| retention_mb.saturating_mul(1024 * 1024)),
             group,
             lock_wait: Duration::from_secs(flags.store_lock_wait),
             ..StoreOptions::default()

@@ -324,11 +324,13 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
             "roots".into(),
             roots
                 .next()
-                .map(|r| escape_bytes(r.as_bytes()))
+                // Escaped already when the snapshot was made (not twice: a `\` would show
+                // doubled).
+                .cloned()
                 .unwrap_or_else(|| "(none)".into()),
         ));
         for root in roots {
-            lines.push((String::new(), escape_bytes(root.as_bytes())));
+            lines.push((String::new(), root.clone()));
         }
         let mut events = format!("{} stored since start, {} lost", d.events, d.lost);
         if d.unstored > 0 {
@@ -339,7 +341,7 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
             "config".into(),
             match (&d.config_file, &d.config_loaded) {
                 (Some(f), Some(at)) => {
-                    format!("{}, loaded {at}", escape_bytes(f.as_bytes()))
+                    format!("{f}, loaded {at}")
                 }
                 _ => "none (built-in defaults and flags)".into(),
             },
@@ -364,7 +366,7 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
         "store".into(),
         format!(
             "{}, {} on disk (database + WAL)",
-            escape_bytes(r.store.as_bytes()),
+            r.store,
             mib(r.store_bytes)
         ),
     ));

@@ -57,6 +57,19 @@ pub fn build_static_binary(opts: &DebOptions) -> Result<PathBuf> {
 }
 
 /// Builds the package; returns its path, `target/debian/ctrwatch_<version>_<arch>.deb`.
+/// Sets `dir` and every directory below it to 0755.
+fn dirs_0755(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs_0755(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 pub fn build(opts: &DebOptions) -> Result<PathBuf> {
     let arch = debian_arch(&opts.target)?;
     let binary = build_static_binary(opts).context("building the binary for the package")?;
@@ -204,6 +217,8 @@ pub fn build(opts: &DebOptions) -> Result<PathBuf> {
          ctrwatch-run(1).\n"
     );
     write("DEBIAN/control", control.as_bytes(), 0o644)?;
+    // Directories were made with the builder's umask: the package's are 0755 whatever it was.
+    dirs_0755(&stage)?;
 
     let deb = debian.join(format!("{NAME}_{version}_{arch}.deb"));
     cmd::run(

@@ -383,6 +383,9 @@ impl Scrubber {
                 }
             }
         }
+        // Short URL pieces ("services", "v2", "hook") are not secrets and would mangle the
+        // text; what is configured as a secret is one, however short.
+        secrets.retain(|s| s.len() >= 8);
         if let Some(s) = &config.secret {
             secrets.push(s.expose().to_owned());
         }
@@ -390,8 +393,7 @@ impl Scrubber {
             secrets.push(t.expose().to_owned());
         }
         secrets.extend(config.headers.values().cloned());
-        // Short pieces ("services", "v2", "hook") are not secrets and would mangle the text.
-        secrets.retain(|s| s.len() >= 8);
+        secrets.retain(|s| !s.is_empty());
         // Longest first: a URL is removed whole before its parts.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
@@ -482,6 +484,11 @@ mod tests {
             assert!(!out.contains(secret), "{out}");
         }
         assert!(out.contains("failed"), "{out}");
+        // A configured secret is scrubbed however short (only URL pieces need 8 characters).
+        let mut c = sink_config(SinkKind::Webhook, &["https://hooks.example.com/x"], None);
+        c.bearer_token = Some(Secret::new("t0k3n"));
+        let out = Scrubber::for_sink(&c).scrub("401 for token t0k3n");
+        assert!(!out.contains("t0k3n"), "{out}");
     }
 
     #[test]
