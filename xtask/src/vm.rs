@@ -933,22 +933,10 @@ impl KernelFacts {
     }
 }
 
-/// `2026-12-07` (UTC) without a date library.
+/// `2026-12-07` (UTC): the date part of humantime's RFC 3339 form.
 fn utc_date(now: SystemTime) -> String {
-    let days = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let stamp = humantime::format_rfc3339_seconds(now).to_string();
+    stamp.get(..10).unwrap_or(&stamp).to_string()
 }
 
 #[cfg(test)]
