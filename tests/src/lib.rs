@@ -68,6 +68,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Collects `child`'s stderr (piped) line by line into a string the test reads while the child
+/// runs; join the handle once the child has exited to have every line.
+pub fn collect_stderr(child: &mut Child) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let pipe = child.stderr.take().expect("stderr must be piped");
+    let shared = Arc::clone(&text);
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Ok(mut s) = shared.lock() {
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+    });
+    (text, reader)
+}
+
 /// A running `ctrwatch watch --json`.
 pub struct Watcher {
     child: Child,

@@ -500,19 +500,7 @@ fn sigterm_while_the_daemon_starts_is_a_clean_stop() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ctrwatch run");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let stderr = Arc::clone(&stderr);
-        let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Ok(mut s) = stderr.lock() {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }
-        })
-    };
+    let (stderr, reader) = tests::collect_stderr(&mut child);
     let said = || stderr.lock().map(|s| s.clone()).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !said().contains("storing history in") {

@@ -6,10 +6,9 @@
 
 use std::{
     ffi::OsStr,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -180,16 +179,7 @@ fn daemon_runs_with_only_the_units_capabilities() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("setpriv (util-linux)");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let stderr = Arc::clone(&stderr);
-        let pipe = daemon.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                stderr.lock().unwrap().push_str(&(line + "\n"));
-            }
-        })
-    };
+    let (stderr, reader) = tests::collect_stderr(&mut daemon);
     let text = || stderr.lock().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !text().contains("ctrwatch: watching") {
@@ -607,16 +597,7 @@ fn deb_installs_removes_and_purges() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("installed ctrwatch run");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let stderr = Arc::clone(&stderr);
-        let pipe = daemon.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                stderr.lock().unwrap().push_str(&(line + "\n"));
-            }
-        })
-    };
+    let (stderr, reader) = tests::collect_stderr(&mut daemon);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stderr.lock().unwrap().contains("ctrwatch: watching") {
         if let Ok(Some(status)) = daemon.try_wait() {
