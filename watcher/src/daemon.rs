@@ -32,6 +32,7 @@ use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
     alerting::{DaemonAlerts, WriterAlerts},
+    metrics::{DeliveryOutcome, METRICS},
     status::{LoadedConfig, StatusSource},
     store::{DaemonStore, StoreOptions},
     watch::{self, CaptureInfo, Sink, StdoutSink, WatchOptions},
@@ -67,6 +68,8 @@ pub struct RunOptions {
     pub config: ctrwatch_config::Config,
     /// The configuration file read, if any (for `ctrwatch status`).
     pub config_file: Option<LoadedConfig>,
+    /// Where `GET /metrics` is served (`[metrics] listen`, `--metrics-listen`); None: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 enum Msg {
@@ -459,6 +462,7 @@ impl Sink for StoreSink {
         self.alert_tick(at);
     }
     fn capture_info(&mut self, info: CaptureInfo) {
+        METRICS.set_programs(&info.backend, info.hooks_attached);
         // Read by the writer once a second; never contended for long.
         if let Ok(mut shared) = self.status.capture.lock() {
             *shared = info;
@@ -470,6 +474,17 @@ impl Sink for StoreSink {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // First: a configured listener that cannot listen (address in use, not this host's, a
+    // port below 1024 without the capability) is a configuration error, said before anything
+    // is attached. Stopped (dropped) when the daemon stops.
+    let _metrics = match opts.metrics_listen {
+        Some(addr) => {
+            let server = crate::metrics_http::MetricsServer::start(addr, || METRICS.render())?;
+            METRICS.enable();
+            Some(server)
+        }
+        None => None,
+    };
     // Creates the store's directory with its mode, waits for another writer's lock, moves a
     // corrupt store aside, and on a full disk counts until it can write.
     crate::notify::starting("opening the event store");
@@ -540,12 +555,14 @@ fn write_loop(
             match msg {
                 Ok(Msg::Event(ev)) => {
                     events_received += 1;
+                    METRICS.event(&ev);
                     warn.report(store.append_event(&ev), "storing an event");
                     stored.push(ev);
                     pending += 1;
                 }
                 Ok(Msg::Loss(loss)) => {
                     lost_received = lost_received.saturating_add(loss.lost);
+                    METRICS.loss(&loss);
                     warn.report(store.append_loss(&loss), "storing a loss record");
                     pending += 1;
                 }
@@ -561,6 +578,17 @@ fn write_loop(
                         store.unstored().unwrap_or(0),
                     );
                     warn.report(store.heartbeat_with_status(at, &snapshot), "heartbeat");
+                    if METRICS.enabled()
+                        && let Some(s) = store.store()
+                    {
+                        match s.metrics_facts() {
+                            Ok(facts) => METRICS.set_store_facts(facts),
+                            Err(e) => warn.report(
+                                Err::<(), _>(e),
+                                "reading the store's size for the metrics",
+                            ),
+                        }
+                    }
                 }
                 Ok(Msg::Stopped(at)) => stopped_at = Some(at),
                 // Outbox writes are queued: the next turn takes them.
@@ -634,7 +662,10 @@ fn write_outbox(
     while let Ok(w) = outbox.try_recv() {
         any = true;
         match store.write_outbox(&w, &alerts.routing) {
-            Ok(applied) => alerts.applied(&applied),
+            Ok(applied) => {
+                alerts.applied(&applied);
+                count_outbox_write(&w);
+            }
             Err(e) => match &w {
                 ctrwatch_alerts::OutboxWrite::Alert(a) => log::error!(
                     "alerts: alert {} ({}) could not be kept in the outbox: {e}",
@@ -646,6 +677,21 @@ fn write_outbox(
         }
     }
     any
+}
+
+/// The metrics of an outbox write that was kept: an alert's first revision (a new alert), a
+/// delivery attempt's result.
+fn count_outbox_write(w: &ctrwatch_alerts::OutboxWrite) {
+    match w {
+        // The rules send each revision once; the first is the alert raised.
+        ctrwatch_alerts::OutboxWrite::Alert(a) if a.rev == 1 => {
+            METRICS.alert_raised(a.rule, a.severity);
+        }
+        ctrwatch_alerts::OutboxWrite::Result(r) => {
+            METRICS.delivery(&r.sink, DeliveryOutcome::of(&r.kind));
+        }
+        _ => {}
+    }
 }
 
 /// Store errors on the write path are not fatal: a full disk degrades the store (it counts

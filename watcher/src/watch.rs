@@ -215,6 +215,13 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
         crate::containerd::attribution::Attributor::new(attributed, opts.trust.clone());
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let ring = kernel.take_ring_buffer()?;
+    // The ring buffer's fill, for the metrics (sampled at each scrape). Without it the
+    // metrics lack two gauges; capture goes on.
+    match crate::kernel::RingPositions::map(std::os::fd::AsFd::as_fd(&ring), opts.ring_buffer_bytes)
+    {
+        Ok(positions) => crate::metrics::METRICS.set_ring(Box::new(positions)),
+        Err(e) => log::warn!("mapping the ring buffer's positions for the metrics: {e}"),
+    }
     // SAFETY: the ring buffer owns its fd and is owned by the AsyncFd, so the fd stays open
     // for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
