@@ -32,7 +32,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("[metrics] listen = {addr}: cannot listen there: {source}")]
+    #[error(
+        "the metrics listener on {addr} cannot listen ([metrics] listen, --metrics-listen): {source}"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
