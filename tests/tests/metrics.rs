@@ -243,6 +243,9 @@ fn scrape(addr: SocketAddr) -> Vec<Sample> {
     parse_exposition(body)
 }
 
+/// A sample's labels, as the test names them.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 /// The value of the sample `name` with exactly these labels (None: no such sample).
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let want: BTreeMap<String, String> = labels
@@ -674,7 +677,7 @@ fn the_counters_say_what_was_done_and_prometheus_stores_the_same() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let build_info = format!("ctrwatch_build_info{{version=\"{version}\"}}");
-    let queries: &[(&str, &str, &[(&str, &str)])] = &[
+    let queries: &[(&str, &str, Labels)] = &[
         (
             "ctrwatch_events_total{op=\"create\",verdict=\"none\"}",
             "ctrwatch_events_total",
