@@ -979,3 +979,69 @@ fn a_listener_that_cannot_listen_stops_run_at_start() {
     drop(taken);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The ring buffer's fill, read as the metrics read it: the programs' records that nobody has
+/// read yet, and less once they are read. Loaded in this process (the daemon reads its ring
+/// buffer at once: its fill is near zero unless it falls behind).
+#[test]
+fn the_ring_buffer_fill_is_what_the_programs_wrote_and_nobody_read() {
+    use std::os::fd::AsFd as _;
+    use watcher::{
+        kernel::{KernelWatch, LoadOptions, RingPositions},
+        metrics::RingFillSource as _,
+        roots::RootSet,
+    };
+    tests::require_root();
+    let dir = temp_dir("metrics-ring");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    const SIZE: u32 = 4 << 20;
+    let mut kernel = KernelWatch::load(&LoadOptions {
+        ring_buffer_bytes: SIZE,
+        self_tgid: std::process::id(),
+    })
+    .expect("loading the programs");
+    kernel
+        .set_root_prefixes(&RootSet::resolve(std::slice::from_ref(&root)).kernel_prefixes())
+        .expect("roots");
+    let mut ring = kernel.take_ring_buffer().expect("ring buffer");
+    let positions = RingPositions::map(ring.as_fd(), SIZE).expect("mapping the positions");
+    kernel.set_capture(true).expect("capture on");
+
+    let before = positions.fill();
+    assert_eq!(before.size_bytes, u64::from(SIZE));
+    const FILES: u64 = 50;
+    for i in 0..FILES {
+        fsop(&[OsStr::new("create"), root.join(format!("f{i}")).as_os_str()]);
+    }
+    // Nobody reads: every record written since is counted (a create record carries its path,
+    // well over 32 bytes; other processes on the node only add).
+    let written = positions.fill();
+    assert!(
+        written.used_bytes >= before.used_bytes + FILES * 32,
+        "before {before:?}, after {FILES} creates {written:?}"
+    );
+    assert!(written.used_bytes <= u64::from(SIZE));
+
+    // Read: the fill falls (the node keeps writing process records; the reader catches up).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        while let Some(item) = ring.next() {
+            drop(item);
+        }
+        let read = positions.fill();
+        if read.used_bytes < written.used_bytes {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fill did not fall after reading: {written:?} then {read:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kernel.set_capture(false);
+    drop(positions);
+    drop(ring);
+    drop(kernel);
+    let _ = std::fs::remove_dir_all(dir);
+}
