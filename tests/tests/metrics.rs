@@ -931,6 +931,37 @@ fn nothing_listens_without_a_metrics_section() {
 }
 
 #[test]
+fn a_non_loopback_address_is_served_with_a_warning() {
+    tests::require_root();
+    let dir = temp_dir("metrics-any");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let config = write_config(&dir, "[metrics]\nlisten = \"0.0.0.0:0\"\n");
+    let store = dir.join("events.db");
+    let daemon = start_daemon(&[&root], &store, &config, &[]);
+    let any = metrics_addr(&daemon);
+    assert!(any.ip().is_unspecified(), "{any}");
+    assert!(
+        daemon
+            .stderr()
+            .contains(&format!("metrics: {any} is not a loopback address")),
+        "{}",
+        daemon.stderr()
+    );
+    let samples = scrape(SocketAddr::from(([127, 0, 0, 1], any.port())));
+    assert!(
+        value(
+            &samples,
+            "ctrwatch_build_info",
+            &[("version", &binary_version())]
+        )
+        .is_some()
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn a_listener_that_cannot_listen_stops_run_at_start() {
     tests::require_root();
     let dir = temp_dir("metrics-taken");

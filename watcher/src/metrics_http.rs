@@ -82,13 +82,12 @@ impl MetricsServer {
                 });
             })
             .map_err(start)?;
+        log::info!("metrics: serving http://{bound}/metrics");
         if !addr.ip().is_loopback() {
             log::warn!(
-                "metrics: listening on {bound}, not a loopback address: anyone who can reach it \
-                 learns what this node's ctrwatch sees (event counts, sink names, alert rules)"
+                "metrics: {bound} is not a loopback address: anyone who can reach it learns \
+                 what this node's ctrwatch sees (event counts, sink names, alert rules)"
             );
-        } else {
-            log::info!("metrics: serving http://{bound}/metrics");
         }
         Ok(MetricsServer {
             addr: bound,
