@@ -183,7 +183,7 @@ impl StoreSink {
             queue_lost_since: None,
             queue_lost_total: 0,
             echo,
-            clock: Clock::now(),
+            clock: Clock::process(),
             writer: None,
             status: StatusSource {
                 config: None,
@@ -234,7 +234,7 @@ impl StoreSink {
             Some(a) => {
                 let results =
                     std::sync::Arc::new(WriterResults(std::sync::Mutex::new(Some(outbox.clone()))));
-                let started = crate::store::system_time_ns(SystemTime::now());
+                let started = self.clock.now_ns();
                 let writer = a.start(
                     started,
                     unclean,
@@ -366,7 +366,7 @@ impl StoreSink {
         }
         // A history gap like any other loss (docs/alerts.md, history-gap).
         if let Some(a) = &mut self.alerts {
-            a.loss(&loss, crate::store::system_time_ns(SystemTime::now()));
+            a.loss(&loss, self.clock.now_ns());
         }
         self.send(Msg::Loss(loss), true)
     }
@@ -422,7 +422,7 @@ impl Sink for StoreSink {
             self.echoed(printed);
         }
         if let Some(a) = &mut self.alerts {
-            a.loss(ev, crate::store::system_time_ns(SystemTime::now()));
+            a.loss(ev, self.clock.now_ns());
         }
         self.send(Msg::Loss(ev.clone()), true)
     }
@@ -530,6 +530,7 @@ fn write_loop(
         .ok();
     let mut stored: Vec<Box<FileEvent>> = Vec::with_capacity(BURST);
     let mut warn = Warner::default();
+    let mut unkept = UnkeptAlerts::default();
     let mut pending = 0usize;
     let mut last_commit = Instant::now();
     let mut stopped_at = None;
@@ -542,7 +543,7 @@ fn write_loop(
         // Alerts and delivery results first, each committed at once (the open batch of
         // events with it): an alert is on disk before any delivery attempt, and does not
         // wait behind the events queued before it.
-        if write_outbox(&mut store, &outbox, &alerts, &mut warn) {
+        if write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn) {
             pending = 0;
             last_commit = Instant::now();
         }
@@ -629,7 +630,14 @@ fn write_loop(
         }
         if closed {
             // What the last senders queued (the rules' final revisions, results).
-            write_outbox(&mut store, &outbox, &alerts, &mut warn);
+            write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn);
+            if !unkept.queue.is_empty() {
+                log::error!(
+                    "alerts: {} alert(s) could not be kept: the store did not take them before \
+                     the stop",
+                    unkept.queue.len()
+                );
+            }
             drop(free_tx);
             if let Some(t) = freer {
                 let _ = t.join();
@@ -650,30 +658,84 @@ fn write_loop(
     }
 }
 
+/// Alerts the store could not take yet (a full disk, the store not open) are kept in memory,
+/// in order, up to this many, and written as soon as it can take them.
+const UNKEPT_ALERTS_MAX: usize = 4096;
+
+/// Alerts waiting for the store to take them (see [`UNKEPT_ALERTS_MAX`]).
+#[derive(Default)]
+struct UnkeptAlerts {
+    queue: std::collections::VecDeque<ctrwatch_alerts::OutboxWrite>,
+    /// Dropped because the queue was full, not yet reported.
+    dropped: u64,
+    warn: Warner,
+}
+
 /// Applies the queued outbox writes, each committed at once (after the open batch of events).
-/// True when any was applied.
+/// True when any was applied. An alert the store cannot take is not lost: it waits in
+/// `unkept` and is tried again first, on every turn of the writer, so alerts keep their order.
+/// A delivery result that cannot be recorded is only logged: the delivery stays pending and is
+/// made again (at least once).
 fn write_outbox(
     store: &mut DaemonStore,
     outbox: &Receiver<ctrwatch_alerts::OutboxWrite>,
     alerts: &WriterAlerts,
+    unkept: &mut UnkeptAlerts,
     warn: &mut Warner,
 ) -> bool {
     let mut any = false;
+    while let Some(w) = unkept.queue.front() {
+        match store.write_outbox(w, &alerts.routing) {
+            Ok(applied) => {
+                alerts.applied(&applied);
+                count_outbox_write(w);
+                unkept.queue.pop_front();
+                any = true;
+            }
+            Err(e) => {
+                unkept.warn.report(
+                    Err::<(), _>(e),
+                    &format!(
+                        "alerts: {} alert(s) wait in memory for the store",
+                        unkept.queue.len()
+                    ),
+                );
+                break;
+            }
+        }
+    }
+    if unkept.queue.is_empty() && unkept.dropped > 0 {
+        log::error!(
+            "alerts: {} alert(s) were lost while the store could not take them (more than \
+             {UNKEPT_ALERTS_MAX} waited)",
+            unkept.dropped
+        );
+        unkept.dropped = 0;
+    }
     while let Ok(w) = outbox.try_recv() {
         any = true;
+        let is_alert = matches!(w, ctrwatch_alerts::OutboxWrite::Alert(_));
+        if is_alert && !unkept.queue.is_empty() {
+            keep_in_memory(unkept, w);
+            continue;
+        }
         match store.write_outbox(&w, &alerts.routing) {
             Ok(applied) => {
                 alerts.applied(&applied);
                 count_outbox_write(&w);
             }
-            Err(e) => match &w {
-                ctrwatch_alerts::OutboxWrite::Alert(a) => log::error!(
-                    "alerts: alert {} ({}) could not be kept in the outbox: {e}",
-                    a.id,
-                    a.rule
-                ),
-                _ => warn.report(Err::<(), _>(e), "recording an alert delivery"),
-            },
+            Err(e) if is_alert => {
+                if let ctrwatch_alerts::OutboxWrite::Alert(a) = &w {
+                    log::error!(
+                        "alerts: alert {} ({}) could not be kept in the outbox yet, kept in \
+                         memory until the store takes it: {e}",
+                        a.id,
+                        a.rule
+                    );
+                }
+                keep_in_memory(unkept, w);
+            }
+            Err(e) => warn.report(Err::<(), _>(e), "recording an alert delivery"),
         }
     }
     any
@@ -692,6 +754,14 @@ fn count_outbox_write(w: &ctrwatch_alerts::OutboxWrite) {
         }
         _ => {}
     }
+}
+
+fn keep_in_memory(unkept: &mut UnkeptAlerts, w: ctrwatch_alerts::OutboxWrite) {
+    if unkept.queue.len() >= UNKEPT_ALERTS_MAX {
+        unkept.queue.pop_front();
+        unkept.dropped += 1;
+    }
+    unkept.queue.push_back(w);
 }
 
 /// Store errors on the write path are not fatal: a full disk degrades the store (it counts
