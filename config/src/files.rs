@@ -88,10 +88,7 @@ fn read_checked(path: &Path, max: u64, as_root: bool) -> Result<Vec<u8>, Trusted
     // One byte more than allowed tells a file that grew past the bound since the fstat.
     file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
     if bytes.len() as u64 > max {
-        return Err(TrustedFileError::TooLarge {
-            path: shown(),
-            max,
-        });
+        return Err(TrustedFileError::TooLarge { path: shown(), max });
     }
     Ok(bytes)
 }
@@ -138,7 +135,10 @@ mod tests {
         // Not root: no owner to compare with; the file is read.
         if unsafe { libc::geteuid() } == 0 {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-            assert_eq!(read_checked(&f, MAX_SECRET_FILE, true).unwrap(), b"s3cret\n");
+            assert_eq!(
+                read_checked(&f, MAX_SECRET_FILE, true).unwrap(),
+                b"s3cret\n"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -149,7 +149,10 @@ mod tests {
         let f = dir.join("ca.pem");
         std::fs::write(&f, vec![b'x'; 100]).unwrap();
         let err = read_checked(&f, 99, false).unwrap_err();
-        assert!(matches!(err, TrustedFileError::TooLarge { max: 99, .. }), "{err}");
+        assert!(
+            matches!(err, TrustedFileError::TooLarge { max: 99, .. }),
+            "{err}"
+        );
         assert_eq!(read_checked(&f, 100, false).unwrap().len(), 100);
         std::fs::remove_dir_all(&dir).unwrap();
     }

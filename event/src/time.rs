@@ -145,7 +145,10 @@ mod tests {
         let b = Clock::process();
         assert_eq!(a, b, "one offset for the whole process");
         assert!(b.now_ns() >= t0);
-        assert_eq!(a.wall_ns(monotonic_ns()) / 1_000_000_000, a.now_ns() / 1_000_000_000);
+        assert_eq!(
+            a.wall_ns(monotonic_ns()) / 1_000_000_000,
+            a.now_ns() / 1_000_000_000
+        );
     }
 
     #[test]

@@ -470,7 +470,9 @@ mod tests {
             "https://chat.example.com/***"
         );
         assert_eq!(
-            legacy_webhook_shown("https://user:pw@hooks.example.com:8443/ctrwatch?token=abc&x=1#frag"),
+            legacy_webhook_shown(
+                "https://user:pw@hooks.example.com:8443/ctrwatch?token=abc&x=1#frag"
+            ),
             "https://hooks.example.com:8443/ctrwatch?token=***&x=***"
         );
         assert_eq!(
