@@ -453,17 +453,83 @@ fn key(k: &str) -> Step {
     Step::Key(k.to_owned())
 }
 
+/// The largest configuration file read: a real one is a few KiB; anything much bigger is not
+/// a configuration, and must not make the daemon allocate what it says.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads the configuration file at `path` without ever blocking on it (the daemon reads it
+/// again on SIGHUP, from a path someone may have replaced): opened non-blocking, so that a
+/// FIFO put there does not wait for a writer; refused unless what was opened is a regular
+/// file of at most [`MAX_FILE_BYTES`]. Returns the text and the metadata of the file opened
+/// (links followed), for the caller's owner check.
+pub fn read_file(path: &Path) -> Result<(String, std::fs::Metadata), ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = ctrwatch_event::escape_path(path);
+    let failed = |message: String| ConfigError::Read {
+        file: shown.clone(),
+        message,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| failed(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| failed(e.to_string()))?;
+    if !meta.file_type().is_file() {
+        return Err(failed(format!(
+            "not a regular file (a {}); a configuration must be one",
+            file_kind(&meta.file_type())
+        )));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(failed(format!(
+            "{} bytes: larger than any configuration ({} bytes at most)",
+            meta.len(),
+            MAX_FILE_BYTES
+        )));
+    }
+    let mut text = String::new();
+    // Bounded again: the file may grow while it is read.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| failed(e.to_string()))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(failed(format!(
+            "larger than any configuration ({MAX_FILE_BYTES} bytes at most)"
+        )));
+    }
+    Ok((text, meta))
+}
+
+/// What a file that is not a regular file is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
+
 impl Config {
-    /// Reads and checks the file at `path`.
+    /// Reads ([`read_file`]) and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-        let shown = ctrwatch_event::escape_path(path);
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigError::Read {
-                file: shown.clone(),
-                message: e.to_string(),
-            }]
-        })?;
-        let mut config = Config::parse(&shown, &text)?;
+        let (text, _) = read_file(path).map_err(|e| vec![e])?;
+        Config::from_text(path, &text)
+    }
+
+    /// Checks the text read from the file at `path`.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+        let mut config = Config::parse(&ctrwatch_event::escape_path(path), text)?;
         config.file = Some(path.to_path_buf());
         Ok(config)
     }

@@ -416,3 +416,24 @@ fn a_wrong_sink_url_is_not_echoed_as_it_may_hold_a_secret() {
     assert_eq!(at(&e).2, "sinks[0].url", "{e}");
     assert!(!e.to_string().contains("SLACKSECRET"), "{e}");
 }
+
+#[test]
+fn a_fifo_or_a_directory_is_refused_without_blocking() {
+    let dir = std::env::temp_dir().join(format!("ctrwatch-config-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("ctrwatch.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Without O_NONBLOCK this open would wait for a writer forever.
+    let e = crate::read_file(&fifo).unwrap_err();
+    assert!(e.to_string().contains("not a regular file (a FIFO)"), "{e}");
+    let e = Config::load(&dir).unwrap_err();
+    assert!(e[0].to_string().contains("a directory"), "{e:?}");
+    let big = dir.join("big.toml");
+    std::fs::write(&big, vec![b'#'; (crate::MAX_FILE_BYTES + 1) as usize]).unwrap();
+    let e = crate::read_file(&big).unwrap_err();
+    assert!(e.to_string().contains("larger than any configuration"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -350,7 +350,7 @@ struct AuditArgs {
 }
 
 /// Options shared by `watch` and `run`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct WatchArgs {
     /// A directory to watch (repeatable). It may be a symlink or a bind mount, and need not
     /// exist yet. Default: the usual containerd and k3s locations plus every containerd
@@ -530,24 +530,24 @@ fn main() -> ExitCode {
             // Which flags were given (on the command line or by their environment variable):
             // those win over the configuration file.
             let given = given_in(&matches, "run");
+            let flags = settings::RunFlags {
+                watch,
+                store,
+                retention_days,
+                retention_mb,
+                store_group,
+                store_lock_wait,
+                print,
+            };
+            // SIGHUP reads the same file again, with the same flags over it.
+            let reload = settings::reloader(config.clone(), flags.clone(), given_ids(&matches, "run"));
             settings::load(config.as_deref())
                 .and_then(|(file, loaded)| {
                     watcher::logging::init(&settings::log_filter(&file));
-                    let options = settings::run_options(
-                        settings::RunFlags {
-                            watch,
-                            store,
-                            retention_days,
-                            retention_mb,
-                            store_group,
-                            store_lock_wait,
-                            print,
-                        },
-                        &given,
-                        &file,
-                    );
+                    let options = settings::run_options(flags, &given, &file);
                     options.map(|o| RunOptions {
                         config_file: loaded,
+                        reload: Some(reload),
                         ..o
                     })
                 })
@@ -698,6 +698,21 @@ fn given_in<'a>(matches: &'a clap::ArgMatches, subcommand: &str) -> impl Fn(&str
         sub.and_then(|m| m.value_source(id))
             .is_some_and(|s| matches!(s, ValueSource::CommandLine | ValueSource::EnvVariable))
     }
+}
+
+/// The ids of the arguments of `subcommand` given on the command line or by environment (as
+/// [`given_in`] answers for one).
+fn given_ids(matches: &clap::ArgMatches, subcommand: &str) -> std::collections::BTreeSet<String> {
+    let given = given_in(matches, subcommand);
+    matches
+        .subcommand_matches(subcommand)
+        .map(|m| {
+            m.ids()
+                .map(|id| id.as_str().to_owned())
+                .filter(|id| given(id))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn query_result(r: Result<(), queries::QueryError>) -> ExitCode {
