@@ -434,6 +434,9 @@ fn a_fifo_or_a_directory_is_refused_without_blocking() {
     let big = dir.join("big.toml");
     std::fs::write(&big, vec![b'#'; (crate::MAX_FILE_BYTES + 1) as usize]).unwrap();
     let e = crate::read_file(&big).unwrap_err();
-    assert!(e.to_string().contains("larger than any configuration"), "{e}");
+    assert!(
+        e.to_string().contains("larger than any configuration"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -134,14 +134,14 @@ fn delete_with_token(file: &Path, token: &str) {
     assert!(status.success());
 }
 
-/// The command line the store has for the unlink of `file`.
-fn stored_argv(store: &Path, file: &Path) -> String {
+/// The stored unlink of `file` (JSON text, its command line included).
+fn stored_unlink(store: &Path, file: &Path) -> String {
     let rows = stored(store, file, 1);
     let row = rows
         .iter()
         .find(|r| s(r, "op") == "unlink")
         .unwrap_or_else(|| panic!("no unlink of {} stored: {rows:?}", file.display()));
-    row["process"]["argv"].to_string()
+    row.to_string()
 }
 
 fn hook_alerts(r: &Receiver, rule: &str) -> Vec<Value> {
@@ -193,7 +193,7 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
     let first = root.join("first");
     delete_with_token(&first, "vaultkey-aaaa");
     assert!(
-        stored_argv(&store, &first).contains("vaultkey-aaaa"),
+        stored_unlink(&store, &first).contains("vaultkey-aaaa"),
         "masked before the pattern was configured"
     );
 
@@ -211,12 +211,18 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("flood");
-    // Reloads while the flood runs (a second one while the first is read is queued).
-    for _ in 0..3 {
+    // Reloads until the flood has ended, so that some come while it runs (one that comes
+    // while the previous is being read is queued).
+    let mut hangups = 0;
+    let flooded = loop {
         daemon.signal(libc::SIGHUP);
+        hangups += 1;
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let flooded = flood.wait().expect("flood");
+        if let Some(status) = flood.try_wait().expect("flood") {
+            break status;
+        }
+    };
+    eprintln!("{hangups} SIGHUPs during the flood");
     assert!(flooded.success(), "{flooded:?}");
     log_until(&daemon, "reloaded the configuration");
 
@@ -227,7 +233,7 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
     // In effect: the new pattern masks a command line run after the reload.
     let second = root.join("second");
     delete_with_token(&second, "vaultkey-bbbb");
-    let argv = stored_argv(&store, &second);
+    let argv = stored_unlink(&store, &second);
     assert!(
         !argv.contains("vaultkey-bbbb") && argv.contains("***"),
         "not masked after the reload: {argv}"
@@ -280,7 +286,10 @@ fn a_bad_reload_keeps_the_old_configuration_and_says_why() {
     // An unknown key on line 3: the whole file is refused.
     config_file(
         &config,
-        &format!("[watch]\nmask_args = []\nbogus_key = 1\n\n{}", hook_sink(&r)),
+        &format!(
+            "[watch]\nmask_args = []\nbogus_key = 1\n\n{}",
+            hook_sink(&r)
+        ),
     );
     daemon.signal(libc::SIGHUP);
     let shown = format!("{}:3:1: watch.bogus_key", config.display());
@@ -303,15 +312,18 @@ fn a_bad_reload_keeps_the_old_configuration_and_says_why() {
     );
     // The alert, through the old configuration's sink.
     received_until(&r, "a config-invalid alert", |r| {
-        hook_alerts(r, "config-invalid")
-            .iter()
-            .any(|a| a["details"]["error"].as_str().unwrap_or("").contains(&shown))
+        hook_alerts(r, "config-invalid").iter().any(|a| {
+            a["details"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&shown)
+        })
     });
     // The old mask pattern is still in effect (the bad file has none).
     let masked = root.join("masked");
     delete_with_token(&masked, "vaultkey-cccc");
     assert!(
-        !stored_argv(&store, &masked).contains("vaultkey-cccc"),
+        !stored_unlink(&store, &masked).contains("vaultkey-cccc"),
         "the refused file's settings were applied"
     );
 
@@ -326,9 +338,12 @@ fn a_bad_reload_keeps_the_old_configuration_and_says_why() {
             .is_some_and(|e| e.contains("mode 0666"))
     });
     received_until(&r, "a second config-invalid alert", |r| {
-        hook_alerts(r, "config-invalid")
-            .iter()
-            .any(|a| a["details"]["error"].as_str().unwrap_or("").contains("mode 0666"))
+        hook_alerts(r, "config-invalid").iter().any(|a| {
+            a["details"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("mode 0666")
+        })
     });
 
     // Fixed: the failure clears, the load time moves.
@@ -376,7 +391,10 @@ fn a_fifo_at_the_config_path_does_not_hang_the_daemon() {
             .as_str()
             .is_some_and(|e| e.contains("not a regular file (a FIFO)"))
     });
-    assert!(failed["daemon"]["config_reload_failed"].is_string(), "{failed}");
+    assert!(
+        failed["daemon"]["config_reload_failed"].is_string(),
+        "{failed}"
+    );
     // Still capturing and storing.
     let later = root.join("later");
     std::fs::write(&later, b"x").expect("create");

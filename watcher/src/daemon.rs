@@ -271,7 +271,11 @@ impl StoreSink {
 
     /// Reloads the configuration on SIGHUP with `reloader`; `started_with`: the settings the
     /// daemon started with.
-    pub fn with_reload(mut self, reloader: Option<Reloader>, started_with: RunOptions) -> StoreSink {
+    pub fn with_reload(
+        mut self,
+        reloader: Option<Reloader>,
+        started_with: RunOptions,
+    ) -> StoreSink {
         self.reloader = reloader;
         self.started_with = Some(Box::new(started_with));
         self
@@ -624,8 +628,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     // Sinks checked (secrets, CA files) before anything starts.
-    let alerting =
-        crate::alerting::Alerting::from_config(opts.config.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let alerting = crate::alerting::Alerting::from_config(opts.config.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The run begins when capture has started, after the programs are attached (seconds).
     let started_with = RunOptions {
         reload: None,

@@ -540,7 +540,8 @@ fn main() -> ExitCode {
                 print,
             };
             // SIGHUP reads the same file again, with the same flags over it.
-            let reload = settings::reloader(config.clone(), flags.clone(), given_ids(&matches, "run"));
+            let reload =
+                settings::reloader(config.clone(), flags.clone(), given_ids(&matches, "run"));
             settings::load(config.as_deref())
                 .and_then(|(file, loaded)| {
                     watcher::logging::init(&settings::log_filter(&file));

@@ -397,7 +397,11 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
         if let Some(why) = &d.config_reload_error {
             for (i, line) in why.lines().enumerate() {
                 lines.push((
-                    if i == 0 { "reload error".into() } else { String::new() },
+                    if i == 0 {
+                        "reload error".into()
+                    } else {
+                        String::new()
+                    },
                     line.trim().to_owned(),
                 ));
             }

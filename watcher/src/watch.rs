@@ -23,11 +23,11 @@ use ctrwatch_event::{FileEvent, LossEvent, monotonic_ns};
 use watcher_common::Record;
 
 use crate::{
+    daemon::RunOptions,
     enrich::{Enricher, Outcome},
     kernel::{KernelWatch, LoadOptions},
     loss::LossTracker,
     notify,
-    daemon::RunOptions,
     process::ProcessTable,
     roots::RootSet,
 };
