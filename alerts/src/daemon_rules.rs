@@ -363,6 +363,38 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_reload_is_one_config_invalid_alert_unless_the_rule_is_off() {
+        let r = rules("");
+        let reason = "/etc/c.toml:3:1: watch.bogus: unknown field `bogus`\nsecond problem";
+        let a = r
+            .config_invalid(Some("/etc/c.toml"), reason, T0 + S)
+            .unwrap_or_else(|| panic!("no alert"));
+        assert_eq!(a.rule, RuleId::ConfigInvalid);
+        assert_eq!(a.severity, Severity::Warning);
+        assert_eq!((a.rev, a.count, a.first_seen_ns), (1, 1, T0 + S));
+        assert!(
+            a.summary.contains("/etc/c.toml") && a.summary.contains("watch.bogus"),
+            "{}",
+            a.summary
+        );
+        assert!(!a.summary.contains("second problem"), "{}", a.summary);
+        assert_eq!(a.details["error"], reason);
+        assert_eq!(a.command, "ctrwatch config check /etc/c.toml");
+        // Each refusal is its own alert.
+        let b = r.config_invalid(Some("/etc/c.toml"), reason, T0 + 2 * S);
+        assert_ne!(b.map(|b| b.id), Some(a.id));
+        let off = rules("[rules.config-invalid]\nenabled = false\n");
+        assert!(off.config_invalid(None, reason, T0).is_none());
+        let critical = rules("[rules.config-invalid]\nseverity = \"critical\"\n");
+        assert_eq!(
+            critical
+                .config_invalid(None, reason, T0)
+                .map(|a| a.severity),
+            Some(Severity::Critical)
+        );
+    }
+
+    #[test]
     fn a_burst_of_losses_is_one_alert_emitted_after_settling_and_at_the_window_end() {
         let mut r = rules("[rules.heartbeat]\nenabled = false\n");
         let kinds = BTreeMap::from([("unlink".to_string(), 10u64)]);

@@ -183,7 +183,7 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
     let before = status_until(&store, "the config file", |v| {
         v["daemon"]["config_loaded"].is_string()
     });
-    let loaded_before = before["daemon"]["config_loaded"].to_string();
+    let loaded_before = before["daemon"]["config_loaded"].clone();
     assert_eq!(
         before["daemon"]["config_file"].as_str(),
         Some(config.to_str().unwrap_or_default()),
@@ -227,7 +227,7 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
     log_until(&daemon, "reloaded the configuration");
 
     let after = status_until(&store, "a new load time", |v| {
-        v["daemon"]["config_loaded"].to_string() != loaded_before
+        v["daemon"]["config_loaded"] != loaded_before
     });
     assert!(after["daemon"]["config_reload_failed"].is_null(), "{after}");
     // In effect: the new pattern masks a command line run after the reload.

@@ -832,3 +832,59 @@ impl Warner {
         self.last = Some(Instant::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(config: &str) -> RunOptions {
+        let config =
+            ctrwatch_config::Config::parse("test.toml", config).unwrap_or_else(|e| panic!("{e:?}"));
+        RunOptions {
+            watch: WatchOptions {
+                roots: config.watch.roots.clone(),
+                discover: config.watch.discover,
+                json: false,
+                ring_buffer_bytes: config.watch.ring_buffer_mb * 1024 * 1024,
+                root_refresh: config.watch.root_refresh,
+                process_grace: Duration::from_secs(120),
+                trust: Default::default(),
+                masker: crate::secrets::Masker::builtin(),
+            },
+            store: config.store.path.clone(),
+            store_options: StoreOptions::default(),
+            echo: false,
+            config,
+            config_file: None,
+            reload: None,
+        }
+    }
+
+    #[test]
+    fn restart_only_keys_are_named_live_ones_are_not() {
+        let old = options("[watch]\nroots = [\"/a\"]\n");
+        // Live keys only: nothing waits for a restart.
+        let live = options(
+            "log_level = \"info\"\n[watch]\nroots = [\"/b\"]\ndiscover = false\n\
+             trust_exes = [\"/usr/bin/x\"]\nmask_args = [\"k-[a-z]+\"]\nroot_refresh = \"9s\"\n",
+        );
+        assert_eq!(restart_only_changes(&old, &live), Vec::<&str>::new());
+        let changed = options(
+            "log_level = \"debug\"\n[watch]\nroots = [\"/a\"]\nring_buffer_mb = 4\n\
+             [store]\npath = \"/tmp/x.db\"\n[alerts]\ngroup_window = \"5s\"\n\
+             [rules.heartbeat]\nenabled = false\n\
+             [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&old, &changed),
+            vec![
+                "[store] path",
+                "[watch] ring_buffer_mb",
+                "log_level",
+                "[alerts]",
+                "[rules]",
+                "[[sinks]]"
+            ]
+        );
+    }
+}

@@ -63,8 +63,14 @@ One daemon per store, whatever name reaches it (hardlink, symlink): a second one
 NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk the daemon\n\
 captures anyway, counts what it cannot store and records it once space returns.\n\
 Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
-the next start is recorded as downtime. SIGHUP is logged and ignored (no reload yet). If\n\
-stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops.\n\n\
+the next start is recorded as downtime. If stdout goes away (--print into a closed pipe or a\n\
+hung-up terminal), only the printing stops.\n\n\
+SIGHUP (systemctl reload) reads the same configuration file again, checked as at the start,\n\
+while capture goes on; flags still win over it. Applied at once: [watch] roots, discover,\n\
+root_refresh, trust_exes, trust_units, mask_args, default_masks. The other keys (store,\n\
+ring buffer, log level, metrics, alerts, rules, sinks) take effect at the next start: a\n\
+change is logged and shown by `ctrwatch status`. A file that does not check out is refused\n\
+as a whole; the daemon runs on as before and says why (log, status, a config-invalid alert).\n\n\
 As a systemd service (the package's ctrwatch.service, Type=notify): READY=1 once capture is\n\
 on, STATUS= lines, WATCHDOG=1 from the event loop (WatchdogSec=), STOPPING=1 on SIGTERM; log\n\
 lines carry journal priorities. RUST_LOG=debug logs more."

@@ -498,3 +498,88 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_reload_and_keys_waiting_for_a_restart_are_shown() {
+        let config = ConfigStatus {
+            loaded: Some(LoadedConfig {
+                path: PathBuf::from("/etc/ctrwatch/ctrwatch.toml"),
+                loaded_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000),
+            }),
+            reload_failed: Some((
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_100),
+                "the configuration is not usable:\n  c.toml:3:1: watch.bogus: unknown \x1b".into(),
+            )),
+            restart_pending: vec!["[store] path".into()],
+        };
+        let source = StatusSource {
+            config: std::sync::Arc::new(std::sync::Mutex::new(config)),
+            started: SystemTime::UNIX_EPOCH,
+            capture: Default::default(),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_200);
+        let stored: DaemonStatus =
+            serde_json::from_str(&source.snapshot(now, 1, 0, 0)).unwrap_or_default();
+        assert_eq!(
+            stored.config_reload_error.as_deref(),
+            Some("the configuration is not usable:\n  c.toml:3:1: watch.bogus: unknown \\x1b")
+        );
+        let report = StatusReport {
+            state: State::Running,
+            running: true,
+            store: "s".into(),
+            pid: Some(stored.pid),
+            last_run: None,
+            daemon: Some(DaemonView {
+                pid: stored.pid,
+                version: stored.version.clone(),
+                since: format_rfc3339(stored.started_ns),
+                since_ns: stored.started_ns,
+                backend: String::new(),
+                hooks_attached: 0,
+                hooks_unavailable: 0,
+                roots: Vec::new(),
+                config_file: stored.config_file.clone(),
+                config_loaded: stored.config_loaded_ns.map(format_rfc3339),
+                config_reload_failed: stored.config_reload_failed_ns.map(format_rfc3339),
+                config_reload_error: stored.config_reload_error.clone(),
+                config_restart_pending: stored.config_restart_pending.clone(),
+                events: 1,
+                lost: 0,
+                unstored: 0,
+            }),
+            updated: None,
+            updated_ns: None,
+            store_bytes: 0,
+            oldest_event: None,
+            alerts: Vec::new(),
+        };
+        let text = render(&report, now);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert!(
+            lines.contains(
+                &"config         /etc/ctrwatch/ctrwatch.toml, loaded 2026-11-30T00:53:20.000000000Z; \
+                  last reload failed at 2026-11-30T00:55:00.000000000Z (still running with the \
+                  configuration loaded before)"
+            ),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&"reload error   the configuration is not usable:"),
+            "{text}"
+        );
+        // One line each, escaped.
+        assert!(
+            lines.contains(&"c.toml:3:1: watch.bogus: unknown \\x1b"),
+            "{text}"
+        );
+        assert!(
+            text.contains("needs restart") && text.contains("[store] path"),
+            "{text}"
+        );
+    }
+}
