@@ -199,7 +199,16 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
 
     // The load time has a resolution of a nanosecond, but a clock may be coarse.
     std::thread::sleep(Duration::from_millis(50));
-    config_file(&config, "[watch]\nmask_args = ['vaultkey-[a-z]+']\n");
+    // The file also names other roots: `--root` still wins after the reload.
+    let elsewhere = base.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir elsewhere");
+    config_file(
+        &config,
+        &format!(
+            "[watch]\nroots = [\"{}\"]\ndiscover = false\nmask_args = ['vaultkey-[a-z]+']\n",
+            elsewhere.display()
+        ),
+    );
     let flood_dir = root.join("flood");
     std::fs::create_dir_all(&flood_dir).expect("mkdir flood");
     let mut flood = Command::new(FSOP)
@@ -230,6 +239,11 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
         v["daemon"]["config_loaded"] != loaded_before
     });
     assert!(after["daemon"]["config_reload_failed"].is_null(), "{after}");
+    assert_eq!(
+        after["daemon"]["roots"],
+        serde_json::json!([root.to_str().unwrap_or_default()]),
+        "--root did not win over the reloaded file"
+    );
     // In effect: the new pattern masks a command line run after the reload.
     let second = root.join("second");
     delete_with_token(&second, "vaultkey-bbbb");
@@ -454,6 +468,44 @@ fn a_changed_restart_only_key_is_warned_and_kept() {
     let rows = stored(&store, &later, 1);
     assert!(!rows.is_empty(), "not stored in the old store");
     assert!(!moved.exists(), "a store was created at the new path");
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Without `--root`, the file's roots are live: a reload that names another root watches it
+/// (and only it) from then on.
+#[test]
+fn reloaded_roots_are_watched() {
+    let (base, first) = setup("reload-roots");
+    let second = base.join("second");
+    std::fs::create_dir_all(&second).expect("mkdir second");
+    let second = second.canonicalize().expect("canonical");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let text = |root: &Path| {
+        format!(
+            "[watch]\nroots = [\"{}\"]\ndiscover = false\n[store]\npath = \"{}\"\n",
+            root.display(),
+            store.display()
+        )
+    };
+    config_file(&config, &text(&first));
+    let daemon = Watcher::start_command(&["run".into(), "--config".into(), config.clone().into()]);
+    status_until(&store, "the first root", |v| {
+        v["daemon"]["roots"] == serde_json::json!([first.to_str().unwrap_or_default()])
+    });
+    config_file(&config, &text(&second));
+    daemon.signal(libc::SIGHUP);
+    status_until(&store, "the second root, alone", |v| {
+        v["daemon"]["roots"] == serde_json::json!([second.to_str().unwrap_or_default()])
+    });
+    let made = second.join("made");
+    std::fs::write(&made, b"x").expect("create");
+    let rows = stored(&store, &made, 1);
+    assert!(
+        rows.iter().any(|r| s(r, "op") == "create"),
+        "nothing stored under the reloaded root: {rows:?}"
+    );
     daemon.stop();
     let _ = std::fs::remove_dir_all(base);
 }

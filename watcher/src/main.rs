@@ -740,7 +740,11 @@ fn run_daemon(opts: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(daemon::run(opts))
+    let result = runtime.block_on(daemon::run(opts));
+    // A reload still reading a file that never answers (a sink's CA file on a FIFO) must not
+    // hold up the exit: everything captured is stored by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
