@@ -51,9 +51,16 @@ fn setup(name: &str) -> (PathBuf, PathBuf) {
     (base, root)
 }
 
-/// `ctrwatch run --root ROOT [--store STORE] --config CONFIG`.
+/// `ctrwatch run --root ROOT [--store STORE] --config CONFIG`, with a ring buffer that holds
+/// a flood even while the machine is loaded (a loss would be the kernel's, not the reload's).
 fn start_daemon(root: &Path, store: Option<&Path>, config: &Path) -> Watcher {
-    let mut args: Vec<OsString> = vec!["run".into(), "--root".into(), root.into()];
+    let mut args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.into(),
+        "--ring-buffer-mb".into(),
+        "64".into(),
+    ];
     if let Some(store) = store {
         args.extend(["--store".into(), store.into()]);
     }
