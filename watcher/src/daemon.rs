@@ -285,9 +285,16 @@ impl StoreSink {
     /// in the status snapshot and as a `config-invalid` alert.
     fn reload_failed(&mut self, error: &anyhow::Error) {
         let why = format!("{error:#}");
+        // The file's text can be anything (a quoted key with control characters): escaped
+        // line by line for the log and the alert; the status snapshot escapes its own copy.
+        let shown = why
+            .lines()
+            .map(ctrwatch_event::escape)
+            .collect::<Vec<_>>()
+            .join("\n");
         log::error!(
             "reloading the configuration failed; still running with the configuration loaded \
-             before: {why}"
+             before: {shown}"
         );
         let now = SystemTime::now();
         let file = match self.status.config.lock() {
@@ -300,7 +307,7 @@ impl StoreSink {
         if let Some(a) = &mut self.alerts {
             self.unsent.extend(a.config_invalid(
                 file.as_deref(),
-                &why,
+                &shown,
                 crate::store::system_time_ns(now),
             ));
         }
