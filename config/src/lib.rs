@@ -7,6 +7,7 @@
 //! override the file (the CLI applies them on top, see docs/operations.md "Configuration").
 //! [`EXAMPLE`] is the commented example that ships (`packaging/ctrwatch.toml`).
 
+pub mod files;
 mod locate;
 mod raw;
 
@@ -890,18 +891,46 @@ fn read_secret(
             fp.pop();
             fp.push(key(file_key));
             let f = absolute(c, &fp, f)?;
-            match std::fs::read_to_string(&f) {
-                Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_owned())),
+            match files::read_trusted(&f, files::MAX_SECRET_FILE) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_owned())),
+                    Err(_) => {
+                        c.fail(
+                            &fp,
+                            format!("{} is not UTF-8 text", ctrwatch_event::escape_path(&f)),
+                        );
+                        None
+                    }
+                },
                 Err(e) => {
-                    c.fail(
-                        &fp,
-                        format!("cannot read {}: {e}", ctrwatch_event::escape_path(&f)),
-                    );
+                    c.fail(&fp, e.to_string());
                     None
                 }
             }
         }
         (None, None) => None,
+    }
+}
+
+/// A sink's CA file must be trusted (see [`files`]) and hold a PEM certificate; the delivery
+/// worker reads it again when it starts, the same way.
+fn check_ca_file(c: &mut Checker<'_>, path: &[Step], file: &Path) -> bool {
+    match files::read_trusted(file, files::MAX_CA_FILE) {
+        Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => true,
+        Ok(_) => {
+            c.fail(
+                path,
+                format!(
+                    "{} holds no PEM certificate",
+                    ctrwatch_event::escape_path(file)
+                ),
+            );
+            false
+        }
+        Err(e) => {
+            c.fail(path, e.to_string());
+            false
+        }
     }
 }
 
@@ -1031,7 +1060,8 @@ fn resolve_sink(c: &mut Checker<'_>, i: usize, raw: &RawSink) -> Option<SinkConf
     let ca_file = raw
         .ca_file
         .as_ref()
-        .and_then(|f| absolute(c, &p("ca_file"), f));
+        .and_then(|f| absolute(c, &p("ca_file"), f))
+        .filter(|f| check_ca_file(c, &p("ca_file"), f));
     let timeout = duration(c, &p("timeout"), &raw.timeout, Duration::from_millis(100))
         .unwrap_or(Duration::from_secs(10));
     let rate_per_minute = match raw.rate_per_minute {

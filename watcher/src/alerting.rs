@@ -235,10 +235,12 @@ fn detect_loop(
             }
         }
     };
+    // The events' clock: the windows' ends are event times (see `Clock::process`).
+    let clock = ctrwatch_event::time::Clock::process();
     let mut last_tick = std::time::Instant::now();
     loop {
         match rx.recv_timeout(DETECT_TICK) {
-            Ok(DetectMsg::Event(ev)) => detector.event(&ev, ctrwatch_event::time::now_ns()),
+            Ok(DetectMsg::Event(ev)) => detector.event(&ev, clock.now_ns()),
             Ok(DetectMsg::Watermark(at)) => detector.watermark(at),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -247,7 +249,7 @@ fn detect_loop(
             }
         }
         if last_tick.elapsed() >= DETECT_TICK {
-            send(detector.tick(ctrwatch_event::time::now_ns()));
+            send(detector.tick(clock.now_ns()));
             last_tick = std::time::Instant::now();
         }
     }
@@ -489,7 +491,7 @@ impl DaemonAlerts {
                     "alerts: the detections fell behind: {} events stored but not judged",
                     feed.dropped
                 );
-                let now_ns = crate::store::system_time_ns(std::time::SystemTime::now());
+                let now_ns = ctrwatch_event::time::Clock::process().now_ns();
                 rules.detect_dropped(
                     feed.dropped_from_ns,
                     feed.dropped_to_ns,

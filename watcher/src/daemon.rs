@@ -32,6 +32,7 @@ use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
     alerting::{DaemonAlerts, WriterAlerts},
+    metrics::{DeliveryOutcome, METRICS},
     status::{ConfigStatus, LoadedConfig, StatusSource},
     store::{DaemonStore, StoreOptions},
     watch::{self, CaptureInfo, ReloadJob, Sink, StdoutSink, WatchOptions},
@@ -67,6 +68,8 @@ pub struct RunOptions {
     pub config: ctrwatch_config::Config,
     /// The configuration file read, if any (for `ctrwatch status`).
     pub config_file: Option<LoadedConfig>,
+    /// Where `GET /metrics` is served (`[metrics] listen`, `--metrics-listen`); None: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Reads the configuration again on SIGHUP (None: SIGHUP is logged and ignored).
     pub reload: Option<Reloader>,
 }
@@ -117,7 +120,7 @@ pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static 
         ("[watch] backend", o.watch.backend != n.watch.backend),
         ("[watch] protect", o.watch.protect != n.watch.protect),
         ("log_level", o.log_level != n.log_level),
-        ("[metrics]", o.metrics != n.metrics),
+        ("[metrics] listen", old.metrics_listen != new.metrics_listen),
         ("[alerts]", o.alerts != n.alerts),
         ("[rules]", o.rules != n.rules),
         ("[[sinks]]", o.sinks != n.sinks),
@@ -243,7 +246,7 @@ impl StoreSink {
             queue_lost_since: None,
             queue_lost_total: 0,
             echo,
-            clock: Clock::now(),
+            clock: Clock::process(),
             writer: None,
             status: StatusSource {
                 config: Default::default(),
@@ -345,7 +348,7 @@ impl StoreSink {
             Some(a) => {
                 let results =
                     std::sync::Arc::new(WriterResults(std::sync::Mutex::new(Some(outbox.clone()))));
-                let started = crate::store::system_time_ns(SystemTime::now());
+                let started = self.clock.now_ns();
                 let writer = a.start(
                     started,
                     unclean,
@@ -477,7 +480,7 @@ impl StoreSink {
         }
         // A history gap like any other loss (docs/alerts.md, history-gap).
         if let Some(a) = &mut self.alerts {
-            a.loss(&loss, crate::store::system_time_ns(SystemTime::now()));
+            a.loss(&loss, self.clock.now_ns());
         }
         self.send(Msg::Loss(loss), true)
     }
@@ -533,7 +536,7 @@ impl Sink for StoreSink {
             self.echoed(printed);
         }
         if let Some(a) = &mut self.alerts {
-            a.loss(ev, crate::store::system_time_ns(SystemTime::now()));
+            a.loss(ev, self.clock.now_ns());
         }
         self.send(Msg::Loss(ev.clone()), true)
     }
@@ -573,6 +576,7 @@ impl Sink for StoreSink {
         self.alert_tick(at);
     }
     fn capture_info(&mut self, info: CaptureInfo) {
+        METRICS.set_programs(&info.backend, info.hooks_attached);
         // Read by the writer once a second; never contended for long.
         if let Ok(mut shared) = self.status.capture.lock() {
             *shared = info;
@@ -629,6 +633,17 @@ impl Sink for StoreSink {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // First: a configured listener that cannot listen (address in use, not this host's, a
+    // port below 1024 without the capability) is a configuration error, said before anything
+    // is attached. Stopped (dropped) when the daemon stops.
+    let _metrics = match opts.metrics_listen {
+        Some(addr) => {
+            let server = crate::metrics_http::MetricsServer::start(addr, || METRICS.render())?;
+            METRICS.enable();
+            Some(server)
+        }
+        None => None,
+    };
     // Creates the store's directory with its mode, waits for another writer's lock, moves a
     // corrupt store aside, and on a full disk counts until it can write.
     crate::notify::starting("opening the event store");
@@ -679,6 +694,7 @@ fn write_loop(
         .ok();
     let mut stored: Vec<Box<FileEvent>> = Vec::with_capacity(BURST);
     let mut warn = Warner::default();
+    let mut unkept = UnkeptAlerts::default();
     let mut pending = 0usize;
     let mut last_commit = Instant::now();
     let mut stopped_at = None;
@@ -691,7 +707,7 @@ fn write_loop(
         // Alerts and delivery results first, each committed at once (the open batch of
         // events with it): an alert is on disk before any delivery attempt, and does not
         // wait behind the events queued before it.
-        if write_outbox(&mut store, &outbox, &alerts, &mut warn) {
+        if write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn) {
             pending = 0;
             last_commit = Instant::now();
         }
@@ -704,12 +720,14 @@ fn write_loop(
             match msg {
                 Ok(Msg::Event(ev)) => {
                     events_received += 1;
+                    METRICS.event(&ev);
                     warn.report(store.append_event(&ev), "storing an event");
                     stored.push(ev);
                     pending += 1;
                 }
                 Ok(Msg::Loss(loss)) => {
                     lost_received = lost_received.saturating_add(loss.lost);
+                    METRICS.loss(&loss);
                     warn.report(store.append_loss(&loss), "storing a loss record");
                     pending += 1;
                 }
@@ -725,6 +743,17 @@ fn write_loop(
                         store.unstored().unwrap_or(0),
                     );
                     warn.report(store.heartbeat_with_status(at, &snapshot), "heartbeat");
+                    if METRICS.enabled()
+                        && let Some(s) = store.store()
+                    {
+                        match s.metrics_facts() {
+                            Ok(facts) => METRICS.set_store_facts(facts),
+                            Err(e) => warn.report(
+                                Err::<(), _>(e),
+                                "reading the store's size for the metrics",
+                            ),
+                        }
+                    }
                 }
                 Ok(Msg::Stopped(at)) => stopped_at = Some(at),
                 // Outbox writes are queued: the next turn takes them.
@@ -765,7 +794,14 @@ fn write_loop(
         }
         if closed {
             // What the last senders queued (the rules' final revisions, results).
-            write_outbox(&mut store, &outbox, &alerts, &mut warn);
+            write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn);
+            if !unkept.queue.is_empty() {
+                log::error!(
+                    "alerts: {} alert(s) could not be kept: the store did not take them before \
+                     the stop",
+                    unkept.queue.len()
+                );
+            }
             drop(free_tx);
             if let Some(t) = freer {
                 let _ = t.join();
@@ -786,30 +822,110 @@ fn write_loop(
     }
 }
 
+/// Alerts the store could not take yet (a full disk, the store not open) are kept in memory,
+/// in order, up to this many, and written as soon as it can take them.
+const UNKEPT_ALERTS_MAX: usize = 4096;
+
+/// Alerts waiting for the store to take them (see [`UNKEPT_ALERTS_MAX`]).
+#[derive(Default)]
+struct UnkeptAlerts {
+    queue: std::collections::VecDeque<ctrwatch_alerts::OutboxWrite>,
+    /// Dropped because the queue was full, not yet reported.
+    dropped: u64,
+    warn: Warner,
+}
+
 /// Applies the queued outbox writes, each committed at once (after the open batch of events).
-/// True when any was applied.
+/// True when any was applied. An alert the store cannot take is not lost: it waits in
+/// `unkept` and is tried again first, on every turn of the writer, so alerts keep their order.
+/// A delivery result that cannot be recorded is only logged: the delivery stays pending and is
+/// made again (at least once).
 fn write_outbox(
     store: &mut DaemonStore,
     outbox: &Receiver<ctrwatch_alerts::OutboxWrite>,
     alerts: &WriterAlerts,
+    unkept: &mut UnkeptAlerts,
     warn: &mut Warner,
 ) -> bool {
     let mut any = false;
+    while let Some(w) = unkept.queue.front() {
+        match store.write_outbox(w, &alerts.routing) {
+            Ok(applied) => {
+                alerts.applied(&applied);
+                count_outbox_write(w);
+                unkept.queue.pop_front();
+                any = true;
+            }
+            Err(e) => {
+                unkept.warn.report(
+                    Err::<(), _>(e),
+                    &format!(
+                        "alerts: {} alert(s) wait in memory for the store",
+                        unkept.queue.len()
+                    ),
+                );
+                break;
+            }
+        }
+    }
+    if unkept.queue.is_empty() && unkept.dropped > 0 {
+        log::error!(
+            "alerts: {} alert(s) were lost while the store could not take them (more than \
+             {UNKEPT_ALERTS_MAX} waited)",
+            unkept.dropped
+        );
+        unkept.dropped = 0;
+    }
     while let Ok(w) = outbox.try_recv() {
         any = true;
+        let is_alert = matches!(w, ctrwatch_alerts::OutboxWrite::Alert(_));
+        if is_alert && !unkept.queue.is_empty() {
+            keep_in_memory(unkept, w);
+            continue;
+        }
         match store.write_outbox(&w, &alerts.routing) {
-            Ok(applied) => alerts.applied(&applied),
-            Err(e) => match &w {
-                ctrwatch_alerts::OutboxWrite::Alert(a) => log::error!(
-                    "alerts: alert {} ({}) could not be kept in the outbox: {e}",
-                    a.id,
-                    a.rule
-                ),
-                _ => warn.report(Err::<(), _>(e), "recording an alert delivery"),
-            },
+            Ok(applied) => {
+                alerts.applied(&applied);
+                count_outbox_write(&w);
+            }
+            Err(e) if is_alert => {
+                if let ctrwatch_alerts::OutboxWrite::Alert(a) = &w {
+                    log::error!(
+                        "alerts: alert {} ({}) could not be kept in the outbox yet, kept in \
+                         memory until the store takes it: {e}",
+                        a.id,
+                        a.rule
+                    );
+                }
+                keep_in_memory(unkept, w);
+            }
+            Err(e) => warn.report(Err::<(), _>(e), "recording an alert delivery"),
         }
     }
     any
+}
+
+/// The metrics of an outbox write that was kept: an alert's first revision (a new alert), a
+/// delivery attempt's result.
+fn count_outbox_write(w: &ctrwatch_alerts::OutboxWrite) {
+    match w {
+        // The rules send each revision once; the first is the alert raised.
+        ctrwatch_alerts::OutboxWrite::Alert(a) if a.rev == 1 => {
+            METRICS.alert_raised(a.rule, a.severity);
+        }
+        ctrwatch_alerts::OutboxWrite::Result(r) => {
+            METRICS.delivery(&r.sink, DeliveryOutcome::of(&r.kind));
+        }
+        _ => {}
+    }
+}
+
+fn keep_in_memory(unkept: &mut UnkeptAlerts, w: ctrwatch_alerts::OutboxWrite) {
+    if unkept.queue.len() >= UNKEPT_ALERTS_MAX {
+        unkept.queue.pop_front();
+        unkept.dropped += 1;
+    }
+    unkept.queue.push_back(w);
 }
 
 /// Store errors on the write path are not fatal: a full disk degrades the store (it counts
@@ -847,6 +963,7 @@ mod tests {
     fn options(config: &str) -> RunOptions {
         let config =
             ctrwatch_config::Config::parse("test.toml", config).unwrap_or_else(|e| panic!("{e:?}"));
+        let config_listen = config.metrics.listen;
         RunOptions {
             watch: WatchOptions {
                 roots: config.watch.roots.clone(),
@@ -864,6 +981,7 @@ mod tests {
             config,
             config_file: None,
             reload: None,
+            metrics_listen: config_listen,
         }
     }
 
@@ -879,7 +997,7 @@ mod tests {
         let changed = options(
             "log_level = \"debug\"\n[watch]\nroots = [\"/a\"]\nring_buffer_mb = 4\n\
              [store]\npath = \"/tmp/x.db\"\n[alerts]\ngroup_window = \"5s\"\n\
-             [rules.heartbeat]\nenabled = false\n\
+             [rules.heartbeat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9847\"\n\
              [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
         );
         assert_eq!(
@@ -888,6 +1006,7 @@ mod tests {
                 "[store] path",
                 "[watch] ring_buffer_mb",
                 "log_level",
+                "[metrics] listen",
                 "[alerts]",
                 "[rules]",
                 "[[sinks]]"

@@ -107,6 +107,12 @@ lines carry journal priorities. RUST_LOG=debug logs more."
         /// defaults. Check a file with `ctrwatch config check FILE`.
         #[arg(long, env = "CTRWATCH_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9847; overrides
+        /// `[metrics] listen`). Off unless given here or in the file. An address that cannot
+        /// be listened on stops `run` at start; one that is not loopback is allowed, with a
+        /// warning: the metrics tell who can reach it what this node's ctrwatch sees.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
     #[command(
@@ -532,6 +538,7 @@ fn main() -> ExitCode {
             store_group,
             store_lock_wait,
             config,
+            metrics_listen,
         } => {
             // Which flags were given (on the command line or by their environment variable):
             // those win over the configuration file.
@@ -544,6 +551,7 @@ fn main() -> ExitCode {
                 store_group,
                 store_lock_wait,
                 print,
+                metrics_listen,
             };
             // SIGHUP reads the same file again, with the same flags over it.
             let reload =

@@ -31,6 +31,7 @@ pub struct RunFlags {
     pub store_group: Option<StoreGroup>,
     pub store_lock_wait: u64,
     pub print: bool,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The configuration `run` uses: the file named by `--config`, else the default file if it
@@ -191,11 +192,6 @@ pub fn watch_options(
             w.protect.name()
         );
     }
-    if let Some(addr) = file.metrics.listen {
-        log::warn!(
-            "[metrics] listen = {addr}: this ctrwatch serves no metrics endpoint yet; nothing listens there"
-        );
-    }
     Ok(WatchOptions {
         roots,
         discover,
@@ -258,5 +254,10 @@ pub fn run_options(
         // Set by the caller, which knows which file was read.
         config_file: None,
         reload: None,
+        metrics_listen: if given("metrics_listen") {
+            flags.metrics_listen
+        } else {
+            file.metrics.listen
+        },
     })
 }

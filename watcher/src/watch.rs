@@ -207,7 +207,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     kernel
         .set_capture(true)
         .context("turning capture on in the kernel")?;
-    sink.capture_started(SystemTime::now())?;
+    sink.capture_started(ctrwatch_event::time::Clock::process().now_system_time())?;
     let mut processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
     if let Err(e) = processes.seed_from_proc() {
         log::warn!("reading running processes from /proc: {e:#}");
@@ -223,6 +223,13 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         crate::containerd::attribution::Attributor::new(attributed, opts.trust.clone());
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let ring = kernel.take_ring_buffer()?;
+    // The ring buffer's fill, for the metrics (sampled at each scrape). Without it the
+    // metrics lack two gauges; capture goes on.
+    match crate::kernel::RingPositions::map(std::os::fd::AsFd::as_fd(&ring), opts.ring_buffer_bytes)
+    {
+        Ok(positions) => crate::metrics::METRICS.set_ring(Box::new(positions)),
+        Err(e) => log::warn!("mapping the ring buffer's positions for the metrics: {e}"),
+    }
     // SAFETY: the ring buffer owns its fd and is owned by the AsyncFd, so the fd stays open
     // for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -306,8 +313,9 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
             _ = tick.tick() => {
                 // The watermark: read before the loss counters and before the ring buffer is
                 // drained to empty, so everything captured before it has been delivered or
-                // counted by the time the sink hears of it.
-                let watermark = SystemTime::now();
+                // counted by the time the sink hears of it. On the events' clock, not the
+                // wall clock: compared with event times, it must not move with an NTP step.
+                let watermark = enricher.clock.now_system_time();
                 if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
                     sink.loss(&loss)?;
                 }
@@ -340,14 +348,14 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         "{stop_signal}: stopping capture, detaching the programs, storing what was captured"
     ));
     // Stop capture at one instant, read before the switch: everything up to it is captured.
-    let stopped_at = SystemTime::now();
+    let stopped_at = enricher.clock.now_system_time();
     let stopped_at = match kernel.set_capture(false) {
         Ok(()) => stopped_at,
         Err(e) => {
             // The programs capture until they are detached.
             log::warn!("turning capture off in the kernel: {e}; detaching instead");
             kernel.detach();
-            SystemTime::now()
+            enricher.clock.now_system_time()
         }
     };
     sink.capture_stopped(stopped_at);

@@ -241,11 +241,13 @@ impl Tracked {
         }
         self.signature = sig;
         self.loaded_at = Some(now);
+        let started = Instant::now();
         match Model::load_layout(&self.layout) {
             Ok(model) => {
                 self.load_error = None;
                 self.remember(&model);
                 self.model = Some(model);
+                crate::metrics::METRICS.mapping_refreshed(started.elapsed());
             }
             Err(e) => {
                 if self.load_error.as_deref() != Some(&e.to_string()) {
