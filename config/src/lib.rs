@@ -458,73 +458,61 @@ fn key(k: &str) -> Step {
 /// a configuration, and must not make the daemon allocate what it says.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
-/// Reads the configuration file at `path` without ever blocking on it (the daemon reads it
-/// again on SIGHUP, from a path someone may have replaced): opened non-blocking, so that a
-/// FIFO put there does not wait for a writer; refused unless what was opened is a regular
-/// file of at most [`MAX_FILE_BYTES`]. Returns the text and the metadata of the file opened
-/// (links followed), for the caller's owner check.
-pub fn read_file(path: &Path) -> Result<(String, std::fs::Metadata), ConfigError> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+/// Reads the configuration file at `path` as [`files`] reads what it trusts: never blocking
+/// on it (the daemon reads it again on SIGHUP, from a path someone may have replaced: a FIFO
+/// there does not wait for a writer), only a regular file of at most [`MAX_FILE_BYTES`]; with
+/// `trusted` (`ctrwatch run`), running as root, only a file root alone can write. The owner
+/// check's refusal is returned as it is (`run` says why the owner matters); every other
+/// problem as a [`ConfigError::Read`].
+pub fn read_file(
+    path: &Path,
+    trusted: bool,
+) -> Result<Result<String, ConfigError>, files::TrustedFileError> {
     let shown = ctrwatch_event::escape_path(path);
-    let failed = |message: String| ConfigError::Read {
-        file: shown.clone(),
-        message,
+    let failed = |message: String| {
+        Ok(Err(ConfigError::Read {
+            file: shown.clone(),
+            message,
+        }))
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| failed(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| failed(e.to_string()))?;
-    if !meta.file_type().is_file() {
-        return Err(failed(format!(
-            "not a regular file (a {}); a configuration must be one",
-            file_kind(&meta.file_type())
-        )));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(failed(format!(
-            "{} bytes: larger than any configuration ({} bytes at most)",
-            meta.len(),
-            MAX_FILE_BYTES
-        )));
-    }
-    let mut text = String::new();
-    // Bounded again: the file may grow while it is read.
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| failed(e.to_string()))?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(failed(format!(
-            "larger than any configuration ({MAX_FILE_BYTES} bytes at most)"
-        )));
-    }
-    Ok((text, meta))
-}
-
-/// What a file that is not a regular file is, in words.
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt as _;
-    if t.is_dir() {
-        "directory"
-    } else if t.is_fifo() {
-        "FIFO"
-    } else if t.is_socket() {
-        "socket"
-    } else if t.is_char_device() {
-        "character device"
-    } else if t.is_block_device() {
-        "block device"
+    let read = if trusted {
+        files::read_trusted(path, MAX_FILE_BYTES)
     } else {
-        "special file"
+        files::read_regular(path, MAX_FILE_BYTES)
+    };
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e @ files::TrustedFileError::Untrusted { .. }) => return Err(e),
+        Err(files::TrustedFileError::Io { source, .. }) => return failed(source.to_string()),
+        Err(files::TrustedFileError::NotRegular { .. }) => {
+            return failed("not a regular file; a configuration must be one".into());
+        }
+        Err(files::TrustedFileError::TooLarge { max, .. }) => {
+            return failed(format!(
+                "larger than any configuration ({max} bytes at most)"
+            ));
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Ok(text)),
+        Err(_) => failed("not UTF-8 text".into()),
     }
 }
 
 impl Config {
     /// Reads ([`read_file`]) and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-        let (text, _) = read_file(path).map_err(|e| vec![e])?;
+        let text = match read_file(path, false) {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => return Err(vec![e]),
+            // Not asked for: no owner check.
+            Err(e) => {
+                return Err(vec![ConfigError::Read {
+                    file: ctrwatch_event::escape_path(path),
+                    message: e.to_string(),
+                }]);
+            }
+        };
         Config::from_text(path, &text)
     }
 

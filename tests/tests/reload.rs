@@ -410,7 +410,7 @@ fn a_fifo_at_the_config_path_does_not_hang_the_daemon() {
     let failed = status_until(&store, "the reload refused", |v| {
         v["daemon"]["config_reload_error"]
             .as_str()
-            .is_some_and(|e| e.contains("not a regular file (a FIFO)"))
+            .is_some_and(|e| e.contains("not a regular file"))
     });
     assert!(
         failed["daemon"]["config_reload_failed"].is_string(),

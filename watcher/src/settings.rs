@@ -4,7 +4,6 @@
 //! `ctrwatch_config`'s; this module only merges.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,8 +58,20 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<(Config, Option<LoadedCon
     };
     // Never blocks (a FIFO at the path), refuses what is not a regular file: also read again
     // on SIGHUP, while capturing.
-    let (text, meta) = ctrwatch_config::read_file(path).map_err(|e| unusable(&[e]))?;
-    check_owner(path, &meta)?;
+    let text = match ctrwatch_config::read_file(path, true) {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => return Err(unusable(&[e])),
+        Err(ctrwatch_config::files::TrustedFileError::Untrusted { uid, mode, .. }) => bail!(
+            "refusing the configuration {}: it must be root's and writable by root alone (owner uid {uid}, mode {mode:04o}), as it decides what is watched and trusted",
+            escape_path(path)
+        ),
+        Err(e) => {
+            return Err(unusable(&[ctrwatch_config::ConfigError::Read {
+                file: escape_path(path),
+                message: e.to_string(),
+            }]));
+        }
+    };
     let loaded = LoadedConfig {
         path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
         loaded_at: std::time::SystemTime::now(),
@@ -101,24 +112,6 @@ pub fn log_filter(file: &Config) -> String {
             format!("warn,watcher={level},ctrwatch={level}")
         }
     }
-}
-
-/// Running as root, the file (as opened: links followed; `meta` is the opened file's) must
-/// be root's and not writable by group or others.
-fn check_owner(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        bail!(
-            "refusing the configuration {}: it must be root's and writable by root alone (owner uid {}, mode {:04o}), as it decides what is watched and trusted",
-            escape_path(path),
-            meta.uid(),
-            meta.mode() & 0o7777
-        );
-    }
-    Ok(())
 }
 
 /// `watch`'s and `run`'s watch settings: the flags that were given (`given(id)`: clap's
