@@ -454,17 +454,71 @@ fn key(k: &str) -> Step {
     Step::Key(k.to_owned())
 }
 
+/// The largest configuration file read: a real one is a few KiB; anything much bigger is not
+/// a configuration, and must not make the daemon allocate what it says.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads the configuration file at `path` as [`files`] reads what it trusts: never blocking
+/// on it (the daemon reads it again on SIGHUP, from a path someone may have replaced: a FIFO
+/// there does not wait for a writer), only a regular file of at most [`MAX_FILE_BYTES`]; with
+/// `trusted` (`ctrwatch run`), running as root, only a file root alone can write. The owner
+/// check's refusal is returned as it is (`run` says why the owner matters); every other
+/// problem as a [`ConfigError::Read`].
+pub fn read_file(
+    path: &Path,
+    trusted: bool,
+) -> Result<Result<String, ConfigError>, files::TrustedFileError> {
+    let shown = ctrwatch_event::escape_path(path);
+    let failed = |message: String| {
+        Ok(Err(ConfigError::Read {
+            file: shown.clone(),
+            message,
+        }))
+    };
+    let read = if trusted {
+        files::read_trusted(path, MAX_FILE_BYTES)
+    } else {
+        files::read_regular(path, MAX_FILE_BYTES)
+    };
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e @ files::TrustedFileError::Untrusted { .. }) => return Err(e),
+        Err(files::TrustedFileError::Io { source, .. }) => return failed(source.to_string()),
+        Err(files::TrustedFileError::NotRegular { .. }) => {
+            return failed("not a regular file; a configuration must be one".into());
+        }
+        Err(files::TrustedFileError::TooLarge { max, .. }) => {
+            return failed(format!(
+                "larger than any configuration ({max} bytes at most)"
+            ));
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Ok(text)),
+        Err(_) => failed("not UTF-8 text".into()),
+    }
+}
+
 impl Config {
-    /// Reads and checks the file at `path`.
+    /// Reads ([`read_file`]) and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-        let shown = ctrwatch_event::escape_path(path);
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigError::Read {
-                file: shown.clone(),
-                message: e.to_string(),
-            }]
-        })?;
-        let mut config = Config::parse(&shown, &text)?;
+        let text = match read_file(path, false) {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => return Err(vec![e]),
+            // Not asked for: no owner check.
+            Err(e) => {
+                return Err(vec![ConfigError::Read {
+                    file: ctrwatch_event::escape_path(path),
+                    message: e.to_string(),
+                }]);
+            }
+        };
+        Config::from_text(path, &text)
+    }
+
+    /// Checks the text read from the file at `path`.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+        let mut config = Config::parse(&ctrwatch_event::escape_path(path), text)?;
         config.file = Some(path.to_path_buf());
         Ok(config)
     }

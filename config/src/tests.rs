@@ -417,6 +417,30 @@ fn a_wrong_sink_url_is_not_echoed_as_it_may_hold_a_secret() {
     assert!(!e.to_string().contains("SLACKSECRET"), "{e}");
 }
 
+#[test]
+fn a_fifo_or_a_directory_is_refused_without_blocking() {
+    let dir = std::env::temp_dir().join(format!("ctrwatch-config-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("ctrwatch.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Without O_NONBLOCK this open would wait for a writer forever.
+    let e = Config::load(&fifo).unwrap_err();
+    assert!(e[0].to_string().contains("not a regular file"), "{e:?}");
+    let e = Config::load(&dir).unwrap_err();
+    assert!(e[0].to_string().contains("not a regular file"), "{e:?}");
+    let big = dir.join("big.toml");
+    std::fs::write(&big, vec![b'#'; (crate::MAX_FILE_BYTES + 1) as usize]).unwrap();
+    let e = Config::load(&big).unwrap_err();
+    assert!(
+        e[0].to_string().contains("larger than any configuration"),
+        "{e:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A sink's secret, token and CA files are read as trusted files: a FIFO in their place does
 /// not hang `config check` or the daemon, a file others can write is refused when running as
 /// root, and a CA file must hold a certificate. The error names the key.

@@ -438,6 +438,26 @@ impl DaemonAlerts {
         records(rules.tick(now_ns))
     }
 
+    /// A reload of the configuration `file` was refused for `reason`: the `config-invalid`
+    /// alert to keep (none when the rule is off, or before capture started).
+    pub fn config_invalid(
+        &self,
+        file: Option<&Path>,
+        reason: &str,
+        now_ns: i64,
+    ) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        let Some(rules) = &self.rules else {
+            return Vec::new();
+        };
+        let file = file.map(ctrwatch_event::escape_path);
+        records(
+            rules
+                .config_invalid(file.as_deref(), reason, now_ns)
+                .into_iter()
+                .collect(),
+        )
+    }
+
     /// A loss record (kernel loss, or the store writer's queue).
     pub fn loss(&mut self, loss: &ctrwatch_event::LossEvent, now_ns: i64) {
         let Some(rules) = &mut self.rules else {

@@ -33,9 +33,9 @@ use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 use crate::{
     alerting::{DaemonAlerts, WriterAlerts},
     metrics::{DeliveryOutcome, METRICS},
-    status::{LoadedConfig, StatusSource},
+    status::{ConfigStatus, LoadedConfig, StatusSource},
     store::{DaemonStore, StoreOptions},
-    watch::{self, CaptureInfo, Sink, StdoutSink, WatchOptions},
+    watch::{self, CaptureInfo, ReloadJob, Sink, StdoutSink, WatchOptions},
 };
 
 /// Events waiting for the writer: absorbs the writer's pauses (commits, checkpoints) under a
@@ -70,6 +70,64 @@ pub struct RunOptions {
     pub config_file: Option<LoadedConfig>,
     /// Where `GET /metrics` is served (`[metrics] listen`, `--metrics-listen`); None: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Reads the configuration again on SIGHUP (None: SIGHUP is logged and ignored).
+    pub reload: Option<Reloader>,
+}
+
+/// Re-reads the configuration on SIGHUP: `run`'s settings from the same file with the same
+/// flags over it, everything checked as at the start (on a blocking thread: the file may be
+/// slow to read).
+#[derive(Clone)]
+pub struct Reloader(std::sync::Arc<dyn Fn() -> anyhow::Result<RunOptions> + Send + Sync>);
+
+impl Reloader {
+    pub fn new(read: impl Fn() -> anyhow::Result<RunOptions> + Send + Sync + 'static) -> Self {
+        Reloader(std::sync::Arc::new(read))
+    }
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+/// The keys a reload cannot change while the daemon runs, and whether `new` changes them
+/// from what the daemon started with (`old`): the store is open, the ring buffer allocated,
+/// the logger, the alert rules, sinks and their delivery workers set up at the start.
+/// Everything else of the file is applied live: roots and discovery, root refresh, trusted
+/// writers, secret masking.
+pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static str> {
+    let (o, n) = (&old.config, &new.config);
+    [
+        ("[store] path", old.store != new.store),
+        (
+            "[store] retention_days",
+            old.store_options.retention_age != new.store_options.retention_age,
+        ),
+        (
+            "[store] retention_mb",
+            old.store_options.retention_bytes != new.store_options.retention_bytes,
+        ),
+        (
+            "[store] group",
+            old.store_options.group != new.store_options.group,
+        ),
+        (
+            "[watch] ring_buffer_mb",
+            old.watch.ring_buffer_bytes != new.watch.ring_buffer_bytes,
+        ),
+        ("[watch] backend", o.watch.backend != n.watch.backend),
+        ("[watch] protect", o.watch.protect != n.watch.protect),
+        ("log_level", o.log_level != n.log_level),
+        ("[metrics] listen", old.metrics_listen != new.metrics_listen),
+        ("[alerts]", o.alerts != n.alerts),
+        ("[rules]", o.rules != n.rules),
+        ("[[sinks]]", o.sinks != n.sinks),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 enum Msg {
@@ -168,6 +226,11 @@ pub struct StoreSink {
     results: Option<std::sync::Arc<WriterResults>>,
     /// The rules' writes the outbox queue had no room for yet (tried again at each tick).
     unsent: std::collections::VecDeque<ctrwatch_alerts::OutboxWrite>,
+    /// Reads the configuration again on SIGHUP.
+    reloader: Option<Reloader>,
+    /// The settings the daemon started with: what a reload's restart-only keys are compared
+    /// with.
+    started_with: Option<Box<RunOptions>>,
 }
 
 impl StoreSink {
@@ -186,20 +249,71 @@ impl StoreSink {
             clock: Clock::process(),
             writer: None,
             status: StatusSource {
-                config: None,
+                config: Default::default(),
                 started: SystemTime::now(),
                 capture: Default::default(),
             },
             alerts: None,
             results: None,
             unsent: std::collections::VecDeque::new(),
+            reloader: None,
+            started_with: None,
         }
     }
 
     /// The configuration file the daemon read, for its status snapshot.
-    pub fn with_config(mut self, config: Option<LoadedConfig>) -> StoreSink {
-        self.status.config = config;
+    pub fn with_config(self, config: Option<LoadedConfig>) -> StoreSink {
+        if let Ok(mut c) = self.status.config.lock() {
+            *c = ConfigStatus {
+                loaded: config,
+                ..ConfigStatus::default()
+            };
+        }
         self
+    }
+
+    /// Reloads the configuration on SIGHUP with `reloader`; `started_with`: the settings the
+    /// daemon started with.
+    pub fn with_reload(
+        mut self,
+        reloader: Option<Reloader>,
+        started_with: RunOptions,
+    ) -> StoreSink {
+        self.reloader = reloader;
+        self.started_with = Some(Box::new(started_with));
+        self
+    }
+
+    /// A reload failed: the configuration loaded before stays; said in the log (error),
+    /// in the status snapshot and as a `config-invalid` alert.
+    fn reload_failed(&mut self, error: &anyhow::Error) {
+        let why = format!("{error:#}");
+        // The file's text can be anything (a quoted key with control characters): escaped
+        // line by line for the log and the alert; the status snapshot escapes its own copy.
+        let shown = why
+            .lines()
+            .map(ctrwatch_event::escape)
+            .collect::<Vec<_>>()
+            .join("\n");
+        log::error!(
+            "reloading the configuration failed; still running with the configuration loaded \
+             before: {shown}"
+        );
+        let now = SystemTime::now();
+        let file = match self.status.config.lock() {
+            Ok(mut c) => {
+                c.reload_failed = Some((now, why.clone()));
+                c.loaded.as_ref().map(|l| l.path.clone())
+            }
+            Err(_) => None,
+        };
+        if let Some(a) = &mut self.alerts {
+            self.unsent.extend(a.config_invalid(
+                file.as_deref(),
+                &shown,
+                crate::store::system_time_ns(now),
+            ));
+        }
     }
 
     /// Raises and delivers alerts (see [`DaemonAlerts`]).
@@ -471,6 +585,51 @@ impl Sink for StoreSink {
     fn capture_stopped(&mut self, _at: SystemTime) {
         self.stopping = true;
     }
+    fn reload(&mut self) -> Option<ReloadJob> {
+        let reloader = self.reloader.clone()?;
+        Some(Box::new(move || (reloader.0)()))
+    }
+    fn reloaded(&mut self, result: anyhow::Result<RunOptions>) -> Option<WatchOptions> {
+        let new = match result {
+            Ok(new) => new,
+            Err(e) => {
+                self.reload_failed(&e);
+                return None;
+            }
+        };
+        let started = self.started_with.as_deref()?;
+        let pending = restart_only_changes(started, &new);
+        let shown = new.config_file.as_ref().map_or_else(
+            || "(no file: the built-in defaults)".to_owned(),
+            |c| ctrwatch_event::escape_path(&c.path),
+        );
+        for key in &pending {
+            log::warn!(
+                "reloaded {shown}: {key} changed; it takes effect at the next start (the \
+                 daemon keeps the value it started with until then)"
+            );
+        }
+        if let Ok(mut c) = self.status.config.lock() {
+            *c = ConfigStatus {
+                loaded: new.config_file.clone(),
+                reload_failed: None,
+                restart_pending: pending.iter().map(|k| (*k).to_owned()).collect(),
+            };
+        }
+        log::info!(
+            "reloaded the configuration {shown}: roots, discovery, trusted writers and secret \
+             masking applied{}",
+            if pending.is_empty() {
+                String::new()
+            } else {
+                format!("; at the next start: {}", pending.join(", "))
+            }
+        );
+        let mut watch = new.watch;
+        // Restart-only: the ring buffer is allocated.
+        watch.ring_buffer_bytes = started.watch.ring_buffer_bytes;
+        Some(watch)
+    }
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -491,11 +650,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     // Sinks checked (secrets, CA files) before anything starts.
-    let alerting =
-        crate::alerting::Alerting::from_config(opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let alerting = crate::alerting::Alerting::from_config(opts.config.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The run begins when capture has started, after the programs are attached (seconds).
+    let started_with = RunOptions {
+        reload: None,
+        ..opts.clone()
+    };
     let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)))
         .with_config(opts.config_file.clone())
+        .with_reload(opts.reload.clone(), started_with)
         .with_alerts(DaemonAlerts::new(alerting));
     log::info!(
         "ctrwatch: storing history in {}",
@@ -789,5 +953,64 @@ impl Warner {
         }
         self.suppressed = 0;
         self.last = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(config: &str) -> RunOptions {
+        let config =
+            ctrwatch_config::Config::parse("test.toml", config).unwrap_or_else(|e| panic!("{e:?}"));
+        let config_listen = config.metrics.listen;
+        RunOptions {
+            watch: WatchOptions {
+                roots: config.watch.roots.clone(),
+                discover: config.watch.discover,
+                json: false,
+                ring_buffer_bytes: config.watch.ring_buffer_mb * 1024 * 1024,
+                root_refresh: config.watch.root_refresh,
+                process_grace: Duration::from_secs(120),
+                trust: Default::default(),
+                masker: crate::secrets::Masker::builtin(),
+            },
+            store: config.store.path.clone(),
+            store_options: StoreOptions::default(),
+            echo: false,
+            config,
+            config_file: None,
+            reload: None,
+            metrics_listen: config_listen,
+        }
+    }
+
+    #[test]
+    fn restart_only_keys_are_named_live_ones_are_not() {
+        let old = options("[watch]\nroots = [\"/a\"]\n");
+        // Live keys only: nothing waits for a restart.
+        let live = options(
+            "log_level = \"info\"\n[watch]\nroots = [\"/b\"]\ndiscover = false\n\
+             trust_exes = [\"/usr/bin/x\"]\nmask_args = [\"k-[a-z]+\"]\nroot_refresh = \"9s\"\n",
+        );
+        assert_eq!(restart_only_changes(&old, &live), Vec::<&str>::new());
+        let changed = options(
+            "log_level = \"debug\"\n[watch]\nroots = [\"/a\"]\nring_buffer_mb = 4\n\
+             [store]\npath = \"/tmp/x.db\"\n[alerts]\ngroup_window = \"5s\"\n\
+             [rules.heartbeat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9847\"\n\
+             [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&old, &changed),
+            vec![
+                "[store] path",
+                "[watch] ring_buffer_mb",
+                "log_level",
+                "[metrics] listen",
+                "[alerts]",
+                "[rules]",
+                "[[sinks]]"
+            ]
+        );
     }
 }

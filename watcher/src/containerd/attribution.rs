@@ -336,6 +336,17 @@ impl Attributor {
         a
     }
 
+    /// A reloaded configuration: the roots named (empty: every discovered instance) and the
+    /// trusted writers. Discovery runs again when the roots changed (models of instances
+    /// that stay are kept).
+    pub fn reconfigure(&mut self, configured: Vec<PathBuf>, trust: Trust) {
+        self.trust = trust;
+        if configured != self.configured {
+            self.configured = configured;
+            self.rediscover();
+        }
+    }
+
     /// The instances' roots.
     pub fn roots(&self) -> Vec<&Path> {
         self.instances
