@@ -118,3 +118,48 @@ bearer_token = "BEARERSECRET"
     );
     assert!(out.contains("https://example.test/…"), "{out}");
 }
+
+/// `config check` says valid only when `ctrwatch run` would start with the file: a file others
+/// can write (run, as root, refuses it), a backend this build does not have, and a store group
+/// that does not exist were reported valid (exit 0) although `run` refused each of them.
+#[test]
+fn what_run_refuses_is_invalid() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // SAFETY: geteuid cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let writable = scratch("writable.toml", "[store]\nretention_days = 30\n");
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let mut cases = vec![
+        (
+            scratch("fentry.toml", "[watch]\nbackend = \"fentry\"\n"),
+            "fentry and LSM hooks are not built",
+        ),
+        (
+            scratch(
+                "group.toml",
+                "[store]\ngroup = \"no-such-group-ctrwatch-test\"\n",
+            ),
+            "[store] group",
+        ),
+    ];
+    if as_root {
+        cases.push((writable.clone(), "writable by root alone"));
+    }
+    for (path, words) in &cases {
+        let (code, out, err) = config(&["check", path.to_str().expect("utf-8")]);
+        assert_eq!(code, 2, "{}: {out}{err}", path.display());
+        assert!(
+            err.contains(words),
+            "{}: {err} lacks {words:?}",
+            path.display()
+        );
+        assert!(
+            err.contains("`ctrwatch run` would refuse it"),
+            "{}: {err}",
+            path.display()
+        );
+    }
+    let ok = scratch("ok.toml", "[store]\nretention_days = 30\n");
+    let (code, out, err) = config(&["check", ok.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -683,9 +683,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// `run`'s flags at their defaults: `config check` judges a file as `ctrwatch run --config
+/// FILE` would use it, with no other flag.
+fn default_run_flags() -> anyhow::Result<settings::RunFlags> {
+    match Cli::try_parse_from(["ctrwatch", "run"])?.command {
+        Command::Run {
+            watch,
+            store,
+            retention_days,
+            retention_mb,
+            print,
+            store_group,
+            store_lock_wait,
+            config: _,
+            metrics_listen,
+        } => Ok(settings::RunFlags {
+            watch,
+            store,
+            retention_days,
+            retention_mb,
+            store_group,
+            store_lock_wait,
+            print,
+            metrics_listen,
+        }),
+        _ => anyhow::bail!("`run` parsed as another command"),
+    }
+}
+
 /// `ctrwatch config check`: the report on stdout when valid, the problems on stderr when not.
+/// Valid means `run` would start with it: after the file's own checks, the ones `run` makes
+/// (the file's owner and mode when run as root, the backend, the store group, the sinks'
+/// files), the same code a reload runs.
 fn config_check(file: &std::path::Path) -> ExitCode {
-    match config_cmd::check(file) {
+    let checked = match config_cmd::check(file) {
+        config_cmd::Checked::Valid(report) => {
+            match default_run_flags()
+                .and_then(|flags| settings::resolve(Some(file), flags, &|_| false))
+            {
+                Ok(_) => config_cmd::Checked::Valid(report),
+                Err(e) => config_cmd::Checked::Invalid(format!(
+                    "{e:#}\n{}: invalid (`ctrwatch run` would refuse it)\n",
+                    ctrwatch_event::escape_path(file)
+                )),
+            }
+        }
+        other => other,
+    };
+    match checked {
         config_cmd::Checked::Valid(report) => match write_stdout(&report) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

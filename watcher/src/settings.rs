@@ -88,16 +88,24 @@ pub fn reloader(
     flags: RunFlags,
     given: std::collections::BTreeSet<String>,
 ) -> Reloader {
-    Reloader::new(move || {
-        let (file, loaded) = load(explicit.as_deref())?;
-        let options = run_options(flags.clone(), &|id| given.contains(id), &file)?;
-        // The sinks' checks (secrets, CA files), as at the start.
-        watcher::alerting::Alerting::from_config(options.config.clone())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(RunOptions {
-            config_file: loaded,
-            ..options
-        })
+    Reloader::new(move || resolve(explicit.as_deref(), flags.clone(), &|id| given.contains(id)))
+}
+
+/// `run`'s settings from the file (see [`load`]) and the flags given over it, with every check
+/// the start makes before it attaches anything, the sinks' included (secrets, CA files).
+/// SIGHUP's reload and `config check` run exactly this.
+pub fn resolve(
+    explicit: Option<&Path>,
+    flags: RunFlags,
+    given: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<RunOptions> {
+    let (file, loaded) = load(explicit)?;
+    let options = run_options(flags, given, &file)?;
+    watcher::alerting::Alerting::from_config(options.config.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(RunOptions {
+        config_file: loaded,
+        ..options
     })
 }
 
