@@ -122,7 +122,14 @@ impl DaemonRules {
     pub fn config_invalid(&self, file: Option<&str>, reason: &str, now_ns: i64) -> Option<Alert> {
         let severity = self.config_invalid?;
         let shown = file.unwrap_or("(built-in defaults)");
-        let first = reason.lines().next().unwrap_or_default();
+        // The refusal reads "the configuration F is not usable (…):" then one problem a line:
+        // the summary names the first problem, not the heading.
+        let first = reason
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.ends_with(':'))
+            .or_else(|| reason.lines().next())
+            .unwrap_or_default();
         let mut alert = Alert::new(
             RuleId::ConfigInvalid,
             severity,
@@ -380,6 +387,17 @@ mod tests {
         assert!(!a.summary.contains("second problem"), "{}", a.summary);
         assert_eq!(a.details["error"], reason);
         assert_eq!(a.command, "ctrwatch config check /etc/c.toml");
+        // As the daemon words a refusal: a heading, then the problems, indented.
+        let worded = "the configuration /etc/c.toml is not usable (check it with `ctrwatch \
+                      config check`):\n  /etc/c.toml:3:1: watch.bogus: unknown field `bogus`";
+        let w = r
+            .config_invalid(Some("/etc/c.toml"), worded, T0 + S)
+            .unwrap_or_else(|| panic!("no alert"));
+        assert!(
+            w.summary.ends_with("watch.bogus: unknown field `bogus`"),
+            "{}",
+            w.summary
+        );
         // Each refusal is its own alert.
         let b = r.config_invalid(Some("/etc/c.toml"), reason, T0 + 2 * S);
         assert_ne!(b.map(|b| b.id), Some(a.id));

@@ -549,7 +549,7 @@ impl Config {
                     .as_ref()
                     .map(|d| locate::render(&locate::path_at(d.get_ref(), offset)))
                     .unwrap_or_default();
-                let err = c.at_offset(offset, key, first_line(e.message()));
+                let err = c.at_offset(offset, key, without_values(&first_line(e.message())));
                 return Err(vec![err]);
             }
         };
@@ -572,6 +572,42 @@ impl Config {
 
 fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or(message).trim().to_owned()
+}
+
+/// A type error without the value it quotes (`invalid type: string "https://hooks…/SECRET",
+/// expected a sequence` → `invalid type: string, expected a sequence`): the value may be a
+/// secret put under the wrong key, and errors reach logs, the status snapshot and, on a
+/// refused reload, the `config-invalid` alert. Keys (`unknown field `x``) stay.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' => {
+                // Skip the quoted value (with its escapes) and the space before it.
+                if out.ends_with(' ') {
+                    out.pop();
+                }
+                while let Some(q) = chars.next() {
+                    match q {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => out.push(ch),
+        }
+    }
+    // `unknown variant `VALUE`, expected one of …`: the value is the operator's too.
+    if let Some(rest) = out.strip_prefix("unknown variant `")
+        && let Some((_, tail)) = rest.split_once('`')
+    {
+        return format!("unknown variant{tail}");
+    }
+    out
 }
 
 fn duration(

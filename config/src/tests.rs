@@ -496,3 +496,29 @@ fn referenced_files_must_be_trustworthy() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A value of the wrong type is not quoted back: it may be a secret under the wrong key, and
+/// a refused reload sends the error to the log, the status snapshot and an alert.
+#[test]
+fn type_errors_do_not_quote_the_value() {
+    for (text, key) in [
+        (
+            "[[sinks]]\nname = \"a\"\nkind = \"slack\"\nurls = \"https://hooks.slack.com/services/T0/B0/SECRETxyz123\"\n",
+            "sinks[0].urls",
+        ),
+        (
+            "[watch]\nmask_args = \"tok-SECRETabc\"\n",
+            "watch.mask_args",
+        ),
+    ] {
+        let e = only_error(text);
+        let shown = e.to_string();
+        assert!(!shown.contains("SECRET"), "{shown}");
+        let (_, _, k) = at(&e);
+        assert_eq!(k, key, "{shown}");
+    }
+    assert_eq!(
+        super::without_values(r#"invalid type: string "a\"b", expected a sequence"#),
+        "invalid type: string, expected a sequence"
+    );
+}

@@ -602,7 +602,17 @@ fn an_alert_raised_on_a_full_disk_is_delivered_once_space_returns() {
     );
     let filler = mnt.fill();
     let daemon = start_daemon(&root, &store, &config);
-    std::thread::sleep(Duration::from_secs(3));
+    // The beat was raised and the store could not take it (not a fixed sleep: on a loaded
+    // machine the first beat may come late, and would then be stored normally).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !daemon.stderr().contains("could not be kept in the outbox") {
+        assert!(
+            Instant::now() < deadline,
+            "the heartbeat was not refused by the full store; stderr:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         webhook_requests(&r).is_empty(),
         "delivered although no outbox could exist"

@@ -434,9 +434,10 @@ fn notify_ready_watchdog_and_stopping() {
     std::fs::write(&probe, b"x").unwrap();
     // The daemon prints the "watching" line and then sends READY=1, from one thread; the test
     // reads stderr and the socket on two threads, so their arrival order can invert by a
-    // scheduling slice (CI saw 36 µs). What READY=1 promises (capture on) is checked by the
-    // probe being stored, below; here the line must follow within a scheduling tolerance.
-    const CHANNEL_SKEW: Duration = Duration::from_millis(250);
+    // scheduling delay (CI saw 36 µs; a loaded machine can stall a thread far longer). What
+    // READY=1 promises (capture on) is checked by the probe being stored, below; here only
+    // that READY=1 did not come while the programs were still loading (seconds).
+    const CHANNEL_SKEW: Duration = Duration::from_secs(2);
     let watching = daemon.wait_line("ctrwatch: watching", Duration::from_secs(5));
     assert!(
         watching <= ready.at + CHANNEL_SKEW,
@@ -501,7 +502,9 @@ fn notify_ready_watchdog_and_stopping() {
     let during: Vec<Instant> = socket
         .pings()
         .into_iter()
-        .filter(|&t| t > held_at + Duration::from_millis(300) && t < released_at)
+        // A ping sent just before the hold may be read (and stamped) by the reader thread a
+        // while later on a loaded machine: a second of margin, four of the five held.
+        .filter(|&t| t > held_at + Duration::from_secs(1) && t < released_at)
         .collect();
     assert!(
         during.is_empty(),
@@ -519,7 +522,6 @@ fn notify_ready_watchdog_and_stopping() {
     daemon.signal(libc::SIGTERM);
     let pid = daemon.pid();
     let (status, stderr) = daemon.wait();
-    let exited_at = Instant::now();
     assert!(
         status.success(),
         "ctrwatch exited with {status:?}:\n{stderr}"
@@ -527,7 +529,9 @@ fn notify_ready_watchdog_and_stopping() {
     let stopping = socket
         .wait_for("STOPPING=1", Duration::from_secs(1))
         .unwrap_or_else(|| panic!("no STOPPING=1 after SIGTERM: {:?}", socket.notices()));
-    assert!(stopping.at >= term_at && stopping.at <= exited_at);
+    // After the signal; before the exit is proven by its sender (below: the daemon's pid, and
+    // a process sends nothing once it has exited), not by when the reader thread read it.
+    assert!(stopping.at >= term_at);
     for n in socket.notices() {
         assert_eq!(
             n.pid,

@@ -299,7 +299,8 @@ impl StoreSink {
             "reloading the configuration failed; still running with the configuration loaded \
              before: {shown}"
         );
-        let now = SystemTime::now();
+        let now_ns = self.clock.now_ns();
+        let now = ctrwatch_event::time::ns_system_time(now_ns);
         let file = match self.status.config.lock() {
             Ok(mut c) => {
                 c.reload_failed = Some((now, why.clone()));
@@ -308,11 +309,8 @@ impl StoreSink {
             Err(_) => None,
         };
         if let Some(a) = &mut self.alerts {
-            self.unsent.extend(a.config_invalid(
-                file.as_deref(),
-                &shown,
-                crate::store::system_time_ns(now),
-            ));
+            self.unsent
+                .extend(a.config_invalid(file.as_deref(), &shown, now_ns));
         }
     }
 
@@ -877,7 +875,6 @@ fn write_outbox(
         unkept.dropped = 0;
     }
     while let Ok(w) = outbox.try_recv() {
-        any = true;
         let is_alert = matches!(w, ctrwatch_alerts::OutboxWrite::Alert(_));
         if is_alert && !unkept.queue.is_empty() {
             keep_in_memory(unkept, w);
@@ -885,6 +882,8 @@ fn write_outbox(
         }
         match store.write_outbox(&w, &alerts.routing) {
             Ok(applied) => {
+                // Committed: the caller's batch of events went with it.
+                any = true;
                 alerts.applied(&applied);
                 count_outbox_write(&w);
             }

@@ -88,6 +88,15 @@ pub fn reloader(
     flags: RunFlags,
     given: std::collections::BTreeSet<String>,
 ) -> Reloader {
+    // The default file existed at the start: it must still exist at a reload. Falling back to
+    // the built-in defaults when it is gone would silently drop the node's secret masks and
+    // trusted writers; a reload then fails instead, and says why.
+    let explicit = explicit.or_else(|| {
+        let default = PathBuf::from(ctrwatch_config::DEFAULT_PATH);
+        std::fs::symlink_metadata(&default)
+            .is_ok()
+            .then_some(default)
+    });
     Reloader::new(move || resolve(explicit.as_deref(), flags.clone(), &|id| given.contains(id)))
 }
 

@@ -395,7 +395,9 @@ impl Scrubber {
                     }
                 }
                 let path = tail.split(['?', '#']).next().unwrap_or("");
-                if !matches!(config.kind, SinkKind::Webhook | SinkKind::Alertmanager) {
+                // A webhook's path may be its token (Mattermost, Teams): only Alertmanager's
+                // path is an API prefix.
+                if config.kind != SinkKind::Alertmanager {
                     secrets.push(path.to_owned());
                     secrets.extend(path.split('/').map(str::to_owned));
                 }
