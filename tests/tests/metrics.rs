@@ -901,6 +901,34 @@ fn hostile_clients_are_answered_or_closed_and_capture_goes_on() {
     }
     assert!(t.elapsed() < quick, "{:?}", t.elapsed());
 
+    // Every slot taken by clients that send nothing: each is closed once its head's time is
+    // up, and a scrape is served while they are still open (the slots held 5 s before).
+    let squatters: Vec<TcpStream> = (0..metrics_slots())
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let t = Instant::now();
+    // Refused (closed without an answer) while every slot is held; answered once one frees.
+    loop {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = write!(c, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        if read_to_close(&mut c).starts_with("HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no scrape answered past the squatters"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the squatters held every slot for {:?}",
+        t.elapsed()
+    );
+    drop(squatters);
+
     // The daemon kept capturing: a later operation is stored and counted.
     let after = root.join("after");
     fsop(&[OsStr::new("create"), after.as_os_str()]);
@@ -1081,4 +1109,9 @@ fn the_ring_buffer_fill_is_what_the_programs_wrote_and_nobody_read() {
     drop(ring);
     drop(kernel);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The listener's connection slots (watcher/src/metrics_http.rs `MAX_CLIENTS`).
+fn metrics_slots() -> usize {
+    16
 }

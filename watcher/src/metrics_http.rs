@@ -1,8 +1,8 @@
 //! The metrics listener: `GET /metrics` over HTTP/1.1 ([`crate::metrics`] renders the body).
 //!
 //! Whoever can reach the port is a client, so requests are hostile input: the request head is
-//! read up to [`MAX_REQUEST`] bytes, a client has [`CLIENT_TIMEOUT`] to send it and take the
-//! answer, at most [`MAX_CLIENTS`] are served at once (more are closed at once), and each
+//! read up to [`MAX_REQUEST`] bytes, a client has [`HEAD_TIMEOUT`] to send it and
+//! [`CLIENT_TIMEOUT`] in all to take the answer, at most [`MAX_CLIENTS`] are served at once (more are closed at once), and each
 //! connection carries one request (`Connection: close`). It runs on its own thread with its own
 //! single-threaded runtime: nothing a client does reaches the capture loop.
 
@@ -24,6 +24,9 @@ use tokio::{
 pub const MAX_REQUEST: usize = 8192;
 /// A client has this long to send its request and read the answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client has this long to send its request head: a scraper sends it at once, and a client
+/// that only opens connections holds one of the [`MAX_CLIENTS`] slots no longer than this.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections served at once; more are closed without an answer.
 pub const MAX_CLIENTS: usize = 16;
 
@@ -159,20 +162,32 @@ enum Request {
 async fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    let request = loop {
-        if let Some(end) = find_end(&head) {
-            break parse(&head[..end]);
+    let read_head = async {
+        loop {
+            // Only the last bytes read can complete the blank line: a client trickling its
+            // head byte by byte costs a constant scan per read, not the whole head again.
+            let from = head.len().saturating_sub(3 + buf.len());
+            if let Some(end) = find_end(&head[from..]) {
+                return Ok(Some(parse(&head[..from + end])));
+            }
+            if head.len() >= MAX_REQUEST {
+                return Ok(Some(Request::TooLarge));
+            }
+            let want = buf.len().min(MAX_REQUEST - head.len());
+            let n = stream.read(&mut buf[..want]).await?;
+            if n == 0 {
+                // Closed before the request was complete: nothing to answer.
+                return Ok(None);
+            }
+            head.extend_from_slice(&buf[..n]);
         }
-        if head.len() >= MAX_REQUEST {
-            break Request::TooLarge;
-        }
-        let want = buf.len().min(MAX_REQUEST - head.len());
-        let n = stream.read(&mut buf[..want]).await?;
-        if n == 0 {
-            // Closed before the request was complete: nothing to answer.
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
+    };
+    let request = match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
+        Ok(Ok(Some(request))) => request,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        // Too slow: closed without an answer.
+        Err(_) => return Ok(()),
     };
     let (status, extra, body) = match request {
         Request::Metrics => ("200 OK", "", render()),
