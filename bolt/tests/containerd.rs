@@ -1,6 +1,6 @@
 //! Real files written by containerd 1.6 (see `tests/data/README.md`).
 
-mod common;
+use bolt::testwriter as common;
 
 use bolt::{BoltError, Db, Entry};
 

@@ -4,7 +4,7 @@
 //! `cargo test -p bolt --test fuzz_seeds -- --ignored`, then
 //! `cd bolt/fuzz && cargo +nightly fuzz run open_and_walk`.
 
-mod common;
+use bolt::testwriter as common;
 
 use common::{Builder, MetaSpec, Tree, single};
 

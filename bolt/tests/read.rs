@@ -1,6 +1,6 @@
 //! Files written by the test writer read back exactly.
 
-mod common;
+use bolt::testwriter as common;
 
 use bolt::{Db, Entry};
 use common::{Builder, Item, MetaSpec, Tree, check_lookups, dump, roundtrip, single};

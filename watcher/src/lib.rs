@@ -9,7 +9,6 @@ pub mod cgroup;
 pub mod containerd;
 pub mod daemon;
 pub mod enrich;
-pub mod fsx;
 pub mod kernel;
 pub mod logging;
 pub mod loss;
@@ -21,6 +20,10 @@ pub mod secrets;
 pub mod status;
 pub mod store;
 pub mod watch;
+
+/// Reading under a root without following links (in the containerd model's crate; the audit
+/// reads layers and blobs through it too).
+pub use ctrwatch_containerd::fsx;
 
 /// The daemon's allocator, here rather than in `main.rs` so that the benchmarks and tests that
 /// link this crate measure what ships. Events are allocated on the watch loop and freed on the

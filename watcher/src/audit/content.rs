@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::finding::{Finding, Severity};
 use super::layers::{self, LayerJob, Plan};
 use super::{Context, Outcome, Unit};
+use crate::containerd::go::parse_go_time;
 use crate::containerd::metadata::{is_digest, parse_backend_key};
 use crate::containerd::{BlobInfo, BlobRole, SnapshotKind};
 use crate::fsx;
@@ -496,27 +497,10 @@ fn recorded_blobs(ctx: &Context) -> BTreeMap<String, Vec<(String, Option<i64>)>>
 /// Which of `digests` some namespace records now: meta.db read again (a consistent copy, no
 /// lock, as for the model). `None` if it cannot be read: then the model's view stands.
 fn recorded_now(ctx: &Context, digests: &BTreeSet<String>) -> Option<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
     if digests.is_empty() {
-        return Some(out);
+        return Some(BTreeSet::new());
     }
-    let db = crate::containerd::metadata::open_bolt(&ctx.model.layout, &ctx.model.layout.meta_db())
-        .ok()?;
-    let v1 = db.bucket_path(&[b"v1"]).ok()??;
-    for e in v1.iter() {
-        let Ok(bolt::Entry::Bucket(_, ns)) = e else {
-            continue;
-        };
-        let Ok(Some(blobs)) = ns.bucket_path(&[b"content", b"blob"]) else {
-            continue;
-        };
-        for d in digests {
-            if matches!(blobs.bucket(d.as_bytes()), Ok(Some(_))) {
-                out.insert(d.clone());
-            }
-        }
-    }
-    Some(out)
+    crate::containerd::metadata::blobs_recorded_now(&ctx.model.layout, digests)
 }
 
 fn role_name(role: Option<BlobRole>) -> &'static str {
@@ -1450,99 +1434,9 @@ fn check_ingest(
     None
 }
 
-/// Go's `time.Time.MarshalText` (RFC 3339 with nanoseconds and a `Z` or `±hh:mm` offset), as
-/// containerd writes `startedat` and `updatedat`.
-pub fn parse_go_time(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut nanos: u32 = 0;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        let frac = s.get(start..i)?;
-        if frac.is_empty() || frac.len() > 9 {
-            return None;
-        }
-        nanos = frac.parse::<u32>().ok()? * 10u32.pow(9 - frac.len() as u32);
-    }
-    let offset: i64 = match s.get(i..)? {
-        "Z" => 0,
-        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) => {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let (yy, mm) = if mo <= 2 {
-        (y - 1, mo + 9)
-    } else {
-        (y, mo - 3)
-    };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * mm + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset;
-    let t = if secs >= 0 {
-        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs as u64))?
-    } else {
-        SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))?
-    };
-    t.checked_add(Duration::from_nanos(u64::from(nanos)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_times() {
-        let t = parse_go_time("2026-11-22T07:54:56.273704467Z").unwrap();
-        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(d.as_secs(), 1_795_334_096);
-        assert_eq!(d.subsec_nanos(), 273_704_467);
-        let t2 = parse_go_time("2026-11-22T08:54:56.273704467+01:00").unwrap();
-        assert_eq!(t, t2);
-        assert_eq!(
-            parse_go_time("1970-01-01T00:00:00Z"),
-            Some(SystemTime::UNIX_EPOCH)
-        );
-        for bad in [
-            "garbage",
-            "2026-13-01T00:00:00Z",
-            "2026-11-22T07:54:56",
-            "2026-11-22T07:54:56.Z",
-        ] {
-            assert_eq!(parse_go_time(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn refs_naming_digests() {

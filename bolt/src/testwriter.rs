@@ -4,12 +4,25 @@
 //!
 //! It writes a file in one go rather than by transactions; several trees can be written into one
 //! file and pointed at by the two meta pages.
+//!
+//! Built only with the `test-writer` feature (the tests of this crate and of
+//! `ctrwatch-containerd` enable it as a dev-dependency); never in a shipped build.
 
-#![allow(dead_code)]
+#![allow(
+    missing_docs,
+    reason = "test-only helper; the module doc says what it writes"
+)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test-only helper: a failure is a test failure"
+)]
 
 use std::collections::BTreeMap;
 
-use bolt::{Bucket, Db, Entry};
+use crate::{Bucket, Db, Entry};
 
 pub const BRANCH: u16 = 0x01;
 pub const LEAF: u16 = 0x02;
@@ -330,8 +343,8 @@ impl Builder {
         p[0..8].copy_from_slice(&index.to_le_bytes());
         p[8..10].copy_from_slice(&META.to_le_bytes());
         let mut m = Vec::with_capacity(64);
-        m.extend_from_slice(&bolt::MAGIC.to_le_bytes());
-        m.extend_from_slice(&bolt::VERSION.to_le_bytes());
+        m.extend_from_slice(&crate::MAGIC.to_le_bytes());
+        m.extend_from_slice(&crate::VERSION.to_le_bytes());
         m.extend_from_slice(&(self.page_size as u32).to_le_bytes());
         m.extend_from_slice(&0u32.to_le_bytes());
         m.extend_from_slice(&spec.root.to_le_bytes());
@@ -399,7 +412,7 @@ pub fn reseal_meta(buf: &mut [u8], page_size: usize, index: usize) {
 }
 
 /// Walks every bucket recursively, returning the number of entries, or the first error.
-pub fn walk(b: Bucket<'_>) -> Result<usize, bolt::BoltError> {
+pub fn walk(b: Bucket<'_>) -> Result<usize, crate::BoltError> {
     let mut n = 0;
     for e in b.iter() {
         n += 1;

@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
-use crate::containerd::ContainerdError;
+use crate::ContainerdError;
 
-#[allow(clippy::all, clippy::pedantic)]
-#[path = "../../../bolt/tests/common/mod.rs"]
-mod boltw;
+use bolt::testwriter as boltw;
 use boltw::Tree;
 
 const LAYER: &str = "sha256:04c6c1a9416330247b20e14902680bc3123b168f849bca566864bb46c32418ba";
@@ -259,44 +257,6 @@ fn containerd_chain_id_vectors() {
 
 #[test]
 fn containerd_decoders() {
-    assert_eq!(uvarint(&[1]), Some(1));
-    assert_eq!(uvarint(&[0x80, 0x01]), Some(128));
-    assert_eq!(uvarint(&[0x80]), None, "truncated");
-    assert_eq!(uvarint(&[]), None);
-    assert_eq!(uvarint(&[0xff; 11]), None, "too long");
-    assert_eq!(
-        uvarint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
-        Some(u64::MAX)
-    );
-    assert_eq!(
-        uvarint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
-        None,
-        "overflow"
-    );
-    assert_eq!(varint(&[0xbe, 0x06]), Some(415));
-    assert_eq!(varint(&[0x01]), Some(-1));
-    assert_eq!(varint(&[0x06]), Some(3));
-    // 2023-ish timestamp from the fixture; version 1, UTC.
-    let t = go_time(&[
-        0x01, 0, 0, 0, 0x0e, 0xe2, 0x94, 0x6f, 0x72, 0x2c, 0x48, 0x6e, 0x21, 0xff, 0xff,
-    ])
-    .unwrap();
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    assert!((1_600_000_000..2_000_000_000).contains(&secs), "{secs}");
-    assert_eq!(go_time(&[0x01, 0, 0]), None);
-    assert_eq!(go_time(&[9; 15]), None);
-    assert_eq!(
-        go_time(&[
-            1, 0, 0, 0, 0x0e, 0xe2, 0x94, 0x6f, 0x72, 0xff, 0xff, 0xff, 0xff, 0, 0
-        ]),
-        None,
-        "nanoseconds out of range"
-    );
-    assert_eq!(
-        go_time(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        Some(SystemTime::UNIX_EPOCH - Duration::from_secs(62_135_596_800)),
-        "year 1"
-    );
     assert!(is_digest(LAYER));
     assert!(!is_digest("sha256:ABC"));
     assert!(!is_digest("sha256:../../etc/passwd"));
@@ -686,8 +646,8 @@ fn containerd_synthetic_classify_then_lookup() {
     let path = s
         .root
         .join("io.containerd.snapshotter.v1.overlayfs/snapshots/4/fs/etc/hosts");
-    let class = super::super::classify_path(&m.layout, path.as_os_str().as_encoded_bytes());
-    let super::super::PathClass::SnapshotFile {
+    let class = crate::classify_path(&m.layout, path.as_os_str().as_encoded_bytes());
+    let crate::PathClass::SnapshotFile {
         snapshotter,
         dir_id,
         inner_path,

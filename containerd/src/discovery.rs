@@ -48,7 +48,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::paths::{RootLayout, SNAPSHOTTER_PREFIX};
+use crate::paths::{RootLayout, SNAPSHOTTER_PREFIX};
 use ctrwatch_event::escape_path as esc;
 
 /// containerd's default root.
@@ -315,6 +315,10 @@ pub fn system_dir(p: &Path) -> Option<String> {
 }
 
 /// A snapshotter's directory.
+#[allow(
+    missing_docs,
+    reason = "the fields are what their names say; the type's doc explains them"
+)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SnapshotterRoot {
     /// The plugin id (`overlayfs`, `native`, ...).
@@ -349,7 +353,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// The paths [`super::paths::classify_path`] needs.
+    /// The paths [`crate::paths::classify_path`] needs.
     /// The directories to attribute events to. A state or snapshotter directory that is a
     /// system directory (a trusted containerd started with `--state /`) is left out: it was
     /// refused (see [`discover_all`]), and keeping it would claim every path of the node.
@@ -387,6 +391,10 @@ impl std::fmt::Display for Refusal {
 }
 
 /// What [`discover_all`] found: the instances, and what it refused.
+#[allow(
+    missing_docs,
+    reason = "the fields are what their names say; the type's doc explains them"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Discovery {
     pub instances: Vec<Instance>,
@@ -1319,5 +1327,4 @@ fn merge(env: &DiscoveryEnv, cands: Vec<Candidate>) -> Vec<Instance> {
 }
 
 #[cfg(test)]
-#[path = "discovery_tests.rs"]
 mod tests;

@@ -5,8 +5,9 @@
 //! on its bolt files while it runs, and a reader that waited for it (or held one) would block
 //! containerd or be blocked by it. The `bolt` crate copies a consistent snapshot instead.
 
-pub mod attribution;
 pub mod discovery;
+pub mod fsx;
+pub mod go;
 pub mod metadata;
 pub mod paths;
 

@@ -25,6 +25,10 @@ use std::path::{Component, Path, PathBuf};
 use ctrwatch_event::escape_path;
 
 /// Why something under a root could not be opened. Paths are escaped when displayed.
+#[allow(
+    missing_docs,
+    reason = "the fields are the path and stat(2) values they are named for"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// A symbolic link where a directory or file was expected: not followed.
@@ -55,6 +59,10 @@ impl OpenError {
 }
 
 /// What `fstatat` says about an entry (only what the audit compares).
+#[allow(
+    missing_docs,
+    reason = "the fields are the path and stat(2) values they are named for"
+)]
 #[derive(Clone, Copy, Debug)]
 pub struct Stat {
     /// `st_mode`: type and permission bits.
@@ -69,15 +77,19 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// The `S_IFMT` bits of the mode.
     pub fn file_type(&self) -> u32 {
         self.mode & libc::S_IFMT
     }
+    /// A directory.
     pub fn is_dir(&self) -> bool {
         self.file_type() == libc::S_IFDIR
     }
+    /// A regular file.
     pub fn is_reg(&self) -> bool {
         self.file_type() == libc::S_IFREG
     }
+    /// A symbolic link.
     pub fn is_symlink(&self) -> bool {
         self.file_type() == libc::S_IFLNK
     }
@@ -85,6 +97,7 @@ impl Stat {
     pub fn is_whiteout(&self) -> bool {
         self.file_type() == libc::S_IFCHR && self.rdev == 0
     }
+    /// The permission bits, with setuid, setgid and sticky.
     pub fn perm(&self) -> u32 {
         self.mode & 0o7777
     }

@@ -118,6 +118,10 @@ pub enum MetadataFile {
 }
 
 /// What a path under a containerd root is. See [`classify_path`].
+#[allow(
+    missing_docs,
+    reason = "the fields are the path's parts, named as in the layout table above"
+)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathClass {
     /// Inside snapshot directory `snapshots/<dir_id>` of a snapshotter.

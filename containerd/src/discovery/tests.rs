@@ -209,8 +209,8 @@ imports = ["conf.d/*.toml"]
         "classify_path sees the moved snapshotter"
     );
     assert!(matches!(
-        crate::containerd::classify_path(&layout, b"/fast/overlay/snapshots/3/fs/x"),
-        crate::containerd::PathClass::SnapshotFile { dir_id: 3, .. }
+        crate::classify_path(&layout, b"/fast/overlay/snapshots/3/fs/x"),
+        crate::PathClass::SnapshotFile { dir_id: 3, .. }
     ));
 }
 

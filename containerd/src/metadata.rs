@@ -29,18 +29,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bolt::{BoltError, Bucket, Db, Entry};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::ContainerdError;
-use super::paths::{CONTENT_DIR, RootLayout, SNAPSHOTTER_DB, SNAPSHOTTER_PREFIX};
+use crate::ContainerdError;
+use crate::paths::{CONTENT_DIR, RootLayout, SNAPSHOTTER_DB, SNAPSHOTTER_PREFIX};
 // A snapshot's kind, a blob's role and a pod are the event's own types: attribution puts them
 // in events as they are.
 use crate::fsx::{OpenError, list_beneath, lstat_beneath, open_file_beneath, read_beneath};
+use crate::go::{go_time, uvarint, varint};
 use ctrwatch_event::escape_path;
 pub use ctrwatch_event::{BlobRole, PodInfo, SnapshotKind};
 
@@ -93,61 +94,6 @@ const UNCOMPRESSED_LAYERS: [&str; 3] = [
 
 // ---------------------------------------------------------------------------------------------
 // Decoding helpers
-
-/// Go's `binary.Uvarint`: `None` when truncated or over 64 bits. Trailing bytes are ignored, as
-/// containerd ignores them.
-pub fn uvarint(b: &[u8]) -> Option<u64> {
-    let mut x: u64 = 0;
-    let mut shift = 0u32;
-    for (i, &byte) in b.iter().enumerate() {
-        if i == 10 {
-            return None;
-        }
-        if byte < 0x80 {
-            if i == 9 && byte > 1 {
-                return None;
-            }
-            return Some(x | (u64::from(byte) << shift));
-        }
-        x |= u64::from(byte & 0x7f) << shift;
-        shift += 7;
-    }
-    None
-}
-
-/// Go's `binary.Varint` (zigzag).
-pub fn varint(b: &[u8]) -> Option<i64> {
-    let u = uvarint(b)?;
-    let x = (u >> 1) as i64;
-    Some(if u & 1 != 0 { !x } else { x })
-}
-
-/// Go's `time.Time.MarshalBinary` (versions 1 and 2) as a `SystemTime`.
-pub fn go_time(b: &[u8]) -> Option<SystemTime> {
-    let version = *b.first()?;
-    let want = match version {
-        1 => 15,
-        2 => 16,
-        _ => return None,
-    };
-    if b.len() != want {
-        return None;
-    }
-    let sec = i64::from_be_bytes(b.get(1..9)?.try_into().ok()?);
-    let nsec = u32::from_be_bytes(b.get(9..13)?.try_into().ok()?);
-    if nsec >= 1_000_000_000 {
-        return None;
-    }
-    // Seconds since January 1, year 1.
-    let unix = sec.checked_sub(62_135_596_800)?;
-    if unix >= 0 {
-        SystemTime::UNIX_EPOCH.checked_add(Duration::new(unix as u64, nsec))
-    } else {
-        SystemTime::UNIX_EPOCH
-            .checked_sub(Duration::from_secs(unix.unsigned_abs()))?
-            .checked_add(Duration::from_nanos(u64::from(nsec)))
-    }
-}
 
 /// `sha256:<hex of sha256(data)>`.
 pub fn sha256_digest(data: &[u8]) -> String {
@@ -237,6 +183,10 @@ fn snapshot_kind(b: Option<&[u8]>) -> (SnapshotKind, Option<u8>) {
 }
 
 /// A snapshot as the snapshotter's own database records it.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSnapshot {
     /// The snapshotter's key: `<namespace>/<seq>/<key>` for snapshots made through containerd.
@@ -255,6 +205,10 @@ pub struct BackendSnapshot {
 }
 
 /// One snapshotter: its directory and database.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotterState {
     pub name: String,
@@ -268,6 +222,10 @@ pub struct SnapshotterState {
 }
 
 /// An OCI descriptor as stored in an image's `target`.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Descriptor {
     pub digest: String,
@@ -276,6 +234,10 @@ pub struct Descriptor {
 }
 
 /// An image record (`v1/<ns>/images/<name>`).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Image {
     pub name: String,
@@ -287,6 +249,10 @@ pub struct Image {
 }
 
 /// A container record (`v1/<ns>/containers/<id>`).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Container {
     pub namespace: String,
@@ -313,6 +279,10 @@ impl Container {
 }
 
 /// A snapshot record in meta.db (`v1/<ns>/snapshots/<snapshotter>/<key>`).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetaSnapshot {
     /// The key clients use (a chainID for committed layers, a container id for rootfs).
@@ -327,6 +297,10 @@ pub struct MetaSnapshot {
 }
 
 /// A content record (`v1/<ns>/content/blob/<digest>`).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Blob {
     pub digest: String,
@@ -337,6 +311,10 @@ pub struct Blob {
 }
 
 /// An ingest record (`v1/<ns>/content/ingests/<ref>`).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ingest {
     /// The client's ref.
@@ -348,6 +326,10 @@ pub struct Ingest {
 }
 
 /// A lease (`v1/<ns>/leases/<id>`).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lease {
     pub id: String,
@@ -368,6 +350,10 @@ impl Lease {
 }
 
 /// A sandbox (`v1/<ns>/sandboxes/<id>`, containerd 1.7+).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sandbox {
     pub id: String,
@@ -380,6 +366,10 @@ pub struct Sandbox {
 }
 
 /// Everything one namespace holds.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default)]
 pub struct Namespace {
     pub name: String,
@@ -422,6 +412,10 @@ pub fn pod_from_labels(labels: &Labels) -> Option<PodInfo> {
 }
 
 /// What a snapshot directory is. See [`Model::snapshot_by_dir_id`].
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
     pub snapshotter: String,
@@ -456,6 +450,10 @@ pub struct SnapshotInfo {
 }
 
 /// What a content blob is. See [`Model::blob`].
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BlobInfo {
     pub digest: String,
@@ -480,6 +478,10 @@ pub struct BlobInfo {
 }
 
 /// What the model knows about one layer position of one or more images.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ChainInfo {
     pub chain_id: String,
@@ -491,6 +493,10 @@ pub struct ChainInfo {
 }
 
 /// One layer of a resolved manifest.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LayerInfo {
     pub digest: Option<String>,
@@ -500,6 +506,10 @@ pub struct LayerInfo {
 }
 
 /// A manifest reached from an image's target.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ManifestInfo {
     pub digest: String,
@@ -512,6 +522,10 @@ pub struct ManifestInfo {
 }
 
 /// An image with what its target resolves to.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ImageInfo {
     pub namespace: String,
@@ -522,6 +536,10 @@ pub struct ImageInfo {
 }
 
 /// An ingest directory: `ingest/<dir>`.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct IngestInfo {
     pub dir: String,
@@ -537,6 +555,10 @@ pub struct IngestInfo {
 // The model
 
 /// What a containerd root's databases said at one moment. See the module docs.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's bolt keys under containerd's names (bucket layout in the module doc)"
+)]
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub layout: RootLayout,
@@ -1073,6 +1095,33 @@ pub(crate) fn open_bolt(layout: &RootLayout, path: &Path) -> Result<Db, BoltOpen
         Err(e) => return Err(BoltOpen::Unsafe(e)),
     };
     Db::read_file(&file, path).map_err(BoltOpen::Bolt)
+}
+
+/// Which of `digests` some namespace of `layout`'s meta.db records now
+/// (`v1/<ns>/content/blob/<digest>`): the database read again, a consistent copy without a
+/// lock as for [`Model::load`], for a check that must not trust a model loaded earlier.
+/// `None` if it cannot be read.
+pub fn blobs_recorded_now(
+    layout: &RootLayout,
+    digests: &BTreeSet<String>,
+) -> Option<BTreeSet<String>> {
+    let db = open_bolt(layout, &layout.meta_db()).ok()?;
+    let v1 = db.bucket_path(&[b"v1"]).ok()??;
+    let mut out = BTreeSet::new();
+    for e in v1.iter() {
+        let Ok(Entry::Bucket(_, ns)) = e else {
+            continue;
+        };
+        let Ok(Some(blobs)) = ns.bucket_path(&[b"content", b"blob"]) else {
+            continue;
+        };
+        for d in digests {
+            if matches!(blobs.bucket(d.as_bytes()), Ok(Some(_))) {
+                out.insert(d.clone());
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Where each snapshotter keeps its files: configured roots, then `io.containerd.snapshotter.v1.*`
@@ -1944,5 +1993,4 @@ impl Deriver<'_, '_> {
 }
 
 #[cfg(test)]
-#[path = "metadata_tests.rs"]
 mod tests;
