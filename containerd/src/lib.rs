@@ -20,7 +20,10 @@ pub use discovery::{
 pub use metadata::{
     BlobInfo, BlobRole, ChainInfo, Container, ImageInfo, Model, PodInfo, SnapshotInfo, SnapshotKind,
 };
-pub use paths::{MetadataFile, PathClass, RootLayout, SnapshotArea, classify_path};
+pub use paths::{
+    MetadataFile, PathClass, RootLayout, SnapshotArea, SnapshotLayout, classify_path, snapshot_dir,
+    snapshot_tree,
+};
 
 /// Why a containerd root could not be read.
 #[derive(Debug, thiserror::Error)]

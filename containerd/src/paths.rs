@@ -164,24 +164,69 @@ pub enum PathClass {
     Other,
 }
 
-/// How a snapshotter lays out `snapshots/<id>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Style {
-    /// `<id>/fs` and `<id>/work` (overlayfs, fuse-overlayfs, stargz).
+/// Where a snapshotter keeps a snapshot's files: the one place that knows each snapshotter's
+/// directory layout. The store's inner paths (`/pause` in every snapshot), the event's
+/// `containerd.path`, and the audit's snapshot and layer checks all ask here.
+///
+/// - **Overlay** (overlayfs, fuse-overlayfs, stargz, nydus): `snapshots/<id>/fs` is the tree
+///   (a layer, or a container's upperdir), `snapshots/<id>/work` the kernel's scratch.
+/// - **Direct** (native, btrfs): `snapshots/<id>` is the tree itself (a copy of the parent
+///   plus the layer; on btrfs a subvolume). btrfs keeps its active snapshots in
+///   `active/<id>` and views in `view/<id>`; only committed ones are under `snapshots/`.
+/// - **Unknown**: any other snapshotter, for example zfs (its datasets are mounted at
+///   `<root>/<id>`, not under `snapshots/`) or devmapper and blockfile (block devices):
+///   nothing below `snapshots/<id>` is taken for a tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotLayout {
+    /// `snapshots/<id>/fs` and `snapshots/<id>/work`.
+    #[default]
     Overlay,
-    /// `<id>` is the tree (native).
-    Native,
-    /// Unknown: report `Dir` with everything below `<id>`.
-    Generic,
+    /// `snapshots/<id>` is the tree.
+    Direct,
+    /// Not known: no tree below `snapshots/<id>`.
+    Unknown,
 }
 
-fn style(snapshotter: &str) -> Style {
-    if snapshotter == "native" {
-        Style::Native
-    } else if snapshotter.contains("overlay") || snapshotter == "stargz" {
-        Style::Overlay
-    } else {
-        Style::Generic
+impl SnapshotLayout {
+    /// The layout of the snapshotter called `name` (its plugin name: `overlayfs`, `native`…).
+    pub fn of(name: &str) -> SnapshotLayout {
+        SnapshotLayout::of_name(name.as_bytes())
+    }
+
+    /// [`SnapshotLayout::of`] for a name as bytes (a path component), without allocating.
+    pub fn of_name(name: &[u8]) -> SnapshotLayout {
+        let has = |needle: &[u8]| name.windows(needle.len()).any(|w| w == needle);
+        match name {
+            b"native" | b"btrfs" => SnapshotLayout::Direct,
+            b"stargz" | b"nydus" => SnapshotLayout::Overlay,
+            _ if has(b"overlay") => SnapshotLayout::Overlay,
+            _ => SnapshotLayout::Unknown,
+        }
+    }
+
+    /// The directory below `snapshots/<id>` that is the snapshot's tree: `Some("fs")`,
+    /// `Some("")` (the directory itself), `None` when the layout is unknown.
+    pub fn tree_subdir(self) -> Option<&'static str> {
+        match self {
+            SnapshotLayout::Overlay => Some("fs"),
+            SnapshotLayout::Direct => Some(""),
+            SnapshotLayout::Unknown => None,
+        }
+    }
+}
+
+/// A snapshot's directory: `<snapshotter root>/snapshots/<id>`.
+pub fn snapshot_dir(snapshotter_root: &Path, id: u64) -> PathBuf {
+    snapshotter_root.join("snapshots").join(id.to_string())
+}
+
+/// A snapshot's tree (what its mount shows): `<root>/snapshots/<id>/fs` for an overlay
+/// snapshotter, `<root>/snapshots/<id>` for a direct one, `None` when the layout is unknown.
+pub fn snapshot_tree(snapshotter_root: &Path, snapshotter: &str, id: u64) -> Option<PathBuf> {
+    let dir = snapshot_dir(snapshotter_root, id);
+    match SnapshotLayout::of(snapshotter).tree_subdir()? {
+        "" => Some(dir),
+        sub => Some(dir.join(sub)),
     }
 }
 
@@ -314,16 +359,18 @@ fn classify_snapshotter(name: &str, rest: &[&[u8]]) -> PathClass {
         },
         [b"snapshots", dir, tail @ ..] => match parse_id(dir) {
             Some(dir_id) => {
-                let (area, inner_path) = match (style(name), tail) {
-                    (Style::Overlay, [b"fs", inner @ ..]) => {
+                let (area, inner_path) = match (SnapshotLayout::of(name), tail) {
+                    (SnapshotLayout::Overlay, [b"fs", inner @ ..]) => {
                         let j = join(inner);
                         (
                             SnapshotArea::Fs,
                             if j.is_empty() { b"/".to_vec() } else { j },
                         )
                     }
-                    (Style::Overlay, [b"work", inner @ ..]) => (SnapshotArea::Work, join(inner)),
-                    (Style::Native, inner) => {
+                    (SnapshotLayout::Overlay, [b"work", inner @ ..]) => {
+                        (SnapshotArea::Work, join(inner))
+                    }
+                    (SnapshotLayout::Direct, inner) => {
                         let j = join(inner);
                         (
                             SnapshotArea::Fs,
@@ -489,6 +536,46 @@ mod tests {
                 inner_path: b"/\xff\xfe".to_vec()
             }
         );
+    }
+
+    /// One model of the layouts: btrfs keeps a committed snapshot's tree in
+    /// `snapshots/<id>` as native does (it was taken for an unknown snapshotter, so its files
+    /// had no `containerd.path`), zfs and block-device snapshotters have no tree there.
+    #[test]
+    fn snapshotter_layouts() {
+        use SnapshotLayout::{Direct, Overlay, Unknown};
+        for (name, layout) in [
+            ("overlayfs", Overlay),
+            ("fuse-overlayfs", Overlay),
+            ("stargz", Overlay),
+            ("nydus", Overlay),
+            ("native", Direct),
+            ("btrfs", Direct),
+            ("zfs", Unknown),
+            ("devmapper", Unknown),
+            ("blockfile", Unknown),
+        ] {
+            assert_eq!(SnapshotLayout::of(name), layout, "{name}");
+        }
+        let btrfs = "/var/lib/containerd/io.containerd.snapshotter.v1.btrfs";
+        assert_eq!(
+            c(&format!("{btrfs}/snapshots/5/etc/os-release")),
+            snap("btrfs", 5, SnapshotArea::Fs, "/etc/os-release")
+        );
+        assert_eq!(
+            c(&format!("{btrfs}/snapshots/5")),
+            snap("btrfs", 5, SnapshotArea::Fs, "/")
+        );
+        let root = Path::new("/r");
+        assert_eq!(
+            snapshot_tree(root, "overlayfs", 4),
+            Some(PathBuf::from("/r/snapshots/4/fs"))
+        );
+        assert_eq!(
+            snapshot_tree(root, "btrfs", 4),
+            Some(PathBuf::from("/r/snapshots/4"))
+        );
+        assert_eq!(snapshot_tree(root, "zfs", 4), None);
     }
 
     #[test]

@@ -364,13 +364,12 @@ fn explain(ctx: &Context, subject: Subject<'_>, holdings: &Holdings) -> Option<F
                 .snapshot(snapshotter, id)
                 .snapshot_key(chain)
                 .path(
-                    ctx.model
-                        .layout
-                        .snapshotter_root(snapshotter)
-                        .join("snapshots")
-                        .join(id.to_string())
-                        .display()
-                        .to_string(),
+                    crate::containerd::snapshot_dir(
+                        &ctx.model.layout.snapshotter_root(snapshotter),
+                        id,
+                    )
+                    .display()
+                    .to_string(),
                 )
                 .images(ctx.images_of_chain(chain));
         }

@@ -21,8 +21,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use super::{Context, Finding, Outcome, Severity};
-use crate::containerd::SnapshotKind;
 use crate::containerd::metadata::is_digest;
+use crate::containerd::{SnapshotKind, SnapshotLayout, snapshot_tree};
 use crate::fsx;
 
 use compare::{Compared, Problem, Unpack};
@@ -74,15 +74,10 @@ pub struct LayerJob {
     pub alternatives: Vec<String>,
 }
 
-/// How a snapshotter lays out a snapshot directory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SnapshotLayout {
-    /// `<root>/snapshots/<id>/fs`, one layer per directory.
-    #[default]
-    Overlay,
-    /// `<root>/snapshots/<id>`, a full copy of the parent plus the layer.
-    Native,
-}
+/// The snapshotters whose unpacking the replay reproduces (each checked against containerd in
+/// tests/tests/audit_layers.rs). Where a snapshot's tree is comes from the containerd model
+/// ([`SnapshotLayout`]); how a layer was applied to it is this list's business.
+const REPLAYED_SNAPSHOTTERS: [&str; 2] = ["overlayfs", "native"];
 
 /// A committed snapshot directory.
 #[derive(Clone, Debug, Default)]
@@ -101,7 +96,8 @@ pub struct SnapshotTarget {
     /// Where nothing below is followed from: the containerd root, or the snapshotter's
     /// configured directory ([`crate::containerd::RootLayout::anchor_for`]).
     pub anchor: PathBuf,
-    /// `<root>/snapshots/<id>/fs` (overlay) or `<root>/snapshots/<id>` (native).
+    /// The snapshot's tree ([`snapshot_tree`]): `<root>/snapshots/<id>/fs` (overlay) or
+    /// `<root>/snapshots/<id>` (native).
     pub dir: PathBuf,
     /// Namespaces the snapshot belongs to.
     pub namespaces: Vec<String>,
@@ -146,11 +142,10 @@ pub fn plan(ctx: &Context) -> Plan {
     let mut with: BTreeMap<String, LayerJob> = BTreeMap::new();
     let mut without: BTreeMap<String, LayerJob> = BTreeMap::new();
     for (sn_name, sn) in &model.snapshotters {
-        let layout = match sn_name.as_str() {
-            "overlayfs" => SnapshotLayout::Overlay,
-            "native" => SnapshotLayout::Native,
-            _ => continue,
-        };
+        if !REPLAYED_SNAPSHOTTERS.contains(&sn_name.as_str()) {
+            continue;
+        }
+        let layout = SnapshotLayout::of(sn_name);
         let root = if sn.root.as_os_str().is_empty() {
             model.layout.snapshotter_root(sn_name)
         } else {
@@ -184,7 +179,9 @@ pub fn plan(ctx: &Context) -> Plan {
                             .is_some_and(|(ns, _)| info.namespaces.iter().any(|n| n == ns))
                 })
                 .collect();
-            let base_dir = root.join("snapshots").join(b.id.to_string());
+            let Some(dir) = snapshot_tree(&root, sn_name, b.id) else {
+                continue;
+            };
             let target = SnapshotTarget {
                 snapshotter: sn_name.clone(),
                 layout,
@@ -194,10 +191,7 @@ pub fn plan(ctx: &Context) -> Plan {
                 base: b.parent.is_none(),
                 root: root.clone(),
                 anchor: model.layout.anchor_for(&root).to_path_buf(),
-                dir: match layout {
-                    SnapshotLayout::Overlay => base_dir.join("fs"),
-                    SnapshotLayout::Native => base_dir,
-                },
+                dir,
                 namespaces: info.namespaces.clone(),
                 images,
             };
@@ -465,7 +459,8 @@ fn unpack_of(target: &SnapshotTarget) -> Unpack {
     match (target.base, target.layout) {
         (true, _) => Unpack::NaiveEmpty,
         (false, SnapshotLayout::Overlay) => Unpack::OverlayConverted,
-        (false, SnapshotLayout::Native) => Unpack::NaiveOnCopy,
+        // A snapshotter whose layout is not known is never planned (REPLAYED_SNAPSHOTTERS).
+        (false, SnapshotLayout::Direct | SnapshotLayout::Unknown) => Unpack::NaiveOnCopy,
     }
 }
 

@@ -3,15 +3,16 @@
 //! nothing references, and active snapshots whose container is gone.
 //!
 //! Two databases describe snapshots: the snapshotter's own `metadata.db` (key → directory id,
-//! kind, parent) and meta.db's per-namespace records (client key → snapshotter key). The
-//! overlayfs and native snapshotters keep a snapshot's files in `<root>/snapshots/<id>/fs`.
+//! kind, parent) and meta.db's per-namespace records (client key → snapshotter key). Where a
+//! snapshot's files are is the containerd model's fact ([`crate::containerd::SnapshotLayout`]):
+//! `<root>/snapshots/<id>/fs` for overlayfs, `<root>/snapshots/<id>` itself for native.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Context, Finding, Outcome, Severity};
 use crate::containerd::Container;
-use crate::containerd::SnapshotKind;
 use crate::containerd::metadata::{Namespace, unpack_target};
+use crate::containerd::{SnapshotKind, snapshot_dir, snapshot_tree};
 use crate::fsx;
 
 /// Directories the overlayfs snapshotter uses while it works: `new-<n>` before a snapshot's
@@ -106,7 +107,7 @@ pub fn check(ctx: &Context) -> Outcome {
                 Some(ns) => images.iter().map(|n| format!("{ns}/{n}")).collect(),
                 None => images.clone(),
             };
-            let dir = snap_dir.join(b.id.to_string());
+            let dir = snapshot_dir(&sn.root, b.id);
             let base = |sev, class, msg: String| {
                 let mut f = Finding::new(sev, class, msg)
                     .snapshot(sn_name, b.id)
@@ -122,11 +123,15 @@ pub fn check(ctx: &Context) -> Outcome {
                 f
             };
 
-            // The directory.
-            let fs_dir = dir.join("fs");
+            // The directory, and the tree below it where the layout has one there (overlay's
+            // `fs/`; a native snapshot's directory is its tree).
+            let below = snapshot_tree(&sn.root, sn_name, b.id).filter(|t| *t != dir);
             let missing = if !dirs.contains(&b.id) {
                 Some("its directory")
-            } else if !fsx::lstat_beneath(anchor, &fs_dir).is_ok_and(|m| m.is_dir()) {
+            } else if below
+                .as_ref()
+                .is_some_and(|t| !fsx::lstat_beneath(anchor, t).is_ok_and(|m| m.is_dir()))
+            {
                 Some("its fs/ directory")
             } else {
                 None
@@ -235,7 +240,7 @@ pub fn check(ctx: &Context) -> Outcome {
         // Directories no snapshot owns.
         if ctx.scope.everything {
             for id in dirs.iter().filter(|id| !sn.by_id.contains_key(id)) {
-                let dir = snap_dir.join(id.to_string());
+                let dir = snapshot_dir(&sn.root, *id);
                 out.findings.push(
                     Finding::new(
                         Severity::Error,
@@ -358,5 +363,45 @@ mod tests {
                 .iter()
                 .any(|(k, v)| k == "parent" && v.contains("gone"))
         );
+    }
+
+    /// The native snapshotter keeps a snapshot's tree in `snapshots/<id>` itself, with no
+    /// `fs/` below it: a complete native snapshot is not reported missing (it was, for every
+    /// native snapshot, when this check took every snapshotter for overlayfs).
+    #[test]
+    fn native_snapshot_without_fs_dir_is_present() {
+        let root =
+            std::env::temp_dir().join(format!("ctrwatch-audit-native-{}", std::process::id()));
+        let sn_root = root.join("io.containerd.snapshotter.v1.native");
+        std::fs::create_dir_all(sn_root.join("snapshots/3/etc")).expect("mkdir");
+        std::fs::write(sn_root.join("snapshots/3/etc/os-release"), "x\n").expect("write");
+        let key = "default/3/sha256:base".to_owned();
+        let mut state = SnapshotterState {
+            name: "native".into(),
+            root: sn_root.clone(),
+            ..SnapshotterState::default()
+        };
+        state.by_id.insert(3, key.clone());
+        state.snapshots.insert(
+            key.clone(),
+            BackendSnapshot {
+                key: key.clone(),
+                id: 3,
+                kind: SnapshotKind::Committed,
+                kind_byte: Some(3),
+                parent: None,
+                labels: Default::default(),
+                size: None,
+                inodes: None,
+                created_at: None,
+            },
+        );
+        let mut model = Model::default();
+        model.layout = RootLayout::new(&root);
+        model.snapshotters.insert("native".into(), state);
+        let out = check(&Context::for_model(model));
+        let _ = std::fs::remove_dir_all(&root);
+        let classes: Vec<&str> = out.findings.iter().map(|f| f.class).collect();
+        assert_eq!(classes, vec!["snapshot-unreferenced"], "{:?}", out.findings);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use ctrwatch_containerd::paths::{SNAPSHOTTER_PREFIX, SnapshotLayout};
 use ctrwatch_event::{
     ContainerdView, Details, Dev, Mode, Notes, OpenFlags, Overwritten, PathBytes, Xattr, hex,
     lossless_text, text::unhex,
@@ -35,20 +36,17 @@ pub(crate) fn join_path(dir: Option<&[u8]>, name: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Snapshotters whose snapshot directory is the filesystem itself (`snapshots/<id>/<path>`);
-/// all others keep it in `snapshots/<id>/fs/<path>` (overlayfs, fuse-overlayfs, stargz, nydus).
-const DIRECT_SNAPSHOTTERS: &[&[u8]] = &[b"native", b"btrfs", b"zfs"];
-const SNAPSHOTTER_PREFIX: &[u8] = b"io.containerd.snapshotter.v1.";
-
 /// For a directory path, the same directory as seen inside the image or container: the part
-/// after `…/io.containerd.snapshotter.v1.<name>/snapshots/<id>/fs` (or `…/snapshots/<id>` for
-/// the native, btrfs and zfs snapshotters). The snapshot root itself is `""` (its files then
-/// join to "/file"). None when the directory is not inside a snapshot.
+/// after `…/io.containerd.snapshotter.v1.<name>/snapshots/<id>/fs`, or after
+/// `…/snapshots/<id>` for the snapshotters whose snapshot directory is the tree itself (the
+/// layouts are the containerd model's: [`SnapshotLayout`]). The snapshot root itself is `""`
+/// (its files then join to "/file"). None when the directory is not inside a snapshot, or is
+/// in a snapshotter whose layout is not known.
 pub(crate) fn inner_dir(dir: &[u8]) -> Option<&[u8]> {
     // Runs for every event the writer stores: no allocation, one pass over the bytes.
     let mut comps = Components { bytes: dir, pos: 0 };
     while let Some((s, e)) = comps.next() {
-        let Some(name) = dir[s..e].strip_prefix(SNAPSHOTTER_PREFIX) else {
+        let Some(name) = dir[s..e].strip_prefix(SNAPSHOTTER_PREFIX.as_bytes()) else {
             continue;
         };
         let mut ahead = comps.clone();
@@ -57,14 +55,16 @@ pub(crate) fn inner_dir(dir: &[u8]) -> Option<&[u8]> {
             continue;
         }
         let (_, id_end) = ahead.next()?;
-        let root_end = if DIRECT_SNAPSHOTTERS.contains(&name) {
-            id_end
-        } else {
-            let (fs, fe) = ahead.next()?;
-            if &dir[fs..fe] != b"fs" {
-                return None;
+        let root_end = match SnapshotLayout::of_name(name) {
+            SnapshotLayout::Direct => id_end,
+            SnapshotLayout::Overlay => {
+                let (fs, fe) = ahead.next()?;
+                if &dir[fs..fe] != b"fs" {
+                    return None;
+                }
+                fe
             }
-            fe
+            SnapshotLayout::Unknown => return None,
         };
         return Some(&dir[root_end..]);
     }
@@ -865,6 +865,57 @@ mod tests {
             None
         );
         assert_eq!(inner_path(b"pause"), None);
+    }
+
+    /// The store's inner path and the event's `containerd.path` come from one model of the
+    /// snapshotters' layouts. Before it, the store took zfs for a snapshotter whose
+    /// `snapshots/<id>` is the tree and any unknown snapshotter for an overlay one, while
+    /// attribution took btrfs for unknown: the two disagreed on all three.
+    #[test]
+    fn inner_paths_agree_with_the_containerd_model() {
+        use ctrwatch_containerd::{PathClass, RootLayout, SnapshotArea, classify_path};
+        let layout = RootLayout::new("/var/lib/containerd");
+        for sn in [
+            "overlayfs",
+            "fuse-overlayfs",
+            "stargz",
+            "nydus",
+            "native",
+            "btrfs",
+            "zfs",
+            "devmapper",
+            "blockfile",
+        ] {
+            for tail in ["fs/etc/passwd", "fs", "work/x", "etc/passwd", "", "fs/a/b"] {
+                let path = format!(
+                    "/var/lib/containerd/io.containerd.snapshotter.v1.{sn}/snapshots/7/{tail}"
+                );
+                let path = path.trim_end_matches('/').as_bytes();
+                let attributed = match classify_path(&layout, path) {
+                    PathClass::SnapshotFile {
+                        area: SnapshotArea::Fs,
+                        inner_path,
+                        ..
+                    } => Some(inner_path),
+                    _ => None,
+                };
+                // The store keeps no inner path for the snapshot directory itself (its name
+                // is outside the tree); attribution calls it "/".
+                let attributed = attributed.filter(|p| p.as_slice() != b"/");
+                assert_eq!(
+                    inner_path(path),
+                    attributed,
+                    "{}",
+                    String::from_utf8_lossy(path)
+                );
+            }
+        }
+        let btrfs = b"/var/lib/containerd/io.containerd.snapshotter.v1.btrfs/snapshots/3/etc/x";
+        assert_eq!(inner_path(btrfs), Some(b"/etc/x".to_vec()));
+        let zfs = b"/var/lib/containerd/io.containerd.snapshotter.v1.zfs/snapshots/3/etc/x";
+        assert_eq!(inner_path(zfs), None);
+        let other = b"/var/lib/containerd/io.containerd.snapshotter.v1.devmapper/snapshots/3/fs/x";
+        assert_eq!(inner_path(other), None);
     }
 
     /// The inner path is always the path's tail, which the writer compares without copying.
