@@ -10,6 +10,7 @@ pub mod fsx;
 pub mod go;
 pub mod metadata;
 pub mod paths;
+pub mod verdict;
 
 use std::path::PathBuf;
 
