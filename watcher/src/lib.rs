@@ -18,8 +18,10 @@ pub mod queries;
 pub mod roots;
 pub mod secrets;
 pub mod status;
-pub mod store;
 pub mod watch;
+
+/// The event history store (its own crate).
+pub use ctrwatch_store as store;
 
 /// Reading under a root without following links (in the containerd model's crate; the audit
 /// reads layers and blobs through it too).

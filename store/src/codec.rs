@@ -169,6 +169,7 @@ pub struct Glob {
 }
 
 impl Glob {
+    /// Parses a glob (`*`, `?`, `[...]`, `\\` escapes), or says why it is not one.
     pub fn new(pattern: &[u8]) -> Result<Glob, String> {
         let mut toks = Vec::new();
         let mut i = 0;
@@ -266,6 +267,7 @@ impl Glob {
         self.toks.iter().all(|t| matches!(t, Tok::Byte(_)))
     }
 
+    /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &[u8]) -> bool {
         if !self.needle.is_empty() && !text.windows(self.needle.len()).any(|w| w == self.needle) {
             return false;
@@ -985,11 +987,12 @@ mod tests {
     /// what the real encoder writes. The atom ids refer to the target's own table
     /// (`store::fuzzing::ATOMS`): 0 a mode, 1 a device, 2 and 3 flags, 4 a note, 5 a
     /// containerd object.
-    /// `cargo test -p watcher --lib store::codec::tests::write_fuzz_seeds -- --ignored`
+    /// `cargo test -p ctrwatch-store --lib codec::tests::write_fuzz_seeds -- --ignored`
     #[test]
     #[ignore = "writes files into watcher/fuzz/corpus; run by hand"]
     fn write_fuzz_seeds() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/row_codec");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../watcher/fuzz/corpus/row_codec");
         std::fs::create_dir_all(&dir).expect("mkdir corpus");
         let path: &[u8] =
             b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/9/fs/usr/bin/jq";

@@ -6,16 +6,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use ctrwatch_event::{
-    AncestorView, Dev, FileEvent, Gap, GapKind, Notes, Op, OpResult, OpenFlags, PathBytes,
-    ProcessView,
+    Dev, FileEvent, Gap, GapKind, Notes, Op, OpResult, OpenFlags, PathBytes, ProcessView,
 };
-use rusqlite::functions::FunctionFlags;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde::Serialize;
 
 use super::codec::{self, AtomKind, Glob};
-use super::write::{ADJ_SLACK_NS, proc_hash};
+use super::rows::{ADJ_SLACK_NS, json_err, proc_from_row, proc_hash};
 use super::{Deletion, DeletionKind, Store, StoreError, ns, schema};
 
 /// How a query path is matched.
@@ -31,6 +29,10 @@ pub enum PathMatch {
 }
 
 /// A path question (history, who-deleted).
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Default)]
 pub struct PathQuery {
     /// The path's bytes (a host path, or a path inside an image or container).
@@ -43,6 +45,7 @@ pub struct PathQuery {
 }
 
 impl PathQuery {
+    /// All events on `path` (host or inner form), no other filter.
     pub fn new(path: impl AsRef<[u8]>) -> PathQuery {
         PathQuery {
             path: path.as_ref().to_vec(),
@@ -63,6 +66,7 @@ pub struct DeleteOptions {
 }
 
 impl DeleteOptions {
+    /// The default: renames of an ancestor and opaque markers, not truncations or failures.
     pub fn new() -> DeleteOptions {
         DeleteOptions {
             truncations: false,
@@ -74,6 +78,10 @@ impl DeleteOptions {
 
 /// A general query. String filters match exactly, or as a glob when they contain `*`, `?` or
 /// `[` (SQLite GLOB: case-sensitive, `*` also matches `/`).
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     /// Any of these ops (empty: all).
@@ -93,67 +101,6 @@ pub struct Filter {
     pub until: Option<SystemTime>,
     /// Newest first; None: all.
     pub limit: Option<usize>,
-}
-
-/// SQL functions the queries use (glob on paths).
-pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
-    // ctrwatch_glob(pattern, dir_id, dir_path, name, inner_dir)
-    conn.create_scalar_function(
-        "ctrwatch_glob",
-        5,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| {
-            let glob = ctx.get_or_create_aux(0, |v| -> Result<Glob, String> {
-                let b = v.as_bytes().map_err(|e| e.to_string())?;
-                Glob::new(b)
-            })?;
-            // A damaged row (a value of the wrong type) matches nothing rather than failing
-            // the whole query.
-            let dir_id: i64 = ctx.get(1).unwrap_or(0);
-            let dir = ctx.get_raw(2).as_bytes_or_null().ok().flatten();
-            let name = ctx
-                .get_raw(3)
-                .as_bytes_or_null()
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let inner = ctx.get_raw(4).as_bytes_or_null().ok().flatten();
-            let host = codec::join_path(if dir_id == 0 { None } else { dir }, name);
-            if glob.matches(&host) {
-                return Ok(true);
-            }
-            Ok(inner.is_some_and(|i| glob.matches(&codec::join_path(Some(i), name))))
-        },
-    )
-}
-
-fn json_err(col: usize, e: serde_json::Error) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
-}
-
-/// A `procs` row (from column `at`: pid, tid, ppid, comm, exe, cmdline, uid, gid, unit,
-/// container, cgroup_id, mnt_ns, ancestors) as a process view.
-pub(crate) fn proc_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<ProcessView> {
-    let cmdline: String = row.get(at + 5)?;
-    let ancestors: String = row.get(at + 12)?;
-    let cmdline: Vec<String> = serde_json::from_str(&cmdline).map_err(|e| json_err(at + 5, e))?;
-    let ancestors: Vec<AncestorView> =
-        serde_json::from_str(&ancestors).map_err(|e| json_err(at + 12, e))?;
-    Ok(ProcessView {
-        pid: row.get(at)?,
-        tid: row.get(at + 1)?,
-        ppid: row.get(at + 2)?,
-        comm: row.get(at + 3)?,
-        exe: row.get(at + 4)?,
-        cmdline,
-        uid: row.get(at + 6)?,
-        gid: row.get(at + 7)?,
-        unit: row.get(at + 8)?,
-        container_id: row.get(at + 9)?,
-        cgroup_id: row.get::<_, i64>(at + 10)? as u64,
-        mnt_ns: row.get(at + 11)?,
-        ancestors,
-    })
 }
 
 const EVENT_COLS: &str = "e.id, e.path, e.op, e.proc, e.result, e.adj, e.mono_d, e.errno, e.new_path, e.inode, e.dev, e.details, e.seg, e.checksum";
@@ -272,6 +219,10 @@ impl Unreadable {
 }
 
 /// A query's answer: the rows it could read, and an account of those it could not.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug)]
 pub struct Answer<T> {
     pub found: Vec<T>,

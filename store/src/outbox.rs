@@ -6,8 +6,8 @@
 
 use ctrwatch_alerts::outbox::{self, AlertRow, Applied, OutboxTotals, OutboxWrite, Routing};
 
+use super::rows::now_ns;
 use super::start::DaemonStore;
-use super::write::now_ns;
 use super::{Store, StoreError, schema};
 
 impl Store {
@@ -115,8 +115,7 @@ mod tests {
         assert_eq!(totals, OutboxTotals::default());
         drop(r);
 
-        let mut w =
-            Store::open(&db, crate::store::StoreOptions::default()).expect("writer migrates");
+        let mut w = Store::open(&db, crate::StoreOptions::default()).expect("writer migrates");
         let alert = ctrwatch_alerts::Alert::test_alert(
             ctrwatch_alerts::Node {
                 hostname: "h".into(),

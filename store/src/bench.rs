@@ -12,9 +12,8 @@ use ctrwatch_event::{
     PathBytes, ProcessView, SnapshotKind, StorageKind, Verdict, Xattr,
 };
 
-use super::audit_log;
-use super::{DeleteOptions, Filter, PathQuery, Store, StoreError, StoreOptions};
-use crate::daemon::COMMIT_BATCH;
+use crate::auditd_log;
+use crate::{COMMIT_BATCH, DeleteOptions, Filter, PathQuery, Store, StoreError, StoreOptions};
 
 /// What the synthetic events look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +28,10 @@ pub enum BenchScenario {
 }
 
 /// Figures from [`bench_ingest`].
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub scenario: String,
@@ -67,6 +70,10 @@ pub struct BenchResult {
 }
 
 /// The same questions asked of an auditd log of the same operations with `ausearch`.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Serialize)]
 pub struct AusearchFigures {
     pub log_bytes: u64,
@@ -101,7 +108,7 @@ pub struct AusearchFigures {
 }
 
 /// Seed of the benchmark's events (the store and the audit log get the same ones).
-pub(crate) const SEED: u64 = 42;
+pub const SEED: u64 = 42;
 
 const BASE: &str = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
 
@@ -394,7 +401,7 @@ fn median_ms(
 }
 
 /// Removes the store at `db` with its WAL, shared-memory and lock files.
-pub(crate) fn remove_store_files(db: &Path) {
+pub fn remove_store_files(db: &Path) {
     for suffix in ["", "-wal", "-shm", ".lock"] {
         let mut p = db.as_os_str().to_owned();
         p.push(suffix);
@@ -404,7 +411,7 @@ pub(crate) fn remove_store_files(db: &Path) {
 
 /// A new store at `db` (any old one removed), without retention, its run begun: where the
 /// benchmarks write.
-pub(crate) fn fresh_store(db: &Path) -> Result<Store, StoreError> {
+pub fn fresh_store(db: &Path) -> Result<Store, StoreError> {
     remove_store_files(db);
     let opts = StoreOptions {
         retention_age: None,
@@ -460,7 +467,8 @@ pub fn bench_ingest(
     bench_with(dir, n, scenario, 20, true)
 }
 
-pub(crate) fn peak_rss_kib() -> u64 {
+/// The process's peak resident set (`VmHWM`), in KiB; 0 if unknown.
+pub fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -489,7 +497,7 @@ fn compare_ausearch(
 ) -> Result<AusearchFigures, StoreError> {
     // The captured records: what ausearch finds for a real file.
     let captured = dir.join("captured-audit.log");
-    std::fs::write(&captured, audit_log::CAPTURED)
+    std::fs::write(&captured, auditd_log::CAPTURED)
         .map_err(|e| bench_io(dir, "writing the captured records", e))?;
     let limit = Duration::from_secs(
         std::env::var("CTRWATCH_BENCH_AUSEARCH_LIMIT")
@@ -497,9 +505,9 @@ fn compare_ausearch(
             .and_then(|v| v.parse().ok())
             .unwrap_or(120),
     );
-    let real = audit_log::ausearch(&captured, audit_log::CAPTURED_PATH, &[], limit)
+    let real = auditd_log::ausearch(&captured, auditd_log::CAPTURED_PATH, &[], limit)
         .map_err(|e| bench_io(dir, "ausearch on the captured records", e))?;
-    let real_ops = audit_log::CAPTURED
+    let real_ops = auditd_log::CAPTURED
         .lines()
         .filter(|l| l.starts_with("type=SYSCALL") && l.contains("comm=\"python3\""))
         .count();
@@ -510,7 +518,7 @@ fn compare_ausearch(
     let sample_log_events = 10_000;
     let t = Instant::now();
     let host_bytes = host.as_bytes().to_vec();
-    let (log_bytes, watched) = audit_log::write_log(
+    let (log_bytes, watched) = auditd_log::write_log(
         &log,
         &sample,
         sample_log_events,
@@ -520,7 +528,7 @@ fn compare_ausearch(
     .map_err(|e| bench_io(dir, "writing the audit log", e))?;
     let write_seconds = t.elapsed().as_secs_f64();
     let run = |log: &Path, file: &str, extra: &[&str]| {
-        audit_log::ausearch(log, file, extra, limit).map_err(|e| bench_io(dir, "ausearch", e))
+        auditd_log::ausearch(log, file, extra, limit).map_err(|e| bench_io(dir, "ausearch", e))
     };
     let questions = |log: &Path| -> Result<_, StoreError> {
         let hh = run(log, host, &[])?;
@@ -570,7 +578,7 @@ fn compare_ausearch(
         "captured: ausearch -f {} found {} of the {} real operations (not the unlink that \
          named the file relative to its cwd); synthesised: found all {} events on the host \
          path in the sample log (newest serial {})",
-        audit_log::CAPTURED_PATH,
+        auditd_log::CAPTURED_PATH,
         real.serials.len(),
         real_ops,
         watched.len(),
@@ -663,7 +671,7 @@ pub(crate) fn bench_with(
     let query_pid_ms = median_ms(reps, || reader.query(&p).map(|_| ()))?;
     let (ausearch, ausearch_note) = if !with_ausearch {
         (None, Some("not run".to_string()))
-    } else if !audit_log::available() {
+    } else if !auditd_log::available() {
         (
             None,
             Some("ausearch is not installed (Debian package auditd)".to_string()),

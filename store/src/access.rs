@@ -35,6 +35,10 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
 const LOCK_POLL: Duration = Duration::from_millis(100);
 
 /// The group whose members may read the store (besides root).
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreGroup {
     pub gid: u32,
@@ -662,11 +666,15 @@ fn lock_device() -> Option<(u32, u32)> {
 }
 
 /// Who holds the writer's lock on a store.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriterLock {
-    Held {
-        pid: u32,
-    },
+    /// Held by process `pid`.
+    Held { pid: u32 },
+    /// Nobody holds it.
     Free,
     /// The lock directory is root's; the device it is on, to check a pid with
     /// [`holds_lock_on`].

@@ -1659,7 +1659,7 @@ fn kill_9_keeps_every_acknowledged_event() {
     let mut child = Command::new(exe)
         .args([
             "--exact",
-            "store::tests::crash_child_writer",
+            "tests::crash_child_writer",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -1849,7 +1849,7 @@ fn bench_smoke() {
     assert_eq!(r.distinct_paths, 3_000);
 }
 
-/// `CTRWATCH_BENCH_N=1000000 cargo test --release -p watcher --lib store::tests::bench_report
+/// `CTRWATCH_BENCH_N=1000000 cargo test --release -p ctrwatch-store --lib tests::bench_report
 /// -- --ignored --nocapture` (CTRWATCH_BENCH_DIR: where to write; default the temp dir).
 #[test]
 #[ignore]
@@ -1917,8 +1917,8 @@ fn audit_layout(line: &str) -> Vec<String> {
 #[test]
 fn synthesised_audit_records_have_the_captured_layout() {
     let mut real: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
-    for line in audit_log::CAPTURED.lines() {
-        let serial = audit_log::serial_of(line.as_bytes()).expect("serial");
+    for line in auditd_log::CAPTURED.lines() {
+        let serial = auditd_log::serial_of(line.as_bytes()).expect("serial");
         real.entry(serial).or_default().push(line);
     }
     let mut compared = 0;
@@ -1937,13 +1937,13 @@ fn synthesised_audit_records_have_the_captured_layout() {
             "openat" => Op::Create,
             other => Op::from_name(other).expect("an op"),
         };
-        let mut e = ev(T0, op, audit_log::CAPTURED_PATH);
+        let mut e = ev(T0, op, auditd_log::CAPTURED_PATH);
         e.process = Arc::new(process(21222, "python3"));
         if op == Op::Rename {
-            e.new_path = Some(path_bytes(&format!("{}.tmp0", audit_log::CAPTURED_PATH)));
+            e.new_path = Some(path_bytes(&format!("{}.tmp0", auditd_log::CAPTURED_PATH)));
         }
         let mut out = String::new();
-        audit_log::format_event(&mut out, &e, 7);
+        auditd_log::format_event(&mut out, &e, 7);
         let synth: Vec<Vec<String>> = out.lines().map(audit_layout).collect();
         let mut want: Vec<Vec<String>> = records.iter().map(|l| audit_layout(l)).collect();
         if op == Op::Unlink {
@@ -1963,7 +1963,7 @@ fn synthesised_audit_records_have_the_captured_layout() {
     }
     assert_eq!(compared, 8, "every captured operation compared");
     assert_eq!(
-        audit_log::serial_of(b"type=CWD msg=audit(1.002:77): cwd=\"/\""),
+        auditd_log::serial_of(b"type=CWD msg=audit(1.002:77): cwd=\"/\""),
         Some(77)
     );
 }

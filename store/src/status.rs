@@ -13,6 +13,10 @@ use super::{Store, StoreError};
 pub const DAEMON_STATUS_KEY: &str = "daemon_status";
 
 /// A daemon run from the `runs` table.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunRecord {
     pub pid: u32,
@@ -26,6 +30,10 @@ pub struct RunRecord {
 
 /// One sink's delivery state of an alert (all of the sink's targets together; the targets
 /// themselves are not shown: their URLs may carry tokens).
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AlertDelivery {
     pub sink: String,
@@ -36,6 +44,10 @@ pub struct AlertDelivery {
 }
 
 /// An alert of the outbox, newest first.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RecentAlert {
     pub id: String,

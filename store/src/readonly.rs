@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::ErrorCode;
 
 use super::access::{readable, sibling};
-use super::read::register_functions;
+use super::rows::{now_ns, register_functions};
 use super::{Store, StoreError, schema};
 
 /// A WAL file's header; a WAL no longer than this holds no frame.
@@ -158,11 +158,7 @@ fn another_way(path: &Path) -> Result<Store, StoreError> {
 /// A private directory for a copy: the temp dir, else /dev/shm (memory: the disk may be the
 /// full one).
 fn private_dir(path: &Path, db_bytes: u64) -> Result<PathBuf, StoreError> {
-    let name = format!(
-        "ctrwatch-read-{}-{}",
-        std::process::id(),
-        super::write::now_ns()
-    );
+    let name = format!("ctrwatch-read-{}-{}", std::process::id(), now_ns());
     let mut last = None;
     for base in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
         if !fits(&base, db_bytes) {

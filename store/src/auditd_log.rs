@@ -24,7 +24,7 @@ use super::codec;
 /// created, truncated, chmod-ed, setxattr-ed, renamed away and back, made a directory
 /// beside, then unlinked [`CAPTURED_PATH`] (the unlink names it relative to the cwd), plus
 /// the rule changes themselves. How to capture them again: docs/store.md.
-pub(crate) const CAPTURED: &str = include_str!("audit_sample.log");
+pub(crate) const CAPTURED: &str = include_str!("auditd_sample.log");
 /// The file the captured records are about.
 pub(crate) const CAPTURED_PATH: &str = "/tmp/ctrwatch-auditcap/snapshots/5/fs/usr/lib/libjq.so.1";
 /// The audit rule key of the captured and the synthesised records.

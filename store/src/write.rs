@@ -17,8 +17,8 @@ use ctrwatch_event::{
 };
 
 use super::access::{self, StoreLock};
-use super::codec::{self, AtomKind, Fnv};
-use super::read::proc_from_row;
+use super::codec::{self, AtomKind};
+use super::rows::{now_ns, proc_from_row, proc_hash, register_functions};
 use super::status::DAEMON_STATUS_KEY;
 use super::{PruneReport, Store, StoreError, StoreOptions, ns, schema};
 
@@ -39,8 +39,6 @@ const PROC_ADDR_CACHE_MAX: usize = 4096;
 const PROC_CACHE_MAX: usize = 50_000;
 /// Pruned gaps written within this long of each other are merged into one record.
 const PRUNED_MERGE_NS: i64 = 3600 * 1_000_000_000;
-/// Events whose time collides with a stored one are moved by at most about this much.
-pub(crate) const ADJ_SLACK_NS: i64 = 1_000_000_000;
 
 /// An event's row, built by `append_event` and inserted with others (up to [`ROW_CHUNK`]) by
 /// one prepared statement: looking the statement up in rusqlite's cache and handing it back
@@ -177,10 +175,6 @@ pub(crate) struct Writer {
     unstored: Option<Unstored>,
 }
 
-pub(crate) fn now_ns() -> i64 {
-    ns(SystemTime::now())
-}
-
 /// Bytes of the database in use (pages not on the free list).
 pub(crate) fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -265,34 +259,6 @@ fn step_all(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// ~2^-128 per pair (about 2^-88 for a million cached paths): negligible next to disk errors.
 fn path_key(path: &[u8]) -> u128 {
     codec::path_digest(path)
-}
-
-/// Stable hash of a process description, stored in `procs.hash` (`procs_hash` finds a
-/// description's rows after a restart).
-pub(crate) fn proc_hash(p: &ProcessView) -> u64 {
-    let mut h = Fnv::new();
-    h.u64(p.pid as u64);
-    h.u64(p.tid as u64);
-    h.u64(p.ppid as u64);
-    h.bytes(p.comm.as_bytes());
-    h.opt(p.exe.as_deref());
-    h.u64(p.cmdline.len() as u64);
-    for a in &p.cmdline {
-        h.bytes(a.as_bytes());
-    }
-    h.u64(p.uid as u64);
-    h.u64(p.gid as u64);
-    h.opt(p.unit.as_deref());
-    h.opt(p.container_id.as_deref());
-    h.u64(p.cgroup_id);
-    h.u64(p.mnt_ns as u64);
-    h.u64(p.ancestors.len() as u64);
-    for a in &p.ancestors {
-        h.u64(a.pid as u64);
-        h.bytes(a.comm.as_bytes());
-        h.opt(a.exe.as_deref());
-    }
-    h.finish()
 }
 
 impl Writer {
@@ -1153,9 +1119,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let conn = schema::connect(&path, true)?;
         let ready = schema::prepare_writer(&conn, &path)
-            .and_then(|()| {
-                super::read::register_functions(&conn).map_err(|e| schema::map_err(&path, e))
-            })
+            .and_then(|()| register_functions(&conn).map_err(|e| schema::map_err(&path, e)))
             .and_then(|()| Writer::load(&conn, opts).map_err(|e| schema::map_err(&path, e)));
         match ready {
             Ok(writer) => Ok(Store {

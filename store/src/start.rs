@@ -8,7 +8,7 @@
 //!   counted, the store is tried again every [`STORE_RETRY`], and the count becomes a
 //!   `store_full` gap once it can write.
 //! * A store from a newer ctrwatch, another program's database, a store another daemon holds
-//!   (after [`crate::store::DEFAULT_LOCK_WAIT`]), an unsafe directory: errors, nothing moved.
+//!   (after [`crate::DEFAULT_LOCK_WAIT`]), an unsafe directory: errors, nothing moved.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use std::time::{Instant, SystemTime};
 use ctrwatch_event::{FileEvent, Gap, GapKind, LossEvent, escape_bytes};
 
 use super::access::{self, StoreLock, sibling};
-use super::write::{Unstored, now_ns};
+use super::rows::now_ns;
+use super::write::Unstored;
 use super::{PruneReport, Store, StoreError, StoreOptions, ns, schema};
 
 /// While the store cannot be opened (full disk), it is tried again this often.
@@ -645,7 +646,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::store::{BenchScenario, synthetic_events};
+    use crate::{BenchScenario, synthetic_events};
 
     struct Dir(PathBuf);
 
