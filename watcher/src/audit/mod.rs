@@ -52,7 +52,7 @@ pub enum AuditError {
     Store {
         path: PathBuf,
         #[source]
-        source: crate::store::StoreError,
+        source: report::HistoryError,
     },
 }
 
@@ -71,8 +71,6 @@ pub struct Options {
     pub layers_only: bool,
     /// Threads for hashing and replay (0: one per CPU).
     pub threads: usize,
-    /// History store for `--since-watch`.
-    pub since_watch: Option<PathBuf>,
 }
 
 impl Options {
@@ -85,7 +83,6 @@ impl Options {
             content_only: false,
             layers_only: false,
             threads: 0,
-            since_watch: None,
         }
     }
 }
@@ -328,12 +325,6 @@ pub fn run(opts: &Options, progress: Progress) -> Result<Report, AuditError> {
     }
     ctx.progress.finish();
     let mut findings = out.findings;
-    if let Some(store) = &opts.since_watch {
-        report::attach_history(&mut findings, store).map_err(|source| AuditError::Store {
-            path: store.clone(),
-            source,
-        })?;
-    }
     report::sort(&mut findings);
     Ok(Report {
         root: opts.layout.root.clone(),

@@ -1,13 +1,13 @@
 //! Rendering an audit [`Report`]: grouped by severity for people, one JSON document for
-//! machines; and `--since-watch`, which asks the history store who last touched each path.
+//! machines; and `--since-watch`, which asks the history who last touched each path (the
+//! caller opens the store and hands it over as a [`History`]: the audit never opens SQLite).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use ctrwatch_event::FileEvent;
 
-use super::{Finding, Report, Severity};
-use crate::store::{PathMatch, PathQuery, Store, StoreError};
+use super::{AuditError, Finding, Report, Severity};
 
 /// Orders findings most severe first, then by class and path.
 pub fn sort(findings: &mut [Finding]) {
@@ -21,25 +21,44 @@ pub fn sort(findings: &mut [Finding]) {
     });
 }
 
-/// Adds the last recorded operation on each finding's host path from the history store
-/// (read-only: the daemon may be writing it).
-pub fn attach_history(findings: &mut [Finding], store: &Path) -> Result<(), StoreError> {
-    let store = Store::open_read_only(store)?;
-    for f in findings
-        .iter_mut()
-        .filter(|f| f.severity() < Severity::Info)
-    {
-        let Some(path) = &f.path else { continue };
-        let q = PathQuery {
-            matching: PathMatch::Host,
-            limit: Some(1),
-            ..PathQuery::new(path.as_bytes())
-        };
-        if let Some(ev) = store.history(&q)?.into_iter().next() {
-            f.last_touched = Some(Box::new(ev));
+/// Why the history could not answer.
+pub type HistoryError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What `--since-watch` asks of the history: the newest recorded operation on a host path.
+/// The caller implements it over the history store, opened read-only (the daemon may be
+/// writing it).
+pub trait History {
+    /// The newest recorded operation on `host_path` (matched as a host path), if any.
+    fn last_touched(&self, host_path: &[u8]) -> Result<Option<FileEvent>, HistoryError>;
+}
+
+impl Report {
+    /// Adds the last recorded operation on each problem's host path from `history` (the
+    /// store at `store`, named in the error).
+    pub fn attach_history(
+        &mut self,
+        store: &Path,
+        history: &dyn History,
+    ) -> Result<(), AuditError> {
+        for f in self
+            .findings
+            .iter_mut()
+            .filter(|f| f.severity() < Severity::Info)
+        {
+            let Some(path) = &f.path else { continue };
+            let last =
+                history
+                    .last_touched(path.as_bytes())
+                    .map_err(|source| AuditError::Store {
+                        path: store.to_path_buf(),
+                        source,
+                    })?;
+            if let Some(ev) = last {
+                f.last_touched = Some(Box::new(ev));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// One line about a stored event: time, op, result, process, exe, parents, verdict.
