@@ -4,7 +4,6 @@
 //! cgroup.rs, roots.rs, containerd/); watch.rs sends it to a sink (stdout, or the daemon's
 //! store).
 pub mod alerting;
-pub mod audit;
 pub mod cgroup;
 pub mod containerd;
 pub mod daemon;
@@ -20,6 +19,8 @@ pub mod secrets;
 pub mod status;
 pub mod watch;
 
+/// The offline audit (its own crate).
+pub use ctrwatch_audit as audit;
 /// The event history store (its own crate).
 pub use ctrwatch_store as store;
 

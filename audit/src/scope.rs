@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use super::{AuditError, Options, Scope};
-use crate::containerd::Model;
-use crate::containerd::metadata::parse_backend_key;
+use ctrwatch_containerd::Model;
+use ctrwatch_containerd::metadata::parse_backend_key;
 
 pub(super) fn resolve(model: &Model, opts: &Options) -> Result<Scope, AuditError> {
     let everything = opts.images.is_empty() && opts.snapshots.is_empty();

@@ -21,6 +21,10 @@ pub struct Progress {
 }
 
 /// What a phase counts.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
     Bytes,

@@ -33,11 +33,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::containerd::{ContainerdError, Model, RootLayout};
+use ctrwatch_containerd::{ContainerdError, Model, RootLayout};
 pub use finding::{Finding, Severity};
 pub use progress::{Progress, Unit};
 
 /// Why an audit could not run at all (exit code 2).
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error(transparent)]
@@ -88,6 +92,10 @@ impl Options {
 }
 
 /// The part of the store an audit looks at, resolved from the options.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     /// Everything (no `--image` / `--snapshot`): orphan and global checks run too.
@@ -103,6 +111,10 @@ pub struct Scope {
 }
 
 /// Counters for the report and the benchmark.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Stats {
     pub blobs: u64,
@@ -120,6 +132,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds `o`'s counts to these.
     pub fn merge(&mut self, o: &Stats) {
         self.blobs += o.blobs;
         self.blob_bytes += o.blob_bytes;
@@ -141,6 +154,10 @@ mod secs {
 }
 
 /// What a check produced.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     pub findings: Vec<Finding>,
@@ -148,6 +165,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Adds `o`'s findings and counts to these.
     pub fn merge(&mut self, o: Outcome) {
         self.findings.extend(o.findings);
         self.stats.merge(&o.stats);
@@ -155,6 +173,10 @@ impl Outcome {
 }
 
 /// Everything a check needs: the model, the scope, the progress bar.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 pub struct Context {
     pub model: Model,
     pub scope: Scope,
@@ -262,6 +284,10 @@ impl Scope {
 }
 
 /// The result of an audit.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub root: PathBuf,

@@ -9,7 +9,7 @@
 //!
 //! Nothing is followed out of the store: every directory and file is reached from the root
 //! without following a symlink, files are opened only when they are regular files and without
-//! blocking ([`crate::fsx`], [`hashing::open_regular`]). Nothing is written. containerd may be running: a blob that disappears while the audit runs (garbage
+//! blocking ([`ctrwatch_containerd::fsx`], [`hashing::open_regular`]). Nothing is written. containerd may be running: a blob that disappears while the audit runs (garbage
 //! collection) is skipped, not reported.
 //!
 //! What the next pull of an ingest's ref does was measured with containerd 1.6.20 and `ctr`
@@ -29,10 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 use super::finding::{Finding, Severity};
 use super::layers::{self, LayerJob, Plan};
 use super::{Context, Outcome, Unit};
-use crate::containerd::go::parse_go_time;
-use crate::containerd::metadata::{is_digest, parse_backend_key};
-use crate::containerd::{BlobInfo, BlobRole, SnapshotKind};
-use crate::fsx;
+use ctrwatch_containerd::fsx;
+use ctrwatch_containerd::go::parse_go_time;
+use ctrwatch_containerd::metadata::{is_digest, parse_backend_key};
+use ctrwatch_containerd::{BlobInfo, BlobRole, SnapshotKind};
 use ctrwatch_event::{escape_bytes, escape_path};
 use hashing::{FileHash, HashError, HashingReader};
 
@@ -500,7 +500,7 @@ fn recorded_now(ctx: &Context, digests: &BTreeSet<String>) -> Option<BTreeSet<St
     if digests.is_empty() {
         return Some(BTreeSet::new());
     }
-    crate::containerd::metadata::blobs_recorded_now(&ctx.model.layout, digests)
+    ctrwatch_containerd::metadata::blobs_recorded_now(&ctx.model.layout, digests)
 }
 
 fn role_name(role: Option<BlobRole>) -> &'static str {

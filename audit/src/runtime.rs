@@ -4,7 +4,7 @@
 //! `failed to get metadata for stored sandbox`, the k3s case), containers whose image is gone.
 
 use super::{Context, Finding, Outcome, Severity};
-use crate::containerd::metadata::LABEL_CRI_KIND;
+use ctrwatch_containerd::metadata::LABEL_CRI_KIND;
 
 /// The extension containerd 2's CRI reads from a sandbox record (`podsandbox.MetadataKey`).
 const SANDBOX_METADATA: &str = "metadata";
@@ -12,6 +12,7 @@ const SANDBOX_METADATA: &str = "metadata";
 const CRI_SANDBOX_METADATA: &str = "io.cri-containerd.sandbox.metadata";
 const CRI_CONTAINER_METADATA: &str = "io.cri-containerd.container.metadata";
 
+/// The runtime check: container and sandbox records containerd or CRI cannot start from.
 pub fn check(ctx: &Context) -> Outcome {
     let mut out = Outcome::default();
     if !ctx.scope.everything {
@@ -100,8 +101,8 @@ pub fn check(ctx: &Context) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containerd::Model;
-    use crate::containerd::metadata::{Namespace, Sandbox};
+    use ctrwatch_containerd::Model;
+    use ctrwatch_containerd::metadata::{Namespace, Sandbox};
 
     /// containerd 2 keeps sandboxes in their own bucket; a CRI sandbox without its `metadata`
     /// extension stops containerd at start. (The tests' containerd is 1.6, which has no

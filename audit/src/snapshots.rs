@@ -4,16 +4,16 @@
 //!
 //! Two databases describe snapshots: the snapshotter's own `metadata.db` (key → directory id,
 //! kind, parent) and meta.db's per-namespace records (client key → snapshotter key). Where a
-//! snapshot's files are is the containerd model's fact ([`crate::containerd::SnapshotLayout`]):
+//! snapshot's files are is the containerd model's fact ([`ctrwatch_containerd::SnapshotLayout`]):
 //! `<root>/snapshots/<id>/fs` for overlayfs, `<root>/snapshots/<id>` itself for native.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Context, Finding, Outcome, Severity};
-use crate::containerd::Container;
-use crate::containerd::metadata::{Namespace, unpack_target};
-use crate::containerd::{SnapshotKind, snapshot_dir, snapshot_tree};
-use crate::fsx;
+use ctrwatch_containerd::Container;
+use ctrwatch_containerd::fsx;
+use ctrwatch_containerd::metadata::{Namespace, unpack_target};
+use ctrwatch_containerd::{SnapshotKind, snapshot_dir, snapshot_tree};
 
 /// Directories the overlayfs snapshotter uses while it works: `new-<n>` before a snapshot's
 /// record is committed, `rm-<id>` while one is removed. Not orphans unless they are old.
@@ -21,6 +21,7 @@ fn transient_dir(name: &str) -> bool {
     name.starts_with("new-") || name.starts_with("rm-")
 }
 
+/// The snapshots check: records against directories (see the module docs).
 pub fn check(ctx: &Context) -> Outcome {
     let mut out = Outcome::default();
     let model = &ctx.model;
@@ -309,8 +310,8 @@ pub fn remediate_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containerd::metadata::{BackendSnapshot, SnapshotterState};
-    use crate::containerd::{Model, RootLayout};
+    use ctrwatch_containerd::metadata::{BackendSnapshot, SnapshotterState};
+    use ctrwatch_containerd::{Model, RootLayout};
 
     /// A snapshot whose parent the snapshotter does not have (its database lost the record):
     /// containerd 1.6 cannot produce it on demand, so the model is built by hand over a real

@@ -45,6 +45,10 @@ impl Severity {
 /// `class` is a stable, kebab-case identifier of the kind of problem (`blob-digest-mismatch`,
 /// `layer-file-truncated`, ...; the list is in docs/audit.md): scripts match on it, and the
 /// tests assert on it. Everything else is for people.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub severity: Option<Severity>,
@@ -103,16 +107,19 @@ impl Finding {
         self.severity.unwrap_or(Severity::Info)
     }
 
+    /// The host path the finding is about.
     pub fn path(mut self, path: impl Into<String>) -> Finding {
         self.path = Some(path.into());
         self
     }
 
+    /// The path as seen inside the image or container.
     pub fn image_path(mut self, path: impl Into<String>) -> Finding {
         self.image_path = Some(path.into());
         self
     }
 
+    /// The images (`namespace/name`) affected.
     pub fn images(mut self, images: impl IntoIterator<Item = String>) -> Finding {
         self.images.extend(images);
         self.images.sort();
@@ -120,36 +127,43 @@ impl Finding {
         self
     }
 
+    /// The layer blob's digest.
     pub fn layer(mut self, digest: impl Into<String>) -> Finding {
         self.layer = Some(digest.into());
         self
     }
 
+    /// The content blob's digest.
     pub fn blob(mut self, digest: impl Into<String>) -> Finding {
         self.blob = Some(digest.into());
         self
     }
 
+    /// The snapshot, as `<snapshotter>/<directory id>`.
     pub fn snapshot(mut self, snapshotter: &str, id: u64) -> Finding {
         self.snapshot = Some(format!("{snapshotter}/{id}"));
         self
     }
 
+    /// The snapshot's key (client key or chainID).
     pub fn snapshot_key(mut self, key: impl Into<String>) -> Finding {
         self.snapshot_key = Some(key.into());
         self
     }
 
+    /// The containerd namespace.
     pub fn namespace(mut self, ns: impl Into<String>) -> Finding {
         self.namespace = Some(ns.into());
         self
     }
 
+    /// One more fact, shown as `key: value`.
     pub fn fact(mut self, key: impl Into<String>, value: impl Into<String>) -> Finding {
         self.facts.push((key.into(), value.into()));
         self
     }
 
+    /// One more remediation step, in order.
     pub fn fix(mut self, step: impl Into<String>) -> Finding {
         self.remediation.push(step.into());
         self

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::SystemTime;
 
 use super::{Context, Finding, Outcome, Severity};
-use crate::containerd::metadata::{LABEL_GC_EXPIRE, LABEL_SNAPSHOT_PREFIX, Labels, Namespace};
+use ctrwatch_containerd::metadata::{LABEL_GC_EXPIRE, LABEL_SNAPSHOT_PREFIX, Labels, Namespace};
 
 /// `containerd.io/gc.root`: the object is a root by itself.
 const LABEL_GC_ROOT: &str = "containerd.io/gc.root";
@@ -31,6 +31,10 @@ enum Node {
 }
 
 /// What keeps an object alive.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Holder {
     Image(String),
@@ -193,6 +197,7 @@ fn mark(ns: &Namespace, now: SystemTime) -> Marks {
 /// where nothing does.
 type Holdings = Vec<(String, Option<Holder>)>;
 
+/// The holders check: what keeps each unneeded blob and snapshot from garbage collection.
 pub fn check(ctx: &Context) -> Outcome {
     let mut out = Outcome::default();
     let now = SystemTime::now();
@@ -253,7 +258,7 @@ pub fn check(ctx: &Context) -> Outcome {
                 snapshotter: sn_name,
                 id: b.id,
                 key: bkey,
-                committed: b.kind == crate::containerd::SnapshotKind::Committed,
+                committed: b.kind == ctrwatch_containerd::SnapshotKind::Committed,
             };
             if let Some(f) = explain(ctx, subject, &holdings) {
                 out.findings.push(f);
@@ -347,7 +352,7 @@ fn explain(ctx: &Context, subject: Subject<'_>, holdings: &Holdings) -> Option<F
             let layer = ctx
                 .model
                 .blob(d)
-                .is_some_and(|b| b.role == Some(crate::containerd::BlobRole::Layer));
+                .is_some_and(|b| b.role == Some(ctrwatch_containerd::BlobRole::Layer));
             f = f.blob(d).path(path);
             if layer {
                 f = f.layer(d);
@@ -364,7 +369,7 @@ fn explain(ctx: &Context, subject: Subject<'_>, holdings: &Holdings) -> Option<F
                 .snapshot(snapshotter, id)
                 .snapshot_key(chain)
                 .path(
-                    crate::containerd::snapshot_dir(
+                    ctrwatch_containerd::snapshot_dir(
                         &ctx.model.layout.snapshotter_root(snapshotter),
                         id,
                     )
@@ -386,8 +391,8 @@ fn explain(ctx: &Context, subject: Subject<'_>, holdings: &Holdings) -> Option<F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containerd::Model;
-    use crate::containerd::metadata::{Blob, Descriptor, Image, Lease};
+    use ctrwatch_containerd::Model;
+    use ctrwatch_containerd::metadata::{Blob, Descriptor, Image, Lease};
 
     fn digest(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))

@@ -21,9 +21,9 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use super::{Context, Finding, Outcome, Severity};
-use crate::containerd::metadata::is_digest;
-use crate::containerd::{SnapshotKind, SnapshotLayout, snapshot_tree};
-use crate::fsx;
+use ctrwatch_containerd::fsx;
+use ctrwatch_containerd::metadata::is_digest;
+use ctrwatch_containerd::{SnapshotKind, SnapshotLayout, snapshot_tree};
 
 use compare::{Compared, Problem, Unpack};
 use tree::{Compression, LayerTree};
@@ -80,6 +80,10 @@ pub struct LayerJob {
 const REPLAYED_SNAPSHOTTERS: [&str; 2] = ["overlayfs", "native"];
 
 /// A committed snapshot directory.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotTarget {
     pub snapshotter: String,
@@ -94,7 +98,7 @@ pub struct SnapshotTarget {
     /// The snapshotter's directory.
     pub root: PathBuf,
     /// Where nothing below is followed from: the containerd root, or the snapshotter's
-    /// configured directory ([`crate::containerd::RootLayout::anchor_for`]).
+    /// configured directory ([`ctrwatch_containerd::RootLayout::anchor_for`]).
     pub anchor: PathBuf,
     /// The snapshot's tree ([`snapshot_tree`]): `<root>/snapshots/<id>/fs` (overlay) or
     /// `<root>/snapshots/<id>` (native).

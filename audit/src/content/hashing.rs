@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::audit::{Progress, Unit};
-use crate::fsx::{self, OpenError};
+use crate::{Progress, Unit};
+use ctrwatch_containerd::fsx::{self, OpenError};
 use ctrwatch_event::escape_path;
 
 /// Size of each read: large enough that the per-syscall cost vanishes next to hashing
@@ -41,6 +41,10 @@ pub struct FileHash {
 }
 
 /// Why a file could not be hashed.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     #[error("{}: not a regular file ({kind})", escape_path(path))]
@@ -77,7 +81,7 @@ pub fn kind_name(ft: &std::fs::FileType) -> &'static str {
 /// Opens `path` (below `root`) for reading if it is a regular file, reached from `root`
 /// without following a symbolic link (a symlink planted in the store must never lead the audit
 /// outside it), without blocking on a FIFO and, where permitted, without updating its access
-/// time (the audit modifies nothing): see [`crate::fsx::open_file_beneath`]. Tells the kernel
+/// time (the audit modifies nothing): see [`ctrwatch_containerd::fsx::open_file_beneath`]. Tells the kernel
 /// the file is read sequentially, which doubles its readahead window.
 pub fn open_regular(root: &Path, path: &Path) -> Result<File, HashError> {
     let file = match fsx::open_file_beneath(root, path) {

@@ -20,8 +20,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 
 use super::tree::{Kind, LayerTree, Name, Node};
-use crate::audit::Severity;
-use crate::fsx::{Dir, Stat};
+use crate::Severity;
+use ctrwatch_containerd::fsx::{Dir, Stat};
 
 /// How containerd unpacked the layer into the directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
