@@ -313,30 +313,36 @@ mod tests {
     use ctrwatch_containerd::metadata::{BackendSnapshot, SnapshotterState};
     use ctrwatch_containerd::{Model, RootLayout};
 
-    /// A snapshot whose parent the snapshotter does not have (its database lost the record):
-    /// containerd 1.6 cannot produce it on demand, so the model is built by hand over a real
-    /// directory.
-    #[test]
-    fn parent_missing_is_critical() {
-        let root =
-            std::env::temp_dir().join(format!("ctrwatch-audit-parent-{}", std::process::id()));
-        let sn_root = root.join("io.containerd.snapshotter.v1.overlayfs");
-        std::fs::create_dir_all(sn_root.join("snapshots/2/fs")).expect("mkdir");
-        let key = "default/2/sha256:child".to_owned();
+    /// The check over a hand-built model: one committed snapshot `id` of `snapshotter`
+    /// (with `parent`; no namespace records it) over a real directory in which the directory
+    /// `present` (below the snapshotter's root) exists.
+    fn check_one_committed(
+        snapshotter: &str,
+        id: u64,
+        parent: Option<&str>,
+        present: &str,
+    ) -> Outcome {
+        let root = std::env::temp_dir().join(format!(
+            "ctrwatch-audit-{snapshotter}-{id}-{}",
+            std::process::id()
+        ));
+        let sn_root = root.join(format!("io.containerd.snapshotter.v1.{snapshotter}"));
+        std::fs::create_dir_all(sn_root.join(present)).expect("mkdir");
+        let key = format!("default/{id}/sha256:s{id}");
         let mut state = SnapshotterState {
-            name: "overlayfs".into(),
-            root: sn_root.clone(),
+            name: snapshotter.into(),
+            root: sn_root,
             ..SnapshotterState::default()
         };
-        state.by_id.insert(2, key.clone());
+        state.by_id.insert(id, key.clone());
         state.snapshots.insert(
             key.clone(),
             BackendSnapshot {
-                key: key.clone(),
-                id: 2,
+                key,
+                id,
                 kind: SnapshotKind::Committed,
                 kind_byte: Some(3),
-                parent: Some("default/1/sha256:gone".into()),
+                parent: parent.map(str::to_owned),
                 labels: Default::default(),
                 size: None,
                 inodes: None,
@@ -345,9 +351,23 @@ mod tests {
         );
         let mut model = Model::default();
         model.layout = RootLayout::new(&root);
-        model.snapshotters.insert("overlayfs".into(), state);
+        model.snapshotters.insert(snapshotter.into(), state);
         let out = check(&Context::for_model(model));
         let _ = std::fs::remove_dir_all(&root);
+        out
+    }
+
+    /// A snapshot whose parent the snapshotter does not have (its database lost the record):
+    /// containerd 1.6 cannot produce it on demand, so the model is built by hand over a real
+    /// directory.
+    #[test]
+    fn parent_missing_is_critical() {
+        let out = check_one_committed(
+            "overlayfs",
+            2,
+            Some("default/1/sha256:gone"),
+            "snapshots/2/fs",
+        );
         let classes: Vec<&str> = out.findings.iter().map(|f| f.class).collect();
         // No namespace records it either: the metadata GC would remove it.
         assert_eq!(
@@ -371,37 +391,7 @@ mod tests {
     /// native snapshot, when this check took every snapshotter for overlayfs).
     #[test]
     fn native_snapshot_without_fs_dir_is_present() {
-        let root =
-            std::env::temp_dir().join(format!("ctrwatch-audit-native-{}", std::process::id()));
-        let sn_root = root.join("io.containerd.snapshotter.v1.native");
-        std::fs::create_dir_all(sn_root.join("snapshots/3/etc")).expect("mkdir");
-        std::fs::write(sn_root.join("snapshots/3/etc/os-release"), "x\n").expect("write");
-        let key = "default/3/sha256:base".to_owned();
-        let mut state = SnapshotterState {
-            name: "native".into(),
-            root: sn_root.clone(),
-            ..SnapshotterState::default()
-        };
-        state.by_id.insert(3, key.clone());
-        state.snapshots.insert(
-            key.clone(),
-            BackendSnapshot {
-                key: key.clone(),
-                id: 3,
-                kind: SnapshotKind::Committed,
-                kind_byte: Some(3),
-                parent: None,
-                labels: Default::default(),
-                size: None,
-                inodes: None,
-                created_at: None,
-            },
-        );
-        let mut model = Model::default();
-        model.layout = RootLayout::new(&root);
-        model.snapshotters.insert("native".into(), state);
-        let out = check(&Context::for_model(model));
-        let _ = std::fs::remove_dir_all(&root);
+        let out = check_one_committed("native", 3, None, "snapshots/3/etc");
         let classes: Vec<&str> = out.findings.iter().map(|f| f.class).collect();
         assert_eq!(classes, vec!["snapshot-unreferenced"], "{:?}", out.findings);
     }

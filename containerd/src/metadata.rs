@@ -97,16 +97,7 @@ const UNCOMPRESSED_LAYERS: [&str; 3] = [
 
 /// `sha256:<hex of sha256(data)>`.
 pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(data)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    format!("sha256:{}", ctrwatch_event::hex(&Sha256::digest(data)))
 }
 
 /// Whether `s` is a well-formed digest: `algorithm:encoded`, lowercase, sha256 with 64 hex
@@ -668,7 +659,7 @@ impl Model {
         for ns in model.namespaces.values() {
             for ing in ns.ingests.values() {
                 if let Some(bref) = &ing.backend_ref {
-                    let dir = hex(&Sha256::digest(bref.as_bytes()));
+                    let dir = ctrwatch_event::hex(&Sha256::digest(bref.as_bytes()));
                     model.ingest_dirs.entry(dir).or_insert_with(|| bref.clone());
                 }
             }

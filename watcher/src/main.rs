@@ -145,28 +145,8 @@ lines carry journal priorities. RUST_LOG=debug logs more."
         )
     )]
     Query {
-        /// Operation (repeatable): create, open_write, truncate, modify, fallocate, unlink,
-        /// rmdir, rename, link, symlink, mknod, mkdir, setxattr, removexattr, chmod, chown.
-        #[arg(long = "op", value_name = "OP")]
-        ops: Vec<String>,
-        /// Path glob: `*` within a component, `**` across components.
-        #[arg(long, value_name = "GLOB")]
-        path: Option<PathBuf>,
-        #[arg(long)]
-        pid: Option<u32>,
-        #[arg(long)]
-        comm: Option<String>,
-        #[arg(long)]
-        exe: Option<String>,
-        /// systemd unit, e.g. containerd.service.
-        #[arg(long)]
-        unit: Option<String>,
-        /// Container id (or a prefix of it).
-        #[arg(long)]
-        container: Option<String>,
-        /// `ok` or an errno name (ENOENT...).
-        #[arg(long)]
-        result: Option<String>,
+        #[command(flatten)]
+        filter: QueryArgs,
         #[command(flatten)]
         q: PathArgs,
     },
@@ -582,29 +562,8 @@ fn main() -> ExitCode {
                 &q.output(),
             ));
         }
-        Command::Query {
-            ops,
-            path,
-            pid,
-            comm,
-            exe,
-            unit,
-            container,
-            result,
-            q,
-        } => {
-            let args = QueryArgs {
-                ops,
-                path,
-                pid,
-                comm,
-                exe,
-                unit,
-                container,
-                result,
-                window: q.window(),
-            };
-            return query_result(queries::query(&q.store, &args, &q.output()));
+        Command::Query { filter, q } => {
+            return query_result(queries::query(&q.store, &filter, &q.window(), &q.output()));
         }
         Command::Gaps {
             store,

@@ -208,14 +208,7 @@ impl<R: Read> Read for HashingReader<'_, R> {
 
 /// `sha256:<hex>` of what `hasher` has seen.
 pub fn digest_string(hasher: Sha256) -> String {
-    use std::fmt::Write as _;
-    let out = hasher.finalize();
-    let mut s = String::with_capacity(7 + 64);
-    s.push_str("sha256:");
-    for b in out {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    format!("sha256:{}", ctrwatch_event::hex(&hasher.finalize()))
 }
 
 /// Hashes one file (regular, below `root`, reached without following a symlink) in reads of

@@ -802,7 +802,7 @@ impl Walk<'_> {
 fn show_value(v: &[u8]) -> String {
     match std::str::from_utf8(v) {
         Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
-        _ => v.iter().map(|b| format!("{b:02x}")).collect(),
+        _ => ctrwatch_event::hex(v),
     }
 }
 

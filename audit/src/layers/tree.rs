@@ -364,11 +364,7 @@ pub(super) fn read_layer(blob: &mut dyn Read) -> LayerTree {
     tree.bytes = bytes;
     match result {
         Ok(()) => {
-            let hex: String = hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = ctrwatch_event::hex(&hasher.finalize());
             tree.diff_id = Some(format!("sha256:{hex}"));
         }
         Err(error) => {
@@ -713,13 +709,7 @@ mod tests {
         );
         assert_eq!(t.unsafe_paths.len(), 3, "{:?}", t.unsafe_paths);
         assert_eq!(t.entries, 10);
-        let want = format!(
-            "sha256:{}",
-            Sha256::digest(&raw)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let want = format!("sha256:{}", ctrwatch_event::hex(&Sha256::digest(&raw)));
         assert_eq!(t.diff_id.as_deref(), Some(want.as_str()));
         assert_eq!(t.bytes, raw.len() as u64);
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
 use crate::ContainerdError;
+use ctrwatch_event::hex;
 
 use bolt::testwriter as boltw;
 use boltw::Tree;

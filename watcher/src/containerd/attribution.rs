@@ -25,6 +25,7 @@ use super::{
     classify_path, discover,
 };
 use crate::process::ProcessTable;
+use crate::roots::unescape_mount_field;
 
 /// Minimum time between two loads of one instance's metadata.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -648,8 +649,8 @@ fn bind_source(mountinfo: &str, mount_point: &Path) -> Option<PathBuf> {
         let (_, _, dev, root, mp) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
         Some((
             dev.to_owned(),
-            PathBuf::from(unescape(root)),
-            PathBuf::from(unescape(mp)),
+            PathBuf::from(unescape_mount_field(root)),
+            PathBuf::from(unescape_mount_field(mp)),
         ))
     };
     let lines: Vec<_> = mountinfo.lines().filter_map(fields).collect();
@@ -661,26 +662,6 @@ fn bind_source(mountinfo: &str, mount_point: &Path) -> Option<PathBuf> {
         .map(|(_, r, mp)| (r, mp))?;
     let rel = root.strip_prefix(base_root).ok()?;
     Some(base_mp.join(rel))
-}
-
-/// mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && let Some(oct) = b.get(i + 1..i + 4)
-            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(oct), 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn read_ppid(pid: u32) -> Option<u32> {
@@ -704,7 +685,6 @@ mod tests {
                 "/r/io.containerd.snapshotter.v1.overlayfs/snapshots/7/fs"
             ))
         );
-        assert_eq!(unescape("/a\\040b"), "/a b");
     }
 
     #[test]
