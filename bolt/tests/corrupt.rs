@@ -1,5 +1,11 @@
 //! Damaged and hostile files give errors: no panic, no hang, no unbounded recursion.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is the test's failure"
+)]
+
 use bolt::testwriter as common;
 
 use bolt::{BoltError, Db, MetaProblem};

@@ -1,5 +1,11 @@
 //! Files written by the test writer read back exactly.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is the test's failure"
+)]
+
 use bolt::testwriter as common;
 
 use bolt::{Db, Entry};

@@ -452,6 +452,10 @@ fn cargo(args: &[&str]) -> Command {
     c
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "CARGO_MANIFEST_DIR is xtask/ in the workspace, fixed at compile time: it has a parent"
+)]
 fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
