@@ -10,9 +10,11 @@
 //!   anything changed since.
 //! * `heartbeat`: an always-firing "ctrwatch is alive" alert, one per daemon run, with a new
 //!   revision every interval (Alertmanager's dead man's switch: its silence is the alarm).
+//! * `config-invalid`: a reload of the configuration (SIGHUP) was refused; the daemon runs on
+//!   with the configuration it had. One alert per refused reload, raised at once.
 //!
-//! The rules obey `[rules.history-gap]` and `[rules.heartbeat]` (`enabled`, `severity`,
-//! `interval`).
+//! The rules obey `[rules.history-gap]`, `[rules.heartbeat]` and `[rules.config-invalid]`
+//! (`enabled`, `severity`, `interval`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,6 +54,8 @@ pub struct DaemonRules {
     gap_enabled: bool,
     gap_severity: Severity,
     heartbeat: Option<Heartbeat>,
+    /// `config-invalid`'s severity; None: the rule is off.
+    config_invalid: Option<Severity>,
     group_window: Duration,
     groups: BTreeMap<&'static str, Group>,
 }
@@ -89,7 +93,13 @@ impl DaemonRules {
                 next_ns: started_ns,
             }
         });
+        let invalid = config.rule(RuleId::ConfigInvalid);
         DaemonRules {
+            config_invalid: invalid.enabled.then(|| {
+                invalid
+                    .severity
+                    .unwrap_or(RuleId::ConfigInvalid.default_severity())
+            }),
             node,
             gap_enabled: gap.enabled,
             gap_severity: gap
@@ -104,6 +114,34 @@ impl DaemonRules {
     /// The node the alerts name.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// A reload of the configuration `file` (None: no file, the defaults) was refused at
+    /// `now_ns` for `reason` (one problem a line, as `ctrwatch config check` prints them):
+    /// the alert, unless the rule is off.
+    pub fn config_invalid(&self, file: Option<&str>, reason: &str, now_ns: i64) -> Option<Alert> {
+        let severity = self.config_invalid?;
+        let shown = file.unwrap_or("(built-in defaults)");
+        let first = reason.lines().next().unwrap_or_default();
+        let mut alert = Alert::new(
+            RuleId::ConfigInvalid,
+            severity,
+            format!("config-invalid {shown}"),
+            self.node.clone(),
+            now_ns,
+            format!(
+                "ctrwatch on {} refused to reload its configuration {shown} and runs on with \
+                 the one loaded before: {first}",
+                self.node.hostname
+            ),
+            match file {
+                Some(f) => format!("ctrwatch config check {f}"),
+                None => "ctrwatch config check".to_owned(),
+            },
+        );
+        alert.details.insert("file".into(), shown.to_owned());
+        alert.details.insert("error".into(), reason.to_owned());
+        Some(alert)
     }
 
     fn hole(
@@ -322,6 +360,38 @@ mod tests {
             },
             T0,
         )
+    }
+
+    #[test]
+    fn a_refused_reload_is_one_config_invalid_alert_unless_the_rule_is_off() {
+        let r = rules("");
+        let reason = "/etc/c.toml:3:1: watch.bogus: unknown field `bogus`\nsecond problem";
+        let a = r
+            .config_invalid(Some("/etc/c.toml"), reason, T0 + S)
+            .unwrap_or_else(|| panic!("no alert"));
+        assert_eq!(a.rule, RuleId::ConfigInvalid);
+        assert_eq!(a.severity, Severity::Warning);
+        assert_eq!((a.rev, a.count, a.first_seen_ns), (1, 1, T0 + S));
+        assert!(
+            a.summary.contains("/etc/c.toml") && a.summary.contains("watch.bogus"),
+            "{}",
+            a.summary
+        );
+        assert!(!a.summary.contains("second problem"), "{}", a.summary);
+        assert_eq!(a.details["error"], reason);
+        assert_eq!(a.command, "ctrwatch config check /etc/c.toml");
+        // Each refusal is its own alert.
+        let b = r.config_invalid(Some("/etc/c.toml"), reason, T0 + 2 * S);
+        assert_ne!(b.map(|b| b.id), Some(a.id));
+        let off = rules("[rules.config-invalid]\nenabled = false\n");
+        assert!(off.config_invalid(None, reason, T0).is_none());
+        let critical = rules("[rules.config-invalid]\nseverity = \"critical\"\n");
+        assert_eq!(
+            critical
+                .config_invalid(None, reason, T0)
+                .map(|a| a.severity),
+            Some(Severity::Critical)
+        );
     }
 
     #[test]

@@ -71,10 +71,13 @@ impl Client {
         };
         if let Some(path) = ca_file {
             let shown = ctrwatch_event::escape_path(path);
-            let pem = std::fs::read(path).map_err(|e| ClientError::CaFile {
-                path: shown.clone(),
-                message: e.to_string(),
-            })?;
+            // Read as the configuration check read it: a regular file, root's, bounded.
+            let pem =
+                ctrwatch_config::files::read_trusted(path, ctrwatch_config::files::MAX_CA_FILE)
+                    .map_err(|e| ClientError::CaFile {
+                        path: shown.clone(),
+                        message: e.to_string(),
+                    })?;
             let extra = certificates(&pem);
             if extra.is_empty() {
                 return Err(ClientError::CaFile {

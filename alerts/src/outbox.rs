@@ -193,6 +193,8 @@ pub struct Route {
     pub name: String,
     /// Its targets, as shown.
     pub targets: Vec<String>,
+    /// (the name an older version stored a target under, the target): renamed at start.
+    pub formerly: Vec<(String, String)>,
     /// Its minimum severity.
     pub min_severity: Severity,
     /// Its rules (None: all).
@@ -218,17 +220,31 @@ impl Routing {
 impl Route {
     /// The routing of one sink.
     pub fn of(sink: &SinkConfig) -> Route {
-        let mut targets: Vec<String> = Vec::new();
-        for u in &sink.urls {
-            let mut shown = crate::sinks::redact_url(sink.kind, u);
-            if targets.contains(&shown) {
-                shown = format!("{shown}#{}", targets.len() + 1);
+        let shown_all = |shown: &dyn Fn(&str) -> String| {
+            let mut targets: Vec<String> = Vec::new();
+            for u in &sink.urls {
+                let mut one = shown(u);
+                if targets.contains(&one) {
+                    one = format!("{one}#{}", targets.len() + 1);
+                }
+                targets.push(one);
             }
-            targets.push(shown);
-        }
+            targets
+        };
+        let targets = shown_all(&|u| crate::sinks::redact_url(sink.kind, u));
+        let formerly = if sink.kind == ctrwatch_config::SinkKind::Webhook {
+            shown_all(&crate::sinks::legacy_webhook_shown)
+                .into_iter()
+                .zip(targets.iter().cloned())
+                .filter(|(old, new)| old != new)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Route {
             name: sink.name.clone(),
             targets,
+            formerly,
             min_severity: sink.min_severity,
             rules: sink.rules.clone(),
         }
@@ -451,6 +467,20 @@ fn reconcile(conn: &Connection, routing: &Routing) -> rusqlite::Result<Applied> 
     };
     let mut applied = Applied::default();
     for (sink, target) in pending {
+        // A target stored under the name an older version showed it by: renamed, still pending
+        // (unless the same delivery exists under the new name already: then it goes below).
+        let renamed = routing
+            .sinks
+            .iter()
+            .filter(|s| s.name == sink)
+            .flat_map(|s| &s.formerly)
+            .find(|(old, _)| *old == target);
+        if let Some((old, new)) = renamed {
+            conn.execute(
+                "UPDATE OR IGNORE deliveries SET target = ?3 WHERE sink = ?1 AND target = ?2",
+                params![sink, old, new],
+            )?;
+        }
         let configured = routing
             .sinks
             .iter()
@@ -827,12 +857,14 @@ pub(crate) mod tests {
                 Route {
                     name: "hook".into(),
                     targets: vec!["http://127.0.0.1:1/".into()],
+                    formerly: Vec::new(),
                     min_severity: Severity::Info,
                     rules: None,
                 },
                 Route {
                     name: "am".into(),
                     targets: vec!["http://a".into(), "http://b".into()],
+                    formerly: Vec::new(),
                     min_severity: Severity::Critical,
                     rules: None,
                 },
@@ -1032,6 +1064,7 @@ pub(crate) mod tests {
         fewer.sinks.push(Route {
             name: "am".into(),
             targets: vec!["http://a".into()],
+            formerly: Vec::new(),
             min_severity: Severity::Info,
             rules: None,
         });
@@ -1053,6 +1086,41 @@ pub(crate) mod tests {
         );
         let text = render_table(&rows, &totals(&conn)?);
         assert!(text.contains("-> am http://b: dropped"), "{text}");
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    /// An upgrade from a version that showed a webhook's path: its pending deliveries are
+    /// renamed to the redacted target and stay pending; nothing is dropped.
+    #[test]
+    fn pending_deliveries_under_a_webhooks_former_name_are_renamed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let path = temp("rename");
+        let conn = database(&path)?;
+        let url = "http://127.0.0.1:1/hooks/s3cr3tpath";
+        let mut old = routing(100);
+        old.sinks[0].targets = vec![crate::sinks::legacy_webhook_shown(url)];
+        write(&conn, &alert("a", 1, Severity::Critical), &old)?;
+        let sink = ctrwatch_config::Config::parse(
+            "t",
+            &format!("[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\n"),
+        )
+        .map_err(|e| format!("{e:?}"))?
+        .sinks
+        .remove(0);
+        let mut new = routing(100);
+        new.sinks[0] = Route::of(&sink);
+        assert_eq!(new.sinks[0].targets, ["http://127.0.0.1:1/***"]);
+        let a = write(&conn, &OutboxWrite::Reconcile, &new)?;
+        assert_eq!(a.dropped_deliveries, 0);
+        let rows = list(&conn, 0, 10)?;
+        let hook: Vec<(String, String)> = rows[0]
+            .deliveries
+            .iter()
+            .filter(|d| d.sink == "hook")
+            .map(|d| (d.target.clone(), d.state.clone()))
+            .collect();
+        assert_eq!(hook, [("http://127.0.0.1:1/***".into(), "pending".into())]);
         let _ = std::fs::remove_file(&path);
         Ok(())
     }

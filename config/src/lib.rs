@@ -7,6 +7,7 @@
 //! override the file (the CLI applies them on top, see docs/operations.md "Configuration").
 //! [`EXAMPLE`] is the commented example that ships (`packaging/ctrwatch.toml`).
 
+pub mod files;
 mod locate;
 mod raw;
 
@@ -453,17 +454,71 @@ fn key(k: &str) -> Step {
     Step::Key(k.to_owned())
 }
 
+/// The largest configuration file read: a real one is a few KiB; anything much bigger is not
+/// a configuration, and must not make the daemon allocate what it says.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads the configuration file at `path` as [`files`] reads what it trusts: never blocking
+/// on it (the daemon reads it again on SIGHUP, from a path someone may have replaced: a FIFO
+/// there does not wait for a writer), only a regular file of at most [`MAX_FILE_BYTES`]; with
+/// `trusted` (`ctrwatch run`), running as root, only a file root alone can write. The owner
+/// check's refusal is returned as it is (`run` says why the owner matters); every other
+/// problem as a [`ConfigError::Read`].
+pub fn read_file(
+    path: &Path,
+    trusted: bool,
+) -> Result<Result<String, ConfigError>, files::TrustedFileError> {
+    let shown = ctrwatch_event::escape_path(path);
+    let failed = |message: String| {
+        Ok(Err(ConfigError::Read {
+            file: shown.clone(),
+            message,
+        }))
+    };
+    let read = if trusted {
+        files::read_trusted(path, MAX_FILE_BYTES)
+    } else {
+        files::read_regular(path, MAX_FILE_BYTES)
+    };
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e @ files::TrustedFileError::Untrusted { .. }) => return Err(e),
+        Err(files::TrustedFileError::Io { source, .. }) => return failed(source.to_string()),
+        Err(files::TrustedFileError::NotRegular { .. }) => {
+            return failed("not a regular file; a configuration must be one".into());
+        }
+        Err(files::TrustedFileError::TooLarge { max, .. }) => {
+            return failed(format!(
+                "larger than any configuration ({max} bytes at most)"
+            ));
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Ok(text)),
+        Err(_) => failed("not UTF-8 text".into()),
+    }
+}
+
 impl Config {
-    /// Reads and checks the file at `path`.
+    /// Reads ([`read_file`]) and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-        let shown = ctrwatch_event::escape_path(path);
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigError::Read {
-                file: shown.clone(),
-                message: e.to_string(),
-            }]
-        })?;
-        let mut config = Config::parse(&shown, &text)?;
+        let text = match read_file(path, false) {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => return Err(vec![e]),
+            // Not asked for: no owner check.
+            Err(e) => {
+                return Err(vec![ConfigError::Read {
+                    file: ctrwatch_event::escape_path(path),
+                    message: e.to_string(),
+                }]);
+            }
+        };
+        Config::from_text(path, &text)
+    }
+
+    /// Checks the text read from the file at `path`.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+        let mut config = Config::parse(&ctrwatch_event::escape_path(path), text)?;
         config.file = Some(path.to_path_buf());
         Ok(config)
     }
@@ -824,18 +879,46 @@ fn read_secret(
             fp.pop();
             fp.push(key(file_key));
             let f = absolute(c, &fp, f)?;
-            match std::fs::read_to_string(&f) {
-                Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_owned())),
+            match files::read_trusted(&f, files::MAX_SECRET_FILE) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_owned())),
+                    Err(_) => {
+                        c.fail(
+                            &fp,
+                            format!("{} is not UTF-8 text", ctrwatch_event::escape_path(&f)),
+                        );
+                        None
+                    }
+                },
                 Err(e) => {
-                    c.fail(
-                        &fp,
-                        format!("cannot read {}: {e}", ctrwatch_event::escape_path(&f)),
-                    );
+                    c.fail(&fp, e.to_string());
                     None
                 }
             }
         }
         (None, None) => None,
+    }
+}
+
+/// A sink's CA file must be trusted (see [`files`]) and hold a PEM certificate; the delivery
+/// worker reads it again when it starts, the same way.
+fn check_ca_file(c: &mut Checker<'_>, path: &[Step], file: &Path) -> bool {
+    match files::read_trusted(file, files::MAX_CA_FILE) {
+        Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => true,
+        Ok(_) => {
+            c.fail(
+                path,
+                format!(
+                    "{} holds no PEM certificate",
+                    ctrwatch_event::escape_path(file)
+                ),
+            );
+            false
+        }
+        Err(e) => {
+            c.fail(path, e.to_string());
+            false
+        }
     }
 }
 
@@ -965,7 +1048,8 @@ fn resolve_sink(c: &mut Checker<'_>, i: usize, raw: &RawSink) -> Option<SinkConf
     let ca_file = raw
         .ca_file
         .as_ref()
-        .and_then(|f| absolute(c, &p("ca_file"), f));
+        .and_then(|f| absolute(c, &p("ca_file"), f))
+        .filter(|f| check_ca_file(c, &p("ca_file"), f));
     let timeout = duration(c, &p("timeout"), &raw.timeout, Duration::from_millis(100))
         .unwrap_or(Duration::from_secs(10));
     let rate_per_minute = match raw.rate_per_minute {

@@ -416,3 +416,83 @@ fn a_wrong_sink_url_is_not_echoed_as_it_may_hold_a_secret() {
     assert_eq!(at(&e).2, "sinks[0].url", "{e}");
     assert!(!e.to_string().contains("SLACKSECRET"), "{e}");
 }
+
+#[test]
+fn a_fifo_or_a_directory_is_refused_without_blocking() {
+    let dir = std::env::temp_dir().join(format!("ctrwatch-config-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("ctrwatch.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Without O_NONBLOCK this open would wait for a writer forever.
+    let e = Config::load(&fifo).unwrap_err();
+    assert!(e[0].to_string().contains("not a regular file"), "{e:?}");
+    let e = Config::load(&dir).unwrap_err();
+    assert!(e[0].to_string().contains("not a regular file"), "{e:?}");
+    let big = dir.join("big.toml");
+    std::fs::write(&big, vec![b'#'; (crate::MAX_FILE_BYTES + 1) as usize]).unwrap();
+    let e = Config::load(&big).unwrap_err();
+    assert!(
+        e[0].to_string().contains("larger than any configuration"),
+        "{e:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A sink's secret, token and CA files are read as trusted files: a FIFO in their place does
+/// not hang `config check` or the daemon, a file others can write is refused when running as
+/// root, and a CA file must hold a certificate. The error names the key.
+#[test]
+fn referenced_files_must_be_trustworthy() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("ctrwatch-config-refs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let writable = dir.join("writable");
+    std::fs::write(&writable, "SEC\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap_or_else(|e| panic!("{e}"));
+    let sink = |extra: String| {
+        format!("[[sinks]]\nname = \"a\"\nkind = \"dingtalk\"\nurl = \"https://x\"\n{extra}")
+    };
+    let mut cases = vec![
+        (
+            sink(format!("secret_file = \"{}\"\n", fifo.display())),
+            "sinks[0].secret_file",
+            "not a regular file",
+        ),
+        (
+            sink(format!("ca_file = \"{}\"\n", fifo.display())),
+            "sinks[0].ca_file",
+            "not a regular file",
+        ),
+        (
+            sink(format!("ca_file = \"{}\"\n", not_pem.display())),
+            "sinks[0].ca_file",
+            "no PEM certificate",
+        ),
+    ];
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        cases.push((
+            sink(format!("secret_file = \"{}\"\n", writable.display())),
+            "sinks[0].secret_file",
+            "writable by root alone",
+        ));
+    }
+    for (text, key, words) in &cases {
+        let e = only_error(text);
+        let (_, _, k) = at(&e);
+        assert_eq!(k, *key, "{text}: {e}");
+        assert!(e.to_string().contains(words), "{text}: {e} lacks {words:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

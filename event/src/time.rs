@@ -100,6 +100,26 @@ impl Clock {
         }
     }
 
+    /// The process's one clock: its offset is read once, at the first call, and every part of
+    /// the daemon (event times, the watch loop's watermark, loss records, the detections'
+    /// windows and the alert rules' timers) converts with it. Times compared with each other
+    /// then never mix two offsets: an NTP step of the wall clock while the daemon runs does
+    /// not close an alert group early or hold it open, nor delay a heartbeat.
+    pub fn process() -> Clock {
+        static PROCESS: std::sync::OnceLock<Clock> = std::sync::OnceLock::new();
+        *PROCESS.get_or_init(Clock::now)
+    }
+
+    /// Now, on this clock: the monotonic time now, as wall-clock ns.
+    pub fn now_ns(&self) -> i64 {
+        self.wall_ns(monotonic_ns())
+    }
+
+    /// Now, on this clock, as a `SystemTime`.
+    pub fn now_system_time(&self) -> SystemTime {
+        ns_system_time(self.now_ns())
+    }
+
     /// A clock with a known offset (wall ns minus monotonic ns), e.g. one read back from
     /// the store.
     pub fn with_offset(offset_ns: i64) -> Clock {
@@ -127,6 +147,19 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_clock_has_one_offset_and_does_not_go_back() {
+        let a = Clock::process();
+        let t0 = a.now_ns();
+        let b = Clock::process();
+        assert_eq!(a, b, "one offset for the whole process");
+        assert!(b.now_ns() >= t0);
+        assert_eq!(
+            a.wall_ns(monotonic_ns()) / 1_000_000_000,
+            a.now_ns() / 1_000_000_000
+        );
+    }
 
     #[test]
     fn rfc3339_round_trips_with_nanoseconds() {

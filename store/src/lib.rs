@@ -402,7 +402,7 @@ impl Store {
     }
 }
 
-fn wal_size(path: &Path) -> u64 {
+pub(crate) fn wal_size(path: &Path) -> u64 {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)

@@ -61,6 +61,40 @@ pub struct RecentAlert {
 }
 
 impl Store {
+    /// What the metrics show of the store: its bytes on disk (database and WAL), its oldest
+    /// event, the deliveries pending in its outbox. Cheap enough for once a second: two
+    /// pragmas, one row by the events' primary key, a count over the (bounded) deliveries.
+    pub fn metrics_facts(&self) -> Result<crate::metrics::StoreFacts, StoreError> {
+        let q = |sql: &str| -> Result<Option<i64>, StoreError> {
+            self.conn
+                .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+                .optional()
+                .map(Option::flatten)
+                .map_err(|e| self.err(e))
+        };
+        let page_size = q("PRAGMA page_size")?.unwrap_or(0).max(0) as u64;
+        let pages = q("PRAGMA page_count")?.unwrap_or(0).max(0) as u64;
+        let oldest_event_ns = q("SELECT id - adj FROM events ORDER BY id LIMIT 1")?;
+        let has_outbox =
+            q("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'")?
+                .unwrap_or(0)
+                > 0;
+        let outbox_pending = if has_outbox {
+            Some(
+                q("SELECT count(*) FROM deliveries WHERE state = 'pending'")?
+                    .unwrap_or(0)
+                    .max(0) as u64,
+            )
+        } else {
+            None
+        };
+        Ok(crate::metrics::StoreFacts {
+            bytes: pages * page_size + super::wal_size(&self.path),
+            oldest_event_ns,
+            outbox_pending,
+        })
+    }
+
     /// The daemon's last status snapshot (JSON), if one was ever written.
     pub fn daemon_status(&self) -> Result<Option<String>, StoreError> {
         self.conn

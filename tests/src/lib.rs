@@ -8,6 +8,7 @@ pub mod alertmanager;
 pub mod bounded;
 pub mod containerd;
 pub mod receiver;
+pub mod tmpfs;
 
 use std::{
     io::{BufRead, BufReader},

@@ -498,7 +498,8 @@ fn a_full_outbox_drops_the_oldest_undelivered_counts_and_reports_them() {
     let quiet = dir.join("quiet.toml");
     std::fs::write(&quiet, "[rules.heartbeat]\nenabled = false\n").expect("config");
     start_daemon(&root, &store, &quiet).stop();
-    let target = format!("http://{}/hook", r.addr);
+    // The target as the outbox names it: a webhook's path is not shown (it may be its secret).
+    let target = format!("http://{}/***", r.addr);
     let seeded = seed_outbox(&store, 150, &target);
 
     let daemon = start_daemon(&root, &store, &config);
@@ -577,4 +578,55 @@ fn a_full_outbox_drops_the_oldest_undelivered_counts_and_reports_them() {
     );
     daemon.stop();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An alert raised while the store cannot take it (the disk is full: a fresh store cannot even
+/// be created) is kept in memory and delivered once space returns. Before the fix the writer
+/// logged "could not be kept in the outbox" and the alert was gone for good.
+#[test]
+fn an_alert_raised_on_a_full_disk_is_delivered_once_space_returns() {
+    let dir = temp_dir("alerts-full-disk");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let mnt = tests::tmpfs::Tmpfs::mount(&dir.join("mnt"), "4m");
+    let store = mnt.0.join("store/events.db");
+    let r = Receiver::start(Mode::Accept);
+    // The heartbeat's first beat is raised at the start, the next one an hour later: exactly
+    // one alert, raised while nothing can be written.
+    let config = write_config(
+        &dir,
+        &format!(
+            "[rules.heartbeat]\ninterval = \"1h\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"2s\"\n",
+            r.url("/hook")
+        ),
+    );
+    let filler = mnt.fill();
+    let daemon = start_daemon(&root, &store, &config);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        webhook_requests(&r).is_empty(),
+        "delivered although no outbox could exist"
+    );
+    std::fs::remove_file(&filler).expect("free space");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let beats: Vec<Value> = webhook_requests(&r)
+            .iter()
+            .map(|x| x.json())
+            .filter(|v| v["rule"] == "heartbeat")
+            .collect();
+        if !beats.is_empty() {
+            assert_eq!(beats[0]["count"], 1, "{beats:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the heartbeat raised on the full disk never arrived; stderr:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    daemon.stop();
+    drop(mnt);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -618,14 +618,21 @@ fn log_lines_carry_journal_priorities() {
     std::fs::create_dir_all(&root).unwrap();
     let store = base.join("store/events.db");
     let (pipe, stream) = journal_pipe();
+    // A configuration whose reload changes a restart-only key: a warning.
+    let config = base.join("ctrwatch.toml");
+    std::fs::write(&config, "[store]\nretention_days = 30\n").unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut args = run_args(&root, &store);
+    args.extend([OsStr::new("--config"), config.as_os_str()]);
     let daemon = Daemon::spawn(
-        &run_args(&root, &store),
+        &args,
         &[("JOURNAL_STREAM", OsStr::new(&stream))],
         Some(pipe),
     );
     daemon.wait_line("ctrwatch: watching", ATTACH_TIMEOUT);
+    std::fs::write(&config, "[store]\nretention_days = 7\n").unwrap();
     daemon.signal(libc::SIGHUP);
-    daemon.wait_line("SIGHUP", Duration::from_secs(10));
+    daemon.wait_line("takes effect at the next start", Duration::from_secs(20));
     daemon.signal(libc::SIGTERM);
     let (status, stderr) = daemon.wait();
     assert!(status.success(), "{status:?}:\n{stderr}");
@@ -654,7 +661,11 @@ fn log_lines_carry_journal_priorities() {
     };
     assert!(with("ctrwatch: watching").starts_with("<6>"), "{stderr}");
     assert!(with("storing history in").starts_with("<6>"), "{stderr}");
-    assert!(with("SIGHUP").starts_with("<4>"), "{stderr}");
+    assert!(with("received SIGHUP").starts_with("<6>"), "{stderr}");
+    assert!(
+        with("takes effect at the next start").starts_with("<4>"),
+        "{stderr}"
+    );
 
     // An error that ends it (a store directory others can write) is <3>.
     let open = base.join("open");

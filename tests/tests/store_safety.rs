@@ -18,6 +18,7 @@ use std::{
 };
 
 use serde_json::Value;
+use tests::tmpfs::Tmpfs;
 use tests::{ctrwatch, ctrwatch_bin, json_lines, process, require_root, s, temp_dir};
 
 /// An unprivileged user (no passwd entry needed) and a second one.
@@ -376,65 +377,6 @@ fn try_gaps(store: &Path) -> Result<Vec<Value>, String> {
 
 fn gaps(store: &Path) -> Vec<Value> {
     try_gaps(store).unwrap_or_else(|e| panic!("gaps: {e}"))
-}
-
-/// A tmpfs of `size` mounted at `dir`, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        mkdir(dir, 0o755);
-        let ok = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mounting a tmpfs at {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-
-    fn remount(&self, opt: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,{opt}")])
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "remount {opt} {}", self.0.display());
-    }
-
-    /// Fills the filesystem: `filler` grows until the disk is full. Returns its path.
-    fn fill(&self) -> PathBuf {
-        let filler = self.0.join("filler");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&filler)
-            .expect("filler");
-        for chunk in [64 * 1024, 4096, 512, 1] {
-            let buf = vec![0x46u8; chunk];
-            while f.write_all(&buf).is_ok() {}
-        }
-        let _ = f.sync_all();
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

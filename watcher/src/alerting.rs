@@ -235,10 +235,12 @@ fn detect_loop(
             }
         }
     };
+    // The events' clock: the windows' ends are event times (see `Clock::process`).
+    let clock = ctrwatch_event::time::Clock::process();
     let mut last_tick = std::time::Instant::now();
     loop {
         match rx.recv_timeout(DETECT_TICK) {
-            Ok(DetectMsg::Event(ev)) => detector.event(&ev, ctrwatch_event::time::now_ns()),
+            Ok(DetectMsg::Event(ev)) => detector.event(&ev, clock.now_ns()),
             Ok(DetectMsg::Watermark(at)) => detector.watermark(at),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -247,7 +249,7 @@ fn detect_loop(
             }
         }
         if last_tick.elapsed() >= DETECT_TICK {
-            send(detector.tick(ctrwatch_event::time::now_ns()));
+            send(detector.tick(clock.now_ns()));
             last_tick = std::time::Instant::now();
         }
     }
@@ -436,6 +438,26 @@ impl DaemonAlerts {
         records(rules.tick(now_ns))
     }
 
+    /// A reload of the configuration `file` was refused for `reason`: the `config-invalid`
+    /// alert to keep (none when the rule is off, or before capture started).
+    pub fn config_invalid(
+        &self,
+        file: Option<&Path>,
+        reason: &str,
+        now_ns: i64,
+    ) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        let Some(rules) = &self.rules else {
+            return Vec::new();
+        };
+        let file = file.map(ctrwatch_event::escape_path);
+        records(
+            rules
+                .config_invalid(file.as_deref(), reason, now_ns)
+                .into_iter()
+                .collect(),
+        )
+    }
+
     /// A loss record (kernel loss, or the store writer's queue).
     pub fn loss(&mut self, loss: &ctrwatch_event::LossEvent, now_ns: i64) {
         let Some(rules) = &mut self.rules else {
@@ -469,7 +491,7 @@ impl DaemonAlerts {
                     "alerts: the detections fell behind: {} events stored but not judged",
                     feed.dropped
                 );
-                let now_ns = crate::store::system_time_ns(std::time::SystemTime::now());
+                let now_ns = ctrwatch_event::time::Clock::process().now_ns();
                 rules.detect_dropped(
                     feed.dropped_from_ns,
                     feed.dropped_to_ns,

@@ -34,9 +34,10 @@ use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
     alerting::{DaemonAlerts, WriterAlerts},
-    status::{LoadedConfig, StatusSource},
+    metrics::{DeliveryOutcome, METRICS},
+    status::{ConfigStatus, LoadedConfig, StatusSource},
     store::{DaemonStore, StoreOptions},
-    watch::{self, CaptureInfo, Sink, StdoutSink, WatchOptions},
+    watch::{self, CaptureInfo, ReloadJob, Sink, StdoutSink, WatchOptions},
 };
 
 /// Events waiting for the writer: absorbs the writer's pauses (commits, checkpoints) under a
@@ -68,6 +69,66 @@ pub struct RunOptions {
     pub config: ctrwatch_config::Config,
     /// The configuration file read, if any (for `ctrwatch status`).
     pub config_file: Option<LoadedConfig>,
+    /// Where `GET /metrics` is served (`[metrics] listen`, `--metrics-listen`); None: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Reads the configuration again on SIGHUP (None: SIGHUP is logged and ignored).
+    pub reload: Option<Reloader>,
+}
+
+/// Re-reads the configuration on SIGHUP: `run`'s settings from the same file with the same
+/// flags over it, everything checked as at the start (on a blocking thread: the file may be
+/// slow to read).
+#[derive(Clone)]
+pub struct Reloader(std::sync::Arc<dyn Fn() -> anyhow::Result<RunOptions> + Send + Sync>);
+
+impl Reloader {
+    pub fn new(read: impl Fn() -> anyhow::Result<RunOptions> + Send + Sync + 'static) -> Self {
+        Reloader(std::sync::Arc::new(read))
+    }
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+/// The keys a reload cannot change while the daemon runs, and whether `new` changes them
+/// from what the daemon started with (`old`): the store is open, the ring buffer allocated,
+/// the logger, the alert rules, sinks and their delivery workers set up at the start.
+/// Everything else of the file is applied live: roots and discovery, root refresh, trusted
+/// writers, secret masking.
+pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static str> {
+    let (o, n) = (&old.config, &new.config);
+    [
+        ("[store] path", old.store != new.store),
+        (
+            "[store] retention_days",
+            old.store_options.retention_age != new.store_options.retention_age,
+        ),
+        (
+            "[store] retention_mb",
+            old.store_options.retention_bytes != new.store_options.retention_bytes,
+        ),
+        (
+            "[store] group",
+            old.store_options.group != new.store_options.group,
+        ),
+        (
+            "[watch] ring_buffer_mb",
+            old.watch.ring_buffer_bytes != new.watch.ring_buffer_bytes,
+        ),
+        ("[watch] backend", o.watch.backend != n.watch.backend),
+        ("[watch] protect", o.watch.protect != n.watch.protect),
+        ("log_level", o.log_level != n.log_level),
+        ("[metrics] listen", old.metrics_listen != new.metrics_listen),
+        ("[alerts]", o.alerts != n.alerts),
+        ("[rules]", o.rules != n.rules),
+        ("[[sinks]]", o.sinks != n.sinks),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 enum Msg {
@@ -166,6 +227,11 @@ pub struct StoreSink {
     results: Option<std::sync::Arc<WriterResults>>,
     /// The rules' writes the outbox queue had no room for yet (tried again at each tick).
     unsent: std::collections::VecDeque<ctrwatch_alerts::OutboxWrite>,
+    /// Reads the configuration again on SIGHUP.
+    reloader: Option<Reloader>,
+    /// The settings the daemon started with: what a reload's restart-only keys are compared
+    /// with.
+    started_with: Option<Box<RunOptions>>,
 }
 
 impl StoreSink {
@@ -181,23 +247,74 @@ impl StoreSink {
             queue_lost_since: None,
             queue_lost_total: 0,
             echo,
-            clock: Clock::now(),
+            clock: Clock::process(),
             writer: None,
             status: StatusSource {
-                config: None,
+                config: Default::default(),
                 started: SystemTime::now(),
                 capture: Default::default(),
             },
             alerts: None,
             results: None,
             unsent: std::collections::VecDeque::new(),
+            reloader: None,
+            started_with: None,
         }
     }
 
     /// The configuration file the daemon read, for its status snapshot.
-    pub fn with_config(mut self, config: Option<LoadedConfig>) -> StoreSink {
-        self.status.config = config;
+    pub fn with_config(self, config: Option<LoadedConfig>) -> StoreSink {
+        if let Ok(mut c) = self.status.config.lock() {
+            *c = ConfigStatus {
+                loaded: config,
+                ..ConfigStatus::default()
+            };
+        }
         self
+    }
+
+    /// Reloads the configuration on SIGHUP with `reloader`; `started_with`: the settings the
+    /// daemon started with.
+    pub fn with_reload(
+        mut self,
+        reloader: Option<Reloader>,
+        started_with: RunOptions,
+    ) -> StoreSink {
+        self.reloader = reloader;
+        self.started_with = Some(Box::new(started_with));
+        self
+    }
+
+    /// A reload failed: the configuration loaded before stays; said in the log (error),
+    /// in the status snapshot and as a `config-invalid` alert.
+    fn reload_failed(&mut self, error: &anyhow::Error) {
+        let why = format!("{error:#}");
+        // The file's text can be anything (a quoted key with control characters): escaped
+        // line by line for the log and the alert; the status snapshot escapes its own copy.
+        let shown = why
+            .lines()
+            .map(ctrwatch_event::escape)
+            .collect::<Vec<_>>()
+            .join("\n");
+        log::error!(
+            "reloading the configuration failed; still running with the configuration loaded \
+             before: {shown}"
+        );
+        let now = SystemTime::now();
+        let file = match self.status.config.lock() {
+            Ok(mut c) => {
+                c.reload_failed = Some((now, why.clone()));
+                c.loaded.as_ref().map(|l| l.path.clone())
+            }
+            Err(_) => None,
+        };
+        if let Some(a) = &mut self.alerts {
+            self.unsent.extend(a.config_invalid(
+                file.as_deref(),
+                &shown,
+                crate::store::system_time_ns(now),
+            ));
+        }
     }
 
     /// Raises and delivers alerts (see [`DaemonAlerts`]).
@@ -232,7 +349,7 @@ impl StoreSink {
             Some(a) => {
                 let results =
                     std::sync::Arc::new(WriterResults(std::sync::Mutex::new(Some(outbox.clone()))));
-                let started = crate::store::system_time_ns(SystemTime::now());
+                let started = self.clock.now_ns();
                 let writer = a.start(
                     started,
                     unclean,
@@ -364,7 +481,7 @@ impl StoreSink {
         }
         // A history gap like any other loss (docs/alerts.md, history-gap).
         if let Some(a) = &mut self.alerts {
-            a.loss(&loss, crate::store::system_time_ns(SystemTime::now()));
+            a.loss(&loss, self.clock.now_ns());
         }
         self.send(Msg::Loss(loss), true)
     }
@@ -420,7 +537,7 @@ impl Sink for StoreSink {
             self.echoed(printed);
         }
         if let Some(a) = &mut self.alerts {
-            a.loss(ev, crate::store::system_time_ns(SystemTime::now()));
+            a.loss(ev, self.clock.now_ns());
         }
         self.send(Msg::Loss(ev.clone()), true)
     }
@@ -460,6 +577,7 @@ impl Sink for StoreSink {
         self.alert_tick(at);
     }
     fn capture_info(&mut self, info: CaptureInfo) {
+        METRICS.set_programs(&info.backend, info.hooks_attached);
         // Read by the writer once a second; never contended for long.
         if let Ok(mut shared) = self.status.capture.lock() {
             *shared = info;
@@ -468,20 +586,81 @@ impl Sink for StoreSink {
     fn capture_stopped(&mut self, _at: SystemTime) {
         self.stopping = true;
     }
+    fn reload(&mut self) -> Option<ReloadJob> {
+        let reloader = self.reloader.clone()?;
+        Some(Box::new(move || (reloader.0)()))
+    }
+    fn reloaded(&mut self, result: anyhow::Result<RunOptions>) -> Option<WatchOptions> {
+        let new = match result {
+            Ok(new) => new,
+            Err(e) => {
+                self.reload_failed(&e);
+                return None;
+            }
+        };
+        let started = self.started_with.as_deref()?;
+        let pending = restart_only_changes(started, &new);
+        let shown = new.config_file.as_ref().map_or_else(
+            || "(no file: the built-in defaults)".to_owned(),
+            |c| ctrwatch_event::escape_path(&c.path),
+        );
+        for key in &pending {
+            log::warn!(
+                "reloaded {shown}: {key} changed; it takes effect at the next start (the \
+                 daemon keeps the value it started with until then)"
+            );
+        }
+        if let Ok(mut c) = self.status.config.lock() {
+            *c = ConfigStatus {
+                loaded: new.config_file.clone(),
+                reload_failed: None,
+                restart_pending: pending.iter().map(|k| (*k).to_owned()).collect(),
+            };
+        }
+        log::info!(
+            "reloaded the configuration {shown}: roots, discovery, trusted writers and secret \
+             masking applied{}",
+            if pending.is_empty() {
+                String::new()
+            } else {
+                format!("; at the next start: {}", pending.join(", "))
+            }
+        );
+        let mut watch = new.watch;
+        // Restart-only: the ring buffer is allocated.
+        watch.ring_buffer_bytes = started.watch.ring_buffer_bytes;
+        Some(watch)
+    }
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // First: a configured listener that cannot listen (address in use, not this host's, a
+    // port below 1024 without the capability) is a configuration error, said before anything
+    // is attached. Stopped (dropped) when the daemon stops.
+    let _metrics = match opts.metrics_listen {
+        Some(addr) => {
+            let server = crate::metrics_http::MetricsServer::start(addr, || METRICS.render())?;
+            METRICS.enable();
+            Some(server)
+        }
+        None => None,
+    };
     // Creates the store's directory with its mode, waits for another writer's lock, moves a
     // corrupt store aside, and on a full disk counts until it can write.
     crate::notify::starting("opening the event store");
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     // Sinks checked (secrets, CA files) before anything starts.
-    let alerting =
-        crate::alerting::Alerting::from_config(opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let alerting = crate::alerting::Alerting::from_config(opts.config.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The run begins when capture has started, after the programs are attached (seconds).
+    let started_with = RunOptions {
+        reload: None,
+        ..opts.clone()
+    };
     let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)))
         .with_config(opts.config_file.clone())
+        .with_reload(opts.reload.clone(), started_with)
         .with_alerts(DaemonAlerts::new(alerting));
     log::info!(
         "ctrwatch: storing history in {}",
@@ -516,6 +695,7 @@ fn write_loop(
         .ok();
     let mut stored: Vec<Box<FileEvent>> = Vec::with_capacity(BURST);
     let mut warn = Warner::default();
+    let mut unkept = UnkeptAlerts::default();
     let mut pending = 0usize;
     let mut last_commit = Instant::now();
     let mut stopped_at = None;
@@ -528,7 +708,7 @@ fn write_loop(
         // Alerts and delivery results first, each committed at once (the open batch of
         // events with it): an alert is on disk before any delivery attempt, and does not
         // wait behind the events queued before it.
-        if write_outbox(&mut store, &outbox, &alerts, &mut warn) {
+        if write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn) {
             pending = 0;
             last_commit = Instant::now();
         }
@@ -541,12 +721,14 @@ fn write_loop(
             match msg {
                 Ok(Msg::Event(ev)) => {
                     events_received += 1;
+                    METRICS.event(&ev);
                     warn.report(store.append_event(&ev), "storing an event");
                     stored.push(ev);
                     pending += 1;
                 }
                 Ok(Msg::Loss(loss)) => {
                     lost_received = lost_received.saturating_add(loss.lost);
+                    METRICS.loss(&loss);
                     warn.report(store.append_loss(&loss), "storing a loss record");
                     pending += 1;
                 }
@@ -562,6 +744,17 @@ fn write_loop(
                         store.unstored().unwrap_or(0),
                     );
                     warn.report(store.heartbeat_with_status(at, &snapshot), "heartbeat");
+                    if METRICS.enabled()
+                        && let Some(s) = store.store()
+                    {
+                        match s.metrics_facts() {
+                            Ok(facts) => METRICS.set_store_facts(facts),
+                            Err(e) => warn.report(
+                                Err::<(), _>(e),
+                                "reading the store's size for the metrics",
+                            ),
+                        }
+                    }
                 }
                 Ok(Msg::Stopped(at)) => stopped_at = Some(at),
                 // Outbox writes are queued: the next turn takes them.
@@ -602,7 +795,14 @@ fn write_loop(
         }
         if closed {
             // What the last senders queued (the rules' final revisions, results).
-            write_outbox(&mut store, &outbox, &alerts, &mut warn);
+            write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn);
+            if !unkept.queue.is_empty() {
+                log::error!(
+                    "alerts: {} alert(s) could not be kept: the store did not take them before \
+                     the stop",
+                    unkept.queue.len()
+                );
+            }
             drop(free_tx);
             if let Some(t) = freer {
                 let _ = t.join();
@@ -623,30 +823,110 @@ fn write_loop(
     }
 }
 
+/// Alerts the store could not take yet (a full disk, the store not open) are kept in memory,
+/// in order, up to this many, and written as soon as it can take them.
+const UNKEPT_ALERTS_MAX: usize = 4096;
+
+/// Alerts waiting for the store to take them (see [`UNKEPT_ALERTS_MAX`]).
+#[derive(Default)]
+struct UnkeptAlerts {
+    queue: std::collections::VecDeque<ctrwatch_alerts::OutboxWrite>,
+    /// Dropped because the queue was full, not yet reported.
+    dropped: u64,
+    warn: Warner,
+}
+
 /// Applies the queued outbox writes, each committed at once (after the open batch of events).
-/// True when any was applied.
+/// True when any was applied. An alert the store cannot take is not lost: it waits in
+/// `unkept` and is tried again first, on every turn of the writer, so alerts keep their order.
+/// A delivery result that cannot be recorded is only logged: the delivery stays pending and is
+/// made again (at least once).
 fn write_outbox(
     store: &mut DaemonStore,
     outbox: &Receiver<ctrwatch_alerts::OutboxWrite>,
     alerts: &WriterAlerts,
+    unkept: &mut UnkeptAlerts,
     warn: &mut Warner,
 ) -> bool {
     let mut any = false;
+    while let Some(w) = unkept.queue.front() {
+        match store.write_outbox(w, &alerts.routing) {
+            Ok(applied) => {
+                alerts.applied(&applied);
+                count_outbox_write(w);
+                unkept.queue.pop_front();
+                any = true;
+            }
+            Err(e) => {
+                unkept.warn.report(
+                    Err::<(), _>(e),
+                    &format!(
+                        "alerts: {} alert(s) wait in memory for the store",
+                        unkept.queue.len()
+                    ),
+                );
+                break;
+            }
+        }
+    }
+    if unkept.queue.is_empty() && unkept.dropped > 0 {
+        log::error!(
+            "alerts: {} alert(s) were lost while the store could not take them (more than \
+             {UNKEPT_ALERTS_MAX} waited)",
+            unkept.dropped
+        );
+        unkept.dropped = 0;
+    }
     while let Ok(w) = outbox.try_recv() {
         any = true;
+        let is_alert = matches!(w, ctrwatch_alerts::OutboxWrite::Alert(_));
+        if is_alert && !unkept.queue.is_empty() {
+            keep_in_memory(unkept, w);
+            continue;
+        }
         match store.write_outbox(&w, &alerts.routing) {
-            Ok(applied) => alerts.applied(&applied),
-            Err(e) => match &w {
-                ctrwatch_alerts::OutboxWrite::Alert(a) => log::error!(
-                    "alerts: alert {} ({}) could not be kept in the outbox: {e}",
-                    a.id,
-                    a.rule
-                ),
-                _ => warn.report(Err::<(), _>(e), "recording an alert delivery"),
-            },
+            Ok(applied) => {
+                alerts.applied(&applied);
+                count_outbox_write(&w);
+            }
+            Err(e) if is_alert => {
+                if let ctrwatch_alerts::OutboxWrite::Alert(a) = &w {
+                    log::error!(
+                        "alerts: alert {} ({}) could not be kept in the outbox yet, kept in \
+                         memory until the store takes it: {e}",
+                        a.id,
+                        a.rule
+                    );
+                }
+                keep_in_memory(unkept, w);
+            }
+            Err(e) => warn.report(Err::<(), _>(e), "recording an alert delivery"),
         }
     }
     any
+}
+
+/// The metrics of an outbox write that was kept: an alert's first revision (a new alert), a
+/// delivery attempt's result.
+fn count_outbox_write(w: &ctrwatch_alerts::OutboxWrite) {
+    match w {
+        // The rules send each revision once; the first is the alert raised.
+        ctrwatch_alerts::OutboxWrite::Alert(a) if a.rev == 1 => {
+            METRICS.alert_raised(a.rule, a.severity);
+        }
+        ctrwatch_alerts::OutboxWrite::Result(r) => {
+            METRICS.delivery(&r.sink, DeliveryOutcome::of(&r.kind));
+        }
+        _ => {}
+    }
+}
+
+fn keep_in_memory(unkept: &mut UnkeptAlerts, w: ctrwatch_alerts::OutboxWrite) {
+    if unkept.queue.len() >= UNKEPT_ALERTS_MAX {
+        unkept.queue.pop_front();
+        unkept.dropped += 1;
+    }
+    unkept.queue.push_back(w);
 }
 
 /// Store errors on the write path are not fatal: a full disk degrades the store (it counts
@@ -674,5 +954,64 @@ impl Warner {
         }
         self.suppressed = 0;
         self.last = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(config: &str) -> RunOptions {
+        let config =
+            ctrwatch_config::Config::parse("test.toml", config).unwrap_or_else(|e| panic!("{e:?}"));
+        let config_listen = config.metrics.listen;
+        RunOptions {
+            watch: WatchOptions {
+                roots: config.watch.roots.clone(),
+                discover: config.watch.discover,
+                json: false,
+                ring_buffer_bytes: config.watch.ring_buffer_mb * 1024 * 1024,
+                root_refresh: config.watch.root_refresh,
+                process_grace: Duration::from_secs(120),
+                trust: Default::default(),
+                masker: crate::secrets::Masker::builtin(),
+            },
+            store: config.store.path.clone(),
+            store_options: StoreOptions::default(),
+            echo: false,
+            config,
+            config_file: None,
+            reload: None,
+            metrics_listen: config_listen,
+        }
+    }
+
+    #[test]
+    fn restart_only_keys_are_named_live_ones_are_not() {
+        let old = options("[watch]\nroots = [\"/a\"]\n");
+        // Live keys only: nothing waits for a restart.
+        let live = options(
+            "log_level = \"info\"\n[watch]\nroots = [\"/b\"]\ndiscover = false\n\
+             trust_exes = [\"/usr/bin/x\"]\nmask_args = [\"k-[a-z]+\"]\nroot_refresh = \"9s\"\n",
+        );
+        assert_eq!(restart_only_changes(&old, &live), Vec::<&str>::new());
+        let changed = options(
+            "log_level = \"debug\"\n[watch]\nroots = [\"/a\"]\nring_buffer_mb = 4\n\
+             [store]\npath = \"/tmp/x.db\"\n[alerts]\ngroup_window = \"5s\"\n\
+             [rules.heartbeat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9847\"\n\
+             [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&old, &changed),
+            vec![
+                "[store] path",
+                "[watch] ring_buffer_mb",
+                "log_level",
+                "[metrics] listen",
+                "[alerts]",
+                "[rules]",
+                "[[sinks]]"
+            ]
+        );
     }
 }

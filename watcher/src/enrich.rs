@@ -82,7 +82,7 @@ impl Enricher {
         Enricher {
             roots,
             processes,
-            clock: Clock::now(),
+            clock: Clock::process(),
             attributor: None,
             bindings: HashMap::new(),
             views: HashMap::new(),

@@ -11,6 +11,8 @@ pub mod enrich;
 pub mod kernel;
 pub mod logging;
 pub mod loss;
+pub mod metrics;
+pub mod metrics_http;
 pub mod notify;
 pub mod process;
 pub mod queries;

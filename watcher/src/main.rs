@@ -63,8 +63,14 @@ One daemon per store, whatever name reaches it (hardlink, symlink): a second one
 NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk the daemon\n\
 captures anyway, counts what it cannot store and records it once space returns.\n\
 Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
-the next start is recorded as downtime. SIGHUP is logged and ignored (no reload yet). If\n\
-stdout goes away (--print into a closed pipe or a hung-up terminal), only the printing stops.\n\n\
+the next start is recorded as downtime. If stdout goes away (--print into a closed pipe or a\n\
+hung-up terminal), only the printing stops.\n\n\
+SIGHUP (systemctl reload) reads the same configuration file again, checked as at the start,\n\
+while capture goes on; flags still win over it. Applied at once: [watch] roots, discover,\n\
+root_refresh, trust_exes, trust_units, mask_args, default_masks. The other keys (store,\n\
+ring buffer, log level, metrics, alerts, rules, sinks) take effect at the next start: a\n\
+change is logged and shown by `ctrwatch status`. A file that does not check out is refused\n\
+as a whole; the daemon runs on as before and says why (log, status, a config-invalid alert).\n\n\
 As a systemd service (the package's ctrwatch.service, Type=notify): READY=1 once capture is\n\
 on, STATUS= lines, WATCHDOG=1 from the event loop (WatchdogSec=), STOPPING=1 on SIGTERM; log\n\
 lines carry journal priorities. RUST_LOG=debug logs more."
@@ -101,6 +107,12 @@ lines carry journal priorities. RUST_LOG=debug logs more."
         /// defaults. Check a file with `ctrwatch config check FILE`.
         #[arg(long, env = "CTRWATCH_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9847; overrides
+        /// `[metrics] listen`). Off unless given here or in the file. An address that cannot
+        /// be listened on stops `run` at start; one that is not loopback is allowed, with a
+        /// warning: the metrics tell who can reach it what this node's ctrwatch sees.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
     #[command(
@@ -330,7 +342,7 @@ struct AuditArgs {
 }
 
 /// Options shared by `watch` and `run`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct WatchArgs {
     /// A directory to watch (repeatable). It may be a symlink or a bind mount, and need not
     /// exist yet. Default: the usual containerd and k3s locations plus every containerd
@@ -506,28 +518,31 @@ fn main() -> ExitCode {
             store_group,
             store_lock_wait,
             config,
+            metrics_listen,
         } => {
             // Which flags were given (on the command line or by their environment variable):
             // those win over the configuration file.
             let given = given_in(&matches, "run");
+            let flags = settings::RunFlags {
+                watch,
+                store,
+                retention_days,
+                retention_mb,
+                store_group,
+                store_lock_wait,
+                print,
+                metrics_listen,
+            };
+            // SIGHUP reads the same file again, with the same flags over it.
+            let reload =
+                settings::reloader(config.clone(), flags.clone(), given_ids(&matches, "run"));
             settings::load(config.as_deref())
                 .and_then(|(file, loaded)| {
                     watcher::logging::init(&settings::log_filter(&file));
-                    let options = settings::run_options(
-                        settings::RunFlags {
-                            watch,
-                            store,
-                            retention_days,
-                            retention_mb,
-                            store_group,
-                            store_lock_wait,
-                            print,
-                        },
-                        &given,
-                        &file,
-                    );
+                    let options = settings::run_options(flags, &given, &file);
                     options.map(|o| RunOptions {
                         config_file: loaded,
+                        reload: Some(reload),
                         ..o
                     })
                 })
@@ -659,6 +674,21 @@ fn given_in<'a>(matches: &'a clap::ArgMatches, subcommand: &str) -> impl Fn(&str
     }
 }
 
+/// The ids of the arguments of `subcommand` given on the command line or by environment (as
+/// [`given_in`] answers for one).
+fn given_ids(matches: &clap::ArgMatches, subcommand: &str) -> std::collections::BTreeSet<String> {
+    let given = given_in(matches, subcommand);
+    matches
+        .subcommand_matches(subcommand)
+        .map(|m| {
+            m.ids()
+                .map(|id| id.as_str().to_owned())
+                .filter(|id| given(id))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn query_result(r: Result<(), queries::QueryError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -677,7 +707,11 @@ fn run_daemon(opts: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(daemon::run(opts))
+    let result = runtime.block_on(daemon::run(opts));
+    // A reload still reading a file that never answers (a sink's CA file on a FIFO) must not
+    // hold up the exit: everything captured is stored by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

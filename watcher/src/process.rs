@@ -241,6 +241,12 @@ impl ProcessTable {
         }
     }
 
+    /// Masks the command lines read from now on with `masker` (a reloaded configuration);
+    /// those already read stay as they were masked.
+    pub fn set_masker(&mut self, masker: Masker) {
+        self.masker = Arc::new(masker);
+    }
+
     /// Masks command lines with `masker` (default: the built-in rules).
     pub fn with_masker(mut self, masker: Masker) -> Self {
         self.masker = Arc::new(masker);

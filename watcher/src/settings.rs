@@ -4,7 +4,6 @@
 //! `ctrwatch_config`'s; this module only merges.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use ctrwatch_config::{Backend, Config, LogLevel, ProtectMode};
 use ctrwatch_event::escape_path;
 use watcher::{
     containerd::attribution::Trust,
-    daemon::RunOptions,
+    daemon::{Reloader, RunOptions},
     secrets::Masker,
     status::LoadedConfig,
     store::{StoreGroup, StoreOptions},
@@ -22,6 +21,7 @@ use watcher::{
 };
 
 /// `run`'s flags.
+#[derive(Clone)]
 pub struct RunFlags {
     pub watch: WatchArgs,
     pub store: PathBuf,
@@ -30,6 +30,7 @@ pub struct RunFlags {
     pub store_group: Option<StoreGroup>,
     pub store_lock_wait: u64,
     pub print: bool,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The configuration `run` uses: the file named by `--config`, else the default file if it
@@ -47,20 +48,57 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<(Config, Option<LoadedCon
             }
         }
     };
-    check_owner(path)?;
-    let loaded = LoadedConfig {
-        path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
-        loaded_at: std::time::SystemTime::now(),
-    };
-    let config = Config::load(path).map_err(|errors| {
+    let unusable = |errors: &[ctrwatch_config::ConfigError]| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::anyhow!(
             "the configuration {} is not usable (check it with `ctrwatch config check`):\n{}",
             escape_path(path),
             lines.join("\n")
         )
-    })?;
+    };
+    // Never blocks (a FIFO at the path), refuses what is not a regular file: also read again
+    // on SIGHUP, while capturing.
+    let text = match ctrwatch_config::read_file(path, true) {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => return Err(unusable(&[e])),
+        Err(ctrwatch_config::files::TrustedFileError::Untrusted { uid, mode, .. }) => bail!(
+            "refusing the configuration {}: it must be root's and writable by root alone (owner uid {uid}, mode {mode:04o}), as it decides what is watched and trusted",
+            escape_path(path)
+        ),
+        Err(e) => {
+            return Err(unusable(&[ctrwatch_config::ConfigError::Read {
+                file: escape_path(path),
+                message: e.to_string(),
+            }]));
+        }
+    };
+    let loaded = LoadedConfig {
+        path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        loaded_at: std::time::SystemTime::now(),
+    };
+    let config = Config::from_text(path, &text).map_err(|errors| unusable(&errors))?;
     Ok((config, Some(loaded)))
+}
+
+/// What SIGHUP runs: [`load`] the same file again (`--config`, `CTRWATCH_CONFIG`, or the
+/// default), and make `run`'s settings of it with the same flags over it (`given`: the ids
+/// of the flags given), checking everything the start checks, the sinks included.
+pub fn reloader(
+    explicit: Option<PathBuf>,
+    flags: RunFlags,
+    given: std::collections::BTreeSet<String>,
+) -> Reloader {
+    Reloader::new(move || {
+        let (file, loaded) = load(explicit.as_deref())?;
+        let options = run_options(flags.clone(), &|id| given.contains(id), &file)?;
+        // The sinks' checks (secrets, CA files), as at the start.
+        watcher::alerting::Alerting::from_config(options.config.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(RunOptions {
+            config_file: loaded,
+            ..options
+        })
+    })
 }
 
 /// The logger's filter for `run`: `RUST_LOG` when set (the logger reads it), else the file's
@@ -74,29 +112,6 @@ pub fn log_filter(file: &Config) -> String {
             format!("warn,watcher={level},ctrwatch={level}")
         }
     }
-}
-
-/// Running as root, the file (as opened: links followed) must be root's and not writable by
-/// group or others.
-fn check_owner(path: &Path) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        // Config::load says why it cannot be read.
-        Err(_) => return Ok(()),
-    };
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        bail!(
-            "refusing the configuration {}: it must be root's and writable by root alone (owner uid {}, mode {:04o}), as it decides what is watched and trusted",
-            escape_path(path),
-            meta.uid(),
-            meta.mode() & 0o7777
-        );
-    }
-    Ok(())
 }
 
 /// `watch`'s and `run`'s watch settings: the flags that were given (`given(id)`: clap's
@@ -170,11 +185,6 @@ pub fn watch_options(
             w.protect.name()
         );
     }
-    if let Some(addr) = file.metrics.listen {
-        log::warn!(
-            "[metrics] listen = {addr}: this ctrwatch serves no metrics endpoint yet; nothing listens there"
-        );
-    }
     Ok(WatchOptions {
         roots,
         discover,
@@ -236,5 +246,11 @@ pub fn run_options(
         config: file.clone(),
         // Set by the caller, which knows which file was read.
         config_file: None,
+        reload: None,
+        metrics_listen: if given("metrics_listen") {
+            flags.metrics_listen
+        } else {
+            file.metrics.listen
+        },
     })
 }

@@ -48,6 +48,18 @@ pub struct LoadedConfig {
     pub loaded_at: SystemTime,
 }
 
+/// The daemon's configuration as `status` shows it: the file in effect and when it was read,
+/// the last reload (SIGHUP) that failed since, and what the file changes that only a restart
+/// applies. Changed by the watch loop at a reload, read by the store writer.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigStatus {
+    pub loaded: Option<LoadedConfig>,
+    /// The last reload, when it failed: when, and why (cleared by a good one).
+    pub reload_failed: Option<(SystemTime, String)>,
+    /// The keys whose change in the file takes effect at the next start (`[store] path`...).
+    pub restart_pending: Vec<String>,
+}
+
 /// The daemon's status snapshot, as stored (JSON in `meta.daemon_status`). Text is stored
 /// escaped for display.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,6 +76,15 @@ pub struct DaemonStatus {
     pub roots: Vec<String>,
     pub config_file: Option<String>,
     pub config_loaded_ns: Option<i64>,
+    /// The last reload failed at this time (since the last good one)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_reload_failed_ns: Option<i64>,
+    /// ... for this reason (each line escaped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_reload_error: Option<String>,
+    /// Keys changed in the file that take effect at the next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_restart_pending: Vec<String>,
     /// Events handed to the store since the start.
     pub events: u64,
     /// Events lost since the start (kernel ring buffer, the writer's queue), from the loss
@@ -77,7 +98,8 @@ pub struct DaemonStatus {
 /// description shared with the watch loop's sink.
 #[derive(Clone, Debug)]
 pub struct StatusSource {
-    pub config: Option<LoadedConfig>,
+    /// Changed at a reload.
+    pub config: std::sync::Arc<std::sync::Mutex<ConfigStatus>>,
     pub started: SystemTime,
     pub capture: std::sync::Arc<std::sync::Mutex<CaptureInfo>>,
 }
@@ -86,6 +108,7 @@ impl StatusSource {
     /// The snapshot at `now` with the writer's counts.
     pub fn snapshot(&self, now: SystemTime, events: u64, lost: u64, unstored: u64) -> String {
         let capture = self.capture.lock().map(|c| c.clone()).unwrap_or_default();
+        let config = self.config.lock().map(|c| c.clone()).unwrap_or_default();
         let status = DaemonStatus {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -95,8 +118,20 @@ impl StatusSource {
             hooks_attached: capture.hooks_attached,
             hooks_unavailable: capture.hooks_unavailable,
             roots: capture.roots.iter().map(|r| escape_path(r)).collect(),
-            config_file: self.config.as_ref().map(|c| escape_path(&c.path)),
-            config_loaded_ns: self.config.as_ref().map(|c| ns(c.loaded_at)),
+            config_file: config.loaded.as_ref().map(|c| escape_path(&c.path)),
+            config_loaded_ns: config.loaded.as_ref().map(|c| ns(c.loaded_at)),
+            config_reload_failed_ns: config.reload_failed.as_ref().map(|(at, _)| ns(*at)),
+            config_reload_error: config
+                .reload_failed
+                .as_ref()
+                // Escaped line by line: the reason lists one problem a line.
+                .map(|(_, why)| {
+                    why.lines()
+                        .map(|l| escape_bytes(l.as_bytes()))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }),
+            config_restart_pending: config.restart_pending,
             events,
             lost,
             unstored,
@@ -156,6 +191,12 @@ pub struct DaemonView {
     pub roots: Vec<String>,
     pub config_file: Option<String>,
     pub config_loaded: Option<String>,
+    /// The last reload (SIGHUP) failed at this time; the configuration loaded before stays.
+    pub config_reload_failed: Option<String>,
+    /// Why it failed.
+    pub config_reload_error: Option<String>,
+    /// Keys changed in the file that take effect at the next start.
+    pub config_restart_pending: Vec<String>,
     pub events: u64,
     pub lost: u64,
     pub unstored: u64,
@@ -227,6 +268,9 @@ pub fn report(store_path: &Path, now: SystemTime) -> Result<StatusReport, QueryE
             roots: s.roots.clone(),
             config_file: s.config_file.clone(),
             config_loaded: s.config_loaded_ns.map(format_rfc3339),
+            config_reload_failed: s.config_reload_failed_ns.map(format_rfc3339),
+            config_reload_error: s.config_reload_error.clone(),
+            config_restart_pending: s.config_restart_pending.clone(),
             events: s.events,
             lost: s.lost,
             unstored: s.unstored,
@@ -339,15 +383,40 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
             events.push_str(&format!(", {} not stored (store not writable)", d.unstored));
         }
         lines.push(("events".into(), events));
-        lines.push((
-            "config".into(),
-            match (&d.config_file, &d.config_loaded) {
-                (Some(f), Some(at)) => {
-                    format!("{f}, loaded {at}")
-                }
-                _ => "none (built-in defaults and flags)".into(),
-            },
-        ));
+        let mut config = match (&d.config_file, &d.config_loaded) {
+            (Some(f), Some(at)) => {
+                format!("{f}, loaded {at}")
+            }
+            _ => "none (built-in defaults and flags)".into(),
+        };
+        if let Some(at) = &d.config_reload_failed {
+            config.push_str(&format!(
+                "; last reload failed at {at} (still running with the configuration loaded before)"
+            ));
+        }
+        lines.push(("config".into(), config));
+        // Escaped line by line when the snapshot was made.
+        if let Some(why) = &d.config_reload_error {
+            for (i, line) in why.lines().enumerate() {
+                lines.push((
+                    if i == 0 {
+                        "reload error".into()
+                    } else {
+                        String::new()
+                    },
+                    line.trim().to_owned(),
+                ));
+            }
+        }
+        if !d.config_restart_pending.is_empty() {
+            lines.push((
+                "needs restart".into(),
+                format!(
+                    "changed in the file, take effect at the next start: {}",
+                    d.config_restart_pending.join(", ")
+                ),
+            ));
+        }
     }
     if let Some(run) = &r.last_run {
         let end = match &run.ended {
@@ -430,4 +499,89 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
         out.push_str(&format!("  {label:width$}  {value}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_reload_and_keys_waiting_for_a_restart_are_shown() {
+        let config = ConfigStatus {
+            loaded: Some(LoadedConfig {
+                path: PathBuf::from("/etc/ctrwatch/ctrwatch.toml"),
+                loaded_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000),
+            }),
+            reload_failed: Some((
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_100),
+                "the configuration is not usable:\n  c.toml:3:1: watch.bogus: unknown \x1b".into(),
+            )),
+            restart_pending: vec!["[store] path".into()],
+        };
+        let source = StatusSource {
+            config: std::sync::Arc::new(std::sync::Mutex::new(config)),
+            started: SystemTime::UNIX_EPOCH,
+            capture: Default::default(),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_200);
+        let stored: DaemonStatus =
+            serde_json::from_str(&source.snapshot(now, 1, 0, 0)).unwrap_or_default();
+        assert_eq!(
+            stored.config_reload_error.as_deref(),
+            Some("the configuration is not usable:\n  c.toml:3:1: watch.bogus: unknown \\x1b")
+        );
+        let report = StatusReport {
+            state: State::Running,
+            running: true,
+            store: "s".into(),
+            pid: Some(stored.pid),
+            last_run: None,
+            daemon: Some(DaemonView {
+                pid: stored.pid,
+                version: stored.version.clone(),
+                since: format_rfc3339(stored.started_ns),
+                since_ns: stored.started_ns,
+                backend: String::new(),
+                hooks_attached: 0,
+                hooks_unavailable: 0,
+                roots: Vec::new(),
+                config_file: stored.config_file.clone(),
+                config_loaded: stored.config_loaded_ns.map(format_rfc3339),
+                config_reload_failed: stored.config_reload_failed_ns.map(format_rfc3339),
+                config_reload_error: stored.config_reload_error.clone(),
+                config_restart_pending: stored.config_restart_pending.clone(),
+                events: 1,
+                lost: 0,
+                unstored: 0,
+            }),
+            updated: None,
+            updated_ns: None,
+            store_bytes: 0,
+            oldest_event: None,
+            alerts: Vec::new(),
+        };
+        let text = render(&report, now);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert!(
+            lines.contains(
+                &"config         /etc/ctrwatch/ctrwatch.toml, loaded 2026-11-30T00:53:20.000000000Z; \
+                  last reload failed at 2026-11-30T00:55:00.000000000Z (still running with the \
+                  configuration loaded before)"
+            ),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&"reload error   the configuration is not usable:"),
+            "{text}"
+        );
+        // One line each, escaped.
+        assert!(
+            lines.contains(&"c.toml:3:1: watch.bogus: unknown \\x1b"),
+            "{text}"
+        );
+        assert!(
+            text.contains("needs restart") && text.contains("[store] path"),
+            "{text}"
+        );
+    }
 }

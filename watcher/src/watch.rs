@@ -23,6 +23,7 @@ use ctrwatch_event::{FileEvent, LossEvent, monotonic_ns};
 use watcher_common::Record;
 
 use crate::{
+    daemon::RunOptions,
     enrich::{Enricher, Outcome},
     kernel::{KernelWatch, LoadOptions},
     loss::LossTracker,
@@ -118,7 +119,23 @@ pub trait Sink {
     fn capture_stopped(&mut self, at: SystemTime) {
         let _ = at;
     }
+    /// SIGHUP: the work that re-reads and checks the configuration, run on a blocking thread
+    /// while the loop goes on draining the ring buffer. None: nothing to reload (`watch`
+    /// reads no file).
+    fn reload(&mut self) -> Option<ReloadJob> {
+        None
+    }
+    /// The reload's result, back on the loop: the sink applies its part (or keeps everything
+    /// and reports why) and returns the watch settings to apply now (None: keep them).
+    fn reloaded(&mut self, result: anyhow::Result<RunOptions>) -> Option<WatchOptions> {
+        let _ = result;
+        None
+    }
 }
+
+/// Re-reads and checks the configuration ([`Sink::reload`]): everything `run` checks at its
+/// start, so that applying the result cannot fail halfway.
+pub type ReloadJob = Box<dyn FnOnce() -> anyhow::Result<RunOptions> + Send>;
 
 /// Events on stdout, one JSON object or one readable line each.
 pub struct StdoutSink {
@@ -158,13 +175,15 @@ impl Sink for StdoutSink {
 }
 
 /// Watches until SIGTERM or SIGINT; returns the instant capture stopped, once everything
-/// captured before it has been handed to `sink`. SIGHUP is logged and ignored. Tells the
+/// captured before it has been handed to `sink`. SIGHUP reloads the configuration
+/// ([`Sink::reload`]) without pausing capture: it is read and checked on a blocking thread,
+/// and what it changes is applied between two drains of the ring buffer. Tells the
 /// service manager (sd_notify) when it is ready, feeds its watchdog from the loop and says
 /// when it stops ([`crate::notify`]).
-pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<SystemTime> {
-    // A hang-up (the SSH session that started it went away) must not end capture, also not
-    // while the programs are being loaded (seconds). Until a reload exists, SIGHUP is only
-    // logged.
+pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<SystemTime> {
+    // A hang-up (the SSH session that started it went away, or `systemctl reload`) must not
+    // end capture, also not while the programs are being loaded (seconds): it asks for a
+    // reload, handled once the loop runs.
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     // Likewise SIGTERM and SIGINT: caught from the first instant, so that a stop asked for
     // while the programs load (seconds; systemd's `stop` right after `start`) or just after
@@ -178,18 +197,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
         self_tgid: std::process::id(),
     })
     .context("attaching the eBPF programs")?;
-    let configured = || {
-        let mut roots = opts.roots.clone();
-        if opts.discover {
-            for r in discovered_roots() {
-                if !roots.contains(&r) {
-                    roots.push(r);
-                }
-            }
-        }
-        roots
-    };
-    let roots = RootSet::resolve(&configured());
+    let roots = RootSet::resolve(&configured_roots(&opts));
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
@@ -199,7 +207,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
     kernel
         .set_capture(true)
         .context("turning capture on in the kernel")?;
-    sink.capture_started(SystemTime::now())?;
+    sink.capture_started(ctrwatch_event::time::Clock::process().now_system_time())?;
     let mut processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
     if let Err(e) = processes.seed_from_proc() {
         log::warn!("reading running processes from /proc: {e:#}");
@@ -215,6 +223,13 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
         crate::containerd::attribution::Attributor::new(attributed, opts.trust.clone());
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let ring = kernel.take_ring_buffer()?;
+    // The ring buffer's fill, for the metrics (sampled at each scrape). Without it the
+    // metrics lack two gauges; capture goes on.
+    match crate::kernel::RingPositions::map(std::os::fd::AsFd::as_fd(&ring), opts.ring_buffer_bytes)
+    {
+        Ok(positions) => crate::metrics::METRICS.set_ring(Box::new(positions)),
+        Err(e) => log::warn!("mapping the ring buffer's positions for the metrics: {e}"),
+    }
     // SAFETY: the ring buffer owns its fd and is owned by the AsyncFd, so the fd stays open
     // for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -258,16 +273,36 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
         ticks
     });
     let mut last_refresh = Instant::now();
+    // A reload being read and checked off the loop, and whether another SIGHUP came
+    // meanwhile (the file may have changed again: it is read once more after this one).
+    let mut reloading: Option<tokio::task::JoinHandle<anyhow::Result<RunOptions>>> = None;
+    let mut reload_again = false;
+    let mut refresh_due = false;
     let stop_signal = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = next_tick(&mut watchdog) => notify::watchdog_ping(),
             _ = sighup.recv() => {
-                log::warn!(
-                    "received SIGHUP: reloading the configuration is not implemented yet; \
-                     still capturing with the current settings (stop with SIGTERM)"
-                );
+                if reloading.is_some() {
+                    reload_again = true;
+                } else {
+                    reloading = start_reload(sink);
+                }
+            }
+            result = reload_done(&mut reloading) => {
+                reloading = None;
+                let result = result
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("the reload failed: {e}")));
+                if let Some(new) = sink.reloaded(result) {
+                    let roots_changed = new.roots != opts.roots || new.discover != opts.discover;
+                    apply_live(&mut opts, new, &mut enricher);
+                    // Re-resolved at the next tick, as at a refresh.
+                    refresh_due |= roots_changed;
+                }
+                if std::mem::take(&mut reload_again) {
+                    reloading = start_reload(sink);
+                }
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer")?;
@@ -278,8 +313,9 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
             _ = tick.tick() => {
                 // The watermark: read before the loss counters and before the ring buffer is
                 // drained to empty, so everything captured before it has been delivered or
-                // counted by the time the sink hears of it.
-                let watermark = SystemTime::now();
+                // counted by the time the sink hears of it. On the events' clock, not the
+                // wall clock: compared with event times, it must not move with an NTP step.
+                let watermark = enricher.clock.now_system_time();
                 if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
                     sink.loss(&loss)?;
                 }
@@ -290,12 +326,13 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
                 if let Some(a) = enricher.attributor.as_mut() {
                     a.tick();
                 }
-                if last_refresh.elapsed() >= opts.root_refresh {
+                if refresh_due || last_refresh.elapsed() >= opts.root_refresh {
                     last_refresh = Instant::now();
+                    refresh_due = false;
                     if let Some(a) = enricher.attributor.as_mut() {
                         a.rediscover();
                     }
-                    let fresh = RootSet::resolve(&configured());
+                    let fresh = RootSet::resolve(&configured_roots(&opts));
                     if fresh != enricher.roots {
                         log::info!("watched roots changed: {:?}", fresh.roots);
                         kernel.set_root_prefixes(&fresh.kernel_prefixes())?;
@@ -311,14 +348,14 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
         "{stop_signal}: stopping capture, detaching the programs, storing what was captured"
     ));
     // Stop capture at one instant, read before the switch: everything up to it is captured.
-    let stopped_at = SystemTime::now();
+    let stopped_at = enricher.clock.now_system_time();
     let stopped_at = match kernel.set_capture(false) {
         Ok(()) => stopped_at,
         Err(e) => {
             // The programs capture until they are detached.
             log::warn!("turning capture off in the kernel: {e}; detaching instead");
             kernel.detach();
-            SystemTime::now()
+            enricher.clock.now_system_time()
         }
     };
     sink.capture_stopped(stopped_at);
@@ -336,6 +373,63 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<Syst
     }
     sink.flush()?;
     Ok(stopped_at)
+}
+
+/// The roots to resolve: those named, and with discovery on the discovered ones.
+fn configured_roots(opts: &WatchOptions) -> Vec<PathBuf> {
+    let mut roots = opts.roots.clone();
+    if opts.discover {
+        for r in discovered_roots() {
+            if !roots.contains(&r) {
+                roots.push(r);
+            }
+        }
+    }
+    roots
+}
+
+/// Hands the sink's reload job to a blocking thread (reading the file may be slow).
+fn start_reload(
+    sink: &mut dyn Sink,
+) -> Option<tokio::task::JoinHandle<anyhow::Result<RunOptions>>> {
+    match sink.reload() {
+        Some(job) => {
+            log::info!("received SIGHUP: reloading the configuration");
+            Some(tokio::task::spawn_blocking(job))
+        }
+        None => {
+            log::warn!(
+                "received SIGHUP: there is no configuration to reload (only `ctrwatch run` \
+                 reads one); still capturing (stop with SIGTERM)"
+            );
+            None
+        }
+    }
+}
+
+/// The result of the reload in progress; never, without one.
+async fn reload_done(
+    reloading: &mut Option<tokio::task::JoinHandle<anyhow::Result<RunOptions>>>,
+) -> Result<anyhow::Result<RunOptions>, tokio::task::JoinError> {
+    match reloading {
+        Some(job) => job.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies a reloaded configuration's live watch settings (the others need a restart: the
+/// sink kept their old values in `new`). The roots are re-resolved by the caller.
+fn apply_live(opts: &mut WatchOptions, new: WatchOptions, enricher: &mut Enricher) {
+    enricher.processes.set_masker(new.masker.clone());
+    if let Some(a) = enricher.attributor.as_mut() {
+        let attributed = if new.discover {
+            Vec::new()
+        } else {
+            new.roots.clone()
+        };
+        a.reconfigure(attributed, new.trust.clone());
+    }
+    *opts = new;
 }
 
 /// The next tick of an optional interval; never, without one.

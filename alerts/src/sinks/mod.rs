@@ -306,48 +306,66 @@ pub fn excerpt(text: &str, max: usize) -> String {
     }
 }
 
-/// A URL as it may be shown: scheme, host and port; for webhooks and Alertmanager also the
-/// path and the query's keys (values masked); for the robots (whose URL path or query is
-/// their secret) nothing more. User info is always dropped.
+/// A URL as it may be shown (in `alerts`, `status`, logs and the outbox's `deliveries.target`):
+/// scheme, host and port; for Alertmanager also the path (an API prefix) and the query's keys
+/// (values masked); for webhooks and the robots, whose URL path or query may be their secret
+/// (Mattermost, Teams, Slack-compatible hooks carry a token in the path), nothing more. User
+/// info is always dropped.
 pub fn redact_url(kind: SinkKind, url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (s, r),
-        None => return "***".into(),
-    };
+    match kind {
+        SinkKind::Alertmanager => shown_with_path(url),
+        _ => shown_without_path(url),
+    }
+}
+
+/// How earlier builds showed a webhook's URL (path and query keys): pending deliveries
+/// stored under that name are renamed to [`redact_url`]'s at start, not dropped.
+pub fn legacy_webhook_shown(url: &str) -> String {
+    shown_with_path(url)
+}
+
+/// Scheme, host and port, and the rest of the URL after the authority.
+fn authority(url: &str) -> Option<(&str, String, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
     let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(split);
     let host = authority.rsplit('@').next().unwrap_or(authority);
-    let host = ctrwatch_event::escape(host);
-    match kind {
-        SinkKind::Webhook | SinkKind::Alertmanager => {
-            let tail = tail.split('#').next().unwrap_or("");
-            let (path, query) = match tail.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (tail, None),
-            };
-            let mut shown = format!("{scheme}://{host}{}", ctrwatch_event::escape(path));
-            if let Some(q) = query {
-                let keys: Vec<String> = q
-                    .split('&')
-                    .filter(|kv| !kv.is_empty())
-                    .map(|kv| {
-                        let k = kv.split('=').next().unwrap_or("");
-                        format!("{}=***", ctrwatch_event::escape(k))
-                    })
-                    .collect();
-                shown.push('?');
-                shown.push_str(&keys.join("&"));
-            }
-            shown
+    Some((scheme, ctrwatch_event::escape(host), tail))
+}
+
+fn shown_without_path(url: &str) -> String {
+    match authority(url) {
+        None => "***".into(),
+        Some((scheme, host, tail)) if tail.is_empty() || tail == "/" => {
+            format!("{scheme}://{host}")
         }
-        _ => {
-            if tail.is_empty() || tail == "/" {
-                format!("{scheme}://{host}")
-            } else {
-                format!("{scheme}://{host}/***")
-            }
-        }
+        Some((scheme, host, _)) => format!("{scheme}://{host}/***"),
     }
+}
+
+fn shown_with_path(url: &str) -> String {
+    let Some((scheme, host, tail)) = authority(url) else {
+        return "***".into();
+    };
+    let tail = tail.split('#').next().unwrap_or("");
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    let mut shown = format!("{scheme}://{host}{}", ctrwatch_event::escape(path));
+    if let Some(q) = query {
+        let keys: Vec<String> = q
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let k = kv.split('=').next().unwrap_or("");
+                format!("{}=***", ctrwatch_event::escape(k))
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&keys.join("&"));
+    }
+    shown
 }
 
 /// Removes a sink's secrets from text (errors from the HTTP stack may quote the URL).
@@ -441,11 +459,29 @@ mod tests {
                 SinkKind::Webhook,
                 "https://user:pw@hooks.example.com:8443/ctrwatch?token=abc&x=1#frag"
             ),
+            "https://hooks.example.com:8443/***"
+        );
+        // A Mattermost-style hook: the path is the secret.
+        assert_eq!(
+            redact_url(
+                SinkKind::Webhook,
+                "https://chat.example.com/hooks/xoxb8f3kq9d7s6a5"
+            ),
+            "https://chat.example.com/***"
+        );
+        assert_eq!(
+            legacy_webhook_shown(
+                "https://user:pw@hooks.example.com:8443/ctrwatch?token=abc&x=1#frag"
+            ),
             "https://hooks.example.com:8443/ctrwatch?token=***&x=***"
         );
         assert_eq!(
             redact_url(SinkKind::Alertmanager, "http://10.0.0.5:9093"),
             "http://10.0.0.5:9093"
+        );
+        assert_eq!(
+            redact_url(SinkKind::Alertmanager, "http://am:9093/prefix/?k=v"),
+            "http://am:9093/prefix/?k=***"
         );
         assert_eq!(
             redact_url(

@@ -237,11 +237,13 @@ impl Tracked {
         }
         self.signature = sig;
         self.loaded_at = Some(now);
+        let started = Instant::now();
         match Model::load_layout(&self.layout) {
             Ok(model) => {
                 self.load_error = None;
                 self.remember(&model);
                 self.model = Some(model);
+                crate::metrics::METRICS.mapping_refreshed(started.elapsed());
             }
             Err(e) => {
                 if self.load_error.as_deref() != Some(&e.to_string()) {
@@ -328,6 +330,17 @@ impl Attributor {
         };
         a.rediscover();
         a
+    }
+
+    /// A reloaded configuration: the roots named (empty: every discovered instance) and the
+    /// trusted writers. Discovery runs again when the roots changed (models of instances
+    /// that stay are kept).
+    pub fn reconfigure(&mut self, configured: Vec<PathBuf>, trust: Trust) {
+        self.trust = trust;
+        if configured != self.configured {
+            self.configured = configured;
+            self.rediscover();
+        }
     }
 
     /// The instances' roots.

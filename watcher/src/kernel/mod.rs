@@ -424,3 +424,92 @@ fn load_in_parallel(
             .collect()
     })
 }
+
+/// The ring buffer's producer and consumer positions, mapped read-only from the map (the
+/// kernel exposes them on the map's first two pages: the consumer position, then the
+/// producer's): how far the programs are ahead of the daemon, for the metrics. aya 0.14
+/// does not expose them, so they are mapped again here; the mapping keeps the map alive.
+pub struct RingPositions {
+    consumer: std::ptr::NonNull<libc::c_void>,
+    producer: std::ptr::NonNull<libc::c_void>,
+    page: usize,
+    size_bytes: u64,
+}
+
+// SAFETY: the pages are only read, with atomic loads; the mapping lives as long as the value.
+unsafe impl Send for RingPositions {}
+// SAFETY: as above.
+unsafe impl Sync for RingPositions {}
+
+impl RingPositions {
+    /// Maps the positions of the ring buffer `fd` of `size_bytes` data bytes.
+    pub fn map(fd: std::os::fd::BorrowedFd<'_>, size_bytes: u32) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| std::io::Error::other("page size"))?;
+        let map = |offset: usize| -> std::io::Result<std::ptr::NonNull<libc::c_void>> {
+            let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+            // SAFETY: a new shared read-only mapping of one page of the map; nothing else is
+            // touched.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    offset,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::ptr::NonNull::new(p).ok_or_else(|| std::io::Error::other("mmap returned null"))
+        };
+        let consumer = map(0)?;
+        let producer = match map(page) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: mapped above with this length, not used after.
+                unsafe { libc::munmap(consumer.as_ptr(), page) };
+                return Err(e);
+            }
+        };
+        Ok(RingPositions {
+            consumer,
+            producer,
+            page,
+            size_bytes: u64::from(size_bytes),
+        })
+    }
+
+    fn load(p: std::ptr::NonNull<libc::c_void>) -> u64 {
+        // SAFETY: the page is mapped for as long as self lives, page-aligned (so the u64 at its
+        // start is aligned), and the kernel updates it with atomic stores.
+        let atomic = unsafe { &*(p.as_ptr() as *const std::sync::atomic::AtomicU64) };
+        atomic.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl crate::metrics::RingFillSource for RingPositions {
+    fn fill(&self) -> crate::metrics::RingFill {
+        // Consumer first: the producer read after it is never behind it.
+        let consumer = Self::load(self.consumer);
+        let producer = Self::load(self.producer);
+        crate::metrics::RingFill {
+            used_bytes: producer.saturating_sub(consumer).min(self.size_bytes),
+            size_bytes: self.size_bytes,
+        }
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: both were mapped with this length by `map` and are not used after.
+        unsafe {
+            libc::munmap(self.consumer.as_ptr(), self.page);
+            libc::munmap(self.producer.as_ptr(), self.page);
+        }
+    }
+}

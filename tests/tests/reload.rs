@@ -1,0 +1,518 @@
+//! SIGHUP reloads `ctrwatch run`'s configuration without losing events: the real daemon, the
+//! real kernel, real signals, a real webhook receiver on 127.0.0.1. A good reload applies the
+//! live keys (here secret masking) while a flood runs, and every operation of the flood is
+//! stored; a bad one (unknown key, wrong mode, a FIFO at the path) keeps the old configuration
+//! and says why in the log, in `status` and as a `config-invalid` alert; a changed
+//! restart-only key is warned about and kept. Needs root.
+
+use std::{
+    ffi::{OsStr, OsString},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    Watcher, ctrwatch, json_lines,
+    receiver::{Mode, Receiver},
+    s, temp_dir,
+};
+
+const FSOP: &str = env!("CARGO_BIN_EXE_fsop");
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Generous: the machine running the tests may be loaded.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Writes `text` as the configuration, root's and 0600 as a deployed one would be (written
+/// aside and renamed over, as an editor or a deployment does).
+fn config_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// A sink section for the receiver's `/hook`.
+fn hook_sink(r: &Receiver) -> String {
+    format!(
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\ntimeout = \"2s\"\n",
+        r.url("/hook")
+    )
+}
+
+/// A temp dir with a root in it; the root canonical.
+fn setup(name: &str) -> (PathBuf, PathBuf) {
+    let base = temp_dir(name);
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let root = root.canonicalize().expect("canonical root");
+    (base, root)
+}
+
+/// `ctrwatch run --root ROOT [--store STORE] --config CONFIG`, with a ring buffer that holds
+/// a flood even while the machine is loaded (a loss would be the kernel's, not the reload's).
+fn start_daemon(root: &Path, store: Option<&Path>, config: &Path) -> Watcher {
+    let mut args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.into(),
+        "--ring-buffer-mb".into(),
+        "64".into(),
+    ];
+    if let Some(store) = store {
+        args.extend(["--store".into(), store.into()]);
+    }
+    args.extend(["--config".into(), config.into()]);
+    Watcher::start_command(&args)
+}
+
+/// `status --json` until `done` accepts it, within [`DEADLINE`].
+fn status_until(store: &Path, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (code, out, err) = ctrwatch(&[
+            OsStr::new("status"),
+            OsStr::new("--store"),
+            store.as_os_str(),
+            OsStr::new("--json"),
+        ]);
+        let v: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+        if code == 0 && done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {what}; last (exit {code}):\n{out}\n{err}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The daemon's log until it contains `text`, within [`DEADLINE`].
+fn log_until(daemon: &Watcher, text: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = daemon.stderr();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {text:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The stored events matching `glob` (`query --path GLOB --json`) once there are at least
+/// `want`, or what there is at the deadline.
+fn stored(store: &Path, glob: &Path, want: usize) -> Vec<Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (code, out, err) = ctrwatch(&[
+            OsStr::new("query"),
+            OsStr::new("--path"),
+            glob.as_os_str(),
+            OsStr::new("--store"),
+            store.as_os_str(),
+            OsStr::new("--json"),
+            OsStr::new("--limit"),
+            OsStr::new("10000000"),
+        ]);
+        assert_eq!(code, 0, "query: {err}");
+        let rows = json_lines(&out);
+        if rows.len() >= want || Instant::now() >= deadline {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Deletes `file` with `token` in the command line (it names no file).
+fn delete_with_token(file: &Path, token: &str) {
+    std::fs::write(file, b"x").expect("create");
+    let status = Command::new("rm")
+        .args([OsStr::new("-f"), OsStr::new("--"), file.as_os_str()])
+        .arg(token)
+        .status()
+        .expect("rm");
+    assert!(status.success());
+}
+
+/// The stored unlink of `file` (JSON text, its command line included).
+fn stored_unlink(store: &Path, file: &Path) -> String {
+    let rows = stored(store, file, 1);
+    let row = rows
+        .iter()
+        .find(|r| s(r, "op") == "unlink")
+        .unwrap_or_else(|| panic!("no unlink of {} stored: {rows:?}", file.display()));
+    row.to_string()
+}
+
+fn hook_alerts(r: &Receiver, rule: &str) -> Vec<Value> {
+    r.received()
+        .into_iter()
+        .filter(|x| x.path() == "/hook" && x.json()["rule"] == rule)
+        .map(|x| x.json())
+        .collect()
+}
+
+/// The receiver's requests until `done` accepts them, within [`DEADLINE`].
+fn received_until(r: &Receiver, what: &str, done: impl Fn(&Receiver) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done(r) {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver never got {what}: {:?}",
+            r.received()
+                .iter()
+                .map(|x| x.json().to_string())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A flood of failing unlinks (one record each) by a child process, with SIGHUPs sent to the
+/// daemon while it runs; a live key (a mask pattern) changes with the first. Every operation
+/// of the flood is stored and no loss is recorded; the new pattern masks what runs after the
+/// reload; status shows the new load time.
+#[test]
+fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
+    const FLOOD: usize = 20_000;
+    let (base, root) = setup("reload-good");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    config_file(&config, "[watch]\nmask_args = []\n");
+    let mut daemon = start_daemon(&root, Some(&store), &config);
+    let before = status_until(&store, "the config file", |v| {
+        v["daemon"]["config_loaded"].is_string()
+    });
+    let loaded_before = before["daemon"]["config_loaded"].clone();
+    assert_eq!(
+        before["daemon"]["config_file"].as_str(),
+        Some(config.to_str().unwrap_or_default()),
+        "{before}"
+    );
+    // Not masked yet: the pattern is not in the file.
+    let first = root.join("first");
+    delete_with_token(&first, "vaultkey-aaaa");
+    assert!(
+        stored_unlink(&store, &first).contains("vaultkey-aaaa"),
+        "masked before the pattern was configured"
+    );
+
+    // The load time has a resolution of a nanosecond, but a clock may be coarse.
+    std::thread::sleep(Duration::from_millis(50));
+    // The file also names other roots: `--root` still wins after the reload.
+    let elsewhere = base.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir elsewhere");
+    config_file(
+        &config,
+        &format!(
+            "[watch]\nroots = [\"{}\"]\ndiscover = false\nmask_args = ['vaultkey-[a-z]+']\n",
+            elsewhere.display()
+        ),
+    );
+    let flood_dir = root.join("flood");
+    std::fs::create_dir_all(&flood_dir).expect("mkdir flood");
+    let mut flood = Command::new(FSOP)
+        .args([
+            OsStr::new("flood"),
+            flood_dir.as_os_str(),
+            OsStr::new(&FLOOD.to_string()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("flood");
+    // Reloads until the flood has ended, so that some come while it runs (one that comes
+    // while the previous is being read is queued).
+    let mut hangups = 0;
+    let flooded = loop {
+        daemon.signal(libc::SIGHUP);
+        hangups += 1;
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = flood.try_wait().expect("flood") {
+            break status;
+        }
+    };
+    eprintln!("{hangups} SIGHUPs during the flood");
+    assert!(flooded.success(), "{flooded:?}");
+    log_until(&daemon, "reloaded the configuration");
+
+    let after = status_until(&store, "a new load time", |v| {
+        v["daemon"]["config_loaded"] != loaded_before
+    });
+    assert!(after["daemon"]["config_reload_failed"].is_null(), "{after}");
+    assert_eq!(
+        after["daemon"]["roots"],
+        serde_json::json!([root.to_str().unwrap_or_default()]),
+        "--root did not win over the reloaded file"
+    );
+    // In effect: the new pattern masks a command line run after the reload.
+    let second = root.join("second");
+    delete_with_token(&second, "vaultkey-bbbb");
+    let argv = stored_unlink(&store, &second);
+    assert!(
+        !argv.contains("vaultkey-bbbb") && argv.contains("***"),
+        "not masked after the reload: {argv}"
+    );
+
+    // No event lost: every unlink of the flood is stored, and no loss is on record.
+    let rows = stored(&store, &flood_dir.join("*"), FLOOD);
+    let unlinks = rows.iter().filter(|r| s(r, "op") == "unlink").count();
+    assert_eq!(unlinks, FLOOD, "flood operations stored");
+    let (code, out, err) = ctrwatch(&[
+        OsStr::new("gaps"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    assert_eq!(code, 0, "gaps: {err}");
+    let losses: Vec<Value> = json_lines(&out)
+        .into_iter()
+        .filter(|g| s(g, "kind") == "loss")
+        .collect();
+    assert!(losses.is_empty(), "loss records: {losses:?}");
+    assert!(
+        daemon.wait_exit(Duration::ZERO).is_none(),
+        "the daemon exited"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// An unknown key, then a file group-writable: each reload is refused, the daemon runs on with
+/// the old configuration (its sink still gets alerts, its mask pattern still masks), and says
+/// why: an error line with FILE:LINE:COL: KEY, `status`, and a `config-invalid` alert. A
+/// fixed file then reloads and the failure clears.
+#[test]
+fn a_bad_reload_keeps_the_old_configuration_and_says_why() {
+    let (base, root) = setup("reload-bad");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let r = Receiver::start(Mode::Accept);
+    let good = format!(
+        "[watch]\nmask_args = ['vaultkey-[a-z]+']\n\n{}",
+        hook_sink(&r)
+    );
+    config_file(&config, &good);
+    let daemon = start_daemon(&root, Some(&store), &config);
+    let before = status_until(&store, "the config file", |v| {
+        v["daemon"]["config_loaded"].is_string()
+    });
+
+    // An unknown key on line 3: the whole file is refused.
+    config_file(
+        &config,
+        &format!(
+            "[watch]\nmask_args = []\nbogus_key = 1\n\n{}",
+            hook_sink(&r)
+        ),
+    );
+    daemon.signal(libc::SIGHUP);
+    let shown = format!("{}:3:1: watch.bogus_key", config.display());
+    let log = log_until(&daemon, &shown);
+    let line = log
+        .lines()
+        .find(|l| l.contains("reloading the configuration failed"))
+        .unwrap_or_else(|| panic!("no reload error line in:\n{log}"));
+    assert!(line.contains("ERROR"), "not at error priority: {line}");
+    let failed = status_until(&store, "the failed reload", |v| {
+        v["daemon"]["config_reload_failed"].is_string()
+    });
+    let why = failed["daemon"]["config_reload_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains(&shown), "{failed}");
+    assert_eq!(
+        failed["daemon"]["config_loaded"], before["daemon"]["config_loaded"],
+        "the load time changed on a failed reload"
+    );
+    // The alert, through the old configuration's sink.
+    received_until(&r, "a config-invalid alert", |r| {
+        hook_alerts(r, "config-invalid").iter().any(|a| {
+            a["details"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&shown)
+        })
+    });
+    // The old mask pattern is still in effect (the bad file has none).
+    let masked = root.join("masked");
+    delete_with_token(&masked, "vaultkey-cccc");
+    assert!(
+        !stored_unlink(&store, &masked).contains("vaultkey-cccc"),
+        "the refused file's settings were applied"
+    );
+
+    // A valid file writable by others: refused too (as at the start).
+    config_file(&config, &good);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    daemon.signal(libc::SIGHUP);
+    log_until(&daemon, "mode 0666");
+    status_until(&store, "the mode refused", |v| {
+        v["daemon"]["config_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("mode 0666"))
+    });
+    received_until(&r, "a second config-invalid alert", |r| {
+        hook_alerts(r, "config-invalid").iter().any(|a| {
+            a["details"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("mode 0666")
+        })
+    });
+
+    // Fixed: the failure clears, the load time moves.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    daemon.signal(libc::SIGHUP);
+    let fixed = status_until(&store, "the failure cleared", |v| {
+        v["daemon"]["config_reload_failed"].is_null()
+            && v["daemon"]["config_loaded"] != before["daemon"]["config_loaded"]
+    });
+    assert!(fixed["daemon"]["config_reload_error"].is_null(), "{fixed}");
+    let (code, human, _) = ctrwatch(&[
+        OsStr::new("status"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        human.contains(&format!("{}, loaded ", config.display()))
+            && !human.contains("last reload failed"),
+        "{human}"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// A FIFO at the configuration's path: the reload does not wait for a writer (the daemon goes
+/// on storing), and fails saying what is there.
+#[test]
+fn a_fifo_at_the_config_path_does_not_hang_the_daemon() {
+    let (base, root) = setup("reload-fifo");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    config_file(&config, "[watch]\n");
+    let daemon = start_daemon(&root, Some(&store), &config);
+    status_until(&store, "the config file", |v| {
+        v["daemon"]["config_loaded"].is_string()
+    });
+    std::fs::remove_file(&config).expect("rm config");
+    let c = std::ffi::CString::new(config.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    daemon.signal(libc::SIGHUP);
+    let failed = status_until(&store, "the reload refused", |v| {
+        v["daemon"]["config_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a regular file"))
+    });
+    assert!(
+        failed["daemon"]["config_reload_failed"].is_string(),
+        "{failed}"
+    );
+    // Still capturing and storing.
+    let later = root.join("later");
+    std::fs::write(&later, b"x").expect("create");
+    let rows = stored(&store, &later, 1);
+    assert!(
+        rows.iter().any(|r| s(r, "op") == "create"),
+        "nothing stored after the reload: {rows:?}"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// `[store] path` changed in the file: not an error; warned, shown in status, and the daemon
+/// keeps storing where it started.
+#[test]
+fn a_changed_restart_only_key_is_warned_and_kept() {
+    let (base, root) = setup("reload-restart-only");
+    let store = base.join("store/events.db");
+    let moved = base.join("moved/events.db");
+    let config = base.join("ctrwatch.toml");
+    config_file(
+        &config,
+        &format!("[store]\npath = \"{}\"\n", store.display()),
+    );
+    let daemon = start_daemon(&root, None, &config);
+    let before = status_until(&store, "the config file", |v| {
+        v["daemon"]["config_loaded"].is_string()
+    });
+    config_file(
+        &config,
+        &format!("[store]\npath = \"{}\"\n", moved.display()),
+    );
+    daemon.signal(libc::SIGHUP);
+    log_until(
+        &daemon,
+        "[store] path changed; it takes effect at the next start",
+    );
+    let after = status_until(&store, "the key waiting for a restart", |v| {
+        v["daemon"]["config_restart_pending"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "[store] path"))
+    });
+    assert!(after["daemon"]["config_reload_failed"].is_null(), "{after}");
+    assert_ne!(
+        after["daemon"]["config_loaded"], before["daemon"]["config_loaded"],
+        "the reload did not count as loaded"
+    );
+    let (_, human, _) = ctrwatch(&[
+        OsStr::new("status"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ]);
+    assert!(human.contains("[store] path"), "{human}");
+    // The old value stays: events still go to the store it started with.
+    let later = root.join("later");
+    std::fs::write(&later, b"x").expect("create");
+    let rows = stored(&store, &later, 1);
+    assert!(!rows.is_empty(), "not stored in the old store");
+    assert!(!moved.exists(), "a store was created at the new path");
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Without `--root`, the file's roots are live: a reload that names another root watches it
+/// (and only it) from then on.
+#[test]
+fn reloaded_roots_are_watched() {
+    let (base, first) = setup("reload-roots");
+    let second = base.join("second");
+    std::fs::create_dir_all(&second).expect("mkdir second");
+    let second = second.canonicalize().expect("canonical");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let text = |root: &Path| {
+        format!(
+            "[watch]\nroots = [\"{}\"]\ndiscover = false\n[store]\npath = \"{}\"\n",
+            root.display(),
+            store.display()
+        )
+    };
+    config_file(&config, &text(&first));
+    let daemon = Watcher::start_command(&["run".into(), "--config".into(), config.clone().into()]);
+    status_until(&store, "the first root", |v| {
+        v["daemon"]["roots"] == serde_json::json!([first.to_str().unwrap_or_default()])
+    });
+    config_file(&config, &text(&second));
+    daemon.signal(libc::SIGHUP);
+    status_until(&store, "the second root, alone", |v| {
+        v["daemon"]["roots"] == serde_json::json!([second.to_str().unwrap_or_default()])
+    });
+    let made = second.join("made");
+    std::fs::write(&made, b"x").expect("create");
+    let rows = stored(&store, &made, 1);
+    assert!(
+        rows.iter().any(|r| s(r, "op") == "create"),
+        "nothing stored under the reloaded root: {rows:?}"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
