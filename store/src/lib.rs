@@ -62,7 +62,7 @@ pub use read::{Answer, DeleteOptions, Filter, PathMatch, PathQuery, Unreadable, 
 pub use render::{render_deletions, render_gaps, render_table};
 pub use schema::SCHEMA_VERSION;
 pub use start::{DaemonStore, STORE_RETRY};
-pub use status::{AlertDelivery, DAEMON_STATUS_KEY, RecentAlert, RunRecord};
+pub use status::{AlertDelivery, DAEMON_STATUS_KEY, RecentAlert, RunRecord, StoreFacts};
 
 /// Where the daemon keeps its store unless told otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/ctrwatch";

@@ -60,11 +60,23 @@ pub struct RecentAlert {
     pub deliveries: Vec<AlertDelivery>,
 }
 
+/// The store's facts, sampled by its writer with the heartbeat (about once a second), for
+/// the daemon's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreFacts {
+    /// Database and WAL bytes on disk.
+    pub bytes: u64,
+    /// The oldest stored event's time, ns since the epoch (None: no event stored).
+    pub oldest_event_ns: Option<i64>,
+    /// Alert deliveries waiting in the outbox (None: this store has no outbox).
+    pub outbox_pending: Option<u64>,
+}
+
 impl Store {
     /// What the metrics show of the store: its bytes on disk (database and WAL), its oldest
     /// event, the deliveries pending in its outbox. Cheap enough for once a second: two
     /// pragmas, one row by the events' primary key, a count over the (bounded) deliveries.
-    pub fn metrics_facts(&self) -> Result<crate::metrics::StoreFacts, StoreError> {
+    pub fn metrics_facts(&self) -> Result<StoreFacts, StoreError> {
         let q = |sql: &str| -> Result<Option<i64>, StoreError> {
             self.conn
                 .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
@@ -88,7 +100,7 @@ impl Store {
         } else {
             None
         };
-        Ok(crate::metrics::StoreFacts {
+        Ok(StoreFacts {
             bytes: pages * page_size + super::wal_size(&self.path),
             oldest_event_ns,
             outbox_pending,
