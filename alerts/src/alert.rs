@@ -46,12 +46,7 @@ impl AlertId {
         }
         h.update(first_seen_ns.to_be_bytes());
         let digest = h.finalize();
-        let mut id = String::with_capacity(36);
-        id.push_str("ctw-");
-        for b in &digest[..16] {
-            id.push_str(&format!("{b:02x}"));
-        }
-        AlertId(id)
+        AlertId(format!("ctw-{}", ctrwatch_event::hex(&digest[..16])))
     }
 
     /// The id's text.

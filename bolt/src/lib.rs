@@ -65,6 +65,8 @@ mod bucket;
 mod error;
 mod meta;
 mod page;
+#[cfg(feature = "test-writer")]
+pub mod testwriter;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -7,7 +7,13 @@
 //! makes the weaker rule "accept the copy if the txid moved by at most one" fail this test within
 //! a few hundred commits: transaction T+2 overwrites T's pages while T+1 is still current.
 
-mod common;
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is the test's failure"
+)]
+
+use bolt::testwriter as common;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

@@ -1,6 +1,12 @@
 //! Real files written by containerd 1.6 (see `tests/data/README.md`).
 
-mod common;
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is the test's failure"
+)]
+
+use bolt::testwriter as common;
 
 use bolt::{BoltError, Db, Entry};
 

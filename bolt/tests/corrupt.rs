@@ -1,6 +1,12 @@
 //! Damaged and hostile files give errors: no panic, no hang, no unbounded recursion.
 
-mod common;
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is the test's failure"
+)]
+
+use bolt::testwriter as common;
 
 use bolt::{BoltError, Db, MetaProblem};
 use common::{Builder, MetaSpec, Tree, put_u16, put_u32, put_u64, reseal_meta, single, walk};

@@ -4,7 +4,13 @@
 //! `cargo test -p bolt --test fuzz_seeds -- --ignored`, then
 //! `cd bolt/fuzz && cargo +nightly fuzz run open_and_walk`.
 
-mod common;
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is the test's failure"
+)]
+
+use bolt::testwriter as common;
 
 use common::{Builder, MetaSpec, Tree, single};
 

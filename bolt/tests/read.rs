@@ -1,6 +1,12 @@
 //! Files written by the test writer read back exactly.
 
-mod common;
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is the test's failure"
+)]
+
+use bolt::testwriter as common;
 
 use bolt::{Db, Entry};
 use common::{Builder, Item, MetaSpec, Tree, check_lookups, dump, roundtrip, single};

@@ -14,6 +14,16 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
+/// CLOCK_BOOTTIME now, in ns: CLOCK_MONOTONIC plus the time spent suspended (the clock of
+/// `/proc/<pid>/stat` start times). Infallible for the same reason as [`monotonic_ns`].
+pub fn boottime_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    // tv_sec and tv_nsec of CLOCK_BOOTTIME are never negative.
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// Wall-clock time as ns since the epoch (negative before 1970), saturating at the ends of
 /// i64 (year 1677 and 2262).
 pub fn system_time_ns(t: SystemTime) -> i64 {

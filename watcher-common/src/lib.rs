@@ -58,14 +58,22 @@ pub const MAX_ROOTS: u32 = 256;
 
 /// `RecordHeader::kind` values.
 pub mod kind {
+    /// A file operation (`FileRecord`).
     pub const FILE: u16 = 1;
+    /// An exec (`ExecRecord`).
     pub const EXEC: u16 = 2;
+    /// A fork (`ForkRecord`).
     pub const FORK: u16 = 3;
+    /// A process exit (`ExitRecord`).
     pub const EXIT: u16 = 4;
 }
 
 /// File operations (`RecordHeader::op` of a file record). These numbers are also the loss
 /// counter slots, so keep them below [`LOSS_SLOTS`].
+#[allow(
+    missing_docs,
+    reason = "each constant is named for the syscall family it numbers; the ones that are not are documented"
+)]
 pub mod op {
     /// An existing file opened for writing (no truncation, not created).
     pub const OPEN_WRITE: u16 = 1;
@@ -90,17 +98,22 @@ pub mod op {
     /// Internal: first write of a process to a watched fd; binds (tgid, fd) to a path so that
     /// the aggregate can be reported even when the process exits without closing.
     pub const WRITE_BIND: u16 = 17;
+    /// The highest op number.
     pub const LAST: u16 = WRITE_BIND;
 }
 
 /// Loss counter slots: file ops use their op number; process lifecycle uses these.
+/// Exec records lost.
 pub const LOSS_EXEC: u32 = 24;
+/// Fork records lost.
 pub const LOSS_FORK: u32 = 25;
+/// Exit records lost.
 pub const LOSS_EXIT: u32 = 26;
 /// An operation whose path could not be followed to the top (deeper than
 /// [`MAX_PATH_DEPTH`] components): whether it was under a root cannot be told, so it is not
 /// reported, only counted here, and the history says so.
 pub const LOSS_PATH_UNRESOLVED: u32 = 27;
+/// Loss counter slots in all (the size of the kernel's loss array).
 pub const LOSS_SLOTS: u32 = 32;
 
 /// `FileRecord::flags` bits set by the kernel side (the syscall's own flags are in `sys_flags`).
@@ -126,6 +139,10 @@ pub const FLAG_NOT_CLOSED: u32 = 16;
 pub const FLAG_REPLACED: u32 = 32;
 
 /// Common prefix of every ring buffer record.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -138,6 +155,10 @@ pub struct RecordHeader {
 }
 
 /// The acting task, as the kernel saw it.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskInfo {
@@ -161,6 +182,10 @@ pub struct TaskInfo {
 /// (`path2_len`; the new path of a rename, the new name of a link, the target of a symlink),
 /// then the xattr name (`name_len`) and value (`value_len`). Only the used part of the tail is
 /// sent.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FileRecord {
@@ -169,6 +194,10 @@ pub struct FileRecord {
 }
 
 /// The fixed part of a [`FileRecord`]: everything but the tail.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileRecordFixed {
@@ -228,6 +257,10 @@ const _: () =
 
 /// A file record as userspace reads it: the fixed part as the kernel laid it out, and its tail
 /// split into owned parts.
+#[allow(
+    missing_docs,
+    reason = "the fields are the decoded record's parts, named for the kernel values they carry; the type's doc says what it is"
+)]
 #[cfg(feature = "user")]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelFileOp {
@@ -324,6 +357,10 @@ impl KernelFileOp {
 
 /// A process image replaced (execve/execveat succeeded): the fixed part, then the tail `data`:
 /// the `exe` path (`exe_len`), then the NUL-separated argv (`args_len`).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ExecRecord {
@@ -332,6 +369,10 @@ pub struct ExecRecord {
 }
 
 /// The fixed part of an [`ExecRecord`].
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecRecordFixed {
@@ -346,6 +387,7 @@ pub struct ExecRecordFixed {
     pub lpm_prefixlen: u32,
 }
 
+/// Bytes of an [`ExecRecord`] before its data (the part the kernel always sends).
 pub const EXEC_RECORD_FIXED: usize = core::mem::offset_of!(ExecRecord, data);
 const _: () = assert!(EXEC_RECORD_FIXED == core::mem::size_of::<ExecRecordFixed>());
 /// ExecRecord::flags bit: argv longer than [`ARGS_CAP`].
@@ -353,6 +395,10 @@ pub const FLAG_ARGS_TRUNCATED: u32 = 2;
 
 /// An exec record as userspace reads it: the fixed part as the kernel laid it out, the exe
 /// and the argv.
+#[allow(
+    missing_docs,
+    reason = "the fields are the decoded record's parts, named for the kernel values they carry; the type's doc says what it is"
+)]
 #[cfg(feature = "user")]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelExec {
@@ -380,6 +426,10 @@ impl KernelExec {
 }
 
 /// A new process (not a thread): `task` is the parent, `child_pid` the new thread group.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForkRecord {
@@ -390,6 +440,10 @@ pub struct ForkRecord {
 }
 
 /// A process (thread group leader) exited.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExitRecord {
@@ -402,6 +456,10 @@ pub struct ExitRecord {
 
 /// A record from the ring buffer, decoded (userspace): which one [`RecordHeader::kind`] says,
 /// each in its own layout.
+#[allow(
+    missing_docs,
+    reason = "the fields are the decoded record's parts, named for the kernel values they carry; the type's doc says what it is"
+)]
 #[cfg(feature = "user")]
 #[derive(Clone, Debug)]
 pub enum Record {
@@ -427,6 +485,10 @@ impl Record {
 }
 
 /// Why a ring buffer item could not be decoded.
+#[allow(
+    missing_docs,
+    reason = "the fields are the decoded record's parts, named for the kernel values they carry; the type's doc says what it is"
+)]
 #[cfg(feature = "user")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -518,6 +580,10 @@ fn split_tail<const N: usize>(tail: &[u8], lens: [usize; N]) -> Result<[&[u8]; N
 }
 
 /// Key of the write aggregation map: one entry per (process, fd) with writes under a root.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WriteKey {
@@ -526,6 +592,10 @@ pub struct WriteKey {
 }
 
 /// Write aggregate of one (process, fd).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WriteAgg {
@@ -547,6 +617,10 @@ pub struct WriteAgg {
 }
 
 /// Value of the root filter trie: index of the root (userspace keeps the table).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RootEntry {
@@ -554,6 +628,10 @@ pub struct RootEntry {
 }
 
 /// Key of the root filter trie (an LPM trie key: prefix length in bits, then path bytes).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RootKey {
@@ -564,6 +642,10 @@ pub struct RootKey {
 /// Offsets of the kernel struct fields the programs read, in bytes, computed by the daemon
 /// from the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and handed to the programs as a
 /// read-only global before load. Nothing here is fixed at build time.
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {

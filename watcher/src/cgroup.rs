@@ -228,32 +228,8 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
         let _source = fields.next()?;
         let target = fields.next()?;
         let fstype = fields.next()?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_field(target)))
+        (fstype == "cgroup2").then(|| PathBuf::from(crate::roots::unescape_mount_field(target)))
     })
-}
-
-/// Undoes the octal escapes (`\040` for a space...) of `/proc/*/mounts` fields.
-fn unescape_mount_field(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                let value = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-                out.push(u8::try_from(value).unwrap_or(b'?'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Directories visited by one scan of the unified hierarchy, at most. Big Kubernetes nodes

@@ -25,8 +25,10 @@ use std::{
 
 use anyhow::Context as _;
 
+// The pipeline benchmark: a test target (docs/store.md, "The daemon's pipeline"), not the
+// daemon's API.
+#[cfg(test)]
 mod bench;
-pub use bench::{PipelineResult, bench_pipeline};
 
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
@@ -49,9 +51,8 @@ const QUEUE: usize = 65_536;
 /// Under a flood, fewer and larger commits are cheaper: every commit rewrites the newest
 /// segment's index pages it touched, nearly all of them.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
-/// ...or when this many events are waiting in the open transaction (also the store
-/// benchmark's batch).
-pub(crate) const COMMIT_BATCH: usize = 100_000;
+// ...or when this many events are waiting in the open transaction (the store's batch).
+use crate::store::COMMIT_BATCH;
 /// Messages the writer takes from its queue between two looks at the clock.
 const BURST: usize = 1024;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);

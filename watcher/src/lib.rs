@@ -4,12 +4,10 @@
 //! cgroup.rs, roots.rs, containerd/); watch.rs sends it to a sink (stdout, or the daemon's
 //! store).
 pub mod alerting;
-pub mod audit;
 pub mod cgroup;
 pub mod containerd;
 pub mod daemon;
 pub mod enrich;
-pub mod fsx;
 pub mod kernel;
 pub mod logging;
 pub mod loss;
@@ -21,8 +19,16 @@ pub mod queries;
 pub mod roots;
 pub mod secrets;
 pub mod status;
-pub mod store;
 pub mod watch;
+
+/// The offline audit (its own crate).
+pub use ctrwatch_audit as audit;
+/// The event history store (its own crate).
+pub use ctrwatch_store as store;
+
+/// Reading under a root without following links (in the containerd model's crate; the audit
+/// reads layers and blobs through it too).
+pub use ctrwatch_containerd::fsx;
 
 /// The daemon's allocator, here rather than in `main.rs` so that the benchmarks and tests that
 /// link this crate measure what ships. Events are allocated on the watch loop and freed on the

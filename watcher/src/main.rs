@@ -157,28 +157,8 @@ lines carry journal priorities. RUST_LOG=debug logs more."
         )
     )]
     Query {
-        /// Operation (repeatable): create, open_write, truncate, modify, fallocate, unlink,
-        /// rmdir, rename, link, symlink, mknod, mkdir, setxattr, removexattr, chmod, chown.
-        #[arg(long = "op", value_name = "OP")]
-        ops: Vec<String>,
-        /// Path glob: `*` within a component, `**` across components.
-        #[arg(long, value_name = "GLOB")]
-        path: Option<PathBuf>,
-        #[arg(long)]
-        pid: Option<u32>,
-        #[arg(long)]
-        comm: Option<String>,
-        #[arg(long)]
-        exe: Option<String>,
-        /// systemd unit, e.g. containerd.service.
-        #[arg(long)]
-        unit: Option<String>,
-        /// Container id (or a prefix of it).
-        #[arg(long)]
-        container: Option<String>,
-        /// `ok` or an errno name (ENOENT...).
-        #[arg(long)]
-        result: Option<String>,
+        #[command(flatten)]
+        filter: QueryArgs,
         #[command(flatten)]
         q: PathArgs,
     },
@@ -597,29 +577,8 @@ fn main() -> ExitCode {
                 &q.output(),
             ));
         }
-        Command::Query {
-            ops,
-            path,
-            pid,
-            comm,
-            exe,
-            unit,
-            container,
-            result,
-            q,
-        } => {
-            let args = QueryArgs {
-                ops,
-                path,
-                pid,
-                comm,
-                exe,
-                unit,
-                container,
-                result,
-                window: q.window(),
-            };
-            return query_result(queries::query(&q.store, &args, &q.output()));
+        Command::Query { filter, q } => {
+            return query_result(queries::query(&q.store, &filter, &q.window(), &q.output()));
         }
         Command::Gaps {
             store,
@@ -877,6 +836,24 @@ fn probe() -> anyhow::Result<()> {
     write_stdout(&text)
 }
 
+/// The history store as the audit's `--since-watch` asks it: the newest operation on a host
+/// path.
+struct StoreHistory(store::Store);
+
+impl watcher::audit::report::History for StoreHistory {
+    fn last_touched(
+        &self,
+        host_path: &[u8],
+    ) -> Result<Option<ctrwatch_event::FileEvent>, watcher::audit::report::HistoryError> {
+        let q = store::PathQuery {
+            matching: store::PathMatch::Host,
+            limit: Some(1),
+            ..store::PathQuery::new(host_path)
+        };
+        Ok(self.0.history(&q)?.into_iter().next())
+    }
+}
+
 /// `ctrwatch audit`: exit 0 clean, 1 findings, 2 could not audit (any root).
 fn run_audit(args: AuditArgs) -> ExitCode {
     use watcher::audit::{self, Options, Progress};
@@ -921,14 +898,37 @@ fn run_audit(args: AuditArgs) -> ExitCode {
             content_only: args.content_only,
             layers_only: args.layers_only,
             threads: args.threads,
-            since_watch: args.since_watch.then(|| args.store.clone()),
+        };
+        // `--since-watch`: the history store, opened here (read-only) and handed to the
+        // audit's report, which never opens SQLite itself.
+        let history = match args
+            .since_watch
+            .then(|| store::Store::open_read_only(&args.store))
+            .transpose()
+        {
+            Ok(h) => h.map(StoreHistory),
+            Err(e) => {
+                eprintln!(
+                    "ctrwatch: error: cannot audit {}: history store {}: {e}",
+                    ctrwatch_event::escape_path(&root),
+                    args.store.display()
+                );
+                worst = 2;
+                continue;
+            }
         };
         let progress = if args.no_progress {
             Progress::hidden()
         } else {
             Progress::for_stderr()
         };
-        match audit::run(&opts, progress) {
+        let audited = audit::run(&opts, progress).and_then(|mut report| {
+            if let Some(h) = &history {
+                report.attach_history(&args.store, h)?;
+            }
+            Ok(report)
+        });
+        match audited {
             Ok(report) => {
                 let out = if args.json {
                     match serde_json::to_string(&report) {

@@ -91,16 +91,9 @@ impl DeliveryOutcome {
     }
 }
 
-/// The store's facts, sampled by its writer with the heartbeat (about once a second).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreFacts {
-    /// Database and WAL bytes on disk.
-    pub bytes: u64,
-    /// The oldest stored event's time, ns since the epoch (None: no event stored).
-    pub oldest_event_ns: Option<i64>,
-    /// Alert deliveries waiting in the outbox (None: this store has no outbox).
-    pub outbox_pending: Option<u64>,
-}
+/// The store's facts, sampled by its writer with the heartbeat (about once a second); the
+/// store's own type (`Store::metrics_facts`).
+pub use crate::store::StoreFacts;
 
 /// How full the kernel's ring buffer is, sampled at each scrape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -626,7 +626,7 @@ impl ProcessTable {
         };
         let now = clock::monotonic_ns();
         // A zombie has exited; we do not know when, only that it was before now.
-        let exited_ns = matches!(stat.state, 'Z' | 'X').then_some(now.unwrap_or(0));
+        let exited_ns = matches!(stat.state, 'Z' | 'X').then_some(now);
         Some(ProcInfo {
             pid,
             ppid: u32::try_from(stat.ppid).unwrap_or(0),
@@ -679,27 +679,11 @@ impl ProcessTable {
 }
 
 /// Clocks: the kernel stamps records with CLOCK_MONOTONIC, `/proc/<pid>/stat` gives start
-/// times in clock ticks of CLOCK_BOOTTIME (which also counts time suspended).
+/// times in clock ticks of CLOCK_BOOTTIME (which also counts time suspended). Both are read
+/// with `ctrwatch_event::time` (the one clock reader; neither call can fail).
 mod clock {
-    fn now_ns(clock: libc::clockid_t) -> Option<u64> {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime only writes the timespec it is given, which is valid and
-        // exclusively borrowed for the call.
-        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-            return None;
-        }
-        u64::try_from(ts.tv_sec)
-            .ok()?
-            .checked_mul(1_000_000_000)?
-            .checked_add(u64::try_from(ts.tv_nsec).ok()?)
-    }
-
-    pub fn monotonic_ns() -> Option<u64> {
-        now_ns(libc::CLOCK_MONOTONIC)
-    }
+    use ctrwatch_event::time::boottime_ns;
+    pub use ctrwatch_event::time::monotonic_ns;
 
     /// A `/proc/<pid>/stat` start time (ticks since boot) on the monotonic clock: minus the
     /// time spent suspended so far (exact when no suspend happened since the process
@@ -707,10 +691,7 @@ mod clock {
     pub fn start_time_monotonic_ns(ticks: u64) -> u64 {
         let tps = procfs::ticks_per_second().max(1);
         let boot_ns = ticks.saturating_mul(1_000_000_000 / tps);
-        let suspended = match (now_ns(libc::CLOCK_BOOTTIME), monotonic_ns()) {
-            (Some(boot), Some(mono)) => boot.saturating_sub(mono),
-            _ => 0,
-        };
+        let suspended = boottime_ns().saturating_sub(monotonic_ns());
         boot_ns.saturating_sub(suspended)
     }
 }
@@ -1521,7 +1502,7 @@ mod tests {
     fn proc_start_times_are_on_the_monotonic_clock() -> anyhow::Result<()> {
         let mut t = ProcessTable::new(Duration::from_secs(5));
         let me = std::process::id();
-        let now = clock::monotonic_ns().unwrap_or(0);
+        let now = clock::monotonic_ns();
         let start = t.lookup(me).map(|p| p.start_ns).unwrap_or(u64::MAX);
         // We started before now, and within the test run's lifetime.
         assert!(start <= now, "{start} > {now}");

@@ -252,22 +252,41 @@ pub fn who_deleted(
     print_deletions(store, &deletions, out)
 }
 
-/// Filters of `ctrwatch query`, as given on the command line.
-#[derive(Clone, Debug, Default)]
+/// Filters of `ctrwatch query`, as given on the command line (the CLI's own definition of
+/// them: `main.rs` flattens it; [`query`] turns it into the store's [`Filter`]).
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct QueryArgs {
+    /// Operation (repeatable): create, open_write, truncate, modify, fallocate, unlink,
+    /// rmdir, rename, link, symlink, mknod, mkdir, setxattr, removexattr, chmod, chown.
+    #[arg(long = "op", value_name = "OP")]
     pub ops: Vec<String>,
+    /// Path glob: `*` within a component, `**` across components.
+    #[arg(long, value_name = "GLOB")]
     pub path: Option<PathBuf>,
+    #[arg(long)]
     pub pid: Option<u32>,
+    #[arg(long)]
     pub comm: Option<String>,
+    #[arg(long)]
     pub exe: Option<String>,
+    /// systemd unit, e.g. containerd.service.
+    #[arg(long)]
     pub unit: Option<String>,
+    /// Container id (or a prefix of it).
+    #[arg(long)]
     pub container: Option<String>,
+    /// `ok` or an errno name (ENOENT...).
+    #[arg(long)]
     pub result: Option<String>,
-    pub window: Window,
 }
 
-pub fn query(store: &Path, args: &QueryArgs, out: &Output) -> Result<(), QueryError> {
-    let (since, until) = args.window.resolve()?;
+pub fn query(
+    store: &Path,
+    args: &QueryArgs,
+    window: &Window,
+    out: &Output,
+) -> Result<(), QueryError> {
+    let (since, until) = window.resolve()?;
     let filter = Filter {
         ops: args.ops.clone(),
         path: args
@@ -282,7 +301,7 @@ pub fn query(store: &Path, args: &QueryArgs, out: &Output) -> Result<(), QueryEr
         result: args.result.clone(),
         since,
         until,
-        limit: args.window.limit,
+        limit: window.limit,
     };
     let events = open(store)?.query_partial(&filter)?;
     print_events(store, &events, out)

@@ -213,24 +213,29 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             }
             Some(MountEntry {
                 dev: f[2].to_string(),
-                fs_root: PathBuf::from(unescape_mountinfo(f[3])),
-                mount_point: PathBuf::from(unescape_mountinfo(f[4])),
+                fs_root: PathBuf::from(unescape_mount_field(f[3])),
+                mount_point: PathBuf::from(unescape_mount_field(f[4])),
             })
         })
         .collect()
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
+/// A path field of `/proc/*/mountinfo` or `/proc/*/mounts` as it is: the kernel escapes space,
+/// tab, newline and backslash as `\ooo` (three octal digits). The one unescaper of mount
+/// tables (roots here, cgroup.rs, attribution's tmpmounts); anything else is kept as it is.
+pub fn unescape_mount_field(s: &str) -> std::ffi::OsString {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         let octal = b
             .get(i + 1..i + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        if let (b'\\', Some(v)) = (b[i], octal) {
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        if let Some(v) = octal {
             out.push(v);
             i += 4;
             continue;
@@ -339,7 +344,12 @@ mod tests {
 
     #[test]
     fn unescapes_mountinfo_octal() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), OsStr::new("/a b"));
+        assert_eq!(unescape_mount_field("/a\\040b"), OsStr::new("/a b"));
+        assert_eq!(unescape_mount_field("/a\\134b"), OsStr::new("/a\\b"));
+        // Not an escape the kernel writes: kept as it is.
+        for kept in ["/a\\777", "/a\\04", "/a\\08x", "/a\\"] {
+            assert_eq!(unescape_mount_field(kept), OsStr::new(kept));
+        }
     }
 
     #[test]

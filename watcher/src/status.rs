@@ -25,7 +25,9 @@ use ctrwatch_event::{escape_bytes, escape_path, format_rfc3339};
 
 use crate::{
     queries::QueryError,
-    store::{RecentAlert, RunRecord, Store, WriterLock, holds_lock_on, ns, writer_lock},
+    store::{
+        RecentAlert, RunRecord, Store, WriterLock, holds_lock_on, system_time_ns as ns, writer_lock,
+    },
     watch::CaptureInfo,
 };
 

@@ -250,6 +250,22 @@ fn test(lint: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
         "build",
         cargo(&["build"]).args(workspace_args()).arg("--bins"),
     );
+    // Only the binary crate builds eBPF: the model, store and audit crates and their tests
+    // build with the stable toolchain alone and no bpf-linker on PATH (their tests then run
+    // with the rest of the workspace's).
+    match without_bpf_toolchain() {
+        Ok(mut cmd) => {
+            step("no-bpf", &mut cmd);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            steps.push(Step {
+                name: "no-bpf",
+                ok: false,
+                took: Duration::ZERO,
+            });
+        }
+    }
 
     // Unless the caller chose the packages (`-- -p watcher-common`), test them all.
     let picks_packages = cargo_args
@@ -388,6 +404,38 @@ fn run_counting_tests(cmd: &mut Command) -> Result<(bool, Counts)> {
     Ok((status.success(), counts))
 }
 
+/// The crates that must build and test without the BPF toolchain (docs/architecture.md).
+const WITHOUT_BPF: [&str; 3] = ["ctrwatch-containerd", "ctrwatch-store", "ctrwatch-audit"];
+
+/// `cargo test --no-run` of [`WITHOUT_BPF`] with the stable toolchain's own cargo and a PATH of
+/// that toolchain's directory and the system's (`/usr/bin:/bin`, for the C linker): no
+/// rustup proxy, so no nightly, and no bpf-linker (refused if the system has one there).
+fn without_bpf_toolchain() -> Result<Command> {
+    let stable_cargo = PathBuf::from(
+        cmd::output(Command::new("rustup").args(["which", "--toolchain", "stable", "cargo"]))?
+            .trim(),
+    );
+    let bin = stable_cargo
+        .parent()
+        .context("the stable toolchain's cargo has no directory")?;
+    let path = std::env::join_paths([bin, Path::new("/usr/bin"), Path::new("/bin")])?;
+    if let Some(dir) = std::env::split_paths(&path).find(|d| d.join("bpf-linker").exists()) {
+        bail!(
+            "bpf-linker is in {}: the build without it proves nothing here",
+            dir.display()
+        );
+    }
+    let mut c = Command::new(&stable_cargo);
+    c.args(["test", "--no-run"])
+        .args(WITHOUT_BPF.iter().flat_map(|k| ["-p", k]))
+        .env("PATH", path)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("CARGO")
+        .current_dir(workspace_root());
+    Ok(c)
+}
+
 /// `--workspace --exclude` the crates that only build for the BPF target.
 fn workspace_args() -> Vec<&'static str> {
     let mut args = vec!["--workspace"];
@@ -404,6 +452,10 @@ fn cargo(args: &[&str]) -> Command {
     c
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "CARGO_MANIFEST_DIR is xtask/ in the workspace, fixed at compile time: it has a parent"
+)]
 fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

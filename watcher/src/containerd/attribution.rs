@@ -18,11 +18,14 @@ use std::{
 
 use ctrwatch_event::{ContainerdView, PathBytes, ProcessView, StorageKind, Verdict};
 
+pub use super::verdict::Trust;
+use super::verdict::{self, Owner};
 use super::{
     BlobRole, DiscoveryEnv, Instance, Model, PathClass, RootLayout, SnapshotArea, SnapshotInfo,
     classify_path, discover,
 };
 use crate::process::ProcessTable;
+use crate::roots::unescape_mount_field;
 
 /// Minimum time between two loads of one instance's metadata.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -33,13 +36,6 @@ const REDISCOVER_MIN: Duration = Duration::from_secs(1);
 /// Remembered snapshots and blobs per instance, beyond which the ones no longer in the
 /// model are forgotten.
 const MAX_REMEMBERED: usize = 200_000;
-
-/// Writers the operator trusts besides containerd itself (`--trust-exe`, `--trust-unit`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Trust {
-    pub exes: Vec<PathBuf>,
-    pub units: Vec<String>,
-}
 
 /// Remembered facts about a content blob.
 #[derive(Clone, Debug, Default)]
@@ -446,6 +442,37 @@ impl Attributor {
         Some(view)
     }
 
+    /// `owner`, `container` or `foreign`, and why ([`verdict::verdict`], which reads
+    /// nothing). The one read it may need is done here: the command line of the shim a
+    /// process runs below, which names its container when it has no container id of its own.
+    fn verdict(
+        &self,
+        idx: usize,
+        p: &ProcessView,
+        processes: &mut ProcessTable,
+        view: &ContainerdView,
+        path: &[u8],
+    ) -> (Verdict, String) {
+        let t = &self.instances[idx];
+        let below_containerd = t
+            .containerd_pid
+            .is_some_and(|cpid| p.ancestors.iter().any(|a| a.pid == cpid));
+        let shim_cmdline = match verdict::shim_ancestor(p) {
+            Some(shim) if below_containerd && p.container_id.is_none() => processes
+                .lookup(shim.pid)
+                .map(|info| info.cmdline.as_slice()),
+            _ => None,
+        };
+        let owner = Owner {
+            root: &t.layout.root,
+            containerd_pid: t.containerd_pid,
+            exe: t.exe.as_deref(),
+            unit: t.unit.as_deref(),
+            supervisor_pid: t.supervisor_pid,
+        };
+        verdict::verdict(&owner, &self.trust, p, shim_cmdline, view, path)
+    }
+
     /// What `path` is in instance `idx`'s storage.
     fn describe(&mut self, idx: usize, path: &[u8]) -> ContainerdView {
         let t = &mut self.instances[idx];
@@ -573,89 +600,6 @@ impl Attributor {
         }
         v
     }
-
-    /// `owner`, `container` or `foreign`, and why.
-    fn verdict(
-        &self,
-        idx: usize,
-        p: &ProcessView,
-        processes: &mut ProcessTable,
-        view: &ContainerdView,
-        path: &[u8],
-    ) -> (Verdict, String) {
-        let t = &self.instances[idx];
-        let exe = p.exe.as_deref().unwrap_or("?");
-        let exe_base = p.exe.as_deref().map(basename).unwrap_or("");
-        if let Some(e) = p.exe.as_deref()
-            && let Some(trusted) = self.trust.exes.iter().find(|t| t.as_os_str() == e)
-        {
-            return (Verdict::Owner, format!("trusted exe {}", trusted.display()));
-        }
-        if let Some(u) = p.unit.as_deref()
-            && self.trust.units.iter().any(|t| t == u)
-        {
-            return (Verdict::Owner, format!("trusted unit {u}"));
-        }
-        if let Some(cpid) = t.containerd_pid {
-            let cexe = t
-                .exe
-                .as_deref()
-                .map(|e| e.display().to_string())
-                .unwrap_or_else(|| "?".into());
-            if p.pid == cpid {
-                return (Verdict::Owner, format!("containerd pid {cpid} ({cexe})"));
-            }
-            let shim_pos = p
-                .ancestors
-                .iter()
-                .position(|a| is_shim(&a.comm, a.exe.as_deref()));
-            let under_containerd = p.ancestors.iter().any(|a| a.pid == cpid);
-            if under_containerd {
-                let is_runtime = is_shim(&p.comm, p.exe.as_deref())
-                    || p.comm.starts_with("runc")
-                    || exe_base == "runc";
-                if shim_pos.is_none() || is_runtime {
-                    return (
-                        Verdict::Owner,
-                        format!("child of containerd pid {cpid} ({})", p.comm),
-                    );
-                }
-                // A process in a container (below a shim).
-                let own = container_of(p, shim_pos, processes);
-                return container_verdict(own.as_deref(), view);
-            }
-            if let Some(sup) = t.supervisor_pid
-                && p.pid == sup
-                && is_log_file(&t.layout.root, path)
-            {
-                return (
-                    Verdict::Owner,
-                    format!("supervisor pid {sup} of containerd, its log"),
-                );
-            }
-            if let (Some(unit), Some(pu)) = (&t.unit, &p.unit)
-                && unit == pu
-            {
-                return (Verdict::Owner, format!("containerd's unit {unit}"));
-            }
-            if p.container_id.is_some() {
-                return container_verdict(p.container_id.as_deref(), view);
-            }
-            let what = describe_process(p, exe);
-            return (
-                Verdict::Foreign,
-                format!("{what}, not containerd pid {cpid} ({cexe}) or its children"),
-            );
-        }
-        if p.container_id.is_some() {
-            return container_verdict(p.container_id.as_deref(), view);
-        }
-        let what = describe_process(p, exe);
-        (
-            Verdict::Foreign,
-            format!("{what}; no running containerd known for this root"),
-        )
-    }
 }
 
 /// Fills what `fresh` (the same snapshot, reloaded) no longer knows from `old`.
@@ -692,95 +636,6 @@ fn fill_snapshot(v: &mut ContainerdView, info: &SnapshotInfo) {
     v.pod = info.pod.clone();
 }
 
-/// A container process writing: `container` in its own snapshot, else `foreign`.
-fn container_verdict(own: Option<&str>, view: &ContainerdView) -> (Verdict, String) {
-    match (own, view.container_id.as_deref()) {
-        (Some(own), Some(snap)) if own == snap && view.kind == StorageKind::Snapshot => (
-            Verdict::Container,
-            format!("container {own} writing its own layer"),
-        ),
-        (Some(own), _) => (
-            Verdict::Foreign,
-            format!("container {own} writing outside its own writable layer"),
-        ),
-        (None, _) => (
-            Verdict::Foreign,
-            "a container process (unknown container) writing to containerd's storage".to_owned(),
-        ),
-    }
-}
-
-/// The container a process below a shim runs in: its cgroup's container id, else the shim's
-/// `-id` argument (one shim per container, as with `ctr run`).
-fn container_of(
-    p: &ProcessView,
-    shim_pos: Option<usize>,
-    processes: &mut ProcessTable,
-) -> Option<String> {
-    if let Some(id) = &p.container_id {
-        return Some(id.clone());
-    }
-    let shim = p.ancestors.get(shim_pos?)?;
-    let info = processes.lookup(shim.pid)?;
-    let args = &info.cmdline;
-    args.iter()
-        .position(|a| a.as_slice() == b"-id" || a.as_slice() == b"--id")
-        .and_then(|i| args.get(i + 1))
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-}
-
-fn is_shim(comm: &str, exe: Option<&str>) -> bool {
-    comm.starts_with("containerd-shim")
-        || exe
-            .map(basename)
-            .is_some_and(|b| b.starts_with("containerd-shim"))
-}
-
-/// "bash script /tmp/x/cleanup.sh (pid 12, comm cleanup.sh)", or "pid 12 comm rm (/usr/bin/rm)".
-fn describe_process(p: &ProcessView, exe: &str) -> String {
-    let base = basename(exe);
-    let interpreter = matches!(base, "bash" | "sh" | "dash" | "zsh" | "ash" | "busybox")
-        || base.starts_with("python")
-        || base.starts_with("perl");
-    let script = p
-        .cmdline
-        .iter()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .filter(|_| interpreter);
-    let mut s = match script {
-        Some(script) => format!("{base} script {script} (pid {}, comm {})", p.pid, p.comm),
-        None => format!("pid {} comm {} ({exe})", p.pid, p.comm),
-    };
-    if p.comm == "containerd" {
-        s.push_str(", named containerd but not it");
-    } else if let Some(a) = p.ancestors.iter().find(|a| {
-        a.exe
-            .as_deref()
-            .map(basename)
-            .is_some_and(|b| matches!(b, "bash" | "sh" | "dash") || b.starts_with("python"))
-            && a.comm != "bash"
-            && a.comm != "sh"
-    }) {
-        let _ = std::fmt::Write::write_fmt(
-            &mut s,
-            format_args!(", run by script {} (pid {})", a.comm, a.pid),
-        );
-    }
-    s
-}
-
-fn basename(p: &str) -> &str {
-    p.rsplit('/').next().unwrap_or(p)
-}
-
-fn is_log_file(root: &Path, path: &[u8]) -> bool {
-    let Some(rest) = path.strip_prefix(root.as_os_str().as_bytes()) else {
-        return false;
-    };
-    rest == b"/containerd.log"
-}
-
 /// Whether `path` is `dir` or below it (lexically).
 fn under(path: &[u8], dir: &Path) -> bool {
     let d = dir.as_os_str().as_bytes();
@@ -807,8 +662,8 @@ fn bind_source(mountinfo: &str, mount_point: &Path) -> Option<PathBuf> {
         let (_, _, dev, root, mp) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
         Some((
             dev.to_owned(),
-            PathBuf::from(unescape(root)),
-            PathBuf::from(unescape(mp)),
+            PathBuf::from(unescape_mount_field(root)),
+            PathBuf::from(unescape_mount_field(mp)),
         ))
     };
     let lines: Vec<_> = mountinfo.lines().filter_map(fields).collect();
@@ -822,26 +677,6 @@ fn bind_source(mountinfo: &str, mount_point: &Path) -> Option<PathBuf> {
     Some(base_mp.join(rel))
 }
 
-/// mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && let Some(oct) = b.get(i + 1..i + 4)
-            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(oct), 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn read_ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: the fields follow the last ')'.
@@ -852,139 +687,6 @@ fn read_ppid(pid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ctrwatch_event::AncestorView;
-
-    fn tracked(pid: Option<u32>) -> Attributor {
-        let mut t = Tracked::new(RootLayout::new("/r").with_state("/s"), None);
-        t.containerd_pid = pid;
-        t.exe = pid.map(|_| PathBuf::from("/usr/bin/containerd"));
-        Attributor {
-            configured: vec![PathBuf::from("/r")],
-            trust: Trust {
-                exes: vec![PathBuf::from("/usr/local/bin/cleaner")],
-                units: vec!["gc.service".into()],
-            },
-            env: DiscoveryEnv::new("/nonexistent-prefix", "/nonexistent-proc"),
-            instances: vec![t],
-            rediscovered_at: Some(Instant::now()),
-        }
-    }
-
-    fn proc(pid: u32, comm: &str, exe: &str, ancestors: &[(u32, &str, &str)]) -> ProcessView {
-        ProcessView {
-            pid,
-            comm: comm.into(),
-            exe: Some(exe.into()),
-            ancestors: ancestors
-                .iter()
-                .map(|(pid, comm, exe)| AncestorView {
-                    pid: *pid,
-                    comm: (*comm).into(),
-                    exe: Some((*exe).into()),
-                })
-                .collect(),
-            ..ProcessView::default()
-        }
-    }
-
-    fn verdict(a: &Attributor, p: &ProcessView, view: &ContainerdView) -> (Verdict, String) {
-        let mut table = ProcessTable::detached(Duration::from_secs(1));
-        a.verdict(0, p, &mut table, view, b"/r/x")
-    }
-
-    #[test]
-    fn owner_child_shim_and_foreign() {
-        let a = tracked(Some(100));
-        let v = ContainerdView::default();
-        let cd = proc(100, "containerd", "/usr/bin/containerd", &[]);
-        assert_eq!(verdict(&a, &cd, &v).0, Verdict::Owner);
-        let unpigz = proc(
-            101,
-            "unpigz",
-            "/usr/bin/unpigz",
-            &[(100, "containerd", "/usr/bin/containerd")],
-        );
-        assert!(
-            verdict(&a, &unpigz, &v)
-                .1
-                .contains("child of containerd pid 100")
-        );
-        let runc = proc(
-            103,
-            "runc:[2:INIT]",
-            "/usr/bin/runc",
-            &[
-                (102, "containerd-shim", "/usr/bin/containerd-shim-runc-v2"),
-                (100, "containerd", "/usr/bin/containerd"),
-            ],
-        );
-        assert_eq!(verdict(&a, &runc, &v).0, Verdict::Owner);
-        let fake = proc(
-            200,
-            "containerd",
-            "/usr/bin/bash",
-            &[(1, "systemd", "/usr/lib/systemd/systemd")],
-        );
-        let (verd, reason) = verdict(&a, &fake, &v);
-        assert_eq!(verd, Verdict::Foreign);
-        assert!(reason.contains("named containerd but not it"), "{reason}");
-        let trusted = proc(300, "cleaner", "/usr/local/bin/cleaner", &[]);
-        assert_eq!(
-            verdict(&a, &trusted, &v),
-            (Verdict::Owner, "trusted exe /usr/local/bin/cleaner".into())
-        );
-        let mut unit = proc(301, "x", "/x", &[]);
-        unit.unit = Some("gc.service".into());
-        assert_eq!(verdict(&a, &unit, &v).0, Verdict::Owner);
-        let none = tracked(None);
-        assert_eq!(verdict(&none, &cd, &v).0, Verdict::Foreign);
-    }
-
-    #[test]
-    fn container_in_its_own_layer() {
-        let a = tracked(Some(100));
-        let mut own = proc(
-            110,
-            "sh",
-            "/bin/busybox",
-            &[
-                (102, "containerd-shim", "/usr/bin/containerd-shim-runc-v2"),
-                (100, "containerd", "/usr/bin/containerd"),
-            ],
-        );
-        own.container_id = Some("c1".into());
-        let mut v = ContainerdView {
-            kind: StorageKind::Snapshot,
-            container_id: Some("c1".into()),
-            ..ContainerdView::default()
-        };
-        assert_eq!(
-            verdict(&a, &own, &v),
-            (
-                Verdict::Container,
-                "container c1 writing its own layer".into()
-            )
-        );
-        v.container_id = Some("c2".into());
-        assert_eq!(verdict(&a, &own, &v).0, Verdict::Foreign);
-    }
-
-    #[test]
-    fn script_reason_names_the_script() {
-        let mut p = proc(5, "cleanup.sh", "/usr/bin/bash", &[]);
-        p.cmdline = vec!["/bin/bash".into(), "/tmp/cleanup.sh".into()];
-        assert_eq!(
-            describe_process(&p, "/usr/bin/bash"),
-            "bash script /tmp/cleanup.sh (pid 5, comm cleanup.sh)"
-        );
-        let rm = proc(
-            6,
-            "rm",
-            "/usr/bin/rm",
-            &[(5, "cleanup.sh", "/usr/bin/bash")],
-        );
-        assert!(describe_process(&rm, "/usr/bin/rm").contains("run by script cleanup.sh (pid 5)"));
-    }
 
     #[test]
     fn tmpmount_bind_source() {
@@ -996,7 +698,6 @@ mod tests {
                 "/r/io.containerd.snapshotter.v1.overlayfs/snapshots/7/fs"
             ))
         );
-        assert_eq!(unescape("/a\\040b"), "/a b");
     }
 
     #[test]
@@ -1004,6 +705,5 @@ mod tests {
         assert!(under(b"/r/a", Path::new("/r")));
         assert!(under(b"/r", Path::new("/r")));
         assert!(!under(b"/rr/a", Path::new("/r")));
-        assert!(is_log_file(Path::new("/r"), b"/r/containerd.log"));
     }
 }
