@@ -286,7 +286,6 @@ enum Category {
     BinaryData,
     SharedLibraries,
     RingBuffer,
-    OtherBpfMaps,
     Mimalloc,
     GlibcHeap,
     GlibcArenas,
@@ -314,7 +313,6 @@ impl Category {
             Category::RingBuffer => {
                 "kernel ring buffer `EVENTS` mapped into the daemon (`--ring-buffer-mb`)"
             }
-            Category::OtherBpfMaps => "other eBPF maps mapped into the daemon",
             Category::Mimalloc => "mimalloc arenas (every Rust allocation)",
             Category::GlibcHeap => {
                 "C `malloc`, main arena (brk heap: SQLite's allocations made on the main thread)"
@@ -361,11 +359,9 @@ fn classify(smaps: &[Mapping], threads: &[Thread], exe: &Path) -> BTreeMap<Categ
         } else if is_stack {
             Category::ThreadStacks
         } else if path.starts_with("anon_inode:bpf") || path.starts_with("anon_inode:[bpf") {
-            if path.contains("ringbuf") || m.end - m.start > 1 << 20 || is_consumer_page(m, smaps) {
-                Category::RingBuffer
-            } else {
-                Category::OtherBpfMaps
-            }
+            // The daemon maps no other map: the ring buffer's data, its consumer page, and
+            // the metrics' read-only view of both positions.
+            Category::RingBuffer
         } else if path == "[heap]" {
             Category::GlibcHeap
         } else if path == "[anon:mimalloc]" {
@@ -397,15 +393,6 @@ fn classify(smaps: &[Mapping], threads: &[Thread], exe: &Path) -> BTreeMap<Categ
         s.mappings += 1;
     }
     table
-}
-
-/// The ring buffer's writable consumer page: one page of a bpf map right before the
-/// read-only producer mapping of the same map.
-fn is_consumer_page(m: &Mapping, smaps: &[Mapping]) -> bool {
-    m.perms.starts_with("rw")
-        && smaps
-            .iter()
-            .any(|n| n.start == m.end && n.path == m.path && n.end - n.start > 1 << 20)
 }
 
 /// glibc's per-thread arenas are 64 MiB-aligned anonymous regions of 64 MiB (HEAP_MAX_SIZE):
