@@ -453,7 +453,7 @@ fn drain(
     kernel: &mut KernelWatch,
     sink: &mut dyn Sink,
 ) -> anyhow::Result<()> {
-    while let Some(item) = ring.next() {
+    while let Some(item) = ring.next_record() {
         let record = match Record::decode(&item) {
             Ok(r) => r,
             Err(e) => {

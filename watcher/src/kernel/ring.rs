@@ -13,7 +13,7 @@
 //! forever and are taken modulo the size; each record is an 8-byte header (length with the
 //! busy and discard bits, page offset) followed by its data, padded to 8 bytes. The memory
 //! orderings are those of aya's reader, including the fence that keeps a wakeup from being
-//! missed (see [`EventRing::next`]).
+//! missed (see [`EventRing::next_record`]).
 
 use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd, RawFd};
 use std::ptr::NonNull;
@@ -81,7 +81,7 @@ pub struct EventRing {
     pos: u64,
     /// The producer position as last read.
     producer_pos: u64,
-    /// A position was published since the producer's was last read; see [`EventRing::next`].
+    /// A position was published since the producer's was last read; see [`EventRing::next_record`].
     needs_fence: bool,
     /// Where a record that wraps around the end of the data area is put together.
     wrapped: Vec<u8>,
@@ -159,7 +159,7 @@ impl EventRing {
 
     /// The next committed record, or None when there is none yet (poll the fd again). The
     /// record is released (its space given back to the kernel) when the item is dropped.
-    pub fn next(&mut self) -> Option<RingItem<'_>> {
+    pub fn next_record(&mut self) -> Option<RingItem<'_>> {
         loop {
             if self.pos == self.producer_pos {
                 if self.needs_fence {
