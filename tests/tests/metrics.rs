@@ -1069,7 +1069,7 @@ fn the_ring_buffer_fill_is_what_the_programs_wrote_and_nobody_read() {
     kernel
         .set_root_prefixes(&RootSet::resolve(std::slice::from_ref(&root)).kernel_prefixes())
         .expect("roots");
-    let mut ring = kernel.take_ring_buffer().expect("ring buffer");
+    let mut ring = kernel.take_ring_buffer(SIZE).expect("ring buffer");
     let positions = RingPositions::map(ring.as_fd(), SIZE).expect("mapping the positions");
     kernel.set_capture(true).expect("capture on");
 
@@ -1091,7 +1091,7 @@ fn the_ring_buffer_fill_is_what_the_programs_wrote_and_nobody_read() {
     // Read: the fill falls (the node keeps writing process records; the reader catches up).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        while let Some(item) = ring.next() {
+        while let Some(item) = ring.next_record() {
             drop(item);
         }
         let read = positions.fill();

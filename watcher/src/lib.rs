@@ -38,3 +38,16 @@ pub use ctrwatch_containerd::fsx;
 /// otherwise.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Gives the memory that start-up used and freed back to the system. Loading the programs
+/// parses the kernel's BTF and the eBPF object, and seeding the process table reads all of
+/// /proc: tens of MiB allocated and freed within seconds. mimalloc keeps freed pages for a
+/// while (its `purge_delay`, 1 s) and purges them only when the thread that freed them
+/// allocates again past that delay, which an idle daemon may not do for a long time: without
+/// this they stayed resident (docs/operations.md, "Footprint"). Call it on the thread that
+/// did the start-up work, once it is done; it costs a few milliseconds, once.
+pub fn release_freed_memory() {
+    // SAFETY: mi_collect has no preconditions; `force` also purges the arenas' free pages
+    // (MADV_DONTNEED) at once instead of after the delay.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}

@@ -222,7 +222,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     let attributor =
         crate::containerd::attribution::Attributor::new(attributed, opts.trust.clone());
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
-    let ring = kernel.take_ring_buffer()?;
+    let ring = kernel.take_ring_buffer(opts.ring_buffer_bytes)?;
     // The ring buffer's fill, for the metrics (sampled at each scrape). Without it the
     // metrics lack two gauges; capture goes on.
     match crate::kernel::RingPositions::map(std::os::fd::AsFd::as_fd(&ring), opts.ring_buffer_bytes)
@@ -263,6 +263,11 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         enricher.roots.roots.len(),
         kernel.attachment.backend
     ));
+
+    // Start-up is over: what it read (the eBPF object, the kernel's BTF, all of /proc) is not
+    // needed any more; give its pages back rather than keep them resident while idle.
+    crate::kernel::release_object_pages();
+    crate::release_freed_memory();
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // systemd's watchdog is fed from this loop, between its other branches: when the loop
@@ -443,12 +448,12 @@ async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
 }
 
 fn drain(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    ring: &mut crate::kernel::ring::EventRing,
     enricher: &mut Enricher,
     kernel: &mut KernelWatch,
     sink: &mut dyn Sink,
 ) -> anyhow::Result<()> {
-    while let Some(item) = ring.next() {
+    while let Some(item) = ring.next_record() {
         let record = match Record::decode(&item) {
             Ok(r) => r,
             Err(e) => {

@@ -5,6 +5,7 @@
 
 mod cmd;
 mod deb;
+mod footprint;
 mod setup;
 mod vm;
 
@@ -118,9 +119,37 @@ enum Task {
     ///
     /// Arguments after `--` go to the benchmark.
     Bench {
+        /// `rss`: the daemon's idle footprint instead of the benchmark.
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
         /// Arguments for the benchmark (after `--`).
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// The daemon's idle footprint: RSS and what it is made of, and idle CPU (as root).
+    ///
+    /// Builds the release ctrwatch, starts `ctrwatch run` on an empty temporary root and
+    /// store with the default ring buffer, waits for it to be ready (READY=1), lets it idle,
+    /// sorts /proc/PID/smaps into what the resident pages are (binary, ring buffer, allocator
+    /// heaps, thread stacks, ...), measures its CPU over an idle window, and rewrites the
+    /// generated part of the "Footprint" section of docs/operations.md.
+    Rss {
+        /// Seconds to idle after READY=1 before reading the memory.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        settle: u64,
+        /// Seconds over which idle CPU is measured.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        cpu_window: u64,
+        /// Measure this ctrwatch binary instead of building target/release/ctrwatch.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Leave docs/operations.md as it is (print the table only).
+        #[arg(long)]
+        no_docs: bool,
     },
 }
 
@@ -197,7 +226,38 @@ impl Task {
                     return Ok(ExitCode::FAILURE);
                 }
             }
-            Task::Bench { args } => {
+            Task::Bench {
+                what:
+                    Some(BenchWhat::Rss {
+                        settle,
+                        cpu_window,
+                        binary,
+                        no_docs,
+                    }),
+                ..
+            } => {
+                require_root("cargo xtask bench rss", "ctrwatch loads eBPF programs")?;
+                let mut command = "cargo xtask bench rss".to_owned();
+                let binary = match binary {
+                    Some(b) => {
+                        command.push_str(&format!(" --binary {}", b.display()));
+                        b
+                    }
+                    None => {
+                        setup::setup()?;
+                        cmd::run(&mut cargo(&["build", "--release", "-p", "watcher"]))?;
+                        target_dir().join("release/ctrwatch")
+                    }
+                };
+                footprint::run(&footprint::FootprintOptions {
+                    binary,
+                    settle: Duration::from_secs(settle),
+                    cpu_window: Duration::from_secs(cpu_window),
+                    write_docs: !no_docs,
+                    command,
+                })?;
+            }
+            Task::Bench { what: None, args } => {
                 setup::setup()?;
                 cmd::run(&mut cargo(&["build", "--release", "-p", "watcher"]))?;
                 let mut bench = cargo(&["run", "--release", "-p", "tests", "--bin", "bench", "--"]);

@@ -3302,8 +3302,10 @@ impl Bench {
         md.push('\n');
         let _ = writeln!(
             md,
-            "RSS is VmRSS from /proc/PID/status; ctrwatch's includes the pages of its kernel ring \
-             buffer that it has mapped and touched (`--ring-buffer-mb`, 16 by default). CPU is \
+            "RSS is VmRSS from /proc/PID/status; ctrwatch's includes its whole kernel ring \
+             buffer (`--ring-buffer-mb`, 16 MiB by default), every page of which is in its page \
+             tables from the moment it is mapped; docs/operations.md (\"Footprint\") says what \
+             the rest is. CPU is \
              utime+stime from /proc/PID/stat (10 ms ticks) over the window, in % of one core; \
              the machine has {cores} cores, so a daemon at 100 % takes a whole core from the \
              workloads. The BPF programs run in the context of the process making the syscall: \

@@ -4,13 +4,14 @@
 
 pub mod btf_offsets;
 pub mod capabilities;
+pub mod ring;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, PerCpuArray},
     programs::{
         Program, ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLink,
         trace_point::TracePointLink,
@@ -22,6 +23,44 @@ use capabilities::{Backend, Capabilities};
 
 /// The eBPF object built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher"));
+
+/// Unmaps the pages of [`EBPF_OBJECT`] from the process once the programs are loaded. The
+/// object (~6 MiB: its BTF and debug information come with it) is read once, when it is
+/// parsed; its pages, part of the binary's read-only data, then stay in the daemon's RSS for
+/// nothing. They are the file's own pages, never written: dropping them (MADV_DONTNEED on a
+/// private read-only file mapping) only clears our page-table entries, and a later read would
+/// fault them in again from the binary. Pages the object shares with other data at its ends
+/// are left alone.
+pub fn release_object_pages() {
+    // SAFETY: sysconf has no preconditions.
+    let Ok(page) = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) else {
+        return;
+    };
+    if page == 0 {
+        return;
+    }
+    let start = EBPF_OBJECT.as_ptr() as usize;
+    let end = start + EBPF_OBJECT.len();
+    let first = start.next_multiple_of(page);
+    let last = end / page * page;
+    if last > first {
+        // SAFETY: whole pages inside the object, which lives in the binary's read-only,
+        // file-backed mapping; their contents are the same when faulted in again.
+        let rc = unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            log::debug!(
+                "releasing the eBPF object's pages: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
 
 /// Why the kernel side could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +83,8 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("map {0} in the eBPF object is not a ring buffer")]
+    NotRingBuffer(&'static str),
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("root prefix longer than {max} bytes: {prefix}")]
@@ -129,16 +170,16 @@ impl KernelWatch {
             })
     }
 
-    /// The ring buffer of records; take it once.
-    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+    /// The ring buffer of records, of `size_bytes` (as loaded); take it once.
+    pub fn take_ring_buffer(&mut self, size_bytes: u32) -> Result<ring::EventRing, KernelError> {
         let map = self
             .ebpf
             .take_map("EVENTS")
             .ok_or(KernelError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| KernelError::Map {
-            name: "EVENTS",
-            source,
-        })
+        let aya::maps::Map::RingBuf(data) = map else {
+            return Err(KernelError::NotRingBuffer("EVENTS"));
+        };
+        Ok(ring::EventRing::new(data, size_bytes)?)
     }
 
     /// Replaces the set of watched path prefixes in the kernel filter, and forgets the cached
