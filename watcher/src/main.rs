@@ -509,30 +509,13 @@ fn main() -> ExitCode {
             settings::watch_options(watch, &given, &ctrwatch_config::Config::default())
                 .and_then(run_watch)
         }
-        Command::Run {
-            watch,
-            store,
-            retention_days,
-            retention_mb,
-            print,
-            store_group,
-            store_lock_wait,
-            config,
-            metrics_listen,
-        } => {
+        run @ Command::Run { .. } => {
+            let Some((flags, config)) = run_flags(run) else {
+                return ExitCode::FAILURE;
+            };
             // Which flags were given (on the command line or by their environment variable):
             // those win over the configuration file.
             let given = given_in(&matches, "run");
-            let flags = settings::RunFlags {
-                watch,
-                store,
-                retention_days,
-                retention_mb,
-                store_group,
-                store_lock_wait,
-                print,
-                metrics_listen,
-            };
             // SIGHUP reads the same file again, with the same flags over it.
             let reload =
                 settings::reloader(config.clone(), flags.clone(), given_ids(&matches, "run"));
@@ -645,29 +628,38 @@ fn main() -> ExitCode {
 /// `run`'s flags at their defaults: `config check` judges a file as `ctrwatch run --config
 /// FILE` would use it, with no other flag.
 fn default_run_flags() -> anyhow::Result<settings::RunFlags> {
-    match Cli::try_parse_from(["ctrwatch", "run"])?.command {
-        Command::Run {
-            watch,
-            store,
-            retention_days,
-            retention_mb,
-            print,
-            store_group,
-            store_lock_wait,
-            config: _,
-            metrics_listen,
-        } => Ok(settings::RunFlags {
-            watch,
-            store,
-            retention_days,
-            retention_mb,
-            store_group,
-            store_lock_wait,
-            print,
-            metrics_listen,
-        }),
-        _ => anyhow::bail!("`run` parsed as another command"),
-    }
+    run_flags(Cli::try_parse_from(["ctrwatch", "run"])?.command)
+        .map(|(flags, _config)| flags)
+        .ok_or_else(|| anyhow::anyhow!("`run` parsed as another command"))
+}
+
+/// `run`'s flags as the settings take them, and its `--config`; None for another command.
+fn run_flags(command: Command) -> Option<(settings::RunFlags, Option<PathBuf>)> {
+    let Command::Run {
+        watch,
+        store,
+        retention_days,
+        retention_mb,
+        print,
+        store_group,
+        store_lock_wait,
+        config,
+        metrics_listen,
+    } = command
+    else {
+        return None;
+    };
+    let flags = settings::RunFlags {
+        watch,
+        store,
+        retention_days,
+        retention_mb,
+        store_group,
+        store_lock_wait,
+        print,
+        metrics_listen,
+    };
+    Some((flags, config))
 }
 
 /// `ctrwatch config check`: the report on stdout when valid, the problems on stderr when not.
