@@ -322,3 +322,52 @@ pub fn json_lines(stdout: &str) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
         .collect()
 }
+
+/// The events the store holds for `path` (`ctrwatch history PATH --store STORE --json`).
+pub fn history_json(store: &Path, path: &Path) -> Vec<Value> {
+    let (code, out, err) = ctrwatch(&[
+        std::ffi::OsStr::new("history"),
+        path.as_os_str(),
+        std::ffi::OsStr::new("--store"),
+        store.as_os_str(),
+        std::ffi::OsStr::new("--json"),
+    ]);
+    assert_eq!(code, 0, "ctrwatch history: {err}");
+    json_lines(&out)
+}
+
+/// The first stored `op` event of `path`, once the daemon has committed it (60 s at most).
+pub fn wait_history(store: &Path, path: &Path, op: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = history_json(store, path)
+            .into_iter()
+            .find(|v| v["op"] == op)
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store has no {op} of {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Creates and deletes `file` with a command line carrying `token` (`rm -f -- FILE TOKEN`:
+/// TOKEN names no file; it is only there to be in the argv), to see how argv is masked.
+pub fn delete_with_token(file: &Path, token: &str) {
+    std::fs::write(file, b"x").expect("create");
+    let status = Command::new("rm")
+        .args([
+            std::ffi::OsStr::new("-f"),
+            std::ffi::OsStr::new("--"),
+            file.as_os_str(),
+        ])
+        .arg(token)
+        .status()
+        .expect("rm");
+    assert!(status.success());
+    assert!(!file.exists());
+}

@@ -24,9 +24,9 @@ use serde_json::Value;
 use tests::{
     Watcher,
     containerd::{BuiltImage, Containerd, Layer},
-    ctrwatch, json_lines,
+    ctrwatch,
     receiver::{Mode, Receiver},
-    temp_dir,
+    temp_dir, wait_history,
 };
 
 const FSOP: &str = env!("CARGO_BIN_EXE_fsop");
@@ -89,34 +89,6 @@ fn wait_bodies(r: &Receiver, what: &str, timeout: Duration, pred: impl Fn(&[Valu
                 .map(|b| b.to_string())
                 .collect::<Vec<_>>()
                 .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// The events the store holds for a path (the daemon recorded what the test did).
-fn history(store: &Path, path: &Path) -> Vec<Value> {
-    let (code, out, err) = ctrwatch(&[
-        OsStr::new("history"),
-        path.as_os_str(),
-        OsStr::new("--store"),
-        store.as_os_str(),
-        OsStr::new("--json"),
-    ]);
-    assert_eq!(code, 0, "ctrwatch history: {err}");
-    json_lines(&out)
-}
-
-fn wait_history(store: &Path, path: &Path, op: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = history(store, path).into_iter().find(|v| v["op"] == op) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store has no {op} of {}",
-            path.display()
         );
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{Watcher, ctrwatch, json_lines, require_root, temp_dir};
+use tests::{Watcher, ctrwatch, delete_with_token, json_lines, require_root, temp_dir};
 
 /// Writes `text` as a configuration file, root's and 0600 as a deployed one would be.
 fn config_file(path: &Path, text: &str) {
@@ -40,20 +40,6 @@ fn history(store: &Path, path: &Path, want: usize) -> String {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Deletes `file` with a command line carrying `token`, which only the file's mask pattern
-/// (not the built-in ones) recognizes as a secret.
-fn delete_with_token(file: &Path, token: &str) {
-    std::fs::write(file, b"x").expect("create");
-    // `rm -f -- FILE TOKEN`: TOKEN names no file; it is only there to be in the argv.
-    let status = Command::new("rm")
-        .args([OsStr::new("-f"), OsStr::new("--"), file.as_os_str()])
-        .arg(token)
-        .status()
-        .expect("rm");
-    assert!(status.success());
-    assert!(!file.exists());
 }
 
 /// The file names the root, the store and a mask pattern; `run --config FILE` alone watches

@@ -27,7 +27,7 @@ use tests::{
     containerd::{Containerd, Layer},
     ctrwatch, json_lines,
     receiver::{Mode, Receiver},
-    temp_dir,
+    temp_dir, wait_history,
 };
 
 const FSOP: &str = env!("CARGO_BIN_EXE_fsop");
@@ -283,33 +283,6 @@ fn scrape_until(
 fn fsop(args: &[&OsStr]) {
     let out = Command::new(FSOP).args(args).output().expect("fsop");
     assert!(out.status.success(), "fsop {args:?}: {out:?}");
-}
-
-fn history(store: &Path, path: &Path) -> Vec<Value> {
-    let (code, out, err) = ctrwatch(&[
-        OsStr::new("history"),
-        path.as_os_str(),
-        OsStr::new("--store"),
-        store.as_os_str(),
-        OsStr::new("--json"),
-    ]);
-    assert_eq!(code, 0, "ctrwatch history: {err}");
-    json_lines(&out)
-}
-
-fn wait_history(store: &Path, path: &Path, op: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = history(store, path).into_iter().find(|v| v["op"] == op) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store has no {op} of {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// The events the store's loss records count (`ctrwatch gaps --json`, kind loss).

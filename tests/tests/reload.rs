@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    Watcher, ctrwatch, json_lines,
+    Watcher, ctrwatch, delete_with_token, json_lines,
     receiver::{Mode, Receiver},
     s, temp_dir,
 };
@@ -128,17 +128,6 @@ fn stored(store: &Path, glob: &Path, want: usize) -> Vec<Value> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// Deletes `file` with `token` in the command line (it names no file).
-fn delete_with_token(file: &Path, token: &str) {
-    std::fs::write(file, b"x").expect("create");
-    let status = Command::new("rm")
-        .args([OsStr::new("-f"), OsStr::new("--"), file.as_os_str()])
-        .arg(token)
-        .status()
-        .expect("rm");
-    assert!(status.success());
 }
 
 /// The stored unlink of `file` (JSON text, its command line included).
