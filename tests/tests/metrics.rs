@@ -876,7 +876,7 @@ fn hostile_clients_are_answered_or_closed_and_capture_goes_on() {
 
     // Every slot taken by clients that send nothing: each is closed once its head's time is
     // up, and a scrape is served while they are still open (the slots held 5 s before).
-    let squatters: Vec<TcpStream> = (0..metrics_slots())
+    let squatters: Vec<TcpStream> = (0..watcher::metrics_http::MAX_CLIENTS)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
     let t = Instant::now();
@@ -1082,9 +1082,4 @@ fn the_ring_buffer_fill_is_what_the_programs_wrote_and_nobody_read() {
     drop(ring);
     drop(kernel);
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// The listener's connection slots (watcher/src/metrics_http.rs `MAX_CLIENTS`).
-fn metrics_slots() -> usize {
-    16
 }
