@@ -194,6 +194,16 @@ pub struct DaemonAlerts {
     rules: Option<ctrwatch_alerts::daemon_rules::DaemonRules>,
     delivery: Option<ctrwatch_alerts::Delivery>,
     detect: Option<DetectFeed>,
+    mismatch: Option<MismatchFeed>,
+}
+
+/// The capture path's side of the `metadata-mismatch` worker ([`crate::mismatch`]): a bounded
+/// queue it never waits on.
+struct MismatchFeed {
+    tx: Option<std::sync::mpsc::SyncSender<Box<ctrwatch_event::FileEvent>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Events not checked because the queue was full (logged at the next tick).
+    dropped: u64,
 }
 
 /// Events waiting for the detection thread at most (a burst's worth; beyond it events are
@@ -326,6 +336,7 @@ impl DaemonAlerts {
             rules: None,
             delivery: None,
             detect: None,
+            mismatch: None,
         }
     }
 
@@ -364,6 +375,32 @@ impl DaemonAlerts {
                 dropped_to_ns: 0,
             });
         }
+        let checker =
+            ctrwatch_alerts::detect::mismatch::Checker::new(&self.config, self.node.clone());
+        if checker.enabled() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(crate::mismatch::QUEUE);
+            let out = std::sync::Arc::clone(&results);
+            let thread = std::thread::Builder::new()
+                .name("mismatch-check".into())
+                .spawn(move || {
+                    crate::mismatch::run(checker, rx, |alerts| {
+                        for w in records(alerts) {
+                            if !out.send(w) {
+                                log::warn!(
+                                    "alerts: the store writer has stopped; a metadata-mismatch \
+                                     alert is lost"
+                                );
+                            }
+                        }
+                    })
+                })
+                .context("starting the metadata-mismatch worker")?;
+            self.mismatch = Some(MismatchFeed {
+                tx: Some(tx),
+                thread: Some(thread),
+                dropped: 0,
+            });
+        }
         if let Some(alerting) = self.pending.take()
             && !alerting.sinks.is_empty()
         {
@@ -382,6 +419,14 @@ impl DaemonAlerts {
     /// judge it. Never waits: when the detection queue is full the event is counted (and
     /// reported as a history gap at the next tick), not judged.
     pub fn event(&mut self, ev: &ctrwatch_event::FileEvent) {
+        if let Some(feed) = &mut self.mismatch
+            && let Some(tx) = &feed.tx
+            && ctrwatch_alerts::detect::mismatch::candidate(ev).is_some()
+            && let Err(std::sync::mpsc::TrySendError::Full(_)) =
+                tx.try_send(Box::new(ev.clone()))
+        {
+            feed.dropped += 1;
+        }
         let Some(feed) = &mut self.detect else { return };
         let Some(tx) = &feed.tx else { return };
         if !ctrwatch_alerts::detect::wants(ev) {
@@ -410,6 +455,15 @@ impl DaemonAlerts {
 
     /// The outbox writes the daemon's rules want at `now_ns` (call about once a second).
     pub fn tick(&mut self, now_ns: i64) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        if let Some(feed) = &mut self.mismatch
+            && feed.dropped > 0
+        {
+            log::warn!(
+                "alerts: the metadata-mismatch worker fell behind: {} events not checked",
+                feed.dropped
+            );
+            feed.dropped = 0;
+        }
         let Some(rules) = &mut self.rules else {
             return Vec::new();
         };
@@ -475,7 +529,16 @@ impl DaemonAlerts {
     /// (waiting at most `grace` for requests in flight).
     pub fn stop(&mut self, grace: std::time::Duration) -> Vec<ctrwatch_alerts::OutboxWrite> {
         // The detections first: they judge what is queued and hand their groups' last
-        // revisions to the writer (still running).
+        // revisions to the writer (still running). The metadata checks too: what is pending
+        // is checked at once.
+        if let Some(mut feed) = self.mismatch.take() {
+            drop(feed.tx.take());
+            if let Some(t) = feed.thread.take()
+                && t.join().is_err()
+            {
+                log::error!("alerts: the metadata-mismatch worker panicked");
+            }
+        }
         if let Some(mut feed) = self.detect.take() {
             drop(feed.tx.take());
             if let Some(t) = feed.thread.take()

@@ -53,9 +53,10 @@ pub fn check(path: &Path) -> Checked {
 
 /// The rules this ctrwatch raises alerts for; the others are accepted in the file (so that a
 /// fleet's file need not change when they come) and shown as not built.
-const BUILT_RULES: [RuleId; 5] = [
+const BUILT_RULES: [RuleId; 6] = [
     RuleId::ForeignChange,
     RuleId::OpaqueLeak,
+    RuleId::MetadataMismatch,
     RuleId::HistoryGap,
     RuleId::Heartbeat,
     RuleId::ConfigInvalid,
