@@ -231,7 +231,10 @@ impl Route {
         let mut formerly: Vec<(String, String)> = Vec::new();
         for names in earlier {
             for (old, new) in names.into_iter().zip(targets.iter()) {
-                if old != *new && !targets.contains(&old) && !formerly.iter().any(|(o, _)| *o == old) {
+                if old != *new
+                    && !targets.contains(&old)
+                    && !formerly.iter().any(|(o, _)| *o == old)
+                {
                     formerly.push((old, new.clone()));
                 }
             }
@@ -1105,7 +1108,10 @@ pub(crate) mod tests {
         let route = |urls: &[&str]| -> Result<Route, String> {
             let body = format!(
                 "[[sinks]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [{}]\n",
-                urls.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ")
+                urls.iter()
+                    .map(|u| format!("\"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let mut c = ctrwatch_config::Config::parse("t", &body).map_err(|e| format!("{e:?}"))?;
             Ok(Route::of(&c.sinks.remove(0)))

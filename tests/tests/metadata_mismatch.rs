@@ -176,7 +176,11 @@ fn a_foreign_rm_of_a_recorded_snapshot_alerts_once_and_containerds_own_removal_d
     );
     let c = &a["containerd"];
     assert_eq!(c["snapshot_id"], id.parse::<u64>().expect("id"), "{a:#}");
-    assert_eq!(c["layer_digest"], kept_img.layer_digests[1].as_str(), "{a:#}");
+    assert_eq!(
+        c["layer_digest"],
+        kept_img.layer_digests[1].as_str(),
+        "{a:#}"
+    );
     assert!(
         c["images"]
             .as_array()
@@ -186,9 +190,9 @@ fn a_foreign_rm_of_a_recorded_snapshot_alerts_once_and_containerds_own_removal_d
     assert_eq!(c["verdict"], "foreign", "{a:#}");
     assert_eq!(a["process"]["comm"], "rm", "{a:#}");
     assert!(
-        a["command"]
-            .as_str()
-            .is_some_and(|c| c.starts_with(&format!("ctrwatch history {} --since ", kept_dir.display()))),
+        a["command"].as_str().is_some_and(
+            |c| c.starts_with(&format!("ctrwatch history {} --since ", kept_dir.display()))
+        ),
         "{a:#}"
     );
     assert!(
@@ -271,9 +275,9 @@ fn a_foreign_write_into_a_committed_blob_alerts_with_both_digests_and_an_import_
         "{a:#}"
     );
     assert!(
-        a["command"]
-            .as_str()
-            .is_some_and(|c| c.starts_with(&format!("ctrwatch history {} --since ", target.display()))),
+        a["command"].as_str().is_some_and(
+            |c| c.starts_with(&format!("ctrwatch history {} --since ", target.display()))
+        ),
         "{a:#}"
     );
     assert!(

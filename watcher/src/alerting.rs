@@ -422,8 +422,7 @@ impl DaemonAlerts {
         if let Some(feed) = &mut self.mismatch
             && let Some(tx) = &feed.tx
             && ctrwatch_alerts::detect::mismatch::candidate(ev).is_some()
-            && let Err(std::sync::mpsc::TrySendError::Full(_)) =
-                tx.try_send(Box::new(ev.clone()))
+            && let Err(std::sync::mpsc::TrySendError::Full(_)) = tx.try_send(Box::new(ev.clone()))
         {
             feed.dropped += 1;
         }
@@ -493,20 +492,22 @@ impl DaemonAlerts {
     }
 
     /// A reload of the configuration `file` was refused for `reason`: the `config-invalid`
-    /// alert to keep (none when the rule is off, or before capture started).
+    /// alert to keep (none when the rule is off, or before capture started); the same
+    /// content refused again is a new revision of the same alert.
     pub fn config_invalid(
-        &self,
+        &mut self,
         file: Option<&Path>,
         reason: &str,
         now_ns: i64,
     ) -> Vec<ctrwatch_alerts::OutboxWrite> {
-        let Some(rules) = &self.rules else {
+        let Some(rules) = &mut self.rules else {
             return Vec::new();
         };
+        let content = file.map_or_else(|| "(none)".to_owned(), content_id);
         let file = file.map(ctrwatch_event::escape_path);
         records(
             rules
-                .config_invalid(file.as_deref(), reason, now_ns)
+                .config_invalid(file.as_deref(), &content, reason, now_ns)
                 .into_iter()
                 .collect(),
         )
@@ -572,6 +573,49 @@ impl DaemonAlerts {
             d.stop(grace);
         }
         out
+    }
+}
+
+/// What a refused configuration file holds, to tell a refusal of the same content from one of
+/// an edited file: `sha256:` of its bytes; for what cannot be read as a regular file (gone,
+/// a FIFO, a directory, larger than 16 MiB) what it is instead. Never blocks: opened
+/// non-blocking, read only when it is a regular file.
+fn content_id(path: &Path) -> String {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    const MAX: u64 = 16 << 20;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let mut file = match file {
+        Ok(f) => f,
+        Err(e) => return format!("unreadable: {}", e.kind()),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return format!("unreadable: {}", e.kind()),
+    };
+    let t = meta.file_type();
+    if !t.is_file() {
+        let kind = if t.is_fifo() {
+            "fifo"
+        } else if t.is_dir() {
+            "directory"
+        } else {
+            "not a regular file"
+        };
+        return format!(
+            "{kind}: inode {}",
+            std::os::unix::fs::MetadataExt::ino(&meta)
+        );
+    }
+    let mut bytes = Vec::new();
+    match (&mut file).take(MAX + 1).read_to_end(&mut bytes) {
+        Ok(n) if n as u64 > MAX => format!("larger than {MAX} bytes"),
+        Ok(_) => format!("sha256:{}", ctrwatch_event::hex(&Sha256::digest(&bytes))),
+        Err(e) => format!("unreadable: {}", e.kind()),
     }
 }
 

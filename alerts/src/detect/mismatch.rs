@@ -221,7 +221,11 @@ impl Checker {
         }
         let Some(subject) = candidate(ev) else { return };
         let key = subject.key();
-        if self.alerted_until.get(&key).is_some_and(|&until| now_ns < until) {
+        if self
+            .alerted_until
+            .get(&key)
+            .is_some_and(|&until| now_ns < until)
+        {
             return;
         }
         let due_ns = now_ns.saturating_add(ns(SETTLE));
@@ -382,12 +386,14 @@ impl Checker {
                 v.layer_digest = metadata.layer_digest.clone();
             }
         }
-        a.details.insert("mismatch".into(), "snapshot_removed".into());
+        a.details
+            .insert("mismatch".into(), "snapshot_removed".into());
         a.details.insert("snapshotter".into(), snapshotter.clone());
         a.details.insert("snapshot_id".into(), id.to_string());
         a.details
             .insert("snapshot_key".into(), ctrwatch_event::escape(&metadata.key));
-        a.details.insert("snapshot_kind".into(), metadata.kind.clone());
+        a.details
+            .insert("snapshot_kind".into(), metadata.kind.clone());
         a.details.insert(
             "referenced_by".into(),
             if metadata.referenced_by.is_empty() {
@@ -553,9 +559,21 @@ mod tests {
             candidate(&gone),
             Some(Subject::SnapshotGone { id: 12, .. })
         ));
-        let inner = event(T0, Op::Rmdir, &format!("{sn}/fs/etc"), None, StorageKind::Snapshot);
+        let inner = event(
+            T0,
+            Op::Rmdir,
+            &format!("{sn}/fs/etc"),
+            None,
+            StorageKind::Snapshot,
+        );
         assert_eq!(candidate(&inner), None);
-        let unlink = event(T0, Op::Unlink, &format!("{sn}/fs"), None, StorageKind::Snapshot);
+        let unlink = event(
+            T0,
+            Op::Unlink,
+            &format!("{sn}/fs"),
+            None,
+            StorageKind::Snapshot,
+        );
         assert_eq!(candidate(&unlink), None);
         let write = event(T0, Op::Modify, &blob_path(), None, StorageKind::Blob);
         assert!(matches!(
@@ -589,15 +607,30 @@ mod tests {
         let mut c = checker();
         let ingest = format!("{ROOT}/io.containerd.content.v1.content/ingest/x/data");
         c.event(
-            &event(T0, Op::Rename, &ingest, Some(&blob_path()), StorageKind::Ingest),
+            &event(
+                T0,
+                Op::Rename,
+                &ingest,
+                Some(&blob_path()),
+                StorageKind::Ingest,
+            ),
             T0,
         );
-        assert!(c.due(T0 + S, false).is_empty(), "not before the settle delay");
+        assert!(
+            c.due(T0 + S, false).is_empty(),
+            "not before the settle delay"
+        );
         let due = c.due(T0 + 3 * S, false);
         assert_eq!(due.len(), 1);
         // The check found the digest right: no alert, nothing recorded.
         c.event(
-            &event(T0 + 4 * S, Op::Modify, &blob_path(), None, StorageKind::Blob),
+            &event(
+                T0 + 4 * S,
+                Op::Modify,
+                &blob_path(),
+                None,
+                StorageKind::Blob,
+            ),
             T0 + 4 * S,
         );
         let due = c.due(T0 + 7 * S, false);
@@ -605,7 +638,13 @@ mod tests {
         // This one alerted: a write right after folds into it.
         c.alerted(&due[0], T0 + 7 * S);
         c.event(
-            &event(T0 + 8 * S, Op::Modify, &blob_path(), None, StorageKind::Blob),
+            &event(
+                T0 + 8 * S,
+                Op::Modify,
+                &blob_path(),
+                None,
+                StorageKind::Blob,
+            ),
             T0 + 8 * S,
         );
         assert!(c.due(T0 + 20 * S, false).is_empty());
@@ -616,7 +655,13 @@ mod tests {
         let mut c = checker();
         for i in 0..5 {
             c.event(
-                &event(T0 + i * S, Op::Modify, &blob_path(), None, StorageKind::Blob),
+                &event(
+                    T0 + i * S,
+                    Op::Modify,
+                    &blob_path(),
+                    None,
+                    StorageKind::Blob,
+                ),
                 T0 + i * S,
             );
         }
@@ -630,7 +675,10 @@ mod tests {
         assert_eq!(a.rule, RuleId::MetadataMismatch);
         assert_eq!(a.severity, Severity::Warning);
         assert_eq!(a.count, 5);
-        assert_eq!(a.details["expected_digest"], format!("sha256:{}", "ab".repeat(32)));
+        assert_eq!(
+            a.details["expected_digest"],
+            format!("sha256:{}", "ab".repeat(32))
+        );
         assert!(a.command.starts_with("ctrwatch history "), "{}", a.command);
     }
 

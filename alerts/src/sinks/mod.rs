@@ -583,14 +583,20 @@ mod tests {
         assert!(sink.targets[0].shown.starts_with("http://a:9093?t=***#"));
         assert!(sink.targets[1].shown.starts_with("http://a:9093?t=***#"));
         assert_ne!(sink.targets[0].shown, sink.targets[1].shown);
-        assert_eq!(sink.targets[0].shown.len(), "http://a:9093?t=***#".len() + 8);
+        assert_eq!(
+            sink.targets[0].shown.len(),
+            "http://a:9093?t=***#".len() + 8
+        );
         let c = sink_config(
             SinkKind::Alertmanager,
             &["http://a:9093", "http://a:9093"],
             None,
         );
         let sink = Sink::new(c)?;
-        assert_eq!(sink.targets[1].shown, format!("{}-2", sink.targets[0].shown));
+        assert_eq!(
+            sink.targets[1].shown,
+            format!("{}-2", sink.targets[0].shown)
+        );
         let c = sink_config(
             SinkKind::Slack,
             &["https://hooks.slack.com/services/T/B/SECRETSECRET"],
@@ -607,8 +613,7 @@ mod tests {
     /// each is told apart by its own URL, not by its place in the list, so reordering the
     /// configuration keeps every target's name (and its pending deliveries with it).
     #[test]
-    fn targets_on_one_host_keep_their_names_when_the_list_is_reordered() -> Result<(), SinkError>
-    {
+    fn targets_on_one_host_keep_their_names_when_the_list_is_reordered() -> Result<(), SinkError> {
         let a = "https://user-a:SECRETA@am.example.com/?tenant=SECRETA";
         let b = "https://user-b:SECRETB@am.example.com/?tenant=SECRETB";
         let ab = Sink::new(sink_config(SinkKind::Alertmanager, &[a, b], None))?;
@@ -623,7 +628,10 @@ mod tests {
         assert_eq!(name(&ab, b), name(&ba, b), "{ab:?} {ba:?}");
         assert_ne!(name(&ab, a), name(&ab, b));
         for t in ab.targets.iter().chain(&ba.targets) {
-            assert!(t.shown.starts_with("https://am.example.com/?tenant=***#"), "{t:?}");
+            assert!(
+                t.shown.starts_with("https://am.example.com/?tenant=***#"),
+                "{t:?}"
+            );
             assert!(!t.shown.contains("SECRET"), "{t:?}");
         }
         Ok(())
