@@ -356,21 +356,23 @@ impl Checker {
                 }
             }
         }
+        // Everything below comes from paths and bolt files: escaped for display.
         let what = match (&metadata.layer_digest, metadata.kind.as_str()) {
-            (Some(d), _) => format!("{} layer {d}", metadata.kind),
+            (Some(d), _) => format!("{} layer {}", metadata.kind, ctrwatch_event::escape(d)),
             (None, kind) => format!("{kind} snapshot"),
         };
         let of = if images.is_empty() {
             String::new()
         } else {
-            format!(" of {}", images.join(", "))
+            format!(" of {}", ctrwatch_event::escape(&images.join(", ")))
         };
         let summary = format!(
-            "{who} {} snapshot directory {} ({snapshotter} snapshot {id}, {what}{of}) while \
+            "{who} {} snapshot directory {} ({} snapshot {id}, {what}{of}) while \
              containerd's metadata still records it (key {}): containerd will fail to mount \
              or unpack onto it",
             verb(first.op),
             ctrwatch_event::escape(&dir.display().to_string()),
+            ctrwatch_event::escape(snapshotter),
             ctrwatch_event::escape(&metadata.key),
         );
         let mut a = self.alert(p, summary);
@@ -388,7 +390,8 @@ impl Checker {
         }
         a.details
             .insert("mismatch".into(), "snapshot_removed".into());
-        a.details.insert("snapshotter".into(), snapshotter.clone());
+        a.details
+            .insert("snapshotter".into(), ctrwatch_event::escape(snapshotter));
         a.details.insert("snapshot_id".into(), id.to_string());
         a.details
             .insert("snapshot_key".into(), ctrwatch_event::escape(&metadata.key));
