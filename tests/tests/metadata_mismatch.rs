@@ -102,6 +102,21 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// From the foreign act to its alert at the receiver (the settle delay, 2 s, is most of it):
+/// printed, not asserted.
+fn latency(r: &Receiver, what: &str, since: Instant, path: &Path) {
+    if let Some(first) = r
+        .received()
+        .iter()
+        .find(|x| x.path() == "/hook" && about(&x.json(), path))
+    {
+        eprintln!(
+            "latency: {what} to its alert at the receiver: {:.0} ms",
+            first.at.saturating_duration_since(since).as_secs_f64() * 1000.0
+        );
+    }
+}
+
 fn about(b: &Value, path: &Path) -> bool {
     b["file"]["path"] == path.to_string_lossy().as_ref()
 }
@@ -138,8 +153,10 @@ fn a_foreign_rm_of_a_recorded_snapshot_alerts_once_and_containerds_own_removal_d
     std::thread::sleep(3 * SETTLE);
 
     // 2. Someone else removes a layer containerd still records.
+    let removed_at = Instant::now();
     run(Command::new("rm").arg("-rf").arg(&kept_dir));
     let a = wait_mismatch(&r, "the foreign rm -rf", |b| about(b, &kept_dir));
+    latency(&r, "the rm -rf", removed_at, &kept_dir);
     let rmdir = wait_history(&store, &kept_dir, "rmdir");
     assert_eq!(rmdir["containerd"]["verdict"], "foreign", "{rmdir}");
     // Anything more about either directory would have come by now.
@@ -240,6 +257,7 @@ fn a_foreign_write_into_a_committed_blob_alerts_with_both_digests_and_an_import_
 
     // 2. Someone else overwrites the start of the config blob.
     let target = blob(&built.config_digest);
+    let written_at = Instant::now();
     run(Command::new("python3").args([
         OsStr::new("-c"),
         OsStr::new("import sys\nwith open(sys.argv[1], 'r+b') as f: f.write(b'XXXX')"),
@@ -248,6 +266,7 @@ fn a_foreign_write_into_a_committed_blob_alerts_with_both_digests_and_an_import_
     let content = std::fs::read(&target).expect("blob");
     let found = format!("sha256:{}", hex(&Sha256::digest(&content)));
     let a = wait_mismatch(&r, "the foreign write", |b| about(b, &target));
+    latency(&r, "the write", written_at, &target);
     std::thread::sleep(3 * SETTLE);
     let all = mismatches(&r);
     drop(daemon);
