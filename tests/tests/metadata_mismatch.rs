@@ -3,8 +3,9 @@
 //!
 //! * a foreign `rm -rf` of a layer's snapshot directory that containerd's metadata still
 //!   records gives ONE alert naming the directory, the snapshot, the image, the process and
-//!   the history command; containerd removing a snapshot itself (`ctr images rm` + GC) gives
-//!   none (asserted after the daemon recorded containerd's `rmdir` and 3× the settle delay);
+//!   the history command; containerd removing snapshots itself (`ctr images rm` + GC, and
+//!   `ctr snapshots rm` of an active snapshot + GC) gives none (asserted after the daemon
+//!   recorded containerd's `rmdir`s and 3× the settle delay);
 //! * a foreign write into a committed content blob gives an alert with the expected and the
 //!   found digest; containerd's import (blobs renamed in from ingest/) gives none (asserted
 //!   after the daemon recorded the rename-ins and 3× the settle delay).
@@ -142,14 +143,36 @@ fn a_foreign_rm_of_a_recorded_snapshot_alerts_once_and_containerds_own_removal_d
         .snapshot_dir(NS, &gone_img.chain_ids[1])
         .expect("gone upper dir");
 
-    // 1. containerd removes a layer itself: the image goes, the GC collects its snapshot.
+    // 1. containerd removes snapshots itself: an image's layer (the image goes, the GC
+    // collects its snapshot), and an active snapshot (`ctr snapshots rm`, then the GC).
+    let active_key = "mismatch-active";
+    cd.ctr_ns(
+        NS,
+        &[
+            "snapshots",
+            "--snapshotter",
+            "overlayfs",
+            "prepare",
+            active_key,
+            &kept_img.chain_ids[1],
+        ],
+    )
+    .expect("snapshots prepare");
+    let active_dir = cd.snapshot_dir(NS, active_key).expect("active dir");
     cd.remove_image(gone).expect("images rm");
+    cd.ctr_ns(
+        NS,
+        &["snapshots", "--snapshotter", "overlayfs", "rm", active_key],
+    )
+    .expect("snapshots rm");
     cd.gc().expect("gc");
-    assert!(!gone_dir.exists(), "the GC left {}", gone_dir.display());
-    // Positive signal: the daemon recorded containerd's rmdir of the directory…
-    let removed = wait_history(&store, &gone_dir, "rmdir");
-    assert_eq!(removed["containerd"]["verdict"], "owner", "{removed}");
-    // …then well past the settle delay, no alert about it.
+    for dir in [&gone_dir, &active_dir] {
+        assert!(!dir.exists(), "the GC left {}", dir.display());
+        // Positive signal: the daemon recorded containerd's rmdir of the directory…
+        let removed = wait_history(&store, dir, "rmdir");
+        assert_eq!(removed["containerd"]["verdict"], "owner", "{removed}");
+    }
+    // …then well past the settle delay, no alert about either.
     std::thread::sleep(3 * SETTLE);
 
     // 2. Someone else removes a layer containerd still records.
@@ -166,7 +189,8 @@ fn a_foreign_rm_of_a_recorded_snapshot_alerts_once_and_containerds_own_removal_d
 
     eprintln!("the alert: {a:#}");
     assert!(
-        !all.iter().any(|b| about(b, &gone_dir)),
+        !all.iter()
+            .any(|b| about(b, &gone_dir) || about(b, &active_dir)),
         "containerd's own removal alerted: {all:#?}"
     );
     let ids: std::collections::BTreeSet<&str> = all
