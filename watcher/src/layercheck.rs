@@ -127,7 +127,13 @@ pub struct LayerCheck {
     dropped: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Disconnected when the thread has ended.
+    ended: Option<Receiver<()>>,
 }
+
+/// How long a stop waits for a check in progress to notice it (between two reads of a blob,
+/// a check notices within a second; comparing a big directory cannot be interrupted).
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 impl LayerCheck {
     /// Starts the check thread for `config`'s rules (None when `layer-damaged`,
@@ -164,15 +170,20 @@ impl LayerCheck {
         let (tx, rx) = sync_channel(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let (ended_tx, ended) = sync_channel::<()>(0);
         let thread = std::thread::Builder::new()
             .name("layer-check".into())
-            .spawn(move || check_loop(settings, rx, out, &stopping))
+            .spawn(move || {
+                check_loop(settings, rx, out, &stopping);
+                drop(ended_tx);
+            })
             .context("starting the layer check thread")?;
         Ok(Some(LayerCheck {
             tx: Some(tx),
             dropped: Arc::default(),
             stop,
             thread: Some(thread),
+            ended: Some(ended),
         }))
     }
 
@@ -185,13 +196,22 @@ impl LayerCheck {
     }
 
     /// Stops the thread: a check under way is abandoned (its findings are not reported),
-    /// the queue is dropped.
+    /// the queue is dropped. Waits at most [`STOP_WAIT`] for it: a check that does not
+    /// notice in time is left to end with the process.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         drop(self.tx.take());
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
+        let ended = self
+            .ended
+            .take()
+            .map(|rx| rx.recv_timeout(STOP_WAIT))
+            .is_none_or(|r| r != Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+        let Some(t) = self.thread.take() else { return };
+        if !ended {
+            log::warn!("layer check: a check in progress did not stop within {STOP_WAIT:?}");
+            return;
+        }
+        if t.join().is_err() {
             log::error!("layer check: its thread panicked");
         }
     }
