@@ -470,6 +470,7 @@ fn at_commit(
         })
         .collect();
     let findings = still_there(layout, snapshots, findings);
+    let findings = not_judged_by_events(&ctx, &settings.store, findings);
     log_checked(
         "at commit",
         &root,
@@ -513,6 +514,73 @@ fn still_there(
     findings
         .into_iter()
         .filter(|(_, f)| f.snapshot.as_ref().is_none_or(|s| present.contains(s)))
+        .collect()
+}
+
+/// How long the check waits for the store to hold everything captured before its replay
+/// ended (the writer commits, with a heartbeat, about once a second).
+const STORED_WAIT: Duration = Duration::from_secs(5);
+
+/// The check judges a layer as it was committed. A change a process made after the commit,
+/// on the committed layer, was judged by the event rules (`foreign-change`, `opaque-leak`'s
+/// event part) when it happened: the check would only say it again, later (it runs at the
+/// lowest priority, seconds after the commit under load). So findings whose path the history
+/// shows changed after the commit by anyone but the owning containerd are left to them.
+/// Before asking, the check waits (at most [`STORED_WAIT`]) for the store's heartbeat to pass
+/// the end of its replay: a change made while it read is then in the history.
+fn not_judged_by_events(
+    ctx: &Context,
+    store: &Path,
+    findings: Vec<(RuleId, Finding)>,
+) -> Vec<(RuleId, Finding)> {
+    if findings.is_empty() {
+        return findings;
+    }
+    let replayed_ns = ctrwatch_event::time::now_ns();
+    let writers = LastWriters::open(store);
+    let deadline = Instant::now() + STORED_WAIT;
+    while writers.stored_until_ns().is_some_and(|t| t < replayed_ns) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Commit time of each snapshot, by `<snapshotter>/<id>` (the findings' name for it).
+    let committed_ns: BTreeMap<String, i64> = ctx
+        .model
+        .snapshotters
+        .iter()
+        .flat_map(|(name, sn)| {
+            sn.snapshots
+                .values()
+                .filter_map(move |b| Some((format!("{name}/{}", b.id), system_ns(b.created_at?))))
+        })
+        .collect();
+    findings
+        .into_iter()
+        .filter(|(_, f)| {
+            let (Some(path), Some(at)) = (
+                f.path.as_deref(),
+                f.snapshot.as_ref().and_then(|s| committed_ns.get(s)),
+            ) else {
+                return true;
+            };
+            let Some(ev) = writers.of(path) else {
+                return true;
+            };
+            let judged = ev.time_ns > *at
+                && ev
+                    .details
+                    .containerd
+                    .as_deref()
+                    .is_some_and(|v| v.is_committed_layer() && v.verdict != Verdict::Owner);
+            if judged {
+                log::debug!(
+                    "layer check: {} was changed after the commit by {} (the event rules' \
+                     business): not reported again",
+                    ctrwatch_event::escape(path),
+                    ev.process.command_summary(80)
+                );
+            }
+            !judged
+        })
         .collect()
 }
 
@@ -656,6 +724,13 @@ impl LastWriters {
             }
         };
         LastWriters { store }
+    }
+
+    /// Everything captured before this time (ns) is in the store: the current run's last
+    /// heartbeat.
+    fn stored_until_ns(&self) -> Option<i64> {
+        let run = self.store.as_ref()?.last_run().ok()??;
+        Some(run.heartbeat_ns)
     }
 
     fn of(&self, host_path: &str) -> Option<FileEvent> {
