@@ -377,6 +377,8 @@ struct Checked {
     bytes: u64,
     cpu: Duration,
     wall: Duration,
+    /// Reading the metadata (one `Model` load per check).
+    load: Duration,
 }
 
 /// Replays every layer `ctx` plans (blob present: the tar against the directory; blob gone:
@@ -418,6 +420,7 @@ fn replay(ctx: &Context, stop: &AtomicBool) -> Option<(Outcome, Checked)> {
         bytes: out.stats.layer_bytes,
         cpu: budget.cpu(),
         wall: budget.started.elapsed(),
+        load: Duration::ZERO,
     };
     Some((out, checked))
 }
@@ -449,6 +452,7 @@ fn at_commit(
     stop: &AtomicBool,
 ) -> Vec<Alert> {
     let root = ctrwatch_event::escape_path(&layout.root);
+    let loading = Instant::now();
     let model = match Model::load_layout(layout) {
         Ok(m) => m,
         Err(e) => {
@@ -456,10 +460,12 @@ fn at_commit(
             return Vec::new();
         }
     };
+    let load = loading.elapsed();
     let ctx = Context::for_snapshots(model, snapshots);
-    let Some((outcome, checked)) = replay(&ctx, stop) else {
+    let Some((outcome, mut checked)) = replay(&ctx, stop) else {
         return Vec::new();
     };
+    checked.load = load;
     let findings: Vec<(RuleId, Finding)> = outcome
         .findings
         .into_iter()
@@ -605,12 +611,13 @@ fn log_checked(
         .collect();
     log::info!(
         "layer check {when} of {root}: {} layer(s) replayed ({} tar entries, {} bytes, {:.3} s \
-         CPU in {:.3} s): {problems} problem(s); snapshots: {}",
+         CPU in {:.3} s): {problems} problem(s) (metadata read in {:.3} s); snapshots: {}",
         checked.layers,
         checked.entries,
         checked.bytes,
         checked.cpu.as_secs_f64(),
         checked.wall.as_secs_f64(),
+        checked.load.as_secs_f64(),
         keys.join(", ")
     );
 }
@@ -622,6 +629,7 @@ fn after_crash(
     stop: &AtomicBool,
 ) -> Vec<Alert> {
     let root = ctrwatch_event::escape_path(&layout.root);
+    let loading = Instant::now();
     let model = match Model::load_layout(layout) {
         Ok(m) => m,
         Err(e) => {
@@ -641,10 +649,12 @@ fn after_crash(
             }
         }
     }
+    let load = loading.elapsed();
     let mut ctx = Context::for_snapshots(model, &recent);
-    let Some((mut outcome, checked)) = replay(&ctx, stop) else {
+    let Some((mut outcome, mut checked)) = replay(&ctx, stop) else {
         return Vec::new();
     };
+    checked.load = load;
     outcome.findings.retain(|f| commit_rule(f).is_some());
     // The runtime metadata containerd recovers from at its start.
     ctx.scope.everything = true;
