@@ -428,7 +428,8 @@ fn replay(ctx: &Context, stop: &AtomicBool) -> Option<(Outcome, Checked)> {
 /// The rule a replay finding belongs to at commit, if it is one to alert on: an opaque mark
 /// the tar does not have is `opaque-leak`; anything else in the layer that its tar does not
 /// explain is `layer-damaged`. Not: what the tar itself says (unsafe or unsupported entries,
-/// a media type that lies), a blob discarded after unpack, xattrs that could not be read.
+/// a media type that lies), a blob discarded after unpack or that could not be read (an I/O
+/// error says nothing about the layer), xattrs that could not be read.
 fn commit_rule(f: &Finding) -> Option<RuleId> {
     if f.severity() == ctrwatch_audit::Severity::Info {
         return None;
@@ -439,6 +440,7 @@ fn commit_rule(f: &Finding) -> Option<RuleId> {
         | "layer-tar-unsafe-path"
         | "layer-tar-unsupported"
         | "layer-blob-missing"
+        | "layer-blob-unreadable"
         | "layer-xattrs-unchecked" => None,
         c if c.starts_with("layer-") => Some(RuleId::LayerDamaged),
         _ => None,
@@ -1011,6 +1013,7 @@ mod tests {
             "layer-tar-unsafe-path",
             "layer-media-type-mismatch",
             "layer-blob-missing",
+            "layer-blob-unreadable",
             "blob-digest-mismatch",
         ] {
             assert_eq!(commit_rule(&f(not, S::Warning)), None, "{not}");
