@@ -194,6 +194,8 @@ pub struct DaemonAlerts {
     rules: Option<ctrwatch_alerts::daemon_rules::DaemonRules>,
     delivery: Option<ctrwatch_alerts::Delivery>,
     detect: Option<DetectFeed>,
+    /// The layer check at commit and after an unclean stop (crate::layercheck).
+    layer_check: Option<crate::layercheck::LayerCheck>,
 }
 
 /// Events waiting for the detection thread at most (a burst's worth; beyond it events are
@@ -326,6 +328,7 @@ impl DaemonAlerts {
             rules: None,
             delivery: None,
             detect: None,
+            layer_check: None,
         }
     }
 
@@ -364,6 +367,13 @@ impl DaemonAlerts {
                 dropped_to_ns: 0,
             });
         }
+        self.layer_check = crate::layercheck::LayerCheck::start(
+            &self.config,
+            self.node.clone(),
+            unclean,
+            store,
+            std::sync::Arc::clone(&results),
+        )?;
         if let Some(alerting) = self.pending.take()
             && !alerting.sinks.is_empty()
         {
@@ -376,6 +386,12 @@ impl DaemonAlerts {
             log::info!("alerts: delivering to {n} sinks");
         }
         Ok(self.writer.clone())
+    }
+
+    /// Where the attribution hands newly committed snapshots to the layer check (None: its
+    /// rules are off, or capture has not started).
+    pub fn commit_feed(&self) -> Option<crate::layercheck::CommitFeed> {
+        self.layer_check.as_ref()?.feed()
     }
 
     /// An event on its way to the store: a copy goes to the detection thread if a rule could
@@ -474,6 +490,10 @@ impl DaemonAlerts {
     /// At a stop: what the rules still hold (groups not yet emitted), then the workers stop
     /// (waiting at most `grace` for requests in flight).
     pub fn stop(&mut self, grace: std::time::Duration) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        // A layer check under way is abandoned: it would delay the stop by a layer's replay.
+        if let Some(mut check) = self.layer_check.take() {
+            check.stop();
+        }
         // The detections first: they judge what is queued and hand their groups' last
         // revisions to the writer (still running).
         if let Some(mut feed) = self.detect.take() {
