@@ -90,8 +90,9 @@ fn deliveries(row: &Value) -> Vec<Value> {
 }
 
 /// Floods the root with failing unlinks while the daemon is stopped, so that its 1 MiB ring
-/// buffer overflows: a real kernel loss, hence a history-gap alert.
-fn kernel_loss(daemon: &Watcher, dir: &Path) {
+/// buffer overflows: a real kernel loss, hence a history-gap alert. Returns once the daemon
+/// has read the full buffer.
+fn kernel_loss(daemon: &Watcher, store: &Path, dir: &Path) {
     std::fs::create_dir_all(dir).expect("mkdir");
     daemon.signal(libc::SIGSTOP);
     let out = Command::new(FSOP)
@@ -100,8 +101,34 @@ fn kernel_loss(daemon: &Watcher, dir: &Path) {
         .expect("flood");
     daemon.signal(libc::SIGCONT);
     assert!(out.status.success(), "{out:?}");
-    // Let it drain the full ring buffer before anything else happens.
-    std::thread::sleep(Duration::from_secs(1));
+    // Let it drain the full ring buffer before anything else happens (the workload after it
+    // must lose nothing). Not a fixed wait, which a daemon held back by a loaded machine can
+    // outlast: drained once an unlink made after the flood is stored, the buffer being read
+    // in order (and there was room for it). A probe made while the buffer was still full is
+    // lost, so a new one is made until one is stored.
+    let probes = dir.join("drained-*");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for n in 0.. {
+        let _ = std::fs::remove_file(dir.join(format!("drained-{n}")));
+        std::thread::sleep(Duration::from_millis(500));
+        let (code, out, err) = ctrwatch(&[
+            OsStr::new("query"),
+            OsStr::new("--store"),
+            store.as_os_str(),
+            OsStr::new("--path"),
+            probes.as_os_str(),
+            OsStr::new("--json"),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        if !json_lines(&out).is_empty() {
+            eprintln!("{}: drained at probe {n}", dir.display());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not drain its ring buffer within 120 s after the flood"
+        );
+    }
 }
 
 /// A webhook request the sink counts as delivered: any 2xx (the webhook kind does not read
@@ -259,7 +286,7 @@ fn an_outage_of_refusals_errors_timeouts_and_error_codes_loses_no_alert_and_keep
     for (i, mode) in stages.iter().enumerate() {
         r.set_mode(mode.clone());
         // An alert raised during this stage of the outage...
-        kernel_loss(&daemon, &root.join(format!("flood-{i}")));
+        kernel_loss(&daemon, &store, &root.join(format!("flood-{i}")));
         // ...while the daemon goes on capturing everything else.
         for _ in 0..5 {
             let out = Command::new(FSOP)
