@@ -120,8 +120,17 @@ fn kernel_loss(daemon: &Watcher, store: &Path, dir: &Path) {
             OsStr::new("--json"),
         ]);
         assert_eq!(code, 0, "{err}");
-        if !json_lines(&out).is_empty() {
-            eprintln!("{}: drained at probe {n}", dir.display());
+        let stored = json_lines(&out);
+        if !stored.is_empty() {
+            let names: Vec<&str> = stored
+                .iter()
+                .filter_map(|v| v["path"].as_str()?.rsplit('/').next())
+                .collect();
+            eprintln!(
+                "{}: drained; stored of {} probes: {names:?}",
+                dir.display(),
+                n + 1
+            );
             break;
         }
         assert!(
