@@ -164,7 +164,7 @@ impl Watcher {
                 }
             }));
         }
-        let watcher = Watcher {
+        let mut watcher = Watcher {
             child,
             lines,
             stderr,
@@ -176,7 +176,23 @@ impl Watcher {
             if err.contains("ctrwatch: watching") {
                 break;
             }
-            assert!(!err.contains("error"), "ctrwatch failed to start:\n{err}");
+            // A failed start ends the process with `ctrwatch: error: ...`. Not any line with
+            // "error" in it: the alert delivery threads start before the "watching" line (at
+            // capture start, then /proc is read), and a warning of theirs that names an error
+            // could come first on a loaded machine.
+            if let Ok(Some(status)) = watcher.child.try_wait() {
+                for r in watcher.readers.drain(..) {
+                    let _ = r.join();
+                }
+                panic!(
+                    "ctrwatch exited ({status}) before attaching:\n{}",
+                    watcher.stderr()
+                );
+            }
+            assert!(
+                !err.contains("ctrwatch: error"),
+                "ctrwatch failed to start:\n{err}"
+            );
             assert!(
                 Instant::now() < deadline,
                 "ctrwatch did not attach within 120 s; stderr:\n{err}"
