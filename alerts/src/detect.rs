@@ -9,8 +9,8 @@
 //!   `user.overlay.opaque` = `y`) set on a directory of a committed layer, by anyone but the
 //!   owning containerd. containerd writes a tar's genuine `.wh..wh..opq` as that marker while
 //!   it unpacks, before the commit; its events can be enriched after the metadata already
-//!   says "committed", so its own writes are left to the check at commit (the tar replay,
-//!   not built yet), which judges the result whoever made it.
+//!   says "committed", so its own writes are left to the layer check at commit (the tar
+//!   replay, watcher/src/layercheck.rs), which judges the result whoever made it.
 //!
 //! Grouping (docs/alerts.md): one rule's events of one severity from one process tree
 //! within the group window fold into one alert. Revision 1 goes out a settle delay after the

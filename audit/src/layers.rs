@@ -436,6 +436,18 @@ pub fn check_without_blob(ctx: &Context, job: &LayerJob) -> Outcome {
     out
 }
 
+/// Opens layer blob `digest` in the content store for [`replay`]: a regular file reached
+/// from the containerd root without following a symlink (see
+/// [`crate::content::hashing::open_regular`]). For callers replaying one layer at a time
+/// (the daemon's check at commit) rather than through the content pass.
+pub fn open_blob(
+    ctx: &Context,
+    digest: &str,
+) -> Result<std::fs::File, crate::content::hashing::HashError> {
+    let path = PathBuf::from(blob_path(ctx, digest));
+    crate::content::hashing::open_regular(&ctx.model.layout.root, &path)
+}
+
 fn blob_path(ctx: &Context, digest: &str) -> String {
     match digest.split_once(':') {
         Some((alg, enc)) if is_digest(digest) => ctx

@@ -206,6 +206,38 @@ impl Context {
         })
     }
 
+    /// A context for the layer check of the committed snapshots `snapshots` ((snapshotter,
+    /// snapshotter key)) of an already loaded `model`: the daemon's check at commit and after
+    /// an unclean stop. Only the layer replay is in scope, and only of those snapshots and of
+    /// their layer blobs ([`layers::plan`] plans nothing else); set `scope.everything` to run
+    /// [`runtime::check`] on the same model. Keys the model does not know are ignored (the
+    /// snapshot was removed meanwhile).
+    pub fn for_snapshots(model: Model, snapshots: &BTreeSet<(String, String)>) -> Context {
+        let mut blobs = BTreeSet::new();
+        let mut wanted = BTreeSet::new();
+        for (sn, key) in snapshots {
+            let Some(info) = model.snapshot_by_key(sn, key) else {
+                continue;
+            };
+            blobs.extend(info.layer_digests.iter().cloned());
+            blobs.extend(info.layer_digest.clone());
+            wanted.insert((sn.clone(), key.clone()));
+        }
+        Context {
+            model,
+            scope: Scope {
+                everything: false,
+                blobs: Some(blobs),
+                snapshots: Some(wanted),
+                content: false,
+                layers: true,
+                metadata: false,
+            },
+            progress: Progress::hidden(),
+            threads: 1,
+        }
+    }
+
     /// A context auditing everything of `model`, for unit tests of the checks.
     #[cfg(test)]
     pub(crate) fn for_model(model: Model) -> Context {

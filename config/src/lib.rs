@@ -458,55 +458,65 @@ fn key(k: &str) -> Step {
 /// a configuration, and must not make the daemon allocate what it says.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
+/// Why [`read_file`] gave no text.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A trusted read (`ctrwatch run`, as root) found a file someone besides root can write:
+    /// the caller says why the owner matters.
+    #[error("{path} must be root's and writable by root alone (owner uid {uid}, mode {mode:04o})")]
+    Untrusted {
+        /// The file, escaped for display.
+        path: String,
+        /// Its owner.
+        uid: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Missing, unreadable, not a regular file, too large or not UTF-8.
+    #[error(transparent)]
+    Unusable(ConfigError),
+}
+
 /// Reads the configuration file at `path` as [`files`] reads what it trusts: never blocking
 /// on it (the daemon reads it again on SIGHUP, from a path someone may have replaced: a FIFO
 /// there does not wait for a writer), only a regular file of at most [`MAX_FILE_BYTES`]; with
-/// `trusted` (`ctrwatch run`), running as root, only a file root alone can write. The owner
-/// check's refusal is returned as it is (`run` says why the owner matters); every other
-/// problem as a [`ConfigError::Read`].
-pub fn read_file(
-    path: &Path,
-    trusted: bool,
-) -> Result<Result<String, ConfigError>, files::TrustedFileError> {
-    let shown = ctrwatch_event::escape_path(path);
+/// `trusted` (`ctrwatch run`), running as root, only a file root alone can write
+/// ([`ReadError::Untrusted`]).
+pub fn read_file(path: &Path, trusted: bool) -> Result<String, ReadError> {
     let failed = |message: String| {
-        Ok(Err(ConfigError::Read {
-            file: shown.clone(),
+        ReadError::Unusable(ConfigError::Read {
+            file: ctrwatch_event::escape_path(path),
             message,
-        }))
+        })
     };
     let read = if trusted {
         files::read_trusted(path, MAX_FILE_BYTES)
     } else {
         files::read_regular(path, MAX_FILE_BYTES)
     };
-    let bytes = match read {
-        Ok(b) => b,
-        Err(e @ files::TrustedFileError::Untrusted { .. }) => return Err(e),
-        Err(files::TrustedFileError::Io { source, .. }) => return failed(source.to_string()),
-        Err(files::TrustedFileError::NotRegular { .. }) => {
-            return failed("not a regular file; a configuration must be one".into());
+    let bytes = read.map_err(|e| match e {
+        files::TrustedFileError::Untrusted { path, uid, mode } => {
+            ReadError::Untrusted { path, uid, mode }
         }
-        Err(files::TrustedFileError::TooLarge { max, .. }) => {
-            return failed(format!(
-                "larger than any configuration ({max} bytes at most)"
-            ));
+        files::TrustedFileError::Io { source, .. } => failed(source.to_string()),
+        files::TrustedFileError::NotRegular { .. } => {
+            failed("not a regular file; a configuration must be one".into())
         }
-    };
-    match String::from_utf8(bytes) {
-        Ok(text) => Ok(Ok(text)),
-        Err(_) => failed("not UTF-8 text".into()),
-    }
+        files::TrustedFileError::TooLarge { max, .. } => failed(format!(
+            "larger than any configuration ({max} bytes at most)"
+        )),
+    })?;
+    String::from_utf8(bytes).map_err(|_| failed("not UTF-8 text".into()))
 }
 
 impl Config {
     /// Reads ([`read_file`]) and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         let text = match read_file(path, false) {
-            Ok(Ok(text)) => text,
-            Ok(Err(e)) => return Err(vec![e]),
-            // Not asked for: no owner check.
-            Err(e) => {
+            Ok(text) => text,
+            Err(ReadError::Unusable(e)) => return Err(vec![e]),
+            // Not asked for (no owner check), but said as a reading problem if it were.
+            Err(e @ ReadError::Untrusted { .. }) => {
                 return Err(vec![ConfigError::Read {
                     file: ctrwatch_event::escape_path(path),
                     message: e.to_string(),

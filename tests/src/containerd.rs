@@ -83,12 +83,15 @@ use sha2::{Digest, Sha256};
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// The only snapshotter these tests use.
 pub const SNAPSHOTTER: &str = "overlayfs";
-/// How long [`Containerd::start`] waits for the socket to answer.
-pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`Containerd::start`] waits for the socket to answer. Seconds alone; 120 s
+/// because tests of one binary start their containerds (and daemons loading eBPF) at the same
+/// time on a loaded 2-core machine.
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one `ctr` command may take.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long containerd gets to exit after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long containerd gets to exit after SIGTERM before SIGKILL (and the test fails): it
+/// exits in well under a second alone, but a loaded machine can make that many.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of containerd's log quoted in errors.
 const LOG_TAIL_LINES: usize = 40;
 /// The static busybox of Debian's `busybox-static`, used for images' first layer.
@@ -809,7 +812,8 @@ disabled_plugins = [
             unsafe { libc::kill(pid, libc::SIGKILL) };
             pids.push(pid);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // (30 s: SIGKILLed processes that hold mounts can take seconds to go when loaded.)
+        let deadline = Instant::now() + Duration::from_secs(30);
         while pids.iter().any(|&p| alive(p)) {
             if Instant::now() > deadline {
                 problems.push(format!(
@@ -1506,9 +1510,10 @@ fn cgroup_pids(parent: &str) -> Vec<i32> {
     pids
 }
 
-/// rmdir of our cgroups (children first), retrying while they drain.
+/// rmdir of our cgroups (children first), retrying while they drain (30 s at most: the
+/// killed tasks leave them only once they are reaped, later on a loaded machine).
 fn remove_cgroups(parent: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let dirs = cgroup_dirs(parent);
         let mut failed = Vec::new();

@@ -21,8 +21,11 @@ use std::{
 
 use serde_json::Value;
 
-/// How long a test waits for a record before failing.
-pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a test waits for a record before failing. Generous: a record normally comes within
+/// milliseconds, but on a loaded 2-core CI machine (tests of one binary run in parallel, each
+/// with its own debug-built daemon) a reader thread can be held back for seconds; only a
+/// failing test waits this long.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The ctrwatch binary under test: $CTRWATCH_BIN (set by `cargo xtask test`), else the debug
 /// build next to this test binary.
@@ -56,13 +59,16 @@ pub fn require_root() {
 }
 
 /// A fresh directory under /tmp for one test (not under the system temp dir, which may be a
-/// tmpfs mounted elsewhere in other environments; /tmp is what the docs use).
+/// tmpfs mounted elsewhere in other environments; /tmp is what the docs use). Unique within
+/// the test process by a counter: two tests of one binary run at the same time, and a name
+/// they share must not make one remove the other's directory.
 pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = PathBuf::from(format!(
         "/tmp/ctrwatch-test-{}-{}-{}",
         name,
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
@@ -158,7 +164,7 @@ impl Watcher {
                 }
             }));
         }
-        let watcher = Watcher {
+        let mut watcher = Watcher {
             child,
             lines,
             stderr,
@@ -170,7 +176,23 @@ impl Watcher {
             if err.contains("ctrwatch: watching") {
                 break;
             }
-            assert!(!err.contains("error"), "ctrwatch failed to start:\n{err}");
+            // A failed start ends the process with `ctrwatch: error: ...`. Not any line with
+            // "error" in it: the alert delivery threads start before the "watching" line (at
+            // capture start, then /proc is read), and a warning of theirs that names an error
+            // could come first on a loaded machine.
+            if let Ok(Some(status)) = watcher.child.try_wait() {
+                for r in watcher.readers.drain(..) {
+                    let _ = r.join();
+                }
+                panic!(
+                    "ctrwatch exited ({status}) before attaching:\n{}",
+                    watcher.stderr()
+                );
+            }
+            assert!(
+                !err.contains("ctrwatch: error"),
+                "ctrwatch failed to start:\n{err}"
+            );
             assert!(
                 Instant::now() < deadline,
                 "ctrwatch did not attach within 120 s; stderr:\n{err}"

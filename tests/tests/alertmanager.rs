@@ -237,7 +237,8 @@ fn a_fleet_of_50_nodes_gives_50_alerts_each_once() {
     for inst in [&pair.a, &pair.b] {
         wait_until(
             &format!("50 fleet alerts in {}", inst.url()),
-            Duration::from_secs(30),
+            // (Accepted already; 60 s for a loaded machine to show them.)
+            Duration::from_secs(60),
             || {
                 alert_named(&inst.alerts(), "CtrwatchForeignChange")
                     .iter()

@@ -18,9 +18,10 @@ fn config_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
-/// `history PATH --store STORE --json` once the daemon has committed `want` records for it.
+/// `history PATH --store STORE --json` once the daemon has committed `want` records for it
+/// (it commits every second; 60 s allowed for a loaded machine).
 fn history(store: &Path, path: &Path, want: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, out, err) = ctrwatch(&[
             OsStr::new("history"),

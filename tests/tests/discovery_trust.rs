@@ -66,7 +66,8 @@ fn fake_containerd(root: &Path) -> Group {
         .expect("setpriv");
     let g = Group(child);
     let pid = g.0.id();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // (60 s: setpriv and bash start in milliseconds, but not on a loaded machine.)
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if cmdline.starts_with(b"containerd\0") {

@@ -30,9 +30,9 @@ fn start_daemon(root: &Path, store: &Path) -> Watcher {
 }
 
 /// Runs a query command until `done` accepts its JSON output (the daemon commits within
-/// a fraction of a second), returning the records.
+/// a fraction of a second; 60 s allowed for a loaded machine), returning the records.
 fn query_until(args: &[&OsStr], done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, out, err) = ctrwatch(args);
         assert_eq!(code, 0, "ctrwatch {args:?} failed: {err}");

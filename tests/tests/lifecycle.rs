@@ -80,9 +80,9 @@ fn thread_stacks(pid: u32) -> String {
 }
 
 /// Runs a query command until `done` accepts its JSON output (the daemon commits within a
-/// second), returning the records.
+/// second; 60 s allowed for a loaded machine's fsyncs and scheduling), returning the records.
 fn query_until(args: &[&OsStr], done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, out, err) = ctrwatch(args);
         assert_eq!(code, 0, "ctrwatch {args:?} failed: {err}");
@@ -442,7 +442,8 @@ fn sighup_neither_kills_the_daemon_nor_stops_capture() {
         "SIGHUP ended the daemon; stderr:\n{}",
         daemon.stderr()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // (60 s each: a loaded machine delays the loop and the reload's blocking thread.)
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !daemon.stderr().contains("SIGHUP") {
         assert!(
             Instant::now() < deadline,
@@ -452,7 +453,7 @@ fn sighup_neither_kills_the_daemon_nor_stops_capture() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // It reloads the configuration (here: none, the defaults under the flags) and goes on.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !daemon.stderr().contains("reloaded the configuration") {
         assert!(
             Instant::now() < deadline,
@@ -519,9 +520,19 @@ fn sigterm_while_the_daemon_starts_is_a_clean_stop() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Into the loading (seconds), past the few instructions between that line and the loop's
-    // set-up.
-    std::thread::sleep(Duration::from_millis(500));
+    // Into the loading (seconds), once the SIGTERM handler is installed: a few instructions
+    // after that line, but a fixed wait for them (500 ms) could be outlasted by a loaded
+    // machine, and SIGTERM's default action would then kill it. The kernel says when the
+    // signal is caught (SigCgt in /proc/PID/status).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !catches(child.id(), libc::SIGTERM) {
+        assert!(
+            Instant::now() < deadline,
+            "no SIGTERM handler within 60 s of the store opening:\n{}",
+            said()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(
         !said().contains("watching"),
         "attached already; the test needs the loading phase:\n{}",
@@ -543,6 +554,16 @@ fn sigterm_while_the_daemon_starts_is_a_clean_stop() {
         "the stop while starting was recorded as unclean: {gaps:?}"
     );
     let _ = std::fs::remove_dir_all(base);
+}
+
+/// Whether process `pid` has a handler for `signal` (its bit in SigCgt of /proc/PID/status).
+fn catches(pid: u32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
 
 /// `ctrwatch run --print` whose stdout reader goes away (a pipe to a pager that quit, the

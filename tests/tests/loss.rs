@@ -83,6 +83,11 @@ fn records_that_wrap_around_the_ring_buffer_arrive_whole() {
     // Names of 8 to 250 bytes: the records' lengths vary by 8-byte steps and more, so their
     // ends fall everywhere in the buffer, the wrap point included.
     let name = |i: usize| format!("{i:06}-{}", "w".repeat(i * 7 % 243));
+    let unlinked = |i: usize| {
+        let path = root.join(name(i));
+        let path = path.to_str().expect("utf-8 path").to_owned();
+        move |v: &Value| s(v, "op") == "unlink" && s(v, "path") == path
+    };
     for i in 0..FILES {
         let path = root.join(name(i));
         std::fs::write(&path, b"").expect("create");
@@ -90,17 +95,32 @@ fn records_that_wrap_around_the_ring_buffer_arrive_whole() {
         if i % 50 == 49 {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        // The pace is kept by the daemon itself: every 500 files (1 000 records, well under
+        // 1 MiB even at the longest names) the test waits until it has read them all, so a
+        // daemon held back a second by a loaded machine does not lose records. Between two
+        // waits the records still go around the 1 MiB buffer's end several times in all.
+        if i % 500 == 499 {
+            watcher.wait_for(&format!("the unlink of file {i}"), unlinked(i));
+        }
     }
-    let last = root.join(name(FILES - 1));
-    let last = last.to_str().expect("utf-8 path").to_owned();
-    watcher.wait_for("the last unlink", |v| {
-        s(v, "op") == "unlink" && s(v, "path") == last
-    });
+    watcher.wait_for("the last unlink", unlinked(FILES - 1));
     let stderr = watcher.stderr();
     let records = watcher.stop();
+    // `path_unresolved` is counted for every process of the node (a path deeper than the
+    // walk, anywhere): not this test's records.
+    let losses: Vec<&Value> = records
+        .iter()
+        .filter(|v| s(v, "op") == "loss")
+        .filter(|v| {
+            v["kinds"].as_object().is_none_or(|k| {
+                k.iter()
+                    .any(|(kind, n)| kind != "path_unresolved" && n.as_u64() != Some(0))
+            })
+        })
+        .collect();
     assert!(
-        !records.iter().any(|v| s(v, "op") == "loss"),
-        "the daemon fell behind: the test's pace is too fast for this machine"
+        losses.is_empty(),
+        "the daemon fell behind: the test's pace is too fast for this machine: {losses:?}"
     );
     assert!(
         !stderr.contains("undecodable record"),

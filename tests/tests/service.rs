@@ -34,7 +34,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// One datagram received on the notification socket.
 #[derive(Clone, Debug)]
 struct Notice {
+    /// When the datagram reached the socket: the kernel's receive timestamp (SO_TIMESTAMPNS),
+    /// not when the reader thread got to it, which a loaded machine can delay by a second and
+    /// then hand over two pings back to back.
     at: Instant,
+    /// When the reader thread read it (as the stderr lines are stamped).
+    seen: Instant,
     /// The sender's pid as the kernel saw it (SCM_CREDENTIALS), as systemd reads it.
     pid: Option<u32>,
     text: String,
@@ -89,6 +94,17 @@ impl NotifySocket {
             )
         };
         assert_eq!(rc, 0, "SO_PASSCRED: {}", std::io::Error::last_os_error());
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("read timeout");
@@ -99,9 +115,10 @@ impl NotifySocket {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some((text, pid)) = recv_with_pid(&socket) {
+                    if let Some((text, pid, at)) = recv_with_pid(&socket) {
                         let notice = Notice {
-                            at: Instant::now(),
+                            at,
+                            seen: Instant::now(),
                             pid,
                             text,
                         };
@@ -137,6 +154,20 @@ impl NotifySocket {
         }
     }
 
+    /// Waits for a WATCHDOG=1 that arrived after `after`; returns when it arrived.
+    fn wait_for_ping_after(&self, after: Instant, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.pings().into_iter().find(|&t| t > after) {
+                return Some(t);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn pings(&self) -> Vec<Instant> {
         self.notices()
             .iter()
@@ -158,14 +189,15 @@ impl Drop for NotifySocket {
     }
 }
 
-/// One datagram and its sender's pid from SCM_CREDENTIALS; None on timeout.
-fn recv_with_pid(socket: &UnixDatagram) -> Option<(String, Option<u32>)> {
+/// One datagram, its sender's pid from SCM_CREDENTIALS and when it arrived (SCM_TIMESTAMPNS,
+/// as an Instant); None on timeout.
+fn recv_with_pid(socket: &UnixDatagram) -> Option<(String, Option<u32>, Instant)> {
     let mut buf = vec![0u8; 4096];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // Room for one ucred control message (u64 words keep it aligned for cmsghdr).
+    // Room for a ucred and a timespec control message (u64 words keep it aligned for cmsghdr).
     let mut control = [0u64; 16];
     // SAFETY: zeroed msghdr is valid; every pointer set below outlives the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -179,6 +211,7 @@ fn recv_with_pid(socket: &UnixDatagram) -> Option<(String, Option<u32>)> {
         return None;
     }
     let mut pid = None;
+    let mut arrived = None;
     // SAFETY: walking the control messages the kernel wrote into `control`.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -188,11 +221,24 @@ fn recv_with_pid(socket: &UnixDatagram) -> Option<(String, Option<u32>)> {
                 let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
                 pid = Some(cred.pid as u32);
             }
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                arrived = Some(
+                    std::time::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                );
+            }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
+    // The kernel's stamp is wall-clock time: taken back to the monotonic clock by its age now.
+    let now = Instant::now();
+    let age = arrived
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default();
+    let at = now.checked_sub(age).unwrap_or(now);
     buf.truncate(n as usize);
-    Some((String::from_utf8_lossy(&buf).into_owned(), pid))
+    Some((String::from_utf8_lossy(&buf).into_owned(), pid, at))
 }
 
 /// A ctrwatch process whose stderr lines are collected with the time each arrived.
@@ -436,13 +482,14 @@ fn notify_ready_watchdog_and_stopping() {
     // reads stderr and the socket on two threads, so their arrival order can invert by a
     // scheduling delay (CI saw 36 µs; a loaded machine can stall a thread far longer). What
     // READY=1 promises (capture on) is checked by the probe being stored, below; here only
-    // that READY=1 did not come while the programs were still loading (seconds).
+    // that READY=1 did not come while the programs were still loading (seconds). Both
+    // stamped by their reader threads (`seen`), so that the two delays are alike.
     const CHANNEL_SKEW: Duration = Duration::from_secs(2);
-    let watching = daemon.wait_line("ctrwatch: watching", Duration::from_secs(5));
+    let watching = daemon.wait_line("ctrwatch: watching", ATTACH_TIMEOUT);
     assert!(
-        watching <= ready.at + CHANNEL_SKEW,
+        watching <= ready.seen + CHANNEL_SKEW,
         "READY=1 came long before the \"watching\" line (capture on): {:?} early",
-        watching - ready.at
+        watching - ready.seen
     );
     eprintln!(
         "ready after {:.2} s: {:?}",
@@ -471,10 +518,23 @@ fn notify_ready_watchdog_and_stopping() {
         "watchdog pings only once ready (systemd arms the watchdog then): {before_ready:?}"
     );
 
-    // The watchdog's period: half of WATCHDOG_USEC, never as long as WATCHDOG_USEC.
-    std::thread::sleep(Duration::from_secs(7));
-    let pings = socket.pings();
-    assert!(pings.len() >= 5, "too few WATCHDOG=1 in 7 s: {pings:?}");
+    // The watchdog's period: half of WATCHDOG_USEC, never as long as WATCHDOG_USEC. Seven
+    // pings (six gaps) at a second each; waited for, not counted after a fixed sleep (a
+    // loaded machine may start the ticks late). The gaps are measured between the kernel's
+    // arrival stamps, so they are the daemon's, not the reader thread's.
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    let pings = loop {
+        let pings = socket.pings();
+        if pings.len() >= 7 {
+            break pings;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} WATCHDOG=1 within {ATTACH_TIMEOUT:?}: {pings:?}",
+            pings.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let gaps: Vec<f64> = pings
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
@@ -502,8 +562,8 @@ fn notify_ready_watchdog_and_stopping() {
     let during: Vec<Instant> = socket
         .pings()
         .into_iter()
-        // A ping sent just before the hold may be read (and stamped) by the reader thread a
-        // while later on a loaded machine: a second of margin, four of the five held.
+        // Stamped when they reached the socket, so a ping sent just before the hold is before
+        // `held_at`; a second of margin anyway (four of the five held seconds are checked).
         .filter(|&t| t > held_at + Duration::from_secs(1) && t < released_at)
         .collect();
     assert!(
@@ -511,9 +571,10 @@ fn notify_ready_watchdog_and_stopping() {
         "WATCHDOG=1 went on while the event loop was held: {} pings",
         during.len()
     );
-    std::thread::sleep(Duration::from_secs(3));
     assert!(
-        socket.pings().iter().any(|&t| t > released_at),
+        socket
+            .wait_for_ping_after(released_at, ATTACH_TIMEOUT)
+            .is_some(),
         "the pings did not resume once the event loop ran again"
     );
 
@@ -526,12 +587,14 @@ fn notify_ready_watchdog_and_stopping() {
         status.success(),
         "ctrwatch exited with {status:?}:\n{stderr}"
     );
+    // Sent before the exit, so queued on the socket already; the reader thread may take a
+    // while to get to it on a loaded machine.
     let stopping = socket
-        .wait_for("STOPPING=1", Duration::from_secs(1))
+        .wait_for("STOPPING=1", STOP_TIMEOUT)
         .unwrap_or_else(|| panic!("no STOPPING=1 after SIGTERM: {:?}", socket.notices()));
     // After the signal; before the exit is proven by its sender (below: the daemon's pid, and
     // a process sends nothing once it has exited), not by when the reader thread read it.
-    assert!(stopping.at >= term_at);
+    assert!(stopping.seen >= term_at);
     for n in socket.notices() {
         assert_eq!(
             n.pid,
@@ -581,18 +644,20 @@ fn notify_abstract_socket_and_someone_elses_watchdog() {
         socket.address,
         daemon.stderr()
     );
+    // Three periods of the watchdog the daemon must not feed; then the pings are looked for
+    // over the whole run, once STOPPING=1 (its last datagram, read in order) is in.
     std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        socket.pings().is_empty(),
-        "WATCHDOG=1 sent although WATCHDOG_PID names another process"
-    );
     daemon.signal(libc::SIGTERM);
     let (status, stderr) = daemon.wait();
     assert!(status.success(), "{status:?}:\n{stderr}");
     assert!(
-        socket
-            .wait_for("STOPPING=1", Duration::from_secs(1))
-            .is_some()
+        socket.wait_for("STOPPING=1", STOP_TIMEOUT).is_some(),
+        "no STOPPING=1 after SIGTERM: {:?}",
+        socket.notices()
+    );
+    assert!(
+        socket.pings().is_empty(),
+        "WATCHDOG=1 sent although WATCHDOG_PID names another process"
     );
     let _ = std::fs::remove_dir_all(&base);
 }
@@ -636,7 +701,7 @@ fn log_lines_carry_journal_priorities() {
     daemon.wait_line("ctrwatch: watching", ATTACH_TIMEOUT);
     std::fs::write(&config, "[store]\nretention_days = 7\n").unwrap();
     daemon.signal(libc::SIGHUP);
-    daemon.wait_line("takes effect at the next start", Duration::from_secs(20));
+    daemon.wait_line("takes effect at the next start", ATTACH_TIMEOUT);
     daemon.signal(libc::SIGTERM);
     let (status, stderr) = daemon.wait();
     assert!(status.success(), "{status:?}:\n{stderr}");

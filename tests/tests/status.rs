@@ -36,9 +36,10 @@ fn status(store: &Path, json: bool) -> (i32, String, String) {
     ctrwatch(&args)
 }
 
-/// `status --json` until `done` accepts (exit code, object), within 30 s.
+/// `status --json` until `done` accepts (exit code, object), within 60 s (the snapshot is
+/// published every second, but a loaded machine can hold the daemon back for many).
 fn status_until(store: &Path, what: &str, done: impl Fn(i32, &Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, out, err) = status(store, true);
         let v: Value = serde_json::from_str(out.trim())

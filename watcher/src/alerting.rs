@@ -195,6 +195,8 @@ pub struct DaemonAlerts {
     delivery: Option<ctrwatch_alerts::Delivery>,
     detect: Option<DetectFeed>,
     mismatch: Option<MismatchFeed>,
+    /// The layer check at commit and after an unclean stop (crate::layercheck).
+    layer_check: Option<crate::layercheck::LayerCheck>,
 }
 
 /// The capture path's side of the `metadata-mismatch` worker ([`crate::mismatch`]): a bounded
@@ -337,6 +339,7 @@ impl DaemonAlerts {
             delivery: None,
             detect: None,
             mismatch: None,
+            layer_check: None,
         }
     }
 
@@ -401,6 +404,13 @@ impl DaemonAlerts {
                 dropped: 0,
             });
         }
+        self.layer_check = crate::layercheck::LayerCheck::start(
+            &self.config,
+            self.node.clone(),
+            unclean,
+            store,
+            std::sync::Arc::clone(&results),
+        )?;
         if let Some(alerting) = self.pending.take()
             && !alerting.sinks.is_empty()
         {
@@ -413,6 +423,12 @@ impl DaemonAlerts {
             log::info!("alerts: delivering to {n} sinks");
         }
         Ok(self.writer.clone())
+    }
+
+    /// Where the attribution hands newly committed snapshots to the layer check (None: its
+    /// rules are off, or capture has not started).
+    pub fn commit_feed(&self) -> Option<crate::layercheck::CommitFeed> {
+        self.layer_check.as_ref()?.feed()
     }
 
     /// An event on its way to the store: a copy goes to the detection thread if a rule could
@@ -529,6 +545,10 @@ impl DaemonAlerts {
     /// At a stop: what the rules still hold (groups not yet emitted), then the workers stop
     /// (waiting at most `grace` for requests in flight).
     pub fn stop(&mut self, grace: std::time::Duration) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        // A layer check under way is abandoned: it would delay the stop by a layer's replay.
+        if let Some(mut check) = self.layer_check.take() {
+            check.stop();
+        }
         // The detections first: they judge what is queued and hand their groups' last
         // revisions to the writer (still running). The metadata checks too: what is pending
         // is checked at once.

@@ -53,9 +53,11 @@ pub fn check(path: &Path) -> Checked {
 
 /// The rules this ctrwatch raises alerts for; the others are accepted in the file (so that a
 /// fleet's file need not change when they come) and shown as not built.
-const BUILT_RULES: [RuleId; 6] = [
+const BUILT_RULES: [RuleId; 8] = [
     RuleId::ForeignChange,
     RuleId::OpaqueLeak,
+    RuleId::LayerDamaged,
+    RuleId::AfterCrashVerify,
     RuleId::MetadataMismatch,
     RuleId::HistoryGap,
     RuleId::Heartbeat,

@@ -584,6 +584,9 @@ impl Sink for StoreSink {
     fn capture_stopped(&mut self, _at: SystemTime) {
         self.stopping = true;
     }
+    fn commit_feed(&mut self) -> Option<crate::layercheck::CommitFeed> {
+        self.alerts.as_ref()?.commit_feed()
+    }
     fn reload(&mut self) -> Option<ReloadJob> {
         let reloader = self.reloader.clone()?;
         Some(Box::new(move || (reloader.0)()))

@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod daemon;
 pub mod enrich;
 pub mod kernel;
+pub mod layercheck;
 pub mod logging;
 pub mod loss;
 pub mod metrics;

@@ -59,18 +59,12 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<(Config, Option<LoadedCon
     // Never blocks (a FIFO at the path), refuses what is not a regular file: also read again
     // on SIGHUP, while capturing.
     let text = match ctrwatch_config::read_file(path, true) {
-        Ok(Ok(text)) => text,
-        Ok(Err(e)) => return Err(unusable(&[e])),
-        Err(ctrwatch_config::files::TrustedFileError::Untrusted { uid, mode, .. }) => bail!(
+        Ok(text) => text,
+        Err(ctrwatch_config::ReadError::Unusable(e)) => return Err(unusable(&[e])),
+        Err(ctrwatch_config::ReadError::Untrusted { uid, mode, .. }) => bail!(
             "refusing the configuration {}: it must be root's and writable by root alone (owner uid {uid}, mode {mode:04o}), as it decides what is watched and trusted",
             escape_path(path)
         ),
-        Err(e) => {
-            return Err(unusable(&[ctrwatch_config::ConfigError::Read {
-                file: escape_path(path),
-                message: e.to_string(),
-            }]));
-        }
     };
     let loaded = LoadedConfig {
         path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),

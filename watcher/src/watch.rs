@@ -114,6 +114,10 @@ pub trait Sink {
     fn capture_info(&mut self, info: CaptureInfo) {
         let _ = info;
     }
+    /// The layer check's queue, for the attribution (None: no layer check).
+    fn commit_feed(&mut self) -> Option<crate::layercheck::CommitFeed> {
+        None
+    }
     /// Capture stopped at `at`: nothing after it is captured. The final drain (what was
     /// captured before `at`) and a flush follow.
     fn capture_stopped(&mut self, at: SystemTime) {
@@ -219,8 +223,12 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     } else {
         opts.roots.clone()
     };
-    let attributor =
+    let mut attributor =
         crate::containerd::attribution::Attributor::new(attributed, opts.trust.clone());
+    // Newly committed snapshots, as the metadata shows them, go to the layer check.
+    if let Some(feed) = sink.commit_feed() {
+        attributor = attributor.with_commit_feed(feed);
+    }
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let ring = kernel.take_ring_buffer(opts.ring_buffer_bytes)?;
     // The ring buffer's fill, for the metrics (sampled at each scrape). Without it the

@@ -357,6 +357,11 @@ fn test(lint: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
         if !picks_packages {
             test.args(workspace_args());
         }
+        // Every test binary runs even after one fails: a CI report names all the failures,
+        // not the first binary's.
+        if !cargo_args.iter().any(|a| a == "--no-fail-fast") {
+            test.arg("--no-fail-fast");
+        }
         test.args(&cargo_args)
             .env("CTRWATCH_BIN", target_dir().join("debug/ctrwatch"))
             .env("CTRWATCH_REQUIRE_ROOT_TESTS", "1");

@@ -10,7 +10,7 @@
 //! snapshot that has just been removed still names its layer and images.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -22,8 +22,9 @@ pub use super::verdict::Trust;
 use super::verdict::{self, Owner};
 use super::{
     BlobRole, DiscoveryEnv, Instance, Model, PathClass, RootLayout, SnapshotArea, SnapshotInfo,
-    classify_path, discover,
+    SnapshotKind, classify_path, discover,
 };
+use crate::layercheck::{CommitFeed, SnapshotRef};
 use crate::process::ProcessTable;
 use crate::roots::unescape_mount_field;
 
@@ -67,6 +68,10 @@ struct Tracked {
     blobs: HashMap<String, BlobFacts>,
     /// `tmpmounts/<name>` → the snapshot mounted there.
     tmpmounts: HashMap<String, (String, u64)>,
+    /// Where newly committed snapshots go to be checked (the layer check).
+    commit_feed: Option<CommitFeed>,
+    /// The committed snapshots of the last model loaded (None: none loaded yet).
+    committed: Option<BTreeSet<SnapshotRef>>,
 }
 
 impl Tracked {
@@ -99,6 +104,8 @@ impl Tracked {
             snapshots: HashMap::new(),
             blobs: HashMap::new(),
             tmpmounts: HashMap::new(),
+            commit_feed: None,
+            committed: None,
         };
         t.set_process(instance);
         t
@@ -242,6 +249,7 @@ impl Tracked {
             Ok(model) => {
                 self.load_error = None;
                 self.remember(&model);
+                self.note_commits(&model);
                 self.model = Some(model);
                 crate::metrics::METRICS.mapping_refreshed(started.elapsed());
             }
@@ -255,6 +263,33 @@ impl Tracked {
                 self.load_error = Some(e.to_string());
             }
         }
+    }
+
+    /// Hands the snapshots committed since the last load to the layer check; at the first
+    /// load, says the instance's metadata is readable (the after-crash verification).
+    fn note_commits(&mut self, model: &Model) {
+        let now: BTreeSet<SnapshotRef> = model
+            .snapshotters
+            .iter()
+            .flat_map(|(name, sn)| {
+                sn.snapshots
+                    .iter()
+                    .filter(|(_, b)| b.kind == SnapshotKind::Committed)
+                    .map(move |(key, _)| (name.clone(), key.clone()))
+            })
+            .collect();
+        if let Some(feed) = &self.commit_feed {
+            match &self.committed {
+                Some(before) => {
+                    let new: BTreeSet<SnapshotRef> = now.difference(before).cloned().collect();
+                    if !new.is_empty() {
+                        feed.committed(&self.layout, new);
+                    }
+                }
+                None => feed.instance(&self.layout),
+            }
+        }
+        self.committed = Some(now);
     }
 
     /// Copies what the model says about every snapshot and blob into the remembered maps,
@@ -312,6 +347,8 @@ pub struct Attributor {
     env: DiscoveryEnv,
     instances: Vec<Tracked>,
     rediscovered_at: Option<Instant>,
+    /// The layer check's queue, given to every instance.
+    commit_feed: Option<CommitFeed>,
 }
 
 impl Attributor {
@@ -327,9 +364,20 @@ impl Attributor {
             env,
             instances: Vec::new(),
             rediscovered_at: None,
+            commit_feed: None,
         };
         a.rediscover();
         a
+    }
+
+    /// Newly committed snapshots of every instance go to `feed` (the layer check), from the
+    /// next load of its metadata on.
+    pub fn with_commit_feed(mut self, feed: CommitFeed) -> Attributor {
+        for t in &mut self.instances {
+            t.commit_feed = Some(feed.clone());
+        }
+        self.commit_feed = Some(feed);
+        self
     }
 
     /// A reloaded configuration: the roots named (empty: every discovered instance) and the
@@ -389,7 +437,11 @@ impl Attributor {
                     t.set_process(instance.as_ref());
                     self.instances.push(t);
                 }
-                None => self.instances.push(Tracked::new(layout, instance.as_ref())),
+                None => {
+                    let mut t = Tracked::new(layout, instance.as_ref());
+                    t.commit_feed = self.commit_feed.clone();
+                    self.instances.push(t);
+                }
             }
         }
     }
