@@ -58,6 +58,19 @@ pub struct DaemonRules {
     config_invalid: Option<Severity>,
     group_window: Duration,
     groups: BTreeMap<&'static str, Group>,
+    /// The last `config-invalid` alert and what it was about (file, content, reason): the
+    /// same file refused again for the same content and reason folds into it.
+    last_invalid: Option<LastInvalid>,
+}
+
+/// The last `config-invalid` alert, and what it was about.
+struct LastInvalid {
+    file: String,
+    content: String,
+    reason: String,
+    /// Its first revision's summary.
+    summary: String,
+    alert: Alert,
 }
 
 struct Heartbeat {
@@ -108,6 +121,7 @@ impl DaemonRules {
             heartbeat,
             group_window: config.alerts.group_window,
             groups: BTreeMap::new(),
+            last_invalid: None,
         }
     }
 
@@ -117,11 +131,37 @@ impl DaemonRules {
     }
 
     /// A reload of the configuration `file` (None: no file, the defaults) was refused at
-    /// `now_ns` for `reason` (one problem a line, as `ctrwatch config check` prints them):
-    /// the alert, unless the rule is off.
-    pub fn config_invalid(&self, file: Option<&str>, reason: &str, now_ns: i64) -> Option<Alert> {
+    /// `now_ns` for `reason` (one problem a line, as `ctrwatch config check` prints them);
+    /// `content` identifies what the file held (a digest of its bytes, or what it was when it
+    /// could not be read): the alert, unless the rule is off. The same file refused again
+    /// with the same content and reason (SIGHUP sent again, a reload loop) is the same alert,
+    /// one revision more, its count the refusals; anything else is a new alert.
+    pub fn config_invalid(
+        &mut self,
+        file: Option<&str>,
+        content: &str,
+        reason: &str,
+        now_ns: i64,
+    ) -> Option<Alert> {
         let severity = self.config_invalid?;
         let shown = file.unwrap_or("(built-in defaults)");
+        if let Some(last) = &mut self.last_invalid
+            && last.file == shown
+            && last.content == content
+            && last.reason == reason
+        {
+            let a = &mut last.alert;
+            a.rev += 1;
+            a.count += 1;
+            a.last_seen_ns = a.last_seen_ns.max(now_ns);
+            a.summary = format!(
+                "{} (refused {} times since {})",
+                last.summary,
+                a.count,
+                format_rfc3339(a.first_seen_ns)
+            );
+            return Some(a.clone());
+        }
         // The refusal reads "the configuration F is not usable (…):" then one problem a line:
         // the summary names the first problem, not the heading.
         let first = reason
@@ -148,6 +188,13 @@ impl DaemonRules {
         );
         alert.details.insert("file".into(), shown.to_owned());
         alert.details.insert("error".into(), reason.to_owned());
+        self.last_invalid = Some(LastInvalid {
+            file: shown.to_owned(),
+            content: content.to_owned(),
+            reason: reason.to_owned(),
+            summary: alert.summary.clone(),
+            alert: alert.clone(),
+        });
         Some(alert)
     }
 
@@ -371,10 +418,10 @@ mod tests {
 
     #[test]
     fn a_refused_reload_is_one_config_invalid_alert_unless_the_rule_is_off() {
-        let r = rules("");
+        let mut r = rules("");
         let reason = "/etc/c.toml:3:1: watch.bogus: unknown field `bogus`\nsecond problem";
         let a = r
-            .config_invalid(Some("/etc/c.toml"), reason, T0 + S)
+            .config_invalid(Some("/etc/c.toml"), "sha256:1", reason, T0 + S)
             .unwrap_or_else(|| panic!("no alert"));
         assert_eq!(a.rule, RuleId::ConfigInvalid);
         assert_eq!(a.severity, Severity::Warning);
@@ -391,25 +438,67 @@ mod tests {
         let worded = "the configuration /etc/c.toml is not usable (check it with `ctrwatch \
                       config check`):\n  /etc/c.toml:3:1: watch.bogus: unknown field `bogus`";
         let w = r
-            .config_invalid(Some("/etc/c.toml"), worded, T0 + S)
+            .config_invalid(Some("/etc/c.toml"), "sha256:1", worded, T0 + S)
             .unwrap_or_else(|| panic!("no alert"));
         assert!(
             w.summary.ends_with("watch.bogus: unknown field `bogus`"),
             "{}",
             w.summary
         );
-        // Each refusal is its own alert.
-        let b = r.config_invalid(Some("/etc/c.toml"), reason, T0 + 2 * S);
-        assert_ne!(b.map(|b| b.id), Some(a.id));
+        // Another reason (or content) is another alert.
+        let b = r
+            .config_invalid(Some("/etc/c.toml"), "sha256:1", reason, T0 + 2 * S)
+            .unwrap_or_else(|| panic!("no alert"));
+        assert_ne!(b.id, a.id);
+        assert_ne!(b.id, w.id);
         let off = rules("[rules.config-invalid]\nenabled = false\n");
-        assert!(off.config_invalid(None, reason, T0).is_none());
-        let critical = rules("[rules.config-invalid]\nseverity = \"critical\"\n");
+        assert!(
+            rules("[rules.config-invalid]\nenabled = false\n")
+                .config_invalid(None, "x", reason, T0)
+                .is_none()
+        );
+        drop(off);
         assert_eq!(
-            critical
-                .config_invalid(None, reason, T0)
+            rules("[rules.config-invalid]\nseverity = \"critical\"\n")
+                .config_invalid(None, "x", reason, T0)
                 .map(|a| a.severity),
             Some(Severity::Critical)
         );
+    }
+
+    /// The same file content refused again and again (SIGHUP repeated, a reload loop) is one
+    /// alert whose revisions count the refusals, not one alert each; other content, or
+    /// another reason for the same content (its mode), is a new alert.
+    #[test]
+    fn repeated_refusals_of_the_same_content_fold_into_one_alert() {
+        let mut r = rules("");
+        let reason = "/etc/c.toml:3:1: watch.bogus: unknown field `bogus`";
+        let first = r
+            .config_invalid(Some("/etc/c.toml"), "sha256:aa", reason, T0 + S)
+            .unwrap_or_else(|| panic!("no alert"));
+        let mut last = first.clone();
+        for i in 2..=5 {
+            last = r
+                .config_invalid(Some("/etc/c.toml"), "sha256:aa", reason, T0 + i * S)
+                .unwrap_or_else(|| panic!("no alert"));
+        }
+        assert_eq!(last.id, first.id);
+        assert_eq!((last.rev, last.count), (5, 5));
+        assert_eq!(
+            (last.first_seen_ns, last.last_seen_ns),
+            (T0 + S, T0 + 5 * S)
+        );
+        assert!(last.summary.contains("refused 5 times"), "{}", last.summary);
+        assert!(last.summary.contains("watch.bogus"), "{}", last.summary);
+        let edited = r
+            .config_invalid(Some("/etc/c.toml"), "sha256:bb", reason, T0 + 6 * S)
+            .unwrap_or_else(|| panic!("no alert"));
+        assert_ne!(edited.id, first.id);
+        assert_eq!((edited.rev, edited.count), (1, 1));
+        let chmod = r
+            .config_invalid(Some("/etc/c.toml"), "sha256:bb", "mode 0666", T0 + 7 * S)
+            .unwrap_or_else(|| panic!("no alert"));
+        assert_ne!(chmod.id, edited.id);
     }
 
     #[test]

@@ -31,6 +31,8 @@ use ctrwatch_event::{FileEvent, Op, OpResult, ProcessView, StorageKind, Verdict,
 use crate::alert::{Alert, FileRef, MAX_EVENTS, MAX_SAMPLE_PATHS, Node, history_command};
 use crate::daemon_rules::SETTLE;
 
+pub mod mismatch;
+
 /// Processes that start sessions or daemons: a process tree is named by its outermost
 /// ancestor that is none of these (nor PID 1).
 const LAUNCHERS: &[&str] = &[

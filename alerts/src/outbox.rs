@@ -193,7 +193,8 @@ pub struct Route {
     pub name: String,
     /// Its targets, as shown.
     pub targets: Vec<String>,
-    /// (the name an older version stored a target under, the target): renamed at start.
+    /// (the name an older version stored a target under, the target): renamed at start. An
+    /// earlier name by position is mapped by the list's current order.
     pub formerly: Vec<(String, String)>,
     /// Its minimum severity.
     pub min_severity: Severity,
@@ -220,27 +221,24 @@ impl Routing {
 impl Route {
     /// The routing of one sink.
     pub fn of(sink: &SinkConfig) -> Route {
-        let shown_all = |shown: &dyn Fn(&str) -> String| {
-            let mut targets: Vec<String> = Vec::new();
-            for u in &sink.urls {
-                let mut one = shown(u);
-                if targets.contains(&one) {
-                    one = format!("{one}#{}", targets.len() + 1);
+        use crate::sinks::{legacy_webhook_shown, positional_shown, redact_url, shown_targets};
+        let targets = shown_targets(sink.kind, &sink.urls);
+        // Earlier names: by position among equal redacted URLs, and (webhooks) with the path.
+        let mut earlier = vec![positional_shown(&sink.urls, |u| redact_url(sink.kind, u))];
+        if sink.kind == ctrwatch_config::SinkKind::Webhook {
+            earlier.push(positional_shown(&sink.urls, legacy_webhook_shown));
+        }
+        let mut formerly: Vec<(String, String)> = Vec::new();
+        for names in earlier {
+            for (old, new) in names.into_iter().zip(targets.iter()) {
+                if old != *new
+                    && !targets.contains(&old)
+                    && !formerly.iter().any(|(o, _)| *o == old)
+                {
+                    formerly.push((old, new.clone()));
                 }
-                targets.push(one);
             }
-            targets
-        };
-        let targets = shown_all(&|u| crate::sinks::redact_url(sink.kind, u));
-        let formerly = if sink.kind == ctrwatch_config::SinkKind::Webhook {
-            shown_all(&crate::sinks::legacy_webhook_shown)
-                .into_iter()
-                .zip(targets.iter().cloned())
-                .filter(|(old, new)| old != new)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        }
         Route {
             name: sink.name.clone(),
             targets,
@@ -1086,6 +1084,61 @@ pub(crate) mod tests {
         );
         let text = render_table(&rows, &totals(&conn)?);
         assert!(text.contains("-> am http://b: dropped"), "{text}");
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    /// Two Alertmanager URLs on one host whose redactions coincide, deliveries pending under
+    /// the names by position an earlier version gave them (`…?t=***`, `…?t=***#2`): after the
+    /// upgrade each is renamed to its URL's own name and stays pending, and each URL's name is
+    /// the same whatever the order of the list.
+    #[test]
+    fn pending_deliveries_under_positional_names_follow_their_url()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let path = temp("positional");
+        let conn = database(&path)?;
+        let a = "http://127.0.0.1:1/?t=s3cr3t-a";
+        let b = "http://127.0.0.1:1/?t=s3cr3t-b";
+        let mut old = routing(100);
+        old.sinks[1].targets = vec![
+            "http://127.0.0.1:1/?t=***".into(),
+            "http://127.0.0.1:1/?t=***#2".into(),
+        ];
+        write(&conn, &alert("a", 1, Severity::Critical), &old)?;
+        let route = |urls: &[&str]| -> Result<Route, String> {
+            let body = format!(
+                "[[sinks]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [{}]\n",
+                urls.iter()
+                    .map(|u| format!("\"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut c = ctrwatch_config::Config::parse("t", &body).map_err(|e| format!("{e:?}"))?;
+            Ok(Route::of(&c.sinks.remove(0)))
+        };
+        let ab = route(&[a, b])?;
+        let ba = route(&[b, a])?;
+        // Each URL's name is the same whatever the order.
+        assert_eq!(ab.targets[0], ba.targets[1]);
+        assert_eq!(ab.targets[1], ba.targets[0]);
+        let mut new = routing(100);
+        new.sinks[1] = ab.clone();
+        let applied = write(&conn, &OutboxWrite::Reconcile, &new)?;
+        assert_eq!(applied.dropped_deliveries, 0);
+        let rows = list(&conn, 0, 10)?;
+        let mut hook: Vec<(String, String)> = rows[0]
+            .deliveries
+            .iter()
+            .filter(|d| d.sink == "am")
+            .map(|d| (d.target.clone(), d.state.clone()))
+            .collect();
+        hook.sort();
+        let mut want = vec![
+            (ab.targets[0].clone(), "pending".to_owned()),
+            (ab.targets[1].clone(), "pending".to_owned()),
+        ];
+        want.sort();
+        assert_eq!(hook, want);
         let _ = std::fs::remove_file(&path);
         Ok(())
     }

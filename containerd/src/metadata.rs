@@ -696,6 +696,14 @@ impl Model {
         self.snapshot_by_key(snapshotter, key)
     }
 
+    /// The meta.db records (namespace, client key) pointing at the snapshot with snapshotter
+    /// key `key` (none: removed from meta.db, or not made through containerd's metadata).
+    pub fn meta_records(&self, snapshotter: &str, key: &str) -> &[(String, String)] {
+        self.backend_refs
+            .get(&(snapshotter.to_owned(), key.to_owned()))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// What the snapshot with snapshotter key `key` holds.
     pub fn snapshot_by_key(&self, snapshotter: &str, key: &str) -> Option<SnapshotInfo> {
         let sn = self.snapshotters.get(snapshotter)?;

@@ -1083,3 +1083,59 @@ fn the_ring_buffer_fill_is_what_the_programs_wrote_and_nobody_read() {
     drop(kernel);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The store starts failing after the metrics showed it healthy (its disk fills up): the
+/// failure shows in the metrics (`ctrwatch_store_errors_total` grows), the store's gauges are
+/// never older than `ctrwatch_store_facts_age_seconds` says, and they come back when the
+/// store recovers. (Before, the gauges kept their last values and nothing said the store
+/// had stopped taking writes.)
+#[test]
+fn a_store_that_fails_later_shows_in_the_metrics() {
+    tests::require_root();
+    let dir = temp_dir("metrics-store-fails");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let mnt = tests::tmpfs::Tmpfs::mount(&dir.join("mnt"), "4m");
+    let store = mnt.0.join("store/events.db");
+    std::fs::create_dir_all(mnt.0.join("store")).expect("store dir");
+    let config = write_config(&dir, "[rules.heartbeat]\nenabled = false\n");
+    let daemon = start_daemon(
+        &[&root],
+        &store,
+        &config,
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let first = root.join("before");
+    fsop(&[OsStr::new("create"), first.as_os_str()]);
+    wait_history(&store, &first, "create");
+    let addr = metrics_addr(&daemon);
+    let healthy = scrape_until(addr, "the store's gauges", Duration::from_secs(60), |s| {
+        value(s, "ctrwatch_store_bytes", &[]).is_some()
+    });
+    assert_eq!(
+        value(&healthy, "ctrwatch_store_errors_total", &[]),
+        Some(0.0),
+        "{healthy:#?}"
+    );
+
+    // The disk fills; events keep coming; the writer's commits fail.
+    let filler = mnt.fill();
+    let failing = scrape_until(addr, "store errors counted", Duration::from_secs(60), |s| {
+        fsop(&[OsStr::new("create"), root.join("during").as_os_str()]);
+        let _ = std::fs::remove_file(root.join("during"));
+        value(s, "ctrwatch_store_errors_total", &[]).is_some_and(|n| n > 0.0)
+    });
+    // What is shown is as old as the age says, and the age is there to say it.
+    let age = value(&failing, "ctrwatch_store_facts_age_seconds", &[]);
+    assert!(age.is_some(), "{failing:#?}");
+
+    // Space returns: the store's gauges are current again.
+    std::fs::remove_file(&filler).expect("free space");
+    scrape_until(addr, "fresh store gauges", Duration::from_secs(60), |s| {
+        value(s, "ctrwatch_store_bytes", &[]).is_some()
+            && value(s, "ctrwatch_store_facts_age_seconds", &[]).is_some_and(|a| a < 5.0)
+    });
+    daemon.stop();
+    drop(mnt);
+    let _ = std::fs::remove_dir_all(dir);
+}

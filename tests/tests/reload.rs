@@ -386,6 +386,75 @@ fn a_bad_reload_keeps_the_old_configuration_and_says_why() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// The same refused file reloaded again and again (SIGHUP repeated, a deployment retrying):
+/// ONE `config-invalid` alert whose revisions count the refusals, not an alert each; an
+/// edited file that is still refused is a new alert.
+#[test]
+fn repeated_refusals_of_the_same_file_are_one_alert() {
+    let (base, root) = setup("reload-repeat");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let r = Receiver::start(Mode::Accept);
+    config_file(&config, &hook_sink(&r));
+    let daemon = start_daemon(&root, Some(&store), &config);
+    status_until(&store, "the config file", |v| {
+        v["daemon"]["config_loaded"].is_string()
+    });
+    let bad = format!("[watch]\nbogus_key = 1\n\n{}", hook_sink(&r));
+    config_file(&config, &bad);
+    let refusals = |n: usize| {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let log = daemon.stderr();
+            if log.matches("reloading the configuration failed").count() >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not {n} refusals in:\n{log}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    for n in 1..=3 {
+        daemon.signal(libc::SIGHUP);
+        // One refusal at a time: signals sent while a reload runs may merge.
+        refusals(n);
+    }
+    received_until(&r, "the third refusal's revision (count 3)", |r| {
+        hook_alerts(r, "config-invalid")
+            .iter()
+            .any(|a| a["count"] == 3)
+    });
+    let same = hook_alerts(&r, "config-invalid");
+    let ids: std::collections::BTreeSet<&str> =
+        same.iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "{same:#?}");
+    let last = same
+        .iter()
+        .max_by_key(|a| a["rev"].as_u64())
+        .expect("revisions");
+    assert_eq!(last["rev"], 3, "{last:#}");
+    assert!(
+        last["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("refused 3 times") && s.contains("watch.bogus_key")),
+        "{last:#}"
+    );
+
+    // Edited, still refused: another alert.
+    config_file(&config, &format!("{bad}\n[other]\n"));
+    daemon.signal(libc::SIGHUP);
+    refusals(4);
+    received_until(&r, "the edited file's own alert", |r| {
+        hook_alerts(r, "config-invalid")
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_owned))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 2
+    });
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// A FIFO at the configuration's path: the reload does not wait for a writer (the daemon goes
 /// on storing), and fails saying what is there.
 #[test]

@@ -194,8 +194,18 @@ pub struct DaemonAlerts {
     rules: Option<ctrwatch_alerts::daemon_rules::DaemonRules>,
     delivery: Option<ctrwatch_alerts::Delivery>,
     detect: Option<DetectFeed>,
+    mismatch: Option<MismatchFeed>,
     /// The layer check at commit and after an unclean stop (crate::layercheck).
     layer_check: Option<crate::layercheck::LayerCheck>,
+}
+
+/// The capture path's side of the `metadata-mismatch` worker ([`crate::mismatch`]): a bounded
+/// queue it never waits on.
+struct MismatchFeed {
+    tx: Option<std::sync::mpsc::SyncSender<Box<ctrwatch_event::FileEvent>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Events not checked because the queue was full (logged at the next tick).
+    dropped: u64,
 }
 
 /// Events waiting for the detection thread at most (a burst's worth; beyond it events are
@@ -328,6 +338,7 @@ impl DaemonAlerts {
             rules: None,
             delivery: None,
             detect: None,
+            mismatch: None,
             layer_check: None,
         }
     }
@@ -367,6 +378,32 @@ impl DaemonAlerts {
                 dropped_to_ns: 0,
             });
         }
+        let checker =
+            ctrwatch_alerts::detect::mismatch::Checker::new(&self.config, self.node.clone());
+        if checker.enabled() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(crate::mismatch::QUEUE);
+            let out = std::sync::Arc::clone(&results);
+            let thread = std::thread::Builder::new()
+                .name("mismatch-check".into())
+                .spawn(move || {
+                    crate::mismatch::run(checker, rx, |alerts| {
+                        for w in records(alerts) {
+                            if !out.send(w) {
+                                log::warn!(
+                                    "alerts: the store writer has stopped; a metadata-mismatch \
+                                     alert is lost"
+                                );
+                            }
+                        }
+                    })
+                })
+                .context("starting the metadata-mismatch worker")?;
+            self.mismatch = Some(MismatchFeed {
+                tx: Some(tx),
+                thread: Some(thread),
+                dropped: 0,
+            });
+        }
         self.layer_check = crate::layercheck::LayerCheck::start(
             &self.config,
             self.node.clone(),
@@ -398,6 +435,13 @@ impl DaemonAlerts {
     /// judge it. Never waits: when the detection queue is full the event is counted (and
     /// reported as a history gap at the next tick), not judged.
     pub fn event(&mut self, ev: &ctrwatch_event::FileEvent) {
+        if let Some(feed) = &mut self.mismatch
+            && let Some(tx) = &feed.tx
+            && ctrwatch_alerts::detect::mismatch::candidate(ev).is_some()
+            && let Err(std::sync::mpsc::TrySendError::Full(_)) = tx.try_send(Box::new(ev.clone()))
+        {
+            feed.dropped += 1;
+        }
         let Some(feed) = &mut self.detect else { return };
         let Some(tx) = &feed.tx else { return };
         if !ctrwatch_alerts::detect::wants(ev) {
@@ -426,6 +470,15 @@ impl DaemonAlerts {
 
     /// The outbox writes the daemon's rules want at `now_ns` (call about once a second).
     pub fn tick(&mut self, now_ns: i64) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        if let Some(feed) = &mut self.mismatch
+            && feed.dropped > 0
+        {
+            log::warn!(
+                "alerts: the metadata-mismatch worker fell behind: {} events not checked",
+                feed.dropped
+            );
+            feed.dropped = 0;
+        }
         let Some(rules) = &mut self.rules else {
             return Vec::new();
         };
@@ -455,20 +508,22 @@ impl DaemonAlerts {
     }
 
     /// A reload of the configuration `file` was refused for `reason`: the `config-invalid`
-    /// alert to keep (none when the rule is off, or before capture started).
+    /// alert to keep (none when the rule is off, or before capture started); the same
+    /// content refused again is a new revision of the same alert.
     pub fn config_invalid(
-        &self,
+        &mut self,
         file: Option<&Path>,
         reason: &str,
         now_ns: i64,
     ) -> Vec<ctrwatch_alerts::OutboxWrite> {
-        let Some(rules) = &self.rules else {
+        let Some(rules) = &mut self.rules else {
             return Vec::new();
         };
+        let content = file.map_or_else(|| "(none)".to_owned(), content_id);
         let file = file.map(ctrwatch_event::escape_path);
         records(
             rules
-                .config_invalid(file.as_deref(), reason, now_ns)
+                .config_invalid(file.as_deref(), &content, reason, now_ns)
                 .into_iter()
                 .collect(),
         )
@@ -495,7 +550,16 @@ impl DaemonAlerts {
             check.stop();
         }
         // The detections first: they judge what is queued and hand their groups' last
-        // revisions to the writer (still running).
+        // revisions to the writer (still running). The metadata checks too: what is pending
+        // is checked at once.
+        if let Some(mut feed) = self.mismatch.take() {
+            drop(feed.tx.take());
+            if let Some(t) = feed.thread.take()
+                && t.join().is_err()
+            {
+                log::error!("alerts: the metadata-mismatch worker panicked");
+            }
+        }
         if let Some(mut feed) = self.detect.take() {
             drop(feed.tx.take());
             if let Some(t) = feed.thread.take()
@@ -529,6 +593,49 @@ impl DaemonAlerts {
             d.stop(grace);
         }
         out
+    }
+}
+
+/// What a refused configuration file holds, to tell a refusal of the same content from one of
+/// an edited file: `sha256:` of its bytes; for what cannot be read as a regular file (gone,
+/// a FIFO, a directory, larger than 16 MiB) what it is instead. Never blocks: opened
+/// non-blocking, read only when it is a regular file.
+fn content_id(path: &Path) -> String {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    const MAX: u64 = 16 << 20;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let mut file = match file {
+        Ok(f) => f,
+        Err(e) => return format!("unreadable: {}", e.kind()),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return format!("unreadable: {}", e.kind()),
+    };
+    let t = meta.file_type();
+    if !t.is_file() {
+        let kind = if t.is_fifo() {
+            "fifo"
+        } else if t.is_dir() {
+            "directory"
+        } else {
+            "not a regular file"
+        };
+        return format!(
+            "{kind}: inode {}",
+            std::os::unix::fs::MetadataExt::ino(&meta)
+        );
+    }
+    let mut bytes = Vec::new();
+    match (&mut file).take(MAX + 1).read_to_end(&mut bytes) {
+        Ok(n) if n as u64 > MAX => format!("larger than {MAX} bytes"),
+        Ok(_) => format!("sha256:{}", ctrwatch_event::hex(&Sha256::digest(&bytes))),
+        Err(e) => format!("unreadable: {}", e.kind()),
     }
 }
 

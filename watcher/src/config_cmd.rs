@@ -53,11 +53,12 @@ pub fn check(path: &Path) -> Checked {
 
 /// The rules this ctrwatch raises alerts for; the others are accepted in the file (so that a
 /// fleet's file need not change when they come) and shown as not built.
-const BUILT_RULES: [RuleId; 7] = [
+const BUILT_RULES: [RuleId; 8] = [
     RuleId::ForeignChange,
     RuleId::OpaqueLeak,
     RuleId::LayerDamaged,
     RuleId::AfterCrashVerify,
+    RuleId::MetadataMismatch,
     RuleId::HistoryGap,
     RuleId::Heartbeat,
     RuleId::ConfigInvalid,

@@ -745,15 +745,18 @@ fn write_loop(
                         store.unstored().unwrap_or(0),
                     );
                     warn.report(store.heartbeat_with_status(at, &snapshot), "heartbeat");
-                    if METRICS.enabled()
-                        && let Some(s) = store.store()
-                    {
-                        match s.metrics_facts() {
-                            Ok(facts) => METRICS.set_store_facts(facts),
-                            Err(e) => warn.report(
-                                Err::<(), _>(e),
-                                "reading the store's size for the metrics",
-                            ),
+                    if METRICS.enabled() {
+                        match store.store().map(|s| s.metrics_facts()) {
+                            Some(Ok(facts)) => METRICS.set_store_facts(facts),
+                            Some(Err(e)) => {
+                                METRICS.store_facts_unavailable();
+                                warn.report(
+                                    Err::<(), _>(e),
+                                    "reading the store's size for the metrics",
+                                );
+                            }
+                            // Not open (it failed): nothing current to show.
+                            None => METRICS.store_facts_unavailable(),
                         }
                     }
                 }
@@ -945,6 +948,7 @@ impl Warner {
 
     fn report<T>(&mut self, r: Result<T, crate::store::StoreError>, what: &str) {
         let Err(e) = r else { return };
+        METRICS.store_error();
         if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
             self.suppressed += 1;
             return;

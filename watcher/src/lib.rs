@@ -14,6 +14,7 @@ pub mod logging;
 pub mod loss;
 pub mod metrics;
 pub mod metrics_http;
+pub mod mismatch;
 pub mod notify;
 pub mod process;
 pub mod queries;

@@ -129,7 +129,14 @@ pub struct Metrics {
     deliveries: Mutex<BTreeMap<(String, DeliveryOutcome), u64>>,
     /// Lost events by stage and kind, from the loss records.
     lost: Mutex<BTreeMap<(LossStage, LossKind), u64>>,
+    /// The store's facts from its last successful read (None: never read, or the last read
+    /// failed: then they are not shown rather than shown stale).
     store: Mutex<Option<StoreFacts>>,
+    /// When the store's facts were last read successfully.
+    store_read_at: Mutex<Option<std::time::Instant>>,
+    /// Store operations of the writer that failed (appends, commits, heartbeats, outbox
+    /// writes, the facts' reads).
+    store_errors: AtomicU64,
     mapping_refresh: DurationSummary,
     /// The capture backend and how many of its programs are attached.
     programs: Mutex<Option<(String, usize)>>,
@@ -158,6 +165,8 @@ impl Metrics {
             deliveries: Mutex::new(BTreeMap::new()),
             lost: Mutex::new(BTreeMap::new()),
             store: Mutex::new(None),
+            store_read_at: Mutex::new(None),
+            store_errors: AtomicU64::new(0),
             mapping_refresh: DurationSummary {
                 count: AtomicU64::new(0),
                 sum_ns: AtomicU64::new(0),
@@ -215,8 +224,21 @@ impl Metrics {
         }
     }
 
+    /// The store's facts, just read.
     pub fn set_store_facts(&self, facts: StoreFacts) {
         *lock(&self.store) = Some(facts);
+        *lock(&self.store_read_at) = Some(std::time::Instant::now());
+    }
+
+    /// The store's facts could not be read (the store failed, or is not open): the gauges
+    /// they feed disappear until the next successful read; the age of the last one grows.
+    pub fn store_facts_unavailable(&self) {
+        *lock(&self.store) = None;
+    }
+
+    /// A store operation of the writer failed.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Relaxed);
     }
 
     /// One refresh of a containerd instance's snapshot→layer→image mapping took `took`.
@@ -309,6 +331,28 @@ impl Metrics {
             );
         }
 
+        out.family(
+            "ctrwatch_store_errors_total",
+            "counter",
+            "Store operations of the daemon's writer that failed (appends, commits, heartbeats, outbox writes, reads of the store's facts).",
+        );
+        out.sample(
+            "ctrwatch_store_errors_total",
+            &[],
+            self.store_errors.load(Relaxed) as f64,
+        );
+        if let Some(at) = *lock(&self.store_read_at) {
+            out.family(
+                "ctrwatch_store_facts_age_seconds",
+                "gauge",
+                "Seconds since the store's facts (bytes, oldest event, outbox) were last read successfully.",
+            );
+            out.sample(
+                "ctrwatch_store_facts_age_seconds",
+                &[],
+                at.elapsed().as_secs_f64(),
+            );
+        }
         let store = *lock(&self.store);
         if let Some(store) = store {
             out.family(
@@ -510,6 +554,40 @@ mod tests {
             r#"ctrwatch_deliveries_total{sink="evil\"} 1\nctrwatch_fake 2\n\\",result="delivered"} 1"#
         );
         assert!(!text.lines().any(|l| l.starts_with("ctrwatch_fake")));
+    }
+
+    /// The store fails after its facts were read once: the gauges they feed go away rather
+    /// than show the old values as if current, the error is counted, and the age of the last
+    /// good read says how old what was last known is.
+    #[test]
+    fn store_gauges_do_not_go_stale_when_the_store_fails() {
+        let m = Metrics::new();
+        m.set_store_facts(StoreFacts {
+            bytes: 4096,
+            oldest_event_ns: Some(1_700_000_000_000_000_000),
+            outbox_pending: Some(3),
+        });
+        let text = m.render();
+        assert!(text.contains("ctrwatch_store_bytes 4096\n"), "{text}");
+        assert!(text.contains("ctrwatch_store_errors_total 0\n"), "{text}");
+        assert!(text.contains("ctrwatch_store_facts_age_seconds "), "{text}");
+        m.store_error();
+        m.store_facts_unavailable();
+        let text = m.render();
+        for stale in [
+            "ctrwatch_store_bytes",
+            "ctrwatch_outbox_pending",
+            "ctrwatch_store_oldest_event_timestamp_seconds",
+        ] {
+            assert!(!text.contains(stale), "{stale} shown stale:\n{text}");
+        }
+        assert!(text.contains("ctrwatch_store_errors_total 1\n"), "{text}");
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ctrwatch_store_facts_age_seconds "))
+            .and_then(|v| v.parse().ok())
+            .expect("the age of the last good read");
+        assert!((0.0..60.0).contains(&age), "{age}");
     }
 
     #[test]

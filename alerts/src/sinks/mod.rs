@@ -173,18 +173,16 @@ impl Sink {
             }
             _ => None,
         };
-        let mut targets: Vec<Target> = Vec::new();
-        for (index, url) in config.urls.iter().enumerate() {
-            let mut shown = redact_url(config.kind, url);
-            if targets.iter().any(|t| t.shown == shown) {
-                shown = format!("{shown}#{}", index + 1);
-            }
-            targets.push(Target {
+        let targets: Vec<Target> = shown_targets(config.kind, &config.urls)
+            .into_iter()
+            .zip(&config.urls)
+            .enumerate()
+            .map(|(index, (shown, url))| Target {
                 index,
                 url: url.clone(),
                 shown,
-            });
-        }
+            })
+            .collect();
         let scrubber = Scrubber::for_sink(&config);
         Ok(Sink {
             config,
@@ -316,6 +314,50 @@ pub fn redact_url(kind: SinkKind, url: &str) -> String {
         SinkKind::Alertmanager => shown_with_path(url),
         _ => shown_without_path(url),
     }
+}
+
+/// The names a sink's targets are shown and stored by ([`redact_url`]): URLs whose redacted
+/// forms coincide (two webhooks on one host) are told apart by `#` and 8 hex digits of the
+/// SHA-256 of the whole URL, so that a target keeps its name, and its pending deliveries,
+/// when the list is reordered. (32 bits of a hash say nothing usable about a secret in the
+/// URL; the same URL listed twice gets `-2`, `-3` after the hash.) Only Alertmanager
+/// sinks take several URLs today; the rule is the same for every kind.
+pub fn shown_targets(kind: SinkKind, urls: &[String]) -> Vec<String> {
+    use sha2::{Digest as _, Sha256};
+    let redacted: Vec<String> = urls.iter().map(|u| redact_url(kind, u)).collect();
+    let mut out: Vec<String> = Vec::with_capacity(urls.len());
+    for (url, r) in urls.iter().zip(&redacted) {
+        let shared = redacted.iter().filter(|x| *x == r).count() > 1;
+        let mut shown = if shared {
+            let h = Sha256::digest(url.as_bytes());
+            format!("{r}#{}", ctrwatch_event::hex(&h[..4]))
+        } else {
+            r.clone()
+        };
+        let base = shown.clone();
+        let mut n = 1;
+        while out.contains(&shown) {
+            n += 1;
+            shown = format!("{base}-{n}");
+        }
+        out.push(shown);
+    }
+    out
+}
+
+/// The names earlier builds gave a sink's targets, `shown` of each URL with `#N` (its place
+/// in the list) after the second and later of equal ones: pending deliveries stored under
+/// them are renamed to [`shown_targets`]' at start (by the current order of the list).
+pub fn positional_shown(urls: &[String], shown: impl Fn(&str) -> String) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(urls.len());
+    for u in urls {
+        let mut one = shown(u);
+        if out.contains(&one) {
+            one = format!("{one}#{}", out.len() + 1);
+        }
+        out.push(one);
+    }
+    out
 }
 
 /// How earlier builds showed a webhook's URL (path and query keys): pending deliveries
@@ -537,8 +579,24 @@ mod tests {
             None,
         );
         let sink = Sink::new(c)?;
-        assert_eq!(sink.targets[0].shown, "http://a:9093?t=***");
-        assert_eq!(sink.targets[1].shown, "http://a:9093?t=***#2");
+        // Equal redactions: each told apart by its URL's hash.
+        assert!(sink.targets[0].shown.starts_with("http://a:9093?t=***#"));
+        assert!(sink.targets[1].shown.starts_with("http://a:9093?t=***#"));
+        assert_ne!(sink.targets[0].shown, sink.targets[1].shown);
+        assert_eq!(
+            sink.targets[0].shown.len(),
+            "http://a:9093?t=***#".len() + 8
+        );
+        let c = sink_config(
+            SinkKind::Alertmanager,
+            &["http://a:9093", "http://a:9093"],
+            None,
+        );
+        let sink = Sink::new(c)?;
+        assert_eq!(
+            sink.targets[1].shown,
+            format!("{}-2", sink.targets[0].shown)
+        );
         let c = sink_config(
             SinkKind::Slack,
             &["https://hooks.slack.com/services/T/B/SECRETSECRET"],
@@ -547,6 +605,35 @@ mod tests {
         let sink = Sink::new(c)?;
         let shown = format!("{sink:?} {:?}", sink.targets[0]);
         assert!(!shown.contains("SECRETSECRET"), "{shown}");
+        Ok(())
+    }
+
+    /// Two targets on one host show the same redacted URL (an Alertmanager pair behind one
+    /// proxy, told apart by user or query; a webhook or robot URL's path is never shown):
+    /// each is told apart by its own URL, not by its place in the list, so reordering the
+    /// configuration keeps every target's name (and its pending deliveries with it).
+    #[test]
+    fn targets_on_one_host_keep_their_names_when_the_list_is_reordered() -> Result<(), SinkError> {
+        let a = "https://user-a:SECRETA@am.example.com/?tenant=SECRETA";
+        let b = "https://user-b:SECRETB@am.example.com/?tenant=SECRETB";
+        let ab = Sink::new(sink_config(SinkKind::Alertmanager, &[a, b], None))?;
+        let ba = Sink::new(sink_config(SinkKind::Alertmanager, &[b, a], None))?;
+        let name = |s: &Sink, url: &str| {
+            s.targets
+                .iter()
+                .find(|t| t.url == url)
+                .map(|t| t.shown.clone())
+        };
+        assert_eq!(name(&ab, a), name(&ba, a), "{ab:?} {ba:?}");
+        assert_eq!(name(&ab, b), name(&ba, b), "{ab:?} {ba:?}");
+        assert_ne!(name(&ab, a), name(&ab, b));
+        for t in ab.targets.iter().chain(&ba.targets) {
+            assert!(
+                t.shown.starts_with("https://am.example.com/?tenant=***#"),
+                "{t:?}"
+            );
+            assert!(!t.shown.contains("SECRET"), "{t:?}");
+        }
         Ok(())
     }
 

@@ -1,0 +1,216 @@
+//! The `metadata-mismatch` worker: the checks [`ctrwatch_alerts::detect::mismatch`] asks for,
+//! made on a thread of their own at low priority, never on the capture path: after a
+//! subject's settle delay it reads containerd's metadata again (the lock-free bolt reader,
+//! [`Model::load_layout`]) for a removed snapshot directory, or hashes a written blob (at
+//! most [`MAX_HASH_BYTES`]), and hands the alerts to the store writer.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use ctrwatch_alerts::Alert;
+use ctrwatch_alerts::detect::mismatch::{Checker, Pending, SnapshotRecord, Subject};
+use ctrwatch_event::FileEvent;
+use sha2::{Digest as _, Sha256};
+
+use crate::containerd::{Model, RootLayout, fsx};
+
+/// Blobs larger than this are not hashed (a check must not read the disk for minutes); the
+/// log says which were skipped.
+pub const MAX_HASH_BYTES: u64 = 1 << 30;
+/// Events waiting for the worker at most (beyond: counted, not judged).
+pub const QUEUE: usize = 4096;
+/// The longest the worker sleeps without looking at its pending checks.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Lowers the calling thread's CPU priority (nice 19): hashing a blob competes with nothing
+/// the node runs. Best effort.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
+    // this thread's nice value.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if rc != 0 {
+        log::debug!(
+            "metadata-mismatch: could not lower the worker's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The worker's loop: events in (until the sender goes), checks when due, alerts out through
+/// `send`. At the end, what is still pending is checked at once.
+pub fn run(mut checker: Checker, rx: Receiver<Box<FileEvent>>, send: impl Fn(Vec<Alert>)) {
+    lower_priority();
+    let clock = ctrwatch_event::time::Clock::process();
+    let mut reported_drops = 0;
+    loop {
+        let now = clock.now_ns();
+        let wait = checker
+            .next_due_ns()
+            .map(|due| Duration::from_nanos(u64::try_from(due.saturating_sub(now)).unwrap_or(0)))
+            .map_or(TICK, |d| d.min(TICK));
+        let finished = match rx.recv_timeout(wait) {
+            Ok(ev) => {
+                checker.event(&ev, clock.now_ns());
+                // Take what else is queued before checking.
+                while let Ok(ev) = rx.try_recv() {
+                    checker.event(&ev, clock.now_ns());
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if checker.dropped > reported_drops {
+            log::warn!(
+                "metadata-mismatch: {} events not checked (too many subjects pending)",
+                checker.dropped - reported_drops
+            );
+            reported_drops = checker.dropped;
+        }
+        let now = clock.now_ns();
+        let due = checker.due(now, finished);
+        if !due.is_empty() {
+            send(check(&mut checker, due, now, !finished));
+        }
+        if finished {
+            return;
+        }
+    }
+}
+
+/// Makes the checks of `due`: the alerts to raise. With `may_retry`, a check whose metadata
+/// could not be read goes back to wait.
+fn check(checker: &mut Checker, due: Vec<Pending>, now_ns: i64, may_retry: bool) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    // One read of each instance's metadata per round.
+    let mut models: HashMap<(PathBuf, String, PathBuf), Result<Model, String>> = HashMap::new();
+    for p in due {
+        let failed = match &p.subject {
+            Subject::SnapshotGone {
+                root,
+                snapshotter,
+                snapshotter_root,
+                id,
+                dir,
+            } => {
+                if fsx::lstat_beneath(snapshotter_root, dir).is_ok() {
+                    // Moved back, or made again: nothing disagrees.
+                    continue;
+                }
+                let model = models
+                    .entry((root.clone(), snapshotter.clone(), snapshotter_root.clone()))
+                    .or_insert_with(|| load(root, snapshotter, snapshotter_root));
+                match model {
+                    Ok(m) => {
+                        if let Some(r) = record(m, snapshotter, *id)
+                            && let Some(a) = checker.snapshot_alert(&p, &r)
+                        {
+                            checker.alerted(&p, now_ns);
+                            alerts.push(a);
+                        }
+                        None
+                    }
+                    Err(e) => Some(format!(
+                        "snapshot {id} of {}: containerd's metadata could not be read: {e}",
+                        ctrwatch_event::escape_path(snapshotter_root)
+                    )),
+                }
+            }
+            Subject::BlobWritten { path, digest } => {
+                match hash_blob(path) {
+                    Ok(Some((found, size))) if found != *digest => {
+                        if let Some(a) = checker.blob_alert(&p, &found, size) {
+                            checker.alerted(&p, now_ns);
+                            alerts.push(a);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::info!("metadata-mismatch: blob {digest} not checked: {e}"),
+                }
+                None
+            }
+        };
+        if let Some(why) = failed
+            && !(may_retry && checker.retry(p, now_ns))
+        {
+            log::warn!("metadata-mismatch: not checked: {why}");
+        }
+    }
+    alerts
+}
+
+/// The metadata of the instance at `root`, its snapshotter `snapshotter` at `snapshotter_root`.
+fn load(root: &Path, snapshotter: &str, snapshotter_root: &Path) -> Result<Model, String> {
+    let mut layout = RootLayout::new(root);
+    if layout.snapshotter_root(snapshotter) != snapshotter_root {
+        layout = layout.with_snapshotter_root(snapshotter, snapshotter_root);
+    }
+    Model::load_layout(&layout).map_err(|e| e.to_string())
+}
+
+/// What the metadata still records about directory `id` of `snapshotter` (None: nothing).
+fn record(model: &Model, snapshotter: &str, id: u64) -> Option<SnapshotRecord> {
+    let info = model.snapshot_by_dir_id(snapshotter, id)?;
+    let referenced_by = model
+        .meta_records(snapshotter, &info.key)
+        .iter()
+        .map(|(ns, key)| format!("{ns}/{key}"))
+        .collect();
+    Some(SnapshotRecord {
+        kind: info.kind.name().to_owned(),
+        layer_digest: info.layer_digest.clone(),
+        images: info.images.clone(),
+        key: info.key,
+        referenced_by,
+    })
+}
+
+/// The blob's sha256 digest and size; None when it is gone (collected), too large, or not
+/// a sha256 blob. Opened without following a symlink, never blocking (a FIFO put there).
+fn hash_blob(path: &Path) -> Result<Option<(String, u64)>, String> {
+    let Some(blobs) = path.parent() else {
+        return Ok(None);
+    };
+    let mut file = match fsx::open_file_beneath(blobs, path) {
+        Ok(f) => f,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", ctrwatch_event::escape_path(path)))?
+        .len();
+    if size > MAX_HASH_BYTES {
+        log::info!(
+            "metadata-mismatch: {} not hashed: {size} bytes, more than {MAX_HASH_BYTES}",
+            ctrwatch_event::escape_path(path)
+        );
+        return Ok(None);
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", ctrwatch_event::escape_path(path)))?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        if read > MAX_HASH_BYTES {
+            return Ok(None);
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(Some((
+        format!("sha256:{}", ctrwatch_event::hex(&h.finalize())),
+        read,
+    )))
+}
