@@ -2286,8 +2286,15 @@ fn an_adopted_run_records_no_downtime_after_a_clean_stop_only() {
     drop(w);
 
     let mut w = Store::open(dir.db(), opts_no_retention()).expect("reopen");
-    assert_eq!(w.begin_adopted_run(at(T0 + 30 * SEC)).expect("adopted"), None);
-    assert_eq!(w.gaps(None, None).expect("gaps"), vec![], "clean stop, adopted");
+    assert_eq!(
+        w.begin_adopted_run(at(T0 + 30 * SEC)).expect("adopted"),
+        None
+    );
+    assert_eq!(
+        w.gaps(None, None).expect("gaps"),
+        vec![],
+        "clean stop, adopted"
+    );
     // Events the adopted programs captured while no daemon ran are older than the run.
     w.append_event(&ev(T0 + 25 * SEC, Op::Unlink, "/meanwhile"))
         .expect("ev");

@@ -180,6 +180,28 @@ fn in_history(store: &Path, path: &Path) -> bool {
     !tests::history_json(store, path).is_empty()
 }
 
+/// A running flood, killed if the test ends before it does.
+struct FloodGuard(Option<std::process::Child>);
+
+impl FloodGuard {
+    fn finish(mut self) -> std::process::Output {
+        self.0
+            .take()
+            .expect("the flood runs")
+            .wait_with_output()
+            .expect("flood")
+    }
+}
+
+impl Drop for FloodGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn a_restart_during_a_flood_adopts_the_programs_and_loses_nothing() {
     let base = temp_dir("pin-flood");
@@ -195,44 +217,66 @@ fn a_restart_during_a_flood_adopts_the_programs_and_loses_nothing() {
     );
     assert_eq!(pins.sets().len(), 1, "one pin set: {:?}", pins.sets());
 
-    // Unlinks of missing files: one record each, as fast as the CPU allows; fewer than the
-    // ring buffer holds, so that nothing is lost while no daemon reads it.
-    const FLOOD: usize = 60_000;
+    // Unlinks of missing files (one record each), in a flood that goes on across the restart:
+    // 20 000 back to back, then SIGTERM to the first daemon right from the flood, which goes
+    // on at a pace the ring buffer absorbs while no daemon reads it (~5 000/s here), until
+    // told to stop once the second daemon runs.
+    let series_log = base.join("series.log");
+    let stop_file = base.join("stop");
     let flood = Command::new(env!("CARGO_BIN_EXE_fsop"))
         .args([
-            OsStr::new("flood"),
+            OsStr::new("unlink-series"),
             root.as_os_str(),
-            OsStr::new(&FLOOD.to_string()),
+            OsStr::new("100000000"),
+            series_log.as_os_str(),
+            OsStr::new("fast=20000"),
+            OsStr::new("pace-us=100"),
+            OsStr::new("signal-at=20000"),
+            OsStr::new(&format!("signal={}", libc::SIGTERM)),
+            OsStr::new(&format!("pid={}", first.pid())),
+            OsStr::new(&format!("stop-file={}", stop_file.display())),
         ])
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("flood");
-    // Mid-flood: the first daemon has stored part of it; restart.
-    let deadline = Instant::now() + TIMEOUT;
-    while stored_unlinks(&store) < 1000 {
-        assert!(
-            Instant::now() < deadline,
-            "the flood never reached the store"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop(first);
+    // Whatever happens below, the flood ends with the test.
+    let flood = FloodGuard(Some(flood));
+    let mut first = first;
+    let status = first
+        .wait_exit(TIMEOUT)
+        .unwrap_or_else(|| panic!("the first daemon did not stop:\n{}", first.stderr()));
+    assert!(
+        status.success(),
+        "first daemon: {status:?}\n{}",
+        first.stderr()
+    );
+    let first_stderr = first.stderr();
+    drop(first);
     let second = start_daemon(&root, &store, &pins, &[]);
     assert!(
         second.stderr().contains("adopted the programs pinned"),
         "the second daemon did not adopt:\n{}",
         second.stderr()
     );
-    let mut flood = flood;
-    let status = flood.wait().expect("flood");
-    assert!(status.success(), "flood: {status:?}");
-
+    // Some of the flood while the second daemon reads too, then the end of it.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop_file, b"").expect("stop file");
+    let out = flood.finish();
+    assert!(out.status.success(), "flood: {out:?}");
+    let performed: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("flood output {out:?}: {e}"));
+    assert!(
+        performed > 20_000,
+        "the flood stopped before the restart: {performed}"
+    );
     // Stored plus recorded-lost reaches what was performed, and nothing is lost.
     let deadline = Instant::now() + TIMEOUT;
     let (stored, lost) = loop {
         let stored = stored_unlinks(&store);
         let lost = recorded_lost(&store);
-        if stored as u64 + lost >= FLOOD as u64 || Instant::now() > deadline {
+        if stored as u64 + lost >= performed as u64 || Instant::now() > deadline {
             break (stored, lost);
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -241,10 +285,14 @@ fn a_restart_during_a_flood_adopts_the_programs_and_loses_nothing() {
     stop(second);
     assert_eq!(
         stored as u64 + lost,
-        FLOOD as u64,
-        "stored {stored} + lost {lost} != performed {FLOOD}; second daemon:\n{second_stderr}"
+        performed as u64,
+        "stored {stored} + lost {lost} != performed {performed}; second daemon:\n{second_stderr}"
     );
     assert_eq!(lost, 0, "records lost across the restart");
+    assert!(
+        first_stderr.contains("the programs stay pinned"),
+        "{first_stderr}"
+    );
     // The restart was no downtime: the only gap is none (or losses, checked above).
     let downtime: Vec<Value> = gaps(&store)
         .into_iter()
