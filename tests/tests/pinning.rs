@@ -493,3 +493,109 @@ fn unpin_leaves_what_is_not_a_pin_set_alone() {
     );
     std::fs::remove_dir(&foreign).expect("rmdir");
 }
+
+/// The paths of the file records under `root` in the ring buffer, with their pids, read until
+/// `want` is among them (or the timeout).
+fn read_until(
+    ring: &mut watcher::kernel::ring::EventRing,
+    root: &Path,
+    want: &Path,
+) -> Vec<(u32, PathBuf)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        while let Some(item) = ring.next_record() {
+            if let Ok(watcher_common::Record::File(op)) = watcher_common::Record::decode(&item) {
+                let path = PathBuf::from(OsStr::from_bytes(&op.path));
+                if path.starts_with(root) {
+                    seen.push((op.fixed.task.pid, path));
+                }
+            }
+        }
+        if seen.iter().any(|(_, p)| p == want) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of {} within {TIMEOUT:?}; seen {seen:?}",
+            want.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The daemon's own operations are not captured (its tgid is in the CAPTURE map), and a daemon
+/// that adopts the programs puts its own tgid there: the previous daemon's is not excluded any
+/// more. Loaded in this process, which plays both daemons.
+#[test]
+fn the_excluded_process_is_the_daemon_that_holds_the_programs_also_after_adoption() {
+    use watcher::kernel::{KernelWatch, LoadOptions, Origin};
+    use watcher::roots::RootSet;
+    tests::require_root();
+    let base = temp_dir("pin-self");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let pins = PinDir::new("self");
+    let me = std::process::id();
+    const SIZE: u32 = 4 << 20;
+    let fsop = env!("CARGO_BIN_EXE_fsop");
+    let create_in_child = |path: &Path| {
+        let status = Command::new(fsop)
+            .args([OsStr::new("create"), path.as_os_str()])
+            .status()
+            .expect("fsop");
+        assert!(status.success(), "fsop create: {status:?}");
+    };
+    let prefixes = RootSet::resolve(std::slice::from_ref(&root)).kernel_prefixes();
+
+    // The first "daemon": this process.
+    let mut kernel = KernelWatch::start(
+        &LoadOptions {
+            ring_buffer_bytes: SIZE,
+            self_tgid: me,
+        },
+        Some(&pins.0),
+    )
+    .expect("loading and pinning");
+    assert_eq!(kernel.origin, Origin::Loaded);
+    kernel.set_root_prefixes(&prefixes).expect("roots");
+    kernel.set_capture(true).expect("capture");
+    let mut ring = kernel.take_ring_buffer(SIZE).expect("ring");
+    create(&root.join("mine-1"));
+    let marker = root.join("child-1");
+    create_in_child(&marker);
+    let seen = read_until(&mut ring, &root, &marker);
+    assert!(
+        !seen.iter().any(|(pid, _)| *pid == me),
+        "this process's own operations were captured: {seen:?}"
+    );
+    drop(ring);
+    drop(kernel);
+
+    // The second: adopts, and excludes another process (pid 1, which does nothing under the
+    // root): this process's operations are captured now.
+    let mut kernel = KernelWatch::start(
+        &LoadOptions {
+            ring_buffer_bytes: SIZE,
+            self_tgid: 1,
+        },
+        Some(&pins.0),
+    )
+    .expect("adopting");
+    assert_eq!(kernel.origin, Origin::Adopted);
+    assert_eq!(kernel.ring_buffer_bytes(), SIZE);
+    kernel.set_root_prefixes(&prefixes).expect("roots");
+    let mut ring = kernel.take_ring_buffer(SIZE).expect("ring");
+    let mine = root.join("mine-2");
+    create(&mine);
+    let seen = read_until(&mut ring, &root, &mine);
+    assert!(
+        seen.iter().any(|(pid, p)| *pid == me && *p == mine),
+        "{seen:?}"
+    );
+    drop(ring);
+    drop(kernel);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
