@@ -599,3 +599,42 @@ fn the_excluded_process_is_the_daemon_that_holds_the_programs_also_after_adoptio
     drop(pins);
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// Two daemons must not share a pin directory (they would read one ring buffer): the second
+/// waits for the first (a restart: it is stopping), then gives up with a clear error.
+#[test]
+fn a_second_daemon_on_the_same_pin_directory_is_refused() {
+    let base = temp_dir("pin-busy");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let pins = PinDir::new("busy");
+    let first = start_daemon(&root, &base.join("first.db"), &pins, &[]);
+    let other_store = base.join("second.db");
+    let started = Instant::now();
+    let (code, _, err) = ctrwatch(&[
+        OsStr::new("run"),
+        OsStr::new("--root"),
+        root.as_os_str(),
+        OsStr::new("--store"),
+        other_store.as_os_str(),
+        OsStr::new("--pin-dir"),
+        pins.0.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("another ctrwatch daemon uses this pin directory"),
+        "{err}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(30), "did not wait");
+    // The first one is untouched and still adoptable.
+    stop(first);
+    let again = start_daemon(&root, &base.join("first.db"), &pins, &[]);
+    assert!(
+        again.stderr().contains("adopted the programs pinned"),
+        "{}",
+        again.stderr()
+    );
+    stop(again);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}

@@ -221,8 +221,8 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
             ctrwatch_event::escape_path(dir)
         ),
         (Origin::Replaced(sets), Some(dir)) => log::warn!(
-            "replaced the programs pinned in {} by another build ({}): what they captured \
-             since their daemon last read it is not read (a downtime gap)",
+            "replaced the programs pinned in {} ({}: another build's, or not adoptable): what \
+             they captured since their daemon last read it is not read (a downtime gap)",
             ctrwatch_event::escape_path(dir),
             sets.join(", ")
         ),

@@ -111,6 +111,10 @@ pub enum KernelError {
 /// `CAPTURE_SELF_TGID`).
 const CAPTURE_SELF_TGID: u32 = 1;
 
+/// How long a start waits for the daemon that still holds the pin directory (it is stopping:
+/// the store's lock, waited for first, normally covers it).
+const PIN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How the programs that capture came to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -160,6 +164,8 @@ pub struct KernelWatch {
     ring_buffer_bytes: u32,
     /// The pin set the programs and maps are pinned in, if any.
     pins: Option<pins::PinSet>,
+    /// The pin directory's lock ([`pins::lock`]), held while this daemon uses it.
+    pin_lock: Option<std::fs::File>,
     pub origin: Origin,
     pub attachment: Attachment,
     pub capabilities: Capabilities,
@@ -188,6 +194,7 @@ impl KernelWatch {
             maps,
             ring_buffer_bytes: opts.ring_buffer_bytes,
             pins: None,
+            pin_lock: None,
             origin: Origin::Loaded,
             attachment,
             capabilities,
@@ -204,6 +211,7 @@ impl KernelWatch {
             return Self::load(opts);
         };
         pins::prepare(pin_dir)?;
+        let lock = pins::lock(pin_dir, PIN_LOCK_WAIT)?;
         let name = pins::set_name(EBPF_OBJECT);
         let set = pins::PinSet::new(pin_dir, &name);
         if set.is_complete() {
@@ -211,11 +219,22 @@ impl KernelWatch {
             if !removed.is_empty() {
                 log::warn!("removed pins of another build next to ours: {removed:?}");
             }
-            return Self::adopt(opts, set);
+            match Self::adopt(opts, set.clone()) {
+                Ok(mut kernel) => {
+                    kernel.pin_lock = Some(lock);
+                    return Ok(kernel);
+                }
+                // Removed and loaded again below: a start that cannot adopt must still start.
+                Err(e) => log::warn!(
+                    "the programs pinned in {} could not be adopted ({e}): replacing them",
+                    ctrwatch_event::escape_path(pin_dir)
+                ),
+            }
         }
-        // Another build's, or ours left half-made (a crash while pinning).
+        // Another build's, ours left half-made (a crash while pinning), or not adoptable.
         let removed = pins::remove_sets(pin_dir, None)?;
         let mut kernel = Self::load(opts)?;
+        kernel.pin_lock = Some(lock);
         kernel.origin = if removed.is_empty() {
             Origin::Loaded
         } else {
@@ -339,6 +358,7 @@ impl KernelWatch {
             maps,
             ring_buffer_bytes,
             pins: Some(set),
+            pin_lock: None,
             origin: Origin::Adopted,
             attachment,
             capabilities,

@@ -53,6 +53,16 @@ pub enum PinError {
     NotBpffs(PathBuf),
     #[error("mounting bpffs on {BPFFS_MOUNT}: {0}")]
     Mount(std::io::Error),
+    #[error(
+        "{}: another ctrwatch daemon uses this pin directory (waited {} s); one directory per \
+         daemon",
+        path.display(),
+        waited.as_secs()
+    )]
+    Busy {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -142,6 +152,32 @@ pub fn prepare(pin_dir: &Path) -> Result<(), PinError> {
         return Err(PinError::NotBpffs(pin_dir.to_path_buf()));
     }
     Ok(())
+}
+
+/// Takes the pin directory for this daemon (an exclusive flock on the directory, held while the
+/// returned file is open), waiting up to `wait` for a daemon that is stopping: two daemons
+/// with one directory would read the same ring buffer.
+pub fn lock(pin_dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, PinError> {
+    use std::os::fd::AsRawFd as _;
+    let dir = std::fs::File::open(pin_dir).map_err(io(pin_dir))?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(dir);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io(pin_dir)(e));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(PinError::Busy {
+                path: pin_dir.to_path_buf(),
+                waited: wait,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn is_bpffs(path: &Path) -> Result<bool, PinError> {
