@@ -63,8 +63,9 @@ One daemon per store, whatever name reaches it (hardlink, symlink): a second one
 NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk the daemon\n\
 captures anyway, counts what it cannot store and records it once space returns.\n\
 Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
-the next start is recorded as downtime. If stdout goes away (--print into a closed pipe or a\n\
-hung-up terminal), only the printing stops.\n\n\
+the next start is recorded as downtime (with --pin-dir the pinned programs go on capturing\n\
+and the next start stores what they captured: no downtime). If stdout goes away (--print\n\
+into a closed pipe or a hung-up terminal), only the printing stops.\n\n\
 SIGHUP (systemctl reload) reads the same configuration file again, checked as at the start,\n\
 while capture goes on; flags still win over it. Applied at once: [watch] roots, discover,\n\
 root_refresh, trust_exes, trust_units, mask_args, default_masks. The other keys (store,\n\
@@ -119,7 +120,7 @@ lines carry journal priorities. RUST_LOG=debug logs more."
         /// ring buffer, and the next `run` with the same directory and the same build adopts
         /// them and reads what they captured meanwhile (a restart loses nothing); another
         /// build replaces them and records the time it could not see as downtime. `ctrwatch
-        /// unpin` removes them. One directory per store. Default: no pins, the programs are
+        /// unpin` removes them. One directory per daemon. Default: no pins, the programs are
         /// detached at the stop.
         #[arg(long, value_name = "DIR")]
         pin_dir: Option<PathBuf>,
