@@ -34,6 +34,8 @@ pub struct DaemonStore {
     /// When the daemon's run began ([`DaemonStore::begin_run`]): a store opened later records
     /// the run from then.
     run_started: Option<SystemTime>,
+    /// The run continues the capture of the previous one ([`DaemonStore::begin_adopted_run`]).
+    run_adopted: bool,
     /// A corrupt store moved aside at start: written as a gap once the run has begun.
     reset: Option<Gap>,
     next_try: Instant,
@@ -55,6 +57,7 @@ impl From<Store> for DaemonStore {
             opts: StoreOptions::default(),
             state: State::Open(Box::new(store)),
             run_started: None,
+            run_adopted: false,
             reset: None,
             next_try: Instant::now(),
         }
@@ -82,6 +85,7 @@ impl DaemonStore {
                 unstored: Unstored::new(GapKind::StoreFull, String::new(), now_ns()),
             },
             run_started: None,
+            run_adopted: false,
             reset: None,
             next_try: Instant::now(),
         };
@@ -221,6 +225,15 @@ impl DaemonStore {
     /// uncleanly.
     pub fn begin_run(&mut self, now: SystemTime) -> Result<Option<Gap>, StoreError> {
         self.run_started = Some(now);
+        self.run_adopted = false;
+        self.begin_open_run(now, true)
+    }
+
+    /// [`DaemonStore::begin_run`] for a daemon that adopted the previous one's pinned programs
+    /// (see [`Store::begin_adopted_run`]).
+    pub fn begin_adopted_run(&mut self, now: SystemTime) -> Result<Option<Gap>, StoreError> {
+        self.run_started = Some(now);
+        self.run_adopted = true;
         self.begin_open_run(now, true)
     }
 
@@ -234,7 +247,12 @@ impl DaemonStore {
         let State::Open(store) = &mut self.state else {
             return Ok(None);
         };
-        match store.begin_run(now) {
+        let begun = if self.run_adopted {
+            store.begin_adopted_run(now)
+        } else {
+            store.begin_run(now)
+        };
+        match begun {
             Ok(gap) => {
                 self.record_reset();
                 Ok(gap)

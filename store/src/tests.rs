@@ -2272,3 +2272,44 @@ fn recent_alerts_come_from_the_outbox_when_there_is_one() {
     );
     assert!(alerts[1].deliveries.is_empty());
 }
+
+/// A daemon that adopted its predecessor's pinned programs continues its capture: after a
+/// clean stop there is no downtime; after an unclean one the gap from the last heartbeat is
+/// recorded as for any start (what the crashed daemon had read but not committed is gone).
+#[test]
+fn an_adopted_run_records_no_downtime_after_a_clean_stop_only() {
+    let dir = TempDir::new("adopted");
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    assert_eq!(w.begin_adopted_run(at(T0)).expect("first run"), None);
+    w.heartbeat(at(T0 + 10 * SEC)).expect("hb");
+    w.end_run(at(T0 + 20 * SEC)).expect("end");
+    drop(w);
+
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("reopen");
+    assert_eq!(
+        w.begin_adopted_run(at(T0 + 30 * SEC)).expect("adopted"),
+        None
+    );
+    assert_eq!(
+        w.gaps(None, None).expect("gaps"),
+        vec![],
+        "clean stop, adopted"
+    );
+    // Events the adopted programs captured while no daemon ran are older than the run.
+    w.append_event(&ev(T0 + 25 * SEC, Op::Unlink, "/meanwhile"))
+        .expect("ev");
+    w.flush().expect("flush");
+    w.heartbeat(at(T0 + 40 * SEC)).expect("hb");
+    // No end_run: as if killed.
+    drop(w);
+
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("reopen");
+    let g = w
+        .begin_adopted_run(at(T0 + 50 * SEC))
+        .expect("adopted after a crash")
+        .expect("unclean gap");
+    assert_eq!(g.kind, GapKind::Downtime);
+    assert_eq!(g.reason.as_deref(), Some("unclean_stop"));
+    assert_eq!((g.from_ns, g.to_ns), (T0 + 40 * SEC, T0 + 50 * SEC));
+    assert_eq!(w.gaps(None, None).expect("gaps").len(), 1);
+}

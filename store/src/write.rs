@@ -1219,6 +1219,20 @@ impl Store {
     /// loss), the gap runs from its last committed heartbeat (`reason`: `unclean_stop`) and is
     /// also returned.
     pub fn begin_run(&mut self, now: SystemTime) -> Result<Option<Gap>, StoreError> {
+        self.begin_run_as(now, false)
+    }
+
+    /// [`Store::begin_run`] for a daemon that adopted the programs its predecessor left pinned
+    /// (`run --pin-dir`): they kept capturing into the ring buffer, which this daemon reads
+    /// from where the previous one stopped, so a clean stop before it is no downtime and no
+    /// gap is recorded. After an unclean stop the gap from the last heartbeat is recorded as
+    /// usual: what the crashed daemon had read but not committed is not in the ring buffer
+    /// any more.
+    pub fn begin_adopted_run(&mut self, now: SystemTime) -> Result<Option<Gap>, StoreError> {
+        self.begin_run_as(now, true)
+    }
+
+    fn begin_run_as(&mut self, now: SystemTime, adopted: bool) -> Result<Option<Gap>, StoreError> {
         let (conn, w, path) = self.parts()?;
         let t = ns(now);
         w.see(t);
@@ -1237,6 +1251,8 @@ impl Store {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
+            // Adopted after a clean stop: capture never paused.
+            let prev = prev.filter(|(_, _, ended)| !(adopted && ended.is_some()));
             let gap = prev.map(|(started, heartbeat, ended)| {
                 let (from, reason) = match ended {
                     Some(e) => (e, "stopped"),

@@ -65,7 +65,10 @@ fn unit_passes_systemd_analyze_verify() {
         ("Type", "notify"),
         ("NotifyAccess", "main"),
         ("Restart", "always"),
-        ("ExecStart", "/usr/bin/ctrwatch run"),
+        (
+            "ExecStart",
+            "/usr/bin/ctrwatch run --pin-dir /sys/fs/bpf/ctrwatch",
+        ),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),

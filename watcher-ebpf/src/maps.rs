@@ -56,10 +56,6 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     valid: 0,
 };
 
-/// The daemon's own thread-group id: its file activity is never reported.
-#[unsafe(no_mangle)]
-pub static SELF_TGID: u32 = 0;
-
 /// The offsets table. Read its fields only through [`off`]: userspace rewrites this .rodata
 /// at load time, so a plain read would be folded to the zero initializer by the compiler.
 #[inline(always)]
@@ -79,10 +75,16 @@ pub fn off(field: &u32) -> u64 {
     unsafe { core::ptr::read_volatile(field) as u64 }
 }
 
+/// The thread-group id of the daemon that owns the programs: its file activity is never
+/// reported. In [`CAPTURE`] (slot [`CAPTURE_SELF_TGID`]), not in .rodata: a daemon that adopts
+/// programs pinned by its predecessor ([`CAPTURE`] outlives it) writes its own id there.
 #[inline(always)]
 pub fn self_tgid() -> u32 {
-    // SAFETY: plain static, see `offsets`.
-    unsafe { core::ptr::read_volatile(&raw const SELF_TGID) }
+    match CAPTURE.get_ptr(CAPTURE_SELF_TGID) {
+        // SAFETY: valid map value; userspace rewrites it at any time, hence the volatile read.
+        Some(tgid) => unsafe { core::ptr::read_volatile(tgid) },
+        None => 0,
+    }
 }
 
 /// The capture switch, written by userspace: 0 (the initial value) until every program is
@@ -91,8 +93,19 @@ pub fn self_tgid() -> u32 {
 /// the daemon dates its start and stop by it, and nothing between two runs is half-captured
 /// (an enter seen without its exit). The check costs one load (the verifier inlines an array
 /// lookup); detaching instead takes seconds, one program after the other.
+///
+/// Slot [`CAPTURE_SELF_TGID`] holds the daemon's thread-group id ([`self_tgid`]).
 #[map]
-pub static CAPTURE: Array<u32> = Array::with_max_entries(1, 0);
+pub static CAPTURE: Array<u32> = Array::with_max_entries(2, 0);
+
+/// The slot of [`CAPTURE`] that holds the daemon's thread-group id.
+pub const CAPTURE_SELF_TGID: u32 = 1;
+
+/// The loss totals (per slot of [`LOST`]) the daemon has already reported: written by the
+/// daemon only, never by a program. Pinned with the rest, it lets a daemon that adopts the
+/// programs report only the losses its predecessor had not.
+#[map]
+pub static REPORTED_LOST: Array<u64> = Array::with_max_entries(LOSS_SLOTS, 0);
 
 /// Is capture on?
 #[inline(always)]

@@ -484,6 +484,26 @@ impl StoreSink {
         self.send(Msg::Loss(loss), true)
     }
 
+    /// Begins the run in the store and starts the writer: capture started at `at`, or
+    /// (`adopted`) continues the previous daemon's (no downtime after a clean stop).
+    fn begin(&mut self, at: SystemTime, adopted: bool) -> anyhow::Result<()> {
+        let Some(mut store) = self.store.take() else {
+            return Ok(()); // started on a run already begun
+        };
+        self.status.started = at;
+        let mut unclean = None;
+        let begun = if adopted {
+            store.begin_adopted_run(at)
+        } else {
+            store.begin_run(at)
+        };
+        if let Some(gap) = begun.context("recording the daemon start")? {
+            log::warn!("the previous run did not stop cleanly: {gap}");
+            unclean = Some((gap.from_ns, gap.to_ns));
+        }
+        self.start_writer(store, unclean)
+    }
+
     /// Stops the writer after it has stored everything queued. With `stopped_at` (capture
     /// stopped then, and everything it captured was handed over), the run is recorded as ended
     /// at that instant; without, it is left open, as after a crash: the next start records
@@ -548,16 +568,10 @@ impl Sink for StoreSink {
         Ok(())
     }
     fn capture_started(&mut self, at: SystemTime) -> anyhow::Result<()> {
-        let Some(mut store) = self.store.take() else {
-            return Ok(()); // started on a run already begun
-        };
-        self.status.started = at;
-        let mut unclean = None;
-        if let Some(gap) = store.begin_run(at).context("recording the daemon start")? {
-            log::warn!("the previous run did not stop cleanly: {gap}");
-            unclean = Some((gap.from_ns, gap.to_ns));
-        }
-        self.start_writer(store, unclean)
+        self.begin(at, false)
+    }
+    fn capture_adopted(&mut self, at: SystemTime) -> anyhow::Result<()> {
+        self.begin(at, true)
     }
     fn watermark(&mut self, at: SystemTime) {
         // Events dropped at the queue before it must be reported before it.
@@ -981,6 +995,7 @@ mod tests {
                 process_grace: Duration::from_secs(120),
                 trust: Default::default(),
                 masker: crate::secrets::Masker::builtin(),
+                pin_dir: None,
             },
             store: config.store.path.clone(),
             store_options: StoreOptions::default(),

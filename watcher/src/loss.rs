@@ -24,6 +24,11 @@ impl LossTracker {
         }
     }
 
+    /// The totals reported so far (the baseline of the next poll).
+    pub fn reported(&self) -> &[u64] {
+        &self.last
+    }
+
     /// New losses since the previous poll, as one record; None when there were none.
     pub fn poll(&mut self, totals: Vec<u64>, now_ns: u64, clock: &Clock) -> Option<LossEvent> {
         let mut kinds = BTreeMap::new();

@@ -63,8 +63,9 @@ One daemon per store, whatever name reaches it (hardlink, symlink): a second one
 NAME.corrupt-<time> and a new one started (a store_reset gap); on a full disk the daemon\n\
 captures anyway, counts what it cannot store and records it once space returns.\n\
 Stop it with SIGTERM (or Ctrl-C): what was captured until then is stored, and the time until\n\
-the next start is recorded as downtime. If stdout goes away (--print into a closed pipe or a\n\
-hung-up terminal), only the printing stops.\n\n\
+the next start is recorded as downtime (with --pin-dir the pinned programs go on capturing\n\
+and the next start stores what they captured: no downtime). If stdout goes away (--print\n\
+into a closed pipe or a hung-up terminal), only the printing stops.\n\n\
 SIGHUP (systemctl reload) reads the same configuration file again, checked as at the start,\n\
 while capture goes on; flags still win over it. Applied at once: [watch] roots, discover,\n\
 root_refresh, trust_exes, trust_units, mask_args, default_masks. The other keys (store,\n\
@@ -113,6 +114,29 @@ lines carry journal priorities. RUST_LOG=debug logs more."
         /// warning: the metrics tell who can reach it what this node's ctrwatch sees.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Pin the programs and their maps in this bpffs directory (the service uses
+        /// /sys/fs/bpf/ctrwatch; bpffs is mounted on /sys/fs/bpf if it is not). They then
+        /// outlive the daemon: after a stop (SIGTERM) or a crash they go on capturing into the
+        /// ring buffer, and the next `run` with the same directory and the same build adopts
+        /// them and reads what they captured meanwhile (a restart loses nothing); another
+        /// build replaces them and records the time it could not see as downtime. `ctrwatch
+        /// unpin` removes them. One directory per daemon. Default: no pins, the programs are
+        /// detached at the stop.
+        #[arg(long, value_name = "DIR")]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Remove the programs and maps `run --pin-dir` pinned: they stop capturing. For an
+    /// explicit stop (`systemctl stop ctrwatch && ctrwatch unpin`) and the package's removal;
+    /// a restart keeps them, so that the next daemon adopts them.
+    #[command(
+        after_help = "A daemon running with these pins keeps its programs until it stops; the next\n\
+start then loads them again. Exit 0 also when there was nothing to remove.\n\n\
+Example:\n  systemctl stop ctrwatch && ctrwatch unpin"
+    )]
+    Unpin {
+        /// The directory given to `run --pin-dir`.
+        #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+        pin_dir: PathBuf,
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
     #[command(
@@ -490,6 +514,9 @@ Examples:
   ctrwatch status --json | jq .daemon.events
   ctrwatch status --store /var/lib/ctrwatch/events.db || systemctl status ctrwatch";
 
+/// Where the packaged service pins its programs (`run --pin-dir`).
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ctrwatch";
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -603,6 +630,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => return config_check(&file),
         Command::Generate { what } => generate(what),
         Command::Probe => probe(),
+        Command::Unpin { pin_dir } => unpin(&pin_dir),
         Command::Roots => {
             let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
             let mut text = containerd::describe(&found);
@@ -622,6 +650,25 @@ fn main() -> ExitCode {
             watcher::logging::print_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `ctrwatch unpin`: removes every pin set in `pin_dir` (the directory itself stays).
+fn unpin(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let removed = watcher::kernel::pins::remove_sets(pin_dir, None).with_context(|| {
+        format!(
+            "removing the pins in {}",
+            ctrwatch_event::escape_path(pin_dir)
+        )
+    })?;
+    let shown = ctrwatch_event::escape_path(pin_dir);
+    if removed.is_empty() {
+        write_stdout(&format!("no pins in {shown}\n"))
+    } else {
+        write_stdout(&format!(
+            "removed the pinned programs and maps in {shown}: {}\n",
+            removed.join(", ")
+        ))
     }
 }
 
@@ -645,6 +692,7 @@ fn run_flags(command: Command) -> Option<(settings::RunFlags, Option<PathBuf>)> 
         store_lock_wait,
         config,
         metrics_listen,
+        pin_dir,
     } = command
     else {
         return None;
@@ -658,6 +706,7 @@ fn run_flags(command: Command) -> Option<(settings::RunFlags, Option<PathBuf>)> 
         store_lock_wait,
         print,
         metrics_listen,
+        pin_dir,
     };
     Some((flags, config))
 }

@@ -31,6 +31,8 @@ pub struct RunFlags {
     pub store_lock_wait: u64,
     pub print: bool,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `--pin-dir`: pin the programs in bpffs there, adopt those pinned by the previous daemon.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The configuration `run` uses: the file named by `--config`, else the default file if it
@@ -205,6 +207,7 @@ pub fn watch_options(
         process_grace: Duration::from_secs(120),
         trust,
         masker: Masker::with_patterns(mask_args, default_masks),
+        pin_dir: None,
     })
 }
 
@@ -214,7 +217,8 @@ pub fn run_options(
     given: &dyn Fn(&str) -> bool,
     file: &Config,
 ) -> anyhow::Result<RunOptions> {
-    let watch = watch_options(flags.watch, given, file)?;
+    let mut watch = watch_options(flags.watch, given, file)?;
+    watch.pin_dir = flags.pin_dir;
     let s = &file.store;
     let store = if given("store") {
         flags.store

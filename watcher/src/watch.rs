@@ -25,7 +25,7 @@ use watcher_common::Record;
 use crate::{
     daemon::RunOptions,
     enrich::{Enricher, Outcome},
-    kernel::{KernelWatch, LoadOptions},
+    kernel::{KernelWatch, LoadOptions, Origin},
     loss::LossTracker,
     notify,
     process::ProcessTable,
@@ -78,6 +78,9 @@ pub struct WatchOptions {
     pub trust: crate::containerd::attribution::Trust,
     /// Masks secrets in captured command lines.
     pub masker: crate::secrets::Masker,
+    /// Pin the programs and maps here (bpffs), and adopt those a previous daemon of this
+    /// build pinned (`run --pin-dir`); None: load them, detach them at the stop.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// What is being captured, for `ctrwatch status`: told to the sink once capture is on and
@@ -117,6 +120,12 @@ pub trait Sink {
     /// The layer check's queue, for the attribution (None: no layer check).
     fn commit_feed(&mut self) -> Option<crate::layercheck::CommitFeed> {
         None
+    }
+    /// As [`Sink::capture_started`], for programs adopted from a previous daemon's pins: they
+    /// never stopped capturing, and what they captured since that daemon last read the ring
+    /// buffer comes first.
+    fn capture_adopted(&mut self, at: SystemTime) -> anyhow::Result<()> {
+        self.capture_started(at)
     }
     /// Capture stopped at `at`: nothing after it is captured. The final drain (what was
     /// captured before `at`) and a flush follow.
@@ -196,22 +205,52 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     notify::starting("attaching the eBPF programs");
-    let mut kernel = KernelWatch::load(&LoadOptions {
-        ring_buffer_bytes: opts.ring_buffer_bytes,
-        self_tgid: std::process::id(),
-    })
+    let mut kernel = KernelWatch::start(
+        &LoadOptions {
+            ring_buffer_bytes: opts.ring_buffer_bytes,
+            self_tgid: std::process::id(),
+        },
+        opts.pin_dir.as_deref(),
+    )
     .context("attaching the eBPF programs")?;
+    let adopted = kernel.origin == Origin::Adopted;
+    match (&kernel.origin, &opts.pin_dir) {
+        (Origin::Adopted, Some(dir)) => log::info!(
+            "adopted the programs pinned in {} by the previous daemon: reading what they \
+             captured meanwhile",
+            ctrwatch_event::escape_path(dir)
+        ),
+        (Origin::Replaced(sets), Some(dir)) => log::warn!(
+            "replaced the programs pinned in {} ({}: another build's, or not adoptable): what \
+             they captured since their daemon last read it is not read (a downtime gap)",
+            ctrwatch_event::escape_path(dir),
+            sets.join(", ")
+        ),
+        _ => {}
+    }
     let roots = RootSet::resolve(&configured_roots(&opts));
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
     // Capture starts now, at one instant for every program. The loss counters stayed at zero
     // while it was off; the instant is read after the switch: nothing after it is missed.
-    let mut losses = LossTracker::new(kernel.lost_counts()?, monotonic_ns());
+    // Adopted programs never stopped: what their counters gained since the previous daemon's
+    // last report is reported now.
+    let baseline = if adopted {
+        kernel.reported_losses()?
+    } else {
+        kernel.lost_counts()?
+    };
+    let mut losses = LossTracker::new(baseline, monotonic_ns());
     kernel
         .set_capture(true)
         .context("turning capture on in the kernel")?;
-    sink.capture_started(ctrwatch_event::time::Clock::process().now_system_time())?;
+    let started_at = ctrwatch_event::time::Clock::process().now_system_time();
+    if adopted {
+        sink.capture_adopted(started_at)?;
+    } else {
+        sink.capture_started(started_at)?;
+    }
     let mut processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
     if let Err(e) = processes.seed_from_proc() {
         log::warn!("reading running processes from /proc: {e:#}");
@@ -230,11 +269,11 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         attributor = attributor.with_commit_feed(feed);
     }
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
-    let ring = kernel.take_ring_buffer(opts.ring_buffer_bytes)?;
+    let ring_buffer_bytes = kernel.ring_buffer_bytes();
+    let ring = kernel.take_ring_buffer(ring_buffer_bytes)?;
     // The ring buffer's fill, for the metrics (sampled at each scrape). Without it the
     // metrics lack two gauges; capture goes on.
-    match crate::kernel::RingPositions::map(std::os::fd::AsFd::as_fd(&ring), opts.ring_buffer_bytes)
-    {
+    match crate::kernel::RingPositions::map(std::os::fd::AsFd::as_fd(&ring), ring_buffer_bytes) {
         Ok(positions) => crate::metrics::METRICS.set_ring(Box::new(positions)),
         Err(e) => log::warn!("mapping the ring buffer's positions for the metrics: {e}"),
     }
@@ -331,6 +370,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 let watermark = enricher.clock.now_system_time();
                 if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
                     sink.loss(&loss)?;
+                    remember_reported(&mut kernel, &losses);
                 }
                 drain(ring.get_mut(), &mut enricher, &mut kernel, sink)?;
                 sink.flush()?;
@@ -357,6 +397,9 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
             }
         }
     };
+    if kernel.is_pinned() {
+        return stop_keeping_pins(stop_signal, ring.get_mut(), enricher, kernel, losses, sink);
+    }
     notify::stopping(&format!(
         "{stop_signal}: stopping capture, detaching the programs, storing what was captured"
     ));
@@ -386,6 +429,45 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     }
     sink.flush()?;
     Ok(stopped_at)
+}
+
+/// The stop of a daemon whose programs are pinned: they go on capturing into the ring buffer
+/// for the next daemon, which adopts them (`systemctl restart`, an upgrade of the same
+/// build...). Whatever this daemon has read is handed to the sink; the rest stays in the ring
+/// buffer, as do the write aggregates of files still open (reported at their close). The run
+/// ends now; the next one, adopting, records no downtime. `ctrwatch unpin` removes the pins.
+fn stop_keeping_pins(
+    stop_signal: &str,
+    ring: &mut crate::kernel::ring::EventRing,
+    mut enricher: Enricher,
+    mut kernel: KernelWatch,
+    mut losses: LossTracker,
+    sink: &mut dyn Sink,
+) -> anyhow::Result<SystemTime> {
+    notify::stopping(&format!(
+        "{stop_signal}: storing what was read; the pinned programs go on capturing for the \
+         next start (`ctrwatch unpin` removes them)"
+    ));
+    drain(ring, &mut enricher, &mut kernel, sink)?;
+    let stopped_at = enricher.clock.now_system_time();
+    sink.capture_stopped(stopped_at);
+    if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
+        sink.loss(&loss)?;
+        remember_reported(&mut kernel, &losses);
+    }
+    sink.flush()?;
+    log::info!("stopped; the programs stay pinned and capturing");
+    // Dropping `kernel` closes this process's handles only: the pins hold the programs.
+    Ok(stopped_at)
+}
+
+/// Keeps what was reported in the pinned maps, for a daemon that adopts them.
+fn remember_reported(kernel: &mut KernelWatch, losses: &LossTracker) {
+    if kernel.is_pinned()
+        && let Err(e) = kernel.set_reported_losses(losses.reported())
+    {
+        log::warn!("remembering the losses reported in the pinned maps: {e}");
+    }
 }
 
 /// The roots to resolve: those named, and with discovery on the discovered ones.

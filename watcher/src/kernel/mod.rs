@@ -4,16 +4,20 @@
 
 pub mod btf_offsets;
 pub mod capabilities;
+pub mod pins;
 pub mod ring;
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
-        Program, ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLink,
+        Program, ProgramError, RawTracePoint, TracePoint,
+        links::{FdLink, PinnedLink},
+        raw_trace_point::RawTracePointLink,
         trace_point::TracePointLink,
     },
 };
@@ -91,6 +95,37 @@ pub enum KernelError {
     RootTooLong { prefix: String, max: usize },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("pins: {0}")]
+    Pins(#[from] pins::PinError),
+    #[error("pinning {what}: {source}")]
+    Pin {
+        what: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("adopting the pinned {what}: {detail}")]
+    Adopt { what: String, detail: String },
+}
+
+/// The slot of the `CAPTURE` map that holds the daemon's thread-group id (the eBPF side's
+/// `CAPTURE_SELF_TGID`).
+const CAPTURE_SELF_TGID: u32 = 1;
+
+/// How long a start waits for the daemon that still holds the pin directory (it is stopping:
+/// the store's lock, waited for first, normally covers it).
+const PIN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How the programs that capture came to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded and attached by this process.
+    Loaded,
+    /// Loaded now, replacing the pins of another build (their names): what they captured
+    /// since their daemon last read it is not read.
+    Replaced(Vec<String>),
+    /// Adopted from the pins of a previous daemon of this build: they kept capturing into
+    /// the ring buffer, which is read from where that daemon left it.
+    Adopted,
 }
 
 /// Settings for [`KernelWatch::load`].
@@ -111,23 +146,33 @@ pub struct Attachment {
     pub unavailable: Vec<String>,
 }
 
-/// An attached hook; dropping it detaches it.
-#[expect(dead_code, reason = "held only for its Drop, which detaches the hook")]
+/// An attached hook; dropping it detaches it, unless it is pinned (then removing its pin
+/// does, [`KernelWatch::remove_pins`]).
 enum Link {
     TracePoint(TracePointLink),
     RawTracePoint(RawTracePointLink),
+    Pinned(PinnedLink),
 }
 
 /// Loaded and attached programs. Capture is off until [`KernelWatch::set_capture`] turns it on.
-/// Dropping it detaches everything.
+/// Dropping it detaches everything that is not pinned.
 pub struct KernelWatch {
     links: Vec<Link>,
-    ebpf: Ebpf,
+    /// Every map of the object, by name (taken out of the loaded object, or opened from pins).
+    maps: HashMap<String, Map>,
+    /// The ring buffer's size in bytes (the pinned one's when adopted).
+    ring_buffer_bytes: u32,
+    /// The pin set the programs and maps are pinned in, if any.
+    pins: Option<pins::PinSet>,
+    /// The pin directory's lock ([`pins::lock`]), held while this daemon uses it.
+    pin_lock: Option<std::fs::File>,
+    pub origin: Origin,
     pub attachment: Attachment,
     pub capabilities: Capabilities,
 }
 
 impl KernelWatch {
+    /// Loads and attaches the programs, unpinned: they are detached when this is dropped.
     pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
         let capabilities = Capabilities::probe();
         let backend = capabilities
@@ -136,16 +181,272 @@ impl KernelWatch {
         let offsets = btf_offsets::kernel_offsets()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
-            .override_global("SELF_TGID", &opts.self_tgid, true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
         let (attachment, links) = attach(&mut ebpf, backend, &capabilities)?;
-        Ok(KernelWatch {
+        let names: Vec<String> = ebpf.maps().map(|(name, _)| name.to_owned()).collect();
+        let maps = names
+            .into_iter()
+            .filter_map(|name| ebpf.take_map(&name).map(|map| (name, map)))
+            .collect();
+        let mut kernel = KernelWatch {
             links,
-            ebpf,
+            maps,
+            ring_buffer_bytes: opts.ring_buffer_bytes,
+            pins: None,
+            pin_lock: None,
+            origin: Origin::Loaded,
             attachment,
             capabilities,
-        })
+        };
+        kernel.set_self_tgid(opts.self_tgid)?;
+        Ok(kernel)
+    }
+
+    /// With `pin_dir`: adopts the programs and maps pinned there by a previous daemon of this
+    /// build, or else loads them (removing the pins of any other build) and pins them there.
+    /// Without: [`KernelWatch::load`].
+    pub fn start(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Self, KernelError> {
+        let Some(pin_dir) = pin_dir else {
+            return Self::load(opts);
+        };
+        pins::prepare(pin_dir)?;
+        let lock = pins::lock(pin_dir, PIN_LOCK_WAIT)?;
+        let name = pins::set_name(EBPF_OBJECT);
+        let set = pins::PinSet::new(pin_dir, &name);
+        if set.is_complete() {
+            let removed = pins::remove_sets(pin_dir, Some(&name))?;
+            if !removed.is_empty() {
+                log::warn!("removed pins of another build next to ours: {removed:?}");
+            }
+            match Self::adopt(opts, set.clone()) {
+                Ok(mut kernel) => {
+                    kernel.pin_lock = Some(lock);
+                    return Ok(kernel);
+                }
+                // Removed and loaded again below: a start that cannot adopt must still start.
+                Err(e) => log::warn!(
+                    "the programs pinned in {} could not be adopted ({e}): replacing them",
+                    ctrwatch_event::escape_path(pin_dir)
+                ),
+            }
+        }
+        // Another build's, ours left half-made (a crash while pinning), or not adoptable.
+        let removed = pins::remove_sets(pin_dir, None)?;
+        let mut kernel = Self::load(opts)?;
+        kernel.pin_lock = Some(lock);
+        kernel.origin = if removed.is_empty() {
+            Origin::Loaded
+        } else {
+            Origin::Replaced(removed)
+        };
+        if let Err(e) = kernel.pin(set.clone()) {
+            // Half a set is worse than none: the next start would replace it anyway.
+            let _ = pins::remove_set(&set);
+            kernel.pins = None;
+            return Err(e);
+        }
+        Ok(kernel)
+    }
+
+    /// Pins every map and every link in `set` (created here), then marks it complete.
+    fn pin(&mut self, set: pins::PinSet) -> Result<(), KernelError> {
+        set.create()?;
+        for (name, map) in &self.maps {
+            // The object's global sections (.rodata, .bss): bpffs refuses names with a dot,
+            // and only the programs use them (they hold them).
+            if name.contains('.') {
+                continue;
+            }
+            map.pin(set.maps().join(name))
+                .map_err(|source| KernelError::Pin {
+                    what: format!("map {name}"),
+                    source,
+                })?;
+        }
+        // `attach` pushed a link and its name together, in the same order.
+        let names = self.attachment.attached.clone();
+        if names.len() != self.links.len() {
+            return Err(KernelError::Adopt {
+                what: "links".into(),
+                detail: format!("{} links for {} hooks", self.links.len(), names.len()),
+            });
+        }
+        let links = std::mem::take(&mut self.links);
+        for (name, link) in names.iter().zip(links) {
+            let fd: Result<FdLink, _> = match link {
+                Link::TracePoint(l) => FdLink::try_from(l),
+                Link::RawTracePoint(l) => Ok(FdLink::from(l)),
+                Link::Pinned(p) => Ok(FdLink::from(p)),
+            };
+            let fd = fd.map_err(|e| KernelError::Adopt {
+                what: format!("link {name}"),
+                detail: format!("not a bpf_link, cannot be pinned: {e}"),
+            })?;
+            let pinned = fd
+                .pin(set.links().join(name))
+                .map_err(|source| KernelError::Pin {
+                    what: format!("link {name}"),
+                    source,
+                })?;
+            self.links.push(Link::Pinned(pinned));
+        }
+        for name in &self.attachment.unavailable {
+            let path = set.unavailable().join(name);
+            std::fs::create_dir(&path).map_err(|source| pins::PinError::Io { path, source })?;
+        }
+        set.mark_complete()?;
+        self.pins = Some(set);
+        Ok(())
+    }
+
+    /// Opens the maps and links of a complete pin set of this build. Nothing is loaded or
+    /// attached: the programs never stopped.
+    fn adopt(opts: &LoadOptions, set: pins::PinSet) -> Result<Self, KernelError> {
+        let capabilities = Capabilities::probe();
+        let backend = capabilities
+            .best_backend()
+            .ok_or_else(|| KernelError::NoBackend(capabilities.summary()))?;
+        let mut maps = HashMap::new();
+        for name in pins::PinSet::names(&set.maps())? {
+            let adopt_error = |detail: String| KernelError::Adopt {
+                what: format!("map {name}"),
+                detail,
+            };
+            let data = MapData::from_pin(set.maps().join(&name))
+                .map_err(|e| adopt_error(e.to_string()))?;
+            let map = Map::from_map_data(data).map_err(|e| adopt_error(e.to_string()))?;
+            maps.insert(name, map);
+        }
+        let ring_buffer_bytes = match maps.get("EVENTS") {
+            Some(Map::RingBuf(data)) => {
+                data.info()
+                    .map(|info| info.max_entries())
+                    .map_err(|e| KernelError::Adopt {
+                        what: "map EVENTS".into(),
+                        detail: e.to_string(),
+                    })?
+            }
+            Some(_) => return Err(KernelError::NotRingBuffer("EVENTS")),
+            None => return Err(KernelError::MissingMap("EVENTS")),
+        };
+        if ring_buffer_bytes != opts.ring_buffer_bytes {
+            log::warn!(
+                "the adopted ring buffer has {} MiB, not the {} MiB asked for: the size takes \
+                 effect when the programs are loaded again (after `ctrwatch unpin`)",
+                ring_buffer_bytes >> 20,
+                opts.ring_buffer_bytes >> 20
+            );
+        }
+        let mut links = Vec::new();
+        let mut attachment = Attachment {
+            backend: backend.name().to_string(),
+            ..Default::default()
+        };
+        for name in pins::PinSet::names(&set.links())? {
+            let link =
+                PinnedLink::from_pin(set.links().join(&name)).map_err(|e| KernelError::Adopt {
+                    what: format!("link {name}"),
+                    detail: e.to_string(),
+                })?;
+            links.push(Link::Pinned(link));
+            attachment.attached.push(name);
+        }
+        attachment.unavailable = pins::PinSet::names(&set.unavailable())?;
+        let mut kernel = KernelWatch {
+            links,
+            maps,
+            ring_buffer_bytes,
+            pins: Some(set),
+            pin_lock: None,
+            origin: Origin::Adopted,
+            attachment,
+            capabilities,
+        };
+        kernel.set_self_tgid(opts.self_tgid)?;
+        Ok(kernel)
+    }
+
+    /// The ring buffer's size in bytes, as loaded (or adopted).
+    pub fn ring_buffer_bytes(&self) -> u32 {
+        self.ring_buffer_bytes
+    }
+
+    /// Are the programs pinned (they outlive this process unless [`KernelWatch::remove_pins`])?
+    pub fn is_pinned(&self) -> bool {
+        self.pins.is_some()
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, KernelError> {
+        self.maps.get_mut(name).ok_or(KernelError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, KernelError> {
+        self.maps.get(name).ok_or(KernelError::MissingMap(name))
+    }
+
+    fn capture_slot(&mut self, slot: u32, value: u32) -> Result<(), KernelError> {
+        let mut switch: Array<_, u32> =
+            Array::try_from(self.map_mut("CAPTURE")?).map_err(|source| KernelError::Map {
+                name: "CAPTURE",
+                source,
+            })?;
+        switch
+            .set(slot, value, 0)
+            .map_err(|source| KernelError::Map {
+                name: "CAPTURE",
+                source,
+            })
+    }
+
+    /// The process whose file activity the programs never report.
+    fn set_self_tgid(&mut self, tgid: u32) -> Result<(), KernelError> {
+        self.capture_slot(CAPTURE_SELF_TGID, tgid)
+    }
+
+    /// The loss totals already reported (by this daemon or, adopted, by its predecessor): the
+    /// baseline of the next report. Zero for freshly loaded programs.
+    pub fn reported_losses(&self) -> Result<Vec<u64>, KernelError> {
+        let reported: Array<_, u64> =
+            Array::try_from(self.map("REPORTED_LOST")?).map_err(|source| KernelError::Map {
+                name: "REPORTED_LOST",
+                source,
+            })?;
+        (0..LOSS_SLOTS)
+            .map(|slot| {
+                reported.get(&slot, 0).map_err(|source| KernelError::Map {
+                    name: "REPORTED_LOST",
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers `totals` as reported (see [`KernelWatch::reported_losses`]).
+    pub fn set_reported_losses(&mut self, totals: &[u64]) -> Result<(), KernelError> {
+        let mut reported: Array<_, u64> =
+            Array::try_from(self.map_mut("REPORTED_LOST")?).map_err(|source| KernelError::Map {
+                name: "REPORTED_LOST",
+                source,
+            })?;
+        for (slot, total) in (0..LOSS_SLOTS).zip(totals) {
+            reported
+                .set(slot, *total, 0)
+                .map_err(|source| KernelError::Map {
+                    name: "REPORTED_LOST",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pins (the programs are detached once this value is dropped too, or now by
+    /// [`KernelWatch::detach`]).
+    pub fn remove_pins(&mut self) -> Result<(), KernelError> {
+        if let Some(set) = self.pins.take() {
+            pins::remove_set(&set)?;
+        }
+        Ok(())
     }
 
     /// Turns capture on or off in every program at once (the `CAPTURE` switch each program
@@ -153,28 +454,14 @@ impl KernelWatch {
     /// program already past the check when capture is turned off still finishes its record;
     /// [`KernelWatch::detach`] waits for those.
     pub fn set_capture(&mut self, on: bool) -> Result<(), KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("CAPTURE")
-            .ok_or(KernelError::MissingMap("CAPTURE"))?;
-        let mut switch: Array<_, u32> =
-            Array::try_from(map).map_err(|source| KernelError::Map {
-                name: "CAPTURE",
-                source,
-            })?;
-        switch
-            .set(0, u32::from(on), 0)
-            .map_err(|source| KernelError::Map {
-                name: "CAPTURE",
-                source,
-            })
+        self.capture_slot(0, u32::from(on))
     }
 
     /// The ring buffer of records, of `size_bytes` (as loaded); take it once.
     pub fn take_ring_buffer(&mut self, size_bytes: u32) -> Result<ring::EventRing, KernelError> {
         let map = self
-            .ebpf
-            .take_map("EVENTS")
+            .maps
+            .remove("EVENTS")
             .ok_or(KernelError::MissingMap("EVENTS"))?;
         let aya::maps::Map::RingBuf(data) = map else {
             return Err(KernelError::NotRingBuffer("EVENTS"));
@@ -185,10 +472,7 @@ impl KernelWatch {
     /// Replaces the set of watched path prefixes in the kernel filter, and forgets the cached
     /// per-file verdicts (they were computed against the old set).
     pub fn set_root_prefixes(&mut self, prefixes: &[Vec<u8>]) -> Result<(), KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("ROOTS")
-            .ok_or(KernelError::MissingMap("ROOTS"))?;
+        let map = self.map_mut("ROOTS")?;
         let mut trie: LpmTrie<_, [u8; ROOT_KEY_CAP], RootEntry> =
             LpmTrie::try_from(map).map_err(|source| KernelError::Map {
                 name: "ROOTS",
@@ -230,10 +514,7 @@ impl KernelWatch {
     }
 
     fn clear_verdicts(&mut self) -> Result<(), KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("VERDICTS")
-            .ok_or(KernelError::MissingMap("VERDICTS"))?;
+        let map = self.map_mut("VERDICTS")?;
         // aya's HashMap also handles LRU hash maps.
         let mut verdicts: BpfHashMap<_, [u64; 2], u8> =
             BpfHashMap::try_from(map).map_err(|source| KernelError::Map {
@@ -249,10 +530,7 @@ impl KernelWatch {
 
     /// Per-slot totals of records the kernel could not deliver, summed over CPUs.
     pub fn lost_counts(&self) -> Result<Vec<u64>, KernelError> {
-        let map = self
-            .ebpf
-            .map("LOST")
-            .ok_or(KernelError::MissingMap("LOST"))?;
+        let map = self.map("LOST")?;
         let lost: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|source| KernelError::Map {
                 name: "LOST",
@@ -289,10 +567,7 @@ impl KernelWatch {
         &mut self,
         tgid: Option<u32>,
     ) -> Result<Vec<(WriteKey, WriteAgg)>, KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("WRITES")
-            .ok_or(KernelError::MissingMap("WRITES"))?;
+        let map = self.map_mut("WRITES")?;
         let mut writes: BpfHashMap<_, WriteKey, WriteAgg> =
             BpfHashMap::try_from(map).map_err(|source| KernelError::Map {
                 name: "WRITES",
@@ -311,7 +586,8 @@ impl KernelWatch {
 }
 
 impl KernelWatch {
-    /// Detaches every program; the maps (and the ring buffer) stay readable. Detaching waits
+    /// Detaches every program that is not pinned (pinned ones stay attached: see
+    /// [`KernelWatch::remove_pins`]); the maps (and the ring buffer) stay readable. Detaching waits
     /// for the programs that were running (see below), so once it returns what they captured
     /// is in the ring buffer or counted as lost.
     ///

@@ -1,0 +1,640 @@
+//! Restarts that lose nothing (`run --pin-dir`): the programs and maps pinned in bpffs keep
+//! capturing while no daemon runs; the next daemon of the same build adopts them and reads
+//! what they captured meanwhile; another build replaces them and records the window it could
+//! not see; `ctrwatch unpin` removes them. Real kernel, real binary; each test pins in a
+//! directory of its own (other tests run daemons at the same time).
+
+use std::{
+    ffi::{OsStr, OsString},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::Value;
+use tests::{Watcher, ctrwatch, json_lines, s, temp_dir, wait_history};
+
+/// Generous: the machine is shared and slow under load.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A pin directory of one test, on bpffs; its pins are removed (`ctrwatch unpin`) and the
+/// directory deleted when the test ends, whatever its outcome.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(name: &str) -> PinDir {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/ctrwatch-test-{name}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        PinDir(dir)
+    }
+
+    /// The pin sets in the directory (none when it does not exist).
+    fn sets(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn unpin(&self) -> (i32, String, String) {
+        ctrwatch(&[
+            OsStr::new("unpin"),
+            OsStr::new("--pin-dir"),
+            self.0.as_os_str(),
+        ])
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = self.unpin();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn start_daemon(root: &Path, store: &Path, pins: &PinDir, extra: &[&str]) -> Watcher {
+    let mut args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.as_os_str().to_owned(),
+        "--store".into(),
+        store.as_os_str().to_owned(),
+        "--pin-dir".into(),
+        pins.0.as_os_str().to_owned(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    Watcher::start_command(&args)
+}
+
+/// Stops the daemon with SIGTERM (a restart's stop) and checks it exited cleanly.
+fn stop(daemon: Watcher) -> String {
+    let stderr_before = daemon.stderr();
+    daemon.stop();
+    stderr_before
+}
+
+fn query_json(args: &[&OsStr]) -> Vec<Value> {
+    let (code, out, err) = ctrwatch(args);
+    assert_eq!(code, 0, "ctrwatch {args:?}: {err}");
+    json_lines(&out)
+}
+
+fn gaps(store: &Path) -> Vec<Value> {
+    query_json(&[
+        OsStr::new("gaps"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+        OsStr::new("--json"),
+    ])
+}
+
+/// Unlink records in the store (only the test's flood unlinks under its root).
+fn stored_unlinks(store: &Path) -> usize {
+    query_json(&[
+        OsStr::new("query"),
+        OsStr::new("--op"),
+        OsStr::new("unlink"),
+        OsStr::new("--limit"),
+        OsStr::new("10000000"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+        OsStr::new("--json"),
+    ])
+    .len()
+}
+
+/// Records the kernel could not deliver, as the store has them (loss gaps), leaving out the
+/// node-wide unresolved paths of other processes.
+fn recorded_lost(store: &Path) -> u64 {
+    gaps(store)
+        .iter()
+        .filter(|g| s(g, "kind") == "loss")
+        .map(|g| {
+            let total = g.get("lost").and_then(Value::as_u64).unwrap_or(0);
+            let unresolved = g
+                .get("kinds")
+                .and_then(|k| k.get("path_unresolved"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            total.saturating_sub(unresolved)
+        })
+        .sum()
+}
+
+fn create(path: &Path) {
+    std::fs::write(path, b"x").unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+}
+
+/// Where Debian's `bpftool` package installs it; `bpftool` on PATH is tried first.
+const BPFTOOL_PATHS: [&str; 3] = ["bpftool", "/usr/sbin/bpftool", "/sbin/bpftool"];
+
+fn bpftool(args: &[&OsStr]) -> std::process::Output {
+    for tool in BPFTOOL_PATHS {
+        if let Ok(out) = Command::new(tool).args(args).output() {
+            return out;
+        }
+    }
+    panic!("bpftool not found (cargo xtask setup installs it)");
+}
+
+/// The kernel's id of the link pinned at `path`.
+fn link_id(path: &Path) -> u64 {
+    let out = bpftool(&[
+        OsStr::new("-j"),
+        OsStr::new("link"),
+        OsStr::new("show"),
+        OsStr::new("pinned"),
+        path.as_os_str(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("id").and_then(Value::as_u64))
+        .unwrap_or_else(|| panic!("bpftool link show pinned {}: {text}", path.display()))
+}
+
+fn link_exists(id: u64) -> bool {
+    bpftool(&[
+        OsStr::new("link"),
+        OsStr::new("show"),
+        OsStr::new("id"),
+        OsStr::new(&id.to_string()),
+    ])
+    .status
+    .success()
+}
+
+fn in_history(store: &Path, path: &Path) -> bool {
+    !tests::history_json(store, path).is_empty()
+}
+
+/// A running flood, killed if the test ends before it does.
+struct FloodGuard(Option<std::process::Child>);
+
+impl FloodGuard {
+    fn finish(mut self) -> std::process::Output {
+        self.0
+            .take()
+            .expect("the flood runs")
+            .wait_with_output()
+            .expect("flood")
+    }
+}
+
+impl Drop for FloodGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_restart_during_a_flood_adopts_the_programs_and_loses_nothing() {
+    let base = temp_dir("pin-flood");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("flood");
+    let first = start_daemon(&root, &store, &pins, &[]);
+    assert!(
+        !first.stderr().contains("adopted"),
+        "nothing to adopt yet:\n{}",
+        first.stderr()
+    );
+    assert_eq!(pins.sets().len(), 1, "one pin set: {:?}", pins.sets());
+
+    // Unlinks of missing files (one record each), in a flood that goes on across the restart:
+    // 20 000 back to back, then SIGTERM to the first daemon right from the flood, which goes
+    // on at a pace the ring buffer absorbs while no daemon reads it (~5 000/s here), until
+    // told to stop once the second daemon runs.
+    let series_log = base.join("series.log");
+    let stop_file = base.join("stop");
+    let flood = Command::new(env!("CARGO_BIN_EXE_fsop"))
+        .args([
+            OsStr::new("unlink-series"),
+            root.as_os_str(),
+            OsStr::new("100000000"),
+            series_log.as_os_str(),
+            OsStr::new("fast=20000"),
+            OsStr::new("pace-us=100"),
+            OsStr::new("signal-at=20000"),
+            OsStr::new(&format!("signal={}", libc::SIGTERM)),
+            OsStr::new(&format!("pid={}", first.pid())),
+            OsStr::new(&format!("stop-file={}", stop_file.display())),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flood");
+    // Whatever happens below, the flood ends with the test.
+    let flood = FloodGuard(Some(flood));
+    let mut first = first;
+    let status = first
+        .wait_exit(TIMEOUT)
+        .unwrap_or_else(|| panic!("the first daemon did not stop:\n{}", first.stderr()));
+    assert!(
+        status.success(),
+        "first daemon: {status:?}\n{}",
+        first.stderr()
+    );
+    let first_stderr = first.stderr();
+    drop(first);
+    let second = start_daemon(&root, &store, &pins, &[]);
+    assert!(
+        second.stderr().contains("adopted the programs pinned"),
+        "the second daemon did not adopt:\n{}",
+        second.stderr()
+    );
+    // Some of the flood while the second daemon reads too, then the end of it.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop_file, b"").expect("stop file");
+    let out = flood.finish();
+    assert!(out.status.success(), "flood: {out:?}");
+    let performed: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("flood output {out:?}: {e}"));
+    assert!(
+        performed > 20_000,
+        "the flood stopped before the restart: {performed}"
+    );
+    // Stored plus recorded-lost reaches what was performed, and nothing is lost.
+    let deadline = Instant::now() + TIMEOUT;
+    let (stored, lost) = loop {
+        let stored = stored_unlinks(&store);
+        let lost = recorded_lost(&store);
+        if stored as u64 + lost >= performed as u64 || Instant::now() > deadline {
+            break (stored, lost);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let second_stderr = second.stderr();
+    stop(second);
+    assert_eq!(
+        stored as u64 + lost,
+        performed as u64,
+        "stored {stored} + lost {lost} != performed {performed}; second daemon:\n{second_stderr}"
+    );
+    assert_eq!(lost, 0, "records lost across the restart");
+    assert!(
+        first_stderr.contains("the programs stay pinned"),
+        "{first_stderr}"
+    );
+    // The restart was no downtime: the only gap is none (or losses, checked above).
+    let downtime: Vec<Value> = gaps(&store)
+        .into_iter()
+        .filter(|g| s(g, "kind") == "downtime")
+        .collect();
+    assert!(
+        downtime.is_empty(),
+        "an adopted restart recorded downtime: {downtime:?}"
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn kill_9_leaves_the_pins_and_the_next_start_reads_what_they_captured() {
+    let base = temp_dir("pin-kill");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("kill");
+    let first = start_daemon(&root, &store, &pins, &[]);
+    let before = root.join("before-the-crash");
+    create(&before);
+    wait_history(&store, &before, "create");
+    first.signal(libc::SIGKILL);
+    drop(first);
+    assert_eq!(
+        pins.sets().len(),
+        1,
+        "the crash left the pins: {:?}",
+        pins.sets()
+    );
+
+    // While no daemon runs, the pinned programs capture into the ring buffer.
+    let during = root.join("while-no-daemon-ran");
+    create(&during);
+    let second = start_daemon(&root, &store, &pins, &[]);
+    assert!(
+        second.stderr().contains("adopted the programs pinned"),
+        "{}",
+        second.stderr()
+    );
+    wait_history(&store, &during, "create");
+    let after = root.join("after-the-restart");
+    create(&after);
+    wait_history(&store, &after, "create");
+    stop(second);
+    // The crash is on record: what the first daemon had read but not committed is not in
+    // the ring buffer any more.
+    let unclean = gaps(&store)
+        .into_iter()
+        .find(|g| s(g, "kind") == "downtime")
+        .unwrap_or_else(|| panic!("no downtime gap for the crash: {:?}", gaps(&store)));
+    assert_eq!(s(&unclean, "reason"), "unclean_stop", "{unclean}");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn another_builds_pins_are_replaced_and_the_window_not_seen_is_recorded() {
+    let base = temp_dir("pin-replace");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("replace");
+    let first = start_daemon(&root, &store, &pins, &[]);
+    let seen = root.join("seen");
+    create(&seen);
+    wait_history(&store, &seen, "create");
+    stop(first);
+    // The pins as another build would have left them: same layout, another name.
+    let ours = pins.sets();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let other = "v1-0123456789abcdef";
+    std::fs::rename(pins.0.join(&ours[0]), pins.0.join(other)).expect("renaming the pin set");
+
+    // Captured by the other build's programs, never read by this one.
+    let unseen_at = SystemTime::now();
+    let unseen = root.join("unseen");
+    create(&unseen);
+    let second = start_daemon(&root, &store, &pins, &[]);
+    let err = second.stderr();
+    assert!(err.contains("replaced the programs pinned"), "{err}");
+    assert!(err.contains(other), "{err}");
+    assert_eq!(
+        pins.sets(),
+        ours,
+        "the other set is gone, ours is pinned again"
+    );
+    let after = root.join("after");
+    create(&after);
+    wait_history(&store, &after, "create");
+    stop(second);
+    assert!(
+        !in_history(&store, &unseen),
+        "the replaced programs' records were read"
+    );
+    // The window not seen is a downtime gap from the first daemon's stop to the second's
+    // capture start, and covers the operation it missed.
+    let downtime = gaps(&store)
+        .into_iter()
+        .find(|g| s(g, "kind") == "downtime")
+        .unwrap_or_else(|| panic!("no downtime gap: {:?}", gaps(&store)));
+    let time = |field| {
+        humantime::parse_rfc3339(s(&downtime, field))
+            .unwrap_or_else(|e| panic!("{field} of {downtime}: {e}"))
+    };
+    assert!(
+        time("from") <= unseen_at && time("to") >= unseen_at,
+        "downtime {downtime} does not cover the unseen operation at {unseen_at:?}"
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn unpin_removes_the_pins_and_the_programs_stop_capturing() {
+    let base = temp_dir("pin-remove");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("remove");
+    let first = start_daemon(&root, &store, &pins, &[]);
+    stop(first);
+    assert_eq!(
+        pins.sets().len(),
+        1,
+        "a stop keeps the pins: {:?}",
+        pins.sets()
+    );
+    // The kernel's ids of the pinned links: gone once the pins are.
+    let set = pins.0.join(&pins.sets()[0]);
+    let links: Vec<PathBuf> = std::fs::read_dir(set.join("links"))
+        .expect("links")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert!(links.len() > 10, "hooks pinned: {links:?}");
+    let ids: Vec<u64> = links.iter().map(|l| link_id(l)).collect();
+    let (code, out, err) = pins.unpin();
+    assert_eq!(code, 0, "unpin: {err}");
+    assert!(out.contains("removed the pinned programs"), "{out}");
+    assert_eq!(pins.sets(), Vec::<String>::new(), "unpin left pins");
+    // The kernel frees a link (detaching its program) once its last reference is gone, on a
+    // work queue: wait for it.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let alive: Vec<u64> = ids.iter().copied().filter(|id| link_exists(*id)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "links still attached {TIMEOUT:?} after unpin: {alive:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _, err) = pins.unpin();
+    assert_eq!(code, 0, "unpin with nothing pinned: {err}");
+
+    // Nothing captures now: the next start loads afresh and records the downtime.
+    let unseen = root.join("unseen");
+    create(&unseen);
+    let second = start_daemon(&root, &store, &pins, &[]);
+    assert!(!second.stderr().contains("adopted"), "{}", second.stderr());
+    let after = root.join("after");
+    create(&after);
+    wait_history(&store, &after, "create");
+    stop(second);
+    assert!(
+        !in_history(&store, &unseen),
+        "captured with no pins and no daemon"
+    );
+    assert!(
+        gaps(&store)
+            .iter()
+            .any(|g| s(g, "kind") == "downtime" && s(g, "reason") == "stopped"),
+        "{:?}",
+        gaps(&store)
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn unpin_leaves_what_is_not_a_pin_set_alone() {
+    tests::require_root();
+    let pins = PinDir::new("foreign");
+    // On bpffs (mounted on /sys/fs/bpf if needed), as `run --pin-dir` makes it.
+    watcher::kernel::pins::prepare(&pins.0).expect("preparing the pin directory");
+    let foreign = pins.0.join("someone-elses");
+    std::fs::create_dir(&foreign).expect("mkdir");
+    let (code, _, err) = pins.unpin();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        foreign.is_dir(),
+        "unpin removed a directory it did not make"
+    );
+    std::fs::remove_dir(&foreign).expect("rmdir");
+}
+
+/// The paths of the file records under `root` in the ring buffer, with their pids, read until
+/// `want` is among them (or the timeout).
+fn read_until(
+    ring: &mut watcher::kernel::ring::EventRing,
+    root: &Path,
+    want: &Path,
+) -> Vec<(u32, PathBuf)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        while let Some(item) = ring.next_record() {
+            if let Ok(watcher_common::Record::File(op)) = watcher_common::Record::decode(&item) {
+                let path = PathBuf::from(OsStr::from_bytes(&op.path));
+                if path.starts_with(root) {
+                    seen.push((op.fixed.task.pid, path));
+                }
+            }
+        }
+        if seen.iter().any(|(_, p)| p == want) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of {} within {TIMEOUT:?}; seen {seen:?}",
+            want.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The daemon's own operations are not captured (its tgid is in the CAPTURE map), and a daemon
+/// that adopts the programs puts its own tgid there: the previous daemon's is not excluded any
+/// more. Loaded in this process, which plays both daemons.
+#[test]
+fn the_excluded_process_is_the_daemon_that_holds_the_programs_also_after_adoption() {
+    use watcher::kernel::{KernelWatch, LoadOptions, Origin};
+    use watcher::roots::RootSet;
+    tests::require_root();
+    let base = temp_dir("pin-self");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let pins = PinDir::new("self");
+    let me = std::process::id();
+    const SIZE: u32 = 4 << 20;
+    let fsop = env!("CARGO_BIN_EXE_fsop");
+    let create_in_child = |path: &Path| {
+        let status = Command::new(fsop)
+            .args([OsStr::new("create"), path.as_os_str()])
+            .status()
+            .expect("fsop");
+        assert!(status.success(), "fsop create: {status:?}");
+    };
+    let prefixes = RootSet::resolve(std::slice::from_ref(&root)).kernel_prefixes();
+
+    // The first "daemon": this process.
+    let mut kernel = KernelWatch::start(
+        &LoadOptions {
+            ring_buffer_bytes: SIZE,
+            self_tgid: me,
+        },
+        Some(&pins.0),
+    )
+    .expect("loading and pinning");
+    assert_eq!(kernel.origin, Origin::Loaded);
+    kernel.set_root_prefixes(&prefixes).expect("roots");
+    kernel.set_capture(true).expect("capture");
+    let mut ring = kernel.take_ring_buffer(SIZE).expect("ring");
+    create(&root.join("mine-1"));
+    let marker = root.join("child-1");
+    create_in_child(&marker);
+    let seen = read_until(&mut ring, &root, &marker);
+    assert!(
+        !seen.iter().any(|(pid, _)| *pid == me),
+        "this process's own operations were captured: {seen:?}"
+    );
+    drop(ring);
+    drop(kernel);
+
+    // The second: adopts, and excludes another process (pid 1, which does nothing under the
+    // root): this process's operations are captured now.
+    let mut kernel = KernelWatch::start(
+        &LoadOptions {
+            ring_buffer_bytes: SIZE,
+            self_tgid: 1,
+        },
+        Some(&pins.0),
+    )
+    .expect("adopting");
+    assert_eq!(kernel.origin, Origin::Adopted);
+    assert_eq!(kernel.ring_buffer_bytes(), SIZE);
+    kernel.set_root_prefixes(&prefixes).expect("roots");
+    let mut ring = kernel.take_ring_buffer(SIZE).expect("ring");
+    let mine = root.join("mine-2");
+    create(&mine);
+    let seen = read_until(&mut ring, &root, &mine);
+    assert!(
+        seen.iter().any(|(pid, p)| *pid == me && *p == mine),
+        "{seen:?}"
+    );
+    drop(ring);
+    drop(kernel);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Two daemons must not share a pin directory (they would read one ring buffer): the second
+/// waits for the first (a restart: it is stopping), then gives up with a clear error.
+#[test]
+fn a_second_daemon_on_the_same_pin_directory_is_refused() {
+    let base = temp_dir("pin-busy");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let pins = PinDir::new("busy");
+    let first = start_daemon(&root, &base.join("first.db"), &pins, &[]);
+    let other_store = base.join("second.db");
+    let started = Instant::now();
+    let (code, _, err) = ctrwatch(&[
+        OsStr::new("run"),
+        OsStr::new("--root"),
+        root.as_os_str(),
+        OsStr::new("--store"),
+        other_store.as_os_str(),
+        OsStr::new("--pin-dir"),
+        pins.0.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("another ctrwatch daemon uses this pin directory"),
+        "{err}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(30), "did not wait");
+    // The first one is untouched and still adoptable.
+    stop(first);
+    let again = start_daemon(&root, &base.join("first.db"), &pins, &[]);
+    assert!(
+        again.stderr().contains("adopted the programs pinned"),
+        "{}",
+        again.stderr()
+    );
+    stop(again);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
