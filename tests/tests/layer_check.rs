@@ -471,3 +471,93 @@ fn after_kill_9_the_restart_verifies_the_layers_committed_before_the_crash() {
     cd.stop().expect("containerd stop");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An opaque mark set later on a committed layer's directory is judged against the tar,
+/// whoever set it: here a writer the configuration trusts (so its verdict is `owner`, which
+/// the event rule does not judge). The layer is replayed again: a mark its tar explains
+/// (a genuine `.wh..wh..opq`) stays quiet, one it does not explain is an opaque-leak.
+#[test]
+fn a_later_opaque_mark_by_a_trusted_writer_is_judged_against_the_tar() {
+    tests::require_root();
+    let dir = temp_dir("layer-check-mark");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    // Run by its real path: the trust is in the executable (a python3 earlier on PATH, e.g.
+    // pyenv's, would be another one).
+    let python = std::fs::canonicalize("/usr/bin/python3").expect("python3");
+    std::fs::write(
+        dir.join("ctrwatch.toml"),
+        format!(
+            "[watch]\ntrust_exes = [\"{}\"]\n\n[rules.heartbeat]\nenabled = false\n\n\
+             [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            python.display(),
+            r.url("/hook")
+        ),
+    )
+    .expect("config");
+    let daemon = Watcher::start_command(&daemon_args(&cd, &dir));
+
+    let layer = Layer::new()
+        .dir("opq")
+        .opaque("opq")
+        .file("opq/kept", "x\n")
+        .dir("plain")
+        .file("plain/file", "y\n");
+    let img = cd
+        .build_image_info(
+            "test.local/ctrwatch/layercheck-mark:1",
+            &[Layer::base().expect("base layer"), layer],
+        )
+        .expect("image");
+    cd.import(&img.archive, NS).expect("import");
+    let chain = &img.chain_ids[1];
+    let line = wait_check_log(&daemon, "at commit", chain);
+    assert!(line.contains(": 0 problem(s)"), "{line}");
+    let fs = cd.snapshot_dir(NS, chain).expect("dir").join("fs");
+    let set_mark = |d: &Path| {
+        run(Command::new(&python).args([
+            std::ffi::OsStr::new("-c"),
+            std::ffi::OsStr::new(
+                "import os, sys; os.setxattr(sys.argv[1], 'trusted.overlay.opaque', b'y')",
+            ),
+            d.as_os_str(),
+        ]))
+    };
+
+    // 1. The mark again on the genuine opaque directory: replayed, nothing wrong.
+    set_mark(&fs.join("opq"));
+    let set = tests::wait_history(&dir.join("events.db"), &fs.join("opq"), "setxattr");
+    assert_eq!(set["containerd"]["verdict"], "owner", "trusted: {set}");
+    let line = wait_check_log(&daemon, "after an opaque mark", chain);
+    assert!(line.contains(": 0 problem(s)"), "{line}");
+
+    // 2. The mark on a directory whose tar has no `.wh..wh..opq`: opaque-leak, from the replay.
+    set_mark(&fs.join("plain"));
+    let a = wait_alert(&r, &daemon, "opaque-leak for /plain", |b| {
+        b["rule"] == "opaque-leak" && b["file"]["inner_path"] == "/plain"
+    });
+    assert_eq!(
+        str_of(&a, &["details", "class"]),
+        "layer-opaque-leak",
+        "{a}"
+    );
+    assert_eq!(
+        str_of(&a, &["containerd", "snapshot_key"]),
+        chain.as_str(),
+        "{a}"
+    );
+    assert!(
+        str_of(&a, &["details", "found_by"]).contains("layer check after an opaque mark"),
+        "{a}"
+    );
+    // The genuine directory never alerted (its replay finished before the second mark).
+    let all = bodies(&r);
+    assert!(
+        !all.iter().any(|b| b["file"]["inner_path"] == "/opq"),
+        "the genuine opaque directory alerted:\n{}",
+        show(&all)
+    );
+    drop(daemon);
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -205,6 +205,16 @@ impl Enricher {
             details.containerd = attributor
                 .attribute(&path, new_path, &process, &mut self.processes)
                 .map(Box::new);
+            // An opaque mark on a committed layer's directory is judged against the layer's
+            // tar, whoever set it (opaque-leak): the layer is replayed again.
+            if op == Op::Setxattr
+                && result == OpResult::Ok
+                && details.xattr.as_ref().is_some_and(|x| x.is_opaque_marker())
+                && let Some(view) = details.containerd.as_deref()
+                && view.is_committed_layer()
+            {
+                attributor.opaque_mark_set(view);
+            }
         }
         Some(FileEvent {
             time_ns: self.clock.wall_ns(x.hdr.ts_ns),

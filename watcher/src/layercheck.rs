@@ -47,13 +47,34 @@ pub const CPU_SHARE: f64 = 0.25;
 pub type SnapshotRef = (String, String);
 
 enum Msg {
-    /// These snapshots of `layout` are newly committed.
+    /// These snapshots of `layout` are to be replayed: newly committed, or marked since.
     Committed {
         layout: RootLayout,
         snapshots: BTreeSet<SnapshotRef>,
+        trigger: Trigger,
     },
     /// The metadata of `layout` was read for the first time since the start.
     Instance { layout: RootLayout },
+}
+
+/// Why a committed layer is replayed: said in the log line and in the alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// containerd committed it.
+    Commit,
+    /// An opaque mark was set on one of its directories later, by anyone (the event rule
+    /// judges only marks set by others than containerd, and without the tar; the replay
+    /// judges every mark against the tar).
+    OpaqueMark,
+}
+
+impl Trigger {
+    fn when(self) -> &'static str {
+        match self {
+            Trigger::Commit => "at commit",
+            Trigger::OpaqueMark => "after an opaque mark",
+        }
+    }
 }
 
 /// The attribution's side of the check thread: a bounded queue it never waits on.
@@ -66,10 +87,21 @@ pub struct CommitFeed {
 impl CommitFeed {
     /// `snapshots` of `layout` were just seen committed: queue their check.
     pub fn committed(&self, layout: &RootLayout, snapshots: BTreeSet<SnapshotRef>) {
+        self.replay(layout, snapshots, Trigger::Commit);
+    }
+
+    /// An opaque mark was set on a directory of the committed `snapshot` of `layout`: queue
+    /// its replay again.
+    pub fn marked(&self, layout: &RootLayout, snapshot: SnapshotRef) {
+        self.replay(layout, BTreeSet::from([snapshot]), Trigger::OpaqueMark);
+    }
+
+    fn replay(&self, layout: &RootLayout, snapshots: BTreeSet<SnapshotRef>, trigger: Trigger) {
         let n = snapshots.len() as u64;
         let msg = Msg::Committed {
             layout: layout.clone(),
             snapshots,
+            trigger,
         };
         if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
             let before = self.dropped.fetch_add(n, Ordering::Relaxed);
@@ -337,11 +369,15 @@ fn check_loop(settings: Settings, rx: Receiver<Msg>, out: Arc<dyn ResultSink>, s
             return;
         }
         let alerts = match msg {
-            Msg::Committed { layout, snapshots } => {
+            Msg::Committed {
+                layout,
+                snapshots,
+                trigger,
+            } => {
                 if !settings.layer_damaged.enabled && !settings.opaque_leak.enabled {
                     continue;
                 }
-                at_commit(&settings, &layout, &snapshots, stop)
+                at_commit(&settings, &layout, &snapshots, trigger, stop)
             }
             Msg::Instance { layout } => {
                 let Some(since_ns) = settings.after_crash_since_ns else {
@@ -451,6 +487,7 @@ fn at_commit(
     settings: &Settings,
     layout: &RootLayout,
     snapshots: &BTreeSet<SnapshotRef>,
+    trigger: Trigger,
     stop: &AtomicBool,
 ) -> Vec<Alert> {
     let root = ctrwatch_event::escape_path(&layout.root);
@@ -480,7 +517,7 @@ fn at_commit(
     let findings = still_there(layout, snapshots, findings);
     let findings = not_judged_by_events(&ctx, &settings.store, findings);
     log_checked(
-        "at commit",
+        trigger.when(),
         &root,
         &ctx,
         snapshots,
@@ -495,7 +532,7 @@ fn at_commit(
         findings,
         now_ns,
         history_since,
-        "at commit",
+        trigger.when(),
     )
 }
 

@@ -380,6 +380,31 @@ impl Attributor {
         self
     }
 
+    /// An opaque mark was set on a directory of the committed layer `view` describes: that
+    /// layer is replayed again against its tar ([`CommitFeed::marked`]), whoever set it.
+    pub fn opaque_mark_set(&self, view: &ContainerdView) {
+        let (Some(snapshotter), Some(id)) = (view.snapshotter.as_deref(), view.snapshot_id) else {
+            return;
+        };
+        let Some(t) = self
+            .instances
+            .iter()
+            .find(|t| t.layout.root.as_os_str().as_bytes() == view.root.as_bytes())
+        else {
+            return;
+        };
+        let (Some(feed), Some(model)) = (&t.commit_feed, &t.model) else {
+            return;
+        };
+        if let Some(key) = model
+            .snapshotters
+            .get(snapshotter)
+            .and_then(|sn| sn.by_id.get(&id))
+        {
+            feed.marked(&t.layout, (snapshotter.to_owned(), key.clone()));
+        }
+    }
+
     /// A reloaded configuration: the roots named (empty: every discovered instance) and the
     /// trusted writers. Discovery runs again when the roots changed (models of instances
     /// that stay are kept).
