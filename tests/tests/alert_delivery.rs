@@ -688,3 +688,135 @@ fn an_alert_raised_on_a_full_disk_is_delivered_once_space_returns() {
     drop(mnt);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A flood the daemon cannot keep up with, sustained: its loss is reported while it lasts
+/// (a history-gap alert at the receiver, SIGTERM obeyed), not after it. The capture loop used
+/// to drain the ring buffer until it was empty, which under a sustained flood it never is:
+/// the loss counters, the alert timers, systemd's watchdog and SIGTERM all waited for the
+/// flood to end.
+#[test]
+fn a_sustained_flood_is_reported_while_it_lasts_and_sigterm_is_obeyed() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let dir = temp_dir("alerts-sustained-flood");
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("flood")).expect("mkdir");
+    let store = dir.join("events.db");
+    let r = Receiver::start(Mode::Accept);
+    let config = write_config(
+        &dir,
+        &format!(
+            "[rules.heartbeat]\nenabled = false\n\n\
+             [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            r.url("/hook")
+        ),
+    );
+    let mut daemon = start_daemon(&root, &store, &config);
+
+    // Unlinks of missing files (each one a record) from this process, as fast as they go,
+    // from as many threads as there are CPUs: more than the daemon can take. Stopped when the
+    // guard goes, also when the test fails (other tests of this binary run meanwhile).
+    struct Flood {
+        stop: Arc<AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+    impl Drop for Flood {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = Flood {
+        threads: (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .map(|t| {
+                let stop = Arc::clone(&stop);
+                let base = root.join("flood");
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ =
+                            std::fs::remove_file(base.join(format!("missing-{t}-{}", i % 4096)));
+                        i += 1;
+                    }
+                })
+            })
+            .collect(),
+        stop,
+    };
+    // The daemon held to a quarter of a CPU: the flood outpaces it for as long as it lasts,
+    // whatever this machine's speed (without it, a fast daemon catches up now and then and
+    // the old drain returned by chance).
+    let _throttle = CpuThrottle::new(&dir, daemon.pid(), 25);
+    let flooding_since = Instant::now();
+    r.wait_for(
+        "a history-gap alert while the flood goes on",
+        Duration::from_secs(150),
+        |rs| {
+            rs.iter()
+                .any(|x| hook_delivered(x) && x.json()["rule"] == "history-gap")
+        },
+    );
+    let alerted_after = flooding_since.elapsed();
+    // Still flooding: SIGTERM is obeyed (the final drain stops capture first, so it ends).
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    drop(flood);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the daemon did not stop cleanly within 60 s of SIGTERM during the flood: {status:?}\n{}",
+        daemon.stderr()
+    );
+    eprintln!("history-gap alert {alerted_after:?} into the flood");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A cgroup holding a process to `percent` of one CPU (v1 `cpu` controller, or v2 `cpu.max`);
+/// the process goes back to the root cgroup when this goes.
+struct CpuThrottle {
+    dir: PathBuf,
+    procs_root: PathBuf,
+    pid: u32,
+}
+
+impl CpuThrottle {
+    fn new(test_dir: &Path, pid: u32, percent: u32) -> CpuThrottle {
+        let name = test_dir.file_name().map_or_else(
+            || "ctrwatch-test".into(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let base = if v2 {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup/cpu")
+        };
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).expect("cgroup");
+        let quota = 100_000 * u64::from(percent) / 100;
+        if v2 {
+            let _ = std::fs::write(base.join("cgroup.subtree_control"), "+cpu");
+            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000")).expect("cpu.max");
+        } else {
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000").expect("period");
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("quota");
+        }
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move the daemon");
+        CpuThrottle {
+            dir,
+            procs_root: base.join("cgroup.procs"),
+            pid,
+        }
+    }
+}
+
+impl Drop for CpuThrottle {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.procs_root, self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

@@ -588,6 +588,12 @@ impl Sink for StoreSink {
         }
         self.alert_tick(at);
     }
+    fn tick(&mut self, now: SystemTime) {
+        if self.report_queue_loss().is_err() {
+            return;
+        }
+        self.alert_tick(now);
+    }
     fn capture_info(&mut self, info: CaptureInfo) {
         METRICS.set_programs(&info.backend, info.hooks_attached);
         // Read by the writer once a second; never contended for long.

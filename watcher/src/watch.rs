@@ -113,6 +113,12 @@ pub trait Sink {
     fn watermark(&mut self, at: SystemTime) {
         let _ = at;
     }
+    /// A second passed without a watermark (the ring buffer could not be drained to empty
+    /// within [`DRAIN_BUDGET`]: a flood): what is due on time anyway, at `now` (the alert
+    /// rules' timers: a loss must be reported while the flood goes on, not after it).
+    fn tick(&mut self, now: SystemTime) {
+        let _ = now;
+    }
     /// What is captured: after [`Sink::capture_started`], and when the roots change.
     fn capture_info(&mut self, info: CaptureInfo) {
         let _ = info;
@@ -358,8 +364,12 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer")?;
-                drain(guard.get_inner_mut(), &mut enricher, &mut kernel, sink)?;
-                guard.clear_ready();
+                let emptied = drain(guard.get_inner_mut(), &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET))?;
+                // Still readable when the budget ran out first: this branch comes again, after
+                // the others that are ready (signals, the watchdog, the tick) had their turn.
+                if emptied {
+                    guard.clear_ready();
+                }
                 sink.flush()?;
             }
             _ = tick.tick() => {
@@ -372,9 +382,15 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     sink.loss(&loss)?;
                     remember_reported(&mut kernel, &losses);
                 }
-                drain(ring.get_mut(), &mut enricher, &mut kernel, sink)?;
+                let emptied = drain(ring.get_mut(), &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET))?;
                 sink.flush()?;
-                sink.watermark(watermark);
+                if emptied {
+                    sink.watermark(watermark);
+                } else {
+                    // Under a flood the ring buffer may never be empty: no watermark can be
+                    // claimed (the heartbeat waits), but the timers run.
+                    sink.tick(watermark);
+                }
                 enricher.processes.reap(monotonic_ns());
                 if let Some(a) = enricher.attributor.as_mut() {
                     a.tick();
@@ -418,7 +434,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     // Programs that were past the switch finish; what was captured is then all in the ring
     // buffer, or counted as lost.
     kernel.detach();
-    drain(ring.get_mut(), &mut enricher, &mut kernel, sink)?;
+    drain(ring.get_mut(), &mut enricher, &mut kernel, sink, None)?;
     // Files still open: their writes so far (reported at close otherwise).
     let open = kernel.take_all_write_aggregates()?;
     for ev in enricher.on_unclosed_writes(open) {
@@ -448,7 +464,9 @@ fn stop_keeping_pins(
         "{stop_signal}: storing what was read; the pinned programs go on capturing for the \
          next start (`ctrwatch unpin` removes them)"
     ));
-    drain(ring, &mut enricher, &mut kernel, sink)?;
+    // Bounded: the programs go on capturing, so under a flood the ring buffer is never
+    // empty; what is left is the next daemon's to read.
+    drain(ring, &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET))?;
     let stopped_at = enricher.clock.now_system_time();
     sink.capture_stopped(stopped_at);
     if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
@@ -537,13 +555,31 @@ async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Records handled by one drain of the capture loop at most. Under a flood the producers can
+/// refill the ring buffer as fast as it is read: an unbounded drain then never returns, and
+/// the loop's other duties (SIGTERM, systemd's watchdog, the loss counters, the alert timers)
+/// wait for the flood to end — a sustained loss was only reported after it. At most a few
+/// tens of milliseconds of work.
+pub const DRAIN_BUDGET: usize = 16_384;
+
+/// Hands the ring buffer's records to the sink: all of them (`budget` None), or at most
+/// `budget`. Returns whether the ring buffer was emptied.
 fn drain(
     ring: &mut crate::kernel::ring::EventRing,
     enricher: &mut Enricher,
     kernel: &mut KernelWatch,
     sink: &mut dyn Sink,
-) -> anyhow::Result<()> {
-    while let Some(item) = ring.next_record() {
+    budget: Option<usize>,
+) -> anyhow::Result<bool> {
+    let mut left = budget.unwrap_or(usize::MAX);
+    loop {
+        if left == 0 {
+            return Ok(false);
+        }
+        left -= 1;
+        let Some(item) = ring.next_record() else {
+            return Ok(true);
+        };
         let record = match Record::decode(&item) {
             Ok(r) => r,
             Err(e) => {
@@ -565,5 +601,4 @@ fn drain(
             Outcome::Nothing => {}
         }
     }
-    Ok(())
 }

@@ -53,6 +53,9 @@ struct Args {
     /// Threads flooding the daemon during the flood variant (0: skip it).
     #[arg(long, default_value_t = 2)]
     flooders: usize,
+    /// Keep the daemon's store (its path is printed) for `ctrwatch alerts` / `gaps`.
+    #[arg(long)]
+    keep: bool,
 }
 
 const NS: &str = "default";
@@ -75,7 +78,11 @@ fn main() -> Result<()> {
     tests::require_root();
     let dir = temp_dir("alert-e2e-latency");
     let result = measure(&args, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.keep {
+        eprintln!("kept: {}", dir.join("events.db").display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let variants = result?;
     report(&args, &variants);
     Ok(())
@@ -104,7 +111,7 @@ fn measure(args: &Args, dir: &Path) -> Result<Vec<Variant>> {
     std::fs::write(
         &config,
         format!(
-            "[alerts]\ngroup_window = \"1s\"\n\n[rules.heartbeat]\nenabled = false\n\n\
+            "[rules.heartbeat]\nenabled = false\n\n\
              [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
             r.url("/hook")
         ),
