@@ -70,6 +70,11 @@ fn unit_passes_systemd_analyze_verify() {
             "/usr/bin/ctrwatch run --pin-dir /sys/fs/bpf/ctrwatch",
         ),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        // An explicit stop removes the pins, a restart keeps them (docs/operations.md).
+        (
+            "ExecStopPost",
+            "-/usr/bin/ctrwatch unpin --pin-dir /sys/fs/bpf/ctrwatch --if-stopping ctrwatch.service",
+        ),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("LimitMEMLOCK", "infinity"),
@@ -95,10 +100,9 @@ fn unit_passes_systemd_analyze_verify() {
     let dir = temp_dir("unit-verify");
     let copy = dir.join("ctrwatch.service");
     let bin = ctrwatch_bin();
-    let replaced = text.replace(
-        "ExecStart=/usr/bin/ctrwatch run",
-        &format!("ExecStart={} run", bin.display()),
-    );
+    let replaced = text
+        .replace("=/usr/bin/ctrwatch ", &format!("={} ", bin.display()))
+        .replace("=-/usr/bin/ctrwatch ", &format!("=-{} ", bin.display()));
     assert_ne!(replaced, text, "ExecStart was not replaced");
     std::fs::write(&copy, replaced).unwrap();
     let out = Command::new("systemd-analyze")

@@ -255,9 +255,22 @@ fn lower_priority() {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     let Ok(tid) = u32::try_from(tid) else { return };
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+    // Zeroed rather than a struct literal: musl's sched_param has more fields than glibc's
+    // (the package's static build is musl). The raw syscall, because musl's
+    // sched_setscheduler() is a stub that always fails with ENOSYS.
+    // SAFETY: sched_param is plain integers; all zero is a valid value (priority 0).
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param that outlives the
+    // call.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_IDLE,
+            &param as *const libc::sched_param,
+        )
+    };
+    if set != 0 {
         log::debug!(
             "layer check: SCHED_IDLE refused: {}",
             std::io::Error::last_os_error()

@@ -20,6 +20,7 @@ pub mod process;
 pub mod queries;
 pub mod roots;
 pub mod secrets;
+pub mod service_job;
 pub mod status;
 pub mod watch;
 

@@ -125,18 +125,28 @@ lines carry journal priorities. RUST_LOG=debug logs more."
         #[arg(long, value_name = "DIR")]
         pin_dir: Option<PathBuf>,
     },
-    /// Remove the programs and maps `run --pin-dir` pinned: they stop capturing. For an
-    /// explicit stop (`systemctl stop ctrwatch && ctrwatch unpin`) and the package's removal;
-    /// a restart keeps them, so that the next daemon adopts them.
+    /// Remove the programs and maps `run --pin-dir` pinned: they stop capturing. For a daemon
+    /// stopped outside systemd, and the package's removal; the service's `ExecStopPost=` runs
+    /// it with --if-stopping, so that `systemctl stop` ends capture while a restart keeps the
+    /// programs for the next daemon to adopt.
     #[command(
         after_help = "A daemon running with these pins keeps its programs until it stops; the next\n\
-start then loads them again. Exit 0 also when there was nothing to remove.\n\n\
-Example:\n  systemctl stop ctrwatch && ctrwatch unpin"
+start then loads them again. Exit 0 also when there was nothing to remove, and when\n\
+--if-stopping keeps the pins.\n\n\
+Examples:\n  ctrwatch unpin\n  \
+ExecStopPost=-/usr/bin/ctrwatch unpin --pin-dir /sys/fs/bpf/ctrwatch --if-stopping ctrwatch.service"
     )]
     Unpin {
         /// The directory given to `run --pin-dir`.
         #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
         pin_dir: PathBuf,
+        /// Remove the pins only if systemd has a `stop` job queued on UNIT (`systemctl stop`,
+        /// a shutdown): for the unit's `ExecStopPost=`. A `restart` job (`systemctl restart`,
+        /// the package's upgrade) or none (Restart= after a crash or an exit) keeps them for
+        /// the next daemon to adopt; so does an answer systemctl does not give within 10 s
+        /// (with a warning). Asks `systemctl list-jobs UNIT`.
+        #[arg(long, value_name = "UNIT")]
+        if_stopping: Option<String>,
     },
     /// Every recorded operation on a file, newest first: who, when, with what result.
     #[command(
@@ -630,7 +640,10 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => return config_check(&file),
         Command::Generate { what } => generate(what),
         Command::Probe => probe(),
-        Command::Unpin { pin_dir } => unpin(&pin_dir),
+        Command::Unpin {
+            pin_dir,
+            if_stopping,
+        } => unpin(&pin_dir, if_stopping.as_deref()),
         Command::Roots => {
             let found = containerd::discover_all(&containerd::DiscoveryEnv::system());
             let mut text = containerd::describe(&found);
@@ -653,8 +666,43 @@ fn main() -> ExitCode {
     }
 }
 
-/// `ctrwatch unpin`: removes every pin set in `pin_dir` (the directory itself stays).
-fn unpin(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+/// `ctrwatch unpin`: removes every pin set in `pin_dir` (the directory itself stays); with
+/// `if_stopping`, only when systemd is stopping that unit for good.
+fn unpin(pin_dir: &std::path::Path, if_stopping: Option<&str>) -> anyhow::Result<()> {
+    if let Some(unit) = if_stopping {
+        let shown_unit = ctrwatch_event::escape(unit);
+        let shown_dir = ctrwatch_event::escape_path(pin_dir);
+        match watcher::service_job::query(unit, watcher::service_job::QUERY_TIMEOUT) {
+            Ok(job) if job.stays_stopped() => {
+                write_stdout(&format!(
+                    "{shown_unit} has a stop job queued: it stays stopped, removing the pins\n"
+                ))?;
+            }
+            Ok(job) => {
+                let why = match job {
+                    watcher::service_job::UnitJob::None => {
+                        "no job queued (Restart= starts it again)".to_string()
+                    }
+                    watcher::service_job::UnitJob::Restart => "a restart job queued".to_string(),
+                    watcher::service_job::UnitJob::Other(kind) => {
+                        format!("a {} job queued", ctrwatch_event::escape(&kind))
+                    }
+                    watcher::service_job::UnitJob::Stop => "a stop job queued".to_string(),
+                };
+                return write_stdout(&format!(
+                    "{shown_unit} has {why}: keeping the pins in {shown_dir} for the next \
+                     daemon to adopt\n"
+                ));
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot tell whether {shown_unit} is stopping or restarting ({e}): keeping \
+                     the pins in {shown_dir}; `ctrwatch unpin --pin-dir {shown_dir}` removes them"
+                );
+                return Ok(());
+            }
+        }
+    }
     let removed = watcher::kernel::pins::remove_sets(pin_dir, None).with_context(|| {
         format!(
             "removing the pins in {}",

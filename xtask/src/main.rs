@@ -114,6 +114,12 @@ enum Task {
         /// Leave docs/kernels.md as it is.
         #[arg(long)]
         no_docs: bool,
+        /// What the guest tests: `default` (the binary: probe, run, history; its findings go
+        /// into docs/kernels.md) or `package` (the .deb under systemd: the service active, the
+        /// pins kept by `systemctl restart` and a crash, removed by `systemctl stop` and
+        /// `dpkg -r`).
+        #[arg(long, value_enum, default_value = "default")]
+        scenario: vm::Scenario,
     },
     /// Set up, build a release ctrwatch and run the benchmark (`tests` crate, bin `bench`).
     ///
@@ -210,6 +216,7 @@ impl Task {
                 timeout,
                 rebuild,
                 no_docs,
+                scenario,
             } => {
                 require_root(
                     "cargo xtask vm-test",
@@ -218,6 +225,7 @@ impl Task {
                 setup::setup()?;
                 let opts = vm::VmTestOptions {
                     kernels: kernel.expand(),
+                    scenario,
                     timeout: Duration::from_secs(timeout.saturating_mul(60)),
                     rebuild,
                     write_docs: !no_docs,

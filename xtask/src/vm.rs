@@ -41,12 +41,15 @@ const GUEST_PACKAGES: &[&str] = &["systemd-sysv", "udev", "bpftool"];
 const UNIT: &str = include_str!("../vm/ctrwatch-vmtest.service");
 const BOOT_SCRIPT: &str = include_str!("../vm/vmtest-boot.sh");
 const TEST_SCRIPT: &str = include_str!("../vm/vm-test.sh");
+/// The package scenario's script (`--scenario package`): run by the same boot wrapper, under
+/// the same name on the test disk.
+const PACKAGE_SCRIPT: &str = include_str!("../vm/vm-test-package.sh");
 
 /// Changes when the way the image is made changes in a way the inputs above do not show.
 const IMAGE_RECIPE_VERSION: u32 = 1;
 
 /// What the guest must report as PASS (xtask/vm/vm-test.sh).
-const EXPECTED_CHECKS: &[&str] = &[
+const DEFAULT_CHECKS: &[&str] = &[
     "probe",
     "watching",
     "stopped",
@@ -54,6 +57,48 @@ const EXPECTED_CHECKS: &[&str] = &[
     "history-unlink",
     "history-command",
 ];
+
+/// What the guest must report as PASS in the package scenario (xtask/vm/vm-test-package.sh).
+const PACKAGE_CHECKS: &[&str] = &[
+    "dpkg-install",
+    "active",
+    "pinned",
+    "restart-kept",
+    "restart-adopted",
+    "restart-history",
+    "crash-kept",
+    "upgrade-kept",
+    "stop-unpinned",
+    "remove-unpinned",
+];
+
+/// What a boot tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The static binary alone: `probe`, `run` watching a root, the history of a file
+    /// (xtask/vm/vm-test.sh); writes what the kernel offers into docs/kernels.md.
+    Default,
+    /// The .deb (`cargo xtask deb`) installed with dpkg, its service under systemd: active,
+    /// the pins kept over `systemctl restart` (every operation in the history), a crash and
+    /// an upgrade, removed by `systemctl stop` and `dpkg -r` (xtask/vm/vm-test-package.sh).
+    Package,
+}
+
+impl Scenario {
+    fn script(self) -> &'static str {
+        match self {
+            Scenario::Default => TEST_SCRIPT,
+            Scenario::Package => PACKAGE_SCRIPT,
+        }
+    }
+
+    fn expected_checks(self) -> &'static [&'static str] {
+        match self {
+            Scenario::Default => DEFAULT_CHECKS,
+            Scenario::Package => PACKAGE_CHECKS,
+        }
+    }
+}
 
 /// A kernel the test bed boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -97,6 +142,7 @@ impl Kernel {
 /// Options of `cargo xtask vm-test`.
 pub struct VmTestOptions {
     pub kernels: Vec<Kernel>,
+    pub scenario: Scenario,
     /// Per kernel, from QEMU's start to its exit.
     pub timeout: Duration,
     /// Build the guest image again even when one with the same key is cached.
@@ -116,20 +162,25 @@ pub fn vm_test(opts: &VmTestOptions) -> Result<bool> {
         .collect();
     let build = deb::DebOptions::host_musl();
     crate::setup::rust_target(&build.target)?;
-    let binary = deb::build_static_binary(&build)?;
+    // What goes onto the test disk: the binary, or the package (which builds it).
+    let payload = match opts.scenario {
+        Scenario::Default => Payload::Binary(deb::build_static_binary(&build)?),
+        Scenario::Package => Payload::Package(deb::build(&build)?),
+    };
 
     let mut all_ok = true;
     let mut summary = Vec::new();
     for (kernel, image) in images {
         let outcome = image.and_then(|image| {
-            let run = boot_and_test(kernel, &image, &binary, opts.timeout)?;
+            let run = boot_and_test(kernel, &image, &payload, opts.scenario, opts.timeout)?;
             Ok((image, run))
         });
         match outcome {
             Ok((image, run)) => {
                 let ok = run.passed();
                 all_ok &= ok;
-                if opts.write_docs {
+                // docs/kernels.md's blocks are the default scenario's findings.
+                if opts.write_docs && opts.scenario == Scenario::Default {
                     write_docs(&image, &run)?;
                 }
                 summary.push(format!(
@@ -157,6 +208,14 @@ pub fn vm_test(opts: &VmTestOptions) -> Result<bool> {
         eprintln!("{line}");
     }
     Ok(all_ok)
+}
+
+/// What the test disk carries besides the script.
+enum Payload {
+    /// The static binary, as `ctrwatch`.
+    Binary(PathBuf),
+    /// The package, as `ctrwatch.deb`.
+    Package(PathBuf),
 }
 
 /// A cached guest image.
@@ -433,6 +492,8 @@ struct Check {
 
 /// What one boot found.
 struct Run {
+    /// The checks that must pass.
+    expected: &'static [&'static str],
     checks: Vec<Check>,
     /// `INFO key value` lines.
     info: BTreeMap<String, String>,
@@ -455,7 +516,8 @@ struct Run {
 impl Run {
     fn passed(&self) -> bool {
         !self.timed_out
-            && EXPECTED_CHECKS
+            && self
+                .expected
                 .iter()
                 .all(|name| self.checks.iter().any(|c| c.name == *name && c.passed))
     }
@@ -465,7 +527,7 @@ impl Run {
         let timeout = self
             .timed_out
             .then(|| "QEMU did not exit within the timeout".to_string());
-        let checks = EXPECTED_CHECKS.iter().filter_map(|name| {
+        let checks = self.expected.iter().filter_map(|name| {
             match self.checks.iter().find(|c| c.name == *name) {
                 Some(c) if c.passed => None,
                 Some(c) => Some(format!("FAIL {name} {}", c.detail)),
@@ -487,16 +549,29 @@ enum Marker {
 
 /// Boots the image with the test disk, waits for QEMU to exit (or kills it at the timeout) and
 /// reads the results.
-fn boot_and_test(kernel: Kernel, image: &Image, binary: &Path, timeout: Duration) -> Result<Run> {
-    let run_dir = vm_dir().join("runs").join(kernel.label());
+fn boot_and_test(
+    kernel: Kernel,
+    image: &Image,
+    payload: &Payload,
+    scenario: Scenario,
+    timeout: Duration,
+) -> Result<Run> {
+    let run_name = match scenario {
+        Scenario::Default => kernel.label().to_string(),
+        Scenario::Package => format!("{}-package", kernel.label()),
+    };
+    let run_dir = vm_dir().join("runs").join(run_name);
     if run_dir.exists() {
         fs::remove_dir_all(&run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
     }
     let stage = run_dir.join("disk");
     fs::create_dir_all(&stage)?;
-    fs::copy(binary, stage.join("ctrwatch"))
-        .with_context(|| format!("copying {}", binary.display()))?;
-    fs::write(stage.join("vm-test.sh"), TEST_SCRIPT)?;
+    let (from, name) = match payload {
+        Payload::Binary(path) => (path, "ctrwatch"),
+        Payload::Package(path) => (path, "ctrwatch.deb"),
+    };
+    fs::copy(from, stage.join(name)).with_context(|| format!("copying {}", from.display()))?;
+    fs::write(stage.join("vm-test.sh"), scenario.script())?;
     fs::set_permissions(stage.join("vm-test.sh"), fs::Permissions::from_mode(0o755))?;
     let disk = run_dir.join("disk.ext4");
     let disk_mib = used_mib(&stage)? + 64;
@@ -617,6 +692,7 @@ fn boot_and_test(kernel: Kernel, image: &Image, binary: &Path, timeout: Duration
     let (checks, info) = parse_results(&read("results.txt"));
     let secs = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64();
     Ok(Run {
+        expected: scenario.expected_checks(),
         checks,
         info,
         probe: read("probe.txt"),
@@ -748,7 +824,7 @@ fn docs_block(image: &Image, run: &Run) -> String {
     let (open, close) = block_markers(kernel);
     let facts = KernelFacts::parse(&run.kernel_facts, &run.probe);
     let date = utc_date(SystemTime::now());
-    let passed = EXPECTED_CHECKS
+    let passed = DEFAULT_CHECKS
         .iter()
         .filter(|n| run.checks.iter().any(|c| c.name == **n && c.passed))
         .count();
@@ -773,7 +849,7 @@ fn docs_block(image: &Image, run: &Run) -> String {
         "Run {date} with `cargo xtask vm-test --kernel {}`: **ctrwatch captured: {captured}** \
          ({passed} of {} checks passed{}).\n",
         kernel.label(),
-        EXPECTED_CHECKS.len(),
+        DEFAULT_CHECKS.len(),
         if run.timed_out { ", timed out" } else { "" }
     );
     let _ = writeln!(b, "| | |\n|---|---|");
@@ -819,7 +895,7 @@ fn docs_block(image: &Image, run: &Run) -> String {
     );
     row(
         "checks",
-        EXPECTED_CHECKS
+        DEFAULT_CHECKS
             .iter()
             .map(|n| match run.checks.iter().find(|c| c.name == *n) {
                 Some(c) if c.passed => format!("{n} ok"),
@@ -970,6 +1046,7 @@ mod tests {
         let run = |results: &str, timed_out| {
             let (checks, info) = parse_results(results);
             Run {
+                expected: DEFAULT_CHECKS,
                 checks,
                 info,
                 probe: String::new(),
@@ -982,7 +1059,7 @@ mod tests {
                 run_dir: PathBuf::from("/nonexistent"),
             }
         };
-        let all: String = EXPECTED_CHECKS
+        let all: String = DEFAULT_CHECKS
             .iter()
             .map(|c| format!("PASS {c}\n"))
             .collect();
@@ -994,6 +1071,13 @@ mod tests {
         assert!(r.failures().any(|f| f == "no result for history-command"));
         assert!(!run(&format!("{all}FAIL stopped exit status 1\n"), false).passed());
         assert!(!run("", false).passed(), "no results.txt fails the run");
+        // The package scenario's checks are its own.
+        let mut package = run(&all, false);
+        package.expected = Scenario::Package.expected_checks();
+        assert!(
+            !package.passed(),
+            "the default checks do not pass the package scenario"
+        );
     }
 
     #[test]
