@@ -252,6 +252,8 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         .set_capture(true)
         .context("turning capture on in the kernel")?;
     let started_at = ctrwatch_event::time::Clock::process().now_system_time();
+    // The last instant before which everything captured was handed to the sink.
+    let mut claimed = started_at;
     if adopted {
         sink.capture_adopted(started_at)?;
     } else {
@@ -371,6 +373,14 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     guard.clear_ready();
                 }
                 sink.flush()?;
+                if !emptied {
+                    // Back to the runtime before the next drain: while a branch is always
+                    // ready this task never waits, and tokio polls its timer and signal
+                    // drivers only when tasks wait or yield (or after its cooperative
+                    // budget of 128 readiness polls: minutes of drains under a flood), so
+                    // the tick, SIGTERM and the watchdog would wait for the flood to end.
+                    tokio::task::yield_now().await;
+                }
             }
             _ = tick.tick() => {
                 // The watermark: read before the loss counters and before the ring buffer is
@@ -386,6 +396,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 sink.flush()?;
                 if emptied {
                     sink.watermark(watermark);
+                    claimed = watermark;
                 } else {
                     // Under a flood the ring buffer may never be empty: no watermark can be
                     // claimed (the heartbeat waits), but the timers run.
@@ -414,7 +425,13 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         }
     };
     if kernel.is_pinned() {
-        return stop_keeping_pins(stop_signal, ring.get_mut(), enricher, kernel, losses, sink);
+        return stop_keeping_pins(
+            stop_signal,
+            ring.get_mut(),
+            (enricher, kernel, losses),
+            claimed,
+            sink,
+        );
     }
     notify::stopping(&format!(
         "{stop_signal}: stopping capture, detaching the programs, storing what was captured"
@@ -455,9 +472,8 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
 fn stop_keeping_pins(
     stop_signal: &str,
     ring: &mut crate::kernel::ring::EventRing,
-    mut enricher: Enricher,
-    mut kernel: KernelWatch,
-    mut losses: LossTracker,
+    (mut enricher, mut kernel, mut losses): (Enricher, KernelWatch, LossTracker),
+    claimed: SystemTime,
     sink: &mut dyn Sink,
 ) -> anyhow::Result<SystemTime> {
     notify::stopping(&format!(
@@ -465,9 +481,14 @@ fn stop_keeping_pins(
          next start (`ctrwatch unpin` removes them)"
     ));
     // Bounded: the programs go on capturing, so under a flood the ring buffer is never
-    // empty; what is left is the next daemon's to read.
-    drain(ring, &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET))?;
-    let stopped_at = enricher.clock.now_system_time();
+    // empty; what is left is the next daemon's to read. The run ends at the last instant
+    // before which everything was handed over: read before the drain when it emptied the
+    // ring buffer, else the last watermark claimed. What is left after it is either read by
+    // the next daemon (adoption) or inside the downtime the next start records (after an
+    // unpin): never neither.
+    let before = enricher.clock.now_system_time();
+    let emptied = drain(ring, &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET))?;
+    let stopped_at = if emptied { before } else { claimed };
     sink.capture_stopped(stopped_at);
     if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
         sink.loss(&loss)?;

@@ -210,6 +210,20 @@ impl KernelWatch {
         let Some(pin_dir) = pin_dir else {
             return Self::load(opts);
         };
+        // A syscall tracepoint can be pinned only as a perf-event bpf_link, which kernels
+        // have since 5.15: on older ones (Debian 11's 5.10) aya attaches by ioctl, and the
+        // service runs unpinned (as without --pin-dir) rather than failing to start.
+        if let Some(release) = kernel_release()
+            && release < (5, 15)
+        {
+            log::warn!(
+                "not pinning the programs in {}: this kernel ({}.{}) has no perf-event links                  to pin (5.15 or later); a restart is a downtime here",
+                ctrwatch_event::escape_path(pin_dir),
+                release.0,
+                release.1
+            );
+            return Self::load(opts);
+        }
         pins::prepare(pin_dir)?;
         let lock = pins::lock(pin_dir, PIN_LOCK_WAIT)?;
         let name = pins::set_name(EBPF_OBJECT);
@@ -829,4 +843,13 @@ impl Drop for RingPositions {
             libc::munmap(self.producer.as_ptr(), self.page);
         }
     }
+}
+
+/// The running kernel's (major, minor) version (uname's release); None if unreadable.
+fn kernel_release() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
