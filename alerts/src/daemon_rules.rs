@@ -58,6 +58,9 @@ pub struct DaemonRules {
     config_invalid: Option<Severity>,
     group_window: Duration,
     groups: BTreeMap<&'static str, Group>,
+    /// Groups whose window closed before a tick emitted their last revision (a new hole of
+    /// the same kind came first): emitted at the next tick, before anything newer.
+    finished: Vec<(&'static str, Group)>,
     /// The last `config-invalid` alert and what it was about (file, content, reason): the
     /// same file refused again for the same content and reason folds into it.
     last_invalid: Option<LastInvalid>,
@@ -121,6 +124,7 @@ impl DaemonRules {
             heartbeat,
             group_window: config.alerts.group_window,
             groups: BTreeMap::new(),
+            finished: Vec::new(),
             last_invalid: None,
         }
     }
@@ -222,6 +226,15 @@ impl DaemonRules {
             g.changed = true;
             return;
         }
+        // The group of this kind, if any, is closed: its revisions not yet emitted are kept
+        // for the next tick. Replacing it lost them: under a loss that goes on, a new hole
+        // comes every second, and with a group window shorter than the settle delay no
+        // revision was ever emitted (no history-gap alert while a flood lasted).
+        if let Some(old) = self.groups.remove(kind)
+            && (!old.emitted || old.changed)
+        {
+            self.finished.push((kind, old));
+        }
         let mut alert = Alert::new(
             RuleId::HistoryGap,
             self.gap_severity,
@@ -299,6 +312,11 @@ impl DaemonRules {
             out.push(a.clone());
             hb.next_ns = now_ns.saturating_add(ns(hb.interval));
         }
+        for (kind, mut g) in std::mem::take(&mut self.finished) {
+            g.alert.rev += 1;
+            describe(kind, &mut g);
+            out.push(g.alert);
+        }
         let mut closed = Vec::new();
         for (kind, g) in &mut self.groups {
             let closing = now_ns >= g.closes_ns;
@@ -328,6 +346,11 @@ impl DaemonRules {
     /// is still reported).
     pub fn flush(&mut self) -> Vec<Alert> {
         let mut out = Vec::new();
+        for (kind, mut g) in std::mem::take(&mut self.finished) {
+            g.alert.rev += 1;
+            describe(kind, &mut g);
+            out.push(g.alert);
+        }
         for (kind, g) in &mut self.groups {
             if !g.emitted || g.changed {
                 g.alert.rev += 1;
@@ -537,6 +560,47 @@ mod tests {
         let next = r.tick(T0 + 54 * S);
         assert_eq!(next.len(), 1);
         assert_ne!(next[0].id, first[0].id);
+    }
+
+    /// A loss that goes on: a hole every tick, each reported just before the tick runs the
+    /// timers (the capture loop's order). With a group window shorter than the settle delay,
+    /// every hole found the previous group closed but not yet emitted, replaced it, and no
+    /// history-gap alert was emitted while the loss lasted (the e2e latency bench's flood).
+    /// With the default window, the last revision of each window was lost the same way.
+    #[test]
+    fn a_loss_that_goes_on_is_reported_while_it_lasts_and_no_hole_is_dropped() {
+        let mut r =
+            rules("[alerts]\ngroup_window = \"1s\"\n\n[rules.heartbeat]\nenabled = false\n");
+        let kinds = BTreeMap::from([("unlink".to_string(), 10u64)]);
+        let mut out = Vec::new();
+        for i in 1..=10 {
+            let now = T0 + i * S + S / 10;
+            r.loss(now - S, now, 10, &kinds, now);
+            out.extend(r.tick(now));
+        }
+        assert!(!out.is_empty(), "no alert while the loss went on");
+        out.extend(r.flush());
+        // Every hole is in some alert's last revision.
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        for a in &out {
+            last.insert(a.id.to_string(), a.count);
+        }
+        assert_eq!(last.values().sum::<u64>(), 100, "{out:#?}");
+
+        // The default window (30 s): one alert, revised at the window's end with every hole.
+        let mut r = rules("[rules.heartbeat]\nenabled = false\n");
+        let mut out = Vec::new();
+        for i in 1..=40 {
+            let now = T0 + i * S + S / 10;
+            r.loss(now - S, now, 10, &kinds, now);
+            out.extend(r.tick(now));
+        }
+        out.extend(r.flush());
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        for a in &out {
+            last.insert(a.id.to_string(), a.count);
+        }
+        assert_eq!(last.values().sum::<u64>(), 400, "{out:#?}");
     }
 
     #[test]
