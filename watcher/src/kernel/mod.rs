@@ -147,7 +147,7 @@ pub struct Attachment {
 }
 
 /// An attached hook; dropping it detaches it, unless it is pinned (then removing its pin
-/// does, [`KernelWatch::remove_pins`]).
+/// does: `ctrwatch unpin`, [`pins::remove_sets`]).
 enum Link {
     TracePoint(TracePointLink),
     RawTracePoint(RawTracePointLink),
@@ -386,7 +386,7 @@ impl KernelWatch {
         self.ring_buffer_bytes
     }
 
-    /// Are the programs pinned (they outlive this process unless [`KernelWatch::remove_pins`])?
+    /// Are the programs pinned (they outlive this process until `ctrwatch unpin`)?
     pub fn is_pinned(&self) -> bool {
         self.pins.is_some()
     }
@@ -450,15 +450,6 @@ impl KernelWatch {
                     name: "REPORTED_LOST",
                     source,
                 })?;
-        }
-        Ok(())
-    }
-
-    /// Removes the pins (the programs are detached once this value is dropped too, or now by
-    /// [`KernelWatch::detach`]).
-    pub fn remove_pins(&mut self) -> Result<(), KernelError> {
-        if let Some(set) = self.pins.take() {
-            pins::remove_set(&set)?;
         }
         Ok(())
     }
@@ -601,7 +592,7 @@ impl KernelWatch {
 
 impl KernelWatch {
     /// Detaches every program that is not pinned (pinned ones stay attached: see
-    /// [`KernelWatch::remove_pins`]); the maps (and the ring buffer) stay readable. Detaching waits
+    /// `ctrwatch unpin`); the maps (and the ring buffer) stay readable. Detaching waits
     /// for the programs that were running (see below), so once it returns what they captured
     /// is in the ring buffer or counted as lost.
     ///
