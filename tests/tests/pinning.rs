@@ -884,3 +884,78 @@ fn unpin_if_stopping_does_not_run_systemctl_from_path() {
     drop(pins);
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// A cgroup (v1 `pids` hierarchy) that lets its processes have `max` tasks; removed when
+/// dropped.
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    fn new(name: &str, max: u32) -> PidsCgroup {
+        let hierarchy = Path::new("/sys/fs/cgroup/pids");
+        assert!(
+            hierarchy.is_dir(),
+            "this test needs the cgroup v1 pids hierarchy at {}",
+            hierarchy.display()
+        );
+        let dir = hierarchy.join(format!("ctrwatch-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let cgroup = PidsCgroup(dir);
+        std::fs::write(cgroup.0.join("pids.max"), max.to_string()).expect("pids.max");
+        cgroup
+    }
+
+    /// Runs `program args` in the cgroup (a shell moves itself in, then execs it).
+    fn run(&self, program: &Path, args: &[&OsStr]) -> std::process::Output {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.0)
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("sh")
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // Empty once the process ran (it was waited for); the kernel may take a moment.
+        let deadline = Instant::now() + TIMEOUT;
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Removing pins unlinks from several threads; where no thread can be started (a task limit:
+/// systemd's TasksMax=, a cgroup's pids.max) `unpin` does it on its own thread instead of
+/// panicking in `thread::scope` with the pins still there.
+#[test]
+fn unpin_removes_the_pins_when_no_thread_can_be_started() {
+    let base = temp_dir("pin-nothread");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("nothread");
+    let daemon = start_daemon(&root, &store, &pins, &[]);
+    stop(daemon);
+    assert!(link_names(&pins).len() > 10, "hooks pinned");
+    let out = {
+        // One task: the process itself, no thread more.
+        let cgroup = PidsCgroup::new("nothread", 1);
+        cgroup.run(
+            &tests::ctrwatch_bin(),
+            &[
+                OsStr::new("unpin"),
+                OsStr::new("--pin-dir"),
+                pins.0.as_os_str(),
+            ],
+        )
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "unpin with no thread: {out:?}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(pins.sets(), Vec::<String>::new(), "unpin left pins");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
