@@ -130,9 +130,11 @@ lines carry journal priorities. RUST_LOG=debug logs more."
     /// it with --if-stopping, so that `systemctl stop` ends capture while a restart keeps the
     /// programs for the next daemon to adopt.
     #[command(
-        after_help = "A daemon running with these pins keeps its programs until it stops; the next\n\
-start then loads them again. Exit 0 also when there was nothing to remove, and when\n\
---if-stopping keeps the pins.\n\n\
+        after_help = "Refused (exit 1, nothing removed) while a daemon runs with DIR (it holds DIR's\n\
+lock; with --if-stopping and a stop job, unpin waits 10 s for it first), and when DIR is\n\
+not on bpffs, is a symbolic link, or is not owned by root or writable by group or others.\n\
+Nothing inside DIR is followed: a symbolic link there is never descended. Exit 0 also\n\
+when there was nothing to remove, and when --if-stopping keeps the pins.\n\n\
 Examples:\n  ctrwatch unpin\n  \
 ExecStopPost=-/usr/bin/ctrwatch unpin --pin-dir /sys/fs/bpf/ctrwatch --if-stopping ctrwatch.service"
     )]
@@ -144,7 +146,8 @@ ExecStopPost=-/usr/bin/ctrwatch unpin --pin-dir /sys/fs/bpf/ctrwatch --if-stoppi
         /// a shutdown): for the unit's `ExecStopPost=`. A `restart` job (`systemctl restart`,
         /// the package's upgrade) or none (Restart= after a crash or an exit) keeps them for
         /// the next daemon to adopt; so does an answer systemctl does not give within 10 s
-        /// (with a warning). Asks `systemctl list-jobs UNIT`.
+        /// (with a warning). Asks `systemctl list-jobs UNIT` (/usr/bin/systemctl, else
+        /// /bin/systemctl; never one found on PATH).
         #[arg(long, value_name = "UNIT")]
         if_stopping: Option<String>,
     },
