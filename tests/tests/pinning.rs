@@ -638,3 +638,324 @@ fn a_second_daemon_on_the_same_pin_directory_is_refused() {
     drop(pins);
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// The names of the link pins of the (one) set in `pins`, sorted.
+fn link_names(pins: &PinDir) -> Vec<String> {
+    let sets = pins.sets();
+    assert_eq!(sets.len(), 1, "one pin set: {sets:?}");
+    let mut names: Vec<String> = std::fs::read_dir(pins.0.join(&sets[0]).join("links"))
+        .expect("links")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A complete set with a hook missing (a link pin removed by hand, or by a removal that was
+/// interrupted) is not adopted: the daemon would be blind to that hook without a word. It is
+/// replaced, every hook is attached again, and the window not seen is recorded.
+#[test]
+fn a_set_with_a_link_missing_is_replaced_not_adopted() {
+    let base = temp_dir("pin-partial");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("partial");
+    let first = start_daemon(&root, &store, &pins, &[]);
+    stop(first);
+    let hooks = link_names(&pins);
+    let missing = "sys_enter_unlinkat";
+    assert!(hooks.iter().any(|h| h == missing), "{hooks:?}");
+    let set = pins.0.join(&pins.sets()[0]);
+    assert!(set.join("complete").is_dir(), "the set is complete");
+    std::fs::remove_file(set.join("links").join(missing)).expect("removing one link pin");
+
+    let second = start_daemon(&root, &store, &pins, &[]);
+    let err = second.stderr();
+    assert!(
+        !err.contains("adopted the programs pinned"),
+        "a set with {missing} missing was adopted:\n{err}"
+    );
+    assert!(err.contains("replaced the programs pinned"), "{err}");
+    assert!(err.contains(missing), "the reason names the hook:\n{err}");
+    // Every hook is pinned again, each one a live link.
+    assert_eq!(link_names(&pins), hooks, "the hooks pinned now");
+    let set = pins.0.join(&pins.sets()[0]);
+    for hook in &hooks {
+        let id = link_id(&set.join("links").join(hook));
+        assert!(link_exists(id), "{hook}: link {id} not attached");
+    }
+    // The hook that was missing records again.
+    let gone = root.join("unlinked");
+    create(&gone);
+    std::fs::remove_file(&gone).expect("unlink");
+    wait_history(&store, &gone, "unlink");
+    stop(second);
+    assert!(
+        gaps(&store).iter().any(|g| s(g, "kind") == "downtime"),
+        "the replacement recorded no downtime: {:?}",
+        gaps(&store)
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// A fake pin set (directories and files as a set has them) in `dir`.
+fn fake_set(dir: &Path) {
+    for sub in ["links", "maps", "unavailable", "complete"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    std::fs::write(dir.join("links").join("sys_enter_openat"), b"x").expect("write");
+    std::fs::write(dir.join("maps").join("EVENTS"), b"x").expect("write");
+}
+
+fn fake_set_is_whole(dir: &Path) -> bool {
+    dir.join("links").join("sys_enter_openat").is_file()
+        && dir.join("maps").join("EVENTS").is_file()
+        && dir.join("complete").is_dir()
+}
+
+/// `unpin` removes nothing from a directory that is not on bpffs (a wrong `--pin-dir`): the
+/// names it would remove there are someone else's files.
+#[test]
+fn unpin_refuses_a_directory_not_on_bpffs() {
+    tests::require_root();
+    // /dev/shm: tmpfs.
+    let dir = PathBuf::from(format!(
+        "/dev/shm/ctrwatch-test-unpin-{}",
+        std::process::id()
+    ));
+    let set = dir.join("v1-0123456789abcdef");
+    fake_set(&set);
+    let (code, out, err) = ctrwatch(&[
+        OsStr::new("unpin"),
+        OsStr::new("--pin-dir"),
+        dir.as_os_str(),
+    ]);
+    let whole = fake_set_is_whole(&set);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_ne!(code, 0, "unpin on tmpfs succeeded: {out}{err}");
+    assert!(err.contains("not on a BPF file system"), "{err}");
+    assert!(whole, "unpin removed files from tmpfs");
+}
+
+/// Nor from a pin directory that others than root can change (they could have put anything
+/// there): owned by another user, or writable by group or others.
+#[test]
+fn unpin_refuses_a_directory_others_can_change() {
+    tests::require_root();
+    let pins = PinDir::new("owner");
+    watcher::kernel::pins::prepare(&pins.0).expect("preparing the pin directory");
+    let set = pins.0.join("v1-0123456789abcdef");
+    std::fs::create_dir(&set).expect("mkdir");
+    let chown = |uid: u32| std::os::unix::fs::chown(&pins.0, Some(uid), None).expect("chown");
+    let chmod = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&pins.0, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    chown(1001);
+    let (code, _, err) = pins.unpin();
+    assert_ne!(code, 0, "unpin in a directory of uid 1001 succeeded: {err}");
+    assert!(err.contains("owned by uid 1001"), "{err}");
+    assert!(set.is_dir(), "removed from a directory of uid 1001");
+    chown(0);
+    chmod(0o770);
+    let (code, _, err) = pins.unpin();
+    assert_ne!(
+        code, 0,
+        "unpin in a group-writable directory succeeded: {err}"
+    );
+    assert!(err.contains("mode 0770"), "{err}");
+    assert!(set.is_dir(), "removed from a group-writable directory");
+    chmod(0o700);
+    let (code, _, err) = pins.unpin();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !set.exists(),
+        "the set is removed once the directory is safe"
+    );
+}
+
+/// A symbolic link in the pin directory (named like a set, or in place of a set's `links`)
+/// is never followed: what it points to outside stays as it is.
+#[test]
+fn unpin_does_not_follow_symlinks_out_of_the_pin_directory() {
+    tests::require_root();
+    let base = temp_dir("pin-symlink");
+    let outside_set = base.join("outside-set");
+    fake_set(&outside_set);
+    let outside_links = base.join("outside-links");
+    std::fs::create_dir_all(&outside_links).expect("mkdir");
+    std::fs::write(outside_links.join("sys_enter_openat"), b"x").expect("write");
+    let pins = PinDir::new("symlink");
+    watcher::kernel::pins::prepare(&pins.0).expect("preparing the pin directory");
+    let named_like_a_set = pins.0.join("v1-0123456789abcdef");
+    std::os::unix::fs::symlink(&outside_set, &named_like_a_set).expect("symlink on bpffs");
+    let set = pins.0.join("v1-fedcba9876543210");
+    std::fs::create_dir(&set).expect("mkdir");
+    std::fs::create_dir(set.join("complete")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside_links, set.join("links")).expect("symlink on bpffs");
+
+    let (code, out, err) = pins.unpin();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        fake_set_is_whole(&outside_set),
+        "unpin removed files through a symlink named like a set"
+    );
+    assert!(
+        outside_links.join("sys_enter_openat").is_file(),
+        "unpin removed files through a set's `links` symlink"
+    );
+    assert!(!set.exists(), "the real set (with its symlink) is removed");
+    let _ = std::fs::remove_file(&named_like_a_set);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// `unpin` takes the pin directory's lock, as a daemon does: while a daemon runs with the pins
+/// it refuses, and the daemon goes on capturing.
+#[test]
+fn unpin_refuses_while_a_daemon_uses_the_pins() {
+    let base = temp_dir("pin-inuse");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("inuse");
+    let daemon = start_daemon(&root, &store, &pins, &[]);
+    let sets = pins.sets();
+    let (code, out, err) = pins.unpin();
+    assert_ne!(code, 0, "unpin removed the pins of a running daemon: {out}");
+    assert!(err.contains("a ctrwatch daemon is running"), "{err}");
+    assert_eq!(pins.sets(), sets, "the pins are untouched");
+    let after = root.join("after-the-refused-unpin");
+    create(&after);
+    wait_history(&store, &after, "create");
+    stop(daemon);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// `unpin --if-stopping` asks systemd by its absolute path: a `systemctl` earlier on PATH is
+/// never run (here one that would say the unit is stopping).
+#[test]
+fn unpin_if_stopping_does_not_run_systemctl_from_path() {
+    tests::require_root();
+    let base = temp_dir("pin-path");
+    let decoy_dir = base.join("bin");
+    std::fs::create_dir_all(&decoy_dir).expect("mkdir");
+    let ran = base.join("decoy-ran");
+    let decoy = decoy_dir.join("systemctl");
+    std::fs::write(
+        &decoy,
+        format!(
+            "#!/bin/sh\ntouch '{}'\necho '1 ctrwatch-test.service stop running'\n",
+            ran.display()
+        ),
+    )
+    .expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&decoy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let pins = PinDir::new("path");
+    let path = format!(
+        "{}:{}",
+        decoy_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(tests::ctrwatch_bin())
+        .args([
+            OsStr::new("unpin"),
+            OsStr::new("--pin-dir"),
+            pins.0.as_os_str(),
+            OsStr::new("--if-stopping"),
+            OsStr::new("ctrwatch-test.service"),
+        ])
+        .env("PATH", path)
+        .output()
+        .expect("running ctrwatch");
+    assert!(
+        !ran.exists(),
+        "the systemctl on PATH was run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{out:?}");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// A cgroup (v1 `pids` hierarchy) that lets its processes have `max` tasks; removed when
+/// dropped.
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    fn new(name: &str, max: u32) -> PidsCgroup {
+        let hierarchy = Path::new("/sys/fs/cgroup/pids");
+        assert!(
+            hierarchy.is_dir(),
+            "this test needs the cgroup v1 pids hierarchy at {}",
+            hierarchy.display()
+        );
+        let dir = hierarchy.join(format!("ctrwatch-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let cgroup = PidsCgroup(dir);
+        std::fs::write(cgroup.0.join("pids.max"), max.to_string()).expect("pids.max");
+        cgroup
+    }
+
+    /// Runs `program args` in the cgroup (a shell moves itself in, then execs it).
+    fn run(&self, program: &Path, args: &[&OsStr]) -> std::process::Output {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.0)
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("sh")
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // Empty once the process ran (it was waited for); the kernel may take a moment.
+        let deadline = Instant::now() + TIMEOUT;
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Removing pins unlinks from several threads; where no thread can be started (a task limit:
+/// systemd's TasksMax=, a cgroup's pids.max) `unpin` does it on its own thread instead of
+/// panicking in `thread::scope` with the pins still there.
+#[test]
+fn unpin_removes_the_pins_when_no_thread_can_be_started() {
+    let base = temp_dir("pin-nothread");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("nothread");
+    let daemon = start_daemon(&root, &store, &pins, &[]);
+    stop(daemon);
+    assert!(link_names(&pins).len() > 10, "hooks pinned");
+    let out = {
+        // One task: the process itself, no thread more.
+        let cgroup = PidsCgroup::new("nothread", 1);
+        cgroup.run(
+            &tests::ctrwatch_bin(),
+            &[
+                OsStr::new("unpin"),
+                OsStr::new("--pin-dir"),
+                pins.0.as_os_str(),
+            ],
+        )
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "unpin with no thread: {out:?}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(pins.sets(), Vec::<String>::new(), "unpin left pins");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}

@@ -77,6 +77,25 @@ pub fn print_error(message: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// Reports every panic as an error line (`ctrwatch: error: thread 'NAME' panicked at
+/// FILE:LINE: MESSAGE`, priority `<3>` in the journal) in place of Rust's default message,
+/// whichever thread it happens on: also the ones whose panic is caught and handled (the
+/// kernel's workers, `kernel::workers`) or that end only their own thread, which would
+/// otherwise go unnoticed in the journal. Call once, first thing.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = crate::kernel::workers::panic_message(info.payload());
+        let message = message.strip_prefix("panicked").unwrap_or(&message);
+        print_error(&format!("thread '{name}' panicked{location}{message}"));
+    }));
+}
+
 /// Whether stderr is the stream `$JOURNAL_STREAM` names.
 pub fn stderr_is_journal() -> bool {
     let Some(value) = std::env::var_os("JOURNAL_STREAM") else {

@@ -130,9 +130,11 @@ lines carry journal priorities. RUST_LOG=debug logs more."
     /// it with --if-stopping, so that `systemctl stop` ends capture while a restart keeps the
     /// programs for the next daemon to adopt.
     #[command(
-        after_help = "A daemon running with these pins keeps its programs until it stops; the next\n\
-start then loads them again. Exit 0 also when there was nothing to remove, and when\n\
---if-stopping keeps the pins.\n\n\
+        after_help = "Refused (exit 1, nothing removed) while a daemon runs with DIR (it holds DIR's\n\
+lock; with --if-stopping and a stop job, unpin waits 10 s for it first), and when DIR is\n\
+not on bpffs, is a symbolic link, or is not owned by root or writable by group or others.\n\
+Nothing inside DIR is followed: a symbolic link there is never descended. Exit 0 also\n\
+when there was nothing to remove, and when --if-stopping keeps the pins.\n\n\
 Examples:\n  ctrwatch unpin\n  \
 ExecStopPost=-/usr/bin/ctrwatch unpin --pin-dir /sys/fs/bpf/ctrwatch --if-stopping ctrwatch.service"
     )]
@@ -144,7 +146,8 @@ ExecStopPost=-/usr/bin/ctrwatch unpin --pin-dir /sys/fs/bpf/ctrwatch --if-stoppi
         /// a shutdown): for the unit's `ExecStopPost=`. A `restart` job (`systemctl restart`,
         /// the package's upgrade) or none (Restart= after a crash or an exit) keeps them for
         /// the next daemon to adopt; so does an answer systemctl does not give within 10 s
-        /// (with a warning). Asks `systemctl list-jobs UNIT`.
+        /// (with a warning). Asks `systemctl list-jobs UNIT` (/usr/bin/systemctl, else
+        /// /bin/systemctl; never one found on PATH).
         #[arg(long, value_name = "UNIT")]
         if_stopping: Option<String>,
     },
@@ -528,6 +531,7 @@ Examples:
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ctrwatch";
 
 fn main() -> ExitCode {
+    watcher::logging::install_panic_hook();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -666,10 +670,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long `unpin --if-stopping` waits for the pin directory's lock when the unit is
+/// stopping: its daemon has exited when `ExecStopPost=` runs, so a lock still held is another
+/// daemon's (or one in its last instants); longer than that, it is refused.
+const UNPIN_STOPPING_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `ctrwatch unpin`: removes every pin set in `pin_dir` (the directory itself stays); with
-/// `if_stopping`, only when systemd is stopping that unit for good.
+/// `if_stopping`, only when systemd is stopping that unit for good. Refused when the directory
+/// is not on bpffs or others than root can change it, and while a daemon holds its lock.
 fn unpin(pin_dir: &std::path::Path, if_stopping: Option<&str>) -> anyhow::Result<()> {
+    use watcher::kernel::pins::{PinDirFd, PinError};
+    let mut lock_wait = std::time::Duration::ZERO;
     if let Some(unit) = if_stopping {
+        lock_wait = UNPIN_STOPPING_LOCK_WAIT;
         let shown_unit = ctrwatch_event::escape(unit);
         let shown_dir = ctrwatch_event::escape_path(pin_dir);
         match watcher::service_job::query(unit, watcher::service_job::QUERY_TIMEOUT) {
@@ -703,13 +716,21 @@ fn unpin(pin_dir: &std::path::Path, if_stopping: Option<&str>) -> anyhow::Result
             }
         }
     }
-    let removed = watcher::kernel::pins::remove_sets(pin_dir, None).with_context(|| {
-        format!(
-            "removing the pins in {}",
-            ctrwatch_event::escape_path(pin_dir)
-        )
-    })?;
     let shown = ctrwatch_event::escape_path(pin_dir);
+    let context = || format!("not removing the pins in {shown}");
+    let dir = match PinDirFd::open(pin_dir) {
+        Ok(dir) => dir,
+        Err(PinError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return write_stdout(&format!("no pins in {shown}\n"));
+        }
+        Err(e) => return Err(e).with_context(context),
+    };
+    dir.check_safe().with_context(context)?;
+    // Held until the end: a daemon starting meanwhile waits for it (pins::lock).
+    dir.lock(lock_wait).with_context(context)?;
+    let removed = dir
+        .remove_sets(None)
+        .with_context(|| format!("removing the pins in {shown}"))?;
     if removed.is_empty() {
         write_stdout(&format!("no pins in {shown}\n"))
     } else {

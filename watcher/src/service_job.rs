@@ -18,6 +18,24 @@ use std::time::{Duration, Instant};
 /// How long `systemctl list-jobs` may take before it is killed (it answers in milliseconds).
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where systemctl is looked for, in this order (merged-/usr systems have both). Never on
+/// `PATH`: `ExecStopPost=` and a root shell alike must not run whatever a `systemctl` earlier
+/// on the search path is.
+pub const SYSTEMCTL_PATHS: [&str; 2] = ["/usr/bin/systemctl", "/bin/systemctl"];
+
+/// The first of [`SYSTEMCTL_PATHS`] that is an executable file.
+fn systemctl() -> Result<&'static std::path::Path, JobQueryError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    SYSTEMCTL_PATHS
+        .iter()
+        .map(std::path::Path::new)
+        .find(|path| {
+            std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or(JobQueryError::NoSystemctl)
+}
+
 /// The job queued on a unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnitJob {
@@ -42,6 +60,8 @@ impl UnitJob {
 /// Why the job could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum JobQueryError {
+    #[error("no systemctl at {} (is systemd installed?)", SYSTEMCTL_PATHS.join(" or "))]
+    NoSystemctl,
     #[error("running systemctl: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("systemctl list-jobs did not answer within {0:?} (killed)")]
@@ -57,7 +77,7 @@ pub enum JobQueryError {
 /// The job systemd has queued on `unit`, from `systemctl list-jobs UNIT`; waits at most
 /// `timeout` for systemctl, then kills it.
 pub fn query(unit: &str, timeout: Duration) -> Result<UnitJob, JobQueryError> {
-    let mut child = Command::new("systemctl")
+    let mut child = Command::new(systemctl()?)
         .args([
             "list-jobs",
             "--no-legend",

@@ -6,17 +6,17 @@ pub mod btf_offsets;
 pub mod capabilities;
 pub mod pins;
 pub mod ring;
+pub mod workers;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
         Program, ProgramError, RawTracePoint, TracePoint,
-        links::{FdLink, PinnedLink},
+        links::{FdLink, LinkType, PinnedLink},
         raw_trace_point::RawTracePointLink,
         trace_point::TracePointLink,
     },
@@ -103,8 +103,113 @@ pub enum KernelError {
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("loading the programs: a worker {0}")]
+    Worker(String),
     #[error("adopting the pinned {what}: {detail}")]
     Adopt { what: String, detail: String },
+}
+
+/// How a program of the object attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgramKind {
+    TracePoint,
+    RawTracePoint,
+    /// A kind no backend attaches (always listed as unavailable).
+    Other,
+}
+
+/// What this build's eBPF object holds, read from its ELF sections (nothing is loaded): the
+/// programs a pin set must account for and the maps it must hold.
+struct ExpectedObject {
+    programs: std::collections::BTreeMap<String, ProgramKind>,
+    /// By name, with their types (`bpf_map_type`); the global sections (a dot in the name)
+    /// are not pinned (see [`KernelWatch::pin`]).
+    maps: std::collections::BTreeMap<String, u32>,
+}
+
+impl ExpectedObject {
+    fn read() -> Result<Self, KernelError> {
+        use aya_obj::ProgramSection;
+        let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| KernelError::Adopt {
+            what: "pins".into(),
+            detail: format!("reading this build's eBPF object: {e}"),
+        })?;
+        let programs = object
+            .programs
+            .iter()
+            .map(|(name, program)| {
+                let kind = match program.section {
+                    ProgramSection::TracePoint => ProgramKind::TracePoint,
+                    ProgramSection::RawTracePoint => ProgramKind::RawTracePoint,
+                    _ => ProgramKind::Other,
+                };
+                (name.clone(), kind)
+            })
+            .collect();
+        let maps = object
+            .maps
+            .iter()
+            .filter(|(name, _)| !name.contains('.'))
+            .map(|(name, map)| (name.clone(), map.map_type()))
+            .collect();
+        Ok(ExpectedObject { programs, maps })
+    }
+
+    /// Every program of the object is in the set once, attached (`links`) or unavailable,
+    /// and nothing else is; a syscall tracepoint this kernel has is attached.
+    fn check_hooks(
+        &self,
+        links: &[String],
+        unavailable: &[String],
+        caps: &Capabilities,
+    ) -> Result<(), KernelError> {
+        let hooks_error = |detail: String| KernelError::Adopt {
+            what: "hooks".into(),
+            detail,
+        };
+        let mut seen = BTreeSet::new();
+        for name in links.iter().chain(unavailable) {
+            if !self.programs.contains_key(name) {
+                return Err(hooks_error(format!(
+                    "{}: not a program of this build",
+                    ctrwatch_event::escape(name)
+                )));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(hooks_error(format!(
+                    "{}: both attached and unavailable",
+                    ctrwatch_event::escape(name)
+                )));
+            }
+        }
+        let missing: Vec<&String> = self
+            .programs
+            .keys()
+            .filter(|name| !seen.contains(name.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            return Err(hooks_error(format!("not pinned: {missing:?}")));
+        }
+        for name in unavailable {
+            if self.programs.get(name) == Some(&ProgramKind::TracePoint)
+                && caps.has_syscall_tracepoint(name)
+            {
+                return Err(hooks_error(format!(
+                    "{}: listed as unavailable, but this kernel has it",
+                    ctrwatch_event::escape(name)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the name the kernel gives an object (truncated to `BPF_OBJ_NAME_LEN - 1` bytes;
+/// empty on kernels that do not name them) is `name`'s.
+fn kernel_name_matches(kernel: &[u8], name: &str) -> bool {
+    const BPF_OBJ_NAME_MAX: usize = 15;
+    let name = name.as_bytes();
+    kernel.is_empty() || kernel == &name[..name.len().min(BPF_OBJ_NAME_MAX)]
 }
 
 /// The slot of the `CAPTURE` map that holds the daemon's thread-group id (the eBPF side's
@@ -152,6 +257,9 @@ enum Link {
     TracePoint(TracePointLink),
     RawTracePoint(RawTracePointLink),
     Pinned(PinnedLink),
+    /// Opened from a pin when adopting (dropping it closes our descriptor; the pin keeps the
+    /// program attached).
+    Adopted(FdLink),
 }
 
 /// Loaded and attached programs. Capture is off until [`KernelWatch::set_capture`] turns it on.
@@ -292,6 +400,7 @@ impl KernelWatch {
                 Link::TracePoint(l) => FdLink::try_from(l),
                 Link::RawTracePoint(l) => Ok(FdLink::from(l)),
                 Link::Pinned(p) => Ok(FdLink::from(p)),
+                Link::Adopted(l) => Ok(l),
             };
             let fd = fd.map_err(|e| KernelError::Adopt {
                 what: format!("link {name}"),
@@ -321,14 +430,40 @@ impl KernelWatch {
         let backend = capabilities
             .best_backend()
             .ok_or_else(|| KernelError::NoBackend(capabilities.summary()))?;
+        // Only a set that holds every map and hook this build expects is adopted: one with a
+        // hook missing (removed by hand, or by a removal that did not finish) would leave the
+        // daemon blind to that hook's operations without a word.
+        let expected = ExpectedObject::read()?;
+        let map_names = pins::PinSet::names(&set.maps())?;
+        let wanted_maps: Vec<&String> = expected.maps.keys().collect();
+        if map_names.iter().collect::<Vec<_>>() != wanted_maps {
+            return Err(KernelError::Adopt {
+                what: "maps".into(),
+                detail: format!("the set has {map_names:?}, this build has {wanted_maps:?}"),
+            });
+        }
         let mut maps = HashMap::new();
-        for name in pins::PinSet::names(&set.maps())? {
+        for name in map_names {
             let adopt_error = |detail: String| KernelError::Adopt {
                 what: format!("map {name}"),
                 detail,
             };
             let data = MapData::from_pin(set.maps().join(&name))
                 .map_err(|e| adopt_error(e.to_string()))?;
+            let info = data.info().map_err(|e| adopt_error(e.to_string()))?;
+            let kernel_type = info.map_type().map_err(|e| adopt_error(e.to_string()))? as u32;
+            let wanted_type = expected.maps.get(&name).copied();
+            if Some(kernel_type) != wanted_type {
+                return Err(adopt_error(format!(
+                    "of type {kernel_type}, this build's is {wanted_type:?}"
+                )));
+            }
+            if !kernel_name_matches(info.name(), &name) {
+                return Err(adopt_error(format!(
+                    "the kernel calls it {}",
+                    ctrwatch_event::escape_bytes(info.name())
+                )));
+            }
             let map = Map::from_map_data(data).map_err(|e| adopt_error(e.to_string()))?;
             maps.insert(name, map);
         }
@@ -357,16 +492,47 @@ impl KernelWatch {
             backend: backend.name().to_string(),
             ..Default::default()
         };
-        for name in pins::PinSet::names(&set.links())? {
-            let link =
-                PinnedLink::from_pin(set.links().join(&name)).map_err(|e| KernelError::Adopt {
-                    what: format!("link {name}"),
-                    detail: e.to_string(),
-                })?;
-            links.push(Link::Pinned(link));
+        attachment.unavailable = pins::PinSet::names(&set.unavailable())?;
+        let link_names = pins::PinSet::names(&set.links())?;
+        expected.check_hooks(&link_names, &attachment.unavailable, &capabilities)?;
+        // The name of each loaded program, by id: what the kernel says a link runs.
+        let program_names: HashMap<u32, Vec<u8>> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|info| (info.id(), info.name().to_vec()))
+            .collect();
+        for name in link_names {
+            let adopt_error = |detail: String| KernelError::Adopt {
+                what: format!("link {name}"),
+                detail,
+            };
+            let link = FdLink::from(
+                PinnedLink::from_pin(set.links().join(&name))
+                    .map_err(|e| adopt_error(e.to_string()))?,
+            );
+            let info = link.info().map_err(|e| adopt_error(e.to_string()))?;
+            let link_type = info.link_type().map_err(|e| adopt_error(e.to_string()))?;
+            let wanted_type = match expected.programs.get(&name) {
+                Some(ProgramKind::TracePoint) => Some(LinkType::PerfEvent),
+                Some(ProgramKind::RawTracePoint) => Some(LinkType::RawTracePoint),
+                _ => None,
+            };
+            if Some(link_type) != wanted_type {
+                return Err(adopt_error(format!(
+                    "a {link_type:?} link, this build attaches it as {wanted_type:?}"
+                )));
+            }
+            // Kernels that name programs say which one the link runs.
+            if let Some(program) = program_names.get(&info.program_id())
+                && !kernel_name_matches(program, &name)
+            {
+                return Err(adopt_error(format!(
+                    "runs program {}",
+                    ctrwatch_event::escape_bytes(program)
+                )));
+            }
+            links.push(Link::Adopted(link));
             attachment.attached.push(name);
         }
-        attachment.unavailable = pins::PinSet::names(&set.unavailable())?;
         let mut kernel = KernelWatch {
             links,
             maps,
@@ -602,15 +768,13 @@ impl KernelWatch {
     /// serialised by the kernel's event_mutex).
     pub fn detach(&mut self) {
         const THREADS: usize = 16;
-        let mut buckets: Vec<Vec<Link>> = (0..THREADS).map(|_| Vec::new()).collect();
-        for (i, link) in std::mem::take(&mut self.links).into_iter().enumerate() {
-            buckets[i % THREADS].push(link);
+        let links = std::mem::take(&mut self.links);
+        for failure in workers::run_all("detach", THREADS, links, drop)
+            .into_iter()
+            .filter_map(Result::err)
+        {
+            log::error!("detaching a hook: a worker {failure}");
         }
-        std::thread::scope(|scope| {
-            for bucket in buckets {
-                scope.spawn(move || drop(bucket));
-            }
-        });
     }
 }
 
@@ -647,7 +811,7 @@ fn attach(
             attachment.unavailable.push(name.to_string());
         }
     }
-    let mut loaded = load_in_parallel(ebpf, &wanted);
+    let mut loaded = load_in_parallel(ebpf, &wanted)?;
     // Sorted so that exits attach before enters: an enter without its exit would leave
     // pending entries behind.
     let ordered: BTreeSet<(u8, &String)> = wanted
@@ -710,7 +874,7 @@ fn attach(
 fn load_in_parallel(
     ebpf: &mut Ebpf,
     wanted: &BTreeSet<String>,
-) -> HashMap<String, Result<(), ProgramError>> {
+) -> Result<HashMap<String, Result<(), ProgramError>>, KernelError> {
     let queue: Vec<(&str, &mut Program)> = ebpf
         .programs_mut()
         .filter(|(name, _)| wanted.contains(*name))
@@ -718,33 +882,19 @@ fn load_in_parallel(
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .clamp(1, queue.len().max(1));
-    let queue = Mutex::new(queue);
-    let take = || queue.lock().unwrap_or_else(PoisonError::into_inner).pop();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut results = Vec::new();
-                    while let Some((name, program)) = take() {
-                        let result = match program {
-                            Program::TracePoint(tp) => tp.load(),
-                            Program::RawTracePoint(rtp) => rtp.load(),
-                            _ => Ok(()),
-                        };
-                        results.push((name.to_string(), result));
-                    }
-                    results
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| match handle.join() {
-                Ok(results) => results,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    })
+    let mut loaded = HashMap::new();
+    for result in workers::run_all("load", workers, queue, |(name, program)| {
+        let result = match program {
+            Program::TracePoint(tp) => tp.load(),
+            Program::RawTracePoint(rtp) => rtp.load(),
+            _ => Ok(()),
+        };
+        (name.to_string(), result)
+    }) {
+        let (name, result) = result.map_err(KernelError::Worker)?;
+        loaded.insert(name, result);
+    }
+    Ok(loaded)
 }
 
 /// The ring buffer's producer and consumer positions, mapped read-only from the map (the

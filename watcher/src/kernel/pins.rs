@@ -17,6 +17,7 @@
 //! directory (another build, or one left half-made by a crash while pinning) is removed:
 //! removing the link pins detaches those programs.
 
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 /// bpffs's magic number (statfs f_type).
@@ -63,6 +64,22 @@ pub enum PinError {
         path: PathBuf,
         waited: std::time::Duration,
     },
+    #[error(
+        "{}: a ctrwatch daemon is running with these pins (it holds the directory's lock; \
+         waited {} s): stop it first (`systemctl stop` removes the pins itself)",
+        path.display(),
+        waited.as_secs()
+    )]
+    InUse {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
+    #[error(
+        "{}: owned by uid {uid} with mode {mode:04o}; pins are removed only from a directory \
+         that only root can change (owned by root, no group or other write)",
+        path.display()
+    )]
+    Unsafe { path: PathBuf, uid: u32, mode: u32 },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -102,9 +119,11 @@ impl PinSet {
     fn complete(&self) -> PathBuf {
         self.dir.join("complete")
     }
-    /// Made to the end by a daemon (it pins everything before marking it complete).
+    /// Made to the end by a daemon (it pins everything before marking it complete). Both
+    /// are directories, not symbolic links to one.
     pub fn is_complete(&self) -> bool {
-        self.complete().is_dir()
+        let is_dir = |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+        is_dir(&self.dir) && is_dir(&self.complete())
     }
     /// Creates the (empty) set's directories.
     pub fn create(&self) -> Result<(), PinError> {
@@ -220,91 +239,260 @@ fn mount_bpffs() -> Result<(), PinError> {
 /// Removes every pin set in `pin_dir` except `keep`, and returns the names removed. Removing
 /// a set's link pins detaches its programs (if no process holds them), which waits for the
 /// kernel (an RCU grace period per hook): done from several threads, as
-/// [`super::KernelWatch::detach`] does.
+/// [`super::KernelWatch::detach`] does. Nothing is followed: a symbolic link in the directory,
+/// even one named like a set, is left alone (see [`PinDirFd`]).
 pub fn remove_sets(pin_dir: &Path, keep: Option<&str>) -> Result<Vec<String>, PinError> {
-    let names = match PinSet::names(pin_dir) {
-        Ok(names) => names,
+    let dir = match PinDirFd::open(pin_dir) {
+        Ok(dir) => dir,
         Err(PinError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Vec::new());
         }
         Err(e) => return Err(e),
     };
-    let mut removed = Vec::new();
-    for name in names {
-        if Some(name.as_str()) == keep {
-            continue;
-        }
-        if !is_set_name(&name) {
-            log::warn!(
-                "{}: not a ctrwatch pin set, left alone",
-                ctrwatch_event::escape_path(&pin_dir.join(&name))
-            );
-            continue;
-        }
-        remove_set(&PinSet::new(pin_dir, &name))?;
-        removed.push(name);
-    }
-    Ok(removed)
+    dir.remove_sets(keep)
 }
 
-/// Removes one set: links first (the programs stop), then the rest, then its directory.
+/// Removes one set (see [`PinDirFd::remove_set`]).
 pub fn remove_set(set: &PinSet) -> Result<(), PinError> {
-    // Not a set of ours (not a directory): left alone, and said so by the caller's error.
-    let links = set.links();
-    if links.is_dir() {
-        let files: Vec<PathBuf> = PinSet::names(&links)?
-            .into_iter()
-            .map(|n| links.join(n))
-            .collect();
-        unlink_in_parallel(&files)?;
-    }
-    remove_tree(&set.dir)
+    let (Some(parent), Some(name)) = (set.dir.parent(), set.dir.file_name()) else {
+        return Err(io(&set.dir)(std::io::Error::other("not a pin set's path")));
+    };
+    let Some(name) = name.to_str() else {
+        return Err(io(&set.dir)(std::io::Error::other("not a pin set's name")));
+    };
+    PinDirFd::open(parent)?.remove_set(name)
 }
 
-fn unlink_in_parallel(files: &[PathBuf]) -> Result<(), PinError> {
-    const THREADS: usize = 16;
-    let chunk = files.len().div_ceil(THREADS).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || -> Result<(), PinError> {
-                    for f in part {
-                        match std::fs::remove_file(f) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(io(f)(e)),
-                        }
-                    }
-                    Ok(())
-                })
+/// What the kernel says an entry of a directory is, without following it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum EntryKind {
+    Dir,
+    /// A symbolic link: never followed, never descended.
+    Symlink,
+    /// A pin (a BPF object) or anything else that is not a directory.
+    Other,
+}
+
+/// A directory opened without following a symbolic link (`O_NOFOLLOW | O_DIRECTORY`), whose
+/// entries are read and removed relative to its descriptor (`unlinkat`): a symbolic link
+/// planted anywhere under it, or a component swapped for one meanwhile, is never followed
+/// out of it.
+pub struct PinDirFd {
+    fd: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+const DIR_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::NOFOLLOW)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+impl PinDirFd {
+    /// Opens `path` (its last component must not be a symbolic link).
+    pub fn open(path: &Path) -> Result<PinDirFd, PinError> {
+        let fd = rustix::fs::open(path, DIR_FLAGS, rustix::fs::Mode::empty()).map_err(|e| {
+            io(path)(if e == rustix::io::Errno::LOOP {
+                std::io::Error::other("a symbolic link (not followed): give the directory itself")
+            } else {
+                e.into()
             })
-            .collect();
-        for h in handles {
-            match h.join() {
-                Ok(r) => r?,
-                Err(panic) => std::panic::resume_unwind(panic),
+        })?;
+        Ok(PinDirFd {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn child(&self, name: &std::ffi::CStr) -> Result<PinDirFd, PinError> {
+        let path = self.path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let fd = rustix::fs::openat(&self.fd, name, DIR_FLAGS, rustix::fs::Mode::empty())
+            .map_err(|e| io(&path)(e.into()))?;
+        Ok(PinDirFd { fd, path })
+    }
+
+    /// The entries (but `.` and `..`), sorted by name.
+    fn entries(&self) -> Result<Vec<(std::ffi::CString, EntryKind)>, PinError> {
+        use rustix::fs::FileType;
+        let listing = rustix::fs::Dir::read_from(&self.fd).map_err(|e| io(&self.path)(e.into()))?;
+        let mut entries = Vec::new();
+        for entry in listing {
+            let entry = entry.map_err(|e| io(&self.path)(e.into()))?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
             }
+            let file_type = match entry.file_type() {
+                FileType::Unknown => {
+                    let stat =
+                        rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(|e| io(&self.path)(e.into()))?;
+                    FileType::from_raw_mode(stat.st_mode)
+                }
+                known => known,
+            };
+            let kind = match file_type {
+                FileType::Directory => EntryKind::Dir,
+                FileType::Symlink => EntryKind::Symlink,
+                _ => EntryKind::Other,
+            };
+            entries.push((name.to_owned(), kind));
+        }
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Removes the entry `name` (a directory when `dir`); absent already is fine.
+    fn unlink(&self, name: &std::ffi::CStr, dir: bool) -> Result<(), PinError> {
+        let flags = if dir {
+            rustix::fs::AtFlags::REMOVEDIR
+        } else {
+            rustix::fs::AtFlags::empty()
+        };
+        match rustix::fs::unlinkat(&self.fd, name, flags) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io(&self
+                .path
+                .join(std::ffi::OsStr::from_bytes(name.to_bytes())))(
+                e.into()
+            )),
+        }
+    }
+
+    /// Checks what `ctrwatch unpin` requires of the directory before it removes anything in
+    /// it: on bpffs, and only root can change it (owned by root, no group or other write).
+    pub fn check_safe(&self) -> Result<(), PinError> {
+        let fs = rustix::fs::fstatfs(&self.fd).map_err(|e| io(&self.path)(e.into()))?;
+        #[allow(
+            clippy::unnecessary_cast,
+            reason = "f_type's type differs between libcs"
+        )]
+        if fs.f_type as i64 != BPF_FS_MAGIC {
+            return Err(PinError::NotBpffs(self.path.clone()));
+        }
+        let stat = rustix::fs::fstat(&self.fd).map_err(|e| io(&self.path)(e.into()))?;
+        if stat.st_uid != 0 || stat.st_mode & 0o022 != 0 {
+            return Err(PinError::Unsafe {
+                path: self.path.clone(),
+                uid: stat.st_uid,
+                mode: stat.st_mode & 0o7777,
+            });
         }
         Ok(())
-    })
-}
+    }
 
-/// Removes a directory of pins and marker directories (bpffs: no symlinks to follow out of it
-/// are made by us; a symlink found is removed, not followed).
-fn remove_tree(dir: &Path) -> Result<(), PinError> {
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io(dir)(e)),
-    };
-    if !meta.is_dir() {
-        return std::fs::remove_file(dir).map_err(io(dir));
+    /// Takes the pin directory's lock (the one [`lock`] takes for a daemon), waiting up to
+    /// `wait` for its holder to let go; [`PinError::InUse`] if it does not. Held until this
+    /// is dropped.
+    pub fn lock(&self, wait: std::time::Duration) -> Result<(), PinError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match rustix::fs::flock(
+                &self.fd,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::WOULDBLOCK) => {}
+                Err(e) => return Err(io(&self.path)(e.into())),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(PinError::InUse {
+                    path: self.path.clone(),
+                    waited: wait,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
-    for name in PinSet::names(dir)? {
-        remove_tree(&dir.join(name))?;
+
+    /// [`remove_sets`] in this directory.
+    pub fn remove_sets(&self, keep: Option<&str>) -> Result<Vec<String>, PinError> {
+        let mut removed = Vec::new();
+        for (name, kind) in self.entries()? {
+            let shown = || {
+                ctrwatch_event::escape_path(
+                    &self.path.join(std::ffi::OsStr::from_bytes(name.to_bytes())),
+                )
+            };
+            let Some(name) = name.to_str().ok().filter(|n| is_set_name(n)) else {
+                log::warn!("{}: not a ctrwatch pin set, left alone", shown());
+                continue;
+            };
+            if Some(name) == keep {
+                continue;
+            }
+            if kind != EntryKind::Dir {
+                // Sets are directories; a link named like one is not followed.
+                log::warn!(
+                    "{}: named like a pin set but not a directory (a symbolic link?), left alone",
+                    shown()
+                );
+                continue;
+            }
+            self.remove_set(name)?;
+            removed.push(name.to_owned());
+        }
+        Ok(removed)
     }
-    std::fs::remove_dir(dir).map_err(io(dir))
+
+    /// Removes the set `name` in this directory: its `complete` marker first (from then on
+    /// it is never adopted, however far the removal gets), then its links (the programs
+    /// stop), then the rest, then its directory.
+    pub fn remove_set(&self, name: &str) -> Result<(), PinError> {
+        let name = std::ffi::CString::new(name)
+            .map_err(|e| io(&self.path.join(name))(std::io::Error::other(e)))?;
+        let set = match self.child(&name) {
+            Ok(set) => set,
+            Err(PinError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        set.unlink(c"complete", true)?;
+        match set.child(c"links") {
+            Ok(links) => links.unlink_in_parallel()?,
+            // Not made (a crash while creating the set), or not a directory: removed below
+            // as any other entry.
+            Err(PinError::Io { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        set.remove_contents()?;
+        drop(set);
+        self.unlink(&name, true)
+    }
+
+    /// Removes every entry, descending directories (never links).
+    fn remove_contents(&self) -> Result<(), PinError> {
+        for (name, kind) in self.entries()? {
+            if kind == EntryKind::Dir {
+                self.child(&name)?.remove_contents()?;
+            }
+            self.unlink(&name, kind == EntryKind::Dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the (link) pins in this directory from several threads (see [`remove_sets`]);
+    /// a directory among them is left for [`PinDirFd::remove_contents`].
+    fn unlink_in_parallel(&self) -> Result<(), PinError> {
+        const THREADS: usize = 16;
+        let files: Vec<std::ffi::CString> = self
+            .entries()?
+            .into_iter()
+            .filter(|(_, kind)| *kind != EntryKind::Dir)
+            .map(|(name, _)| name)
+            .collect();
+        let results = super::workers::run_all("pin-unlink", THREADS, files, |name| {
+            self.unlink(&name, false)
+        });
+        for result in results {
+            result.map_err(|panic| {
+                io(&self.path)(std::io::Error::other(format!(
+                    "removing the link pins: a worker {panic}"
+                )))
+            })??;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
