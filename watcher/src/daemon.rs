@@ -58,9 +58,13 @@ const BURST: usize = 1024;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug)]
+/// What `ctrwatch run` runs with: the flags and the configuration file, checked.
 pub struct RunOptions {
+    /// What is watched and how (shared with `ctrwatch watch`).
     pub watch: WatchOptions,
+    /// The event store's database file (`--store`).
     pub store: PathBuf,
+    /// The store's bounds: retention, size, commit cadence, readers' group.
     pub store_options: StoreOptions,
     /// Also print events to stdout, as `watch` does.
     pub echo: bool,
@@ -82,6 +86,7 @@ pub struct RunOptions {
 pub struct Reloader(std::sync::Arc<dyn Fn() -> anyhow::Result<RunOptions> + Send + Sync>);
 
 impl Reloader {
+    /// A reloader that calls `read` at each SIGHUP.
     pub fn new(read: impl Fn() -> anyhow::Result<RunOptions> + Send + Sync + 'static) -> Self {
         Reloader(std::sync::Arc::new(read))
     }
@@ -654,6 +659,7 @@ impl Sink for StoreSink {
     }
 }
 
+/// `ctrwatch run`: captures until SIGTERM/SIGINT, storing every event and loss in the store, with alerts, status and metrics.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // First: a configured listener that cannot listen (address in use, not this host's, a
     // port below 1024 without the capability) is a configuration error, said before anything

@@ -41,6 +41,10 @@ impl UnitJob {
 
 /// Why the job could not be read.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's #[error] message says what it is"
+)]
 pub enum JobQueryError {
     #[error("running systemctl: {0}")]
     Spawn(#[source] std::io::Error),

@@ -357,6 +357,7 @@ impl Attributor {
         Attributor::with_env(configured, trust, DiscoveryEnv::system())
     }
 
+    /// [`Attributor::new`] with the discovery's environment given (tests: a fake /proc and config files).
     pub fn with_env(configured: Vec<PathBuf>, trust: Trust, env: DiscoveryEnv) -> Attributor {
         let mut a = Attributor {
             configured,
