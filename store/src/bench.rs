@@ -260,7 +260,7 @@ pub fn synthetic_events(
     let inner = inner_paths();
     // What the daemon's containerd attribution adds to every event under the root; built
     // once per snapshot (the attribution keeps its objects too): the generator must outrun
-    // the writer in the pipeline benchmark (`daemon::bench`).
+    // the writer in the pipeline benchmark (watcher/tests/pipeline.rs).
     let snapshot_view = |id: u64| ContainerdView {
         root: PathBytes(b"/var/lib/containerd".to_vec()),
         kind: StorageKind::Snapshot,

@@ -25,11 +25,6 @@ use std::{
 
 use anyhow::Context as _;
 
-// The pipeline benchmark: a test target (docs/store.md, "The daemon's pipeline"), not the
-// daemon's API.
-#[cfg(test)]
-mod bench;
-
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
@@ -207,7 +202,7 @@ impl WriterResults {
 }
 
 /// The sink that hands records to the writer thread: the daemon's path from the ring buffer to
-/// disk (also driven by the pipeline benchmark, `daemon::bench`).
+/// disk (also driven by the pipeline benchmark, watcher/tests/pipeline.rs).
 pub struct StoreSink {
     /// The store until capture starts and its run begins; then the writer thread owns it.
     store: Option<DaemonStore>,
