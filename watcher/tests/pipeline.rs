@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 
+use ctrwatch_store_bench::{
+    BenchScenario, SEED, fresh_store, peak_rss_kib, remove_store_files, synthetic_events,
+};
 use watcher::daemon::StoreSink;
-use watcher::store::bench::{SEED, fresh_store, remove_store_files};
-use watcher::store::{BenchScenario, Store, synthetic_events};
+use watcher::store::Store;
 use watcher::watch::Sink as _;
 
 /// Figures from [`bench_pipeline`].
@@ -92,7 +94,7 @@ fn bench_pipeline(
         queue_lost,
         stored: stats.events,
         db_bytes: stats.file_bytes,
-        peak_rss_kib: watcher::store::bench::peak_rss_kib(),
+        peak_rss_kib: peak_rss_kib(),
     })
 }
 

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use ctrwatch_alerts::{Alert, Node};
 use ctrwatch_config::{Config, RuleId, Severity};
+use ctrwatch_store_bench::{BenchScenario, synthetic_events};
 use tests::receiver::{Mode, Receiver};
 use watcher::{
     alerting::{Alerting, DaemonAlerts},
     daemon::StoreSink,
-    store::{BenchScenario, DaemonStore, StoreOptions, synthetic_events},
+    store::{DaemonStore, StoreOptions},
     watch::Sink as _,
 };
 
