@@ -1,3 +1,5 @@
+//! Builds the eBPF programs (watcher-ebpf) for the BPF target with the pinned nightly and
+//! bpf-linker, for `watch` and `run` to load (aya-build).
 use std::path::PathBuf;
 
 use anyhow::Context as _;

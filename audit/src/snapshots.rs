@@ -13,7 +13,8 @@ use super::{Context, Finding, Outcome, Severity};
 use ctrwatch_containerd::Container;
 use ctrwatch_containerd::fsx;
 use ctrwatch_containerd::metadata::{Namespace, unpack_target};
-use ctrwatch_containerd::{SnapshotKind, snapshot_dir, snapshot_tree};
+use ctrwatch_containerd::paths::SNAPSHOTTER_DB;
+use ctrwatch_containerd::{SnapshotKind, snapshot_dir, snapshot_tree, snapshots_dir};
 
 /// Directories the overlayfs snapshotter uses while it works: `new-<n>` before a snapshot's
 /// record is committed, `rm-<id>` while one is removed. Not orphans unless they are old.
@@ -33,12 +34,12 @@ pub fn check(ctx: &Context) -> Outcome {
                     "snapshotter-metadata-unreadable",
                     format!("the {sn_name} snapshotter's metadata.db cannot be read: {err}"),
                 )
-                .path(sn.root.join("metadata.db").display().to_string())
+                .path(sn.root.join(SNAPSHOTTER_DB).display().to_string())
                 .fix("containerd cannot use this snapshotter's snapshots; restore metadata.db from a backup, or stop containerd, move the snapshotter directory aside and pull the images again"),
             );
             continue;
         }
-        let snap_dir = sn.root.join("snapshots");
+        let snap_dir = snapshots_dir(&sn.root);
         // Directories on disk, by id.
         let mut dirs: BTreeSet<u64> = BTreeSet::new();
         let mut others: Vec<String> = Vec::new();

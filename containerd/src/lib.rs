@@ -23,7 +23,7 @@ pub use metadata::{
 };
 pub use paths::{
     MetadataFile, PathClass, RootLayout, SnapshotArea, SnapshotLayout, classify_path, snapshot_dir,
-    snapshot_tree,
+    snapshot_tree, snapshots_dir,
 };
 
 /// Why a containerd root could not be read.

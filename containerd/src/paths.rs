@@ -24,6 +24,12 @@ pub const TASK_V2_DIR: &str = "io.containerd.runtime.v2.task";
 pub const TASK_V1_DIR: &str = "io.containerd.runtime.v1.linux";
 /// Temporary mounts (layers are unpacked through them), under the root.
 pub const TMPMOUNTS_DIR: &str = "tmpmounts";
+/// A snapshotter's directory of committed snapshots, by id (`<snapshotter root>/snapshots/<id>`).
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+/// An overlay snapshot's tree, below `snapshots/<id>` ([`SnapshotLayout::Overlay`]).
+const OVERLAY_TREE: &str = "fs";
+/// An overlay snapshot's kernel scratch directory (overlayfs' workdir), below `snapshots/<id>`.
+const OVERLAY_WORK: &str = "work";
 
 /// The paths one containerd instance uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -208,16 +214,21 @@ impl SnapshotLayout {
     /// `Some("")` (the directory itself), `None` when the layout is unknown.
     pub fn tree_subdir(self) -> Option<&'static str> {
         match self {
-            SnapshotLayout::Overlay => Some("fs"),
+            SnapshotLayout::Overlay => Some(OVERLAY_TREE),
             SnapshotLayout::Direct => Some(""),
             SnapshotLayout::Unknown => None,
         }
     }
 }
 
+/// A snapshotter's snapshots: `<snapshotter root>/snapshots`.
+pub fn snapshots_dir(snapshotter_root: &Path) -> PathBuf {
+    snapshotter_root.join(SNAPSHOTS_DIR)
+}
+
 /// A snapshot's directory: `<snapshotter root>/snapshots/<id>`.
 pub fn snapshot_dir(snapshotter_root: &Path, id: u64) -> PathBuf {
-    snapshotter_root.join("snapshots").join(id.to_string())
+    snapshots_dir(snapshotter_root).join(id.to_string())
 }
 
 /// A snapshot's tree (what its mount shows): `<root>/snapshots/<id>/fs` for an overlay
@@ -357,41 +368,43 @@ fn classify_snapshotter(name: &str, rest: &[&[u8]]) -> PathClass {
         [f] if *f == SNAPSHOTTER_DB.as_bytes() => PathClass::Metadata {
             which: MetadataFile::Snapshotter(name.to_owned()),
         },
-        [b"snapshots", dir, tail @ ..] => match parse_id(dir) {
-            Some(dir_id) => {
-                let (area, inner_path) = match (SnapshotLayout::of(name), tail) {
-                    (SnapshotLayout::Overlay, [b"fs", inner @ ..]) => {
+        [snapshots, dir, tail @ ..] if *snapshots == SNAPSHOTS_DIR.as_bytes() => {
+            match parse_id(dir) {
+                Some(dir_id) => {
+                    let layout = SnapshotLayout::of(name);
+                    // The tree's root is "/" (its files join below it).
+                    let tree = |inner: &[&[u8]]| {
                         let j = join(inner);
                         (
                             SnapshotArea::Fs,
                             if j.is_empty() { b"/".to_vec() } else { j },
                         )
+                    };
+                    let (area, inner_path) = match (layout.tree_subdir(), tail) {
+                        (Some(""), inner) => tree(inner),
+                        (Some(sub), [first, inner @ ..]) if *first == sub.as_bytes() => tree(inner),
+                        (_, [first, inner @ ..])
+                            if layout == SnapshotLayout::Overlay
+                                && *first == OVERLAY_WORK.as_bytes() =>
+                        {
+                            (SnapshotArea::Work, join(inner))
+                        }
+                        (_, inner) => (SnapshotArea::Dir, join(inner)),
+                    };
+                    PathClass::SnapshotFile {
+                        snapshotter: name.to_owned(),
+                        dir_id,
+                        area,
+                        inner_path,
                     }
-                    (SnapshotLayout::Overlay, [b"work", inner @ ..]) => {
-                        (SnapshotArea::Work, join(inner))
-                    }
-                    (SnapshotLayout::Direct, inner) => {
-                        let j = join(inner);
-                        (
-                            SnapshotArea::Fs,
-                            if j.is_empty() { b"/".to_vec() } else { j },
-                        )
-                    }
-                    (_, inner) => (SnapshotArea::Dir, join(inner)),
-                };
-                PathClass::SnapshotFile {
-                    snapshotter: name.to_owned(),
-                    dir_id,
-                    area,
-                    inner_path,
                 }
+                None => PathClass::SnapshotTemp {
+                    snapshotter: name.to_owned(),
+                    dir: dir.to_vec(),
+                    inner_path: join(tail),
+                },
             }
-            None => PathClass::SnapshotTemp {
-                snapshotter: name.to_owned(),
-                dir: dir.to_vec(),
-                inner_path: join(tail),
-            },
-        },
+        }
         _ => PathClass::Other,
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use ctrwatch_containerd::paths::{SNAPSHOTTER_PREFIX, SnapshotLayout};
+use ctrwatch_containerd::paths::{SNAPSHOTS_DIR, SNAPSHOTTER_PREFIX, SnapshotLayout};
 use ctrwatch_event::{
     ContainerdView, Details, Dev, Mode, Notes, OpenFlags, Overwritten, PathBytes, Xattr, hex,
     lossless_text, text::unhex,
@@ -51,20 +51,20 @@ pub(crate) fn inner_dir(dir: &[u8]) -> Option<&[u8]> {
         };
         let mut ahead = comps.clone();
         let (ss, se) = ahead.next()?;
-        if &dir[ss..se] != b"snapshots" {
+        if &dir[ss..se] != SNAPSHOTS_DIR.as_bytes() {
             continue;
         }
         let (_, id_end) = ahead.next()?;
-        let root_end = match SnapshotLayout::of_name(name) {
-            SnapshotLayout::Direct => id_end,
-            SnapshotLayout::Overlay => {
-                let (fs, fe) = ahead.next()?;
-                if &dir[fs..fe] != b"fs" {
+        // Where the tree starts below `snapshots/<id>` is the containerd model's to say.
+        let root_end = match SnapshotLayout::of_name(name).tree_subdir()? {
+            "" => id_end,
+            sub => {
+                let (ts, te) = ahead.next()?;
+                if dir[ts..te] != *sub.as_bytes() {
                     return None;
                 }
-                fe
+                te
             }
-            SnapshotLayout::Unknown => return None,
         };
         return Some(&dir[root_end..]);
     }
@@ -918,6 +918,68 @@ mod tests {
         assert_eq!(inner_path(zfs), None);
         let other = b"/var/lib/containerd/io.containerd.snapshotter.v1.devmapper/snapshots/3/fs/x";
         assert_eq!(inner_path(other), None);
+    }
+
+    /// Each snapshotter's layout resolves the same through its three users: the audit's trees
+    /// (`snapshot_tree`, where `audit` replays and compares layers), the event's attribution
+    /// (`classify_path`: `containerd.path` and the snapshot area) and the store's inner path.
+    /// A file in the tree the audit reads is the same file inside the image for the other two;
+    /// a snapshotter whose tree is not known has none for any of them.
+    #[test]
+    fn each_layout_resolves_the_same_for_the_audit_the_attribution_and_the_store() {
+        use ctrwatch_containerd::{
+            PathClass, RootLayout, SnapshotArea, SnapshotLayout, classify_path, snapshot_dir,
+            snapshot_tree,
+        };
+        let layout = RootLayout::new("/var/lib/containerd");
+        let attributed = |path: &[u8]| match classify_path(&layout, path) {
+            PathClass::SnapshotFile {
+                area: SnapshotArea::Fs,
+                inner_path,
+                dir_id: 7,
+                ..
+            } => Some(inner_path),
+            _ => None,
+        };
+        let bytes = |p: &std::path::Path| p.as_os_str().as_encoded_bytes().to_vec();
+        for (sn, expected) in [
+            ("overlayfs", SnapshotLayout::Overlay),
+            ("fuse-overlayfs", SnapshotLayout::Overlay),
+            ("stargz", SnapshotLayout::Overlay),
+            ("nydus", SnapshotLayout::Overlay),
+            ("native", SnapshotLayout::Direct),
+            ("btrfs", SnapshotLayout::Direct),
+            ("zfs", SnapshotLayout::Unknown),
+            ("devmapper", SnapshotLayout::Unknown),
+            ("blockfile", SnapshotLayout::Unknown),
+        ] {
+            assert_eq!(SnapshotLayout::of(sn), expected, "{sn}");
+            let sn_root = layout.snapshotter_root(sn);
+            match snapshot_tree(&sn_root, sn, 7) {
+                Some(tree) => {
+                    assert_ne!(expected, SnapshotLayout::Unknown, "{sn}: a tree");
+                    let file = bytes(&tree.join("etc/passwd"));
+                    assert_eq!(attributed(&file), Some(b"/etc/passwd".to_vec()), "{sn}");
+                    assert_eq!(inner_path(&file), Some(b"/etc/passwd".to_vec()), "{sn}");
+                    // The tree itself is the image's "/"; the store's inner path of a file
+                    // directly in it starts there.
+                    assert_eq!(attributed(&bytes(&tree)), Some(b"/".to_vec()), "{sn}");
+                    assert_eq!(
+                        inner_path(&bytes(&tree.join("pause"))),
+                        Some(b"/pause".to_vec())
+                    );
+                }
+                None => {
+                    assert_eq!(expected, SnapshotLayout::Unknown, "{sn}: no tree");
+                    let dir = snapshot_dir(&sn_root, 7);
+                    for tail in ["fs/etc/passwd", "etc/passwd"] {
+                        let file = bytes(&dir.join(tail));
+                        assert_eq!(attributed(&file), None, "{sn} {tail}");
+                        assert_eq!(inner_path(&file), None, "{sn} {tail}");
+                    }
+                }
+            }
+        }
     }
 
     /// The inner path is always the path's tail, which the writer compares without copying.

@@ -22,14 +22,6 @@
 //! writer per database, whatever name reaches it (see [`access`]).
 
 mod access;
-// The benchmark harness (ingest and query figures for docs/store.md, and an auditd log of the
-// same operations for the ausearch comparison): built for this crate's tests and for the
-// daemon's pipeline benchmark (`bench` feature, enabled only by watcher's dev-dependency),
-// never in a shipped build.
-#[cfg(any(test, feature = "bench"))]
-mod auditd_log;
-#[cfg(any(test, feature = "bench"))]
-pub mod bench;
 mod codec;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -55,8 +47,6 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 pub use access::{DEFAULT_LOCK_WAIT, LOCK_DIR, StoreGroup, WriterLock, holds_lock_on, writer_lock};
-#[cfg(any(test, feature = "bench"))]
-pub use bench::{AusearchFigures, BenchResult, BenchScenario, bench_ingest, synthetic_events};
 pub use codec::{Glob, inner_path};
 pub use read::{Answer, DeleteOptions, Filter, PathMatch, PathQuery, Unreadable, UnreadableRow};
 pub use render::{render_deletions, render_gaps, render_table};

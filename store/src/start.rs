@@ -664,7 +664,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::{BenchScenario, synthetic_events};
+    use ctrwatch_store_bench::{BenchScenario, synthetic_events};
 
     struct Dir(PathBuf);
 

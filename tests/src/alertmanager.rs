@@ -72,7 +72,9 @@ fn dechunk(mut text: &str) -> String {
 
 /// One running instance.
 pub struct Instance {
+    /// Its HTTP API and UI.
     pub web: SocketAddr,
+    /// Its cluster (gossip) listener.
     pub cluster: SocketAddr,
     child: Child,
     dir: PathBuf,
@@ -165,11 +167,14 @@ fn start_one(dir: &Path, web: u16, cluster: u16, peer: Option<u16>) -> Instance 
 /// Two clustered instances, ready (their `/-/ready` answers 200 and each sees the other as a
 /// cluster peer).
 pub struct Pair {
+    /// The first instance.
     pub a: Instance,
+    /// The second instance, peered with the first.
     pub b: Instance,
 }
 
 impl Pair {
+    /// Starts two instances under `dir`, peered, and waits until both are ready.
     pub fn start(dir: &Path) -> Pair {
         let (wa, ca, wb, cb) = (free_port(), free_port(), free_port(), free_port());
         let a = start_one(&dir.join("a"), wa, ca, Some(cb));
@@ -198,6 +203,7 @@ impl Pair {
         pair
     }
 
+    /// The two instances' base URLs.
     pub fn urls(&self) -> [String; 2] {
         [self.a.url(), self.b.url()]
     }

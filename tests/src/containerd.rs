@@ -138,6 +138,7 @@ pub struct Containerd {
 pub struct Snapshot {
     /// The key: a chainID for committed layers, the container id for a container's snapshot.
     pub key: String,
+    /// The parent snapshot's key, if any.
     pub parent: Option<String>,
     /// `Committed`, `Active` or `View`.
     pub kind: String,
@@ -150,10 +151,13 @@ pub struct Snapshot {
 /// What [`write_oci_archive`] built.
 #[derive(Clone, Debug)]
 pub struct BuiltImage {
+    /// The OCI archive (for `ctr images import`).
     pub archive: PathBuf,
     /// The image name containerd gives it on import (`io.containerd.image.name`).
     pub name: String,
+    /// The manifest's digest (`sha256:...`).
     pub manifest_digest: String,
+    /// The image config's digest (`sha256:...`).
     pub config_digest: String,
     /// Digests of the compressed layer blobs (content store `blobs/sha256/...`).
     pub layer_digests: Vec<String>,
@@ -389,6 +393,7 @@ disabled_plugins = [
     pub fn address(&self) -> &Path {
         &self.address
     }
+    /// This instance's config.toml.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("config.toml")
     }
@@ -884,34 +889,48 @@ impl Compression {
 /// One entry of a [`Layer`].
 #[derive(Clone, Debug)]
 pub enum LayerEntry {
+    /// A directory.
     Dir {
+        /// Its path in the layer, relative.
         path: String,
+        /// Permission bits.
         mode: u32,
         /// Written as PAX `SCHILY.xattr.<name>` records (containerd applies them as they are).
         xattrs: Vec<(String, Vec<u8>)>,
     },
+    /// A regular file.
     File {
+        /// Its path in the layer, relative.
         path: String,
+        /// Its content.
         data: Vec<u8>,
+        /// Permission bits.
         mode: u32,
+        /// Written as PAX `SCHILY.xattr.<name>` records.
         xattrs: Vec<(String, Vec<u8>)>,
     },
+    /// A symbolic link.
     Symlink {
+        /// Its path in the layer, relative.
         path: String,
+        /// What it points to, as written.
         target: String,
     },
     /// Deletes `path` of lower layers: an empty file `<parent>/.wh.<name>`.
     Whiteout {
+        /// The path deleted, relative.
         path: String,
     },
     /// Hides the lower layers' content of directory `dir`: the directory and an empty file
     /// `<dir>/.wh..wh..opq`.
     Opaque {
+        /// The directory made opaque, relative.
         dir: String,
     },
 }
 
 impl Layer {
+    /// An empty layer.
     pub fn new() -> Layer {
         Layer::default()
     }
@@ -945,6 +964,7 @@ impl Layer {
             .file_mode("pause", "#!/bin/sh\nwhile :; do sleep 3600; done\n", 0o755))
     }
 
+    /// Adds an entry as it is.
     pub fn entry(mut self, e: LayerEntry) -> Layer {
         self.entries.push(e);
         self
@@ -953,6 +973,7 @@ impl Layer {
     pub fn dir(self, path: impl Into<String>) -> Layer {
         self.dir_mode(path, 0o755)
     }
+    /// A directory with permission bits `mode`.
     pub fn dir_mode(self, path: impl Into<String>, mode: u32) -> Layer {
         self.entry(LayerEntry::Dir {
             path: path.into(),
@@ -964,6 +985,7 @@ impl Layer {
     pub fn file(self, path: impl Into<String>, data: impl Into<Vec<u8>>) -> Layer {
         self.file_mode(path, data, 0o644)
     }
+    /// A regular file with permission bits `mode`.
     pub fn file_mode(self, path: impl Into<String>, data: impl Into<Vec<u8>>, mode: u32) -> Layer {
         self.entry(LayerEntry::File {
             path: path.into(),
@@ -972,6 +994,7 @@ impl Layer {
             xattrs: Vec::new(),
         })
     }
+    /// A symbolic link `path` -> `target`.
     pub fn symlink(self, path: impl Into<String>, target: impl Into<String>) -> Layer {
         self.entry(LayerEntry::Symlink {
             path: path.into(),
@@ -987,6 +1010,7 @@ impl Layer {
         self.entry(LayerEntry::Opaque { dir: dir.into() })
     }
 
+    /// The entries, in the order they are written to the tar.
     pub fn entries(&self) -> &[LayerEntry] {
         &self.entries
     }

@@ -3,6 +3,11 @@
 //!
 //! [`Watcher`] runs `ctrwatch watch --json` on some roots and collects its output in the
 //! background; tests perform operations from child processes and wait for the records.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "the harness of the integration tests: a setup that fails panics the test that asked for it, with its message"
+)]
 
 pub mod alertmanager;
 pub mod bounded;
@@ -202,10 +207,12 @@ impl Watcher {
         watcher
     }
 
+    /// What the daemon wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The daemon's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

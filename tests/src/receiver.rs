@@ -41,6 +41,7 @@ pub struct Received {
     pub target: String,
     /// Header names lowercased.
     pub headers: BTreeMap<String, String>,
+    /// The request body.
     pub body: Vec<u8>,
     /// When it arrived.
     pub at: Instant,
@@ -49,15 +50,19 @@ pub struct Received {
 }
 
 impl Received {
+    /// The header `name` (lowercase), if it was sent.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
+    /// The body as JSON (`Null` when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
+    /// The target without its query.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }
+    /// The query parameter `key`, URL-decoded.
     pub fn query(&self, key: &str) -> Option<String> {
         let q = self.target.split_once('?')?.1;
         q.split('&').find_map(|kv| {
@@ -79,6 +84,7 @@ struct State {
 
 /// The receiver; stops when dropped.
 pub struct Receiver {
+    /// Where it listens (127.0.0.1, a free port).
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
@@ -358,6 +364,7 @@ pub fn unbase64(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Decodes `%XX` escapes and `+` (a space) of a URL query value.
 pub fn url_decode(text: &str) -> String {
     let b = text.as_bytes();
     let mut out = Vec::new();

@@ -8,6 +8,7 @@ use std::process::Command;
 pub struct Tmpfs(pub PathBuf);
 
 impl Tmpfs {
+    /// Mounts it (panics when it cannot: the test needs it).
     pub fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).expect("the mount point");
         let ok = Command::new("mount")
@@ -25,6 +26,7 @@ impl Tmpfs {
         Tmpfs(dir.to_path_buf())
     }
 
+    /// Remounts it with option `opt` (`ro`, `size=...`).
     pub fn remount(&self, opt: &str) {
         let ok = Command::new("mount")
             .args(["-o", &format!("remount,{opt}")])

@@ -6,6 +6,11 @@
 //! The alerts come from what the daemon raises today from real events: `heartbeat`, and
 //! `history-gap` for kernel loss (a flood while the daemon is held back with SIGSTOP, as in
 //! loss.rs) and for a restart after kill -9.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

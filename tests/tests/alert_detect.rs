@@ -10,6 +10,11 @@
 //! * a script deleting 20 000 files of a committed layer gives ONE grouped alert whose last
 //!   revision has count 20 000;
 //! * a disabled rule gives nothing, while an enabled one on the same events does.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     collections::BTreeSet,

@@ -1,6 +1,11 @@
 //! `ctrwatch alert test`: a test alert through the real sink code path (formatting, signing,
 //! HTTP) to real receivers on 127.0.0.1, which check the native formats and verify the
 //! signatures with their own HMAC (tests/src/receiver.rs).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{ffi::OsStr, path::Path, time::Duration};
 

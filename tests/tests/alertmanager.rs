@@ -3,6 +3,11 @@
 //! every alert reaches both instances with its labels and an explicit future end; the
 //! re-send keeps an active alert active past its first `endsAt`; a fleet of 50 sources
 //! gives 50 alerts, each once.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     collections::BTreeMap,

@@ -6,6 +6,11 @@
 //!
 //! The content-store and layer-replay classes are tested in audit_content.rs and
 //! audit_layers.rs.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

@@ -10,6 +10,11 @@
 //!   (`unexpected commit digest`, with the very digest predicted; `failed size validation`;
 //!   success for an empty ingest);
 //! - an interrupted `ctr images import` whose ingest is torn: what the next import does.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     collections::BTreeMap,

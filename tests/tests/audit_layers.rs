@@ -12,6 +12,11 @@
 //!
 //! The benchmark (`bench_layer_replay`, ignored by default) measures replay speed on a layer of
 //! 50 000 small files; see docs/audit.md ("Measurements: layer replay").
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::CString,

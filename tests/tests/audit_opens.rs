@@ -8,6 +8,11 @@
 //!   followed, and a FIFO `ref` in an ingest directory is reported, without a hang.
 //!
 //! Every audit runs with a time limit, so a hang fails the test.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::OsStr,

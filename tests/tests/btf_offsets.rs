@@ -5,6 +5,11 @@
 //! paths and pids without any error, so each one is compared, not sampled. The struct and field
 //! names are written out again here rather than taken from the module, so that a field mapped to
 //! the wrong kernel member is caught too.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::collections::HashMap;
 use std::path::Path;

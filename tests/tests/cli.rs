@@ -1,4 +1,9 @@
 //! The CLI's own behaviour as a command in a pipeline.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::process::{Command, Stdio};
 

@@ -1,5 +1,10 @@
 //! `ctrwatch config check` and `ctrwatch config example`, as an operator runs them before
 //! pushing a file to a fleet: the real binary, real files.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::process::Command;
 

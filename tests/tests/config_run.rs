@@ -1,6 +1,11 @@
 //! `ctrwatch run` with a configuration file: the file sets what the flags set, a flag given
 //! wins over the file, and a file root does not control alone is refused. The real daemon,
 //! the real kernel. Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

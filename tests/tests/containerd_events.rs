@@ -3,6 +3,11 @@
 //! inside the layer, and an ownership verdict: containerd's own work (import, run, removal,
 //! GC) is `owner` (or `container` for a container writing its own layer), a script outside
 //! containerd is `foreign`, even when it is named `containerd`.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     os::unix::fs::PermissionsExt,

@@ -3,6 +3,11 @@
 //! into overlayfs snapshots (whiteout and opaque directory as the kernel expects them),
 //! containers run, removal + GC empty the store, and teardown leaves nothing behind even when
 //! containerd was killed with a container running.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     fs,

@@ -4,6 +4,11 @@
 //! directory, tracefs, bpffs and BTF mounted from the host at the host's paths (the kernel
 //! reports host paths), the roots read-only, and the configuration from a ConfigMap that is
 //! TOML with the keys of the shipped example.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -10,6 +10,11 @@
 //! - a real root-owned containerd (the harness's) is still discovered;
 //! - a root whose name holds a newline, an escape sequence and invalid UTF-8 is printed escaped
 //!   in the "watching" line and in error messages.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

@@ -3,6 +3,11 @@
 //! `who-deleted` / `history` / `query` / `gaps` name the script, its parents and the times.
 //! Also: kill -9 during a flood leaves a store that opens cleanly, keeps what readers had
 //! already seen, and gets a downtime gap on restart. Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

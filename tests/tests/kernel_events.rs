@@ -1,6 +1,11 @@
 //! Real kernel events: each test performs file operations from child processes under a watched
 //! root and checks the exact record `ctrwatch watch --json` prints, and checks that the same
 //! operations outside the roots print nothing. Needs root (loads eBPF).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::OsStr,

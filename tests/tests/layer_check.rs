@@ -13,6 +13,11 @@
 //! * after an unclean stop: `kill -9` right after an import, a layer file zeroed and a CRI
 //!   sandbox record without its metadata made while the daemon is down; the restart's
 //!   after-crash verification alerts on both, and not on the intact layers.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::OsString,

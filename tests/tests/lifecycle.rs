@@ -5,6 +5,11 @@
 //! on. Afterwards every attempt must be in the store (by its file name) or its interval must
 //! meet a gap window. Also: SIGHUP and a closed stdout (`run --print`, the hung-up SSH session)
 //! do not end the daemon; writes to a file still open at the stop are stored. Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     collections::HashSet,

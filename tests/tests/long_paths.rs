@@ -8,6 +8,11 @@
 //! the path of anything that exists: never directory 16, never a file name below one of the
 //! existing ancestors. Through the daemon, exact-path questions about the ancestors do not
 //! return these operations; a question that can match them does. Needs root (loads eBPF).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{CString, OsStr, OsString},

@@ -1,6 +1,11 @@
 //! Overload: when the kernel cannot deliver records (the ring buffer is full because the
 //! daemon is held back), every lost record is counted and reported in explicit loss records,
 //! so that emitted + lost = performed, exactly.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{ffi::OsStr, process::Command};
 

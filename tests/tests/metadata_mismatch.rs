@@ -9,6 +9,11 @@
 //! * a foreign write into a committed content blob gives an alert with the expected and the
 //!   found digest; containerd's import (blobs renamed in from ingest/) gives none (asserted
 //!   after the daemon recorded the rename-ins and 3× the settle delay).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

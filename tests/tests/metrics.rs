@@ -9,6 +9,11 @@
 //! * hostile clients (an oversized request, slow ones, too many at once, other methods and
 //!   paths) are answered or closed within the client timeout, and the daemon keeps capturing;
 //! * without `[metrics]`, nothing listens.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -3,6 +3,11 @@
 //! capability bounding set is enough: the real daemon, started with exactly those capabilities
 //! and no new privileges, captures, attributes a process started before it and gives its
 //! store to a readers' group. Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::OsStr,

@@ -3,6 +3,11 @@
 //! what they captured meanwhile; another build replaces them and records the window it could
 //! not see; `ctrwatch unpin` removes them. Real kernel, real binary; each test pins in a
 //! directory of its own (other tests run daemons at the same time).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

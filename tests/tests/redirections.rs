@@ -4,6 +4,11 @@
 //! the saved fd back: X's open file is dropped without a close syscall, and the next open
 //! usually gets the same recycled `struct file`. Each file must still get its own `modify`
 //! with its own bytes, attributed to bash. Needs root (loads eBPF).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::OsStr,

@@ -4,6 +4,11 @@
 //! stored; a bad one (unknown key, wrong mode, a FIFO at the path) keeps the old configuration
 //! and says why in the log, in `status` and as a `config-invalid` alert; a changed
 //! restart-only key is warned about and kept. Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

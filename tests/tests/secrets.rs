@@ -6,6 +6,11 @@
 //! history of `ctrwatch run` (`query --json`, `history`, the database file itself) holds the
 //! secret, while the arguments around it stay readable. One of the processes was started
 //! before ctrwatch (its command line comes from /proc, not from an exec record).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

@@ -6,6 +6,11 @@
 //! held (its thread alone is stopped with ptrace: the other threads run on), and that
 //! `STOPPING=1` comes on SIGTERM. Log lines carry sd-daemon `<N>` priorities when stderr is
 //! the journal stream named by `JOURNAL_STREAM`. Real daemon, real kernel. Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

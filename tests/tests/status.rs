@@ -3,6 +3,11 @@
 //! clean stop (the last run ended cleanly) and after kill -9 (no holder of the store's lock
 //! once the process is gone; the last run did not end cleanly); not responding while the
 //! daemon is stopped (SIGSTOP: the lock is held, its status ages). Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::{OsStr, OsString},

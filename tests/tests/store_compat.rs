@@ -7,6 +7,11 @@
 //! that release's for `gaps`, the readable event tables of issue 12 for the event commands
 //! (their layout changed on purpose; the README says what changed). Root is not needed,
 //! only the binary.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     io::Read as _,

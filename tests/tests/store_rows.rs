@@ -8,6 +8,11 @@
 //! --json) and exit 5. Corruption is never exit 0 or 1, and a changed value is never printed
 //! as if it were stored. Also: bad globs in --exe/--comm/--unit exit 2 like --path, --limit 0
 //! is a usage error, and --limit beyond i64 is clamped (no SQLite error). Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     collections::BTreeSet,

@@ -5,6 +5,11 @@
 //! real kernel, real filesystems (tmpfs mounts made and removed by the tests). Needs root.
 //!
 //! The tests run with umask 0, so every mode checked here is one ctrwatch set itself.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
 
 use std::{
     ffi::OsStr,

@@ -25,11 +25,6 @@ use std::{
 
 use anyhow::Context as _;
 
-// The pipeline benchmark: a test target (docs/store.md, "The daemon's pipeline"), not the
-// daemon's API.
-#[cfg(test)]
-mod bench;
-
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
@@ -58,9 +53,13 @@ const BURST: usize = 1024;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug)]
+/// What `ctrwatch run` runs with: the flags and the configuration file, checked.
 pub struct RunOptions {
+    /// What is watched and how (shared with `ctrwatch watch`).
     pub watch: WatchOptions,
+    /// The event store's database file (`--store`).
     pub store: PathBuf,
+    /// The store's bounds: retention, size, commit cadence, readers' group.
     pub store_options: StoreOptions,
     /// Also print events to stdout, as `watch` does.
     pub echo: bool,
@@ -82,6 +81,7 @@ pub struct RunOptions {
 pub struct Reloader(std::sync::Arc<dyn Fn() -> anyhow::Result<RunOptions> + Send + Sync>);
 
 impl Reloader {
+    /// A reloader that calls `read` at each SIGHUP.
     pub fn new(read: impl Fn() -> anyhow::Result<RunOptions> + Send + Sync + 'static) -> Self {
         Reloader(std::sync::Arc::new(read))
     }
@@ -202,7 +202,7 @@ impl WriterResults {
 }
 
 /// The sink that hands records to the writer thread: the daemon's path from the ring buffer to
-/// disk (also driven by the pipeline benchmark, `daemon::bench`).
+/// disk (also driven by the pipeline benchmark, watcher/tests/pipeline.rs).
 pub struct StoreSink {
     /// The store until capture starts and its run begins; then the writer thread owns it.
     store: Option<DaemonStore>,
@@ -654,6 +654,7 @@ impl Sink for StoreSink {
     }
 }
 
+/// `ctrwatch run`: captures until SIGTERM/SIGINT, storing every event and loss in the store, with alerts, status and metrics.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // First: a configured listener that cannot listen (address in use, not this host's, a
     // port below 1024 without the capability) is a configuration error, said before anything

@@ -41,9 +41,11 @@ const VIEW_CACHE_MAX: usize = 16_384;
 /// What a record turned into.
 #[derive(Debug)]
 pub enum Outcome {
+    /// A file event, ready for a sink.
     Event(Box<FileEvent>),
     /// A process exited: its unflushed write aggregates must be collected from the kernel.
     ProcessExited(u32),
+    /// Nothing to hand on (an exec, a bind, a record outside the roots...).
     Nothing,
 }
 
@@ -57,9 +59,13 @@ struct Binding {
     comm: [u8; 16],
 }
 
+/// Turns the kernel's decoded records into events: paths under the roots, the acting process, the containerd attribution.
 pub struct Enricher {
+    /// The watched roots (re-resolved by the watch loop at each refresh).
     pub roots: RootSet,
+    /// Every process seen (exec, fork, exit records and /proc), for the acting process and its parents.
     pub processes: ProcessTable,
+    /// Turns the kernel's monotonic times into wall-clock times.
     pub clock: Clock,
     /// Adds the `containerd` object to events under containerd roots.
     pub attributor: Option<Attributor>,
@@ -78,6 +84,7 @@ struct CachedView {
 }
 
 impl Enricher {
+    /// An enricher without containerd attribution (see [`Enricher::with_attributor`]).
     pub fn new(roots: RootSet, processes: ProcessTable) -> Self {
         Enricher {
             roots,
@@ -95,6 +102,7 @@ impl Enricher {
         self
     }
 
+    /// Takes one decoded kernel record: updates the process table, and returns the event it makes, if any.
     pub fn on_record(&mut self, record: Record) -> Outcome {
         match record {
             Record::Exec(exec) => {

@@ -41,11 +41,14 @@ fn verdict_index(v: Option<Verdict>) -> usize {
 /// resolved: the per-CPU loss counters) or at the store writer's queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LossStage {
+    /// In the kernel: the ring buffer was full, or a path could not be resolved.
     Kernel,
+    /// At the store writer's queue (full).
     StoreQueue,
 }
 
 impl LossStage {
+    /// The `stage` label's value.
     pub const fn name(self) -> &'static str {
         match self {
             LossStage::Kernel => "kernel",
@@ -64,13 +67,18 @@ impl LossStage {
 /// What a delivery attempt came to, as a label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeliveryOutcome {
+    /// The sink took it.
     Delivered,
+    /// Not sent on purpose (a chat robot and a heartbeat's later revision): counts as done.
     Skipped,
+    /// The attempt failed (retried later, or given up).
     Failed,
+    /// The outbox row could not be read.
     Unreadable,
 }
 
 impl DeliveryOutcome {
+    /// The `outcome` label's value.
     pub const fn name(self) -> &'static str {
         match self {
             DeliveryOutcome::Delivered => "delivered",
@@ -80,6 +88,7 @@ impl DeliveryOutcome {
         }
     }
 
+    /// The outcome of an outbox result.
     pub fn of(kind: &ctrwatch_alerts::outbox::ResultKind) -> DeliveryOutcome {
         use ctrwatch_alerts::outbox::ResultKind;
         match kind {
@@ -106,6 +115,7 @@ pub struct RingFill {
 
 /// Reads the ring buffer's fill (see `crate::kernel::RingPositions`).
 pub trait RingFillSource: Send + Sync {
+    /// The fill now.
     fn fill(&self) -> RingFill;
 }
 
@@ -156,6 +166,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
+    /// All counters at zero, nothing set (the process-wide [`METRICS`] is one).
     pub const fn new() -> Metrics {
         Metrics {
             enabled: AtomicBool::new(false),
@@ -249,10 +260,12 @@ impl Metrics {
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// The capture backend and how many programs are attached.
     pub fn set_programs(&self, backend: &str, attached: usize) {
         *lock(&self.programs) = Some((backend.to_owned(), attached));
     }
 
+    /// Where the ring buffer's fill is read at each scrape.
     pub fn set_ring(&self, source: Box<dyn RingFillSource>) {
         *lock(&self.ring) = Some(source);
     }

@@ -34,17 +34,24 @@ pub const MAX_CLIENTS: usize = 16;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, thiserror::Error)]
+/// Why the metrics listener could not start.
 pub enum MetricsError {
     #[error(
         "the metrics listener on {addr} cannot listen ([metrics] listen, --metrics-listen): {source}"
     )]
+    /// The address could not be bound (in use, not this host's, a privileged port).
     Bind {
+        /// The configured address.
         addr: SocketAddr,
+        /// The bind's error.
         source: std::io::Error,
     },
     #[error("starting the metrics listener on {addr}: {source}")]
+    /// The listener's thread or socket options could not be set up.
     Start {
+        /// The configured address.
         addr: SocketAddr,
+        /// The error.
         source: std::io::Error,
     },
 }

@@ -40,10 +40,13 @@ pub enum NotifyError {
         "NOTIFY_SOCKET={0}: not an absolute path nor an abstract socket (@name); \
          not notifying the service manager"
     )]
+    /// `$NOTIFY_SOCKET` is neither an absolute path nor an abstract name.
     Address(String),
     #[error("WATCHDOG_USEC={0}: not a positive number of microseconds; no watchdog pings")]
+    /// `$WATCHDOG_USEC` is not a positive number.
     WatchdogUsec(String),
     #[error("WATCHDOG_PID={0}: not a process id; no watchdog pings")]
+    /// `$WATCHDOG_PID` is not a process id.
     WatchdogPid(String),
 }
 
@@ -59,6 +62,7 @@ pub struct Environment {
 /// A `$NOTIFY_SOCKET` value.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Address {
+    /// A socket in the filesystem (an absolute path).
     Path(std::path::PathBuf),
     /// The name after the `@`.
     Abstract(Vec<u8>),

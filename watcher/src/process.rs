@@ -77,20 +77,25 @@ pub struct ProcInfo {
     pub cmdline: Vec<Vec<u8>>,
     /// Real user and group ids.
     pub uid: u32,
+    /// Real group id.
     pub gid: u32,
+    /// Its cgroup, and the systemd unit or container it names.
     pub cgroup: CgroupInfo,
     /// cgroup v2 id (0 when unknown).
     pub cgroup_id: u64,
     /// When the process started, or an upper bound (when it was first seen). Used to tell a
     /// parent from a later process that reused its pid.
     pub start_ns: u64,
+    /// When it exited (None: alive); kept for late events until the grace period ends.
     pub exited_ns: Option<u64>,
     /// `status << 8 | signal`, as in the kernel's `task->exit_code`.
     pub exit_code: Option<i32>,
+    /// Where the entry came from (an exec or fork record, /proc, or only a task header).
     pub origin: Origin,
 }
 
 impl ProcInfo {
+    /// It has not exited (as far as the records told).
     pub fn is_alive(&self) -> bool {
         self.exited_ns.is_none()
     }
@@ -118,8 +123,11 @@ impl ProcInfo {
 /// One link of a parent chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ancestor {
+    /// Its process id.
     pub pid: u32,
+    /// Its task name.
     pub comm: String,
+    /// Its executable, if known.
     pub exe: Option<Vec<u8>>,
     /// The ancestor had exited by the time the chain was asked for.
     pub exited: bool,
@@ -128,11 +136,17 @@ pub struct Ancestor {
 /// The acting task of a kernel record, decoded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Task {
+    /// Thread group id (the process id).
     pub pid: u32,
+    /// The parent's process id.
     pub ppid: u32,
+    /// Real user id.
     pub uid: u32,
+    /// Real group id.
     pub gid: u32,
+    /// Task name (up to 15 bytes).
     pub comm: String,
+    /// cgroup v2 id.
     pub cgroup_id: u64,
 }
 
@@ -161,9 +175,11 @@ pub struct ExecEvent<'a> {
     /// The task after exec (its `pid` is the thread group's, even when a non-leader thread
     /// exec'd).
     pub task: Task,
+    /// The executable's path, as the kernel gave it.
     pub exe: &'a [u8],
     /// NUL-separated argv.
     pub args: &'a [u8],
+    /// When the exec happened (kernel monotonic ns).
     pub ts_ns: u64,
 }
 
@@ -281,10 +297,12 @@ impl ProcessTable {
         self
     }
 
+    /// How many processes are known (alive, or exited within the grace period).
     pub fn len(&self) -> usize {
         self.procs.len()
     }
 
+    /// No process is known.
     pub fn is_empty(&self) -> bool {
         self.procs.is_empty()
     }

@@ -28,13 +28,16 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad usage (clap's own code).
     pub const USAGE: u8 = 2;
+    /// The store does not exist (no daemon ever ran with it).
     pub const STORE_MISSING: u8 = 3;
+    /// The store is locked beyond the wait (a long write, or a stuck writer).
     pub const STORE_LOCKED: u8 = 4;
     /// The store is damaged: it could not be read at all, or some rows could not (they were
     /// skipped; the rows printed are those that could be read).
     pub const STORE_CORRUPT: u8 = 5;
     /// The store's schema is newer (or older) than this binary reads.
     pub const STORE_VERSION: u8 = 6;
+    /// The disk is full.
     pub const STORE_FULL: u8 = 7;
     /// This user may not read the store (root's, and its `--store-group`'s).
     pub const STORE_PERMISSION: u8 = 8;
@@ -44,10 +47,13 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error(transparent)]
+    /// The store could not be read.
     Store(#[from] StoreError),
     #[error("{0}")]
+    /// A `--since`/`--until` that is neither a time nor a duration.
     BadTime(String),
     #[error("writing the results: {0}")]
+    /// The results could not be written to stdout.
     Output(#[from] std::io::Error),
     /// The answer was printed, but rows of a damaged store had to be skipped.
     #[error(
@@ -56,12 +62,15 @@ pub enum QueryError {
         unreadable.summary()
     )]
     Unreadable {
+        /// The store.
         path: PathBuf,
+        /// What could not be read.
         unreadable: Unreadable,
     },
 }
 
 impl QueryError {
+    /// The command's exit code for this failure (see [`exit`]).
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             QueryError::Store(StoreError::Missing { .. }) => exit::STORE_MISSING,
@@ -99,6 +108,7 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, QueryError>
 /// Output options shared by the commands.
 #[derive(Clone, Debug)]
 pub struct Output {
+    /// One JSON object a line instead of a table.
     pub json: bool,
 }
 
@@ -197,8 +207,11 @@ fn print_gaps(store: &Path, gaps: &Answer<Gap>, out: &Output) -> Result<(), Quer
 /// The time window and limit of a path question.
 #[derive(Clone, Debug, Default)]
 pub struct Window {
+    /// Only from this time: RFC 3339, or a duration before now (`1h`).
     pub since: Option<String>,
+    /// Only until this time: RFC 3339, or a duration before now.
     pub until: Option<String>,
+    /// At most this many results.
     pub limit: Option<usize>,
 }
 
@@ -229,6 +242,7 @@ fn path_query(path: &Path, matching: PathMatch, w: &Window) -> Result<PathQuery,
     Ok(q)
 }
 
+/// `ctrwatch history PATH`: every event on the path (or below it), oldest first.
 pub fn history(
     store: &Path,
     path: &Path,
@@ -240,6 +254,7 @@ pub fn history(
     print_events(store, &events, out)
 }
 
+/// `ctrwatch who-deleted PATH`: the deletions of the path (or below it), each with the process that did it.
 pub fn who_deleted(
     store: &Path,
     path: &Path,
@@ -264,10 +279,13 @@ pub struct QueryArgs {
     #[arg(long, value_name = "GLOB")]
     pub path: Option<PathBuf>,
     #[arg(long)]
+    /// Process id of the actor.
     pub pid: Option<u32>,
     #[arg(long)]
+    /// Task name of the actor (as the kernel reports it, up to 15 bytes).
     pub comm: Option<String>,
     #[arg(long)]
+    /// Executable path of the actor.
     pub exe: Option<String>,
     /// systemd unit, e.g. containerd.service.
     #[arg(long)]
@@ -280,6 +298,7 @@ pub struct QueryArgs {
     pub result: Option<String>,
 }
 
+/// `ctrwatch query`: the events that match every filter given.
 pub fn query(
     store: &Path,
     args: &QueryArgs,
@@ -307,6 +326,7 @@ pub fn query(
     print_events(store, &events, out)
 }
 
+/// `ctrwatch gaps`: the windows in which events may be missing (losses, downtime).
 pub fn gaps(store: &Path, w: &Window, out: &Output) -> Result<(), QueryError> {
     let (since, until) = w.resolve()?;
     let gaps = open(store)?.gaps_partial(since, until)?;

@@ -19,9 +19,11 @@ use std::{
 /// One configured root and the prefixes that name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Root {
+    /// The root as given.
     pub configured: PathBuf,
     /// Symlinks resolved (for a missing root: its deepest existing ancestor resolved).
     pub canonical: PathBuf,
+    /// The root exists now.
     pub exists: bool,
     /// Other paths under which the same directory is reachable: (alias, canonical it maps to).
     pub aliases: Vec<(PathBuf, PathBuf)>,
@@ -30,10 +32,12 @@ pub struct Root {
 /// The resolved set of roots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RootSet {
+    /// One entry per configured root.
     pub roots: Vec<Root>,
 }
 
 impl RootSet {
+    /// Resolves `configured`: symlinks, and the other mount points (bind mounts) of the same directories.
     pub fn resolve(configured: &[PathBuf]) -> RootSet {
         let mounts = fs::read_to_string("/proc/self/mountinfo")
             .map(|t| parse_mountinfo(&t))
@@ -198,12 +202,15 @@ fn resolve_root(configured: &Path, mounts: &[MountEntry]) -> Root {
 /// One line of /proc/self/mountinfo, the parts we need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The filesystem's device, `major:minor`.
     pub dev: String,
     /// The directory of the filesystem that is mounted (bind mounts: not "/").
     pub fs_root: PathBuf,
+    /// Where it is mounted.
     pub mount_point: PathBuf,
 }
 
+/// The entries of a mountinfo text; lines that do not parse are skipped.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {

@@ -73,9 +73,12 @@ const NOT_A_SECRET_LAST: [&str; 10] = [
 #[derive(Debug, thiserror::Error)]
 pub enum MaskError {
     #[error("--mask-arg {pattern:?}: not a valid regular expression: {source}")]
+    /// A `--mask-arg` pattern that does not compile.
     BadPattern {
+        /// The pattern as given.
         pattern: String,
         #[source]
+        /// Why it does not compile.
         source: regex::Error,
     },
 }

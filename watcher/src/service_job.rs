@@ -59,6 +59,10 @@ impl UnitJob {
 
 /// Why the job could not be read.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's #[error] message says what it is"
+)]
 pub enum JobQueryError {
     #[error("no systemctl at {} (is systemd installed?)", SYSTEMCTL_PATHS.join(" or "))]
     NoSystemctl,

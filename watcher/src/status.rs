@@ -44,7 +44,9 @@ pub const NOT_RUNNING: u8 = 1;
 /// The configuration file `run` read, and when.
 #[derive(Clone, Debug)]
 pub struct LoadedConfig {
+    /// The file.
     pub path: PathBuf,
+    /// When it was read.
     pub loaded_at: SystemTime,
 }
 
@@ -53,6 +55,7 @@ pub struct LoadedConfig {
 /// applies. Changed by the watch loop at a reload, read by the store writer.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigStatus {
+    /// The file in effect, if any.
     pub loaded: Option<LoadedConfig>,
     /// The last reload, when it failed: when, and why (cleared by a good one).
     pub reload_failed: Option<(SystemTime, String)>,
@@ -64,17 +67,25 @@ pub struct ConfigStatus {
 /// escaped for display.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DaemonStatus {
+    /// The daemon's process id.
     pub pid: u32,
+    /// Its version (`CARGO_PKG_VERSION`).
     pub version: String,
     /// When capture started (the run's start).
     pub started_ns: i64,
     /// When this snapshot was taken (the watch loop's watermark).
     pub updated_ns: i64,
+    /// The capture backend (`syscall-tracepoints`).
     pub backend: String,
+    /// Programs attached.
     pub hooks_attached: usize,
+    /// Hooks this kernel does not have.
     pub hooks_unavailable: usize,
+    /// The watched roots, resolved.
     pub roots: Vec<String>,
+    /// The configuration file in effect, if any.
     pub config_file: Option<String>,
+    /// When it was read.
     pub config_loaded_ns: Option<i64>,
     /// The last reload failed at this time (since the last good one)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,7 +111,9 @@ pub struct DaemonStatus {
 pub struct StatusSource {
     /// Changed at a reload.
     pub config: std::sync::Arc<std::sync::Mutex<ConfigStatus>>,
+    /// When capture started.
     pub started: SystemTime,
+    /// What is captured (the watch loop updates it).
     pub capture: std::sync::Arc<std::sync::Mutex<CaptureInfo>>,
 }
 
@@ -144,18 +157,23 @@ impl StatusSource {
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
+    /// A daemon holds the store's lock and its snapshot is fresh.
     Running,
     /// A process holds the store's lock but its snapshot is stale or missing (stuck, still
     /// starting, or the disk is full).
     NotResponding,
+    /// No daemon holds the store's lock.
     NotRunning,
 }
 
 /// Everything `status` prints (`--json`: this object).
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
+    /// Running, not responding, or not running.
     pub state: State,
+    /// `state` is `running`.
     pub running: bool,
+    /// The store's path (escaped).
     pub store: String,
     /// The lock holder's pid (running or not responding).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,26 +188,39 @@ pub struct StatusReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated: Option<String>,
     #[serde(skip)]
+    /// [`StatusReport::updated`] in ns since the epoch.
     pub updated_ns: Option<i64>,
     /// Database and WAL bytes on disk.
     pub store_bytes: u64,
+    /// The oldest event stored (RFC 3339).
     pub oldest_event: Option<String>,
+    /// The latest alerts, newest first.
     pub alerts: Vec<RecentAlert>,
 }
 
 /// The running daemon, as `--json` shows it (times RFC 3339).
 #[derive(Clone, Debug, Serialize)]
 pub struct DaemonView {
+    /// The daemon's process id.
     pub pid: u32,
+    /// Its version.
     pub version: String,
+    /// When capture started.
     pub since: String,
     #[serde(skip)]
+    /// [`DaemonView::since`] in ns since the epoch.
     pub since_ns: i64,
+    /// The capture backend.
     pub backend: String,
+    /// Programs attached.
     pub hooks_attached: usize,
+    /// Hooks this kernel does not have.
     pub hooks_unavailable: usize,
+    /// The watched roots, resolved.
     pub roots: Vec<String>,
+    /// The configuration file in effect, if any.
     pub config_file: Option<String>,
+    /// When it was read.
     pub config_loaded: Option<String>,
     /// The last reload (SIGHUP) failed at this time; the configuration loaded before stays.
     pub config_reload_failed: Option<String>,
@@ -197,20 +228,28 @@ pub struct DaemonView {
     pub config_reload_error: Option<String>,
     /// Keys changed in the file that take effect at the next start.
     pub config_restart_pending: Vec<String>,
+    /// Events handed to the store since the start.
     pub events: u64,
+    /// Events lost since the start.
     pub lost: u64,
+    /// Records counted but not stored (disk full).
     pub unstored: u64,
 }
 
 /// The last run on record.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunView {
+    /// Its process id.
     pub pid: u32,
+    /// Its version.
     pub version: String,
+    /// When it started.
     pub started: String,
     /// When it stopped cleanly; None: it did not (killed, crashed, power lost), or it runs.
     pub ended: Option<String>,
+    /// It stopped cleanly.
     pub clean: bool,
+    /// Its last heartbeat: when it was last known to run.
     pub last_heartbeat: String,
 }
 

@@ -61,6 +61,7 @@ pub fn roots_of(found: &crate::containerd::Discovery) -> Vec<PathBuf> {
 }
 
 #[derive(Clone, Debug)]
+/// What `ctrwatch watch` (and `run`) captures, and how.
 pub struct WatchOptions {
     /// Roots given by name (flags or the config file's `[watch] roots`).
     pub roots: Vec<PathBuf>,
@@ -68,7 +69,9 @@ pub struct WatchOptions {
     /// (again at every refresh, so a containerd installed later is picked up without a
     /// restart). Off when `--root` is given: the flags name exactly what is watched.
     pub discover: bool,
+    /// Print events as JSON lines instead of text.
     pub json: bool,
+    /// The kernel ring buffer's size (a power of two, a multiple of the page size).
     pub ring_buffer_bytes: u32,
     /// How often roots are re-resolved (new symlinks, bind mounts, roots created later).
     pub root_refresh: Duration,
@@ -87,7 +90,9 @@ pub struct WatchOptions {
 /// again when the watched roots change ([`Sink::capture_info`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CaptureInfo {
+    /// The capture backend's name.
     pub backend: String,
+    /// Programs attached.
     pub hooks_attached: usize,
     /// Hooks this kernel does not have.
     pub hooks_unavailable: usize,
@@ -100,7 +105,9 @@ pub trait Sink {
     /// Takes the event, boxed as the enricher makes it: the store's sink hands it to its
     /// writer thread as it is, without a copy.
     fn file_event(&mut self, ev: Box<FileEvent>) -> std::io::Result<()>;
+    /// Takes a loss (the kernel's, or the sink's own queue's).
     fn loss(&mut self, ev: &LossEvent) -> std::io::Result<()>;
+    /// Makes what was taken durable or visible (the store commits, stdout is flushed).
     fn flush(&mut self) -> std::io::Result<()>;
     /// Capture is on from `at` (all programs attached, roots set): called once, before any
     /// event. An error ends the watch before anything is delivered.
@@ -163,6 +170,7 @@ pub struct StdoutSink {
 }
 
 impl StdoutSink {
+    /// Prints to stdout, as text or JSON lines.
     pub fn new(json: bool) -> Self {
         StdoutSink {
             out: std::io::BufWriter::new(std::io::stdout()),

@@ -478,7 +478,13 @@ fn run_counting_tests(cmd: &mut Command) -> Result<(bool, Counts)> {
 }
 
 /// The crates that must build and test without the BPF toolchain (docs/architecture.md).
-const WITHOUT_BPF: [&str; 3] = ["ctrwatch-containerd", "ctrwatch-store", "ctrwatch-audit"];
+const WITHOUT_BPF: [&str; 5] = [
+    "ctrwatch-event",
+    "ctrwatch-config",
+    "ctrwatch-containerd",
+    "ctrwatch-store",
+    "ctrwatch-audit",
+];
 
 /// `cargo test --no-run` of [`WITHOUT_BPF`] with the stable toolchain's own cargo and a PATH of
 /// that toolchain's directory and the system's (`/usr/bin:/bin`, for the C linker): no

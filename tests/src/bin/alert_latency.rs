@@ -2,8 +2,8 @@
 //! takes from the daemon's pipeline to a receiver, at idle and under a flood of events.
 //!
 //! The daemon's own store sink, writer thread and delivery worker run in this process (as
-//! `daemon::bench` runs them for the store figures): synthetic events are offered at `--rate`
-//! per second (0: idle) as the watch loop would, and every `--every-ms` an alert is handed to
+//! the pipeline benchmark, watcher/tests/pipeline.rs, runs them for the store figures):
+//! synthetic events are offered at `--rate` per second (0: idle) as the watch loop would, and every `--every-ms` an alert is handed to
 //! the sink (`StoreSink::alert`, the entry point of the detections). The writer commits it to
 //! the outbox, wakes the webhook worker, which POSTs it to a receiver on 127.0.0.1. Measured:
 //! from the hand-over to the receiver having read the request (same process, same clock).
@@ -16,11 +16,12 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use ctrwatch_alerts::{Alert, Node};
 use ctrwatch_config::{Config, RuleId, Severity};
+use ctrwatch_store_bench::{BenchScenario, synthetic_events};
 use tests::receiver::{Mode, Receiver};
 use watcher::{
     alerting::{Alerting, DaemonAlerts},
     daemon::StoreSink,
-    store::{BenchScenario, DaemonStore, StoreOptions, synthetic_events},
+    store::{DaemonStore, StoreOptions},
     watch::Sink as _,
 };
 

@@ -184,7 +184,11 @@ impl Tracked {
     fn metadata_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.layout.meta_db()];
         match &self.model {
-            Some(m) => files.extend(m.snapshotters.values().map(|s| s.root.join("metadata.db"))),
+            Some(m) => files.extend(
+                m.snapshotters
+                    .values()
+                    .map(|s| s.root.join(super::paths::SNAPSHOTTER_DB)),
+            ),
             None => {
                 if let Ok(rd) = std::fs::read_dir(&self.layout.root) {
                     for e in rd.filter_map(Result::ok) {
@@ -193,7 +197,7 @@ impl Tracked {
                             .as_bytes()
                             .starts_with(b"io.containerd.snapshotter.v1.")
                         {
-                            files.push(e.path().join("metadata.db"));
+                            files.push(e.path().join(super::paths::SNAPSHOTTER_DB));
                         }
                     }
                 }
@@ -201,7 +205,7 @@ impl Tracked {
                     self.layout
                         .snapshotter_roots
                         .iter()
-                        .map(|(_, p)| p.join("metadata.db")),
+                        .map(|(_, p)| p.join(super::paths::SNAPSHOTTER_DB)),
                 );
             }
         }
@@ -357,6 +361,7 @@ impl Attributor {
         Attributor::with_env(configured, trust, DiscoveryEnv::system())
     }
 
+    /// [`Attributor::new`] with the discovery's environment given (tests: a fake /proc and config files).
     pub fn with_env(configured: Vec<PathBuf>, trust: Trust, env: DiscoveryEnv) -> Attributor {
         let mut a = Attributor {
             configured,

@@ -34,6 +34,10 @@ const MAX_ANON_DEPTH: usize = 32;
 
 /// Why the kernel offsets could not be computed.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's #[error] message says what it is"
+)]
 pub enum BtfError {
     #[error("kernel BTF file {} does not exist (the kernel needs CONFIG_DEBUG_INFO_BTF=y)", path.display())]
     Missing { path: PathBuf },

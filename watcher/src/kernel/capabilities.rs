@@ -20,6 +20,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The backend's name, as `status` and the metrics show it.
     pub fn name(self) -> &'static str {
         match self {
             Backend::SyscallTracepoints => "syscall-tracepoints",
@@ -75,7 +76,9 @@ pub const RENAME_TARGET_HOOKS: &[RenameTargetHook] = &[
 /// What was found about one [`RenameTargetHook`].
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RenameTargetHookStatus {
+    /// The hook's tracepoint name.
     pub name: &'static str,
+    /// It may be attached on this kernel.
     pub available: bool,
     /// Why not, or what it sees.
     pub note: String,
@@ -84,10 +87,15 @@ pub struct RenameTargetHookStatus {
 /// What was found on this kernel.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Capabilities {
+    /// `uname -r`.
     pub kernel_release: String,
+    /// Where tracefs is mounted, if it is.
     pub tracefs: Option<PathBuf>,
+    /// The `syscalls:` tracepoints exist (CONFIG_FTRACE_SYSCALLS).
     pub syscall_tracepoints: bool,
+    /// The kernel's BTF is readable (/sys/kernel/btf/vmlinux).
     pub btf: bool,
+    /// kprobes are configured (reported only: ctrwatch does not use them).
     pub kprobes: bool,
     /// `bpf` is in the active LSM list (LSM programs attached elsewhere never run).
     pub bpf_lsm_active: bool,
@@ -96,6 +104,7 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// Looks at this kernel: tracefs, BTF, the LSM list, the rename-target hooks.
     pub fn probe() -> Self {
         let tracefs = tracefs_dir();
         let syscall_tracepoints = tracefs
@@ -137,12 +146,14 @@ impl Capabilities {
         (self.syscall_tracepoints && self.btf).then_some(Backend::SyscallTracepoints)
     }
 
+    /// The syscall tracepoint `name` (`sys_enter_unlinkat`...) exists on this kernel.
     pub fn has_syscall_tracepoint(&self, name: &str) -> bool {
         self.tracefs
             .as_ref()
             .is_some_and(|t| t.join("events/syscalls").join(name).is_dir())
     }
 
+    /// One line for the start-up log and `ctrwatch check`.
     pub fn summary(&self) -> String {
         format!(
             "kernel {}, tracefs {}, syscall tracepoints {}, BTF {}, kprobes {}, BPF LSM active {}",

@@ -68,6 +68,10 @@ pub fn release_object_pages() {
 
 /// Why the kernel side could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's #[error] message says what it is"
+)]
 pub enum KernelError {
     #[error("kernel offsets: {0}")]
     Btf(#[from] btf_offsets::BtfError),
@@ -244,6 +248,10 @@ pub struct LoadOptions {
 
 /// What was attached, for status output and logs.
 #[derive(Clone, Debug, Default)]
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 pub struct Attachment {
     pub backend: String,
     pub attached: Vec<String>,
@@ -264,6 +272,10 @@ enum Link {
 
 /// Loaded and attached programs. Capture is off until [`KernelWatch::set_capture`] turns it on.
 /// Dropping it detaches everything that is not pinned.
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 pub struct KernelWatch {
     links: Vec<Link>,
     /// Every map of the object, by name (taken out of the loaded object, or opened from pins).

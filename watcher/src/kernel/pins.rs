@@ -49,6 +49,10 @@ pub fn is_set_name(name: &str) -> bool {
 
 /// Why pins could not be made, read or removed.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's #[error] message says what it is"
+)]
 pub enum PinError {
     #[error("{}: not on a BPF file system (bpffs); pins need one, e.g. under /sys/fs/bpf", .0.display())]
     NotBpffs(PathBuf),
@@ -97,10 +101,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
 
 /// The paths of one pin set.
 #[derive(Clone, Debug)]
+#[allow(
+    missing_docs,
+    reason = "the fields are named for what they hold; the type's doc says what it is"
+)]
 pub struct PinSet {
     pub dir: PathBuf,
 }
 
+#[allow(
+    missing_docs,
+    reason = "each method is the path or step it is named for"
+)]
 impl PinSet {
     pub fn new(pin_dir: &Path, name: &str) -> PinSet {
         PinSet {

@@ -1,5 +1,7 @@
-//! Ingest and query measurements on synthetic but realistic events, for the benchmark
-//! binary and docs/store.md.
+//! Ingest and query measurements of the event store on synthetic but realistic events, for
+//! docs/store.md; the same events feed the daemon's pipeline benchmark
+//! (watcher/tests/pipeline.rs) and the alert latency benchmark (tests' `alert_latency`). A
+//! crate of its own: the harness is not in the store's library.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +14,14 @@ use ctrwatch_event::{
     PathBytes, ProcessView, SnapshotKind, StorageKind, Verdict, Xattr,
 };
 
-use crate::auditd_log;
-use crate::{COMMIT_BATCH, DeleteOptions, Filter, PathQuery, Store, StoreError, StoreOptions};
+use ctrwatch_store::{
+    COMMIT_BATCH, DeleteOptions, Filter, PathMatch, PathQuery, Store, StoreError, StoreOptions,
+    StoreStats,
+};
+
+mod auditd_log;
+#[cfg(test)]
+mod tests;
 
 /// What the synthetic events look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,7 +268,7 @@ pub fn synthetic_events(
     let inner = inner_paths();
     // What the daemon's containerd attribution adds to every event under the root; built
     // once per snapshot (the attribution keeps its objects too): the generator must outrun
-    // the writer in the pipeline benchmark (`daemon::bench`).
+    // the writer in the pipeline benchmark (watcher/tests/pipeline.rs).
     let snapshot_view = |id: u64| ContainerdView {
         root: PathBytes(b"/var/lib/containerd".to_vec()),
         kind: StorageKind::Snapshot,
@@ -429,7 +437,7 @@ pub(crate) fn ingest(
     dir: &Path,
     n: u64,
     scenario: BenchScenario,
-) -> Result<(std::path::PathBuf, Duration, u64, super::StoreStats), StoreError> {
+) -> Result<(std::path::PathBuf, Duration, u64, StoreStats), StoreError> {
     let db = dir.join("bench.db");
     let mut store = fresh_store(&db)?;
     let mut spent = Duration::ZERO;
@@ -542,20 +550,18 @@ fn compare_ausearch(
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&sample);
 
-    let all = |p: &str, m: super::PathMatch| PathQuery {
+    let all = |p: &str, m: PathMatch| PathQuery {
         path: p.as_bytes().to_vec(),
         matching: m,
         ..Default::default()
     };
-    let ours_hh = reader.history(&all(host, super::PathMatch::Host))?.len();
-    let ours_hi = reader.history(&all(inner, super::PathMatch::Inner))?.len();
+    let ours_hh = reader.history(&all(host, PathMatch::Host))?.len();
+    let ours_hi = reader.history(&all(inner, PathMatch::Inner))?.len();
     let opts = DeleteOptions {
         ancestors: false,
         ..DeleteOptions::new()
     };
-    let ours_d = reader
-        .who_deleted(&all(host, super::PathMatch::Host), opts)?
-        .len();
+    let ours_d = reader.who_deleted(&all(host, PathMatch::Host), opts)?.len();
 
     // The check: every synthesised event on the host path must be among what `ausearch -f`
     // printed from the sample log, as the captured real operations are.
@@ -634,14 +640,14 @@ pub(crate) fn bench_with(
             "/usr/share/dir-0000/file-00000042.txt".to_string(),
         ),
     };
-    let q = |p: &str, m: super::PathMatch| PathQuery {
+    let q = |p: &str, m: PathMatch| PathQuery {
         path: p.as_bytes().to_vec(),
         matching: m,
         limit: Some(100),
         ..Default::default()
     };
-    let hq = q(&host, super::PathMatch::Host);
-    let iq = q(&inner, super::PathMatch::Auto);
+    let hq = q(&host, PathMatch::Host);
+    let iq = q(&inner, PathMatch::Auto);
     let history_host_ms = median_ms(reps, || reader.history(&hq).map(|_| ()))?;
     let history_inner_ms = median_ms(reps, || reader.history(&iq).map(|_| ()))?;
     let who_deleted_host_ms = median_ms(reps, || {
