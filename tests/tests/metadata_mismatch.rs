@@ -8,7 +8,9 @@
 //!   recorded containerd's `rmdir`s and 3× the settle delay);
 //! * a foreign write into a committed content blob gives an alert with the expected and the
 //!   found digest; containerd's import (blobs renamed in from ingest/) gives none (asserted
-//!   after the daemon recorded the rename-ins and 3× the settle delay).
+//!   after the daemon recorded the rename-ins and 3× the settle delay);
+//! * a writer that touches a blob every half second without stopping still gets its check
+//!   (and the alert) while it writes.
 
 use std::{
     ffi::{OsStr, OsString},
@@ -331,6 +333,76 @@ fn a_foreign_write_into_a_committed_blob_alerts_with_both_digests_and_an_import_
     );
     cd.stop().expect("containerd stop");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A writer that touches a blob every half second and does not stop: its check must still
+/// come (the first version postponed it by the settle delay at each write, for as long as the
+/// writes went on). The writer runs longer than the wait for the alert.
+#[test]
+fn a_writer_that_keeps_touching_a_blob_is_still_checked() {
+    tests::require_root();
+    let dir = temp_dir("mismatch-busy");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let (daemon, store) = start_daemon(&cd, &dir, &r);
+    let name = "test.local/ctrwatch/mismatch-busy:1";
+    let built = image(&cd, name, "busy");
+    cd.import(&built.archive, NS).expect("import");
+    let hex = built.config_digest.strip_prefix("sha256:").expect("sha256");
+    let target = cd.content_dir().join("blobs/sha256").join(hex);
+    wait_history(&store, &target, "rename");
+
+    // Writes every 0.5 s for 4 minutes (longer than the 90 s wait below), unless killed.
+    let mut writer = KillOnDrop(
+        Command::new("python3")
+            .args([
+                OsStr::new("-c"),
+                OsStr::new(
+                    "import sys, time\n\
+                     for i in range(480):\n    \
+                     with open(sys.argv[1], 'r+b') as f: f.write(b'XXXX')\n    \
+                     time.sleep(0.5)",
+                ),
+                target.as_os_str(),
+            ])
+            .spawn()
+            .expect("writer"),
+    );
+    let started = Instant::now();
+    let a = wait_mismatch(&r, "the busy writer's blob", |b| about(b, &target));
+    let still_writing = writer.running();
+    eprintln!(
+        "the alert came {:.1} s after the writer started (still writing: {still_writing})",
+        started.elapsed().as_secs_f64()
+    );
+    drop(writer);
+    assert!(still_writing, "the writer ended before the alert came");
+    drop(daemon);
+    assert_eq!(a["details"]["mismatch"], "blob_digest", "{a:#}");
+    assert_eq!(
+        a["details"]["expected_digest"],
+        built.config_digest.as_str(),
+        "{a:#}"
+    );
+    assert!(a["count"].as_u64().is_some_and(|n| n >= 2), "{a:#}");
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A child process (the test's own) killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

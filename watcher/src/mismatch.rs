@@ -122,8 +122,8 @@ fn check(checker: &mut Checker, due: Vec<Pending>, now_ns: i64, may_retry: bool)
                     )),
                 }
             }
-            Subject::BlobWritten { path, digest } => {
-                match hash_blob(path) {
+            Subject::BlobWritten { root, path, digest } => {
+                match hash_blob(root, path) {
                     Ok(Some((found, size))) if found != *digest => {
                         if let Some(a) = checker.blob_alert(&p, &found, size) {
                             checker.alerted(&p, now_ns);
@@ -172,12 +172,12 @@ fn record(model: &Model, snapshotter: &str, id: u64) -> Option<SnapshotRecord> {
 }
 
 /// The blob's sha256 digest and size; None when it is gone (collected), too large, or not
-/// a sha256 blob. Opened without following a symlink, never blocking (a FIFO put there).
-fn hash_blob(path: &Path) -> Result<Option<(String, u64)>, String> {
-    let Some(blobs) = path.parent() else {
-        return Ok(None);
-    };
-    let mut file = match fsx::open_file_beneath(blobs, path) {
+/// a sha256 blob. Opened beneath containerd's `root`: no component below it (`blobs/`,
+/// `sha256/`, the blob) is followed if it is a symlink, so a planted link cannot make the
+/// check read (and report the hash and size of) a file outside the root. Never blocks (a
+/// FIFO put there is refused).
+fn hash_blob(root: &Path, path: &Path) -> Result<Option<(String, u64)>, String> {
+    let mut file = match fsx::open_file_beneath(root, path) {
         Ok(f) => f,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.to_string()),
@@ -213,4 +213,57 @@ fn hash_blob(path: &Path) -> Result<Option<(String, u64)>, String> {
         format!("sha256:{}", ctrwatch_event::hex(&h.finalize())),
         read,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A scratch containerd root with a content store: (base dir, root, `blobs/sha256`).
+    fn content_root(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let base =
+            std::env::temp_dir().join(format!("ctrwatch-mismatch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("root");
+        let sha256 = root.join("io.containerd.content.v1.content/blobs/sha256");
+        std::fs::create_dir_all(&sha256).unwrap();
+        (base, root, sha256)
+    }
+
+    /// `blobs/sha256` replaced by a symlink to a directory outside the root holding a file of
+    /// the blob's name: the check must not read that file (the first version opened beneath
+    /// the blob's parent, so the symlinked parent was followed).
+    #[test]
+    fn a_symlinked_directory_above_the_blob_is_not_followed() {
+        let (base, root, sha256) = content_root("symlink");
+        let hex = "ab".repeat(32);
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join(&hex), b"secret outside the root").unwrap();
+        std::fs::remove_dir(&sha256).unwrap();
+        symlink(&outside, &sha256).unwrap();
+        let blob = sha256.join(&hex);
+        assert!(std::fs::read(&blob).is_ok(), "the planted path leads out");
+        let r = hash_blob(&root, &blob);
+        assert!(
+            !matches!(r, Ok(Some(_))),
+            "the file outside the root was read: {r:?}"
+        );
+        let e = r.expect_err("refused, and said so");
+        assert!(e.contains("symbolic link"), "{e}");
+
+        // The same blob in a plain directory is hashed.
+        std::fs::remove_file(&sha256).unwrap();
+        std::fs::create_dir_all(&sha256).unwrap();
+        std::fs::write(&blob, b"hello").unwrap();
+        let (digest, size) = hash_blob(&root, &blob).unwrap().expect("hashed");
+        assert_eq!(size, 5);
+        assert_eq!(
+            digest,
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

@@ -32,6 +32,9 @@ use crate::alert::{Alert, FileRef, MAX_EVENTS, MAX_SAMPLE_PATHS, Node, history_c
 /// How long after a subject's last event it is checked: containerd's metadata update lands
 /// by then, and a writer's burst is over.
 pub const SETTLE: Duration = Duration::from_secs(2);
+/// The longest a blob's check waits after the first event of a burst, however long its
+/// writer goes on: one touching it every second would otherwise postpone it for ever.
+pub const MAX_POSTPONE: Duration = Duration::from_secs(10);
 /// Subjects waiting for their check at most; beyond, events are counted and not judged.
 pub const MAX_PENDING: usize = 4096;
 /// containerd's content store directory under its root.
@@ -55,6 +58,9 @@ pub enum Subject {
     },
     /// A committed blob's file was written or replaced.
     BlobWritten {
+        /// containerd's root (the event's `containerd.root`): the blob is opened beneath it,
+        /// no component below it followed if a symlink.
+        root: PathBuf,
         /// The blob's path.
         path: PathBuf,
         /// `sha256:<hex>`: what its name says it holds.
@@ -139,6 +145,7 @@ pub fn candidate(ev: &FileEvent) -> Option<Subject> {
             let to = ev.new_path.as_ref()?;
             let digest = blob_digest_of(view.root.as_bytes(), to.as_bytes())?;
             Some(Subject::BlobWritten {
+                root: path_of(&view.root),
                 path: path_of(to),
                 digest,
             })
@@ -148,6 +155,7 @@ pub fn candidate(ev: &FileEvent) -> Option<Subject> {
         {
             let digest = blob_digest_of(view.root.as_bytes(), ev.path.as_bytes())?;
             Some(Subject::BlobWritten {
+                root: path_of(&view.root),
                 path: path_of(&ev.path),
                 digest,
             })
@@ -171,6 +179,8 @@ pub struct Pending {
     pub last_ns: i64,
     /// Checked at (wall clock, ns).
     pub due_ns: i64,
+    /// When its first event was seen (wall clock, ns): bounds the postponement.
+    pub opened_ns: i64,
     /// Checks that could not read the metadata yet (retried a few times).
     pub attempts: u32,
 }
@@ -235,9 +245,10 @@ impl Checker {
             if p.events.len() < MAX_EVENTS {
                 p.events.push(ev.clone());
             }
-            // A writer still at it: its blob is hashed once it stops.
+            // A writer still at it: its blob is hashed once it stops, but no later than
+            // MAX_POSTPONE after the burst began (a writer that never stops is checked too).
             if matches!(p.subject, Subject::BlobWritten { .. }) {
-                p.due_ns = due_ns;
+                p.due_ns = due_ns.min(p.opened_ns.saturating_add(ns(MAX_POSTPONE)));
             }
             return;
         }
@@ -254,6 +265,7 @@ impl Checker {
                 first_ns: ev.time_ns,
                 last_ns: ev.time_ns,
                 due_ns,
+                opened_ns: now_ns,
                 attempts: 0,
             },
         );
@@ -410,7 +422,7 @@ impl Checker {
 
     /// The alert for a blob whose content hashes to `found` instead of its name's digest.
     pub fn blob_alert(&self, p: &Pending, found: &str, size: u64) -> Option<Alert> {
-        let Subject::BlobWritten { path, digest } = &p.subject else {
+        let Subject::BlobWritten { path, digest, .. } = &p.subject else {
             return None;
         };
         let first = p.events.first()?;
@@ -683,6 +695,31 @@ mod tests {
             format!("sha256:{}", "ab".repeat(32))
         );
         assert!(a.command.starts_with("ctrwatch history "), "{}", a.command);
+    }
+
+    /// A writer that touches a blob more often than the settle delay (every second here, for
+    /// a minute) postponed its check for as long as it went on: the check now comes at most
+    /// [`MAX_POSTPONE`] after the burst's first event, even while the writes go on.
+    #[test]
+    fn a_writer_that_never_stops_does_not_postpone_the_check_forever() {
+        let mut c = checker();
+        let mut checked_at = None;
+        for i in 0..60 {
+            let now = T0 + i * S;
+            c.event(
+                &event(now, Op::Modify, &blob_path(), None, StorageKind::Blob),
+                now,
+            );
+            if !c.due(now, false).is_empty() {
+                checked_at = Some(i);
+                break;
+            }
+        }
+        let at = checked_at.expect("no check within a minute of writes every second");
+        assert!(
+            at * S <= ns(MAX_POSTPONE),
+            "checked {at} s after the first write"
+        );
     }
 
     #[test]
