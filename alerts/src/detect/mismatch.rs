@@ -69,7 +69,8 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// The alert's grouping key (and the pending map's): one alert per subject.
+    /// The alert's grouping key (and the pending map's): one alert per subject. Paths in it
+    /// are escaped ([`ctrwatch_event::escape_path`]): it is shown as it is.
     pub fn key(&self) -> String {
         match self {
             Subject::SnapshotGone {
@@ -78,10 +79,13 @@ impl Subject {
                 ..
             } => format!(
                 "metadata-mismatch snapshot {}/snapshots/{id}",
-                snapshotter_root.display()
+                ctrwatch_event::escape_path(snapshotter_root)
             ),
             Subject::BlobWritten { path, .. } => {
-                format!("metadata-mismatch blob {}", path.display())
+                format!(
+                    "metadata-mismatch blob {}",
+                    ctrwatch_event::escape_path(path)
+                )
             }
         }
     }
@@ -383,7 +387,7 @@ impl Checker {
              containerd's metadata still records it (key {}): containerd will fail to mount \
              or unpack onto it",
             verb(first.op),
-            ctrwatch_event::escape(&dir.display().to_string()),
+            ctrwatch_event::escape_path(dir),
             ctrwatch_event::escape(snapshotter),
             ctrwatch_event::escape(&metadata.key),
         );
@@ -719,6 +723,26 @@ mod tests {
         assert!(
             at * S <= ns(MAX_POSTPONE),
             "checked {at} s after the first write"
+        );
+    }
+
+    /// Keys are shown in logs and alerts as they are: a path with a newline or a terminal
+    /// escape in it is escaped (the first version used `Path::display`).
+    #[test]
+    fn keys_escape_their_paths() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = b"/r/io.containerd.snapshotter.v1.overlayfs\n\x1b[2J\xff";
+        let s = Subject::SnapshotGone {
+            root: PathBuf::from("/r"),
+            snapshotter: "overlayfs".into(),
+            snapshotter_root: PathBuf::from(std::ffi::OsStr::from_bytes(dir)),
+            id: 7,
+            dir: PathBuf::from("/r/x/snapshots/7"),
+        };
+        assert_eq!(
+            s.key(),
+            "metadata-mismatch snapshot \
+             /r/io.containerd.snapshotter.v1.overlayfs\\x0a\\x1b[2J\\xff/snapshots/7"
         );
     }
 

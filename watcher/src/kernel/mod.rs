@@ -75,13 +75,13 @@ pub enum KernelError {
     NoBackend(String),
     #[error("loading the eBPF object failed (are you root with CAP_BPF/CAP_SYS_ADMIN?): {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {}: {source}", ctrwatch_event::escape(name))]
     Program {
         name: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {}: {source}", ctrwatch_event::escape(name))]
     Map {
         name: &'static str,
         #[source]
@@ -274,7 +274,7 @@ impl KernelWatch {
             }
             map.pin(set.maps().join(name))
                 .map_err(|source| KernelError::Pin {
-                    what: format!("map {name}"),
+                    what: format!("map {}", ctrwatch_event::escape(name)),
                     source,
                 })?;
         }
@@ -294,13 +294,13 @@ impl KernelWatch {
                 Link::Pinned(p) => Ok(FdLink::from(p)),
             };
             let fd = fd.map_err(|e| KernelError::Adopt {
-                what: format!("link {name}"),
+                what: format!("link {}", ctrwatch_event::escape(name)),
                 detail: format!("not a bpf_link, cannot be pinned: {e}"),
             })?;
             let pinned = fd
                 .pin(set.links().join(name))
                 .map_err(|source| KernelError::Pin {
-                    what: format!("link {name}"),
+                    what: format!("link {}", ctrwatch_event::escape(name)),
                     source,
                 })?;
             self.links.push(Link::Pinned(pinned));
@@ -324,7 +324,7 @@ impl KernelWatch {
         let mut maps = HashMap::new();
         for name in pins::PinSet::names(&set.maps())? {
             let adopt_error = |detail: String| KernelError::Adopt {
-                what: format!("map {name}"),
+                what: format!("map {}", ctrwatch_event::escape(&name)),
                 detail,
             };
             let data = MapData::from_pin(set.maps().join(&name))
@@ -360,7 +360,7 @@ impl KernelWatch {
         for name in pins::PinSet::names(&set.links())? {
             let link =
                 PinnedLink::from_pin(set.links().join(&name)).map_err(|e| KernelError::Adopt {
-                    what: format!("link {name}"),
+                    what: format!("link {}", ctrwatch_event::escape(&name)),
                     detail: e.to_string(),
                 })?;
             links.push(Link::Pinned(link));

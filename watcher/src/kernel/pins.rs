@@ -49,21 +49,21 @@ pub fn is_set_name(name: &str) -> bool {
 /// Why pins could not be made, read or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    #[error("{}: not on a BPF file system (bpffs); pins need one, e.g. under /sys/fs/bpf", .0.display())]
+    #[error("{}: not on a BPF file system (bpffs); pins need one, e.g. under /sys/fs/bpf", ctrwatch_event::escape_path(.0))]
     NotBpffs(PathBuf),
     #[error("mounting bpffs on {BPFFS_MOUNT}: {0}")]
     Mount(std::io::Error),
     #[error(
         "{}: another ctrwatch daemon uses this pin directory (waited {} s); one directory per \
          daemon",
-        path.display(),
+        ctrwatch_event::escape_path(path),
         waited.as_secs()
     )]
     Busy {
         path: PathBuf,
         waited: std::time::Duration,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", ctrwatch_event::escape_path(path))]
     Io {
         path: PathBuf,
         #[source]
@@ -310,6 +310,33 @@ fn remove_tree(dir: &Path) -> Result<(), PinError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pin path comes from `--pin-dir` and the directory's entries: shown escaped (the
+    /// first version used `Path::display`, which lets a newline or a terminal escape through).
+    #[test]
+    fn pin_errors_escape_their_paths() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/sys/fs/bpf/a\nb\x1b[0m\xff"));
+        let e = PinError::Io {
+            path: path.clone(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("/sys/fs/bpf/a\\x0ab\\x1b[0m\\xff: "),
+            "{e}"
+        );
+        assert!(
+            PinError::NotBpffs(path.clone())
+                .to_string()
+                .starts_with("/sys/fs/bpf/a\\x0ab\\x1b[0m\\xff: not on a BPF"),
+        );
+        let busy = PinError::Busy {
+            path,
+            waited: std::time::Duration::from_secs(1),
+        };
+        assert!(!busy.to_string().contains('\n'), "{busy}");
+    }
 
     #[test]
     fn the_set_name_follows_the_object() {
