@@ -292,6 +292,13 @@ impl DaemonRules {
         self.hole("detect_queue", from_ns, to_ns, n, &BTreeMap::new(), now_ns);
     }
 
+    /// A checker's queue was full: `n` checks (layer replays: kind `layer_check_queue`;
+    /// metadata checks: `mismatch_queue`) were not made since the last report. The history
+    /// has the events; what those checks would have said is missing.
+    pub fn check_dropped(&mut self, kind: &'static str, n: u64, now_ns: i64) {
+        self.hole(kind, now_ns, now_ns, n, &BTreeMap::new(), now_ns);
+    }
+
     /// What is due at `now_ns`: heartbeat revisions, history-gap revisions.
     pub fn tick(&mut self, now_ns: i64) -> Vec<Alert> {
         let mut out = Vec::new();
@@ -399,6 +406,17 @@ fn describe(kind: &str, g: &mut Group) {
         ),
         "detect_queue" => format!(
             "{} events were recorded but not judged by the detections {window} (their queue \
+             was full): alerts they would have raised are missing; the history has them",
+            g.holes
+        ),
+        "layer_check_queue" => format!(
+            "{} committed snapshots were not replayed by the layer check {window} (its queue \
+             was full): layer-damaged and opaque-leak alerts they would have raised are \
+             missing; `ctrwatch audit` checks them",
+            g.holes
+        ),
+        "mismatch_queue" => format!(
+            "{} events were recorded but not checked by metadata-mismatch {window} (its queue \
              was full): alerts they would have raised are missing; the history has them",
             g.holes
         ),
