@@ -199,6 +199,8 @@ pub struct DaemonAlerts {
     mismatch: Option<crate::checkworker::CheckWorker<Box<ctrwatch_event::FileEvent>>>,
     /// The layer check at commit and after an unclean stop (crate::layercheck).
     layer_check: Option<crate::layercheck::LayerCheck>,
+    /// When the checkers' queue drops were last reported (ns).
+    checks_reported_ns: Option<i64>,
 }
 
 /// Events waiting for the detection thread at most (a burst's worth; beyond it events are
@@ -333,6 +335,7 @@ impl DaemonAlerts {
             detect: None,
             mismatch: None,
             layer_check: None,
+            checks_reported_ns: None,
         }
     }
 
@@ -475,9 +478,10 @@ impl DaemonAlerts {
         let Some(rules) = &mut self.rules else {
             return Vec::new();
         };
+        let since_ns = self.checks_reported_ns.replace(now_ns).unwrap_or(now_ns);
         for (_, kind, n) in checks_dropped {
             if n > 0 {
-                rules.check_dropped(kind, n, now_ns);
+                rules.check_dropped(kind, since_ns, now_ns, n, now_ns);
             }
         }
         if let Some(feed) = &mut self.detect

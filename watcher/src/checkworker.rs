@@ -5,7 +5,8 @@
 //! one of these; what they check is a [`Checks`].
 //!
 //! The stop: [`CheckWorker::stop`] gives the worker until a deadline ([`STOP_BUDGET`] from
-//! then). The work in progress sees [`Stop::stopping`] and ends (a layer replay is abandoned
+//! then), and its normal priority back (at `SCHED_IDLE` on a busy node it could get no CPU
+//! at all before the deadline, and end without a word). The work in progress sees [`Stop::stopping`] and ends (a layer replay is abandoned
 //! between two reads, a blob's hash too once past the deadline); then [`Checks::at_stop`] is
 //! handed what is still queued, does what fits before the deadline (or nothing) and logs what
 //! it did not check: nothing pending is forgotten without a word. A worker that has not
@@ -16,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,8 @@ pub struct CheckWorker<M> {
     feed: Option<Feed<M>>,
     dropped: Arc<AtomicU64>,
     stop: Arc<Stop>,
+    /// The thread's id (0 until it has started).
+    tid: Arc<AtomicU32>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Disconnected when the thread has ended.
     ended: Option<Receiver<()>>,
@@ -132,11 +135,18 @@ impl<M: Send + 'static> CheckWorker<M> {
         let stop = Arc::new(Stop::default());
         let stopping = Arc::clone(&stop);
         let (ended_tx, ended) = sync_channel::<()>(0);
+        let tid = Arc::new(AtomicU32::new(0));
+        let thread_tid = Arc::clone(&tid);
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                lower_priority(name);
+                // SAFETY: gettid has no preconditions.
+                let id = unsafe { libc::syscall(libc::SYS_gettid) };
+                let id = u32::try_from(id).unwrap_or(0);
+                thread_tid.store(id, Ordering::Relaxed);
+                lower_priority(name, id);
                 work(&mut checks, &rx, &stopping);
+                thread_tid.store(0, Ordering::Relaxed);
                 drop(ended_tx);
             })
             .with_context(|| format!("starting the {name} thread"))?;
@@ -149,6 +159,7 @@ impl<M: Send + 'static> CheckWorker<M> {
             }),
             dropped,
             stop,
+            tid,
             thread: Some(thread),
             ended: Some(ended),
         })
@@ -174,6 +185,15 @@ impl<M: Send + 'static> CheckWorker<M> {
     pub fn stop(&mut self, budget: Duration) {
         let started = Instant::now();
         self.stop.begin(started + budget);
+        // The stop's work (bounded by the deadline) runs at normal priority: at SCHED_IDLE it
+        // may get no CPU at all on a busy node.
+        let running = self
+            .ended
+            .as_ref()
+            .is_some_and(|rx| rx.try_recv() == Err(std::sync::mpsc::TryRecvError::Empty));
+        if running {
+            restore_priority(self.name, self.tid.load(Ordering::Relaxed));
+        }
         drop(self.feed.take());
         let ended = self
             .ended
@@ -219,12 +239,18 @@ fn work<C: Checks>(checks: &mut C, rx: &Receiver<C::Msg>, stop: &Stop) {
     checks.at_stop(queued, stop);
 }
 
-/// Lowers the calling thread's CPU and I/O priority as far as it goes: `SCHED_IDLE`, nice 19,
-/// the idle I/O class. Best effort (logged at debug level).
-fn lower_priority(name: &str) {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-    let Ok(tid) = u32::try_from(tid) else { return };
+/// ioprio_set(2)'s `which` for one thread, and the classes used (the value is class << 13 |
+/// level).
+const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+const IOPRIO_IDLE: libc::c_long = 3 << 13;
+const IOPRIO_BEST_EFFORT_NORMAL: libc::c_long = (2 << 13) | 4;
+
+/// Lowers the priority of the calling thread (`tid`) as far as it goes: `SCHED_IDLE`, nice
+/// 19, the idle I/O class. Best effort (logged at debug level).
+fn lower_priority(name: &str, tid: u32) {
+    if tid == 0 {
+        return;
+    }
     // Zeroed rather than a struct literal: musl's sched_param has more fields than glibc's
     // (the package's static build is musl). The raw syscall, because musl's
     // sched_setscheduler() is a stub that always fails with ENOSYS.
@@ -250,9 +276,6 @@ fn lower_priority(name: &str) {
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, tid, 19);
     }
-    // ioprio_set(IOPRIO_WHO_PROCESS, tid, IOPRIO_CLASS_IDLE << 13).
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_IDLE: libc::c_long = 3 << 13;
     // SAFETY: plain syscall on this thread's id; a failure changes nothing.
     unsafe {
         libc::syscall(
@@ -260,6 +283,42 @@ fn lower_priority(name: &str) {
             IOPRIO_WHO_PROCESS,
             libc::c_long::from(tid),
             IOPRIO_IDLE,
+        );
+    }
+}
+
+/// Gives thread `tid` (a worker) the normal priority back: `SCHED_OTHER`, nice 0, the
+/// best-effort I/O class. Best effort (logged at debug level).
+fn restore_priority(name: &str, tid: u32) {
+    if tid == 0 {
+        return;
+    }
+    // SAFETY: as in lower_priority: a zeroed sched_param is priority 0.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // SAFETY: `tid` is our own worker thread, still running (the caller checked); `param`
+    // outlives the call.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            libc::c_long::from(tid),
+            libc::SCHED_OTHER,
+            &param as *const libc::sched_param,
+        )
+    };
+    if set != 0 {
+        log::debug!(
+            "{name}: normal priority for the stop refused: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: plain syscalls on that thread's id; a failure changes nothing.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, tid, 0);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            libc::c_long::from(tid),
+            IOPRIO_BEST_EFFORT_NORMAL,
         );
     }
 }
