@@ -479,7 +479,10 @@ fn replay(ctx: &Context, stop: &AtomicBool) -> Option<(Outcome, Checked)> {
             }
             // Removed since the plan (garbage collection): what needs no tar.
             Err(e) => {
-                log::debug!("layer check: blob {}: {e}", job.blob);
+                log::debug!(
+                    "layer check: blob {}: {e}",
+                    ctrwatch_event::escape(&job.blob)
+                );
                 out.merge(layers::check_without_blob(ctx, job));
             }
         }
