@@ -292,6 +292,20 @@ impl DaemonRules {
         self.hole("detect_queue", from_ns, to_ns, n, &BTreeMap::new(), now_ns);
     }
 
+    /// A checker's queue was full: `n` checks (layer replays: kind `layer_check_queue`;
+    /// metadata checks: `mismatch_queue`) were not made between `from_ns` (the last report)
+    /// and `to_ns`. The history has the events; what those checks would have said is missing.
+    pub fn check_dropped(
+        &mut self,
+        kind: &'static str,
+        from_ns: i64,
+        to_ns: i64,
+        n: u64,
+        now_ns: i64,
+    ) {
+        self.hole(kind, from_ns, to_ns, n, &BTreeMap::new(), now_ns);
+    }
+
     /// What is due at `now_ns`: heartbeat revisions, history-gap revisions.
     pub fn tick(&mut self, now_ns: i64) -> Vec<Alert> {
         let mut out = Vec::new();
@@ -402,6 +416,17 @@ fn describe(kind: &str, g: &mut Group) {
              was full): alerts they would have raised are missing; the history has them",
             g.holes
         ),
+        "layer_check_queue" => format!(
+            "{} committed snapshots were not replayed by the layer check {window} (its queue \
+             was full): layer-damaged and opaque-leak alerts they would have raised are \
+             missing; `ctrwatch audit` checks them",
+            g.holes
+        ),
+        "mismatch_queue" => format!(
+            "{} events were recorded but not checked by metadata-mismatch {window} (its queue \
+             was full): alerts they would have raised are missing; the history has them",
+            g.holes
+        ),
         _ => format!(
             "{} alerts were dropped from the outbox before they were delivered (the outbox is \
              full: [alerts] outbox_max)",
@@ -487,6 +512,35 @@ mod tests {
                 .map(|a| a.severity),
             Some(Severity::Critical)
         );
+    }
+
+    /// Every interval's drops of a checker's queue are reported, not only the first: two
+    /// reports a few seconds apart fold into one `history-gap` whose count is both.
+    #[test]
+    fn every_checker_queue_drop_is_a_history_gap() {
+        let mut r = rules("");
+        r.check_dropped("layer_check_queue", T0, T0 + S, 3, T0 + S);
+        r.check_dropped("layer_check_queue", T0 + 4 * S, T0 + 5 * S, 2, T0 + 5 * S);
+        r.check_dropped("mismatch_queue", T0 + 4 * S, T0 + 5 * S, 7, T0 + 5 * S);
+        let all = r.flush();
+        let layer = all
+            .iter()
+            .find(|a| a.details.get("kind").map(String::as_str) == Some("layer_check_queue"))
+            .unwrap_or_else(|| panic!("no layer_check_queue gap: {all:#?}"));
+        assert_eq!(layer.rule, RuleId::HistoryGap);
+        assert_eq!(layer.details["lost"], "5");
+        assert!(
+            layer
+                .summary
+                .starts_with("5 committed snapshots were not replayed"),
+            "{}",
+            layer.summary
+        );
+        let mismatch = all
+            .iter()
+            .find(|a| a.details.get("kind").map(String::as_str) == Some("mismatch_queue"))
+            .unwrap_or_else(|| panic!("no mismatch_queue gap: {all:#?}"));
+        assert_eq!(mismatch.details["lost"], "7");
     }
 
     /// The same file content refused again and again (SIGHUP repeated, a reload loop) is one

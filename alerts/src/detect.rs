@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ctrwatch_config::{Config, RuleId, Severity};
-use ctrwatch_event::{FileEvent, Op, OpResult, ProcessView, StorageKind, Verdict, format_rfc3339};
+use ctrwatch_event::{
+    FileEvent, Op, OpResult, PathBytes, ProcessView, StorageKind, Verdict, format_rfc3339,
+};
 
 use crate::alert::{Alert, FileRef, MAX_EVENTS, MAX_SAMPLE_PATHS, Node, history_command};
 use crate::daemon_rules::SETTLE;
@@ -82,6 +84,15 @@ pub struct Finding {
     pub rule: RuleId,
     /// Its severity (before a `[rules.<id>] severity` override).
     pub severity: Severity,
+}
+
+/// The path the event's `containerd` object describes: its `new_path` for a rename or link
+/// into a committed layer or the metadata from elsewhere (`of_new_path`), else its `path`.
+fn judged_path(ev: &FileEvent) -> &PathBytes {
+    match (&ev.new_path, ev.details.containerd.as_deref()) {
+        (Some(np), Some(v)) if v.of_new_path => np,
+        _ => &ev.path,
+    }
 }
 
 /// What `foreign-change` says about an event (None: not its business).
@@ -243,8 +254,9 @@ impl Detector {
                 let a = &mut g.alert;
                 a.count += 1;
                 a.last_seen_ns = a.last_seen_ns.max(ev.time_ns);
-                if a.sample_paths.len() < MAX_SAMPLE_PATHS && !a.sample_paths.contains(&ev.path) {
-                    a.sample_paths.push(ev.path.clone());
+                let path = judged_path(ev);
+                if a.sample_paths.len() < MAX_SAMPLE_PATHS && !a.sample_paths.contains(path) {
+                    a.sample_paths.push(path.clone());
                 }
                 if a.events.len() < MAX_EVENTS {
                     a.events.push(ev.clone());
@@ -273,12 +285,12 @@ impl Detector {
         alert.rev = 0;
         let view = ev.details.containerd.as_deref();
         alert.file = Some(FileRef {
-            path: ev.path.clone(),
+            path: judged_path(ev).clone(),
             inner_path: view.and_then(|v| v.path.clone()),
         });
         alert.containerd = view.cloned();
         alert.process = Some(Arc::clone(&ev.process));
-        alert.sample_paths.push(ev.path.clone());
+        alert.sample_paths.push(judged_path(ev).clone());
         alert.events.push(ev.clone());
         alert.details.insert("op".into(), ev.op.name().into());
         self.groups.insert(

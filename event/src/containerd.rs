@@ -188,6 +188,11 @@ pub struct ContainerdView {
     /// The mapping comes from metadata that has since changed (the snapshot was removed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+    /// This object describes the event's `new_path`, not its `path`: a rename or link from
+    /// elsewhere into a committed layer or the metadata changed the destination, so the
+    /// destination is what is judged (and `path` above is inside it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub of_new_path: bool,
     /// Whose business the change was.
     pub verdict: Verdict,
     /// Why (names the process and containerd's pid, or the trust rule).

@@ -209,6 +209,7 @@ fn same_but_path(a: &ContainerdView, b: &ContainerdView) -> bool {
         ingest_ref,
         path: _,
         stale,
+        of_new_path,
         verdict,
         reason,
     } = a;
@@ -216,6 +217,7 @@ fn same_but_path(a: &ContainerdView, b: &ContainerdView) -> bool {
         && *kind == b.kind
         && *verdict == b.verdict
         && *stale == b.stale
+        && *of_new_path == b.of_new_path
         && *root == b.root
         && *namespace == b.namespace
         && *snapshotter == b.snapshotter

@@ -9,7 +9,9 @@
 //! * containerd's own import (unpacking 20 000 files and an opaque directory) gives none;
 //! * a script deleting 20 000 files of a committed layer gives ONE grouped alert whose last
 //!   revision has count 20 000;
-//! * a disabled rule gives nothing, while an enabled one on the same events does.
+//! * a disabled rule gives nothing, while an enabled one on the same events does;
+//! * a foreign rename from elsewhere in the root into a committed layer gives
+//!   `foreign-change` on the destination; containerd's own renames give none.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -413,6 +415,82 @@ fn a_disabled_rule_gives_nothing() {
     assert!(
         of_rule(&all, "foreign-change").is_empty(),
         "a disabled rule alerted: {all:#?}"
+    );
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A foreign `mv ROOT/tmp-x …/snapshots/N/fs/pause` (a rename from elsewhere inside the same
+/// root into a committed layer) changes layer N: `foreign-change` judges the destination
+/// (the first version judged the rename by its old path, outside every layer, and said
+/// nothing). containerd's own renames (its import: snapshot directories, blobs from ingest/)
+/// stay silent.
+#[test]
+fn a_foreign_rename_into_a_committed_layer_alerts_and_containerds_renames_do_not() {
+    tests::require_root();
+    let dir = temp_dir("alert-detect-rename");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let (daemon, store) = start_daemon(&cd, &dir, &config(&r, ""));
+    let name = "test.local/ctrwatch/detect-rename:1";
+    let built = cd
+        .build_image_info(
+            name,
+            &[Layer::base().expect("base"), Layer::new().dir("data")],
+        )
+        .expect("image");
+    cd.import(&built.archive, NS).expect("import");
+    let base = cd.snapshot_dir(NS, &built.chain_ids[0]).expect("base dir");
+    let pause = base.join("fs/pause");
+    // containerd's import is recorded (its renames among it), then well past the settle
+    // delay: nothing.
+    let hex = built.config_digest.strip_prefix("sha256:").expect("sha256");
+    let config_blob = cd.content_dir().join("blobs/sha256").join(hex);
+    let renamed_in = wait_history(&store, &config_blob, "rename");
+    assert_eq!(renamed_in["containerd"]["verdict"], "owner", "{renamed_in}");
+    std::thread::sleep(Duration::from_secs(WINDOW_S + 1));
+    let quiet = bodies(&r);
+    assert!(
+        of_rule(&quiet, "foreign-change").is_empty(),
+        "containerd's import alerted: {quiet:#?}"
+    );
+
+    // A foreign process moves a file of its own from the root into the layer's fs/.
+    let tmp = cd.root().join("tmp-ctrwatch-x");
+    std::fs::write(&tmp, b"not the pause binary\n").expect("tmp file");
+    run(Command::new("python3").args([
+        OsStr::new("-c"),
+        OsStr::new("import os, sys; os.rename(sys.argv[1], sys.argv[2])"),
+        tmp.as_os_str(),
+        pause.as_os_str(),
+    ]));
+    wait_bodies(
+        &r,
+        "foreign-change for the rename onto /pause",
+        Duration::from_secs(60),
+        |all| {
+            of_rule(all, "foreign-change")
+                .iter()
+                .any(|b| b["file"]["path"] == pause.to_string_lossy().as_ref())
+        },
+    );
+    let all = bodies(&r);
+    drop(daemon);
+    let fc = of_rule(&all, "foreign-change");
+    let a = fc
+        .iter()
+        .find(|b| b["file"]["path"] == pause.to_string_lossy().as_ref())
+        .expect("the alert");
+    assert_eq!(a["severity"], "critical", "{a:#}");
+    assert_eq!(a["file"]["inner_path"], "/pause", "{a:#}");
+    let c = &a["containerd"];
+    assert_eq!(c["verdict"], "foreign", "{a:#}");
+    assert_eq!(c["snapshot_kind"], "committed", "{a:#}");
+    assert_eq!(c["of_new_path"], true, "{a:#}");
+    assert_eq!(a["details"]["op"], "rename", "{a:#}");
+    assert!(
+        fc.iter().all(|b| b["containerd"]["verdict"] == "foreign"),
+        "only the foreign rename: {fc:#?}"
     );
     cd.stop().expect("containerd stop");
     let _ = std::fs::remove_dir_all(dir);

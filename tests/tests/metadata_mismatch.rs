@@ -8,7 +8,10 @@
 //!   recorded containerd's `rmdir`s and 3× the settle delay);
 //! * a foreign write into a committed content blob gives an alert with the expected and the
 //!   found digest; containerd's import (blobs renamed in from ingest/) gives none (asserted
-//!   after the daemon recorded the rename-ins and 3× the settle delay).
+//!   after the daemon recorded the rename-ins and 3× the settle delay);
+//! * a writer that touches a blob every half second without stopping still gets its check
+//!   (and the alert) while it writes;
+//! * a stop with many blob checks pending is bounded in time and names what it skipped.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -336,6 +339,131 @@ fn a_foreign_write_into_a_committed_blob_alerts_with_both_digests_and_an_import_
     );
     cd.stop().expect("containerd stop");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A writer that touches a blob every half second and does not stop: its check must still
+/// come (the first version postponed it by the settle delay at each write, for as long as the
+/// writes went on). The writer runs longer than the wait for the alert.
+#[test]
+fn a_writer_that_keeps_touching_a_blob_is_still_checked() {
+    tests::require_root();
+    let dir = temp_dir("mismatch-busy");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let (daemon, store) = start_daemon(&cd, &dir, &r);
+    let name = "test.local/ctrwatch/mismatch-busy:1";
+    let built = image(&cd, name, "busy");
+    cd.import(&built.archive, NS).expect("import");
+    let hex = built.config_digest.strip_prefix("sha256:").expect("sha256");
+    let target = cd.content_dir().join("blobs/sha256").join(hex);
+    wait_history(&store, &target, "rename");
+
+    // Writes every 0.5 s for 4 minutes (longer than the 90 s wait below), unless killed.
+    let mut writer = KillOnDrop(
+        Command::new("python3")
+            .args([
+                OsStr::new("-c"),
+                OsStr::new(
+                    "import sys, time\n\
+                     for i in range(480):\n    \
+                     with open(sys.argv[1], 'r+b') as f: f.write(b'XXXX')\n    \
+                     time.sleep(0.5)",
+                ),
+                target.as_os_str(),
+            ])
+            .spawn()
+            .expect("writer"),
+    );
+    let started = Instant::now();
+    let a = wait_mismatch(&r, "the busy writer's blob", |b| about(b, &target));
+    let still_writing = writer.running();
+    eprintln!(
+        "the alert came {:.1} s after the writer started (still writing: {still_writing})",
+        started.elapsed().as_secs_f64()
+    );
+    drop(writer);
+    assert!(still_writing, "the writer ended before the alert came");
+    drop(daemon);
+    assert_eq!(a["details"]["mismatch"], "blob_digest", "{a:#}");
+    assert_eq!(
+        a["details"]["expected_digest"],
+        built.config_digest.as_str(),
+        "{a:#}"
+    );
+    assert!(a["count"].as_u64().is_some_and(|n| n >= 2), "{a:#}");
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A stop while many blob checks are pending ends within a bound and names in the log what
+/// it did not check. 16 sparse 1 GiB files planted in `blobs/sha256` (truncated: each is a
+/// pending check, hashing them all takes minutes in a debug build); the first version of the
+/// worker hashed every pending blob at the stop, with no limit, longer than the unit's
+/// `TimeoutStopSec` (60 s).
+#[test]
+fn a_stop_with_many_checks_pending_is_bounded_and_names_what_it_skipped() {
+    tests::require_root();
+    let dir = temp_dir("mismatch-stop");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let (mut daemon, store) = start_daemon(&cd, &dir, &r);
+    let sha256 = cd.content_dir().join("blobs/sha256");
+    std::fs::create_dir_all(&sha256).expect("blobs/sha256");
+    let planted: Vec<PathBuf> = (0..16u64)
+        .map(|i| sha256.join(format!("{:064x}", 0x00c0_ffee_0000 + i)))
+        .collect();
+    for p in &planted {
+        let f = std::fs::File::create(p).expect("plant");
+        f.set_len(1 << 30).expect("truncate");
+    }
+    for p in &planted {
+        wait_history(&store, p, "truncate");
+    }
+    let stopping = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    let took = stopping.elapsed();
+    if status.is_none() {
+        daemon.signal(libc::SIGKILL);
+    }
+    let _ = daemon.wait_exit(Duration::from_secs(10));
+    let stderr = daemon.stderr();
+    for p in &planted {
+        let _ = std::fs::remove_file(p);
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "no clean stop within 60 s ({status:?}, {took:?}); stderr:\n{stderr}"
+    );
+    eprintln!("the stop took {took:?}");
+    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("metadata-mismatch: stopping:"))
+        .unwrap_or_else(|| panic!("no line naming what was not checked; stderr:\n{stderr}"));
+    assert!(
+        line.contains("not checked: metadata-mismatch blob "),
+        "{line}"
+    );
+    drop(daemon);
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A child process (the test's own) killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -194,18 +194,13 @@ pub struct DaemonAlerts {
     rules: Option<ctrwatch_alerts::daemon_rules::DaemonRules>,
     delivery: Option<ctrwatch_alerts::Delivery>,
     detect: Option<DetectFeed>,
-    mismatch: Option<MismatchFeed>,
+    /// The `metadata-mismatch` worker ([`crate::mismatch`]): a bounded queue the capture
+    /// path never waits on.
+    mismatch: Option<crate::checkworker::CheckWorker<Box<ctrwatch_event::FileEvent>>>,
     /// The layer check at commit and after an unclean stop (crate::layercheck).
     layer_check: Option<crate::layercheck::LayerCheck>,
-}
-
-/// The capture path's side of the `metadata-mismatch` worker ([`crate::mismatch`]): a bounded
-/// queue it never waits on.
-struct MismatchFeed {
-    tx: Option<std::sync::mpsc::SyncSender<Box<ctrwatch_event::FileEvent>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Events not checked because the queue was full (logged at the next tick).
-    dropped: u64,
+    /// When the checkers' queue drops were last reported (ns).
+    checks_reported_ns: Option<i64>,
 }
 
 /// Events waiting for the detection thread at most (a burst's worth; beyond it events are
@@ -340,6 +335,7 @@ impl DaemonAlerts {
             detect: None,
             mismatch: None,
             layer_check: None,
+            checks_reported_ns: None,
         }
     }
 
@@ -381,28 +377,17 @@ impl DaemonAlerts {
         let checker =
             ctrwatch_alerts::detect::mismatch::Checker::new(&self.config, self.node.clone());
         if checker.enabled() {
-            let (tx, rx) = std::sync::mpsc::sync_channel(crate::mismatch::QUEUE);
             let out = std::sync::Arc::clone(&results);
-            let thread = std::thread::Builder::new()
-                .name("mismatch-check".into())
-                .spawn(move || {
-                    crate::mismatch::run(checker, rx, |alerts| {
-                        for w in records(alerts) {
-                            if !out.send(w) {
-                                log::warn!(
-                                    "alerts: the store writer has stopped; a metadata-mismatch \
-                                     alert is lost"
-                                );
-                            }
-                        }
-                    })
-                })
-                .context("starting the metadata-mismatch worker")?;
-            self.mismatch = Some(MismatchFeed {
-                tx: Some(tx),
-                thread: Some(thread),
-                dropped: 0,
-            });
+            self.mismatch = Some(crate::mismatch::start(checker, move |alerts| {
+                for w in records(alerts) {
+                    if !out.send(w) {
+                        log::warn!(
+                            "alerts: the store writer has stopped; a metadata-mismatch alert \
+                             is lost"
+                        );
+                    }
+                }
+            })?);
         }
         self.layer_check = crate::layercheck::LayerCheck::start(
             &self.config,
@@ -435,12 +420,10 @@ impl DaemonAlerts {
     /// judge it. Never waits: when the detection queue is full the event is counted (and
     /// reported as a history gap at the next tick), not judged.
     pub fn event(&mut self, ev: &ctrwatch_event::FileEvent) {
-        if let Some(feed) = &mut self.mismatch
-            && let Some(tx) = &feed.tx
+        if let Some(worker) = &self.mismatch
             && ctrwatch_alerts::detect::mismatch::candidate(ev).is_some()
-            && let Err(std::sync::mpsc::TrySendError::Full(_)) = tx.try_send(Box::new(ev.clone()))
         {
-            feed.dropped += 1;
+            worker.send(Box::new(ev.clone()), 1);
         }
         let Some(feed) = &mut self.detect else { return };
         let Some(tx) = &feed.tx else { return };
@@ -470,18 +453,37 @@ impl DaemonAlerts {
 
     /// The outbox writes the daemon's rules want at `now_ns` (call about once a second).
     pub fn tick(&mut self, now_ns: i64) -> Vec<ctrwatch_alerts::OutboxWrite> {
-        if let Some(feed) = &mut self.mismatch
-            && feed.dropped > 0
-        {
-            log::warn!(
-                "alerts: the metadata-mismatch worker fell behind: {} events not checked",
-                feed.dropped
-            );
-            feed.dropped = 0;
+        // Every drop of the checkers' queues since the last tick: logged, counted in the
+        // metrics, and a history-gap fact (not only the first of the process).
+        let checks_dropped = [
+            (
+                "metadata-mismatch",
+                "mismatch_queue",
+                self.mismatch.as_ref().map_or(0, |w| w.take_dropped()),
+            ),
+            (
+                "layer-check",
+                "layer_check_queue",
+                self.layer_check.as_ref().map_or(0, |c| c.take_dropped()),
+            ),
+        ];
+        for (worker, _, n) in checks_dropped {
+            if n > 0 {
+                log::warn!(
+                    "{worker}: its queue was full: {n} check(s) not made since the last report"
+                );
+                crate::metrics::METRICS.checks_dropped(worker, n);
+            }
         }
         let Some(rules) = &mut self.rules else {
             return Vec::new();
         };
+        let since_ns = self.checks_reported_ns.replace(now_ns).unwrap_or(now_ns);
+        for (_, kind, n) in checks_dropped {
+            if n > 0 {
+                rules.check_dropped(kind, since_ns, now_ns, n, now_ns);
+            }
+        }
         if let Some(feed) = &mut self.detect
             && feed.dropped > 0
         {
@@ -551,14 +553,9 @@ impl DaemonAlerts {
         }
         // The detections first: they judge what is queued and hand their groups' last
         // revisions to the writer (still running). The metadata checks too: what is pending
-        // is checked at once.
-        if let Some(mut feed) = self.mismatch.take() {
-            drop(feed.tx.take());
-            if let Some(t) = feed.thread.take()
-                && t.join().is_err()
-            {
-                log::error!("alerts: the metadata-mismatch worker panicked");
-            }
+        // is checked until the stop's deadline, the rest named in the log.
+        if let Some(mut worker) = self.mismatch.take() {
+            worker.stop(crate::checkworker::STOP_BUDGET);
         }
         if let Some(mut feed) = self.detect.take() {
             drop(feed.tx.take());

@@ -14,26 +14,29 @@
 //!   (sandboxes without their metadata, containers whose snapshot is gone): the daemon starts
 //!   before containerd, so the operator hears it before containerd fails on it.
 //!
-//! The work is off the event loop, on one thread fed through a bounded queue the capture
-//! path never waits on; that thread runs at the lowest priority (`SCHED_IDLE`, nice 19, idle
-//! I/O class) and within a CPU budget ([`CPU_SHARE`] of one core, measured on its own CPU
-//! clock): a check never competes with containerd's unpacking nor with capture.
+//! The work is off the event loop, on a [`CheckWorker`] (one thread fed through a bounded
+//! queue the capture path never waits on, at the lowest priority: `SCHED_IDLE`, nice 19, idle
+//! I/O class; the `metadata-mismatch` worker is one too) and within a CPU budget
+//! ([`CPU_SHARE`] of one core, measured on its own CPU clock): a check never competes with
+//! containerd's unpacking nor with capture. At a stop the replay under way is abandoned and
+//! nothing queued is started (a replay takes longer than a stop may); the log names each
+//! check not made and the command that makes it (`ctrwatch audit`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use ctrwatch_alerts::alert::{FileRef, MAX_SAMPLE_PATHS, history_command};
 use ctrwatch_alerts::{Alert, Node, ResultSink};
 use ctrwatch_audit::{Context, Finding, Outcome, layers};
 use ctrwatch_config::{Config, RuleId, Severity};
 use ctrwatch_containerd::{Model, RootLayout, SnapshotKind};
 use ctrwatch_event::{ContainerdView, FileEvent, PathBytes, StorageKind, Verdict, format_rfc3339};
+
+use crate::checkworker::{CheckWorker, Checks, Feed, STOP_BUDGET, Stop};
 
 /// Messages waiting for the check thread at most: one per metadata reload that showed new
 /// commits (an image's layers usually arrive in one or a few), so this is plenty; beyond it
@@ -46,7 +49,8 @@ pub const CPU_SHARE: f64 = 0.25;
 /// A snapshot: (snapshotter, snapshotter key).
 pub type SnapshotRef = (String, String);
 
-enum Msg {
+/// What the check thread is asked to do.
+pub enum Msg {
     /// These snapshots of `layout` are to be replayed: newly committed, or marked since.
     Committed {
         layout: RootLayout,
@@ -77,11 +81,44 @@ impl Trigger {
     }
 }
 
+/// The snapshots (of an instance's root) whose replay is queued and not yet started: a new
+/// request for one of them is absorbed by it (repeated opaque marks on one layer queue one
+/// replay, not one each). The check thread takes a message's snapshots out when it starts
+/// on it, so that a mark made during a replay queues the next one.
+#[derive(Clone, Default)]
+struct Queued(Arc<std::sync::Mutex<BTreeSet<(PathBuf, SnapshotRef)>>>);
+
+impl Queued {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<(PathBuf, SnapshotRef)>> {
+        // Every update is a single insert or remove: a panic elsewhere leaves it consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Those of `snapshots` not already queued (now marked queued).
+    fn add(&self, root: &Path, snapshots: BTreeSet<SnapshotRef>) -> BTreeSet<SnapshotRef> {
+        let mut q = self.lock();
+        snapshots
+            .into_iter()
+            .filter(|s| q.insert((root.to_path_buf(), s.clone())))
+            .collect()
+    }
+
+    /// `snapshots` are no longer queued (started, or not queued after all).
+    fn remove(&self, root: &Path, snapshots: &BTreeSet<SnapshotRef>) {
+        let mut q = self.lock();
+        for s in snapshots {
+            q.remove(&(root.to_path_buf(), s.clone()));
+        }
+    }
+}
+
 /// The attribution's side of the check thread: a bounded queue it never waits on.
 #[derive(Clone)]
 pub struct CommitFeed {
-    tx: SyncSender<Msg>,
-    dropped: Arc<AtomicU64>,
+    feed: Feed<Msg>,
+    queued: Queued,
 }
 
 impl CommitFeed {
@@ -96,31 +133,33 @@ impl CommitFeed {
         self.replay(layout, BTreeSet::from([snapshot]), Trigger::OpaqueMark);
     }
 
+    /// Queued (what is already queued absorbs the request), or counted as dropped (reported
+    /// by the daemon every interval: [`LayerCheck::take_dropped`]).
     fn replay(&self, layout: &RootLayout, snapshots: BTreeSet<SnapshotRef>, trigger: Trigger) {
+        let snapshots = self.queued.add(&layout.root, snapshots);
+        if snapshots.is_empty() {
+            return;
+        }
         let n = snapshots.len() as u64;
         let msg = Msg::Committed {
             layout: layout.clone(),
-            snapshots,
+            snapshots: snapshots.clone(),
             trigger,
         };
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
-            let before = self.dropped.fetch_add(n, Ordering::Relaxed);
-            if before == 0 {
-                log::warn!(
-                    "layer check: its queue is full ({QUEUE} waiting): {n} committed \
-                     snapshot(s) of {} are not checked",
-                    ctrwatch_event::escape_path(&layout.root)
-                );
-            }
+        if !self.feed.send(msg, n) {
+            self.queued.remove(&layout.root, &snapshots);
         }
     }
 
     /// The metadata of `layout` was read for the first time: the after-crash verification
     /// of that instance can run.
     pub fn instance(&self, layout: &RootLayout) {
-        let _ = self.tx.try_send(Msg::Instance {
-            layout: layout.clone(),
-        });
+        self.feed.send(
+            Msg::Instance {
+                layout: layout.clone(),
+            },
+            0,
+        );
     }
 }
 
@@ -155,17 +194,9 @@ struct Settings {
 
 /// The check thread and its queue.
 pub struct LayerCheck {
-    tx: Option<SyncSender<Msg>>,
-    dropped: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Disconnected when the thread has ended.
-    ended: Option<Receiver<()>>,
+    worker: CheckWorker<Msg>,
+    queued: Queued,
 }
-
-/// How long a stop waits for a check in progress to notice it (between two reads of a blob,
-/// a check notices within a second; comparing a big directory cannot be interrupted).
-const STOP_WAIT: Duration = Duration::from_secs(2);
 
 impl LayerCheck {
     /// Starts the check thread for `config`'s rules (None when `layer-damaged`,
@@ -199,98 +230,36 @@ impl LayerCheck {
         {
             return Ok(None);
         }
-        let (tx, rx) = sync_channel(QUEUE);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let (ended_tx, ended) = sync_channel::<()>(0);
-        let thread = std::thread::Builder::new()
-            .name("layer-check".into())
-            .spawn(move || {
-                check_loop(settings, rx, out, &stopping);
-                drop(ended_tx);
-            })
-            .context("starting the layer check thread")?;
+        let queued = Queued::default();
+        let checks = LayerChecks {
+            settings,
+            out,
+            verified: BTreeSet::new(),
+            queued: queued.clone(),
+        };
         Ok(Some(LayerCheck {
-            tx: Some(tx),
-            dropped: Arc::default(),
-            stop,
-            thread: Some(thread),
-            ended: Some(ended),
+            worker: CheckWorker::start("layer-check", QUEUE, checks)?,
+            queued,
         }))
     }
 
     /// The queue's sending side, for the attribution.
     pub fn feed(&self) -> Option<CommitFeed> {
         Some(CommitFeed {
-            tx: self.tx.clone()?,
-            dropped: Arc::clone(&self.dropped),
+            feed: self.worker.feed()?,
+            queued: self.queued.clone(),
         })
     }
 
-    /// Stops the thread: a check under way is abandoned (its findings are not reported),
-    /// the queue is dropped. Waits at most [`STOP_WAIT`] for it: a check that does not
-    /// notice in time is left to end with the process.
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        drop(self.tx.take());
-        let ended = self
-            .ended
-            .take()
-            .map(|rx| rx.recv_timeout(STOP_WAIT))
-            .is_none_or(|r| r != Err(std::sync::mpsc::RecvTimeoutError::Timeout));
-        let Some(t) = self.thread.take() else { return };
-        if !ended {
-            log::warn!("layer check: a check in progress did not stop within {STOP_WAIT:?}");
-            return;
-        }
-        if t.join().is_err() {
-            log::error!("layer check: its thread panicked");
-        }
+    /// Committed snapshots not checked since the last call because the queue was full.
+    pub fn take_dropped(&self) -> u64 {
+        self.worker.take_dropped()
     }
-}
 
-/// Lowers the calling thread's CPU and I/O priority as far as it goes: `SCHED_IDLE`, nice 19,
-/// the idle I/O class. Best effort: the CPU budget holds anyway.
-fn lower_priority() {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-    let Ok(tid) = u32::try_from(tid) else { return };
-    // Zeroed rather than a struct literal: musl's sched_param has more fields than glibc's
-    // (the package's static build is musl). The raw syscall, because musl's
-    // sched_setscheduler() is a stub that always fails with ENOSYS.
-    // SAFETY: sched_param is plain integers; all zero is a valid value (priority 0).
-    let param: libc::sched_param = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param that outlives the
-    // call.
-    let set = unsafe {
-        libc::syscall(
-            libc::SYS_sched_setscheduler,
-            0,
-            libc::SCHED_IDLE,
-            &param as *const libc::sched_param,
-        )
-    };
-    if set != 0 {
-        log::debug!(
-            "layer check: SCHED_IDLE refused: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: plain syscall on this thread's id; a failure changes nothing.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-    }
-    // ioprio_set(IOPRIO_WHO_PROCESS, tid, IOPRIO_CLASS_IDLE << 13).
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_IDLE: libc::c_long = 3 << 13;
-    // SAFETY: plain syscall on this thread's id; a failure changes nothing.
-    unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            libc::c_long::from(tid),
-            IOPRIO_IDLE,
-        );
+    /// Stops the thread within [`STOP_BUDGET`]: a check under way is abandoned (its findings
+    /// are not reported), nothing queued is started; the log names what was not checked.
+    pub fn stop(&mut self) {
+        self.worker.stop(STOP_BUDGET);
     }
 }
 
@@ -374,41 +343,50 @@ impl<R: Read> Read for Paced<'_, '_, R> {
     }
 }
 
-fn check_loop(settings: Settings, rx: Receiver<Msg>, out: Arc<dyn ResultSink>, stop: &AtomicBool) {
-    lower_priority();
-    let mut verified: BTreeSet<PathBuf> = BTreeSet::new();
-    while let Ok(msg) = rx.recv() {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
+/// The check thread's state.
+struct LayerChecks {
+    settings: Settings,
+    out: Arc<dyn ResultSink>,
+    /// Instances whose after-crash verification ran.
+    verified: BTreeSet<PathBuf>,
+    /// Shared with the feeds: what is queued.
+    queued: Queued,
+}
+
+impl Checks for LayerChecks {
+    type Msg = Msg;
+
+    fn message(&mut self, msg: Msg, stop: &Stop) {
+        let settings = &self.settings;
         let alerts = match msg {
             Msg::Committed {
                 layout,
                 snapshots,
                 trigger,
             } => {
+                self.queued.remove(&layout.root, &snapshots);
                 if !settings.layer_damaged.enabled && !settings.opaque_leak.enabled {
-                    continue;
+                    return;
                 }
-                at_commit(&settings, &layout, &snapshots, trigger, stop)
+                at_commit(settings, &layout, &snapshots, trigger, stop.flag())
             }
             Msg::Instance { layout } => {
                 let Some(since_ns) = settings.after_crash_since_ns else {
-                    continue;
+                    return;
                 };
-                if !verified.insert(layout.root.clone()) {
-                    continue;
+                if !self.verified.insert(layout.root.clone()) {
+                    return;
                 }
-                after_crash(&settings, &layout, since_ns, stop)
+                after_crash(settings, &layout, since_ns, stop.flag())
             }
         };
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
         for a in alerts {
             match ctrwatch_alerts::outbox::AlertRecord::of(&a) {
                 Ok(r) => {
-                    if !out.send(ctrwatch_alerts::OutboxWrite::Alert(Box::new(r))) {
+                    if !self
+                        .out
+                        .send(ctrwatch_alerts::OutboxWrite::Alert(Box::new(r)))
+                    {
                         log::warn!("layer check: the store writer has stopped; an alert is lost");
                     }
                 }
@@ -416,6 +394,55 @@ fn check_loop(settings: Settings, rx: Receiver<Msg>, out: Arc<dyn ResultSink>, s
             }
         }
     }
+
+    /// Nothing queued is started (a replay takes longer than a stop may): each is named.
+    fn at_stop(&mut self, queued: Vec<Msg>, _stop: &Stop) {
+        for msg in queued {
+            match msg {
+                Msg::Committed {
+                    layout,
+                    snapshots,
+                    trigger,
+                } => {
+                    if self.settings.layer_damaged.enabled || self.settings.opaque_leak.enabled {
+                        not_checked(&layout, &snapshots, trigger.when());
+                    }
+                }
+                Msg::Instance { layout } => {
+                    if self.settings.after_crash_since_ns.is_some()
+                        && !self.verified.contains(&layout.root)
+                    {
+                        log::warn!(
+                            "layer check: stopping: the after-crash verification of {} was not \
+                             made; `ctrwatch audit --root {0}` makes it",
+                            ctrwatch_event::escape_path(&layout.root)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Logs that `snapshots` of `layout` were not checked (`when`) because the daemon stopped.
+fn not_checked(layout: &RootLayout, snapshots: &BTreeSet<SnapshotRef>, when: &str) {
+    let names: Vec<String> = snapshots
+        .iter()
+        .map(|(sn, key)| {
+            format!(
+                "{} {}",
+                ctrwatch_event::escape(sn),
+                ctrwatch_event::escape(key)
+            )
+        })
+        .collect();
+    log::warn!(
+        "layer check: stopping: {} snapshot(s) of {} not checked {when}: {}; `ctrwatch audit \
+         --root {1}` checks them",
+        snapshots.len(),
+        ctrwatch_event::escape_path(&layout.root),
+        crate::checkworker::some_of(&names, 10),
+    );
 }
 
 /// What one check replayed, for the log and the benchmark.
@@ -452,7 +479,10 @@ fn replay(ctx: &Context, stop: &AtomicBool) -> Option<(Outcome, Checked)> {
             }
             // Removed since the plan (garbage collection): what needs no tar.
             Err(e) => {
-                log::debug!("layer check: blob {}: {e}", job.blob);
+                log::debug!(
+                    "layer check: blob {}: {e}",
+                    ctrwatch_event::escape(&job.blob)
+                );
                 out.merge(layers::check_without_blob(ctx, job));
             }
         }
@@ -515,6 +545,7 @@ fn at_commit(
     let load = loading.elapsed();
     let ctx = Context::for_snapshots(model, snapshots);
     let Some((outcome, mut checked)) = replay(&ctx, stop) else {
+        not_checked(layout, snapshots, trigger.when());
         return Vec::new();
     };
     checked.load = load;
@@ -658,7 +689,11 @@ fn log_checked(
                 .snapshot_by_key(sn, key)
                 .and_then(|i| i.chain_id)
                 .unwrap_or_else(|| key.clone());
-            format!("{sn} {}", ctrwatch_event::escape(&chain))
+            format!(
+                "{} {}",
+                ctrwatch_event::escape(sn),
+                ctrwatch_event::escape(&chain)
+            )
         })
         .collect();
     log::info!(
@@ -704,6 +739,7 @@ fn after_crash(
     let load = loading.elapsed();
     let mut ctx = Context::for_snapshots(model, &recent);
     let Some((mut outcome, mut checked)) = replay(&ctx, stop) else {
+        not_checked(layout, &recent, "after an unclean stop");
         return Vec::new();
     };
     checked.load = load;
@@ -1036,6 +1072,74 @@ fn alert_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stands for the check thread: takes a message's snapshots out of the queued set when
+    /// it starts on it (as [`LayerChecks::message`] does), then waits for the test.
+    struct Gate {
+        got: Arc<std::sync::Mutex<Vec<BTreeSet<SnapshotRef>>>>,
+        queued: Queued,
+        open: Arc<AtomicBool>,
+    }
+
+    impl Checks for Gate {
+        type Msg = Msg;
+        fn message(&mut self, msg: Msg, stop: &Stop) {
+            if let Msg::Committed {
+                layout, snapshots, ..
+            } = msg
+            {
+                self.queued.remove(&layout.root, &snapshots);
+                while !self.open.load(Ordering::Relaxed) && !stop.stopping() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                self.got.lock().unwrap().push(snapshots);
+            }
+        }
+        fn at_stop(&mut self, queued: Vec<Msg>, _stop: &Stop) {
+            for m in queued {
+                if let Msg::Committed { snapshots, .. } = m {
+                    self.got.lock().unwrap().push(snapshots);
+                }
+            }
+        }
+    }
+
+    /// 100 opaque marks on one committed layer while its replay waits queue one replay (two
+    /// when the thread started on the first before the others came), not 100.
+    #[test]
+    fn repeated_marks_on_a_layer_queue_one_replay() {
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicBool::new(false));
+        let queued = Queued::default();
+        let mut worker = CheckWorker::start(
+            "test-layer-check",
+            QUEUE,
+            Gate {
+                got: Arc::clone(&got),
+                queued: queued.clone(),
+                open: Arc::clone(&open),
+            },
+        )
+        .unwrap();
+        let feed = CommitFeed {
+            feed: worker.feed().unwrap(),
+            queued,
+        };
+        let layout = RootLayout::new(Path::new("/var/lib/containerd"));
+        let layer: SnapshotRef = ("overlayfs".into(), "sha256:abc".into());
+        for _ in 0..100 {
+            feed.marked(&layout, layer.clone());
+        }
+        open.store(true, Ordering::Relaxed);
+        worker.stop(Duration::from_secs(5));
+        let got = got.lock().unwrap();
+        assert!(
+            (1..=2).contains(&got.len()),
+            "{} replays queued for one layer",
+            got.len()
+        );
+        assert_eq!(worker.take_dropped(), 0);
+    }
 
     #[test]
     fn commit_rules_split_opaque_marks_from_damage_and_skip_what_the_tar_says() {

@@ -5,6 +5,7 @@
 //! store).
 pub mod alerting;
 pub mod cgroup;
+pub mod checkworker;
 pub mod containerd;
 pub mod daemon;
 pub mod enrich;

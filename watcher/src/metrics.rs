@@ -126,6 +126,9 @@ struct DurationSummary {
     sum_ns: AtomicU64,
 }
 
+/// The low-priority checkers ([`crate::checkworker`]), as the `worker` label names them.
+pub const CHECKERS: [&str; 2] = ["layer-check", "metadata-mismatch"];
+
 /// The registry. Every field is updated in place; nothing is reset while the daemon runs
 /// (counters only go up, as Prometheus expects).
 pub struct Metrics {
@@ -147,6 +150,8 @@ pub struct Metrics {
     /// Store operations of the writer that failed (appends, commits, heartbeats, outbox
     /// writes, the facts' reads).
     store_errors: AtomicU64,
+    /// Checks the low-priority workers' queues dropped, by worker ([`CHECKERS`] order).
+    checks_dropped: [AtomicU64; CHECKERS.len()],
     mapping_refresh: DurationSummary,
     /// The capture backend and how many of its programs are attached.
     programs: Mutex<Option<(String, usize)>>,
@@ -178,6 +183,7 @@ impl Metrics {
             store: Mutex::new(None),
             store_read_at: Mutex::new(None),
             store_errors: AtomicU64::new(0),
+            checks_dropped: [const { AtomicU64::new(0) }; CHECKERS.len()],
             mapping_refresh: DurationSummary {
                 count: AtomicU64::new(0),
                 sum_ns: AtomicU64::new(0),
@@ -245,6 +251,13 @@ impl Metrics {
     /// they feed disappear until the next successful read; the age of the last one grows.
     pub fn store_facts_unavailable(&self) {
         *lock(&self.store) = None;
+    }
+
+    /// The queue of checker `worker` (one of [`CHECKERS`]) dropped `n` checks.
+    pub fn checks_dropped(&self, worker: &str, n: u64) {
+        if let Some(i) = CHECKERS.iter().position(|w| *w == worker) {
+            self.checks_dropped[i].fetch_add(n, Relaxed);
+        }
     }
 
     /// A store operation of the writer failed.
@@ -354,6 +367,18 @@ impl Metrics {
             &[],
             self.store_errors.load(Relaxed) as f64,
         );
+        out.family(
+            "ctrwatch_checks_dropped_total",
+            "counter",
+            "Checks the low-priority checkers did not make because their queue was full (layer-check: committed snapshots not replayed; metadata-mismatch: events not checked).",
+        );
+        for (worker, n) in CHECKERS.iter().zip(&self.checks_dropped) {
+            out.sample(
+                "ctrwatch_checks_dropped_total",
+                &[("worker", worker)],
+                n.load(Relaxed) as f64,
+            );
+        }
         if let Some(at) = *lock(&self.store_read_at) {
             out.family(
                 "ctrwatch_store_facts_age_seconds",

@@ -1,20 +1,23 @@
 //! The `metadata-mismatch` worker: the checks [`ctrwatch_alerts::detect::mismatch`] asks for,
-//! made on a thread of their own at low priority, never on the capture path: after a
-//! subject's settle delay it reads containerd's metadata again (the lock-free bolt reader,
-//! [`Model::load_layout`]) for a removed snapshot directory, or hashes a written blob (at
-//! most [`MAX_HASH_BYTES`]), and hands the alerts to the store writer.
+//! made on a [`CheckWorker`] (the low-priority thread the layer check uses too), never on
+//! the capture path: after a subject's settle delay it reads containerd's metadata again (the
+//! lock-free bolt reader, [`Model::load_layout`]) for a removed snapshot directory, or hashes
+//! a written blob (at most [`MAX_HASH_BYTES`]), and hands the alerts to the store writer. At
+//! a stop, what is pending is checked until the stop's deadline ([`STOP_BUDGET`]); the log
+//! names what was not.
 
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use ctrwatch_alerts::Alert;
 use ctrwatch_alerts::detect::mismatch::{Checker, Pending, SnapshotRecord, Subject};
 use ctrwatch_event::FileEvent;
+use ctrwatch_event::time::Clock;
 use sha2::{Digest as _, Sha256};
 
+use crate::checkworker::{CheckWorker, Checks, STOP_BUDGET, Stop, some_of};
 use crate::containerd::{Model, RootLayout, fsx};
 
 /// Blobs larger than this are not hashed (a check must not read the disk for minutes); the
@@ -22,71 +25,118 @@ use crate::containerd::{Model, RootLayout, fsx};
 pub const MAX_HASH_BYTES: u64 = 1 << 30;
 /// Events waiting for the worker at most (beyond: counted, not judged).
 pub const QUEUE: usize = 4096;
-/// The longest the worker sleeps without looking at its pending checks.
-const TICK: Duration = Duration::from_millis(250);
 
-/// Lowers the calling thread's CPU priority (nice 19): hashing a blob competes with nothing
-/// the node runs. Best effort.
-fn lower_priority() {
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
-    // this thread's nice value.
-    let rc = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
-    };
-    if rc != 0 {
-        log::debug!(
-            "metadata-mismatch: could not lower the worker's priority: {}",
-            std::io::Error::last_os_error()
+/// The worker (a [`CheckWorker`]): events in through [`CheckWorker::send`], alerts out
+/// through `send`.
+pub fn start(
+    checker: Checker,
+    send: impl Fn(Vec<Alert>) + Send + 'static,
+) -> anyhow::Result<CheckWorker<Box<FileEvent>>> {
+    CheckWorker::start(
+        "metadata-mismatch",
+        QUEUE,
+        MismatchChecks {
+            checker,
+            clock: Clock::process(),
+            send,
+            reported_drops: 0,
+        },
+    )
+}
+
+/// The rule's state machine and where its alerts go.
+struct MismatchChecks<F> {
+    checker: Checker,
+    clock: Clock,
+    send: F,
+    reported_drops: u64,
+}
+
+impl<F: Fn(Vec<Alert>) + Send + 'static> Checks for MismatchChecks<F> {
+    type Msg = Box<FileEvent>;
+
+    fn message(&mut self, ev: Box<FileEvent>, _stop: &Stop) {
+        self.checker.event(&ev, self.clock.now_ns());
+        if self.checker.dropped > self.reported_drops {
+            log::warn!(
+                "metadata-mismatch: {} events not checked (too many subjects pending)",
+                self.checker.dropped - self.reported_drops
+            );
+            self.reported_drops = self.checker.dropped;
+        }
+    }
+
+    fn next_due(&self) -> Option<Duration> {
+        let now = self.clock.now_ns();
+        let due = self.checker.next_due_ns()?;
+        Some(Duration::from_nanos(
+            u64::try_from(due.saturating_sub(now)).unwrap_or(0),
+        ))
+    }
+
+    fn run_due(&mut self, stop: &Stop) {
+        let now = self.clock.now_ns();
+        let due = self.checker.due(now, false);
+        if due.is_empty() {
+            return;
+        }
+        let mut skipped = Vec::new();
+        let alerts = check(&mut self.checker, due, now, true, stop, &mut skipped);
+        (self.send)(alerts);
+        log_skipped(&skipped);
+    }
+
+    /// What is pending (and queued) is checked, oldest first, until the stop's deadline; what
+    /// is left is named in the log.
+    fn at_stop(&mut self, queued: Vec<Box<FileEvent>>, stop: &Stop) {
+        for ev in queued {
+            self.checker.event(&ev, self.clock.now_ns());
+        }
+        let now = self.clock.now_ns();
+        let mut alerts = Vec::new();
+        let mut skipped = Vec::new();
+        for p in self.checker.due(now, true) {
+            if stop.past_deadline() {
+                skipped.push(p.subject.key());
+                continue;
+            }
+            alerts.extend(check(
+                &mut self.checker,
+                vec![p],
+                now,
+                false,
+                stop,
+                &mut skipped,
+            ));
+        }
+        (self.send)(alerts);
+        log_skipped(&skipped);
+    }
+}
+
+/// Says which checks a stop cut short.
+fn log_skipped(skipped: &[String]) {
+    if !skipped.is_empty() {
+        log::warn!(
+            "metadata-mismatch: stopping: {} check(s) not made within the stop's {STOP_BUDGET:?}, \
+             not checked: {}",
+            skipped.len(),
+            some_of(skipped, 10)
         );
     }
 }
 
-/// The worker's loop: events in (until the sender goes), checks when due, alerts out through
-/// `send`. At the end, what is still pending is checked at once.
-pub fn run(mut checker: Checker, rx: Receiver<Box<FileEvent>>, send: impl Fn(Vec<Alert>)) {
-    lower_priority();
-    let clock = ctrwatch_event::time::Clock::process();
-    let mut reported_drops = 0;
-    loop {
-        let now = clock.now_ns();
-        let wait = checker
-            .next_due_ns()
-            .map(|due| Duration::from_nanos(u64::try_from(due.saturating_sub(now)).unwrap_or(0)))
-            .map_or(TICK, |d| d.min(TICK));
-        let finished = match rx.recv_timeout(wait) {
-            Ok(ev) => {
-                checker.event(&ev, clock.now_ns());
-                // Take what else is queued before checking.
-                while let Ok(ev) = rx.try_recv() {
-                    checker.event(&ev, clock.now_ns());
-                }
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        if checker.dropped > reported_drops {
-            log::warn!(
-                "metadata-mismatch: {} events not checked (too many subjects pending)",
-                checker.dropped - reported_drops
-            );
-            reported_drops = checker.dropped;
-        }
-        let now = clock.now_ns();
-        let due = checker.due(now, finished);
-        if !due.is_empty() {
-            send(check(&mut checker, due, now, !finished));
-        }
-        if finished {
-            return;
-        }
-    }
-}
-
 /// Makes the checks of `due`: the alerts to raise. With `may_retry`, a check whose metadata
-/// could not be read goes back to wait.
-fn check(checker: &mut Checker, due: Vec<Pending>, now_ns: i64, may_retry: bool) -> Vec<Alert> {
+/// could not be read goes back to wait. A blob whose hash the stop's deadline cut short is
+/// added to `skipped` (its key, escaped).
+fn check(
+    checker: &mut Checker,
+    due: Vec<Pending>,
+    now_ns: i64,
+    may_retry: bool,
+    stop: &Stop,
+    skipped: &mut Vec<String>,
+) -> Vec<Alert> {
     let mut alerts = Vec::new();
     // One read of each instance's metadata per round.
     let mut models: HashMap<(PathBuf, String, PathBuf), Result<Model, String>> = HashMap::new();
@@ -122,16 +172,22 @@ fn check(checker: &mut Checker, due: Vec<Pending>, now_ns: i64, may_retry: bool)
                     )),
                 }
             }
-            Subject::BlobWritten { path, digest } => {
-                match hash_blob(path) {
-                    Ok(Some((found, size))) if found != *digest => {
+            Subject::BlobWritten { root, path, digest } => {
+                match hash_blob(root, path, stop) {
+                    Ok(Hashed::Digest(found, size)) if found != *digest => {
                         if let Some(a) = checker.blob_alert(&p, &found, size) {
                             checker.alerted(&p, now_ns);
                             alerts.push(a);
                         }
                     }
+                    Ok(Hashed::Interrupted) => {
+                        skipped.push(p.subject.key());
+                    }
                     Ok(_) => {}
-                    Err(e) => log::info!("metadata-mismatch: blob {digest} not checked: {e}"),
+                    Err(e) => log::info!(
+                        "metadata-mismatch: blob {} not checked: {e}",
+                        ctrwatch_event::escape(digest)
+                    ),
                 }
                 None
             }
@@ -171,15 +227,25 @@ fn record(model: &Model, snapshotter: &str, id: u64) -> Option<SnapshotRecord> {
     })
 }
 
-/// The blob's sha256 digest and size; None when it is gone (collected), too large, or not
-/// a sha256 blob. Opened without following a symlink, never blocking (a FIFO put there).
-fn hash_blob(path: &Path) -> Result<Option<(String, u64)>, String> {
-    let Some(blobs) = path.parent() else {
-        return Ok(None);
-    };
-    let mut file = match fsx::open_file_beneath(blobs, path) {
+/// What hashing a blob gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Hashed {
+    /// `sha256:<hex>` and the size.
+    Digest(String, u64),
+    /// Nothing to judge: gone (collected), larger than [`MAX_HASH_BYTES`] (logged).
+    Nothing,
+    /// The stop's deadline passed while it was read.
+    Interrupted,
+}
+
+/// Hashes the blob at `path`. Opened beneath containerd's `root`: no component below it
+/// (`blobs/`, `sha256/`, the blob) is followed if it is a symlink, so a planted link cannot
+/// make the check read (and report the hash and size of) a file outside the root. Never
+/// blocks (a FIFO put there is refused). Reading stops once the stop's deadline passed.
+fn hash_blob(root: &Path, path: &Path, stop: &Stop) -> Result<Hashed, String> {
+    let mut file = match fsx::open_file_beneath(root, path) {
         Ok(f) => f,
-        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) if e.is_not_found() => return Ok(Hashed::Nothing),
         Err(e) => return Err(e.to_string()),
     };
     let size = file
@@ -191,12 +257,15 @@ fn hash_blob(path: &Path) -> Result<Option<(String, u64)>, String> {
             "metadata-mismatch: {} not hashed: {size} bytes, more than {MAX_HASH_BYTES}",
             ctrwatch_event::escape_path(path)
         );
-        return Ok(None);
+        return Ok(Hashed::Nothing);
     }
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut read = 0u64;
     loop {
+        if stop.past_deadline() {
+            return Ok(Hashed::Interrupted);
+        }
         let n = file
             .read(&mut buf)
             .map_err(|e| format!("{}: {e}", ctrwatch_event::escape_path(path)))?;
@@ -205,12 +274,66 @@ fn hash_blob(path: &Path) -> Result<Option<(String, u64)>, String> {
         }
         read += n as u64;
         if read > MAX_HASH_BYTES {
-            return Ok(None);
+            return Ok(Hashed::Nothing);
         }
         h.update(&buf[..n]);
     }
-    Ok(Some((
+    Ok(Hashed::Digest(
         format!("sha256:{}", ctrwatch_event::hex(&h.finalize())),
         read,
-    )))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A scratch containerd root with a content store: (base dir, root, `blobs/sha256`).
+    fn content_root(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let base =
+            std::env::temp_dir().join(format!("ctrwatch-mismatch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("root");
+        let sha256 = root.join("io.containerd.content.v1.content/blobs/sha256");
+        std::fs::create_dir_all(&sha256).unwrap();
+        (base, root, sha256)
+    }
+
+    /// `blobs/sha256` replaced by a symlink to a directory outside the root holding a file of
+    /// the blob's name: the check must not read that file (the first version opened beneath
+    /// the blob's parent, so the symlinked parent was followed).
+    #[test]
+    fn a_symlinked_directory_above_the_blob_is_not_followed() {
+        let (base, root, sha256) = content_root("symlink");
+        let hex = "ab".repeat(32);
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join(&hex), b"secret outside the root").unwrap();
+        std::fs::remove_dir(&sha256).unwrap();
+        symlink(&outside, &sha256).unwrap();
+        let blob = sha256.join(&hex);
+        assert!(std::fs::read(&blob).is_ok(), "the planted path leads out");
+        let r = hash_blob(&root, &blob, &Stop::default());
+        assert!(
+            !matches!(r, Ok(Hashed::Digest(..))),
+            "the file outside the root was read: {r:?}"
+        );
+        let e = r.expect_err("refused, and said so");
+        assert!(e.contains("symbolic link"), "{e}");
+
+        // The same blob in a plain directory is hashed.
+        std::fs::remove_file(&sha256).unwrap();
+        std::fs::create_dir_all(&sha256).unwrap();
+        std::fs::write(&blob, b"hello").unwrap();
+        assert_eq!(
+            hash_blob(&root, &blob, &Stop::default()),
+            Ok(Hashed::Digest(
+                "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
+                5
+            ))
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

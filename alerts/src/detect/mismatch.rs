@@ -32,6 +32,9 @@ use crate::alert::{Alert, FileRef, MAX_EVENTS, MAX_SAMPLE_PATHS, Node, history_c
 /// How long after a subject's last event it is checked: containerd's metadata update lands
 /// by then, and a writer's burst is over.
 pub const SETTLE: Duration = Duration::from_secs(2);
+/// The longest a blob's check waits after the first event of a burst, however long its
+/// writer goes on: one touching it every second would otherwise postpone it for ever.
+pub const MAX_POSTPONE: Duration = Duration::from_secs(10);
 /// Subjects waiting for their check at most; beyond, events are counted and not judged.
 pub const MAX_PENDING: usize = 4096;
 /// containerd's content store directory under its root.
@@ -55,6 +58,9 @@ pub enum Subject {
     },
     /// A committed blob's file was written or replaced.
     BlobWritten {
+        /// containerd's root (the event's `containerd.root`): the blob is opened beneath it,
+        /// no component below it followed if a symlink.
+        root: PathBuf,
         /// The blob's path.
         path: PathBuf,
         /// `sha256:<hex>`: what its name says it holds.
@@ -63,7 +69,8 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// The alert's grouping key (and the pending map's): one alert per subject.
+    /// The alert's grouping key (and the pending map's): one alert per subject. Paths in it
+    /// are escaped ([`ctrwatch_event::escape_path`]): it is shown as it is.
     pub fn key(&self) -> String {
         match self {
             Subject::SnapshotGone {
@@ -72,10 +79,13 @@ impl Subject {
                 ..
             } => format!(
                 "metadata-mismatch snapshot {}/snapshots/{id}",
-                snapshotter_root.display()
+                ctrwatch_event::escape_path(snapshotter_root)
             ),
             Subject::BlobWritten { path, .. } => {
-                format!("metadata-mismatch blob {}", path.display())
+                format!(
+                    "metadata-mismatch blob {}",
+                    ctrwatch_event::escape_path(path)
+                )
             }
         }
     }
@@ -139,6 +149,7 @@ pub fn candidate(ev: &FileEvent) -> Option<Subject> {
             let to = ev.new_path.as_ref()?;
             let digest = blob_digest_of(view.root.as_bytes(), to.as_bytes())?;
             Some(Subject::BlobWritten {
+                root: path_of(&view.root),
                 path: path_of(to),
                 digest,
             })
@@ -148,6 +159,7 @@ pub fn candidate(ev: &FileEvent) -> Option<Subject> {
         {
             let digest = blob_digest_of(view.root.as_bytes(), ev.path.as_bytes())?;
             Some(Subject::BlobWritten {
+                root: path_of(&view.root),
                 path: path_of(&ev.path),
                 digest,
             })
@@ -171,6 +183,8 @@ pub struct Pending {
     pub last_ns: i64,
     /// Checked at (wall clock, ns).
     pub due_ns: i64,
+    /// When its first event was seen (wall clock, ns): bounds the postponement.
+    pub opened_ns: i64,
     /// Checks that could not read the metadata yet (retried a few times).
     pub attempts: u32,
 }
@@ -235,9 +249,10 @@ impl Checker {
             if p.events.len() < MAX_EVENTS {
                 p.events.push(ev.clone());
             }
-            // A writer still at it: its blob is hashed once it stops.
+            // A writer still at it: its blob is hashed once it stops, but no later than
+            // MAX_POSTPONE after the burst began (a writer that never stops is checked too).
             if matches!(p.subject, Subject::BlobWritten { .. }) {
-                p.due_ns = due_ns;
+                p.due_ns = due_ns.min(p.opened_ns.saturating_add(ns(MAX_POSTPONE)));
             }
             return;
         }
@@ -254,6 +269,7 @@ impl Checker {
                 first_ns: ev.time_ns,
                 last_ns: ev.time_ns,
                 due_ns,
+                opened_ns: now_ns,
                 attempts: 0,
             },
         );
@@ -371,7 +387,7 @@ impl Checker {
              containerd's metadata still records it (key {}): containerd will fail to mount \
              or unpack onto it",
             verb(first.op),
-            ctrwatch_event::escape(&dir.display().to_string()),
+            ctrwatch_event::escape_path(dir),
             ctrwatch_event::escape(snapshotter),
             ctrwatch_event::escape(&metadata.key),
         );
@@ -410,7 +426,7 @@ impl Checker {
 
     /// The alert for a blob whose content hashes to `found` instead of its name's digest.
     pub fn blob_alert(&self, p: &Pending, found: &str, size: u64) -> Option<Alert> {
-        let Subject::BlobWritten { path, digest } = &p.subject else {
+        let Subject::BlobWritten { path, digest, .. } = &p.subject else {
             return None;
         };
         let first = p.events.first()?;
@@ -683,6 +699,51 @@ mod tests {
             format!("sha256:{}", "ab".repeat(32))
         );
         assert!(a.command.starts_with("ctrwatch history "), "{}", a.command);
+    }
+
+    /// A writer that touches a blob more often than the settle delay (every second here, for
+    /// a minute) postponed its check for as long as it went on: the check now comes at most
+    /// [`MAX_POSTPONE`] after the burst's first event, even while the writes go on.
+    #[test]
+    fn a_writer_that_never_stops_does_not_postpone_the_check_forever() {
+        let mut c = checker();
+        let mut checked_at = None;
+        for i in 0..60 {
+            let now = T0 + i * S;
+            c.event(
+                &event(now, Op::Modify, &blob_path(), None, StorageKind::Blob),
+                now,
+            );
+            if !c.due(now, false).is_empty() {
+                checked_at = Some(i);
+                break;
+            }
+        }
+        let at = checked_at.expect("no check within a minute of writes every second");
+        assert!(
+            at * S <= ns(MAX_POSTPONE),
+            "checked {at} s after the first write"
+        );
+    }
+
+    /// Keys are shown in logs and alerts as they are: a path with a newline or a terminal
+    /// escape in it is escaped (the first version used `Path::display`).
+    #[test]
+    fn keys_escape_their_paths() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = b"/r/io.containerd.snapshotter.v1.overlayfs\n\x1b[2J\xff";
+        let s = Subject::SnapshotGone {
+            root: PathBuf::from("/r"),
+            snapshotter: "overlayfs".into(),
+            snapshotter_root: PathBuf::from(std::ffi::OsStr::from_bytes(dir)),
+            id: 7,
+            dir: PathBuf::from("/r/x/snapshots/7"),
+        };
+        assert_eq!(
+            s.key(),
+            "metadata-mismatch snapshot \
+             /r/io.containerd.snapshotter.v1.overlayfs\\x0a\\x1b[2J\\xff/snapshots/7"
+        );
     }
 
     #[test]

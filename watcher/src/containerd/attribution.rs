@@ -501,6 +501,27 @@ impl Attributor {
             }
         };
         let mut view = self.describe(idx, path);
+        // A rename or link from elsewhere (inside the root or not) into a committed layer or
+        // the metadata changes the destination: that is what is judged (a `mv tmp-x
+        // …/snapshots/N/fs/pause` by a foreign process is a foreign change of layer N).
+        let (idx, path) = match new_path {
+            Some(np) if np != path && !changes_the_store(&view) => {
+                match self.instances.iter().position(|t| t.contains(np)) {
+                    Some(j) => {
+                        let dest = self.describe(j, np);
+                        if changes_the_store(&dest) {
+                            view = dest;
+                            view.of_new_path = true;
+                            (j, np)
+                        } else {
+                            (idx, path)
+                        }
+                    }
+                    None => (idx, path),
+                }
+            }
+            _ => (idx, path),
+        };
         let (mut verdict, mut reason) = self.verdict(idx, process, processes, &view, path);
         // containerd restarted (new pid) since discovery: look again, once a second at most.
         let looks_like_containerd = process.comm == "containerd"
@@ -764,6 +785,12 @@ fn read_ppid(pid: u32) -> Option<u32> {
     // comm may contain spaces and parentheses: the fields follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// Whether a change of what `view` describes is one the rules judge as a change of the store
+/// itself: a committed layer's files or containerd's metadata.
+fn changes_the_store(view: &ContainerdView) -> bool {
+    view.is_committed_layer() || view.kind == StorageKind::Metadata
 }
 
 #[cfg(test)]

@@ -79,13 +79,13 @@ pub enum KernelError {
     NoBackend(String),
     #[error("loading the eBPF object failed (are you root with CAP_BPF/CAP_SYS_ADMIN?): {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {}: {source}", ctrwatch_event::escape(name))]
     Program {
         name: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {}: {source}", ctrwatch_event::escape(name))]
     Map {
         name: &'static str,
         #[source]
@@ -394,7 +394,7 @@ impl KernelWatch {
             }
             map.pin(set.maps().join(name))
                 .map_err(|source| KernelError::Pin {
-                    what: format!("map {name}"),
+                    what: format!("map {}", ctrwatch_event::escape(name)),
                     source,
                 })?;
         }
@@ -415,13 +415,13 @@ impl KernelWatch {
                 Link::Adopted(l) => Ok(l),
             };
             let fd = fd.map_err(|e| KernelError::Adopt {
-                what: format!("link {name}"),
+                what: format!("link {}", ctrwatch_event::escape(name)),
                 detail: format!("not a bpf_link, cannot be pinned: {e}"),
             })?;
             let pinned = fd
                 .pin(set.links().join(name))
                 .map_err(|source| KernelError::Pin {
-                    what: format!("link {name}"),
+                    what: format!("link {}", ctrwatch_event::escape(name)),
                     source,
                 })?;
             self.links.push(Link::Pinned(pinned));
@@ -457,7 +457,7 @@ impl KernelWatch {
         let mut maps = HashMap::new();
         for name in map_names {
             let adopt_error = |detail: String| KernelError::Adopt {
-                what: format!("map {name}"),
+                what: format!("map {}", ctrwatch_event::escape(&name)),
                 detail,
             };
             let data = MapData::from_pin(set.maps().join(&name))
@@ -514,7 +514,7 @@ impl KernelWatch {
             .collect();
         for name in link_names {
             let adopt_error = |detail: String| KernelError::Adopt {
-                what: format!("link {name}"),
+                what: format!("link {}", ctrwatch_event::escape(&name)),
                 detail,
             };
             let link = FdLink::from(

@@ -54,14 +54,14 @@ pub fn is_set_name(name: &str) -> bool {
     reason = "each variant's #[error] message says what it is"
 )]
 pub enum PinError {
-    #[error("{}: not on a BPF file system (bpffs); pins need one, e.g. under /sys/fs/bpf", .0.display())]
+    #[error("{}: not on a BPF file system (bpffs); pins need one, e.g. under /sys/fs/bpf", ctrwatch_event::escape_path(.0))]
     NotBpffs(PathBuf),
     #[error("mounting bpffs on {BPFFS_MOUNT}: {0}")]
     Mount(std::io::Error),
     #[error(
         "{}: another ctrwatch daemon uses this pin directory (waited {} s); one directory per \
          daemon",
-        path.display(),
+        ctrwatch_event::escape_path(path),
         waited.as_secs()
     )]
     Busy {
@@ -71,7 +71,7 @@ pub enum PinError {
     #[error(
         "{}: a ctrwatch daemon is running with these pins (it holds the directory's lock; \
          waited {} s): stop it first (`systemctl stop` removes the pins itself)",
-        path.display(),
+        ctrwatch_event::escape_path(path),
         waited.as_secs()
     )]
     InUse {
@@ -81,10 +81,10 @@ pub enum PinError {
     #[error(
         "{}: owned by uid {uid} with mode {mode:04o}; pins are removed only from a directory \
          that only root can change (owned by root, no group or other write)",
-        path.display()
+        ctrwatch_event::escape_path(path)
     )]
     Unsafe { path: PathBuf, uid: u32, mode: u32 },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", ctrwatch_event::escape_path(path))]
     Io {
         path: PathBuf,
         #[source]
@@ -510,6 +510,33 @@ impl PinDirFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pin path comes from `--pin-dir` and the directory's entries: shown escaped (the
+    /// first version used `Path::display`, which lets a newline or a terminal escape through).
+    #[test]
+    fn pin_errors_escape_their_paths() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/sys/fs/bpf/a\nb\x1b[0m\xff"));
+        let e = PinError::Io {
+            path: path.clone(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("/sys/fs/bpf/a\\x0ab\\x1b[0m\\xff: "),
+            "{e}"
+        );
+        assert!(
+            PinError::NotBpffs(path.clone())
+                .to_string()
+                .starts_with("/sys/fs/bpf/a\\x0ab\\x1b[0m\\xff: not on a BPF"),
+        );
+        let busy = PinError::Busy {
+            path,
+            waited: std::time::Duration::from_secs(1),
+        };
+        assert!(!busy.to_string().contains('\n'), "{busy}");
+    }
 
     #[test]
     fn the_set_name_follows_the_object() {
