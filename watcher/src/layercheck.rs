@@ -53,12 +53,18 @@ pub type SnapshotRef = (String, String);
 pub enum Msg {
     /// These snapshots of `layout` are to be replayed: newly committed, or marked since.
     Committed {
+        /// The containerd root and its snapshotters' layouts.
         layout: RootLayout,
+        /// The snapshots to replay.
         snapshots: BTreeSet<SnapshotRef>,
+        /// Why: said in the log line and the alert.
         trigger: Trigger,
     },
     /// The metadata of `layout` was read for the first time since the start.
-    Instance { layout: RootLayout },
+    Instance {
+        /// The containerd root and its snapshotters' layouts.
+        layout: RootLayout,
+    },
 }
 
 /// Why a committed layer is replayed: said in the log line and in the alert.
