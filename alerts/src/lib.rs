@@ -12,6 +12,7 @@
 //!   HTTP client ([`http`]).
 //! * [`deliver`]: one worker thread per sink: outbox order, retries with backoff and jitter,
 //!   `Retry-After`, rate limits, the re-send of active Alertmanager alerts.
+//! * [`target_key`]: the key of the names of a sink's targets that show alike.
 //! * [`daemon_rules`]: the alerts the daemon raises itself today (history gaps, the
 //!   heartbeat).
 //!
@@ -25,6 +26,7 @@ pub mod detect;
 pub mod http;
 pub mod outbox;
 pub mod sinks;
+pub mod target_key;
 
 pub use alert::{Alert, AlertBody, AlertId, AlertState, FileRef, Node};
 pub use deliver::{Delivery, DeliveryOptions, ResultSink};

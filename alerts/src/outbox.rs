@@ -29,6 +29,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use serde::Serialize;
 
 use crate::alert::{Alert, AlertBody, AlertId};
+use crate::target_key::TargetKey;
 
 /// Migration 4 of the history store (appended to its `MIGRATIONS`; never edit it: a change
 /// is a new migration). The store's `meta` table exists since migration 1.
@@ -209,22 +210,27 @@ impl Route {
 }
 
 impl Routing {
-    /// The routing of a configuration.
-    pub fn of(config: &Config) -> Routing {
+    /// The routing of a configuration; `key` names targets that show alike
+    /// ([`crate::sinks::shown_targets`]).
+    pub fn of(config: &Config, key: &TargetKey) -> Routing {
         Routing {
-            sinks: config.sinks.iter().map(Route::of).collect(),
+            sinks: config.sinks.iter().map(|s| Route::of(s, key)).collect(),
             outbox_max: config.alerts.outbox_max,
         }
     }
 }
 
 impl Route {
-    /// The routing of one sink.
-    pub fn of(sink: &SinkConfig) -> Route {
+    /// The routing of one sink; `key` names its targets that show alike.
+    pub fn of(sink: &SinkConfig, key: &TargetKey) -> Route {
         use crate::sinks::{legacy_webhook_shown, positional_shown, redact_url, shown_targets};
-        let targets = shown_targets(sink.kind, &sink.urls);
-        // Earlier names: by position among equal redacted URLs, and (webhooks) with the path.
-        let mut earlier = vec![positional_shown(&sink.urls, |u| redact_url(sink.kind, u))];
+        let targets = shown_targets(sink.kind, &sink.urls, key);
+        // Earlier names: by an unkeyed hash of the URL, by position among equal redacted
+        // URLs, and (webhooks) with the path.
+        let mut earlier = vec![
+            shown_targets(sink.kind, &sink.urls, &TargetKey::Legacy),
+            positional_shown(&sink.urls, |u| redact_url(sink.kind, u)),
+        ];
         if sink.kind == ctrwatch_config::SinkKind::Webhook {
             earlier.push(positional_shown(&sink.urls, legacy_webhook_shown));
         }
@@ -1114,7 +1120,7 @@ pub(crate) mod tests {
                     .join(", ")
             );
             let mut c = ctrwatch_config::Config::parse("t", &body).map_err(|e| format!("{e:?}"))?;
-            Ok(Route::of(&c.sinks.remove(0)))
+            Ok(Route::of(&c.sinks.remove(0), &crate::target_key::TEST_KEY))
         };
         let ab = route(&[a, b])?;
         let ba = route(&[b, a])?;
@@ -1143,6 +1149,60 @@ pub(crate) mod tests {
         Ok(())
     }
 
+    /// An upgrade from the version that told targets shown alike apart by a plain SHA-256 of
+    /// the URL (a store reader could confirm a guessed token with it): their pending
+    /// deliveries are renamed to the keyed names and stay pending; nothing is dropped.
+    #[test]
+    fn pending_deliveries_under_unkeyed_hash_names_follow_to_the_keyed_names()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let path = temp("unkeyed");
+        let conn = database(&path)?;
+        let a = "http://127.0.0.1:1/?t=s3cr3t-a";
+        let b = "http://127.0.0.1:1/?t=s3cr3t-b";
+        let sink = ctrwatch_config::Config::parse(
+            "t",
+            &format!(
+                "[[sinks]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"{a}\", \"{b}\"]\n"
+            ),
+        )
+        .map_err(|e| format!("{e:?}"))?
+        .sinks
+        .remove(0);
+        let mut old = routing(100);
+        old.sinks[1] = Route::of(&sink, &TargetKey::Legacy);
+        write(&conn, &alert("a", 1, Severity::Critical), &old)?;
+        let mut new = routing(100);
+        new.sinks[1] = Route::of(&sink, &crate::target_key::TEST_KEY);
+        assert!(
+            new.sinks[1]
+                .targets
+                .iter()
+                .all(|t| !old.sinks[1].targets.contains(t)),
+            "keyed names differ from the unkeyed ones: {:?} {:?}",
+            new.sinks[1].targets,
+            old.sinks[1].targets
+        );
+        let applied = write(&conn, &OutboxWrite::Reconcile, &new)?;
+        assert_eq!(applied.dropped_deliveries, 0);
+        let rows = list(&conn, 0, 10)?;
+        let mut am: Vec<(String, String)> = rows[0]
+            .deliveries
+            .iter()
+            .filter(|d| d.sink == "am")
+            .map(|d| (d.target.clone(), d.state.clone()))
+            .collect();
+        am.sort();
+        let mut want: Vec<(String, String)> = new.sinks[1]
+            .targets
+            .iter()
+            .map(|t| (t.clone(), "pending".to_owned()))
+            .collect();
+        want.sort();
+        assert_eq!(am, want);
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
     /// An upgrade from a version that showed a webhook's path: its pending deliveries are
     /// renamed to the redacted target and stay pending; nothing is dropped.
     #[test]
@@ -1162,7 +1222,7 @@ pub(crate) mod tests {
         .sinks
         .remove(0);
         let mut new = routing(100);
-        new.sinks[0] = Route::of(&sink);
+        new.sinks[0] = Route::of(&sink, &crate::target_key::TEST_KEY);
         assert_eq!(new.sinks[0].targets, ["http://127.0.0.1:1/***"]);
         let a = write(&conn, &OutboxWrite::Reconcile, &new)?;
         assert_eq!(a.dropped_deliveries, 0);

@@ -825,3 +825,94 @@ impl Drop for CpuThrottle {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// Two Alertmanager URLs on one host that differ only by a token in the query show alike
+/// (`…/am?t=***`), so each is named by a hash of its URL. The defect: that hash was a plain
+/// SHA-256, stored in the outbox the store's reader group may read, so a reader could confirm a
+/// guessed token. Now it is keyed by a root-only key beside the store, made at the first start
+/// and kept: the names, and the deliveries pending under them, survive a restart.
+#[test]
+fn targets_shown_alike_are_named_by_a_keyed_hash_that_survives_restarts() {
+    use sha2::{Digest as _, Sha256};
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = temp_dir("alerts-target-key");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = dir.join("store").join("events.db");
+    let r = Receiver::start(Mode::Refuse);
+    let urls = [r.url("/am?t=tok-a"), r.url("/am?t=tok-b")];
+    let config = write_config(
+        &dir,
+        &format!(
+            "[rules.heartbeat]\ninterval = \"10s\"\n\n[[sinks]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"{}\", \"{}\"]\ntimeout = \"1s\"\n",
+            urls[0], urls[1]
+        ),
+    );
+    let am_targets = |rows: &[Value]| -> BTreeSet<String> {
+        rows.iter()
+            .flat_map(deliveries)
+            .filter(|d| d["sink"] == "am")
+            .filter_map(|d| d["target"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let a = start_daemon(&root, &store, &config);
+    let rows = wait_outbox(
+        &store,
+        "a heartbeat tried at both targets",
+        Duration::from_secs(60),
+        |rows| {
+            rows.iter().any(|r| {
+                r["rule"] == "heartbeat"
+                    && deliveries(r)
+                        .iter()
+                        .filter(|d| d["sink"] == "am" && d["attempts"].as_u64() >= Some(1))
+                        .count()
+                        == 2
+            })
+        },
+    );
+    let names = am_targets(&rows);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let shown = urls[0].split("?t=").next().unwrap_or("").to_owned() + "?t=***#";
+    for url in &urls {
+        let unkeyed: String = Sha256::digest(url.as_bytes())[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            !names.contains(&format!("{shown}{unkeyed}")),
+            "a target is named by the plain SHA-256 of its URL: {names:?}"
+        );
+    }
+    for name in &names {
+        assert!(name.starts_with(&shown), "{name} (expected {shown}…)");
+        assert_eq!(name.len(), shown.len() + 8, "{name}");
+        assert!(!name.contains("tok-"), "{name}");
+    }
+    let key = store.with_file_name("events.db.target-names.key");
+    let meta = std::fs::symlink_metadata(&key).expect("the key beside the store");
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.mode() & 0o777, 0o600, "{}", key.display());
+    assert_eq!(meta.len(), 32);
+    a.stop();
+
+    // The next daemon names them alike: the first heartbeat's pending deliveries are
+    // delivered under the same names, none dropped.
+    r.set_mode(Mode::Accept);
+    let b = start_daemon(&root, &store, &config);
+    let rows = wait_outbox(
+        &store,
+        "the first heartbeat delivered at both targets",
+        Duration::from_secs(120),
+        |rows| {
+            rows.iter().filter(|r| r["rule"] == "heartbeat").any(|r| {
+                let d = deliveries(r);
+                d.iter().filter(|d| d["sink"] == "am").count() == 2
+                    && d.iter().all(|d| d["state"] == "delivered")
+            })
+        },
+    );
+    assert_eq!(am_targets(&rows), names, "names changed across the restart");
+    b.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}

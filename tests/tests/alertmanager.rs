@@ -194,7 +194,11 @@ fn a_fleet_of_50_nodes_gives_50_alerts_each_once() {
         .map(|i| {
             let urls = urls.clone();
             std::thread::spawn(move || -> (u32, u32) {
-                let sink = Sink::new(am_sink(&urls)).expect("sink");
+                let sink = Sink::new(
+                    am_sink(&urls),
+                    &ctrwatch_alerts::target_key::TargetKey::random().expect("key"),
+                )
+                .expect("sink");
                 let client = Client::new(Duration::from_secs(10), None).expect("client");
                 let node = Node {
                     hostname: format!("fleet-{i:02}"),

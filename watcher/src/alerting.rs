@@ -14,6 +14,7 @@ use ctrwatch_alerts::{
     deliver::{DeliveryOptions, send_now},
     http::Client,
     sinks::{Outcome, Sink},
+    target_key::TargetKey,
 };
 use ctrwatch_config::Config;
 
@@ -43,8 +44,9 @@ pub struct Alerting {
 }
 
 impl Alerting {
-    /// Checks every sink (secrets, CA files) and prepares its client.
-    pub fn from_config(config: Config) -> Result<Alerting, String> {
+    /// Checks every sink (secrets, CA files) and prepares its client; `key` names the
+    /// targets that show alike ([`ctrwatch_alerts::sinks::shown_targets`]).
+    pub fn from_config(config: Config, key: &TargetKey) -> Result<Alerting, String> {
         let mut sinks = Vec::new();
         let mut problems = Vec::new();
         for sc in &config.sinks {
@@ -55,7 +57,7 @@ impl Alerting {
                     continue;
                 }
             };
-            match Sink::new(sc.clone()) {
+            match Sink::new(sc.clone(), key) {
                 Ok(s) => sinks.push((s, client)),
                 Err(e) => problems.push(e.to_string()),
             }
@@ -66,7 +68,7 @@ impl Alerting {
         }
         let delivery = delivery.unwrap_or_default();
         Ok(Alerting {
-            routing: Routing::of(&config),
+            routing: Routing::of(&config, key),
             node: Node::detect(config.alerts.node_name.as_deref()),
             config,
             sinks,
@@ -114,7 +116,11 @@ pub fn alert_test(config_path: &Path, sink: Option<&str>) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let alerting = match Alerting::from_config(config) {
+    // The daemon's key, where this user may read it, so that targets shown alike are named
+    // as `ctrwatch alerts` shows them; else the names of builds before the key.
+    let key =
+        TargetKey::load(&TargetKey::path_for(&config.store.path)).unwrap_or(TargetKey::Legacy);
+    let alerting = match Alerting::from_config(config, &key) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("ctrwatch: error: {e}");

@@ -15,7 +15,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::mpsc::{
         Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
     },
@@ -25,6 +25,7 @@ use std::{
 
 use anyhow::Context as _;
 
+use ctrwatch_alerts::target_key::TargetKey;
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
@@ -673,8 +674,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     // Sinks checked (secrets, CA files) before anything starts.
-    let alerting = crate::alerting::Alerting::from_config(opts.config.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let alerting =
+        crate::alerting::Alerting::from_config(opts.config.clone(), &target_key(&opts.store))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The run begins when capture has started, after the programs are attached (seconds).
     let started_with = RunOptions {
         reload: None,
@@ -982,6 +984,20 @@ impl Warner {
         self.suppressed = 0;
         self.last = Some(Instant::now());
     }
+}
+
+/// The key of the names of sink targets that show alike, beside the store
+/// (ctrwatch_alerts::target_key). Without it (a full disk at the first start, a file someone
+/// else put there), the names of builds before the key: nothing pending is orphaned, and the
+/// next start that has the key renames them.
+fn target_key(store: &Path) -> TargetKey {
+    TargetKey::load_or_create(&TargetKey::path_for(store)).unwrap_or_else(|e| {
+        log::warn!(
+            "ctrwatch: warning: {e}; sink targets that show alike are named by an unkeyed hash \
+             of their URL meanwhile"
+        );
+        TargetKey::Legacy
+    })
 }
 
 #[cfg(test)]

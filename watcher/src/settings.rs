@@ -106,8 +106,12 @@ pub fn resolve(
 ) -> anyhow::Result<RunOptions> {
     let (file, loaded) = load(explicit)?;
     let options = run_options(flags, given, &file)?;
-    watcher::alerting::Alerting::from_config(options.config.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Checks only: the names of the targets do not matter here.
+    watcher::alerting::Alerting::from_config(
+        options.config.clone(),
+        &ctrwatch_alerts::target_key::TargetKey::Legacy,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(RunOptions {
         config_file: loaded,
         ..options

@@ -337,11 +337,14 @@ mod tests {
 
     #[test]
     fn the_request_posts_an_array_to_the_v2_api() -> Result<(), Box<dyn std::error::Error>> {
-        let sink = Sink::new(sink_config(
-            SinkKind::Alertmanager,
-            &["http://127.0.0.1:9093/", "http://127.0.0.1:9094"],
-            None,
-        ))?;
+        let sink = Sink::new(
+            sink_config(
+                SinkKind::Alertmanager,
+                &["http://127.0.0.1:9093/", "http://127.0.0.1:9094"],
+                None,
+            ),
+            &crate::target_key::TEST_KEY,
+        )?;
         let a = foreign();
         let text = a.body_json()?;
         let b = AlertBody::parse(&text)?;

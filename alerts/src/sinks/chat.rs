@@ -327,7 +327,11 @@ mod tests {
     }
 
     fn built(kind: SinkKind, url: &str, secret: Option<&str>) -> (Request, Value) {
-        let sink = Sink::new(sink_config(kind, &[url], secret)).unwrap_or_else(|e| panic!("{e}"));
+        let sink = Sink::new(
+            sink_config(kind, &[url], secret),
+            &crate::target_key::TEST_KEY,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let a = alert();
         let text = a.body_json().unwrap_or_default();
         let b = AlertBody::parse(&text).unwrap_or_else(|e| panic!("{e}"));
@@ -434,11 +438,14 @@ mod tests {
 
     #[test]
     fn wecom_markdown_fits_its_limit() {
-        let sink = Sink::new(sink_config(
-            SinkKind::Wecom,
-            &["https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=K"],
-            None,
-        ))
+        let sink = Sink::new(
+            sink_config(
+                SinkKind::Wecom,
+                &["https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=K"],
+                None,
+            ),
+            &crate::target_key::TEST_KEY,
+        )
         .unwrap_or_else(|e| panic!("{e}"));
         let mut a = alert();
         a.summary = "é".repeat(5000);

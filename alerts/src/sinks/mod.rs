@@ -22,6 +22,7 @@ use std::time::Duration;
 use ctrwatch_config::{RuleId, SinkConfig, SinkKind};
 
 use crate::alert::AlertBody;
+use crate::target_key::TargetKey;
 
 /// A sink that cannot be used as configured.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +162,8 @@ impl std::fmt::Debug for Sink {
 impl Sink {
     /// Checks what the configuration crate could not (the webhook secret's base64) and
     /// prepares the targets.
-    pub fn new(config: SinkConfig) -> Result<Sink, SinkError> {
+    /// `key` names the targets whose shown URLs coincide ([`shown_targets`]).
+    pub fn new(config: SinkConfig, key: &TargetKey) -> Result<Sink, SinkError> {
         let webhook_key = match (&config.kind, &config.secret) {
             (SinkKind::Webhook, Some(s)) => {
                 Some(webhook::decode_secret(s.expose()).map_err(|message| {
@@ -173,7 +175,7 @@ impl Sink {
             }
             _ => None,
         };
-        let targets: Vec<Target> = shown_targets(config.kind, &config.urls)
+        let targets: Vec<Target> = shown_targets(config.kind, &config.urls, key)
             .into_iter()
             .zip(&config.urls)
             .enumerate()
@@ -317,20 +319,19 @@ pub fn redact_url(kind: SinkKind, url: &str) -> String {
 }
 
 /// The names a sink's targets are shown and stored by ([`redact_url`]): URLs whose redacted
-/// forms coincide (two webhooks on one host) are told apart by `#` and 8 hex digits of the
-/// SHA-256 of the whole URL, so that a target keeps its name, and its pending deliveries,
-/// when the list is reordered. (32 bits of a hash say nothing usable about a secret in the
-/// URL; the same URL listed twice gets `-2`, `-3` after the hash.) Only Alertmanager
-/// sinks take several URLs today; the rule is the same for every kind.
-pub fn shown_targets(kind: SinkKind, urls: &[String]) -> Vec<String> {
-    use sha2::{Digest as _, Sha256};
+/// forms coincide (two webhooks on one host) are told apart by `#` and 8 hex digits of a
+/// hash of the whole URL keyed by `key` ([`TargetKey::tag`]), so that a target keeps its
+/// name, and its pending deliveries, when the list is reordered; keyed, so that a reader of
+/// the outbox cannot test guesses of a token in the URL against it. The same URL listed
+/// twice gets `-2`, `-3` after the hash. Only Alertmanager sinks take several URLs today;
+/// the rule is the same for every kind.
+pub fn shown_targets(kind: SinkKind, urls: &[String], key: &TargetKey) -> Vec<String> {
     let redacted: Vec<String> = urls.iter().map(|u| redact_url(kind, u)).collect();
     let mut out: Vec<String> = Vec::with_capacity(urls.len());
     for (url, r) in urls.iter().zip(&redacted) {
         let shared = redacted.iter().filter(|x| *x == r).count() > 1;
         let mut shown = if shared {
-            let h = Sha256::digest(url.as_bytes());
-            format!("{r}#{}", ctrwatch_event::hex(&h[..4]))
+            format!("{r}#{}", key.tag(url))
         } else {
             r.clone()
         };
@@ -578,7 +579,7 @@ mod tests {
             &["http://a:9093?t=1", "http://a:9093?t=2"],
             None,
         );
-        let sink = Sink::new(c)?;
+        let sink = Sink::new(c, &crate::target_key::TEST_KEY)?;
         // Equal redactions: each told apart by its URL's hash.
         assert!(sink.targets[0].shown.starts_with("http://a:9093?t=***#"));
         assert!(sink.targets[1].shown.starts_with("http://a:9093?t=***#"));
@@ -592,7 +593,7 @@ mod tests {
             &["http://a:9093", "http://a:9093"],
             None,
         );
-        let sink = Sink::new(c)?;
+        let sink = Sink::new(c, &crate::target_key::TEST_KEY)?;
         assert_eq!(
             sink.targets[1].shown,
             format!("{}-2", sink.targets[0].shown)
@@ -602,7 +603,7 @@ mod tests {
             &["https://hooks.slack.com/services/T/B/SECRETSECRET"],
             None,
         );
-        let sink = Sink::new(c)?;
+        let sink = Sink::new(c, &crate::target_key::TEST_KEY)?;
         let shown = format!("{sink:?} {:?}", sink.targets[0]);
         assert!(!shown.contains("SECRETSECRET"), "{shown}");
         Ok(())
@@ -616,8 +617,14 @@ mod tests {
     fn targets_on_one_host_keep_their_names_when_the_list_is_reordered() -> Result<(), SinkError> {
         let a = "https://user-a:SECRETA@am.example.com/?tenant=SECRETA";
         let b = "https://user-b:SECRETB@am.example.com/?tenant=SECRETB";
-        let ab = Sink::new(sink_config(SinkKind::Alertmanager, &[a, b], None))?;
-        let ba = Sink::new(sink_config(SinkKind::Alertmanager, &[b, a], None))?;
+        let ab = Sink::new(
+            sink_config(SinkKind::Alertmanager, &[a, b], None),
+            &crate::target_key::TEST_KEY,
+        )?;
+        let ba = Sink::new(
+            sink_config(SinkKind::Alertmanager, &[b, a], None),
+            &crate::target_key::TEST_KEY,
+        )?;
         let name = |s: &Sink, url: &str| {
             s.targets
                 .iter()

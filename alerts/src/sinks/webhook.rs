@@ -132,7 +132,7 @@ mod tests {
         );
         c.bearer_token = Some(Secret::new("tok"));
         c.headers.insert("X-Team".into(), "edge".into());
-        let sink = Sink::new(c)?;
+        let sink = Sink::new(c, &crate::target_key::TEST_KEY)?;
         let mut a = Alert::test_alert(Node::default(), 0);
         a.rev = 3;
         let text = a.body_json()?;

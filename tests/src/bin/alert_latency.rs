@@ -57,7 +57,9 @@ fn main() -> anyhow::Result<()> {
         ),
     )
     .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let alerting = Alerting::from_config(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let alerting =
+        Alerting::from_config(config, &ctrwatch_alerts::target_key::TargetKey::random()?)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = DaemonStore::open(dir.join("events.db"), StoreOptions::default())
         .context("opening the store")?;
     let mut sink = StoreSink::new(store, None).with_alerts(DaemonAlerts::new(alerting));
