@@ -238,6 +238,11 @@ fn the_issue_14_pattern_by_bash_and_dash_credits_each_file() {
         assert_eq!(on(&all, &d, "X"), [(2, 1)], "{shell}: {all:?}");
         assert_eq!(on(&all, &d, "Y"), [(4, 1)], "{shell}: {all:?}");
         assert_eq!(all.len(), 2, "{shell}, nothing else: {all:?}");
+        // Each ended when the shell restored fd 1 (dup2 closes what fd 1 was), not later.
+        assert!(
+            !all.iter().any(|m| m.3.iter().any(|n| n == "not_closed")),
+            "{shell}: {all:?}"
+        );
     }
 }
 
@@ -263,6 +268,12 @@ fn a_watched_stdout_keeps_its_writes_around_redirections() {
         let all = modifies(pid);
         assert_eq!(on(&all, &d, "X"), [(2, 1)], "{shell}: {all:?}");
         assert_eq!(on(&all, &d, "Y"), [(4, 1)], "{shell}: {all:?}");
+        let (x, y) = (path(&d, "X"), path(&d, "Y"));
+        assert!(
+            !all.iter()
+                .any(|m| (m.0 == x || m.0 == y) && m.3.iter().any(|n| n == "not_closed")),
+            "{shell}: X and Y end when the shell restores fd 1: {all:?}"
+        );
         // LOG: 2 + 3 + 4 bytes in 3 writes, however the shell's fd juggling splits them
         // into modifies (each redirection ends what fd 1 wrote before it).
         let log_mods = on(&all, &d, "LOG");
