@@ -3260,6 +3260,10 @@ impl Bench {
             md,
             "## The real daemon attached, workload outside the root\n"
         );
+        if self.args.paired_only {
+            let _ = writeln!(md, "Left out (`--paired-only`).\n");
+            return;
+        }
         let _ = writeln!(
             md,
             "The same outside workloads at full length with a real `ctrwatch watch --json --root \
@@ -3303,6 +3307,10 @@ impl Bench {
 
     fn report_inside(&self, md: &mut String) {
         let _ = writeln!(md, "## Workload inside the watched root\n");
+        if self.args.paired_only {
+            let _ = writeln!(md, "Left out (`--paired-only`).\n");
+            return;
+        }
         let _ = writeln!(
             md,
             "The same loops inside `root/`, where every operation is recorded. ctrwatch's records \
