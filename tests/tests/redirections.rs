@@ -210,3 +210,90 @@ fn a_recycled_struct_file_for_another_inode_starts_a_new_aggregate() {
         assert_eq!(all.len(), 2, "{all:?}");
     }
 }
+
+/// Runs `SHELL -c SCRIPT` in `dir` with its stdout on `stdout` (None: inherited); returns its
+/// pid.
+fn shell_with_stdout(shell: &str, dir: &Path, script: &str, stdout: Option<&Path>) -> u32 {
+    let mut command = Command::new(shell);
+    command.arg("-c").arg(script).current_dir(dir);
+    if let Some(path) = stdout {
+        command.stdout(std::fs::File::create(path).expect("create the shell's stdout"));
+    }
+    let mut child = command.spawn().expect("shell");
+    let pid = child.id();
+    let status = child.wait().expect("wait for the shell");
+    assert!(status.success(), "{shell} -c {script:?}: {status}");
+    pid
+}
+
+/// Issue 14's pattern, `echo a > X; echo b > Y`, by bash and by dash (`sh`: it saves fd 1
+/// with fcntl(F_DUPFD), closes fd 1, then dup2s the file over it), each redirection a modify
+/// of its own file with its own bytes.
+#[test]
+fn the_issue_14_pattern_by_bash_and_dash_credits_each_file() {
+    for shell in ["bash", "dash"] {
+        if Command::new(shell).arg("-c").arg("true").status().is_err() {
+            eprintln!("{shell} is not installed: left out");
+            continue;
+        }
+        let d = test_dir(&format!("issue14-{shell}"));
+        let pid = shell_with_stdout(shell, &d, "echo a > X; echo bbb > Y", None);
+        sync(&d);
+        let all = modifies(pid);
+        assert_eq!(on(&all, &d, "X"), [(2, 1)], "{shell}: {all:?}");
+        assert_eq!(on(&all, &d, "Y"), [(4, 1)], "{shell}: {all:?}");
+        assert_eq!(all.len(), 2, "{shell}, nothing else: {all:?}");
+        // Each ended when the shell restored fd 1 (dup2 closes what fd 1 was), not later.
+        assert!(
+            !all.iter().any(|m| m.3.iter().any(|n| n == "not_closed")),
+            "{shell}: {all:?}"
+        );
+    }
+}
+
+/// The shell's own stdout is a watched file: it is written before, between and after the
+/// redirections, and must keep its own bytes (saved with fcntl(F_DUPFD) and restored with
+/// dup2 around each redirection), while X and Y get theirs.
+#[test]
+fn a_watched_stdout_keeps_its_writes_around_redirections() {
+    for shell in ["bash", "dash"] {
+        if Command::new(shell).arg("-c").arg("true").status().is_err() {
+            eprintln!("{shell} is not installed: left out");
+            continue;
+        }
+        let d = test_dir(&format!("stdout-{shell}"));
+        let log = d.join("LOG");
+        let pid = shell_with_stdout(
+            shell,
+            &d,
+            "echo 1; echo a > X; echo 22; echo bbb > Y; echo 333",
+            Some(&log),
+        );
+        sync(&d);
+        let all = modifies(pid);
+        assert_eq!(on(&all, &d, "X"), [(2, 1)], "{shell}: {all:?}");
+        assert_eq!(on(&all, &d, "Y"), [(4, 1)], "{shell}: {all:?}");
+        let (x, y) = (path(&d, "X"), path(&d, "Y"));
+        assert!(
+            !all.iter()
+                .any(|m| (m.0 == x || m.0 == y) && m.3.iter().any(|n| n == "not_closed")),
+            "{shell}: X and Y end when the shell restores fd 1: {all:?}"
+        );
+        // LOG: 2 + 3 + 4 bytes in 3 writes, however the shell's fd juggling splits them
+        // into modifies (each redirection ends what fd 1 wrote before it).
+        let log_mods = on(&all, &d, "LOG");
+        let bytes: u64 = log_mods.iter().map(|m| m.0).sum();
+        let writes: u64 = log_mods.iter().map(|m| m.1).sum();
+        assert_eq!((bytes, writes), (9, 3), "{shell}: {all:?}");
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("read LOG"),
+            "1\n22\n333\n",
+            "{shell}"
+        );
+        assert_eq!(
+            all.len(),
+            2 + log_mods.len(),
+            "{shell}, nothing else: {all:?}"
+        );
+    }
+}

@@ -671,8 +671,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Creates the store's directory with its mode, waits for another writer's lock, moves a
     // corrupt store aside, and on a full disk counts until it can write.
     crate::notify::starting("opening the event store");
+    let step = crate::kernel::StartStep::begin();
     let store = DaemonStore::open(&opts.store, opts.store_options.clone())
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
+    let _ = step.done("event store opened");
     // Sinks checked (secrets, CA files) before anything starts.
     let alerting =
         crate::alerting::Alerting::from_config(opts.config.clone(), &target_key(&opts.store))

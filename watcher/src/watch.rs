@@ -219,6 +219,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     notify::starting("attaching the eBPF programs");
+    let step = crate::kernel::StartStep::begin();
     let mut kernel = KernelWatch::start(
         &LoadOptions {
             ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -227,6 +228,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         opts.pin_dir.as_deref(),
     )
     .context("attaching the eBPF programs")?;
+    let step = step.done("eBPF programs ready (loaded, or adopted from pins)");
     let adopted = kernel.origin == Origin::Adopted;
     match (&kernel.origin, &opts.pin_dir) {
         (Origin::Adopted, Some(dir)) => log::info!(
@@ -267,10 +269,10 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     } else {
         sink.capture_started(started_at)?;
     }
-    let mut processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
-    if let Err(e) = processes.seed_from_proc() {
-        log::warn!("reading running processes from /proc: {e:#}");
-    }
+    let step = step.done("roots set, capture on");
+    // Seeded from /proc after READY (below), before the first record is read: what is
+    // captured waits in the ring buffer meanwhile, so no record sees the table earlier.
+    let processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
     // Discovering: every trusted instance found is attributed (extra named roots are watched,
     // and attributed when they belong to one). Not discovering: the named roots only.
     let attributed = if opts.discover {
@@ -285,6 +287,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         attributor = attributor.with_commit_feed(feed);
     }
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
+    let step = step.done("discovery set up");
     let ring_buffer_bytes = kernel.ring_buffer_bytes();
     let ring = kernel.take_ring_buffer(ring_buffer_bytes)?;
     // The ring buffer's fill, for the metrics (sampled at each scrape). Without it the
@@ -320,12 +323,21 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     };
     let mut info = capture_info(&enricher.roots);
     sink.capture_info(info.clone());
+    let _ = step.done("ring buffer mapped, sink told");
     // Capture is on and the sink has begun its run (the daemon's store): ready.
     notify::ready(format!(
         "watching {} root(s) with {}",
         enricher.roots.roots.len(),
         kernel.attachment.backend
     ));
+
+    // The processes that were running when capture began (those that start later come as
+    // records). Not needed for READY: nothing has read the ring buffer yet.
+    let step = crate::kernel::StartStep::begin();
+    if let Err(e) = enricher.processes.seed_from_proc() {
+        log::warn!("reading running processes from /proc: {e:#}");
+    }
+    let _ = step.done("processes seeded from /proc (after READY)");
 
     // Start-up is over: what it read (the eBPF object, the kernel's BTF, all of /proc) is not
     // needed any more; give its pages back rather than keep them resident while idle.

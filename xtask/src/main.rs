@@ -7,6 +7,7 @@ mod cmd;
 mod deb;
 mod footprint;
 mod setup;
+mod startup;
 mod vm;
 
 use std::ffi::OsString;
@@ -157,6 +158,28 @@ enum BenchWhat {
         #[arg(long)]
         no_docs: bool,
     },
+    /// Start-up time: spawn → READY=1 of `ctrwatch run`, fresh and adopting pins (as root).
+    ///
+    /// Builds the release ctrwatch, starts `ctrwatch run` on an empty temporary root and store
+    /// RUNS times (each loads and verifies every program), then once with a temporary
+    /// `--pin-dir` under /sys/fs/bpf and RUNS times more adopting those pins (what a service
+    /// restart does), removes the pins, and rewrites the generated part of docs/startup.md
+    /// with the medians and the daemon's own step timings (its `start-up:` debug log lines).
+    Startup {
+        /// Starts of each kind (fresh, adopting).
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        runs: usize,
+        /// Measure this ctrwatch binary instead of building target/release/ctrwatch.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// What the binary is, for the docs (default: "release" when built here, else
+        /// "given").
+        #[arg(long, value_name = "LABEL")]
+        build: Option<String>,
+        /// Leave docs/startup.md as it is (print the tables only).
+        #[arg(long)]
+        no_docs: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -263,6 +286,40 @@ impl Task {
                     cpu_window: Duration::from_secs(cpu_window),
                     write_docs: !no_docs,
                     command,
+                })?;
+            }
+            Task::Bench {
+                what:
+                    Some(BenchWhat::Startup {
+                        runs,
+                        binary,
+                        build,
+                        no_docs,
+                    }),
+                ..
+            } => {
+                require_root("cargo xtask bench startup", "ctrwatch loads eBPF programs")?;
+                let mut command = format!("cargo xtask bench startup --runs {runs}");
+                let (binary, default_build) = match binary {
+                    Some(b) => {
+                        command.push_str(&format!(" --binary {}", b.display()));
+                        (b, "given")
+                    }
+                    None => {
+                        setup::setup()?;
+                        cmd::run(&mut cargo(&["build", "--release", "-p", "watcher"]))?;
+                        (target_dir().join("release/ctrwatch"), "release")
+                    }
+                };
+                if let Some(label) = &build {
+                    command.push_str(&format!(" --build {label}"));
+                }
+                startup::run(&startup::StartupOptions {
+                    binary,
+                    runs: runs.max(1),
+                    write_docs: !no_docs,
+                    command,
+                    build: build.unwrap_or_else(|| default_build.to_string()),
                 })?;
             }
             Task::Bench { what: None, args } => {

@@ -1,4 +1,5 @@
-//! `cargo xtask bench [-- --quick | --out PATH | --skip-auditd | --rounds N | --reps N]`:
+//! `cargo xtask bench [-- --quick | --out PATH | --skip-auditd | --rounds N | --reps N |
+//! --paired-only | --quiet-wait SECONDS]`:
 //! what ctrwatch costs, measured side by side with no watcher and with auditd, written as a
 //! Markdown report (stdout and docs/benchmarks.md).
 //!
@@ -6,13 +7,16 @@
 //! - Three workloads, each a tight loop of raw syscalls run by a fresh child process (this
 //!   binary with the hidden `--worker` option): 4 KiB writes, 1-byte writes (both rewinding with
 //!   lseek so the file stays small) and open(O_CREAT)+close+unlink. A fresh process per run
-//!   matters for auditd: the kernel decides at fork whether a task is audited.
+//!   matters for auditd: the kernel decides at fork whether a task is audited. The paired phase
+//!   adds three loops of syscalls ctrwatch does not hook (getppid, a 1-byte read of /dev/zero,
+//!   stat): what every process on the node pays once any syscall tracepoint is enabled.
 //! - All on the same ext4 filesystem, under one temp dir holding `root/` (the watched root) and
 //!   `outside/`.
 //! - Preliminaries: a real ctrwatch is started; its idle RSS/CPU is measured, one run of each
 //!   workload with the kernel's BPF statistics on says which programs cost what, and its
-//!   syscall-tracepoint programs are taken over (pidfd_getfd) before it is stopped (and their
-//!   capture switch, which the daemon turns off when it stops, turned on again).
+//!   syscall-tracepoint programs are taken over (by id, from the links it holds) before it is
+//!   stopped (and their capture switch, which the daemon turns off when it stops, turned on
+//!   again).
 //! - Paired phase (the outside-root overhead against the targets): rounds in which every
 //!   configuration runs once per workload, back to back: baseline, ctrwatch's programs attached
 //!   by the bench, empty programs on the same tracepoints, auditd's `-w root -p wa` rule loaded.
@@ -77,6 +81,14 @@ struct Args {
     /// with --quick].
     #[arg(long, value_name = "N")]
     reps: Option<usize>,
+    /// Only the preliminaries and the paired phase (outside-root overhead, every paired
+    /// workload): no daemon phase, nothing inside the root.
+    #[arg(long)]
+    paired_only: bool,
+    /// Wait at most this long for a quiet machine before each measurement, then measure
+    /// anyway and mark the run as disturbed (on a machine shared with other work).
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    quiet_wait: u64,
     /// Internal: run one workload loop in this process and print its duration in ns.
     #[arg(long, hide = true, value_name = "WORKLOAD")]
     worker: Option<Workload>,
@@ -93,9 +105,25 @@ enum Workload {
     Write4k,
     Write1,
     CreateUnlink,
+    Getppid,
+    Read1,
+    Stat,
 }
 
+/// The workloads of every phase (paired, daemon, inside the root, auditd).
 const WORKLOADS: [Workload; 3] = [Workload::Write4k, Workload::Write1, Workload::CreateUnlink];
+
+/// The workloads of the paired phase: [`WORKLOADS`], and syscalls ctrwatch does not hook at
+/// all (getppid, a 1-byte read of /dev/zero, stat), which pay only for the syscall slow path
+/// that any enabled syscall tracepoint puts every thread of the node on (issue 14).
+const PAIRED_WORKLOADS: [Workload; 6] = [
+    Workload::Write4k,
+    Workload::Write1,
+    Workload::CreateUnlink,
+    Workload::Getppid,
+    Workload::Read1,
+    Workload::Stat,
+];
 
 impl Workload {
     fn title(self) -> &'static str {
@@ -103,6 +131,9 @@ impl Workload {
             Workload::Write4k => "4 KiB write loop",
             Workload::Write1 => "1-byte write loop",
             Workload::CreateUnlink => "create+unlink loop",
+            Workload::Getppid => "getppid loop",
+            Workload::Read1 => "1-byte read loop",
+            Workload::Stat => "stat loop",
         }
     }
 
@@ -111,6 +142,9 @@ impl Workload {
             Workload::Write4k => "write4k",
             Workload::Write1 => "write1",
             Workload::CreateUnlink => "create-unlink",
+            Workload::Getppid => "getppid",
+            Workload::Read1 => "read1",
+            Workload::Stat => "stat",
         }
     }
 
@@ -118,8 +152,9 @@ impl Workload {
     fn target_pct(self) -> f64 {
         match self {
             Workload::Write4k => 2.0,
-            Workload::Write1 => 15.0,
+            Workload::Write1 => 5.0,
             Workload::CreateUnlink => 5.0,
+            Workload::Getppid | Workload::Read1 | Workload::Stat => 2.0,
         }
     }
 
@@ -129,6 +164,9 @@ impl Workload {
             Workload::Write4k => 1_000_000,
             Workload::Write1 => 1_200_000,
             Workload::CreateUnlink => 75_000,
+            Workload::Getppid => 6_000_000,
+            Workload::Read1 => 4_500_000,
+            Workload::Stat => 1_000_000,
         };
         if quick { full / 10 } else { full }
     }
@@ -140,6 +178,9 @@ impl Workload {
             Workload::Write4k => 500_000,
             Workload::Write1 => 700_000,
             Workload::CreateUnlink => 30_000,
+            Workload::Getppid => 2_000_000,
+            Workload::Read1 => 1_500_000,
+            Workload::Stat => 300_000,
         };
         if quick { n / 5 } else { n }
     }
@@ -150,6 +191,9 @@ impl Workload {
             Workload::Write4k => 300_000,
             Workload::Write1 => 400_000,
             Workload::CreateUnlink => 20_000,
+            Workload::Getppid => 800_000,
+            Workload::Read1 => 600_000,
+            Workload::Stat => 130_000,
         };
         if quick { n / 4 } else { n }
     }
@@ -165,6 +209,7 @@ impl Workload {
             Workload::Write4k => 1.0 + 1.0 / 256.0,
             Workload::Write1 => 1.0 + 1.0 / f64::from(1u32 << 20),
             Workload::CreateUnlink => 3.0,
+            Workload::Getppid | Workload::Read1 | Workload::Stat => 1.0,
         }
     }
 
@@ -176,6 +221,11 @@ impl Workload {
             Workload::Write1 => "write(fd, 1 byte) on one open file, lseek to 0 every 2^20 writes",
             Workload::CreateUnlink => {
                 "open(O_CREAT|O_WRONLY) + close + unlink of the same name (3 syscalls per iteration)"
+            }
+            Workload::Getppid => "getppid(), a syscall ctrwatch does not hook",
+            Workload::Read1 => "read(fd, 1 byte) of /dev/zero, a syscall ctrwatch does not hook",
+            Workload::Stat => {
+                "stat of one existing file (newfstatat/statx), a syscall ctrwatch does not hook"
             }
         }
     }
@@ -196,6 +246,13 @@ enum Loop {
     },
     CreateUnlink {
         path: CString,
+    },
+    Getppid,
+    Read1 {
+        file: fs::File,
+    },
+    Stat {
+        path: PathBuf,
     },
 }
 
@@ -225,6 +282,15 @@ impl Loop {
                     path: CString::new(path.as_os_str().as_bytes())
                         .context("path with a NUL byte")?,
                 })
+            }
+            Workload::Getppid => Ok(Loop::Getppid),
+            Workload::Read1 => Ok(Loop::Read1 {
+                file: fs::File::open("/dev/zero").context("opening /dev/zero")?,
+            }),
+            Workload::Stat => {
+                let path = dir.join("bench-stat");
+                fs::write(&path, b"x").with_context(|| format!("creating {}", path.display()))?;
+                Ok(Loop::Stat { path })
             }
         }
     }
@@ -276,15 +342,45 @@ impl Loop {
                     }
                 }
             }
+            Loop::Getppid => {
+                for _ in 0..n {
+                    // SAFETY: getppid has no arguments and cannot fail. Through syscall(2):
+                    // libc may not cache it today, but nothing promises that.
+                    std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+                }
+            }
+            Loop::Read1 { file } => {
+                let fd = file.as_raw_fd();
+                let mut byte = [0u8; 1];
+                for _ in 0..n {
+                    // SAFETY: `fd` stays open while `file` lives; `byte` is valid for 1 byte.
+                    if unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) } != 1 {
+                        return Err(io::Error::last_os_error()).context("read /dev/zero");
+                    }
+                }
+            }
+            Loop::Stat { path } => {
+                for _ in 0..n {
+                    std::hint::black_box(
+                        fs::metadata(&*path).with_context(|| format!("stat {}", path.display()))?,
+                    );
+                }
+            }
         }
         Ok(start.elapsed().as_nanos() as u64)
     }
 
     /// Closes and removes what the loop created.
     fn finish(self) -> Result<()> {
-        if let Loop::Write { file, path, .. } = self {
-            drop(file);
-            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        match self {
+            Loop::Write { file, path, .. } => {
+                drop(file);
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            Loop::Stat { path } => {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            Loop::CreateUnlink { .. } | Loop::Getppid | Loop::Read1 { .. } => {}
         }
         Ok(())
     }
@@ -591,8 +687,8 @@ fn foreign_bpf_users() -> Vec<String> {
     found
 }
 
-/// How long to wait for a quiet machine before measuring anyway.
-const QUIET_MAX_WAIT: Duration = Duration::from_secs(900);
+/// How long to wait for a quiet machine before measuring anyway, in seconds (`--quiet-wait`).
+static QUIET_MAX_WAIT_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(900);
 /// Other CPU use, in cores, under which the machine counts as quiet.
 const QUIET_CORES: f64 = 0.15;
 
@@ -623,7 +719,8 @@ fn wait_quiet() -> Result<bool> {
             }
             return Ok(true);
         }
-        if start.elapsed() > QUIET_MAX_WAIT {
+        if start.elapsed().as_secs() >= QUIET_MAX_WAIT_S.load(std::sync::atomic::Ordering::Relaxed)
+        {
             progress("  still busy; measuring anyway (the run is marked)");
             return Ok(false);
         }
@@ -1281,8 +1378,8 @@ fn attach_raw_tracepoint(tp: &str, prog: BorrowedFd<'_>) -> Result<OwnedFd> {
         .with_context(|| format!("attaching the raw tracepoint {tp}"))
 }
 
-/// ctrwatch's syscall-tracepoint programs, taken over from a running ctrwatch (pidfd_getfd)
-/// so that they outlive it with their maps, and the empty program for the floor.
+/// ctrwatch's syscall-tracepoint programs, taken over from a running ctrwatch (pidfd_getfd, or
+/// by id) so that they outlive it with their maps, and the empty program for the floor.
 struct Programs {
     /// Tracepoint name (= program name) and program.
     ctrwatch: Vec<(String, OwnedFd)>,
@@ -1401,17 +1498,24 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
                 .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
                 .map(|v| v.trim().to_string())
         };
-        // Program fds (not links, which also name a prog_id) of tracepoint programs, and the
-        // filesystem hooks among the raw-tracepoint ones.
-        let prog_type = field("prog_type");
-        let raw = prog_type.as_deref() == Some(BPF_PROG_TYPE_RAW_TRACEPOINT);
-        if !(prog_type.as_deref() == Some("5") || raw) || field("link_type").is_some() {
-            continue;
-        }
+        // Program fds of tracepoint programs and the filesystem hooks among the raw-tracepoint
+        // ones; or, as ctrwatch keeps only its links once the programs are attached, the
+        // programs its links name (opened by id below).
         let Some(id) = field("prog_id").and_then(|v| v.parse::<u32>().ok()) else {
             continue;
         };
         let Some(name) = names.get(&id) else { continue };
+        let is_link = field("link_type").is_some();
+        let raw = if is_link {
+            RENAME_TARGET_HOOKS.iter().any(|h| h.name == name)
+        } else {
+            let prog_type = field("prog_type");
+            let raw = prog_type.as_deref() == Some(BPF_PROG_TYPE_RAW_TRACEPOINT);
+            if !(prog_type.as_deref() == Some("5") || raw) {
+                continue;
+            }
+            raw
+        };
         let wanted = if raw {
             // ctrwatch's rename-target hooks run on every inode change of their filesystem,
             // so they are part of what a workload outside the root pays.
@@ -1425,14 +1529,18 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
         if !wanted || found.contains_key(name) || hooks.contains_key(name) {
             continue;
         }
-        // SAFETY: plain syscall; the result is checked.
-        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-        if dup < 0 {
-            return Err(io::Error::last_os_error())
-                .context(format!("pidfd_getfd({pid}, {fd}) for {name}"));
-        }
-        // SAFETY: fresh fd from the kernel.
-        let dup = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+        let dup = if is_link {
+            prog_fd_by_id(id).with_context(|| format!("BPF_PROG_GET_FD_BY_ID({id}) for {name}"))?
+        } else {
+            // SAFETY: plain syscall; the result is checked.
+            let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+            if dup < 0 {
+                return Err(io::Error::last_os_error())
+                    .context(format!("pidfd_getfd({pid}, {fd}) for {name}"));
+            }
+            // SAFETY: fresh fd from the kernel.
+            unsafe { OwnedFd::from_raw_fd(dup as i32) }
+        };
         a_prog_id = Some(id);
         if raw {
             hooks.insert(name.clone(), dup);
@@ -1482,23 +1590,47 @@ fn capture_map_id(prog_id: u32) -> Result<u32> {
 fn prog_stats(pid: u32) -> Result<BTreeMap<u32, (u64, u64)>> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut out = BTreeMap::new();
+    let field = |text: &str, key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
     for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
         let Ok(entry) = entry else { continue };
         let Ok(text) = fs::read_to_string(entry.path()) else {
             continue;
         };
-        let field = |key: &str| -> Option<u64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse().ok())
+        let Some(id) = field(&text, "prog_id") else {
+            continue;
         };
-        if let (Some(id), Some(ns), Some(cnt)) =
-            (field("prog_id"), field("run_time_ns"), field("run_cnt"))
-        {
+        // A link names its program but has no statistics: they are in the program's fdinfo,
+        // read through a fd of our own (ctrwatch keeps only links once attached).
+        let text = if field(&text, "run_cnt").is_none() && text.contains("link_type") {
+            let Ok(fd) = prog_fd_by_id(id as u32) else {
+                continue;
+            };
+            let Ok(own) = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+            else {
+                continue;
+            };
+            own
+        } else {
+            text
+        };
+        if let (Some(ns), Some(cnt)) = (field(&text, "run_time_ns"), field(&text, "run_cnt")) {
             out.insert(id as u32, (ns, cnt));
         }
     }
     Ok(out)
+}
+
+/// A new fd for the BPF program `id` (BPF_PROG_GET_FD_BY_ID; root).
+fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    // bpf_attr: { __u32 prog_id; __u32 next_id; __u32 open_flags; }
+    let mut attr = [0u8; 12];
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    bpf(BPF_PROG_GET_FD_BY_ID, attr.as_ptr(), attr.len())
 }
 
 /// Program names by id, from `bpftool prog show --json` (full names, from BTF).
@@ -2061,6 +2193,12 @@ impl Bench {
         w
     }
 
+    fn paired_order(round: usize) -> [Workload; 6] {
+        let mut w = PAIRED_WORKLOADS;
+        w.rotate_left(round % PAIRED_WORKLOADS.len());
+        w
+    }
+
     fn record(&mut self, c: Config, p: Place, w: Workload, run: Run) {
         progress(format!(
             "  {:<9} {:<8} {:<14} {:>9.1} ns/op{}",
@@ -2230,9 +2368,14 @@ impl Bench {
                 round + 1,
                 self.rounds
             ));
-            for w in Self::order(round) {
+            for w in Self::paired_order(round) {
                 self.paired_group(w, w.arg(), round, batches, programs, &MAIN_CONFIGS)?;
-                if let Some(audit) = audit {
+                // auditd only for the file workloads: its pairs are whole runs (slow), and
+                // the unhooked syscalls are about the tracepoints' tax, which audit does not
+                // have in the same way.
+                if let Some(audit) = audit
+                    && WORKLOADS.contains(&w)
+                {
                     for pair in 0..audit_pairs {
                         self.audit_pair(w, round * audit_pairs + pair, audit)?;
                     }
@@ -2654,7 +2797,9 @@ impl Bench {
         }
         // Their maps and programs go with the last fds.
         drop(programs);
-        self.daemon_phase(audit.as_ref())?;
+        if !self.args.paired_only {
+            self.daemon_phase(audit.as_ref())?;
+        }
         if let Some(mut a) = audit {
             a.stop()?;
         }
@@ -2775,6 +2920,15 @@ impl Bench {
         if let Some(r) = self.args.rounds {
             extra.push(format!("--rounds {r}"));
         }
+        if self.args.paired_only {
+            extra.push("--paired-only".to_string());
+        }
+        if self.args.quiet_wait != 900 {
+            extra.push(format!("--quiet-wait {}", self.args.quiet_wait));
+        }
+        if let Some(out) = &self.args.out {
+            extra.push(format!("--out {}", out.display()));
+        }
         let cmdline = if extra.is_empty() {
             COMMAND.to_string()
         } else {
@@ -2808,8 +2962,13 @@ impl Bench {
         );
         let _ = writeln!(
             md,
-            "| method | paired phase: {} rounds, configurations switched between passes of one process; daemon phase: {} repetitions with the real daemons |",
-            self.rounds, self.reps
+            "| method | paired phase: {} rounds, configurations switched between passes of one process; daemon phase: {} |",
+            self.rounds,
+            if self.args.paired_only {
+                "left out (`--paired-only`)".to_string()
+            } else {
+                format!("{} repetitions with the real daemons", self.reps)
+            }
         );
         let _ = writeln!(
             md,
@@ -2831,7 +2990,8 @@ impl Bench {
         let disturbed = runs.iter().filter(|r| r.disturbed).count();
         let _ = writeln!(
             md,
-            "| quiet machine | every run waits until no other process holds tracing BPF programs, other CPU use is under {QUIET_CORES} cores and I/O stall (PSI) under {:.0} %, and is redone (up to 3×) if either rose during it; measured on a busy machine all the same: {} of {} paired groups, {} of {} daemon-phase runs |",
+            "| quiet machine | every run waits (at most {} s) until no other process holds tracing BPF programs, other CPU use is under {QUIET_CORES} cores and I/O stall (PSI) under {:.0} %, and is redone (up to 3×) if either rose during it; measured on a busy machine all the same: {} of {} paired groups, {} of {} daemon-phase runs |",
+            QUIET_MAX_WAIT_S.load(std::sync::atomic::Ordering::Relaxed),
             QUIET_IO * 100.0,
             self.paired_disturbed,
             self.paired_groups,
@@ -2866,7 +3026,7 @@ impl Bench {
             "| workload | no watcher ns/op | ctrwatch ns/op | ctrwatch overhead (95 % CI) | target | verdict | noise | empty-program floor | auditd overhead |"
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---:|---:|---:|");
-        for w in WORKLOADS {
+        for w in PAIRED_WORKLOADS {
             let (ovh, base, with) = if self.paired_skipped.is_none() {
                 (
                     self.paired_ovh(Config::Ctrwatch, w),
@@ -2926,7 +3086,7 @@ impl Bench {
              cycle: no watcher, ctrwatch, empty programs, and no watcher again as the noise \
              control. Between passes the bench attaches or detaches the programs. \"ctrwatch\" \
              here is ctrwatch's own {} syscall-tracepoint programs with their maps, taken over \
-             from a running ctrwatch (`pidfd_getfd`) and attached the way ctrwatch attaches \
+             from a running ctrwatch (by id, from the links it holds) and attached the way ctrwatch attaches \
              them, plus its rename-target hooks on filesystem tracepoints ({}); its three \
              scheduler programs (exec, fork, exit) are left out, as they run \
              once per process, not per syscall, and its userspace has nothing to do for a \
@@ -2953,7 +3113,7 @@ impl Bench {
                 .map(|v| v.len())
                 .unwrap_or(0)
         );
-        for w in WORKLOADS {
+        for w in PAIRED_WORKLOADS {
             let _ = writeln!(
                 md,
                 "**{}**: {}; passes of {} iterations (auditd pairs: runs of {}).\n",
@@ -3100,6 +3260,10 @@ impl Bench {
             md,
             "## The real daemon attached, workload outside the root\n"
         );
+        if self.args.paired_only {
+            let _ = writeln!(md, "Left out (`--paired-only`).\n");
+            return;
+        }
         let _ = writeln!(
             md,
             "The same outside workloads at full length with a real `ctrwatch watch --json --root \
@@ -3143,6 +3307,10 @@ impl Bench {
 
     fn report_inside(&self, md: &mut String) {
         let _ = writeln!(md, "## Workload inside the watched root\n");
+        if self.args.paired_only {
+            let _ = writeln!(md, "Left out (`--paired-only`).\n");
+            return;
+        }
         let _ = writeln!(
             md,
             "The same loops inside `root/`, where every operation is recorded. ctrwatch's records \
@@ -3316,7 +3484,7 @@ impl Bench {
     /// For each missed target: by how much, and what the measurements say about why.
     fn report_misses(&self, md: &mut String) {
         let mut lines = Vec::new();
-        for w in WORKLOADS {
+        for w in PAIRED_WORKLOADS {
             let ovh = if self.paired_skipped.is_none() {
                 self.paired_ovh(Config::Ctrwatch, w)
             } else {
@@ -3550,6 +3718,7 @@ fn workspace_root() -> PathBuf {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    QUIET_MAX_WAIT_S.store(args.quiet_wait, std::sync::atomic::Ordering::Relaxed);
     if let Some(kind) = args.worker {
         let result = match (args.dir.as_deref(), args.iters) {
             (Some(dir), _) if args.serve => serve_worker(kind, dir),

@@ -11,6 +11,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::btf_offsets::{BtfError, KernelBtf};
+
 /// Hook families, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -106,6 +108,13 @@ pub struct Capabilities {
 impl Capabilities {
     /// Looks at this kernel: tracefs, BTF, the LSM list, the rename-target hooks.
     pub fn probe() -> Self {
+        let btf = KernelBtf::open(Path::new(super::btf_offsets::VMLINUX_BTF));
+        Self::probe_with_btf(btf.as_ref())
+    }
+
+    /// [`Capabilities::probe`] with the kernel's BTF already parsed (or the error parsing it
+    /// gave): the start parses it once, for this and for the offsets.
+    pub fn probe_with_btf(btf: Result<&KernelBtf, &BtfError>) -> Self {
         let tracefs = tracefs_dir();
         let syscall_tracepoints = tracefs
             .as_ref()
@@ -116,7 +125,7 @@ impl Capabilities {
         let bpf_lsm_active = fs::read_to_string("/sys/kernel/security/lsm")
             .map(|l| l.trim().split(',').any(|m| m == "bpf"))
             .unwrap_or(false);
-        let rename_target_hooks = probe_rename_target_hooks(tracefs.as_deref());
+        let rename_target_hooks = probe_rename_target_hooks(tracefs.as_deref(), btf);
         Capabilities {
             kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
@@ -185,8 +194,11 @@ impl Capabilities {
 /// argument must be where the program reads it. The position is checked in vmlinux BTF; a
 /// tracepoint of a filesystem built as a module is described in that module's BTF, which is
 /// not parsed here, and is used unchecked (its prototype has not changed since it was added).
-fn probe_rename_target_hooks(tracefs: Option<&Path>) -> Vec<RenameTargetHookStatus> {
-    let mut found = probe_each_rename_target_hook(tracefs);
+fn probe_rename_target_hooks(
+    tracefs: Option<&Path>,
+    btf: Result<&KernelBtf, &BtfError>,
+) -> Vec<RenameTargetHookStatus> {
+    let mut found = probe_each_rename_target_hook(tracefs, btf);
     // xfs_iunlink alone would take a RENAME_WHITEOUT's whiteout for the replaced target: it
     // is used only with xfs_iunlink_remove, which takes it back.
     let remove_ok = found
@@ -201,10 +213,11 @@ fn probe_rename_target_hooks(tracefs: Option<&Path>) -> Vec<RenameTargetHookStat
     found
 }
 
-fn probe_each_rename_target_hook(tracefs: Option<&Path>) -> Vec<RenameTargetHookStatus> {
-    use super::btf_offsets::{KernelBtf, VMLINUX_BTF, field_offset, tracepoint_arg_is_struct_ptr};
-    // Parsed once for all hooks (a few ms); the offsets are computed from their own parse.
-    let btf = KernelBtf::open(Path::new(VMLINUX_BTF));
+fn probe_each_rename_target_hook(
+    tracefs: Option<&Path>,
+    btf: Result<&KernelBtf, &BtfError>,
+) -> Vec<RenameTargetHookStatus> {
+    use super::btf_offsets::{field_offset, tracepoint_arg_is_struct_ptr};
     RENAME_TARGET_HOOKS
         .iter()
         .map(|hook| {
@@ -221,7 +234,7 @@ fn probe_each_rename_target_hook(tracefs: Option<&Path>) -> Vec<RenameTargetHook
                     format!("tracepoint {}:{} not on this kernel", hook.group, hook.name),
                 );
             }
-            let btf = match &btf {
+            let btf = match btf {
                 Ok(btf) => btf,
                 Err(e) => return status(false, format!("BTF: {e}")),
             };

@@ -294,16 +294,44 @@ pub struct KernelWatch {
 impl KernelWatch {
     /// Loads and attaches the programs, unpinned: they are detached when this is dropped.
     pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
-        let capabilities = Capabilities::probe();
-        let backend = capabilities
-            .best_backend()
-            .ok_or_else(|| KernelError::NoBackend(capabilities.summary()))?;
-        let offsets = btf_offsets::kernel_offsets()?;
-        let mut ebpf = EbpfLoader::new()
+        let step = StartStep::begin();
+        // aya's loader parses the kernel's BTF as it is created (for CO-RE relocations, which
+        // this object has none of: the programs read kernel structs at the offsets computed
+        // here, `OFFSETS`; aya 0.14 has no way to skip that parse). It is the slowest parse
+        // of the start, so it runs on a thread of its own while ours (the capability probe
+        // and the offsets share one) runs here.
+        let (loader, probed) = std::thread::scope(|scope| {
+            let loader = scope.spawn(|| {
+                let step = StartStep::begin();
+                let loader = EbpfLoader::new();
+                let _ = step.done("kernel BTF parsed by aya");
+                loader
+            });
+            let probed = (|| {
+                let btf = btf_offsets::KernelBtf::open(Path::new(btf_offsets::VMLINUX_BTF));
+                let capabilities = Capabilities::probe_with_btf(btf.as_ref());
+                let backend = capabilities
+                    .best_backend()
+                    .ok_or_else(|| KernelError::NoBackend(capabilities.summary()))?;
+                let offsets = btf_offsets::offsets_from_btf(&btf?)?;
+                Ok::<_, KernelError>((capabilities, backend, offsets))
+            })();
+            let loader = match loader.join() {
+                Ok(loader) => loader,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            (loader, probed)
+        });
+        let mut loader = loader;
+        let (capabilities, backend, offsets) = probed?;
+        let step = step.done("capability probe, kernel BTF and offsets");
+        let mut ebpf = loader
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
+        let step = step.done("eBPF object parsed, maps created");
         let (attachment, links) = attach(&mut ebpf, backend, &capabilities)?;
+        let _ = step.done("programs loaded and attached");
         let names: Vec<String> = ebpf.maps().map(|(name, _)| name.to_owned()).collect();
         let maps = names
             .into_iter()
@@ -823,7 +851,9 @@ fn attach(
             attachment.unavailable.push(name.to_string());
         }
     }
+    let step = StartStep::begin();
     let mut loaded = load_in_parallel(ebpf, &wanted)?;
+    let step = step.done(&format!("{} programs loaded (verified)", wanted.len()));
     // Sorted so that exits attach before enters: an enter without its exit would leave
     // pending entries behind.
     let ordered: BTreeSet<(u8, &String)> = wanted
@@ -875,7 +905,25 @@ fn attach(
         }
         attachment.attached.push(name.clone());
     }
+    let _ = step.done(&format!("{} programs attached", attachment.attached.len()));
     Ok((attachment, links))
+}
+
+/// One step of the start-up, timed for the debug log (`RUST_LOG=debug`): where the time
+/// between the start and READY goes (docs/startup.md, `cargo xtask bench startup`).
+pub struct StartStep(std::time::Instant);
+
+impl StartStep {
+    /// The step begins now.
+    pub fn begin() -> Self {
+        StartStep(std::time::Instant::now())
+    }
+
+    /// Logs the step's duration and begins the next one (drop it after the last).
+    pub fn done(self, what: &str) -> Self {
+        log::debug!("start-up: {what} in {:.1?}", self.0.elapsed());
+        Self::begin()
+    }
 }
 
 /// Loads (verifies) the named programs on every CPU at once and returns each one's result.
@@ -896,11 +944,16 @@ fn load_in_parallel(
         .clamp(1, queue.len().max(1));
     let mut loaded = HashMap::new();
     for result in workers::run_all("load", workers, queue, |(name, program)| {
+        let started = std::time::Instant::now();
         let result = match program {
             Program::TracePoint(tp) => tp.load(),
             Program::RawTracePoint(rtp) => rtp.load(),
             _ => Ok(()),
         };
+        log::debug!(
+            "start-up: program {name} loaded in {:.1?}",
+            started.elapsed()
+        );
         (name.to_string(), result)
     }) {
         let (name, result) = result.map_err(KernelError::Worker)?;
