@@ -4,6 +4,7 @@
 //! machine with rustup needs nothing but `cargo xtask run` or `cargo xtask test`.
 
 mod cmd;
+mod daemon_run;
 mod deb;
 mod footprint;
 mod setup;
