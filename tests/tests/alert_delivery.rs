@@ -914,5 +914,41 @@ fn targets_shown_alike_are_named_by_a_keyed_hash_that_survives_restarts() {
     );
     assert_eq!(am_targets(&rows), names, "names changed across the restart");
     b.stop();
+
+    // A key that exists but cannot be used (here: 5 bytes) while these targets are named by
+    // it: the start fails and says why, rather than renaming the targets and dropping what is
+    // pending under their names.
+    std::fs::write(&key, b"short").expect("spoil the key");
+    let mut c = Command::new(tests::ctrwatch_bin())
+        .args([OsStr::new("run"), OsStr::new("--root"), root.as_os_str()])
+        .args([OsStr::new("--store"), store.as_os_str()])
+        .args([OsStr::new("--config"), config.as_os_str()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctrwatch run");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = c.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = c.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let status = status.expect("a daemon with an unusable key kept running");
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("target-names.key") && err.contains("5 bytes") && err.contains("\"am\""),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -474,9 +474,56 @@ fn a_foreign_rename_into_a_committed_layer_alerts_and_containerds_renames_do_not
                 .any(|b| b["file"]["path"] == pause.to_string_lossy().as_ref())
         },
     );
+    // And from outside every root (same file system): the alert names the destination, not
+    // the source outside (the defect: the object described the destination, the alert's
+    // file was the source).
+    let outside = cd
+        .root()
+        .parent()
+        .expect("containerd root's parent")
+        .join(format!("ctrwatch-outside-{}", std::process::id()));
+    std::fs::write(&outside, b"from outside the root\n").expect("outside file");
+    let dropped_in = base.join("fs/dropped-in");
+    run(Command::new("python3").args([
+        OsStr::new("-c"),
+        OsStr::new("import os, sys; os.rename(sys.argv[1], sys.argv[2])"),
+        outside.as_os_str(),
+        dropped_in.as_os_str(),
+    ]));
+    // (Both renames are by one process tree: within the group window the second folds into
+    // the first's alert, so it is looked for among the sampled paths and events.)
+    let samples = |b: &Value, p: &Path| {
+        b["sample_paths"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == p.to_string_lossy().as_ref()))
+    };
+    wait_bodies(
+        &r,
+        "foreign-change for the rename from outside the root",
+        Duration::from_secs(60),
+        |all| {
+            of_rule(all, "foreign-change")
+                .iter()
+                .any(|b| samples(b, &dropped_in))
+        },
+    );
     let all = bodies(&r);
     drop(daemon);
     let fc = of_rule(&all, "foreign-change");
+    assert!(
+        fc.iter()
+            .all(|b| b["file"]["path"] != outside.to_string_lossy().as_ref()
+                && !samples(b, &outside)),
+        "an alert names the source outside the root: {fc:#?}"
+    );
+    let event = fc
+        .iter()
+        .filter_map(|b| b["events"].as_array())
+        .flatten()
+        .find(|e| e["new_path"] == dropped_in.to_string_lossy().as_ref())
+        .expect("the rename from outside among the alert's events");
+    assert_eq!(event["containerd"]["of_new_path"], true, "{event:#}");
+    assert_eq!(event["containerd"]["verdict"], "foreign", "{event:#}");
     let a = fc
         .iter()
         .find(|b| b["file"]["path"] == pause.to_string_lossy().as_ref())

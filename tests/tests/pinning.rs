@@ -818,6 +818,34 @@ fn unpin_does_not_follow_symlinks_out_of_the_pin_directory() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// A set whose `complete` is not a directory (a symbolic link: bpffs takes symlinks) is
+/// removed whole, its `complete` with the rest, and nothing it points to is touched. (The
+/// defect: `complete` was removed as a directory first, ENOTDIR failed the whole removal, so
+/// `unpin` and every daemon start that replaces sets failed on it.)
+#[test]
+fn a_set_whose_complete_is_not_a_directory_is_removed() {
+    tests::require_root();
+    let base = temp_dir("pin-complete-link");
+    let outside = base.join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    std::fs::write(outside.join("keep"), b"x").expect("write");
+    let pins = PinDir::new("completelink");
+    watcher::kernel::pins::prepare(&pins.0).expect("preparing the pin directory");
+    let set = pins.0.join("v1-0123456789abcdef");
+    std::fs::create_dir(&set).expect("mkdir");
+    std::fs::create_dir(set.join("links")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, set.join("complete")).expect("symlink on bpffs");
+    let (code, out, err) = pins.unpin();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!set.exists(), "the set is removed");
+    assert!(
+        outside.join("keep").is_file(),
+        "what `complete` pointed to is untouched"
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// `unpin` takes the pin directory's lock, as a daemon does: while a daemon runs with the pins
 /// it refuses, and the daemon goes on capturing.
 #[test]

@@ -364,6 +364,9 @@ impl DaemonAlerts {
             rules.unclean_stop(from, to, started_ns);
         }
         self.rules = Some(rules);
+        // Checker queue drops are reported over [last report, now]: the first report's
+        // window starts with the run.
+        self.checks_reported_ns = Some(started_ns);
         let detector = ctrwatch_alerts::detect::Detector::new(&self.config, self.node.clone());
         if detector.any_enabled() {
             let (tx, rx) = std::sync::mpsc::sync_channel(DETECT_QUEUE);

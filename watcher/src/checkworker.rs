@@ -59,7 +59,7 @@ impl Stop {
 
     fn begin(&self, deadline: Instant) {
         let _ = self.deadline.set(deadline);
-        self.flag.store(true, Ordering::Relaxed);
+        self.flag.store(true, Ordering::SeqCst);
     }
 }
 
@@ -143,8 +143,14 @@ impl<M: Send + 'static> CheckWorker<M> {
                 // SAFETY: gettid has no preconditions.
                 let id = unsafe { libc::syscall(libc::SYS_gettid) };
                 let id = u32::try_from(id).unwrap_or(0);
-                thread_tid.store(id, Ordering::Relaxed);
+                // Lowered before the id is published, and the stop flag read after (both
+                // SeqCst, as in `stop`): a stop either sees the id of a lowered thread and
+                // restores it, or this thread sees the stop and restores itself.
                 lower_priority(name, id);
+                thread_tid.store(id, Ordering::SeqCst);
+                if stopping.flag().load(Ordering::SeqCst) {
+                    restore_priority(name, id);
+                }
                 work(&mut checks, &rx, &stopping);
                 thread_tid.store(0, Ordering::Relaxed);
                 drop(ended_tx);
@@ -192,7 +198,7 @@ impl<M: Send + 'static> CheckWorker<M> {
             .as_ref()
             .is_some_and(|rx| rx.try_recv() == Err(std::sync::mpsc::TryRecvError::Empty));
         if running {
-            restore_priority(self.name, self.tid.load(Ordering::Relaxed));
+            restore_priority(self.name, self.tid.load(Ordering::SeqCst));
         }
         drop(self.feed.take());
         let ended = self

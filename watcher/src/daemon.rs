@@ -676,9 +676,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     let _ = step.done("event store opened");
     // Sinks checked (secrets, CA files) before anything starts.
-    let alerting =
-        crate::alerting::Alerting::from_config(opts.config.clone(), &target_key(&opts.store))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let alerting = crate::alerting::Alerting::from_config(
+        opts.config.clone(),
+        &target_key(&opts.store, &opts.config)?,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The run begins when capture has started, after the programs are attached (seconds).
     let started_with = RunOptions {
         reload: None,
@@ -989,17 +991,36 @@ impl Warner {
 }
 
 /// The key of the names of sink targets that show alike, beside the store
-/// (ctrwatch_alerts::target_key). Without it (a full disk at the first start, a file someone
-/// else put there), the names of builds before the key: nothing pending is orphaned, and the
-/// next start that has the key renames them.
-fn target_key(store: &Path) -> TargetKey {
-    TargetKey::load_or_create(&TargetKey::path_for(store)).unwrap_or_else(|e| {
-        log::warn!(
-            "ctrwatch: warning: {e}; sink targets that show alike are named by an unkeyed hash \
-             of their URL meanwhile"
+/// (ctrwatch_alerts::target_key). When it cannot be made (a full disk or a read-only store at
+/// the first start), or no sink needs it, the names of builds before the key (unkeyed; the
+/// next start that has the key renames their pending deliveries). A key that exists but
+/// cannot be used while a sink's targets are named by it is an error: under other names
+/// their pending deliveries would be dropped as no longer configured.
+fn target_key(store: &Path, config: &ctrwatch_config::Config) -> anyhow::Result<TargetKey> {
+    let path = TargetKey::path_for(store);
+    let error = match TargetKey::load_or_create(&path) {
+        Ok(key) => return Ok(key),
+        Err(e) => e,
+    };
+    let needed_by: Vec<String> = config
+        .sinks
+        .iter()
+        .filter(|s| ctrwatch_alerts::sinks::targets_shown_alike(s.kind, &s.urls))
+        .map(|s| format!("{:?}", ctrwatch_event::escape(&s.name)))
+        .collect();
+    if std::fs::symlink_metadata(&path).is_ok() && !needed_by.is_empty() {
+        anyhow::bail!(
+            "{error}; sink(s) {} name their targets by this key and their pending deliveries \
+             are stored under those names: fix the file, or remove it to have a new key made \
+             (deliveries pending at those targets are then dropped)",
+            needed_by.join(", ")
         );
-        TargetKey::Legacy
-    })
+    }
+    log::warn!(
+        "ctrwatch: warning: {error}; sink targets that show alike are named by an unkeyed hash \
+         of their URL meanwhile"
+    );
+    Ok(TargetKey::Legacy)
 }
 
 #[cfg(test)]

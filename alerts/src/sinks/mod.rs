@@ -346,6 +346,16 @@ pub fn shown_targets(kind: SinkKind, urls: &[String], key: &TargetKey) -> Vec<St
     out
 }
 
+/// Whether two of `urls` show alike ([`redact_url`]): then their names carry the keyed hash
+/// ([`shown_targets`]), and the key is needed to keep them.
+pub fn targets_shown_alike(kind: SinkKind, urls: &[String]) -> bool {
+    let shown: Vec<String> = urls.iter().map(|u| redact_url(kind, u)).collect();
+    shown
+        .iter()
+        .enumerate()
+        .any(|(i, s)| shown[..i].contains(s))
+}
+
 /// The names earlier builds gave a sink's targets, `shown` of each URL with `#N` (its place
 /// in the list) after the second and later of equal ones: pending deliveries stored under
 /// them are renamed to [`shown_targets`]' at start (by the current order of the list).

@@ -493,14 +493,20 @@ impl Attributor {
         process: &ProcessView,
         processes: &mut ProcessTable,
     ) -> Option<ContainerdView> {
-        let (idx, path) = match self.instances.iter().position(|t| t.contains(path)) {
-            Some(i) => (i, path),
+        let (idx, path, of_new_path) = match self.instances.iter().position(|t| t.contains(path)) {
+            Some(i) => (i, path, false),
             None => {
                 let np = new_path?;
-                (self.instances.iter().position(|t| t.contains(np))?, np)
+                (
+                    self.instances.iter().position(|t| t.contains(np))?,
+                    np,
+                    true,
+                )
             }
         };
         let mut view = self.describe(idx, path);
+        // From outside every root: the object (and the verdict) is the destination's.
+        view.of_new_path = of_new_path;
         // A rename or link from elsewhere (inside the root or not) into a committed layer or
         // the metadata changes the destination: that is what is judged (a `mv tmp-x
         // …/snapshots/N/fs/pause` by a foreign process is a foreign change of layer N).

@@ -300,13 +300,20 @@ impl KernelWatch {
         // here, `OFFSETS`; aya 0.14 has no way to skip that parse). It is the slowest parse
         // of the start, so it runs on a thread of its own while ours (the capability probe
         // and the offsets share one) runs here.
+        let aya_parse = || {
+            let step = StartStep::begin();
+            let loader = EbpfLoader::new();
+            let _ = step.done("kernel BTF parsed by aya");
+            loader
+        };
         let (loader, probed) = std::thread::scope(|scope| {
-            let loader = scope.spawn(|| {
-                let step = StartStep::begin();
-                let loader = EbpfLoader::new();
-                let _ = step.done("kernel BTF parsed by aya");
-                loader
-            });
+            // A refused thread (a task limit) is not a failure: the parse then runs here,
+            // after ours.
+            let loader = std::thread::Builder::new()
+                .name("aya-btf".into())
+                .spawn_scoped(scope, aya_parse)
+                .inspect_err(|e| log::debug!("aya's BTF parse runs on this thread: {e}"))
+                .ok();
             let probed = (|| {
                 let btf = btf_offsets::KernelBtf::open(Path::new(btf_offsets::VMLINUX_BTF));
                 let capabilities = Capabilities::probe_with_btf(btf.as_ref());
@@ -316,13 +323,17 @@ impl KernelWatch {
                 let offsets = btf_offsets::offsets_from_btf(&btf?)?;
                 Ok::<_, KernelError>((capabilities, backend, offsets))
             })();
-            let loader = match loader.join() {
-                Ok(loader) => loader,
-                Err(panic) => std::panic::resume_unwind(panic),
+            let loader = match loader.map(std::thread::ScopedJoinHandle::join) {
+                Some(Ok(loader)) => Ok(loader),
+                Some(Err(panic)) => Err(KernelError::Worker(format!(
+                    "panicked (aya's BTF parse): {}",
+                    workers::panic_message(panic.as_ref())
+                ))),
+                None => Ok(aya_parse()),
             };
             (loader, probed)
         });
-        let mut loader = loader;
+        let mut loader = loader?;
         let (capabilities, backend, offsets) = probed?;
         let step = step.done("capability probe, kernel BTF and offsets");
         let mut ebpf = loader

@@ -175,6 +175,13 @@ pub fn prepare(pin_dir: &Path) -> Result<(), PinError> {
     } else if !is_bpffs(Path::new(BPFFS_MOUNT))? {
         mount_bpffs()?;
     }
+    // A symbolic link is refused here, with the message `unpin` gives: the sets in it are
+    // read and removed without following links, so a start could not replace them.
+    if std::fs::symlink_metadata(pin_dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(io(pin_dir)(std::io::Error::other(
+            "a symbolic link (not followed): give the directory itself",
+        )));
+    }
     let mut builder = std::fs::DirBuilder::new();
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.recursive(true);
@@ -459,7 +466,12 @@ impl PinDirFd {
             }
             Err(e) => return Err(e),
         };
-        set.unlink(c"complete", true)?;
+        // `complete` is a directory when this build made it; anything else by that name
+        // (ENOTDIR) is removed below with the rest.
+        match rustix::fs::unlinkat(&set.fd, c"complete", rustix::fs::AtFlags::REMOVEDIR) {
+            Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {}
+            Err(e) => return Err(io(&set.path.join("complete"))(e.into())),
+        }
         match set.child(c"links") {
             Ok(links) => links.unlink_in_parallel()?,
             // Not made (a crash while creating the set), or not a directory: removed below
