@@ -24,7 +24,10 @@ fn config(args: &[&str]) -> (i32, String, String) {
 }
 
 fn scratch(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ctrwatch-config-cli.{}", std::process::id()));
+    // Cargo's scratch directory for integration tests (target/tmp), not /tmp: nothing of
+    // these files is left behind on the machine.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("config-cli.{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
