@@ -270,9 +270,15 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         sink.capture_started(started_at)?;
     }
     let step = step.done("roots set, capture on");
-    // Seeded from /proc after READY (below), before the first record is read: what is
-    // captured waits in the ring buffer meanwhile, so no record sees the table earlier.
-    let processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
+    // The processes that were running when capture began (those that start later come as
+    // records). Before READY, not after: a process started before the daemon that changes a
+    // file and exits right after READY has no exec record, and once it is gone /proc cannot
+    // say who it was (tests/tests/secrets.rs' `early` process lost its command line so).
+    let mut processes = ProcessTable::new(opts.process_grace).with_masker(opts.masker.clone());
+    if let Err(e) = processes.seed_from_proc() {
+        log::warn!("reading running processes from /proc: {e:#}");
+    }
+    let step = step.done("processes seeded from /proc");
     // Discovering: every trusted instance found is attributed (extra named roots are watched,
     // and attributed when they belong to one). Not discovering: the named roots only.
     let attributed = if opts.discover {
@@ -330,14 +336,6 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         enricher.roots.roots.len(),
         kernel.attachment.backend
     ));
-
-    // The processes that were running when capture began (those that start later come as
-    // records). Not needed for READY: nothing has read the ring buffer yet.
-    let step = crate::kernel::StartStep::begin();
-    if let Err(e) = enricher.processes.seed_from_proc() {
-        log::warn!("reading running processes from /proc: {e:#}");
-    }
-    let _ = step.done("processes seeded from /proc (after READY)");
 
     // Start-up is over: what it read (the eBPF object, the kernel's BTF, all of /proc) is not
     // needed any more; give its pages back rather than keep them resident while idle.
