@@ -146,10 +146,10 @@ impl<M: Send + 'static> CheckWorker<M> {
                 // Lowered before the id is published, and the stop flag read after (both
                 // SeqCst, as in `stop`): a stop either sees the id of a lowered thread and
                 // restores it, or this thread sees the stop and restores itself.
-                lower_priority(name, id);
+                set_priority(name, id, Priority::Idle);
                 thread_tid.store(id, Ordering::SeqCst);
                 if stopping.flag().load(Ordering::SeqCst) {
-                    restore_priority(name, id);
+                    set_priority(name, id, Priority::Normal);
                 }
                 work(&mut checks, &rx, &stopping);
                 thread_tid.store(0, Ordering::Relaxed);
@@ -198,7 +198,7 @@ impl<M: Send + 'static> CheckWorker<M> {
             .as_ref()
             .is_some_and(|rx| rx.try_recv() == Err(std::sync::mpsc::TryRecvError::Empty));
         if running {
-            restore_priority(self.name, self.tid.load(Ordering::SeqCst));
+            set_priority(self.name, self.tid.load(Ordering::SeqCst), Priority::Normal);
         }
         drop(self.feed.take());
         let ended = self
@@ -251,80 +251,59 @@ const IOPRIO_WHO_PROCESS: libc::c_long = 1;
 const IOPRIO_IDLE: libc::c_long = 3 << 13;
 const IOPRIO_BEST_EFFORT_NORMAL: libc::c_long = (2 << 13) | 4;
 
-/// Lowers the priority of the calling thread (`tid`) as far as it goes: `SCHED_IDLE`, nice
-/// 19, the idle I/O class. Best effort (logged at debug level).
-fn lower_priority(name: &str, tid: u32) {
+/// The two priorities a checker runs at.
+#[derive(Clone, Copy)]
+enum Priority {
+    /// As low as it goes: `SCHED_IDLE`, nice 19, the idle I/O class (while it works).
+    Idle,
+    /// The normal one: `SCHED_OTHER`, nice 0, the best-effort I/O class (for its stop).
+    Normal,
+}
+
+/// Gives the worker thread `tid` the priority `to`. Best effort (a refused scheduling class
+/// is logged at debug level).
+fn set_priority(name: &str, tid: u32, to: Priority) {
     if tid == 0 {
         return;
     }
+    let (policy, nice, ioprio, what) = match to {
+        Priority::Idle => (libc::SCHED_IDLE, 19, IOPRIO_IDLE, "SCHED_IDLE"),
+        Priority::Normal => (
+            libc::SCHED_OTHER,
+            0,
+            IOPRIO_BEST_EFFORT_NORMAL,
+            "normal priority for the stop",
+        ),
+    };
     // Zeroed rather than a struct literal: musl's sched_param has more fields than glibc's
     // (the package's static build is musl). The raw syscall, because musl's
     // sched_setscheduler() is a stub that always fails with ENOSYS.
     // SAFETY: sched_param is plain integers; all zero is a valid value (priority 0).
     let param: libc::sched_param = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param that outlives the
-    // call.
+    // SAFETY: `tid` is our own worker thread, still running (the callers: the thread itself,
+    // or `stop` having checked); `param` is a valid sched_param that outlives the call.
     let set = unsafe {
         libc::syscall(
             libc::SYS_sched_setscheduler,
-            0,
-            libc::SCHED_IDLE,
+            libc::c_long::from(tid),
+            policy,
             &param as *const libc::sched_param,
         )
     };
     if set != 0 {
         log::debug!(
-            "{name}: SCHED_IDLE refused: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: plain syscall on this thread's id; a failure changes nothing.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-    }
-    // SAFETY: plain syscall on this thread's id; a failure changes nothing.
-    unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            libc::c_long::from(tid),
-            IOPRIO_IDLE,
-        );
-    }
-}
-
-/// Gives thread `tid` (a worker) the normal priority back: `SCHED_OTHER`, nice 0, the
-/// best-effort I/O class. Best effort (logged at debug level).
-fn restore_priority(name: &str, tid: u32) {
-    if tid == 0 {
-        return;
-    }
-    // SAFETY: as in lower_priority: a zeroed sched_param is priority 0.
-    let param: libc::sched_param = unsafe { std::mem::zeroed() };
-    // SAFETY: `tid` is our own worker thread, still running (the caller checked); `param`
-    // outlives the call.
-    let set = unsafe {
-        libc::syscall(
-            libc::SYS_sched_setscheduler,
-            libc::c_long::from(tid),
-            libc::SCHED_OTHER,
-            &param as *const libc::sched_param,
-        )
-    };
-    if set != 0 {
-        log::debug!(
-            "{name}: normal priority for the stop refused: {}",
+            "{name}: {what} refused: {}",
             std::io::Error::last_os_error()
         );
     }
     // SAFETY: plain syscalls on that thread's id; a failure changes nothing.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, tid, 0);
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
         libc::syscall(
             libc::SYS_ioprio_set,
             IOPRIO_WHO_PROCESS,
             libc::c_long::from(tid),
-            IOPRIO_BEST_EFFORT_NORMAL,
+            ioprio,
         );
     }
 }
