@@ -196,23 +196,30 @@ pub fn prepare(pin_dir: &Path) -> Result<(), PinError> {
 /// returned file is open), waiting up to `wait` for a daemon that is stopping: two daemons
 /// with one directory would read the same ring buffer.
 pub fn lock(pin_dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, PinError> {
-    use std::os::fd::AsRawFd as _;
     let dir = std::fs::File::open(pin_dir).map_err(io(pin_dir))?;
+    match flock_within(&dir, wait) {
+        Ok(true) => Ok(dir),
+        Ok(false) => Err(PinError::Busy {
+            path: pin_dir.to_path_buf(),
+            waited: wait,
+        }),
+        Err(e) => Err(io(pin_dir)(e.into())),
+    }
+}
+
+/// Takes an exclusive flock on `fd`, retrying for up to `wait` while another holds it:
+/// false when it is still held then. The daemon ([`lock`]) and `unpin` ([`PinDirFd::lock`])
+/// take the same lock, each saying in its own words who holds it.
+fn flock_within(fd: impl rustix::fd::AsFd, wait: std::time::Duration) -> rustix::io::Result<bool> {
     let deadline = std::time::Instant::now() + wait;
     loop {
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(dir);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io(pin_dir)(e));
+        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => return Err(e),
         }
         if std::time::Instant::now() >= deadline {
-            return Err(PinError::Busy {
-                path: pin_dir.to_path_buf(),
-                waited: wait,
-            });
+            return Ok(false);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -403,23 +410,13 @@ impl PinDirFd {
     /// `wait` for its holder to let go; [`PinError::InUse`] if it does not. Held until this
     /// is dropped.
     pub fn lock(&self, wait: std::time::Duration) -> Result<(), PinError> {
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            match rustix::fs::flock(
-                &self.fd,
-                rustix::fs::FlockOperation::NonBlockingLockExclusive,
-            ) {
-                Ok(()) => return Ok(()),
-                Err(rustix::io::Errno::WOULDBLOCK) => {}
-                Err(e) => return Err(io(&self.path)(e.into())),
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(PinError::InUse {
-                    path: self.path.clone(),
-                    waited: wait,
-                });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        match flock_within(&self.fd, wait) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PinError::InUse {
+                path: self.path.clone(),
+                waited: wait,
+            }),
+            Err(e) => Err(io(&self.path)(e.into())),
         }
     }
 
