@@ -912,14 +912,52 @@ pub(crate) mod tests {
         }))
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!(
+    /// A test database's path; the database and SQLite's `-wal` and `-shm` files beside it
+    /// are removed when it is dropped, also when the test fails.
+    struct TempDb(PathBuf);
+
+    impl TempDb {
+        fn files(&self) -> [PathBuf; 3] {
+            let with = |suffix: &str| {
+                let mut name = self.0.clone().into_os_string();
+                name.push(suffix);
+                PathBuf::from(name)
+            };
+            [self.0.clone(), with("-wal"), with("-shm")]
+        }
+    }
+
+    impl std::ops::Deref for TempDb {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempDb {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for f in self.files() {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+
+    fn temp(name: &str) -> TempDb {
+        let db = TempDb(std::env::temp_dir().join(format!(
             "ctrwatch-outbox-{name}-{}-{:?}",
             std::process::id(),
             std::thread::current().id()
-        ));
-        let _ = std::fs::remove_file(&p);
-        p
+        )));
+        for f in db.files() {
+            let _ = std::fs::remove_file(f);
+        }
+        db
     }
 
     #[test]
@@ -950,7 +988,6 @@ pub(crate) mod tests {
             .next_pending("hook", "http://127.0.0.1:1/", 0)?
             .ok_or("none")?;
         assert_eq!(head.id, id_of(&w2));
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 
@@ -1014,7 +1051,6 @@ pub(crate) mod tests {
         )?;
         let d = &list(&conn, 0, 10)?[0].deliveries[0];
         assert_eq!((d.state.as_str(), d.delivered_rev), ("delivered", 2));
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 
@@ -1052,7 +1088,6 @@ pub(crate) mod tests {
         assert_eq!(ids.len(), 3);
         assert!(!ids.contains(&"gap k0".to_string()), "{ids:?}");
         assert_eq!(totals(&conn)?.dropped, 1);
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 
@@ -1090,7 +1125,6 @@ pub(crate) mod tests {
         );
         let text = render_table(&rows, &totals(&conn)?);
         assert!(text.contains("-> am http://b: dropped"), "{text}");
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 
@@ -1145,7 +1179,6 @@ pub(crate) mod tests {
         ];
         want.sort();
         assert_eq!(hook, want);
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 
@@ -1199,7 +1232,6 @@ pub(crate) mod tests {
             .collect();
         want.sort();
         assert_eq!(am, want);
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 
@@ -1234,7 +1266,6 @@ pub(crate) mod tests {
             .map(|d| (d.target.clone(), d.state.clone()))
             .collect();
         assert_eq!(hook, [("http://127.0.0.1:1/***".into(), "pending".into())]);
-        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 }

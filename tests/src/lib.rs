@@ -80,6 +80,29 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Removes `dir` and everything in it when the test binary exits (normally: after its last
+/// test). For the scratch directory of a fixture shared by a file's tests, which lives in a
+/// static and is never dropped.
+pub fn remove_at_exit(dir: &Path) {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_all() {
+        if let Ok(dirs) = DIRS.lock() {
+            for d in dirs.iter() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    if let Ok(mut dirs) = DIRS.lock() {
+        dirs.push(dir.to_path_buf());
+    }
+    // SAFETY: registers a function with no arguments that only takes a lock and removes
+    // directories; atexit has no other requirement.
+    REGISTERED.call_once(|| unsafe {
+        libc::atexit(remove_all);
+    });
+}
+
 /// Collects `child`'s stderr (piped) line by line into a string the test reads while the child
 /// runs; join the handle once the child has exited to have every line.
 pub fn collect_stderr(child: &mut Child) -> (Arc<Mutex<String>>, JoinHandle<()>) {

@@ -31,6 +31,7 @@ fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let base = temp_dir("events");
+        tests::remove_at_exit(&base);
         let main = base.join("main");
         let target = base.join("symlink-target");
         std::fs::create_dir_all(&main).expect("mkdir main");
@@ -421,6 +422,7 @@ fn a_bind_mount_of_a_root_is_followed() {
     );
     assert_attributed(&v, pid);
     let _ = Command::new("umount").arg(&mnt).status();
+    let _ = std::fs::remove_dir(&mnt);
 }
 
 #[test]

@@ -992,3 +992,25 @@ fn unpin_removes_the_pins_when_no_thread_can_be_started() {
     drop(pins);
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// An error that carries an I/O error says it once: the pin error's message already holds
+/// its cause, and the chain printed after it repeated it ("Not a directory (os error 20):
+/// Not a directory (os error 20)").
+#[test]
+fn an_io_error_is_said_once() {
+    let (code, out, err) = ctrwatch(&[
+        OsStr::new("unpin"),
+        OsStr::new("--pin-dir"),
+        OsStr::new("/etc/passwd/pins"),
+    ]);
+    assert_ne!(code, 0, "unpin under a file succeeded: {out}{err}");
+    assert_eq!(
+        err.matches("Not a directory").count(),
+        1,
+        "the cause must appear once: {err}"
+    );
+    assert!(
+        err.starts_with("ctrwatch: error: not removing the pins in /etc/passwd/pins"),
+        "{err}"
+    );
+}

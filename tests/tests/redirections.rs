@@ -31,6 +31,7 @@ fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let root = temp_dir("redirections");
+        tests::remove_at_exit(&root);
         let watcher = start_shared(vec![root.clone()], Vec::new());
         Shared { watcher, root }
     })

@@ -48,6 +48,7 @@ fn fixture() -> &'static Fixture {
 
 fn make_fixture() -> Fixture {
     let base = temp_dir("store-rows");
+    tests::remove_at_exit(&base);
     let root = base.join("root");
     let layer = root.join("io.containerd.snapshotter.v1.overlayfs/snapshots/5/fs");
     std::fs::create_dir_all(&layer).expect("mkdir layer");

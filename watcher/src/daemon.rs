@@ -289,7 +289,7 @@ impl StoreSink {
     /// A reload failed: the configuration loaded before stays; said in the log (error),
     /// in the status snapshot and as a `config-invalid` alert.
     fn reload_failed(&mut self, error: &anyhow::Error) {
-        let why = format!("{error:#}");
+        let why = crate::logging::error_text(error);
         // The file's text can be anything (a quoted key with control characters): escaped
         // line by line for the log and the alert; the status snapshot escapes its own copy.
         let shown = why

@@ -62,6 +62,24 @@ fn journal_lines(level: log::Level, target: &str, message: &str) -> String {
     text
 }
 
+/// An error and its causes on one line, `outer: cause: cause`, like anyhow's `{:#}`, except
+/// that a cause whose text the line already ends with is not said again: the library errors
+/// put their source in their own message (`"{path}: {source}"`, readable when printed alone)
+/// and also return it as their source, so `{:#}` said every I/O error twice.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.is_empty() {
+            text = said;
+        } else if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
+}
+
 /// Prints the error that ends a command, `ctrwatch: error: ...`, with priority `<3>` when
 /// stderr is the journal. Never panics (see the module's doc).
 pub fn print_error(message: &str) {
@@ -142,5 +160,20 @@ mod tests {
         );
         assert_eq!(priority(log::Level::Error), 3);
         assert_eq!(priority(log::Level::Trace), 7);
+    }
+
+    #[test]
+    fn a_cause_already_said_is_not_repeated_and_others_are_kept() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("/x: {source}")]
+        struct Wrapping {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::from_raw_os_error(libc::ENOTDIR);
+        let said = io.to_string();
+        let e = anyhow::Error::new(Wrapping { source: io }).context("not removing the pins");
+        assert_eq!(error_text(&e), format!("not removing the pins: /x: {said}"));
+        let plain = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_text(&plain), "outer: middle: inner");
     }
 }

@@ -664,7 +664,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            watcher::logging::print_error(&format!("{e:#}"));
+            watcher::logging::print_error(&watcher::logging::error_text(&e));
             ExitCode::FAILURE
         }
     }
@@ -792,7 +792,8 @@ fn config_check(file: &std::path::Path) -> ExitCode {
             {
                 Ok(_) => config_cmd::Checked::Valid(report),
                 Err(e) => config_cmd::Checked::Invalid(format!(
-                    "{e:#}\n{}: invalid (`ctrwatch run` would refuse it)\n",
+                    "{}\n{}: invalid (`ctrwatch run` would refuse it)\n",
+                    watcher::logging::error_text(&e),
                     ctrwatch_event::escape_path(file)
                 )),
             }
@@ -804,7 +805,7 @@ fn config_check(file: &std::path::Path) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("ctrwatch: error: {e:#}");
+                eprintln!("ctrwatch: error: {}", watcher::logging::error_text(&e));
                 ExitCode::FAILURE
             }
         },
@@ -1056,7 +1057,10 @@ fn run_audit(args: AuditArgs) -> ExitCode {
                     if is_broken_pipe(&e) {
                         return ExitCode::from(worst.max(report.exit_code() as u8));
                     }
-                    eprintln!("ctrwatch: error: writing the report: {e:#}");
+                    eprintln!(
+                        "ctrwatch: error: writing the report: {}",
+                        watcher::logging::error_text(&e)
+                    );
                     return ExitCode::from(2);
                 }
                 worst = worst.max(report.exit_code() as u8);

@@ -226,20 +226,19 @@ fn flock_within(fd: impl rustix::fd::AsFd, wait: std::time::Duration) -> rustix:
 }
 
 fn is_bpffs(path: &Path) -> Result<bool, PinError> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io(path)(std::io::Error::other(e)))?;
-    // SAFETY: statfs writes only into the zeroed struct given; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io(path)(std::io::Error::last_os_error()));
-    }
+    let fs = rustix::fs::statfs(path).map_err(|e| io(path)(e.into()))?;
+    Ok(has_bpffs_magic(&fs))
+}
+
+/// Whether a file system is bpffs, by its magic number ([`is_bpffs`] by path, `unpin`'s
+/// [`PinDirFd::check_safe`] by an open directory).
+fn has_bpffs_magic(fs: &rustix::fs::StatFs) -> bool {
     #[allow(
         clippy::unnecessary_cast,
         reason = "f_type's type differs between libcs"
     )]
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+    let magic = fs.f_type as i64;
+    magic == BPF_FS_MAGIC
 }
 
 fn mount_bpffs() -> Result<(), PinError> {
@@ -388,11 +387,7 @@ impl PinDirFd {
     /// it: on bpffs, and only root can change it (owned by root, no group or other write).
     pub fn check_safe(&self) -> Result<(), PinError> {
         let fs = rustix::fs::fstatfs(&self.fd).map_err(|e| io(&self.path)(e.into()))?;
-        #[allow(
-            clippy::unnecessary_cast,
-            reason = "f_type's type differs between libcs"
-        )]
-        if fs.f_type as i64 != BPF_FS_MAGIC {
+        if !has_bpffs_magic(&fs) {
             return Err(PinError::NotBpffs(self.path.clone()));
         }
         let stat = rustix::fs::fstat(&self.fd).map_err(|e| io(&self.path)(e.into()))?;
