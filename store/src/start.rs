@@ -364,6 +364,28 @@ impl DaemonStore {
         }
     }
 
+    /// See [`Store::set_ring`].
+    pub fn set_ring(&mut self, ring: String) {
+        if let State::Open(store) = &mut self.state {
+            store.set_ring(ring);
+        }
+    }
+
+    /// See [`Store::note_ring_through`].
+    pub fn note_ring_through(&mut self, through: u64) {
+        if let State::Open(store) = &mut self.state {
+            store.note_ring_through(through);
+        }
+    }
+
+    /// See [`Store::ring_mark`]; None while the store cannot be opened.
+    pub fn ring_mark(&self) -> Result<Option<crate::RingMark>, StoreError> {
+        match &self.state {
+            State::Open(store) => store.ring_mark(),
+            State::Unavailable { .. } => Ok(None),
+        }
+    }
+
     /// See [`Store::append_event`]; counted while the store cannot be opened.
     pub fn append_event(&mut self, ev: &FileEvent) -> Result<(), StoreError> {
         match &mut self.state {
