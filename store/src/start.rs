@@ -39,6 +39,8 @@ pub struct DaemonStore {
     /// A corrupt store moved aside at start: written as a gap once the run has begun.
     reset: Option<Gap>,
     next_try: Instant,
+    /// The ring buffer the events come from ([`Store::set_ring`]), for a store opened later.
+    ring: Option<String>,
 }
 
 enum State {
@@ -60,6 +62,7 @@ impl From<Store> for DaemonStore {
             run_adopted: false,
             reset: None,
             next_try: Instant::now(),
+            ring: None,
         }
     }
 }
@@ -88,6 +91,7 @@ impl DaemonStore {
             run_adopted: false,
             reset: None,
             next_try: Instant::now(),
+            ring: None,
         };
         match ds.attempt(None)? {
             Ok(store) => ds.state = State::Open(Box::new(store)),
@@ -328,6 +332,10 @@ impl DaemonStore {
         let lock = lock.take();
         match self.attempt(lock)? {
             Ok(store) => {
+                let mut store = store;
+                if let Some(ring) = &self.ring {
+                    store.set_ring(ring.clone());
+                }
                 let old = std::mem::replace(&mut self.state, State::Open(Box::new(store)));
                 let started = self.run_started.unwrap_or_else(SystemTime::now);
                 if let Some(gap) = self.begin_open_run(started, true)? {
@@ -364,11 +372,12 @@ impl DaemonStore {
         }
     }
 
-    /// See [`Store::set_ring`].
+    /// See [`Store::set_ring`]; also for a store opened later.
     pub fn set_ring(&mut self, ring: String) {
         if let State::Open(store) = &mut self.state {
-            store.set_ring(ring);
+            store.set_ring(ring.clone());
         }
+        self.ring = Some(ring);
     }
 
     /// See [`Store::note_ring_through`].
