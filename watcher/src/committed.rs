@@ -141,6 +141,11 @@ impl ReplayFence {
         }
     }
 
+    /// The end of the last record whose events are stored, if a previous daemon said.
+    pub fn through_position(&self) -> Option<RingPos> {
+        self.through
+    }
+
     /// Whether the events of the record ending at `end` are already stored.
     pub fn already_committed(&self, end: RingPos) -> bool {
         self.through.is_some_and(|t| end <= t)

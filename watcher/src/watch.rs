@@ -687,6 +687,16 @@ fn hold_ring(ring: &mut crate::kernel::ring::EventRing, sink: &mut dyn Sink) -> 
     let identity = RingIdentity::current(map_id)?;
     let held = sink.hold_ring(&identity)?;
     ring.hold_until_released();
+    if let Some(through) = held.fence.through_position()
+        && through > ring.read_position()
+    {
+        log::info!(
+            "the ring buffer is read again from where the previous daemon published it; \
+             the events of its next {} bytes of records are stored already and are not \
+             stored twice",
+            through.bytes_since(ring.read_position())
+        );
+    }
     Some(Holding {
         held,
         commit_asked_at: ring.read_position(),
