@@ -54,6 +54,37 @@ pub use schema::SCHEMA_VERSION;
 pub use start::{DaemonStore, STORE_RETRY};
 pub use status::{AlertDelivery, DAEMON_STATUS_KEY, RecentAlert, RunRecord, StoreFacts};
 
+/// The `meta` row holding the last committed [`RingMark`].
+pub const RING_MARK_KEY: &str = "ring_committed";
+
+/// How far the daemon's reading of the kernel's ring buffer was committed: the events of
+/// every record ending at or before `through` (a position of the ring buffer named `ring`,
+/// which counts bytes forever) are in the store, committed in the same transaction as this
+/// mark. A daemon that adopts the same ring buffer after a crash reads those records again
+/// (the published consumer position may lag the mark) and must not store their events twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingMark {
+    /// Which ring buffer: its map's id in this boot (`BOOT_ID/MAP_ID`); positions of another
+    /// ring buffer mean nothing.
+    pub ring: String,
+    /// The end of the last record whose events are committed.
+    pub through: u64,
+}
+
+impl RingMark {
+    fn text(ring: &str, through: u64) -> String {
+        format!("{ring} {through}")
+    }
+
+    fn parse(text: &str) -> Option<RingMark> {
+        let (ring, through) = text.rsplit_once(' ')?;
+        Some(RingMark {
+            ring: ring.to_owned(),
+            through: through.parse().ok()?,
+        })
+    }
+}
+
 /// Where the daemon keeps its store unless told otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/ctrwatch";
 /// The database file's name inside [`DEFAULT_DIR`].

@@ -39,6 +39,8 @@ pub struct DaemonStore {
     /// A corrupt store moved aside at start: written as a gap once the run has begun.
     reset: Option<Gap>,
     next_try: Instant,
+    /// The ring buffer the events come from ([`Store::set_ring`]), for a store opened later.
+    ring: Option<String>,
 }
 
 enum State {
@@ -60,6 +62,7 @@ impl From<Store> for DaemonStore {
             run_adopted: false,
             reset: None,
             next_try: Instant::now(),
+            ring: None,
         }
     }
 }
@@ -88,6 +91,7 @@ impl DaemonStore {
             run_adopted: false,
             reset: None,
             next_try: Instant::now(),
+            ring: None,
         };
         match ds.attempt(None)? {
             Ok(store) => ds.state = State::Open(Box::new(store)),
@@ -328,6 +332,10 @@ impl DaemonStore {
         let lock = lock.take();
         match self.attempt(lock)? {
             Ok(store) => {
+                let mut store = store;
+                if let Some(ring) = &self.ring {
+                    store.set_ring(ring.clone());
+                }
                 let old = std::mem::replace(&mut self.state, State::Open(Box::new(store)));
                 let started = self.run_started.unwrap_or_else(SystemTime::now);
                 if let Some(gap) = self.begin_open_run(started, true)? {
@@ -361,6 +369,29 @@ impl DaemonStore {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// See [`Store::set_ring`]; also for a store opened later.
+    pub fn set_ring(&mut self, ring: String) {
+        if let State::Open(store) = &mut self.state {
+            store.set_ring(ring.clone());
+        }
+        self.ring = Some(ring);
+    }
+
+    /// See [`Store::note_ring_through`].
+    pub fn note_ring_through(&mut self, through: u64) {
+        if let State::Open(store) = &mut self.state {
+            store.note_ring_through(through);
+        }
+    }
+
+    /// See [`Store::ring_mark`]; None while the store cannot be opened.
+    pub fn ring_mark(&self) -> Result<Option<crate::RingMark>, StoreError> {
+        match &self.state {
+            State::Open(store) => store.ring_mark(),
+            State::Unavailable { .. } => Ok(None),
         }
     }
 

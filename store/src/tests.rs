@@ -2181,3 +2181,37 @@ fn an_adopted_run_records_no_downtime_after_a_clean_stop_only() {
     assert_eq!((g.from_ns, g.to_ns), (T0 + 40 * SEC, T0 + 50 * SEC));
     assert_eq!(w.gaps(None, None).expect("gaps").len(), 1);
 }
+
+#[test]
+fn the_ring_mark_is_committed_with_the_events_it_covers() {
+    let dir = TempDir::new("ring-mark");
+    let mut w = Store::open(dir.db(), opts_no_retention()).expect("open");
+    w.begin_run(at(1_000)).expect("run");
+    assert_eq!(w.ring_mark().expect("mark"), None);
+    // Without a ring set, positions are not kept.
+    w.note_ring_through(8);
+    w.append_event(&ev(2_000, Op::Create, "/r/a"))
+        .expect("append");
+    w.flush().expect("flush");
+    assert_eq!(w.ring_mark().expect("mark"), None);
+    w.set_ring("boot/7".into());
+    w.note_ring_through(64);
+    w.append_event(&ev(3_000, Op::Create, "/r/b"))
+        .expect("append");
+    // Appended, not committed: the committed mark is not there yet (a crash now replays b,
+    // which is not stored either).
+    let reader = Store::open_read_only(dir.db()).expect("reader");
+    assert_eq!(reader.ring_mark().expect("mark"), None);
+    w.flush().expect("flush");
+    let mark = Some(crate::RingMark {
+        ring: "boot/7".into(),
+        through: 64,
+    });
+    assert_eq!(reader.ring_mark().expect("mark"), mark);
+    // Positions only grow.
+    w.note_ring_through(32);
+    w.append_event(&ev(4_000, Op::Create, "/r/c"))
+        .expect("append");
+    w.flush().expect("flush");
+    assert_eq!(reader.ring_mark().expect("mark"), mark);
+}

@@ -21,6 +21,7 @@ use super::codec::{self, AtomKind};
 use super::rows::{now_ns, proc_from_row, proc_hash, register_functions};
 use super::status::DAEMON_STATUS_KEY;
 use super::{PruneReport, Store, StoreError, StoreOptions, ns, schema};
+use super::{RING_MARK_KEY, RingMark};
 
 /// Entries in the path cache before it is emptied. Keys are 128-bit hashes of the path, not
 /// the path (25 bytes a bucket), so the cache can hold every path of a busy node: a miss
@@ -173,6 +174,12 @@ pub(crate) struct Writer {
     /// Latest time the store was told about (events, heartbeats, runs).
     latest_ns: i64,
     unstored: Option<Unstored>,
+    /// The kernel ring buffer the daemon reads ([`Store::set_ring`]): its identity, the end
+    /// of the last record whose events were appended ([`Store::note_ring_through`]), and the
+    /// position last committed in [`RING_MARK_KEY`].
+    ring: Option<String>,
+    ring_through: Option<u64>,
+    ring_written: Option<u64>,
 }
 
 /// Bytes of the database in use (pages not on the free list).
@@ -294,6 +301,9 @@ impl Writer {
             heartbeat_ns: i64::MIN,
             latest_ns: i64::MIN,
             unstored: None,
+            ring: None,
+            ring_through: None,
+            ring_written: None,
         };
         w.load_atoms(conn)?;
         Ok(w)
@@ -862,7 +872,20 @@ impl Writer {
                 stmt.execute(params![seg, lo, hi, n as i64])?;
             }
         }
+        // Where the reading of the ring buffer stood, in the transaction holding the events of
+        // the records up to there: a daemon that replays them after a crash skips those.
+        let ring_mark = match (&self.ring, self.ring_through) {
+            (Some(ring), Some(through)) if self.ring_written != Some(through) => {
+                conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+                    .execute(params![RING_MARK_KEY, RingMark::text(ring, through)])?;
+                Some(through)
+            }
+            _ => None,
+        };
         conn.execute_batch("COMMIT")?;
+        if ring_mark.is_some() {
+            self.ring_written = ring_mark;
+        }
         self.in_txn = false;
         self.committed += self.batch;
         self.reset_batch();
@@ -1382,6 +1405,43 @@ impl Store {
         let _ = conn.execute_batch("PRAGMA optimize;");
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         Ok(())
+    }
+
+    /// The kernel ring buffer whose records the events appended from now on come from (its
+    /// [`RingMark::ring`] identity); see [`Store::note_ring_through`].
+    pub fn set_ring(&mut self, ring: String) {
+        if let Some(w) = self.writer.as_deref_mut() {
+            w.ring = Some(ring);
+            w.ring_through = None;
+            w.ring_written = None;
+        }
+    }
+
+    /// Everything made of the ring buffer's records ending at or before `through` has been
+    /// appended (call it before appending the events of the record ending there). Written in
+    /// [`RING_MARK_KEY`] with the commit that makes those events durable, never apart from
+    /// them: after a crash, [`Store::ring_mark`] says which records' events are stored.
+    pub fn note_ring_through(&mut self, through: u64) {
+        if let Some(w) = self.writer.as_deref_mut()
+            && w.ring.is_some()
+        {
+            w.ring_through = Some(w.ring_through.map_or(through, |t| t.max(through)));
+        }
+    }
+
+    /// The ring buffer position last committed ([`Store::note_ring_through`]), if any.
+    pub fn ring_mark(&self) -> Result<Option<RingMark>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [RING_MARK_KEY],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| schema::map_err(&self.path, e))?;
+        Ok(text.as_deref().and_then(RingMark::parse))
     }
 
     /// Adds an event to the open batch. Not durable until [`Store::flush`] returns Ok.

@@ -30,6 +30,7 @@ use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
     alerting::{DaemonAlerts, WriterAlerts},
+    committed::{CommitProgress, CommittedThrough, HeldRing, ReplayFence, RingIdentity, RingPos},
     metrics::{DeliveryOutcome, METRICS},
     status::{ConfigStatus, LoadedConfig, StatusSource},
     store::{DaemonStore, StoreOptions},
@@ -133,7 +134,16 @@ pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static 
 }
 
 enum Msg {
-    Event(Box<FileEvent>),
+    /// An event, and the end of the ring buffer record it came from when the reader holds
+    /// the ring buffer until commits ([`crate::committed`]).
+    Event(Box<FileEvent>, Option<RingPos>),
+    /// Everything from the ring buffer's records ending at or before this position was handed
+    /// over (the records that made no event included).
+    Through(RingPos),
+    /// The reader holds the ring buffer `RingIdentity` until commits: report them to it.
+    HoldRing(RingIdentity, CommittedThrough),
+    /// The reader holds much of the ring buffer: commit now rather than at the next second.
+    CommitSoon,
     Loss(LossEvent),
     /// Everything captured before this instant is in the messages before this one: the
     /// heartbeat.
@@ -233,6 +243,12 @@ pub struct StoreSink {
     /// The settings the daemon started with: what a reload's restart-only keys are compared
     /// with.
     started_with: Option<Box<RunOptions>>,
+    /// The ring buffer position the store last committed (read when the run begins): after a
+    /// crash, what of the adopted ring buffer is already stored.
+    ring_mark: Option<crate::store::RingMark>,
+    /// The end of the ring buffer record whose events are being handed over (None: the ring
+    /// buffer is not held, see [`Sink::hold_ring`]).
+    record_end: Option<RingPos>,
 }
 
 impl StoreSink {
@@ -260,6 +276,8 @@ impl StoreSink {
             unsent: std::collections::VecDeque::new(),
             reloader: None,
             started_with: None,
+            ring_mark: None,
+            record_end: None,
         }
     }
 
@@ -492,6 +510,12 @@ impl StoreSink {
             return Ok(()); // started on a run already begun
         };
         self.status.started = at;
+        // Before the run begins and the writer takes the store: what a crashed predecessor
+        // committed of the ring buffer this daemon may adopt.
+        match store.ring_mark() {
+            Ok(mark) => self.ring_mark = mark,
+            Err(e) => log::warn!("reading the committed ring buffer position: {e}"),
+        }
         let mut unclean = None;
         let begun = if adopted {
             store.begin_adopted_run(at)
@@ -548,7 +572,7 @@ impl Sink for StoreSink {
             let printed = echo.file_event(ev.clone());
             self.echoed(printed);
         }
-        self.send(Msg::Event(ev), self.stopping)
+        self.send(Msg::Event(ev, self.record_end), self.stopping)
     }
     fn loss(&mut self, ev: &LossEvent) -> std::io::Result<()> {
         if let Some(echo) = &mut self.echo {
@@ -570,6 +594,31 @@ impl Sink for StoreSink {
     }
     fn capture_started(&mut self, at: SystemTime) -> anyhow::Result<()> {
         self.begin(at, false)
+    }
+    fn hold_ring(&mut self, ring: &RingIdentity) -> Option<HeldRing> {
+        let tx = self.tx.as_ref()?;
+        let committed = CommittedThrough::default();
+        tx.send(Msg::HoldRing(ring.clone(), committed.clone()))
+            .ok()?;
+        let fence = match &self.ring_mark {
+            Some(mark) if mark.ring == ring.as_str() => ReplayFence::through(RingPos(mark.through)),
+            _ => ReplayFence::default(),
+        };
+        Some(HeldRing { committed, fence })
+    }
+    fn record_position(&mut self, end: RingPos) {
+        self.record_end = Some(end);
+    }
+    fn handed_through(&mut self, end: RingPos) {
+        // Not counted as a loss when the queue is full: the next drain's marker covers it.
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Msg::Through(end));
+        }
+    }
+    fn commit_soon(&mut self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Msg::CommitSoon);
+        }
     }
     fn capture_adopted(&mut self, at: SystemTime) -> anyhow::Result<()> {
         self.begin(at, true)
@@ -732,6 +781,9 @@ fn write_loop(
     let mut lost_received = 0u64;
     // Prune soon after start (a store may have aged while the daemon was down).
     let mut last_prune = Instant::now() - PRUNE_EVERY + Duration::from_secs(5);
+    // What of the ring buffer is committed, for the reader that holds it (crate::committed).
+    let mut progress = CommitProgress::default();
+    let mut commit_asked = false;
     loop {
         // Alerts and delivery results first, each committed at once (the open batch of
         // events with it): an alert is on disk before any delivery attempt, and does not
@@ -739,6 +791,9 @@ fn write_loop(
         if write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn) {
             pending = 0;
             last_commit = Instant::now();
+            if store.unstored().is_none() {
+                progress.committed();
+            }
         }
         // One message (or the timeout), then whatever else is queued, up to a burst: the
         // clocks below are read once per burst, not once per event.
@@ -747,7 +802,12 @@ fn write_loop(
         let mut taken = 0;
         while let Some(msg) = next.take() {
             match msg {
-                Ok(Msg::Event(ev)) => {
+                Ok(Msg::Event(ev, end)) => {
+                    // Before the append: a batch the append commits holds the position too.
+                    if let Some(end) = end {
+                        store.note_ring_through(end.0);
+                        progress.appended(end);
+                    }
                     events_received += 1;
                     METRICS.event(&ev);
                     warn.report(store.append_event(&ev), "storing an event");
@@ -788,6 +848,23 @@ fn write_loop(
                     }
                 }
                 Ok(Msg::Stopped(at)) => stopped_at = Some(at),
+                Ok(Msg::Through(end)) => {
+                    store.note_ring_through(end.0);
+                    progress.appended(end);
+                    // Nothing appended since the last commit: everything up to here is
+                    // committed already (or counted, while the store is degraded).
+                    if pending == 0 && store.unstored().is_none() {
+                        progress.committed();
+                    }
+                }
+                Ok(Msg::HoldRing(ring, committed)) => {
+                    store.set_ring(ring.as_str().to_owned());
+                    progress.report_to(committed);
+                }
+                Ok(Msg::CommitSoon) => {
+                    commit_asked = true;
+                    break;
+                }
                 // Outbox writes are queued: the next turn takes them.
                 Ok(Msg::Wake) => break,
                 Err(RecvTimeoutError::Timeout) => break,
@@ -810,9 +887,17 @@ fn write_loop(
             // Full or gone: the returned burst is dropped here.
             let _ = free_tx.try_send(std::mem::replace(&mut stored, Vec::with_capacity(BURST)));
         }
-        if closed || pending >= COMMIT_BATCH || last_commit.elapsed() >= COMMIT_EVERY {
+        if closed
+            || pending >= COMMIT_BATCH
+            || last_commit.elapsed() >= COMMIT_EVERY
+            || std::mem::take(&mut commit_asked)
+        {
             if pending > 0 || store.unstored().is_some() {
-                warn.report(store.flush().map(|_| ()), "committing events");
+                let committed = store.flush();
+                if committed.is_ok() && store.unstored().is_none() {
+                    progress.committed();
+                }
+                warn.report(committed.map(|_| ()), "committing events");
                 // The service's status line says so while the store cannot be written.
                 crate::notify::store_degraded(store.unstored().map(|n| {
                     format!(

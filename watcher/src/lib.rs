@@ -6,6 +6,7 @@
 pub mod alerting;
 pub mod cgroup;
 pub mod checkworker;
+pub mod committed;
 pub mod containerd;
 pub mod daemon;
 pub mod enrich;

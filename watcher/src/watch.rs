@@ -23,6 +23,7 @@ use ctrwatch_event::{FileEvent, LossEvent, monotonic_ns};
 use watcher_common::Record;
 
 use crate::{
+    committed::{HeldRing, RingIdentity, RingPos},
     daemon::RunOptions,
     enrich::{Enricher, Outcome},
     kernel::{KernelWatch, LoadOptions, Origin},
@@ -140,6 +141,26 @@ pub trait Sink {
     fn capture_adopted(&mut self, at: SystemTime) -> anyhow::Result<()> {
         self.capture_started(at)
     }
+    /// The ring buffer is pinned (it outlives the daemon): a sink that commits what it takes
+    /// (the daemon's store) returns what the reader needs to hold the records read until their
+    /// events are committed ([`crate::committed`]). None (the default): records are released
+    /// as they are read.
+    fn hold_ring(&mut self, ring: &RingIdentity) -> Option<HeldRing> {
+        let _ = ring;
+        None
+    }
+    /// The events handed over next come from the ring buffer record ending at `end` (only
+    /// while the ring buffer is held).
+    fn record_position(&mut self, end: RingPos) {
+        let _ = end;
+    }
+    /// Everything from the records ending at or before `end` has been handed over, those
+    /// that made no event included (only while the ring buffer is held).
+    fn handed_through(&mut self, end: RingPos) {
+        let _ = end;
+    }
+    /// The reader holds much of the ring buffer: commit what was handed over soon.
+    fn commit_soon(&mut self) {}
     /// Capture stopped at `at`: nothing after it is captured. The final drain (what was
     /// captured before `at`) and a flush follow.
     fn capture_stopped(&mut self, at: SystemTime) {
@@ -295,7 +316,14 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let step = step.done("discovery set up");
     let ring_buffer_bytes = kernel.ring_buffer_bytes();
-    let ring = kernel.take_ring_buffer(ring_buffer_bytes)?;
+    let mut ring = kernel.take_ring_buffer(ring_buffer_bytes)?;
+    // Pinned, the ring buffer outlives this daemon: its records stay in it until their events
+    // are committed, so that after a crash the next daemon reads them again.
+    let mut holding = if kernel.is_pinned() {
+        hold_ring(&mut ring, sink)
+    } else {
+        None
+    };
     // The ring buffer's fill, for the metrics (sampled at each scrape). Without it the
     // metrics lack two gauges; capture goes on.
     match crate::kernel::RingPositions::map(std::os::fd::AsFd::as_fd(&ring), ring_buffer_bytes) {
@@ -356,7 +384,12 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     let mut reloading: Option<tokio::task::JoinHandle<anyhow::Result<RunOptions>>> = None;
     let mut reload_again = false;
     let mut refresh_due = false;
+    // While records are held the kernel does not wake the reader (it does only for a record
+    // written at the published position): poll instead, and publish what was committed.
+    let mut held_poll = tokio::time::interval(HELD_POLL);
+    held_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop_signal = loop {
+        let records_held = ring.get_ref().holds();
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
@@ -384,7 +417,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer")?;
-                let emptied = drain(guard.get_inner_mut(), &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET))?;
+                let emptied = drain(guard.get_inner_mut(), &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET), holding.as_mut())?;
                 // Still readable when the budget ran out first: this branch comes again, after
                 // the others that are ready (signals, the watchdog, the tick) had their turn.
                 if emptied {
@@ -400,6 +433,10 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     tokio::task::yield_now().await;
                 }
             }
+            _ = held_poll.tick(), if records_held => {
+                drain(ring.get_mut(), &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET), holding.as_mut())?;
+                sink.flush()?;
+            }
             _ = tick.tick() => {
                 // The watermark: read before the loss counters and before the ring buffer is
                 // drained to empty, so everything captured before it has been delivered or
@@ -410,7 +447,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     sink.loss(&loss)?;
                     remember_reported(&mut kernel, &losses);
                 }
-                let emptied = drain(ring.get_mut(), &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET))?;
+                let emptied = drain(ring.get_mut(), &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET), holding.as_mut())?;
                 sink.flush()?;
                 if emptied {
                     sink.watermark(watermark);
@@ -446,6 +483,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         return stop_keeping_pins(
             stop_signal,
             ring.get_mut(),
+            holding.as_mut(),
             (enricher, kernel, losses),
             claimed,
             sink,
@@ -469,7 +507,14 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     // Programs that were past the switch finish; what was captured is then all in the ring
     // buffer, or counted as lost.
     kernel.detach();
-    drain(ring.get_mut(), &mut enricher, &mut kernel, sink, None)?;
+    drain(
+        ring.get_mut(),
+        &mut enricher,
+        &mut kernel,
+        sink,
+        None,
+        holding.as_mut(),
+    )?;
     // Files still open: their writes so far (reported at close otherwise).
     let open = kernel.take_all_write_aggregates()?;
     for ev in enricher.on_unclosed_writes(open) {
@@ -490,6 +535,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
 fn stop_keeping_pins(
     stop_signal: &str,
     ring: &mut crate::kernel::ring::EventRing,
+    holding: Option<&mut Holding>,
     (mut enricher, mut kernel, mut losses): (Enricher, KernelWatch, LossTracker),
     claimed: SystemTime,
     sink: &mut dyn Sink,
@@ -505,7 +551,17 @@ fn stop_keeping_pins(
     // the next daemon (adoption) or inside the downtime the next start records (after an
     // unpin): never neither.
     let before = enricher.clock.now_system_time();
-    let emptied = drain(ring, &mut enricher, &mut kernel, sink, Some(DRAIN_BUDGET))?;
+    // Held records the writer has not committed stay in the ring buffer: the next daemon
+    // reads them again and stores only the events the store does not have (the mark the
+    // writer commits at the stop).
+    let emptied = drain(
+        ring,
+        &mut enricher,
+        &mut kernel,
+        sink,
+        Some(DRAIN_BUDGET),
+        holding,
+    )?;
     let stopped_at = if emptied { before } else { claimed };
     sink.capture_stopped(stopped_at);
     if let Some(loss) = losses.poll(kernel.lost_counts()?, monotonic_ns(), &enricher.clock) {
@@ -601,14 +657,106 @@ async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
 /// tens of milliseconds of work.
 pub const DRAIN_BUDGET: usize = 16_384;
 
+/// How often a reader holding records looks at the ring buffer (the kernel does not wake it
+/// then; see [`crate::kernel::ring::EventRing::hold_until_released`]): the latency of events
+/// captured meanwhile, and how soon commits are published.
+const HELD_POLL: Duration = Duration::from_millis(20);
+
+/// The reader's side of a ring buffer held until commits ([`crate::committed`]).
+struct Holding {
+    held: HeldRing,
+    /// The read position at which the writer was last asked to commit early.
+    commit_asked_at: RingPos,
+    /// The read position last told the sink ([`Sink::handed_through`]).
+    handed: RingPos,
+}
+
+/// Holds the pinned ring buffer's records until the sink's writer commits their events, if
+/// the sink commits (the daemon's store) and the ring buffer can be named.
+fn hold_ring(ring: &mut crate::kernel::ring::EventRing, sink: &mut dyn Sink) -> Option<Holding> {
+    let map_id = match ring.map_id() {
+        Ok(id) => id,
+        Err(e) => {
+            log::warn!(
+                "the ring buffer's map id: {e}; records are released as read (a crash may \
+                 lose those read but not committed)"
+            );
+            return None;
+        }
+    };
+    let identity = RingIdentity::current(map_id)?;
+    let held = sink.hold_ring(&identity)?;
+    ring.hold_until_released();
+    if let Some(through) = held.fence.through_position()
+        && through > ring.read_position()
+    {
+        log::info!(
+            "the ring buffer is read again from where the previous daemon published it; \
+             the events of its next {} bytes of records are stored already and are not \
+             stored twice",
+            through.bytes_since(ring.read_position())
+        );
+    }
+    Some(Holding {
+        held,
+        commit_asked_at: ring.read_position(),
+        handed: ring.read_position(),
+    })
+}
+
 /// Hands the ring buffer's records to the sink: all of them (`budget` None), or at most
-/// `budget`. Returns whether the ring buffer was emptied.
+/// `budget`. Returns whether the ring buffer was emptied. With records held
+/// ([`crate::committed`]): tells the sink where each record ends and how far it has been
+/// handed everything, then publishes what the writer reported committed.
 fn drain(
     ring: &mut crate::kernel::ring::EventRing,
     enricher: &mut Enricher,
     kernel: &mut KernelWatch,
     sink: &mut dyn Sink,
     budget: Option<usize>,
+    holding: Option<&mut Holding>,
+) -> anyhow::Result<bool> {
+    let mut emptied = drain_records(ring, enricher, kernel, sink, budget, holding.as_deref())?;
+    let Some(h) = holding else {
+        return Ok(emptied);
+    };
+    let read = ring.read_position();
+    if read != h.handed {
+        h.handed = read;
+        sink.handed_through(read);
+    }
+    let size = ring.size_bytes();
+    let before = ring.published_position();
+    ring.release_through(h.held.publishable(read, size));
+    if emptied && ring.published_position() != before {
+        // Records the kernel wrote before this release woke no one (the published position
+        // was not theirs): look once more; after it, the kernel wakes the reader again, or
+        // records are still held and the loop polls.
+        emptied = drain_records(ring, enricher, kernel, sink, budget, Some(h))?;
+        let read = ring.read_position();
+        if read != h.handed {
+            h.handed = read;
+            sink.handed_through(read);
+        }
+    }
+    // Much is held (a flood, or a slow writer): ask for a commit, once per eighth of the
+    // ring read.
+    if read.bytes_since(ring.published_position()) > HeldRing::commit_soon_at(size)
+        && read.bytes_since(h.commit_asked_at) > size / 8
+    {
+        h.commit_asked_at = read;
+        sink.commit_soon();
+    }
+    Ok(emptied)
+}
+
+fn drain_records(
+    ring: &mut crate::kernel::ring::EventRing,
+    enricher: &mut Enricher,
+    kernel: &mut KernelWatch,
+    sink: &mut dyn Sink,
+    budget: Option<usize>,
+    holding: Option<&Holding>,
 ) -> anyhow::Result<bool> {
     let mut left = budget.unwrap_or(usize::MAX);
     loop {
@@ -627,13 +775,28 @@ fn drain(
             }
         };
         drop(item);
+        // Held: the record's events are the store's once committed with its end. Read again
+        // after a crash, a record whose events were committed still updates the process
+        // table and the bindings; its events are not stored twice.
+        let mut replayed = false;
+        if let Some(h) = holding {
+            let end = ring.read_position();
+            replayed = h.held.fence.already_committed(end);
+            sink.record_position(end);
+        }
         match enricher.on_record(record) {
-            Outcome::Event(ev) => sink.file_event(ev)?,
+            Outcome::Event(ev) => {
+                if !replayed {
+                    sink.file_event(ev)?;
+                }
+            }
             Outcome::ProcessExited(pid) => {
                 let unclosed = kernel.take_write_aggregates(pid)?;
                 if !unclosed.is_empty() {
                     for ev in enricher.on_unclosed_writes(unclosed) {
-                        sink.file_event(Box::new(ev))?;
+                        if !replayed {
+                            sink.file_event(Box::new(ev))?;
+                        }
                     }
                 }
             }

@@ -365,7 +365,10 @@ fn series_name(i: u64) -> String {
 /// `signal-at=K signal=SIG pid=PID` sends SIG to PID right after attempt K (mid-flood);
 /// `fast=F` makes the first F attempts back to back, then `pace-us=US` sleeps between attempts
 /// (default: all back to back); `stop-file=PATH` stops once PATH exists (checked every 64
-/// attempts). Prints how many attempts were made.
+/// attempts); `create=1` first creates each file (`open` with `O_CREAT|O_EXCL`, closed
+/// unwritten: one create record) and then unlinks it (one unlink record), so that every
+/// attempt is a create and an unlink of a file that existed. Prints how many attempts were
+/// made.
 fn unlink_series(args: &[OsString]) -> Result<(), String> {
     let dir = arg(args, 1)?.clone().into_vec();
     let count = num(args, 2)? as u64;
@@ -376,6 +379,7 @@ fn unlink_series(args: &[OsString]) -> Result<(), String> {
     let mut fast = u64::MAX;
     let mut pace = std::time::Duration::ZERO;
     let mut stop_file = None;
+    let mut create = false;
     for option in &args[4.min(args.len())..] {
         let option = option.to_str().unwrap_or("");
         let (key, value) = option
@@ -393,6 +397,7 @@ fn unlink_series(args: &[OsString]) -> Result<(), String> {
             "fast" => fast = number()?,
             "pace-us" => pace = std::time::Duration::from_micros(number()?),
             "stop-file" => stop_file = Some(CString::new(value).unwrap_or_default()),
+            "create" => create = number()? != 0,
             _ => return Err(format!("unknown option {key:?}")),
         }
     }
@@ -410,6 +415,16 @@ fn unlink_series(args: &[OsString]) -> Result<(), String> {
         p.extend_from_slice(series_name(i).as_bytes());
         let c = CString::new(p).unwrap_or_default();
         let before = realtime_ns();
+        if create {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+            // SAFETY: valid C string; plain syscalls.
+            let fd = unsafe { libc::open(c.as_ptr(), flags, 0o644) };
+            if fd < 0 {
+                return Err(format!("create: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: the fd just opened.
+            unsafe { libc::close(fd) };
+        }
         // SAFETY: valid C string.
         unsafe { libc::unlink(c.as_ptr()) };
         let after = realtime_ns();

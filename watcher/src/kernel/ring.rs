@@ -14,12 +14,18 @@
 //! busy and discard bits, page offset) followed by its data, padded to 8 bytes. The memory
 //! orderings are those of aya's reader, including the fence that keeps a wakeup from being
 //! missed (see [`EventRing::next_record`]).
+//!
+//! The consumer position is published as records are read, or, for a pinned ring buffer that
+//! outlives the daemon, only once their events are committed ([`EventRing::hold_until_released`],
+//! [`EventRing::release_through`]; see [`crate::committed`]).
 
 use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use aya::maps::MapData;
+
+use crate::committed::RingPos;
 
 /// Set in a record's header while its producer has not committed it.
 const BUSY_BIT: u32 = 1 << 31;
@@ -77,8 +83,13 @@ pub struct EventRing {
     page: usize,
     /// The data area's size in bytes (a power of two).
     size: u64,
-    /// Our position: what was consumed; stored to the consumer page as records are released.
-    pos: u64,
+    /// Our read position: the end of the last record read.
+    read: u64,
+    /// The position last stored to the consumer page: the kernel may reuse the space before
+    /// it. Equal to `read` unless records are held until released.
+    published: u64,
+    /// Publish as records are read (false: only through [`EventRing::release_through`]).
+    release_on_read: bool,
     /// The producer position as last read.
     producer_pos: u64,
     /// A position was published since the producer's was last read; see [`EventRing::next_record`].
@@ -112,15 +123,18 @@ impl EventRing {
             producer,
             page,
             size: u64::from(size_bytes),
-            pos: 0,
+            read: 0,
+            published: 0,
+            release_on_read: true,
             producer_pos: 0,
             needs_fence: false,
             wrapped: Vec::new(),
             map,
         };
         // Start where a previous reader left off.
-        ring.pos = ring.consumer_pos().load(Ordering::Acquire);
-        ring.producer_pos = ring.pos;
+        ring.read = ring.consumer_pos().load(Ordering::Acquire);
+        ring.published = ring.read;
+        ring.producer_pos = ring.read;
         Ok(ring)
     }
 
@@ -150,18 +164,74 @@ impl EventRing {
         }
     }
 
-    fn publish(&mut self, advance: u64) {
-        self.pos = self.pos.wrapping_add(advance);
+    /// Past the record just read (`advance` bytes with its header and padding).
+    fn advance_read(&mut self, advance: u64) {
+        self.read = self.read.wrapping_add(advance);
+        if self.release_on_read {
+            self.publish(self.read);
+        }
+    }
+
+    fn publish(&mut self, pos: u64) {
+        self.published = pos;
         // Release: the record's bytes are read before the kernel may reuse them.
-        self.consumer_pos().store(self.pos, Ordering::Release);
+        self.consumer_pos().store(pos, Ordering::Release);
         self.needs_fence = true;
     }
 
+    /// From now on the consumer position is published only by [`EventRing::release_through`]:
+    /// the records read stay in the ring buffer (the kernel does not overwrite them) until
+    /// released, so that a daemon adopting the pinned ring buffer after a crash reads again
+    /// what this one had not committed. The kernel wakes the reader only when a record is
+    /// written at the published position: while records are held, poll
+    /// ([`EventRing::holds`]).
+    pub fn hold_until_released(&mut self) {
+        self.release_on_read = false;
+    }
+
+    /// Gives the kernel back the space of the records ending at or before `pos` (never beyond
+    /// what was read).
+    pub fn release_through(&mut self, pos: RingPos) {
+        let target = pos.0.min(self.read);
+        if target > self.published {
+            self.publish(target);
+        }
+    }
+
+    /// The end of the last record read.
+    pub fn read_position(&self) -> RingPos {
+        RingPos(self.read)
+    }
+
+    /// The consumer position as published.
+    pub fn published_position(&self) -> RingPos {
+        RingPos(self.published)
+    }
+
+    /// Whether records read are still held (not released to the kernel).
+    pub fn holds(&self) -> bool {
+        self.published < self.read
+    }
+
+    /// The data area's size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.size
+    }
+
+    /// The kernel's id of the ring buffer map.
+    pub fn map_id(&self) -> std::io::Result<u32> {
+        self.map
+            .info()
+            .map(|info| info.id())
+            .map_err(std::io::Error::other)
+    }
+
     /// The next committed record, or None when there is none yet (poll the fd again). The
-    /// record is released (its space given back to the kernel) when the item is dropped.
+    /// record is read once the item is dropped, and then released (its space given back to
+    /// the kernel) unless records are held ([`EventRing::hold_until_released`]).
     pub fn next_record(&mut self) -> Option<RingItem<'_>> {
         loop {
-            if self.pos == self.producer_pos {
+            if self.read == self.producer_pos {
                 if self.needs_fence {
                     // The kernel wakes the reader only if the consumer position it reads at
                     // commit time is the record's: order our store of that position before
@@ -171,12 +241,12 @@ impl EventRing {
                     self.needs_fence = false;
                 }
                 self.producer_pos = self.load_producer_pos();
-                if self.pos == self.producer_pos {
+                if self.read == self.producer_pos {
                     return None;
                 }
             }
             let mask = self.size - 1;
-            let offset = usize::try_from(self.pos & mask).ok()?;
+            let offset = usize::try_from(self.read & mask).ok()?;
             let data = self.data();
             // Records are 8-byte aligned and the size is a multiple of 8: the header never wraps.
             let header_ptr = data.get(offset..offset + 4)?.as_ptr().cast::<AtomicU32>();
@@ -196,7 +266,7 @@ impl EventRing {
             let len = u64::from(header & !(BUSY_BIT | DISCARD_BIT));
             let total = (HEADER_BYTES + len).next_multiple_of(8);
             if header & DISCARD_BIT != 0 || len > self.size {
-                self.publish(total);
+                self.advance_read(total);
                 continue;
             }
             let start = offset + HEADER_BYTES as usize;
@@ -263,6 +333,6 @@ impl std::ops::Deref for RingItem<'_> {
 
 impl Drop for RingItem<'_> {
     fn drop(&mut self) {
-        self.ring.publish(self.total);
+        self.ring.advance_read(self.total);
     }
 }
