@@ -290,6 +290,21 @@ mod tests {
         }
     }
 
+    /// A change the kernel made itself says so on the readable line and in the JSON notes.
+    #[test]
+    fn kernel_internal_changes_are_labelled() {
+        let event = rename("/r/work/#c", "/r/upper/d", Notes::KERNEL_INTERNAL);
+        let line = event.human_line();
+        assert!(
+            line.contains(" -> /r/upper/d (kernel-internal) pid="),
+            "{line}"
+        );
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""notes":["kernel_internal"]"#), "{json}");
+        let line = rename("/r/a", "/r/b", Notes::default()).human_line();
+        assert!(!line.contains("kernel-internal"), "{line}");
+    }
+
     /// A truncated path is marked on the readable line right after it, a complete one not.
     #[test]
     fn the_readable_line_marks_truncated_paths() {
