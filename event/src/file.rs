@@ -254,6 +254,10 @@ flag_set! {
         VALUE_TRUNCATED = 3, "value_truncated";
         /// Writes reported at process exit or fd reuse, not at close.
         NOT_CLOSED = 4, "not_closed";
+        /// Made by the kernel itself, not by the process's own system call: an overlayfs
+        /// copy-up or opaque directory setting `trusted.overlay.*`, seen by the fentry
+        /// backend (docs/kernels.md). The process is the one whose operation triggered it.
+        KERNEL_INTERNAL = 5, "kernel_internal";
     }
 }
 

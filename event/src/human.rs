@@ -15,6 +15,8 @@ use crate::{
 pub const TRUNCATED_MARK: &str = " (path truncated)";
 /// The same after a new path (note `new_path_truncated`).
 pub const NEW_TRUNCATED_MARK: &str = " (new path truncated)";
+/// Written after the op of a change the kernel made itself (note `kernel_internal`).
+pub const KERNEL_INTERNAL_MARK: &str = " (kernel-internal)";
 
 impl FileEvent {
     /// The path for people, with the truncation mark when it is not the whole path.
@@ -51,6 +53,9 @@ impl FileEvent {
             let _ = write!(line, " -> {new}");
         }
         let d = &self.details;
+        if d.notes.contains(Notes::KERNEL_INTERNAL) {
+            line.push_str(KERNEL_INTERNAL_MARK);
+        }
         if let Some(o) = &d.overwritten {
             let _ = write!(
                 line,
@@ -283,6 +288,21 @@ mod tests {
                 ..Details::default()
             },
         }
+    }
+
+    /// A change the kernel made itself says so on the readable line and in the JSON notes.
+    #[test]
+    fn kernel_internal_changes_are_labelled() {
+        let event = rename("/r/work/#c", "/r/upper/d", Notes::KERNEL_INTERNAL);
+        let line = event.human_line();
+        assert!(
+            line.contains(" -> /r/upper/d (kernel-internal) pid="),
+            "{line}"
+        );
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""notes":["kernel_internal"]"#), "{json}");
+        let line = rename("/r/a", "/r/b", Notes::default()).human_line();
+        assert!(!line.contains("kernel-internal"), "{line}");
     }
 
     /// A truncated path is marked on the readable line right after it, a complete one not.

@@ -122,7 +122,7 @@ pub fn round_trip(data: &[u8]) {
             dev: Dev(i.u64() as u32),
         }),
         open_flags: OpenFlags(u16::from(input.byte()) & 0xf),
-        notes: Notes(u16::from(input.byte()) & 0x1f),
+        notes: Notes(u16::from(input.byte()) & 0x3f),
         ..Default::default()
     };
     let mut table: Vec<(AtomKind, String)> = Vec::new();

@@ -102,10 +102,16 @@ struct Cells {
 }
 
 fn cells(e: &FileEvent, deletion: Option<DeletionKind>) -> Cells {
-    let op = match deletion {
+    let mut op = match deletion {
         Some(d) if d.name() != e.op.name() => format!("{} ({d})", e.op),
         _ => e.op.name().to_owned(),
     };
+    if e.details
+        .notes
+        .contains(ctrwatch_event::Notes::KERNEL_INTERNAL)
+    {
+        op.push_str(ctrwatch_event::human::KERNEL_INTERNAL_MARK);
+    }
     let p = &e.process;
     let who = format!(
         "{} ({})",

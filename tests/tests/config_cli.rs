@@ -139,8 +139,8 @@ fn what_run_refuses_is_invalid() {
     std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let mut cases = vec![
         (
-            scratch("fentry.toml", "[watch]\nbackend = \"fentry\"\n"),
-            "fentry and LSM hooks are not built",
+            scratch("lsm.toml", "[watch]\nbackend = \"lsm\"\n"),
+            "no LSM programs yet",
         ),
         (
             scratch(
@@ -170,4 +170,33 @@ fn what_run_refuses_is_invalid() {
     let ok = scratch("ok.toml", "[store]\nretention_days = 30\n");
     let (code, out, err) = config(&["check", ok.to_str().expect("utf-8")]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// `backend = "fentry"` is checked against the kernel as `run` checks it at the start: invalid,
+/// with the kernel's answer, where the kernel refuses fentry programs (this project's CI
+/// kernel), valid where it accepts them (`ctrwatch probe` tells which). It was refused on
+/// every kernel when no fentry backend existed.
+#[test]
+fn fentry_is_checked_against_the_kernel() {
+    let probe = Command::new(ctrwatch_bin())
+        .args(["probe", "--json"])
+        .output()
+        .expect("ctrwatch probe");
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).expect("probe's JSON");
+    let state = probe["capabilities"]["fentry"]["state"]
+        .as_str()
+        .expect("the fentry probe's state")
+        .to_string();
+    let path = scratch("fentry.toml", "[watch]\nbackend = \"fentry\"\n");
+    let (code, out, err) = config(&["check", path.to_str().expect("utf-8")]);
+    if state == "usable" {
+        assert_eq!(code, 0, "{out}{err}");
+    } else {
+        assert_eq!(state, "refused", "{probe}");
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(
+            err.contains("backend fentry was asked for") && err.contains("this kernel refused it"),
+            "{err}"
+        );
+    }
 }

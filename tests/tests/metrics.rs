@@ -620,8 +620,30 @@ fn the_counters_say_what_was_done_and_prometheus_stores_the_same() {
         .iter()
         .filter(|s| s.name == "ctrwatch_programs_attached")
         .collect();
-    assert_eq!(programs.len(), 1, "{programs:#?}");
-    assert!(programs[0].value >= 1.0 && !programs[0].labels["backend"].is_empty());
+    // One row per hook family: the syscall tracepoints' programs, and fentry's and lsm's
+    // (none attached on this kernel, which refuses fentry: ctrwatch_backend_usable says so).
+    let attached = |family: &str| {
+        programs
+            .iter()
+            .find(|s| s.labels["backend"] == family)
+            .map(|s| s.value)
+    };
+    assert_eq!(programs.len(), 3, "{programs:#?}");
+    assert!(
+        attached("syscall-tracepoints").unwrap_or(0.0) >= 1.0,
+        "{programs:#?}"
+    );
+    assert_eq!(attached("fentry"), Some(0.0), "{programs:#?}");
+    assert_eq!(attached("lsm"), Some(0.0), "{programs:#?}");
+    assert_eq!(
+        value(
+            &samples,
+            "ctrwatch_backend_usable",
+            &[("backend", "fentry")]
+        ),
+        Some(0.0),
+        "this kernel refuses fentry"
+    );
     let version = binary_version();
     assert_eq!(
         samples
@@ -1042,6 +1064,7 @@ fn the_ring_buffer_fill_is_what_the_programs_wrote_and_nobody_read() {
     let mut kernel = KernelWatch::load(&LoadOptions {
         ring_buffer_bytes: SIZE,
         self_tgid: std::process::id(),
+        backend: ctrwatch_config::Backend::Auto,
     })
     .expect("loading the programs");
     kernel

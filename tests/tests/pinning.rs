@@ -688,6 +688,7 @@ fn the_excluded_process_is_the_daemon_that_holds_the_programs_also_after_adoptio
         &LoadOptions {
             ring_buffer_bytes: SIZE,
             self_tgid: me,
+            backend: ctrwatch_config::Backend::Auto,
         },
         Some(&pins.0),
     )
@@ -713,6 +714,7 @@ fn the_excluded_process_is_the_daemon_that_holds_the_programs_also_after_adoptio
         &LoadOptions {
             ring_buffer_bytes: SIZE,
             self_tgid: 1,
+            backend: ctrwatch_config::Backend::Auto,
         },
         Some(&pins.0),
     )

@@ -137,6 +137,10 @@ pub const FLAG_NOT_CLOSED: u32 = 16;
 /// filesystem hook for the running filesystem is attached (see
 /// watcher/src/kernel/capabilities.rs, `RENAME_TARGET_HOOKS`).
 pub const FLAG_REPLACED: u32 = 32;
+/// The change was made by the kernel itself, not by the acting task's own system call (an
+/// overlayfs copy-up or opaque directory setting `trusted.overlay.*`), seen by an fentry hook
+/// (watcher-ebpf/src/fentry.rs); the task is the one whose operation triggered it.
+pub const FLAG_KERNEL_INTERNAL: u32 = 64;
 
 /// Common prefix of every ring buffer record.
 #[allow(

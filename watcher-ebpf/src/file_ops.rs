@@ -259,7 +259,7 @@ pub fn file_watched(rec: *mut FileRecord, file: u64) -> bool {
 }
 
 #[inline(always)]
-fn scratch() -> Option<*mut FileRecord> {
+pub(crate) fn scratch() -> Option<*mut FileRecord> {
     SCRATCH.get_ptr_mut(0)
 }
 
@@ -370,7 +370,7 @@ fn open_flags(spec: &Spec, args: &[u64; 6]) -> u64 {
 
 /// Resets the fixed part of the scratch record and fills the task and header.
 #[inline(always)]
-fn begin_record(rec: *mut FileRecord, op: u16) {
+pub(crate) fn begin_record(rec: *mut FileRecord, op: u16) {
     // SAFETY: `rec` is this CPU's scratch record.
     unsafe {
         let r = &mut (*rec).fixed;
@@ -407,7 +407,7 @@ fn begin_record(rec: *mut FileRecord, op: u16) {
 
 /// Sends the scratch record (fixed part plus the used tail) or counts it lost.
 #[inline(always)]
-fn send(rec: *mut FileRecord) {
+pub(crate) fn send(rec: *mut FileRecord) {
     // SAFETY: `rec` is this CPU's scratch record; the length is bounded below its size.
     unsafe {
         let r = &mut (*rec).fixed;
@@ -725,7 +725,7 @@ unsafe fn xattr_name_value(
 
 /// `trusted.overlay.*` or `user.overlay.*`.
 #[inline(always)]
-unsafe fn is_overlay_xattr(name: *const u8, len: usize) -> bool {
+pub(crate) unsafe fn is_overlay_xattr(name: *const u8, len: usize) -> bool {
     const TRUSTED: &[u8; 16] = b"trusted.overlay.";
     const USER: &[u8; 13] = b"user.overlay.";
     // SAFETY: the caller guarantees `len` readable bytes at `name`.

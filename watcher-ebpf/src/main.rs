@@ -13,6 +13,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod fentry;
 mod file_ops;
 mod kernel;
 mod lifecycle;

@@ -645,7 +645,21 @@ impl Sink for StoreSink {
         self.alert_tick(now);
     }
     fn capture_info(&mut self, info: CaptureInfo) {
-        METRICS.set_programs(&info.backend, info.hooks_attached);
+        let other_families: usize = info.families.iter().map(|f| f.programs_attached).sum();
+        METRICS.set_programs(
+            &info.backend,
+            info.hooks_attached.saturating_sub(other_families),
+            info.families
+                .iter()
+                .map(|f| {
+                    (
+                        f.family.to_string(),
+                        f.state == crate::kernel::backend::FamilyState::Usable,
+                        f.programs_attached,
+                    )
+                })
+                .collect(),
+        );
         // Read by the writer once a second; never contended for long.
         if let Ok(mut shared) = self.status.capture.lock() {
             *shared = info;
@@ -1127,6 +1141,7 @@ mod tests {
                 trust: Default::default(),
                 masker: crate::secrets::Masker::builtin(),
                 pin_dir: None,
+                backend: config.watch.backend,
             },
             store: config.store.path.clone(),
             store_options: StoreOptions::default(),

@@ -14,9 +14,9 @@ use ctrwatch_event::{
     Overwritten, PathBytes, ProcessView, Xattr, lossless_text,
 };
 use watcher_common::{
-    FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_REPLACED,
-    FLAG_VALUE_TRUNCATED, FileRecordFixed, KernelFileOp, PATH_GAP, Record, TaskInfo, WriteAgg,
-    WriteKey, op,
+    FLAG_BY_FD, FLAG_KERNEL_INTERNAL, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED,
+    FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecordFixed, KernelFileOp, PATH_GAP, Record, TaskInfo,
+    WriteAgg, WriteKey, op,
 };
 
 use crate::{
@@ -314,6 +314,7 @@ impl Enricher {
             (FLAG_PATH2_TRUNCATED, Notes::NEW_PATH_TRUNCATED),
             (FLAG_VALUE_TRUNCATED, Notes::VALUE_TRUNCATED),
             (FLAG_NOT_CLOSED, Notes::NOT_CLOSED),
+            (FLAG_KERNEL_INTERNAL, Notes::KERNEL_INTERNAL),
         ] {
             if x.flags & bit != 0 {
                 d.notes.insert(note);

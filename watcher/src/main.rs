@@ -250,8 +250,14 @@ Examples:\n  ctrwatch alerts\n  ctrwatch alerts --since 1h --json | jq 'select(.
         #[command(subcommand)]
         command: AlertCommand,
     },
-    /// Show what this kernel supports and which hooks ctrwatch would use.
-    Probe,
+    /// Show what this kernel supports and which hooks ctrwatch would use: tracefs, BTF, the
+    /// hook families (a test fentry program is loaded, attached and detached; whether `bpf`
+    /// is an active LSM), the rename-target hooks, the struct offsets read from BTF.
+    Probe {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the containerd instances found on this node and why, what discovery refused and
     /// why (processes and config files root does not control alone, system directories), and
     /// the directories watched when no --root is given.
@@ -414,6 +420,27 @@ struct WatchArgs {
     /// Do not apply the built-in masking rules (only --mask-arg patterns).
     #[arg(long)]
     no_default_masks: bool,
+    /// Which kernel hooks to use: `auto` (the default: the richest the kernel accepts),
+    /// `tracepoint` (syscall tracepoints only), `fentry` (refused at the start when the
+    /// kernel refuses fentry programs: `ctrwatch probe` says). In this version every
+    /// operation is still captured through syscall tracepoints; fentry is probed and reported
+    /// (docs/kernels.md). Overrides `[watch] backend`.
+    #[arg(long, default_value = "auto", value_name = "BACKEND", value_parser = backend_arg)]
+    backend: ctrwatch_config::Backend,
+}
+
+/// Checks a `--backend` name.
+fn backend_arg(s: &str) -> Result<ctrwatch_config::Backend, String> {
+    match ctrwatch_config::Backend::from_name(s) {
+        Some(ctrwatch_config::Backend::Lsm) => {
+            Err("lsm: this ctrwatch has no LSM programs yet; use auto, tracepoint or fentry".into())
+        }
+        Some(b) => Ok(b),
+        None => Err(format!(
+            "{}: not a backend; use auto, tracepoint or fentry",
+            ctrwatch_event::escape(s)
+        )),
+    }
 }
 
 /// Checks and compiles a `--mask-arg` pattern.
@@ -643,7 +670,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Example) => write_stdout(ctrwatch_config::EXAMPLE),
         Command::Config(ConfigCommand::Check { file }) => return config_check(&file),
         Command::Generate { what } => generate(what),
-        Command::Probe => probe(),
+        Command::Probe { json } => probe(json),
         Command::Unpin {
             pin_dir,
             if_stopping,
@@ -918,9 +945,25 @@ fn generate(what: Generate) -> anyhow::Result<()> {
     }
 }
 
-fn probe() -> anyhow::Result<()> {
+fn probe(json: bool) -> anyhow::Result<()> {
     use std::fmt::Write as _;
     let caps = Capabilities::probe();
+    if json {
+        #[derive(serde::Serialize)]
+        struct ProbeJson<'a> {
+            capabilities: &'a Capabilities,
+            backend: Option<&'static str>,
+            /// Why the struct offsets the programs need cannot be read from BTF (None: they
+            /// can; the text output lists them).
+            offsets_error: Option<String>,
+        }
+        let out = ProbeJson {
+            capabilities: &caps,
+            backend: caps.best_backend().map(|b| b.name()),
+            offsets_error: btf_offsets::kernel_offsets().err().map(|e| e.to_string()),
+        };
+        return write_stdout(&(serde_json::to_string(&out)? + "\n"));
+    }
     let mut text = String::new();
     let _ = writeln!(text, "{}", caps.summary());
     match caps.best_backend() {
@@ -928,6 +971,19 @@ fn probe() -> anyhow::Result<()> {
             let _ = writeln!(text, "backend: {}", b.name());
         }
         None => text.push_str("backend: none usable\n"),
+    }
+    for family in [&caps.fentry, &caps.lsm] {
+        let _ = writeln!(
+            text,
+            "hook family {}: {} ({})",
+            family.family,
+            family.state.name(),
+            family.detail
+        );
+    }
+    let btf = btf_offsets::KernelBtf::open(std::path::Path::new(btf_offsets::VMLINUX_BTF));
+    for (_, prototype) in watcher::kernel::backend::xattr_prototypes(btf.as_ref()) {
+        let _ = writeln!(text, "fentry target {prototype}");
     }
     for hook in &caps.rename_target_hooks {
         let _ = writeln!(

@@ -155,6 +155,9 @@ pub struct Metrics {
     mapping_refresh: DurationSummary,
     /// The capture backend and how many of its programs are attached.
     programs: Mutex<Option<(String, usize)>>,
+    /// The other hook families (fentry, lsm): whether the kernel accepted each, and how many
+    /// of its programs are attached.
+    families: Mutex<Vec<(String, bool, usize)>>,
     ring: Mutex<Option<Box<dyn RingFillSource>>>,
 }
 
@@ -189,6 +192,7 @@ impl Metrics {
                 sum_ns: AtomicU64::new(0),
             },
             programs: Mutex::new(None),
+            families: Mutex::new(Vec::new()),
             ring: Mutex::new(None),
         }
     }
@@ -273,9 +277,16 @@ impl Metrics {
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
-    /// The capture backend and how many programs are attached.
-    pub fn set_programs(&self, backend: &str, attached: usize) {
+    /// The capture backend and how many of its programs are attached; the other hook
+    /// families, whether the kernel accepted each and how many of their programs are attached.
+    pub fn set_programs(
+        &self,
+        backend: &str,
+        attached: usize,
+        families: Vec<(String, bool, usize)>,
+    ) {
         *lock(&self.programs) = Some((backend.to_owned(), attached));
+        *lock(&self.families) = families;
     }
 
     /// Where the ring buffer's fill is read at each scrape.
@@ -472,6 +483,28 @@ impl Metrics {
                 &[("backend", backend)],
                 *attached as f64,
             );
+            let families = lock(&self.families).clone();
+            for (family, _, attached) in &families {
+                out.sample(
+                    "ctrwatch_programs_attached",
+                    &[("backend", family)],
+                    *attached as f64,
+                );
+            }
+            if !families.is_empty() {
+                out.family(
+                    "ctrwatch_backend_usable",
+                    "gauge",
+                    "1 when the kernel accepted this hook family's test program at the start (fentry), 0 when it refused it or it was not probed (lsm: no LSM programs yet).",
+                );
+                for (family, usable, _) in &families {
+                    out.sample(
+                        "ctrwatch_backend_usable",
+                        &[("backend", family)],
+                        f64::from(u8::from(*usable)),
+                    );
+                }
+            }
         }
 
         out.family(
@@ -633,7 +666,14 @@ mod tests {
         let m = Metrics::new();
         m.alert_raised(RuleId::ForeignChange, Severity::Critical);
         m.mapping_refreshed(Duration::from_millis(1500));
-        m.set_programs("tracepoint", 12);
+        m.set_programs(
+            "tracepoint",
+            12,
+            vec![
+                ("fentry".to_string(), true, 4),
+                ("lsm".to_string(), false, 0),
+            ],
+        );
         m.set_store_facts(StoreFacts {
             bytes: 4096,
             oldest_event_ns: Some(1_700_000_000_500_000_000),
@@ -666,6 +706,9 @@ mod tests {
         assert!(text.contains("ctrwatch_mapping_refresh_seconds_sum 1.5\n"));
         assert!(text.contains("ctrwatch_mapping_refresh_seconds_count 1\n"));
         assert!(text.contains("ctrwatch_programs_attached{backend=\"tracepoint\"} 12\n"));
+        assert!(text.contains("ctrwatch_programs_attached{backend=\"fentry\"} 4\n"));
+        assert!(text.contains("ctrwatch_backend_usable{backend=\"fentry\"} 1\n"));
+        assert!(text.contains("ctrwatch_backend_usable{backend=\"lsm\"} 0\n"));
         assert!(text.contains("ctrwatch_store_oldest_event_timestamp_seconds 1700000000.5\n"));
         assert!(text.contains("ctrwatch_outbox_pending 3\n"));
         assert!(text.contains("ctrwatch_foreign_events_total 0\n"));

@@ -187,11 +187,24 @@ pub fn watch_options(
     } else {
         w.default_masks
     };
-    match w.backend {
+    let backend = if given("backend") {
+        f.backend
+    } else {
+        w.backend
+    };
+    match backend {
         Backend::Auto | Backend::Tracepoint => {}
-        other => bail!(
-            "[watch] backend = {:?}: this ctrwatch has only the syscall-tracepoint backend (auto picks it); fentry and LSM hooks are not built yet",
-            other.name()
+        // The kernel's answer, now: `config check` says invalid where `run` would refuse it
+        // (the start checks it again, kernel/backend.rs).
+        Backend::Fentry => {
+            use watcher::kernel::{backend, btf_offsets};
+            let btf = btf_offsets::KernelBtf::open(Path::new(btf_offsets::VMLINUX_BTF));
+            let probe = backend::probe_fentry(btf.as_ref());
+            backend::check_requested(backend, &probe)?;
+        }
+        Backend::Lsm => bail!(
+            "[watch] backend = {:?}: this ctrwatch has no LSM programs yet; use auto, tracepoint or fentry",
+            backend.name()
         ),
     }
     // Protect mode is not built yet: like a kernel without BPF LSM, that is said loudly and
@@ -212,6 +225,7 @@ pub fn watch_options(
         trust,
         masker: Masker::with_patterns(mask_args, default_masks),
         pin_dir: None,
+        backend,
     })
 }
 

@@ -81,6 +81,9 @@ pub struct DaemonStatus {
     pub hooks_attached: usize,
     /// Hooks this kernel does not have.
     pub hooks_unavailable: usize,
+    /// The other hook families as probed at the start (`fentry usable (...)`, escaped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hook_families: Vec<String>,
     /// The watched roots, resolved.
     pub roots: Vec<String>,
     /// The configuration file in effect, if any.
@@ -130,6 +133,11 @@ impl StatusSource {
             backend: capture.backend,
             hooks_attached: capture.hooks_attached,
             hooks_unavailable: capture.hooks_unavailable,
+            hook_families: capture
+                .families
+                .iter()
+                .map(|f| escape_bytes(f.summary().as_bytes()))
+                .collect(),
             roots: capture.roots.iter().map(|r| escape_path(r)).collect(),
             config_file: config.loaded.as_ref().map(|c| escape_path(&c.path)),
             config_loaded_ns: config.loaded.as_ref().map(|c| ns(c.loaded_at)),
@@ -216,6 +224,8 @@ pub struct DaemonView {
     pub hooks_attached: usize,
     /// Hooks this kernel does not have.
     pub hooks_unavailable: usize,
+    /// The other hook families as probed at the start.
+    pub hook_families: Vec<String>,
     /// The watched roots, resolved.
     pub roots: Vec<String>,
     /// The configuration file in effect, if any.
@@ -304,6 +314,7 @@ pub fn report(store_path: &Path, now: SystemTime) -> Result<StatusReport, QueryE
             backend: s.backend.clone(),
             hooks_attached: s.hooks_attached,
             hooks_unavailable: s.hooks_unavailable,
+            hook_families: s.hook_families.clone(),
             roots: s.roots.clone(),
             config_file: s.config_file.clone(),
             config_loaded: s.config_loaded_ns.map(format_rfc3339),
@@ -404,6 +415,10 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
                 d.hooks_unavailable
             ),
         ));
+        // Escaped already when the snapshot was made.
+        for family in &d.hook_families {
+            lines.push((String::new(), family.clone()));
+        }
         let mut roots = d.roots.iter();
         lines.push((
             "roots".into(),
@@ -583,6 +598,7 @@ mod tests {
                 backend: String::new(),
                 hooks_attached: 0,
                 hooks_unavailable: 0,
+                hook_families: Vec::new(),
                 roots: Vec::new(),
                 config_file: stored.config_file.clone(),
                 config_loaded: stored.config_loaded_ns.map(format_rfc3339),

@@ -85,6 +85,8 @@ pub struct WatchOptions {
     /// Pin the programs and maps here (bpffs), and adopt those a previous daemon of this
     /// build pinned (`run --pin-dir`); None: load them, detach them at the stop.
     pub pin_dir: Option<PathBuf>,
+    /// The hook backend asked for (`--backend`, `[watch] backend`; kernel/backend.rs).
+    pub backend: ctrwatch_config::Backend,
 }
 
 /// What is being captured, for `ctrwatch status`: told to the sink once capture is on and
@@ -97,6 +99,8 @@ pub struct CaptureInfo {
     pub hooks_attached: usize,
     /// Hooks this kernel does not have.
     pub hooks_unavailable: usize,
+    /// The other hook families' probe results (fentry, lsm).
+    pub families: Vec<crate::kernel::backend::FamilyProbe>,
     /// The watched roots, resolved.
     pub roots: Vec<PathBuf>,
 }
@@ -245,12 +249,26 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         &LoadOptions {
             ring_buffer_bytes: opts.ring_buffer_bytes,
             self_tgid: std::process::id(),
+            backend: opts.backend,
         },
         opts.pin_dir.as_deref(),
     )
     .context("attaching the eBPF programs")?;
     let step = step.done("eBPF programs ready (loaded, or adopted from pins)");
     let adopted = kernel.origin == Origin::Adopted;
+    // The system calls are always the syscall tracepoints'; fentry adds the kernel's own
+    // xattr changes where the kernel allows it (kernel/backend.rs).
+    log::info!(
+        "hook families: syscall tracepoints for every system call; {} (backend asked for: {})",
+        kernel
+            .attachment
+            .families
+            .iter()
+            .map(crate::kernel::backend::FamilyProbe::summary)
+            .collect::<Vec<_>>()
+            .join("; "),
+        opts.backend.name()
+    );
     match (&kernel.origin, &opts.pin_dir) {
         (Origin::Adopted, Some(dir)) => log::info!(
             "adopted the programs pinned in {} by the previous daemon: reading what they \
@@ -353,6 +371,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         backend: kernel.attachment.backend.clone(),
         hooks_attached: kernel.attachment.attached.len(),
         hooks_unavailable: kernel.attachment.unavailable.len(),
+        families: kernel.attachment.families.clone(),
         roots: roots.roots.iter().map(|r| r.canonical.clone()).collect(),
     };
     let mut info = capture_info(&enricher.roots);

@@ -51,11 +51,18 @@ const IMAGE_RECIPE_VERSION: u32 = 1;
 /// What the guest must report as PASS (xtask/vm/vm-test.sh).
 const DEFAULT_CHECKS: &[&str] = &[
     "probe",
+    "probe-fentry",
     "watching",
+    "fentry-attached",
     "stopped",
     "history-create",
     "history-unlink",
     "history-command",
+    "xattr-once",
+    "opaque-kernel-internal",
+    "tracepoint-watching",
+    "tracepoint-stopped",
+    "tracepoint-not-kernel-internal",
 ];
 
 /// What the guest must report as PASS in the package scenario (xtask/vm/vm-test-package.sh).
@@ -871,6 +878,26 @@ fn docs_block(image: &Image, run: &Run) -> String {
             "{}; {}",
             facts.program_type("tracing"),
             facts.config_list(&["FUNCTION_TRACER", "DYNAMIC_FTRACE_WITH_DIRECT_CALLS"])
+        ),
+    );
+    row(
+        "ctrwatch's fentry probe and hooks",
+        format!(
+            "{}; {}",
+            run.probe
+                .lines()
+                .find_map(|l| l.strip_prefix("hook family fentry: "))
+                .unwrap_or("? (not in probe's output)"),
+            run.checks
+                .iter()
+                .find(|c| c.name == "fentry-attached")
+                .map_or("fentry-attached -".to_string(), |c| {
+                    format!(
+                        "{}: {}",
+                        if c.passed { "attached" } else { "NOT attached" },
+                        c.detail
+                    )
+                })
         ),
     );
     row("kprobes", facts.probe_says("kprobes"));

@@ -49,6 +49,62 @@ else
     fail probe "exit status $?"
 fi
 say INFO probe_seconds "$(since "$start")"
+# The fentry probe: a test program loaded and attached on vfs_setxattr.
+if grep -q '^hook family fentry: usable' "$out/probe.txt"; then
+    pass probe-fentry "$(grep '^hook family fentry' "$out/probe.txt")"
+else
+    fail probe-fentry "$(grep '^hook family fentry' "$out/probe.txt" || echo 'no fentry line in probe')"
+fi
+
+# An overlay under the root whose lower layer has a directory that the merged mount removes
+# and creates again: overlayfs then sets trusted.overlay.opaque=y on the new directory itself
+# (in its work directory, before renaming it into the upper one). `$1`: its directory name.
+overlay_setup() {
+    o=$root/$1
+    mkdir -p "$o/lower/gone/sub" "$o/lower/dir" "$o/upper" "$o/work" "$o/merged"
+    echo lower > "$o/lower/gone/sub/f"
+    echo lower > "$o/lower/dir/f"
+    mount -t overlay overlay -o "lowerdir=$o/lower,upperdir=$o/upper,workdir=$o/work" "$o/merged"
+}
+# The operations, each by a process whose pid is written to $out/$1-*.pid first (exec keeps it).
+overlay_ops() {
+    o=$root/$1
+    # A file created in a lower directory: the directory is copied up.
+    sh -c 'echo $$ > "$0"; exec touch -- "$1"' "$out/$1-copyup.pid" "$o/merged/dir/new"
+    rm -rf -- "$o/merged/gone"
+    sh -c 'echo $$ > "$0"; exec mkdir -- "$1"' "$out/$1-opaque.pid" "$o/merged/gone"
+}
+# The daemon's history of `$1`'s overlay: kernel-internal setxattrs of the opaque mkdir's pid.
+overlay_opaque_records() {
+    pid=$(cat "$out/$1-opaque.pid")
+    "$bin" query --store "$store" --op setxattr --pid "$pid" --path "$root/$1/**" --json |
+        grep '"trusted.overlay.opaque"' | grep '"kernel_internal"'
+}
+# Waits (up to 60 s) for a line in the daemon's log.
+wait_log() {
+    i=0
+    while ! grep -q "$1" "$2" && [ "$i" -lt 60 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+}
+# Stops the daemon $1 (SIGTERM, then up to 120 s); `pass`/`fail` check $2.
+stop_daemon() {
+    kill -TERM "$1"
+    i=0
+    while kill -0 "$1" 2> /dev/null && [ "$i" -lt 120 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    if kill -0 "$1" 2> /dev/null; then
+        fail "$2" "still running 120 s after SIGTERM"
+        kill -KILL "$1"
+    fi
+    wait "$1"
+    status=$?
+    if [ "$status" -eq 0 ]; then pass "$2"; else fail "$2" "exit status $status"; fi
+}
+modprobe overlay 2> /dev/null
 
 mkdir -p "$root"
 mkdir -p -m 0700 "$(dirname "$store")"
@@ -67,24 +123,24 @@ if grep -q 'ctrwatch: watching' "$out/daemon.log"; then
     pass watching "$(grep -o 'watching .*' "$out/daemon.log" | head -n 1)"
     say INFO start_seconds "$(since "$start")"
 
+    if grep -q 'hook families: .*fentry usable .*, 4 programs attached' "$out/daemon.log"; then
+        pass fentry-attached "$(grep -o 'hook families: .*' "$out/daemon.log" | head -n 1)"
+    else
+        fail fentry-attached "no 'fentry usable ..., 4 programs attached' in the daemon's log"
+    fi
+
     # A file created, then deleted by a command the history must name.
     sh -c "echo vmtest > $victim"
+    # An xattr set by the system call (perl's syscall: setxattr is 188 on x86_64): the
+    # tracepoints report it, the fentry programs must not report it again.
+    echo x > "$root/vmtest-xattr"
+    perl -e 'my ($p, $n, $v) = ($ARGV[0], "user.ctrwatch", "v");
+        syscall(188, $p, $n, $v, 1, 0) == 0 or die "setxattr: $!\n"' "$root/vmtest-xattr"
+    overlay_setup ovl-auto && overlay_ops ovl-auto
     rm -f -- "$victim"
     # The events go through the ring buffer to the store in well under a second, even here.
     sleep 2
-    kill -TERM "$daemon"
-    i=0
-    while kill -0 "$daemon" 2> /dev/null && [ "$i" -lt 120 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
-    if kill -0 "$daemon" 2> /dev/null; then
-        fail stopped "still running 120 s after SIGTERM"
-        kill -KILL "$daemon"
-    fi
-    wait "$daemon"
-    status=$?
-    if [ "$status" -eq 0 ]; then pass stopped; else fail stopped "exit status $status"; fi
+    stop_daemon "$daemon" stopped
 
     "$bin" history "$victim" --store "$store" --json > "$out/history.json" 2>&1
     # One JSON object per line; the fields are those of `ctrwatch watch --json`.
@@ -104,6 +160,63 @@ if grep -q 'ctrwatch: watching' "$out/daemon.log"; then
     else
         fail history-command "the unlink does not name the command rm -f -- $victim"
     fi
+
+    # The system call's setxattr: once, not labelled kernel-internal.
+    "$bin" history "$root/vmtest-xattr" --store "$store" --json > "$out/xattr.json" 2>&1
+    n=$(grep '"op":"setxattr"' "$out/xattr.json" | grep -c '"user.ctrwatch"')
+    internal=$(grep '"op":"setxattr"' "$out/xattr.json" | grep -c '"kernel_internal"')
+    if [ "$n" -eq 1 ] && [ "$internal" -eq 0 ]; then
+        pass xattr-once
+    else
+        fail xattr-once "$n setxattr record(s) of user.ctrwatch, $internal kernel-internal"
+    fi
+
+    # The overlay: everything ctrwatch has of it, for a look; then the opaque directory's
+    # xattr, kernel-internal and attributed to the mkdir.
+    "$bin" query --store "$store" --path "$root/ovl-auto/**" --json > "$out/overlay-auto.json" 2>&1
+    if overlay_opaque_records ovl-auto > "$out/opaque-auto.json"; then
+        pass opaque-kernel-internal "$(head -c 400 "$out/opaque-auto.json")"
+    else
+        fail opaque-kernel-internal "no kernel-internal setxattr of trusted.overlay.opaque by pid $(cat "$out/ovl-auto-opaque.pid") (overlay-auto.json has what was recorded)"
+    fi
+    copyup_pid=$(cat "$out/ovl-auto-copyup.pid")
+    say INFO copyup_kernel_internal "$(grep '"kernel_internal"' "$out/overlay-auto.json" |
+        grep "\"pid\":$copyup_pid[,}]" | grep -o '"xattr":{"name":"[^"]*"' | sort | uniq -c | tr '\n' ' ')"
+
+    # The same with the syscall tracepoints alone: the kernel's own change is not seen.
+    rm -f "$store"
+    start=$(uptime_s)
+    "$bin" run --backend tracepoint --root "$root" --store "$store" > "$out/daemon-tracepoint.log" 2>&1 &
+    daemon=$!
+    i=0
+    while ! grep -q 'ctrwatch: watching' "$out/daemon-tracepoint.log" && kill -0 "$daemon" 2> /dev/null &&
+        [ "$i" -lt 600 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    if grep -q 'ctrwatch: watching' "$out/daemon-tracepoint.log"; then
+        pass tracepoint-watching
+        say INFO tracepoint_start_seconds "$(since "$start")"
+        overlay_setup ovl-tp && overlay_ops ovl-tp
+        sleep 2
+        stop_daemon "$daemon" tracepoint-stopped
+        "$bin" query --store "$store" --path "$root/ovl-tp/**" --json > "$out/overlay-tp.json" 2>&1
+        opaque_pid=$(cat "$out/ovl-tp-opaque.pid")
+        if ! grep '"op":"mkdir"' "$out/overlay-tp.json" | grep -q "\"pid\":$opaque_pid[,}]"; then
+            fail tracepoint-not-kernel-internal "the mkdir by pid $opaque_pid is not recorded either: the run saw nothing"
+        elif overlay_opaque_records ovl-tp > /dev/null; then
+            fail tracepoint-not-kernel-internal "the tracepoint backend recorded the kernel's own setxattr"
+        elif grep -q '"kernel_internal"' "$out/overlay-tp.json"; then
+            fail tracepoint-not-kernel-internal "a kernel-internal record with --backend tracepoint"
+        else
+            pass tracepoint-not-kernel-internal "the mkdir is recorded, the opaque xattr is not"
+        fi
+    else
+        fail tracepoint-watching "run --backend tracepoint: $(grep -m 1 'error' "$out/daemon-tracepoint.log" | cut -c 1-300)"
+        kill -KILL "$daemon" 2> /dev/null
+        wait "$daemon"
+    fi
+    umount "$root/ovl-auto/merged" "$root/ovl-tp/merged" 2> /dev/null
 elif kill -0 "$daemon" 2> /dev/null; then
     fail watching "no 'ctrwatch: watching' from run within 600 s (see daemon.log)"
     kill -KILL "$daemon"

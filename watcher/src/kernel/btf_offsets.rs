@@ -448,6 +448,120 @@ impl KernelBtf {
     }
 }
 
+/// One parameter of a kernel function, as its BTF describes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionParam {
+    /// The parameter's name (`dentry`), empty when BTF has none.
+    pub name: String,
+    /// Its type, shortly: `struct dentry *`, `const char *` is `char *`, a scalar's name
+    /// (`size_t`, `int`), or `?` for what this short form does not render.
+    pub type_name: String,
+}
+
+/// A kernel function's BTF id and parameters: what an fentry program is attached by, and
+/// where each argument is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionPrototype {
+    /// The id of its `FUNC` type: an fentry program's attach target.
+    pub btf_id: u32,
+    /// Its parameters, in order.
+    pub params: Vec<FunctionParam>,
+}
+
+impl FunctionPrototype {
+    /// The position of the first parameter that is a pointer to `struct struct_name`.
+    pub fn struct_ptr_arg(&self, struct_name: &str) -> Option<usize> {
+        let wanted = format!("struct {struct_name} *");
+        self.params.iter().position(|p| p.type_name == wanted)
+    }
+
+    /// `(struct mnt_idmap *idmap, struct dentry *dentry, ...)`, for `ctrwatch probe`.
+    pub fn signature(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| {
+                if p.type_name.ends_with('*') {
+                    format!("{}{}", p.type_name, p.name)
+                } else {
+                    format!("{} {}", p.type_name, p.name)
+                }
+            })
+            .collect();
+        format!("({})", params.join(", "))
+    }
+}
+
+/// The prototype of the kernel function `name` (`None`: this BTF has no function of that
+/// name, e.g. it is inlined, static and dropped, or in a module).
+pub fn function_prototype(
+    btf: &KernelBtf,
+    name: &str,
+) -> Result<Option<FunctionPrototype>, BtfError> {
+    let funcs = btf
+        .btf
+        .types_named(name, Kind::Func)
+        .map_err(btf.parse_error())?;
+    let Some(&btf_id) = funcs.first() else {
+        return Ok(None);
+    };
+    let Some(func) = btf.btf.type_by_id(btf_id).map_err(btf.parse_error())? else {
+        return Ok(None);
+    };
+    let Some((_, proto)) = btf.resolve(func.size_or_type)? else {
+        return Ok(None);
+    };
+    if proto.kind != Kind::FuncProto {
+        return Err(btf.malformed(format_args!("function {name} has no prototype")));
+    }
+    let types = btf.btf.params(&proto).map_err(btf.parse_error())?;
+    let names = btf.btf.param_names(&proto).map_err(btf.parse_error())?;
+    let mut params = Vec::with_capacity(types.len());
+    for (type_id, name_off) in types.into_iter().zip(names) {
+        params.push(FunctionParam {
+            name: String::from_utf8_lossy(btf.btf.name(name_off).map_err(btf.parse_error())?)
+                .into_owned(),
+            type_name: btf.short_type_name(type_id)?,
+        });
+    }
+    Ok(Some(FunctionPrototype { btf_id, params }))
+}
+
+impl KernelBtf {
+    /// `struct dentry *`, `char *`, `size_t`, `int`; `?` for anything else.
+    fn short_type_name(&self, type_id: u32) -> Result<String, BtfError> {
+        let Some(ty) = self.btf.type_by_id(type_id).map_err(self.parse_error())? else {
+            return Ok("void".to_string());
+        };
+        let named = |ty: &parse::TypeInfo| -> Result<String, BtfError> {
+            Ok(
+                String::from_utf8_lossy(self.btf.name(ty.name_off).map_err(self.parse_error())?)
+                    .into_owned(),
+            )
+        };
+        Ok(match ty.kind {
+            // A typedef keeps its own name (`size_t`, `umode_t`).
+            Kind::Typedef | Kind::Int => named(&ty)?,
+            Kind::Ptr => match self.resolve(ty.size_or_type)? {
+                None => "void *".to_string(),
+                Some((_, target)) => match target.kind {
+                    Kind::Struct | Kind::Fwd => format!("struct {} *", named(&target)?),
+                    Kind::Union => format!("union {} *", named(&target)?),
+                    Kind::Int => format!("{} *", named(&target)?),
+                    _ => "? *".to_string(),
+                },
+            },
+            Kind::Const | Kind::Volatile | Kind::Restrict | Kind::TypeTag => {
+                match self.resolve(type_id)? {
+                    Some((id, _)) => self.short_type_name(id)?,
+                    None => "void".to_string(),
+                }
+            }
+            _ => "?".to_string(),
+        })
+    }
+}
+
 /// The offsets for a kernel whose BTF is in the file `path`.
 pub fn kernel_offsets_from(path: &Path) -> Result<KernelOffsets, BtfError> {
     offsets_from_btf(&KernelBtf::open(path)?)
@@ -653,6 +767,31 @@ mod tests {
         );
         b.typedef("outer_t", outer);
         KernelBtf::from_bytes(&b.build()).expect("hand-built BTF parses")
+    }
+
+    /// The running kernel's own BTF: vfs_setxattr's prototype as the fentry programs read it.
+    #[test]
+    fn function_prototypes_from_the_running_kernel() {
+        let Ok(btf) = KernelBtf::open(Path::new(VMLINUX_BTF)) else {
+            return;
+        };
+        let p = function_prototype(&btf, "vfs_setxattr")
+            .unwrap()
+            .expect("vfs_setxattr is in vmlinux BTF");
+        assert_eq!(p.struct_ptr_arg("dentry"), Some(1), "{}", p.signature());
+        assert_eq!(p.params[2].type_name, "char *");
+        assert_eq!(p.params[4].type_name, "size_t");
+        assert_eq!(p.params[4].name, "size");
+        assert!(
+            p.signature().contains("struct dentry *dentry"),
+            "{}",
+            p.signature()
+        );
+        assert!(
+            function_prototype(&btf, "no_such_function_in_ctrwatch")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::backend::FamilyProbe;
 use super::btf_offsets::{BtfError, KernelBtf};
 
 /// Hook families, best first.
@@ -87,7 +88,7 @@ pub struct RenameTargetHookStatus {
 }
 
 /// What was found on this kernel.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Capabilities {
     /// `uname -r`.
     pub kernel_release: String,
@@ -103,6 +104,12 @@ pub struct Capabilities {
     pub bpf_lsm_active: bool,
     /// Filesystem hooks that tell which inode a rename replaced.
     pub rename_target_hooks: Vec<RenameTargetHookStatus>,
+    /// fentry: a test program loaded and attached, or why not (kernel/backend.rs).
+    pub fentry: FamilyProbe,
+    /// BPF LSM: what is known without loading.
+    pub lsm: FamilyProbe,
+    /// The fentry hooks and whether their prototypes are the ones the programs read.
+    pub fentry_hooks: Vec<super::backend::FentryHookStatus>,
 }
 
 impl Capabilities {
@@ -126,6 +133,9 @@ impl Capabilities {
             .map(|l| l.trim().split(',').any(|m| m == "bpf"))
             .unwrap_or(false);
         let rename_target_hooks = probe_rename_target_hooks(tracefs.as_deref(), btf);
+        let fentry = super::backend::probe_fentry(btf);
+        let lsm = super::backend::probe_lsm(bpf_lsm_active);
+        let fentry_hooks = super::backend::probe_fentry_hooks(btf, &fentry);
         Capabilities {
             kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
@@ -136,7 +146,15 @@ impl Capabilities {
             kprobes,
             bpf_lsm_active,
             rename_target_hooks,
+            fentry,
+            lsm,
+            fentry_hooks,
         }
+    }
+
+    /// The hook families besides the syscall tracepoints, as probed.
+    pub fn families(&self) -> Vec<FamilyProbe> {
+        vec![self.fentry.clone(), self.lsm.clone()]
     }
 
     /// Is `name` a rename-target hook, and may it be attached on this kernel?

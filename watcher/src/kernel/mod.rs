@@ -2,6 +2,7 @@
 //! offsets from its BTF, load the eBPF object, attach every hook the kernel has, and hand out
 //! the ring buffer and maps.
 
+pub mod backend;
 pub mod btf_offsets;
 pub mod capabilities;
 pub mod pins;
@@ -111,6 +112,8 @@ pub enum KernelError {
     Worker(String),
     #[error("adopting the pinned {what}: {detail}")]
     Adopt { what: String, detail: String },
+    #[error(transparent)]
+    Backend(#[from] backend::ChoiceError),
 }
 
 /// How a program of the object attaches.
@@ -118,6 +121,8 @@ pub enum KernelError {
 enum ProgramKind {
     TracePoint,
     RawTracePoint,
+    /// fentry/fexit (kernel/backend.rs).
+    Tracing,
     /// A kind no backend attaches (always listed as unavailable).
     Other,
 }
@@ -145,6 +150,9 @@ impl ExpectedObject {
                 let kind = match program.section {
                     ProgramSection::TracePoint => ProgramKind::TracePoint,
                     ProgramSection::RawTracePoint => ProgramKind::RawTracePoint,
+                    ProgramSection::FEntry { .. } | ProgramSection::FExit { .. } => {
+                        ProgramKind::Tracing
+                    }
                     _ => ProgramKind::Other,
                 };
                 (name.clone(), kind)
@@ -244,6 +252,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Thread-group id whose activity is never reported (the daemon itself).
     pub self_tgid: u32,
+    /// The backend asked for (`--backend`, `[watch] backend`).
+    pub backend: ctrwatch_config::Backend,
 }
 
 /// What was attached, for status output and logs.
@@ -254,6 +264,8 @@ pub struct LoadOptions {
 )]
 pub struct Attachment {
     pub backend: String,
+    /// The other hook families' probe results ([`Capabilities::families`]).
+    pub families: Vec<backend::FamilyProbe>,
     pub attached: Vec<String>,
     /// Hooks this kernel does not have (e.g. syscalls newer than the kernel).
     pub unavailable: Vec<String>,
@@ -264,6 +276,8 @@ pub struct Attachment {
 enum Link {
     TracePoint(TracePointLink),
     RawTracePoint(RawTracePointLink),
+    /// fentry/fexit (kernel/backend.rs).
+    Tracing(FdLink),
     Pinned(PinnedLink),
     /// Opened from a pin when adopting (dropping it closes our descriptor; the pin keeps the
     /// program attached).
@@ -320,6 +334,7 @@ impl KernelWatch {
                 let backend = capabilities
                     .best_backend()
                     .ok_or_else(|| KernelError::NoBackend(capabilities.summary()))?;
+                backend::check_requested(opts.backend, &capabilities.fentry)?;
                 let offsets = btf_offsets::offsets_from_btf(&btf?)?;
                 Ok::<_, KernelError>((capabilities, backend, offsets))
             })();
@@ -341,7 +356,7 @@ impl KernelWatch {
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
         let step = step.done("eBPF object parsed, maps created");
-        let (attachment, links) = attach(&mut ebpf, backend, &capabilities)?;
+        let (attachment, links) = attach(&mut ebpf, backend, &capabilities, opts.backend)?;
         let _ = step.done("programs loaded and attached");
         let names: Vec<String> = ebpf.maps().map(|(name, _)| name.to_owned()).collect();
         let maps = names
@@ -450,6 +465,7 @@ impl KernelWatch {
             let fd: Result<FdLink, _> = match link {
                 Link::TracePoint(l) => FdLink::try_from(l),
                 Link::RawTracePoint(l) => Ok(FdLink::from(l)),
+                Link::Tracing(l) => Ok(l),
                 Link::Pinned(p) => Ok(FdLink::from(p)),
                 Link::Adopted(l) => Ok(l),
             };
@@ -481,6 +497,7 @@ impl KernelWatch {
         let backend = capabilities
             .best_backend()
             .ok_or_else(|| KernelError::NoBackend(capabilities.summary()))?;
+        backend::check_requested(opts.backend, &capabilities.fentry)?;
         // Only a set that holds every map and hook this build expects is adopted: one with a
         // hook missing (removed by hand, or by a removal that did not finish) would leave the
         // daemon blind to that hook's operations without a word.
@@ -541,6 +558,7 @@ impl KernelWatch {
         let mut links = Vec::new();
         let mut attachment = Attachment {
             backend: backend.name().to_string(),
+            families: capabilities.families(),
             ..Default::default()
         };
         attachment.unavailable = pins::PinSet::names(&set.unavailable())?;
@@ -565,6 +583,7 @@ impl KernelWatch {
             let wanted_type = match expected.programs.get(&name) {
                 Some(ProgramKind::TracePoint) => Some(LinkType::PerfEvent),
                 Some(ProgramKind::RawTracePoint) => Some(LinkType::RawTracePoint),
+                Some(ProgramKind::Tracing) => Some(LinkType::Tracing),
                 _ => None,
             };
             if Some(link_type) != wanted_type {
@@ -583,6 +602,18 @@ impl KernelWatch {
             }
             links.push(Link::Adopted(link));
             attachment.attached.push(name);
+        }
+        let fentry_links = attachment
+            .attached
+            .iter()
+            .filter(|name| expected.programs.get(*name) == Some(&ProgramKind::Tracing))
+            .count();
+        if let Some(f) = attachment
+            .families
+            .iter_mut()
+            .find(|f| f.family == "fentry")
+        {
+            f.programs_attached = fentry_links;
         }
         let mut kernel = KernelWatch {
             links,
@@ -841,6 +872,7 @@ fn attach(
     ebpf: &mut Ebpf,
     backend: Backend,
     caps: &Capabilities,
+    requested: ctrwatch_config::Backend,
 ) -> Result<(Attachment, Vec<Link>), KernelError> {
     let mut links = Vec::new();
     let mut attachment = Attachment {
@@ -854,6 +886,8 @@ fn attach(
         let usable = match program {
             Program::TracePoint(_) => caps.has_syscall_tracepoint(name),
             Program::RawTracePoint(_) => caps.rename_target_hook_usable(name) != Some(false),
+            // backend::attach_fentry's, below.
+            Program::FEntry(_) | Program::FExit(_) => continue,
             _ => false,
         };
         if usable {
@@ -916,6 +950,20 @@ fn attach(
         }
         attachment.attached.push(name.clone());
     }
+    let fentry = backend::attach_fentry(ebpf, requested, &caps.fentry_hooks)?;
+    attachment.families = caps.families();
+    if let Some(f) = attachment
+        .families
+        .iter_mut()
+        .find(|f| f.family == "fentry")
+    {
+        f.programs_attached = fentry.links.len();
+    }
+    for (name, link) in fentry.links {
+        links.push(Link::Tracing(link));
+        attachment.attached.push(name);
+    }
+    attachment.unavailable.extend(fentry.unavailable);
     let _ = step.done(&format!("{} programs attached", attachment.attached.len()));
     Ok((attachment, links))
 }

@@ -403,6 +403,16 @@ impl Btf {
             .collect()
     }
 
+    /// Parameter name offsets of a FUNC_PROTO, in order (empty for other kinds).
+    pub(super) fn param_names(&self, ty: &TypeInfo) -> Result<Vec<u32>, ParseError> {
+        if ty.kind != Kind::FuncProto {
+            return Ok(Vec::new());
+        }
+        (0..to_usize(ty.vlen))
+            .map(|i| self.u32_at(ty.data_pos + i * 8))
+            .collect()
+    }
+
     /// Members of a struct or union (empty for other kinds).
     pub(super) fn members(&self, ty: &TypeInfo) -> Result<Vec<Member>, ParseError> {
         if !matches!(ty.kind, Kind::Struct | Kind::Union) {

@@ -1,0 +1,606 @@
+//! Hook families beyond the syscall tracepoints (issue 15): what the running kernel accepts of
+//! each, and the backend `--backend` / `[watch] backend` asks for.
+//!
+//! The fentry probe loads a program of two instructions (`r0 = 0; exit`) of type `tracing`,
+//! attach type `fentry`, on [`FENTRY_PROBE_TARGET`] (the VFS function every setxattr goes
+//! through, overlayfs's own included), attaches it and detaches it at once. It is made here
+//! with the `bpf` system call rather than taken from the eBPF object: it needs no map, no
+//! relocation and no parse of the object, so `ctrwatch probe` and the start run it in
+//! milliseconds, and a kernel that refuses it (this project's CI kernel does) says so in one
+//! errno. The attach is part of the probe because a kernel can verify a tracing program and
+//! still refuse its trampoline (no `CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS`).
+//!
+//! BPF LSM is not probed by loading (no LSM program exists yet): only whether `bpf` is in
+//! `/sys/kernel/security/lsm`, without which LSM programs attach but never run.
+//!
+//! Where the probe succeeded and the backend asked for is `auto` or `fentry`, the fentry/fexit
+//! programs of watcher-ebpf/src/fentry.rs are attached to the VFS xattr functions
+//! ([`FENTRY_HOOKS`]): they report the xattr changes the kernel makes itself (overlayfs's
+//! `trusted.overlay.*`), labelled kernel-internal. Every system call is still reported by the
+//! syscall tracepoints (the fentry programs skip a thread's own xattr system call, so none is
+//! reported twice). Each hook's argument positions are checked against the running kernel's
+//! prototype in BTF first; a hook whose prototype differs is left unattached, with the reason.
+//! `fentry` asked for on a kernel that refuses it is an error at the start (an operator who
+//! asks for it wants to know); `auto` never fails for it.
+
+use std::os::fd::{FromRawFd as _, OwnedFd};
+
+use ctrwatch_config::Backend as Requested;
+
+use super::btf_offsets::{BtfError, FunctionPrototype, KernelBtf, function_prototype};
+
+/// The function the fentry probe attaches to.
+pub const FENTRY_PROBE_TARGET: &str = "vfs_setxattr";
+
+/// The VFS xattr functions whose prototypes `ctrwatch probe` shows from BTF: where an fentry
+/// program on them finds its arguments (they gained a `user_namespace` in 5.12, a
+/// `mnt_idmap` in 6.3).
+pub const XATTR_FUNCTIONS: &[&str] = &[
+    "vfs_setxattr",
+    "__vfs_setxattr_locked",
+    "__vfs_setxattr",
+    "vfs_removexattr",
+    "__vfs_removexattr_locked",
+];
+
+/// `name(params)` from BTF, or why not, for each of [`XATTR_FUNCTIONS`].
+pub fn xattr_prototypes(btf: Result<&KernelBtf, &BtfError>) -> Vec<(&'static str, String)> {
+    XATTR_FUNCTIONS
+        .iter()
+        .map(|&name| {
+            let text = match btf.map(|btf| function_prototype(btf, name)) {
+                Ok(Ok(Some(p))) => format!("{name}{}", p.signature()),
+                Ok(Ok(None)) => format!("{name}: not in the kernel's BTF"),
+                Ok(Err(e)) => format!("{name}: BTF: {e}"),
+                Err(e) => format!("{name}: BTF: {e}"),
+            };
+            (name, text)
+        })
+        .collect()
+}
+
+/// What the probe found of a hook family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FamilyState {
+    /// A test program loaded and attached.
+    Usable,
+    /// The kernel refused it (or lacks what it needs).
+    Refused,
+    /// Not probed by loading (no program of this family in this build).
+    NotProbed,
+}
+
+impl FamilyState {
+    /// `usable`, `refused`, `not-probed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FamilyState::Usable => "usable",
+            FamilyState::Refused => "refused",
+            FamilyState::NotProbed => "not-probed",
+        }
+    }
+}
+
+/// One hook family's probe result.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FamilyProbe {
+    /// `fentry`, `lsm`.
+    pub family: &'static str,
+    /// What was found.
+    pub state: FamilyState,
+    /// What was tried and what the kernel said.
+    pub detail: String,
+    /// Programs of this family attached by the daemon (0 in `probe`).
+    pub programs_attached: usize,
+}
+
+impl FamilyProbe {
+    /// `fentry usable (...)`, for logs, `probe` and `status`.
+    pub fn summary(&self) -> String {
+        let attached = if self.programs_attached > 0 {
+            format!(", {} programs attached", self.programs_attached)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} {} ({}){attached}",
+            self.family,
+            self.state.name(),
+            self.detail
+        )
+    }
+}
+
+/// An fentry/fexit pair of watcher-ebpf/src/fentry.rs on one VFS function, and the prototype
+/// its programs read their arguments by.
+#[derive(Clone, Copy, Debug)]
+pub struct FentryHook {
+    /// The kernel function.
+    pub function: &'static str,
+    /// The fexit program (reports).
+    pub fexit: &'static str,
+    /// The fentry program (counts the nesting).
+    pub fentry: &'static str,
+    /// How many parameters the programs expect (the fexit reads the return value after them).
+    pub params: usize,
+    /// The parameters the programs read: position and short type (see
+    /// [`super::btf_offsets::FunctionParam::type_name`]).
+    pub reads: &'static [(usize, &'static str)],
+    /// What it sees, for `ctrwatch probe`.
+    pub sees: &'static str,
+}
+
+/// The fentry hooks the programs implement.
+pub const FENTRY_HOOKS: &[FentryHook] = &[
+    FentryHook {
+        function: "vfs_setxattr",
+        fexit: "fexit_vfs_setxattr",
+        fentry: "fentry_vfs_setxattr",
+        params: 6,
+        reads: &[
+            (1, "struct dentry *"),
+            (2, "char *"),
+            (3, "void *"),
+            (4, "size_t"),
+        ],
+        sees: "xattrs the kernel sets itself (overlayfs copy-up, opaque directories)",
+    },
+    FentryHook {
+        function: "vfs_removexattr",
+        fexit: "fexit_vfs_removexattr",
+        fentry: "fentry_vfs_removexattr",
+        params: 3,
+        reads: &[(1, "struct dentry *"), (2, "char *")],
+        sees: "xattrs the kernel removes itself",
+    },
+];
+
+/// What was found about one [`FentryHook`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FentryHookStatus {
+    /// The kernel function.
+    pub function: &'static str,
+    /// Its programs may be loaded on this kernel.
+    pub usable: bool,
+    /// Why not, or what it sees.
+    pub note: String,
+}
+
+/// Checks each [`FentryHook`]'s prototype in the running kernel's BTF (and that the fentry
+/// probe succeeded).
+pub fn probe_fentry_hooks(
+    btf: Result<&KernelBtf, &BtfError>,
+    fentry: &FamilyProbe,
+) -> Vec<FentryHookStatus> {
+    FENTRY_HOOKS
+        .iter()
+        .map(|hook| {
+            let status = |usable: bool, note: String| FentryHookStatus {
+                function: hook.function,
+                usable,
+                note,
+            };
+            if fentry.state != FamilyState::Usable {
+                return status(false, "fentry refused by this kernel".to_string());
+            }
+            let prototype = match btf.map(|btf| function_prototype(btf, hook.function)) {
+                Ok(Ok(Some(p))) => p,
+                Ok(Ok(None)) => return status(false, "not in the kernel's BTF".to_string()),
+                Ok(Err(e)) => return status(false, format!("BTF: {e}")),
+                Err(e) => return status(false, format!("BTF: {e}")),
+            };
+            match prototype_mismatch(hook, &prototype) {
+                None => status(true, hook.sees.to_string()),
+                Some(why) => status(
+                    false,
+                    format!(
+                        "prototype not known to this build ({why}): {}{}",
+                        hook.function,
+                        prototype.signature()
+                    ),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Why `prototype` is not the one `hook`'s programs read, or None.
+fn prototype_mismatch(hook: &FentryHook, prototype: &FunctionPrototype) -> Option<String> {
+    if prototype.params.len() != hook.params {
+        return Some(format!(
+            "{} parameters, the programs read {}",
+            prototype.params.len(),
+            hook.params
+        ));
+    }
+    for &(position, type_name) in hook.reads {
+        let found = prototype.params.get(position).map(|p| p.type_name.as_str());
+        if found != Some(type_name) {
+            return Some(format!(
+                "parameter {position} is {}, the programs read a {type_name}",
+                found.unwrap_or("missing")
+            ));
+        }
+    }
+    None
+}
+
+/// The fentry programs' links, with their names, and the programs left unattached.
+pub struct FentryAttached {
+    /// (program name, link), fexit before fentry.
+    pub links: Vec<(String, aya::programs::links::FdLink)>,
+    /// Programs not attached.
+    pub unavailable: Vec<String>,
+}
+
+/// Loads and attaches the fentry/fexit programs of `ebpf` where the backend asked for and the
+/// kernel allow them (see the module's doc).
+pub fn attach_fentry(
+    ebpf: &mut aya::Ebpf,
+    requested: Requested,
+    hooks: &[FentryHookStatus],
+) -> Result<FentryAttached, super::KernelError> {
+    use aya::programs::{FEntry, FExit, Program};
+    let mut out = FentryAttached {
+        links: Vec::new(),
+        unavailable: Vec::new(),
+    };
+    let all: Vec<String> = ebpf
+        .programs()
+        .filter(|(_, p)| matches!(p, Program::FEntry(_) | Program::FExit(_)))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let usable: Vec<&FentryHook> = FENTRY_HOOKS
+        .iter()
+        .filter(|hook| {
+            hooks
+                .iter()
+                .any(|h| h.function == hook.function && h.usable)
+        })
+        .collect();
+    if requested == Requested::Tracepoint || usable.is_empty() {
+        out.unavailable = all;
+        return Ok(out);
+    }
+    // aya loads fentry programs against its own parse of the kernel's BTF.
+    let btf = aya::Btf::from_sys_fs().map_err(|e| super::KernelError::Program {
+        name: "fentry".into(),
+        source: aya::programs::ProgramError::Btf(e),
+    })?;
+    for hook in &usable {
+        let attached = (|| -> Result<Vec<(String, aya::programs::links::FdLink)>, (String, aya::programs::ProgramError)> {
+            let mut links = Vec::new();
+            let fexit: &mut FExit = ebpf
+                .program_mut(hook.fexit)
+                .ok_or((hook.fexit.to_string(), aya::programs::ProgramError::NotLoaded))?
+                .try_into()
+                .map_err(|e| (hook.fexit.to_string(), e))?;
+            fexit
+                .load(hook.function, &btf)
+                .map_err(|e| (hook.fexit.to_string(), e))?;
+            let id = fexit.attach().map_err(|e| (hook.fexit.to_string(), e))?;
+            let link = fexit.take_link(id).map_err(|e| (hook.fexit.to_string(), e))?;
+            links.push((hook.fexit.to_string(), link.into()));
+            let fentry: &mut FEntry = ebpf
+                .program_mut(hook.fentry)
+                .ok_or((hook.fentry.to_string(), aya::programs::ProgramError::NotLoaded))?
+                .try_into()
+                .map_err(|e| (hook.fentry.to_string(), e))?;
+            fentry
+                .load(hook.function, &btf)
+                .map_err(|e| (hook.fentry.to_string(), e))?;
+            let id = fentry.attach().map_err(|e| (hook.fentry.to_string(), e))?;
+            let link = fentry.take_link(id).map_err(|e| (hook.fentry.to_string(), e))?;
+            links.push((hook.fentry.to_string(), link.into()));
+            Ok(links)
+        })();
+        match attached {
+            Ok(links) => out.links.extend(links),
+            // Asked for by name: a refusal is the operator's to see at once.
+            Err((name, source)) if requested == Requested::Fentry => {
+                return Err(super::KernelError::Program { name, source });
+            }
+            // The syscall tracepoints still report every system call: a warning.
+            Err((name, source)) => log::warn!(
+                "{name}: not attached, the kernel's own changes through {} are not seen: {source}",
+                hook.function
+            ),
+        }
+    }
+    out.unavailable = all
+        .into_iter()
+        .filter(|name| !out.links.iter().any(|(n, _)| n == name))
+        .collect();
+    Ok(out)
+}
+
+/// Loads, attaches and detaches the fentry test program on [`FENTRY_PROBE_TARGET`].
+pub fn probe_fentry(btf: Result<&KernelBtf, &BtfError>) -> FamilyProbe {
+    let refused = |detail: String| FamilyProbe {
+        family: "fentry",
+        state: FamilyState::Refused,
+        detail,
+        programs_attached: 0,
+    };
+    let btf = match btf {
+        Ok(btf) => btf,
+        Err(e) => return refused(format!("needs the kernel's BTF: {e}")),
+    };
+    let prototype = match function_prototype(btf, FENTRY_PROBE_TARGET) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return refused(format!(
+                "{FENTRY_PROBE_TARGET} is not a function in the kernel's BTF"
+            ));
+        }
+        Err(e) => return refused(format!("BTF: {e}")),
+    };
+    match load_and_attach_fentry(&prototype) {
+        Ok(()) => FamilyProbe {
+            family: "fentry",
+            state: FamilyState::Usable,
+            detail: format!("a test program loaded and attached on {FENTRY_PROBE_TARGET}"),
+            programs_attached: 0,
+        },
+        Err(e) => refused(e),
+    }
+}
+
+/// What is known of BPF LSM without loading: whether `bpf` is an active LSM.
+pub fn probe_lsm(bpf_lsm_active: bool) -> FamilyProbe {
+    FamilyProbe {
+        family: "lsm",
+        state: FamilyState::NotProbed,
+        detail: format!(
+            "no LSM program in this build; `bpf` {} in /sys/kernel/security/lsm",
+            if bpf_lsm_active { "is" } else { "is NOT" }
+        ),
+        programs_attached: 0,
+    }
+}
+
+/// Why the backend asked for cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ChoiceError {
+    /// `fentry` asked for, and the kernel refused the probe.
+    #[error(
+        "backend fentry was asked for (--backend / [watch] backend), but this kernel refused it: {0}; use `auto` or `tracepoint`"
+    )]
+    FentryRefused(String),
+    /// A backend this build does not have.
+    #[error(
+        "backend {0} was asked for (--backend / [watch] backend), but this ctrwatch has no {0} programs yet; use `auto`, `tracepoint` or `fentry`"
+    )]
+    NotBuilt(&'static str),
+}
+
+/// Checks the backend asked for against the probe. Every choice runs the syscall tracepoints
+/// for every operation in this build (fentry hooks no operation yet): the check is that
+/// `fentry` is refused where the kernel refuses it.
+pub fn check_requested(requested: Requested, fentry: &FamilyProbe) -> Result<(), ChoiceError> {
+    match requested {
+        Requested::Auto | Requested::Tracepoint => Ok(()),
+        Requested::Fentry if fentry.state == FamilyState::Usable => Ok(()),
+        Requested::Fentry => Err(ChoiceError::FentryRefused(fentry.detail.clone())),
+        Requested::Lsm => Err(ChoiceError::NotBuilt("lsm")),
+    }
+}
+
+// The `bpf` system call's values used here (include/uapi/linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_FENTRY: u32 = 24;
+/// Kernel-internal "operation not supported" (ENOTSUPP), what a kernel without trampolines
+/// returns; not in libc.
+const ENOTSUPP: i32 = 524;
+
+/// `union bpf_attr` as BPF_PROG_LOAD reads it, up to `attach_btf_id` and the field after it.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_prog_fd: u32,
+    _pad: u32,
+}
+
+/// `union bpf_attr` as BPF_RAW_TRACEPOINT_OPEN reads it.
+#[repr(C)]
+#[derive(Default)]
+struct RawTracepointOpenAttr {
+    name: u64,
+    prog_fd: u32,
+    _pad: u32,
+}
+
+/// Runs the `bpf` system call; the new descriptor, or the errno.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, std::io::Error> {
+    let size = std::mem::size_of::<T>();
+    // SAFETY: `attr` is a live, initialised `repr(C)` prefix of `union bpf_attr` of `size`
+    // bytes (the kernel reads no more than `size`, and zero-fills the rest).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(rc).map_err(|_| std::io::Error::other("bpf returned a bad fd"))?;
+    // SAFETY: a successful BPF_PROG_LOAD / BPF_RAW_TRACEPOINT_OPEN returns a new descriptor
+    // that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn errno_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(ENOTSUPP) => "ENOTSUPP (not supported by this kernel)".to_string(),
+        Some(libc::EPERM) => format!(
+            "{e} (the kernel does not allow this program type here: its configuration, \
+             lockdown, or missing privileges)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+fn load_and_attach_fentry(target: &FunctionPrototype) -> Result<(), String> {
+    // r0 = 0; exit.
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    let mut name = [0u8; 16];
+    name[..13].copy_from_slice(b"ctrwatch_prob");
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_TRACING,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        expected_attach_type: BPF_TRACE_FENTRY,
+        attach_btf_id: target.btf_id,
+        ..Default::default()
+    };
+    let prog = bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        format!(
+            "loading a test program on {FENTRY_PROBE_TARGET}: {}",
+            errno_text(&e)
+        )
+    })?;
+    let mut open = RawTracepointOpenAttr {
+        name: 0,
+        prog_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&prog)).unwrap_or(u32::MAX),
+        _pad: 0,
+    };
+    // Attached while the descriptor is open; closing it (drop) detaches.
+    let link = bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &mut open).map_err(|e| {
+        format!(
+            "the test program loaded but attaching it to {FENTRY_PROBE_TARGET} failed: {}",
+            errno_text(&e)
+        )
+    })?;
+    drop(link);
+    drop(prog);
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn probe(state: FamilyState) -> FamilyProbe {
+        FamilyProbe {
+            family: "fentry",
+            state,
+            detail: "what the kernel said".into(),
+            programs_attached: 0,
+        }
+    }
+
+    #[test]
+    fn fentry_is_refused_only_where_the_probe_failed() {
+        let usable = probe(FamilyState::Usable);
+        let refused = probe(FamilyState::Refused);
+        for requested in [Requested::Auto, Requested::Tracepoint] {
+            assert!(check_requested(requested, &refused).is_ok());
+            assert!(check_requested(requested, &usable).is_ok());
+        }
+        assert!(check_requested(Requested::Fentry, &usable).is_ok());
+        let err = check_requested(Requested::Fentry, &refused).unwrap_err();
+        assert!(err.to_string().contains("what the kernel said"), "{err}");
+        assert!(check_requested(Requested::Lsm, &usable).is_err());
+    }
+
+    fn param(name: &str, type_name: &str) -> super::super::btf_offsets::FunctionParam {
+        super::super::btf_offsets::FunctionParam {
+            name: name.into(),
+            type_name: type_name.into(),
+        }
+    }
+
+    #[test]
+    fn prototypes_other_than_the_programs_are_skipped_with_the_reason() {
+        let setxattr = &FENTRY_HOOKS[0];
+        let since_6_3 = FunctionPrototype {
+            btf_id: 1,
+            params: vec![
+                param("idmap", "struct mnt_idmap *"),
+                param("dentry", "struct dentry *"),
+                param("name", "char *"),
+                param("value", "void *"),
+                param("size", "size_t"),
+                param("flags", "int"),
+            ],
+        };
+        assert_eq!(prototype_mismatch(setxattr, &since_6_3), None);
+        // 5.12 to 6.2: a user_namespace first, the same positions.
+        let mut since_5_12 = since_6_3.clone();
+        since_5_12.params[0] = param("mnt_userns", "struct user_namespace *");
+        assert_eq!(prototype_mismatch(setxattr, &since_5_12), None);
+        // Before 5.12: no namespace, every argument one place earlier.
+        let before_5_12 = FunctionPrototype {
+            btf_id: 1,
+            params: since_6_3.params[1..].to_vec(),
+        };
+        let why = prototype_mismatch(setxattr, &before_5_12).unwrap();
+        assert!(why.contains("5 parameters"), "{why}");
+        let mut moved = since_6_3.clone();
+        moved.params.swap(1, 2);
+        let why = prototype_mismatch(setxattr, &moved).unwrap();
+        assert!(why.contains("parameter 1 is char *"), "{why}");
+    }
+
+    /// The hooks of a kernel that refused the probe are all unusable, with that reason; on
+    /// one that accepted it, checked against the running kernel's prototypes.
+    #[test]
+    fn hooks_follow_the_probe_and_the_running_kernels_prototypes() {
+        let btf = KernelBtf::open(std::path::Path::new(super::super::btf_offsets::VMLINUX_BTF));
+        let refused = probe_fentry_hooks(btf.as_ref(), &probe(FamilyState::Refused));
+        assert_eq!(refused.len(), FENTRY_HOOKS.len());
+        assert!(
+            refused
+                .iter()
+                .all(|h| !h.usable && h.note.contains("refused"))
+        );
+        if btf.is_ok() {
+            // This kernel's vfs_setxattr/vfs_removexattr (6.3 or later here) are the ones
+            // the programs read.
+            let usable = probe_fentry_hooks(btf.as_ref(), &probe(FamilyState::Usable));
+            assert!(usable.iter().all(|h| h.usable), "{usable:?}");
+        }
+    }
+
+    /// The real probe against the running kernel, as root: on a kernel that refuses fentry
+    /// (this project's CI kernel) it must say refused with the kernel's reason, never panic;
+    /// where it is accepted, usable. The guests (`cargo xtask vm-test`) check the usable side.
+    #[test]
+    fn probe_reports_what_this_kernel_says() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let btf = KernelBtf::open(std::path::Path::new(super::super::btf_offsets::VMLINUX_BTF));
+        let found = probe_fentry(btf.as_ref());
+        assert_eq!(found.family, "fentry");
+        match found.state {
+            FamilyState::Usable => assert!(found.detail.contains(FENTRY_PROBE_TARGET)),
+            FamilyState::Refused => assert!(!found.detail.is_empty()),
+            FamilyState::NotProbed => panic!("fentry is always probed: {found:?}"),
+        }
+    }
+}
