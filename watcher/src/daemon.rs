@@ -101,7 +101,7 @@ impl std::fmt::Debug for Reloader {
 /// the logger set up, the node's name in every alert, and the metadata and layer checks'
 /// workers (with their rules and window) started once per run.
 /// Everything else of the file is applied live: roots and discovery, root refresh, trusted
-/// writers, secret masking, the sinks, the other rules and `[alerts]`.
+/// writers, secret masking, the sinks, the other rules and `[alerts]`, the metrics listener.
 pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static str> {
     let (o, n) = (&old.config, &new.config);
     [
@@ -125,7 +125,6 @@ pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static 
         ("[watch] backend", o.watch.backend != n.watch.backend),
         ("[watch] protect", o.watch.protect != n.watch.protect),
         ("log_level", o.log_level != n.log_level),
-        ("[metrics] listen", old.metrics_listen != new.metrics_listen),
         (
             "[alerts] node_name",
             o.alerts.node_name != n.alerts.node_name,
@@ -283,8 +282,19 @@ pub struct StoreSink {
     /// The key of the sink targets' names, the one the daemon started with: a reload names
     /// its targets with it, so that what is pending stays theirs.
     target_key: TargetKey,
-    /// A reload job's sinks, made ready off the capture loop: taken by [`Sink::reloaded`].
-    reloaded_alerting: std::sync::Arc<std::sync::Mutex<Option<crate::alerting::Alerting>>>,
+    /// What a reload job made ready off the capture loop (the sinks, a new metrics
+    /// listener): taken by [`Sink::reloaded`].
+    reloaded: std::sync::Arc<std::sync::Mutex<Option<Reloaded>>>,
+    /// The metrics listener, and the address configured for it (`[metrics] listen`).
+    metrics: Option<crate::metrics_http::MetricsServer>,
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// What a good reload's job made ready for [`Sink::reloaded`] to apply.
+struct Reloaded {
+    alerting: crate::alerting::Alerting,
+    /// Some: the listener's address changed; this one (None: metrics off) replaces it.
+    metrics: Option<Option<crate::metrics_http::MetricsServer>>,
 }
 
 impl StoreSink {
@@ -315,7 +325,9 @@ impl StoreSink {
             ring_mark: None,
             record_end: None,
             target_key: TargetKey::Legacy,
-            reloaded_alerting: std::sync::Arc::default(),
+            reloaded: std::sync::Arc::default(),
+            metrics: None,
+            metrics_listen: None,
         }
     }
 
@@ -339,6 +351,18 @@ impl StoreSink {
     ) -> StoreSink {
         self.reloader = reloader;
         self.started_with = Some(Box::new(started_with));
+        self
+    }
+
+    /// Serves the metrics with `server`, listening as `[metrics] listen` = `listen` asked:
+    /// a reload that changes the address replaces it.
+    pub fn with_metrics(
+        mut self,
+        listen: Option<std::net::SocketAddr>,
+        server: Option<crate::metrics_http::MetricsServer>,
+    ) -> StoreSink {
+        self.metrics_listen = listen;
+        self.metrics = server;
         self
     }
 
@@ -718,15 +742,27 @@ impl Sink for StoreSink {
     fn reload(&mut self) -> Option<ReloadJob> {
         let reloader = self.reloader.clone()?;
         let key = self.target_key.clone();
-        let slot = std::sync::Arc::clone(&self.reloaded_alerting);
+        let slot = std::sync::Arc::clone(&self.reloaded);
+        let listening = self.metrics_listen;
         Some(Box::new(move || {
             let new = (reloader.0)()?;
             // The sinks made ready here, off the capture loop (secret and CA files are read),
             // with the targets named as the running daemon names them.
             let alerting = crate::alerting::Alerting::from_config(new.config.clone(), &key)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // A new listener address is bound here: one that cannot listen refuses the
+            // reload, and the old listener goes on.
+            let metrics = match new.metrics_listen {
+                addr if addr == listening => None,
+                // Flattened: the error's text names its cause already.
+                Some(addr) => Some(Some(
+                    crate::metrics_http::MetricsServer::start(addr, || METRICS.render())
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )),
+                None => Some(None),
+            };
             if let Ok(mut slot) = slot.lock() {
-                *slot = Some(alerting);
+                *slot = Some(Reloaded { alerting, metrics });
             }
             Ok(new)
         }))
@@ -741,11 +777,11 @@ impl Sink for StoreSink {
         };
         // The alerting first: the only part whose applying can fail (a thread that cannot
         // start); then nothing is applied.
-        let alerting = self
-            .reloaded_alerting
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take());
+        let ready = self.reloaded.lock().ok().and_then(|mut slot| slot.take());
+        let (alerting, metrics) = match ready {
+            Some(r) => (Some(r.alerting), r.metrics),
+            None => (None, None),
+        };
         if let (Some(a), Some(alerting)) = (&mut self.alerts, alerting) {
             match a.reload(alerting, self.clock.now_ns()) {
                 Ok(Some(writer)) => {
@@ -758,6 +794,15 @@ impl Sink for StoreSink {
                     return None;
                 }
             }
+        }
+        if let Some(server) = metrics {
+            match &server {
+                Some(_) => METRICS.enable(),
+                None => log::info!("metrics: no longer served ([metrics] listen removed)"),
+            }
+            // The old listener stops (its thread ends at once) after the new one listens.
+            self.metrics = server;
+            self.metrics_listen = new.metrics_listen;
         }
         let started = self.started_with.as_deref()?;
         let pending = restart_only_changes(started, &new);
@@ -780,7 +825,7 @@ impl Sink for StoreSink {
         }
         log::info!(
             "reloaded the configuration {shown}: roots, discovery, trusted writers, secret \
-             masking, alert rules and sinks applied{}",
+             masking, alert rules, sinks and the metrics listener applied{}",
             if pending.is_empty() {
                 String::new()
             } else {
@@ -799,7 +844,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // First: a configured listener that cannot listen (address in use, not this host's, a
     // port below 1024 without the capability) is a configuration error, said before anything
     // is attached. Stopped (dropped) when the daemon stops.
-    let _metrics = match opts.metrics_listen {
+    let metrics = match opts.metrics_listen {
         Some(addr) => {
             let server = crate::metrics_http::MetricsServer::start(addr, || METRICS.render())?;
             METRICS.enable();
@@ -827,6 +872,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_config(opts.config_file.clone())
         .with_reload(opts.reload.clone(), started_with)
         .with_target_key(key)
+        .with_metrics(opts.metrics_listen, metrics)
         .with_alerts(DaemonAlerts::new(alerting));
     log::info!(
         "ctrwatch: storing history in {}",
@@ -1296,7 +1342,6 @@ mod tests {
                 "[store] path",
                 "[watch] ring_buffer_mb",
                 "log_level",
-                "[metrics] listen",
                 "[alerts] group_window (metadata-mismatch's)",
             ]
         );
