@@ -86,29 +86,7 @@ impl DaemonRules {
     /// The rules as configured, for a daemon on `node` whose run started at `started_ns`.
     pub fn new(config: &Config, node: Node, started_ns: i64) -> DaemonRules {
         let gap = config.rule(RuleId::HistoryGap);
-        let hb = config.rule(RuleId::Heartbeat);
-        let heartbeat = hb.enabled.then(|| {
-            let interval = hb.interval.unwrap_or(Duration::from_secs(300));
-            let mut alert = Alert::new(
-                RuleId::Heartbeat,
-                hb.severity.unwrap_or(RuleId::Heartbeat.default_severity()),
-                "heartbeat",
-                node.clone(),
-                started_ns,
-                String::new(),
-                "ctrwatch alerts",
-            );
-            alert.rev = 0;
-            alert.count = 0;
-            alert
-                .details
-                .insert("interval_seconds".into(), interval.as_secs().to_string());
-            Heartbeat {
-                alert,
-                interval,
-                next_ns: started_ns,
-            }
-        });
+        let heartbeat = heartbeat_of(config, &node, started_ns);
         let invalid = config.rule(RuleId::ConfigInvalid);
         DaemonRules {
             config_invalid: invalid.enabled.then(|| {
@@ -132,6 +110,44 @@ impl DaemonRules {
     /// The node the alerts name.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// A reload changed the configuration at `now_ns`: the rules use its settings from now on
+    /// (enabled, severity, the heartbeat's interval, the group window). Groups already open
+    /// keep what they found; a disabled rule raises nothing new. The heartbeat keeps its
+    /// alert (the same id, one revision more) with the new severity and interval; enabled by
+    /// the reload, it starts beating now; disabled, it stops.
+    pub fn reconfigure(&mut self, config: &Config, now_ns: i64) {
+        let gap = config.rule(RuleId::HistoryGap);
+        self.gap_enabled = gap.enabled;
+        self.gap_severity = gap
+            .severity
+            .unwrap_or(RuleId::HistoryGap.default_severity());
+        let invalid = config.rule(RuleId::ConfigInvalid);
+        self.config_invalid = invalid.enabled.then(|| {
+            invalid
+                .severity
+                .unwrap_or(RuleId::ConfigInvalid.default_severity())
+        });
+        self.group_window = config.alerts.group_window;
+        let hb = config.rule(RuleId::Heartbeat);
+        self.heartbeat = match (self.heartbeat.take(), hb.enabled) {
+            (_, false) => None,
+            (None, true) => heartbeat_of(config, &self.node, now_ns),
+            (Some(mut beating), true) => {
+                let interval = hb.interval.unwrap_or(DEFAULT_HEARTBEAT);
+                beating.alert.severity =
+                    hb.severity.unwrap_or(RuleId::Heartbeat.default_severity());
+                beating
+                    .alert
+                    .details
+                    .insert("interval_seconds".into(), interval.as_secs().to_string());
+                // A shorter interval takes effect now, not after the longer one's wait.
+                beating.next_ns = beating.next_ns.min(now_ns.saturating_add(ns(interval)));
+                beating.interval = interval;
+                Some(beating)
+            }
+        };
     }
 
     /// A reload of the configuration `file` (None: no file, the defaults) was refused at
@@ -375,6 +391,36 @@ impl DaemonRules {
         self.groups.clear();
         out
     }
+}
+
+/// The heartbeat's interval when `[rules.heartbeat] interval` is not set.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(300);
+
+/// The heartbeat of `config` (None: the rule is off), its first beat at `started_ns`.
+fn heartbeat_of(config: &Config, node: &Node, started_ns: i64) -> Option<Heartbeat> {
+    let hb = config.rule(RuleId::Heartbeat);
+    hb.enabled.then(|| {
+        let interval = hb.interval.unwrap_or(DEFAULT_HEARTBEAT);
+        let mut alert = Alert::new(
+            RuleId::Heartbeat,
+            hb.severity.unwrap_or(RuleId::Heartbeat.default_severity()),
+            "heartbeat",
+            node.clone(),
+            started_ns,
+            String::new(),
+            "ctrwatch alerts",
+        );
+        alert.rev = 0;
+        alert.count = 0;
+        alert
+            .details
+            .insert("interval_seconds".into(), interval.as_secs().to_string());
+        Heartbeat {
+            alert,
+            interval,
+            next_ns: started_ns,
+        }
+    })
 }
 
 fn describe(kind: &str, g: &mut Group) {

@@ -180,6 +180,16 @@ impl Delivery {
         Waker(Arc::clone(&self.shared))
     }
 
+    /// Retires the workers without waiting for them (a reload replaced the sinks; the caller
+    /// must not wait: it is the capture loop): each finishes the request it is making, if
+    /// any, hands its result over, and ends. A delivery in flight may then be made again by
+    /// the new workers (delivery is at least once; webhook receivers deduplicate by
+    /// `webhook-id`).
+    pub fn retire(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake();
+    }
+
     /// Stops the workers: each finishes the request it is making, if any, and stops. Waits at
     /// most `grace`; a worker still waiting for a slow receiver then is left to end with the
     /// process (its delivery is repeated after the next start).

@@ -222,6 +222,16 @@ impl Detector {
         }
     }
 
+    /// A reload changed the configuration: the events judged from now on are judged by its
+    /// rules (enabled, severity) and grouped by its window. Groups already open keep what
+    /// they hold and close as they would have; a new severity opens a new group (the group
+    /// key holds the severity), so the next alert carries it.
+    pub fn reconfigure(&mut self, config: &Config) {
+        self.window_ns = ns(config.alerts.group_window);
+        self.foreign = RuleSetting::of(config, RuleId::ForeignChange);
+        self.opaque = RuleSetting::of(config, RuleId::OpaqueLeak);
+    }
+
     /// Whether any rule is on.
     pub fn any_enabled(&self) -> bool {
         self.foreign.enabled || self.opaque.enabled

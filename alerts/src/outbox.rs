@@ -172,8 +172,10 @@ pub enum OutboxWrite {
     Alert(Box<AlertRecord>),
     /// Record a delivery attempt.
     Result(Box<DeliveryResult>),
-    /// At start: the configured sinks are these; deliveries still pending for a sink or
-    /// target no longer configured are dropped.
+    /// At start and at a reload that changed the sinks: the configured sinks are these;
+    /// deliveries still pending for a sink or target no longer configured are set aside
+    /// (state `dropped`, [`NO_LONGER_CONFIGURED`]), and those set aside for a sink or target
+    /// configured again are pending again.
     Reconcile,
 }
 
@@ -493,15 +495,32 @@ fn reconcile(conn: &Connection, routing: &Routing) -> rusqlite::Result<Applied> 
             continue;
         }
         let n = conn.execute(
-            "UPDATE deliveries SET state = 'dropped', \
-             last_error = 'the sink or this URL of it is no longer configured' \
+            "UPDATE deliveries SET state = 'dropped', last_error = ?3 \
              WHERE sink = ?1 AND target = ?2 AND state = 'pending'",
-            params![sink, target],
+            params![sink, target, NO_LONGER_CONFIGURED],
         )?;
         applied.dropped_deliveries += n as u64;
     }
+    // Deliveries set aside because their sink (or that URL of it) was removed, and it is
+    // configured again (a sink removed by mistake and put back): pending again, so that
+    // nothing it missed while it was gone is lost. What waits there is bounded by the
+    // outbox bound (an alert whose deliveries are all delivered or set aside goes first).
+    for route in &routing.sinks {
+        for target in &route.targets {
+            applied.pending += conn.execute(
+                "UPDATE deliveries SET state = 'pending', next_ns = NULL, attempts = 0, \
+                 last_error = NULL WHERE sink = ?1 AND target = ?2 AND state = 'dropped' \
+                 AND last_error = ?3",
+                params![route.name, target, NO_LONGER_CONFIGURED],
+            )? as u64;
+        }
+    }
     Ok(applied)
 }
+
+/// Why a delivery was set aside (state `dropped`) by [`OutboxWrite::Reconcile`]: its sink or
+/// target left the configuration. Only these are taken up again when it comes back.
+pub const NO_LONGER_CONFIGURED: &str = "the sink or this URL of it is no longer configured";
 
 /// One pending delivery, as a worker reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1125,6 +1144,46 @@ pub(crate) mod tests {
         );
         let text = render_table(&rows, &totals(&conn)?);
         assert!(text.contains("-> am http://b: dropped"), "{text}");
+        Ok(())
+    }
+
+    /// A sink removed (by a reload or a restart) and put back: what was pending for it when
+    /// it left is pending again, to be delivered; what it never had stays so; deliveries
+    /// dropped for another reason (an unreadable body) stay dropped.
+    #[test]
+    fn a_sink_put_back_takes_up_the_deliveries_set_aside_when_it_left()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let path = temp("put-back");
+        let conn = database(&path)?;
+        let r = routing(100);
+        write(&conn, &alert("a", 1, Severity::Critical), &r)?;
+        let mut without_am = r.clone();
+        without_am.sinks.retain(|s| s.name == "hook");
+        let a = write(&conn, &OutboxWrite::Reconcile, &without_am)?;
+        assert_eq!(a.dropped_deliveries, 2, "am's two targets set aside");
+        // While am is gone, a new alert is for hook only.
+        write(&conn, &alert("b", 1, Severity::Critical), &without_am)?;
+        let a = write(&conn, &OutboxWrite::Reconcile, &r)?;
+        assert_eq!((a.pending, a.dropped_deliveries), (2, 0));
+        let rows = list(&conn, 0, 10)?;
+        let am_states = |summary: &str| -> Vec<String> {
+            rows.iter()
+                .find(|row| row.summary == summary)
+                .map(|row| {
+                    row.deliveries
+                        .iter()
+                        .filter(|d| d.sink == "am")
+                        .map(|d| d.state.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(am_states("gap a"), vec!["pending", "pending"]);
+        assert_eq!(am_states("gap b"), Vec::<String>::new());
+        // Again: nothing more to take up.
+        let a = write(&conn, &OutboxWrite::Reconcile, &r)?;
+        assert_eq!((a.pending, a.dropped_deliveries), (0, 0));
+        let _ = std::fs::remove_file(&path);
         Ok(())
     }
 

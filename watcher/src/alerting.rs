@@ -207,6 +207,10 @@ pub struct DaemonAlerts {
     layer_check: Option<crate::layercheck::LayerCheck>,
     /// When the checkers' queue drops were last reported (ns).
     checks_reported_ns: Option<i64>,
+    /// Where the workers hand their results, and the store they read (set at the start:
+    /// a reload starts new workers with them).
+    results: Option<std::sync::Arc<dyn ctrwatch_alerts::ResultSink>>,
+    store: Option<std::path::PathBuf>,
 }
 
 /// Events waiting for the detection thread at most (a burst's worth; beyond it events are
@@ -219,6 +223,8 @@ enum DetectMsg {
     Event(Box<ctrwatch_event::FileEvent>),
     /// Everything captured before this time (ns) is ahead of it in the queue.
     Watermark(i64),
+    /// A reload: the events behind this are judged by these rules.
+    Reconfigure(Box<Config>),
 }
 
 /// The capture path's side of the detection thread: a bounded queue it never waits on.
@@ -229,6 +235,29 @@ struct DetectFeed {
     dropped: u64,
     dropped_from_ns: i64,
     dropped_to_ns: i64,
+    /// A reload's rules not yet handed over (the queue was full): handed over before any
+    /// further event, so that every event after the reload is judged by them.
+    reconfigure: Option<Box<Config>>,
+}
+
+impl DetectFeed {
+    /// Hands over the reload's rules if one waits. False while they still wait (the queue is
+    /// full): nothing may go ahead of them.
+    fn hand_over_reconfigure(&mut self) -> bool {
+        let Some(config) = self.reconfigure.take() else {
+            return true;
+        };
+        let Some(tx) = &self.tx else { return true };
+        match tx.try_send(DetectMsg::Reconfigure(config)) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::TrySendError::Full(DetectMsg::Reconfigure(config))) => {
+                self.reconfigure = Some(config);
+                false
+            }
+            // Gone: nothing to reconfigure.
+            Err(_) => true,
+        }
+    }
 }
 
 /// The detection thread: judges each event, emits the groups' revisions when they are due
@@ -255,6 +284,7 @@ fn detect_loop(
         match rx.recv_timeout(DETECT_TICK) {
             Ok(DetectMsg::Event(ev)) => detector.event(&ev, clock.now_ns()),
             Ok(DetectMsg::Watermark(at)) => detector.watermark(at),
+            Ok(DetectMsg::Reconfigure(config)) => detector.reconfigure(&config),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 send(detector.flush());
@@ -266,6 +296,26 @@ fn detect_loop(
             last_tick = std::time::Instant::now();
         }
     }
+}
+
+/// Starts the detection thread on `detector`, handing its alerts to `out`.
+fn start_detect(
+    detector: ctrwatch_alerts::detect::Detector,
+    out: std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
+) -> anyhow::Result<DetectFeed> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(DETECT_QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("detect".into())
+        .spawn(move || detect_loop(detector, rx, out))
+        .context("starting the detection thread")?;
+    Ok(DetectFeed {
+        tx: Some(tx),
+        thread: Some(thread),
+        dropped: 0,
+        dropped_from_ns: 0,
+        dropped_to_ns: 0,
+        reconfigure: None,
+    })
 }
 
 /// How often the detection thread looks for revisions due.
@@ -315,8 +365,9 @@ impl WriterAlerts {
         }
         if a.dropped_deliveries > 0 {
             log::warn!(
-                "alerts: {} pending deliveries dropped: their sink, or that URL of it, is no \
-                 longer configured",
+                "alerts: {} pending deliveries set aside: their sink, or that URL of it, is no \
+                 longer configured (taken up again if it is put back; the outbox bound \
+                 removes them in time)",
                 a.dropped_deliveries
             );
         }
@@ -342,6 +393,8 @@ impl DaemonAlerts {
             mismatch: None,
             layer_check: None,
             checks_reported_ns: None,
+            results: None,
+            store: None,
         }
     }
 
@@ -367,21 +420,11 @@ impl DaemonAlerts {
         // Checker queue drops are reported over [last report, now]: the first report's
         // window starts with the run.
         self.checks_reported_ns = Some(started_ns);
+        self.results = Some(std::sync::Arc::clone(&results));
+        self.store = Some(store.to_path_buf());
         let detector = ctrwatch_alerts::detect::Detector::new(&self.config, self.node.clone());
         if detector.any_enabled() {
-            let (tx, rx) = std::sync::mpsc::sync_channel(DETECT_QUEUE);
-            let out = std::sync::Arc::clone(&results);
-            let thread = std::thread::Builder::new()
-                .name("detect".into())
-                .spawn(move || detect_loop(detector, rx, out))
-                .context("starting the detection thread")?;
-            self.detect = Some(DetectFeed {
-                tx: Some(tx),
-                thread: Some(thread),
-                dropped: 0,
-                dropped_from_ns: 0,
-                dropped_to_ns: 0,
-            });
+            self.detect = Some(start_detect(detector, std::sync::Arc::clone(&results))?);
         }
         let checker =
             ctrwatch_alerts::detect::mismatch::Checker::new(&self.config, self.node.clone());
@@ -419,6 +462,81 @@ impl DaemonAlerts {
         Ok(self.writer.clone())
     }
 
+    /// A good reload's alerting (`alerting`: its sinks made ready by the reload's job, off the
+    /// capture loop) applied at `now_ns`, without waiting for anything:
+    /// * the rules: the detections judge the events after the reload by the new rules (the
+    ///   new settings go through their queue behind the events before it), the daemon's own
+    ///   rules use them from now on;
+    /// * the sinks: new delivery workers start for the new sinks, on the outbox as it is (a
+    ///   changed sink delivers what is pending with its new URL, secret or CA); the old ones
+    ///   finish the request they are making and end. Rebuilt at every good reload, even when
+    ///   the file's `[[sinks]]` did not change: a secret or CA file may have.
+    ///
+    /// Returns the store writer's new side (routing, waker) to hand over before it applies the
+    /// next write (None before capture started: the start uses the new configuration). Fails,
+    /// changing nothing, only when a thread cannot be started.
+    pub fn reload(
+        &mut self,
+        alerting: Alerting,
+        now_ns: i64,
+    ) -> anyhow::Result<Option<WriterAlerts>> {
+        let (Some(results), Some(store)) = (self.results.clone(), self.store.clone()) else {
+            self.config = alerting.config.clone();
+            self.writer.routing = alerting.routing.clone();
+            self.pending = Some(alerting);
+            return Ok(None);
+        };
+        let new = alerting.config;
+        let rules_changed = self.config.rules != new.rules
+            || self.config.alerts.group_window != new.alerts.group_window;
+        // What can fail first: on an error nothing has changed.
+        let mut new_detect = None;
+        if rules_changed && self.detect.is_none() {
+            let detector = ctrwatch_alerts::detect::Detector::new(&new, self.node.clone());
+            if detector.any_enabled() {
+                new_detect = Some(start_detect(detector, std::sync::Arc::clone(&results))?);
+            }
+        }
+        let n = alerting.sinks.len();
+        let delivery = if n > 0 {
+            let started = ctrwatch_alerts::Delivery::start(
+                alerting.sinks,
+                &store,
+                results,
+                alerting.delivery,
+            )
+            .map_err(|e| anyhow::anyhow!("starting the alert delivery workers: {e}"))?;
+            Some(started)
+        } else {
+            None
+        };
+        // Then what cannot fail.
+        if rules_changed {
+            if let Some(rules) = &mut self.rules {
+                rules.reconfigure(&new, now_ns);
+            }
+            if let Some(feed) = &mut self.detect {
+                feed.reconfigure = Some(Box::new(new.clone()));
+                feed.hand_over_reconfigure();
+            } else {
+                self.detect = new_detect;
+            }
+        }
+        if let Some(old) = self.delivery.take() {
+            old.retire();
+        }
+        self.writer.waker = delivery.as_ref().map(|d| d.waker());
+        self.delivery = delivery;
+        if n > 0 {
+            log::info!("alerts: delivering to {n} sinks (reloaded)");
+        } else {
+            log::info!("alerts: no sink configured (reloaded): alerts are kept in the outbox only");
+        }
+        self.writer.routing = alerting.routing;
+        self.config = new;
+        Ok(Some(self.writer.clone()))
+    }
+
     /// Where the attribution hands newly committed snapshots to the layer check (None: its
     /// rules are off, or capture has not started).
     pub fn commit_feed(&self) -> Option<crate::layercheck::CommitFeed> {
@@ -435,13 +553,20 @@ impl DaemonAlerts {
             worker.send(Box::new(ev.clone()), 1);
         }
         let Some(feed) = &mut self.detect else { return };
-        let Some(tx) = &feed.tx else { return };
         if !ctrwatch_alerts::detect::wants(ev) {
             return;
         }
-        if let Err(std::sync::mpsc::TrySendError::Full(_)) =
-            tx.try_send(DetectMsg::Event(Box::new(ev.clone())))
-        {
+        // A reload's rules still waiting for room go first; while they wait, the event is
+        // not judged (counted like any event the full queue turns away).
+        let full = !feed.hand_over_reconfigure()
+            || match &feed.tx {
+                Some(tx) => matches!(
+                    tx.try_send(DetectMsg::Event(Box::new(ev.clone()))),
+                    Err(std::sync::mpsc::TrySendError::Full(_))
+                ),
+                None => return,
+            };
+        if full {
             if feed.dropped == 0 {
                 feed.dropped_from_ns = ev.time_ns;
             }
@@ -455,7 +580,11 @@ impl DaemonAlerts {
     /// when all of its events were judged. Skipped when their queue is full (the next one
     /// comes a second later).
     pub fn watermark(&mut self, at_ns: i64) {
-        if let Some(tx) = self.detect.as_ref().and_then(|f| f.tx.as_ref()) {
+        let Some(feed) = &mut self.detect else { return };
+        if !feed.hand_over_reconfigure() {
+            return;
+        }
+        if let Some(tx) = &feed.tx {
             let _ = tx.try_send(DetectMsg::Watermark(at_ns));
         }
     }

@@ -26,6 +26,7 @@ use std::{
 use anyhow::Context as _;
 
 use ctrwatch_alerts::target_key::TargetKey;
+use ctrwatch_config::RuleId;
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
@@ -97,9 +98,10 @@ impl std::fmt::Debug for Reloader {
 
 /// The keys a reload cannot change while the daemon runs, and whether `new` changes them
 /// from what the daemon started with (`old`): the store is open, the ring buffer allocated,
-/// the logger, the alert rules, sinks and their delivery workers set up at the start.
+/// the logger set up, the node's name in every alert, and the metadata and layer checks'
+/// workers (with their rules and window) started once per run.
 /// Everything else of the file is applied live: roots and discovery, root refresh, trusted
-/// writers, secret masking.
+/// writers, secret masking, the sinks, the other rules and `[alerts]`, the metrics listener.
 pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static str> {
     let (o, n) = (&old.config, &new.config);
     [
@@ -123,10 +125,31 @@ pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static 
         ("[watch] backend", o.watch.backend != n.watch.backend),
         ("[watch] protect", o.watch.protect != n.watch.protect),
         ("log_level", o.log_level != n.log_level),
-        ("[metrics] listen", old.metrics_listen != new.metrics_listen),
-        ("[alerts]", o.alerts != n.alerts),
-        ("[rules]", o.rules != n.rules),
-        ("[[sinks]]", o.sinks != n.sinks),
+        (
+            "[alerts] node_name",
+            o.alerts.node_name != n.alerts.node_name,
+        ),
+        (
+            "[alerts] group_window (metadata-mismatch's)",
+            o.alerts.group_window != n.alerts.group_window
+                && o.rule(RuleId::MetadataMismatch).enabled,
+        ),
+        (
+            "[rules.metadata-mismatch]",
+            o.rule(RuleId::MetadataMismatch) != n.rule(RuleId::MetadataMismatch),
+        ),
+        (
+            "[rules.layer-damaged]",
+            o.rule(RuleId::LayerDamaged) != n.rule(RuleId::LayerDamaged),
+        ),
+        (
+            "[rules.after-crash-verify]",
+            o.rule(RuleId::AfterCrashVerify) != n.rule(RuleId::AfterCrashVerify),
+        ),
+        (
+            "[rules.opaque-leak] (the layer check's)",
+            o.rule(RuleId::OpaqueLeak) != n.rule(RuleId::OpaqueLeak),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -157,19 +180,28 @@ enum Msg {
 /// Outbox writes (alerts, delivery results) waiting for the writer at most.
 const OUTBOX_QUEUE: usize = 4096;
 
+/// What the writer's outbox queue carries.
+enum OutboxMsg {
+    /// A write to apply.
+    Write(ctrwatch_alerts::OutboxWrite),
+    /// A reload replaced the sinks (and the outbox bound): the writes after this one are
+    /// routed by this, and the outbox is reconciled with it first.
+    Reroute(Box<WriterAlerts>),
+}
+
 /// The writer's queue of outbox writes (alerts to keep, delivery results), apart from the
 /// events: the writer empties it before each burst of events and commits each write at once,
 /// so that under a flood an alert does not wait behind up to [`QUEUE`] events.
 #[derive(Clone)]
 struct OutboxQueue {
-    tx: SyncSender<ctrwatch_alerts::OutboxWrite>,
+    tx: SyncSender<OutboxMsg>,
     wake: SyncSender<Msg>,
 }
 
 impl OutboxQueue {
     /// Queues a write (blocking while the queue is full: alerts are few and never dropped).
     /// False when the writer has stopped.
-    fn send(&self, write: ctrwatch_alerts::OutboxWrite) -> bool {
+    fn send(&self, write: OutboxMsg) -> bool {
         if self.tx.send(write).is_err() {
             return false;
         }
@@ -180,10 +212,7 @@ impl OutboxQueue {
     }
 
     /// Queues a write without waiting: for the capture thread, which must never wait.
-    fn try_send(
-        &self,
-        write: ctrwatch_alerts::OutboxWrite,
-    ) -> Result<(), TrySendError<ctrwatch_alerts::OutboxWrite>> {
+    fn try_send(&self, write: OutboxMsg) -> Result<(), TrySendError<OutboxMsg>> {
         self.tx.try_send(write)?;
         let _ = self.wake.try_send(Msg::Wake);
         Ok(())
@@ -198,7 +227,7 @@ struct WriterResults(std::sync::Mutex<Option<OutboxQueue>>);
 impl ctrwatch_alerts::ResultSink for WriterResults {
     fn send(&self, write: ctrwatch_alerts::OutboxWrite) -> bool {
         match self.0.lock() {
-            Ok(q) => q.as_ref().is_some_and(|q| q.send(write)),
+            Ok(q) => q.as_ref().is_some_and(|q| q.send(OutboxMsg::Write(write))),
             Err(_) => false,
         }
     }
@@ -236,8 +265,9 @@ pub struct StoreSink {
     /// Alert rules and delivery (None: the pipeline benchmark).
     alerts: Option<DaemonAlerts>,
     results: Option<std::sync::Arc<WriterResults>>,
-    /// The rules' writes the outbox queue had no room for yet (tried again at each tick).
-    unsent: std::collections::VecDeque<ctrwatch_alerts::OutboxWrite>,
+    /// The rules' writes (and a reload's new routing) the outbox queue had no room for yet
+    /// (tried again at each tick).
+    unsent: std::collections::VecDeque<OutboxMsg>,
     /// Reads the configuration again on SIGHUP.
     reloader: Option<Reloader>,
     /// The settings the daemon started with: what a reload's restart-only keys are compared
@@ -249,6 +279,22 @@ pub struct StoreSink {
     /// The end of the ring buffer record whose events are being handed over (None: the ring
     /// buffer is not held, see [`Sink::hold_ring`]).
     record_end: Option<RingPos>,
+    /// The key of the sink targets' names, the one the daemon started with: a reload names
+    /// its targets with it, so that what is pending stays theirs.
+    target_key: TargetKey,
+    /// What a reload job made ready off the capture loop (the sinks, a new metrics
+    /// listener): taken by [`Sink::reloaded`].
+    reloaded: std::sync::Arc<std::sync::Mutex<Option<Reloaded>>>,
+    /// The metrics listener, and the address configured for it (`[metrics] listen`).
+    metrics: Option<crate::metrics_http::MetricsServer>,
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// What a good reload's job made ready for [`Sink::reloaded`] to apply.
+struct Reloaded {
+    alerting: crate::alerting::Alerting,
+    /// Some: the listener's address changed; this one (None: metrics off) replaces it.
+    metrics: Option<Option<crate::metrics_http::MetricsServer>>,
 }
 
 impl StoreSink {
@@ -278,6 +324,10 @@ impl StoreSink {
             started_with: None,
             ring_mark: None,
             record_end: None,
+            target_key: TargetKey::Legacy,
+            reloaded: std::sync::Arc::default(),
+            metrics: None,
+            metrics_listen: None,
         }
     }
 
@@ -301,6 +351,24 @@ impl StoreSink {
     ) -> StoreSink {
         self.reloader = reloader;
         self.started_with = Some(Box::new(started_with));
+        self
+    }
+
+    /// Serves the metrics with `server`, listening as `[metrics] listen` = `listen` asked:
+    /// a reload that changes the address replaces it.
+    pub fn with_metrics(
+        mut self,
+        listen: Option<std::net::SocketAddr>,
+        server: Option<crate::metrics_http::MetricsServer>,
+    ) -> StoreSink {
+        self.metrics_listen = listen;
+        self.metrics = server;
+        self
+    }
+
+    /// Names the sinks' targets of a reload with `key` (the one the start used).
+    pub fn with_target_key(mut self, key: TargetKey) -> StoreSink {
+        self.target_key = key;
         self
     }
 
@@ -329,8 +397,11 @@ impl StoreSink {
             Err(_) => None,
         };
         if let Some(a) = &mut self.alerts {
-            self.unsent
-                .extend(a.config_invalid(file.as_deref(), &shown, now_ns));
+            self.unsent.extend(
+                a.config_invalid(file.as_deref(), &shown, now_ns)
+                    .into_iter()
+                    .map(OutboxMsg::Write),
+            );
         }
     }
 
@@ -375,8 +446,9 @@ impl StoreSink {
                         as std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
                 )?;
                 self.results = Some(results);
-                // Deliveries a removed sink left pending are dropped first.
-                outbox.send(ctrwatch_alerts::OutboxWrite::Reconcile);
+                // Deliveries a removed sink left pending are set aside first (those of a sink
+                // put back are taken up again).
+                outbox.send(OutboxMsg::Write(ctrwatch_alerts::OutboxWrite::Reconcile));
                 writer
             }
             None => WriterAlerts::none(),
@@ -398,10 +470,12 @@ impl StoreSink {
     pub fn alert(&mut self, alert: &ctrwatch_alerts::Alert) -> std::io::Result<()> {
         let record =
             ctrwatch_alerts::outbox::AlertRecord::of(alert).map_err(std::io::Error::other)?;
-        self.outbox_send(ctrwatch_alerts::OutboxWrite::Alert(Box::new(record)))
+        self.outbox_send(OutboxMsg::Write(ctrwatch_alerts::OutboxWrite::Alert(
+            Box::new(record),
+        )))
     }
 
-    fn outbox_send(&self, write: ctrwatch_alerts::OutboxWrite) -> std::io::Result<()> {
+    fn outbox_send(&self, write: OutboxMsg) -> std::io::Result<()> {
         match &self.outbox {
             Some(q) if q.send(write) => Ok(()),
             _ => Err(std::io::Error::other("the store writer has stopped")),
@@ -413,8 +487,16 @@ impl StoreSink {
     /// few and never dropped; the queue is full only while the writer is far behind).
     fn alert_tick(&mut self, now: SystemTime) {
         let Some(a) = &mut self.alerts else { return };
-        self.unsent
-            .extend(a.tick(crate::store::system_time_ns(now)));
+        self.unsent.extend(
+            a.tick(crate::store::system_time_ns(now))
+                .into_iter()
+                .map(OutboxMsg::Write),
+        );
+        self.send_unsent();
+    }
+
+    /// Hands what waits in `unsent` to the writer's outbox queue, in order, without waiting.
+    fn send_unsent(&mut self) {
         let Some(q) = &self.outbox else { return };
         while let Some(w) = self.unsent.pop_front() {
             match q.try_send(w) {
@@ -542,7 +624,7 @@ impl StoreSink {
         if let Some(mut a) = self.alerts.take() {
             // Workers first (results still reach the writer), then what the rules hold.
             for w in a.stop(Duration::from_secs(2)) {
-                let _ = self.outbox_send(w);
+                let _ = self.outbox_send(OutboxMsg::Write(w));
             }
         }
         if let Some(r) = self.results.take() {
@@ -673,7 +755,31 @@ impl Sink for StoreSink {
     }
     fn reload(&mut self) -> Option<ReloadJob> {
         let reloader = self.reloader.clone()?;
-        Some(Box::new(move || (reloader.0)()))
+        let key = self.target_key.clone();
+        let slot = std::sync::Arc::clone(&self.reloaded);
+        let listening = self.metrics_listen;
+        Some(Box::new(move || {
+            let new = (reloader.0)()?;
+            // The sinks made ready here, off the capture loop (secret and CA files are read),
+            // with the targets named as the running daemon names them.
+            let alerting = crate::alerting::Alerting::from_config(new.config.clone(), &key)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // A new listener address is bound here: one that cannot listen refuses the
+            // reload, and the old listener goes on.
+            let metrics = match new.metrics_listen {
+                addr if addr == listening => None,
+                // Flattened: the error's text names its cause already.
+                Some(addr) => Some(Some(
+                    crate::metrics_http::MetricsServer::start(addr, || METRICS.render())
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )),
+                None => Some(None),
+            };
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(Reloaded { alerting, metrics });
+            }
+            Ok(new)
+        }))
     }
     fn reloaded(&mut self, result: anyhow::Result<RunOptions>) -> Option<WatchOptions> {
         let new = match result {
@@ -683,6 +789,35 @@ impl Sink for StoreSink {
                 return None;
             }
         };
+        // The alerting first: the only part whose applying can fail (a thread that cannot
+        // start); then nothing is applied.
+        let ready = self.reloaded.lock().ok().and_then(|mut slot| slot.take());
+        let (alerting, metrics) = match ready {
+            Some(r) => (Some(r.alerting), r.metrics),
+            None => (None, None),
+        };
+        if let (Some(a), Some(alerting)) = (&mut self.alerts, alerting) {
+            match a.reload(alerting, self.clock.now_ns()) {
+                Ok(Some(writer)) => {
+                    self.unsent.push_back(OutboxMsg::Reroute(Box::new(writer)));
+                    self.send_unsent();
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.reload_failed(&e);
+                    return None;
+                }
+            }
+        }
+        if let Some(server) = metrics {
+            match &server {
+                Some(_) => METRICS.enable(),
+                None => log::info!("metrics: no longer served ([metrics] listen removed)"),
+            }
+            // The old listener stops (its thread ends at once) after the new one listens.
+            self.metrics = server;
+            self.metrics_listen = new.metrics_listen;
+        }
         let started = self.started_with.as_deref()?;
         let pending = restart_only_changes(started, &new);
         let shown = new.config_file.as_ref().map_or_else(
@@ -703,8 +838,8 @@ impl Sink for StoreSink {
             };
         }
         log::info!(
-            "reloaded the configuration {shown}: roots, discovery, trusted writers and secret \
-             masking applied{}",
+            "reloaded the configuration {shown}: roots, discovery, trusted writers, secret \
+             masking, alert rules, sinks and the metrics listener applied{}",
             if pending.is_empty() {
                 String::new()
             } else {
@@ -723,7 +858,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // First: a configured listener that cannot listen (address in use, not this host's, a
     // port below 1024 without the capability) is a configuration error, said before anything
     // is attached. Stopped (dropped) when the daemon stops.
-    let _metrics = match opts.metrics_listen {
+    let metrics = match opts.metrics_listen {
         Some(addr) => {
             let server = crate::metrics_http::MetricsServer::start(addr, || METRICS.render())?;
             METRICS.enable();
@@ -739,11 +874,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("opening the event store {}", opts.store.display()))?;
     let _ = step.done("event store opened");
     // Sinks checked (secrets, CA files) before anything starts.
-    let alerting = crate::alerting::Alerting::from_config(
-        opts.config.clone(),
-        &target_key(&opts.store, &opts.config)?,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = target_key(&opts.store, &opts.config)?;
+    let alerting = crate::alerting::Alerting::from_config(opts.config.clone(), &key)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The run begins when capture has started, after the programs are attached (seconds).
     let started_with = RunOptions {
         reload: None,
@@ -752,6 +885,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sink = StoreSink::new(store, opts.echo.then(|| StdoutSink::new(opts.watch.json)))
         .with_config(opts.config_file.clone())
         .with_reload(opts.reload.clone(), started_with)
+        .with_target_key(key)
+        .with_metrics(opts.metrics_listen, metrics)
         .with_alerts(DaemonAlerts::new(alerting));
     log::info!(
         "ctrwatch: storing history in {}",
@@ -771,8 +906,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 fn write_loop(
     mut store: DaemonStore,
     rx: Receiver<Msg>,
-    outbox: Receiver<ctrwatch_alerts::OutboxWrite>,
-    alerts: WriterAlerts,
+    outbox: Receiver<OutboxMsg>,
+    mut alerts: WriterAlerts,
     status: StatusSource,
 ) -> anyhow::Result<()> {
     // Stored events are freed on another thread: each is a tree of ~20 allocations made by
@@ -802,7 +937,7 @@ fn write_loop(
         // Alerts and delivery results first, each committed at once (the open batch of
         // events with it): an alert is on disk before any delivery attempt, and does not
         // wait behind the events queued before it.
-        if write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn) {
+        if write_outbox(&mut store, &outbox, &mut alerts, &mut unkept, &mut warn) {
             pending = 0;
             last_commit = Instant::now();
             if store.unstored().is_none() {
@@ -925,7 +1060,7 @@ fn write_loop(
         }
         if closed {
             // What the last senders queued (the rules' final revisions, results).
-            write_outbox(&mut store, &outbox, &alerts, &mut unkept, &mut warn);
+            write_outbox(&mut store, &outbox, &mut alerts, &mut unkept, &mut warn);
             if !unkept.queue.is_empty() {
                 log::error!(
                     "alerts: {} alert(s) could not be kept: the store did not take them before \
@@ -973,8 +1108,8 @@ struct UnkeptAlerts {
 /// made again (at least once).
 fn write_outbox(
     store: &mut DaemonStore,
-    outbox: &Receiver<ctrwatch_alerts::OutboxWrite>,
-    alerts: &WriterAlerts,
+    outbox: &Receiver<OutboxMsg>,
+    alerts: &mut WriterAlerts,
     unkept: &mut UnkeptAlerts,
     warn: &mut Warner,
 ) -> bool {
@@ -1007,7 +1142,15 @@ fn write_outbox(
         );
         unkept.dropped = 0;
     }
-    while let Ok(w) = outbox.try_recv() {
+    while let Ok(msg) = outbox.try_recv() {
+        let w = match msg {
+            OutboxMsg::Write(w) => w,
+            OutboxMsg::Reroute(new) => {
+                reroute(store, alerts, *new, warn);
+                any = true;
+                continue;
+            }
+        };
         let is_alert = matches!(w, ctrwatch_alerts::OutboxWrite::Alert(_));
         if is_alert && !unkept.queue.is_empty() {
             keep_in_memory(unkept, w);
@@ -1035,6 +1178,45 @@ fn write_outbox(
         }
     }
     any
+}
+
+/// A reload's routing replaces `alerts`, and the outbox is reconciled with it: deliveries of
+/// a removed sink (or URL) set aside, those of a sink put back taken up again. A sink that
+/// had one URL and has another (its receiver moved) keeps what is pending: renamed to the new
+/// URL's target. Alerts still waiting in memory for the store are routed by the new routing.
+fn reroute(
+    store: &mut DaemonStore,
+    alerts: &mut WriterAlerts,
+    new: WriterAlerts,
+    warn: &mut Warner,
+) {
+    let mut reconcile = new.routing.clone();
+    for route in &mut reconcile.sinks {
+        let Some(old) = alerts.routing.sinks.iter().find(|o| o.name == route.name) else {
+            continue;
+        };
+        if let ([was], [is]) = (old.targets.as_slice(), route.targets.as_slice())
+            && was != is
+        {
+            route.formerly.push((was.clone(), is.clone()));
+        }
+    }
+    *alerts = new;
+    match store.write_outbox(&ctrwatch_alerts::OutboxWrite::Reconcile, &reconcile) {
+        Ok(applied) => {
+            if applied.pending > 0 {
+                log::info!(
+                    "alerts: {} deliveries pending again: their sink is configured again",
+                    applied.pending
+                );
+            }
+            alerts.applied(&applied);
+        }
+        Err(e) => warn.report(
+            Err::<(), _>(e),
+            "reconciling the outbox with the reloaded sinks",
+        ),
+    }
 }
 
 /// The metrics of an outbox write that was kept: an alert's first revision (a new alert), a
@@ -1168,16 +1350,37 @@ mod tests {
              [rules.heartbeat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9847\"\n\
              [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
         );
+        // The group window is the metadata-mismatch worker's too: restart-only for it.
         assert_eq!(
             restart_only_changes(&old, &changed),
             vec![
                 "[store] path",
                 "[watch] ring_buffer_mb",
                 "log_level",
-                "[metrics] listen",
-                "[alerts]",
-                "[rules]",
-                "[[sinks]]"
+                "[alerts] group_window (metadata-mismatch's)",
+            ]
+        );
+        // Rules, sinks and the outbox bound apply at once; the checkers' rules and the
+        // node's name at the next start.
+        let alerting = options(
+            "[watch]\nroots = [\"/a\"]\n[alerts]\noutbox_max = 500\n\
+             [rules.foreign-change]\nseverity = \"info\"\n[rules.heartbeat]\nenabled = false\n\
+             [rules.history-gap]\nenabled = false\n\
+             [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
+        );
+        assert_eq!(restart_only_changes(&old, &alerting), Vec::<&str>::new());
+        let checkers = options(
+            "[watch]\nroots = [\"/a\"]\n[alerts]\nnode_name = \"n1\"\n\
+             [rules.metadata-mismatch]\nenabled = false\n[rules.layer-damaged]\nenabled = false\n\
+             [rules.opaque-leak]\nenabled = false\n",
+        );
+        assert_eq!(
+            restart_only_changes(&old, &checkers),
+            vec![
+                "[alerts] node_name",
+                "[rules.metadata-mismatch]",
+                "[rules.layer-damaged]",
+                "[rules.opaque-leak] (the layer check's)",
             ]
         );
     }

@@ -328,6 +328,26 @@ fn rules_obey_enabled_and_severity() {
     assert_eq!(out[0].severity, Severity::Info);
 }
 
+/// A reload's rules apply to the events judged after it: a new severity opens a new alert,
+/// a disabled rule folds nothing more (the group it had open is still emitted), and enabled
+/// again it judges the next event.
+#[test]
+fn reconfigured_rules_judge_the_events_after_the_reload() {
+    let mut d = Detector::new(&config(""), node());
+    let e = |t: i64| ev(t, Op::Unlink, committed(Verdict::Foreign), script(1));
+    d.event(&e(T0), T0);
+    d.reconfigure(&config("[rules.foreign-change]\nseverity = \"info\"\n"));
+    d.event(&e(T0 + 1), T0 + 1);
+    d.reconfigure(&config("[rules.foreign-change]\nenabled = false\n"));
+    d.event(&e(T0 + 2), T0 + 2);
+    let out = d.flush();
+    let seen: Vec<(Severity, u64)> = out.iter().map(|a| (a.severity, a.count)).collect();
+    assert_eq!(seen, vec![(Severity::Critical, 1), (Severity::Info, 1)]);
+    d.reconfigure(&config(""));
+    d.event(&e(T0 + 3), T0 + 3);
+    assert_eq!(d.flush().len(), 1);
+}
+
 #[test]
 fn nothing_is_emitted_before_the_settle_delay_and_flush_emits_what_is_left() {
     let mut d = Detector::new(&config(""), node());

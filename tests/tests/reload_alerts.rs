@@ -1,0 +1,416 @@
+//! SIGHUP applies the alert rules and the sinks without a restart: the real daemon
+//! (`ctrwatch run --config`), real signals, real webhook receivers on 127.0.0.1, and for the
+//! detections a real containerd (tests/src/containerd.rs) and real foreign writers.
+//!
+//! * a reload that replaces a sink: the next alert reaches the new one, and none the removed
+//!   one; the removed sink put back takes up what was pending for it when it left;
+//! * a reload that changes a rule's severity: the next alert carries it (the daemon's own
+//!   `config-invalid`, and the detections' `foreign-change`);
+//! * a reload that disables a rule: its alerts stop, while another rule's still arrive.
+//!
+//! Alerts on demand: a refused reload raises `config-invalid` (to the sinks in effect; an
+//! edited file is a new alert), so the tests need no timer. Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
+
+use std::{
+    ffi::{OsStr, OsString},
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    Watcher,
+    containerd::{Containerd, Layer},
+    receiver::{Mode, Receiver},
+    temp_dir, wait_history,
+};
+
+const FSOP: &str = env!("CARGO_BIN_EXE_fsop");
+/// Generous: the machine running the tests may be loaded.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Writes `text` as the configuration, root's and 0600 (written aside and renamed over).
+fn config_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// A webhook sink `name` for the receiver's `/NAME`.
+fn sink(name: &str, r: &Receiver) -> String {
+    format!(
+        "[[sinks]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"2s\"\n",
+        r.url(&format!("/{name}"))
+    )
+}
+
+/// No heartbeat (its first beat would be one more alert to tell apart).
+const QUIET: &str = "[rules.heartbeat]\nenabled = false\n\n";
+
+/// The alert bodies of `rule` the receiver got.
+fn bodies(r: &Receiver, rule: &str) -> Vec<Value> {
+    r.received()
+        .into_iter()
+        .map(|x| x.json())
+        .filter(|b| b["rule"] == rule)
+        .collect()
+}
+
+/// `config-invalid` revisions at `r` about a refused file holding `marker`.
+fn refusals_of(r: &Receiver, marker: &str) -> Vec<Value> {
+    bodies(r, "config-invalid")
+        .into_iter()
+        .filter(|b| {
+            b["details"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains(marker)
+        })
+        .collect()
+}
+
+/// Waits until `done` holds, within [`DEADLINE`]; fails showing `seen()`.
+fn until(what: &str, done: impl Fn() -> bool, seen: impl Fn() -> String) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "never: {what}; seen:\n{}",
+            seen()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn shown(r: &Receiver) -> String {
+    r.received()
+        .iter()
+        .map(|x| format!("{} {}", x.path(), x.json()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The daemon's log until `text` appears `n` times.
+fn log_count(daemon: &Watcher, text: &str, n: usize) {
+    until(
+        &format!("{n} × {text:?} in the log"),
+        || daemon.stderr().matches(text).count() >= n,
+        || daemon.stderr(),
+    );
+}
+
+/// Reloads a good file and waits until the daemon applied it (its `n`th good reload).
+fn reload_good(daemon: &Watcher, config: &Path, text: &str, n: usize) {
+    config_file(config, text);
+    daemon.signal(libc::SIGHUP);
+    log_count(daemon, "reloaded the configuration", n);
+}
+
+/// Reloads a file refused for an unknown key named `marker` (a `config-invalid` alert about
+/// it goes to the sinks in effect), and waits for the `n`th refusal.
+fn reload_bad(daemon: &Watcher, config: &Path, good: &str, marker: &str, n: usize) {
+    config_file(config, &format!("[watch]\n{marker} = 1\n\n{good}"));
+    daemon.signal(libc::SIGHUP);
+    log_count(daemon, "reloading the configuration failed", n);
+}
+
+/// `ctrwatch run --root ROOT --store STORE --config CONFIG`.
+fn start_daemon(roots: &[&Path], store: &Path, config: &Path) -> Watcher {
+    let mut args: Vec<OsString> = vec!["run".into()];
+    for root in roots {
+        args.extend(["--root".into(), root.as_os_str().to_owned()]);
+    }
+    args.extend([
+        "--store".into(),
+        store.into(),
+        "--config".into(),
+        config.into(),
+    ]);
+    Watcher::start_command(&args)
+}
+
+/// A reload replaces sink `a` by sink `b`: the next alert reaches `b` and not `a`. Then `a`,
+/// failing, is removed while an alert is pending for it, and put back once its receiver
+/// works: it gets that alert. On a daemon whose sinks are set once per run, `b` never gets
+/// anything.
+#[test]
+fn a_reload_adds_removes_and_puts_back_sinks() {
+    tests::require_root();
+    let base = temp_dir("reload-sinks");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let ra = Receiver::start(Mode::Accept);
+    let rb = Receiver::start(Mode::Accept);
+    let only_a = format!("{QUIET}{}", sink("a", &ra));
+    config_file(&config, &only_a);
+    let mut daemon = start_daemon(&[&root], &store, &config);
+    // `a` works.
+    reload_bad(&daemon, &config, &only_a, "marker_one", 1);
+    until(
+        "a gets the first refusal",
+        || !refusals_of(&ra, "marker_one").is_empty(),
+        || shown(&ra),
+    );
+
+    // Replaced by `b`: the next alert goes to `b` only.
+    let only_b = format!("{QUIET}{}", sink("b", &rb));
+    reload_good(&daemon, &config, &only_b, 1);
+    reload_bad(&daemon, &config, &only_b, "marker_two", 2);
+    until(
+        "the added sink b gets the alert raised after the reload",
+        || !refusals_of(&rb, "marker_two").is_empty(),
+        || format!("b:\n{}\na:\n{}", shown(&rb), shown(&ra)),
+    );
+    // `b` got it; `a`'s worker ended at the reload, and the alert was never `a`'s.
+    assert!(
+        refusals_of(&ra, "marker_two").is_empty(),
+        "the removed sink a still got an alert: {}",
+        shown(&ra)
+    );
+    assert!(
+        refusals_of(&rb, "marker_one").is_empty(),
+        "b got an alert raised before it was added"
+    );
+
+    // `a` back, failing: an alert pending for it (delivered to `b`), then `a` removed...
+    ra.set_mode(Mode::Status(503));
+    let both = format!("{QUIET}{}\n{}", sink("a", &ra), sink("b", &rb));
+    reload_good(&daemon, &config, &both, 2);
+    reload_bad(&daemon, &config, &both, "marker_three", 3);
+    until(
+        "b gets the third refusal",
+        || !refusals_of(&rb, "marker_three").is_empty(),
+        || shown(&rb),
+    );
+    until(
+        "a refuses the third refusal at least once",
+        || {
+            ra.received().iter().any(|x| {
+                x.json()["details"]["error"]
+                    .to_string()
+                    .contains("marker_three")
+            })
+        },
+        || shown(&ra),
+    );
+    reload_good(&daemon, &config, &only_b, 3);
+    // ... and put back, working: what was pending for it when it left reaches it.
+    ra.set_mode(Mode::Accept);
+    reload_good(&daemon, &config, &both, 4);
+    until(
+        "the sink put back gets the alert that was pending for it",
+        || {
+            ra.received().iter().any(|x| {
+                x.accepted()
+                    && x.json()["details"]["error"]
+                        .to_string()
+                        .contains("marker_three")
+            })
+        },
+        || shown(&ra),
+    );
+    assert!(
+        daemon.wait_exit(Duration::ZERO).is_none(),
+        "the daemon exited"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// The daemon's own rules: a reload that changes `config-invalid`'s severity makes the next
+/// one carry it; a reload that disables it silences it while another rule (the heartbeat,
+/// enabled by the same reload) still arrives.
+#[test]
+fn a_reload_changes_and_disables_the_daemons_own_rules() {
+    tests::require_root();
+    let base = temp_dir("reload-own-rules");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let r = Receiver::start(Mode::Accept);
+    let default = format!("{QUIET}{}", sink("hook", &r));
+    config_file(&config, &default);
+    let daemon = start_daemon(&[&root], &store, &config);
+    reload_bad(&daemon, &config, &default, "marker_one", 1);
+    until(
+        "the first refusal, at the default severity",
+        || !refusals_of(&r, "marker_one").is_empty(),
+        || shown(&r),
+    );
+    assert_eq!(refusals_of(&r, "marker_one")[0]["severity"], "warning");
+
+    // A new severity: the next alert carries it.
+    let critical = format!(
+        "{QUIET}[rules.config-invalid]\nseverity = \"critical\"\n\n{}",
+        sink("hook", &r)
+    );
+    reload_good(&daemon, &config, &critical, 1);
+    reload_bad(&daemon, &config, &critical, "marker_two", 2);
+    until(
+        "the refusal after the reload",
+        || !refusals_of(&r, "marker_two").is_empty(),
+        || shown(&r),
+    );
+    let after = refusals_of(&r, "marker_two");
+    assert!(
+        after.iter().all(|b| b["severity"] == "critical"),
+        "the reloaded severity is not carried: {after:#?}"
+    );
+
+    // Disabled, and the heartbeat enabled: a beat comes, the refusal's alert does not.
+    let disabled = format!(
+        "[rules.config-invalid]\nenabled = false\n\n[rules.heartbeat]\nenabled = true\n\
+         interval = \"10s\"\n\n{}",
+        sink("hook", &r)
+    );
+    reload_good(&daemon, &config, &disabled, 2);
+    reload_bad(&daemon, &config, &disabled, "marker_three", 3);
+    let beats_before = bodies(&r, "heartbeat").len();
+    // Two beats after the refusal: the refusal's alert, had it been raised, was written to
+    // the outbox before them and delivered first (one target delivers in outbox order).
+    until(
+        "two heartbeats after the refusal",
+        || bodies(&r, "heartbeat").len() >= beats_before + 2,
+        || shown(&r),
+    );
+    assert!(
+        refusals_of(&r, "marker_three").is_empty(),
+        "the disabled rule still alerted: {}",
+        shown(&r)
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// The detections: a foreign unlink in a committed layer after a reload that sets
+/// `foreign-change`'s severity to `info` alerts at `info`; after a reload that disables it, a
+/// foreign unlink raises nothing while `opaque-leak` (the same events' other rule) still
+/// alerts; enabled again, the next unlink alerts, alone.
+#[test]
+fn a_reload_changes_and_disables_the_detections() {
+    tests::require_root();
+    const NS: &str = "default";
+    let dir = temp_dir("reload-detect");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let config = dir.join("ctrwatch.toml");
+    let store = dir.join("events.db");
+    let text = |rules: &str| {
+        format!(
+            "[alerts]\ngroup_window = \"2s\"\n\n{QUIET}{rules}\n{}",
+            sink("hook", &r)
+        )
+    };
+    config_file(&config, &text(""));
+    let daemon = start_daemon(&[cd.root(), cd.state()], &store, &config);
+    let built = cd
+        .build_image_info(
+            "test.local/ctrwatch/reload-detect:1",
+            &[
+                Layer::base().expect("base"),
+                Layer::new()
+                    .dir("opq")
+                    .file("one", "1\n")
+                    .file("two", "2\n")
+                    .file("three", "3\n"),
+            ],
+        )
+        .expect("image");
+    cd.import(&built.archive, NS).expect("import");
+    let upper = cd.snapshot_dir(NS, &built.chain_ids[1]).expect("upper dir");
+    // The unpack is recorded (and the layer known committed) before anything foreign.
+    wait_history(&store, &upper.join("fs/three"), "create");
+    let unlink = |name: &str| {
+        let path = upper.join("fs").join(name);
+        let out = Command::new(FSOP)
+            .args([OsStr::new("unlink"), path.as_os_str()])
+            .output()
+            .expect("fsop");
+        assert!(out.status.success(), "unlink {name}: {out:?}");
+    };
+    let of_file = |name: &str| -> Vec<Value> {
+        bodies(&r, "foreign-change")
+            .into_iter()
+            .filter(|b| b["file"]["inner_path"] == format!("/{name}"))
+            .collect()
+    };
+    let mentions = |name: &str| -> Vec<Value> {
+        bodies(&r, "foreign-change")
+            .into_iter()
+            .filter(|b| b.to_string().contains(&format!("/fs/{name}")))
+            .collect()
+    };
+
+    // The severity reloaded: the next alert carries it (the rule's own is critical here).
+    reload_good(
+        &daemon,
+        &config,
+        &text("[rules.foreign-change]\nseverity = \"info\"\n"),
+        1,
+    );
+    unlink("one");
+    until(
+        "foreign-change for /one",
+        || !of_file("one").is_empty(),
+        || shown(&r),
+    );
+    let one = of_file("one");
+    assert!(
+        one.iter().all(|b| b["severity"] == "info"),
+        "the reloaded severity is not carried: {one:#?}"
+    );
+
+    // Disabled: the unlink of /two raises nothing; the opaque marker set after it does.
+    reload_good(
+        &daemon,
+        &config,
+        &text("[rules.foreign-change]\nenabled = false\n"),
+        2,
+    );
+    unlink("two");
+    let opq = upper.join("fs/opq");
+    let out = Command::new(FSOP)
+        .args([
+            OsStr::new("setxattr"),
+            opq.as_os_str(),
+            OsStr::new("trusted.overlay.opaque"),
+            OsStr::new("y"),
+        ])
+        .output()
+        .expect("fsop");
+    assert!(out.status.success(), "setxattr: {out:?}");
+    until(
+        "opaque-leak, the other rule, still alerts",
+        || !bodies(&r, "opaque-leak").is_empty(),
+        || shown(&r),
+    );
+
+    // Enabled again: /three alerts. Had /two been judged, its alert (earlier in the outbox)
+    // would have come first, or /three would have joined its group.
+    reload_good(&daemon, &config, &text(""), 3);
+    unlink("three");
+    until(
+        "foreign-change for /three",
+        || !of_file("three").is_empty(),
+        || shown(&r),
+    );
+    assert!(
+        mentions("two").is_empty(),
+        "the disabled rule judged /two: {:#?}",
+        mentions("two")
+    );
+    daemon.stop();
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,156 @@
+//! SIGHUP moves the metrics listener (`[metrics] listen`) without a restart: the real daemon,
+//! real signals, real TCP on 127.0.0.1. A new address that cannot be bound refuses the reload
+//! and the old listener goes on; a good one is served from then on, and the old one closes.
+//! Needs root.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests: a failed expect is the test failing, with its message"
+)]
+
+use std::{
+    ffi::{OsStr, OsString},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{Watcher, ctrwatch, temp_dir};
+
+/// Generous: the machine running the tests may be loaded.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Writes `text` as the configuration, root's and 0600 (written aside and renamed over).
+fn config_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// A port free on 127.0.0.1 now.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// `GET /metrics` at `addr`: the body, or why not.
+fn scrape(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn serves(addr: SocketAddr) -> bool {
+    scrape(addr).is_ok_and(|b| b.starts_with("HTTP/1.1 200") && b.contains("ctrwatch_"))
+}
+
+fn until(what: &str, done: impl Fn() -> bool, seen: impl Fn() -> String) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "never: {what}; seen:\n{}",
+            seen()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn status(store: &Path) -> Value {
+    let (_, out, _) = ctrwatch(&[
+        OsStr::new("status"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    serde_json::from_str(out.trim()).unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_reload_moves_the_metrics_listener_and_a_busy_address_is_refused() {
+    tests::require_root();
+    let base = temp_dir("reload-metrics");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let listen = |addr: SocketAddr| format!("[metrics]\nlisten = \"{addr}\"\n");
+    let first = free_addr();
+    config_file(&config, &listen(first));
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.clone().into(),
+        "--store".into(),
+        store.clone().into(),
+        "--config".into(),
+        config.clone().into(),
+    ];
+    let daemon = Watcher::start_command(&args);
+    until(
+        "the first address serves",
+        || serves(first),
+        || daemon.stderr(),
+    );
+
+    // An address in use: refused, the first one still serves, status says why.
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_addr = busy.local_addr().expect("addr");
+    config_file(&config, &listen(busy_addr));
+    daemon.signal(libc::SIGHUP);
+    until(
+        "the reload refused for the busy address",
+        || {
+            status(&store)["daemon"]["config_reload_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&busy_addr.to_string()))
+        },
+        || format!("{}\n{}", status(&store), daemon.stderr()),
+    );
+    assert!(
+        serves(first),
+        "the old listener stopped on a refused reload"
+    );
+    drop(busy);
+
+    // A free one: served from then on; the first one closes.
+    let second = free_addr();
+    config_file(&config, &listen(second));
+    daemon.signal(libc::SIGHUP);
+    until(
+        "the second address serves",
+        || serves(second),
+        || daemon.stderr(),
+    );
+    until(
+        "the first address closed",
+        || scrape(first).is_err(),
+        || scrape(first).unwrap_or_default(),
+    );
+    // The status snapshot is written about once a second: the refusal clears there.
+    until(
+        "the refusal cleared in status",
+        || status(&store)["daemon"]["config_reload_failed"].is_null(),
+        || status(&store).to_string(),
+    );
+    let after = status(&store);
+    assert!(
+        after["daemon"]["config_restart_pending"]
+            .as_array()
+            .is_none_or(|k| k.is_empty()),
+        "{after}"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
