@@ -377,7 +377,13 @@ fn flood_stop_restart(name: &str, signal: i32, signal_at: u64) -> (String, Strin
 fn sigterm_during_a_flood_loses_nothing_silently() {
     // As in the issue: 12 000 unlinks in.
     let (first, _) = flood_stop_restart("sigterm-flood", libc::SIGTERM, 12_000);
-    assert!(!first.contains("error"), "{first}");
+    // Error-level lines only: an info line may quote an error the daemon handled (the
+    // probe's "fentry refused (... (os error 1))" on a kernel without fentry).
+    let errors: Vec<&str> = first
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains("ctrwatch: error"))
+        .collect();
+    assert!(errors.is_empty(), "{first}");
 }
 
 #[test]

@@ -759,7 +759,7 @@ fn log_lines_carry_journal_priorities() {
     );
     let error = stderr
         .lines()
-        .find(|l| l.contains("error"))
+        .find(|l| l.contains("ctrwatch: error"))
         .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
     assert!(
         error.starts_with("<3>"),
