@@ -291,6 +291,182 @@ fn every_operation_kind_is_reported_with_its_process() {
     assert_attributed(&record("rmdir", &sub, pid), pid);
 }
 
+/// Runs `fsop sys SYSCALL ARGS` (the raw syscall) and returns its pid, or None when this
+/// kernel has no such syscall; asserts it succeeded otherwise.
+fn raw_syscall(name: &str, args: &[&OsStr]) -> Option<u32> {
+    let mut child = Command::new(FSOP)
+        .args([OsStr::new("sys"), OsStr::new(name)])
+        .args(args)
+        .spawn()
+        .expect("spawn fsop");
+    let pid = child.id();
+    let status = child.wait().expect("wait fsop");
+    if status.code() == Some(3) {
+        eprintln!("{name}: not in this kernel, not checked");
+        return None;
+    }
+    assert!(
+        status.success(),
+        "fsop sys {name} {args:?} exited with {status}"
+    );
+    Some(pid)
+}
+
+/// Syscalls of one family share their eBPF programs (`watcher_common::SHARED_PROGRAMS`: the
+/// exit of rename, renameat and renameat2 is one program, attached to the three tracepoints;
+/// each enter stores its arguments in the family's layout). Every member, made with the raw
+/// syscall, is reported with its op, its process, its paths and its arguments.
+#[test]
+fn every_syscall_of_a_shared_program_is_reported() {
+    let d = test_dir("shared-programs");
+    let file = |name: &str| d.join(name);
+
+    for name in ["open", "openat", "creat"] {
+        let f = file(name);
+        let Some(pid) = raw_syscall(name, &[os(&f)]) else {
+            continue;
+        };
+        let v = record("create", &f, pid);
+        assert_attributed(&v, pid);
+        assert_eq!(s(&v, "result"), "ok", "{name}: {v}");
+        assert_eq!(s(&v, "mode"), "0640", "{name}: {v}");
+    }
+    for name in ["pwrite64", "writev", "pwritev", "pwritev2", "sendfile"] {
+        let f = file(name);
+        std::fs::write(&f, b"").expect("create");
+        let Some(pid) = raw_syscall(name, &[os(&f)]) else {
+            continue;
+        };
+        let v = record("modify", &f, pid);
+        assert_eq!(
+            v.get("bytes").and_then(Value::as_u64),
+            Some(5),
+            "{name}: {v}"
+        );
+        assert_eq!(
+            v.get("writes").and_then(Value::as_u64),
+            Some(1),
+            "{name}: {v}"
+        );
+    }
+    for name in ["chmod", "fchmodat", "fchmodat2"] {
+        let f = file(&format!("{name}-target"));
+        std::fs::write(&f, b"").expect("create");
+        let Some(pid) = raw_syscall(name, &[os(&f)]) else {
+            continue;
+        };
+        let v = record("chmod", &f, pid);
+        assert_eq!(s(&v, "mode"), "0604", "{name}: {v}");
+    }
+    for name in ["chown", "lchown", "fchownat"] {
+        let f = file(&format!("{name}-target"));
+        std::fs::write(&f, b"").expect("create");
+        let Some(pid) = raw_syscall(name, &[os(&f), OsStr::new("3"), OsStr::new("4")]) else {
+            continue;
+        };
+        let v = record("chown", &f, pid);
+        assert_eq!(
+            v.get("owner_uid").and_then(Value::as_u64),
+            Some(3),
+            "{name}: {v}"
+        );
+        assert_eq!(
+            v.get("owner_gid").and_then(Value::as_u64),
+            Some(4),
+            "{name}: {v}"
+        );
+    }
+    for (name, op) in [
+        ("mkdir", "mkdir"),
+        ("mkdirat", "mkdir"),
+        ("mknod", "mknod"),
+        ("mknodat", "mknod"),
+    ] {
+        let f = file(name);
+        let Some(pid) = raw_syscall(name, &[os(&f)]) else {
+            continue;
+        };
+        assert_attributed(&record(op, &f, pid), pid);
+    }
+    let xattrs = file("xattrs");
+    std::fs::write(&xattrs, b"").expect("create");
+    for name in ["setxattr", "lsetxattr"] {
+        let Some(pid) = raw_syscall(
+            name,
+            &[
+                os(&xattrs),
+                OsStr::new("trusted.overlay.opaque"),
+                OsStr::new(name),
+            ],
+        ) else {
+            continue;
+        };
+        let v = record("setxattr", &xattrs, pid);
+        assert_eq!(v["xattr"]["name"], "trusted.overlay.opaque", "{name}: {v}");
+        assert_eq!(v["xattr"]["value"], name, "{name}: {v}");
+    }
+    for name in ["removexattr", "lremovexattr", "removexattrat"] {
+        let attribute = format!("user.{name}");
+        raw_syscall(
+            "setxattr",
+            &[os(&xattrs), OsStr::new(&attribute), OsStr::new("1")],
+        )
+        .expect("setxattr");
+        let Some(pid) = raw_syscall(name, &[os(&xattrs), OsStr::new(&attribute)]) else {
+            continue;
+        };
+        let v = record("removexattr", &xattrs, pid);
+        assert_eq!(v["xattr"]["name"], attribute.as_str(), "{name}: {v}");
+    }
+    for name in ["rename", "renameat", "renameat2", "link", "linkat"] {
+        let (from, to) = (file(&format!("{name}-from")), file(&format!("{name}-to")));
+        std::fs::write(&from, b"").expect("create");
+        let Some(pid) = raw_syscall(name, &[os(&from), os(&to)]) else {
+            continue;
+        };
+        let op = if name.starts_with("rename") {
+            "rename"
+        } else {
+            "link"
+        };
+        let v = record(op, &from, pid);
+        assert_attributed(&v, pid);
+        assert_eq!(
+            s(&v, "new_path").as_bytes(),
+            to.as_os_str().as_bytes(),
+            "{name}: {v}"
+        );
+        assert_eq!(s(&v, "result"), "ok", "{name}: {v}");
+    }
+    for name in ["symlink", "symlinkat"] {
+        let link = file(name);
+        let Some(pid) = raw_syscall(name, &[OsStr::new("../elsewhere"), os(&link)]) else {
+            continue;
+        };
+        let v = record("symlink", &link, pid);
+        assert_eq!(s(&v, "new_path"), "../elsewhere", "{name}: {v}");
+    }
+    for (name, op) in [
+        ("unlink", "unlink"),
+        ("unlinkat", "unlink"),
+        ("rmdir", "rmdir"),
+        ("unlinkat-rmdir", "rmdir"),
+    ] {
+        let f = file(&format!("{name}-target"));
+        if op == "rmdir" {
+            std::fs::create_dir(&f).expect("mkdir");
+        } else {
+            std::fs::write(&f, b"").expect("create");
+        }
+        let Some(pid) = raw_syscall(name, &[os(&f)]) else {
+            continue;
+        };
+        let v = record(op, &f, pid);
+        assert_attributed(&v, pid);
+        assert_eq!(s(&v, "result"), "ok", "{name}: {v}");
+    }
+}
+
 #[test]
 fn operations_outside_the_roots_are_not_reported() {
     let outside = temp_dir("outside");

@@ -102,6 +102,94 @@ pub mod op {
     pub const LAST: u16 = WRITE_BIND;
 }
 
+/// The eBPF programs attached to more than one syscall tracepoint, with the tracepoints
+/// (`syscalls:NAME`) each is attached to. A program is verified once however often it is
+/// attached, and verification is nearly all of a fresh start: the syscalls of one family share
+/// their exit program (the enter programs store the arguments in the family's layout), and
+/// syscalls with the same arguments their enter program. Every other tracepoint program is
+/// attached to the tracepoint of its own name. The daemon attaches each to the tracepoints this
+/// kernel has, and names each link (and its pin) after its tracepoint.
+pub const SHARED_PROGRAMS: &[(&str, &[&str])] = &[
+    (
+        "exit_open",
+        &["sys_exit_open", "sys_exit_openat", "sys_exit_creat"],
+    ),
+    (
+        "exit_unlink",
+        &["sys_exit_unlink", "sys_exit_unlinkat", "sys_exit_rmdir"],
+    ),
+    (
+        "exit_rename",
+        &["sys_exit_rename", "sys_exit_renameat", "sys_exit_renameat2"],
+    ),
+    ("exit_link", &["sys_exit_link", "sys_exit_linkat"]),
+    ("exit_symlink", &["sys_exit_symlink", "sys_exit_symlinkat"]),
+    ("exit_mknod", &["sys_exit_mknod", "sys_exit_mknodat"]),
+    ("exit_mkdir", &["sys_exit_mkdir", "sys_exit_mkdirat"]),
+    (
+        "enter_setxattr",
+        &["sys_enter_setxattr", "sys_enter_lsetxattr"],
+    ),
+    (
+        "exit_setxattr",
+        &["sys_exit_setxattr", "sys_exit_lsetxattr"],
+    ),
+    (
+        "enter_removexattr",
+        &["sys_enter_removexattr", "sys_enter_lremovexattr"],
+    ),
+    (
+        "exit_removexattr",
+        &[
+            "sys_exit_removexattr",
+            "sys_exit_lremovexattr",
+            "sys_exit_removexattrat",
+        ],
+    ),
+    (
+        "exit_chmod",
+        &["sys_exit_chmod", "sys_exit_fchmodat", "sys_exit_fchmodat2"],
+    ),
+    ("enter_chown", &["sys_enter_chown", "sys_enter_lchown"]),
+    (
+        "exit_chown",
+        &["sys_exit_chown", "sys_exit_lchown", "sys_exit_fchownat"],
+    ),
+    (
+        "enter_write",
+        &[
+            "sys_enter_write",
+            "sys_enter_pwrite64",
+            "sys_enter_writev",
+            "sys_enter_pwritev",
+            "sys_enter_pwritev2",
+            "sys_enter_sendfile64",
+        ],
+    ),
+    (
+        "exit_write",
+        &[
+            "sys_exit_write",
+            "sys_exit_pwrite64",
+            "sys_exit_writev",
+            "sys_exit_pwritev",
+            "sys_exit_pwritev2",
+            "sys_exit_copy_file_range",
+            "sys_exit_sendfile64",
+        ],
+    ),
+    ("enter_dup", &["sys_enter_dup2", "sys_enter_dup3"]),
+];
+
+/// The syscall tracepoints the program `program` is attached to when it is shared (listed in
+/// [`SHARED_PROGRAMS`]); `None`: it is attached to the tracepoint of its own name.
+pub fn shared_tracepoints(program: &str) -> Option<&'static [&'static str]> {
+    SHARED_PROGRAMS
+        .iter()
+        .find(|(shared, _)| *shared == program)
+        .map(|(_, tracepoints)| *tracepoints)
+}
+
 /// Loss counter slots: file ops use their op number; process lifecycle uses these.
 /// Exec records lost.
 pub const LOSS_EXEC: u32 = 24;

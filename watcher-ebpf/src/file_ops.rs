@@ -263,9 +263,45 @@ pub(crate) fn scratch() -> Option<*mut FileRecord> {
     SCRATCH.get_ptr_mut(0)
 }
 
-/// `sys_enter_*` of every file operation except the write family and close.
+/// The arguments of a syscall laid out by `syscall`, moved to where `exit` reads them: the
+/// `Pending` entry holds them so, and the one exit program of a family of syscalls (rename,
+/// renameat, renameat2) reads every member's entry alike (see main.rs). What the syscall does
+/// not have is what it means implicitly: AT_FDCWD for a dirfd, its implicit open flags, 0 for
+/// flags. Both specs are constants: this compiles to a few moves.
 #[inline(always)]
-pub fn enter<const ARGS: usize>(ctx: &TracePointContext, spec: &Spec) -> u32 {
+fn rearranged(args: &[u64; 6], syscall: &Spec, exit: &Spec) -> [u64; 6] {
+    let mut out = [0u64; 6];
+    let mut put = |slot: i8, value: u64| {
+        if (0..6).contains(&slot) {
+            out[slot as usize] = value;
+        }
+    };
+    put(exit.dirfd, dirfd_of(args, syscall.dirfd) as u64);
+    put(exit.path, saved(args, syscall.path));
+    put(exit.fd, saved(args, syscall.fd));
+    put(exit.dirfd2, dirfd_of(args, syscall.dirfd2) as u64);
+    put(exit.path2, saved(args, syscall.path2));
+    put(exit.raw2, saved(args, syscall.raw2));
+    // The exit adds its own implicit flags (open_flags); a syscall's others become explicit.
+    let implicit = (syscall.implicit_flags & !exit.implicit_flags) as u64;
+    put(exit.flags, saved(args, syscall.flags) | implicit);
+    put(exit.mode, saved(args, syscall.mode));
+    put(exit.size, saved(args, syscall.size));
+    put(exit.offset, saved(args, syscall.offset));
+    put(exit.name, saved(args, syscall.name));
+    put(exit.value, saved(args, syscall.value));
+    put(exit.uid, saved(args, syscall.uid));
+    put(exit.gid, saved(args, syscall.gid));
+    put(exit.rdev, saved(args, syscall.rdev));
+    put(exit.indirect, saved(args, syscall.indirect));
+    out
+}
+
+/// `sys_enter_*` of every file operation except the write family and close. `syscall` says
+/// where this syscall's arguments are; `spec` is its exit program's (the same, unless the
+/// exit is shared with other syscalls: see [`rearranged`]).
+#[inline(always)]
+pub fn enter<const ARGS: usize>(ctx: &TracePointContext, syscall: &Spec, spec: &Spec) -> u32 {
     if !offsets_valid() {
         return 0;
     }
@@ -273,13 +309,15 @@ pub fn enter<const ARGS: usize>(ctx: &TracePointContext, spec: &Spec) -> u32 {
     if (id >> 32) as u32 == self_tgid() {
         return 0;
     }
-    let mut args = [0u64; 6];
+    let mut raw = [0u64; 6];
     let mut i = 0;
     while i < 6 && i < ARGS {
-        args[i] = arg(ctx, i as i8);
+        raw[i] = arg(ctx, i as i8);
         i += 1;
     }
-    let mut op = spec.op;
+    let args = rearranged(&raw, syscall, spec);
+    // rmdir shares unlinkat's exit: its op is its own.
+    let mut op = syscall.op;
     if op == op::OPEN_WRITE {
         let flags = open_flags(spec, &args);
         // Read-only opens are the bulk of all opens: leave before touching any path.

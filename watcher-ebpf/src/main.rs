@@ -1,11 +1,12 @@
-//! ctrwatch's eBPF programs: one `sys_enter_*`/`sys_exit_*` tracepoint pair per watched
-//! syscall (the program's name is the tracepoint's, userspace attaches each by name when the
-//! running kernel has it), the write family and close for write aggregation, and raw
+//! ctrwatch's eBPF programs: a `sys_enter_*` and a `sys_exit_*` tracepoint program for each
+//! watched syscall (a program named after a tracepoint is attached to it; one shared by several
+//! syscalls is attached to each of theirs, `watcher_common::SHARED_PROGRAMS`; userspace
+//! attaches those the running kernel has), the write family and close for write aggregation, and raw
 //! tracepoints on the scheduler for process lifecycle. Every program first checks the capture
 //! switch (maps::CAPTURE), which userspace turns on once all are attached and off at the stop.
 //!
 //! Follow one event: `sys_enter_unlinkat` → file_ops::enter (path.rs resolves and filters) →
-//! `sys_exit_unlinkat` → file_ops::exit → ring buffer `EVENTS` (a `watcher_common::FileRecord`) →
+//! `exit_unlink` (the exit of unlink, unlinkat and rmdir) → file_ops::exit → ring buffer `EVENTS` (a `watcher_common::FileRecord`) →
 //! userspace decodes it beside its layout (`watcher_common::KernelFileOp`).
 #![no_std]
 #![no_main]
@@ -30,19 +31,28 @@ use watcher_common::op;
 /// creat() is open(O_CREAT | O_WRONLY | O_TRUNC).
 const CREAT_FLAGS: u16 = 0o1101;
 
-/// One enter/exit program pair for a path or fd operation described by a `Spec`.
-macro_rules! file_syscall {
-    ($enter:ident, $exit:ident, $spec:expr) => {
+/// The enter program of a path or fd operation: `$syscall` says where its arguments are,
+/// `$exit` how its exit program reads them (see file_ops::rearranged).
+macro_rules! file_enter {
+    ($enter:ident, $syscall:expr, $exit:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            const SPEC: Spec = $spec;
+            const SYSCALL: Spec = $syscall;
+            const EXIT: Spec = $exit;
             // Evaluated at compile time: the program reads exactly this many arguments.
-            const ARGS: usize = SPEC.arg_count();
+            const ARGS: usize = SYSCALL.arg_count();
             if !maps::capturing() {
                 return 0;
             }
-            file_ops::enter::<ARGS>(&ctx, &SPEC)
+            file_ops::enter::<ARGS>(&ctx, &SYSCALL, &EXIT)
         }
+    };
+}
+
+/// The exit program of the syscalls whose enter programs stored their arguments as `$spec`
+/// lays them out.
+macro_rules! file_exit {
+    ($exit:ident, $spec:expr) => {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
             const SPEC: Spec = $spec;
@@ -54,50 +64,47 @@ macro_rules! file_syscall {
     };
 }
 
-/// One enter/exit program pair for a write-family syscall; `$fd` is the argument holding the
-/// destination fd.
-macro_rules! write_syscall {
-    ($enter:ident, $exit:ident, $fd:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            if !maps::capturing() {
-                return 0;
-            }
-            file_ops::enter_write(&ctx, $fd)
-        }
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            if !maps::capturing() {
-                return 0;
-            }
-            file_ops::exit_write(&ctx)
-        }
+/// One enter/exit program pair for a syscall with an exit program of its own.
+macro_rules! file_syscall {
+    ($enter:ident, $exit:ident, $spec:expr) => {
+        file_enter!($enter, $spec, $spec);
+        file_exit!($exit, $spec);
     };
 }
 
+// Shared programs. The kernel verifies a program once however many tracepoints it is attached
+// to, and verification is nearly all of a fresh start (docs/startup.md): the syscalls of one
+// family (rename, renameat, renameat2) have one exit program, attached to each member's
+// `sys_exit_*` tracepoint, and syscalls with the same arguments one enter program. The enter
+// programs stay one per syscall otherwise: each knows where its syscall's arguments are, and
+// stores them in the layout of the family's widest member, which the shared exit reads
+// (file_ops::rearranged); the exit checks the entry is its syscall's (`__syscall_nr`). Which program
+// is attached where: `watcher_common::SHARED_PROGRAMS` (a program not listed there is attached
+// to the tracepoint of its own name).
+
 // Opens for writing (read-only opens leave at the first check).
-file_syscall!(
+const OPEN: Spec = Spec::new(op::OPEN_WRITE).at(0, 1).flags(2).mode(3);
+file_exit!(exit_open, OPEN);
+file_enter!(
     sys_enter_open,
-    sys_exit_open,
-    Spec::new(op::OPEN_WRITE).path(0).flags(1).mode(2)
+    Spec::new(op::OPEN_WRITE).path(0).flags(1).mode(2),
+    OPEN
 );
-file_syscall!(
-    sys_enter_openat,
-    sys_exit_openat,
-    Spec::new(op::OPEN_WRITE).at(0, 1).flags(2).mode(3)
+file_enter!(sys_enter_openat, OPEN, OPEN);
+file_enter!(
+    sys_enter_creat,
+    Spec::new(op::OPEN_WRITE)
+        .path(0)
+        .mode(1)
+        .implicit(CREAT_FLAGS),
+    OPEN
 );
+// openat2's mode is in its `struct open_how`: the record's mode is the opened inode's, as for
+// fd operations, so it keeps an exit of its own.
 file_syscall!(
     sys_enter_openat2,
     sys_exit_openat2,
     Spec::new(op::OPEN_WRITE).at(0, 1).indirect(2)
-);
-file_syscall!(
-    sys_enter_creat,
-    sys_exit_creat,
-    Spec::new(op::OPEN_WRITE)
-        .path(0)
-        .mode(1)
-        .implicit(CREAT_FLAGS)
 );
 // Size changes.
 file_syscall!(
@@ -115,88 +122,54 @@ file_syscall!(
     sys_exit_fallocate,
     Spec::new(op::FALLOCATE).fd(0).flags(1).offset(2).size(3)
 );
-// Namespace changes.
-file_syscall!(
-    sys_enter_unlink,
-    sys_exit_unlink,
-    Spec::new(op::UNLINK).path(0)
-);
-file_syscall!(
-    sys_enter_unlinkat,
-    sys_exit_unlinkat,
-    Spec::new(op::UNLINK).at(0, 1).flags(2)
-);
-file_syscall!(
-    sys_enter_rmdir,
-    sys_exit_rmdir,
-    Spec::new(op::RMDIR).path(0)
-);
-file_syscall!(
+// Namespace changes. unlink and rmdir have no flags: their records say 0, as before the
+// exit was shared, and rmdir's op is set by its enter.
+const UNLINK: Spec = Spec::new(op::UNLINK).at(0, 1).flags(2);
+file_exit!(exit_unlink, UNLINK);
+file_enter!(sys_enter_unlink, Spec::new(op::UNLINK).path(0), UNLINK);
+file_enter!(sys_enter_unlinkat, UNLINK, UNLINK);
+file_enter!(sys_enter_rmdir, Spec::new(op::RMDIR).path(0), UNLINK);
+const RENAME: Spec = Spec::new(op::RENAME).at(0, 1).to(2, 3).flags(4);
+file_exit!(exit_rename, RENAME);
+file_enter!(
     sys_enter_rename,
-    sys_exit_rename,
-    Spec::new(op::RENAME).path(0).to(CWD, 1)
+    Spec::new(op::RENAME).path(0).to(CWD, 1),
+    RENAME
 );
-file_syscall!(
+file_enter!(
     sys_enter_renameat,
-    sys_exit_renameat,
-    Spec::new(op::RENAME).at(0, 1).to(2, 3)
+    Spec::new(op::RENAME).at(0, 1).to(2, 3),
+    RENAME
 );
-file_syscall!(
-    sys_enter_renameat2,
-    sys_exit_renameat2,
-    Spec::new(op::RENAME).at(0, 1).to(2, 3).flags(4)
-);
-file_syscall!(
-    sys_enter_link,
-    sys_exit_link,
-    Spec::new(op::LINK).path(0).to(CWD, 1)
-);
-file_syscall!(
-    sys_enter_linkat,
-    sys_exit_linkat,
-    Spec::new(op::LINK).at(0, 1).to(2, 3).flags(4)
-);
-file_syscall!(
+file_enter!(sys_enter_renameat2, RENAME, RENAME);
+const LINK: Spec = Spec::new(op::LINK).at(0, 1).to(2, 3).flags(4);
+file_exit!(exit_link, LINK);
+file_enter!(sys_enter_link, Spec::new(op::LINK).path(0).to(CWD, 1), LINK);
+file_enter!(sys_enter_linkat, LINK, LINK);
+const SYMLINK: Spec = Spec::new(op::SYMLINK).at(1, 2).raw2(0);
+file_exit!(exit_symlink, SYMLINK);
+file_enter!(
     sys_enter_symlink,
-    sys_exit_symlink,
-    Spec::new(op::SYMLINK).path(1).raw2(0)
+    Spec::new(op::SYMLINK).path(1).raw2(0),
+    SYMLINK
 );
-file_syscall!(
-    sys_enter_symlinkat,
-    sys_exit_symlinkat,
-    Spec::new(op::SYMLINK).at(1, 2).raw2(0)
-);
-file_syscall!(
+file_enter!(sys_enter_symlinkat, SYMLINK, SYMLINK);
+const MKNOD: Spec = Spec::new(op::MKNOD).at(0, 1).mode(2).rdev(3);
+file_exit!(exit_mknod, MKNOD);
+file_enter!(
     sys_enter_mknod,
-    sys_exit_mknod,
-    Spec::new(op::MKNOD).path(0).mode(1).rdev(2)
+    Spec::new(op::MKNOD).path(0).mode(1).rdev(2),
+    MKNOD
 );
-file_syscall!(
-    sys_enter_mknodat,
-    sys_exit_mknodat,
-    Spec::new(op::MKNOD).at(0, 1).mode(2).rdev(3)
-);
-file_syscall!(
-    sys_enter_mkdir,
-    sys_exit_mkdir,
-    Spec::new(op::MKDIR).path(0).mode(1)
-);
-file_syscall!(
-    sys_enter_mkdirat,
-    sys_exit_mkdirat,
-    Spec::new(op::MKDIR).at(0, 1).mode(2)
-);
-// Extended attributes (values kept for the overlay namespaces).
-file_syscall!(
-    sys_enter_setxattr,
-    sys_exit_setxattr,
-    Spec::new(op::SETXATTR).path(0).xattr(1, 2, 3).flags(4)
-);
-file_syscall!(
-    sys_enter_lsetxattr,
-    sys_exit_lsetxattr,
-    Spec::new(op::SETXATTR).path(0).xattr(1, 2, 3).flags(4)
-);
+file_enter!(sys_enter_mknodat, MKNOD, MKNOD);
+const MKDIR: Spec = Spec::new(op::MKDIR).at(0, 1).mode(2);
+file_exit!(exit_mkdir, MKDIR);
+file_enter!(sys_enter_mkdir, Spec::new(op::MKDIR).path(0).mode(1), MKDIR);
+file_enter!(sys_enter_mkdirat, MKDIR, MKDIR);
+// Extended attributes (values kept for the overlay namespaces). setxattr and lsetxattr take
+// the same arguments: one enter and one exit program for both.
+const SETXATTR: Spec = Spec::new(op::SETXATTR).path(0).xattr(1, 2, 3).flags(4);
+file_syscall!(enter_setxattr, exit_setxattr, SETXATTR);
 file_syscall!(
     sys_enter_fsetxattr,
     sys_exit_fsetxattr,
@@ -210,79 +183,75 @@ file_syscall!(
         .xattr(3, NONE, NONE)
         .indirect(4)
 );
-file_syscall!(
-    sys_enter_removexattr,
-    sys_exit_removexattr,
-    Spec::new(op::REMOVEXATTR).path(0).xattr(1, NONE, NONE)
+// removexattr and lremovexattr: one enter program for both.
+const REMOVEXATTR: Spec = Spec::new(op::REMOVEXATTR)
+    .at(0, 1)
+    .flags(2)
+    .xattr(3, NONE, NONE);
+file_exit!(exit_removexattr, REMOVEXATTR);
+file_enter!(
+    enter_removexattr,
+    Spec::new(op::REMOVEXATTR).path(0).xattr(1, NONE, NONE),
+    REMOVEXATTR
 );
-file_syscall!(
-    sys_enter_lremovexattr,
-    sys_exit_lremovexattr,
-    Spec::new(op::REMOVEXATTR).path(0).xattr(1, NONE, NONE)
-);
+file_enter!(sys_enter_removexattrat, REMOVEXATTR, REMOVEXATTR);
 file_syscall!(
     sys_enter_fremovexattr,
     sys_exit_fremovexattr,
     Spec::new(op::REMOVEXATTR).fd(0).xattr(1, NONE, NONE)
 );
-file_syscall!(
-    sys_enter_removexattrat,
-    sys_exit_removexattrat,
-    Spec::new(op::REMOVEXATTR)
-        .at(0, 1)
-        .flags(2)
-        .xattr(3, NONE, NONE)
-);
 // Permissions and ownership.
-file_syscall!(
-    sys_enter_chmod,
-    sys_exit_chmod,
-    Spec::new(op::CHMOD).path(0).mode(1)
+const CHMOD: Spec = Spec::new(op::CHMOD).at(0, 1).mode(2).flags(3);
+file_exit!(exit_chmod, CHMOD);
+file_enter!(sys_enter_chmod, Spec::new(op::CHMOD).path(0).mode(1), CHMOD);
+file_enter!(
+    sys_enter_fchmodat,
+    Spec::new(op::CHMOD).at(0, 1).mode(2),
+    CHMOD
 );
+file_enter!(sys_enter_fchmodat2, CHMOD, CHMOD);
 file_syscall!(
     sys_enter_fchmod,
     sys_exit_fchmod,
     Spec::new(op::CHMOD).fd(0).mode(1)
 );
-file_syscall!(
-    sys_enter_fchmodat,
-    sys_exit_fchmodat,
-    Spec::new(op::CHMOD).at(0, 1).mode(2)
-);
-file_syscall!(
-    sys_enter_fchmodat2,
-    sys_exit_fchmodat2,
-    Spec::new(op::CHMOD).at(0, 1).mode(2).flags(3)
-);
-file_syscall!(
-    sys_enter_chown,
-    sys_exit_chown,
-    Spec::new(op::CHOWN).path(0).owner(1, 2)
-);
-file_syscall!(
-    sys_enter_lchown,
-    sys_exit_lchown,
-    Spec::new(op::CHOWN).path(0).owner(1, 2)
-);
+// chown and lchown: one enter program for both.
+const CHOWN: Spec = Spec::new(op::CHOWN).at(0, 1).owner(2, 3).flags(4);
+file_exit!(exit_chown, CHOWN);
+file_enter!(enter_chown, Spec::new(op::CHOWN).path(0).owner(1, 2), CHOWN);
+file_enter!(sys_enter_fchownat, CHOWN, CHOWN);
 file_syscall!(
     sys_enter_fchown,
     sys_exit_fchown,
     Spec::new(op::CHOWN).fd(0).owner(1, 2)
 );
-file_syscall!(
-    sys_enter_fchownat,
-    sys_exit_fchownat,
-    Spec::new(op::CHOWN).at(0, 1).owner(2, 3).flags(4)
-);
 
-// Writes, aggregated per (process, fd) and reported at close.
-write_syscall!(sys_enter_write, sys_exit_write, 0);
-write_syscall!(sys_enter_pwrite64, sys_exit_pwrite64, 0);
-write_syscall!(sys_enter_writev, sys_exit_writev, 0);
-write_syscall!(sys_enter_pwritev, sys_exit_pwritev, 0);
-write_syscall!(sys_enter_pwritev2, sys_exit_pwritev2, 0);
-write_syscall!(sys_enter_copy_file_range, sys_exit_copy_file_range, 2);
-write_syscall!(sys_enter_sendfile64, sys_exit_sendfile64, 0);
+// Writes, aggregated per (process, fd) and reported at close. One exit program for the whole
+// family (it reads only the result), one enter program for those whose fd is argument 0.
+#[tracepoint]
+pub fn enter_write(ctx: TracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
+    file_ops::enter_write(&ctx, 0)
+}
+
+/// copy_file_range(fd_in, off_in, fd_out, ...): the destination is argument 2.
+#[tracepoint]
+pub fn sys_enter_copy_file_range(ctx: TracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
+    file_ops::enter_write(&ctx, 2)
+}
+
+#[tracepoint]
+pub fn exit_write(ctx: TracePointContext) -> u32 {
+    if !maps::capturing() {
+        return 0;
+    }
+    file_ops::exit_write(&ctx)
+}
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
@@ -294,13 +263,9 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 
 // dup2/dup3 close their newfd: a shell restoring fd 1 after a redirection ends the write
 // aggregate of the redirected file (file_ops::enter_dup).
+// One program for both.
 #[tracepoint]
-pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
-    file_ops::enter_dup(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+pub fn enter_dup(ctx: TracePointContext) -> u32 {
     file_ops::enter_dup(&ctx)
 }
 

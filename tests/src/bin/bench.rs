@@ -1381,7 +1381,8 @@ fn attach_raw_tracepoint(tp: &str, prog: BorrowedFd<'_>) -> Result<OwnedFd> {
 /// ctrwatch's syscall-tracepoint programs, taken over from a running ctrwatch (pidfd_getfd, or
 /// by id) so that they outlive it with their maps, and the empty program for the floor.
 struct Programs {
-    /// Tracepoint name (= program name) and program.
+    /// Tracepoint name and the program ctrwatch attaches there (a program shared by several
+    /// syscalls, `watcher_common::SHARED_PROGRAMS`, is listed once for each).
     ctrwatch: Vec<(String, OwnedFd)>,
     /// ctrwatch's raw-tracepoint programs on filesystem tracepoints
     /// ([`RENAME_TARGET_HOOKS`]) that exist on this kernel.
@@ -1523,10 +1524,17 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
                 h.name == name && tracefs().join("events").join(h.group).join(h.name).is_dir()
             })
         } else {
-            (name.starts_with("sys_enter_") || name.starts_with("sys_exit_"))
-                && syscalls.join(name).join("id").exists()
+            let tracepoints = watcher_common::shared_tracepoints(name);
+            tracepoints.is_some()
+                || ((name.starts_with("sys_enter_") || name.starts_with("sys_exit_"))
+                    && syscalls.join(name).join("id").exists())
         };
         if !wanted || found.contains_key(name) || hooks.contains_key(name) {
+            continue;
+        }
+        if found.keys().any(|t| {
+            watcher_common::shared_tracepoints(name).is_some_and(|s| s.contains(&t.as_str()))
+        }) {
             continue;
         }
         let dup = if is_link {
@@ -1544,6 +1552,16 @@ fn take_programs(pid: u32, names: &BTreeMap<u32, String>) -> Result<Programs> {
         a_prog_id = Some(id);
         if raw {
             hooks.insert(name.clone(), dup);
+        } else if let Some(tracepoints) = watcher_common::shared_tracepoints(name) {
+            // One program on several tracepoints: a fd of it for each one this kernel has.
+            for tracepoint in tracepoints {
+                if syscalls.join(tracepoint).join("id").exists() {
+                    let fd = dup
+                        .try_clone()
+                        .with_context(|| format!("duplicating the fd of {name}"))?;
+                    found.insert((*tracepoint).to_string(), fd);
+                }
+            }
         } else {
             found.insert(name.clone(), dup);
         }

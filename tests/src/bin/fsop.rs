@@ -336,8 +336,125 @@ fn run(args: &[OsString]) -> Result<(), String> {
                 println!("{count}");
             }
             "unlink-series" => unlink_series(args)?,
+            "sys" => raw_syscall(args)?,
             _ => return Err(format!("unknown operation {op:?}")),
         }
+    }
+    Ok(())
+}
+
+/// removexattrat(2) (Linux 6.13; not in the libc crate yet): x86_64's number.
+#[cfg(target_arch = "x86_64")]
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// `fsop sys SYSCALL ARGS...`: the raw syscall SYSCALL (no libc wrapper, which may call
+/// another one), with AT_FDCWD for every dirfd, so that a test covers each syscall of a
+/// family. Exits 3 when the kernel has no such syscall (ENOSYS).
+///
+/// - `open|openat|creat PATH`: creates PATH for writing (mode 0640), closes it;
+/// - `unlink|unlinkat|rmdir|unlinkat-rmdir PATH` (the last: unlinkat with AT_REMOVEDIR);
+/// - `rename|renameat|renameat2|link|linkat OLD NEW`, `symlink|symlinkat TARGET PATH`;
+/// - `mknod|mknodat PATH` (a FIFO, mode 0600), `mkdir|mkdirat PATH` (mode 0750);
+/// - `setxattr|lsetxattr PATH NAME VALUE`, `removexattr|lremovexattr|removexattrat PATH NAME`;
+/// - `chmod|fchmodat|fchmodat2 PATH` (mode 0604), `chown|lchown|fchownat PATH UID GID`;
+/// - `pwrite64|writev|pwritev|pwritev2|sendfile PATH`: opens PATH for writing, writes 5 bytes
+///   with that syscall (sendfile: from /dev/zero), closes it.
+fn raw_syscall(args: &[OsString]) -> Result<(), String> {
+    let name = arg(args, 1)?.to_str().unwrap_or("").to_string();
+    let a = cstr(arg(args, 2)?);
+    let b = || arg(args, 3).map(cstr);
+    let at = libc::AT_FDCWD as libc::c_long;
+    let p = |c: &CString| c.as_ptr() as libc::c_long;
+    let data = b"hello";
+    // SAFETY (whole block): every pointer passed is a valid C string or buffer that outlives
+    // the call; the fds are our own.
+    let rc = unsafe {
+        match name.as_str() {
+            "open" | "openat" | "creat" => {
+                let flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC) as libc::c_long;
+                let fd = match name.as_str() {
+                    "open" => libc::syscall(libc::SYS_open, p(&a), flags, 0o640),
+                    "openat" => libc::syscall(libc::SYS_openat, at, p(&a), flags, 0o640),
+                    _ => libc::syscall(libc::SYS_creat, p(&a), 0o640),
+                };
+                if fd >= 0 {
+                    libc::close(fd as i32);
+                }
+                fd
+            }
+            "unlink" => libc::syscall(libc::SYS_unlink, p(&a)),
+            "unlinkat" => libc::syscall(libc::SYS_unlinkat, at, p(&a), 0),
+            "rmdir" => libc::syscall(libc::SYS_rmdir, p(&a)),
+            "unlinkat-rmdir" => libc::syscall(libc::SYS_unlinkat, at, p(&a), libc::AT_REMOVEDIR),
+            "rename" => libc::syscall(libc::SYS_rename, p(&a), p(&b()?)),
+            "renameat" => libc::syscall(libc::SYS_renameat, at, p(&a), at, p(&b()?)),
+            "renameat2" => libc::syscall(libc::SYS_renameat2, at, p(&a), at, p(&b()?), 0),
+            "link" => libc::syscall(libc::SYS_link, p(&a), p(&b()?)),
+            "linkat" => libc::syscall(libc::SYS_linkat, at, p(&a), at, p(&b()?), 0),
+            "symlink" => libc::syscall(libc::SYS_symlink, p(&a), p(&b()?)),
+            "symlinkat" => libc::syscall(libc::SYS_symlinkat, p(&a), at, p(&b()?)),
+            "mknod" => libc::syscall(libc::SYS_mknod, p(&a), libc::S_IFIFO | 0o600, 0),
+            "mknodat" => libc::syscall(libc::SYS_mknodat, at, p(&a), libc::S_IFIFO | 0o600, 0),
+            "mkdir" => libc::syscall(libc::SYS_mkdir, p(&a), 0o750),
+            "mkdirat" => libc::syscall(libc::SYS_mkdirat, at, p(&a), 0o750),
+            "setxattr" | "lsetxattr" => {
+                let value = arg(args, 4)?.clone().into_vec();
+                let nr = if name == "setxattr" {
+                    libc::SYS_setxattr
+                } else {
+                    libc::SYS_lsetxattr
+                };
+                let value_ptr = value.as_ptr() as libc::c_long;
+                libc::syscall(nr, p(&a), p(&b()?), value_ptr, value.len(), 0)
+            }
+            "removexattr" => libc::syscall(libc::SYS_removexattr, p(&a), p(&b()?)),
+            "lremovexattr" => libc::syscall(libc::SYS_lremovexattr, p(&a), p(&b()?)),
+            #[cfg(target_arch = "x86_64")]
+            "removexattrat" => libc::syscall(SYS_REMOVEXATTRAT, at, p(&a), 0, p(&b()?)),
+            "chmod" => libc::syscall(libc::SYS_chmod, p(&a), 0o604),
+            "fchmodat" => libc::syscall(libc::SYS_fchmodat, at, p(&a), 0o604),
+            "fchmodat2" => libc::syscall(libc::SYS_fchmodat2, at, p(&a), 0o604, 0),
+            "chown" | "lchown" | "fchownat" => {
+                let (uid, gid) = (num(args, 3)?, num(args, 4)?);
+                match name.as_str() {
+                    "chown" => libc::syscall(libc::SYS_chown, p(&a), uid, gid),
+                    "lchown" => libc::syscall(libc::SYS_lchown, p(&a), uid, gid),
+                    _ => libc::syscall(libc::SYS_fchownat, at, p(&a), uid, gid, 0),
+                }
+            }
+            "pwrite64" | "writev" | "pwritev" | "pwritev2" | "sendfile" => {
+                let fd = open(arg(args, 2)?, libc::O_WRONLY)? as libc::c_long;
+                let iov = libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                };
+                let iov_ptr = &raw const iov as libc::c_long;
+                let buf = data.as_ptr() as libc::c_long;
+                let rc = match name.as_str() {
+                    "pwrite64" => libc::syscall(libc::SYS_pwrite64, fd, buf, data.len(), 0),
+                    "writev" => libc::syscall(libc::SYS_writev, fd, iov_ptr, 1),
+                    "pwritev" => libc::syscall(libc::SYS_pwritev, fd, iov_ptr, 1, 0, 0),
+                    "pwritev2" => libc::syscall(libc::SYS_pwritev2, fd, iov_ptr, 1, 0, 0, 0),
+                    _ => {
+                        let zero = open(&OsString::from("/dev/zero"), libc::O_RDONLY)?;
+                        let rc = libc::syscall(libc::SYS_sendfile, fd, zero, 0, data.len());
+                        libc::close(zero);
+                        rc
+                    }
+                };
+                libc::close(fd as i32);
+                rc
+            }
+            _ => return Err(format!("unknown syscall {name:?}")),
+        }
+    };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOSYS) {
+            eprintln!("fsop: {name}: this kernel has no such syscall");
+            std::process::exit(3);
+        }
+        return Err(format!("{name}: {err}"));
     }
     Ok(())
 }

@@ -127,10 +127,30 @@ enum ProgramKind {
     Other,
 }
 
+/// Where a program is attached: its hooks, each a link named after it. A syscall tracepoint
+/// program shared by several syscalls (`watcher_common::SHARED_PROGRAMS`) is attached to each
+/// of their tracepoints; any other program to the hook of its own name.
+fn hooks_of(program: &str, kind: ProgramKind) -> Vec<String> {
+    match watcher_common::shared_tracepoints(program) {
+        Some(tracepoints) if kind == ProgramKind::TracePoint => {
+            tracepoints.iter().map(|t| (*t).to_string()).collect()
+        }
+        _ => vec![program.to_string()],
+    }
+}
+
+/// One hook of this build: the program attached there, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ExpectedHook {
+    program: String,
+    kind: ProgramKind,
+}
+
 /// What this build's eBPF object holds, read from its ELF sections (nothing is loaded): the
-/// programs a pin set must account for and the maps it must hold.
+/// hooks a pin set must account for (one link each) and the maps it must hold.
 struct ExpectedObject {
-    programs: std::collections::BTreeMap<String, ProgramKind>,
+    /// By hook name (the tracepoint's; a link's pin is named so).
+    hooks: std::collections::BTreeMap<String, ExpectedHook>,
     /// By name, with their types (`bpf_map_type`); the global sections (a dot in the name)
     /// are not pinned (see [`KernelWatch::pin`]).
     maps: std::collections::BTreeMap<String, u32>,
@@ -143,32 +163,40 @@ impl ExpectedObject {
             what: "pins".into(),
             detail: format!("reading this build's eBPF object: {e}"),
         })?;
-        let programs = object
-            .programs
-            .iter()
-            .map(|(name, program)| {
-                let kind = match program.section {
-                    ProgramSection::TracePoint => ProgramKind::TracePoint,
-                    ProgramSection::RawTracePoint => ProgramKind::RawTracePoint,
-                    ProgramSection::FEntry { .. } | ProgramSection::FExit { .. } => {
-                        ProgramKind::Tracing
-                    }
-                    _ => ProgramKind::Other,
+        let mut hooks = std::collections::BTreeMap::new();
+        for (name, program) in &object.programs {
+            let kind = match program.section {
+                ProgramSection::TracePoint => ProgramKind::TracePoint,
+                ProgramSection::RawTracePoint => ProgramKind::RawTracePoint,
+                ProgramSection::FEntry { .. } | ProgramSection::FExit { .. } => {
+                    ProgramKind::Tracing
+                }
+                _ => ProgramKind::Other,
+            };
+            for hook in hooks_of(name, kind) {
+                let expected = ExpectedHook {
+                    program: name.clone(),
+                    kind,
                 };
-                (name.clone(), kind)
-            })
-            .collect();
+                if hooks.insert(hook.clone(), expected).is_some() {
+                    return Err(KernelError::Adopt {
+                        what: "pins".into(),
+                        detail: format!("this build attaches two programs to {hook}"),
+                    });
+                }
+            }
+        }
         let maps = object
             .maps
             .iter()
             .filter(|(name, _)| !name.contains('.'))
             .map(|(name, map)| (name.clone(), map.map_type()))
             .collect();
-        Ok(ExpectedObject { programs, maps })
+        Ok(ExpectedObject { hooks, maps })
     }
 
-    /// Every program of the object is in the set once, attached (`links`) or unavailable,
-    /// and nothing else is; a syscall tracepoint this kernel has is attached.
+    /// Every hook of the object is in the set once, attached (`links`) or unavailable, and
+    /// nothing else is; a syscall tracepoint this kernel has is attached.
     fn check_hooks(
         &self,
         links: &[String],
@@ -181,9 +209,9 @@ impl ExpectedObject {
         };
         let mut seen = BTreeSet::new();
         for name in links.iter().chain(unavailable) {
-            if !self.programs.contains_key(name) {
+            if !self.hooks.contains_key(name) {
                 return Err(hooks_error(format!(
-                    "{}: not a program of this build",
+                    "{}: not a hook of this build",
                     ctrwatch_event::escape(name)
                 )));
             }
@@ -195,7 +223,7 @@ impl ExpectedObject {
             }
         }
         let missing: Vec<&String> = self
-            .programs
+            .hooks
             .keys()
             .filter(|name| !seen.contains(name.as_str()))
             .collect();
@@ -203,7 +231,7 @@ impl ExpectedObject {
             return Err(hooks_error(format!("not pinned: {missing:?}")));
         }
         for name in unavailable {
-            if self.programs.get(name) == Some(&ProgramKind::TracePoint)
+            if self.hooks.get(name).map(|h| h.kind) == Some(ProgramKind::TracePoint)
                 && caps.has_syscall_tracepoint(name)
             {
                 return Err(hooks_error(format!(
@@ -266,6 +294,7 @@ pub struct Attachment {
     pub backend: String,
     /// The other hook families' probe results ([`Capabilities::families`]).
     pub families: Vec<backend::FamilyProbe>,
+    /// Hooks attached, by tracepoint name (a program shared by several has several).
     pub attached: Vec<String>,
     /// Hooks this kernel does not have (e.g. syscalls newer than the kernel).
     pub unavailable: Vec<String>,
@@ -580,7 +609,8 @@ impl KernelWatch {
             );
             let info = link.info().map_err(|e| adopt_error(e.to_string()))?;
             let link_type = info.link_type().map_err(|e| adopt_error(e.to_string()))?;
-            let wanted_type = match expected.programs.get(&name) {
+            let hook = expected.hooks.get(&name);
+            let wanted_type = match hook.map(|h| h.kind) {
                 Some(ProgramKind::TracePoint) => Some(LinkType::PerfEvent),
                 Some(ProgramKind::RawTracePoint) => Some(LinkType::RawTracePoint),
                 Some(ProgramKind::Tracing) => Some(LinkType::Tracing),
@@ -593,7 +623,8 @@ impl KernelWatch {
             }
             // Kernels that name programs say which one the link runs.
             if let Some(program) = program_names.get(&info.program_id())
-                && !kernel_name_matches(program, &name)
+                && let Some(hook) = hook
+                && !kernel_name_matches(program, &hook.program)
             {
                 return Err(adopt_error(format!(
                     "runs program {}",
@@ -606,7 +637,7 @@ impl KernelWatch {
         let fentry_links = attachment
             .attached
             .iter()
-            .filter(|name| expected.programs.get(*name) == Some(&ProgramKind::Tracing))
+            .filter(|name| expected.hooks.get(*name).map(|h| h.kind) == Some(ProgramKind::Tracing))
             .count();
         if let Some(f) = attachment
             .families
@@ -880,20 +911,29 @@ fn attach(
         ..Default::default()
     };
     // What this kernel can take: a syscall the kernel lacks, a rename-target hook it cannot
-    // use, or a program kind this backend does not attach are listed, not loaded.
+    // use, or a program kind this backend does not attach are listed, not loaded. A program
+    // is loaded when the kernel has at least one of its hooks.
     let mut wanted = BTreeSet::new();
+    // (hook, program)
+    let mut hooks: Vec<(String, String)> = Vec::new();
     for (name, program) in ebpf.programs() {
-        let usable = match program {
-            Program::TracePoint(_) => caps.has_syscall_tracepoint(name),
-            Program::RawTracePoint(_) => caps.rename_target_hook_usable(name) != Some(false),
+        let (kind, usable) = match program {
+            Program::TracePoint(_) => (ProgramKind::TracePoint, None),
+            Program::RawTracePoint(_) => (
+                ProgramKind::RawTracePoint,
+                Some(caps.rename_target_hook_usable(name) != Some(false)),
+            ),
             // backend::attach_fentry's, below.
             Program::FEntry(_) | Program::FExit(_) => continue,
-            _ => false,
+            _ => (ProgramKind::Other, Some(false)),
         };
-        if usable {
-            wanted.insert(name.to_string());
-        } else {
-            attachment.unavailable.push(name.to_string());
+        for hook in hooks_of(name, kind) {
+            if usable.unwrap_or_else(|| caps.has_syscall_tracepoint(&hook)) {
+                wanted.insert(name.to_string());
+                hooks.push((hook, name.to_string()));
+            } else {
+                attachment.unavailable.push(hook);
+            }
         }
     }
     let step = StartStep::begin();
@@ -901,11 +941,11 @@ fn attach(
     let step = step.done(&format!("{} programs loaded (verified)", wanted.len()));
     // Sorted so that exits attach before enters: an enter without its exit would leave
     // pending entries behind.
-    let ordered: BTreeSet<(u8, &String)> = wanted
+    let ordered: BTreeSet<(u8, &String, &String)> = hooks
         .iter()
-        .map(|name| (u8::from(!name.starts_with("sys_exit_")), name))
+        .map(|(hook, name)| (u8::from(!hook.starts_with("sys_exit_")), hook, name))
         .collect();
-    for (_, name) in ordered {
+    for (_, hook, name) in ordered {
         let Some(program) = ebpf.program_mut(name) else {
             continue;
         };
@@ -913,21 +953,24 @@ fn attach(
             name: name.clone(),
             source,
         };
-        let load = loaded
-            .remove(name.as_str())
-            .unwrap_or(Err(ProgramError::NotLoaded));
+        // A program's load result is taken by its first hook (a failure ends the start there,
+        // or leaves an optional raw tracepoint, which has one hook, unattached).
+        let load = match loaded.get_mut(name.as_str()) {
+            Some(result) => std::mem::replace(result, Ok(())),
+            None => Err(ProgramError::NotLoaded),
+        };
         match program {
             Program::TracePoint(tp) => {
                 let tp: &mut TracePoint = tp;
                 load.map_err(program_error)?;
-                let id = tp.attach("syscalls", name).map_err(program_error)?;
+                let id = tp.attach("syscalls", hook).map_err(program_error)?;
                 links.push(Link::TracePoint(tp.take_link(id).map_err(program_error)?));
             }
             Program::RawTracePoint(rtp) => {
                 let rtp: &mut RawTracePoint = rtp;
                 let optional = caps.rename_target_hook_usable(name).is_some();
                 let attached = load
-                    .and_then(|()| rtp.attach(name))
+                    .and_then(|()| rtp.attach(hook))
                     .and_then(|id| rtp.take_link(id));
                 match attached {
                     Ok(link) => links.push(Link::RawTracePoint(link)),
@@ -937,18 +980,18 @@ fn attach(
                         log::warn!(
                             "{name}: not attached, renames will not say what they replaced: {e}"
                         );
-                        attachment.unavailable.push(name.clone());
+                        attachment.unavailable.push(hook.clone());
                         continue;
                     }
                     Err(e) => return Err(program_error(e)),
                 }
             }
             _ => {
-                attachment.unavailable.push(name.clone());
+                attachment.unavailable.push(hook.clone());
                 continue;
             }
         }
-        attachment.attached.push(name.clone());
+        attachment.attached.push(hook.clone());
     }
     let fentry = backend::attach_fentry(ebpf, requested, &caps.fentry_hooks)?;
     attachment.families = caps.families();
@@ -1117,4 +1160,64 @@ fn kernel_release() -> Option<(u32, u32)> {
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table of shared programs and the object agree: each program the table names is a
+    /// tracepoint program of this build, attached where the table says, and every syscall
+    /// tracepoint has one program. A name out of step (a program renamed, or a table entry
+    /// for a program that no longer exists) would leave syscalls unwatched without a word.
+    #[test]
+    fn every_syscall_tracepoint_has_one_program_of_this_build() {
+        let expected = ExpectedObject::read().expect("this build's object");
+        let programs: BTreeSet<&str> = expected
+            .hooks
+            .values()
+            .map(|h| h.program.as_str())
+            .collect();
+        for (program, tracepoints) in watcher_common::SHARED_PROGRAMS {
+            assert!(
+                programs.contains(program),
+                "{program}: not a program of the object"
+            );
+            for tracepoint in *tracepoints {
+                assert_eq!(
+                    expected.hooks.get(*tracepoint),
+                    Some(&ExpectedHook {
+                        program: (*program).to_string(),
+                        kind: ProgramKind::TracePoint,
+                    }),
+                    "{tracepoint}"
+                );
+            }
+        }
+        let tracepoints: BTreeSet<&str> = expected
+            .hooks
+            .iter()
+            .filter(|(_, h)| h.kind == ProgramKind::TracePoint)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        // Each syscall's enter has its exit (which ends what the enter began), except the
+        // write family's close and dup2/dup3, which only end a write aggregate.
+        let enter_only = ["sys_enter_close", "sys_enter_dup2", "sys_enter_dup3"];
+        for tracepoint in &tracepoints {
+            let partner = if let Some(syscall) = tracepoint.strip_prefix("sys_enter_") {
+                format!("sys_exit_{syscall}")
+            } else if let Some(syscall) = tracepoint.strip_prefix("sys_exit_") {
+                format!("sys_enter_{syscall}")
+            } else {
+                panic!("{tracepoint}: not a syscall tracepoint");
+            };
+            assert!(
+                enter_only.contains(tracepoint) || tracepoints.contains(partner.as_str()),
+                "{tracepoint} has a program, {partner} none"
+            );
+        }
+        // 44 syscalls with an enter and an exit, and the three enter-only ones: as many hooks
+        // as before any program was shared.
+        assert_eq!(tracepoints.len(), 91, "{tracepoints:?}");
+    }
 }

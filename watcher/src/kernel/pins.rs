@@ -5,8 +5,10 @@
 //!
 //! ```text
 //! <pin-dir>/<set>/maps/<MAP>          every map of the object
-//! <pin-dir>/<set>/links/<program>     every attached hook (a bpf_link: pinned, it stays
-//!                                      attached with no process holding it)
+//! <pin-dir>/<set>/links/<hook>        every attached hook, named after its tracepoint (a
+//!                                      bpf_link: pinned, it stays attached with no process
+//!                                      holding it; a program shared by several tracepoints
+//!                                      has one on each)
 //! <pin-dir>/<set>/unavailable/<name>  (directories) hooks this kernel does not have
 //! <pin-dir>/<set>/complete            (a directory) made last: the set is whole
 //! ```
