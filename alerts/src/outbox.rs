@@ -520,7 +520,11 @@ fn reconcile(conn: &Connection, routing: &Routing) -> rusqlite::Result<Applied> 
 
 /// Why a delivery was set aside (state `dropped`) by [`OutboxWrite::Reconcile`]: its sink or
 /// target left the configuration. Only these are taken up again when it comes back.
-pub const NO_LONGER_CONFIGURED: &str = "the sink or this URL of it is no longer configured";
+///
+/// Not the text earlier versions wrote when they dropped such deliveries for good ("the sink
+/// or this URL of it is no longer configured"): those stay dropped, or an upgrade would send
+/// a sink that comes back every alert it missed, however old.
+pub const NO_LONGER_CONFIGURED: &str = "set aside: the sink or this URL of it is no longer configured (taken up again if it comes back)";
 
 /// One pending delivery, as a worker reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1183,7 +1187,33 @@ pub(crate) mod tests {
         // Again: nothing more to take up.
         let a = write(&conn, &OutboxWrite::Reconcile, &r)?;
         assert_eq!((a.pending, a.dropped_deliveries), (0, 0));
-        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    /// Deliveries an earlier version dropped for good when their sink left (with the text it
+    /// wrote then) are not taken up when the sink comes back after an upgrade.
+    #[test]
+    fn deliveries_dropped_by_an_earlier_version_stay_dropped()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let path = temp("dropped-before");
+        let conn = database(&path)?;
+        let r = routing(100);
+        write(&conn, &alert("a", 1, Severity::Critical), &r)?;
+        let n = conn.execute(
+            "UPDATE deliveries SET state = 'dropped', \
+             last_error = 'the sink or this URL of it is no longer configured' WHERE sink = 'am'",
+            [],
+        )?;
+        assert_eq!(n, 2);
+        let a = write(&conn, &OutboxWrite::Reconcile, &r)?;
+        assert_eq!((a.pending, a.dropped_deliveries), (0, 0));
+        let states: Vec<String> = list(&conn, 0, 10)?
+            .iter()
+            .flat_map(|row| row.deliveries.iter())
+            .filter(|d| d.sink == "am")
+            .map(|d| d.state.clone())
+            .collect();
+        assert_eq!(states, vec!["dropped", "dropped"]);
         Ok(())
     }
 

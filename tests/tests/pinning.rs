@@ -207,6 +207,76 @@ impl Drop for FloodGuard {
     }
 }
 
+/// How `fsop unlink-series` loads a root across a restart: one record per step (an unlink of
+/// a missing file), or two with `create` (a create, then its unlink); `fast` steps back to
+/// back, `signal` to the first daemon from the load itself after `signal_at` of them (so that
+/// it lands mid-flood whatever the machine's speed), then one step every `pace_us` (a pace the
+/// ring buffer absorbs while no daemon reads it) until [`Series::stop_under`].
+struct SeriesLoad {
+    create: bool,
+    fast: u64,
+    pace_us: u64,
+    signal_at: u64,
+    signal: i32,
+}
+
+/// A running series (see [`SeriesLoad`]), killed if the test ends before it does.
+struct Series {
+    flood: FloodGuard,
+    stop_file: PathBuf,
+}
+
+impl Series {
+    fn spawn(root: &Path, base: &Path, daemon_pid: u32, load: SeriesLoad) -> Series {
+        let log = base.join("series.log");
+        let stop_file = base.join("stop");
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "unlink-series".into(),
+            root.into(),
+            "100000000".into(),
+            log.into(),
+        ];
+        if load.create {
+            args.push("create=1".into());
+        }
+        args.extend([
+            format!("fast={}", load.fast).into(),
+            format!("pace-us={}", load.pace_us).into(),
+            format!("signal-at={}", load.signal_at).into(),
+            format!("signal={}", load.signal).into(),
+            format!("pid={daemon_pid}").into(),
+            format!("stop-file={}", stop_file.display()).into(),
+        ]);
+        let child = Command::new(env!("CARGO_BIN_EXE_fsop"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn fsop unlink-series");
+        Series {
+            flood: FloodGuard(Some(child)),
+            stop_file,
+        }
+    }
+
+    /// Lets the series go on for a while under `second` (which must have adopted the pins),
+    /// then stops it: how many steps it performed.
+    fn stop_under(self, second: &Watcher) -> usize {
+        assert!(
+            second.stderr().contains("adopted the programs pinned"),
+            "the second daemon did not adopt:\n{}",
+            second.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::write(&self.stop_file, b"").expect("stop file");
+        let out = self.flood.finish();
+        assert!(out.status.success(), "fsop unlink-series: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("fsop unlink-series output {out:?}: {e}"))
+    }
+}
+
 #[test]
 fn a_restart_during_a_flood_adopts_the_programs_and_loses_nothing() {
     let base = temp_dir("pin-flood");
@@ -222,30 +292,20 @@ fn a_restart_during_a_flood_adopts_the_programs_and_loses_nothing() {
     );
     assert_eq!(pins.sets().len(), 1, "one pin set: {:?}", pins.sets());
 
-    // Unlinks of missing files (one record each), in a flood that goes on across the restart:
-    // 20 000 back to back, then SIGTERM to the first daemon right from the flood, which goes
-    // on at a pace the ring buffer absorbs while no daemon reads it (~5 000/s here), until
-    // told to stop once the second daemon runs.
-    let series_log = base.join("series.log");
-    let stop_file = base.join("stop");
-    let flood = Command::new(env!("CARGO_BIN_EXE_fsop"))
-        .args([
-            OsStr::new("unlink-series"),
-            root.as_os_str(),
-            OsStr::new("100000000"),
-            series_log.as_os_str(),
-            OsStr::new("fast=20000"),
-            OsStr::new("pace-us=100"),
-            OsStr::new("signal-at=20000"),
-            OsStr::new(&format!("signal={}", libc::SIGTERM)),
-            OsStr::new(&format!("pid={}", first.pid())),
-            OsStr::new(&format!("stop-file={}", stop_file.display())),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("flood");
-    // Whatever happens below, the flood ends with the test.
-    let flood = FloodGuard(Some(flood));
+    // Unlinks of missing files, 20 000 back to back, SIGTERM to the first daemon, then paced
+    // (~5 000/s) until the second daemon has run for a while.
+    let flood = Series::spawn(
+        &root,
+        &base,
+        first.pid(),
+        SeriesLoad {
+            create: false,
+            fast: 20_000,
+            pace_us: 100,
+            signal_at: 20_000,
+            signal: libc::SIGTERM,
+        },
+    );
     let mut first = first;
     let status = first
         .wait_exit(TIMEOUT)
@@ -258,20 +318,7 @@ fn a_restart_during_a_flood_adopts_the_programs_and_loses_nothing() {
     let first_stderr = first.stderr();
     drop(first);
     let second = start_daemon(&root, &store, &pins, &[]);
-    assert!(
-        second.stderr().contains("adopted the programs pinned"),
-        "the second daemon did not adopt:\n{}",
-        second.stderr()
-    );
-    // Some of the flood while the second daemon reads too, then the end of it.
-    std::thread::sleep(Duration::from_millis(500));
-    std::fs::write(&stop_file, b"").expect("stop file");
-    let out = flood.finish();
-    assert!(out.status.success(), "flood: {out:?}");
-    let performed: usize = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("flood output {out:?}: {e}"));
+    let performed = flood.stop_under(&second);
     assert!(
         performed > 20_000,
         "the flood stopped before the restart: {performed}"
@@ -393,30 +440,21 @@ fn kill_9_mid_flood_loses_nothing_and_stores_nothing_twice() {
     let ring = ["--ring-buffer-mb", "64"];
     let first = start_daemon(&root, &store, &pins, &ring);
 
-    // Creates and unlinks (one record each), 20 000 pairs back to back, SIGKILL to the first
-    // daemon right from the load after 15 000 of them (while it holds read records not yet
-    // committed), then paced so that the ring buffer absorbs them while no daemon reads, until
-    // told to stop once the second daemon runs.
-    let series_log = base.join("series.log");
-    let stop_file = base.join("stop");
-    let load = Command::new(env!("CARGO_BIN_EXE_fsop"))
-        .args([
-            OsStr::new("unlink-series"),
-            root.as_os_str(),
-            OsStr::new("100000000"),
-            series_log.as_os_str(),
-            OsStr::new("create=1"),
-            OsStr::new("fast=20000"),
-            OsStr::new("pace-us=200"),
-            OsStr::new("signal-at=15000"),
-            OsStr::new(&format!("signal={}", libc::SIGKILL)),
-            OsStr::new(&format!("pid={}", first.pid())),
-            OsStr::new(&format!("stop-file={}", stop_file.display())),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("load");
-    let load = FloodGuard(Some(load));
+    // Creates and unlinks, 20 000 pairs back to back, SIGKILL to the first daemon after 15 000
+    // of them (while it holds read records not yet committed), then paced until the second
+    // daemon has run for a while.
+    let load = Series::spawn(
+        &root,
+        &base,
+        first.pid(),
+        SeriesLoad {
+            create: true,
+            fast: 20_000,
+            pace_us: 200,
+            signal_at: 15_000,
+            signal: libc::SIGKILL,
+        },
+    );
     let mut first = first;
     let status = first
         .wait_exit(TIMEOUT)
@@ -424,20 +462,7 @@ fn kill_9_mid_flood_loses_nothing_and_stores_nothing_twice() {
     assert!(!status.success(), "first daemon: {status:?}");
     drop(first);
     let second = start_daemon(&root, &store, &pins, &ring);
-    assert!(
-        second.stderr().contains("adopted the programs pinned"),
-        "the second daemon did not adopt:\n{}",
-        second.stderr()
-    );
-    // Some of the load while the second daemon reads too, then the end of it.
-    std::thread::sleep(Duration::from_millis(500));
-    std::fs::write(&stop_file, b"").expect("stop file");
-    let out = load.finish();
-    assert!(out.status.success(), "load: {out:?}");
-    let performed: usize = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("load output {out:?}: {e}"));
+    let performed = load.stop_under(&second);
     assert!(
         performed > 15_000,
         "the load stopped before the kill: {performed}"

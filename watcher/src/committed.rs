@@ -111,7 +111,12 @@ impl CommitProgress {
         self.shared = Some(shared);
     }
 
-    /// Everything made of records ending at or before `pos` has been appended.
+    /// Everything made of records ending at or before `pos` has been appended (or is
+    /// about to be: the writer notes it before the append, so that a commit the append makes
+    /// holds it). A record that makes several events (a process's exit, one per file it left
+    /// open after writing) comes in one message ([`crate::watch::Sink::file_events`]), and
+    /// the writer commits between messages: only a commit inside an append (a full batch)
+    /// can split one (docs/operations.md, what a crash can still lose).
     pub fn appended(&mut self, pos: RingPos) {
         self.appended = Some(self.appended.map_or(pos, |a| a.max(pos)));
     }

@@ -160,6 +160,13 @@ enum Msg {
     /// An event, and the end of the ring buffer record it came from when the reader holds
     /// the ring buffer until commits ([`crate::committed`]).
     Event(Box<FileEvent>, Option<RingPos>),
+    /// The events of one record (a process's exit: one per file it left open after
+    /// writing), in one message so that no commit between two messages splits them.
+    #[allow(
+        clippy::vec_box,
+        reason = "each event stays boxed, as Msg::Event's: the writer hands the boxes to the thread that frees them"
+    )]
+    Events(Vec<Box<FileEvent>>, Option<RingPos>),
     /// Everything from the ring buffer's records ending at or before this position was handed
     /// over (the records that made no event included).
     Through(RingPos),
@@ -534,6 +541,10 @@ impl StoreSink {
         let Some(tx) = &self.tx else {
             return Err(std::io::Error::other("the store writer has stopped"));
         };
+        let events = match &msg {
+            Msg::Events(evs, _) => evs.len() as u64,
+            _ => 1,
+        };
         let result = if block {
             tx.send(msg).map_err(|_| TrySendError::Disconnected(()))
         } else {
@@ -545,8 +556,8 @@ impl StoreSink {
         match result {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(())) => {
-                self.queue_lost += 1;
-                self.queue_lost_total += 1;
+                self.queue_lost += events;
+                self.queue_lost_total += events;
                 self.queue_lost_since.get_or_insert_with(monotonic_ns);
                 Ok(())
             }
@@ -656,6 +667,18 @@ impl Sink for StoreSink {
         }
         self.send(Msg::Event(ev, self.record_end), self.stopping)
     }
+    fn file_events(&mut self, evs: Vec<Box<FileEvent>>) -> std::io::Result<()> {
+        for ev in &evs {
+            if let Some(a) = &mut self.alerts {
+                a.event(ev);
+            }
+            if let Some(echo) = &mut self.echo {
+                let printed = echo.file_event(ev.clone());
+                self.echoed(printed);
+            }
+        }
+        self.send(Msg::Events(evs, self.record_end), self.stopping)
+    }
     fn loss(&mut self, ev: &LossEvent) -> std::io::Result<()> {
         if let Some(echo) = &mut self.echo {
             let printed = echo.loss(ev);
@@ -691,11 +714,16 @@ impl Sink for StoreSink {
     fn record_position(&mut self, end: RingPos) {
         self.record_end = Some(end);
     }
-    fn handed_through(&mut self, end: RingPos) {
-        // Not counted as a loss when the queue is full: the next drain's marker covers it.
-        if let Some(tx) = &self.tx {
-            let _ = tx.try_send(Msg::Through(end));
+    fn handed_through(&mut self, end: RingPos) -> bool {
+        // The events dropped at a full queue are a loss record first: a commit through `end`
+        // must not come before it (after a crash nothing would say they were lost).
+        if self.report_queue_loss().is_err() {
+            return false;
         }
+        // Not a loss when the queue is full: the reader sends the marker again.
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(Msg::Through(end)).is_ok())
     }
     fn commit_soon(&mut self) {
         if let Some(tx) = &self.tx {
@@ -962,6 +990,19 @@ fn write_loop(
                     warn.report(store.append_event(&ev), "storing an event");
                     stored.push(ev);
                     pending += 1;
+                }
+                Ok(Msg::Events(evs, end)) => {
+                    if let Some(end) = end {
+                        store.note_ring_through(end.0);
+                        progress.appended(end);
+                    }
+                    for ev in evs {
+                        events_received += 1;
+                        METRICS.event(&ev);
+                        warn.report(store.append_event(&ev), "storing an event");
+                        stored.push(ev);
+                        pending += 1;
+                    }
                 }
                 Ok(Msg::Loss(loss)) => {
                     lost_received = lost_received.saturating_add(loss.lost);

@@ -158,10 +158,20 @@ pub trait Sink {
     fn record_position(&mut self, end: RingPos) {
         let _ = end;
     }
+    /// The events one record made, together (a process's exit: one per file it left open
+    /// after writing): a store commits them in one transaction.
+    fn file_events(&mut self, evs: Vec<Box<FileEvent>>) -> std::io::Result<()> {
+        for ev in evs {
+            self.file_event(ev)?;
+        }
+        Ok(())
+    }
     /// Everything from the records ending at or before `end` has been handed over, those
-    /// that made no event included (only while the ring buffer is held).
-    fn handed_through(&mut self, end: RingPos) {
+    /// that made no event included (only while the ring buffer is held). False when the
+    /// marker could not be queued: the reader says it again at its next drain.
+    fn handed_through(&mut self, end: RingPos) -> bool {
         let _ = end;
+        true
     }
     /// The reader holds much of the ring buffer: commit what was handed over soon.
     fn commit_soon(&mut self) {}
@@ -740,9 +750,8 @@ fn drain(
         return Ok(emptied);
     };
     let read = ring.read_position();
-    if read != h.handed {
+    if read != h.handed && sink.handed_through(read) {
         h.handed = read;
-        sink.handed_through(read);
     }
     let size = ring.size_bytes();
     let before = ring.published_position();
@@ -753,9 +762,8 @@ fn drain(
         // records are still held and the loop polls.
         emptied = drain_records(ring, enricher, kernel, sink, budget, Some(h))?;
         let read = ring.read_position();
-        if read != h.handed {
+        if read != h.handed && sink.handed_through(read) {
             h.handed = read;
-            sink.handed_through(read);
         }
     }
     // Much is held (a flood, or a slow writer): ask for a commit, once per eighth of the
@@ -809,13 +817,15 @@ fn drain_records(
                     sink.file_event(ev)?;
                 }
             }
+            // Read again after a crash: the daemon that committed it took this process's
+            // aggregates already; any found now are a later process's that reused the pid.
+            Outcome::ProcessExited(_) if replayed => {}
             Outcome::ProcessExited(pid) => {
                 let unclosed = kernel.take_write_aggregates(pid)?;
                 if !unclosed.is_empty() {
-                    for ev in enricher.on_unclosed_writes(unclosed) {
-                        if !replayed {
-                            sink.file_event(Box::new(ev))?;
-                        }
+                    let evs = enricher.on_unclosed_writes(unclosed);
+                    if !evs.is_empty() {
+                        sink.file_events(evs.into_iter().map(Box::new).collect())?;
                     }
                 }
             }

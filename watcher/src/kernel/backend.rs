@@ -375,6 +375,32 @@ pub enum ChoiceError {
     NotBuilt(&'static str),
 }
 
+/// Whether a pin set whose fentry/fexit links are `pinned` (program names) runs the backend
+/// asked for, on a kernel whose hooks are `hooks`: adopting a set pinned under another choice
+/// would keep that choice until `ctrwatch unpin` (the backend is read when programs are
+/// loaded). `tracepoint` wants no fentry link; `auto` and `fentry` want some where a hook is
+/// usable (which ones attached is the set's own business: a hook the kernel refused at
+/// attach is listed unavailable there, and replacing the set at every start would not help).
+pub fn pinned_backend_matches(
+    requested: Requested,
+    hooks: &[FentryHookStatus],
+    pinned: &[&str],
+) -> Result<(), String> {
+    let usable = hooks.iter().any(|h| h.usable);
+    match requested {
+        Requested::Tracepoint if !pinned.is_empty() => Err(format!(
+            "the backend asked for is `tracepoint`, the set has fentry links ({})",
+            pinned.join(", ")
+        )),
+        Requested::Auto | Requested::Fentry if usable && pinned.is_empty() => Err(format!(
+            "the backend asked for (`{}`) attaches fentry on this kernel, the set has no \
+             fentry link (pinned under `tracepoint`)",
+            requested.name()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks the backend asked for against the probe. Every choice runs the syscall tracepoints
 /// for every operation in this build (fentry hooks no operation yet): the check is that
 /// `fentry` is refused where the kernel refuses it.
@@ -524,6 +550,26 @@ mod tests {
         let err = check_requested(Requested::Fentry, &refused).unwrap_err();
         assert!(err.to_string().contains("what the kernel said"), "{err}");
         assert!(check_requested(Requested::Lsm, &usable).is_err());
+    }
+
+    #[test]
+    fn a_set_pinned_under_another_backend_is_not_adopted() {
+        let hook = |usable| FentryHookStatus {
+            function: "vfs_setxattr",
+            usable,
+            note: String::new(),
+        };
+        let fentry = ["fentry_vfs_setxattr", "fexit_vfs_setxattr"];
+        // tracepoint: no fentry link may be pinned.
+        assert!(pinned_backend_matches(Requested::Tracepoint, &[hook(true)], &[]).is_ok());
+        assert!(pinned_backend_matches(Requested::Tracepoint, &[hook(true)], &fentry).is_err());
+        // auto and fentry: where a hook is usable, a set without fentry links was pinned under
+        // tracepoint; where none is, nothing to compare.
+        for requested in [Requested::Auto, Requested::Fentry] {
+            assert!(pinned_backend_matches(requested, &[hook(true)], &[]).is_err());
+            assert!(pinned_backend_matches(requested, &[hook(true)], &fentry).is_ok());
+            assert!(pinned_backend_matches(requested, &[hook(false)], &[]).is_ok());
+        }
     }
 
     fn param(name: &str, type_name: &str) -> super::super::btf_offsets::FunctionParam {

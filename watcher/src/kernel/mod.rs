@@ -593,6 +593,16 @@ impl KernelWatch {
         attachment.unavailable = pins::PinSet::names(&set.unavailable())?;
         let link_names = pins::PinSet::names(&set.links())?;
         expected.check_hooks(&link_names, &attachment.unavailable, &capabilities)?;
+        let pinned_fentry: Vec<&str> = link_names
+            .iter()
+            .filter(|name| expected.hooks.get(*name).map(|h| h.kind) == Some(ProgramKind::Tracing))
+            .map(String::as_str)
+            .collect();
+        backend::pinned_backend_matches(opts.backend, &capabilities.fentry_hooks, &pinned_fentry)
+            .map_err(|detail| KernelError::Adopt {
+            what: "backend".into(),
+            detail,
+        })?;
         // The name of each loaded program, by id: what the kernel says a link runs.
         let program_names: HashMap<u32, Vec<u8>> = aya::programs::loaded_programs()
             .filter_map(Result::ok)
