@@ -103,6 +103,30 @@ pub fn remove_at_exit(dir: &Path) {
     });
 }
 
+/// Writes `text` as a configuration file, root's and 0600 as a deployed one would be (written
+/// aside and renamed over, as an editor or a deployment does: a reload never reads half a file).
+pub fn write_config(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// Waits until `done` holds, for at most `deadline`; fails with "never: WHAT" and `seen()`.
+pub fn wait_until(
+    what: &str,
+    deadline: Duration,
+    done: impl Fn() -> bool,
+    seen: impl Fn() -> String,
+) {
+    let until = Instant::now() + deadline;
+    while !done() {
+        assert!(Instant::now() < until, "never: {what}; seen:\n{}", seen());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Collects `child`'s stderr (piped) line by line into a string the test reads while the child
 /// runs; join the handle once the child has exited to have every line.
 pub fn collect_stderr(child: &mut Child) -> (Arc<Mutex<String>>, JoinHandle<()>) {

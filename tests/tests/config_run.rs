@@ -15,13 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{Watcher, ctrwatch, delete_with_token, json_lines, require_root, temp_dir};
-
-/// Writes `text` as a configuration file, root's and 0600 as a deployed one would be.
-fn config_file(path: &Path, text: &str) {
-    std::fs::write(path, text).expect("write config");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
+use tests::{
+    Watcher, ctrwatch, delete_with_token, json_lines, require_root, temp_dir, write_config,
+};
 
 /// `history PATH --store STORE --json` once the daemon has committed `want` records for it
 /// (it commits every second; 60 s allowed for a loaded machine).
@@ -60,7 +56,7 @@ fn run_takes_its_settings_from_the_file_and_flags_win() {
     std::fs::create_dir_all(&other).expect("other");
     let (store_a, store_b) = (dir.join("a/events.db"), dir.join("b/events.db"));
     let config = dir.join("ctrwatch.toml");
-    config_file(
+    write_config(
         &config,
         &format!(
             "[watch]\nroots = [{root:?}]\ndiscover = false\nmask_args = [\"zz-[0-9]+\"]\n\n[store]\npath = {store:?}\nretention_days = 7\n",
@@ -163,7 +159,7 @@ fn run_refuses_files_it_cannot_trust_or_use() {
     };
 
     let writable = dir.join("writable.toml");
-    config_file(
+    write_config(
         &writable,
         &format!("[watch]\nroots = [{:?}]\n", root.display().to_string()),
     );
@@ -176,19 +172,19 @@ fn run_refuses_files_it_cannot_trust_or_use() {
     );
 
     let nothing = dir.join("nothing.toml");
-    config_file(&nothing, "[watch]\ndiscover = false\n");
+    write_config(&nothing, "[watch]\ndiscover = false\n");
     let (code, err) = run(&nothing, false);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("nothing to watch"), "{err}");
 
     let lsm = dir.join("lsm.toml");
-    config_file(&lsm, "[watch]\nbackend = \"lsm\"\n");
+    write_config(&lsm, "[watch]\nbackend = \"lsm\"\n");
     let (code, err) = run(&lsm, false);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("backend = \"lsm\""), "{err}");
 
     let wrong = dir.join("wrong.toml");
-    config_file(&wrong, "[store]\nretention_days = \"a month\"\n");
+    write_config(&wrong, "[store]\nretention_days = \"a month\"\n");
     let (code, err) = run(&wrong, true);
     assert_ne!(code, 0, "{err}");
     assert!(
@@ -209,7 +205,7 @@ fn the_files_log_level_applies() {
     std::fs::create_dir_all(&root).expect("root");
     let store = dir.join("events.db");
     let config = dir.join("ctrwatch.toml");
-    config_file(
+    write_config(
         &config,
         &format!(
             "log_level = \"error\"\n[watch]\nroots = [{:?}]\ndiscover = false\n[store]\npath = {:?}\n",

@@ -22,22 +22,13 @@ use serde_json::Value;
 use tests::{
     Watcher, ctrwatch, delete_with_token, json_lines,
     receiver::{Mode, Receiver},
-    s, temp_dir,
+    s, temp_dir, write_config,
 };
 
 const FSOP: &str = env!("CARGO_BIN_EXE_fsop");
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Generous: the machine running the tests may be loaded.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Writes `text` as the configuration, root's and 0600 as a deployed one would be (written
-/// aside and renamed over, as an editor or a deployment does).
-fn config_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    std::fs::rename(&tmp, path).expect("rename config");
-}
 
 /// A sink section for the receiver's `/hook`.
 fn hook_sink(r: &Receiver) -> String {
@@ -179,7 +170,7 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
     let (base, root) = setup("reload-good");
     let store = base.join("store/events.db");
     let config = base.join("ctrwatch.toml");
-    config_file(&config, "[watch]\nmask_args = []\n");
+    write_config(&config, "[watch]\nmask_args = []\n");
     let mut daemon = start_daemon(&root, Some(&store), &config);
     let before = status_until(&store, "the config file", |v| {
         v["daemon"]["config_loaded"].is_string()
@@ -203,7 +194,7 @@ fn a_good_reload_during_a_flood_applies_the_new_settings_and_loses_no_event() {
     // The file also names other roots: `--root` still wins after the reload.
     let elsewhere = base.join("elsewhere");
     std::fs::create_dir_all(&elsewhere).expect("mkdir elsewhere");
-    config_file(
+    write_config(
         &config,
         &format!(
             "[watch]\nroots = [\"{}\"]\ndiscover = false\nmask_args = ['vaultkey-[a-z]+']\n",
@@ -299,14 +290,14 @@ fn a_bad_reload_keeps_the_old_configuration_and_says_why() {
         "[watch]\nmask_args = ['vaultkey-[a-z]+']\n\n{}",
         hook_sink(&r)
     );
-    config_file(&config, &good);
+    write_config(&config, &good);
     let daemon = start_daemon(&root, Some(&store), &config);
     let before = status_until(&store, "the config file", |v| {
         v["daemon"]["config_loaded"].is_string()
     });
 
     // An unknown key on line 3: the whole file is refused.
-    config_file(
+    write_config(
         &config,
         &format!(
             "[watch]\nmask_args = []\nbogus_key = 1\n\n{}",
@@ -350,7 +341,7 @@ fn a_bad_reload_keeps_the_old_configuration_and_says_why() {
     );
 
     // A valid file writable by others: refused too (as at the start).
-    config_file(&config, &good);
+    write_config(&config, &good);
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     daemon.signal(libc::SIGHUP);
     log_until(&daemon, "mode 0666");
@@ -400,13 +391,13 @@ fn repeated_refusals_of_the_same_file_are_one_alert() {
     let store = base.join("store/events.db");
     let config = base.join("ctrwatch.toml");
     let r = Receiver::start(Mode::Accept);
-    config_file(&config, &hook_sink(&r));
+    write_config(&config, &hook_sink(&r));
     let daemon = start_daemon(&root, Some(&store), &config);
     status_until(&store, "the config file", |v| {
         v["daemon"]["config_loaded"].is_string()
     });
     let bad = format!("[watch]\nbogus_key = 1\n\n{}", hook_sink(&r));
-    config_file(&config, &bad);
+    write_config(&config, &bad);
     let refusals = |n: usize| {
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -445,7 +436,7 @@ fn repeated_refusals_of_the_same_file_are_one_alert() {
     );
 
     // Edited, still refused: another alert.
-    config_file(&config, &format!("{bad}\n[other]\n"));
+    write_config(&config, &format!("{bad}\n[other]\n"));
     daemon.signal(libc::SIGHUP);
     refusals(4);
     received_until(&r, "the edited file's own alert", |r| {
@@ -467,7 +458,7 @@ fn a_fifo_at_the_config_path_does_not_hang_the_daemon() {
     let (base, root) = setup("reload-fifo");
     let store = base.join("store/events.db");
     let config = base.join("ctrwatch.toml");
-    config_file(&config, "[watch]\n");
+    write_config(&config, "[watch]\n");
     let daemon = start_daemon(&root, Some(&store), &config);
     status_until(&store, "the config file", |v| {
         v["daemon"]["config_loaded"].is_string()
@@ -506,7 +497,7 @@ fn a_changed_restart_only_key_is_warned_and_kept() {
     let store = base.join("store/events.db");
     let moved = base.join("moved/events.db");
     let config = base.join("ctrwatch.toml");
-    config_file(
+    write_config(
         &config,
         &format!("[store]\npath = \"{}\"\n", store.display()),
     );
@@ -514,7 +505,7 @@ fn a_changed_restart_only_key_is_warned_and_kept() {
     let before = status_until(&store, "the config file", |v| {
         v["daemon"]["config_loaded"].is_string()
     });
-    config_file(
+    write_config(
         &config,
         &format!("[store]\npath = \"{}\"\n", moved.display()),
     );
@@ -566,12 +557,12 @@ fn reloaded_roots_are_watched() {
             store.display()
         )
     };
-    config_file(&config, &text(&first));
+    write_config(&config, &text(&first));
     let daemon = Watcher::start_command(&["run".into(), "--config".into(), config.clone().into()]);
     status_until(&store, "the first root", |v| {
         v["daemon"]["roots"] == serde_json::json!([first.to_str().unwrap_or_default()])
     });
-    config_file(&config, &text(&second));
+    write_config(&config, &text(&second));
     daemon.signal(libc::SIGHUP);
     status_until(&store, "the second root, alone", |v| {
         v["daemon"]["roots"] == serde_json::json!([second.to_str().unwrap_or_default()])
@@ -614,7 +605,7 @@ fn a_removed_default_file_is_a_refused_reload_not_the_defaults() {
     let _cleanup = Cleanup(Path::new(ctrwatch_config_default()), made_dir);
     let (base, root) = setup("reload-default-gone");
     let store = base.join("store/events.db");
-    config_file(default, "[watch]\nmask_args = ['vaultkey-[a-z]+']\n");
+    write_config(default, "[watch]\nmask_args = ['vaultkey-[a-z]+']\n");
     let args: Vec<OsString> = vec![
         "run".into(),
         "--root".into(),

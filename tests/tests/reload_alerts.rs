@@ -18,10 +18,9 @@
 
 use std::{
     ffi::{OsStr, OsString},
-    os::unix::fs::PermissionsExt as _,
     path::Path,
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -29,20 +28,12 @@ use tests::{
     Watcher,
     containerd::{Containerd, Layer},
     receiver::{Mode, Receiver},
-    temp_dir, wait_history,
+    temp_dir, wait_history, write_config,
 };
 
 const FSOP: &str = env!("CARGO_BIN_EXE_fsop");
 /// Generous: the machine running the tests may be loaded.
 const DEADLINE: Duration = Duration::from_secs(90);
-
-/// Writes `text` as the configuration, root's and 0600 (written aside and renamed over).
-fn config_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    std::fs::rename(&tmp, path).expect("rename config");
-}
 
 /// A webhook sink `name` for the receiver's `/NAME`.
 fn sink(name: &str, r: &Receiver) -> String {
@@ -79,15 +70,7 @@ fn refusals_of(r: &Receiver, marker: &str) -> Vec<Value> {
 
 /// Waits until `done` holds, within [`DEADLINE`]; fails showing `seen()`.
 fn until(what: &str, done: impl Fn() -> bool, seen: impl Fn() -> String) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "never: {what}; seen:\n{}",
-            seen()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    tests::wait_until(what, DEADLINE, done, seen);
 }
 
 fn shown(r: &Receiver) -> String {
@@ -109,7 +92,7 @@ fn log_count(daemon: &Watcher, text: &str, n: usize) {
 
 /// Reloads a good file and waits until the daemon applied it (its `n`th good reload).
 fn reload_good(daemon: &Watcher, config: &Path, text: &str, n: usize) {
-    config_file(config, text);
+    write_config(config, text);
     daemon.signal(libc::SIGHUP);
     log_count(daemon, "reloaded the configuration", n);
 }
@@ -117,7 +100,7 @@ fn reload_good(daemon: &Watcher, config: &Path, text: &str, n: usize) {
 /// Reloads a file refused for an unknown key named `marker` (a `config-invalid` alert about
 /// it goes to the sinks in effect), and waits for the `n`th refusal.
 fn reload_bad(daemon: &Watcher, config: &Path, good: &str, marker: &str, n: usize) {
-    config_file(config, &format!("[watch]\n{marker} = 1\n\n{good}"));
+    write_config(config, &format!("[watch]\n{marker} = 1\n\n{good}"));
     daemon.signal(libc::SIGHUP);
     log_count(daemon, "reloading the configuration failed", n);
 }
@@ -152,7 +135,7 @@ fn a_reload_adds_removes_and_puts_back_sinks() {
     let ra = Receiver::start(Mode::Accept);
     let rb = Receiver::start(Mode::Accept);
     let only_a = format!("{QUIET}{}", sink("a", &ra));
-    config_file(&config, &only_a);
+    write_config(&config, &only_a);
     let mut daemon = start_daemon(&[&root], &store, &config);
     // `a` works.
     reload_bad(&daemon, &config, &only_a, "marker_one", 1);
@@ -240,7 +223,7 @@ fn a_reload_changes_and_disables_the_daemons_own_rules() {
     let config = base.join("ctrwatch.toml");
     let r = Receiver::start(Mode::Accept);
     let default = format!("{QUIET}{}", sink("hook", &r));
-    config_file(&config, &default);
+    write_config(&config, &default);
     let daemon = start_daemon(&[&root], &store, &config);
     reload_bad(&daemon, &config, &default, "marker_one", 1);
     until(
@@ -312,7 +295,7 @@ fn a_reload_changes_and_disables_the_detections() {
             sink("hook", &r)
         )
     };
-    config_file(&config, &text(""));
+    write_config(&config, &text(""));
     let daemon = start_daemon(&[cd.root(), cd.state()], &store, &config);
     let built = cd
         .build_image_info(

@@ -12,24 +12,15 @@ use std::{
     ffi::{OsStr, OsString},
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::unix::fs::PermissionsExt as _,
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
-use tests::{Watcher, ctrwatch, temp_dir};
+use tests::{Watcher, ctrwatch, temp_dir, write_config};
 
 /// Generous: the machine running the tests may be loaded.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Writes `text` as the configuration, root's and 0600 (written aside and renamed over).
-fn config_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    std::fs::rename(&tmp, path).expect("rename config");
-}
 
 /// A port free on 127.0.0.1 now.
 fn free_addr() -> SocketAddr {
@@ -55,16 +46,9 @@ fn serves(addr: SocketAddr) -> bool {
     scrape(addr).is_ok_and(|b| b.starts_with("HTTP/1.1 200") && b.contains("ctrwatch_"))
 }
 
+/// Waits until `done` holds, within [`DEADLINE`]; fails showing `seen()`.
 fn until(what: &str, done: impl Fn() -> bool, seen: impl Fn() -> String) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "never: {what}; seen:\n{}",
-            seen()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    tests::wait_until(what, DEADLINE, done, seen);
 }
 
 fn status(store: &Path) -> Value {
@@ -87,7 +71,7 @@ fn a_reload_moves_the_metrics_listener_and_a_busy_address_is_refused() {
     let config = base.join("ctrwatch.toml");
     let listen = |addr: SocketAddr| format!("[metrics]\nlisten = \"{addr}\"\n");
     let first = free_addr();
-    config_file(&config, &listen(first));
+    write_config(&config, &listen(first));
     let args: Vec<OsString> = vec![
         "run".into(),
         "--root".into(),
@@ -107,7 +91,7 @@ fn a_reload_moves_the_metrics_listener_and_a_busy_address_is_refused() {
     // An address in use: refused, the first one still serves, status says why.
     let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy_addr = busy.local_addr().expect("addr");
-    config_file(&config, &listen(busy_addr));
+    write_config(&config, &listen(busy_addr));
     daemon.signal(libc::SIGHUP);
     until(
         "the reload refused for the busy address",
@@ -126,7 +110,7 @@ fn a_reload_moves_the_metrics_listener_and_a_busy_address_is_refused() {
 
     // A free one: served from then on; the first one closes.
     let second = free_addr();
-    config_file(&config, &listen(second));
+    write_config(&config, &listen(second));
     daemon.signal(libc::SIGHUP);
     until(
         "the second address serves",
