@@ -71,13 +71,21 @@ enum Task {
     /// binaries, then `cargo test` over the workspace with CTRWATCH_BIN pointing at the debug
     /// ctrwatch and CTRWATCH_REQUIRE_ROOT_TESTS=1, so the root-only tests fail rather than skip.
     /// The whole suite also builds the Debian package (`cargo xtask deb`), which a test
-    /// installs, removes and purges (CTRWATCH_DEB).
+    /// installs, removes and purges (CTRWATCH_DEB), and ends with the QEMU guests of
+    /// `cargo xtask vm-test` (docs/kernels.md): the default scenario on Debian's 6.1 and 6.12
+    /// kernels and the package scenario (the .deb under systemd as PID 1) on 6.12, about 12-15
+    /// minutes; their images are built (or taken from target/vm/images) while the workspace
+    /// builds.
     /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p watcher-common` or
-    /// `cargo xtask test -- some_test -- --nocapture`.
+    /// `cargo xtask test -- some_test -- --nocapture`; with them, or with --no-guests, no
+    /// guest runs.
     Test {
         /// Skip rustfmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the QEMU guests (for a quicker run on the host kernel alone; CI runs them).
+        #[arg(long)]
+        no_guests: bool,
         /// Arguments for `cargo test` (after `--`).
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         cargo_args: Vec<OsString>,
@@ -217,6 +225,7 @@ impl Task {
             }
             Task::Test {
                 no_lint,
+                no_guests,
                 cargo_args,
             } => {
                 require_root(
@@ -224,7 +233,7 @@ impl Task {
                     "the integration tests load eBPF programs and run containerd",
                 )?;
                 setup::setup()?;
-                return test(!no_lint, cargo_args);
+                return test(!no_lint, !no_guests, cargo_args);
             }
             Task::Deb { target } => {
                 setup::setup()?;
@@ -344,7 +353,25 @@ struct Step {
     took: Duration,
 }
 
-fn test(lint: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
+fn test(lint: bool, guests: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
+    // Unless the caller chose the packages (`-- -p watcher-common`), test them all.
+    let picks_packages = cargo_args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--")
+        .any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace");
+    let guests = guests && !picks_packages;
+    // The guest images are mostly a download from Debian's archive and dpkg unpacking: they
+    // are made on a thread while the workspace is linted and built (a cached image is
+    // reused). The guests themselves boot after the host's tests, one at a time: TCG takes a
+    // core per guest CPU, and the host tests' timings are not loaded by them.
+    let guest_images = guests.then(|| {
+        std::thread::spawn(|| {
+            let start = Instant::now();
+            let images = vm::prepare_images(&[vm::Kernel::V6_1, vm::Kernel::V6_12], false);
+            (images, start.elapsed())
+        })
+    });
     let mut steps = Vec::new();
     let mut step = |name: &'static str, cmd: &mut Command| -> bool {
         let start = Instant::now();
@@ -393,12 +420,6 @@ fn test(lint: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
         }
     }
 
-    // Unless the caller chose the packages (`-- -p watcher-common`), test them all.
-    let picks_packages = cargo_args
-        .iter()
-        .map(|a| a.to_string_lossy())
-        .take_while(|a| a != "--")
-        .any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace");
     // The whole suite builds the package too (the static release build), and the package
     // test installs that one; a narrower run leaves it to the test, which builds it if it runs.
     let mut package = None;
@@ -454,11 +475,20 @@ fn test(lint: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
         eprintln!("error: the build failed, so no test was run");
     }
 
+    let guest_checks = guest_images.map(|images| run_guests(images, &mut steps));
+
     eprintln!();
     eprintln!("cargo xtask test summary:");
     for s in &steps {
         let status = if s.ok { "ok" } else { "FAILED" };
-        eprintln!("  {status:<7} {:<7} {:>7.1}s", s.name, s.took.as_secs_f64());
+        eprintln!(
+            "  {status:<7} {:<12} {:>7.1}s",
+            s.name,
+            s.took.as_secs_f64()
+        );
+    }
+    if let Some((passed, failed)) = guest_checks {
+        eprintln!("guest checks: {passed} passed, {failed} failed (docs/kernels.md)");
     }
     let all_ok = built && steps.iter().all(|s| s.ok);
     // The last line, in the plain form that test-result readers understand.
@@ -475,6 +505,64 @@ fn test(lint: bool, cargo_args: Vec<OsString>) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The guest images a thread of [`test`] prepares, and how long that took.
+type GuestImages = std::thread::JoinHandle<(Vec<vm::PreparedImage>, Duration)>;
+
+/// The QEMU guests of `cargo xtask test`: the default scenario on both kernels, the package
+/// scenario on 6.12 (the kernel the package test was written against; the default scenario
+/// covers 6.1's verifier). Adds their steps; returns the guest checks passed and failed.
+fn run_guests(images: GuestImages, steps: &mut Vec<Step>) -> (usize, usize) {
+    // A guest is given 10 minutes from QEMU's start to its power-off (TCG; 3-5 minutes here).
+    const GUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+    let (images, took) = match images.join() {
+        Ok(done) => done,
+        Err(_) => {
+            eprintln!("error: the thread preparing the guest images panicked");
+            steps.push(Step {
+                name: "vm-images",
+                ok: false,
+                took: Duration::ZERO,
+            });
+            return (0, 1);
+        }
+    };
+    steps.push(Step {
+        name: "vm-images",
+        ok: images.iter().all(|(_, image)| image.is_ok()),
+        took,
+    });
+    let all: Vec<&vm::PreparedImage> = images.iter().collect();
+    let newest: Vec<&vm::PreparedImage> = images
+        .iter()
+        .filter(|(kernel, _)| *kernel == vm::Kernel::V6_12)
+        .collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, scenario, images) in [
+        ("vm-default", vm::Scenario::Default, &all),
+        ("vm-package", vm::Scenario::Package, &newest),
+    ] {
+        let start = Instant::now();
+        let ok = match vm::run_scenario(images, scenario, GUEST_TIMEOUT, false) {
+            Ok(outcome) => {
+                passed += outcome.checks_passed;
+                failed += outcome.checks_failed;
+                outcome.passed()
+            }
+            Err(e) => {
+                eprintln!("error: vm-test {scenario:?}: {e:#}");
+                failed += 1;
+                false
+            }
+        };
+        steps.push(Step {
+            name,
+            ok,
+            took: start.elapsed(),
+        });
+    }
+    (passed, failed)
 }
 
 #[derive(Default)]

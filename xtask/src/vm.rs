@@ -129,7 +129,8 @@ impl Kernel {
         }
     }
 
-    fn label(self) -> &'static str {
+    /// "6.1", "6.12" or "all", as `--kernel` spells it.
+    pub fn label(self) -> &'static str {
         match self {
             Kernel::V6_1 => "6.1",
             Kernel::V6_12 => "6.12",
@@ -162,38 +163,89 @@ pub struct VmTestOptions {
 pub fn vm_test(opts: &VmTestOptions) -> Result<bool> {
     // The images first: building one is mostly waiting for the archive, and a failure there
     // is known before the long build of the binary.
-    let images: Vec<(Kernel, Result<Image>)> = opts
-        .kernels
+    let images = prepare_images(&opts.kernels, opts.rebuild);
+    let images: Vec<&PreparedImage> = images.iter().collect();
+    Ok(run_scenario(&images, opts.scenario, opts.timeout, opts.write_docs)?.passed())
+}
+
+/// A kernel's guest image, built or found in the cache (or why there is none).
+pub type PreparedImage = (Kernel, Result<Image>);
+
+/// The guest images of `kernels`, one after the other. mmdebstrap's output goes to a log file
+/// beside the images (its tail is in the error when it fails), so that this can run on a
+/// thread while `cargo xtask test` builds and lints.
+pub fn prepare_images(kernels: &[Kernel], rebuild: bool) -> Vec<PreparedImage> {
+    kernels
         .iter()
-        .map(|&kernel| (kernel, image(kernel, opts.rebuild)))
-        .collect();
+        .map(|&kernel| (kernel, image(kernel, rebuild)))
+        .collect()
+}
+
+/// What one scenario gave on each kernel it ran on.
+pub struct ScenarioOutcome {
+    /// One line per kernel: verdict, kernel package, times and failures.
+    pub summary: Vec<String>,
+    /// Per kernel: every expected check passed.
+    pub kernels_ok: Vec<(Kernel, bool)>,
+    /// Expected checks that passed, and that did not, over every kernel.
+    pub checks_passed: usize,
+    pub checks_failed: usize,
+}
+
+impl ScenarioOutcome {
+    /// Every kernel passed every check.
+    pub fn passed(&self) -> bool {
+        !self.kernels_ok.is_empty() && self.kernels_ok.iter().all(|(_, ok)| *ok)
+    }
+}
+
+/// Boots each image with `scenario`'s payload and script, prints a summary and returns it.
+/// An error only when the payload cannot be built; a guest that fails or cannot boot is a
+/// failed kernel in the outcome.
+pub fn run_scenario(
+    images: &[&PreparedImage],
+    scenario: Scenario,
+    timeout: Duration,
+    write_docs: bool,
+) -> Result<ScenarioOutcome> {
     let build = deb::DebOptions::host_musl();
     crate::setup::rust_target(&build.target)?;
     // What goes onto the test disk: the binary, or the package (which builds it).
-    let payload = match opts.scenario {
+    let payload = match scenario {
         Scenario::Default => Payload::Binary(deb::build_static_binary(&build)?),
         Scenario::Package => Payload::Package(deb::build(&build)?),
     };
 
-    let mut all_ok = true;
-    let mut summary = Vec::new();
-    for (kernel, image) in images {
-        let outcome = image.and_then(|image| {
-            let run = boot_and_test(kernel, &image, &payload, opts.scenario, opts.timeout)?;
-            Ok((image, run))
-        });
-        match outcome {
+    let mut outcome = ScenarioOutcome {
+        summary: Vec::new(),
+        kernels_ok: Vec::new(),
+        checks_passed: 0,
+        checks_failed: 0,
+    };
+    for (kernel, image) in images.iter().map(|(k, i)| (*k, i)) {
+        let run = image
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("no guest image: {e:#}"))
+            .and_then(|image| {
+                let run = boot_and_test(kernel, image, &payload, scenario, timeout)?;
+                Ok((image, run))
+            });
+        match run {
             Ok((image, run)) => {
                 let ok = run.passed();
-                all_ok &= ok;
+                outcome.kernels_ok.push((kernel, ok));
+                let failed = run.failures().count();
+                outcome.checks_failed += failed;
+                outcome.checks_passed += run.expected.len().saturating_sub(failed);
                 // docs/kernels.md's blocks are the default scenario's findings.
-                if opts.write_docs && opts.scenario == Scenario::Default {
-                    write_docs(&image, &run)?;
+                if write_docs && scenario == Scenario::Default {
+                    write_docs_of(image, &run)?;
                 }
-                summary.push(format!(
-                    "  {} {:<5} {} (boot {:.0} s, test {:.0} s, total {:.0} s){}",
+                outcome.summary.push(format!(
+                    "  {} {:<5} {:?} {} (boot {:.0} s, test {:.0} s, total {:.0} s){}",
                     if ok { "ok    " } else { "FAILED" },
                     kernel.label(),
+                    scenario,
                     image.kernel_package,
                     run.boot_seconds.unwrap_or(f64::NAN),
                     run.test_seconds.unwrap_or(f64::NAN),
@@ -204,17 +256,20 @@ pub fn vm_test(opts: &VmTestOptions) -> Result<bool> {
                 ));
             }
             Err(e) => {
-                all_ok = false;
+                outcome.kernels_ok.push((kernel, false));
+                outcome.checks_failed += scenario.expected_checks().len();
                 eprintln!("error: vm-test {}: {e:#}", kernel.label());
-                summary.push(format!("  FAILED {:<5} {e:#}", kernel.label()));
+                outcome
+                    .summary
+                    .push(format!("  FAILED {:<5} {scenario:?} {e:#}", kernel.label()));
             }
         }
     }
     eprintln!("\ncargo xtask vm-test summary:");
-    for line in &summary {
+    for line in &outcome.summary {
         eprintln!("{line}");
     }
-    Ok(all_ok)
+    Ok(outcome)
 }
 
 /// What the test disk carries besides the script.
@@ -226,7 +281,7 @@ enum Payload {
 }
 
 /// A cached guest image.
-struct Image {
+pub struct Image {
     dir: PathBuf,
     kernel: Kernel,
     /// e.g. linux-image-6.1.0-57-cloud-amd64.
@@ -261,6 +316,53 @@ fn vm_dir() -> PathBuf {
 /// older images of this kernel are removed).
 fn image(kernel: Kernel, rebuild: bool) -> Result<Image> {
     let kernel_package = current_kernel_package(kernel)?;
+    match image_with(kernel, kernel_package.clone(), rebuild) {
+        // This machine's package lists can name a kernel package the archive has since
+        // replaced (a fresh machine whose lists are a few weeks old): mmdebstrap, which reads
+        // the archive's current lists, cannot find it. Update ours and try once more, if that
+        // names another package.
+        Err(e) if e.downcast_ref::<MmdebstrapFailed>().is_some() => {
+            eprintln!(
+                "vm-test {}: mmdebstrap failed; updating this machine's package lists in case \
+                 {kernel_package} is no longer in the archive",
+                kernel.label()
+            );
+            cmd::run(Command::new("apt-get").arg("update"))?;
+            let now = current_kernel_package(kernel)?;
+            if now == kernel_package {
+                return Err(e);
+            }
+            eprintln!(
+                "vm-test {}: the current kernel package is {now}",
+                kernel.label()
+            );
+            image_with(kernel, now, rebuild)
+        }
+        other => other,
+    }
+}
+
+/// mmdebstrap did not make the guest root; the log's tail says why.
+#[derive(Debug)]
+struct MmdebstrapFailed {
+    log: PathBuf,
+    tail: String,
+}
+
+impl std::fmt::Display for MmdebstrapFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mmdebstrap failed (its log: {}); the log ends with:\n{}",
+            self.log.display(),
+            self.tail
+        )
+    }
+}
+
+impl std::error::Error for MmdebstrapFailed {}
+
+fn image_with(kernel: Kernel, kernel_package: String, rebuild: bool) -> Result<Image> {
     let mut packages: Vec<&str> = GUEST_PACKAGES.to_vec();
     packages.push(&kernel_package);
     let key = image_key(&packages);
@@ -297,25 +399,38 @@ fn image(kernel: Kernel, rebuild: bool) -> Result<Image> {
     fs::create_dir_all(&building)?;
     let root = building.join("root");
 
+    // Its output goes to a log (it can run beside `cargo xtask test`'s build, whose output
+    // it would otherwise interleave); kept beside the images until the next build.
+    let log_path = images.join(format!("{prefix}mmdebstrap.log"));
     eprintln!(
-        "vm-test {}: building the guest root with mmdebstrap ({})",
+        "vm-test {}: building the guest root with mmdebstrap ({}); log: {}",
         kernel.label(),
-        packages.join(" ")
+        packages.join(" "),
+        log_path.display()
     );
     let start = Instant::now();
+    let log =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut mmdebstrap = Command::new("mmdebstrap");
     mmdebstrap
         .args(["--variant=minbase", "--mode=root", "--format=directory"])
         .arg(format!("--include={}", packages.join(",")))
         .arg(SUITE)
         .arg(&root)
-        .args(MIRRORS);
-    cmd::run(&mut mmdebstrap).with_context(|| {
-        format!(
-            "building the guest root (if apt cannot find {kernel_package}, this machine's \
-             package lists are older than the archive: run `apt-get update`)"
-        )
-    })?;
+        .args(MIRRORS)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if cmd::run(&mut mmdebstrap).is_err() {
+        let text = fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        return Err(MmdebstrapFailed {
+            log: log_path,
+            tail,
+        }
+        .into());
+    }
     let mmdebstrap_seconds = start.elapsed().as_secs_f64();
 
     customize_root(&root)?;
@@ -790,7 +905,7 @@ fn block_markers(kernel: Kernel) -> (String, String) {
     )
 }
 
-fn write_docs(image: &Image, run: &Run) -> Result<()> {
+fn write_docs_of(image: &Image, run: &Run) -> Result<()> {
     let path = workspace_root().join("docs/kernels.md");
     let doc = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let block = docs_block(image, run);
