@@ -109,8 +109,9 @@ enum Task {
     /// probe`, `ctrwatch run` watching, a file's create and unlink in `ctrwatch history` with
     /// the command that deleted it. Fails unless every check passed on every kernel. Writes
     /// what each kernel offered, and the times, into docs/kernels.md.
-    /// One kernel takes about 2.5 minutes with a cached image, 5-6 without (TCG, 2 cores).
-    /// Not part of `cargo xtask test`; the guest image is downloaded from Debian's archive.
+    /// One kernel takes about 3.5-4 minutes with a cached image, 6-7 without (TCG, 2 cores).
+    /// `cargo xtask test` runs it too (both kernels, and the package scenario on 6.12); the
+    /// guest image is downloaded from Debian's archive.
     VmTest {
         /// The guest kernel: 6.1 (Debian 12's), 6.12 (bookworm-security's linux-6.12) or all.
         #[arg(long, value_enum, default_value = "6.1")]
