@@ -999,7 +999,10 @@ fn probe(json: bool) -> anyhow::Result<()> {
         );
     }
     let offsets = btf_offsets::kernel_offsets().context("kernel struct offsets from BTF")?;
-    let _ = writeln!(text, "kernel struct offsets from BTF: {offsets:?}");
+    text.push_str("kernel struct offsets from BTF (bytes):\n");
+    for line in btf_offsets::describe_offsets(&offsets) {
+        let _ = writeln!(text, "  {line}");
+    }
     write_stdout(&text)
 }
 

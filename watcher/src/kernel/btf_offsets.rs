@@ -528,8 +528,18 @@ pub fn function_prototype(
 }
 
 impl KernelBtf {
-    /// `struct dentry *`, `char *`, `size_t`, `int`; `?` for anything else.
+    /// `struct dentry *`, `struct inode **`, `char *`, `size_t`, `int`, `enum x`; `?` for
+    /// anything else.
     fn short_type_name(&self, type_id: u32) -> Result<String, BtfError> {
+        self.short_type_name_at(type_id, 0)
+    }
+
+    fn short_type_name_at(&self, type_id: u32, depth: usize) -> Result<String, BtfError> {
+        // The BTF is the kernel's, but a file given with a path could be anything: a pointer
+        // chain deeper than any prototype has is not followed.
+        if depth > MAX_TYPE_CHAIN {
+            return Ok("?".to_string());
+        }
         let Some(ty) = self.btf.type_by_id(type_id).map_err(self.parse_error())? else {
             return Ok("void".to_string());
         };
@@ -542,18 +552,22 @@ impl KernelBtf {
         Ok(match ty.kind {
             // A typedef keeps its own name (`size_t`, `umode_t`).
             Kind::Typedef | Kind::Int => named(&ty)?,
+            Kind::Enum | Kind::Enum64 => format!("enum {}", named(&ty)?),
             Kind::Ptr => match self.resolve(ty.size_or_type)? {
                 None => "void *".to_string(),
-                Some((_, target)) => match target.kind {
+                Some((target_id, target)) => match target.kind {
                     Kind::Struct | Kind::Fwd => format!("struct {} *", named(&target)?),
                     Kind::Union => format!("union {} *", named(&target)?),
                     Kind::Int => format!("{} *", named(&target)?),
+                    Kind::Enum | Kind::Enum64 => format!("enum {} *", named(&target)?),
+                    // `struct inode **delegated_inode`
+                    Kind::Ptr => format!("{}*", self.short_type_name_at(target_id, depth + 1)?),
                     _ => "? *".to_string(),
                 },
             },
             Kind::Const | Kind::Volatile | Kind::Restrict | Kind::TypeTag => {
                 match self.resolve(type_id)? {
-                    Some((id, _)) => self.short_type_name(id)?,
+                    Some((id, _)) => self.short_type_name_at(id, depth + 1)?,
                     None => "void".to_string(),
                 }
             }
@@ -572,9 +586,128 @@ pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
     kernel_offsets_from(Path::new(VMLINUX_BTF))
 }
 
+/// The offsets as `ctrwatch probe` shows them: per kernel struct, its members and their byte
+/// offsets (`task_struct: pid 1264, tgid 1268, …`). A member the kernel lacks (an offset the
+/// programs treat as absent, such as xfs's when xfs is not in the BTF) shows as 0.
+pub fn describe_offsets(o: &KernelOffsets) -> Vec<String> {
+    offset_groups(o)
+        .iter()
+        .map(|(structure, members)| {
+            let members: Vec<String> = members
+                .iter()
+                .map(|(member, offset)| format!("{member} {offset}"))
+                .collect();
+            format!("{structure}: {}", members.join(", "))
+        })
+        .collect()
+}
+
+/// Every offset of [`KernelOffsets`] under the struct and member the kernel calls it (a unit
+/// test checks that none is left out).
+fn offset_groups(o: &KernelOffsets) -> [(&'static str, Vec<(&'static str, u32)>); 14] {
+    [
+        (
+            "task_struct",
+            vec![
+                ("pid", o.task_pid),
+                ("tgid", o.task_tgid),
+                ("real_parent", o.task_real_parent),
+                ("fs", o.task_fs),
+                ("files", o.task_files),
+                ("mm", o.task_mm),
+                ("nsproxy", o.task_nsproxy),
+                ("exit_code", o.task_exit_code),
+            ],
+        ),
+        ("fs_struct", vec![("pwd", o.fs_pwd), ("root", o.fs_root)]),
+        ("path", vec![("mnt", o.path_mnt), ("dentry", o.path_dentry)]),
+        ("files_struct", vec![("fdt", o.files_fdt)]),
+        (
+            "fdtable",
+            vec![("max_fds", o.fdt_max_fds), ("fd", o.fdt_fd)],
+        ),
+        (
+            "file",
+            vec![
+                ("f_path", o.file_f_path),
+                ("f_inode", o.file_f_inode),
+                ("f_mode", o.file_f_mode),
+            ],
+        ),
+        (
+            "dentry",
+            vec![
+                ("d_parent", o.dentry_d_parent),
+                ("d_name", o.dentry_d_name),
+                ("d_inode", o.dentry_d_inode),
+            ],
+        ),
+        ("qstr", vec![("len", o.qstr_len), ("name", o.qstr_name)]),
+        (
+            "inode",
+            vec![
+                ("i_ino", o.inode_i_ino),
+                ("i_sb", o.inode_i_sb),
+                ("i_size", o.inode_i_size),
+                ("i_mode", o.inode_i_mode),
+                ("i_nlink", o.inode_i_nlink),
+            ],
+        ),
+        ("super_block", vec![("s_dev", o.sb_s_dev)]),
+        ("xfs_inode", vec![("i_vnode", o.xfs_inode_i_vnode)]),
+        (
+            "mount, vfsmount",
+            vec![
+                ("mnt", o.mount_mnt),
+                ("mnt_parent", o.mount_mnt_parent),
+                ("mnt_mountpoint", o.mount_mnt_mountpoint),
+                ("vfsmount.mnt_root", o.vfsmount_mnt_root),
+            ],
+        ),
+        (
+            "mm_struct",
+            vec![
+                ("arg_start", o.mm_arg_start),
+                ("arg_end", o.mm_arg_end),
+                ("exe_file", o.mm_exe_file),
+            ],
+        ),
+        (
+            "nsproxy, mnt_namespace, ns_common",
+            vec![
+                ("nsproxy.mnt_ns", o.nsproxy_mnt_ns),
+                ("mnt_namespace.ns", o.mnt_ns_ns),
+                ("ns_common.inum", o.ns_common_inum),
+            ],
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ctrwatch probe` lists every offset the programs are given: a field added to
+    /// `KernelOffsets` without a line in `offset_groups` fails here.
+    #[test]
+    fn probe_lists_every_offset() {
+        let listed: usize = offset_groups(&KernelOffsets::default())
+            .iter()
+            .map(|(_, members)| members.len())
+            .sum();
+        // Every field is a u32; `valid` is a flag, not an offset.
+        let fields = std::mem::size_of::<KernelOffsets>() / std::mem::size_of::<u32>();
+        assert_eq!(listed, fields - 1);
+        let lines = describe_offsets(&KernelOffsets {
+            task_pid: 1264,
+            ..KernelOffsets::default()
+        });
+        assert_eq!(lines.len(), 14);
+        assert!(
+            lines[0].starts_with("task_struct: pid 1264, tgid 0"),
+            "{lines:?}"
+        );
+    }
 
     /// Builds raw BTF by hand, so that the parser's handling of anonymous members, qualifier
     /// chains, bitfields and corrupt input is tested on any machine, whatever its kernel.
