@@ -925,6 +925,11 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // A pointer to a pointer is named, not `? *` (it was, in `ctrwatch probe`).
+        if let Some(p) = function_prototype(&btf, "__vfs_removexattr_locked").unwrap() {
+            let last = p.params.last().expect("it has parameters");
+            assert_eq!(last.type_name, "struct inode **", "{}", p.signature());
+        }
     }
 
     #[test]
