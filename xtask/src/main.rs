@@ -119,7 +119,8 @@ enum Task {
         /// What the guest tests: `default` (the binary: probe, run, history; its findings go
         /// into docs/kernels.md) or `package` (the .deb under systemd: the service active, the
         /// pins kept by `systemctl restart` and a crash, removed by `systemctl stop` and
-        /// `dpkg -r`).
+        /// `dpkg -r`) or `no-bpf-lsm` (the kernel booted with `bpf` left out of `lsm=`:
+        /// `ctrwatch probe` must say BPF LSM is inactive, and why).
         #[arg(long, value_enum, default_value = "default")]
         scenario: vm::Scenario,
     },
