@@ -644,6 +644,12 @@ fn the_counters_say_what_was_done_and_prometheus_stores_the_same() {
         Some(0.0),
         "this kernel refuses fentry"
     );
+    // And LSM programs (the LSM probe's test program is refused).
+    assert_eq!(
+        value(&samples, "ctrwatch_backend_usable", &[("backend", "lsm")]),
+        Some(0.0),
+        "this kernel refuses LSM programs"
+    );
     let version = binary_version();
     assert_eq!(
         samples

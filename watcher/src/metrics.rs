@@ -495,7 +495,7 @@ impl Metrics {
                 out.family(
                     "ctrwatch_backend_usable",
                     "gauge",
-                    "1 when the kernel accepted this hook family's test program at the start (fentry), 0 when it refused it or it was not probed (lsm: no LSM programs yet).",
+                    "1 when the kernel accepted this hook family's test program at the start (fentry; lsm: also `bpf` an active LSM), 0 when it refused it or (lsm) `bpf` is not an active LSM.",
                 );
                 for (family, usable, _) in &families {
                     out.sample(

@@ -73,8 +73,8 @@ enum Task {
     /// The whole suite also builds the Debian package (`cargo xtask deb`), which a test
     /// installs, removes and purges (CTRWATCH_DEB), and ends with the QEMU guests of
     /// `cargo xtask vm-test` (docs/kernels.md): the default scenario on Debian's 6.1 and 6.12
-    /// kernels and the package scenario (the .deb under systemd as PID 1) on 6.12, about 12-15
-    /// minutes; their images are built (or taken from target/vm/images) while the workspace
+    /// kernels, the package scenario (the .deb under systemd as PID 1) on 6.12 and the
+    /// no-bpf-lsm scenario on 6.1, about 12-15 minutes; their images are built (or taken from target/vm/images) while the workspace
     /// builds.
     /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p watcher-common` or
     /// `cargo xtask test -- some_test -- --nocapture`; with them, or with --no-guests, no
@@ -128,7 +128,8 @@ enum Task {
         /// What the guest tests: `default` (the binary: probe, run, history; its findings go
         /// into docs/kernels.md) or `package` (the .deb under systemd: the service active, the
         /// pins kept by `systemctl restart` and a crash, removed by `systemctl stop` and
-        /// `dpkg -r`).
+        /// `dpkg -r`) or `no-bpf-lsm` (the kernel booted with `bpf` left out of `lsm=`:
+        /// `ctrwatch probe` must say BPF LSM is inactive, and why).
         #[arg(long, value_enum, default_value = "default")]
         scenario: vm::Scenario,
     },
@@ -483,7 +484,7 @@ fn test(lint: bool, guests: bool, cargo_args: Vec<OsString>) -> Result<ExitCode>
     for s in &steps {
         let status = if s.ok { "ok" } else { "FAILED" };
         eprintln!(
-            "  {status:<7} {:<12} {:>7.1}s",
+            "  {status:<7} {:<13} {:>7.1}s",
             s.name,
             s.took.as_secs_f64()
         );
@@ -513,7 +514,8 @@ type GuestImages = std::thread::JoinHandle<(Vec<vm::PreparedImage>, Duration)>;
 
 /// The QEMU guests of `cargo xtask test`: the default scenario on both kernels, the package
 /// scenario on 6.12 (the kernel the package test was written against; the default scenario
-/// covers 6.1's verifier). Adds their steps; returns the guest checks passed and failed.
+/// covers 6.1's verifier) and the no-bpf-lsm scenario on 6.1. Adds their steps; returns the
+/// guest checks passed and failed.
 fn run_guests(images: GuestImages, steps: &mut Vec<Step>) -> (usize, usize) {
     // A guest is given 10 minutes from QEMU's start to its power-off (TCG; 3-5 minutes here).
     const GUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -535,14 +537,19 @@ fn run_guests(images: GuestImages, steps: &mut Vec<Step>) -> (usize, usize) {
         took,
     });
     let all: Vec<&vm::PreparedImage> = images.iter().collect();
-    let newest: Vec<&vm::PreparedImage> = images
-        .iter()
-        .filter(|(kernel, _)| *kernel == vm::Kernel::V6_12)
-        .collect();
+    let only = |wanted: vm::Kernel| -> Vec<&vm::PreparedImage> {
+        images
+            .iter()
+            .filter(|(kernel, _)| *kernel == wanted)
+            .collect()
+    };
+    let (newest, oldest) = (only(vm::Kernel::V6_12), only(vm::Kernel::V6_1));
     let (mut passed, mut failed) = (0, 0);
     for (name, scenario, images) in [
         ("vm-default", vm::Scenario::Default, &all),
         ("vm-package", vm::Scenario::Package, &newest),
+        // The fallback when `bpf` is not an active LSM: one kernel is enough (a minute).
+        ("vm-no-bpf-lsm", vm::Scenario::NoBpfLsm, &oldest),
     ] {
         let start = Instant::now();
         let ok = match vm::run_scenario(images, scenario, GUEST_TIMEOUT, false) {

@@ -44,6 +44,15 @@ const TEST_SCRIPT: &str = include_str!("../vm/vm-test.sh");
 /// The package scenario's script (`--scenario package`): run by the same boot wrapper, under
 /// the same name on the test disk.
 const PACKAGE_SCRIPT: &str = include_str!("../vm/vm-test-package.sh");
+/// The no-bpf-lsm scenario's script (`--scenario no-bpf-lsm`).
+const NO_BPF_LSM_SCRIPT: &str = include_str!("../vm/vm-test-no-bpf-lsm.sh");
+
+/// The kernel's command line; the no-bpf-lsm scenario appends [`LSM_WITHOUT_BPF`].
+const KERNEL_ARGS: &str = "root=/dev/vda rw console=ttyS0 quiet panic=-1";
+/// Debian's default LSM list (CONFIG_LSM) without `bpf` (and without tomoyo, ipe, ima, evm,
+/// which Debian's kernels build but do not need here): a kernel booted with it loads and
+/// attaches LSM programs and never runs them.
+const LSM_WITHOUT_BPF: &str = "lsm=lockdown,capability,landlock,yama,apparmor";
 
 /// Changes when the way the image is made changes in a way the inputs above do not show.
 const IMAGE_RECIPE_VERSION: u32 = 1;
@@ -52,8 +61,10 @@ const IMAGE_RECIPE_VERSION: u32 = 1;
 const DEFAULT_CHECKS: &[&str] = &[
     "probe",
     "probe-fentry",
+    "probe-lsm",
     "watching",
     "fentry-attached",
+    "lsm-logged",
     "stopped",
     "history-create",
     "history-unlink",
@@ -79,6 +90,16 @@ const PACKAGE_CHECKS: &[&str] = &[
     "remove-unpinned",
 ];
 
+/// What the guest must report as PASS in the no-bpf-lsm scenario
+/// (xtask/vm/vm-test-no-bpf-lsm.sh).
+const NO_BPF_LSM_CHECKS: &[&str] = &[
+    "lsm-list-without-bpf",
+    "probe",
+    "probe-lsm-inactive",
+    "probe-json-lsm-inactive",
+    "probe-fentry",
+];
+
 /// What a boot tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -89,6 +110,10 @@ pub enum Scenario {
     /// the pins kept over `systemctl restart` (every operation in the history), a crash and
     /// an upgrade, removed by `systemctl stop` and `dpkg -r` (xtask/vm/vm-test-package.sh).
     Package,
+    /// The static binary on a kernel booted with `bpf` left out of `lsm=`
+    /// ([`LSM_WITHOUT_BPF`]): `ctrwatch probe` must say BPF LSM is inactive, and why
+    /// (xtask/vm/vm-test-no-bpf-lsm.sh).
+    NoBpfLsm,
 }
 
 impl Scenario {
@@ -96,6 +121,7 @@ impl Scenario {
         match self {
             Scenario::Default => TEST_SCRIPT,
             Scenario::Package => PACKAGE_SCRIPT,
+            Scenario::NoBpfLsm => NO_BPF_LSM_SCRIPT,
         }
     }
 
@@ -103,6 +129,24 @@ impl Scenario {
         match self {
             Scenario::Default => DEFAULT_CHECKS,
             Scenario::Package => PACKAGE_CHECKS,
+            Scenario::NoBpfLsm => NO_BPF_LSM_CHECKS,
+        }
+    }
+
+    /// The runs directory's name for `kernel`.
+    fn run_name(self, kernel: Kernel) -> String {
+        match self {
+            Scenario::Default => kernel.label().to_string(),
+            Scenario::Package => format!("{}-package", kernel.label()),
+            Scenario::NoBpfLsm => format!("{}-no-bpf-lsm", kernel.label()),
+        }
+    }
+
+    /// The guest kernel's command line.
+    fn kernel_args(self) -> String {
+        match self {
+            Scenario::Default | Scenario::Package => KERNEL_ARGS.to_string(),
+            Scenario::NoBpfLsm => format!("{KERNEL_ARGS} {LSM_WITHOUT_BPF}"),
         }
     }
 }
@@ -212,7 +256,9 @@ pub fn run_scenario(
     crate::setup::rust_target(&build.target)?;
     // What goes onto the test disk: the binary, or the package (which builds it).
     let payload = match scenario {
-        Scenario::Default => Payload::Binary(deb::build_static_binary(&build)?),
+        Scenario::Default | Scenario::NoBpfLsm => {
+            Payload::Binary(deb::build_static_binary(&build)?)
+        }
         Scenario::Package => Payload::Package(deb::build(&build)?),
     };
 
@@ -678,11 +724,7 @@ fn boot_and_test(
     scenario: Scenario,
     timeout: Duration,
 ) -> Result<Run> {
-    let run_name = match scenario {
-        Scenario::Default => kernel.label().to_string(),
-        Scenario::Package => format!("{}-package", kernel.label()),
-    };
-    let run_dir = vm_dir().join("runs").join(run_name);
+    let run_dir = vm_dir().join("runs").join(scenario.run_name(kernel));
     if run_dir.exists() {
         fs::remove_dir_all(&run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
     }
@@ -715,14 +757,9 @@ fn boot_and_test(
     .arg("-initrd")
     .arg(image.initrd())
     // panic=-1 with -no-reboot: a guest that panics ends QEMU at once.
-    .args([
-        "-append",
-        "root=/dev/vda rw console=ttyS0 quiet panic=-1",
-        "-nographic",
-        "-nic",
-        "none",
-        "-no-reboot",
-    ])
+    .arg("-append")
+    .arg(scenario.kernel_args())
+    .args(["-nographic", "-nic", "none", "-no-reboot"])
     .arg("-drive")
     .arg(drive_arg(&image.rootfs(), true))
     .arg("-drive")
@@ -1013,6 +1050,30 @@ fn docs_block(image: &Image, run: &Run) -> String {
                         c.detail
                     )
                 })
+        ),
+    );
+    row(
+        "ctrwatch's LSM probe",
+        format!(
+            "{}; {}",
+            run.probe
+                .lines()
+                .find_map(|l| l.strip_prefix("hook family lsm: "))
+                .unwrap_or("? (not in probe's output)"),
+            run.checks.iter().find(|c| c.name == "lsm-logged").map_or(
+                "lsm-logged -".to_string(),
+                |c| {
+                    format!(
+                        "{}: {}",
+                        if c.passed {
+                            "start log"
+                        } else {
+                            "NOT in the start log"
+                        },
+                        c.detail
+                    )
+                }
+            )
         ),
     );
     row("kprobes", facts.probe_says("kprobes"));

@@ -55,6 +55,13 @@ if grep -q '^hook family fentry: usable' "$out/probe.txt"; then
 else
     fail probe-fentry "$(grep '^hook family fentry' "$out/probe.txt" || echo 'no fentry line in probe')"
 fi
+# The LSM probe: a test program loaded and attached on bpf_lsm_inode_setxattr, and `bpf` an
+# active LSM (both Debian kernels have it in their default list).
+if grep -q '^hook family lsm: usable' "$out/probe.txt"; then
+    pass probe-lsm "$(grep '^hook family lsm' "$out/probe.txt")"
+else
+    fail probe-lsm "$(grep '^hook family lsm' "$out/probe.txt" || echo 'no lsm line in probe')"
+fi
 
 # An overlay under the root whose lower layer has a directory that the merged mount removes
 # and creates again: overlayfs then sets trusted.overlay.opaque=y on the new directory itself
@@ -127,6 +134,12 @@ if grep -q 'ctrwatch: watching' "$out/daemon.log"; then
         pass fentry-attached "$(grep -o 'hook families: .*' "$out/daemon.log" | head -n 1)"
     else
         fail fentry-attached "no 'fentry usable ..., 4 programs attached' in the daemon's log"
+    fi
+    # The start log reports the LSM probe's result with the other families.
+    if grep -q 'hook families: .*; lsm usable (' "$out/daemon.log"; then
+        pass lsm-logged "$(grep -o 'lsm usable ([^)]*)' "$out/daemon.log" | head -n 1)"
+    else
+        fail lsm-logged "no 'lsm usable (...)' in the daemon's 'hook families:' line"
     fi
 
     # A file created, then deleted by a command the history must name.

@@ -10,8 +10,13 @@
 //! errno. The attach is part of the probe because a kernel can verify a tracing program and
 //! still refuse its trampoline (no `CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS`).
 //!
-//! BPF LSM is not probed by loading (no LSM program exists yet): only whether `bpf` is in
-//! `/sys/kernel/security/lsm`, without which LSM programs attach but never run.
+//! The BPF LSM probe does the same with a program of type `lsm` (attach type `lsm_mac`) on
+//! [`LSM_PROBE_TARGET`] (`bpf_lsm_inode_setxattr`, the BPF LSM's stub for the
+//! `inode_setxattr` hook; returning 0 allows). On its own that proves little: a kernel whose
+//! active LSMs (`/sys/kernel/security/lsm`, set by `CONFIG_LSM` or the `lsm=` boot parameter)
+//! do not include `bpf` loads and attaches LSM programs and never runs them. So the family is
+//! usable only when both hold; a kernel that attaches but has `bpf` inactive is
+//! [`FamilyState::Inactive`], with the active list and the way to enable it.
 //!
 //! Where the probe succeeded and the backend asked for is `auto` or `fentry`, the fentry/fexit
 //! programs of watcher-ebpf/src/fentry.rs are attached to the VFS xattr functions
@@ -31,6 +36,13 @@ use super::btf_offsets::{BtfError, FunctionPrototype, KernelBtf, function_protot
 
 /// The function the fentry probe attaches to.
 pub const FENTRY_PROBE_TARGET: &str = "vfs_setxattr";
+
+/// The BPF LSM hook the LSM probe attaches to (the stub the kernel calls for `inode_setxattr`
+/// when `bpf` is an active LSM).
+pub const LSM_PROBE_TARGET: &str = "bpf_lsm_inode_setxattr";
+
+/// Where the kernel lists its active LSMs, in order.
+pub const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
 
 /// The VFS xattr functions whose prototypes `ctrwatch probe` shows from BTF: where an fentry
 /// program on them finds its arguments (they gained a `user_namespace` in 5.12, a
@@ -67,6 +79,9 @@ pub enum FamilyState {
     Usable,
     /// The kernel refused it (or lacks what it needs).
     Refused,
+    /// The test program loaded and attached, but would never run: BPF LSM with `bpf` not in
+    /// the kernel's active LSMs.
+    Inactive,
     /// Not probed by loading (no program of this family in this build).
     NotProbed,
 }
@@ -77,6 +92,7 @@ impl FamilyState {
         match self {
             FamilyState::Usable => "usable",
             FamilyState::Refused => "refused",
+            FamilyState::Inactive => "inactive",
             FamilyState::NotProbed => "not-probed",
         }
     }
@@ -347,15 +363,85 @@ pub fn probe_fentry(btf: Result<&KernelBtf, &BtfError>) -> FamilyProbe {
     }
 }
 
-/// What is known of BPF LSM without loading: whether `bpf` is an active LSM.
-pub fn probe_lsm(bpf_lsm_active: bool) -> FamilyProbe {
+/// The kernel's active LSMs as [`ACTIVE_LSMS`] lists them (`lockdown,capability,...,bpf`),
+/// or why they could not be read.
+pub fn active_lsms() -> Result<String, String> {
+    std::fs::read_to_string(ACTIVE_LSMS)
+        .map(|l| l.trim().to_string())
+        .map_err(|e| format!("{ACTIVE_LSMS}: {e}"))
+}
+
+/// Whether `bpf` is one of the comma-separated `active` LSMs.
+pub fn bpf_lsm_in(active: &str) -> bool {
+    active.split(',').any(|m| m.trim() == "bpf")
+}
+
+/// Loads, attaches and detaches the LSM test program on [`LSM_PROBE_TARGET`], and combines
+/// the outcome with the active LSMs (`active`: [`active_lsms`]); see the module's doc.
+pub fn probe_lsm(
+    btf: Result<&KernelBtf, &BtfError>,
+    active: &Result<String, String>,
+) -> FamilyProbe {
+    let attached = match btf {
+        Err(e) => Err(format!(
+            "needs the kernel's BTF to find {LSM_PROBE_TARGET}: {e}"
+        )),
+        Ok(btf) => match function_prototype(btf, LSM_PROBE_TARGET) {
+            Ok(Some(p)) => load_and_attach(&p, BPF_PROG_TYPE_LSM, BPF_LSM_MAC, LSM_PROBE_TARGET),
+            Ok(None) => Err(format!(
+                "{LSM_PROBE_TARGET} is not a function in the kernel's BTF (no CONFIG_BPF_LSM)"
+            )),
+            Err(e) => Err(format!("BTF: {e}")),
+        },
+    };
+    lsm_verdict(attached, active)
+}
+
+/// The LSM family's state from the test program's outcome and the active LSMs.
+fn lsm_verdict(attached: Result<(), String>, active: &Result<String, String>) -> FamilyProbe {
+    let (state, detail) = match (attached, active) {
+        (Ok(()), Ok(list)) if bpf_lsm_in(list) => (
+            FamilyState::Usable,
+            format!(
+                "a test program loaded and attached on {LSM_PROBE_TARGET}; `bpf` is an active LSM"
+            ),
+        ),
+        (Ok(()), Ok(list)) => (
+            FamilyState::Inactive,
+            format!(
+                "`bpf` is not in {ACTIVE_LSMS} (`{}`): LSM programs attach (a test program did, \
+                 on {LSM_PROBE_TARGET}) but never run; add `bpf` to the kernel's `lsm=` boot \
+                 parameter to enable it",
+                ctrwatch_event::escape(list)
+            ),
+        ),
+        (Ok(()), Err(e)) => (
+            FamilyState::Inactive,
+            format!(
+                "the active LSMs are unknown ({}): LSM programs attach (a test program did, on \
+                 {LSM_PROBE_TARGET}) but run only where `bpf` is an active LSM",
+                ctrwatch_event::escape(e)
+            ),
+        ),
+        (Err(why), active) => (
+            FamilyState::Refused,
+            match active {
+                Ok(list) if bpf_lsm_in(list) => format!("{why}; `bpf` is an active LSM"),
+                Ok(list) => format!(
+                    "{why}; `bpf` is not an active LSM either (`{}`)",
+                    ctrwatch_event::escape(list)
+                ),
+                Err(e) => format!(
+                    "{why}; the active LSMs are unknown ({})",
+                    ctrwatch_event::escape(e)
+                ),
+            },
+        ),
+    };
     FamilyProbe {
         family: "lsm",
-        state: FamilyState::NotProbed,
-        detail: format!(
-            "no LSM program in this build; `bpf` {} in /sys/kernel/security/lsm",
-            if bpf_lsm_active { "is" } else { "is NOT" }
-        ),
+        state,
+        detail,
         programs_attached: 0,
     }
 }
@@ -417,7 +503,9 @@ pub fn check_requested(requested: Requested, fentry: &FamilyProbe) -> Result<(),
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_PROG_TYPE_LSM: u32 = 29;
 const BPF_TRACE_FENTRY: u32 = 24;
+const BPF_LSM_MAC: u32 = 27;
 /// Kernel-internal "operation not supported" (ENOTSUPP), what a kernel without trampolines
 /// returns; not in libc.
 const ENOTSUPP: i32 = 524;
@@ -486,24 +574,41 @@ fn errno_text(e: &std::io::Error) -> String {
 }
 
 fn load_and_attach_fentry(target: &FunctionPrototype) -> Result<(), String> {
+    load_and_attach(
+        target,
+        BPF_PROG_TYPE_TRACING,
+        BPF_TRACE_FENTRY,
+        FENTRY_PROBE_TARGET,
+    )
+}
+
+/// Loads `r0 = 0; exit` as a program of `prog_type`/`attach_type` on the BTF function
+/// `target` (named `target_name`), attaches it (BPF_RAW_TRACEPOINT_OPEN, which takes tracing
+/// and LSM programs alike) and detaches it.
+fn load_and_attach(
+    target: &FunctionPrototype,
+    prog_type: u32,
+    attach_type: u32,
+    target_name: &str,
+) -> Result<(), String> {
     // r0 = 0; exit.
     let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
     let license = c"GPL";
     let mut name = [0u8; 16];
     name[..13].copy_from_slice(b"ctrwatch_prob");
     let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_TRACING,
+        prog_type,
         insn_cnt: 2,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name: name,
-        expected_attach_type: BPF_TRACE_FENTRY,
+        expected_attach_type: attach_type,
         attach_btf_id: target.btf_id,
         ..Default::default()
     };
     let prog = bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
         format!(
-            "loading a test program on {FENTRY_PROBE_TARGET}: {}",
+            "loading a test program on {target_name}: {}",
             errno_text(&e)
         )
     })?;
@@ -515,7 +620,7 @@ fn load_and_attach_fentry(target: &FunctionPrototype) -> Result<(), String> {
     // Attached while the descriptor is open; closing it (drop) detaches.
     let link = bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &mut open).map_err(|e| {
         format!(
-            "the test program loaded but attaching it to {FENTRY_PROBE_TARGET} failed: {}",
+            "the test program loaded but attaching it to {target_name} failed: {}",
             errno_text(&e)
         )
     })?;
@@ -631,6 +736,61 @@ mod tests {
         }
     }
 
+    /// LSM is usable only when the test program attached AND `bpf` is an active LSM: a
+    /// kernel without `bpf` in its list attaches LSM programs and never runs them.
+    #[test]
+    fn lsm_is_usable_only_attached_and_active() {
+        let active = Ok("lockdown,capability,landlock,yama,apparmor,bpf".to_string());
+        let inactive = Ok("lockdown,capability,landlock,yama,apparmor".to_string());
+        let unreadable = Err("/sys/kernel/security/lsm: No such file".to_string());
+        let usable = lsm_verdict(Ok(()), &active);
+        assert_eq!(usable.state, FamilyState::Usable, "{usable:?}");
+        assert_eq!(usable.family, "lsm");
+        let off = lsm_verdict(Ok(()), &inactive);
+        assert_eq!(off.state, FamilyState::Inactive, "{off:?}");
+        assert!(
+            off.detail
+                .contains("`bpf` is not in /sys/kernel/security/lsm")
+                && off
+                    .detail
+                    .contains("lockdown,capability,landlock,yama,apparmor")
+                && off.detail.contains("lsm="),
+            "{off:?}"
+        );
+        assert_eq!(
+            lsm_verdict(Ok(()), &unreadable).state,
+            FamilyState::Inactive
+        );
+        for list in [&active, &inactive, &unreadable] {
+            let refused = lsm_verdict(Err("the kernel said no".into()), list);
+            assert_eq!(refused.state, FamilyState::Refused);
+            assert!(
+                refused.detail.starts_with("the kernel said no; "),
+                "{refused:?}"
+            );
+        }
+        assert!(bpf_lsm_in("capability,bpf"));
+        assert!(bpf_lsm_in("bpf"));
+        assert!(!bpf_lsm_in("capability,bpfilter,apparmor"));
+        assert!(!bpf_lsm_in(""));
+    }
+
+    /// The real LSM probe as root: this project's CI kernel refuses LSM programs (refused,
+    /// with the reason); where a kernel accepts them it is usable or inactive. The guests
+    /// (`cargo xtask vm-test`) check both of those.
+    #[test]
+    fn lsm_probe_reports_what_this_kernel_says() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let btf = KernelBtf::open(std::path::Path::new(super::super::btf_offsets::VMLINUX_BTF));
+        let found = probe_lsm(btf.as_ref(), &active_lsms());
+        assert_eq!(found.family, "lsm");
+        assert_ne!(found.state, FamilyState::NotProbed, "{found:?}");
+        assert!(found.detail.contains(LSM_PROBE_TARGET), "{found:?}");
+    }
+
     /// The real probe against the running kernel, as root: on a kernel that refuses fentry
     /// (this project's CI kernel) it must say refused with the kernel's reason, never panic;
     /// where it is accepted, usable. The guests (`cargo xtask vm-test`) check the usable side.
@@ -646,7 +806,9 @@ mod tests {
         match found.state {
             FamilyState::Usable => assert!(found.detail.contains(FENTRY_PROBE_TARGET)),
             FamilyState::Refused => assert!(!found.detail.is_empty()),
-            FamilyState::NotProbed => panic!("fentry is always probed: {found:?}"),
+            FamilyState::NotProbed | FamilyState::Inactive => {
+                panic!("fentry is always probed, usable or refused: {found:?}")
+            }
         }
     }
 }

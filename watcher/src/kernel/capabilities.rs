@@ -106,7 +106,7 @@ pub struct Capabilities {
     pub rename_target_hooks: Vec<RenameTargetHookStatus>,
     /// fentry: a test program loaded and attached, or why not (kernel/backend.rs).
     pub fentry: FamilyProbe,
-    /// BPF LSM: what is known without loading.
+    /// BPF LSM: a test program loaded and attached, and `bpf` an active LSM, or why not.
     pub lsm: FamilyProbe,
     /// The fentry hooks and whether their prototypes are the ones the programs read.
     pub fentry_hooks: Vec<super::backend::FentryHookStatus>,
@@ -129,12 +129,11 @@ impl Capabilities {
         let kprobes = tracefs
             .as_ref()
             .is_some_and(|t| t.join("kprobe_events").exists());
-        let bpf_lsm_active = fs::read_to_string("/sys/kernel/security/lsm")
-            .map(|l| l.trim().split(',').any(|m| m == "bpf"))
-            .unwrap_or(false);
+        let active_lsms = super::backend::active_lsms();
+        let bpf_lsm_active = active_lsms.as_deref().is_ok_and(super::backend::bpf_lsm_in);
         let rename_target_hooks = probe_rename_target_hooks(tracefs.as_deref(), btf);
         let fentry = super::backend::probe_fentry(btf);
-        let lsm = super::backend::probe_lsm(bpf_lsm_active);
+        let lsm = super::backend::probe_lsm(btf, &active_lsms);
         let fentry_hooks = super::backend::probe_fentry_hooks(btf, &fentry);
         Capabilities {
             kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
