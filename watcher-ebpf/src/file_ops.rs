@@ -25,7 +25,8 @@ use aya_ebpf::{
 use watcher_common::{
     DATA_CAP, FILE_RECORD_FIXED, FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED,
     FLAG_PATH2_TRUNCATED, FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecord, FileRecordFixed,
-    PATH_BUF_CAP, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP, XATTR_VALUE_CAP, kind, op,
+    LOSS_PATH_UNRESOLVED, PATH_BUF_CAP, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP,
+    XATTR_VALUE_CAP, kind, op,
 };
 
 use crate::{
@@ -36,6 +37,7 @@ use crate::{
         off, offsets, offsets_valid, self_tgid,
     },
     path::{MASK, MASK2, resolve_user_path, under_root, write_dentry_path},
+    stages,
 };
 
 /// "Argument not used".
@@ -328,40 +330,91 @@ pub fn enter<const ARGS: usize>(ctx: &TracePointContext, syscall: &Spec, spec: &
     if op == op::UNLINK && saved(&args, spec.flags) & AT_REMOVEDIR != 0 {
         op = op::RMDIR;
     }
-    let Some(rec) = scratch() else { return 0 };
-    let watched = if spec.fd >= 0 {
-        file_watched(rec, fd_to_file(saved(&args, spec.fd) as i32 as i64))
-    } else {
-        // SAFETY: scratch record, see path.rs for the buffer contract.
-        let first = unsafe {
+    let Some(stage) = stages::stage() else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state.
+    unsafe {
+        (*stage).spec = *spec;
+        (*stage).ret = 0;
+        (*stage).pending = Pending {
+            op,
+            syscall_nr: syscall_nr(ctx),
+            replaced_dev: 0,
+            args,
+            replaced_ino: 0,
+        };
+    }
+    // The path walk is verified once, in the stage (stages.rs).
+    stages::jump(ctx, stages::ENTER_PATH);
+    // The stage is missing: whether the operation is under a root cannot be told.
+    count_lost(LOSS_PATH_UNRESOLVED);
+    0
+}
+
+/// The stage [`stages::ENTER_PATH`]: is the first path of the syscall in [`stages::STAGE`] (or
+/// the file of its fd) under a root? Then the operation is stored for its exit; if not, and it
+/// has a second path, that one is asked about in [`stages::ENTER_PATH2`].
+#[inline(always)]
+pub fn enter_path(ctx: &TracePointContext) -> u32 {
+    let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state and scratch record, see path.rs for the buffer contract.
+    unsafe {
+        let spec = &(*stage).spec;
+        let args = &(*stage).pending.args;
+        let watched = if spec.fd >= 0 {
+            file_watched(rec, fd_to_file(saved(args, spec.fd) as i32 as i64))
+        } else {
             match resolve_user_path(
                 (*rec).data.as_mut_ptr(),
-                dirfd_of(&args, spec.dirfd),
-                saved(&args, spec.path),
+                dirfd_of(args, spec.dirfd),
+                saved(args, spec.path),
             ) {
                 Some((len, _)) => under_root(&raw mut (*rec).fixed.lpm_prefixlen, len),
                 None => false,
             }
         };
-        first || (spec.path2 >= 0 && second_path_watched(&args, spec))
-    };
-    if !watched {
-        return 0;
+        if watched {
+            store_pending(&(*stage).pending);
+            return 0;
+        }
+        if spec.path2 < 0 {
+            return 0;
+        }
     }
-    let pending = Pending {
-        op,
-        syscall_nr: syscall_nr(ctx),
-        replaced_dev: 0,
-        args,
-        replaced_ino: 0,
+    stages::jump(ctx, stages::ENTER_PATH2);
+    count_lost(LOSS_PATH_UNRESOLVED);
+    0
+}
+
+/// The stage [`stages::ENTER_PATH2`]: is the second path of a rename or link under a root?
+#[inline(always)]
+pub fn enter_path2() -> u32 {
+    let Some(stage) = stages::stage() else {
+        return 0;
     };
+    // SAFETY: this CPU's stage state.
+    unsafe {
+        if second_path_watched(&(*stage).pending.args, &(*stage).spec) {
+            store_pending(&(*stage).pending);
+        }
+    }
+    0
+}
+
+/// Stores an operation under a root for its exit.
+#[inline(always)]
+fn store_pending(pending: &Pending) {
+    let id = bpf_get_current_pid_tgid();
+    let pending = *pending;
     // Counted before it exists, so that its exit never skips it (see INFLIGHT).
     inflight_add(INFLIGHT_PENDING, 1);
     if PENDING.insert(&id, &pending, 0).is_err() {
         inflight_add(INFLIGHT_PENDING, u64::MAX);
-        count_lost(op as u32);
+        count_lost(pending.op as u32);
     }
-    0
 }
 
 /// Saved argument `i`, or 0 when the syscall has no such argument.
@@ -490,7 +543,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
     begin_record(rec, p.op);
     // SAFETY: `rec` is this CPU's scratch record; all tail writes are masked (see path.rs).
     unsafe {
-        let FileRecord { fixed: r, data } = &mut *rec;
+        let r = &mut (*rec).fixed;
         r.result = ret;
         if spec.flags >= 0 || spec.indirect >= 0 || spec.implicit_flags != 0 {
             r.sys_flags = if spec.op == op::OPEN_WRITE {
@@ -516,7 +569,34 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
             r.size = saved(&p.args, spec.size);
         }
 
-        // First path: the file of an fd-based op, or the resolved path argument.
+        let Some(stage) = stages::stage() else {
+            count_lost(p.op as u32);
+            return 0;
+        };
+        (*stage).spec = *spec;
+        (*stage).pending = p;
+        (*stage).ret = ret;
+    }
+    // The path walk is verified once, in the stage (stages.rs).
+    stages::jump(ctx, stages::EXIT_PATH);
+    // The stage is missing: the record cannot have its path.
+    count_lost(p.op as u32);
+    0
+}
+
+/// The stage [`stages::EXIT_PATH`]: writes the first path into the record the exit began in
+/// `SCRATCH` (the file of an fd-based op, or the resolved path argument), then sends it, or
+/// hands it to [`stages::EXIT_PATH2`] for its second path.
+#[inline(always)]
+pub fn exit_path(ctx: &TracePointContext) -> u32 {
+    let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state and scratch record; all tail writes are masked (path.rs).
+    unsafe {
+        let spec = &(*stage).spec;
+        let p = &(*stage).pending;
+        let FileRecord { fixed: r, data } = &mut *rec;
         if spec.fd >= 0 {
             let fd = saved(&p.args, spec.fd) as i32;
             let file = fd_to_file(fd as i64);
@@ -549,29 +629,67 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
                 None => r.path_len = 0,
             }
         }
-        let mut tail = r.path_len as usize & MASK;
-
-        // Second path: resolved (rename/link) or as given (symlink target).
         if spec.path2 >= 0 {
-            if let Some(s2) = SCRATCH2.get_ptr_mut(0) {
-                if let Some((len2, truncated)) = resolve_user_path(
-                    (*s2).data.as_mut_ptr(),
-                    dirfd_of(&p.args, spec.dirfd2),
-                    saved(&p.args, spec.path2),
-                ) {
-                    let len2 = len2 & MASK;
-                    bpf_probe_read_kernel(
-                        data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
-                        len2 as u32,
-                        (*s2).data.as_ptr() as *const c_void,
-                    );
-                    r.path2_len = len2 as u16;
-                    if truncated {
-                        r.flags |= FLAG_PATH2_TRUNCATED;
-                    }
-                }
+            stages::jump(ctx, stages::EXIT_PATH2);
+            // The stage is missing: the record goes without its second path, flagged so.
+            r.flags |= FLAG_PATH2_TRUNCATED;
+        }
+    }
+    finish_exit(rec);
+    0
+}
+
+/// The stage [`stages::EXIT_PATH2`]: writes the second path of a rename or link into the
+/// record and sends it.
+#[inline(always)]
+pub fn exit_path2() -> u32 {
+    let (Some(stage), Some(rec), Some(s2)) = (stages::stage(), scratch(), SCRATCH2.get_ptr_mut(0))
+    else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state and scratch buffers; all tail writes are masked.
+    unsafe {
+        let spec = &(*stage).spec;
+        let p = &(*stage).pending;
+        let FileRecord { fixed: r, data } = &mut *rec;
+        let tail = r.path_len as usize & MASK;
+        if let Some((len2, truncated)) = resolve_user_path(
+            (*s2).data.as_mut_ptr(),
+            dirfd_of(&p.args, spec.dirfd2),
+            saved(&p.args, spec.path2),
+        ) {
+            let len2 = len2 & MASK;
+            bpf_probe_read_kernel(
+                data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
+                len2 as u32,
+                (*s2).data.as_ptr() as *const c_void,
+            );
+            r.path2_len = len2 as u16;
+            if truncated {
+                r.flags |= FLAG_PATH2_TRUNCATED;
             }
-        } else if spec.raw2 >= 0 {
+        }
+    }
+    finish_exit(rec);
+    0
+}
+
+/// The rest of an exit's record after its path(s), from [`stages::STAGE`]: the symlink target,
+/// the xattr, what a rename replaced, an open's file; then sends it.
+#[inline(always)]
+fn finish_exit(rec: *mut FileRecord) {
+    let Some(stage) = stages::stage() else {
+        count_lost(LOSS_PATH_UNRESOLVED);
+        return;
+    };
+    // SAFETY: this CPU's stage state and scratch record; all tail writes are masked.
+    unsafe {
+        let spec = &(*stage).spec;
+        let p = &(*stage).pending;
+        let ret = (*stage).ret;
+        let FileRecord { fixed: r, data } = &mut *rec;
+        let mut tail = r.path_len as usize & MASK;
+        if spec.raw2 >= 0 {
             let n = bpf_probe_read_user_str(
                 data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
                 PATH_CAP as u32,
@@ -584,7 +702,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
         tail += r.path2_len as usize & MASK;
 
         if spec.name >= 0 {
-            xattr_name_value(r, data, &p, spec, tail);
+            xattr_name_value(r, data, p, spec, tail);
         }
 
         // Rename over an existing name: a filesystem hook saw the target's inode lose its last
@@ -617,7 +735,6 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
         }
     }
     send(rec);
-    0
 }
 
 /// A filesystem hook saw `inode` (a `struct inode *`) being updated or evicted. If this thread
