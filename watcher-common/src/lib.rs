@@ -185,7 +185,14 @@ pub const SHARED_PROGRAMS: &[(&str, &[&str])] = &[
 /// stages that walk paths (watcher-ebpf/src/stages.rs), verified once instead of inlined in
 /// every file-operation program. A program's position here is its slot in the `STAGES`
 /// program array, which the daemon fills before it attaches any hook.
-pub const TAIL_CALLED_PROGRAMS: &[&str] = &["enter_path", "enter_path2", "exit_path", "exit_path2"];
+pub const TAIL_CALLED_PROGRAMS: &[&str] = &[
+    "enter_path",
+    "enter_path2",
+    "exit_path",
+    "exit_path2",
+    "write_path",
+    "event_path",
+];
 
 /// The slot of `program` in the `STAGES` array, if it is one of [`TAIL_CALLED_PROGRAMS`].
 pub fn tail_call_slot(program: &str) -> Option<u32> {

@@ -905,7 +905,8 @@ unsafe fn starts_with<const N: usize>(s: *const u8, prefix: &[u8; N]) -> bool {
     true
 }
 
-/// `sys_enter_write` and friends: remember the fd if its file is watched.
+/// `sys_enter_write` and friends: remember the fd if its file is watched (asked in the stage
+/// [`stages::WRITE_PATH`], which walks the file's path).
 #[inline(always)]
 pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
     if !offsets_valid() {
@@ -917,10 +918,36 @@ pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
     }
     let fd = arg(ctx, fd_arg) as i32;
     let file = fd_to_file(fd as i64);
-    let Some(rec) = scratch() else { return 0 };
+    if file == 0 {
+        return 0;
+    }
+    let Some(stage) = stages::stage() else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state.
+    unsafe {
+        (*stage).pending.args[0] = file;
+        (*stage).pending.args[1] = fd as u64;
+    }
+    stages::jump(ctx, stages::WRITE_PATH);
+    // The stage is missing: whether the file is under a root cannot be told.
+    count_lost(LOSS_PATH_UNRESOLVED);
+    0
+}
+
+/// The stage [`stages::WRITE_PATH`]: is the file being written (in [`stages::STAGE`]) under a
+/// root? Then the write is remembered for its exit.
+#[inline(always)]
+pub fn write_path() -> u32 {
+    let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state.
+    let (file, fd) = unsafe { ((*stage).pending.args[0], (*stage).pending.args[1] as i32) };
     if !file_watched(rec, file) {
         return 0;
     }
+    let id = bpf_get_current_pid_tgid();
     let pending = PendingWrite { file, fd, _pad: 0 };
     inflight_add(INFLIGHT_WRITE, 1);
     if PENDING_WRITE.insert(&id, &pending, 0).is_err() {
@@ -969,7 +996,7 @@ pub fn exit_write(ctx: &TracePointContext) -> u32 {
         // The fd now names another file (its old file was dropped without a close we saw,
         // e.g. by close_range): report the old aggregate before starting the new one.
         let old = *agg;
-        send_modify(&key, &old, FLAG_NOT_CLOSED);
+        send_modify(ctx, &key, &old, FLAG_NOT_CLOSED);
     }
     let agg = WriteAgg {
         file: pw.file,
@@ -988,7 +1015,7 @@ pub fn exit_write(ctx: &TracePointContext) -> u32 {
     }
     // Tell userspace which path this (process, fd) writes to, in case the process exits
     // without closing it (then userspace reports the aggregate).
-    send_file_event(op::WRITE_BIND, &key, &agg, 0);
+    send_file_event(ctx, op::WRITE_BIND, &key, &agg, 0);
     0
 }
 
@@ -1004,7 +1031,7 @@ fn same_open_file(agg: &WriteAgg, file: u64, dev: u32, ino: u64) -> bool {
 /// `sys_enter_close`: report the aggregate of this (process, fd), if any.
 #[inline(always)]
 pub fn enter_close(ctx: &TracePointContext) -> u32 {
-    flush_fd(arg(ctx, 0) as i32);
+    flush_fd(ctx, arg(ctx, 0) as i32);
     0
 }
 
@@ -1029,13 +1056,14 @@ pub fn enter_dup(ctx: &TracePointContext) -> u32 {
     if oldfd == newfd || fd_to_file(oldfd as i64) == 0 {
         return 0;
     }
-    flush_fd(newfd);
+    flush_fd(ctx, newfd);
     0
 }
 
 /// Reports and forgets the aggregate of (this process, `fd`), if any: the fd is being closed.
+/// The caller's last action (the report may be sent by a tail call, which does not return).
 #[inline(always)]
-fn flush_fd(fd: i32) {
+fn flush_fd(ctx: &TracePointContext, fd: i32) {
     let id = bpf_get_current_pid_tgid();
     let key = WriteKey {
         tgid: (id >> 32) as u32,
@@ -1054,22 +1082,24 @@ fn flush_fd(fd: i32) {
     } else {
         FLAG_NOT_CLOSED
     };
-    send_modify(&key, &agg, flags);
+    send_modify(ctx, &key, &agg, flags);
 }
 
 #[inline(always)]
-fn send_modify(key: &WriteKey, agg: &WriteAgg, flags: u32) {
-    send_file_event(op::MODIFY, key, agg, flags);
+fn send_modify(ctx: &TracePointContext, key: &WriteKey, agg: &WriteAgg, flags: u32) {
+    send_file_event(ctx, op::MODIFY, key, agg, flags);
 }
 
-/// A record about an aggregate: the path comes from the file it points at.
+/// A record about an aggregate: the path comes from the file it points at, written by the
+/// stage [`stages::EVENT_PATH`], which sends it. When that is a tail call, it does not return:
+/// the caller's last action then.
 #[inline(always)]
-fn send_file_event(op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
+fn send_file_event(ctx: &TracePointContext, op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
     let Some(rec) = scratch() else { return };
     begin_record(rec, op);
     // SAFETY: this CPU's scratch record.
     unsafe {
-        let FileRecord { fixed: r, data } = &mut *rec;
+        let r = &mut (*rec).fixed;
         r.task.tid = agg.tid;
         r.fd = key.fd;
         r.dev = agg.dev;
@@ -1081,15 +1111,40 @@ fn send_file_event(op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
         r.hdr.ts_ns = agg.last_ns;
         r.flags = flags | FLAG_BY_FD;
         r.result = agg.bytes as i64;
-        // The file may be gone (fd reused); only read its path while it is the fd's file.
-        if flags & FLAG_NOT_CLOSED == 0 || op == op::WRITE_BIND {
-            let (mnt, dentry) = file_path(agg.file);
-            let (len, truncated) = write_dentry_path(data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
-            r.path_len = len as u16;
-            if truncated {
-                r.flags |= FLAG_PATH_TRUNCATED;
-            }
+    }
+    // The file may be gone (fd reused); only read its path while it is the fd's file.
+    if flags & FLAG_NOT_CLOSED != 0 && op != op::WRITE_BIND {
+        send(rec);
+        return;
+    }
+    let Some(stage) = stages::stage() else {
+        count_lost(op as u32);
+        return;
+    };
+    // SAFETY: this CPU's stage state.
+    unsafe { (*stage).pending.args[0] = agg.file };
+    stages::jump(ctx, stages::EVENT_PATH);
+    // The stage is missing: the record cannot have its path.
+    count_lost(op as u32);
+}
+
+/// The stage [`stages::EVENT_PATH`]: writes the path of the file in [`stages::STAGE`] into the
+/// record begun in `SCRATCH`, and sends it.
+#[inline(always)]
+pub fn event_path() -> u32 {
+    let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state and scratch record.
+    unsafe {
+        let (mnt, dentry) = file_path((*stage).pending.args[0]);
+        let FileRecord { fixed: r, data } = &mut *rec;
+        let (len, truncated) = write_dentry_path(data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
+        r.path_len = len as u16;
+        if truncated {
+            r.flags |= FLAG_PATH_TRUNCATED;
         }
     }
     send(rec);
+    0
 }

@@ -250,6 +250,16 @@ pub fn exit_path2(_ctx: TracePointContext) -> u32 {
     file_ops::exit_path2()
 }
 
+#[tracepoint]
+pub fn write_path(_ctx: TracePointContext) -> u32 {
+    file_ops::write_path()
+}
+
+#[tracepoint]
+pub fn event_path(_ctx: TracePointContext) -> u32 {
+    file_ops::event_path()
+}
+
 // Writes, aggregated per (process, fd) and reported at close. One exit program for the whole
 // family (it reads only the result), one enter program for those whose fd is argument 0.
 #[tracepoint]

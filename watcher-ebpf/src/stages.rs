@@ -20,6 +20,13 @@
 //!   jumps to [`ENTER_PATH2`] for the second path of rename and link.
 //! - [`EXIT_PATH`] writes the first path into the record the exit began in `SCRATCH`, and
 //!   sends it, or jumps to [`EXIT_PATH2`], which writes the second path and sends it.
+//! - [`WRITE_PATH`] asks whether the file a write-family syscall writes to is under a root
+//!   (its enter stored the file), and remembers the write for its exit.
+//! - [`EVENT_PATH`] writes the path of a write aggregate's file into the record begun in
+//!   `SCRATCH` (reported at close, dup2, or when its exit binds the fd) and sends it.
+//!
+//! The exec record's path stays inlined in `sched_process_exec`: a raw tracepoint program
+//! can only tail-call programs of its own type (one more array, for one program).
 //!
 //! The array is a map like the others: the daemon fills it after loading and pins it with the
 //! rest, so that the stages keep running while no daemon holds it (the kernel empties a
@@ -40,7 +47,9 @@ pub const ENTER_PATH: u32 = 0;
 pub const ENTER_PATH2: u32 = 1;
 pub const EXIT_PATH: u32 = 2;
 pub const EXIT_PATH2: u32 = 3;
-const _: () = assert!(TAIL_CALLED_PROGRAMS.len() == 4);
+pub const WRITE_PATH: u32 = 4;
+pub const EVENT_PATH: u32 = 5;
+const _: () = assert!(TAIL_CALLED_PROGRAMS.len() == 6);
 
 /// The stages, by slot; filled by the daemon.
 #[map]
