@@ -1245,4 +1245,32 @@ mod tests {
         // as before any program was shared.
         assert_eq!(tracepoints.len(), 91, "{tracepoints:?}");
     }
+
+    /// Every stage the daemon puts in the `STAGES` array is a tracepoint program of this
+    /// build (the programs jump to it by slot: a name out of step would leave a slot empty
+    /// and every operation counted lost), and none is attached anywhere.
+    #[test]
+    fn every_stage_is_a_tracepoint_program_attached_nowhere() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("this build's object");
+        let expected = ExpectedObject::read().expect("this build's object");
+        for (slot, stage) in (0u32..).zip(watcher_common::TAIL_CALLED_PROGRAMS) {
+            let program = object
+                .programs
+                .get(*stage)
+                .unwrap_or_else(|| panic!("{stage}: not a program of the object"));
+            assert!(
+                matches!(program.section, aya_obj::ProgramSection::TracePoint),
+                "{stage}: not a tracepoint program"
+            );
+            assert_eq!(watcher_common::tail_call_slot(stage), Some(slot));
+            assert!(
+                expected.hooks.values().all(|h| h.program != *stage),
+                "{stage} is attached to a hook"
+            );
+        }
+        assert!(
+            expected.maps.contains_key("STAGES"),
+            "the stage array is pinned with the maps"
+        );
+    }
 }
