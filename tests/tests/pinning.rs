@@ -862,6 +862,61 @@ fn a_set_with_a_link_missing_is_replaced_not_adopted() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// The pinned `STAGES` program array (the path-walking stages the programs reach by tail
+/// calls) is part of the set: a set whose array lost an entry is not adopted, since its
+/// programs would count every operation they reach lost instead of reporting it. It is
+/// replaced, the array is filled again, and operations are reported.
+#[test]
+fn a_set_whose_stage_array_lost_an_entry_is_replaced_not_adopted() {
+    let base = temp_dir("pin-stages");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("stages");
+    let first = start_daemon(&root, &store, &pins, &[]);
+    stop(first);
+    let set = pins.0.join(&pins.sets()[0]);
+    let stages = set.join("maps").join("STAGES");
+    assert!(stages.exists(), "the stage array is pinned with the maps");
+    // Slot 2: `exit_path` (watcher_common::TAIL_CALLED_PROGRAMS).
+    let cleared = bpftool(&[
+        OsStr::new("map"),
+        OsStr::new("delete"),
+        OsStr::new("pinned"),
+        stages.as_os_str(),
+        OsStr::new("key"),
+        OsStr::new("2"),
+        OsStr::new("0"),
+        OsStr::new("0"),
+        OsStr::new("0"),
+    ]);
+    assert!(
+        cleared.status.success(),
+        "bpftool map delete: {}",
+        String::from_utf8_lossy(&cleared.stderr)
+    );
+
+    let second = start_daemon(&root, &store, &pins, &[]);
+    let err = second.stderr();
+    assert!(
+        !err.contains("adopted the programs pinned"),
+        "a set with an empty stage slot was adopted:\n{err}"
+    );
+    assert!(err.contains("replaced the programs pinned"), "{err}");
+    assert!(
+        err.contains("slot 2 (exit_path) is empty"),
+        "the reason names the slot:\n{err}"
+    );
+    // The exits reach their stage again: an unlink is recorded with its path.
+    let gone = root.join("unlinked");
+    create(&gone);
+    std::fs::remove_file(&gone).expect("unlink");
+    wait_history(&store, &gone, "unlink");
+    stop(second);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// A fake pin set (directories and files as a set has them) in `dir`.
 fn fake_set(dir: &Path) {
     for sub in ["links", "maps", "unavailable", "complete"] {

@@ -181,6 +181,27 @@ pub const SHARED_PROGRAMS: &[(&str, &[&str])] = &[
     ("enter_dup", &["sys_enter_dup2", "sys_enter_dup3"]),
 ];
 
+/// The tracepoint programs reached only by `bpf_tail_call`, never attached to a hook: the
+/// stages that walk paths (watcher-ebpf/src/stages.rs), verified once instead of inlined in
+/// every file-operation program. A program's position here is its slot in the `STAGES`
+/// program array, which the daemon fills before it attaches any hook.
+pub const TAIL_CALLED_PROGRAMS: &[&str] = &[
+    "enter_path",
+    "enter_path2",
+    "exit_path",
+    "exit_path2",
+    "write_path",
+    "event_path",
+];
+
+/// The slot of `program` in the `STAGES` array, if it is one of [`TAIL_CALLED_PROGRAMS`].
+pub fn tail_call_slot(program: &str) -> Option<u32> {
+    TAIL_CALLED_PROGRAMS
+        .iter()
+        .position(|stage| *stage == program)
+        .and_then(|slot| u32::try_from(slot).ok())
+}
+
 /// The syscall tracepoints the program `program` is attached to when it is shared (listed in
 /// [`SHARED_PROGRAMS`]); `None`: it is attached to the tracepoint of its own name.
 pub fn shared_tracepoints(program: &str) -> Option<&'static [&'static str]> {

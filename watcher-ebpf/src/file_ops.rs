@@ -25,7 +25,8 @@ use aya_ebpf::{
 use watcher_common::{
     DATA_CAP, FILE_RECORD_FIXED, FLAG_BY_FD, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED,
     FLAG_PATH2_TRUNCATED, FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecord, FileRecordFixed,
-    PATH_BUF_CAP, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP, XATTR_VALUE_CAP, kind, op,
+    LOSS_PATH_UNRESOLVED, PATH_BUF_CAP, PATH_CAP, WriteAgg, WriteKey, XATTR_NAME_CAP,
+    XATTR_VALUE_CAP, kind, op,
 };
 
 use crate::{
@@ -36,6 +37,7 @@ use crate::{
         off, offsets, offsets_valid, self_tgid,
     },
     path::{MASK, MASK2, resolve_user_path, under_root, write_dentry_path},
+    stages,
 };
 
 /// "Argument not used".
@@ -328,40 +330,91 @@ pub fn enter<const ARGS: usize>(ctx: &TracePointContext, syscall: &Spec, spec: &
     if op == op::UNLINK && saved(&args, spec.flags) & AT_REMOVEDIR != 0 {
         op = op::RMDIR;
     }
-    let Some(rec) = scratch() else { return 0 };
-    let watched = if spec.fd >= 0 {
-        file_watched(rec, fd_to_file(saved(&args, spec.fd) as i32 as i64))
-    } else {
-        // SAFETY: scratch record, see path.rs for the buffer contract.
-        let first = unsafe {
+    let Some(stage) = stages::stage() else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state.
+    unsafe {
+        (*stage).spec = *spec;
+        (*stage).ret = 0;
+        (*stage).pending = Pending {
+            op,
+            syscall_nr: syscall_nr(ctx),
+            replaced_dev: 0,
+            args,
+            replaced_ino: 0,
+        };
+    }
+    // The path walk is verified once, in the stage (stages.rs).
+    stages::jump(ctx, stages::ENTER_PATH);
+    // The stage is missing: whether the operation is under a root cannot be told.
+    count_lost(LOSS_PATH_UNRESOLVED);
+    0
+}
+
+/// The stage [`stages::ENTER_PATH`]: is the first path of the syscall in [`stages::STAGE`] (or
+/// the file of its fd) under a root? Then the operation is stored for its exit; if not, and it
+/// has a second path, that one is asked about in [`stages::ENTER_PATH2`].
+#[inline(always)]
+pub fn enter_path(ctx: &TracePointContext) -> u32 {
+    let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state and scratch record, see path.rs for the buffer contract.
+    unsafe {
+        let spec = &(*stage).spec;
+        let args = &(*stage).pending.args;
+        let watched = if spec.fd >= 0 {
+            file_watched(rec, fd_to_file(saved(args, spec.fd) as i32 as i64))
+        } else {
             match resolve_user_path(
                 (*rec).data.as_mut_ptr(),
-                dirfd_of(&args, spec.dirfd),
-                saved(&args, spec.path),
+                dirfd_of(args, spec.dirfd),
+                saved(args, spec.path),
             ) {
                 Some((len, _)) => under_root(&raw mut (*rec).fixed.lpm_prefixlen, len),
                 None => false,
             }
         };
-        first || (spec.path2 >= 0 && second_path_watched(&args, spec))
-    };
-    if !watched {
-        return 0;
+        if watched {
+            store_pending(&(*stage).pending);
+            return 0;
+        }
+        if spec.path2 < 0 {
+            return 0;
+        }
     }
-    let pending = Pending {
-        op,
-        syscall_nr: syscall_nr(ctx),
-        replaced_dev: 0,
-        args,
-        replaced_ino: 0,
+    stages::jump(ctx, stages::ENTER_PATH2);
+    count_lost(LOSS_PATH_UNRESOLVED);
+    0
+}
+
+/// The stage [`stages::ENTER_PATH2`]: is the second path of a rename or link under a root?
+#[inline(always)]
+pub fn enter_path2() -> u32 {
+    let Some(stage) = stages::stage() else {
+        return 0;
     };
+    // SAFETY: this CPU's stage state.
+    unsafe {
+        if second_path_watched(&(*stage).pending.args, &(*stage).spec) {
+            store_pending(&(*stage).pending);
+        }
+    }
+    0
+}
+
+/// Stores an operation under a root for its exit.
+#[inline(always)]
+fn store_pending(pending: &Pending) {
+    let id = bpf_get_current_pid_tgid();
+    let pending = *pending;
     // Counted before it exists, so that its exit never skips it (see INFLIGHT).
     inflight_add(INFLIGHT_PENDING, 1);
     if PENDING.insert(&id, &pending, 0).is_err() {
         inflight_add(INFLIGHT_PENDING, u64::MAX);
-        count_lost(op as u32);
+        count_lost(pending.op as u32);
     }
-    0
 }
 
 /// Saved argument `i`, or 0 when the syscall has no such argument.
@@ -490,7 +543,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
     begin_record(rec, p.op);
     // SAFETY: `rec` is this CPU's scratch record; all tail writes are masked (see path.rs).
     unsafe {
-        let FileRecord { fixed: r, data } = &mut *rec;
+        let r = &mut (*rec).fixed;
         r.result = ret;
         if spec.flags >= 0 || spec.indirect >= 0 || spec.implicit_flags != 0 {
             r.sys_flags = if spec.op == op::OPEN_WRITE {
@@ -516,7 +569,34 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
             r.size = saved(&p.args, spec.size);
         }
 
-        // First path: the file of an fd-based op, or the resolved path argument.
+        let Some(stage) = stages::stage() else {
+            count_lost(p.op as u32);
+            return 0;
+        };
+        (*stage).spec = *spec;
+        (*stage).pending = p;
+        (*stage).ret = ret;
+    }
+    // The path walk is verified once, in the stage (stages.rs).
+    stages::jump(ctx, stages::EXIT_PATH);
+    // The stage is missing: the record cannot have its path.
+    count_lost(p.op as u32);
+    0
+}
+
+/// The stage [`stages::EXIT_PATH`]: writes the first path into the record the exit began in
+/// `SCRATCH` (the file of an fd-based op, or the resolved path argument), then sends it, or
+/// hands it to [`stages::EXIT_PATH2`] for its second path.
+#[inline(always)]
+pub fn exit_path(ctx: &TracePointContext) -> u32 {
+    let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state and scratch record; all tail writes are masked (path.rs).
+    unsafe {
+        let spec = &(*stage).spec;
+        let p = &(*stage).pending;
+        let FileRecord { fixed: r, data } = &mut *rec;
         if spec.fd >= 0 {
             let fd = saved(&p.args, spec.fd) as i32;
             let file = fd_to_file(fd as i64);
@@ -549,29 +629,67 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
                 None => r.path_len = 0,
             }
         }
-        let mut tail = r.path_len as usize & MASK;
-
-        // Second path: resolved (rename/link) or as given (symlink target).
         if spec.path2 >= 0 {
-            if let Some(s2) = SCRATCH2.get_ptr_mut(0) {
-                if let Some((len2, truncated)) = resolve_user_path(
-                    (*s2).data.as_mut_ptr(),
-                    dirfd_of(&p.args, spec.dirfd2),
-                    saved(&p.args, spec.path2),
-                ) {
-                    let len2 = len2 & MASK;
-                    bpf_probe_read_kernel(
-                        data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
-                        len2 as u32,
-                        (*s2).data.as_ptr() as *const c_void,
-                    );
-                    r.path2_len = len2 as u16;
-                    if truncated {
-                        r.flags |= FLAG_PATH2_TRUNCATED;
-                    }
-                }
+            stages::jump(ctx, stages::EXIT_PATH2);
+            // The stage is missing: the record goes without its second path, flagged so.
+            r.flags |= FLAG_PATH2_TRUNCATED;
+        }
+    }
+    finish_exit(rec);
+    0
+}
+
+/// The stage [`stages::EXIT_PATH2`]: writes the second path of a rename or link into the
+/// record and sends it.
+#[inline(always)]
+pub fn exit_path2() -> u32 {
+    let (Some(stage), Some(rec), Some(s2)) = (stages::stage(), scratch(), SCRATCH2.get_ptr_mut(0))
+    else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state and scratch buffers; all tail writes are masked.
+    unsafe {
+        let spec = &(*stage).spec;
+        let p = &(*stage).pending;
+        let FileRecord { fixed: r, data } = &mut *rec;
+        let tail = r.path_len as usize & MASK;
+        if let Some((len2, truncated)) = resolve_user_path(
+            (*s2).data.as_mut_ptr(),
+            dirfd_of(&p.args, spec.dirfd2),
+            saved(&p.args, spec.path2),
+        ) {
+            let len2 = len2 & MASK;
+            bpf_probe_read_kernel(
+                data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
+                len2 as u32,
+                (*s2).data.as_ptr() as *const c_void,
+            );
+            r.path2_len = len2 as u16;
+            if truncated {
+                r.flags |= FLAG_PATH2_TRUNCATED;
             }
-        } else if spec.raw2 >= 0 {
+        }
+    }
+    finish_exit(rec);
+    0
+}
+
+/// The rest of an exit's record after its path(s), from [`stages::STAGE`]: the symlink target,
+/// the xattr, what a rename replaced, an open's file; then sends it.
+#[inline(always)]
+fn finish_exit(rec: *mut FileRecord) {
+    let Some(stage) = stages::stage() else {
+        count_lost(LOSS_PATH_UNRESOLVED);
+        return;
+    };
+    // SAFETY: this CPU's stage state and scratch record; all tail writes are masked.
+    unsafe {
+        let spec = &(*stage).spec;
+        let p = &(*stage).pending;
+        let ret = (*stage).ret;
+        let FileRecord { fixed: r, data } = &mut *rec;
+        let mut tail = r.path_len as usize & MASK;
+        if spec.raw2 >= 0 {
             let n = bpf_probe_read_user_str(
                 data.as_mut_ptr().add(tail & MASK2) as *mut c_void,
                 PATH_CAP as u32,
@@ -584,7 +702,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
         tail += r.path2_len as usize & MASK;
 
         if spec.name >= 0 {
-            xattr_name_value(r, data, &p, spec, tail);
+            xattr_name_value(r, data, p, spec, tail);
         }
 
         // Rename over an existing name: a filesystem hook saw the target's inode lose its last
@@ -617,7 +735,6 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
         }
     }
     send(rec);
-    0
 }
 
 /// A filesystem hook saw `inode` (a `struct inode *`) being updated or evicted. If this thread
@@ -788,7 +905,8 @@ unsafe fn starts_with<const N: usize>(s: *const u8, prefix: &[u8; N]) -> bool {
     true
 }
 
-/// `sys_enter_write` and friends: remember the fd if its file is watched.
+/// `sys_enter_write` and friends: remember the fd if its file is watched (asked in the stage
+/// [`stages::WRITE_PATH`], which walks the file's path).
 #[inline(always)]
 pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
     if !offsets_valid() {
@@ -800,10 +918,36 @@ pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
     }
     let fd = arg(ctx, fd_arg) as i32;
     let file = fd_to_file(fd as i64);
-    let Some(rec) = scratch() else { return 0 };
+    if file == 0 {
+        return 0;
+    }
+    let Some(stage) = stages::stage() else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state.
+    unsafe {
+        (*stage).pending.args[0] = file;
+        (*stage).pending.args[1] = fd as u64;
+    }
+    stages::jump(ctx, stages::WRITE_PATH);
+    // The stage is missing: whether the file is under a root cannot be told.
+    count_lost(LOSS_PATH_UNRESOLVED);
+    0
+}
+
+/// The stage [`stages::WRITE_PATH`]: is the file being written (in [`stages::STAGE`]) under a
+/// root? Then the write is remembered for its exit.
+#[inline(always)]
+pub fn write_path() -> u32 {
+    let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state.
+    let (file, fd) = unsafe { ((*stage).pending.args[0], (*stage).pending.args[1] as i32) };
     if !file_watched(rec, file) {
         return 0;
     }
+    let id = bpf_get_current_pid_tgid();
     let pending = PendingWrite { file, fd, _pad: 0 };
     inflight_add(INFLIGHT_WRITE, 1);
     if PENDING_WRITE.insert(&id, &pending, 0).is_err() {
@@ -852,7 +996,7 @@ pub fn exit_write(ctx: &TracePointContext) -> u32 {
         // The fd now names another file (its old file was dropped without a close we saw,
         // e.g. by close_range): report the old aggregate before starting the new one.
         let old = *agg;
-        send_modify(&key, &old, FLAG_NOT_CLOSED);
+        send_modify(ctx, &key, &old, FLAG_NOT_CLOSED);
     }
     let agg = WriteAgg {
         file: pw.file,
@@ -871,7 +1015,7 @@ pub fn exit_write(ctx: &TracePointContext) -> u32 {
     }
     // Tell userspace which path this (process, fd) writes to, in case the process exits
     // without closing it (then userspace reports the aggregate).
-    send_file_event(op::WRITE_BIND, &key, &agg, 0);
+    send_file_event(ctx, op::WRITE_BIND, &key, &agg, 0);
     0
 }
 
@@ -887,7 +1031,7 @@ fn same_open_file(agg: &WriteAgg, file: u64, dev: u32, ino: u64) -> bool {
 /// `sys_enter_close`: report the aggregate of this (process, fd), if any.
 #[inline(always)]
 pub fn enter_close(ctx: &TracePointContext) -> u32 {
-    flush_fd(arg(ctx, 0) as i32);
+    flush_fd(ctx, arg(ctx, 0) as i32);
     0
 }
 
@@ -912,13 +1056,14 @@ pub fn enter_dup(ctx: &TracePointContext) -> u32 {
     if oldfd == newfd || fd_to_file(oldfd as i64) == 0 {
         return 0;
     }
-    flush_fd(newfd);
+    flush_fd(ctx, newfd);
     0
 }
 
 /// Reports and forgets the aggregate of (this process, `fd`), if any: the fd is being closed.
+/// The caller's last action (the report may be sent by a tail call, which does not return).
 #[inline(always)]
-fn flush_fd(fd: i32) {
+fn flush_fd(ctx: &TracePointContext, fd: i32) {
     let id = bpf_get_current_pid_tgid();
     let key = WriteKey {
         tgid: (id >> 32) as u32,
@@ -937,22 +1082,24 @@ fn flush_fd(fd: i32) {
     } else {
         FLAG_NOT_CLOSED
     };
-    send_modify(&key, &agg, flags);
+    send_modify(ctx, &key, &agg, flags);
 }
 
 #[inline(always)]
-fn send_modify(key: &WriteKey, agg: &WriteAgg, flags: u32) {
-    send_file_event(op::MODIFY, key, agg, flags);
+fn send_modify(ctx: &TracePointContext, key: &WriteKey, agg: &WriteAgg, flags: u32) {
+    send_file_event(ctx, op::MODIFY, key, agg, flags);
 }
 
-/// A record about an aggregate: the path comes from the file it points at.
+/// A record about an aggregate: the path comes from the file it points at, written by the
+/// stage [`stages::EVENT_PATH`], which sends it. When that is a tail call, it does not return:
+/// the caller's last action then.
 #[inline(always)]
-fn send_file_event(op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
+fn send_file_event(ctx: &TracePointContext, op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
     let Some(rec) = scratch() else { return };
     begin_record(rec, op);
     // SAFETY: this CPU's scratch record.
     unsafe {
-        let FileRecord { fixed: r, data } = &mut *rec;
+        let r = &mut (*rec).fixed;
         r.task.tid = agg.tid;
         r.fd = key.fd;
         r.dev = agg.dev;
@@ -964,15 +1111,40 @@ fn send_file_event(op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
         r.hdr.ts_ns = agg.last_ns;
         r.flags = flags | FLAG_BY_FD;
         r.result = agg.bytes as i64;
-        // The file may be gone (fd reused); only read its path while it is the fd's file.
-        if flags & FLAG_NOT_CLOSED == 0 || op == op::WRITE_BIND {
-            let (mnt, dentry) = file_path(agg.file);
-            let (len, truncated) = write_dentry_path(data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
-            r.path_len = len as u16;
-            if truncated {
-                r.flags |= FLAG_PATH_TRUNCATED;
-            }
+    }
+    // The file may be gone (fd reused); only read its path while it is the fd's file.
+    if flags & FLAG_NOT_CLOSED != 0 && op != op::WRITE_BIND {
+        send(rec);
+        return;
+    }
+    let Some(stage) = stages::stage() else {
+        count_lost(op as u32);
+        return;
+    };
+    // SAFETY: this CPU's stage state.
+    unsafe { (*stage).pending.args[0] = agg.file };
+    stages::jump(ctx, stages::EVENT_PATH);
+    // The stage is missing: the record cannot have its path.
+    count_lost(op as u32);
+}
+
+/// The stage [`stages::EVENT_PATH`]: writes the path of the file in [`stages::STAGE`] into the
+/// record begun in `SCRATCH`, and sends it.
+#[inline(always)]
+pub fn event_path() -> u32 {
+    let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage state and scratch record.
+    unsafe {
+        let (mnt, dentry) = file_path((*stage).pending.args[0]);
+        let FileRecord { fixed: r, data } = &mut *rec;
+        let (len, truncated) = write_dentry_path(data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
+        r.path_len = len as u16;
+        if truncated {
+            r.flags |= FLAG_PATH_TRUNCATED;
         }
     }
     send(rec);
+    0
 }

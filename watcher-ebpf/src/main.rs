@@ -20,6 +20,7 @@ mod kernel;
 mod lifecycle;
 mod maps;
 mod path;
+mod stages;
 
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
@@ -225,6 +226,39 @@ file_syscall!(
     sys_exit_fchown,
     Spec::new(op::CHOWN).fd(0).owner(1, 2)
 );
+
+// The stages that walk paths, reached by tail calls from the programs above (stages.rs):
+// each is verified once instead of in every program that needs a path. They are not attached
+// to any tracepoint (`watcher_common::TAIL_CALLED_PROGRAMS`).
+#[tracepoint]
+pub fn enter_path(ctx: TracePointContext) -> u32 {
+    file_ops::enter_path(&ctx)
+}
+
+#[tracepoint]
+pub fn enter_path2(_ctx: TracePointContext) -> u32 {
+    file_ops::enter_path2()
+}
+
+#[tracepoint]
+pub fn exit_path(ctx: TracePointContext) -> u32 {
+    file_ops::exit_path(&ctx)
+}
+
+#[tracepoint]
+pub fn exit_path2(_ctx: TracePointContext) -> u32 {
+    file_ops::exit_path2()
+}
+
+#[tracepoint]
+pub fn write_path(_ctx: TracePointContext) -> u32 {
+    file_ops::write_path()
+}
+
+#[tracepoint]
+pub fn event_path(_ctx: TracePointContext) -> u32 {
+    file_ops::event_path()
+}
 
 // Writes, aggregated per (process, fd) and reported at close. One exit program for the whole
 // family (it reads only the result), one enter program for those whose fd is argument 0.

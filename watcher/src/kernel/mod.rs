@@ -7,6 +7,7 @@ pub mod btf_offsets;
 pub mod capabilities;
 pub mod pins;
 pub mod ring;
+pub mod stages;
 pub mod workers;
 
 use std::collections::{BTreeSet, HashMap};
@@ -129,8 +130,12 @@ enum ProgramKind {
 
 /// Where a program is attached: its hooks, each a link named after it. A syscall tracepoint
 /// program shared by several syscalls (`watcher_common::SHARED_PROGRAMS`) is attached to each
-/// of their tracepoints; any other program to the hook of its own name.
+/// of their tracepoints; a stage reached by tail calls (`watcher_common::TAIL_CALLED_PROGRAMS`)
+/// nowhere; any other program to the hook of its own name.
 fn hooks_of(program: &str, kind: ProgramKind) -> Vec<String> {
+    if kind == ProgramKind::TracePoint && watcher_common::tail_call_slot(program).is_some() {
+        return Vec::new();
+    }
     match watcher_common::shared_tracepoints(program) {
         Some(tracepoints) if kind == ProgramKind::TracePoint => {
             tracepoints.iter().map(|t| (*t).to_string()).collect()
@@ -564,6 +569,13 @@ impl KernelWatch {
             let map = Map::from_map_data(data).map_err(|e| adopt_error(e.to_string()))?;
             maps.insert(name, map);
         }
+        // The programs' stages (tail calls): a set whose array lost an entry would count a
+        // loss for every operation instead of reporting it.
+        let program_names: HashMap<u32, Vec<u8>> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|info| (info.id(), info.name().to_vec()))
+            .collect();
+        stages::check_adopted(&maps, &program_names)?;
         let ring_buffer_bytes = match maps.get("EVENTS") {
             Some(Map::RingBuf(data)) => {
                 data.info()
@@ -603,11 +615,7 @@ impl KernelWatch {
             what: "backend".into(),
             detail,
         })?;
-        // The name of each loaded program, by id: what the kernel says a link runs.
-        let program_names: HashMap<u32, Vec<u8>> = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .map(|info| (info.id(), info.name().to_vec()))
-            .collect();
+        // `program_names` (above): what the kernel says a link runs.
         for name in link_names {
             let adopt_error = |detail: String| KernelError::Adopt {
                 what: format!("link {}", ctrwatch_event::escape(&name)),
@@ -937,6 +945,11 @@ fn attach(
             Program::FEntry(_) | Program::FExit(_) => continue,
             _ => (ProgramKind::Other, Some(false)),
         };
+        if kind == ProgramKind::TracePoint && watcher_common::tail_call_slot(name).is_some() {
+            // A stage of the tracepoint programs (stages.rs): loaded with them, attached nowhere.
+            wanted.insert(name.to_string());
+            continue;
+        }
         for hook in hooks_of(name, kind) {
             if usable.unwrap_or_else(|| caps.has_syscall_tracepoint(&hook)) {
                 wanted.insert(name.to_string());
@@ -949,6 +962,8 @@ fn attach(
     let step = StartStep::begin();
     let mut loaded = load_in_parallel(ebpf, &wanted)?;
     let step = step.done(&format!("{} programs loaded (verified)", wanted.len()));
+    // Before any hook is attached: a program that finds its stage missing counts a loss.
+    stages::fill(ebpf, &mut loaded)?;
     // Sorted so that exits attach before enters: an enter without its exit would leave
     // pending entries behind.
     let ordered: BTreeSet<(u8, &String, &String)> = hooks
@@ -1229,5 +1244,33 @@ mod tests {
         // 44 syscalls with an enter and an exit, and the three enter-only ones: as many hooks
         // as before any program was shared.
         assert_eq!(tracepoints.len(), 91, "{tracepoints:?}");
+    }
+
+    /// Every stage the daemon puts in the `STAGES` array is a tracepoint program of this
+    /// build (the programs jump to it by slot: a name out of step would leave a slot empty
+    /// and every operation counted lost), and none is attached anywhere.
+    #[test]
+    fn every_stage_is_a_tracepoint_program_attached_nowhere() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("this build's object");
+        let expected = ExpectedObject::read().expect("this build's object");
+        for (slot, stage) in (0u32..).zip(watcher_common::TAIL_CALLED_PROGRAMS) {
+            let program = object
+                .programs
+                .get(*stage)
+                .unwrap_or_else(|| panic!("{stage}: not a program of the object"));
+            assert!(
+                matches!(program.section, aya_obj::ProgramSection::TracePoint),
+                "{stage}: not a tracepoint program"
+            );
+            assert_eq!(watcher_common::tail_call_slot(stage), Some(slot));
+            assert!(
+                expected.hooks.values().all(|h| h.program != *stage),
+                "{stage} is attached to a hook"
+            );
+        }
+        assert!(
+            expected.maps.contains_key("STAGES"),
+            "the stage array is pinned with the maps"
+        );
     }
 }
