@@ -210,6 +210,93 @@ fn a_reload_adds_removes_and_puts_back_sinks() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// A reload while an alert is being delivered (the receiver holds the request unanswered)
+/// does not send it again: the new worker of the sink waits for the old one to finish its
+/// request and goes on after it. Twice: a reload that leaves the sink as it was, and one that
+/// changes it (its timeout). Each alert arrives exactly once; the next alert, raised after
+/// the held one was answered, comes behind any repeat (one target's deliveries go out in
+/// outbox order), so counting once it arrived is conclusive. On a daemon whose new workers
+/// start on the outbox as it is, the held alert is sent a second time.
+#[test]
+fn a_reload_during_a_delivery_does_not_send_it_twice() {
+    tests::require_root();
+    let base = temp_dir("reload-inflight");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let r = Receiver::start(Mode::Hold);
+    // Longer than the receiver holds a request: the held delivery succeeds.
+    let with_timeout = |t: &str| {
+        format!(
+            "{QUIET}[[sinks]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"{t}\"\n",
+            r.url("/a")
+        )
+    };
+    let first = with_timeout("150s");
+    write_config(&config, &first);
+    let mut daemon = start_daemon(&[&root], &store, &config);
+    let arrived = |marker: &str| {
+        r.received()
+            .iter()
+            .filter(|x| {
+                x.accepted()
+                    && x.json()["details"]["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains(marker)
+            })
+            .count()
+    };
+    let held = |n: usize| {
+        until(
+            &format!("{n} request(s) held by the receiver"),
+            || r.held() >= n,
+            || format!("held {}; answered:\n{}", r.held(), shown(&r)),
+        );
+    };
+    let mut good_reloads = 0;
+    for (n, (held_marker, next_marker, reloaded)) in [
+        ("marker_held_one", "marker_next_one", first.clone()),
+        ("marker_held_two", "marker_next_two", with_timeout("140s")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        r.set_mode(Mode::Hold);
+        // An alert whose delivery the receiver holds...
+        reload_bad(&daemon, &config, &first, held_marker, 2 * n + 1);
+        held(1);
+        // ... a good reload while it is held, then the receiver answers.
+        good_reloads += 1;
+        reload_good(&daemon, &config, &reloaded, good_reloads);
+        r.set_mode(Mode::Accept);
+        // The next alert arrives behind any repeat of the held one.
+        reload_bad(&daemon, &config, &first, next_marker, 2 * n + 2);
+        until(
+            &format!("the alert about {next_marker} arrives"),
+            || arrived(next_marker) >= 1,
+            || shown(&r),
+        );
+        assert_eq!(
+            arrived(held_marker),
+            1,
+            "the alert in flight at the reload arrived {} times (reload {}):\n{}",
+            arrived(held_marker),
+            n + 1,
+            shown(&r)
+        );
+        assert_eq!(arrived(next_marker), 1, "{}", shown(&r));
+    }
+    assert_eq!(r.held(), 0, "a request still held:\n{}", shown(&r));
+    assert!(
+        daemon.wait_exit(Duration::ZERO).is_none(),
+        "the daemon exited"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// The daemon's own rules: a reload that changes `config-invalid`'s severity makes the next
 /// one carry it; a reload that disables it silences it while another rule (the heartbeat,
 /// enabled by the same reload) still arrives.

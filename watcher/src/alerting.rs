@@ -498,13 +498,24 @@ impl DaemonAlerts {
             }
         }
         let n = alerting.sinks.len();
+        // The new workers go on from where the old ones of the same sinks end: a delivery in
+        // flight now is not made twice.
         let delivery = if n > 0 {
-            let started = ctrwatch_alerts::Delivery::start(
-                alerting.sinks,
-                &store,
-                results,
-                alerting.delivery,
-            )
+            let started = match &self.delivery {
+                Some(previous) => ctrwatch_alerts::Delivery::replace(
+                    previous,
+                    alerting.sinks,
+                    &store,
+                    results,
+                    alerting.delivery,
+                ),
+                None => ctrwatch_alerts::Delivery::start(
+                    alerting.sinks,
+                    &store,
+                    results,
+                    alerting.delivery,
+                ),
+            }
             .map_err(|e| anyhow::anyhow!("starting the alert delivery workers: {e}"))?;
             Some(started)
         } else {
