@@ -297,6 +297,64 @@ fn a_reload_during_a_delivery_does_not_send_it_twice() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// `[alerts] node_name` follows a reload: the daemon's own rules' alerts raised after it name
+/// the new node (`config-invalid` here; the detections' in
+/// `a_reload_changes_and_disables_the_detections`), and no restart is asked for when the
+/// checks that keep their node (metadata and layer checks) are off. On a daemon that names
+/// its node once per run, the second alert still carries the first name.
+#[test]
+fn a_reload_renames_the_node() {
+    tests::require_root();
+    let base = temp_dir("reload-node");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let r = Receiver::start(Mode::Accept);
+    let text = |node: &str| {
+        format!(
+            "[alerts]\nnode_name = \"{node}\"\n\n{QUIET}[rules.metadata-mismatch]\nenabled = false\n\n\
+             [rules.layer-damaged]\nenabled = false\n\n[rules.after-crash-verify]\nenabled = false\n\n\
+             [rules.opaque-leak]\nenabled = false\n\n{}",
+            sink("a", &r)
+        )
+    };
+    write_config(&config, &text("edge-before"));
+    let mut daemon = start_daemon(&[&root], &store, &config);
+    let node_of = |marker: &str| -> Vec<Value> {
+        refusals_of(&r, marker)
+            .into_iter()
+            .map(|b| b["node"]["hostname"].clone())
+            .collect()
+    };
+    reload_bad(&daemon, &config, &text("edge-before"), "marker_one", 1);
+    until(
+        "the first refusal",
+        || !node_of("marker_one").is_empty(),
+        || shown(&r),
+    );
+    assert_eq!(node_of("marker_one"), ["edge-before"], "{}", shown(&r));
+    reload_good(&daemon, &config, &text("edge-after"), 1);
+    reload_bad(&daemon, &config, &text("edge-after"), "marker_two", 2);
+    until(
+        "the second refusal",
+        || !node_of("marker_two").is_empty(),
+        || shown(&r),
+    );
+    assert_eq!(node_of("marker_two"), ["edge-after"], "{}", shown(&r));
+    assert!(
+        !daemon.stderr().contains("node_name"),
+        "node_name waits for a restart:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.wait_exit(Duration::ZERO).is_none(),
+        "the daemon exited"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// The daemon's own rules: a reload that changes `config-invalid`'s severity makes the next
 /// one carry it; a reload that disables it silences it while another rule (the heartbeat,
 /// enabled by the same reload) still arrives.
@@ -376,13 +434,14 @@ fn a_reload_changes_and_disables_the_detections() {
     let r = Receiver::start(Mode::Accept);
     let config = dir.join("ctrwatch.toml");
     let store = dir.join("events.db");
-    let text = |rules: &str| {
+    let named = |node: &str, rules: &str| {
         format!(
-            "[alerts]\ngroup_window = \"2s\"\n\n{QUIET}{rules}\n{}",
+            "[alerts]\ngroup_window = \"2s\"\nnode_name = \"{node}\"\n\n{QUIET}{rules}\n{}",
             sink("hook", &r)
         )
     };
-    write_config(&config, &text(""));
+    let text = |rules: &str| named("edge-renamed", rules);
+    write_config(&config, &named("edge-started", ""));
     let daemon = start_daemon(&[cd.root(), cd.state()], &store, &config);
     let built = cd
         .build_image_info(
@@ -422,7 +481,8 @@ fn a_reload_changes_and_disables_the_detections() {
             .collect()
     };
 
-    // The severity reloaded: the next alert carries it (the rule's own is critical here).
+    // The severity and the node's name reloaded: the next alert carries them (the rule's
+    // own severity is critical here).
     reload_good(
         &daemon,
         &config,
@@ -439,6 +499,10 @@ fn a_reload_changes_and_disables_the_detections() {
     assert!(
         one.iter().all(|b| b["severity"] == "info"),
         "the reloaded severity is not carried: {one:#?}"
+    );
+    assert!(
+        one.iter().all(|b| b["node"]["hostname"] == "edge-renamed"),
+        "the reloaded node name is not carried: {one:#?}"
     );
 
     // Disabled: the unlink of /two raises nothing; the opaque marker set after it does.

@@ -223,8 +223,9 @@ enum DetectMsg {
     Event(Box<ctrwatch_event::FileEvent>),
     /// Everything captured before this time (ns) is ahead of it in the queue.
     Watermark(i64),
-    /// A reload: the events behind this are judged by these rules.
-    Reconfigure(Box<Config>),
+    /// A reload: the events behind this are judged by these rules, and their alerts name this
+    /// node.
+    Reconfigure(Box<(Config, Node)>),
 }
 
 /// The capture path's side of the detection thread: a bounded queue it never waits on.
@@ -237,7 +238,7 @@ struct DetectFeed {
     dropped_to_ns: i64,
     /// A reload's rules not yet handed over (the queue was full): handed over before any
     /// further event, so that every event after the reload is judged by them.
-    reconfigure: Option<Box<Config>>,
+    reconfigure: Option<Box<(Config, Node)>>,
 }
 
 impl DetectFeed {
@@ -284,7 +285,11 @@ fn detect_loop(
         match rx.recv_timeout(DETECT_TICK) {
             Ok(DetectMsg::Event(ev)) => detector.event(&ev, clock.now_ns()),
             Ok(DetectMsg::Watermark(at)) => detector.watermark(at),
-            Ok(DetectMsg::Reconfigure(config)) => detector.reconfigure(&config),
+            Ok(DetectMsg::Reconfigure(new)) => {
+                let (config, node) = *new;
+                detector.reconfigure(&config);
+                detector.set_node(node);
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 send(detector.flush());
@@ -483,16 +488,20 @@ impl DaemonAlerts {
         let (Some(results), Some(store)) = (self.results.clone(), self.store.clone()) else {
             self.config = alerting.config.clone();
             self.writer.routing = alerting.routing.clone();
+            self.node = alerting.node.clone();
             self.pending = Some(alerting);
             return Ok(None);
         };
         let new = alerting.config;
+        let node = alerting.node;
+        let node_changed = node != self.node;
         let rules_changed = self.config.rules != new.rules
-            || self.config.alerts.group_window != new.alerts.group_window;
+            || self.config.alerts.group_window != new.alerts.group_window
+            || node_changed;
         // What can fail first: on an error nothing has changed.
         let mut new_detect = None;
         if rules_changed && self.detect.is_none() {
-            let detector = ctrwatch_alerts::detect::Detector::new(&new, self.node.clone());
+            let detector = ctrwatch_alerts::detect::Detector::new(&new, node.clone());
             if detector.any_enabled() {
                 new_detect = Some(start_detect(detector, std::sync::Arc::clone(&results))?);
             }
@@ -524,10 +533,11 @@ impl DaemonAlerts {
         // Then what cannot fail.
         if rules_changed {
             if let Some(rules) = &mut self.rules {
+                rules.set_node(node.clone());
                 rules.reconfigure(&new, now_ns);
             }
             if let Some(feed) = &mut self.detect {
-                feed.reconfigure = Some(Box::new(new.clone()));
+                feed.reconfigure = Some(Box::new((new.clone(), node.clone())));
                 feed.hand_over_reconfigure();
             } else {
                 self.detect = new_detect;
@@ -545,6 +555,7 @@ impl DaemonAlerts {
         }
         self.writer.routing = alerting.routing;
         self.config = new;
+        self.node = node;
         Ok(Some(self.writer.clone()))
     }
 

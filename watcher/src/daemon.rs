@@ -97,23 +97,16 @@ impl std::fmt::Debug for Reloader {
 }
 
 /// The keys a reload cannot change while the daemon runs, and whether `new` changes them
-/// from what the daemon started with (`old`): the store is open, the ring buffer allocated,
-/// the logger set up, the node's name in every alert, and the metadata and layer checks'
-/// workers (with their rules and window) started once per run.
+/// from what the daemon started with (`old`): the store is open (its path and group), the
+/// ring buffer allocated, the programs loaded (backend, protect), and the metadata and layer
+/// checks' workers (with their rules, window and node name) started once per run.
 /// Everything else of the file is applied live: roots and discovery, root refresh, trusted
-/// writers, secret masking, the sinks, the other rules and `[alerts]`, the metrics listener.
+/// writers, secret masking, the sinks, the other rules and `[alerts]` (the node name of their
+/// alerts included), the metrics listener, the log level and the retention.
 pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static str> {
     let (o, n) = (&old.config, &new.config);
     [
         ("[store] path", old.store != new.store),
-        (
-            "[store] retention_days",
-            old.store_options.retention_age != new.store_options.retention_age,
-        ),
-        (
-            "[store] retention_mb",
-            old.store_options.retention_bytes != new.store_options.retention_bytes,
-        ),
         (
             "[store] group",
             old.store_options.group != new.store_options.group,
@@ -124,10 +117,19 @@ pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static 
         ),
         ("[watch] backend", o.watch.backend != n.watch.backend),
         ("[watch] protect", o.watch.protect != n.watch.protect),
-        ("log_level", o.log_level != n.log_level),
+        // The daemon's own rules and the detections name the new node at once; the checks'
+        // workers keep the node they started with.
         (
-            "[alerts] node_name",
-            o.alerts.node_name != n.alerts.node_name,
+            "[alerts] node_name (the metadata and layer checks')",
+            o.alerts.node_name != n.alerts.node_name
+                && [
+                    RuleId::MetadataMismatch,
+                    RuleId::LayerDamaged,
+                    RuleId::AfterCrashVerify,
+                    RuleId::OpaqueLeak,
+                ]
+                .iter()
+                .any(|r| o.rule(*r).enabled),
         ),
         (
             "[alerts] group_window (metadata-mismatch's)",
@@ -194,6 +196,12 @@ enum OutboxMsg {
     /// A reload replaced the sinks (and the outbox bound): the writes after this one are
     /// routed by this, and the outbox is reconciled with it first.
     Reroute(Box<WriterAlerts>),
+    /// A reload changed the retention (`[store] retention_days`, `retention_mb`): applied
+    /// by the next prune, which comes within seconds.
+    Retention {
+        age: Option<Duration>,
+        bytes: Option<u64>,
+    },
 }
 
 /// The writer's queue of outbox writes (alerts to keep, delivery results), apart from the
@@ -280,6 +288,9 @@ pub struct StoreSink {
     /// The settings the daemon started with: what a reload's restart-only keys are compared
     /// with.
     started_with: Option<Box<RunOptions>>,
+    /// The settings in effect: the start's, then each good reload's (what a reload's live
+    /// store and logger keys are compared with).
+    running: Option<Box<RunOptions>>,
     /// The ring buffer position the store last committed (read when the run begins): after a
     /// crash, what of the adopted ring buffer is already stored.
     ring_mark: Option<crate::store::RingMark>,
@@ -329,6 +340,7 @@ impl StoreSink {
             unsent: std::collections::VecDeque::new(),
             reloader: None,
             started_with: None,
+            running: None,
             ring_mark: None,
             record_end: None,
             target_key: TargetKey::Legacy,
@@ -357,6 +369,7 @@ impl StoreSink {
         started_with: RunOptions,
     ) -> StoreSink {
         self.reloader = reloader;
+        self.running = Some(Box::new(started_with.clone()));
         self.started_with = Some(Box::new(started_with));
         self
     }
@@ -377,6 +390,57 @@ impl StoreSink {
     pub fn with_target_key(mut self, key: TargetKey) -> StoreSink {
         self.target_key = key;
         self
+    }
+
+    /// A good reload's keys of the store and the logger, applied when they differ from the
+    /// settings in effect: the log level at once (unless `RUST_LOG` is set: it wins), the
+    /// retention by the writer, which prunes by it at its next turn.
+    fn apply_live_keys(&mut self, new: &RunOptions) {
+        let (old_level, old_retention) = match self.running.as_deref() {
+            Some(r) => (
+                Some(r.config.log_level),
+                Some((
+                    r.store_options.retention_age,
+                    r.store_options.retention_bytes,
+                )),
+            ),
+            None => (None, None),
+        };
+        if old_level != Some(new.config.log_level) {
+            crate::logging::set_daemon_level(new.config.log_level);
+        }
+        let retention = (
+            new.store_options.retention_age,
+            new.store_options.retention_bytes,
+        );
+        if old_retention != Some(retention) {
+            log::info!(
+                "retention: now {} and {} (reloaded)",
+                retention.0.map_or_else(
+                    || "no age limit".to_owned(),
+                    |a| format!("{} day(s)", a.as_secs() / 86_400)
+                ),
+                retention.1.map_or_else(
+                    || "no size limit".to_owned(),
+                    |b| format!("{} MiB", b >> 20)
+                ),
+            );
+            match &mut self.store {
+                // Capture has not started: the store is still here.
+                Some(store) => store.set_retention(retention.0, retention.1),
+                None => {
+                    self.unsent.push_back(OutboxMsg::Retention {
+                        age: retention.0,
+                        bytes: retention.1,
+                    });
+                    self.send_unsent();
+                }
+            }
+        }
+        self.running = Some(Box::new(RunOptions {
+            reload: None,
+            ..new.clone()
+        }));
     }
 
     /// A reload failed: the configuration loaded before stays; said in the log (error),
@@ -846,6 +910,7 @@ impl Sink for StoreSink {
             self.metrics = server;
             self.metrics_listen = new.metrics_listen;
         }
+        self.apply_live_keys(&new);
         let started = self.started_with.as_deref()?;
         let pending = restart_only_changes(started, &new);
         let shown = new.config_file.as_ref().map_or_else(
@@ -867,7 +932,8 @@ impl Sink for StoreSink {
         }
         log::info!(
             "reloaded the configuration {shown}: roots, discovery, trusted writers, secret \
-             masking, alert rules, sinks and the metrics listener applied{}",
+             masking, alert rules, sinks, the metrics listener, log level and retention \
+             applied{}",
             if pending.is_empty() {
                 String::new()
             } else {
@@ -958,6 +1024,8 @@ fn write_loop(
     let mut lost_received = 0u64;
     // Prune soon after start (a store may have aged while the daemon was down).
     let mut last_prune = Instant::now() - PRUNE_EVERY + Duration::from_secs(5);
+    // A reload changed the retention: prune at the writer's next turn.
+    let mut prune_soon = false;
     // What of the ring buffer is committed, for the reader that holds it (crate::committed).
     let mut progress = CommitProgress::default();
     let mut commit_asked = false;
@@ -965,7 +1033,14 @@ fn write_loop(
         // Alerts and delivery results first, each committed at once (the open batch of
         // events with it): an alert is on disk before any delivery attempt, and does not
         // wait behind the events queued before it.
-        if write_outbox(&mut store, &outbox, &mut alerts, &mut unkept, &mut warn) {
+        if write_outbox(
+            &mut store,
+            &outbox,
+            &mut alerts,
+            &mut unkept,
+            &mut warn,
+            &mut prune_soon,
+        ) {
             pending = 0;
             last_commit = Instant::now();
             if store.unstored().is_none() {
@@ -1101,7 +1176,14 @@ fn write_loop(
         }
         if closed {
             // What the last senders queued (the rules' final revisions, results).
-            write_outbox(&mut store, &outbox, &mut alerts, &mut unkept, &mut warn);
+            write_outbox(
+                &mut store,
+                &outbox,
+                &mut alerts,
+                &mut unkept,
+                &mut warn,
+                &mut prune_soon,
+            );
             if !unkept.queue.is_empty() {
                 log::error!(
                     "alerts: {} alert(s) could not be kept: the store did not take them before \
@@ -1118,7 +1200,7 @@ fn write_loop(
             }
             return Ok(());
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        if last_prune.elapsed() >= PRUNE_EVERY || std::mem::take(&mut prune_soon) {
             match store.prune(SystemTime::now()) {
                 Ok(Some(r)) => log::info!("retention: {r:?}"),
                 Ok(None) => {}
@@ -1153,6 +1235,7 @@ fn write_outbox(
     alerts: &mut WriterAlerts,
     unkept: &mut UnkeptAlerts,
     warn: &mut Warner,
+    prune_soon: &mut bool,
 ) -> bool {
     let mut any = false;
     while let Some(w) = unkept.queue.front() {
@@ -1189,6 +1272,11 @@ fn write_outbox(
             OutboxMsg::Reroute(new) => {
                 reroute(store, alerts, *new, warn);
                 any = true;
+                continue;
+            }
+            OutboxMsg::Retention { age, bytes } => {
+                store.set_retention(age, bytes);
+                *prune_soon = true;
                 continue;
             }
         };
