@@ -548,3 +548,70 @@ fn a_reload_changes_and_disables_the_detections() {
     cd.stop().expect("containerd stop");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every detection off at the start (no detection thread runs), turned on by a reload: the
+/// change made after the reload raises `foreign-change`; the one made before it, while the
+/// rules were off, is never judged (it would be in the same alert or an earlier one).
+#[test]
+fn detections_off_at_the_start_are_turned_on_by_a_reload() {
+    tests::require_root();
+    const NS: &str = "default";
+    let dir = temp_dir("reload-detect-on");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let config = dir.join("ctrwatch.toml");
+    let store = dir.join("events.db");
+    let text = |enabled: bool| {
+        format!(
+            "[alerts]\ngroup_window = \"2s\"\n\n{QUIET}[rules.foreign-change]\nenabled = {enabled}\n\n\
+             [rules.opaque-leak]\nenabled = {enabled}\n\n{}",
+            sink("hook", &r)
+        )
+    };
+    write_config(&config, &text(false));
+    let daemon = start_daemon(&[cd.root(), cd.state()], &store, &config);
+    let built = cd
+        .build_image_info(
+            "test.local/ctrwatch/reload-detect-on:1",
+            &[
+                Layer::base().expect("base"),
+                Layer::new().file("before", "1\n").file("after", "2\n"),
+            ],
+        )
+        .expect("image");
+    cd.import(&built.archive, NS).expect("import");
+    let upper = cd.snapshot_dir(NS, &built.chain_ids[1]).expect("upper dir");
+    wait_history(&store, &upper.join("fs/after"), "create");
+    let unlink = |name: &str| {
+        let path = upper.join("fs").join(name);
+        let out = Command::new(FSOP)
+            .args([OsStr::new("unlink"), path.as_os_str()])
+            .output()
+            .expect("fsop");
+        assert!(out.status.success(), "unlink {name}: {out:?}");
+    };
+    let mentions = |name: &str| -> Vec<Value> {
+        bodies(&r, "foreign-change")
+            .into_iter()
+            .filter(|b| b.to_string().contains(&format!("/fs/{name}")))
+            .collect()
+    };
+    // Off: stored, not judged.
+    unlink("before");
+    wait_history(&store, &upper.join("fs/before"), "unlink");
+    reload_good(&daemon, &config, &text(true), 1);
+    unlink("after");
+    until(
+        "foreign-change for /after",
+        || !mentions("after").is_empty(),
+        || shown(&r),
+    );
+    assert!(
+        mentions("before").is_empty(),
+        "a change made while the rule was off was judged: {:#?}",
+        mentions("before")
+    );
+    daemon.stop();
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}

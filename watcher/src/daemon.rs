@@ -1485,11 +1485,10 @@ mod tests {
             vec![
                 "[store] path",
                 "[watch] ring_buffer_mb",
-                "log_level",
                 "[alerts] group_window (metadata-mismatch's)",
             ]
         );
-        // Rules, sinks and the outbox bound apply at once; the checkers' rules and the
+        // Rules, sinks and the outbox bound apply at once; the checkers' rules and their
         // node's name at the next start.
         let alerting = options(
             "[watch]\nroots = [\"/a\"]\n[alerts]\noutbox_max = 500\n\
@@ -1506,11 +1505,23 @@ mod tests {
         assert_eq!(
             restart_only_changes(&old, &checkers),
             vec![
-                "[alerts] node_name",
+                "[alerts] node_name (the metadata and layer checks')",
                 "[rules.metadata-mismatch]",
                 "[rules.layer-damaged]",
                 "[rules.opaque-leak] (the layer check's)",
             ]
         );
+        // The retention and the log level are live; so is the node's name when no check
+        // that keeps it runs.
+        let quiet = "[rules.metadata-mismatch]\nenabled = false\n[rules.layer-damaged]\n\
+                     enabled = false\n[rules.opaque-leak]\nenabled = false\n\
+                     [rules.after-crash-verify]\nenabled = false\n";
+        let before = options(&format!("[watch]\nroots = [\"/a\"]\n{quiet}"));
+        let mut after = options(&format!(
+            "log_level = \"debug\"\n[watch]\nroots = [\"/a\"]\n[alerts]\nnode_name = \"n2\"\n{quiet}"
+        ));
+        after.store_options.retention_bytes = Some(16 << 20);
+        after.store_options.retention_age = None;
+        assert_eq!(restart_only_changes(&before, &after), Vec::<&str>::new());
     }
 }
