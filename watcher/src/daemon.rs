@@ -26,7 +26,6 @@ use std::{
 use anyhow::Context as _;
 
 use ctrwatch_alerts::target_key::TargetKey;
-use ctrwatch_config::RuleId;
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
@@ -98,11 +97,10 @@ impl std::fmt::Debug for Reloader {
 
 /// The keys a reload cannot change while the daemon runs, and whether `new` changes them
 /// from what the daemon started with (`old`): the store is open (its path and group), the
-/// ring buffer allocated, the programs loaded (backend, protect), and the metadata and layer
-/// checks' workers (with their rules, window and node name) started once per run.
-/// Everything else of the file is applied live: roots and discovery, root refresh, trusted
-/// writers, secret masking, the sinks, the other rules and `[alerts]` (the node name of their
-/// alerts included), the metrics listener, the log level and the retention.
+/// ring buffer allocated, the programs loaded (backend, protect). Everything else of the file
+/// is applied live: roots and discovery, root refresh, trusted writers, secret masking, the
+/// sinks, every rule and `[alerts]` (the checks' workers are restarted when their rules or
+/// the node's name change), the metrics listener, the log level and the retention.
 pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static str> {
     let (o, n) = (&old.config, &new.config);
     [
@@ -117,41 +115,6 @@ pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static 
         ),
         ("[watch] backend", o.watch.backend != n.watch.backend),
         ("[watch] protect", o.watch.protect != n.watch.protect),
-        // The daemon's own rules and the detections name the new node at once; the checks'
-        // workers keep the node they started with.
-        (
-            "[alerts] node_name (the metadata and layer checks')",
-            o.alerts.node_name != n.alerts.node_name
-                && [
-                    RuleId::MetadataMismatch,
-                    RuleId::LayerDamaged,
-                    RuleId::AfterCrashVerify,
-                    RuleId::OpaqueLeak,
-                ]
-                .iter()
-                .any(|r| o.rule(*r).enabled),
-        ),
-        (
-            "[alerts] group_window (metadata-mismatch's)",
-            o.alerts.group_window != n.alerts.group_window
-                && o.rule(RuleId::MetadataMismatch).enabled,
-        ),
-        (
-            "[rules.metadata-mismatch]",
-            o.rule(RuleId::MetadataMismatch) != n.rule(RuleId::MetadataMismatch),
-        ),
-        (
-            "[rules.layer-damaged]",
-            o.rule(RuleId::LayerDamaged) != n.rule(RuleId::LayerDamaged),
-        ),
-        (
-            "[rules.after-crash-verify]",
-            o.rule(RuleId::AfterCrashVerify) != n.rule(RuleId::AfterCrashVerify),
-        ),
-        (
-            "[rules.opaque-leak] (the layer check's)",
-            o.rule(RuleId::OpaqueLeak) != n.rule(RuleId::OpaqueLeak),
-        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -1479,40 +1442,22 @@ mod tests {
              [rules.heartbeat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9847\"\n\
              [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
         );
-        // The group window is the metadata-mismatch worker's too: restart-only for it.
         assert_eq!(
             restart_only_changes(&old, &changed),
-            vec![
-                "[store] path",
-                "[watch] ring_buffer_mb",
-                "[alerts] group_window (metadata-mismatch's)",
-            ]
+            vec!["[store] path", "[watch] ring_buffer_mb",]
         );
-        // Rules, sinks and the outbox bound apply at once; the checkers' rules and their
-        // node's name at the next start.
+        // Rules (the checks' included), sinks, the outbox bound and the node's name apply at
+        // once.
         let alerting = options(
-            "[watch]\nroots = [\"/a\"]\n[alerts]\noutbox_max = 500\n\
+            "[watch]\nroots = [\"/a\"]\n[alerts]\noutbox_max = 500\nnode_name = \"n1\"\n\
              [rules.foreign-change]\nseverity = \"info\"\n[rules.heartbeat]\nenabled = false\n\
              [rules.history-gap]\nenabled = false\n\
+             [rules.metadata-mismatch]\nenabled = false\n[rules.layer-damaged]\nenabled = false\n\
+             [rules.opaque-leak]\nenabled = false\n\
              [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
         );
         assert_eq!(restart_only_changes(&old, &alerting), Vec::<&str>::new());
-        let checkers = options(
-            "[watch]\nroots = [\"/a\"]\n[alerts]\nnode_name = \"n1\"\n\
-             [rules.metadata-mismatch]\nenabled = false\n[rules.layer-damaged]\nenabled = false\n\
-             [rules.opaque-leak]\nenabled = false\n",
-        );
-        assert_eq!(
-            restart_only_changes(&old, &checkers),
-            vec![
-                "[alerts] node_name (the metadata and layer checks')",
-                "[rules.metadata-mismatch]",
-                "[rules.layer-damaged]",
-                "[rules.opaque-leak] (the layer check's)",
-            ]
-        );
-        // The retention and the log level are live; so is the node's name when no check
-        // that keeps it runs.
+        // The retention and the log level are live.
         let quiet = "[rules.metadata-mismatch]\nenabled = false\n[rules.layer-damaged]\n\
                      enabled = false\n[rules.opaque-leak]\nenabled = false\n\
                      [rules.after-crash-verify]\nenabled = false\n";
