@@ -274,8 +274,18 @@ pub struct StoreSink {
 /// What a good reload's job made ready for [`Sink::reloaded`] to apply.
 struct Reloaded {
     alerting: crate::alerting::Alerting,
-    /// Some: the listener's address changed; this one (None: metrics off) replaces it.
-    metrics: Option<Option<crate::metrics_http::MetricsServer>>,
+    /// Some: the listener's address changed.
+    metrics: Option<MetricsChange>,
+}
+
+/// How a reload's new metrics address replaces the listener.
+enum MetricsChange {
+    /// Bound by the reload's job: this one (None: metrics off) replaces the old one.
+    Started(Option<crate::metrics_http::MetricsServer>),
+    /// The old listener's port on another address (or the wildcard): in use while the old
+    /// one listens, so bound when applying, after the old one closed (bound again if the
+    /// new one cannot be).
+    AfterClosing(std::net::SocketAddr),
 }
 
 impl StoreSink {
@@ -353,6 +363,40 @@ impl StoreSink {
     pub fn with_target_key(mut self, key: TargetKey) -> StoreSink {
         self.target_key = key;
         self
+    }
+
+    /// Closes the metrics listener and listens on `addr` (the old one's port on another
+    /// address: it could not be bound while the old one listened). When `addr` cannot be
+    /// bound either, the old listener is bound again and the error returned.
+    fn rebind_metrics(
+        &mut self,
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<crate::metrics_http::MetricsServer> {
+        let old = self.metrics.take().map(|m| m.local_addr());
+        match crate::metrics_http::MetricsServer::start(addr, || METRICS.render()) {
+            Ok(server) => {
+                log::info!(
+                    "metrics: the listener moved to {addr} (the old one closed first: same port)"
+                );
+                Ok(server)
+            }
+            Err(e) => {
+                if let Some(old) = old {
+                    self.restore_metrics(old);
+                }
+                Err(anyhow::anyhow!("{e}"))
+            }
+        }
+    }
+
+    /// Listens on `addr` again (the listener a reload closed, the reload failing).
+    fn restore_metrics(&mut self, addr: std::net::SocketAddr) {
+        match crate::metrics_http::MetricsServer::start(addr, || METRICS.render()) {
+            Ok(server) => self.metrics = Some(server),
+            Err(e) => log::error!(
+                "metrics: no longer served: the listener closed for a reload could not listen again ({e})"
+            ),
+        }
     }
 
     /// A good reload's keys of the store and the logger, applied when they differ from the
@@ -813,6 +857,7 @@ impl Sink for StoreSink {
         let key = self.target_key.clone();
         let slot = std::sync::Arc::clone(&self.reloaded);
         let listening = self.metrics_listen;
+        let bound = self.metrics.as_ref().map(|m| m.local_addr());
         Some(Box::new(move || {
             let new = (reloader.0)()?;
             // The sinks made ready here, off the capture loop (secret and CA files are read),
@@ -823,12 +868,20 @@ impl Sink for StoreSink {
             // reload, and the old listener goes on.
             let metrics = match new.metrics_listen {
                 addr if addr == listening => None,
-                // Flattened: the error's text names its cause already.
-                Some(addr) => Some(Some(
-                    crate::metrics_http::MetricsServer::start(addr, || METRICS.render())
-                        .map_err(|e| anyhow::anyhow!("{e}"))?,
-                )),
-                None => Some(None),
+                Some(addr) => {
+                    match crate::metrics_http::MetricsServer::start(addr, || METRICS.render()) {
+                        Ok(server) => Some(MetricsChange::Started(Some(server))),
+                        Err(crate::metrics_http::MetricsError::Bind { source, .. })
+                            if source.kind() == std::io::ErrorKind::AddrInUse
+                                && bound.is_some_and(|old| old.port() == addr.port()) =>
+                        {
+                            Some(MetricsChange::AfterClosing(addr))
+                        }
+                        // Flattened: the error's text names its cause already.
+                        Err(e) => return Err(anyhow::anyhow!("{e}")),
+                    }
+                }
+                None => Some(MetricsChange::Started(None)),
             };
             if let Ok(mut slot) = slot.lock() {
                 *slot = Some(Reloaded { alerting, metrics });
@@ -851,6 +904,20 @@ impl Sink for StoreSink {
             Some(r) => (Some(r.alerting), r.metrics),
             None => (None, None),
         };
+        // A listener that can bind only once the old one is closed: before the alerting, so
+        // that a failure leaves everything as it was.
+        let old_bound = self.metrics.as_ref().map(|m| m.local_addr());
+        let metrics = match metrics {
+            Some(MetricsChange::AfterClosing(addr)) => match self.rebind_metrics(addr) {
+                Ok(server) => Some(Some(server)),
+                Err(e) => {
+                    self.reload_failed(&e);
+                    return None;
+                }
+            },
+            Some(MetricsChange::Started(server)) => Some(server),
+            None => None,
+        };
         if let (Some(a), Some(alerting)) = (&mut self.alerts, alerting) {
             match a.reload(alerting, self.clock.now_ns()) {
                 Ok(Some(writer)) => {
@@ -859,6 +926,13 @@ impl Sink for StoreSink {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // The old listener back if it was closed for the new one.
+                    if self.metrics.is_none()
+                        && let Some(old) = old_bound
+                    {
+                        drop(metrics);
+                        self.restore_metrics(old);
+                    }
                     self.reload_failed(&e);
                     return None;
                 }
