@@ -112,6 +112,15 @@ impl DaemonRules {
         &self.node
     }
 
+    /// A reload changed `[alerts] node_name`: the alerts raised from now on name `node`, the
+    /// heartbeat's next beat included (its id, from the machine id, stays).
+    pub fn set_node(&mut self, node: Node) {
+        if let Some(hb) = &mut self.heartbeat {
+            hb.alert.node = node.clone();
+        }
+        self.node = node;
+    }
+
     /// A reload changed the configuration at `now_ns`: the rules use its settings from now on
     /// (enabled, severity, the heartbeat's interval, the group window). Groups already open
     /// keep what they found; a disabled rule raises nothing new. The heartbeat keeps its

@@ -20,6 +20,10 @@
 //!   again: delivery is at least once; webhook receivers deduplicate by `webhook-id`.
 //! * Capture never waits on any of this: workers only read the database and hand results to
 //!   the writer's queue.
+//! * A reload replaces the workers ([`Delivery::replace`]) without sending anything twice: the
+//!   new worker of a sink of the same name waits for the old one to finish the request it is
+//!   making and takes over its per-target cursors (and backoff), so what the old one delivered
+//!   and handed over, committed yet or not, is not sent again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -136,10 +140,58 @@ impl Waker {
     }
 }
 
+/// What a worker knew of one target when it ended: handed to the worker that replaces it.
+#[derive(Clone, Debug)]
+struct TargetHandOver {
+    shown: String,
+    cursor: i64,
+    failures: u32,
+    not_before: Option<Instant>,
+    next_resend: Option<Instant>,
+}
+
+/// Between a retired worker and the one of the same sink that replaces it: the old one puts
+/// its targets' state here when it ends (also when it panics: see `Drop for Worker`); the new
+/// one waits for it before it reads the outbox.
+#[derive(Default)]
+struct Baton {
+    /// `Some` once the worker ended.
+    ended: Mutex<Option<Vec<TargetHandOver>>>,
+    cv: Condvar,
+}
+
+impl Baton {
+    fn finish(&self, targets: Vec<TargetHandOver>) {
+        if let Ok(mut ended) = self.ended.lock() {
+            *ended = Some(targets);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Waits until the worker ended; its targets' state. Not cut short by a stop: a worker
+    /// retired before its predecessor ended must still hand that state on (a second reload
+    /// in the window), and the predecessor ends within its request's timeout.
+    fn wait(&self) -> Vec<TargetHandOver> {
+        let Ok(mut ended) = self.ended.lock() else {
+            return Vec::new();
+        };
+        loop {
+            if let Some(targets) = ended.as_ref() {
+                return targets.clone();
+            }
+            ended = match self.cv.wait(ended) {
+                Ok(e) => e,
+                Err(_) => return Vec::new(),
+            };
+        }
+    }
+}
+
 /// The running workers.
 pub struct Delivery {
     shared: Arc<Shared>,
-    workers: Vec<(String, JoinHandle<()>)>,
+    /// Each worker's sink name, thread, and where it hands over when it ends.
+    workers: Vec<(String, JoinHandle<()>, Arc<Baton>)>,
 }
 
 impl Delivery {
@@ -151,6 +203,33 @@ impl Delivery {
         results: Arc<dyn ResultSink>,
         opts: DeliveryOptions,
     ) -> std::io::Result<Delivery> {
+        Delivery::start_after(sinks, store, results, opts, None)
+    }
+
+    /// Starts the workers of a reload's sinks to take over from `previous` (the running
+    /// workers, left running: [`Delivery::retire`] them once this succeeded). The new worker
+    /// of a sink of the same name first waits, on its own thread, for the old one to end, and
+    /// goes on from where it was: per target (same URL as shown), past what it finished
+    /// (delivered, skipped, given up), with its backoff. So a delivery in flight at the reload
+    /// is not made again by the new worker, and nothing it finished is sent twice while its
+    /// result waits to be committed. A sink that is new or renamed starts from the outbox.
+    pub fn replace(
+        previous: &Delivery,
+        sinks: Vec<(Sink, Client)>,
+        store: &std::path::Path,
+        results: Arc<dyn ResultSink>,
+        opts: DeliveryOptions,
+    ) -> std::io::Result<Delivery> {
+        Delivery::start_after(sinks, store, results, opts, Some(previous))
+    }
+
+    fn start_after(
+        sinks: Vec<(Sink, Client)>,
+        store: &std::path::Path,
+        results: Arc<dyn ResultSink>,
+        opts: DeliveryOptions,
+        previous: Option<&Delivery>,
+    ) -> std::io::Result<Delivery> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             generation: Mutex::new(0),
@@ -159,7 +238,8 @@ impl Delivery {
         let mut workers = Vec::new();
         for (sink, client) in sinks {
             let name = sink.name().to_owned();
-            let worker = Worker::new(
+            let baton = Arc::new(Baton::default());
+            let mut worker = Worker::new(
                 sink,
                 client,
                 store.to_path_buf(),
@@ -167,10 +247,25 @@ impl Delivery {
                 opts.clone(),
                 Arc::clone(&shared),
             );
-            let handle = std::thread::Builder::new()
+            worker.baton = Some(Arc::clone(&baton));
+            worker.take_over = previous.and_then(|p| {
+                p.workers
+                    .iter()
+                    .find(|(n, _, _)| *n == name)
+                    .map(|(_, _, b)| Arc::clone(b))
+            });
+            let spawned = std::thread::Builder::new()
                 .name(format!("alerts-{}", short(&name)))
-                .spawn(move || worker.run())?;
-            workers.push((name, handle));
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(handle) => workers.push((name, handle, baton)),
+                Err(e) => {
+                    // The ones started stop (those waiting for a predecessor included).
+                    shared.stop.store(true, Ordering::Relaxed);
+                    shared.wake();
+                    return Err(e);
+                }
+            }
         }
         Ok(Delivery { shared, workers })
     }
@@ -182,9 +277,8 @@ impl Delivery {
 
     /// Retires the workers without waiting for them (a reload replaced the sinks; the caller
     /// must not wait: it is the capture loop): each finishes the request it is making, if
-    /// any, hands its result over, and ends. A delivery in flight may then be made again by
-    /// the new workers (delivery is at least once; webhook receivers deduplicate by
-    /// `webhook-id`).
+    /// any, hands its result over, and ends, handing its place to the worker that replaces
+    /// it ([`Delivery::replace`]), which then goes on from there.
     pub fn retire(self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wake();
@@ -197,7 +291,7 @@ impl Delivery {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wake();
         let deadline = Instant::now() + grace;
-        for (name, handle) in self.workers {
+        for (name, handle, _) in self.workers {
             while !handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -301,6 +395,30 @@ struct Worker {
     bucket: Option<TokenBucket>,
     /// When the outbox last could not be read (logged once per stretch).
     outbox_failing: bool,
+    /// Where this worker hands over when it ends.
+    baton: Option<Arc<Baton>>,
+    /// The retired worker of the same sink this one goes on from, once it ended.
+    take_over: Option<Arc<Baton>>,
+}
+
+impl Drop for Worker {
+    /// Also when the thread panics: the worker that replaces it must not wait forever.
+    fn drop(&mut self) {
+        if let Some(baton) = self.baton.take() {
+            baton.finish(
+                self.targets
+                    .iter()
+                    .map(|t| TargetHandOver {
+                        shown: t.target.shown.clone(),
+                        cursor: t.cursor,
+                        failures: t.failures,
+                        not_before: t.not_before,
+                        next_resend: t.next_resend,
+                    })
+                    .collect(),
+            );
+        }
+    }
 }
 
 /// What one look at a target did.
@@ -347,6 +465,25 @@ impl Worker {
             targets,
             bucket,
             outbox_failing: false,
+            baton: None,
+            take_over: None,
+        }
+    }
+
+    /// Waits for the retired worker of the same sink to end, and goes on from its targets'
+    /// state.
+    fn take_over(&mut self) {
+        let Some(previous) = self.take_over.take() else {
+            return;
+        };
+        let ended = previous.wait();
+        for t in &mut self.targets {
+            if let Some(old) = ended.iter().find(|o| o.shown == t.target.shown) {
+                t.cursor = t.cursor.max(old.cursor);
+                t.failures = old.failures;
+                t.not_before = old.not_before;
+                t.next_resend = old.next_resend;
+            }
         }
     }
 
@@ -355,6 +492,7 @@ impl Worker {
     }
 
     fn run(mut self) {
+        self.take_over();
         while !self.stopping() {
             let seen = self.shared.generation();
             let mut busy = false;

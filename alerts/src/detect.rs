@@ -232,6 +232,12 @@ impl Detector {
         self.opaque = RuleSetting::of(config, RuleId::OpaqueLeak);
     }
 
+    /// A reload changed `[alerts] node_name`: the groups opened from now on name `node`
+    /// (open groups keep the node they were raised on).
+    pub fn set_node(&mut self, node: Node) {
+        self.node = node;
+    }
+
     /// Whether any rule is on.
     pub fn any_enabled(&self) -> bool {
         self.foreign.enabled || self.opaque.enabled

@@ -453,6 +453,15 @@ impl DaemonStore {
         }
     }
 
+    /// See [`Store::set_retention`]; also for a store opened later (after a failure).
+    pub fn set_retention(&mut self, age: Option<std::time::Duration>, bytes: Option<u64>) {
+        self.opts.retention_age = age;
+        self.opts.retention_bytes = bytes;
+        if let State::Open(store) = &mut self.state {
+            store.set_retention(age, bytes);
+        }
+    }
+
     /// See [`Store::prune`].
     pub fn prune(&mut self, now: SystemTime) -> Result<Option<PruneReport>, StoreError> {
         match &mut self.state {

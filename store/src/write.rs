@@ -1521,6 +1521,15 @@ impl Store {
             .map(|u| u.lost)
     }
 
+    /// Replaces the retention bounds (a reload of the configuration): the next [`Store::prune`]
+    /// applies them. Nothing on a read-only store.
+    pub fn set_retention(&mut self, age: Option<std::time::Duration>, bytes: Option<u64>) {
+        if let Some(w) = self.writer.as_deref_mut() {
+            w.opts.retention_age = age;
+            w.opts.retention_bytes = bytes;
+        }
+    }
+
     /// Retention: removes events older than `retention_age`, then the oldest events while the
     /// database holds more than `retention_bytes` (down to 90 % of it), at most `prune_chunk`
     /// per call, with the paths and processes only they referenced. Records a `pruned` gap.

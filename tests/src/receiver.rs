@@ -32,6 +32,10 @@ pub enum Mode {
     Body200(String),
     /// 429 with `Retry-After: N`.
     RetryAfter(u64),
+    /// Holds each request (read in full) unanswered until the mode changes, at most 120 s,
+    /// then answers as the new mode says (`Accept`: recorded as accepted). While held, a
+    /// request counts in [`Receiver::held`]: a test can act while a delivery is in flight.
+    Hold,
 }
 
 /// One request as received.
@@ -80,6 +84,8 @@ struct State {
     mode: Mode,
     received: Vec<Received>,
     listener: Option<TcpListener>,
+    /// Requests read and held unanswered now ([`Mode::Hold`]).
+    held: usize,
 }
 
 /// The receiver; stops when dropped.
@@ -114,6 +120,7 @@ impl Receiver {
             mode: Mode::Accept,
             received: Vec::new(),
             listener: Some(listener),
+            held: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -160,6 +167,12 @@ impl Receiver {
             }
         }
         s.mode = mode;
+    }
+
+    /// Requests read in full and held unanswered now ([`Mode::Hold`]); not in
+    /// [`Receiver::received`] until answered.
+    pub fn held(&self) -> usize {
+        self.state.lock().map(|s| s.held).unwrap_or(0)
     }
 
     /// Every request so far.
@@ -276,10 +289,25 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             body.extend_from_slice(&chunk[..n]);
         }
     }
-    let mode = state.lock().map(|s| s.mode.clone()).unwrap_or(Mode::Accept);
+    let mut mode = state.lock().map(|s| s.mode.clone()).unwrap_or(Mode::Accept);
+    if mode == Mode::Hold {
+        if let Ok(mut s) = state.lock() {
+            s.held += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while mode == Mode::Hold && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            mode = state.lock().map(|s| s.mode.clone()).unwrap_or(Mode::Accept);
+        }
+        if let Ok(mut s) = state.lock() {
+            s.held -= 1;
+        }
+    }
     let path = target.split('?').next().unwrap_or("").to_owned();
     let (status, extra, text): (u16, String, String) = match &mode {
-        Mode::Accept | Mode::Refuse => (200, String::new(), success_body(&path).to_owned()),
+        Mode::Accept | Mode::Refuse | Mode::Hold => {
+            (200, String::new(), success_body(&path).to_owned())
+        }
         Mode::Status(s) => (*s, String::new(), "receiver says no".into()),
         Mode::Slow(d) => {
             std::thread::sleep(*d);

@@ -566,3 +566,83 @@ fn a_later_opaque_mark_by_a_trusted_writer_is_judged_against_the_tar() {
     cd.stop().expect("containerd stop");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The checks off at the start (no layer-check worker runs), turned on by a reload with a new
+/// node name: a layer committed damaged after the reload gives `layer-damaged`, naming the new
+/// node. On a daemon whose check workers are started once per run, no alert comes (and the
+/// reload says `[rules.layer-damaged]` waits for a restart).
+#[test]
+fn checks_off_at_the_start_are_turned_on_by_a_reload() {
+    tests::require_root();
+    let dir = temp_dir("layer-check-reload");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let config = |enabled: bool, node: &str| {
+        format!(
+            "[alerts]\nnode_name = \"{node}\"\n\n[rules.heartbeat]\nenabled = false\n\n\
+             [rules.layer-damaged]\nenabled = {enabled}\n\n[rules.opaque-leak]\nenabled = false\n\n\
+             [rules.after-crash-verify]\nenabled = false\n\n[rules.metadata-mismatch]\nenabled = false\n\n\
+             [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            r.url("/hook")
+        )
+    };
+    tests::write_config(&dir.join("ctrwatch.toml"), &config(false, "edge-off"));
+    let daemon = Watcher::start_command(&daemon_args(&cd, &dir));
+    tests::write_config(&dir.join("ctrwatch.toml"), &config(true, "edge-on"));
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + TIMEOUT;
+    while !daemon.stderr().contains("reloaded the configuration") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload within {TIMEOUT:?}:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !daemon.stderr().contains("takes effect at the next start"),
+        "{}",
+        daemon.stderr()
+    );
+
+    // The base layer unpacked by containerd (the damaged layer's parent).
+    let base = Layer::base().expect("base layer");
+    let plain = cd
+        .build_image_info(
+            "test.local/ctrwatch/layercheck-reload-base:1",
+            &[base.clone(), Layer::new().file("plain", "y\n")],
+        )
+        .expect("image");
+    cd.import(&plain.archive, NS).expect("import");
+    let damaged = Layer::new()
+        .dir("data")
+        .file("data/big", vec![b'z'; 64 * 1024])
+        .file("data/small", "intact\n");
+    let img = cd
+        .build_image_info(
+            "test.local/ctrwatch/layercheck-reload:1",
+            &[base, damaged.clone()],
+        )
+        .expect("image");
+    import_without_unpack(&cd, &img.archive);
+    unpack_by_hand(
+        &cd,
+        &dir,
+        &damaged,
+        &img.chain_ids[1],
+        &img.chain_ids[0],
+        |fs| {
+            run(Command::new("truncate")
+                .arg("-s")
+                .arg("0")
+                .arg(fs.join("data/big")));
+        },
+    );
+    let a = wait_alert(&r, &daemon, "layer-damaged for /data/big", |b| {
+        b["rule"] == "layer-damaged" && b["file"]["inner_path"] == "/data/big"
+    });
+    assert_eq!(a["node"]["hostname"], "edge-on", "{a}");
+    daemon.stop();
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -489,6 +489,130 @@ fn a_fifo_at_the_config_path_does_not_hang_the_daemon() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// The good reloads applied so far, by the load time `status` shows: waits until it moves
+/// past `before`; returns it.
+fn loaded_after(store: &Path, before: &Value) -> Value {
+    status_until(store, "a new load time", |v| {
+        v["daemon"]["config_loaded"].is_string() && v["daemon"]["config_loaded"] != *before
+    })["daemon"]["config_loaded"]
+        .clone()
+}
+
+/// `log_level` follows a reload: reloaded at `warn`, the daemon no longer writes the
+/// reload's own info line (the level applies before it), while the error line of a refused
+/// reload after it is written (same stream, so their order is the daemon's); reloaded at
+/// `info` again, the info line is back. On a daemon whose logger is set once, the `warn`
+/// reload still writes its info line (the level waits for a restart).
+#[test]
+fn the_log_level_follows_a_reload() {
+    const INFO: &str = "reloaded the configuration";
+    const REFUSED: &str = "reloading the configuration failed";
+    let (base, root) = setup("reload-log-level");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    // The harness waits for the start's info line.
+    write_config(&config, "log_level = \"info\"\n");
+    let daemon = start_daemon(&root, Some(&store), &config);
+    let loaded = status_until(&store, "the config file", |v| {
+        v["daemon"]["config_loaded"].is_string()
+    })["daemon"]["config_loaded"]
+        .clone();
+
+    std::thread::sleep(Duration::from_millis(50));
+    write_config(&config, "log_level = \"warn\"\n");
+    daemon.signal(libc::SIGHUP);
+    let loaded = loaded_after(&store, &loaded);
+    write_config(&config, "log_level = \"warn\"\nno_such_key = 1\n");
+    daemon.signal(libc::SIGHUP);
+    let log = log_until(&daemon, REFUSED);
+    assert_eq!(
+        log.matches(INFO).count(),
+        0,
+        "an info line after the reload to warn:\n{log}"
+    );
+    assert!(!log.contains("log_level changed"), "{log}");
+
+    std::thread::sleep(Duration::from_millis(50));
+    write_config(&config, "log_level = \"info\"\n");
+    daemon.signal(libc::SIGHUP);
+    loaded_after(&store, &loaded);
+    log_until(&daemon, INFO);
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// `[store] retention_mb` follows a reload: a store of some 30 MB of events, reloaded with
+/// the smallest bound (16 MiB), is pruned within seconds (a `pruned` record), not at the next
+/// start or the next scheduled prune ten minutes on. On a daemon that keeps the bound it
+/// started with (none), nothing is pruned.
+#[test]
+fn a_reload_changes_the_retention() {
+    const FLOOD: u64 = 300_000;
+    let (base, root) = setup("reload-retention");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    write_config(&config, "[store]\nretention_mb = 0\n");
+    let daemon = start_daemon(&root, Some(&store), &config);
+    let loaded = status_until(&store, "the config file", |v| {
+        v["daemon"]["config_loaded"].is_string()
+    })["daemon"]["config_loaded"]
+        .clone();
+    let flood_dir = root.join("flood");
+    std::fs::create_dir_all(&flood_dir).expect("mkdir flood");
+    let flooded = Command::new(FSOP)
+        .args([
+            OsStr::new("flood"),
+            flood_dir.as_os_str(),
+            OsStr::new(&FLOOD.to_string()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("flood");
+    assert!(flooded.success(), "{flooded:?}");
+    // Every record of the flood handed to the store (or counted lost): well over 16 MiB.
+    status_until(&store, "the flood handed to the store", |v| {
+        let d = &v["daemon"];
+        d["events"].as_u64().unwrap_or(0) + d["lost"].as_u64().unwrap_or(0) >= FLOOD
+            && v["store_bytes"].as_u64().unwrap_or(0) > 20 << 20
+    });
+    let pruned = || {
+        let (code, out, err) = ctrwatch(&[
+            OsStr::new("gaps"),
+            OsStr::new("--store"),
+            store.as_os_str(),
+            OsStr::new("--json"),
+        ]);
+        assert_eq!(code, 0, "gaps: {err}");
+        json_lines(&out)
+            .into_iter()
+            .filter(|g| s(g, "kind") == "pruned")
+            .collect::<Vec<_>>()
+    };
+    assert!(pruned().is_empty(), "pruned before the reload");
+
+    std::thread::sleep(Duration::from_millis(50));
+    write_config(&config, "[store]\nretention_mb = 16\n");
+    daemon.signal(libc::SIGHUP);
+    loaded_after(&store, &loaded);
+    tests::wait_until(
+        "a prune by the reloaded bound",
+        DEADLINE,
+        || !pruned().is_empty(),
+        || daemon.stderr(),
+    );
+    let status = status_until(&store, "no key waiting for a restart", |v| {
+        v["daemon"]["config_restart_pending"]
+            .as_array()
+            .is_some_and(|k| k.is_empty())
+    });
+    assert!(
+        status["daemon"]["config_reload_failed"].is_null(),
+        "{status}"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// `[store] path` changed in the file: not an error; warned, shown in status, and the daemon
 /// keeps storing where it started.
 #[test]

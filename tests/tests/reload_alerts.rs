@@ -210,6 +210,151 @@ fn a_reload_adds_removes_and_puts_back_sinks() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// A reload while an alert is being delivered (the receiver holds the request unanswered)
+/// does not send it again: the new worker of the sink waits for the old one to finish its
+/// request and goes on after it. Twice: a reload that leaves the sink as it was, and one that
+/// changes it (its timeout). Each alert arrives exactly once; the next alert, raised after
+/// the held one was answered, comes behind any repeat (one target's deliveries go out in
+/// outbox order), so counting once it arrived is conclusive. On a daemon whose new workers
+/// start on the outbox as it is, the held alert is sent a second time.
+#[test]
+fn a_reload_during_a_delivery_does_not_send_it_twice() {
+    tests::require_root();
+    let base = temp_dir("reload-inflight");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let r = Receiver::start(Mode::Hold);
+    // Longer than the receiver holds a request: the held delivery succeeds.
+    let with_timeout = |t: &str| {
+        format!(
+            "{QUIET}[[sinks]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"{t}\"\n",
+            r.url("/a")
+        )
+    };
+    let first = with_timeout("150s");
+    write_config(&config, &first);
+    let mut daemon = start_daemon(&[&root], &store, &config);
+    let arrived = |marker: &str| {
+        r.received()
+            .iter()
+            .filter(|x| {
+                x.accepted()
+                    && x.json()["details"]["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains(marker)
+            })
+            .count()
+    };
+    let held = |n: usize| {
+        until(
+            &format!("{n} request(s) held by the receiver"),
+            || r.held() >= n,
+            || format!("held {}; answered:\n{}", r.held(), shown(&r)),
+        );
+    };
+    let mut good_reloads = 0;
+    for (n, (held_marker, next_marker, reloaded)) in [
+        ("marker_held_one", "marker_next_one", first.clone()),
+        ("marker_held_two", "marker_next_two", with_timeout("140s")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        r.set_mode(Mode::Hold);
+        // An alert whose delivery the receiver holds...
+        reload_bad(&daemon, &config, &first, held_marker, 2 * n + 1);
+        held(1);
+        // ... a good reload while it is held, then the receiver answers.
+        good_reloads += 1;
+        reload_good(&daemon, &config, &reloaded, good_reloads);
+        r.set_mode(Mode::Accept);
+        // The next alert arrives behind any repeat of the held one.
+        reload_bad(&daemon, &config, &first, next_marker, 2 * n + 2);
+        until(
+            &format!("the alert about {next_marker} arrives"),
+            || arrived(next_marker) >= 1,
+            || shown(&r),
+        );
+        assert_eq!(
+            arrived(held_marker),
+            1,
+            "the alert in flight at the reload arrived {} times (reload {}):\n{}",
+            arrived(held_marker),
+            n + 1,
+            shown(&r)
+        );
+        assert_eq!(arrived(next_marker), 1, "{}", shown(&r));
+    }
+    assert_eq!(r.held(), 0, "a request still held:\n{}", shown(&r));
+    assert!(
+        daemon.wait_exit(Duration::ZERO).is_none(),
+        "the daemon exited"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// `[alerts] node_name` follows a reload: the daemon's own rules' alerts raised after it name
+/// the new node (`config-invalid` here; the detections' in
+/// `a_reload_changes_and_disables_the_detections`), and no restart is asked for when the
+/// checks that keep their node (metadata and layer checks) are off. On a daemon that names
+/// its node once per run, the second alert still carries the first name.
+#[test]
+fn a_reload_renames_the_node() {
+    tests::require_root();
+    let base = temp_dir("reload-node");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let r = Receiver::start(Mode::Accept);
+    let text = |node: &str| {
+        format!(
+            "[alerts]\nnode_name = \"{node}\"\n\n{QUIET}[rules.metadata-mismatch]\nenabled = false\n\n\
+             [rules.layer-damaged]\nenabled = false\n\n[rules.after-crash-verify]\nenabled = false\n\n\
+             [rules.opaque-leak]\nenabled = false\n\n{}",
+            sink("a", &r)
+        )
+    };
+    write_config(&config, &text("edge-before"));
+    let mut daemon = start_daemon(&[&root], &store, &config);
+    let node_of = |marker: &str| -> Vec<Value> {
+        refusals_of(&r, marker)
+            .into_iter()
+            .map(|b| b["node"]["hostname"].clone())
+            .collect()
+    };
+    reload_bad(&daemon, &config, &text("edge-before"), "marker_one", 1);
+    until(
+        "the first refusal",
+        || !node_of("marker_one").is_empty(),
+        || shown(&r),
+    );
+    assert_eq!(node_of("marker_one"), ["edge-before"], "{}", shown(&r));
+    reload_good(&daemon, &config, &text("edge-after"), 1);
+    reload_bad(&daemon, &config, &text("edge-after"), "marker_two", 2);
+    until(
+        "the second refusal",
+        || !node_of("marker_two").is_empty(),
+        || shown(&r),
+    );
+    assert_eq!(node_of("marker_two"), ["edge-after"], "{}", shown(&r));
+    assert!(
+        !daemon.stderr().contains("node_name"),
+        "node_name waits for a restart:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.wait_exit(Duration::ZERO).is_none(),
+        "the daemon exited"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// The daemon's own rules: a reload that changes `config-invalid`'s severity makes the next
 /// one carry it; a reload that disables it silences it while another rule (the heartbeat,
 /// enabled by the same reload) still arrives.
@@ -289,13 +434,14 @@ fn a_reload_changes_and_disables_the_detections() {
     let r = Receiver::start(Mode::Accept);
     let config = dir.join("ctrwatch.toml");
     let store = dir.join("events.db");
-    let text = |rules: &str| {
+    let named = |node: &str, rules: &str| {
         format!(
-            "[alerts]\ngroup_window = \"2s\"\n\n{QUIET}{rules}\n{}",
+            "[alerts]\ngroup_window = \"2s\"\nnode_name = \"{node}\"\n\n{QUIET}{rules}\n{}",
             sink("hook", &r)
         )
     };
-    write_config(&config, &text(""));
+    let text = |rules: &str| named("edge-renamed", rules);
+    write_config(&config, &named("edge-started", ""));
     let daemon = start_daemon(&[cd.root(), cd.state()], &store, &config);
     let built = cd
         .build_image_info(
@@ -335,7 +481,8 @@ fn a_reload_changes_and_disables_the_detections() {
             .collect()
     };
 
-    // The severity reloaded: the next alert carries it (the rule's own is critical here).
+    // The severity and the node's name reloaded: the next alert carries them (the rule's
+    // own severity is critical here).
     reload_good(
         &daemon,
         &config,
@@ -352,6 +499,10 @@ fn a_reload_changes_and_disables_the_detections() {
     assert!(
         one.iter().all(|b| b["severity"] == "info"),
         "the reloaded severity is not carried: {one:#?}"
+    );
+    assert!(
+        one.iter().all(|b| b["node"]["hostname"] == "edge-renamed"),
+        "the reloaded node name is not carried: {one:#?}"
     );
 
     // Disabled: the unlink of /two raises nothing; the opaque marker set after it does.
@@ -392,6 +543,73 @@ fn a_reload_changes_and_disables_the_detections() {
         mentions("two").is_empty(),
         "the disabled rule judged /two: {:#?}",
         mentions("two")
+    );
+    daemon.stop();
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every detection off at the start (no detection thread runs), turned on by a reload: the
+/// change made after the reload raises `foreign-change`; the one made before it, while the
+/// rules were off, is never judged (it would be in the same alert or an earlier one).
+#[test]
+fn detections_off_at_the_start_are_turned_on_by_a_reload() {
+    tests::require_root();
+    const NS: &str = "default";
+    let dir = temp_dir("reload-detect-on");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let config = dir.join("ctrwatch.toml");
+    let store = dir.join("events.db");
+    let text = |enabled: bool| {
+        format!(
+            "[alerts]\ngroup_window = \"2s\"\n\n{QUIET}[rules.foreign-change]\nenabled = {enabled}\n\n\
+             [rules.opaque-leak]\nenabled = {enabled}\n\n{}",
+            sink("hook", &r)
+        )
+    };
+    write_config(&config, &text(false));
+    let daemon = start_daemon(&[cd.root(), cd.state()], &store, &config);
+    let built = cd
+        .build_image_info(
+            "test.local/ctrwatch/reload-detect-on:1",
+            &[
+                Layer::base().expect("base"),
+                Layer::new().file("before", "1\n").file("after", "2\n"),
+            ],
+        )
+        .expect("image");
+    cd.import(&built.archive, NS).expect("import");
+    let upper = cd.snapshot_dir(NS, &built.chain_ids[1]).expect("upper dir");
+    wait_history(&store, &upper.join("fs/after"), "create");
+    let unlink = |name: &str| {
+        let path = upper.join("fs").join(name);
+        let out = Command::new(FSOP)
+            .args([OsStr::new("unlink"), path.as_os_str()])
+            .output()
+            .expect("fsop");
+        assert!(out.status.success(), "unlink {name}: {out:?}");
+    };
+    let mentions = |name: &str| -> Vec<Value> {
+        bodies(&r, "foreign-change")
+            .into_iter()
+            .filter(|b| b.to_string().contains(&format!("/fs/{name}")))
+            .collect()
+    };
+    // Off: stored, not judged.
+    unlink("before");
+    wait_history(&store, &upper.join("fs/before"), "unlink");
+    reload_good(&daemon, &config, &text(true), 1);
+    unlink("after");
+    until(
+        "foreign-change for /after",
+        || !mentions("after").is_empty(),
+        || shown(&r),
+    );
+    assert!(
+        mentions("before").is_empty(),
+        "a change made while the rule was off was judged: {:#?}",
+        mentions("before")
     );
     daemon.stop();
     cd.stop().expect("containerd stop");

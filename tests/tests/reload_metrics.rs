@@ -138,3 +138,97 @@ fn a_reload_moves_the_metrics_listener_and_a_busy_address_is_refused() {
     daemon.stop();
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// The listener moved to the same port on another address: 127.0.0.1:P to 0.0.0.0:P and back
+/// (each bind is refused with EADDRINUSE while the other listens): the old one is closed
+/// first and the new one served. When the new one cannot listen even then (another process
+/// holds 127.0.0.2:P, which the wildcard covers), the reload is refused and the old listener
+/// is back. On a daemon that binds the new address before closing the old, the first move is
+/// refused.
+#[test]
+fn a_reload_moves_the_metrics_listener_to_the_same_port_on_another_address() {
+    tests::require_root();
+    let base = temp_dir("reload-metrics-port");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let listen = |addr: SocketAddr| format!("[metrics]\nlisten = \"{addr}\"\n");
+    let first = free_addr();
+    let port = first.port();
+    let wildcard: SocketAddr = format!("0.0.0.0:{port}").parse().expect("addr");
+    let other: SocketAddr = format!("127.0.0.2:{port}").parse().expect("addr");
+    write_config(&config, &listen(first));
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.clone().into(),
+        "--store".into(),
+        store.clone().into(),
+        "--config".into(),
+        config.clone().into(),
+    ];
+    let mut daemon = Watcher::start_command(&args);
+    until(
+        "the first address serves",
+        || serves(first),
+        || daemon.stderr(),
+    );
+    let reloads = |n: usize| {
+        until(
+            &format!("{n} good reload(s)"),
+            || {
+                daemon
+                    .stderr()
+                    .matches("reloaded the configuration")
+                    .count()
+                    >= n
+            },
+            || daemon.stderr(),
+        );
+    };
+
+    // To the wildcard on the same port: served on every loopback address.
+    write_config(&config, &listen(wildcard));
+    daemon.signal(libc::SIGHUP);
+    reloads(1);
+    until("served on 127.0.0.2", || serves(other), || daemon.stderr());
+    assert!(serves(first), "{}", daemon.stderr());
+
+    // Back to 127.0.0.1: 127.0.0.2 closes.
+    write_config(&config, &listen(first));
+    daemon.signal(libc::SIGHUP);
+    reloads(2);
+    until(
+        "127.0.0.2 closed",
+        || scrape(other).is_err(),
+        || daemon.stderr(),
+    );
+    assert!(serves(first), "{}", daemon.stderr());
+
+    // The wildcard again, while another process holds 127.0.0.2:P: refused, the old back.
+    let held = TcpListener::bind(other).expect("bind 127.0.0.2");
+    write_config(&config, &listen(wildcard));
+    daemon.signal(libc::SIGHUP);
+    until(
+        "the reload refused",
+        || {
+            daemon
+                .stderr()
+                .contains("reloading the configuration failed")
+        },
+        || daemon.stderr(),
+    );
+    until(
+        "the old listener back",
+        || serves(first),
+        || daemon.stderr(),
+    );
+    drop(held);
+    assert!(
+        daemon.wait_exit(Duration::ZERO).is_none(),
+        "the daemon exited"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}

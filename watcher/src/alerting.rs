@@ -16,7 +16,7 @@ use ctrwatch_alerts::{
     sinks::{Outcome, Sink},
     target_key::TargetKey,
 };
-use ctrwatch_config::Config;
+use ctrwatch_config::{Config, RuleId};
 
 /// A configuration that cannot be used, as one message (every problem, one per line).
 pub fn load_config(path: &Path) -> Result<Config, String> {
@@ -223,8 +223,9 @@ enum DetectMsg {
     Event(Box<ctrwatch_event::FileEvent>),
     /// Everything captured before this time (ns) is ahead of it in the queue.
     Watermark(i64),
-    /// A reload: the events behind this are judged by these rules.
-    Reconfigure(Box<Config>),
+    /// A reload: the events behind this are judged by these rules, and their alerts name this
+    /// node.
+    Reconfigure(Box<(Config, Node)>),
 }
 
 /// The capture path's side of the detection thread: a bounded queue it never waits on.
@@ -237,7 +238,7 @@ struct DetectFeed {
     dropped_to_ns: i64,
     /// A reload's rules not yet handed over (the queue was full): handed over before any
     /// further event, so that every event after the reload is judged by them.
-    reconfigure: Option<Box<Config>>,
+    reconfigure: Option<Box<(Config, Node)>>,
 }
 
 impl DetectFeed {
@@ -284,7 +285,11 @@ fn detect_loop(
         match rx.recv_timeout(DETECT_TICK) {
             Ok(DetectMsg::Event(ev)) => detector.event(&ev, clock.now_ns()),
             Ok(DetectMsg::Watermark(at)) => detector.watermark(at),
-            Ok(DetectMsg::Reconfigure(config)) => detector.reconfigure(&config),
+            Ok(DetectMsg::Reconfigure(new)) => {
+                let (config, node) = *new;
+                detector.reconfigure(&config);
+                detector.set_node(node);
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 send(detector.flush());
@@ -316,6 +321,42 @@ fn start_detect(
         dropped_to_ns: 0,
         reconfigure: None,
     })
+}
+
+/// The `metadata-mismatch` worker for `config`'s rule (None when it is off), handing its
+/// alerts to `results`.
+fn start_mismatch(
+    config: &Config,
+    node: &Node,
+    results: &std::sync::Arc<dyn ctrwatch_alerts::ResultSink>,
+) -> anyhow::Result<Option<crate::checkworker::CheckWorker<Box<ctrwatch_event::FileEvent>>>> {
+    let checker = ctrwatch_alerts::detect::mismatch::Checker::new(config, node.clone());
+    if !checker.enabled() {
+        return Ok(None);
+    }
+    let out = std::sync::Arc::clone(results);
+    let worker = crate::mismatch::start(checker, move |alerts| {
+        for w in records(alerts) {
+            if !out.send(w) {
+                log::warn!(
+                    "alerts: the store writer has stopped; a metadata-mismatch alert is lost"
+                );
+            }
+        }
+    })?;
+    Ok(Some(worker))
+}
+
+/// Stops a check worker a reload replaced, on a thread of its own: its stop (what is queued
+/// checked within the stop's budget, its groups handed over) must not hold the capture
+/// loop. When no thread can be started it is dropped: it ends at once, unchecked.
+fn retire<W: Send + 'static>(worker: W, name: &str, stop: impl FnOnce(W) + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("{name}-old"))
+        .spawn(move || stop(worker));
+    if let Err(e) = spawned {
+        log::warn!("{name}: the worker a reload replaced could not be stopped in order ({e})");
+    }
 }
 
 /// How often the detection thread looks for revisions due.
@@ -426,21 +467,7 @@ impl DaemonAlerts {
         if detector.any_enabled() {
             self.detect = Some(start_detect(detector, std::sync::Arc::clone(&results))?);
         }
-        let checker =
-            ctrwatch_alerts::detect::mismatch::Checker::new(&self.config, self.node.clone());
-        if checker.enabled() {
-            let out = std::sync::Arc::clone(&results);
-            self.mismatch = Some(crate::mismatch::start(checker, move |alerts| {
-                for w in records(alerts) {
-                    if !out.send(w) {
-                        log::warn!(
-                            "alerts: the store writer has stopped; a metadata-mismatch alert \
-                             is lost"
-                        );
-                    }
-                }
-            })?);
-        }
+        self.mismatch = start_mismatch(&self.config, &self.node, &results)?;
         self.layer_check = crate::layercheck::LayerCheck::start(
             &self.config,
             self.node.clone(),
@@ -483,28 +510,75 @@ impl DaemonAlerts {
         let (Some(results), Some(store)) = (self.results.clone(), self.store.clone()) else {
             self.config = alerting.config.clone();
             self.writer.routing = alerting.routing.clone();
+            self.node = alerting.node.clone();
             self.pending = Some(alerting);
             return Ok(None);
         };
         let new = alerting.config;
+        let node = alerting.node;
+        let node_changed = node != self.node;
         let rules_changed = self.config.rules != new.rules
+            || self.config.alerts.group_window != new.alerts.group_window
+            || node_changed;
+        // The checks' workers hold their rules and node: restarted when those change.
+        let checks = [
+            RuleId::MetadataMismatch,
+            RuleId::LayerDamaged,
+            RuleId::AfterCrashVerify,
+            RuleId::OpaqueLeak,
+        ];
+        let mismatch_changed = node_changed
+            || self.config.rule(RuleId::MetadataMismatch) != new.rule(RuleId::MetadataMismatch)
             || self.config.alerts.group_window != new.alerts.group_window;
+        let layer_changed = node_changed
+            || checks[1..]
+                .iter()
+                .any(|r| self.config.rule(*r) != new.rule(*r));
         // What can fail first: on an error nothing has changed.
+        let new_mismatch = if mismatch_changed {
+            Some(start_mismatch(&new, &node, &results)?)
+        } else {
+            None
+        };
+        // The new one checks the layers committed from now on; an after-crash verification
+        // under way (the start's) is abandoned with the old one.
+        let new_layer_check = if layer_changed {
+            Some(crate::layercheck::LayerCheck::start(
+                &new,
+                node.clone(),
+                None,
+                &store,
+                std::sync::Arc::clone(&results),
+            )?)
+        } else {
+            None
+        };
         let mut new_detect = None;
         if rules_changed && self.detect.is_none() {
-            let detector = ctrwatch_alerts::detect::Detector::new(&new, self.node.clone());
+            let detector = ctrwatch_alerts::detect::Detector::new(&new, node.clone());
             if detector.any_enabled() {
                 new_detect = Some(start_detect(detector, std::sync::Arc::clone(&results))?);
             }
         }
         let n = alerting.sinks.len();
+        // The new workers go on from where the old ones of the same sinks end: a delivery in
+        // flight now is not made twice.
         let delivery = if n > 0 {
-            let started = ctrwatch_alerts::Delivery::start(
-                alerting.sinks,
-                &store,
-                results,
-                alerting.delivery,
-            )
+            let started = match &self.delivery {
+                Some(previous) => ctrwatch_alerts::Delivery::replace(
+                    previous,
+                    alerting.sinks,
+                    &store,
+                    results,
+                    alerting.delivery,
+                ),
+                None => ctrwatch_alerts::Delivery::start(
+                    alerting.sinks,
+                    &store,
+                    results,
+                    alerting.delivery,
+                ),
+            }
             .map_err(|e| anyhow::anyhow!("starting the alert delivery workers: {e}"))?;
             Some(started)
         } else {
@@ -513,14 +587,27 @@ impl DaemonAlerts {
         // Then what cannot fail.
         if rules_changed {
             if let Some(rules) = &mut self.rules {
+                rules.set_node(node.clone());
                 rules.reconfigure(&new, now_ns);
             }
             if let Some(feed) = &mut self.detect {
-                feed.reconfigure = Some(Box::new(new.clone()));
+                feed.reconfigure = Some(Box::new((new.clone(), node.clone())));
                 feed.hand_over_reconfigure();
             } else {
                 self.detect = new_detect;
             }
+        }
+        if let Some(worker) = new_mismatch
+            && let Some(old) = std::mem::replace(&mut self.mismatch, worker)
+        {
+            retire(old, "metadata-mismatch", |mut w| {
+                w.stop(crate::checkworker::STOP_BUDGET);
+            });
+        }
+        if let Some(check) = new_layer_check
+            && let Some(old) = std::mem::replace(&mut self.layer_check, check)
+        {
+            retire(old, "layer-check", |mut c| c.stop());
         }
         if let Some(old) = self.delivery.take() {
             old.retire();
@@ -534,6 +621,7 @@ impl DaemonAlerts {
         }
         self.writer.routing = alerting.routing;
         self.config = new;
+        self.node = node;
         Ok(Some(self.writer.clone()))
     }
 

@@ -26,7 +26,6 @@ use std::{
 use anyhow::Context as _;
 
 use ctrwatch_alerts::target_key::TargetKey;
-use ctrwatch_config::RuleId;
 use ctrwatch_event::{Clock, FileEvent, LossEvent, LossKind, monotonic_ns};
 
 use crate::{
@@ -97,23 +96,15 @@ impl std::fmt::Debug for Reloader {
 }
 
 /// The keys a reload cannot change while the daemon runs, and whether `new` changes them
-/// from what the daemon started with (`old`): the store is open, the ring buffer allocated,
-/// the logger set up, the node's name in every alert, and the metadata and layer checks'
-/// workers (with their rules and window) started once per run.
-/// Everything else of the file is applied live: roots and discovery, root refresh, trusted
-/// writers, secret masking, the sinks, the other rules and `[alerts]`, the metrics listener.
+/// from what the daemon started with (`old`): the store is open (its path and group), the
+/// ring buffer allocated, the programs loaded (backend, protect). Everything else of the file
+/// is applied live: roots and discovery, root refresh, trusted writers, secret masking, the
+/// sinks, every rule and `[alerts]` (the checks' workers are restarted when their rules or
+/// the node's name change), the metrics listener, the log level and the retention.
 pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static str> {
     let (o, n) = (&old.config, &new.config);
     [
         ("[store] path", old.store != new.store),
-        (
-            "[store] retention_days",
-            old.store_options.retention_age != new.store_options.retention_age,
-        ),
-        (
-            "[store] retention_mb",
-            old.store_options.retention_bytes != new.store_options.retention_bytes,
-        ),
         (
             "[store] group",
             old.store_options.group != new.store_options.group,
@@ -124,32 +115,6 @@ pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static 
         ),
         ("[watch] backend", o.watch.backend != n.watch.backend),
         ("[watch] protect", o.watch.protect != n.watch.protect),
-        ("log_level", o.log_level != n.log_level),
-        (
-            "[alerts] node_name",
-            o.alerts.node_name != n.alerts.node_name,
-        ),
-        (
-            "[alerts] group_window (metadata-mismatch's)",
-            o.alerts.group_window != n.alerts.group_window
-                && o.rule(RuleId::MetadataMismatch).enabled,
-        ),
-        (
-            "[rules.metadata-mismatch]",
-            o.rule(RuleId::MetadataMismatch) != n.rule(RuleId::MetadataMismatch),
-        ),
-        (
-            "[rules.layer-damaged]",
-            o.rule(RuleId::LayerDamaged) != n.rule(RuleId::LayerDamaged),
-        ),
-        (
-            "[rules.after-crash-verify]",
-            o.rule(RuleId::AfterCrashVerify) != n.rule(RuleId::AfterCrashVerify),
-        ),
-        (
-            "[rules.opaque-leak] (the layer check's)",
-            o.rule(RuleId::OpaqueLeak) != n.rule(RuleId::OpaqueLeak),
-        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -194,6 +159,12 @@ enum OutboxMsg {
     /// A reload replaced the sinks (and the outbox bound): the writes after this one are
     /// routed by this, and the outbox is reconciled with it first.
     Reroute(Box<WriterAlerts>),
+    /// A reload changed the retention (`[store] retention_days`, `retention_mb`): applied
+    /// by the next prune, which comes within seconds.
+    Retention {
+        age: Option<Duration>,
+        bytes: Option<u64>,
+    },
 }
 
 /// The writer's queue of outbox writes (alerts to keep, delivery results), apart from the
@@ -280,6 +251,9 @@ pub struct StoreSink {
     /// The settings the daemon started with: what a reload's restart-only keys are compared
     /// with.
     started_with: Option<Box<RunOptions>>,
+    /// The settings in effect: the start's, then each good reload's (what a reload's live
+    /// store and logger keys are compared with).
+    running: Option<Box<RunOptions>>,
     /// The ring buffer position the store last committed (read when the run begins): after a
     /// crash, what of the adopted ring buffer is already stored.
     ring_mark: Option<crate::store::RingMark>,
@@ -300,8 +274,18 @@ pub struct StoreSink {
 /// What a good reload's job made ready for [`Sink::reloaded`] to apply.
 struct Reloaded {
     alerting: crate::alerting::Alerting,
-    /// Some: the listener's address changed; this one (None: metrics off) replaces it.
-    metrics: Option<Option<crate::metrics_http::MetricsServer>>,
+    /// Some: the listener's address changed.
+    metrics: Option<MetricsChange>,
+}
+
+/// How a reload's new metrics address replaces the listener.
+enum MetricsChange {
+    /// Bound by the reload's job: this one (None: metrics off) replaces the old one.
+    Started(Option<crate::metrics_http::MetricsServer>),
+    /// The old listener's port on another address (or the wildcard): in use while the old
+    /// one listens, so bound when applying, after the old one closed (bound again if the
+    /// new one cannot be).
+    AfterClosing(std::net::SocketAddr),
 }
 
 impl StoreSink {
@@ -329,6 +313,7 @@ impl StoreSink {
             unsent: std::collections::VecDeque::new(),
             reloader: None,
             started_with: None,
+            running: None,
             ring_mark: None,
             record_end: None,
             target_key: TargetKey::Legacy,
@@ -357,6 +342,7 @@ impl StoreSink {
         started_with: RunOptions,
     ) -> StoreSink {
         self.reloader = reloader;
+        self.running = Some(Box::new(started_with.clone()));
         self.started_with = Some(Box::new(started_with));
         self
     }
@@ -377,6 +363,91 @@ impl StoreSink {
     pub fn with_target_key(mut self, key: TargetKey) -> StoreSink {
         self.target_key = key;
         self
+    }
+
+    /// Closes the metrics listener and listens on `addr` (the old one's port on another
+    /// address: it could not be bound while the old one listened). When `addr` cannot be
+    /// bound either, the old listener is bound again and the error returned.
+    fn rebind_metrics(
+        &mut self,
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<crate::metrics_http::MetricsServer> {
+        let old = self.metrics.take().map(|m| m.local_addr());
+        match crate::metrics_http::MetricsServer::start(addr, || METRICS.render()) {
+            Ok(server) => {
+                log::info!(
+                    "metrics: the listener moved to {addr} (the old one closed first: same port)"
+                );
+                Ok(server)
+            }
+            Err(e) => {
+                if let Some(old) = old {
+                    self.restore_metrics(old);
+                }
+                Err(anyhow::anyhow!("{e}"))
+            }
+        }
+    }
+
+    /// Listens on `addr` again (the listener a reload closed, the reload failing).
+    fn restore_metrics(&mut self, addr: std::net::SocketAddr) {
+        match crate::metrics_http::MetricsServer::start(addr, || METRICS.render()) {
+            Ok(server) => self.metrics = Some(server),
+            Err(e) => log::error!(
+                "metrics: no longer served: the listener closed for a reload could not listen again ({e})"
+            ),
+        }
+    }
+
+    /// A good reload's keys of the store and the logger, applied when they differ from the
+    /// settings in effect: the log level at once (unless `RUST_LOG` is set: it wins), the
+    /// retention by the writer, which prunes by it at its next turn.
+    fn apply_live_keys(&mut self, new: &RunOptions) {
+        let (old_level, old_retention) = match self.running.as_deref() {
+            Some(r) => (
+                Some(r.config.log_level),
+                Some((
+                    r.store_options.retention_age,
+                    r.store_options.retention_bytes,
+                )),
+            ),
+            None => (None, None),
+        };
+        if old_level != Some(new.config.log_level) {
+            crate::logging::set_daemon_level(new.config.log_level);
+        }
+        let retention = (
+            new.store_options.retention_age,
+            new.store_options.retention_bytes,
+        );
+        if old_retention != Some(retention) {
+            log::info!(
+                "retention: now {} and {} (reloaded)",
+                retention.0.map_or_else(
+                    || "no age limit".to_owned(),
+                    |a| format!("{} day(s)", a.as_secs() / 86_400)
+                ),
+                retention.1.map_or_else(
+                    || "no size limit".to_owned(),
+                    |b| format!("{} MiB", b >> 20)
+                ),
+            );
+            match &mut self.store {
+                // Capture has not started: the store is still here.
+                Some(store) => store.set_retention(retention.0, retention.1),
+                None => {
+                    self.unsent.push_back(OutboxMsg::Retention {
+                        age: retention.0,
+                        bytes: retention.1,
+                    });
+                    self.send_unsent();
+                }
+            }
+        }
+        self.running = Some(Box::new(RunOptions {
+            reload: None,
+            ..new.clone()
+        }));
     }
 
     /// A reload failed: the configuration loaded before stays; said in the log (error),
@@ -786,6 +857,7 @@ impl Sink for StoreSink {
         let key = self.target_key.clone();
         let slot = std::sync::Arc::clone(&self.reloaded);
         let listening = self.metrics_listen;
+        let bound = self.metrics.as_ref().map(|m| m.local_addr());
         Some(Box::new(move || {
             let new = (reloader.0)()?;
             // The sinks made ready here, off the capture loop (secret and CA files are read),
@@ -796,12 +868,20 @@ impl Sink for StoreSink {
             // reload, and the old listener goes on.
             let metrics = match new.metrics_listen {
                 addr if addr == listening => None,
-                // Flattened: the error's text names its cause already.
-                Some(addr) => Some(Some(
-                    crate::metrics_http::MetricsServer::start(addr, || METRICS.render())
-                        .map_err(|e| anyhow::anyhow!("{e}"))?,
-                )),
-                None => Some(None),
+                Some(addr) => {
+                    match crate::metrics_http::MetricsServer::start(addr, || METRICS.render()) {
+                        Ok(server) => Some(MetricsChange::Started(Some(server))),
+                        Err(crate::metrics_http::MetricsError::Bind { source, .. })
+                            if source.kind() == std::io::ErrorKind::AddrInUse
+                                && bound.is_some_and(|old| old.port() == addr.port()) =>
+                        {
+                            Some(MetricsChange::AfterClosing(addr))
+                        }
+                        // Flattened: the error's text names its cause already.
+                        Err(e) => return Err(anyhow::anyhow!("{e}")),
+                    }
+                }
+                None => Some(MetricsChange::Started(None)),
             };
             if let Ok(mut slot) = slot.lock() {
                 *slot = Some(Reloaded { alerting, metrics });
@@ -824,6 +904,20 @@ impl Sink for StoreSink {
             Some(r) => (Some(r.alerting), r.metrics),
             None => (None, None),
         };
+        // A listener that can bind only once the old one is closed: before the alerting, so
+        // that a failure leaves everything as it was.
+        let old_bound = self.metrics.as_ref().map(|m| m.local_addr());
+        let metrics = match metrics {
+            Some(MetricsChange::AfterClosing(addr)) => match self.rebind_metrics(addr) {
+                Ok(server) => Some(Some(server)),
+                Err(e) => {
+                    self.reload_failed(&e);
+                    return None;
+                }
+            },
+            Some(MetricsChange::Started(server)) => Some(server),
+            None => None,
+        };
         if let (Some(a), Some(alerting)) = (&mut self.alerts, alerting) {
             match a.reload(alerting, self.clock.now_ns()) {
                 Ok(Some(writer)) => {
@@ -832,6 +926,13 @@ impl Sink for StoreSink {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // The old listener back if it was closed for the new one.
+                    if self.metrics.is_none()
+                        && let Some(old) = old_bound
+                    {
+                        drop(metrics);
+                        self.restore_metrics(old);
+                    }
                     self.reload_failed(&e);
                     return None;
                 }
@@ -846,6 +947,7 @@ impl Sink for StoreSink {
             self.metrics = server;
             self.metrics_listen = new.metrics_listen;
         }
+        self.apply_live_keys(&new);
         let started = self.started_with.as_deref()?;
         let pending = restart_only_changes(started, &new);
         let shown = new.config_file.as_ref().map_or_else(
@@ -867,7 +969,8 @@ impl Sink for StoreSink {
         }
         log::info!(
             "reloaded the configuration {shown}: roots, discovery, trusted writers, secret \
-             masking, alert rules, sinks and the metrics listener applied{}",
+             masking, alert rules, sinks, the metrics listener, log level and retention \
+             applied{}",
             if pending.is_empty() {
                 String::new()
             } else {
@@ -958,6 +1061,8 @@ fn write_loop(
     let mut lost_received = 0u64;
     // Prune soon after start (a store may have aged while the daemon was down).
     let mut last_prune = Instant::now() - PRUNE_EVERY + Duration::from_secs(5);
+    // A reload changed the retention: prune at the writer's next turn.
+    let mut prune_soon = false;
     // What of the ring buffer is committed, for the reader that holds it (crate::committed).
     let mut progress = CommitProgress::default();
     let mut commit_asked = false;
@@ -965,7 +1070,14 @@ fn write_loop(
         // Alerts and delivery results first, each committed at once (the open batch of
         // events with it): an alert is on disk before any delivery attempt, and does not
         // wait behind the events queued before it.
-        if write_outbox(&mut store, &outbox, &mut alerts, &mut unkept, &mut warn) {
+        if write_outbox(
+            &mut store,
+            &outbox,
+            &mut alerts,
+            &mut unkept,
+            &mut warn,
+            &mut prune_soon,
+        ) {
             pending = 0;
             last_commit = Instant::now();
             if store.unstored().is_none() {
@@ -1101,7 +1213,14 @@ fn write_loop(
         }
         if closed {
             // What the last senders queued (the rules' final revisions, results).
-            write_outbox(&mut store, &outbox, &mut alerts, &mut unkept, &mut warn);
+            write_outbox(
+                &mut store,
+                &outbox,
+                &mut alerts,
+                &mut unkept,
+                &mut warn,
+                &mut prune_soon,
+            );
             if !unkept.queue.is_empty() {
                 log::error!(
                     "alerts: {} alert(s) could not be kept: the store did not take them before \
@@ -1118,7 +1237,7 @@ fn write_loop(
             }
             return Ok(());
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        if last_prune.elapsed() >= PRUNE_EVERY || std::mem::take(&mut prune_soon) {
             match store.prune(SystemTime::now()) {
                 Ok(Some(r)) => log::info!("retention: {r:?}"),
                 Ok(None) => {}
@@ -1153,6 +1272,7 @@ fn write_outbox(
     alerts: &mut WriterAlerts,
     unkept: &mut UnkeptAlerts,
     warn: &mut Warner,
+    prune_soon: &mut bool,
 ) -> bool {
     let mut any = false;
     while let Some(w) = unkept.queue.front() {
@@ -1189,6 +1309,11 @@ fn write_outbox(
             OutboxMsg::Reroute(new) => {
                 reroute(store, alerts, *new, warn);
                 any = true;
+                continue;
+            }
+            OutboxMsg::Retention { age, bytes } => {
+                store.set_retention(age, bytes);
+                *prune_soon = true;
                 continue;
             }
         };
@@ -1391,38 +1516,31 @@ mod tests {
              [rules.heartbeat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9847\"\n\
              [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
         );
-        // The group window is the metadata-mismatch worker's too: restart-only for it.
         assert_eq!(
             restart_only_changes(&old, &changed),
-            vec![
-                "[store] path",
-                "[watch] ring_buffer_mb",
-                "log_level",
-                "[alerts] group_window (metadata-mismatch's)",
-            ]
+            vec!["[store] path", "[watch] ring_buffer_mb",]
         );
-        // Rules, sinks and the outbox bound apply at once; the checkers' rules and the
-        // node's name at the next start.
+        // Rules (the checks' included), sinks, the outbox bound and the node's name apply at
+        // once.
         let alerting = options(
-            "[watch]\nroots = [\"/a\"]\n[alerts]\noutbox_max = 500\n\
+            "[watch]\nroots = [\"/a\"]\n[alerts]\noutbox_max = 500\nnode_name = \"n1\"\n\
              [rules.foreign-change]\nseverity = \"info\"\n[rules.heartbeat]\nenabled = false\n\
              [rules.history-gap]\nenabled = false\n\
+             [rules.metadata-mismatch]\nenabled = false\n[rules.layer-damaged]\nenabled = false\n\
+             [rules.opaque-leak]\nenabled = false\n\
              [[sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\n",
         );
         assert_eq!(restart_only_changes(&old, &alerting), Vec::<&str>::new());
-        let checkers = options(
-            "[watch]\nroots = [\"/a\"]\n[alerts]\nnode_name = \"n1\"\n\
-             [rules.metadata-mismatch]\nenabled = false\n[rules.layer-damaged]\nenabled = false\n\
-             [rules.opaque-leak]\nenabled = false\n",
-        );
-        assert_eq!(
-            restart_only_changes(&old, &checkers),
-            vec![
-                "[alerts] node_name",
-                "[rules.metadata-mismatch]",
-                "[rules.layer-damaged]",
-                "[rules.opaque-leak] (the layer check's)",
-            ]
-        );
+        // The retention and the log level are live.
+        let quiet = "[rules.metadata-mismatch]\nenabled = false\n[rules.layer-damaged]\n\
+                     enabled = false\n[rules.opaque-leak]\nenabled = false\n\
+                     [rules.after-crash-verify]\nenabled = false\n";
+        let before = options(&format!("[watch]\nroots = [\"/a\"]\n{quiet}"));
+        let mut after = options(&format!(
+            "log_level = \"debug\"\n[watch]\nroots = [\"/a\"]\n[alerts]\nnode_name = \"n2\"\n{quiet}"
+        ));
+        after.store_options.retention_bytes = Some(16 << 20);
+        after.store_options.retention_age = None;
+        assert_eq!(restart_only_changes(&before, &after), Vec::<&str>::new());
     }
 }

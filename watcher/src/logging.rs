@@ -19,9 +19,41 @@ pub const DAEMON_FILTER: &str = "warn,watcher=info,ctrwatch=info";
 /// The default filter of the other commands: warnings and errors.
 pub const COMMAND_FILTER: &str = "warn";
 
-/// Sets up the logger: `RUST_LOG` if set, else `default_filter`; journal priorities when
-/// stderr is the journal. Call once, first thing.
-pub fn init(default_filter: &str) {
+/// The logger in use: env_logger's, behind a lock so that a reload can replace its filter
+/// ([`set_filter`]). Each line takes the read side only.
+struct Swappable(std::sync::RwLock<Option<env_logger::Logger>>);
+
+static LOGGER: Swappable = Swappable(std::sync::RwLock::new(None));
+
+impl log::Log for Swappable {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0
+            .read()
+            .ok()
+            .and_then(|l| l.as_ref().map(|l| l.enabled(metadata)))
+            .unwrap_or(false)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if let Ok(l) = self.0.read()
+            && let Some(l) = l.as_ref()
+        {
+            l.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        if let Ok(l) = self.0.read()
+            && let Some(l) = l.as_ref()
+        {
+            l.flush();
+        }
+    }
+}
+
+/// env_logger with `RUST_LOG` if set, else `default_filter`; journal priorities when stderr
+/// is the journal.
+fn build(default_filter: &str) -> env_logger::Logger {
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
     if stderr_is_journal() {
@@ -33,8 +65,45 @@ pub fn init(default_filter: &str) {
                 buf.write_all(text.as_bytes())
             });
     }
+    builder.build()
+}
+
+/// Sets up the logger: `RUST_LOG` if set, else `default_filter`; journal priorities when
+/// stderr is the journal. Call once, first thing.
+pub fn init(default_filter: &str) {
     // A second init (tests) keeps the first logger.
-    let _ = builder.try_init();
+    if log::set_logger(&LOGGER).is_ok() {
+        set_filter(default_filter);
+    }
+}
+
+/// Replaces the filter of the logger [`init`] set up: `RUST_LOG` if set (it always wins),
+/// else `default_filter`. Nothing when another logger is in use.
+pub fn set_filter(default_filter: &str) {
+    let logger = build(default_filter);
+    let max = logger.filter();
+    if let Ok(mut current) = LOGGER.0.write() {
+        *current = Some(logger);
+        log::set_max_level(max);
+    }
+}
+
+/// The daemon's filter for the configuration's `log_level`: that level for ctrwatch's own
+/// lines, and warnings from its libraries, as [`DAEMON_FILTER`] does for the default level.
+pub fn daemon_filter(level: ctrwatch_config::LogLevel) -> String {
+    use ctrwatch_config::LogLevel;
+    match level {
+        LogLevel::Error | LogLevel::Warn => level.name().to_string(),
+        level => {
+            let level = level.name();
+            format!("warn,watcher={level},ctrwatch={level}")
+        }
+    }
+}
+
+/// A reload's `log_level`, applied at once (unless `RUST_LOG` is set).
+pub fn set_daemon_level(level: ctrwatch_config::LogLevel) {
+    set_filter(&daemon_filter(level));
 }
 
 /// sd-daemon(3) priority of a log level.

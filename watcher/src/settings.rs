@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::WatchArgs;
 use anyhow::{Context as _, bail};
-use ctrwatch_config::{Backend, Config, LogLevel, ProtectMode};
+use ctrwatch_config::{Backend, Config, ProtectMode};
 use ctrwatch_event::escape_path;
 use watcher::{
     containerd::attribution::Trust,
@@ -122,13 +122,7 @@ pub fn resolve(
 /// `log_level` for ctrwatch's own lines and warnings from its libraries, as
 /// [`watcher::logging::DAEMON_FILTER`] does for the default level.
 pub fn log_filter(file: &Config) -> String {
-    match file.log_level {
-        LogLevel::Error | LogLevel::Warn => file.log_level.name().to_string(),
-        level => {
-            let level = level.name();
-            format!("warn,watcher={level},ctrwatch={level}")
-        }
-    }
+    watcher::logging::daemon_filter(file.log_level)
 }
 
 /// `watch`'s and `run`'s watch settings: the flags that were given (`given(id)`: clap's

@@ -435,6 +435,10 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 let result = result
                     .unwrap_or_else(|e| Err(anyhow::anyhow!("the reload failed: {e}")));
                 if let Some(new) = sink.reloaded(result) {
+                    // The layer check may have been started, stopped or replaced.
+                    if let Some(a) = enricher.attributor.as_mut() {
+                        a.set_commit_feed(sink.commit_feed());
+                    }
                     let roots_changed = new.roots != opts.roots || new.discover != opts.discover;
                     apply_live(&mut opts, new, &mut enricher);
                     // Re-resolved at the next tick, as at a refresh.

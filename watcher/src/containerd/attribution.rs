@@ -375,6 +375,15 @@ impl Attributor {
         a
     }
 
+    /// A reload started or stopped the layer check: the snapshots committed from now on go to
+    /// `feed` (None: nowhere).
+    pub fn set_commit_feed(&mut self, feed: Option<CommitFeed>) {
+        for t in &mut self.instances {
+            t.commit_feed = feed.clone();
+        }
+        self.commit_feed = feed;
+    }
+
     /// Newly committed snapshots of every instance go to `feed` (the layer check), from the
     /// next load of its metadata on.
     pub fn with_commit_feed(mut self, feed: CommitFeed) -> Attributor {
