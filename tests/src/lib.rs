@@ -172,8 +172,14 @@ impl Watcher {
 
     /// [`Watcher::start_command`] with these environment variables set.
     pub fn start_command_env(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> Watcher {
+        Watcher::start_binary(&ctrwatch_bin(), args, env)
+    }
+
+    /// [`Watcher::start_command_env`] of another ctrwatch binary (e.g. the previous build, for
+    /// an upgrade).
+    pub fn start_binary(bin: &Path, args: &[std::ffi::OsString], env: &[(&str, &str)]) -> Watcher {
         require_root();
-        let mut cmd = Command::new(ctrwatch_bin());
+        let mut cmd = Command::new(bin);
         cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
@@ -189,7 +195,7 @@ impl Watcher {
         }
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", ctrwatch_bin().display()));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();

@@ -567,6 +567,134 @@ fn another_builds_pins_are_replaced_and_the_window_not_seen_is_recorded() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// The build this one upgrades from (xtask/previous-build.txt), which `cargo xtask test` builds
+/// and names in $CTRWATCH_PREVIOUS_BIN.
+fn previous_build() -> Option<PathBuf> {
+    match std::env::var_os("CTRWATCH_PREVIOUS_BIN") {
+        Some(bin) => Some(PathBuf::from(bin)),
+        None => {
+            assert!(
+                std::env::var_os("CTRWATCH_REQUIRE_ROOT_TESTS").is_none(),
+                "CTRWATCH_PREVIOUS_BIN is not set: `cargo xtask test` builds the previous build \
+                 (xtask/previous-build.txt) and sets it"
+            );
+            eprintln!("skipped: CTRWATCH_PREVIOUS_BIN is not set (`cargo xtask test` sets it)");
+            None
+        }
+    }
+}
+
+/// An upgrade as the package does it (the old daemon stopped with SIGTERM, its pins kept, the
+/// new binary started on the same store and pins), from the real previous build: the new
+/// daemon adopts the pinned programs when the two builds' eBPF objects are the same (and then
+/// stores what they captured meanwhile), and otherwise replaces them and records the window it
+/// could not see as a downtime gap. Which of the two the builds call for is read from what the
+/// new daemon did, and each outcome is checked for what it promises.
+#[test]
+fn an_upgrade_from_the_previous_build_adopts_or_replaces_its_programs() {
+    let Some(previous) = previous_build() else {
+        return;
+    };
+    let base = temp_dir("pin-upgrade");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let store = base.join("events.db");
+    let pins = PinDir::new("upgrade");
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.as_os_str().to_owned(),
+        "--store".into(),
+        store.as_os_str().to_owned(),
+        "--pin-dir".into(),
+        pins.0.as_os_str().to_owned(),
+    ];
+    let old = Watcher::start_binary(&previous, &args, &[]);
+    let seen = root.join("seen-by-the-previous-build");
+    create(&seen);
+    wait_history(&store, &seen, "create");
+    stop(old);
+    let old_sets = pins.sets();
+    assert_eq!(old_sets.len(), 1, "the previous build's pins: {old_sets:?}");
+
+    // What the design calls for, from the builds themselves: this build's pin set name (it
+    // names the eBPF object), taken from a start on a pin directory of its own.
+    let this_build_set = {
+        let probe_root = base.join("probe-root");
+        std::fs::create_dir_all(&probe_root).expect("mkdir");
+        let probe_pins = PinDir::new("upgrade-probe");
+        let probe = start_daemon(&probe_root, &base.join("probe.db"), &probe_pins, &[]);
+        let sets = probe_pins.sets();
+        stop(probe);
+        assert_eq!(sets.len(), 1, "this build's pins: {sets:?}");
+        sets[0].clone()
+    };
+    let same_object = this_build_set == old_sets[0];
+
+    // Done while no daemon runs: the pinned programs of the previous build may capture it.
+    let between_at = SystemTime::now();
+    let between = root.join("between");
+    create(&between);
+    let new = start_daemon(&root, &store, &pins, &[]);
+    let err = new.stderr();
+    let adopted = err.contains("adopted");
+    let replaced = err.contains("replaced the programs pinned");
+    assert!(
+        adopted == same_object && replaced != same_object,
+        "the previous build pinned {}, this build pins {this_build_set}: it must {}; \
+         it said:\n{err}",
+        old_sets[0],
+        if same_object {
+            "adopt them"
+        } else {
+            "replace them"
+        }
+    );
+    let after = root.join("after");
+    create(&after);
+    wait_history(&store, &after, "create");
+    let new_sets = pins.sets();
+    stop(new);
+    assert_eq!(
+        new_sets.len(),
+        1,
+        "one pin set after the upgrade: {new_sets:?}"
+    );
+    if adopted {
+        assert_eq!(new_sets, old_sets, "adopted, yet another set is pinned");
+        wait_history(&store, &between, "create");
+    } else {
+        assert!(
+            err.contains(&old_sets[0]),
+            "the replaced set is named:\n{err}"
+        );
+        assert_ne!(new_sets, old_sets, "replaced, yet the same set is pinned");
+        assert!(
+            !in_history(&store, &between),
+            "the replaced programs' records were read"
+        );
+        let downtime = gaps(&store)
+            .into_iter()
+            .find(|g| s(g, "kind") == "downtime")
+            .unwrap_or_else(|| panic!("no downtime gap: {:?}", gaps(&store)));
+        let time = |field| {
+            humantime::parse_rfc3339(s(&downtime, field))
+                .unwrap_or_else(|e| panic!("{field} of {downtime}: {e}"))
+        };
+        assert!(
+            time("from") <= between_at && time("to") >= between_at,
+            "downtime {downtime} does not cover the operation done between the daemons"
+        );
+    }
+    // What the previous build stored is still there, read by this one.
+    assert!(
+        in_history(&store, &seen),
+        "the previous build's history is gone"
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(base);
+}
+
 #[test]
 fn unpin_removes_the_pins_and_the_programs_stop_capturing() {
     let base = temp_dir("pin-remove");

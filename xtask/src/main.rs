@@ -7,6 +7,7 @@ mod cmd;
 mod daemon_run;
 mod deb;
 mod footprint;
+mod previous;
 mod setup;
 mod startup;
 mod vm;
@@ -71,7 +72,9 @@ enum Task {
     /// binaries, then `cargo test` over the workspace with CTRWATCH_BIN pointing at the debug
     /// ctrwatch and CTRWATCH_REQUIRE_ROOT_TESTS=1, so the root-only tests fail rather than skip.
     /// The whole suite also builds the Debian package (`cargo xtask deb`), which a test
-    /// installs, removes and purges (CTRWATCH_DEB), and ends with the QEMU guests of
+    /// installs, removes and purges (CTRWATCH_DEB), and the previous build
+    /// (xtask/previous-build.txt, into target/previous/) for the upgrade test
+    /// (CTRWATCH_PREVIOUS_BIN), and ends with the QEMU guests of
     /// `cargo xtask vm-test` (docs/kernels.md): the default scenario on Debian's 6.1 and 6.12
     /// kernels, the package scenario (the .deb under systemd as PID 1) on 6.12 and the
     /// no-bpf-lsm scenario on 6.1, about 12-15 minutes; their images are built (or taken from target/vm/images) while the workspace
@@ -440,6 +443,22 @@ fn test(lint: bool, guests: bool, cargo_args: Vec<OsString>) -> Result<ExitCode>
         });
     }
 
+    // The previous build, for the upgrade test (tests/tests/pinning.rs): its own target
+    // directory, so its dependencies are built once more (about 3 minutes here).
+    let mut previous = None;
+    if built && !picks_packages {
+        let start = Instant::now();
+        match previous::build() {
+            Ok(path) => previous = Some(path),
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+        steps.push(Step {
+            name: "previous",
+            ok: previous.is_some(),
+            took: start.elapsed(),
+        });
+    }
+
     let mut counts = None;
     if built {
         let mut test = cargo(&["test"]);
@@ -456,6 +475,9 @@ fn test(lint: bool, guests: bool, cargo_args: Vec<OsString>) -> Result<ExitCode>
             .env("CTRWATCH_REQUIRE_ROOT_TESTS", "1");
         if let Some(path) = &package {
             test.env("CTRWATCH_DEB", path);
+        }
+        if let Some(path) = &previous {
+            test.env("CTRWATCH_PREVIOUS_BIN", path);
         }
         let start = Instant::now();
         let result = run_counting_tests(&mut test);
