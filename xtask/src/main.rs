@@ -106,12 +106,14 @@ enum Task {
     /// Set up, then test ctrwatch on other kernels in QEMU guests (as root; docs/kernels.md).
     ///
     /// Builds (once; cached under target/vm/images/, keyed by the package list) a Debian 12
-    /// guest image with mmdebstrap holding systemd and one of Debian's cloud kernels, boots it
-    /// under QEMU (TCG: no KVM needed) with the static ctrwatch (the package's build) and
-    /// xtask/vm/vm-test.sh on a second disk, and checks what the guest reports: `ctrwatch
-    /// probe`, `ctrwatch run` watching, a file's create and unlink in `ctrwatch history` with
-    /// the command that deleted it. Fails unless every check passed on every kernel. Writes
-    /// what each kernel offered, and the times, into docs/kernels.md.
+    /// guest image with mmdebstrap holding systemd, containerd, runc and one of Debian's cloud
+    /// kernels, boots it under QEMU (TCG: no KVM needed) with the static ctrwatch (the
+    /// package's build) and xtask/vm/vm-test.sh on a second disk, and checks what the guest
+    /// reports: `ctrwatch probe`, `ctrwatch run` watching, a file's create and unlink in
+    /// `ctrwatch history` with the command that deleted it, a real containerd's import, run,
+    /// image removal and GC with its layer's files recorded as containerd's own. Fails unless
+    /// every check passed on every kernel. Writes what each kernel offered, and the times,
+    /// into docs/kernels.md.
     /// One kernel takes about 3.5-4 minutes with a cached image, 6-7 without (TCG, 2 cores).
     /// `cargo xtask test` runs it too (both kernels, and the package scenario on 6.12); the
     /// guest image is downloaded from Debian's archive.

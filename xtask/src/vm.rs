@@ -33,8 +33,17 @@ const MIRRORS: &[&str] = &[
     "deb http://deb.debian.org/debian-security bookworm-security main",
 ];
 /// Besides the kernel: systemd as PID 1 (the test runs from a unit, as ctrwatch does in
-/// production), udev for /dev/vdb, bpftool to record which program types the kernel loads.
-const GUEST_PACKAGES: &[&str] = &["systemd-sysv", "udev", "bpftool"];
+/// production), udev for /dev/vdb, bpftool to record which program types the kernel loads,
+/// Debian's containerd and runc for the checks with a real containerd (its unit is masked:
+/// the script starts it on its own root), busybox-static for that image's one layer.
+const GUEST_PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "bpftool",
+    "containerd",
+    "runc",
+    "busybox-static",
+];
 
 /// The unit, the boot wrapper and the test script: the first two are baked into the cached
 /// image (and so in its key), the script goes on the per-run disk.
@@ -55,7 +64,7 @@ const KERNEL_ARGS: &str = "root=/dev/vda rw console=ttyS0 quiet panic=-1";
 const LSM_WITHOUT_BPF: &str = "lsm=lockdown,capability,landlock,yama,apparmor";
 
 /// Changes when the way the image is made changes in a way the inputs above do not show.
-const IMAGE_RECIPE_VERSION: u32 = 1;
+const IMAGE_RECIPE_VERSION: u32 = 2;
 
 /// What the guest must report as PASS (xtask/vm/vm-test.sh).
 const DEFAULT_CHECKS: &[&str] = &[
@@ -74,6 +83,12 @@ const DEFAULT_CHECKS: &[&str] = &[
     "tracepoint-watching",
     "tracepoint-stopped",
     "tracepoint-not-kernel-internal",
+    "containerd-started",
+    "containerd-import",
+    "containerd-run",
+    "containerd-rm-gc",
+    "containerd-watch-stopped",
+    "containerd-owner",
 ];
 
 /// What the guest must report as PASS in the package scenario (xtask/vm/vm-test-package.sh).
@@ -103,7 +118,8 @@ const NO_BPF_LSM_CHECKS: &[&str] = &[
 /// What a boot tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// The static binary alone: `probe`, `run` watching a root, the history of a file
+    /// The static binary alone: `probe`, `run` watching a root, the history of a file, then
+    /// `run` watching a real containerd's root through import, run, image removal and GC
     /// (xtask/vm/vm-test.sh); writes what the kernel offers into docs/kernels.md.
     Default,
     /// The .deb (`cargo xtask deb`) installed with dpkg, its service under systemd: active,
@@ -615,6 +631,8 @@ fn customize_root(root: &Path) -> Result<()> {
         "dpkg-db-backup.timer",
         "e2scrub_all.timer",
         "fstrim.timer",
+        // The script starts containerd itself, on its own root, once ctrwatch watches it.
+        "containerd.service",
     ] {
         symlink("/dev/null", &format!("etc/systemd/system/{unit}"))?;
     }

@@ -7,6 +7,8 @@
 #   kernel.txt    uname -r, the active LSMs, the kernel's BPF-related config, what bpftool
 #                 says the kernel can load
 #   daemon.log, history.json, dmesg.txt   for when a check fails
+#   containerd.log, daemon-containerd.log, containerd-layer.json, containerd-history.json
+#                 the same for the checks with a real containerd
 # Exits 0 when every check passed.
 set -u
 disk=$1
@@ -243,6 +245,134 @@ else
     fail watching "run exited with status $status before watching:" \
         "$(grep -m 1 'error:' "$out/daemon.log" | cut -c 1-300)${refusal:+ ... $refusal}"
 fi
+
+# A real containerd (Debian's, its unit masked in the image) on its own root, watched by
+# ctrwatch: import a one-layer busybox image built here, run it, remove it and collect the
+# garbage; containerd's own writes of the layer must have the owner verdict, nothing foreign.
+ctrd_root=/var/lib/ctrwatch-vmtest-containerd
+ctrd_state=/run/ctrwatch-vmtest-containerd
+ctrd_sock=$ctrd_state/containerd.sock
+ctrd_store=/var/lib/ctrwatch-vmtest/containerd.db
+ctrd_image=docker.io/ctrwatch/vmtest-busybox:1
+ctrd_snapshots=$ctrd_root/io.containerd.snapshotter.v1.overlayfs/snapshots
+ctr_() { ctr --address "$ctrd_sock" --namespace default "$@"; }
+# A file's digest and size as a descriptor's JSON fields.
+desc() { printf '"digest":"sha256:%s","size":%s' "$(sha256sum "$1" | cut -d' ' -f1)" "$(stat -c %s "$1")"; }
+# The OCI archive $1: one uncompressed layer with /bin/busybox (busybox-static) and
+# /bin/sh -> busybox; config, manifest and index written here, digests by sha256sum.
+build_busybox_image() {
+    b=$out/oci-build
+    rm -rf "$b"
+    mkdir -p "$b/layer/bin" "$b/archive/blobs/sha256"
+    cp /bin/busybox "$b/layer/bin/busybox"
+    ln -s busybox "$b/layer/bin/sh"
+    tar -C "$b/layer" --numeric-owner --owner=0 --group=0 -cf "$b/layer.tar" bin
+    printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+        "$(sha256sum "$b/layer.tar" | cut -d' ' -f1)" > "$b/config.json"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json",%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar",%s}]}' \
+        "$(desc "$b/config.json")" "$(desc "$b/layer.tar")" > "$b/manifest.json"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"1"}}]}' \
+        "$(desc "$b/manifest.json")" "$ctrd_image" > "$b/archive/index.json"
+    for f in layer.tar config.json manifest.json; do
+        cp "$b/$f" "$b/archive/blobs/sha256/$(sha256sum "$b/$f" | cut -d' ' -f1)"
+    done
+    echo '{"imageLayoutVersion":"1.0.0"}' > "$b/archive/oci-layout"
+    tar -C "$b/archive" -cf "$1" oci-layout index.json blobs
+    rm -rf "$b"
+}
+rm -rf "$ctrd_root" "$ctrd_state"
+mkdir -p "$ctrd_root" "$ctrd_state"
+rm -f "$ctrd_store"
+# CRI is not needed (it would want CNI).
+cat > "$ctrd_state/config.toml" << EOF
+version = 2
+root = "$ctrd_root"
+state = "$ctrd_state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$ctrd_sock"
+EOF
+containerd --config "$ctrd_state/config.toml" --root "$ctrd_root" --state "$ctrd_state" \
+    --address "$ctrd_sock" > "$out/containerd.log" 2>&1 &
+ctrd=$!
+i=0
+while ! ctr_ version > /dev/null 2>&1 && kill -0 "$ctrd" 2> /dev/null && [ "$i" -lt 120 ]; do
+    sleep 1
+    i=$((i + 1))
+done
+if ! ctr_ version > "$out/ctr-version.txt" 2>&1; then
+    fail containerd-started "no answer on $ctrd_sock within 120 s: $(tail -n 3 "$out/containerd.log" | cut -c 1-300)"
+else
+    pass containerd-started "$(grep -m 1 Version "$out/ctr-version.txt" | tr -s ' ')"
+    start=$(uptime_s)
+    "$bin" run --root "$ctrd_root" --store "$ctrd_store" > "$out/daemon-containerd.log" 2>&1 &
+    daemon=$!
+    i=0
+    while ! grep -q 'ctrwatch: watching' "$out/daemon-containerd.log" && kill -0 "$daemon" 2> /dev/null &&
+        [ "$i" -lt 600 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    if grep -q 'ctrwatch: watching' "$out/daemon-containerd.log"; then
+        say INFO containerd_watch_start_seconds "$(since "$start")"
+        build_busybox_image "$out/busybox-oci.tar"
+        if ctr_ images import --snapshotter overlayfs "$out/busybox-oci.tar" > "$out/ctr-import.txt" 2>&1 &&
+            ctr_ images ls -q | grep -qxF "$ctrd_image"; then
+            pass containerd-import "$(tr '\n' ' ' < "$out/ctr-import.txt" | cut -c 1-200)"
+        else
+            fail containerd-import "$(tr '\n' ' ' < "$out/ctr-import.txt" | cut -c 1-300)"
+        fi
+        ran=$(ctr_ run --rm --snapshotter overlayfs "$ctrd_image" vmtest-run /bin/sh -c 'echo ran-in-busybox' < /dev/null 2>&1)
+        if [ "$ran" = ran-in-busybox ]; then
+            pass containerd-run
+        else
+            fail containerd-run "$(echo "$ran" | tr '\n' ' ' | cut -c 1-300)"
+        fi
+        # The image's record goes, and --sync runs the garbage collector before returning:
+        # the content and the layer's snapshot (record and directory) must be gone with it.
+        rm_out=$(ctr_ images rm --sync "$ctrd_image" 2>&1)
+        rm_status=$?
+        content=$(ctr_ content ls -q 2>&1)
+        snapshots=$(ctr_ snapshots --snapshotter overlayfs ls 2>&1 | tail -n +2)
+        leftover=$(find "$ctrd_snapshots" -mindepth 1 -maxdepth 1 2> /dev/null)
+        if [ "$rm_status" -eq 0 ] && [ -z "$content" ] && [ -z "$snapshots" ] && [ -z "$leftover" ]; then
+            pass containerd-rm-gc
+        else
+            fail containerd-rm-gc "images rm: $rm_status $(echo "$rm_out" | tr '\n' ' ' | cut -c 1-200); content left: $(echo "$content" | tr '\n' ' ' | cut -c 1-200); snapshots left: $(echo "$snapshots" | tr '\n' ' ' | cut -c 1-200); directories left: $leftover"
+        fi
+        sleep 2
+        stop_daemon "$daemon" containerd-watch-stopped
+        # The layer's busybox, created by containerd's unpacking (pid $ctrd) through its
+        # temporary mount of the snapshot (root/tmpmounts/containerd-mount*): the record
+        # names the path inside it (the layer's digest only when the snapshot's record was
+        # already readable then).
+        "$bin" query --store "$ctrd_store" --op create --path "$ctrd_root/**/bin/busybox" --json > "$out/containerd-layer.json" 2>&1
+        "$bin" query --store "$ctrd_store" --limit 1000000 --json > "$out/containerd-history.json" 2>&1
+        owner=$(grep '"verdict":"owner"' "$out/containerd-layer.json" | grep '"path":"/bin/busybox"' |
+            grep -c "\"pid\":$ctrd[,}]")
+        # Not counted: the kernel's own xattr changes while overlayfs mounts a snapshot (it
+        # probes its work directory: trusted.overlay.opaque, ACLs), which carry the mounting
+        # process; `ctr run` mounts the new snapshot itself (a temporary mount, for the image's
+        # user and group files), and the verdict calls that client foreign. Recorded as INFO.
+        foreign=$(grep '"verdict":"foreign"' "$out/containerd-history.json" | grep -vc '"kernel_internal"')
+        say INFO containerd_foreign_kernel_internal "$(grep '"verdict":"foreign"' "$out/containerd-history.json" |
+            grep '"kernel_internal"' |
+            sed 's/.*"op":"\([a-z]*\)".*"process":{"pid":[0-9]*,"tid":[0-9]*,"ppid":[0-9]*,"comm":"\([^"]*\)".*"xattr":{"name":"\([^"]*\)".*/\1 \3 by \2,/' |
+            sort | uniq -c | tr -s ' \n' ' ' | cut -c 1-400)"
+        if [ "$owner" -ge 1 ] && [ "$foreign" -eq 0 ]; then
+            pass containerd-owner "$(grep -o '"reason":"[^"]*"' "$out/containerd-layer.json" | head -n 1)"
+        else
+            fail containerd-owner "$owner owner create(s) of the layer's /bin/busybox by containerd pid $ctrd, $foreign foreign event(s) not kernel-internal in the history (containerd-layer.json, containerd-history.json)"
+        fi
+    else
+        fail containerd-watch-stopped "run --root $ctrd_root did not start: $(grep -m 1 'error' "$out/daemon-containerd.log" | cut -c 1-300)"
+        kill -KILL "$daemon" 2> /dev/null
+        wait "$daemon"
+    fi
+fi
+kill -TERM "$ctrd" 2> /dev/null
+wait "$ctrd" 2> /dev/null
+rm -f "$out/busybox-oci.tar"
 
 dmesg > "$out/dmesg.txt" 2>&1
 exit "$failed"
