@@ -100,6 +100,7 @@ const PACKAGE_CHECKS: &[&str] = &[
     "restart-adopted",
     "restart-history",
     "crash-kept",
+    "crash-gap",
     "upgrade-kept",
     "stop-unpinned",
     "remove-unpinned",

@@ -70,6 +70,11 @@ writer_stop() {
     rm -f "$state/stop"
 }
 # Every create and unlink of f1..fN in the history (JSON lines of `ctrwatch history`).
+crash_gap_recorded() {
+    ctrwatch gaps --json > "$out/gaps.json" 2>&1 || return 1
+    grep -q '"reason":"unclean_stop"' "$out/gaps.json"
+}
+
 history_complete() {
     ctrwatch query --path "$dir/*" --json --limit 1000000 > "$out/history.json" 2>&1 || return 1
     count=$(cat "$state/count")
@@ -140,6 +145,14 @@ if journal_has "has no job queued (Restart= starts it again): keeping the pins" 
     pass crash-kept "$(pin_count) pins, $(our_links) links"
 else
     fail crash-kept "$(pin_count) pins; ExecStopPost in the journal: $(journalctl -u ctrwatch.service --no-pager -o cat | grep -E 'job queued|cannot tell' | tail -n 1)"
+fi
+
+# The crash is on record: the next daemon records the window from the crashed one's last
+# heartbeat to its own start as an `unclean_stop` gap (docs/operations.md, "Restarts").
+if wait_for 120 crash_gap_recorded; then
+    pass crash-gap "$(grep -m 1 -o '"kind":"[a-z_]*"[^}]*"reason":"unclean_stop"' "$out/gaps.json" | cut -c 1-160)"
+else
+    fail crash-gap "no unclean_stop gap in \`ctrwatch gaps --json\` (gaps.json)"
 fi
 
 # The package's upgrade (a reinstall runs the same maintainer scripts): postinst restarts the
