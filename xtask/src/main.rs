@@ -367,7 +367,20 @@ fn test(lint: bool, guests: bool, cargo_args: Vec<OsString>) -> Result<ExitCode>
         .map(|a| a.to_string_lossy())
         .take_while(|a| a != "--")
         .any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace");
-    let guests = guests && !picks_packages;
+    // Arguments for `cargo test` (a filter, packages) ask for a narrower run: no guests then.
+    let guests = guests && cargo_args.is_empty();
+    // The upgrade test is in the `tests` package: build the previous build whenever it runs.
+    let picks_tests = cargo_args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--")
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| (w[0] == "-p" || w[0] == "--package") && w[1] == "tests")
+        || cargo_args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == "-ptests" || a == "--package=tests"
+        });
     // The guest images are mostly a download from Debian's archive and dpkg unpacking: they
     // are made on a thread while the workspace is linted and built (a cached image is
     // reused). The guests themselves boot after the host's tests, one at a time: TCG takes a
@@ -448,7 +461,7 @@ fn test(lint: bool, guests: bool, cargo_args: Vec<OsString>) -> Result<ExitCode>
     // The previous build, for the upgrade test (tests/tests/pinning.rs): its own target
     // directory, so its dependencies are built once more (about 3 minutes here).
     let mut previous = None;
-    if built && !picks_packages {
+    if built && (!picks_packages || picks_tests) {
         let start = Instant::now();
         match previous::build() {
             Ok(path) => previous = Some(path),
