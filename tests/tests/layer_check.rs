@@ -646,3 +646,146 @@ fn checks_off_at_the_start_are_turned_on_by_a_reload() {
     cd.stop().expect("containerd stop");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The CPU time (clock ticks) of the daemon's layer-check thread so far (0 when not found).
+fn layer_check_cpu_ticks(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "layer-check")
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| {
+            // After the `(comm)`: state is field 3, utime and stime fields 14 and 15.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+            field(14).unwrap_or(0) + field(15).unwrap_or(0)
+        })
+        .sum()
+}
+
+/// A reload that renames the node (the layer check's settings change) while a layer's check
+/// is under way: the check goes on and its `layer-damaged` alert comes (named by either
+/// node), once. The layer is large and stored uncompressed, so that its replay, paced to a
+/// quarter of a core at the idle priority, takes seconds; the SIGHUP is sent once the check
+/// thread has used CPU on it. A daemon that replaces the check's worker at a reload abandons
+/// the check (its log says the layer was not checked) and no alert ever comes.
+#[test]
+fn a_reload_during_a_layer_check_does_not_drop_it() {
+    tests::require_root();
+    let dir = temp_dir("layer-check-reload-busy");
+    let cd = Containerd::start().expect("containerd");
+    let r = Receiver::start(Mode::Accept);
+    let config = |node: &str| {
+        format!(
+            "[alerts]\nnode_name = \"{node}\"\n\n[rules.heartbeat]\nenabled = false\n\n\
+             [rules.layer-damaged]\nenabled = true\n\n[rules.opaque-leak]\nenabled = false\n\n\
+             [rules.after-crash-verify]\nenabled = false\n\n[rules.metadata-mismatch]\nenabled = false\n\n\
+             [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            r.url("/hook")
+        )
+    };
+    tests::write_config(&dir.join("ctrwatch.toml"), &config("edge-before"));
+    let daemon = Watcher::start_command(&daemon_args(&cd, &dir));
+
+    // The base layer unpacked by containerd (the damaged layer's parent), and checked.
+    let base = Layer::base().expect("base layer");
+    let plain = cd
+        .build_image_info(
+            "test.local/ctrwatch/layercheck-reload-busy-base:1",
+            &[base.clone(), Layer::new().file("plain", "y\n")],
+        )
+        .expect("image");
+    cd.import(&plain.archive, NS).expect("import");
+    wait_check_log(&daemon, "at commit", &plain.chain_ids[1]);
+
+    let damaged = Layer::new()
+        .dir("data")
+        .file("data/huge", vec![b'h'; 96 << 20])
+        .file("data/big", vec![b'z'; 64 * 1024])
+        .compressed(tests::containerd::Compression::None);
+    let img = cd
+        .build_image_info(
+            "test.local/ctrwatch/layercheck-reload-busy:1",
+            &[base, damaged.clone()],
+        )
+        .expect("image");
+    import_without_unpack(&cd, &img.archive);
+    let pid = daemon.pid();
+    let before = layer_check_cpu_ticks(pid);
+    unpack_by_hand(
+        &cd,
+        &dir,
+        &damaged,
+        &img.chain_ids[1],
+        &img.chain_ids[0],
+        |fs| {
+            run(Command::new("truncate")
+                .arg("-s")
+                .arg("0")
+                .arg(fs.join("data/big")));
+        },
+    );
+    // The check under way: its thread works (a few ticks of CPU) and has not logged its end.
+    tests::wait_until(
+        "the layer check working",
+        TIMEOUT,
+        || layer_check_cpu_ticks(pid) >= before + 3,
+        || {
+            format!(
+                "layer-check CPU ticks: {before} then {}; stderr:\n{}",
+                layer_check_cpu_ticks(pid),
+                daemon.stderr()
+            )
+        },
+    );
+    tests::write_config(&dir.join("ctrwatch.toml"), &config("edge-after"));
+    daemon.signal(libc::SIGHUP);
+    let finished_first = daemon
+        .stderr()
+        .lines()
+        .any(|l| l.contains("layer check at commit") && l.contains(&img.chain_ids[1]));
+    tests::wait_until(
+        "the reload",
+        TIMEOUT,
+        || daemon.stderr().contains("reloaded the configuration"),
+        || daemon.stderr(),
+    );
+    if finished_first {
+        eprintln!("note: the check ended before the SIGHUP: the window was not exercised");
+    }
+
+    let a = wait_alert(&r, &daemon, "layer-damaged for /data/big", |b| {
+        b["rule"] == "layer-damaged" && b["file"]["inner_path"] == "/data/big"
+    });
+    let node = str_of(&a, &["node", "hostname"]);
+    assert!(node == "edge-before" || node == "edge-after", "{a}");
+    assert_eq!(
+        str_of(&a, &["containerd", "snapshot_key"]),
+        img.chain_ids[1],
+        "{a}"
+    );
+    let err = daemon.stderr();
+    assert!(!err.contains("not checked"), "{err}");
+    // What happened, for the record: the reload among the checks.
+    for line in err
+        .lines()
+        .filter(|l| l.contains("layer check") || l.contains("SIGHUP"))
+    {
+        eprintln!("daemon: {line}");
+    }
+    daemon.stop();
+    // Checked once: one alert, not one per worker.
+    let ids: std::collections::BTreeSet<String> = bodies(&r)
+        .iter()
+        .filter(|b| b["rule"] == "layer-damaged")
+        .map(|b| str_of(b, &["id"]).to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{}", show(&bodies(&r)));
+    cd.stop().expect("containerd stop");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -232,3 +232,92 @@ fn a_reload_moves_the_metrics_listener_to_the_same_port_on_another_address() {
     daemon.stop();
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// The inode of the socket listening on `addr` (IPv4), from /proc/net/tcp: another inode
+/// after a reload means the listener was closed and opened again.
+fn listening_inode(addr: SocketAddr) -> Option<u64> {
+    let SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    // /proc/net/tcp shows the address as the in-memory u32 in hex (little-endian here).
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // local_address is field 1, st field 3 (0A: LISTEN), inode field 9.
+        (f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A"))
+            .then(|| f.get(9).and_then(|i| i.parse().ok()))
+            .flatten()
+    })
+}
+
+/// A move to the same port on another specific address that another process holds
+/// (127.0.0.1:P to 127.0.0.2:P): the old listener is not what is in the way, so it is never
+/// closed: the reload is refused and the very same socket (same inode) still listens. On a
+/// daemon that closes the old listener first for any `Address already in use` on the same
+/// port, the socket is closed and bound again (another inode), or lost.
+#[test]
+fn another_process_on_the_new_address_never_closes_the_old_listener() {
+    tests::require_root();
+    let base = temp_dir("reload-metrics-other");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    let store = base.join("store/events.db");
+    let config = base.join("ctrwatch.toml");
+    let listen = |addr: SocketAddr| format!("[metrics]\nlisten = \"{addr}\"\n");
+    let first = free_addr();
+    let other: SocketAddr = format!("127.0.0.2:{}", first.port()).parse().expect("addr");
+    write_config(&config, &listen(first));
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "--root".into(),
+        root.clone().into(),
+        "--store".into(),
+        store.clone().into(),
+        "--config".into(),
+        config.clone().into(),
+    ];
+    let mut daemon = Watcher::start_command(&args);
+    until(
+        "the first address serves",
+        || serves(first),
+        || daemon.stderr(),
+    );
+    let inode = listening_inode(first).expect("the listener in /proc/net/tcp");
+
+    let held = TcpListener::bind(other).expect("bind 127.0.0.2");
+    write_config(&config, &listen(other));
+    daemon.signal(libc::SIGHUP);
+    until(
+        "the reload refused for 127.0.0.2",
+        || {
+            status(&store)["daemon"]["config_reload_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&other.to_string()))
+        },
+        || format!("{}\n{}", status(&store), daemon.stderr()),
+    );
+    assert_eq!(
+        listening_inode(first),
+        Some(inode),
+        "the old listener was closed (and bound again) for another process's address:\n{}",
+        daemon.stderr()
+    );
+    assert!(serves(first), "{}", daemon.stderr());
+    assert!(
+        !daemon.stderr().contains("no longer served"),
+        "{}",
+        daemon.stderr()
+    );
+    drop(held);
+    assert!(
+        daemon.wait_exit(Duration::ZERO).is_none(),
+        "the daemon exited"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(base);
+}

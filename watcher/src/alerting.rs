@@ -520,7 +520,9 @@ impl DaemonAlerts {
         let rules_changed = self.config.rules != new.rules
             || self.config.alerts.group_window != new.alerts.group_window
             || node_changed;
-        // The checks' workers hold their rules and node: restarted when those change.
+        // The checks' workers hold their rules and node: the mismatch worker is restarted
+        // when those change, the layer check reconfigured (its replays take long: replacing
+        // it would drop the layers still queued and the one being checked).
         let checks = [
             RuleId::MetadataMismatch,
             RuleId::LayerDamaged,
@@ -540,16 +542,17 @@ impl DaemonAlerts {
         } else {
             None
         };
-        // The new one checks the layers committed from now on; an after-crash verification
-        // under way (the start's) is abandoned with the old one.
-        let new_layer_check = if layer_changed {
-            Some(crate::layercheck::LayerCheck::start(
+        // Started only when none runs (its rules were all off); a running one is reconfigured
+        // below. A new one has no after-crash verification to make (the start's was
+        // dropped with its rule).
+        let new_layer_check = if layer_changed && self.layer_check.is_none() {
+            crate::layercheck::LayerCheck::start(
                 &new,
                 node.clone(),
                 None,
                 &store,
                 std::sync::Arc::clone(&results),
-            )?)
+            )?
         } else {
             None
         };
@@ -604,10 +607,21 @@ impl DaemonAlerts {
                 w.stop(crate::checkworker::STOP_BUDGET);
             });
         }
-        if let Some(check) = new_layer_check
-            && let Some(old) = std::mem::replace(&mut self.layer_check, check)
-        {
-            retire(old, "layer-check", |mut c| c.stop());
+        if layer_changed {
+            match &self.layer_check {
+                Some(check) => {
+                    if check.reconfigure(&new, node.clone()) {
+                        log::info!(
+                            "layer check: reconfigured (reloaded): what is queued is checked \
+                             by the new rules"
+                        );
+                    } else if let Some(old) = self.layer_check.take() {
+                        // Its rules are all off now: what is queued is not to be checked.
+                        retire(old, "layer-check", |mut c| c.stop());
+                    }
+                }
+                None => self.layer_check = new_layer_check,
+            }
         }
         if let Some(old) = self.delivery.take() {
             old.retire();

@@ -99,8 +99,9 @@ impl std::fmt::Debug for Reloader {
 /// from what the daemon started with (`old`): the store is open (its path and group), the
 /// ring buffer allocated, the programs loaded (backend, protect). Everything else of the file
 /// is applied live: roots and discovery, root refresh, trusted writers, secret masking, the
-/// sinks, every rule and `[alerts]` (the checks' workers are restarted when their rules or
-/// the node's name change), the metrics listener, the log level and the retention.
+/// sinks, every rule and `[alerts]` (when their rules or the node's name change, the metadata
+/// check's worker is restarted and the layer check's reconfigured), the metrics listener, the
+/// log level and the retention.
 pub fn restart_only_changes(old: &RunOptions, new: &RunOptions) -> Vec<&'static str> {
     let (o, n) = (&old.config, &new.config);
     [
@@ -282,10 +283,27 @@ struct Reloaded {
 enum MetricsChange {
     /// Bound by the reload's job: this one (None: metrics off) replaces the old one.
     Started(Option<crate::metrics_http::MetricsServer>),
-    /// The old listener's port on another address (or the wildcard): in use while the old
-    /// one listens, so bound when applying, after the old one closed (bound again if the
+    /// The old listener's port on an address the old one covers or is covered by (the
+    /// wildcard and a specific address, see [`old_listener_conflicts`]): in use while the
+    /// old one listens, so bound when applying, after the old one closed (bound again if the
     /// new one cannot be).
     AfterClosing(std::net::SocketAddr),
+}
+
+/// Whether a listener on `old` is what keeps `new` from being bound (`Address already in
+/// use`): the same port, and the same address or one of the two the wildcard that covers the
+/// other (`0.0.0.0` covers IPv4; `[::]` covers IPv6 and, bound dual-stack as std binds it by
+/// default, IPv4 too). Two different specific addresses never conflict: then another process
+/// holds `new`, and closing the old listener would not help.
+fn old_listener_conflicts(old: std::net::SocketAddr, new: std::net::SocketAddr) -> bool {
+    if old.port() != new.port() {
+        return false;
+    }
+    let (old, new) = (old.ip().to_canonical(), new.ip().to_canonical());
+    let covers = |wildcard: std::net::IpAddr, other: std::net::IpAddr| {
+        wildcard.is_unspecified() && (wildcard.is_ipv6() || other.is_ipv4())
+    };
+    old == new || covers(old, new) || covers(new, old)
 }
 
 impl StoreSink {
@@ -389,13 +407,24 @@ impl StoreSink {
         }
     }
 
-    /// Listens on `addr` again (the listener a reload closed, the reload failing).
+    /// Listens on `addr` again (the listener a reload closed, the reload failing). When it
+    /// cannot, nothing listens: the configured address is forgotten (a later reload with it
+    /// binds it again, as a new one) and the error logged.
     fn restore_metrics(&mut self, addr: std::net::SocketAddr) {
         match crate::metrics_http::MetricsServer::start(addr, || METRICS.render()) {
             Ok(server) => self.metrics = Some(server),
-            Err(e) => log::error!(
-                "metrics: no longer served: the listener closed for a reload could not listen again ({e})"
-            ),
+            Err(e) => {
+                self.metrics = None;
+                self.metrics_listen = None;
+                if let Some(running) = self.running.as_deref_mut() {
+                    running.metrics_listen = None;
+                }
+                log::error!(
+                    "metrics: no longer served: the listener closed for a reload could not \
+                     listen again ({e}); a reload (SIGHUP) with a [metrics] listen address \
+                     that can listen serves them again"
+                );
+            }
         }
     }
 
@@ -871,9 +900,12 @@ impl Sink for StoreSink {
                 Some(addr) => {
                     match crate::metrics_http::MetricsServer::start(addr, || METRICS.render()) {
                         Ok(server) => Some(MetricsChange::Started(Some(server))),
+                        // Closing the old listener helps only when it is the one in the way;
+                        // else (another process holds the address) refused, the old one goes
+                        // on untouched.
                         Err(crate::metrics_http::MetricsError::Bind { source, .. })
                             if source.kind() == std::io::ErrorKind::AddrInUse
-                                && bound.is_some_and(|old| old.port() == addr.port()) =>
+                                && bound.is_some_and(|old| old_listener_conflicts(old, addr)) =>
                         {
                             Some(MetricsChange::AfterClosing(addr))
                         }
@@ -1542,5 +1574,45 @@ mod tests {
         after.store_options.retention_bytes = Some(16 << 20);
         after.store_options.retention_age = None;
         assert_eq!(restart_only_changes(&before, &after), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn the_old_metrics_listener_is_closed_first_only_when_it_is_in_the_way() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        // The old one covers the new address, or is covered by it, or is it.
+        assert!(old_listener_conflicts(
+            a("127.0.0.1:9847"),
+            a("0.0.0.0:9847")
+        ));
+        assert!(old_listener_conflicts(
+            a("0.0.0.0:9847"),
+            a("127.0.0.2:9847")
+        ));
+        assert!(old_listener_conflicts(
+            a("127.0.0.1:9847"),
+            a("127.0.0.1:9847")
+        ));
+        assert!(old_listener_conflicts(a("[::1]:9847"), a("[::]:9847")));
+        // [::] is bound dual-stack: it covers IPv4 too.
+        assert!(old_listener_conflicts(a("[::]:9847"), a("127.0.0.1:9847")));
+        assert!(old_listener_conflicts(a("127.0.0.1:9847"), a("[::]:9847")));
+        assert!(old_listener_conflicts(
+            a("[::ffff:127.0.0.1]:9847"),
+            a("127.0.0.1:9847")
+        ));
+        // Another specific address, another port, 0.0.0.0 and IPv6: someone else's conflict.
+        assert!(!old_listener_conflicts(
+            a("127.0.0.1:9847"),
+            a("127.0.0.2:9847")
+        ));
+        assert!(!old_listener_conflicts(
+            a("127.0.0.1:9847"),
+            a("0.0.0.0:9848")
+        ));
+        assert!(!old_listener_conflicts(a("0.0.0.0:9847"), a("[::1]:9847")));
+        assert!(!old_listener_conflicts(
+            a("[::1]:9847"),
+            a("127.0.0.1:9847")
+        ));
     }
 }

@@ -21,6 +21,12 @@
 //! containerd's unpacking nor with capture. At a stop the replay under way is abandoned and
 //! nothing queued is started (a replay takes longer than a stop may); the log names each
 //! check not made and the command that makes it (`ctrwatch audit`).
+//!
+//! A reload that changes the node's name or one of the rules does not replace the thread: it
+//! hands it the new settings ([`LayerCheck::reconfigure`]), which it takes before its next
+//! message. The replay under way ends by the settings it started with, what is queued is
+//! checked by the new ones, and the after-crash verification (and what it already verified)
+//! goes on: nothing committed before a reload goes unchecked, and nothing is checked twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -187,6 +193,7 @@ impl Rule {
 }
 
 /// What the check thread needs.
+#[derive(Clone)]
 struct Settings {
     node: Node,
     layer_damaged: Rule,
@@ -198,10 +205,51 @@ struct Settings {
     store: PathBuf,
 }
 
+impl Settings {
+    /// `config`'s rules for the check; `since_ns`: the after-crash verification's start (from
+    /// the daemon's start), kept only while `after-crash-verify` is on.
+    fn of(config: &Config, node: Node, since_ns: Option<i64>, store: &Path) -> Settings {
+        let after_crash = Rule::of(config, RuleId::AfterCrashVerify);
+        Settings {
+            node,
+            layer_damaged: Rule::of(config, RuleId::LayerDamaged),
+            opaque_leak: Rule::of(config, RuleId::OpaqueLeak),
+            after_crash,
+            after_crash_since_ns: since_ns.filter(|_| after_crash.enabled),
+            store: store.to_path_buf(),
+        }
+    }
+
+    /// Whether there is anything for the thread to do.
+    fn any(&self) -> bool {
+        self.layer_damaged.enabled
+            || self.opaque_leak.enabled
+            || self.after_crash_since_ns.is_some()
+    }
+}
+
+/// A reload's settings, waiting for the check thread to take them before its next message.
+#[derive(Clone, Default)]
+struct NewSettings(Arc<std::sync::Mutex<Option<Settings>>>);
+
+impl NewSettings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Settings>> {
+        // Every update replaces the value whole: a panic elsewhere leaves it consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The check thread and its queue.
 pub struct LayerCheck {
     worker: CheckWorker<Msg>,
     queued: Queued,
+    /// The after-crash verification's start, as the daemon's start computed it (None: the
+    /// previous stop was clean, or the rule was off at the start).
+    after_crash_since_ns: Option<i64>,
+    store: PathBuf,
+    new_settings: NewSettings,
 }
 
 impl LayerCheck {
@@ -215,30 +263,25 @@ impl LayerCheck {
         store: &Path,
         out: Arc<dyn ResultSink>,
     ) -> anyhow::Result<Option<LayerCheck>> {
-        let after_crash = Rule::of(config, RuleId::AfterCrashVerify);
         let window = config
             .rule(RuleId::AfterCrashVerify)
             .window
             .unwrap_or(Duration::from_secs(600));
-        let settings = Settings {
+        let settings = Settings::of(
+            config,
             node,
-            layer_damaged: Rule::of(config, RuleId::LayerDamaged),
-            opaque_leak: Rule::of(config, RuleId::OpaqueLeak),
-            after_crash,
-            after_crash_since_ns: unclean
-                .filter(|_| after_crash.enabled)
-                .map(|(last_heartbeat, _)| last_heartbeat.saturating_sub(ns(window))),
-            store: store.to_path_buf(),
-        };
-        if !settings.layer_damaged.enabled
-            && !settings.opaque_leak.enabled
-            && settings.after_crash_since_ns.is_none()
-        {
+            unclean.map(|(last_heartbeat, _)| last_heartbeat.saturating_sub(ns(window))),
+            store,
+        );
+        if !settings.any() {
             return Ok(None);
         }
+        let after_crash_since_ns = settings.after_crash_since_ns;
         let queued = Queued::default();
+        let new_settings = NewSettings::default();
         let checks = LayerChecks {
             settings,
+            new_settings: new_settings.clone(),
             out,
             verified: BTreeSet::new(),
             queued: queued.clone(),
@@ -246,7 +289,21 @@ impl LayerCheck {
         Ok(Some(LayerCheck {
             worker: CheckWorker::start("layer-check", QUEUE, checks)?,
             queued,
+            after_crash_since_ns,
+            store: store.to_path_buf(),
+            new_settings,
         }))
+    }
+
+    /// A reload's rules and node name: the thread takes them before its next message (the
+    /// replay under way ends by the old ones; what is queued is checked by the new ones; the
+    /// after-crash verification goes on while its rule is on). False when the new settings
+    /// leave the thread nothing to do: the caller stops it.
+    pub fn reconfigure(&self, config: &Config, node: Node) -> bool {
+        let settings = Settings::of(config, node, self.after_crash_since_ns, &self.store);
+        let any = settings.any();
+        *self.new_settings.lock() = Some(settings);
+        any
     }
 
     /// The queue's sending side, for the attribution.
@@ -352,6 +409,8 @@ impl<R: Read> Read for Paced<'_, '_, R> {
 /// The check thread's state.
 struct LayerChecks {
     settings: Settings,
+    /// A reload's settings, taken before each message and at the stop.
+    new_settings: NewSettings,
     out: Arc<dyn ResultSink>,
     /// Instances whose after-crash verification ran.
     verified: BTreeSet<PathBuf>,
@@ -359,10 +418,20 @@ struct LayerChecks {
     queued: Queued,
 }
 
+impl LayerChecks {
+    /// The settings of the last reload, if one came since the last message.
+    fn take_new_settings(&mut self) {
+        if let Some(settings) = self.new_settings.lock().take() {
+            self.settings = settings;
+        }
+    }
+}
+
 impl Checks for LayerChecks {
     type Msg = Msg;
 
     fn message(&mut self, msg: Msg, stop: &Stop) {
+        self.take_new_settings();
         let settings = &self.settings;
         let alerts = match msg {
             Msg::Committed {
@@ -403,6 +472,7 @@ impl Checks for LayerChecks {
 
     /// Nothing queued is started (a replay takes longer than a stop may): each is named.
     fn at_stop(&mut self, queued: Vec<Msg>, _stop: &Stop) {
+        self.take_new_settings();
         for msg in queued {
             match msg {
                 Msg::Committed {
