@@ -694,7 +694,8 @@ fn log_lines_carry_journal_priorities() {
     let (pipe, stream) = journal_pipe();
     // A configuration whose reload changes a restart-only key: a warning.
     let config = base.join("ctrwatch.toml");
-    std::fs::write(&config, "[store]\nretention_days = 30\n").unwrap();
+    // (`[watch] ring_buffer_mb` is one; `[store] retention_days` was, until reloads applied it.)
+    std::fs::write(&config, "[watch]\nring_buffer_mb = 16\n").unwrap();
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut args = run_args(&root, &store);
     args.extend([OsStr::new("--config"), config.as_os_str()]);
@@ -704,7 +705,7 @@ fn log_lines_carry_journal_priorities() {
         Some(pipe),
     );
     daemon.wait_line("ctrwatch: watching", ATTACH_TIMEOUT);
-    std::fs::write(&config, "[store]\nretention_days = 7\n").unwrap();
+    std::fs::write(&config, "[watch]\nring_buffer_mb = 32\n").unwrap();
     daemon.signal(libc::SIGHUP);
     daemon.wait_line("takes effect at the next start", ATTACH_TIMEOUT);
     daemon.signal(libc::SIGTERM);
