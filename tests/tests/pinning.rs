@@ -510,6 +510,22 @@ fn kill_9_mid_flood_loses_nothing_and_stores_nothing_twice() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// The store holds a downtime gap whose window covers `at` (an operation no daemon read).
+fn assert_downtime_covers(store: &Path, at: SystemTime) {
+    let downtime = gaps(store)
+        .into_iter()
+        .find(|g| s(g, "kind") == "downtime")
+        .unwrap_or_else(|| panic!("no downtime gap: {:?}", gaps(store)));
+    let time = |field| {
+        humantime::parse_rfc3339(s(&downtime, field))
+            .unwrap_or_else(|e| panic!("{field} of {downtime}: {e}"))
+    };
+    assert!(
+        time("from") <= at && time("to") >= at,
+        "downtime {downtime} does not cover the operation not seen, at {at:?}"
+    );
+}
+
 #[test]
 fn another_builds_pins_are_replaced_and_the_window_not_seen_is_recorded() {
     let base = temp_dir("pin-replace");
@@ -551,18 +567,7 @@ fn another_builds_pins_are_replaced_and_the_window_not_seen_is_recorded() {
     );
     // The window not seen is a downtime gap from the first daemon's stop to the second's
     // capture start, and covers the operation it missed.
-    let downtime = gaps(&store)
-        .into_iter()
-        .find(|g| s(g, "kind") == "downtime")
-        .unwrap_or_else(|| panic!("no downtime gap: {:?}", gaps(&store)));
-    let time = |field| {
-        humantime::parse_rfc3339(s(&downtime, field))
-            .unwrap_or_else(|e| panic!("{field} of {downtime}: {e}"))
-    };
-    assert!(
-        time("from") <= unseen_at && time("to") >= unseen_at,
-        "downtime {downtime} does not cover the unseen operation at {unseen_at:?}"
-    );
+    assert_downtime_covers(&store, unseen_at);
     drop(pins);
     let _ = std::fs::remove_dir_all(base);
 }
@@ -675,18 +680,7 @@ fn an_upgrade_from_the_previous_build_adopts_or_replaces_its_programs() {
             !in_history(&store, &between),
             "the replaced programs' records were read"
         );
-        let downtime = gaps(&store)
-            .into_iter()
-            .find(|g| s(g, "kind") == "downtime")
-            .unwrap_or_else(|| panic!("no downtime gap: {:?}", gaps(&store)));
-        let time = |field| {
-            humantime::parse_rfc3339(s(&downtime, field))
-                .unwrap_or_else(|e| panic!("{field} of {downtime}: {e}"))
-        };
-        assert!(
-            time("from") <= between_at && time("to") >= between_at,
-            "downtime {downtime} does not cover the operation done between the daemons"
-        );
+        assert_downtime_covers(&store, between_at);
     }
     // What the previous build stored is still there, read by this one.
     assert!(
