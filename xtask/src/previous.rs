@@ -28,6 +28,29 @@ fn commit() -> Result<String> {
     Ok(commit.to_string())
 }
 
+/// Whether this clone has `commit`.
+fn has_commit(commit: &str) -> Result<bool> {
+    Ok(Command::new("git")
+        .arg("-C")
+        .arg(workspace_root())
+        .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+        .stderr(Stdio::null())
+        .status()
+        .context("running git")?
+        .success())
+}
+
+/// Whether this clone is shallow (`git clone --depth N`).
+fn is_shallow() -> bool {
+    Command::new("git")
+        .arg("-C")
+        .arg(workspace_root())
+        .args(["rev-parse", "--is-shallow-repository"])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+}
+
 /// Builds the previous build's debug `ctrwatch` and returns its path. Fails, saying why, when
 /// the commit is not in this clone (the test needs the repository's history: a full clone).
 pub fn build() -> Result<PathBuf> {
@@ -36,17 +59,28 @@ pub fn build() -> Result<PathBuf> {
     let src = dir.join("src");
     let stamp = src.join(".ctrwatch-commit");
     if fs::read_to_string(&stamp).ok().as_deref() != Some(commit.as_str()) {
-        let known = Command::new("git")
-            .arg("-C")
-            .arg(workspace_root())
-            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
-            .stderr(Stdio::null())
-            .status()
-            .context("running git")?;
-        if !known.success() {
+        if !has_commit(&commit)? && is_shallow() {
+            // A shallow clone (a CI that clones with --depth): fetch the commit from where the
+            // clone came from, then, failing that, the whole history.
+            eprintln!("previous build: {commit} is not in this shallow clone; fetching it");
+            let fetch = |args: &[&str]| {
+                let _ = cmd::run(
+                    Command::new("git")
+                        .arg("-C")
+                        .arg(workspace_root())
+                        .args(args),
+                );
+            };
+            fetch(&["fetch", "--quiet", "origin", &commit]);
+            if !has_commit(&commit)? {
+                fetch(&["fetch", "--quiet", "--unshallow", "origin"]);
+            }
+        }
+        if !has_commit(&commit)? {
             bail!(
-                "commit {commit} ({SPEC}) is not in this clone: the upgrade test builds it, so \
-                 it needs the repository's history (a full clone, not a shallow one or a tarball)"
+                "commit {commit} ({SPEC}) is not in this clone, and could not be fetched: the \
+                 upgrade test builds it, so it needs the repository's history (a full clone, or a \
+                 shallow one whose origin can be fetched from; not a tarball)"
             );
         }
         if src.exists() {
