@@ -52,7 +52,8 @@ fn is_shallow() -> bool {
 }
 
 /// Builds the previous build's debug `ctrwatch` and returns its path. Fails, saying why, when
-/// the commit is not in this clone (the test needs the repository's history: a full clone).
+/// the commit is neither in this clone nor fetchable from its origin (a shallow clone is
+/// deepened: the test needs the repository's history).
 pub fn build() -> Result<PathBuf> {
     let commit = commit()?;
     let dir = target_dir().join("previous");
