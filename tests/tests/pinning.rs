@@ -69,8 +69,9 @@ impl Drop for PinDir {
     }
 }
 
-fn start_daemon(root: &Path, store: &Path, pins: &PinDir, extra: &[&str]) -> Watcher {
-    let mut args: Vec<OsString> = vec![
+/// `run --root ROOT --store STORE --pin-dir PINS`.
+fn run_args(root: &Path, store: &Path, pins: &PinDir) -> Vec<OsString> {
+    vec![
         "run".into(),
         "--root".into(),
         root.as_os_str().to_owned(),
@@ -78,7 +79,11 @@ fn start_daemon(root: &Path, store: &Path, pins: &PinDir, extra: &[&str]) -> Wat
         store.as_os_str().to_owned(),
         "--pin-dir".into(),
         pins.0.as_os_str().to_owned(),
-    ];
+    ]
+}
+
+fn start_daemon(root: &Path, store: &Path, pins: &PinDir, extra: &[&str]) -> Watcher {
+    let mut args = run_args(root, store, pins);
     args.extend(extra.iter().map(OsString::from));
     Watcher::start_command(&args)
 }
@@ -605,16 +610,7 @@ fn an_upgrade_from_the_previous_build_adopts_or_replaces_its_programs() {
     std::fs::create_dir_all(&root).expect("mkdir");
     let store = base.join("events.db");
     let pins = PinDir::new("upgrade");
-    let args: Vec<OsString> = vec![
-        "run".into(),
-        "--root".into(),
-        root.as_os_str().to_owned(),
-        "--store".into(),
-        store.as_os_str().to_owned(),
-        "--pin-dir".into(),
-        pins.0.as_os_str().to_owned(),
-    ];
-    let old = Watcher::start_binary(&previous, &args, &[]);
+    let old = Watcher::start_binary(&previous, &run_args(&root, &store, &pins), &[]);
     let seen = root.join("seen-by-the-previous-build");
     create(&seen);
     wait_history(&store, &seen, "create");
