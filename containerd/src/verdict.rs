@@ -8,7 +8,11 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use ctrwatch_event::{AncestorView, ContainerdView, ProcessView, StorageKind, Verdict};
+use ctrwatch_event::{
+    AncestorView, ContainerdView, ProcessView, SnapshotKind, StorageKind, Verdict,
+};
+
+use crate::paths::SnapshotArea;
 
 /// Writers the operator trusts besides containerd itself (`--trust-exe`, `--trust-unit`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,6 +40,23 @@ pub struct Owner<'a> {
     pub supervisor_pid: Option<u32>,
 }
 
+/// What the event was, besides its path and its process: what the verdict needs to know of
+/// changes the kernel made itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Change<'a> {
+    /// The kernel made the change itself (note `kernel_internal`: overlayfs's xattrs during a
+    /// mount or a copy-up), on behalf of the process the event names.
+    pub kernel_internal: bool,
+    /// For a path in a snapshot's directory, which part of it (`fs`, overlay's `work`).
+    pub area: Option<SnapshotArea>,
+    /// The xattr's name, for an xattr change.
+    pub xattr: Option<&'a [u8]>,
+}
+
+/// The xattr overlayfs (6.6 and later) sets on the root of its upper directory when it mounts
+/// it: the overlay's uuid (`user.` with the `userxattr` mount option).
+const OVERLAY_UUID_XATTRS: [&[u8]; 2] = [b"trusted.overlay.uuid", b"user.overlay.uuid"];
+
 /// The shim `p` runs below (its nearest `containerd-shim*` ancestor): [`verdict`] needs that
 /// shim's command line when `p` is below containerd and has no container id of its own.
 pub fn shim_ancestor(p: &ProcessView) -> Option<&AncestorView> {
@@ -44,11 +65,84 @@ pub fn shim_ancestor(p: &ProcessView) -> Option<&AncestorView> {
         .find(|a| is_shim(&a.comm, a.exe.as_deref()))
 }
 
-/// `owner`, `container` or `foreign`, and why, for an event on `path` (what it is: `view`)
-/// by process `p`. `shim_cmdline` is the command line of `p`'s shim ([`shim_ancestor`]),
-/// which names the container of a process below it that has no container id of its own;
-/// the caller looks it up. Reads nothing.
+/// `owner`, `container` or `foreign`, and why, for an event (`change`) on `path` (what it
+/// is: `view`) by process `p`. `shim_cmdline` is the command line of `p`'s shim
+/// ([`shim_ancestor`]), which names the container of a process below it that has no
+/// container id of its own; the caller looks it up. Reads nothing.
+///
+/// Judged by the process, except for overlayfs's own bookkeeping in an active snapshot's
+/// `work` directory ([`overlay_bookkeeping`]): whoever mounted the snapshot, the kernel's
+/// changes there are not a foreign change of the storage.
 pub fn verdict(
+    owner: &Owner<'_>,
+    trust: &Trust,
+    p: &ProcessView,
+    shim_cmdline: Option<&[Vec<u8>]>,
+    view: &ContainerdView,
+    path: &[u8],
+    change: &Change<'_>,
+) -> (Verdict, String) {
+    let (judged, reason) = verdict_of_process(owner, trust, p, shim_cmdline, view, path);
+    if judged == Verdict::Foreign
+        && let Some(bookkeeping) = overlay_bookkeeping(p, view, change)
+    {
+        return (Verdict::Owner, bookkeeping);
+    }
+    (judged, reason)
+}
+
+/// The reason for the owner verdict when the change is overlayfs's own bookkeeping in an
+/// active overlay snapshot, which whoever mounts the snapshot (containerd, or a client such as
+/// `ctr run`, which mounts a new container snapshot to read the image's user and group files)
+/// makes the kernel do:
+/// * any kernel-internal change in the snapshot's `work` directory, overlayfs's scratch space:
+///   the mount probes it (`trusted.overlay.opaque` set and removed, ACLs removed), and
+///   copy-ups prepare files there;
+/// * the overlay's uuid xattr set on the root of its upper directory (the snapshot's `fs`) by
+///   the mount (kernel 6.6 and later).
+///
+/// The mounting process is attributed, but the change is the kernel's. Not in a committed
+/// layer: only an overlay mount with the layer as its upper directory writes there, which is
+/// the misuse behind the historic opaque leak; nor anything else in a snapshot's `fs`, where
+/// the kernel's changes (an opaque directory after a copy-up) are judged like the process's
+/// own.
+pub fn overlay_bookkeeping(
+    p: &ProcessView,
+    view: &ContainerdView,
+    change: &Change<'_>,
+) -> Option<String> {
+    let active = change.kernel_internal
+        && view.kind == StorageKind::Snapshot
+        && view.snapshot_kind == Some(SnapshotKind::Active)
+        && !view.stale;
+    if !active {
+        return None;
+    }
+    let snapshot = view
+        .snapshot_id
+        .map(|id| format!(" {id}"))
+        .unwrap_or_default();
+    let what = match change.area {
+        Some(SnapshotArea::Work) => format!(" in the work directory of active snapshot{snapshot}"),
+        Some(SnapshotArea::Fs)
+            if view.path.as_ref().is_some_and(|p| p.as_bytes() == b"/")
+                && change
+                    .xattr
+                    .is_some_and(|name| OVERLAY_UUID_XATTRS.contains(&name)) =>
+        {
+            format!(", the mount's uuid on the upper directory of active snapshot{snapshot}")
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "overlayfs's own bookkeeping{what} (kernel-internal, during an operation of pid {} \
+         comm {})",
+        p.pid, p.comm
+    ))
+}
+
+/// The verdict by who `p` is (the rules of [`verdict`] but overlayfs's bookkeeping).
+fn verdict_of_process(
     owner: &Owner<'_>,
     trust: &Trust,
     p: &ProcessView,
@@ -269,7 +363,15 @@ mod tests {
             unit: a.unit,
             supervisor_pid: a.supervisor,
         };
-        super::verdict(&owner, &a.trust, p, shim_cmdline, view, path)
+        super::verdict(
+            &owner,
+            &a.trust,
+            p,
+            shim_cmdline,
+            view,
+            path,
+            &Change::default(),
+        )
     }
 
     fn verdict(a: &Fixture, p: &ProcessView, view: &ContainerdView) -> (Verdict, String) {
@@ -442,6 +544,157 @@ mod tests {
                 Verdict::Owner,
                 "containerd's unit containerd.service".into()
             )
+        );
+    }
+
+    /// Issue 15: `ctr run` mounts the new container snapshot itself; overlayfs probes the
+    /// snapshot's work directory (`trusted.overlay.opaque` set and removed) in the name of
+    /// `ctr`, a client, which is not containerd or its child. The change is the kernel's
+    /// bookkeeping: not foreign. Elsewhere the kernel's changes are judged as before.
+    #[test]
+    fn overlay_bookkeeping_in_an_active_snapshots_work_directory() {
+        let a = tracked(Some(100));
+        let ctr = proc(
+            400,
+            "ctr",
+            "/usr/bin/ctr",
+            &[
+                (300, "sh", "/usr/bin/dash"),
+                (1, "systemd", "/usr/lib/systemd/systemd"),
+            ],
+        );
+        let snapshot = |kind: SnapshotKind| ContainerdView {
+            kind: StorageKind::Snapshot,
+            snapshotter: Some("overlayfs".into()),
+            snapshot_id: Some(12),
+            snapshot_kind: Some(kind),
+            ..ContainerdView::default()
+        };
+        let work = b"/r/io.containerd.snapshotter.v1.overlayfs/snapshots/12/work/work".as_slice();
+        let fs = b"/r/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs/etc".as_slice();
+        let judge = |view: &ContainerdView, path: &[u8], change: Change| {
+            let owner = Owner {
+                root: Path::new("/r"),
+                containerd_pid: a.pid,
+                exe: Some(a.exe.as_path()),
+                unit: None,
+                supervisor_pid: None,
+            };
+            super::verdict(&owner, &a.trust, &ctr, None, view, path, &change)
+        };
+        let kernel = |area| Change {
+            kernel_internal: true,
+            area: Some(area),
+            xattr: Some(b"trusted.overlay.opaque".as_slice()),
+        };
+        // The mount's probe in the active snapshot's work directory: not foreign, and why.
+        let (v, reason) = judge(
+            &snapshot(SnapshotKind::Active),
+            work,
+            kernel(SnapshotArea::Work),
+        );
+        assert_eq!(v, Verdict::Owner, "{reason}");
+        assert_eq!(
+            reason,
+            "overlayfs's own bookkeeping in the work directory of active snapshot 12 \
+             (kernel-internal, during an operation of pid 400 comm ctr)"
+        );
+        // The same process writing there itself (not the kernel): foreign.
+        let (v, reason) = judge(
+            &snapshot(SnapshotKind::Active),
+            work,
+            Change {
+                kernel_internal: false,
+                area: Some(SnapshotArea::Work),
+                xattr: None,
+            },
+        );
+        assert_eq!(v, Verdict::Foreign, "{reason}");
+        // A committed layer's work directory (an overlay with the layer as its upper
+        // directory: the opaque leak's misuse): foreign.
+        let (v, reason) = judge(
+            &snapshot(SnapshotKind::Committed),
+            work,
+            kernel(SnapshotArea::Work),
+        );
+        assert_eq!(v, Verdict::Foreign, "{reason}");
+        // The kernel's opaque mark on a committed layer's directory: foreign, as before.
+        let (v, reason) = judge(
+            &snapshot(SnapshotKind::Committed),
+            fs,
+            kernel(SnapshotArea::Fs),
+        );
+        assert_eq!(v, Verdict::Foreign, "{reason}");
+        assert!(reason.contains("pid 400 comm ctr"), "{reason}");
+        // A copy-up's opaque mark in an active snapshot's fs (the upper directory): judged by
+        // the process that triggered it, as before (here a foreign one).
+        let (v, reason) = judge(
+            &snapshot(SnapshotKind::Active),
+            fs,
+            kernel(SnapshotArea::Fs),
+        );
+        assert_eq!(v, Verdict::Foreign, "{reason}");
+        assert!(reason.contains("pid 400 comm ctr"), "{reason}");
+        // A container's copy-up in its own layer: still the container's.
+        let mut own = proc(
+            110,
+            "sh",
+            "/bin/busybox",
+            &[
+                (102, "containerd-shim", "/usr/bin/containerd-shim-runc-v2"),
+                (100, "containerd", "/usr/bin/containerd"),
+            ],
+        );
+        own.container_id = Some("c1".into());
+        let mut view = snapshot(SnapshotKind::Active);
+        view.container_id = Some("c1".into());
+        let owner = Owner {
+            root: Path::new("/r"),
+            containerd_pid: a.pid,
+            exe: Some(a.exe.as_path()),
+            unit: None,
+            supervisor_pid: None,
+        };
+        for area in [SnapshotArea::Fs, SnapshotArea::Work] {
+            let path = if area == SnapshotArea::Fs { fs } else { work };
+            assert_eq!(
+                super::verdict(&owner, &a.trust, &own, None, &view, path, &kernel(area)).0,
+                Verdict::Container
+            );
+        }
+        // The mount's uuid on the root of the active snapshot's fs (6.12): bookkeeping. The
+        // same on a committed layer, or another xattr on the root: as before.
+        let root = b"/r/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs".as_slice();
+        let uuid = Change {
+            kernel_internal: true,
+            area: Some(SnapshotArea::Fs),
+            xattr: Some(b"trusted.overlay.uuid".as_slice()),
+        };
+        let mut active_root = snapshot(SnapshotKind::Active);
+        active_root.path = Some(ctrwatch_event::PathBytes(b"/".to_vec()));
+        let (v, reason) = judge(&active_root, root, uuid);
+        assert_eq!(v, Verdict::Owner, "{reason}");
+        assert_eq!(
+            reason,
+            "overlayfs's own bookkeeping, the mount's uuid on the upper directory of active \
+             snapshot 12 (kernel-internal, during an operation of pid 400 comm ctr)"
+        );
+        let mut committed_root = active_root.clone();
+        committed_root.snapshot_kind = Some(SnapshotKind::Committed);
+        assert_eq!(judge(&committed_root, root, uuid).0, Verdict::Foreign);
+        assert_eq!(
+            judge(&active_root, root, kernel(SnapshotArea::Fs)).0,
+            Verdict::Foreign
+        );
+        let mut active_dir = active_root.clone();
+        active_dir.path = Some(ctrwatch_event::PathBytes(b"/etc".to_vec()));
+        assert_eq!(judge(&active_dir, fs, uuid).0, Verdict::Foreign);
+        // A snapshot removed since (stale mapping): not assumed to be active.
+        let mut stale = snapshot(SnapshotKind::Active);
+        stale.stale = true;
+        assert_eq!(
+            judge(&stale, work, kernel(SnapshotArea::Work)).0,
+            Verdict::Foreign
         );
     }
 }

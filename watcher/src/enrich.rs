@@ -210,8 +210,16 @@ impl Enricher {
         let process = self.process_view(&x.task);
         if let Some(attributor) = self.attributor.as_mut() {
             let new_path = new_path.as_ref().filter(|_| !symlink).map(|p| p.as_bytes());
+            let kernel_internal = x.flags & FLAG_KERNEL_INTERNAL != 0;
             details.containerd = attributor
-                .attribute(&path, new_path, &process, &mut self.processes)
+                .attribute(
+                    &path,
+                    new_path,
+                    &process,
+                    &mut self.processes,
+                    kernel_internal,
+                    details.xattr.as_ref().map(|x| x.name.as_slice()),
+                )
                 .map(Box::new);
             // An opaque mark on a committed layer's directory is judged against the layer's
             // tar, whoever set it (opaque-leak): the layer is replayed again.

@@ -494,13 +494,17 @@ impl Attributor {
     }
 
     /// The `containerd` object of an event on `path` (or, for a rename, `new_path`) by
-    /// `process`; `None` outside every containerd root.
+    /// `process`; `None` outside every containerd root. `kernel_internal`: the kernel made the
+    /// change itself (note `kernel_internal`), for `process`; `xattr`: the name of the xattr
+    /// changed, if any.
     pub fn attribute(
         &mut self,
         path: &[u8],
         new_path: Option<&[u8]>,
         process: &ProcessView,
         processes: &mut ProcessTable,
+        kernel_internal: bool,
+        xattr: Option<&[u8]>,
     ) -> Option<ContainerdView> {
         let (idx, path, of_new_path) = match self.instances.iter().position(|t| t.contains(path)) {
             Some(i) => (i, path, false),
@@ -537,7 +541,8 @@ impl Attributor {
             }
             _ => (idx, path),
         };
-        let (mut verdict, mut reason) = self.verdict(idx, process, processes, &view, path);
+        let change = self.change(idx, path, kernel_internal, xattr);
+        let (mut verdict, mut reason) = self.verdict(idx, process, processes, &view, path, &change);
         // containerd restarted (new pid) since discovery: look again, once a second at most.
         let looks_like_containerd = process.comm == "containerd"
             || self.instances[idx]
@@ -552,12 +557,34 @@ impl Attributor {
         {
             self.rediscover();
             if let Some(i) = self.instances.iter().position(|t| t.contains(path)) {
-                (verdict, reason) = self.verdict(i, process, processes, &view, path);
+                (verdict, reason) = self.verdict(i, process, processes, &view, path, &change);
             }
         }
         view.verdict = verdict;
         view.reason = reason;
         Some(view)
+    }
+
+    /// What the verdict needs to know of the event itself: whether the kernel made the
+    /// change, and then where in a snapshot's directory `path` is (overlay's `work` or `fs`).
+    fn change<'a>(
+        &self,
+        idx: usize,
+        path: &[u8],
+        kernel_internal: bool,
+        xattr: Option<&'a [u8]>,
+    ) -> verdict::Change<'a> {
+        let area = kernel_internal
+            .then(|| match classify_path(&self.instances[idx].layout, path) {
+                PathClass::SnapshotFile { area, .. } => Some(area),
+                _ => None,
+            })
+            .flatten();
+        verdict::Change {
+            kernel_internal,
+            area,
+            xattr,
+        }
     }
 
     /// `owner`, `container` or `foreign`, and why ([`verdict::verdict`], which reads
@@ -570,6 +597,7 @@ impl Attributor {
         processes: &mut ProcessTable,
         view: &ContainerdView,
         path: &[u8],
+        change: &verdict::Change<'_>,
     ) -> (Verdict, String) {
         let t = &self.instances[idx];
         let below_containerd = t
@@ -588,7 +616,7 @@ impl Attributor {
             unit: t.unit.as_deref(),
             supervisor_pid: t.supervisor_pid,
         };
-        verdict::verdict(&owner, &self.trust, p, shim_cmdline, view, path)
+        verdict::verdict(&owner, &self.trust, p, shim_cmdline, view, path, change)
     }
 
     /// What `path` is in instance `idx`'s storage.
