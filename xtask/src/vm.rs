@@ -45,11 +45,18 @@ const GUEST_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
+/// The longest a download from Debian's archive may take (mmdebstrap building a guest root,
+/// `apt-get update`): a stalled mirror must fail the step, not hang the run (docs/kernels.md).
+/// A normal image build takes 2-4 minutes.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
 /// The unit, the boot wrapper and the test script: the first two are baked into the cached
 /// image (and so in its key), the script goes on the per-run disk.
 const UNIT: &str = include_str!("../vm/ctrwatch-vmtest.service");
 const BOOT_SCRIPT: &str = include_str!("../vm/vmtest-boot.sh");
 const TEST_SCRIPT: &str = include_str!("../vm/vm-test.sh");
+/// The helpers every guest script sources (`say`, `pass`, `fail`, `since`, `wait_for`).
+const LIB_SCRIPT: &str = include_str!("../vm/lib.sh");
 /// The package scenario's script (`--scenario package`): run by the same boot wrapper, under
 /// the same name on the test disk.
 const PACKAGE_SCRIPT: &str = include_str!("../vm/vm-test-package.sh");
@@ -89,6 +96,7 @@ const DEFAULT_CHECKS: &[&str] = &[
     "containerd-rm-gc",
     "containerd-watch-stopped",
     "containerd-owner",
+    "containerd-no-foreign",
 ];
 
 /// What the guest must report as PASS in the package scenario (xtask/vm/vm-test-package.sh).
@@ -390,7 +398,7 @@ fn image(kernel: Kernel, rebuild: bool) -> Result<Image> {
                  {kernel_package} is no longer in the archive",
                 kernel.label()
             );
-            cmd::run(Command::new("apt-get").arg("update"))?;
+            cmd::run_with_timeout(Command::new("apt-get").arg("update"), DOWNLOAD_TIMEOUT)?;
             let now = current_kernel_package(kernel)?;
             if now == kernel_package {
                 return Err(e);
@@ -408,6 +416,8 @@ fn image(kernel: Kernel, rebuild: bool) -> Result<Image> {
 /// mmdebstrap did not make the guest root; the log's tail says why.
 #[derive(Debug)]
 struct MmdebstrapFailed {
+    /// What went wrong (its exit status, or the timeout).
+    why: String,
     log: PathBuf,
     tail: String,
 }
@@ -416,7 +426,8 @@ impl std::fmt::Display for MmdebstrapFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "mmdebstrap failed (its log: {}); the log ends with:\n{}",
+            "{} (its log: {}); the log ends with:\n{}",
+            self.why,
             self.log.display(),
             self.tail
         )
@@ -484,11 +495,12 @@ fn image_with(kernel: Kernel, kernel_package: String, rebuild: bool) -> Result<I
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    if cmd::run(&mut mmdebstrap).is_err() {
+    if let Err(e) = cmd::run_with_timeout(&mut mmdebstrap, DOWNLOAD_TIMEOUT) {
         let text = fs::read_to_string(&log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(20)..].join("\n");
         return Err(MmdebstrapFailed {
+            why: format!("{e:#}"),
             log: log_path,
             tail,
         }
@@ -560,7 +572,7 @@ fn current_kernel_package(kernel: Kernel) -> Result<String> {
         return Ok(p);
     }
     eprintln!("vm-test: apt-cache does not know {meta}; updating the package lists");
-    cmd::run(Command::new("apt-get").arg("update"))?;
+    cmd::run_with_timeout(Command::new("apt-get").arg("update"), DOWNLOAD_TIMEOUT)?;
     ask().with_context(|| format!("apt-cache names no kernel package that {meta} depends on"))
 }
 
@@ -756,6 +768,7 @@ fn boot_and_test(
     fs::copy(from, stage.join(name)).with_context(|| format!("copying {}", from.display()))?;
     fs::write(stage.join("vm-test.sh"), scenario.script())?;
     fs::set_permissions(stage.join("vm-test.sh"), fs::Permissions::from_mode(0o755))?;
+    fs::write(stage.join("lib.sh"), LIB_SCRIPT)?;
     let disk = run_dir.join("disk.ext4");
     let disk_mib = used_mib(&stage)? + 64;
     cmd::run(

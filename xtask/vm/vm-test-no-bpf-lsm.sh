@@ -12,15 +12,8 @@ results=$out/results.txt
 failed=0
 : > "$results"
 
-say() {
-    echo "$*" >> "$results"
-    echo "ctrwatch-vmtest: $*"
-}
-pass() { say PASS "$@"; }
-fail() {
-    say FAIL "$@"
-    failed=1
-}
+# say, pass, fail, uptime_s, since, wait_for.
+. "$disk/lib.sh"
 
 {
     echo "release: $(uname -r)"

@@ -17,29 +17,8 @@ results=$out/results.txt
 failed=0
 : > "$results"
 
-say() {
-    echo "$*" >> "$results"
-    echo "ctrwatch-vmtest: $*"
-}
-pass() { say PASS "$@"; }
-fail() {
-    say FAIL "$@"
-    failed=1
-}
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
-since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
-# Waits up to $1 seconds for the command after it to succeed.
-wait_for() {
-    limit=$1
-    shift
-    n=0
-    while ! "$@" > /dev/null 2>&1; do
-        n=$((n + 1))
-        [ "$n" -ge "$limit" ] && return 1
-        sleep 1
-    done
-    return 0
-}
+# say, pass, fail, uptime_s, since, wait_for.
+. "$disk/lib.sh"
 active() { [ "$(systemctl is-active ctrwatch.service)" = active ]; }
 main_pid() { systemctl show -p MainPID --value ctrwatch.service; }
 pin_count() { find "$pins" -mindepth 1 2> /dev/null | wc -l; }
