@@ -233,9 +233,10 @@ fn prototype_mismatch(hook: &FentryHook, prototype: &FunctionPrototype) -> Optio
     for &(position, type_name) in hook.reads {
         let found = prototype.params.get(position).map(|p| p.type_name.as_str());
         if found != Some(type_name) {
+            // The name is the BTF's: escaped for display.
             return Some(format!(
                 "parameter {position} is {}, the programs read a {type_name}",
-                found.unwrap_or("missing")
+                found.map_or_else(|| "missing".to_string(), ctrwatch_event::escape)
             ));
         }
     }

@@ -39,11 +39,17 @@ const MAX_ANON_DEPTH: usize = 32;
     reason = "each variant's #[error] message says what it is"
 )]
 pub enum BtfError {
-    #[error("kernel BTF file {} does not exist (the kernel needs CONFIG_DEBUG_INFO_BTF=y)", path.display())]
+    #[error(
+        "kernel BTF file {} does not exist (the kernel needs CONFIG_DEBUG_INFO_BTF=y)",
+        ctrwatch_event::escape_path(path)
+    )]
     Missing { path: PathBuf },
     // The I/O error is part of the message rather than a `source`, so that it is not printed
     // twice by error-chain formatters.
-    #[error("cannot read kernel BTF file {}: {error}", path.display())]
+    #[error(
+        "cannot read kernel BTF file {}: {error}",
+        ctrwatch_event::escape_path(path)
+    )]
     Unreadable { path: PathBuf, error: io::Error },
     #[error("malformed BTF in {origin}: {reason}")]
     Malformed { origin: String, reason: String },
@@ -103,7 +109,7 @@ impl KernelBtf {
                 }
             }
         })?;
-        Self::parse(bytes, path.display().to_string())
+        Self::parse(bytes, ctrwatch_event::escape_path(path))
     }
 
     /// Parses BTF held in memory (raw BTF, as in `/sys/kernel/btf/vmlinux`, not an ELF file).
@@ -475,16 +481,22 @@ impl FunctionPrototype {
         self.params.iter().position(|p| p.type_name == wanted)
     }
 
-    /// `(struct mnt_idmap *idmap, struct dentry *dentry, ...)`, for `ctrwatch probe`.
+    /// `(struct mnt_idmap *idmap, struct dentry *dentry, ...)`, for `ctrwatch probe`. The
+    /// names come from the BTF, which can be any file (`kernel_offsets_from`, a BTF given
+    /// with a path): escaped for display ([`ctrwatch_event::escape`]).
     pub fn signature(&self) -> String {
         let params: Vec<String> = self
             .params
             .iter()
             .map(|p| {
-                if p.type_name.ends_with('*') {
-                    format!("{}{}", p.type_name, p.name)
+                let (type_name, name) = (
+                    ctrwatch_event::escape(&p.type_name),
+                    ctrwatch_event::escape(&p.name),
+                );
+                if type_name.ends_with('*') {
+                    format!("{type_name}{name}")
                 } else {
-                    format!("{} {}", p.type_name, p.name)
+                    format!("{type_name} {name}")
                 }
             })
             .collect();
@@ -1064,6 +1076,50 @@ mod tests {
 
     /// One type of every kind, each with trailing data of a different size, then a struct:
     /// the struct is found only if every kind's size is skipped correctly.
+    /// A BTF file can come from anywhere (`kernel_offsets_from` takes a path): names in it
+    /// with a newline or a terminal escape are shown escaped by `ctrwatch probe`, never raw.
+    #[test]
+    fn hostile_names_are_escaped_for_display() {
+        const KIND_FUNC: u32 = 12;
+        const KIND_FUNC_PROTO: u32 = 13;
+        let mut b = BtfBuilder::new();
+        let evil = b.composite(KIND_STRUCT, "dentry\nhook family lsm: usable", 8, &[]);
+        let p_evil = b.ptr(evil);
+        let int = b.int("int\u{1b}[2J", 4);
+        let proto = b.header("", KIND_FUNC_PROTO, false, 2, int);
+        let (n0, n1) = (b.name("d\r\u{1b}]0;owned\u{7}"), b.name("flags\\x"));
+        b.u32s(&[n0, p_evil, n1, int]);
+        b.header("vfs_setxattr", KIND_FUNC, false, 0, proto);
+        let Ok(btf) = KernelBtf::from_bytes(&b.build()) else {
+            panic!("hand-built BTF must parse");
+        };
+        let Ok(Some(p)) = function_prototype(&btf, "vfs_setxattr") else {
+            panic!("the prototype must be found");
+        };
+        let shown = p.signature();
+        assert_eq!(
+            shown,
+            "(struct dentry\\x0ahook family lsm: usable *d\\x0d\\x1b]0;owned\\x07, \
+             int\\x1b[2J flags\\\\x)"
+        );
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        // The backend's listing of the xattr functions shows the same.
+        let listed = crate::kernel::backend::xattr_prototypes(Ok(&btf));
+        let line = &listed[0].1;
+        assert!(
+            line.starts_with("vfs_setxattr(struct dentry\\x0a"),
+            "{line}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        // A path with a newline, in an error.
+        let e = kernel_offsets_from(Path::new("/nonexistent/btf\nhook family fentry: usable"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("btf\\x0ahook"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
     fn every_kind() -> BtfBuilder {
         let mut b = BtfBuilder::new();
         let int = b.int("int", 4); // 1: INT, +4
