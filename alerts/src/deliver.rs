@@ -101,11 +101,29 @@ impl DeliveryOptions {
 
 struct Shared {
     stop: AtomicBool,
+    /// Every worker of the delivery was started: they may begin (and wait for the workers
+    /// they replace). Until then a worker waits; a start that failed part-way stops them.
+    begun: AtomicBool,
     generation: Mutex<u64>,
     cv: Condvar,
 }
 
 impl Shared {
+    /// Waits until the delivery's workers were all started (true) or it was stopped (false):
+    /// a start that failed part-way must not leave a worker waiting for the worker it was to
+    /// replace, which keeps running.
+    fn wait_for_begin(&self) -> bool {
+        let Ok(guard) = self.generation.lock() else {
+            return false;
+        };
+        let waited = self.cv.wait_while(guard, |_| {
+            !self.begun.load(Ordering::Relaxed) && !self.stop.load(Ordering::Relaxed)
+        });
+        let begin = !self.stop.load(Ordering::Relaxed);
+        drop(waited);
+        begin
+    }
+
     fn wake(&self) {
         if let Ok(mut g) = self.generation.lock() {
             *g = g.wrapping_add(1);
@@ -213,6 +231,10 @@ impl Delivery {
     /// (delivered, skipped, given up), with its backoff. So a delivery in flight at the reload
     /// is not made again by the new worker, and nothing it finished is sent twice while its
     /// result waits to be committed. A sink that is new or renamed starts from the outbox.
+    ///
+    /// On an error (a worker's thread could not be started) nothing changed: `previous` keeps
+    /// delivering, and the workers already started end at once, without waiting for
+    /// `previous`'s (they have not begun; the caller reports the error).
     pub fn replace(
         previous: &Delivery,
         sinks: Vec<(Sink, Client)>,
@@ -230,8 +252,25 @@ impl Delivery {
         opts: DeliveryOptions,
         previous: Option<&Delivery>,
     ) -> std::io::Result<Delivery> {
+        Delivery::start_with(sinks, store, results, opts, previous, &mut |name, work| {
+            std::thread::Builder::new()
+                .name(format!("alerts-{}", short(name)))
+                .spawn(work)
+        })
+    }
+
+    /// [`Delivery::start_after`] with the threads started by `spawn` (a test makes it fail).
+    fn start_with(
+        sinks: Vec<(Sink, Client)>,
+        store: &std::path::Path,
+        results: Arc<dyn ResultSink>,
+        opts: DeliveryOptions,
+        previous: Option<&Delivery>,
+        spawn: &mut Spawn<'_>,
+    ) -> std::io::Result<Delivery> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            begun: AtomicBool::new(false),
             generation: Mutex::new(0),
             cv: Condvar::new(),
         });
@@ -254,19 +293,20 @@ impl Delivery {
                     .find(|(n, _, _)| *n == name)
                     .map(|(_, _, b)| Arc::clone(b))
             });
-            let spawned = std::thread::Builder::new()
-                .name(format!("alerts-{}", short(&name)))
-                .spawn(move || worker.run());
-            match spawned {
+            match spawn(&name, Box::new(move || worker.run())) {
                 Ok(handle) => workers.push((name, handle, baton)),
                 Err(e) => {
-                    // The ones started stop (those waiting for a predecessor included).
+                    // The ones started end without having begun: none waits for the worker
+                    // it was to replace (that one keeps running, the caller keeps
+                    // `previous`), none reads the outbox.
                     shared.stop.store(true, Ordering::Relaxed);
                     shared.wake();
                     return Err(e);
                 }
             }
         }
+        shared.begun.store(true, Ordering::Relaxed);
+        shared.wake();
         Ok(Delivery { shared, workers })
     }
 
@@ -307,6 +347,9 @@ impl Delivery {
         }
     }
 }
+
+/// Starts a worker's thread: its sink's name, and what it runs.
+type Spawn<'a> = dyn FnMut(&str, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>> + 'a;
 
 /// Thread names are at most 15 bytes.
 fn short(name: &str) -> String {
@@ -492,6 +535,9 @@ impl Worker {
     }
 
     fn run(mut self) {
+        if !self.shared.wait_for_begin() {
+            return;
+        }
         self.take_over();
         while !self.stopping() {
             let seen = self.shared.generation();
@@ -849,5 +895,93 @@ mod tests {
             at.is_some_and(|at| at > t0 && at <= t0 + Duration::from_secs(4)),
             "{at:?}"
         );
+    }
+
+    struct NoResults;
+
+    impl ResultSink for NoResults {
+        fn send(&self, _: OutboxWrite) -> bool {
+            true
+        }
+    }
+
+    fn webhook(name: &str) -> (Sink, Client) {
+        let config = ctrwatch_config::SinkConfig {
+            name: name.to_owned(),
+            kind: SinkKind::Webhook,
+            urls: vec!["http://127.0.0.1:9/hook".to_owned()],
+            secret: None,
+            min_severity: ctrwatch_config::Severity::Info,
+            rules: None,
+            headers: std::collections::BTreeMap::new(),
+            bearer_token: None,
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+            rate_per_minute: None,
+        };
+        let key = crate::target_key::TargetKey::random().expect("a random key");
+        (
+            Sink::new(config, &key).expect("a webhook sink"),
+            Client::new(Duration::from_secs(5), None).expect("an HTTP client"),
+        )
+    }
+
+    /// A reload whose new workers could not all be started (the second thread is refused):
+    /// the error is returned, the worker already started for sink `a` ends at once instead
+    /// of waiting for the running worker of `a` (which keeps running until a later reload
+    /// retires it), and the running delivery is untouched.
+    #[test]
+    fn a_replace_that_fails_part_way_leaves_nothing_waiting() {
+        let store = std::env::temp_dir().join(format!(
+            "ctrwatch-deliver-test-{}/no-such-store.db",
+            std::process::id()
+        ));
+        let results: Arc<dyn ResultSink> = Arc::new(NoResults);
+        let running = Delivery::start(
+            vec![webhook("a")],
+            &store,
+            Arc::clone(&results),
+            DeliveryOptions::default(),
+        )
+        .expect("the running delivery");
+        let (ended_tx, ended_rx) = std::sync::mpsc::channel::<String>();
+        let mut calls = 0;
+        let failed = Delivery::start_with(
+            vec![webhook("a"), webhook("b")],
+            &store,
+            Arc::clone(&results),
+            DeliveryOptions::default(),
+            Some(&running),
+            &mut |name, work| {
+                calls += 1;
+                if calls > 1 {
+                    return Err(std::io::Error::other("no more threads (test)"));
+                }
+                let (name, ended) = (name.to_owned(), ended_tx.clone());
+                std::thread::Builder::new().spawn(move || {
+                    work();
+                    let _ = ended.send(name);
+                })
+            },
+        );
+        assert!(
+            failed
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("no more threads")),
+            "the reload's error is returned"
+        );
+        drop(failed);
+        // Generous: the worker has nothing to wait for once the start failed.
+        assert_eq!(
+            ended_rx.recv_timeout(Duration::from_secs(60)).ok(),
+            Some("a".to_owned()),
+            "the started worker of sink a is still waiting for the running one"
+        );
+        // The running delivery still runs its worker.
+        assert!(
+            running.workers.iter().all(|(_, h, _)| !h.is_finished()),
+            "the running delivery's worker ended"
+        );
+        running.stop(Duration::from_secs(10));
     }
 }
