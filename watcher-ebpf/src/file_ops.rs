@@ -33,8 +33,9 @@ use crate::{
     kernel::{fd_to_file, file_inode, file_path, fill_task_info, inode_identity, now_ns, read},
     maps::{
         EVENTS, FileKey, INFLIGHT_PENDING, INFLIGHT_WRITE, PENDING, PENDING_WRITE, Pending,
-        PendingWrite, SCRATCH, SCRATCH2, VERDICTS, WRITES, count_lost, inflight_add, none_inflight,
-        off, offsets, offsets_valid, self_tgid,
+        PendingWrite, SCRATCH, SCRATCH2, VERDICTS, WRITES, cached_verdict, count_lost,
+        inflight_add, new_verdict_epoch, none_inflight, off, offsets, offsets_valid, self_tgid,
+        verdict_epoch, verdict_value,
     },
     path::{MASK, MASK2, resolve_user_path, under_root, write_dentry_path},
     stages,
@@ -246,17 +247,19 @@ pub fn file_watched(rec: *mut FileRecord, file: u64) -> bool {
         file,
         inode: file_inode(file),
     };
-    // SAFETY: map lookup returns a valid pointer to the value or None.
-    if let Some(v) = unsafe { VERDICTS.get(&key) } {
-        return *v != 0;
+    if let Some(watched) = cached_verdict(&key) {
+        return watched;
     }
+    // Read before the walk: a rename that moves the file meanwhile starts a newer epoch, and
+    // the verdict stored here is then not used.
+    let epoch = verdict_epoch();
     let (mnt, dentry) = file_path(file);
     // SAFETY: `rec` is this CPU's scratch record.
     let watched = unsafe {
         let (len, _) = write_dentry_path((*rec).data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
         under_root(&raw mut (*rec).fixed.lpm_prefixlen, len)
     };
-    let _ = VERDICTS.insert(&key, &(watched as u8), 0);
+    let _ = VERDICTS.insert(&key, &verdict_value(epoch, watched), 0);
     watched
 }
 
@@ -546,6 +549,11 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
         return 0;
     };
     let ret = syscall_ret(ctx);
+    // A rename under a root (only those are pending) may have moved open files in or out of
+    // the roots: the verdicts cached for them are stale from now on.
+    if p.op == op::RENAME && ret == 0 {
+        new_verdict_epoch();
+    }
     begin_record(rec, p.op);
     // SAFETY: `rec` is this CPU's scratch record; all tail writes are masked (see path.rs).
     unsafe {
@@ -754,7 +762,11 @@ fn finish_exit(rec: *mut FileRecord) {
             if spec.mode < 0 {
                 r.mode = mode;
             }
-            let _ = VERDICTS.insert(&FileKey { file, inode }, &1u8, 0);
+            let _ = VERDICTS.insert(
+                &FileKey { file, inode },
+                &verdict_value(verdict_epoch(), true),
+                0,
+            );
         }
     }
     send(rec);
@@ -956,10 +968,9 @@ pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
         file,
         inode: file_inode(file),
     };
-    // SAFETY: map lookup returns a valid pointer to the value or None.
-    match unsafe { VERDICTS.get(&key) } {
-        Some(&0) => return 0,
-        Some(_) => {
+    match cached_verdict(&key) {
+        Some(false) => return 0,
+        Some(true) => {
             remember_write(id, file, fd);
             return 0;
         }
