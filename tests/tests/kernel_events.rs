@@ -511,6 +511,33 @@ fn operations_outside_the_roots_are_not_reported() {
     let _ = std::fs::remove_dir_all(outside);
 }
 
+/// A file renamed into a root while it is open: the writes made through its fd after the
+/// rename are under the root and are reported. Its first write, outside, left the verdict
+/// "not under a root" cached for its `struct file`; a rename under a root starts a new verdict
+/// epoch, so that verdict is asked again (before, the later writes were lost).
+#[test]
+fn writes_after_a_rename_into_a_root_are_reported() {
+    let outside = temp_dir("moved-in");
+    let from = outside.join("file");
+    let to = test_dir("moved-in").join("file");
+    let pid = fsop(
+        &[OsStr::new("write-rename-write"), os(&from), os(&to)],
+        true,
+    );
+    let rename = record("rename", &from, pid);
+    assert_eq!(
+        path_of(&rename, "new_path"),
+        to.as_os_str().as_bytes(),
+        "{rename}"
+    );
+    // One byte was written outside the root, four after the rename: those four, in one write.
+    let v = record("modify", &to, pid);
+    assert_eq!(v.get("bytes").and_then(Value::as_u64), Some(4), "{v}");
+    assert_eq!(v.get("writes").and_then(Value::as_u64), Some(1), "{v}");
+    assert_attributed(&v, pid);
+    let _ = std::fs::remove_dir_all(outside);
+}
+
 #[test]
 fn relative_paths_resolve_against_dirfd_and_cwd() {
     let d = test_dir("relative");

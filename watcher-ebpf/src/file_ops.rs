@@ -33,8 +33,9 @@ use crate::{
     kernel::{fd_to_file, file_inode, file_path, fill_task_info, inode_identity, now_ns, read},
     maps::{
         EVENTS, FileKey, INFLIGHT_PENDING, INFLIGHT_WRITE, PENDING, PENDING_WRITE, Pending,
-        PendingWrite, SCRATCH, SCRATCH2, VERDICTS, WRITES, count_lost, inflight_add, none_inflight,
-        off, offsets, offsets_valid, self_tgid,
+        PendingWrite, SCRATCH, SCRATCH2, VERDICTS, WRITES, cached_verdict, count_lost,
+        inflight_add, new_verdict_epoch, none_inflight, off, offsets, offsets_valid, self_tgid,
+        verdict_epoch, verdict_value,
     },
     path::{MASK, MASK2, resolve_user_path, under_root, write_dentry_path},
     stages,
@@ -246,17 +247,19 @@ pub fn file_watched(rec: *mut FileRecord, file: u64) -> bool {
         file,
         inode: file_inode(file),
     };
-    // SAFETY: map lookup returns a valid pointer to the value or None.
-    if let Some(v) = unsafe { VERDICTS.get(&key) } {
-        return *v != 0;
+    if let Some(watched) = cached_verdict(&key) {
+        return watched;
     }
+    // Read before the walk: a rename that moves the file meanwhile starts a newer epoch, and
+    // the verdict stored here is then not used.
+    let epoch = verdict_epoch();
     let (mnt, dentry) = file_path(file);
     // SAFETY: `rec` is this CPU's scratch record.
     let watched = unsafe {
         let (len, _) = write_dentry_path((*rec).data.as_mut_ptr(), mnt, dentry, PATH_BUF_CAP);
         under_root(&raw mut (*rec).fixed.lpm_prefixlen, len)
     };
-    let _ = VERDICTS.insert(&key, &(watched as u8), 0);
+    let _ = VERDICTS.insert(&key, &verdict_value(epoch, watched), 0);
     watched
 }
 
@@ -331,6 +334,7 @@ pub fn enter<const ARGS: usize>(ctx: &TracePointContext, syscall: &Spec, spec: &
         op = op::RMDIR;
     }
     let Some(stage) = stages::stage() else {
+        count_lost(LOSS_PATH_UNRESOLVED);
         return 0;
     };
     // SAFETY: this CPU's stage state.
@@ -358,6 +362,7 @@ pub fn enter<const ARGS: usize>(ctx: &TracePointContext, syscall: &Spec, spec: &
 #[inline(always)]
 pub fn enter_path(ctx: &TracePointContext) -> u32 {
     let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        count_lost(LOSS_PATH_UNRESOLVED);
         return 0;
     };
     // SAFETY: this CPU's stage state and scratch record, see path.rs for the buffer contract.
@@ -393,6 +398,7 @@ pub fn enter_path(ctx: &TracePointContext) -> u32 {
 #[inline(always)]
 pub fn enter_path2() -> u32 {
     let Some(stage) = stages::stage() else {
+        count_lost(LOSS_PATH_UNRESOLVED);
         return 0;
     };
     // SAFETY: this CPU's stage state.
@@ -538,8 +544,16 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
         // Left over from a syscall whose exit we missed (e.g. attached in between).
         return 0;
     }
-    let Some(rec) = scratch() else { return 0 };
+    let Some(rec) = scratch() else {
+        count_lost(p.op as u32);
+        return 0;
+    };
     let ret = syscall_ret(ctx);
+    // A rename under a root (only those are pending) may have moved open files in or out of
+    // the roots: the verdicts cached for them are stale from now on.
+    if p.op == op::RENAME && ret == 0 {
+        new_verdict_epoch();
+    }
     begin_record(rec, p.op);
     // SAFETY: `rec` is this CPU's scratch record; all tail writes are masked (see path.rs).
     unsafe {
@@ -590,6 +604,7 @@ pub fn exit(ctx: &TracePointContext, spec: &Spec) -> u32 {
 #[inline(always)]
 pub fn exit_path(ctx: &TracePointContext) -> u32 {
     let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        count_exit_stage_loss();
         return 0;
     };
     // SAFETY: this CPU's stage state and scratch record; all tail writes are masked (path.rs).
@@ -631,8 +646,10 @@ pub fn exit_path(ctx: &TracePointContext) -> u32 {
         }
         if spec.path2 >= 0 {
             stages::jump(ctx, stages::EXIT_PATH2);
-            // The stage is missing: the record goes without its second path, flagged so.
+            // The stage is missing: the record goes without its second path, flagged so, and
+            // the path not resolved is counted.
             r.flags |= FLAG_PATH2_TRUNCATED;
+            count_lost(LOSS_PATH_UNRESOLVED);
         }
     }
     finish_exit(rec);
@@ -645,6 +662,7 @@ pub fn exit_path(ctx: &TracePointContext) -> u32 {
 pub fn exit_path2() -> u32 {
     let (Some(stage), Some(rec), Some(s2)) = (stages::stage(), scratch(), SCRATCH2.get_ptr_mut(0))
     else {
+        count_exit_stage_loss();
         return 0;
     };
     // SAFETY: this CPU's stage state and scratch buffers; all tail writes are masked.
@@ -672,6 +690,19 @@ pub fn exit_path2() -> u32 {
     }
     finish_exit(rec);
     0
+}
+
+/// A stage that finishes a record found no per-CPU state: it cannot happen (a per-CPU array
+/// always has its slot 0), but if it did the record its caller began would go unsent. Counted
+/// in the record's op slot (its caller's `begin_record` wrote it in `SCRATCH`), or as
+/// `LOSS_PATH_UNRESOLVED` when even that is missing, so that no hole is silent.
+#[inline(always)]
+fn count_exit_stage_loss() {
+    match scratch() {
+        // SAFETY: this CPU's scratch record.
+        Some(rec) => count_lost(unsafe { (*rec).fixed.hdr.op } as u32),
+        None => count_lost(LOSS_PATH_UNRESOLVED),
+    }
 }
 
 /// The rest of an exit's record after its path(s), from [`stages::STAGE`]: the symlink target,
@@ -731,7 +762,11 @@ fn finish_exit(rec: *mut FileRecord) {
             if spec.mode < 0 {
                 r.mode = mode;
             }
-            let _ = VERDICTS.insert(&FileKey { file, inode }, &1u8, 0);
+            let _ = VERDICTS.insert(
+                &FileKey { file, inode },
+                &verdict_value(verdict_epoch(), true),
+                0,
+            );
         }
     }
     send(rec);
@@ -905,8 +940,16 @@ unsafe fn starts_with<const N: usize>(s: *const u8, prefix: &[u8; N]) -> bool {
     true
 }
 
-/// `sys_enter_write` and friends: remember the fd if its file is watched (asked in the stage
-/// [`stages::WRITE_PATH`], which walks the file's path).
+/// `sys_enter_write` and friends: remember the fd if its file is watched. The verdict cached
+/// for the file (`VERDICTS`, see [`file_watched`]) decides inline; only a file not seen yet
+/// goes to the stage [`stages::WRITE_PATH`], which walks its path.
+///
+/// Why inline: every write of the machine to a file runs this, nearly all of them outside the
+/// roots and to files already seen, and none of them needs the walk; the tail call each of
+/// them made cost about 8 ns of the program's 250-320 ns (docs/startup.md, "The write
+/// family's verdict inline"), at 83 more instructions verified. The lookup is the one
+/// `file_watched` made first in the stage, with the same key: no write under a root is
+/// decided otherwise than before.
 #[inline(always)]
 pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
     if !offsets_valid() {
@@ -921,7 +964,20 @@ pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
     if file == 0 {
         return 0;
     }
+    let key = FileKey {
+        file,
+        inode: file_inode(file),
+    };
+    match cached_verdict(&key) {
+        Some(false) => return 0,
+        Some(true) => {
+            remember_write(id, file, fd);
+            return 0;
+        }
+        None => {}
+    }
     let Some(stage) = stages::stage() else {
+        count_lost(LOSS_PATH_UNRESOLVED);
         return 0;
     };
     // SAFETY: this CPU's stage state.
@@ -935,26 +991,33 @@ pub fn enter_write(ctx: &TracePointContext, fd_arg: i8) -> u32 {
     0
 }
 
-/// The stage [`stages::WRITE_PATH`]: is the file being written (in [`stages::STAGE`]) under a
-/// root? Then the write is remembered for its exit.
+/// The stage [`stages::WRITE_PATH`]: is the file being written (in [`stages::STAGE`]), not
+/// seen before, under a root? Then the write is remembered for its exit.
 #[inline(always)]
 pub fn write_path() -> u32 {
     let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        // Cannot happen (per-CPU arrays always have slot 0); counted, not silent.
+        count_lost(LOSS_PATH_UNRESOLVED);
         return 0;
     };
     // SAFETY: this CPU's stage state.
     let (file, fd) = unsafe { ((*stage).pending.args[0], (*stage).pending.args[1] as i32) };
-    if !file_watched(rec, file) {
-        return 0;
+    if file_watched(rec, file) {
+        remember_write(bpf_get_current_pid_tgid(), file, fd);
     }
-    let id = bpf_get_current_pid_tgid();
+    0
+}
+
+/// A write to a watched file: remembered for its exit (`exit_write`), which adds its bytes.
+#[inline(always)]
+fn remember_write(id: u64, file: u64, fd: i32) {
     let pending = PendingWrite { file, fd, _pad: 0 };
+    // Counted before it exists, so that its exit never skips it (see INFLIGHT).
     inflight_add(INFLIGHT_WRITE, 1);
     if PENDING_WRITE.insert(&id, &pending, 0).is_err() {
         inflight_add(INFLIGHT_WRITE, u64::MAX);
         count_lost(op::MODIFY as u32);
     }
-    0
 }
 
 /// `sys_exit_write` and friends: add the bytes written to the (process, fd) aggregate.
@@ -1095,7 +1158,10 @@ fn send_modify(ctx: &TracePointContext, key: &WriteKey, agg: &WriteAgg, flags: u
 /// the caller's last action then.
 #[inline(always)]
 fn send_file_event(ctx: &TracePointContext, op: u16, key: &WriteKey, agg: &WriteAgg, flags: u32) {
-    let Some(rec) = scratch() else { return };
+    let Some(rec) = scratch() else {
+        count_lost(op as u32);
+        return;
+    };
     begin_record(rec, op);
     // SAFETY: this CPU's scratch record.
     unsafe {
@@ -1133,6 +1199,7 @@ fn send_file_event(ctx: &TracePointContext, op: u16, key: &WriteKey, agg: &Write
 #[inline(always)]
 pub fn event_path() -> u32 {
     let (Some(stage), Some(rec)) = (stages::stage(), scratch()) else {
+        count_exit_stage_loss();
         return 0;
     };
     // SAFETY: this CPU's stage state and scratch record.

@@ -94,12 +94,63 @@ pub fn self_tgid() -> u32 {
 /// (an enter seen without its exit). The check costs one load (the verifier inlines an array
 /// lookup); detaching instead takes seconds, one program after the other.
 ///
-/// Slot [`CAPTURE_SELF_TGID`] holds the daemon's thread-group id ([`self_tgid`]).
+/// Slot [`CAPTURE_SELF_TGID`] holds the daemon's thread-group id ([`self_tgid`]), slot
+/// [`CAPTURE_VERDICT_EPOCH`] the epoch of the cached verdicts ([`verdict_epoch`]).
 #[map]
-pub static CAPTURE: Array<u32> = Array::with_max_entries(2, 0);
+pub static CAPTURE: Array<u32> = Array::with_max_entries(3, 0);
 
 /// The slot of [`CAPTURE`] that holds the daemon's thread-group id.
 pub const CAPTURE_SELF_TGID: u32 = 1;
+
+/// The slot of [`CAPTURE`] that holds the epoch of the verdicts in [`VERDICTS`]: written by
+/// the programs only.
+pub const CAPTURE_VERDICT_EPOCH: u32 = 2;
+
+/// The epoch of the cached verdicts. A verdict cached in another epoch is not used: a rename
+/// under a root moves files that may be open in or out of the roots (their `struct file`
+/// follows the dentry), so a successful one starts a new epoch ([`new_verdict_epoch`]).
+#[inline(always)]
+pub fn verdict_epoch() -> u32 {
+    match CAPTURE.get_ptr(CAPTURE_VERDICT_EPOCH) {
+        // SAFETY: valid map value; other CPUs bump it at any time, hence the volatile read.
+        Some(epoch) => unsafe { core::ptr::read_volatile(epoch) },
+        None => 0,
+    }
+}
+
+/// Starts a new verdict epoch: every verdict cached before is asked again.
+#[inline(always)]
+pub fn new_verdict_epoch() {
+    if let Some(epoch) = CAPTURE.get_ptr_mut(CAPTURE_VERDICT_EPOCH) {
+        // SAFETY: valid, aligned map value shared by all CPUs, hence the atomic add (see
+        // inflight_add).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                epoch, 1,
+            );
+        }
+    }
+}
+
+/// A verdict as [`VERDICTS`] holds it: the epoch it was decided in, and whether the file is
+/// under a root (bit 0).
+#[inline(always)]
+pub fn verdict_value(epoch: u32, watched: bool) -> u32 {
+    (epoch << 1) | watched as u32
+}
+
+/// The verdict cached for `key`, if any was decided in the current epoch.
+#[inline(always)]
+pub fn cached_verdict(key: &FileKey) -> Option<bool> {
+    let epoch = verdict_epoch();
+    // SAFETY: map lookup returns a valid pointer to the value or None.
+    let value = *unsafe { VERDICTS.get(key) }?;
+    if value >> 1 == epoch & (u32::MAX >> 1) {
+        Some(value & 1 != 0)
+    } else {
+        None
+    }
+}
 
 /// The loss totals (per slot of [`LOST`]) the daemon has already reported: written by the
 /// daemon only, never by a program. Pinned with the rest, it lets a daemon that adopts the
@@ -251,7 +302,7 @@ pub struct FileKey {
 }
 
 #[map]
-pub static VERDICTS: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(65536, 0);
+pub static VERDICTS: LruHashMap<FileKey, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Write aggregates per (process, fd), flushed at close (kernel) or process exit (userspace).
 #[map]

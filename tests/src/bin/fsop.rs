@@ -103,6 +103,24 @@ fn run(args: &[OsString]) -> Result<(), String> {
                 )?;
                 libc::close(fd);
             }
+            "write-rename-write" => {
+                // fsop write-rename-write OLD NEW: create OLD, write 1 byte, rename OLD to
+                // NEW while it is open, write 4 more bytes through the same fd, close
+                let fd = open(arg(args, 1)?, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?;
+                check(
+                    libc::write(fd, c"a".as_ptr().cast(), 1) as libc::c_long,
+                    "write",
+                )?;
+                check(
+                    libc::rename(cstr(arg(args, 1)?).as_ptr(), cstr(arg(args, 2)?).as_ptr()) as _,
+                    "rename",
+                )?;
+                check(
+                    libc::write(fd, c"bbbb".as_ptr().cast(), 4) as libc::c_long,
+                    "write",
+                )?;
+                libc::close(fd);
+            }
             "write-noclose" => {
                 // write and exit without closing: the aggregate is reported at exit
                 let fd = open(arg(args, 1)?, libc::O_WRONLY)?;

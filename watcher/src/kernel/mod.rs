@@ -818,7 +818,7 @@ impl KernelWatch {
     fn clear_verdicts(&mut self) -> Result<(), KernelError> {
         let map = self.map_mut("VERDICTS")?;
         // aya's HashMap also handles LRU hash maps.
-        let mut verdicts: BpfHashMap<_, [u64; 2], u8> =
+        let mut verdicts: BpfHashMap<_, [u64; 2], u32> =
             BpfHashMap::try_from(map).map_err(|source| KernelError::Map {
                 name: "VERDICTS",
                 source,
