@@ -39,14 +39,7 @@ const PROTECT_WALK_DEPTH: usize = 24;
 const EPERM: i32 = 1;
 const FMODE_WRITE: u32 = 0x2;
 
-/// (dev, ino) of a protected directory or file, or of a trusted executable.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct InodeKey {
-    pub dev: u32,
-    pub _pad: u32,
-    pub ino: u64,
-}
+use watcher_common::InodeKey;
 
 /// Slot 0: 0 off, 1 dry-run, 2 enforce.
 #[map]

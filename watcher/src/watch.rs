@@ -87,6 +87,8 @@ pub struct WatchOptions {
     pub pin_dir: Option<PathBuf>,
     /// The hook backend asked for (`--backend`, `[watch] backend`; kernel/backend.rs).
     pub backend: ctrwatch_config::Backend,
+    /// Protect mode (`[watch] protect`; WORK IN PROGRESS).
+    pub protect: ctrwatch_config::ProtectMode,
 }
 
 /// What is being captured, for `ctrwatch status`: told to the sink once capture is on and
@@ -236,6 +238,51 @@ impl Sink for StdoutSink {
     }
 }
 
+/// Fills the protect programs' maps (WORK IN PROGRESS): the trusted executables (the
+/// operator's `trust_exes`, and containerd, its runc shim and runc where they are installed)
+/// and, per root, the content store's blobs directory and meta.db. Committed layers are NOT
+/// protected yet: that needs the snapshotter's metadata.db (an active snapshot's `fs` is a
+/// running container's upper directory, which its processes must be able to write).
+fn fill_protect_maps(
+    kernel: &mut KernelWatch,
+    roots: &RootSet,
+    trust: &crate::containerd::attribution::Trust,
+) {
+    let mut exes: Vec<PathBuf> = trust.exes.clone();
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
+        for name in ["containerd", "containerd-shim-runc-v2", "runc"] {
+            exes.push(std::path::Path::new(dir).join(name));
+        }
+    }
+    for exe in exes.iter().filter(|e| e.exists()) {
+        match kernel.trust_exe(exe) {
+            Ok(()) => log::info!(
+                "protect mode: trusting {}",
+                ctrwatch_event::escape_path(exe)
+            ),
+            Err(e) => log::warn!("protect mode: {e}"),
+        }
+    }
+    for root in &roots.roots {
+        for rel in [
+            "io.containerd.content.v1.content/blobs",
+            "io.containerd.metadata.v1.bolt/meta.db",
+        ] {
+            let path = root.canonical.join(rel);
+            if !path.exists() {
+                continue;
+            }
+            match kernel.protect_path(&path) {
+                Ok(()) => log::info!(
+                    "protect mode: protecting {}",
+                    ctrwatch_event::escape_path(&path)
+                ),
+                Err(e) => log::warn!("protect mode: {e}"),
+            }
+        }
+    }
+}
+
 /// Watches until SIGTERM or SIGINT; returns the instant capture stopped, once everything
 /// captured before it has been handed to `sink`. SIGHUP reloads the configuration
 /// ([`Sink::reload`]) without pausing capture: it is read and checked on a blocking thread,
@@ -260,6 +307,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
             ring_buffer_bytes: opts.ring_buffer_bytes,
             self_tgid: std::process::id(),
             backend: opts.backend,
+            protect: opts.protect,
         },
         opts.pin_dir.as_deref(),
     )
@@ -297,6 +345,11 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
+    if opts.protect != ctrwatch_config::ProtectMode::Off
+        && kernel.capabilities.lsm.state == crate::kernel::backend::FamilyState::Usable
+    {
+        fill_protect_maps(&mut kernel, &roots, &opts.trust);
+    }
     // Capture starts now, at one instant for every program. The loss counters stayed at zero
     // while it was off; the instant is read after the switch: nothing after it is missed.
     // Adopted programs never stopped: what their counters gained since the previous daemon's

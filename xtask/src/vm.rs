@@ -55,6 +55,21 @@ const TEST_SCRIPT: &str = include_str!("../vm/vm-test.sh");
 const PACKAGE_SCRIPT: &str = include_str!("../vm/vm-test-package.sh");
 /// The no-bpf-lsm scenario's script (`--scenario no-bpf-lsm`).
 const NO_BPF_LSM_SCRIPT: &str = include_str!("../vm/vm-test-no-bpf-lsm.sh");
+/// WORK IN PROGRESS: the protect scenario's script (`--scenario protect`).
+const PROTECT_SCRIPT: &str = include_str!("../vm/vm-test-protect.sh");
+/// What the guest must report as PASS in the protect scenario.
+const PROTECT_CHECKS: &[&str] = &[
+    "enforce-watching",
+    "enforce-rm-denied",
+    "enforce-setxattr-denied",
+    "enforce-write-denied",
+    "enforce-read-allowed",
+    "enforce-trusted-allowed",
+    "enforce-outside-allowed",
+    "released",
+    "dry-run-watching",
+    "dry-run-allows",
+];
 
 /// The kernel's command line; the no-bpf-lsm scenario appends [`LSM_WITHOUT_BPF`].
 const KERNEL_ARGS: &str = "root=/dev/vda rw console=ttyS0 quiet panic=-1";
@@ -131,6 +146,8 @@ pub enum Scenario {
     /// ([`LSM_WITHOUT_BPF`]): `ctrwatch probe` must say BPF LSM is inactive, and why
     /// (xtask/vm/vm-test-no-bpf-lsm.sh).
     NoBpfLsm,
+    /// WORK IN PROGRESS: protect mode on a containerd-shaped root (xtask/vm/vm-test-protect.sh).
+    Protect,
 }
 
 impl Scenario {
@@ -139,6 +156,7 @@ impl Scenario {
             Scenario::Default => TEST_SCRIPT,
             Scenario::Package => PACKAGE_SCRIPT,
             Scenario::NoBpfLsm => NO_BPF_LSM_SCRIPT,
+            Scenario::Protect => PROTECT_SCRIPT,
         }
     }
 
@@ -147,6 +165,7 @@ impl Scenario {
             Scenario::Default => DEFAULT_CHECKS,
             Scenario::Package => PACKAGE_CHECKS,
             Scenario::NoBpfLsm => NO_BPF_LSM_CHECKS,
+            Scenario::Protect => PROTECT_CHECKS,
         }
     }
 
@@ -156,13 +175,14 @@ impl Scenario {
             Scenario::Default => kernel.label().to_string(),
             Scenario::Package => format!("{}-package", kernel.label()),
             Scenario::NoBpfLsm => format!("{}-no-bpf-lsm", kernel.label()),
+            Scenario::Protect => format!("{}-protect", kernel.label()),
         }
     }
 
     /// The guest kernel's command line.
     fn kernel_args(self) -> String {
         match self {
-            Scenario::Default | Scenario::Package => KERNEL_ARGS.to_string(),
+            Scenario::Default | Scenario::Package | Scenario::Protect => KERNEL_ARGS.to_string(),
             Scenario::NoBpfLsm => format!("{KERNEL_ARGS} {LSM_WITHOUT_BPF}"),
         }
     }
@@ -273,7 +293,7 @@ pub fn run_scenario(
     crate::setup::rust_target(&build.target)?;
     // What goes onto the test disk: the binary, or the package (which builds it).
     let payload = match scenario {
-        Scenario::Default | Scenario::NoBpfLsm => {
+        Scenario::Default | Scenario::NoBpfLsm | Scenario::Protect => {
             Payload::Binary(deb::build_static_binary(&build)?)
         }
         Scenario::Package => Payload::Package(deb::build(&build)?),

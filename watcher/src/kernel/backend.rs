@@ -539,7 +539,10 @@ pub struct LsmAttached {
 
 /// Loads and attaches the protect-mode programs whose prototypes match (WORK IN PROGRESS:
 /// the maps are filled by the caller).
-pub fn attach_lsm(ebpf: &mut aya::Ebpf, btf: &KernelBtf) -> Result<LsmAttached, super::KernelError> {
+pub fn attach_lsm(
+    ebpf: &mut aya::Ebpf,
+    btf: &KernelBtf,
+) -> Result<LsmAttached, super::KernelError> {
     use aya::programs::Lsm;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| super::KernelError::Program {
         name: "lsm".into(),

@@ -287,6 +287,9 @@ pub struct LoadOptions {
     pub self_tgid: u32,
     /// The backend asked for (`--backend`, `[watch] backend`).
     pub backend: ctrwatch_config::Backend,
+    /// Protect mode (`[watch] protect`; WORK IN PROGRESS: the LSM programs are attached and
+    /// the mode set; the daemon does not fill the protected inodes yet).
+    pub protect: ctrwatch_config::ProtectMode,
 }
 
 /// What was attached, for status output and logs.
@@ -390,7 +393,29 @@ impl KernelWatch {
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
         let step = step.done("eBPF object parsed, maps created");
-        let (attachment, links) = attach(&mut ebpf, backend, &capabilities, opts.backend)?;
+        let (mut attachment, mut links) = attach(&mut ebpf, backend, &capabilities, opts.backend)?;
+        if opts.protect != ctrwatch_config::ProtectMode::Off {
+            if capabilities.lsm.state == backend::FamilyState::Usable {
+                let btf = btf_offsets::KernelBtf::open(Path::new(btf_offsets::VMLINUX_BTF))?;
+                let lsm = backend::attach_lsm(&mut ebpf, &btf)?;
+                for (hook, why) in &lsm.skipped {
+                    log::error!("protect mode: {hook} not guarded: {why}");
+                }
+                if let Some(f) = attachment.families.iter_mut().find(|f| f.family == "lsm") {
+                    f.programs_attached = lsm.links.len();
+                }
+                for (name, link) in lsm.links {
+                    links.push(Link::Tracing(link));
+                    attachment.attached.push(name);
+                }
+            } else {
+                log::error!(
+                    "protect = {:?} asked for, but BPF LSM is not usable here: {}; watching only, nothing is blocked",
+                    opts.protect.name(),
+                    capabilities.lsm.summary()
+                );
+            }
+        }
         let _ = step.done("programs loaded and attached");
         let names: Vec<String> = ebpf.maps().map(|(name, _)| name.to_owned()).collect();
         let maps = names
@@ -408,7 +433,77 @@ impl KernelWatch {
             capabilities,
         };
         kernel.set_self_tgid(opts.self_tgid)?;
+        if opts.protect != ctrwatch_config::ProtectMode::Off
+            && kernel.capabilities.lsm.state == backend::FamilyState::Usable
+        {
+            kernel.trust_tgid(opts.self_tgid)?;
+            kernel.set_protect_mode(opts.protect)?;
+        }
         Ok(kernel)
+    }
+
+    /// Sets the LSM programs' mode (0 off, 1 dry-run, 2 enforce).
+    pub fn set_protect_mode(
+        &mut self,
+        mode: ctrwatch_config::ProtectMode,
+    ) -> Result<(), KernelError> {
+        let value: u32 = match mode {
+            ctrwatch_config::ProtectMode::Off => 0,
+            ctrwatch_config::ProtectMode::DryRun => 1,
+            ctrwatch_config::ProtectMode::Enforce => 2,
+        };
+        let mut m: Array<_, u32> =
+            Array::try_from(self.map_mut("PROTECT_MODE")?).map_err(|source| KernelError::Map {
+                name: "PROTECT_MODE",
+                source,
+            })?;
+        m.set(0, value, 0).map_err(|source| KernelError::Map {
+            name: "PROTECT_MODE",
+            source,
+        })
+    }
+
+    /// A process the protect programs never block (the daemon itself).
+    pub fn trust_tgid(&mut self, tgid: u32) -> Result<(), KernelError> {
+        let mut m: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(self.map_mut("TRUSTED_TGIDS")?).map_err(|source| {
+                KernelError::Map {
+                    name: "TRUSTED_TGIDS",
+                    source,
+                }
+            })?;
+        m.insert(tgid, 1, 0).map_err(|source| KernelError::Map {
+            name: "TRUSTED_TGIDS",
+            source,
+        })
+    }
+
+    /// Protects the inode of `path` (a layer's `fs` dir, the blobs dir, meta.db) and what is
+    /// below it (within the programs' walk depth).
+    pub fn protect_path(&mut self, path: &Path) -> Result<(), KernelError> {
+        self.inode_map_insert("PROTECTED", path)
+    }
+
+    /// Trusts the executable at `path` (containerd, its shims, runc): its processes are
+    /// never blocked.
+    pub fn trust_exe(&mut self, path: &Path) -> Result<(), KernelError> {
+        self.inode_map_insert("TRUSTED_EXES", path)
+    }
+
+    fn inode_map_insert(&mut self, name: &'static str, path: &Path) -> Result<(), KernelError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| KernelError::Worker(format!("{name}: {}: {e}", path.display())))?;
+        let key = watcher_common::InodeKey {
+            dev: new_encode_dev(meta.dev()),
+            _pad: 0,
+            ino: meta.ino(),
+        };
+        let mut m: aya::maps::HashMap<_, watcher_common::InodeKey, u8> =
+            aya::maps::HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+        m.insert(key, 1, 0)
+            .map_err(|source| KernelError::Map { name, source })
     }
 
     /// With `pin_dir`: adopts the programs and maps pinned there by a previous daemon of this
@@ -1034,6 +1129,13 @@ fn attach(
     attachment.unavailable.extend(fentry.unavailable);
     let _ = step.done(&format!("{} programs attached", attachment.attached.len()));
     Ok((attachment, links))
+}
+
+/// The kernel's `s_dev` encoding of a userspace `st_dev` (major 12 bits << 20 | minor).
+fn new_encode_dev(dev: u64) -> u32 {
+    let major = ((dev >> 8) & 0xfff) as u32 | (((dev >> 32) & !0xfff) as u32);
+    let minor = (dev & 0xff) as u32 | (((dev >> 12) & !0xff) as u32);
+    (major << 20) | minor
 }
 
 /// One step of the start-up, timed for the debug log (`RUST_LOG=debug`): where the time
