@@ -264,18 +264,41 @@ fn fill_protect_maps(
         }
     }
     for root in &roots.roots {
-        for rel in [
+        let mut paths: Vec<PathBuf> = [
             "io.containerd.content.v1.content/blobs",
             "io.containerd.metadata.v1.bolt/meta.db",
-        ] {
-            let path = root.canonical.join(rel);
-            if !path.exists() {
-                continue;
+        ]
+        .iter()
+        .map(|rel| root.canonical.join(rel))
+        .collect();
+        // Committed layers, as the snapshotters' databases say at the start (not updated
+        // yet when snapshots are committed or removed later: WORK IN PROGRESS).
+        if let Ok(model) = crate::containerd::metadata::Model::load(&root.canonical) {
+            for (name, snapshotter) in &model.snapshotters {
+                paths.push(
+                    snapshotter
+                        .root
+                        .join(crate::containerd::paths::SNAPSHOTTER_DB),
+                );
+                for snapshot in snapshotter.snapshots.values() {
+                    if snapshot.kind != ctrwatch_event::SnapshotKind::Committed {
+                        continue;
+                    }
+                    if let Some(tree) = crate::containerd::paths::snapshot_tree(
+                        &snapshotter.root,
+                        name,
+                        snapshot.id,
+                    ) {
+                        paths.push(tree);
+                    }
+                }
             }
-            match kernel.protect_path(&path) {
+        }
+        for path in paths.iter().filter(|p| p.exists()) {
+            match kernel.protect_path(path) {
                 Ok(()) => log::info!(
                     "protect mode: protecting {}",
-                    ctrwatch_event::escape_path(&path)
+                    ctrwatch_event::escape_path(path)
                 ),
                 Err(e) => log::warn!("protect mode: {e}"),
             }
