@@ -705,7 +705,7 @@ pub struct WriteKey {
 }
 
 /// (dev, ino) of an inode as the kernel has them (`s_dev`, `i_ino`): the protect programs'
-/// protected directories and files and trusted executables (WORK IN PROGRESS, issue 15).
+/// protected directories and files and trusted executables (issue 15).
 #[allow(
     missing_docs,
     reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"

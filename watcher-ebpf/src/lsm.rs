@@ -1,4 +1,4 @@
-//! BPF LSM protect mode (issue 15, WORK IN PROGRESS: not wired into the daemon).
+//! BPF LSM protect mode (issue 15; denials are not sent as records yet).
 //!
 //! Each program runs on one LSM hook and decides, cheaply and in the kernel:
 //! 1. is protect mode on ([`PROTECT_MODE`]: 0 off, 1 dry-run, 2 enforce)?

@@ -202,7 +202,12 @@ pub fn watch_options(
         ),
     }
     // Protect mode: the kernel's start (kernel/mod.rs) attaches the LSM programs where BPF LSM
-    // is usable and says loudly, and watches only, where it is not.
+    // is usable; where it is not, the daemon says so loudly and watches only.
+    let protect = if given("protect") {
+        f.protect
+    } else {
+        w.protect
+    };
     Ok(WatchOptions {
         roots,
         discover,
@@ -214,7 +219,7 @@ pub fn watch_options(
         masker: Masker::with_patterns(mask_args, default_masks),
         pin_dir: None,
         backend,
-        protect: w.protect,
+        protect,
     })
 }
 

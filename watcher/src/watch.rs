@@ -87,7 +87,7 @@ pub struct WatchOptions {
     pub pin_dir: Option<PathBuf>,
     /// The hook backend asked for (`--backend`, `[watch] backend`; kernel/backend.rs).
     pub backend: ctrwatch_config::Backend,
-    /// Protect mode (`[watch] protect`; WORK IN PROGRESS).
+    /// Protect mode (`[watch] protect`, `run --protect`).
     pub protect: ctrwatch_config::ProtectMode,
 }
 
@@ -105,6 +105,8 @@ pub struct CaptureInfo {
     pub families: Vec<crate::kernel::backend::FamilyProbe>,
     /// The watched roots, resolved.
     pub roots: Vec<PathBuf>,
+    /// Protect mode asked for and in force.
+    pub protect: crate::kernel::ProtectState,
 }
 
 /// Where events go.
@@ -238,11 +240,12 @@ impl Sink for StdoutSink {
     }
 }
 
-/// Fills the protect programs' maps (WORK IN PROGRESS): the trusted executables (the
+/// Fills the protect programs' maps: the trusted executables (the
 /// operator's `trust_exes`, and containerd, its runc shim and runc where they are installed)
-/// and, per root, the content store's blobs directory and meta.db. Committed layers are NOT
-/// protected yet: that needs the snapshotter's metadata.db (an active snapshot's `fs` is a
-/// running container's upper directory, which its processes must be able to write).
+/// and, per root, the content store's blobs directory, meta.db, the snapshotters' metadata.db
+/// and the trees of the snapshots committed at the start (not active ones: an active
+/// snapshot's `fs` is a running container's upper directory, which its processes must be
+/// able to write). Snapshots committed or removed later are not followed yet.
 fn fill_protect_maps(
     kernel: &mut KernelWatch,
     roots: &RootSet,
@@ -272,7 +275,7 @@ fn fill_protect_maps(
         .map(|rel| root.canonical.join(rel))
         .collect();
         // Committed layers, as the snapshotters' databases say at the start (not updated
-        // yet when snapshots are committed or removed later: WORK IN PROGRESS).
+        // yet when snapshots are committed or removed later).
         if let Ok(model) = crate::containerd::metadata::Model::load(&root.canonical) {
             for (name, snapshotter) in &model.snapshotters {
                 paths.push(
@@ -368,10 +371,23 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
-    if opts.protect != ctrwatch_config::ProtectMode::Off
-        && kernel.capabilities.lsm.state == crate::kernel::backend::FamilyState::Usable
-    {
-        fill_protect_maps(&mut kernel, &roots, &opts.trust);
+    // Loudly: an operator who asked for blocking must not believe it is on.
+    match &kernel.protect.unavailable {
+        Some(why) => log::error!(
+            "protect = {:?} asked for, but protect mode cannot run: {}; watching only, \
+             NOTHING IS BLOCKED",
+            kernel.protect.requested.name(),
+            ctrwatch_event::escape(why)
+        ),
+        None if kernel.protect.in_force != ctrwatch_config::ProtectMode::Off => {
+            log::info!(
+                "protect mode {} in force ({} LSM programs attached)",
+                kernel.protect.in_force.name(),
+                kernel.protect.programs
+            );
+            fill_protect_maps(&mut kernel, &roots, &opts.trust);
+        }
+        None => {}
     }
     // Capture starts now, at one instant for every program. The loss counters stayed at zero
     // while it was off; the instant is read after the switch: nothing after it is missed.
@@ -443,7 +459,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         "ctrwatch: watching {} root(s) with {} ({} hooks attached, {} not on this kernel): {}",
         enricher.roots.roots.len(),
         kernel.attachment.backend,
-        kernel.attachment.attached.len(),
+        kernel.attachment.attached.len() + kernel.protect.programs,
         kernel.attachment.unavailable.len(),
         enricher
             .roots
@@ -455,10 +471,11 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     );
     let capture_info = |roots: &RootSet| CaptureInfo {
         backend: kernel.attachment.backend.clone(),
-        hooks_attached: kernel.attachment.attached.len(),
+        hooks_attached: kernel.attachment.attached.len() + kernel.protect.programs,
         hooks_unavailable: kernel.attachment.unavailable.len(),
         families: kernel.attachment.families.clone(),
         roots: roots.roots.iter().map(|r| r.canonical.clone()).collect(),
+        protect: kernel.protect.clone(),
     };
     let mut info = capture_info(&enricher.roots);
     sink.capture_info(info.clone());

@@ -55,11 +55,21 @@ const TEST_SCRIPT: &str = include_str!("../vm/vm-test.sh");
 const PACKAGE_SCRIPT: &str = include_str!("../vm/vm-test-package.sh");
 /// The no-bpf-lsm scenario's script (`--scenario no-bpf-lsm`).
 const NO_BPF_LSM_SCRIPT: &str = include_str!("../vm/vm-test-no-bpf-lsm.sh");
-/// WORK IN PROGRESS: the protect scenario's script (`--scenario protect`).
+/// The protect scenario's script (`--scenario protect`).
 const PROTECT_SCRIPT: &str = include_str!("../vm/vm-test-protect.sh");
+/// The protect-fallback scenario's script (`--scenario protect-fallback`).
+const PROTECT_FALLBACK_SCRIPT: &str = include_str!("../vm/vm-test-protect-fallback.sh");
+/// What the guest must report as PASS in the protect-fallback scenario.
+const PROTECT_FALLBACK_CHECKS: &[&str] = &[
+    "protect-fallback-started",
+    "protect-fallback-logged",
+    "protect-fallback-status",
+    "protect-fallback-not-blocked",
+];
 /// What the guest must report as PASS in the protect scenario.
 const PROTECT_CHECKS: &[&str] = &[
     "enforce-watching",
+    "enforce-status",
     "enforce-rm-denied",
     "enforce-setxattr-denied",
     "enforce-write-denied",
@@ -68,6 +78,7 @@ const PROTECT_CHECKS: &[&str] = &[
     "enforce-outside-allowed",
     "released",
     "dry-run-watching",
+    "dry-run-status",
     "dry-run-allows",
 ];
 
@@ -146,8 +157,12 @@ pub enum Scenario {
     /// ([`LSM_WITHOUT_BPF`]): `ctrwatch probe` must say BPF LSM is inactive, and why
     /// (xtask/vm/vm-test-no-bpf-lsm.sh).
     NoBpfLsm,
-    /// WORK IN PROGRESS: protect mode on a containerd-shaped root (xtask/vm/vm-test-protect.sh).
+    /// Protect mode enforcing and in dry-run on a containerd-shaped root (xtask/vm/vm-test-protect.sh).
     Protect,
+    /// `protect = "enforce"` on a kernel booted with `bpf` left out of `lsm=`: the daemon
+    /// watches only and says so (log, status), nothing is blocked
+    /// (xtask/vm/vm-test-protect-fallback.sh).
+    ProtectFallback,
 }
 
 impl Scenario {
@@ -157,6 +172,7 @@ impl Scenario {
             Scenario::Package => PACKAGE_SCRIPT,
             Scenario::NoBpfLsm => NO_BPF_LSM_SCRIPT,
             Scenario::Protect => PROTECT_SCRIPT,
+            Scenario::ProtectFallback => PROTECT_FALLBACK_SCRIPT,
         }
     }
 
@@ -166,6 +182,7 @@ impl Scenario {
             Scenario::Package => PACKAGE_CHECKS,
             Scenario::NoBpfLsm => NO_BPF_LSM_CHECKS,
             Scenario::Protect => PROTECT_CHECKS,
+            Scenario::ProtectFallback => PROTECT_FALLBACK_CHECKS,
         }
     }
 
@@ -176,6 +193,7 @@ impl Scenario {
             Scenario::Package => format!("{}-package", kernel.label()),
             Scenario::NoBpfLsm => format!("{}-no-bpf-lsm", kernel.label()),
             Scenario::Protect => format!("{}-protect", kernel.label()),
+            Scenario::ProtectFallback => format!("{}-protect-fallback", kernel.label()),
         }
     }
 
@@ -183,7 +201,9 @@ impl Scenario {
     fn kernel_args(self) -> String {
         match self {
             Scenario::Default | Scenario::Package | Scenario::Protect => KERNEL_ARGS.to_string(),
-            Scenario::NoBpfLsm => format!("{KERNEL_ARGS} {LSM_WITHOUT_BPF}"),
+            Scenario::NoBpfLsm | Scenario::ProtectFallback => {
+                format!("{KERNEL_ARGS} {LSM_WITHOUT_BPF}")
+            }
         }
     }
 }
@@ -293,7 +313,7 @@ pub fn run_scenario(
     crate::setup::rust_target(&build.target)?;
     // What goes onto the test disk: the binary, or the package (which builds it).
     let payload = match scenario {
-        Scenario::Default | Scenario::NoBpfLsm | Scenario::Protect => {
+        Scenario::Default | Scenario::NoBpfLsm | Scenario::Protect | Scenario::ProtectFallback => {
             Payload::Binary(deb::build_static_binary(&build)?)
         }
         Scenario::Package => Payload::Package(deb::build(&build)?),

@@ -1,5 +1,5 @@
 #!/bin/sh
-# WORK IN PROGRESS (issue 15, protect mode): cargo xtask vm-test --scenario protect.
+# Issue 15, protect mode: cargo xtask vm-test --scenario protect.
 # A containerd-shaped root without containerd: the daemon protects the content store's
 # blobs directory (by its (dev, ino)) and trusts the executables of `trust_exes`; a foreign
 # rm, setxattr and open-for-write below it are denied with EPERM in enforce; a copy of rm
@@ -50,6 +50,17 @@ stop() {
     kill -TERM "$daemon"
     wait "$daemon"
 }
+# Waits (up to 60 s) until `status --json` says protect mode $1 is in force.
+status_in_force() {
+    i=0
+    while [ "$i" -lt 60 ]; do
+        "$bin" status --store "$store" --json > "$out/status-$1.json" 2> /dev/null
+        grep -q "\"protect_in_force\":\"$1\"" "$out/status-$1.json" && return 0
+        sleep 1
+        i=$((i + 1))
+    done
+    return 1
+}
 setxattr() {
     perl -e 'my ($p, $n, $v) = ($ARGV[0], "trusted.overlay.opaque", "y");
         syscall(188, $p, $n, $v, 1, 0) == 0 or die "setxattr: $!\n"' "$1"
@@ -59,6 +70,11 @@ echo blob > "$blobs/victim"
 echo blob > "$blobs/trusted-victim"
 if start enforce; then
     pass enforce-watching "$(grep -o 'lsm [a-z]* ([^)]*)[^;]*' "$out/daemon-enforce.log" | head -n 1)"
+    if status_in_force enforce && grep -q '"protect_unavailable":null' "$out/status-enforce.json"; then
+        pass enforce-status "$(grep -o 'protect mode [a-z-]* in force[^)]*)' "$out/daemon-enforce.log")"
+    else
+        fail enforce-status "$(cut -c 1-400 "$out/status-enforce.json")"
+    fi
     if rm -f "$blobs/victim" 2> "$out/rm.err"; then
         fail enforce-rm-denied "rm succeeded"
     elif [ -e "$blobs/victim" ] && grep -q 'Operation not permitted' "$out/rm.err"; then
@@ -96,6 +112,7 @@ fi
 echo blob > "$blobs/victim"
 if start dry-run; then
     pass dry-run-watching
+    if status_in_force dry-run; then pass dry-run-status; else fail dry-run-status "$(cut -c 1-400 "$out/status-dry-run.json")"; fi
     if rm -f "$blobs/victim" && [ ! -e "$blobs/victim" ]; then
         pass dry-run-allows
     else

@@ -446,7 +446,7 @@ fn lsm_verdict(attached: Result<(), String>, active: &Result<String, String>) ->
     }
 }
 
-/// An LSM program of watcher-ebpf/src/lsm.rs (protect mode, WORK IN PROGRESS) and the
+/// An LSM program of watcher-ebpf/src/lsm.rs (protect mode) and the
 /// prototype of its hook it reads (`bpf_lsm_<hook>` in BTF).
 #[derive(Clone, Copy, Debug)]
 pub struct LsmHook {
@@ -537,8 +537,8 @@ pub struct LsmAttached {
     pub skipped: Vec<(&'static str, String)>,
 }
 
-/// Loads and attaches the protect-mode programs whose prototypes match (WORK IN PROGRESS:
-/// the maps are filled by the caller).
+/// Loads and attaches the protect-mode programs whose prototypes match (the maps are filled
+/// by the caller).
 pub fn attach_lsm(
     ebpf: &mut aya::Ebpf,
     btf: &KernelBtf,
