@@ -430,10 +430,12 @@ struct WatchArgs {
     /// Protect mode (BPF LSM kernels only): `off` (the default) watches only; `enforce`
     /// denies, with EPERM, a foreign process's unlink, rename, truncate, open for writing,
     /// setxattr and removexattr inside the content store's blobs, containerd's metadata
-    /// databases and the layers committed when the daemon starts (containerd, its shims, runc,
-    /// the daemon and the trusted executables are never blocked); `dry-run` runs the same
-    /// checks and blocks nothing (the denials and would-denials are not recorded as events
-    /// yet). Where BPF LSM is not usable (`ctrwatch probe`), dry-run and enforce start
+    /// databases and the layers committed when the daemon starts (never blocked: the daemon,
+    /// the trusted executables, each discovered containerd's executable wherever it is
+    /// installed (k3s, rke2) and the shims and runc beside it, and containerd, its shim and
+    /// runc in /usr; each trusted executable is logged); `dry-run` runs the same checks and
+    /// blocks nothing (a denied call is recorded with its EPERM result; denials and
+    /// would-denials are not events of their own yet). Where BPF LSM is not usable (`ctrwatch probe`), dry-run and enforce start
     /// watch-only and say so in the log (and, with `run`, in `status`, the
     /// `ctrwatch_protect_active` metric and a `protect-unavailable` alert). Overrides
     /// `[watch] protect`; a reload does not change it (restart-only).

@@ -9,7 +9,8 @@
 
 use std::{
     io::Write,
-    path::PathBuf,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -240,32 +241,169 @@ impl Sink for StdoutSink {
     }
 }
 
-/// Fills the protect programs' maps: the trusted executables (the
-/// operator's `trust_exes`, and containerd, its runc shim and runc where they are installed)
-/// and, per root, the content store's blobs directory, meta.db, the snapshotters' metadata.db
-/// and the trees of the snapshots committed at the start (not active ones: an active
-/// snapshot's `fs` is a running container's upper directory, which its processes must be
-/// able to write). Snapshots committed or removed later are not followed yet.
-fn fill_protect_maps(
-    kernel: &mut KernelWatch,
-    roots: &RootSet,
-    trust: &crate::containerd::attribution::Trust,
-) {
-    let mut exes: Vec<PathBuf> = trust.exes.clone();
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
-        for name in ["containerd", "containerd-shim-runc-v2", "runc"] {
-            exes.push(std::path::Path::new(dir).join(name));
+/// Where containerd, its shims and runc are installed by distribution packages: trusted when
+/// present, whichever containerd was discovered (a fallback: a containerd not seen running
+/// at the start is still trusted when it is started from one of these later).
+const INSTALLED_EXE_DIRS: [&str; 4] =
+    ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"];
+/// The executables trusted in [`INSTALLED_EXE_DIRS`].
+const INSTALLED_EXE_NAMES: [&str; 3] = ["containerd", "containerd-shim-runc-v2", "runc"];
+
+/// Whether `name`, found in the directory of a discovered containerd, is one of its helpers
+/// trusted with it: its shims (`containerd-shim`, `containerd-shim-runc-v2`, ...) and runc.
+/// k3s and rke2 install the three together in `<data-dir>/data/<hash>/bin/`.
+fn is_containerd_helper(name: &std::ffi::OsStr) -> bool {
+    name.as_bytes().starts_with(b"containerd-shim") || name.as_bytes() == b"runc"
+}
+
+/// Whether a helper found beside containerd may be trusted: it and its directory belong to
+/// root and only root can write them (anyone able to put a `runc` there could otherwise
+/// have it trusted). The discovered containerd's own executable is trusted as it is: it is
+/// the owner the ownership verdicts judge by.
+fn root_only_writable(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let root_only =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    root_only(path) && path.parent().is_some_and(root_only)
+}
+
+/// Protect mode's trusted executables, followed while the daemon runs: the operator's
+/// `trust_exes`, the executable of each discovered containerd that owns a watched root and
+/// the shims and runc in its directory (how k3s and rke2 install them), and containerd, its
+/// runc shim and runc at the usual /usr paths. The kernel trusts them by (dev, ino), so a
+/// containerd restarted from another executable (an upgrade, a new k3s data hash) is
+/// trusted once discovery has seen it ([`ExeTrust::follow`] at every tick). Trust is never
+/// withdrawn while the daemon runs: an executable replaced keeps its old (dev, ino) trusted
+/// (a file that later gets that inode number on that filesystem would be trusted too: the
+/// kernel side knows inodes, not files).
+#[derive(Default)]
+struct ExeTrust {
+    /// What the trust was last computed from.
+    from: Option<TrustInputs>,
+    /// Every executable trusted so far.
+    trusted: std::collections::HashSet<InodeId>,
+}
+
+/// A file's (st_dev, st_ino), as `stat` gives them.
+type InodeId = (u64, u64);
+
+/// What [`ExeTrust`] computes the trusted executables from: the operator's list and each
+/// discovered containerd's executable with its inode (when it can be read), so that one
+/// replaced in place at the same path is seen.
+#[derive(PartialEq)]
+struct TrustInputs {
+    trust_exes: Vec<PathBuf>,
+    containerd_exes: Vec<(PathBuf, Option<InodeId>)>,
+}
+
+impl ExeTrust {
+    /// Trusts what is not trusted yet among the executables `containerd_exes` (the
+    /// discovered owners' executables) and `trust_exes` (the operator's) stand for. Cheap
+    /// when nothing changed (one `stat` per containerd executable).
+    fn follow(
+        &mut self,
+        kernel: &mut KernelWatch,
+        containerd_exes: &[PathBuf],
+        trust_exes: &[PathBuf],
+    ) {
+        use std::os::unix::fs::MetadataExt as _;
+        let from = TrustInputs {
+            trust_exes: trust_exes.to_vec(),
+            containerd_exes: containerd_exes
+                .iter()
+                .map(|e| {
+                    let id = std::fs::metadata(e).ok().map(|m| (m.dev(), m.ino()));
+                    (e.clone(), id)
+                })
+                .collect(),
+        };
+        if self.from.as_ref() == Some(&from) {
+            return;
+        }
+        self.from = Some(from);
+        // (path, why), in the order they are logged.
+        let mut candidates: Vec<(PathBuf, String)> = trust_exes
+            .iter()
+            .map(|e| (e.clone(), "trust_exes".to_owned()))
+            .collect();
+        for exe in containerd_exes {
+            candidates.push((exe.clone(), "a discovered containerd".to_owned()));
+            let Some(dir) = exe.parent() else { continue };
+            let mut helpers: Vec<PathBuf> = match std::fs::read_dir(dir) {
+                Ok(entries) => entries
+                    .filter_map(Result::ok)
+                    .filter(|e| is_containerd_helper(&e.file_name()))
+                    .map(|e| e.path())
+                    .collect(),
+                Err(e) => {
+                    log::warn!(
+                        "protect mode: listing {} (the directory of containerd) for its shims \
+                         and runc: {e}",
+                        ctrwatch_event::escape_path(dir)
+                    );
+                    Vec::new()
+                }
+            };
+            helpers.sort();
+            for helper in helpers {
+                if root_only_writable(&helper) {
+                    candidates.push((
+                        helper,
+                        format!("beside the containerd {}", ctrwatch_event::escape_path(exe)),
+                    ));
+                } else {
+                    log::warn!(
+                        "protect mode: not trusting {} beside containerd: it or its directory \
+                         is not root's alone to write",
+                        ctrwatch_event::escape_path(&helper)
+                    );
+                }
+            }
+        }
+        for dir in INSTALLED_EXE_DIRS {
+            for name in INSTALLED_EXE_NAMES {
+                candidates.push((Path::new(dir).join(name), "installed".to_owned()));
+            }
+        }
+        for (path, why) in candidates {
+            // The kernel compares the inode a process runs: a link's target's. A path that
+            // is not there (a deleted executable's "… (deleted)") is skipped.
+            let Ok(target) = std::fs::canonicalize(&path) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(&target) else {
+                continue;
+            };
+            if !meta.is_file() || !self.trusted.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            let shown = if target == path {
+                ctrwatch_event::escape_path(&path)
+            } else {
+                format!(
+                    "{} (-> {})",
+                    ctrwatch_event::escape_path(&path),
+                    ctrwatch_event::escape_path(&target)
+                )
+            };
+            match kernel.trust_exe(&target) {
+                Ok(()) => log::info!("protect mode: trusting {shown} ({why})"),
+                Err(e) => {
+                    self.trusted.remove(&(meta.dev(), meta.ino()));
+                    log::warn!("protect mode: trusting {shown}: {e}");
+                }
+            }
         }
     }
-    for exe in exes.iter().filter(|e| e.exists()) {
-        match kernel.trust_exe(exe) {
-            Ok(()) => log::info!(
-                "protect mode: trusting {}",
-                ctrwatch_event::escape_path(exe)
-            ),
-            Err(e) => log::warn!("protect mode: {e}"),
-        }
-    }
+}
+
+/// Fills the protect programs' PROTECTED map: per root, the content store's blobs
+/// directory, meta.db, the snapshotters' metadata.db and the trees of the snapshots
+/// committed at the start (not active ones: an active snapshot's `fs` is a running
+/// container's upper directory, which its processes must be able to write). Snapshots
+/// committed or removed later are not followed yet. The trusted executables are
+/// [`ExeTrust`]'s.
+fn protect_roots(kernel: &mut KernelWatch, roots: &RootSet) {
     for root in &roots.roots {
         let mut paths: Vec<PathBuf> = [
             "io.containerd.content.v1.content/blobs",
@@ -385,7 +523,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 kernel.protect.in_force.name(),
                 kernel.protect.programs
             );
-            fill_protect_maps(&mut kernel, &roots, &opts.trust);
+            protect_roots(&mut kernel, &roots);
         }
         None => {}
     }
@@ -432,6 +570,14 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     // Newly committed snapshots, as the metadata shows them, go to the layer check.
     if let Some(feed) = sink.commit_feed() {
         attributor = attributor.with_commit_feed(feed);
+    }
+    // Protect mode trusts the discovered containerd (wherever it is installed), its shims
+    // and runc: without them its own writes to the store it owns would be denied.
+    let protecting = kernel.protect.unavailable.is_none()
+        && kernel.protect.in_force != ctrwatch_config::ProtectMode::Off;
+    let mut exe_trust = ExeTrust::default();
+    if protecting {
+        exe_trust.follow(&mut kernel, &attributor.containerd_exes(), &opts.trust.exes);
     }
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let step = step.done("discovery set up");
@@ -601,6 +747,12 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                         sink.capture_info(info.clone());
                         enricher.roots = fresh;
                     }
+                }
+                // A containerd restarted from another executable, seen by the refresh above
+                // or by the rediscovery an unexpected containerd's event forces; trust_exes
+                // added by a reload.
+                if protecting && let Some(a) = enricher.attributor.as_ref() {
+                    exe_trust.follow(&mut kernel, &a.containerd_exes(), &opts.trust.exes);
                 }
             }
         }
@@ -928,5 +1080,53 @@ fn drain_records(
             }
             Outcome::Nothing => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn helpers_beside_containerd_are_its_shims_and_runc() {
+        for name in ["containerd-shim", "containerd-shim-runc-v2", "runc"] {
+            assert!(is_containerd_helper(std::ffi::OsStr::new(name)), "{name}");
+        }
+        for name in [
+            "k3s",
+            "containerd",
+            "ctr",
+            "crictl",
+            "runc.bak",
+            "xrunc",
+            "sh",
+        ] {
+            assert!(!is_containerd_helper(std::ffi::OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_helper_others_can_write_is_not_trusted() {
+        let dir = std::env::temp_dir().join(format!("ctrwatch-exe-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runc = dir.join("runc");
+        std::fs::write(&runc, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o757)).unwrap();
+        assert!(!root_only_writable(&runc), "others may write the file");
+        std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(
+            !root_only_writable(&runc),
+            "the group may write the directory"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Root's alone only when root runs the test (it owns what it creates).
+        let is_root = std::fs::metadata(&runc)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap();
+        assert_eq!(root_only_writable(&runc), is_root);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

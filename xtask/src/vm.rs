@@ -80,6 +80,15 @@ const PROTECT_CHECKS: &[&str] = &[
     "dry-run-watching",
     "dry-run-status",
     "dry-run-allows",
+    "k3s-trusted",
+    "k3s-foreign-write-denied",
+    "k3s-foreign-rm-denied",
+    "k3s-blob-intact",
+    "k3s-run",
+    "k3s-rm-gc",
+    "k3s-import",
+    "k3s-run-after-import",
+    "k3s-denials-recorded",
 ];
 
 /// The kernel's command line; the no-bpf-lsm scenario appends [`LSM_WITHOUT_BPF`].
