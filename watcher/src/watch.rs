@@ -269,13 +269,17 @@ fn root_only_writable(path: &Path) -> bool {
 
 /// Protect mode's trusted executables, followed while the daemon runs: the operator's
 /// `trust_exes`, the executable of each discovered containerd that owns a watched root and
-/// the shims and runc in its directory (how k3s and rke2 install them), and containerd, its
-/// runc shim and runc at the usual /usr paths. The kernel trusts them by (dev, ino), so a
-/// containerd restarted from another executable (an upgrade, a new k3s data hash) is
-/// trusted once discovery has seen it ([`ExeTrust::follow`] at every tick). Trust is never
-/// withdrawn while the daemon runs: an executable replaced keeps its old (dev, ino) trusted
-/// (a file that later gets that inode number on that filesystem would be trusted too: the
-/// kernel side knows inodes, not files).
+/// the shims and runc in its directory (how k3s and rke2 install them; with their layout,
+/// `<data-dir>/data/<hash>/bin/`, also the containerd, shims and runc of the other `<hash>`
+/// directories, so that an upgrade's new one is trusted as soon as it is unpacked, before
+/// containerd starts from it and opens its meta.db for writing), and containerd, its runc
+/// shim and runc at the usual /usr paths. The kernel trusts them by (dev, ino):
+/// [`ExeTrust::follow`], at every tick, trusts what a rediscovery found (containerd
+/// restarted from another executable) and what replaced a trusted file or appeared in one of
+/// those directories (a package upgrade, a new k3s data hash). Trust is never withdrawn
+/// while the daemon runs: a replaced executable's old (dev, ino) stays trusted (a file that
+/// later gets that inode number on that filesystem would be trusted too: the kernel side
+/// knows inodes, not files).
 #[derive(Default)]
 struct ExeTrust {
     /// What the trust was last computed from.
@@ -287,35 +291,124 @@ struct ExeTrust {
 /// A file's (st_dev, st_ino), as `stat` gives them.
 type InodeId = (u64, u64);
 
-/// What [`ExeTrust`] computes the trusted executables from: the operator's list and each
-/// discovered containerd's executable with its inode (when it can be read), so that one
-/// replaced in place at the same path is seen.
+/// A file's identity and last change (st_dev, st_ino, st_mtime, st_mtime_nsec): a directory's
+/// changes when an entry is added, removed or replaced by a rename (how packages install).
+type Stamp = (u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec()))
+}
+
+/// What [`ExeTrust`] computes the trusted executables from, each path with its [`Stamp`]:
+/// when none changed, nothing new can be trusted.
 #[derive(PartialEq)]
 struct TrustInputs {
-    trust_exes: Vec<PathBuf>,
-    containerd_exes: Vec<(PathBuf, Option<InodeId>)>,
+    trust_exes: Vec<(PathBuf, Option<Stamp>)>,
+    containerd_exes: Vec<(PathBuf, Option<Stamp>)>,
+    /// The directories the executables are looked for in, and k3s/rke2 `data` directories.
+    dirs: Vec<(PathBuf, Option<Stamp>)>,
+}
+
+/// `<X>/data` when `exe` is `<X>/data/<hash>/bin/<name>` (k3s, rke2).
+fn rancher_data_dir(exe: &Path) -> Option<&Path> {
+    let bin = exe.parent()?;
+    let data = bin.parent()?.parent()?;
+    (bin.file_name()? == "bin" && data.file_name()? == "data").then_some(data)
+}
+
+/// The `<hash>/bin` directories of a k3s/rke2 `data` directory (sorted), leaving out hidden
+/// entries (an unpacking in progress).
+fn rancher_bins(data: &Path) -> Vec<PathBuf> {
+    let mut bins: Vec<PathBuf> = match std::fs::read_dir(data) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().as_bytes().starts_with(b"."))
+            .map(|e| e.path().join("bin"))
+            .filter(|bin| bin.is_dir())
+            .collect(),
+        Err(e) => {
+            log::debug!(
+                "protect mode: listing {}: {e}",
+                ctrwatch_event::escape_path(data)
+            );
+            Vec::new()
+        }
+    };
+    bins.sort();
+    bins
+}
+
+/// The entries of `dir` that [`ExeTrust`] trusts (sorted): with `with_containerd`, a
+/// `containerd` too (another k3s/rke2 hash directory's), beside the shims and runc; each
+/// only when it and `dir` are root's alone to write.
+fn trusted_entries(dir: &Path, with_containerd: bool) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            log::warn!(
+                "protect mode: listing {} for containerd's shims and runc: {e}",
+                ctrwatch_event::escape_path(dir)
+            );
+            return Vec::new();
+        }
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            is_containerd_helper(&name) || (with_containerd && name.as_bytes() == b"containerd")
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found.retain(|p| {
+        let ok = root_only_writable(p);
+        if !ok {
+            log::warn!(
+                "protect mode: not trusting {}: it or its directory is not root's alone to \
+                 write",
+                ctrwatch_event::escape_path(p)
+            );
+        }
+        ok
+    });
+    found
 }
 
 impl ExeTrust {
     /// Trusts what is not trusted yet among the executables `containerd_exes` (the
     /// discovered owners' executables) and `trust_exes` (the operator's) stand for. Cheap
-    /// when nothing changed (one `stat` per containerd executable).
+    /// when nothing changed (a `stat` per executable and directory concerned).
     fn follow(
         &mut self,
         kernel: &mut KernelWatch,
         containerd_exes: &[PathBuf],
         trust_exes: &[PathBuf],
     ) {
-        use std::os::unix::fs::MetadataExt as _;
+        let stamped = |paths: &mut dyn Iterator<Item = &Path>| {
+            paths
+                .map(|p| (p.to_path_buf(), stamp(p)))
+                .collect::<Vec<_>>()
+        };
+        let mut dirs: Vec<PathBuf> = INSTALLED_EXE_DIRS.iter().map(PathBuf::from).collect();
+        for exe in containerd_exes {
+            dirs.extend(exe.parent().map(Path::to_path_buf));
+            if let Some(data) = rancher_data_dir(exe) {
+                dirs.push(data.to_path_buf());
+                // Each hash directory and its bin/ (unpacked in place or renamed in).
+                for bin in rancher_bins(data) {
+                    dirs.extend(bin.parent().map(Path::to_path_buf));
+                    dirs.push(bin);
+                }
+            }
+        }
         let from = TrustInputs {
-            trust_exes: trust_exes.to_vec(),
-            containerd_exes: containerd_exes
-                .iter()
-                .map(|e| {
-                    let id = std::fs::metadata(e).ok().map(|m| (m.dev(), m.ino()));
-                    (e.clone(), id)
-                })
-                .collect(),
+            trust_exes: stamped(&mut trust_exes.iter().map(PathBuf::as_path)),
+            containerd_exes: stamped(&mut containerd_exes.iter().map(PathBuf::as_path)),
+            dirs: stamped(&mut dirs.iter().map(PathBuf::as_path)),
         };
         if self.from.as_ref() == Some(&from) {
             return;
@@ -328,35 +421,26 @@ impl ExeTrust {
             .collect();
         for exe in containerd_exes {
             candidates.push((exe.clone(), "a discovered containerd".to_owned()));
-            let Some(dir) = exe.parent() else { continue };
-            let mut helpers: Vec<PathBuf> = match std::fs::read_dir(dir) {
-                Ok(entries) => entries
-                    .filter_map(Result::ok)
-                    .filter(|e| is_containerd_helper(&e.file_name()))
-                    .map(|e| e.path())
-                    .collect(),
-                Err(e) => {
-                    log::warn!(
-                        "protect mode: listing {} (the directory of containerd) for its shims \
-                         and runc: {e}",
-                        ctrwatch_event::escape_path(dir)
-                    );
-                    Vec::new()
+            let beside = format!("beside the containerd {}", ctrwatch_event::escape_path(exe));
+            if let Some(dir) = exe.parent() {
+                for helper in trusted_entries(dir, false) {
+                    candidates.push((helper, beside.clone()));
                 }
+            }
+            // k3s/rke2: the other hash directories (an upgrade unpacks a new one, then
+            // starts containerd from it).
+            let Some(data) = rancher_data_dir(exe) else {
+                continue;
             };
-            helpers.sort();
-            for helper in helpers {
-                if root_only_writable(&helper) {
-                    candidates.push((
-                        helper,
-                        format!("beside the containerd {}", ctrwatch_event::escape_path(exe)),
-                    ));
-                } else {
-                    log::warn!(
-                        "protect mode: not trusting {} beside containerd: it or its directory \
-                         is not root's alone to write",
-                        ctrwatch_event::escape_path(&helper)
-                    );
+            let bins = rancher_bins(data);
+            let why = format!(
+                "in {}, as the containerd {}",
+                ctrwatch_event::escape_path(data),
+                ctrwatch_event::escape_path(exe)
+            );
+            for bin in bins.iter().filter(|b| Some(b.as_path()) != exe.parent()) {
+                for found in trusted_entries(bin, true) {
+                    candidates.push((found, why.clone()));
                 }
             }
         }
@@ -374,7 +458,11 @@ impl ExeTrust {
             let Ok(meta) = std::fs::metadata(&target) else {
                 continue;
             };
-            if !meta.is_file() || !self.trusted.insert((meta.dev(), meta.ino())) {
+            let id = {
+                use std::os::unix::fs::MetadataExt as _;
+                (meta.dev(), meta.ino())
+            };
+            if !meta.is_file() || !self.trusted.insert(id) {
                 continue;
             }
             let shown = if target == path {
@@ -389,7 +477,7 @@ impl ExeTrust {
             match kernel.trust_exe(&target) {
                 Ok(()) => log::info!("protect mode: trusting {shown} ({why})"),
                 Err(e) => {
-                    self.trusted.remove(&(meta.dev(), meta.ino()));
+                    self.trusted.remove(&id);
                     log::warn!("protect mode: trusting {shown}: {e}");
                 }
             }
@@ -1103,6 +1191,23 @@ mod tests {
             "sh",
         ] {
             assert!(!is_containerd_helper(std::ffi::OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn rancher_data_dirs_are_found_from_containerd_s_executable() {
+        let exe = Path::new("/var/lib/rancher/k3s/data/abc123/bin/containerd");
+        assert_eq!(
+            rancher_data_dir(exe),
+            Some(Path::new("/var/lib/rancher/k3s/data"))
+        );
+        for other in [
+            "/usr/bin/containerd",
+            "/opt/k3s-like/bin/containerd",
+            "/var/lib/rancher/k3s/data/abc123/sbin/containerd",
+            "/containerd",
+        ] {
+            assert_eq!(rancher_data_dir(Path::new(other)), None, "{other}");
         }
     }
 

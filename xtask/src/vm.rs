@@ -88,6 +88,8 @@ const PROTECT_CHECKS: &[&str] = &[
     "k3s-rm-gc",
     "k3s-import",
     "k3s-run-after-import",
+    "k3s-upgrade-trusted",
+    "k3s-upgrade-rm-gc-import",
     "k3s-denials-recorded",
 ];
 

@@ -126,11 +126,11 @@ fi
 
 # A real containerd installed the way k3s and rke2 install theirs: its executable, shim and
 # runc in one directory outside /usr (/var/lib/rancher/k3s/data/<hash>/bin there), copied
-# here to /opt/k3s-like/bin, with /usr's copies moved aside so the fixed /usr fallback
+# here to /opt/k3s-like/data/1111/bin, with /usr's copies moved aside so the fixed /usr fallback
 # cannot be what trusts it. Under enforce, containerd's own work on its protected store
 # (remove + garbage collection, import, run) must go through; a foreign write or rm of a
 # blob must not.
-k3s_bin=/opt/k3s-like/bin
+k3s_bin=/opt/k3s-like/data/1111/bin
 k3s_root=/var/lib/ctrwatch-vmtest-k3s
 k3s_state=/run/ctrwatch-vmtest-k3s
 k3s_sock=$k3s_state/containerd.sock
@@ -263,6 +263,49 @@ CONF
             fail k3s-import "$(tr '\n' ' ' < "$out/k3s-import.txt" | cut -c 1-300)"
         fi
         k3s_run k3s-run-after-import
+        # A k3s upgrade: a new data hash directory is unpacked beside the running one (new
+        # inodes), then containerd restarts from it. Its containerd, shim and runc must be
+        # trusted once they are there, before containerd starts and opens meta.db for
+        # writing (denied otherwise: containerd would not start).
+        k3s_bin2=/opt/k3s-like/data/2222/bin
+        mkdir -p /opt/k3s-like/data/.tmp-2222/bin
+        for exe in containerd containerd-shim-runc-v2 runc; do
+            cp "$k3s_bin/$exe" "/opt/k3s-like/data/.tmp-2222/bin/$exe"
+        done
+        mv /opt/k3s-like/data/.tmp-2222 /opt/k3s-like/data/2222
+        i=0
+        while ! grep -q "protect mode: trusting $k3s_bin2/runc " "$out/daemon-k3s.log" && [ "$i" -lt 60 ]; do
+            sleep 1
+            i=$((i + 1))
+        done
+        trusted=$(grep -o "protect mode: trusting $k3s_bin2/[^ ]*" "$out/daemon-k3s.log" | cut -d' ' -f4 | tr '\n' ' ')
+        if grep -q "protect mode: trusting $k3s_bin2/containerd " "$out/daemon-k3s.log" &&
+            grep -q "protect mode: trusting $k3s_bin2/containerd-shim-runc-v2 " "$out/daemon-k3s.log" &&
+            grep -q "protect mode: trusting $k3s_bin2/runc " "$out/daemon-k3s.log"; then
+            pass k3s-upgrade-trusted "within ${i} s of unpacking, before containerd starts from it: $trusted"
+        else
+            fail k3s-upgrade-trusted "not within ${i} s of unpacking; trusted from $k3s_bin2: $trusted"
+        fi
+        kill -TERM "$k3s_ctrd"
+        wait "$k3s_ctrd"
+        PATH=$k3s_bin2:$PATH "$k3s_bin2/containerd" --config "$k3s_state/config.toml" --root "$k3s_root" \
+            --state "$k3s_state" --address "$k3s_sock" > "$out/k3s-containerd-2.log" 2>&1 &
+        k3s_ctrd=$!
+        i=0
+        while ! kctr version > /dev/null 2>&1 && kill -0 "$k3s_ctrd" 2> /dev/null && [ "$i" -lt 120 ]; do
+            sleep 1
+            i=$((i + 1))
+        done
+        rm_out=$(kctr images rm --sync "$k3s_image" 2>&1)
+        rm_status=$?
+        leftover=$(find "$k3s_root/io.containerd.snapshotter.v1.overlayfs/snapshots" -mindepth 1 -maxdepth 1 2> /dev/null)
+        if [ "$rm_status" -eq 0 ] && [ -z "$(kctr content ls -q 2>&1)" ] && [ -z "$leftover" ] &&
+            kctr images import --snapshotter overlayfs "$out/busybox-oci.tar" > "$out/k3s-import-2.txt" 2>&1 &&
+            kctr images ls -q | grep -qxF "$k3s_image"; then
+            pass k3s-upgrade-rm-gc-import
+        else
+            fail k3s-upgrade-rm-gc-import "images rm: $rm_status $(echo "$rm_out" | tr '\n' ' ' | cut -c 1-200); directories left: $leftover; import: $(tr '\n' ' ' < "$out/k3s-import-2.txt" | cut -c 1-300)"
+        fi
         stop
         # What an operator sees of the denials: the failed calls, as the watch recorded them
         # (no denial event of its own yet); and containerd's own calls were never denied.
