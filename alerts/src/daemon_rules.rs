@@ -12,9 +12,12 @@
 //!   revision every interval (Alertmanager's dead man's switch: its silence is the alarm).
 //! * `config-invalid`: a reload of the configuration (SIGHUP) was refused; the daemon runs on
 //!   with the configuration it had. One alert per refused reload, raised at once.
+//! * `protect-unavailable`: protect mode (`dry-run` or `enforce`) was asked for but cannot run
+//!   here (BPF LSM not usable): the daemon watches only and blocks nothing. One alert per
+//!   daemon run, raised when capture starts.
 //!
-//! The rules obey `[rules.history-gap]`, `[rules.heartbeat]` and `[rules.config-invalid]`
-//! (`enabled`, `severity`, `interval`).
+//! The rules obey `[rules.history-gap]`, `[rules.heartbeat]`, `[rules.config-invalid]` and
+//! `[rules.protect-unavailable]` (`enabled`, `severity`, `interval`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -48,6 +51,13 @@ struct Group {
     changed: bool,
 }
 
+/// `rule`'s severity as configured, None when it is off.
+fn rule_severity(config: &Config, rule: RuleId) -> Option<Severity> {
+    let r = config.rule(rule);
+    r.enabled
+        .then(|| r.severity.unwrap_or(rule.default_severity()))
+}
+
 /// The daemon's own rules.
 pub struct DaemonRules {
     node: Node,
@@ -56,6 +66,8 @@ pub struct DaemonRules {
     heartbeat: Option<Heartbeat>,
     /// `config-invalid`'s severity; None: the rule is off.
     config_invalid: Option<Severity>,
+    /// `protect-unavailable`'s severity; None: the rule is off.
+    protect_unavailable: Option<Severity>,
     group_window: Duration,
     groups: BTreeMap<&'static str, Group>,
     /// Groups whose window closed before a tick emitted their last revision (a new hole of
@@ -89,6 +101,7 @@ impl DaemonRules {
         let heartbeat = heartbeat_of(config, &node, started_ns);
         let invalid = config.rule(RuleId::ConfigInvalid);
         DaemonRules {
+            protect_unavailable: rule_severity(config, RuleId::ProtectUnavailable),
             config_invalid: invalid.enabled.then(|| {
                 invalid
                     .severity
@@ -138,6 +151,7 @@ impl DaemonRules {
                 .severity
                 .unwrap_or(RuleId::ConfigInvalid.default_severity())
         });
+        self.protect_unavailable = rule_severity(config, RuleId::ProtectUnavailable);
         self.group_window = config.alerts.group_window;
         let hb = config.rule(RuleId::Heartbeat);
         self.heartbeat = match (self.heartbeat.take(), hb.enabled) {
@@ -224,6 +238,37 @@ impl DaemonRules {
             summary: alert.summary.clone(),
             alert: alert.clone(),
         });
+        Some(alert)
+    }
+
+    /// Protect mode `requested` (`dry-run`, `enforce`) cannot run at `now_ns`, for `why`
+    /// (escaped by the caller): the alert, unless the rule is off. The daemon raises it once
+    /// a run, when capture starts.
+    pub fn protect_unavailable(
+        &mut self,
+        requested: &str,
+        why: &str,
+        now_ns: i64,
+    ) -> Option<Alert> {
+        let severity = self.protect_unavailable?;
+        let mut alert = Alert::new(
+            RuleId::ProtectUnavailable,
+            severity,
+            format!("protect-unavailable {requested}"),
+            self.node.clone(),
+            now_ns,
+            format!(
+                "ctrwatch on {} was asked for protect = {requested:?} but cannot protect here: \
+                 {why}; it watches only and blocks nothing",
+                self.node.hostname
+            ),
+            "ctrwatch probe".to_owned(),
+        );
+        alert
+            .details
+            .insert("requested".into(), requested.to_owned());
+        alert.details.insert("in_force".into(), "off".to_owned());
+        alert.details.insert("reason".into(), why.to_owned());
         Some(alert)
     }
 
@@ -750,5 +795,32 @@ mod tests {
             out[0].summary
         );
         assert_eq!(out[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn protect_unavailable_is_one_alert_with_the_mode_and_why_unless_the_rule_is_off() {
+        let mut r = rules("");
+        let a = r
+            .protect_unavailable("enforce", "BPF LSM is not usable here: lsm refused", T0)
+            .expect("an alert");
+        assert_eq!(
+            (a.rule, a.severity, a.key.as_str()),
+            (
+                RuleId::ProtectUnavailable,
+                Severity::Warning,
+                "protect-unavailable enforce"
+            )
+        );
+        assert!(a.summary.contains("blocks nothing"), "{}", a.summary);
+        assert!(a.summary.contains("lsm refused"), "{}", a.summary);
+        assert_eq!(a.details.get("in_force").map(String::as_str), Some("off"));
+        assert_eq!(a.command, "ctrwatch probe");
+        let mut r = rules("[rules.protect-unavailable]\nseverity = \"critical\"\n");
+        let a = r
+            .protect_unavailable("dry-run", "why", T0)
+            .expect("an alert");
+        assert_eq!(a.severity, Severity::Critical);
+        let mut r = rules("[rules.protect-unavailable]\nenabled = false\n");
+        assert!(r.protect_unavailable("enforce", "why", T0).is_none());
     }
 }

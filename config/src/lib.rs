@@ -133,9 +133,10 @@ impl Backend {
 }
 
 /// Whether foreign changes are blocked (BPF LSM kernels only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProtectMode {
     /// Watch only.
+    #[default]
     Off,
     /// Record what would be denied; block nothing.
     DryRun,

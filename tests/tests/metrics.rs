@@ -1071,6 +1071,7 @@ fn the_ring_buffer_fill_is_what_the_programs_wrote_and_nobody_read() {
         ring_buffer_bytes: SIZE,
         self_tgid: std::process::id(),
         backend: ctrwatch_config::Backend::Auto,
+        protect: ctrwatch_config::ProtectMode::Off,
     })
     .expect("loading the programs");
     kernel
@@ -1171,5 +1172,168 @@ fn a_store_that_fails_later_shows_in_the_metrics() {
     });
     daemon.stop();
     drop(mnt);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `ctrwatch status --json` of `store` until `done` accepts it (within 60 s).
+fn status_until(store: &Path, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out, err) = ctrwatch(&[
+            OsStr::new("status"),
+            OsStr::new("--store"),
+            store.as_os_str(),
+            OsStr::new("--json"),
+        ]);
+        let v: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+        if code == 0 && done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {what}; last (exit {code}):\n{out}\n{err}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Whether this kernel's BPF LSM is usable, as `ctrwatch probe --json` says.
+fn lsm_usable() -> bool {
+    let (code, out, err) = ctrwatch(&[OsStr::new("probe"), OsStr::new("--json")]);
+    assert_eq!(code, 0, "probe: {err}");
+    let v: Value = serde_json::from_str(out.trim()).expect("probe json");
+    let state = v
+        .pointer("/capabilities/lsm/state")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("probe has no lsm state: {v}"));
+    state == "usable"
+}
+
+/// Protect mode asked for (`[watch] protect = "enforce"`) on a kernel where BPF LSM is not
+/// usable (this host refuses LSM programs): the daemon starts watch-only and says so loudly:
+/// an error line, `status` (table and JSON: asked for `enforce`, in force `off`, and why),
+/// `ctrwatch_protect_active{mode="enforce"} 0`, and a `protect-unavailable` alert delivered to
+/// a real webhook receiver on 127.0.0.1. `--protect dry-run` overrides the file.
+#[test]
+fn protect_mode_where_bpf_lsm_is_not_usable_is_said_loudly_and_the_daemon_watches() {
+    tests::require_root();
+    if lsm_usable() {
+        eprintln!("BPF LSM is usable on this kernel: the fallback is tested in the QEMU guests");
+        return;
+    }
+    let dir = temp_dir("protect-unavailable");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let r = Receiver::start(Mode::Accept);
+    let config = write_config(
+        &dir,
+        &format!(
+            "[watch]\nprotect = \"enforce\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            r.url("/hook")
+        ),
+    );
+    let store = dir.join("events.db");
+    let daemon = start_daemon(&[&root], &store, &config, &[]);
+    let addr = metrics_addr(&daemon);
+
+    // The log: an error line that says nothing is blocked.
+    let log = daemon.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("protect = \"enforce\" asked for"))
+        .unwrap_or_else(|| panic!("no protect line in the log:\n{log}"));
+    assert!(line.contains(" ERROR "), "not at error level: {line}");
+    assert!(line.to_lowercase().contains("nothing is blocked"), "{line}");
+    assert!(line.contains("BPF LSM is not usable"), "{line}");
+
+    // It watches: an unlink under the root is stored (and was not blocked).
+    let victim = root.join("victim");
+    fsop(&[OsStr::new("create"), victim.as_os_str()]);
+    fsop(&[OsStr::new("unlink"), victim.as_os_str()]);
+    wait_history(&store, &victim, "unlink");
+
+    let v = status_until(&store, "the protect mode", |v| {
+        v["daemon"]["protect_requested"].is_string()
+    });
+    let d = &v["daemon"];
+    assert_eq!(d["protect_requested"], "enforce", "{v}");
+    assert_eq!(d["protect_in_force"], "off", "{v}");
+    assert!(
+        d["protect_unavailable"]
+            .as_str()
+            .is_some_and(|why| why.contains("BPF LSM is not usable")),
+        "{v}"
+    );
+    let (code, table, err) = ctrwatch(&[
+        OsStr::new("status"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "status: {err}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("protect") && l.contains("enforce asked for, NOT IN FORCE")),
+        "{table}"
+    );
+
+    let samples = scrape_until(
+        addr,
+        "ctrwatch_protect_active",
+        Duration::from_secs(60),
+        |s| value(s, "ctrwatch_protect_active", &[("mode", "enforce")]).is_some(),
+    );
+    assert_eq!(
+        value(&samples, "ctrwatch_protect_active", &[("mode", "enforce")]),
+        Some(0.0)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let alert = loop {
+        let found = r
+            .received()
+            .into_iter()
+            .filter(|x| x.path() == "/hook")
+            .map(|x| x.json())
+            .find(|a| a["rule"] == "protect-unavailable");
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no protect-unavailable alert; received: {:?}",
+            r.received()
+                .iter()
+                .map(|x| x.json().to_string())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(alert["details"]["requested"], "enforce", "{alert}");
+    assert_eq!(alert["details"]["in_force"], "off", "{alert}");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("blocks nothing")),
+        "{alert}"
+    );
+    daemon.stop();
+
+    // The flag overrides the file; off asked for raises nothing.
+    let config = write_config(&dir, "[watch]\nprotect = \"off\"\n");
+    let store = dir.join("events-flag.db");
+    let daemon = start_daemon(&[&root], &store, &config, &["--protect", "dry-run"]);
+    let v = status_until(&store, "the protect mode", |v| {
+        v["daemon"]["protect_requested"].is_string()
+    });
+    assert_eq!(v["daemon"]["protect_requested"], "dry-run", "{v}");
+    assert_eq!(v["daemon"]["protect_in_force"], "off", "{v}");
+    assert!(
+        daemon.stderr().contains("protect = \"dry-run\" asked for"),
+        "{}",
+        daemon.stderr()
+    );
+    daemon.stop();
     let _ = std::fs::remove_dir_all(dir);
 }

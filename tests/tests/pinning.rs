@@ -834,6 +834,7 @@ fn the_excluded_process_is_the_daemon_that_holds_the_programs_also_after_adoptio
             ring_buffer_bytes: SIZE,
             self_tgid: me,
             backend: ctrwatch_config::Backend::Auto,
+            protect: ctrwatch_config::ProtectMode::Off,
         },
         Some(&pins.0),
     )
@@ -860,6 +861,7 @@ fn the_excluded_process_is_the_daemon_that_holds_the_programs_also_after_adoptio
             ring_buffer_bytes: SIZE,
             self_tgid: 1,
             backend: ctrwatch_config::Backend::Auto,
+            protect: ctrwatch_config::ProtectMode::Off,
         },
         Some(&pins.0),
     )

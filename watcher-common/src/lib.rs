@@ -704,6 +704,20 @@ pub struct WriteKey {
     pub fd: i32,
 }
 
+/// (dev, ino) of an inode as the kernel has them (`s_dev`, `i_ino`): the protect programs'
+/// protected directories and files and trusted executables (issue 15).
+#[allow(
+    missing_docs,
+    reason = "the fields are the record's layout, named for the kernel values they carry; the type's doc says what the record is"
+)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
 /// Write aggregate of one (process, fd).
 #[allow(
     missing_docs,
@@ -826,6 +840,7 @@ mod pod {
     // bit pattern, and have no padding the kernel could leak into.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::WriteKey {}
+    unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::WriteAgg {}
     unsafe impl aya::Pod for super::RootEntry {}
     unsafe impl aya::Pod for super::RootKey {}

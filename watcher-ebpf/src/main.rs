@@ -18,6 +18,7 @@ mod fentry;
 mod file_ops;
 mod kernel;
 mod lifecycle;
+mod lsm;
 mod maps;
 mod path;
 mod stages;

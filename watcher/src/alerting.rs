@@ -771,6 +771,26 @@ impl DaemonAlerts {
         )
     }
 
+    /// Protect mode `requested` cannot run, for `why` (the daemon watches only): the
+    /// `protect-unavailable` alert to keep (none when the rule is off, or before capture
+    /// started).
+    pub fn protect_unavailable(
+        &mut self,
+        requested: &str,
+        why: &str,
+        now_ns: i64,
+    ) -> Vec<ctrwatch_alerts::OutboxWrite> {
+        let Some(rules) = &mut self.rules else {
+            return Vec::new();
+        };
+        records(
+            rules
+                .protect_unavailable(requested, &ctrwatch_event::escape(why), now_ns)
+                .into_iter()
+                .collect(),
+        )
+    }
+
     /// A loss record (kernel loss, or the store writer's queue).
     pub fn loss(&mut self, loss: &ctrwatch_event::LossEvent, now_ns: i64) {
         let Some(rules) = &mut self.rules else {

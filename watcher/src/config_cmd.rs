@@ -53,7 +53,7 @@ pub fn check(path: &Path) -> Checked {
 
 /// The rules this ctrwatch raises alerts for; the others are accepted in the file (so that a
 /// fleet's file need not change when they come) and shown as not built.
-const BUILT_RULES: [RuleId; 8] = [
+const BUILT_RULES: [RuleId; 9] = [
     RuleId::ForeignChange,
     RuleId::OpaqueLeak,
     RuleId::LayerDamaged,
@@ -62,6 +62,7 @@ const BUILT_RULES: [RuleId; 8] = [
     RuleId::HistoryGap,
     RuleId::Heartbeat,
     RuleId::ConfigInvalid,
+    RuleId::ProtectUnavailable,
 ];
 
 /// What a valid configuration sets, one section per line, defaults included: the operator

@@ -270,6 +270,8 @@ pub struct StoreSink {
     /// The metrics listener, and the address configured for it (`[metrics] listen`).
     metrics: Option<crate::metrics_http::MetricsServer>,
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The `protect-unavailable` alert of this run was raised.
+    protect_alerted: bool,
 }
 
 /// What a good reload's job made ready for [`Sink::reloaded`] to apply.
@@ -338,6 +340,7 @@ impl StoreSink {
             reloaded: std::sync::Arc::default(),
             metrics: None,
             metrics_listen: None,
+            protect_alerted: false,
         }
     }
 
@@ -870,6 +873,25 @@ impl Sink for StoreSink {
                 })
                 .collect(),
         );
+        METRICS.set_protect(
+            info.protect.requested.name(),
+            info.protect.unavailable.is_none(),
+        );
+        // Once a run (capture_info comes again when the roots change).
+        if let Some(why) = &info.protect.unavailable
+            && !self.protect_alerted
+        {
+            self.protect_alerted = true;
+            if let Some(a) = &mut self.alerts {
+                let now_ns = self.clock.now_ns();
+                self.unsent.extend(
+                    a.protect_unavailable(info.protect.requested.name(), why, now_ns)
+                        .into_iter()
+                        .map(OutboxMsg::Write),
+                );
+                self.send_unsent();
+            }
+        }
         // Read by the writer once a second; never contended for long.
         if let Ok(mut shared) = self.status.capture.lock() {
             *shared = info;
@@ -1522,6 +1544,7 @@ mod tests {
                 masker: crate::secrets::Masker::builtin(),
                 pin_dir: None,
                 backend: config.watch.backend,
+                protect: config.watch.protect,
             },
             store: config.store.path.clone(),
             store_options: StoreOptions::default(),

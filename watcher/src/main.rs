@@ -427,6 +427,30 @@ struct WatchArgs {
     /// (docs/kernels.md). Overrides `[watch] backend`.
     #[arg(long, default_value = "auto", value_name = "BACKEND", value_parser = backend_arg)]
     backend: ctrwatch_config::Backend,
+    /// Protect mode (BPF LSM kernels only): `off` (the default) watches only; `enforce`
+    /// denies, with EPERM, a foreign process's unlink, rename, truncate, open for writing,
+    /// setxattr and removexattr inside the content store's blobs, containerd's metadata
+    /// databases and the layers committed when the daemon starts (never blocked: the daemon,
+    /// the trusted executables, each discovered containerd's executable wherever it is
+    /// installed (k3s, rke2) and the shims and runc beside it, and containerd, its shim and
+    /// runc in /usr; each trusted executable is logged); `dry-run` runs the same checks and
+    /// blocks nothing (a denied call is recorded with its EPERM result; denials and
+    /// would-denials are not events of their own yet). Where BPF LSM is not usable (`ctrwatch probe`), dry-run and enforce start
+    /// watch-only and say so in the log (and, with `run`, in `status`, the
+    /// `ctrwatch_protect_active` metric and a `protect-unavailable` alert). Overrides
+    /// `[watch] protect`; a reload does not change it (restart-only).
+    #[arg(long, default_value = "off", value_name = "MODE", value_parser = protect_arg)]
+    protect: ctrwatch_config::ProtectMode,
+}
+
+/// Checks a `--protect` name.
+fn protect_arg(s: &str) -> Result<ctrwatch_config::ProtectMode, String> {
+    ctrwatch_config::ProtectMode::from_name(s).ok_or_else(|| {
+        format!(
+            "{}: not a protect mode; use off, dry-run or enforce",
+            ctrwatch_event::escape(s)
+        )
+    })
 }
 
 /// Checks a `--backend` name.

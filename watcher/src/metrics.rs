@@ -158,6 +158,8 @@ pub struct Metrics {
     /// The other hook families (fentry, lsm): whether the kernel accepted each, and how many
     /// of its programs are attached.
     families: Mutex<Vec<(String, bool, usize)>>,
+    /// Protect mode asked for, and whether it is in force.
+    protect: Mutex<Option<(&'static str, bool)>>,
     ring: Mutex<Option<Box<dyn RingFillSource>>>,
 }
 
@@ -193,6 +195,7 @@ impl Metrics {
             },
             programs: Mutex::new(None),
             families: Mutex::new(Vec::new()),
+            protect: Mutex::new(None),
             ring: Mutex::new(None),
         }
     }
@@ -287,6 +290,11 @@ impl Metrics {
     ) {
         *lock(&self.programs) = Some((backend.to_owned(), attached));
         *lock(&self.families) = families;
+    }
+
+    /// Protect mode asked for (`mode`), and whether it is in force.
+    pub fn set_protect(&self, mode: &'static str, active: bool) {
+        *lock(&self.protect) = Some((mode, active));
     }
 
     /// Where the ring buffer's fill is read at each scrape.
@@ -505,6 +513,19 @@ impl Metrics {
                     );
                 }
             }
+        }
+
+        if let Some((mode, active)) = *lock(&self.protect) {
+            out.family(
+                "ctrwatch_protect_active",
+                "gauge",
+                "1 when the protect mode asked for (`mode`: off, dry-run, enforce) is in force, 0 when it cannot run here (BPF LSM not usable: the daemon watches only and blocks nothing).",
+            );
+            out.sample(
+                "ctrwatch_protect_active",
+                &[("mode", mode)],
+                f64::from(u8::from(active)),
+            );
         }
 
         out.family(

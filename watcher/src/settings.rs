@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::WatchArgs;
 use anyhow::{Context as _, bail};
-use ctrwatch_config::{Backend, Config, ProtectMode};
+use ctrwatch_config::{Backend, Config};
 use ctrwatch_event::escape_path;
 use watcher::{
     containerd::attribution::Trust,
@@ -201,14 +201,13 @@ pub fn watch_options(
             backend.name()
         ),
     }
-    // Protect mode is not built yet: like a kernel without BPF LSM, that is said loudly and
-    // the daemon watches (an unattended node is better watched than stopped).
-    if w.protect != ProtectMode::Off {
-        log::error!(
-            "[watch] protect = {:?}: protect mode is not available in this ctrwatch (it needs BPF LSM hooks, not built yet); watching only, nothing is blocked",
-            w.protect.name()
-        );
-    }
+    // Protect mode: the kernel's start (kernel/mod.rs) attaches the LSM programs where BPF LSM
+    // is usable; where it is not, the daemon says so loudly and watches only.
+    let protect = if given("protect") {
+        f.protect
+    } else {
+        w.protect
+    };
     Ok(WatchOptions {
         roots,
         discover,
@@ -220,6 +219,7 @@ pub fn watch_options(
         masker: Masker::with_patterns(mask_args, default_masks),
         pin_dir: None,
         backend,
+        protect,
     })
 }
 

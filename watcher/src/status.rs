@@ -84,6 +84,15 @@ pub struct DaemonStatus {
     /// The other hook families as probed at the start (`fentry usable (...)`, escaped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hook_families: Vec<String>,
+    /// Protect mode asked for (`off`, `dry-run`, `enforce`).
+    #[serde(default)]
+    pub protect_requested: String,
+    /// Protect mode in force (`off` where the mode asked for cannot run).
+    #[serde(default)]
+    pub protect_in_force: String,
+    /// Why the mode asked for is not in force (escaped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protect_unavailable: Option<String>,
     /// The watched roots, resolved.
     pub roots: Vec<String>,
     /// The configuration file in effect, if any.
@@ -138,6 +147,13 @@ impl StatusSource {
                 .iter()
                 .map(|f| escape_bytes(f.summary().as_bytes()))
                 .collect(),
+            protect_requested: capture.protect.requested.name().to_owned(),
+            protect_in_force: capture.protect.in_force.name().to_owned(),
+            protect_unavailable: capture
+                .protect
+                .unavailable
+                .as_ref()
+                .map(|why| escape_bytes(why.as_bytes())),
             roots: capture.roots.iter().map(|r| escape_path(r)).collect(),
             config_file: config.loaded.as_ref().map(|c| escape_path(&c.path)),
             config_loaded_ns: config.loaded.as_ref().map(|c| ns(c.loaded_at)),
@@ -226,6 +242,12 @@ pub struct DaemonView {
     pub hooks_unavailable: usize,
     /// The other hook families as probed at the start.
     pub hook_families: Vec<String>,
+    /// Protect mode asked for (`off`, `dry-run`, `enforce`).
+    pub protect_requested: String,
+    /// Protect mode in force (`off` where the mode asked for cannot run).
+    pub protect_in_force: String,
+    /// Why the mode asked for is not in force.
+    pub protect_unavailable: Option<String>,
     /// The watched roots, resolved.
     pub roots: Vec<String>,
     /// The configuration file in effect, if any.
@@ -276,6 +298,15 @@ impl From<&RunRecord> for RunView {
     }
 }
 
+/// A protect mode's name as stored, `off` when the snapshot has none.
+fn non_empty_or_off(name: &str) -> String {
+    if name.is_empty() {
+        "off".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
 /// Reads the daemon's state and the store's facts.
 pub fn report(store_path: &Path, now: SystemTime) -> Result<StatusReport, QueryError> {
     let store = Store::open_read_only(store_path)?;
@@ -315,6 +346,10 @@ pub fn report(store_path: &Path, now: SystemTime) -> Result<StatusReport, QueryE
             hooks_attached: s.hooks_attached,
             hooks_unavailable: s.hooks_unavailable,
             hook_families: s.hook_families.clone(),
+            // A snapshot of a daemon from before protect mode: off.
+            protect_requested: non_empty_or_off(&s.protect_requested),
+            protect_in_force: non_empty_or_off(&s.protect_in_force),
+            protect_unavailable: s.protect_unavailable.clone(),
             roots: s.roots.clone(),
             config_file: s.config_file.clone(),
             config_loaded: s.config_loaded_ns.map(format_rfc3339),
@@ -419,6 +454,14 @@ pub fn render(r: &StatusReport, now: SystemTime) -> String {
         for family in &d.hook_families {
             lines.push((String::new(), family.clone()));
         }
+        let protect = match &d.protect_unavailable {
+            Some(why) => format!(
+                "{} asked for, NOT IN FORCE (nothing is blocked): {why}",
+                escape_bytes(d.protect_requested.as_bytes())
+            ),
+            None => escape_bytes(d.protect_in_force.as_bytes()),
+        };
+        lines.push(("protect".into(), protect));
         let mut roots = d.roots.iter();
         lines.push((
             "roots".into(),
@@ -599,6 +642,9 @@ mod tests {
                 hooks_attached: 0,
                 hooks_unavailable: 0,
                 hook_families: Vec::new(),
+                protect_requested: "off".into(),
+                protect_in_force: "off".into(),
+                protect_unavailable: None,
                 roots: Vec::new(),
                 config_file: stored.config_file.clone(),
                 config_loaded: stored.config_loaded_ns.map(format_rfc3339),

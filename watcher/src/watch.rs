@@ -9,7 +9,8 @@
 
 use std::{
     io::Write,
-    path::PathBuf,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -87,6 +88,8 @@ pub struct WatchOptions {
     pub pin_dir: Option<PathBuf>,
     /// The hook backend asked for (`--backend`, `[watch] backend`; kernel/backend.rs).
     pub backend: ctrwatch_config::Backend,
+    /// Protect mode (`[watch] protect`, `run --protect`).
+    pub protect: ctrwatch_config::ProtectMode,
 }
 
 /// What is being captured, for `ctrwatch status`: told to the sink once capture is on and
@@ -103,6 +106,8 @@ pub struct CaptureInfo {
     pub families: Vec<crate::kernel::backend::FamilyProbe>,
     /// The watched roots, resolved.
     pub roots: Vec<PathBuf>,
+    /// Protect mode asked for and in force.
+    pub protect: crate::kernel::ProtectState,
 }
 
 /// Where events go.
@@ -236,6 +241,300 @@ impl Sink for StdoutSink {
     }
 }
 
+/// Where containerd, its shims and runc are installed by distribution packages: trusted when
+/// present, whichever containerd was discovered (a fallback: a containerd not seen running
+/// at the start is still trusted when it is started from one of these later).
+const INSTALLED_EXE_DIRS: [&str; 4] =
+    ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"];
+/// The executables trusted in [`INSTALLED_EXE_DIRS`].
+const INSTALLED_EXE_NAMES: [&str; 3] = ["containerd", "containerd-shim-runc-v2", "runc"];
+
+/// Whether `name`, found in the directory of a discovered containerd, is one of its helpers
+/// trusted with it: its shims (`containerd-shim`, `containerd-shim-runc-v2`, ...) and runc.
+/// k3s and rke2 install the three together in `<data-dir>/data/<hash>/bin/`.
+fn is_containerd_helper(name: &std::ffi::OsStr) -> bool {
+    name.as_bytes().starts_with(b"containerd-shim") || name.as_bytes() == b"runc"
+}
+
+/// Whether a helper found beside containerd may be trusted: it and its directory belong to
+/// root and only root can write them (anyone able to put a `runc` there could otherwise
+/// have it trusted). The discovered containerd's own executable is trusted as it is: it is
+/// the owner the ownership verdicts judge by.
+fn root_only_writable(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let root_only =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    root_only(path) && path.parent().is_some_and(root_only)
+}
+
+/// Protect mode's trusted executables, followed while the daemon runs: the operator's
+/// `trust_exes`, the executable of each discovered containerd that owns a watched root and
+/// the shims and runc in its directory (how k3s and rke2 install them; with their layout,
+/// `<data-dir>/data/<hash>/bin/`, also the containerd, shims and runc of the other `<hash>`
+/// directories, so that an upgrade's new one is trusted as soon as it is unpacked, before
+/// containerd starts from it and opens its meta.db for writing), and containerd, its runc
+/// shim and runc at the usual /usr paths. The kernel trusts them by (dev, ino):
+/// [`ExeTrust::follow`], at every tick, trusts what a rediscovery found (containerd
+/// restarted from another executable) and what replaced a trusted file or appeared in one of
+/// those directories (a package upgrade, a new k3s data hash). Trust is never withdrawn
+/// while the daemon runs: a replaced executable's old (dev, ino) stays trusted (a file that
+/// later gets that inode number on that filesystem would be trusted too: the kernel side
+/// knows inodes, not files).
+#[derive(Default)]
+struct ExeTrust {
+    /// What the trust was last computed from.
+    from: Option<TrustInputs>,
+    /// Every executable trusted so far.
+    trusted: std::collections::HashSet<InodeId>,
+}
+
+/// A file's (st_dev, st_ino), as `stat` gives them.
+type InodeId = (u64, u64);
+
+/// A file's identity and last change (st_dev, st_ino, st_mtime, st_mtime_nsec): a directory's
+/// changes when an entry is added, removed or replaced by a rename (how packages install).
+type Stamp = (u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec()))
+}
+
+/// What [`ExeTrust`] computes the trusted executables from, each path with its [`Stamp`]:
+/// when none changed, nothing new can be trusted.
+#[derive(PartialEq)]
+struct TrustInputs {
+    trust_exes: Vec<(PathBuf, Option<Stamp>)>,
+    containerd_exes: Vec<(PathBuf, Option<Stamp>)>,
+    /// The directories the executables are looked for in, and k3s/rke2 `data` directories.
+    dirs: Vec<(PathBuf, Option<Stamp>)>,
+}
+
+/// `<X>/data` when `exe` is `<X>/data/<hash>/bin/<name>` (k3s, rke2).
+fn rancher_data_dir(exe: &Path) -> Option<&Path> {
+    let bin = exe.parent()?;
+    let data = bin.parent()?.parent()?;
+    (bin.file_name()? == "bin" && data.file_name()? == "data").then_some(data)
+}
+
+/// The `<hash>/bin` directories of a k3s/rke2 `data` directory (sorted), leaving out hidden
+/// entries (an unpacking in progress).
+fn rancher_bins(data: &Path) -> Vec<PathBuf> {
+    let mut bins: Vec<PathBuf> = match std::fs::read_dir(data) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().as_bytes().starts_with(b"."))
+            .map(|e| e.path().join("bin"))
+            .filter(|bin| bin.is_dir())
+            .collect(),
+        Err(e) => {
+            log::debug!(
+                "protect mode: listing {}: {e}",
+                ctrwatch_event::escape_path(data)
+            );
+            Vec::new()
+        }
+    };
+    bins.sort();
+    bins
+}
+
+/// The entries of `dir` that [`ExeTrust`] trusts (sorted): with `with_containerd`, a
+/// `containerd` too (another k3s/rke2 hash directory's), beside the shims and runc; each
+/// only when it and `dir` are root's alone to write.
+fn trusted_entries(dir: &Path, with_containerd: bool) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            log::warn!(
+                "protect mode: listing {} for containerd's shims and runc: {e}",
+                ctrwatch_event::escape_path(dir)
+            );
+            return Vec::new();
+        }
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            is_containerd_helper(&name) || (with_containerd && name.as_bytes() == b"containerd")
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found.retain(|p| {
+        let ok = root_only_writable(p);
+        if !ok {
+            log::warn!(
+                "protect mode: not trusting {}: it or its directory is not root's alone to \
+                 write",
+                ctrwatch_event::escape_path(p)
+            );
+        }
+        ok
+    });
+    found
+}
+
+impl ExeTrust {
+    /// Trusts what is not trusted yet among the executables `containerd_exes` (the
+    /// discovered owners' executables) and `trust_exes` (the operator's) stand for. Cheap
+    /// when nothing changed (a `stat` per executable and directory concerned).
+    fn follow(
+        &mut self,
+        kernel: &mut KernelWatch,
+        containerd_exes: &[PathBuf],
+        trust_exes: &[PathBuf],
+    ) {
+        let stamped = |paths: &mut dyn Iterator<Item = &Path>| {
+            paths
+                .map(|p| (p.to_path_buf(), stamp(p)))
+                .collect::<Vec<_>>()
+        };
+        let mut dirs: Vec<PathBuf> = INSTALLED_EXE_DIRS.iter().map(PathBuf::from).collect();
+        for exe in containerd_exes {
+            dirs.extend(exe.parent().map(Path::to_path_buf));
+            if let Some(data) = rancher_data_dir(exe) {
+                dirs.push(data.to_path_buf());
+                // Each hash directory and its bin/ (unpacked in place or renamed in).
+                for bin in rancher_bins(data) {
+                    dirs.extend(bin.parent().map(Path::to_path_buf));
+                    dirs.push(bin);
+                }
+            }
+        }
+        let from = TrustInputs {
+            trust_exes: stamped(&mut trust_exes.iter().map(PathBuf::as_path)),
+            containerd_exes: stamped(&mut containerd_exes.iter().map(PathBuf::as_path)),
+            dirs: stamped(&mut dirs.iter().map(PathBuf::as_path)),
+        };
+        if self.from.as_ref() == Some(&from) {
+            return;
+        }
+        self.from = Some(from);
+        // (path, why), in the order they are logged.
+        let mut candidates: Vec<(PathBuf, String)> = trust_exes
+            .iter()
+            .map(|e| (e.clone(), "trust_exes".to_owned()))
+            .collect();
+        for exe in containerd_exes {
+            candidates.push((exe.clone(), "a discovered containerd".to_owned()));
+            let beside = format!("beside the containerd {}", ctrwatch_event::escape_path(exe));
+            if let Some(dir) = exe.parent() {
+                for helper in trusted_entries(dir, false) {
+                    candidates.push((helper, beside.clone()));
+                }
+            }
+            // k3s/rke2: the other hash directories (an upgrade unpacks a new one, then
+            // starts containerd from it).
+            let Some(data) = rancher_data_dir(exe) else {
+                continue;
+            };
+            let bins = rancher_bins(data);
+            let why = format!(
+                "in {}, as the containerd {}",
+                ctrwatch_event::escape_path(data),
+                ctrwatch_event::escape_path(exe)
+            );
+            for bin in bins.iter().filter(|b| Some(b.as_path()) != exe.parent()) {
+                for found in trusted_entries(bin, true) {
+                    candidates.push((found, why.clone()));
+                }
+            }
+        }
+        for dir in INSTALLED_EXE_DIRS {
+            for name in INSTALLED_EXE_NAMES {
+                candidates.push((Path::new(dir).join(name), "installed".to_owned()));
+            }
+        }
+        for (path, why) in candidates {
+            // The kernel compares the inode a process runs: a link's target's. A path that
+            // is not there (a deleted executable's "… (deleted)") is skipped.
+            let Ok(target) = std::fs::canonicalize(&path) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(&target) else {
+                continue;
+            };
+            let id = {
+                use std::os::unix::fs::MetadataExt as _;
+                (meta.dev(), meta.ino())
+            };
+            if !meta.is_file() || !self.trusted.insert(id) {
+                continue;
+            }
+            let shown = if target == path {
+                ctrwatch_event::escape_path(&path)
+            } else {
+                format!(
+                    "{} (-> {})",
+                    ctrwatch_event::escape_path(&path),
+                    ctrwatch_event::escape_path(&target)
+                )
+            };
+            match kernel.trust_exe(&target) {
+                Ok(()) => log::info!("protect mode: trusting {shown} ({why})"),
+                Err(e) => {
+                    self.trusted.remove(&id);
+                    log::warn!("protect mode: trusting {shown}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Fills the protect programs' PROTECTED map: per root, the content store's blobs
+/// directory, meta.db, the snapshotters' metadata.db and the trees of the snapshots
+/// committed at the start (not active ones: an active snapshot's `fs` is a running
+/// container's upper directory, which its processes must be able to write). Snapshots
+/// committed or removed later are not followed yet. The trusted executables are
+/// [`ExeTrust`]'s.
+fn protect_roots(kernel: &mut KernelWatch, roots: &RootSet) {
+    for root in &roots.roots {
+        let mut paths: Vec<PathBuf> = [
+            "io.containerd.content.v1.content/blobs",
+            "io.containerd.metadata.v1.bolt/meta.db",
+        ]
+        .iter()
+        .map(|rel| root.canonical.join(rel))
+        .collect();
+        // Committed layers, as the snapshotters' databases say at the start (not updated
+        // yet when snapshots are committed or removed later).
+        if let Ok(model) = crate::containerd::metadata::Model::load(&root.canonical) {
+            for (name, snapshotter) in &model.snapshotters {
+                paths.push(
+                    snapshotter
+                        .root
+                        .join(crate::containerd::paths::SNAPSHOTTER_DB),
+                );
+                for snapshot in snapshotter.snapshots.values() {
+                    if snapshot.kind != ctrwatch_event::SnapshotKind::Committed {
+                        continue;
+                    }
+                    if let Some(tree) = crate::containerd::paths::snapshot_tree(
+                        &snapshotter.root,
+                        name,
+                        snapshot.id,
+                    ) {
+                        paths.push(tree);
+                    }
+                }
+            }
+        }
+        for path in paths.iter().filter(|p| p.exists()) {
+            match kernel.protect_path(path) {
+                Ok(()) => log::info!(
+                    "protect mode: protecting {}",
+                    ctrwatch_event::escape_path(path)
+                ),
+                Err(e) => log::warn!("protect mode: {e}"),
+            }
+        }
+    }
+}
+
 /// Watches until SIGTERM or SIGINT; returns the instant capture stopped, once everything
 /// captured before it has been handed to `sink`. SIGHUP reloads the configuration
 /// ([`Sink::reload`]) without pausing capture: it is read and checked on a blocking thread,
@@ -260,6 +559,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
             ring_buffer_bytes: opts.ring_buffer_bytes,
             self_tgid: std::process::id(),
             backend: opts.backend,
+            protect: opts.protect,
         },
         opts.pin_dir.as_deref(),
     )
@@ -297,6 +597,24 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
+    // Loudly: an operator who asked for blocking must not believe it is on.
+    match &kernel.protect.unavailable {
+        Some(why) => log::error!(
+            "protect = {:?} asked for, but protect mode cannot run: {}; watching only, \
+             NOTHING IS BLOCKED",
+            kernel.protect.requested.name(),
+            ctrwatch_event::escape(why)
+        ),
+        None if kernel.protect.in_force != ctrwatch_config::ProtectMode::Off => {
+            log::info!(
+                "protect mode {} in force ({} LSM programs attached)",
+                kernel.protect.in_force.name(),
+                kernel.protect.programs
+            );
+            protect_roots(&mut kernel, &roots);
+        }
+        None => {}
+    }
     // Capture starts now, at one instant for every program. The loss counters stayed at zero
     // while it was off; the instant is read after the switch: nothing after it is missed.
     // Adopted programs never stopped: what their counters gained since the previous daemon's
@@ -341,6 +659,14 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     if let Some(feed) = sink.commit_feed() {
         attributor = attributor.with_commit_feed(feed);
     }
+    // Protect mode trusts the discovered containerd (wherever it is installed), its shims
+    // and runc: without them its own writes to the store it owns would be denied.
+    let protecting = kernel.protect.unavailable.is_none()
+        && kernel.protect.in_force != ctrwatch_config::ProtectMode::Off;
+    let mut exe_trust = ExeTrust::default();
+    if protecting {
+        exe_trust.follow(&mut kernel, &attributor.containerd_exes(), &opts.trust.exes);
+    }
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let step = step.done("discovery set up");
     let ring_buffer_bytes = kernel.ring_buffer_bytes();
@@ -367,7 +693,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         "ctrwatch: watching {} root(s) with {} ({} hooks attached, {} not on this kernel): {}",
         enricher.roots.roots.len(),
         kernel.attachment.backend,
-        kernel.attachment.attached.len(),
+        kernel.attachment.attached.len() + kernel.protect.programs,
         kernel.attachment.unavailable.len(),
         enricher
             .roots
@@ -379,10 +705,11 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     );
     let capture_info = |roots: &RootSet| CaptureInfo {
         backend: kernel.attachment.backend.clone(),
-        hooks_attached: kernel.attachment.attached.len(),
+        hooks_attached: kernel.attachment.attached.len() + kernel.protect.programs,
         hooks_unavailable: kernel.attachment.unavailable.len(),
         families: kernel.attachment.families.clone(),
         roots: roots.roots.iter().map(|r| r.canonical.clone()).collect(),
+        protect: kernel.protect.clone(),
     };
     let mut info = capture_info(&enricher.roots);
     sink.capture_info(info.clone());
@@ -508,6 +835,12 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                         sink.capture_info(info.clone());
                         enricher.roots = fresh;
                     }
+                }
+                // A containerd restarted from another executable, seen by the refresh above
+                // or by the rediscovery an unexpected containerd's event forces; trust_exes
+                // added by a reload.
+                if protecting && let Some(a) = enricher.attributor.as_ref() {
+                    exe_trust.follow(&mut kernel, &a.containerd_exes(), &opts.trust.exes);
                 }
             }
         }
@@ -835,5 +1168,70 @@ fn drain_records(
             }
             Outcome::Nothing => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn helpers_beside_containerd_are_its_shims_and_runc() {
+        for name in ["containerd-shim", "containerd-shim-runc-v2", "runc"] {
+            assert!(is_containerd_helper(std::ffi::OsStr::new(name)), "{name}");
+        }
+        for name in [
+            "k3s",
+            "containerd",
+            "ctr",
+            "crictl",
+            "runc.bak",
+            "xrunc",
+            "sh",
+        ] {
+            assert!(!is_containerd_helper(std::ffi::OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn rancher_data_dirs_are_found_from_containerd_s_executable() {
+        let exe = Path::new("/var/lib/rancher/k3s/data/abc123/bin/containerd");
+        assert_eq!(
+            rancher_data_dir(exe),
+            Some(Path::new("/var/lib/rancher/k3s/data"))
+        );
+        for other in [
+            "/usr/bin/containerd",
+            "/opt/k3s-like/bin/containerd",
+            "/var/lib/rancher/k3s/data/abc123/sbin/containerd",
+            "/containerd",
+        ] {
+            assert_eq!(rancher_data_dir(Path::new(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_helper_others_can_write_is_not_trusted() {
+        let dir = std::env::temp_dir().join(format!("ctrwatch-exe-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runc = dir.join("runc");
+        std::fs::write(&runc, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o757)).unwrap();
+        assert!(!root_only_writable(&runc), "others may write the file");
+        std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(
+            !root_only_writable(&runc),
+            "the group may write the directory"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Root's alone only when root runs the test (it owns what it creates).
+        let is_root = std::fs::metadata(&runc)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap();
+        assert_eq!(root_only_writable(&runc), is_root);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

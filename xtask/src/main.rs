@@ -76,8 +76,8 @@ enum Task {
     /// (xtask/previous-build.txt, into target/previous/) for the upgrade test
     /// (CTRWATCH_PREVIOUS_BIN), and ends with the QEMU guests of
     /// `cargo xtask vm-test` (docs/kernels.md): the default scenario on Debian's 6.1 and 6.12
-    /// kernels, the package scenario (the .deb under systemd as PID 1) on 6.12 and the
-    /// no-bpf-lsm scenario on 6.1, about 12-15 minutes; their images are built (or taken from target/vm/images) while the workspace
+    /// kernels, the package and protect scenarios on 6.12, the no-bpf-lsm and protect-fallback
+    /// scenarios on 6.1, about 15-18 minutes; their images are built (or taken from target/vm/images) while the workspace
     /// builds.
     /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p watcher-common` or
     /// `cargo xtask test -- some_test -- --nocapture`; with them, or with --no-guests, no
@@ -134,7 +134,10 @@ enum Task {
         /// into docs/kernels.md) or `package` (the .deb under systemd: the service active, the
         /// pins kept by `systemctl restart` and a crash, removed by `systemctl stop` and
         /// `dpkg -r`) or `no-bpf-lsm` (the kernel booted with `bpf` left out of `lsm=`:
-        /// `ctrwatch probe` must say BPF LSM is inactive, and why).
+        /// `ctrwatch probe` must say BPF LSM is inactive, and why) or `protect` (protect mode
+        /// on a containerd-shaped root: enforce denies foreign changes, dry-run blocks
+        /// nothing) or `protect-fallback` (`protect = "enforce"` with `bpf` left out of
+        /// `lsm=`: watch-only, said in the log and `status`, nothing blocked).
         #[arg(long, value_enum, default_value = "default")]
         scenario: vm::Scenario,
     },
@@ -551,7 +554,8 @@ type GuestImages = std::thread::JoinHandle<(Vec<vm::PreparedImage>, Duration)>;
 
 /// The QEMU guests of `cargo xtask test`: the default scenario on both kernels, the package
 /// scenario on 6.12 (the kernel the package test was written against; the default scenario
-/// covers 6.1's verifier) and the no-bpf-lsm scenario on 6.1. Adds their steps; returns the
+/// covers 6.1's verifier), the protect scenario on 6.12, the no-bpf-lsm and protect-fallback
+/// scenarios on 6.1. Adds their steps; returns the
 /// guest checks passed and failed.
 fn run_guests(images: GuestImages, steps: &mut Vec<Step>) -> (usize, usize) {
     // A guest is given 10 minutes from QEMU's start to its power-off (TCG; 3-5 minutes here).
@@ -587,6 +591,14 @@ fn run_guests(images: GuestImages, steps: &mut Vec<Step>) -> (usize, usize) {
         ("vm-package", vm::Scenario::Package, &newest),
         // The fallback when `bpf` is not an active LSM: one kernel is enough (a minute).
         ("vm-no-bpf-lsm", vm::Scenario::NoBpfLsm, &oldest),
+        // Protect mode enforcing and in dry-run (about 1.5 minutes), and its loud fallback
+        // where `bpf` is not an active LSM (about a minute).
+        ("vm-protect", vm::Scenario::Protect, &newest),
+        (
+            "vm-protect-fallback",
+            vm::Scenario::ProtectFallback,
+            &oldest,
+        ),
     ] {
         let start = Instant::now();
         let ok = match vm::run_scenario(images, scenario, GUEST_TIMEOUT, false) {

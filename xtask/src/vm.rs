@@ -62,6 +62,43 @@ const LIB_SCRIPT: &str = include_str!("../vm/lib.sh");
 const PACKAGE_SCRIPT: &str = include_str!("../vm/vm-test-package.sh");
 /// The no-bpf-lsm scenario's script (`--scenario no-bpf-lsm`).
 const NO_BPF_LSM_SCRIPT: &str = include_str!("../vm/vm-test-no-bpf-lsm.sh");
+/// The protect scenario's script (`--scenario protect`).
+const PROTECT_SCRIPT: &str = include_str!("../vm/vm-test-protect.sh");
+/// The protect-fallback scenario's script (`--scenario protect-fallback`).
+const PROTECT_FALLBACK_SCRIPT: &str = include_str!("../vm/vm-test-protect-fallback.sh");
+/// What the guest must report as PASS in the protect-fallback scenario.
+const PROTECT_FALLBACK_CHECKS: &[&str] = &[
+    "protect-fallback-started",
+    "protect-fallback-logged",
+    "protect-fallback-status",
+    "protect-fallback-not-blocked",
+];
+/// What the guest must report as PASS in the protect scenario.
+const PROTECT_CHECKS: &[&str] = &[
+    "enforce-watching",
+    "enforce-status",
+    "enforce-rm-denied",
+    "enforce-setxattr-denied",
+    "enforce-write-denied",
+    "enforce-read-allowed",
+    "enforce-trusted-allowed",
+    "enforce-outside-allowed",
+    "released",
+    "dry-run-watching",
+    "dry-run-status",
+    "dry-run-allows",
+    "k3s-trusted",
+    "k3s-foreign-write-denied",
+    "k3s-foreign-rm-denied",
+    "k3s-blob-intact",
+    "k3s-run",
+    "k3s-rm-gc",
+    "k3s-import",
+    "k3s-run-after-import",
+    "k3s-upgrade-trusted",
+    "k3s-upgrade-rm-gc-import",
+    "k3s-denials-recorded",
+];
 
 /// The kernel's command line; the no-bpf-lsm scenario appends [`LSM_WITHOUT_BPF`].
 const KERNEL_ARGS: &str = "root=/dev/vda rw console=ttyS0 quiet panic=-1";
@@ -139,6 +176,12 @@ pub enum Scenario {
     /// ([`LSM_WITHOUT_BPF`]): `ctrwatch probe` must say BPF LSM is inactive, and why
     /// (xtask/vm/vm-test-no-bpf-lsm.sh).
     NoBpfLsm,
+    /// Protect mode enforcing and in dry-run on a containerd-shaped root (xtask/vm/vm-test-protect.sh).
+    Protect,
+    /// `protect = "enforce"` on a kernel booted with `bpf` left out of `lsm=`: the daemon
+    /// watches only and says so (log, status), nothing is blocked
+    /// (xtask/vm/vm-test-protect-fallback.sh).
+    ProtectFallback,
 }
 
 impl Scenario {
@@ -147,6 +190,8 @@ impl Scenario {
             Scenario::Default => TEST_SCRIPT,
             Scenario::Package => PACKAGE_SCRIPT,
             Scenario::NoBpfLsm => NO_BPF_LSM_SCRIPT,
+            Scenario::Protect => PROTECT_SCRIPT,
+            Scenario::ProtectFallback => PROTECT_FALLBACK_SCRIPT,
         }
     }
 
@@ -155,6 +200,8 @@ impl Scenario {
             Scenario::Default => DEFAULT_CHECKS,
             Scenario::Package => PACKAGE_CHECKS,
             Scenario::NoBpfLsm => NO_BPF_LSM_CHECKS,
+            Scenario::Protect => PROTECT_CHECKS,
+            Scenario::ProtectFallback => PROTECT_FALLBACK_CHECKS,
         }
     }
 
@@ -164,14 +211,18 @@ impl Scenario {
             Scenario::Default => kernel.label().to_string(),
             Scenario::Package => format!("{}-package", kernel.label()),
             Scenario::NoBpfLsm => format!("{}-no-bpf-lsm", kernel.label()),
+            Scenario::Protect => format!("{}-protect", kernel.label()),
+            Scenario::ProtectFallback => format!("{}-protect-fallback", kernel.label()),
         }
     }
 
     /// The guest kernel's command line.
     fn kernel_args(self) -> String {
         match self {
-            Scenario::Default | Scenario::Package => KERNEL_ARGS.to_string(),
-            Scenario::NoBpfLsm => format!("{KERNEL_ARGS} {LSM_WITHOUT_BPF}"),
+            Scenario::Default | Scenario::Package | Scenario::Protect => KERNEL_ARGS.to_string(),
+            Scenario::NoBpfLsm | Scenario::ProtectFallback => {
+                format!("{KERNEL_ARGS} {LSM_WITHOUT_BPF}")
+            }
         }
     }
 }
@@ -281,7 +332,7 @@ pub fn run_scenario(
     crate::setup::rust_target(&build.target)?;
     // What goes onto the test disk: the binary, or the package (which builds it).
     let payload = match scenario {
-        Scenario::Default | Scenario::NoBpfLsm => {
+        Scenario::Default | Scenario::NoBpfLsm | Scenario::Protect | Scenario::ProtectFallback => {
             Payload::Binary(deb::build_static_binary(&build)?)
         }
         Scenario::Package => Payload::Package(deb::build(&build)?),

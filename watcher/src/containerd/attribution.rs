@@ -438,6 +438,20 @@ impl Attributor {
             .collect()
     }
 
+    /// The executables of the containerd processes that own the instances, as /proc showed
+    /// them at the last discovery (sorted, without duplicates): protect mode trusts them and
+    /// the shims and runc installed beside them.
+    pub fn containerd_exes(&self) -> Vec<PathBuf> {
+        let mut exes: Vec<PathBuf> = self
+            .instances
+            .iter()
+            .filter_map(|t| t.exe.clone())
+            .collect();
+        exes.sort();
+        exes.dedup();
+        exes
+    }
+
     /// Re-runs discovery (a containerd restarted, installed, or a root appeared). Remembered
     /// mappings and loaded models of instances that stay are kept.
     pub fn rediscover(&mut self) {

@@ -447,6 +447,134 @@ fn lsm_verdict(attached: Result<(), String>, active: &Result<String, String>) ->
     }
 }
 
+/// An LSM program of watcher-ebpf/src/lsm.rs (protect mode) and the
+/// prototype of its hook it reads (`bpf_lsm_<hook>` in BTF).
+#[derive(Clone, Copy, Debug)]
+pub struct LsmHook {
+    /// The LSM hook (`inode_unlink`).
+    pub hook: &'static str,
+    /// The program.
+    pub program: &'static str,
+    /// How many parameters the hook has (the program reads the previous verdict after them).
+    pub params: usize,
+    /// The parameters the program reads: position and short type.
+    pub reads: &'static [(usize, &'static str)],
+}
+
+/// The protect-mode hooks.
+pub const LSM_HOOKS: &[LsmHook] = &[
+    LsmHook {
+        hook: "inode_unlink",
+        program: "lsm_inode_unlink",
+        params: 2,
+        reads: &[(1, "struct dentry *")],
+    },
+    LsmHook {
+        hook: "inode_rename",
+        program: "lsm_inode_rename",
+        params: 4,
+        reads: &[(1, "struct dentry *"), (3, "struct dentry *")],
+    },
+    LsmHook {
+        hook: "inode_setxattr",
+        program: "lsm_inode_setxattr",
+        params: 6,
+        reads: &[(1, "struct dentry *")],
+    },
+    LsmHook {
+        hook: "inode_removexattr",
+        program: "lsm_inode_removexattr",
+        params: 3,
+        reads: &[(1, "struct dentry *")],
+    },
+    LsmHook {
+        hook: "file_open",
+        program: "lsm_file_open",
+        params: 1,
+        reads: &[(0, "struct file *")],
+    },
+    LsmHook {
+        hook: "path_truncate",
+        program: "lsm_path_truncate",
+        params: 1,
+        reads: &[(0, "struct path *")],
+    },
+];
+
+/// Why `hook`'s program cannot be attached on this kernel, or None.
+pub fn lsm_hook_mismatch(btf: &KernelBtf, hook: &LsmHook) -> Option<String> {
+    let function = format!("bpf_lsm_{}", hook.hook);
+    let prototype = match function_prototype(btf, &function) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Some(format!("{function} is not in the kernel's BTF")),
+        Err(e) => return Some(format!("BTF: {e}")),
+    };
+    if prototype.params.len() != hook.params {
+        return Some(format!(
+            "{function}{}: {} parameters, the program reads {}",
+            prototype.signature(),
+            prototype.params.len(),
+            hook.params
+        ));
+    }
+    for &(position, type_name) in hook.reads {
+        let found = prototype.params.get(position).map(|p| p.type_name.as_str());
+        if found != Some(type_name) {
+            return Some(format!(
+                "{function}{}: parameter {position} is {}, the program reads a {type_name}",
+                prototype.signature(),
+                found.unwrap_or("missing")
+            ));
+        }
+    }
+    None
+}
+
+/// The protect-mode programs attached, and the hooks skipped with the reason.
+pub struct LsmAttached {
+    /// (program name, link).
+    pub links: Vec<(String, aya::programs::links::FdLink)>,
+    /// (hook, why not attached).
+    pub skipped: Vec<(&'static str, String)>,
+}
+
+/// Loads and attaches the protect-mode programs whose prototypes match (the maps are filled
+/// by the caller).
+pub fn attach_lsm(
+    ebpf: &mut aya::Ebpf,
+    btf: &KernelBtf,
+) -> Result<LsmAttached, super::KernelError> {
+    use aya::programs::Lsm;
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| super::KernelError::Program {
+        name: "lsm".into(),
+        source: aya::programs::ProgramError::Btf(e),
+    })?;
+    let mut out = LsmAttached {
+        links: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for hook in LSM_HOOKS {
+        if let Some(why) = lsm_hook_mismatch(btf, hook) {
+            out.skipped.push((hook.hook, why));
+            continue;
+        }
+        let attached = (|| -> Result<aya::programs::links::FdLink, aya::programs::ProgramError> {
+            let program: &mut Lsm = ebpf
+                .program_mut(hook.program)
+                .ok_or(aya::programs::ProgramError::NotLoaded)?
+                .try_into()?;
+            program.load(hook.hook, &aya_btf)?;
+            let id = program.attach()?;
+            Ok(program.take_link(id)?.into())
+        })();
+        match attached {
+            Ok(link) => out.links.push((hook.program.to_string(), link)),
+            Err(e) => out.skipped.push((hook.hook, e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
 /// Why the backend asked for cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ChoiceError {

@@ -287,6 +287,9 @@ pub struct LoadOptions {
     pub self_tgid: u32,
     /// The backend asked for (`--backend`, `[watch] backend`).
     pub backend: ctrwatch_config::Backend,
+    /// Protect mode (`[watch] protect`, `run --protect`): the LSM programs are attached and the
+    /// mode set where BPF LSM is usable ([`KernelWatch::protect`] says what is in force).
+    pub protect: ctrwatch_config::ProtectMode,
 }
 
 /// What was attached, for status output and logs.
@@ -337,6 +340,94 @@ pub struct KernelWatch {
     pub origin: Origin,
     pub attachment: Attachment,
     pub capabilities: Capabilities,
+    /// Protect mode asked for and in force.
+    pub protect: ProtectState,
+    /// The protect programs' links (BPF LSM), never pinned: they detach with this daemon.
+    #[allow(
+        dead_code,
+        reason = "held for its drop: dropping the links detaches the protect programs"
+    )]
+    protect_links: Vec<FdLink>,
+}
+
+/// Protect mode as asked for and as in force: `status`, the `ctrwatch_protect_active`
+/// metric and the `protect-unavailable` alert say it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProtectState {
+    /// `[watch] protect` or `run --protect`.
+    pub requested: ctrwatch_config::ProtectMode,
+    /// What the programs do: `off` where the mode asked for cannot run.
+    pub in_force: ctrwatch_config::ProtectMode,
+    /// Why the mode asked for is not in force (None: it is, or `off` was asked for).
+    pub unavailable: Option<String>,
+    /// Protect programs attached (one per LSM hook).
+    pub programs: usize,
+}
+
+impl ProtectState {
+    /// `requested` cannot run, for `why` (nothing when `off` was asked for).
+    pub fn unavailable(requested: ctrwatch_config::ProtectMode, why: &str) -> ProtectState {
+        ProtectState {
+            requested,
+            in_force: ctrwatch_config::ProtectMode::Off,
+            unavailable: (requested != ctrwatch_config::ProtectMode::Off).then(|| why.to_owned()),
+            programs: 0,
+        }
+    }
+}
+
+/// Attaches the protect programs when `requested` is not `off` and BPF LSM is usable; where it
+/// is not (refused, `bpf` not an active LSM, no hook's prototype known), says so loudly and
+/// leaves protect mode off: the daemon watches only.
+fn attach_protect(
+    ebpf: &mut aya::Ebpf,
+    capabilities: &Capabilities,
+    requested: ctrwatch_config::ProtectMode,
+) -> (ProtectState, Vec<FdLink>) {
+    if requested == ctrwatch_config::ProtectMode::Off {
+        return (ProtectState::default(), Vec::new());
+    }
+    let attached = if capabilities.lsm.state == backend::FamilyState::Usable {
+        btf_offsets::KernelBtf::open(Path::new(btf_offsets::VMLINUX_BTF))
+            .map_err(|e| format!("the kernel's BTF: {e}"))
+            .and_then(|btf| backend::attach_lsm(ebpf, &btf).map_err(|e| e.to_string()))
+    } else {
+        Err(format!(
+            "BPF LSM is not usable here: {}",
+            capabilities.lsm.summary()
+        ))
+    };
+    let state = match attached {
+        Ok(lsm) if !lsm.links.is_empty() => {
+            for (hook, why) in &lsm.skipped {
+                log::error!(
+                    "protect = {:?}: the LSM hook {hook} is not guarded: {why}",
+                    requested.name()
+                );
+            }
+            let links: Vec<FdLink> = lsm.links.into_iter().map(|(_, link)| link).collect();
+            let state = ProtectState {
+                requested,
+                in_force: requested,
+                unavailable: None,
+                programs: links.len(),
+            };
+            return (state, links);
+        }
+        Ok(lsm) => ProtectState::unavailable(
+            requested,
+            &format!(
+                "no protect program could be attached: {}",
+                lsm.skipped
+                    .iter()
+                    .map(|(hook, why)| format!("{hook}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+        Err(why) => ProtectState::unavailable(requested, &why),
+    };
+    (state, Vec::new())
 }
 
 impl KernelWatch {
@@ -390,7 +481,11 @@ impl KernelWatch {
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
         let step = step.done("eBPF object parsed, maps created");
-        let (attachment, links) = attach(&mut ebpf, backend, &capabilities, opts.backend)?;
+        let (mut attachment, links) = attach(&mut ebpf, backend, &capabilities, opts.backend)?;
+        let (protect, protect_links) = attach_protect(&mut ebpf, &capabilities, opts.protect);
+        if let Some(f) = attachment.families.iter_mut().find(|f| f.family == "lsm") {
+            f.programs_attached = protect_links.len();
+        }
         let _ = step.done("programs loaded and attached");
         let names: Vec<String> = ebpf.maps().map(|(name, _)| name.to_owned()).collect();
         let maps = names
@@ -399,6 +494,7 @@ impl KernelWatch {
             .collect();
         let mut kernel = KernelWatch {
             links,
+            protect_links,
             maps,
             ring_buffer_bytes: opts.ring_buffer_bytes,
             pins: None,
@@ -406,9 +502,78 @@ impl KernelWatch {
             origin: Origin::Loaded,
             attachment,
             capabilities,
+            protect,
         };
         kernel.set_self_tgid(opts.self_tgid)?;
+        if kernel.protect.in_force != ctrwatch_config::ProtectMode::Off {
+            kernel.trust_tgid(opts.self_tgid)?;
+            kernel.set_protect_mode(kernel.protect.in_force)?;
+        }
         Ok(kernel)
+    }
+
+    /// Sets the LSM programs' mode (0 off, 1 dry-run, 2 enforce).
+    pub fn set_protect_mode(
+        &mut self,
+        mode: ctrwatch_config::ProtectMode,
+    ) -> Result<(), KernelError> {
+        let value: u32 = match mode {
+            ctrwatch_config::ProtectMode::Off => 0,
+            ctrwatch_config::ProtectMode::DryRun => 1,
+            ctrwatch_config::ProtectMode::Enforce => 2,
+        };
+        let mut m: Array<_, u32> =
+            Array::try_from(self.map_mut("PROTECT_MODE")?).map_err(|source| KernelError::Map {
+                name: "PROTECT_MODE",
+                source,
+            })?;
+        m.set(0, value, 0).map_err(|source| KernelError::Map {
+            name: "PROTECT_MODE",
+            source,
+        })
+    }
+
+    /// A process the protect programs never block (the daemon itself).
+    pub fn trust_tgid(&mut self, tgid: u32) -> Result<(), KernelError> {
+        let mut m: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(self.map_mut("TRUSTED_TGIDS")?).map_err(|source| {
+                KernelError::Map {
+                    name: "TRUSTED_TGIDS",
+                    source,
+                }
+            })?;
+        m.insert(tgid, 1, 0).map_err(|source| KernelError::Map {
+            name: "TRUSTED_TGIDS",
+            source,
+        })
+    }
+
+    /// Protects the inode of `path` (a layer's `fs` dir, the blobs dir, meta.db) and what is
+    /// below it (within the programs' walk depth).
+    pub fn protect_path(&mut self, path: &Path) -> Result<(), KernelError> {
+        self.inode_map_insert("PROTECTED", path)
+    }
+
+    /// Trusts the executable at `path` (containerd, its shims, runc): its processes are
+    /// never blocked.
+    pub fn trust_exe(&mut self, path: &Path) -> Result<(), KernelError> {
+        self.inode_map_insert("TRUSTED_EXES", path)
+    }
+
+    fn inode_map_insert(&mut self, name: &'static str, path: &Path) -> Result<(), KernelError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| KernelError::Worker(format!("{name}: {}: {e}", path.display())))?;
+        let key = watcher_common::InodeKey {
+            dev: new_encode_dev(meta.dev()),
+            _pad: 0,
+            ino: meta.ino(),
+        };
+        let mut m: aya::maps::HashMap<_, watcher_common::InodeKey, u8> =
+            aya::maps::HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+        m.insert(key, 1, 0)
+            .map_err(|source| KernelError::Map { name, source })
     }
 
     /// With `pin_dir`: adopts the programs and maps pinned there by a previous daemon of this
@@ -664,8 +829,17 @@ impl KernelWatch {
         {
             f.programs_attached = fentry_links;
         }
+        // The protect programs are not pinned (kernel/pins.rs): adopted programs run without
+        // them until the programs are loaded again.
+        let protect = ProtectState::unavailable(
+            opts.protect,
+            "the programs were adopted from a previous daemon's pins and the protect programs \
+             are not pinned with them (they attach only when the programs are loaded: \
+             `ctrwatch unpin`, then start again)",
+        );
         let mut kernel = KernelWatch {
             links,
+            protect_links: Vec::new(),
             maps,
             ring_buffer_bytes,
             pins: Some(set),
@@ -673,6 +847,7 @@ impl KernelWatch {
             origin: Origin::Adopted,
             attachment,
             capabilities,
+            protect,
         };
         kernel.set_self_tgid(opts.self_tgid)?;
         Ok(kernel)
@@ -1034,6 +1209,13 @@ fn attach(
     attachment.unavailable.extend(fentry.unavailable);
     let _ = step.done(&format!("{} programs attached", attachment.attached.len()));
     Ok((attachment, links))
+}
+
+/// The kernel's `s_dev` encoding of a userspace `st_dev` (major 12 bits << 20 | minor).
+fn new_encode_dev(dev: u64) -> u32 {
+    let major = ((dev >> 8) & 0xfff) as u32 | (((dev >> 32) & !0xfff) as u32);
+    let minor = (dev & 0xff) as u32 | (((dev >> 12) & !0xff) as u32);
+    (major << 20) | minor
 }
 
 /// One step of the start-up, timed for the debug log (`RUST_LOG=debug`): where the time

@@ -1,0 +1,203 @@
+//! BPF LSM protect mode (issue 15; denials are not sent as records yet).
+//!
+//! Each program runs on one LSM hook and decides, cheaply and in the kernel:
+//! 1. is protect mode on ([`PROTECT_MODE`]: 0 off, 1 dry-run, 2 enforce)?
+//! 2. is the object protected: the inode or one of its ancestors (walking `d_parent` up to
+//!    [`PROTECT_WALK_DEPTH`] levels) is in [`PROTECTED`], keyed by (dev, ino), which the daemon
+//!    fills from its containerd model (committed snapshots' `fs` dirs, the content store's
+//!    blobs, meta.db and the snapshotter's metadata.db)?
+//! 3. is the acting process foreign: neither its tgid in [`TRUSTED_TGIDS`] nor its exe's
+//!    (dev, ino) in [`TRUSTED_EXES`] (the binaries the ownership rules trust: containerd, its
+//!    shims, runc)?
+//!
+//! Only when all three hold is the operation denied (-EPERM, enforce) or let through
+//! (dry-run); when in doubt (a read fails, a map is full), it is allowed: a missed denial is
+//! a watch event, a wrong denial breaks a node.
+//!
+//! Hooks and the argument each reads (positions checked against BTF by userspace):
+//! inode_unlink(dir, dentry) 1; inode_rename(old_dir, old_dentry, new_dir, new_dentry) 1, 3;
+//! inode_setxattr(idmap|userns, dentry, ...) 1; inode_removexattr(idmap|userns, dentry,
+//! name) 1; file_open(file) 0 (FMODE_WRITE only); path_truncate(path) 0.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{lsm, map},
+    maps::{Array, HashMap, LruHashMap},
+    programs::LsmContext,
+};
+
+use crate::{
+    kernel::{current_task, file_inode, file_path, inode_identity, read, read_path},
+    maps::{off, offsets, offsets_valid},
+};
+
+/// How many dentries up from the object are looked up in [`PROTECTED`]: a layer's `fs` dir
+/// protects what is at most this deep below it (deeper files are allowed: when in doubt,
+/// allow).
+const PROTECT_WALK_DEPTH: usize = 24;
+
+const EPERM: i32 = 1;
+const FMODE_WRITE: u32 = 0x2;
+
+use watcher_common::InodeKey;
+
+/// Slot 0: 0 off, 1 dry-run, 2 enforce.
+#[map]
+pub static PROTECT_MODE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+/// Not preallocated (BPF_F_NO_PREALLOC): most nodes protect a few thousand inodes.
+pub static PROTECTED: HashMap<InodeKey, u8> = HashMap::with_max_entries(65536, 1);
+
+#[map]
+pub static TRUSTED_EXES: HashMap<InodeKey, u8> = HashMap::with_max_entries(256, 0);
+
+/// tgids the daemon trusts by other rules (containerd's unit), and the daemon itself.
+#[map]
+pub static TRUSTED_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
+
+#[inline(always)]
+fn mode() -> u32 {
+    PROTECT_MODE.get(0).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn key_of_inode(inode: u64) -> Option<InodeKey> {
+    let (dev, ino, _, _) = inode_identity(inode);
+    if ino == 0 {
+        return None;
+    }
+    Some(InodeKey { dev, _pad: 0, ino })
+}
+
+/// The dentry or one of its first ancestors is protected.
+#[inline(always)]
+fn protected_dentry(dentry: u64) -> bool {
+    let o = offsets();
+    let mut d = dentry;
+    for _ in 0..PROTECT_WALK_DEPTH {
+        if d == 0 {
+            return false;
+        }
+        let inode: u64 = read(d, off(&o.dentry_d_inode));
+        if let Some(key) = key_of_inode(inode) {
+            // SAFETY: map lookup; the value is only read.
+            if unsafe { PROTECTED.get(&key) }.is_some() {
+                return true;
+            }
+        }
+        let parent: u64 = read(d, off(&o.dentry_d_parent));
+        if parent == d {
+            return false;
+        }
+        d = parent;
+    }
+    false
+}
+
+/// The current process is trusted (not foreign).
+#[inline(always)]
+fn trusted() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: map lookup; the value is only read.
+    if unsafe { TRUSTED_TGIDS.get(&tgid) }.is_some() {
+        return true;
+    }
+    let o = offsets();
+    let mm: u64 = read(current_task(), off(&o.task_mm));
+    if mm == 0 {
+        // A kernel thread: the kernel's own work is never blocked.
+        return true;
+    }
+    let exe: u64 = read(mm, off(&o.mm_exe_file));
+    match key_of_inode(file_inode(exe)) {
+        // SAFETY: map lookup; the value is only read.
+        Some(key) => unsafe { TRUSTED_EXES.get(&key) }.is_some(),
+        // Unknown exe: when in doubt, allow.
+        None => true,
+    }
+}
+
+/// The verdict for an operation on `dentry` (0 allow, -EPERM deny).
+#[inline(always)]
+fn decide(dentry: u64) -> i32 {
+    let m = mode();
+    if m == 0 || !offsets_valid() || !protected_dentry(dentry) || trusted() {
+        return 0;
+    }
+    // TODO(i15): a FileRecord with FLAG_DENIED / FLAG_WOULD_DENY to EVENTS.
+    if m == 2 { -EPERM } else { 0 }
+}
+
+/// An earlier LSM program's denial stands.
+#[inline(always)]
+fn previous(ctx: &LsmContext, nargs: usize) -> i32 {
+    // An LSM program's context holds the hook's arguments, then the previous program's
+    // return value.
+    ctx.arg::<i32>(nargs)
+}
+
+#[lsm(hook = "inode_unlink")]
+pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
+    let prev = previous(&ctx, 2);
+    if prev != 0 {
+        return prev;
+    }
+    decide(ctx.arg::<u64>(1))
+}
+
+#[lsm(hook = "inode_rename")]
+pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
+    let prev = previous(&ctx, 4);
+    if prev != 0 {
+        return prev;
+    }
+    let r = decide(ctx.arg::<u64>(1));
+    if r != 0 {
+        return r;
+    }
+    decide(ctx.arg::<u64>(3))
+}
+
+#[lsm(hook = "inode_setxattr")]
+pub fn lsm_inode_setxattr(ctx: LsmContext) -> i32 {
+    let prev = previous(&ctx, 6);
+    if prev != 0 {
+        return prev;
+    }
+    decide(ctx.arg::<u64>(1))
+}
+
+#[lsm(hook = "inode_removexattr")]
+pub fn lsm_inode_removexattr(ctx: LsmContext) -> i32 {
+    let prev = previous(&ctx, 3);
+    if prev != 0 {
+        return prev;
+    }
+    decide(ctx.arg::<u64>(1))
+}
+
+#[lsm(hook = "file_open")]
+pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    let prev = previous(&ctx, 1);
+    if prev != 0 {
+        return prev;
+    }
+    let file: u64 = ctx.arg(0);
+    let f_mode: u32 = read(file, off(&offsets().file_f_mode));
+    if f_mode & FMODE_WRITE == 0 {
+        return 0;
+    }
+    let (_, dentry) = file_path(file);
+    decide(dentry)
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
+    let prev = previous(&ctx, 1);
+    if prev != 0 {
+        return prev;
+    }
+    let (_, dentry) = read_path(ctx.arg::<u64>(0));
+    decide(dentry)
+}
