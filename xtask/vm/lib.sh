@@ -1,7 +1,8 @@
 # Helpers shared by the VM test's guest scripts (vm-test.sh, vm-test-package.sh,
-# vm-test-no-bpf-lsm.sh; cargo xtask vm-test, xtask/src/vm.rs puts this file beside them on
-# the test disk). Sourced, not run: `. "$disk/lib.sh"` after the script has set `results`
-# (the results file) and `failed=0`.
+# vm-test-no-bpf-lsm.sh, vm-test-protect.sh, vm-test-protect-fallback.sh; cargo xtask
+# vm-test, xtask/src/vm.rs puts this file beside them on the test disk). Sourced, not run:
+# `. "$disk/lib.sh"` after the script has set `results` (the results file), `failed=0` and,
+# for build_busybox_image, `out`.
 
 # A line for the host: into $results and on the console (`PASS name [detail]`, `FAIL ...`,
 # `INFO key value`).
@@ -30,4 +31,29 @@ wait_for() {
         sleep 1
     done
     return 0
+}
+# An OCI descriptor's digest and size of the file $1.
+desc() { printf '"digest":"sha256:%s","size":%s' "$(sha256sum "$1" | cut -d' ' -f1)" "$(stat -c %s "$1")"; }
+# A file's digest and size as a descriptor's JSON fields.
+# The OCI archive $1 of the image named $2 (written to $out/oci-build on the way): one uncompressed layer with /bin/busybox (busybox-static) and
+# /bin/sh -> busybox; config, manifest and index written here, digests by sha256sum.
+build_busybox_image() {
+    b=$out/oci-build
+    rm -rf "$b"
+    mkdir -p "$b/layer/bin" "$b/archive/blobs/sha256"
+    cp /bin/busybox "$b/layer/bin/busybox"
+    ln -s busybox "$b/layer/bin/sh"
+    tar -C "$b/layer" --numeric-owner --owner=0 --group=0 -cf "$b/layer.tar" bin
+    printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+        "$(sha256sum "$b/layer.tar" | cut -d' ' -f1)" > "$b/config.json"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json",%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar",%s}]}' \
+        "$(desc "$b/config.json")" "$(desc "$b/layer.tar")" > "$b/manifest.json"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"1"}}]}' \
+        "$(desc "$b/manifest.json")" "$2" > "$b/archive/index.json"
+    for f in layer.tar config.json manifest.json; do
+        cp "$b/$f" "$b/archive/blobs/sha256/$(sha256sum "$b/$f" | cut -d' ' -f1)"
+    done
+    echo '{"imageLayoutVersion":"1.0.0"}' > "$b/archive/oci-layout"
+    tar -C "$b/archive" -cf "$1" oci-layout index.json blobs
+    rm -rf "$b"
 }

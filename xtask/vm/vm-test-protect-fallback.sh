@@ -13,15 +13,8 @@ store=/var/lib/ctrwatch-vmtest/events.db
 results=$out/results.txt
 failed=0
 : > "$results"
-say() {
-    echo "$*" >> "$results"
-    echo "ctrwatch-vmtest: $*"
-}
-pass() { say PASS "$@"; }
-fail() {
-    say FAIL "$@"
-    failed=1
-}
+# say, pass, fail, uptime_s, since, wait_for, desc, build_busybox_image.
+. "$disk/lib.sh"
 mkdir -p "$blobs" /etc/ctrwatch-vmtest
 mkdir -p -m 0700 "$(dirname "$store")"
 cat /sys/kernel/security/lsm > "$out/lsm.txt" 2>&1

@@ -14,15 +14,8 @@ store=/var/lib/ctrwatch-vmtest/events.db
 results=$out/results.txt
 failed=0
 : > "$results"
-say() {
-    echo "$*" >> "$results"
-    echo "ctrwatch-vmtest: $*"
-}
-pass() { say PASS "$@"; }
-fail() {
-    say FAIL "$@"
-    failed=1
-}
+# say, pass, fail, uptime_s, since, wait_for, desc, build_busybox_image.
+. "$disk/lib.sh"
 mkdir -p "$blobs" /etc/ctrwatch-vmtest
 mkdir -p -m 0700 "$(dirname "$store")"
 cp /usr/bin/rm /usr/local/bin/trusted-rm
@@ -137,28 +130,6 @@ k3s_sock=$k3s_state/containerd.sock
 k3s_image=docker.io/ctrwatch/vmtest-busybox:1
 k3s_aside=/var/lib/ctrwatch-vmtest-aside
 kctr() { ctr --address "$k3s_sock" --namespace default "$@"; }
-desc() { printf '"digest":"sha256:%s","size":%s' "$(sha256sum "$1" | cut -d' ' -f1)" "$(stat -c %s "$1")"; }
-# The OCI archive $1: one uncompressed layer with /bin/busybox and /bin/sh (as in vm-test.sh).
-build_busybox_image() {
-    b=$out/oci-build
-    rm -rf "$b"
-    mkdir -p "$b/layer/bin" "$b/archive/blobs/sha256"
-    cp /bin/busybox "$b/layer/bin/busybox"
-    ln -s busybox "$b/layer/bin/sh"
-    tar -C "$b/layer" --numeric-owner --owner=0 --group=0 -cf "$b/layer.tar" bin
-    printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-        "$(sha256sum "$b/layer.tar" | cut -d' ' -f1)" > "$b/config.json"
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json",%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar",%s}]}' \
-        "$(desc "$b/config.json")" "$(desc "$b/layer.tar")" > "$b/manifest.json"
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"1"}}]}' \
-        "$(desc "$b/manifest.json")" "$k3s_image" > "$b/archive/index.json"
-    for f in layer.tar config.json manifest.json; do
-        cp "$b/$f" "$b/archive/blobs/sha256/$(sha256sum "$b/$f" | cut -d' ' -f1)"
-    done
-    echo '{"imageLayoutVersion":"1.0.0"}' > "$b/archive/oci-layout"
-    tar -C "$b/archive" -cf "$1" oci-layout index.json blobs
-    rm -rf "$b"
-}
 k3s_run() {
     ran=$(kctr run --rm --snapshotter overlayfs "$k3s_image" "vmtest-$1" /bin/sh -c 'echo ran-in-busybox' < /dev/null 2>&1)
     if [ "$ran" = ran-in-busybox ]; then
@@ -191,7 +162,7 @@ while ! kctr version > /dev/null 2>&1 && kill -0 "$k3s_ctrd" 2> /dev/null && [ "
     sleep 1
     i=$((i + 1))
 done
-build_busybox_image "$out/busybox-oci.tar"
+build_busybox_image "$out/busybox-oci.tar" "$k3s_image"
 k3s_blobs=$k3s_root/io.containerd.content.v1.content/blobs/sha256
 # An image already there when the daemon starts: its blobs and its committed layer are
 # protected from the start.

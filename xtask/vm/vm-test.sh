@@ -22,7 +22,7 @@ results=$out/results.txt
 failed=0
 : > "$results"
 
-# say, pass, fail, uptime_s, since, wait_for.
+# say, pass, fail, uptime_s, since, wait_for, desc, build_busybox_image.
 . "$disk/lib.sh"
 
 # What this kernel offers, whatever ctrwatch makes of it.
@@ -254,30 +254,6 @@ ctrd_store=/var/lib/ctrwatch-vmtest/containerd.db
 ctrd_image=docker.io/ctrwatch/vmtest-busybox:1
 ctrd_snapshots=$ctrd_root/io.containerd.snapshotter.v1.overlayfs/snapshots
 ctr_() { ctr --address "$ctrd_sock" --namespace default "$@"; }
-# A file's digest and size as a descriptor's JSON fields.
-desc() { printf '"digest":"sha256:%s","size":%s' "$(sha256sum "$1" | cut -d' ' -f1)" "$(stat -c %s "$1")"; }
-# The OCI archive $1: one uncompressed layer with /bin/busybox (busybox-static) and
-# /bin/sh -> busybox; config, manifest and index written here, digests by sha256sum.
-build_busybox_image() {
-    b=$out/oci-build
-    rm -rf "$b"
-    mkdir -p "$b/layer/bin" "$b/archive/blobs/sha256"
-    cp /bin/busybox "$b/layer/bin/busybox"
-    ln -s busybox "$b/layer/bin/sh"
-    tar -C "$b/layer" --numeric-owner --owner=0 --group=0 -cf "$b/layer.tar" bin
-    printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-        "$(sha256sum "$b/layer.tar" | cut -d' ' -f1)" > "$b/config.json"
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json",%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar",%s}]}' \
-        "$(desc "$b/config.json")" "$(desc "$b/layer.tar")" > "$b/manifest.json"
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"1"}}]}' \
-        "$(desc "$b/manifest.json")" "$ctrd_image" > "$b/archive/index.json"
-    for f in layer.tar config.json manifest.json; do
-        cp "$b/$f" "$b/archive/blobs/sha256/$(sha256sum "$b/$f" | cut -d' ' -f1)"
-    done
-    echo '{"imageLayoutVersion":"1.0.0"}' > "$b/archive/oci-layout"
-    tar -C "$b/archive" -cf "$1" oci-layout index.json blobs
-    rm -rf "$b"
-}
 rm -rf "$ctrd_root" "$ctrd_state"
 mkdir -p "$ctrd_root" "$ctrd_state"
 rm -f "$ctrd_store"
@@ -313,7 +289,7 @@ else
     done
     if grep -q 'ctrwatch: watching' "$out/daemon-containerd.log"; then
         say INFO containerd_watch_start_seconds "$(since "$start")"
-        build_busybox_image "$out/busybox-oci.tar"
+        build_busybox_image "$out/busybox-oci.tar" "$ctrd_image"
         if ctr_ images import --snapshotter overlayfs "$out/busybox-oci.tar" > "$out/ctr-import.txt" 2>&1 &&
             ctr_ images ls -q | grep -qxF "$ctrd_image"; then
             pass containerd-import "$(tr '\n' ' ' < "$out/ctr-import.txt" | cut -c 1-200)"
