@@ -32,11 +32,12 @@ wait_for() {
     done
     return 0
 }
-# An OCI descriptor's digest and size of the file $1.
+
+# The file $1's digest and size as an OCI descriptor's JSON fields.
 desc() { printf '"digest":"sha256:%s","size":%s' "$(sha256sum "$1" | cut -d' ' -f1)" "$(stat -c %s "$1")"; }
-# A file's digest and size as a descriptor's JSON fields.
-# The OCI archive $1 of the image named $2 (written to $out/oci-build on the way): one uncompressed layer with /bin/busybox (busybox-static) and
-# /bin/sh -> busybox; config, manifest and index written here, digests by sha256sum.
+# The OCI archive $1 of the image named $2 (built in $out/oci-build, removed after): one
+# uncompressed layer with /bin/busybox (busybox-static) and /bin/sh -> busybox; config,
+# manifest and index written here, digests by sha256sum.
 build_busybox_image() {
     b=$out/oci-build
     rm -rf "$b"
