@@ -187,7 +187,7 @@ CONF
     if grep -q 'ctrwatch: watching' "$out/daemon-k3s.log"; then
         # Trusted because they are the discovered containerd's and its directory's, not by
         # a fixed path (/usr's copies are aside).
-        trusted=$(grep -o 'protect mode: trusting [^ ]*' "$out/daemon-k3s.log" | cut -d' ' -f4 | tr '\n' ' ')
+        trusted=$(grep -o 'protect mode: trusting /[^ ]*' "$out/daemon-k3s.log" | cut -d' ' -f4 | tr '\n' ' ')
         if grep -q "protect mode: trusting $k3s_bin/containerd " "$out/daemon-k3s.log" &&
             grep -q "protect mode: trusting $k3s_bin/containerd-shim-runc-v2 " "$out/daemon-k3s.log" &&
             grep -q "protect mode: trusting $k3s_bin/runc " "$out/daemon-k3s.log"; then
@@ -195,6 +195,17 @@ CONF
         else
             fail k3s-trusted "trusted: $trusted"
         fi
+        # The inode containerd runs (/proc/PID/exe), trusted also when its path is replaced;
+        # and the mode set in the kernel only after the trust (not at load: containerd's
+        # writes would be denied in between).
+        if grep -q "protect mode: trusting the running executable of containerd pid [0-9]*$" "$out/daemon-k3s.log" &&
+            grep -n 'protect mode: trusting \|protect mode enforce set in the kernel' "$out/daemon-k3s.log" |
+            tail -n 1 | grep -q 'set in the kernel'; then
+            pass k3s-running-exe-trusted-before-enforce
+        else
+            fail k3s-running-exe-trusted-before-enforce "$(grep 'protect mode' "$out/daemon-k3s.log" | tr '\n' ' ' | cut -c 1-400)"
+        fi
+        k3s_layer=$(grep -o "protect mode: protecting [^ ]*/snapshots/[0-9]*/fs\$" "$out/daemon-k3s.log" | head -n 1 | cut -d' ' -f4)
         if sh -c "echo x >> '$k3s_blob'" 2> "$out/k3s-write.err"; then
             fail k3s-foreign-write-denied "open for writing succeeded"
         elif grep -q 'Operation not permitted' "$out/k3s-write.err"; then
@@ -233,7 +244,28 @@ CONF
         else
             fail k3s-import "$(tr '\n' ' ' < "$out/k3s-import.txt" | cut -c 1-300)"
         fi
+        # The removed layer's inode is no longer protected (ext4 reuses inode numbers: a new
+        # snapshot's `fs` would be protected by mistake), and a container of the image
+        # imported again writes to its rootfs (a new file, and a copy-up of the layer's /bin:
+        # the image has no /etc).
+        i=0
+        while ! grep -q "protect mode: no longer protecting $k3s_layer (gone)" "$out/daemon-k3s.log" && [ "$i" -lt 10 ]; do
+            sleep 1
+            i=$((i + 1))
+        done
+        if [ -n "$k3s_layer" ] && grep -q "protect mode: no longer protecting $k3s_layer (gone)" "$out/daemon-k3s.log"; then
+            pass k3s-removed-layer-unprotected "$k3s_layer"
+        else
+            fail k3s-removed-layer-unprotected "layer '$k3s_layer': $(grep 'no longer protecting' "$out/daemon-k3s.log" | tr '\n' ' ' | cut -c 1-300)"
+        fi
         k3s_run k3s-run-after-import
+        wrote=$(kctr run --rm --snapshotter overlayfs "$k3s_image" vmtest-rootfs-write \
+            /bin/sh -c 'echo x > /new-file && mkdir /bin/x && echo x > /bin/new-file && echo wrote' < /dev/null 2>&1)
+        if [ "$wrote" = wrote ]; then
+            pass k3s-rootfs-write-after-gc
+        else
+            fail k3s-rootfs-write-after-gc "$(echo "$wrote" | tr '\n' ' ' | cut -c 1-300)"
+        fi
         # A k3s upgrade: a new data hash directory is unpacked beside the running one (new
         # inodes), then containerd restarts from it. Its containerd, shim and runc must be
         # trusted once they are there, before containerd starts and opens meta.db for
