@@ -130,6 +130,21 @@ k3s_sock=$k3s_state/containerd.sock
 k3s_image=docker.io/ctrwatch/vmtest-busybox:1
 k3s_aside=/var/lib/ctrwatch-vmtest-aside
 kctr() { ctr --address "$k3s_sock" --namespace default "$@"; }
+# Starts `run` with protect = "enforce" on $k3s_root (the config already written); its pid
+# in $daemon, its log $out/daemon-k3s-$1.log.
+start_k3s_daemon() {
+    rm -f "$store"
+    "$bin" run --config /etc/ctrwatch-vmtest/ctrwatch.toml --root "$k3s_root" --store "$store" \
+        > "$out/daemon-k3s-$1.log" 2>&1 &
+    daemon=$!
+    i=0
+    while ! grep -q 'ctrwatch: watching' "$out/daemon-k3s-$1.log" && kill -0 "$daemon" 2> /dev/null &&
+        [ "$i" -lt 600 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    grep -q 'ctrwatch: watching' "$out/daemon-k3s-$1.log"
+}
 k3s_run() {
     ran=$(kctr run --rm --snapshotter overlayfs "$k3s_image" "vmtest-$1" /bin/sh -c 'echo ran-in-busybox' < /dev/null 2>&1)
     if [ "$ran" = ran-in-busybox ]; then
@@ -321,6 +336,26 @@ CONF
             pass k3s-denials-recorded "foreign calls recorded with result EPERM: $denied; owner calls denied: 0"
         else
             fail k3s-denials-recorded "foreign calls recorded with result EPERM: $denied; owner calls denied: $owner_denied (k3s-history.json)"
+        fi
+        # A package upgrade with a deferred restart: containerd's executable replaced at its
+        # path (a rename over it) while containerd runs on; a daemon started now must trust
+        # the inode containerd runs, not only the new file at the path, or containerd's
+        # garbage collection (its unlinks) is denied.
+        cp "$k3s_bin2/containerd" "$k3s_bin2/.containerd.new"
+        mv "$k3s_bin2/.containerd.new" "$k3s_bin2/containerd"
+        if start_k3s_daemon replaced; then
+            rm_out=$(kctr images rm --sync "$k3s_image" 2>&1)
+            rm_status=$?
+            leftover=$(find "$k3s_root/io.containerd.snapshotter.v1.overlayfs/snapshots" -mindepth 1 -maxdepth 1 2> /dev/null)
+            if [ "$rm_status" -eq 0 ] && [ -z "$(kctr content ls -q 2>&1)" ] && [ -z "$leftover" ]; then
+                pass k3s-replaced-exe-rm-gc "$(grep -o 'trusting the running executable of containerd pid [0-9]*' "$out/daemon-k3s-replaced.log")"
+            else
+                fail k3s-replaced-exe-rm-gc "images rm: $rm_status $(echo "$rm_out" | tr '\n' ' ' | cut -c 1-200); directories left: $leftover"
+            fi
+            stop
+        else
+            fail k3s-replaced-exe-rm-gc "the daemon did not start: $(grep -m 1 -i 'error' "$out/daemon-k3s-replaced.log" | cut -c 1-300)"
+            kill -KILL "$daemon" 2> /dev/null
         fi
     else
         fail k3s-trusted "run --root $k3s_root did not start: $(grep -m 1 -i 'error' "$out/daemon-k3s.log" | cut -c 1-300)"
