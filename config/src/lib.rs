@@ -138,7 +138,9 @@ pub enum ProtectMode {
     /// Watch only.
     #[default]
     Off,
-    /// Record what would be denied; block nothing.
+    /// Run the protect programs' checks but block nothing. Nothing of its own is recorded
+    /// yet (no would-be denial events, log lines or metrics): it only shows that the
+    /// programs load and attach.
     DryRun,
     /// Deny foreign changes with EPERM.
     Enforce,

@@ -286,6 +286,8 @@ struct ExeTrust {
     from: Option<TrustInputs>,
     /// Every executable trusted so far.
     trusted: std::collections::HashSet<InodeId>,
+    /// The containerd processes whose running executable is trusted, with its inode.
+    running: std::collections::HashSet<(u32, InodeId)>,
 }
 
 /// A file's (st_dev, st_ino), as `stat` gives them.
@@ -306,6 +308,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// when none changed, nothing new can be trusted.
 #[derive(PartialEq)]
 struct TrustInputs {
+    /// `/proc/PID/exe` of the discovered containerd processes.
+    running: Vec<(PathBuf, Option<Stamp>)>,
     trust_exes: Vec<(PathBuf, Option<Stamp>)>,
     containerd_exes: Vec<(PathBuf, Option<Stamp>)>,
     /// The directories the executables are looked for in, and k3s/rke2 `data` directories.
@@ -385,6 +389,7 @@ impl ExeTrust {
     fn follow(
         &mut self,
         kernel: &mut KernelWatch,
+        containerd_pids: &[u32],
         containerd_exes: &[PathBuf],
         trust_exes: &[PathBuf],
     ) {
@@ -405,7 +410,12 @@ impl ExeTrust {
                 }
             }
         }
+        let running: Vec<PathBuf> = containerd_pids
+            .iter()
+            .map(|pid| PathBuf::from(format!("/proc/{pid}/exe")))
+            .collect();
         let from = TrustInputs {
+            running: stamped(&mut running.iter().map(PathBuf::as_path)),
             trust_exes: stamped(&mut trust_exes.iter().map(PathBuf::as_path)),
             containerd_exes: stamped(&mut containerd_exes.iter().map(PathBuf::as_path)),
             dirs: stamped(&mut dirs.iter().map(PathBuf::as_path)),
@@ -446,7 +456,21 @@ impl ExeTrust {
         }
         for dir in INSTALLED_EXE_DIRS {
             for name in INSTALLED_EXE_NAMES {
-                candidates.push((Path::new(dir).join(name), "installed".to_owned()));
+                let path = Path::new(dir).join(name);
+                if !path.exists() {
+                    continue;
+                }
+                // As for the helpers beside containerd: a file anyone but root may replace
+                // (or put in a directory anyone may write) is not trusted.
+                if !root_only_writable(&path) {
+                    log::warn!(
+                        "protect mode: not trusting {}: it or its directory is not root's \
+                         alone to write",
+                        ctrwatch_event::escape_path(&path)
+                    );
+                    continue;
+                }
+                candidates.push((path, "installed".to_owned()));
             }
         }
         for (path, why) in candidates {
@@ -458,6 +482,13 @@ impl ExeTrust {
             let Ok(meta) = std::fs::metadata(&target) else {
                 continue;
             };
+            if let Some(fs_why) = unkeyable_fs(&target) {
+                log::warn!(
+                    "protect mode: cannot trust {} ({why}): {fs_why}",
+                    ctrwatch_event::escape_path(&target)
+                );
+                continue;
+            }
             let id = {
                 use std::os::unix::fs::MetadataExt as _;
                 (meta.dev(), meta.ino())
@@ -482,6 +513,147 @@ impl ExeTrust {
                 }
             }
         }
+        // The inode each containerd runs: after a package upgrade with a deferred restart its
+        // path names the new file (or nothing, "… (deleted)"), but the process still runs,
+        // and writes as, the old one.
+        for (pid, exe) in containerd_pids.iter().zip(&running) {
+            let Ok(meta) = std::fs::metadata(exe) else {
+                continue;
+            };
+            if let Some(why) = unkeyable_fs(exe) {
+                log::warn!(
+                    "protect mode: cannot trust the running executable of containerd pid {pid}: {why}"
+                );
+                continue;
+            }
+            let id = {
+                use std::os::unix::fs::MetadataExt as _;
+                (meta.dev(), meta.ino())
+            };
+            // Said once per process (usually the file trusted by its path above).
+            if self.running.contains(&(*pid, id)) {
+                continue;
+            }
+            match kernel.trust_exe_inode(id) {
+                Ok(()) => {
+                    self.trusted.insert(id);
+                    self.running.insert((*pid, id));
+                    log::info!(
+                        "protect mode: trusting the running executable of containerd pid {pid}"
+                    )
+                }
+                Err(e) => {
+                    log::warn!(
+                        "protect mode: trusting the running executable of containerd pid {pid}: {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Why the protect maps cannot key `path`'s inode, or `None` when they can: the programs
+/// compare the kernel's `i_sb->s_dev`, which is what `stat` says as st_dev except on btrfs
+/// (an anonymous device per subvolume) and overlayfs (the underlying file's device and
+/// inode): there an entry would never match (a path silently unprotected, an executable
+/// untrusted).
+fn unkeyable_fs(path: &Path) -> Option<&'static str> {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    let fs = rustix::fs::statfs(path).ok()?;
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's type differs between libcs"
+    )]
+    let magic = fs.f_type as i64;
+    match magic {
+        BTRFS_SUPER_MAGIC => Some(
+            "it is on btrfs, whose st_dev (a subvolume's anonymous device) is not the \
+             kernel's superblock device the protect programs compare",
+        ),
+        OVERLAYFS_SUPER_MAGIC => Some(
+            "it is on overlayfs, whose st_dev and st_ino are not those of the inode the \
+             protect programs see",
+        ),
+        _ => None,
+    }
+}
+
+/// The paths in the protect programs' PROTECTED map, with the inode each was protected as.
+/// The kernel knows inodes, not paths: when a path goes (image garbage collection removes
+/// a layer's snapshot) its inode number is free, and the filesystem reuses it (ext4 does,
+/// soon) for a new file or directory, e.g. a new container's writable `fs`, which would
+/// then be protected by mistake. [`ProtectedPaths::refresh`], at every tick, stops
+/// protecting what is gone or is another inode now. Between the removal and the next tick
+/// (≤ 1 s) a reused inode number is still protected; keying the map by (dev, ino,
+/// i_generation) is the planned full fix. Snapshots committed after the start are not
+/// added yet.
+#[derive(Default)]
+struct ProtectedPaths {
+    paths: Vec<(PathBuf, InodeId)>,
+}
+
+impl ProtectedPaths {
+    /// Protects `path`; false when it is not (logged).
+    fn protect(&mut self, kernel: &mut KernelWatch, path: PathBuf) -> bool {
+        if let Some(why) = unkeyable_fs(&path) {
+            log::warn!(
+                "protect mode: NOT protecting {}: {why}",
+                ctrwatch_event::escape_path(&path)
+            );
+            return false;
+        }
+        match kernel.protect_path(&path) {
+            Ok(id) => {
+                log::info!(
+                    "protect mode: protecting {}",
+                    ctrwatch_event::escape_path(&path)
+                );
+                self.paths.push((path, id));
+                true
+            }
+            Err(e) => {
+                log::warn!("protect mode: {e}");
+                false
+            }
+        }
+    }
+
+    /// Stops protecting the inodes whose path is gone or names another inode now (and
+    /// protects that one instead: the same path, e.g. a meta.db replaced).
+    fn refresh(&mut self, kernel: &mut KernelWatch) {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut again = Vec::new();
+        self.paths.retain(|(path, id)| {
+            let now = std::fs::symlink_metadata(path)
+                .ok()
+                .map(|m| (m.dev(), m.ino()));
+            if now == Some(*id) {
+                return true;
+            }
+            let why = if now.is_some() { "replaced" } else { "gone" };
+            match kernel.unprotect(*id) {
+                Ok(()) => log::info!(
+                    "protect mode: no longer protecting {} ({why})",
+                    ctrwatch_event::escape_path(path)
+                ),
+                // Kept, to be tried again at the next tick.
+                Err(e) => {
+                    log::warn!(
+                        "protect mode: unprotecting {}: {e}",
+                        ctrwatch_event::escape_path(path)
+                    );
+                    return true;
+                }
+            }
+            if now.is_some() {
+                again.push(path.clone());
+            }
+            false
+        });
+        for path in again {
+            self.protect(kernel, path);
+        }
     }
 }
 
@@ -491,7 +663,7 @@ impl ExeTrust {
 /// container's upper directory, which its processes must be able to write). Snapshots
 /// committed or removed later are not followed yet. The trusted executables are
 /// [`ExeTrust`]'s.
-fn protect_roots(kernel: &mut KernelWatch, roots: &RootSet) {
+fn protect_roots(kernel: &mut KernelWatch, roots: &RootSet, protected: &mut ProtectedPaths) {
     for root in &roots.roots {
         let mut paths: Vec<PathBuf> = [
             "io.containerd.content.v1.content/blobs",
@@ -523,14 +695,15 @@ fn protect_roots(kernel: &mut KernelWatch, roots: &RootSet) {
                 }
             }
         }
-        for path in paths.iter().filter(|p| p.exists()) {
-            match kernel.protect_path(path) {
-                Ok(()) => log::info!(
-                    "protect mode: protecting {}",
-                    ctrwatch_event::escape_path(path)
-                ),
-                Err(e) => log::warn!("protect mode: {e}"),
-            }
+        let mut any = false;
+        for path in paths.into_iter().filter(|p| p.exists()) {
+            any |= protected.protect(kernel, path);
+        }
+        if !any {
+            log::warn!(
+                "protect mode: nothing of the root {} is protected (see the warnings above)",
+                ctrwatch_event::escape_path(&root.canonical)
+            );
         }
     }
 }
@@ -597,6 +770,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
     kernel
         .set_root_prefixes(&roots.kernel_prefixes())
         .context("setting the watched roots")?;
+    let mut protected = ProtectedPaths::default();
     // Loudly: an operator who asked for blocking must not believe it is on.
     match &kernel.protect.unavailable {
         Some(why) => log::error!(
@@ -611,7 +785,7 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 kernel.protect.in_force.name(),
                 kernel.protect.programs
             );
-            protect_roots(&mut kernel, &roots);
+            protect_roots(&mut kernel, &roots, &mut protected);
         }
         None => {}
     }
@@ -665,7 +839,21 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
         && kernel.protect.in_force != ctrwatch_config::ProtectMode::Off;
     let mut exe_trust = ExeTrust::default();
     if protecting {
-        exe_trust.follow(&mut kernel, &attributor.containerd_exes(), &opts.trust.exes);
+        exe_trust.follow(
+            &mut kernel,
+            &attributor.containerd_pids(),
+            &attributor.containerd_exes(),
+            &opts.trust.exes,
+        );
+        // Only now, with the store protected and containerd's executables trusted: in
+        // enforce mode, before the first `follow`, containerd's own writes would be denied.
+        kernel
+            .set_protect_mode(kernel.protect.in_force)
+            .context("setting protect mode in the kernel")?;
+        log::info!(
+            "protect mode {} set in the kernel",
+            kernel.protect.in_force.name()
+        );
     }
     let mut enricher = Enricher::new(roots, processes).with_attributor(attributor);
     let step = step.done("discovery set up");
@@ -840,7 +1028,13 @@ pub async fn run(mut opts: WatchOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 // or by the rediscovery an unexpected containerd's event forces; trust_exes
                 // added by a reload.
                 if protecting && let Some(a) = enricher.attributor.as_ref() {
-                    exe_trust.follow(&mut kernel, &a.containerd_exes(), &opts.trust.exes);
+                    exe_trust.follow(
+                        &mut kernel,
+                        &a.containerd_pids(),
+                        &a.containerd_exes(),
+                        &opts.trust.exes,
+                    );
+                    protected.refresh(&mut kernel);
                 }
             }
         }

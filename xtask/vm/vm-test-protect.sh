@@ -130,6 +130,21 @@ k3s_sock=$k3s_state/containerd.sock
 k3s_image=docker.io/ctrwatch/vmtest-busybox:1
 k3s_aside=/var/lib/ctrwatch-vmtest-aside
 kctr() { ctr --address "$k3s_sock" --namespace default "$@"; }
+# Starts `run` with protect = "enforce" on $k3s_root (the config already written); its pid
+# in $daemon, its log $out/daemon-k3s-$1.log.
+start_k3s_daemon() {
+    rm -f "$store"
+    "$bin" run --config /etc/ctrwatch-vmtest/ctrwatch.toml --root "$k3s_root" --store "$store" \
+        > "$out/daemon-k3s-$1.log" 2>&1 &
+    daemon=$!
+    i=0
+    while ! grep -q 'ctrwatch: watching' "$out/daemon-k3s-$1.log" && kill -0 "$daemon" 2> /dev/null &&
+        [ "$i" -lt 600 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    grep -q 'ctrwatch: watching' "$out/daemon-k3s-$1.log"
+}
 k3s_run() {
     ran=$(kctr run --rm --snapshotter overlayfs "$k3s_image" "vmtest-$1" /bin/sh -c 'echo ran-in-busybox' < /dev/null 2>&1)
     if [ "$ran" = ran-in-busybox ]; then
@@ -187,7 +202,7 @@ CONF
     if grep -q 'ctrwatch: watching' "$out/daemon-k3s.log"; then
         # Trusted because they are the discovered containerd's and its directory's, not by
         # a fixed path (/usr's copies are aside).
-        trusted=$(grep -o 'protect mode: trusting [^ ]*' "$out/daemon-k3s.log" | cut -d' ' -f4 | tr '\n' ' ')
+        trusted=$(grep -o 'protect mode: trusting /[^ ]*' "$out/daemon-k3s.log" | cut -d' ' -f4 | tr '\n' ' ')
         if grep -q "protect mode: trusting $k3s_bin/containerd " "$out/daemon-k3s.log" &&
             grep -q "protect mode: trusting $k3s_bin/containerd-shim-runc-v2 " "$out/daemon-k3s.log" &&
             grep -q "protect mode: trusting $k3s_bin/runc " "$out/daemon-k3s.log"; then
@@ -195,6 +210,17 @@ CONF
         else
             fail k3s-trusted "trusted: $trusted"
         fi
+        # The inode containerd runs (/proc/PID/exe), trusted also when its path is replaced;
+        # and the mode set in the kernel only after the trust (not at load: containerd's
+        # writes would be denied in between).
+        if grep -q "protect mode: trusting the running executable of containerd pid [0-9]*$" "$out/daemon-k3s.log" &&
+            grep -n 'protect mode: trusting \|protect mode enforce set in the kernel' "$out/daemon-k3s.log" |
+            tail -n 1 | grep -q 'set in the kernel'; then
+            pass k3s-running-exe-trusted-before-enforce
+        else
+            fail k3s-running-exe-trusted-before-enforce "$(grep 'protect mode' "$out/daemon-k3s.log" | tr '\n' ' ' | cut -c 1-400)"
+        fi
+        k3s_layer=$(grep -o "protect mode: protecting [^ ]*/snapshots/[0-9]*/fs\$" "$out/daemon-k3s.log" | head -n 1 | cut -d' ' -f4)
         if sh -c "echo x >> '$k3s_blob'" 2> "$out/k3s-write.err"; then
             fail k3s-foreign-write-denied "open for writing succeeded"
         elif grep -q 'Operation not permitted' "$out/k3s-write.err"; then
@@ -233,7 +259,28 @@ CONF
         else
             fail k3s-import "$(tr '\n' ' ' < "$out/k3s-import.txt" | cut -c 1-300)"
         fi
+        # The removed layer's inode is no longer protected (ext4 reuses inode numbers: a new
+        # snapshot's `fs` would be protected by mistake), and a container of the image
+        # imported again writes to its rootfs (a new file, and a copy-up of the layer's /bin:
+        # the image has no /etc).
+        i=0
+        while ! grep -q "protect mode: no longer protecting $k3s_layer (gone)" "$out/daemon-k3s.log" && [ "$i" -lt 10 ]; do
+            sleep 1
+            i=$((i + 1))
+        done
+        if [ -n "$k3s_layer" ] && grep -q "protect mode: no longer protecting $k3s_layer (gone)" "$out/daemon-k3s.log"; then
+            pass k3s-removed-layer-unprotected "$k3s_layer"
+        else
+            fail k3s-removed-layer-unprotected "layer '$k3s_layer': $(grep 'no longer protecting' "$out/daemon-k3s.log" | tr '\n' ' ' | cut -c 1-300)"
+        fi
         k3s_run k3s-run-after-import
+        wrote=$(kctr run --rm --snapshotter overlayfs "$k3s_image" vmtest-rootfs-write \
+            /bin/sh -c 'echo x > /new-file && mkdir /bin/x && echo x > /bin/new-file && echo wrote' < /dev/null 2>&1)
+        if [ "$wrote" = wrote ]; then
+            pass k3s-rootfs-write-after-gc
+        else
+            fail k3s-rootfs-write-after-gc "$(echo "$wrote" | tr '\n' ' ' | cut -c 1-300)"
+        fi
         # A k3s upgrade: a new data hash directory is unpacked beside the running one (new
         # inodes), then containerd restarts from it. Its containerd, shim and runc must be
         # trusted once they are there, before containerd starts and opens meta.db for
@@ -289,6 +336,26 @@ CONF
             pass k3s-denials-recorded "foreign calls recorded with result EPERM: $denied; owner calls denied: 0"
         else
             fail k3s-denials-recorded "foreign calls recorded with result EPERM: $denied; owner calls denied: $owner_denied (k3s-history.json)"
+        fi
+        # A package upgrade with a deferred restart: containerd's executable replaced at its
+        # path (a rename over it) while containerd runs on; a daemon started now must trust
+        # the inode containerd runs, not only the new file at the path, or containerd's
+        # garbage collection (its unlinks) is denied.
+        cp "$k3s_bin2/containerd" "$k3s_bin2/.containerd.new"
+        mv "$k3s_bin2/.containerd.new" "$k3s_bin2/containerd"
+        if start_k3s_daemon replaced; then
+            rm_out=$(kctr images rm --sync "$k3s_image" 2>&1)
+            rm_status=$?
+            leftover=$(find "$k3s_root/io.containerd.snapshotter.v1.overlayfs/snapshots" -mindepth 1 -maxdepth 1 2> /dev/null)
+            if [ "$rm_status" -eq 0 ] && [ -z "$(kctr content ls -q 2>&1)" ] && [ -z "$leftover" ]; then
+                pass k3s-replaced-exe-rm-gc "$(grep -o 'trusting the running executable of containerd pid [0-9]*' "$out/daemon-k3s-replaced.log")"
+            else
+                fail k3s-replaced-exe-rm-gc "images rm: $rm_status $(echo "$rm_out" | tr '\n' ' ' | cut -c 1-200); directories left: $leftover"
+            fi
+            stop
+        else
+            fail k3s-replaced-exe-rm-gc "the daemon did not start: $(grep -m 1 -i 'error' "$out/daemon-k3s-replaced.log" | cut -c 1-300)"
+            kill -KILL "$daemon" 2> /dev/null
         fi
     else
         fail k3s-trusted "run --root $k3s_root did not start: $(grep -m 1 -i 'error' "$out/daemon-k3s.log" | cut -c 1-300)"

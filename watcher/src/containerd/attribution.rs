@@ -438,6 +438,20 @@ impl Attributor {
             .collect()
     }
 
+    /// The PIDs of the containerd processes that own the instances, as the last discovery
+    /// found them (sorted, without duplicates): protect mode trusts the executables they
+    /// run (`/proc/PID/exe`), also a replaced one.
+    pub fn containerd_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .instances
+            .iter()
+            .filter_map(|t| t.containerd_pid)
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// The executables of the containerd processes that own the instances, as /proc showed
     /// them at the last discovery (sorted, without duplicates): protect mode trusts them and
     /// the shims and runc installed beside them.

@@ -523,7 +523,8 @@ pub fn lsm_hook_mismatch(btf: &KernelBtf, hook: &LsmHook) -> Option<String> {
             return Some(format!(
                 "{function}{}: parameter {position} is {}, the program reads a {type_name}",
                 prototype.signature(),
-                found.unwrap_or("missing")
+                // From the kernel's BTF: escaped, as anything read from outside.
+                found.map_or_else(|| "missing".to_owned(), ctrwatch_event::escape)
             ));
         }
     }

@@ -401,8 +401,9 @@ fn attach_protect(
         Ok(lsm) if !lsm.links.is_empty() => {
             for (hook, why) in &lsm.skipped {
                 log::error!(
-                    "protect = {:?}: the LSM hook {hook} is not guarded: {why}",
-                    requested.name()
+                    "protect = {:?}: the LSM hook {hook} is not guarded: {}",
+                    requested.name(),
+                    ctrwatch_event::escape(why)
                 );
             }
             let links: Vec<FdLink> = lsm.links.into_iter().map(|(_, link)| link).collect();
@@ -505,9 +506,11 @@ impl KernelWatch {
             protect,
         };
         kernel.set_self_tgid(opts.self_tgid)?;
+        // The mode stays 0 (off) here: the daemon sets it (watch.rs) once the store's paths
+        // are protected and containerd's executables trusted, not before (in enforce mode
+        // the discovered containerd's own writes would be denied in between).
         if kernel.protect.in_force != ctrwatch_config::ProtectMode::Off {
             kernel.trust_tgid(opts.self_tgid)?;
-            kernel.set_protect_mode(kernel.protect.in_force)?;
         }
         Ok(kernel)
     }
@@ -550,8 +553,33 @@ impl KernelWatch {
 
     /// Protects the inode of `path` (a layer's `fs` dir, the blobs dir, meta.db) and what is
     /// below it (within the programs' walk depth).
-    pub fn protect_path(&mut self, path: &Path) -> Result<(), KernelError> {
-        self.inode_map_insert("PROTECTED", path)
+    /// Returns the (st_dev, st_ino) protected, for [`KernelWatch::unprotect`].
+    pub fn protect_path(&mut self, path: &Path) -> Result<(u64, u64), KernelError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| KernelError::Worker(format!("PROTECTED: {}: {e}", path.display())))?;
+        let id = (meta.dev(), meta.ino());
+        self.inode_map_insert_id("PROTECTED", id)?;
+        Ok(id)
+    }
+
+    /// Stops protecting the inode (st_dev, st_ino) [`KernelWatch::protect_path`] protected.
+    pub fn unprotect(&mut self, id: (u64, u64)) -> Result<(), KernelError> {
+        let name = "PROTECTED";
+        let key = inode_key(id);
+        let mut m: aya::maps::HashMap<_, watcher_common::InodeKey, u8> =
+            aya::maps::HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+        match m.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(KernelError::Map { name, source }),
+        }
+    }
+
+    /// Trusts the executable inode (st_dev, st_ino): the one a running process executes
+    /// (`/proc/PID/exe`), also when its path now names another file.
+    pub fn trust_exe_inode(&mut self, id: (u64, u64)) -> Result<(), KernelError> {
+        self.inode_map_insert_id("TRUSTED_EXES", id)
     }
 
     /// Trusts the executable at `path` (containerd, its shims, runc): its processes are
@@ -564,11 +592,15 @@ impl KernelWatch {
         use std::os::unix::fs::MetadataExt as _;
         let meta = std::fs::symlink_metadata(path)
             .map_err(|e| KernelError::Worker(format!("{name}: {}: {e}", path.display())))?;
-        let key = watcher_common::InodeKey {
-            dev: new_encode_dev(meta.dev()),
-            _pad: 0,
-            ino: meta.ino(),
-        };
+        self.inode_map_insert_id(name, (meta.dev(), meta.ino()))
+    }
+
+    fn inode_map_insert_id(
+        &mut self,
+        name: &'static str,
+        id: (u64, u64),
+    ) -> Result<(), KernelError> {
+        let key = inode_key(id);
         let mut m: aya::maps::HashMap<_, watcher_common::InodeKey, u8> =
             aya::maps::HashMap::try_from(self.map_mut(name)?)
                 .map_err(|source| KernelError::Map { name, source })?;
@@ -1212,6 +1244,15 @@ fn attach(
 }
 
 /// The kernel's `s_dev` encoding of a userspace `st_dev` (major 12 bits << 20 | minor).
+/// The protect maps' key of the inode (st_dev, st_ino).
+fn inode_key((dev, ino): (u64, u64)) -> watcher_common::InodeKey {
+    watcher_common::InodeKey {
+        dev: new_encode_dev(dev),
+        _pad: 0,
+        ino,
+    }
+}
+
 fn new_encode_dev(dev: u64) -> u32 {
     let major = ((dev >> 8) & 0xfff) as u32 | (((dev >> 32) & !0xfff) as u32);
     let minor = (dev & 0xff) as u32 | (((dev >> 12) & !0xff) as u32);
