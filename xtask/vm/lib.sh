@@ -33,6 +33,18 @@ wait_for() {
     return 0
 }
 
+# Waits up to 600 s (loading and verifying the programs is slow under TCG) for the daemon
+# whose pid is $2 to log, in $1, that it is watching; false when it did not (it exited, or
+# the time ran out).
+wait_watching() {
+    _ww=0
+    while ! grep -q 'ctrwatch: watching' "$1" && kill -0 "$2" 2> /dev/null && [ "$_ww" -lt 600 ]; do
+        sleep 1
+        _ww=$((_ww + 1))
+    done
+    grep -q 'ctrwatch: watching' "$1"
+}
+
 # The file $1's digest and size as an OCI descriptor's JSON fields.
 desc() { printf '"digest":"sha256:%s","size":%s' "$(sha256sum "$1" | cut -d' ' -f1)" "$(stat -c %s "$1")"; }
 # The OCI archive $1 of the image named $2 (built in $out/oci-build, removed after): one

@@ -13,7 +13,7 @@ store=/var/lib/ctrwatch-vmtest/events.db
 results=$out/results.txt
 failed=0
 : > "$results"
-# say, pass, fail, uptime_s, since, wait_for, desc, build_busybox_image.
+# say, pass, fail, uptime_s, since, wait_for, wait_watching, desc, build_busybox_image.
 . "$disk/lib.sh"
 mkdir -p "$blobs" /etc/ctrwatch-vmtest
 mkdir -p -m 0700 "$(dirname "$store")"
@@ -26,13 +26,7 @@ chmod 0600 /etc/ctrwatch-vmtest/ctrwatch.toml
 "$bin" run --config /etc/ctrwatch-vmtest/ctrwatch.toml --root "$root" --store "$store" \
     > "$out/daemon.log" 2>&1 &
 daemon=$!
-i=0
-while ! grep -q 'ctrwatch: watching' "$out/daemon.log" && kill -0 "$daemon" 2> /dev/null &&
-    [ "$i" -lt 600 ]; do
-    sleep 1
-    i=$((i + 1))
-done
-if grep -q 'ctrwatch: watching' "$out/daemon.log"; then
+if wait_watching "$out/daemon.log" "$daemon"; then
     pass protect-fallback-started "lsm: $(cat "$out/lsm.txt")"
     line=$(grep 'protect = "enforce" asked for' "$out/daemon.log" | head -n 1)
     case $line in

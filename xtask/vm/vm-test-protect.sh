@@ -14,7 +14,7 @@ store=/var/lib/ctrwatch-vmtest/events.db
 results=$out/results.txt
 failed=0
 : > "$results"
-# say, pass, fail, uptime_s, since, wait_for, desc, build_busybox_image.
+# say, pass, fail, uptime_s, since, wait_for, wait_watching, desc, build_busybox_image.
 . "$disk/lib.sh"
 mkdir -p "$blobs" /etc/ctrwatch-vmtest
 mkdir -p -m 0700 "$(dirname "$store")"
@@ -31,13 +31,7 @@ CONF
     "$bin" run --config /etc/ctrwatch-vmtest/ctrwatch.toml --root "$root" --store "$store" \
         > "$out/daemon-$1.log" 2>&1 &
     daemon=$!
-    i=0
-    while ! grep -q 'ctrwatch: watching' "$out/daemon-$1.log" && kill -0 "$daemon" 2> /dev/null &&
-        [ "$i" -lt 600 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
-    grep -q 'ctrwatch: watching' "$out/daemon-$1.log"
+    wait_watching "$out/daemon-$1.log" "$daemon"
 }
 stop() {
     kill -TERM "$daemon"
@@ -137,13 +131,7 @@ start_k3s_daemon() {
     "$bin" run --config /etc/ctrwatch-vmtest/ctrwatch.toml --root "$k3s_root" --store "$store" \
         > "$out/daemon-k3s-$1.log" 2>&1 &
     daemon=$!
-    i=0
-    while ! grep -q 'ctrwatch: watching' "$out/daemon-k3s-$1.log" && kill -0 "$daemon" 2> /dev/null &&
-        [ "$i" -lt 600 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
-    grep -q 'ctrwatch: watching' "$out/daemon-k3s-$1.log"
+    wait_watching "$out/daemon-k3s-$1.log" "$daemon"
 }
 k3s_run() {
     ran=$(kctr run --rm --snapshotter overlayfs "$k3s_image" "vmtest-$1" /bin/sh -c 'echo ran-in-busybox' < /dev/null 2>&1)
@@ -193,13 +181,7 @@ CONF
     "$bin" run --config /etc/ctrwatch-vmtest/ctrwatch.toml --root "$k3s_root" --store "$store" \
         > "$out/daemon-k3s.log" 2>&1 &
     daemon=$!
-    i=0
-    while ! grep -q 'ctrwatch: watching' "$out/daemon-k3s.log" && kill -0 "$daemon" 2> /dev/null &&
-        [ "$i" -lt 600 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
-    if grep -q 'ctrwatch: watching' "$out/daemon-k3s.log"; then
+    if wait_watching "$out/daemon-k3s.log" "$daemon"; then
         # Trusted because they are the discovered containerd's and its directory's, not by
         # a fixed path (/usr's copies are aside).
         trusted=$(grep -o 'protect mode: trusting /[^ ]*' "$out/daemon-k3s.log" | cut -d' ' -f4 | tr '\n' ' ')

@@ -22,7 +22,7 @@ results=$out/results.txt
 failed=0
 : > "$results"
 
-# say, pass, fail, uptime_s, since, wait_for, desc, build_busybox_image.
+# say, pass, fail, uptime_s, since, wait_for, wait_watching, desc, build_busybox_image.
 . "$disk/lib.sh"
 
 # What this kernel offers, whatever ctrwatch makes of it.
@@ -112,14 +112,7 @@ rm -f "$store" "$victim"
 start=$(uptime_s)
 "$bin" run --root "$root" --store "$store" > "$out/daemon.log" 2>&1 &
 daemon=$!
-# Loading and verifying the programs is slow under TCG: up to 10 minutes.
-i=0
-while ! grep -q 'ctrwatch: watching' "$out/daemon.log" && kill -0 "$daemon" 2> /dev/null &&
-    [ "$i" -lt 600 ]; do
-    sleep 1
-    i=$((i + 1))
-done
-if grep -q 'ctrwatch: watching' "$out/daemon.log"; then
+if wait_watching "$out/daemon.log" "$daemon"; then
     pass watching "$(grep -o 'watching .*' "$out/daemon.log" | head -n 1)"
     say INFO start_seconds "$(since "$start")"
 
@@ -196,13 +189,7 @@ if grep -q 'ctrwatch: watching' "$out/daemon.log"; then
     start=$(uptime_s)
     "$bin" run --backend tracepoint --root "$root" --store "$store" > "$out/daemon-tracepoint.log" 2>&1 &
     daemon=$!
-    i=0
-    while ! grep -q 'ctrwatch: watching' "$out/daemon-tracepoint.log" && kill -0 "$daemon" 2> /dev/null &&
-        [ "$i" -lt 600 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
-    if grep -q 'ctrwatch: watching' "$out/daemon-tracepoint.log"; then
+    if wait_watching "$out/daemon-tracepoint.log" "$daemon"; then
         pass tracepoint-watching
         say INFO tracepoint_start_seconds "$(since "$start")"
         overlay_setup ovl-tp && overlay_ops ovl-tp
@@ -281,13 +268,7 @@ else
     start=$(uptime_s)
     "$bin" run --root "$ctrd_root" --store "$ctrd_store" > "$out/daemon-containerd.log" 2>&1 &
     daemon=$!
-    i=0
-    while ! grep -q 'ctrwatch: watching' "$out/daemon-containerd.log" && kill -0 "$daemon" 2> /dev/null &&
-        [ "$i" -lt 600 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
-    if grep -q 'ctrwatch: watching' "$out/daemon-containerd.log"; then
+    if wait_watching "$out/daemon-containerd.log" "$daemon"; then
         say INFO containerd_watch_start_seconds "$(since "$start")"
         build_busybox_image "$out/busybox-oci.tar" "$ctrd_image"
         if ctr_ images import --snapshotter overlayfs "$out/busybox-oci.tar" > "$out/ctr-import.txt" 2>&1 &&
