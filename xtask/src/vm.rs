@@ -88,16 +88,20 @@ const PROTECT_CHECKS: &[&str] = &[
     "dry-run-status",
     "dry-run-allows",
     "k3s-trusted",
+    "k3s-running-exe-trusted-before-enforce",
     "k3s-foreign-write-denied",
     "k3s-foreign-rm-denied",
     "k3s-blob-intact",
     "k3s-run",
     "k3s-rm-gc",
     "k3s-import",
+    "k3s-removed-layer-unprotected",
+    "k3s-rootfs-write-after-gc",
     "k3s-run-after-import",
     "k3s-upgrade-trusted",
     "k3s-upgrade-rm-gc-import",
     "k3s-denials-recorded",
+    "k3s-replaced-exe-rm-gc",
 ];
 
 /// The kernel's command line; the no-bpf-lsm scenario appends [`LSM_WITHOUT_BPF`].
