@@ -76,9 +76,9 @@ enum Task {
     /// (xtask/previous-build.txt, into target/previous/) for the upgrade test
     /// (CTRWATCH_PREVIOUS_BIN), and ends with the QEMU guests of
     /// `cargo xtask vm-test` (docs/kernels.md): the default scenario on Debian's 6.1 and 6.12
-    /// kernels, the package and protect scenarios on 6.12, the no-bpf-lsm and protect-fallback
-    /// scenarios on 6.1, about 15-18 minutes; their images are built (or taken from target/vm/images) while the workspace
-    /// builds.
+    /// kernels, the package scenario on 6.12, the no-bpf-lsm and protect-fallback scenarios on
+    /// 6.1 (the protect scenario runs by hand for now), about 4-5 minutes; their images are
+    /// built (or taken from target/vm/images) while the workspace builds.
     /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p watcher-common` or
     /// `cargo xtask test -- some_test -- --nocapture`; with them, or with --no-guests, no
     /// guest runs.
@@ -554,8 +554,8 @@ type GuestImages = std::thread::JoinHandle<(Vec<vm::PreparedImage>, Duration)>;
 
 /// The QEMU guests of `cargo xtask test`: the default scenario on both kernels, the package
 /// scenario on 6.12 (the kernel the package test was written against; the default scenario
-/// covers 6.1's verifier), the protect scenario on 6.12, the no-bpf-lsm and protect-fallback
-/// scenarios on 6.1. Adds their steps; returns the
+/// covers 6.1's verifier), the no-bpf-lsm and protect-fallback scenarios on 6.1 (not the
+/// protect scenario: below). Adds their steps; returns the
 /// guest checks passed and failed.
 fn run_guests(images: GuestImages, steps: &mut Vec<Step>) -> (usize, usize) {
     // A guest is given 10 minutes from QEMU's start to its power-off (TCG; 3-5 minutes here).
