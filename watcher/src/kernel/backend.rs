@@ -223,19 +223,30 @@ pub fn probe_fentry_hooks(
 
 /// Why `prototype` is not the one `hook`'s programs read, or None.
 fn prototype_mismatch(hook: &FentryHook, prototype: &FunctionPrototype) -> Option<String> {
-    if prototype.params.len() != hook.params {
+    params_mismatch(prototype, hook.params, hook.reads, "the programs read")
+}
+
+/// Why `prototype` does not have the `params` parameters, with the types of `reads` at their
+/// positions, that a program reads (`reader` says which, in the reason), or None. Shared by
+/// the fentry and the LSM hooks' prototype checks.
+fn params_mismatch(
+    prototype: &FunctionPrototype,
+    params: usize,
+    reads: &[(usize, &str)],
+    reader: &str,
+) -> Option<String> {
+    if prototype.params.len() != params {
         return Some(format!(
-            "{} parameters, the programs read {}",
-            prototype.params.len(),
-            hook.params
+            "{} parameters, {reader} {params}",
+            prototype.params.len()
         ));
     }
-    for &(position, type_name) in hook.reads {
+    for &(position, type_name) in reads {
         let found = prototype.params.get(position).map(|p| p.type_name.as_str());
         if found != Some(type_name) {
             // The name is the BTF's: escaped for display.
             return Some(format!(
-                "parameter {position} is {}, the programs read a {type_name}",
+                "parameter {position} is {}, {reader} a {type_name}",
                 found.map_or_else(|| "missing".to_string(), ctrwatch_event::escape)
             ));
         }
@@ -509,26 +520,8 @@ pub fn lsm_hook_mismatch(btf: &KernelBtf, hook: &LsmHook) -> Option<String> {
         Ok(None) => return Some(format!("{function} is not in the kernel's BTF")),
         Err(e) => return Some(format!("BTF: {e}")),
     };
-    if prototype.params.len() != hook.params {
-        return Some(format!(
-            "{function}{}: {} parameters, the program reads {}",
-            prototype.signature(),
-            prototype.params.len(),
-            hook.params
-        ));
-    }
-    for &(position, type_name) in hook.reads {
-        let found = prototype.params.get(position).map(|p| p.type_name.as_str());
-        if found != Some(type_name) {
-            return Some(format!(
-                "{function}{}: parameter {position} is {}, the program reads a {type_name}",
-                prototype.signature(),
-                // From the kernel's BTF: escaped, as anything read from outside.
-                found.map_or_else(|| "missing".to_owned(), ctrwatch_event::escape)
-            ));
-        }
-    }
-    None
+    params_mismatch(&prototype, hook.params, hook.reads, "the program reads")
+        .map(|why| format!("{function}{}: {why}", prototype.signature()))
 }
 
 /// The protect-mode programs attached, and the hooks skipped with the reason.
