@@ -157,14 +157,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$k3s_sock"
 CONF
-PATH=$k3s_bin:$PATH "$k3s_bin/containerd" --config "$k3s_state/config.toml" --root "$k3s_root" \
-    --state "$k3s_state" --address "$k3s_sock" > "$out/k3s-containerd.log" 2>&1 &
-k3s_ctrd=$!
-i=0
-while ! kctr version > /dev/null 2>&1 && kill -0 "$k3s_ctrd" 2> /dev/null && [ "$i" -lt 120 ]; do
-    sleep 1
-    i=$((i + 1))
-done
+# Starts the containerd of the bin directory $1 (and its shims and runc: first on PATH) on
+# $k3s_root, its output to $2; its pid in $k3s_ctrd. Waits up to 120 s for it to answer.
+start_k3s_containerd() {
+    PATH=$1:$PATH "$1/containerd" --config "$k3s_state/config.toml" --root "$k3s_root" \
+        --state "$k3s_state" --address "$k3s_sock" > "$2" 2>&1 &
+    k3s_ctrd=$!
+    _up=0
+    while ! kctr version > /dev/null 2>&1 && kill -0 "$k3s_ctrd" 2> /dev/null && [ "$_up" -lt 120 ]; do
+        sleep 1
+        _up=$((_up + 1))
+    done
+}
+start_k3s_containerd "$k3s_bin" "$out/k3s-containerd.log"
 build_busybox_image "$out/busybox-oci.tar" "$k3s_image"
 k3s_blobs=$k3s_root/io.containerd.content.v1.content/blobs/sha256
 # An image already there when the daemon starts: its blobs and its committed layer are
@@ -288,14 +293,7 @@ CONF
         fi
         kill -TERM "$k3s_ctrd"
         wait "$k3s_ctrd"
-        PATH=$k3s_bin2:$PATH "$k3s_bin2/containerd" --config "$k3s_state/config.toml" --root "$k3s_root" \
-            --state "$k3s_state" --address "$k3s_sock" > "$out/k3s-containerd-2.log" 2>&1 &
-        k3s_ctrd=$!
-        i=0
-        while ! kctr version > /dev/null 2>&1 && kill -0 "$k3s_ctrd" 2> /dev/null && [ "$i" -lt 120 ]; do
-            sleep 1
-            i=$((i + 1))
-        done
+        start_k3s_containerd "$k3s_bin2" "$out/k3s-containerd-2.log"
         rm_out=$(kctr images rm --sync "$k3s_image" 2>&1)
         rm_status=$?
         leftover=$(find "$k3s_root/io.containerd.snapshotter.v1.overlayfs/snapshots" -mindepth 1 -maxdepth 1 2> /dev/null)
