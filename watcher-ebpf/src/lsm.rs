@@ -17,7 +17,16 @@
 //! Hooks and the argument each reads (positions checked against BTF by userspace):
 //! inode_unlink(dir, dentry) 1; inode_rename(old_dir, old_dentry, new_dir, new_dentry) 1, 3;
 //! inode_setxattr(idmap|userns, dentry, ...) 1; inode_removexattr(idmap|userns, dentry,
-//! name) 1; file_open(file) 0 (FMODE_WRITE only); path_truncate(path) 0.
+//! name) 1; file_open(file) 0 (FMODE_WRITE only); path_truncate(path) 0;
+//! inode_create(dir, dentry, mode) 1; inode_mknod(dir, dentry, mode, dev) 1;
+//! inode_mkdir(dir, dentry, mode) 1; inode_symlink(dir, dentry, old_name) 1;
+//! inode_link(old_dentry, dir, new_dentry) 0, 2.
+//!
+//! The creating hooks: an open with O_CREAT creates the file (inode_create) before
+//! file_open runs, so without them a denied `echo x >> BLOB` on a name the store no longer
+//! has left an empty file with the blob's name in the store (issue 15's "emptied blob").
+//! Their dentry is the new, negative one: the walk starts at its parent. inode_link also checks the old dentry: a hard link out of
+//! the store would be a protected inode written through an unprotected path.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -146,17 +155,24 @@ pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
     decide(ctx.arg::<u64>(1))
 }
 
-#[lsm(hook = "inode_rename")]
-pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
-    let prev = previous(&ctx, 4);
+/// The verdict of a hook with two dentries, its arguments `a` and `b` (of `nargs`): denied
+/// when either is.
+#[inline(always)]
+fn decide_two(ctx: &LsmContext, nargs: usize, a: usize, b: usize) -> i32 {
+    let prev = previous(ctx, nargs);
     if prev != 0 {
         return prev;
     }
-    let r = decide(ctx.arg::<u64>(1));
+    let r = decide(ctx.arg::<u64>(a));
     if r != 0 {
         return r;
     }
-    decide(ctx.arg::<u64>(3))
+    decide(ctx.arg::<u64>(b))
+}
+
+#[lsm(hook = "inode_rename")]
+pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
+    decide_two(&ctx, 4, 1, 3)
 }
 
 #[lsm(hook = "inode_setxattr")]
@@ -200,4 +216,40 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
     }
     let (_, dentry) = read_path(ctx.arg::<u64>(0));
     decide(dentry)
+}
+
+/// A new name in a directory (`dentry`, negative: the walk starts at its parent) for the
+/// hooks whose dentry is their argument 1.
+#[inline(always)]
+fn create_hook(ctx: &LsmContext, nargs: usize) -> i32 {
+    let prev = previous(ctx, nargs);
+    if prev != 0 {
+        return prev;
+    }
+    decide(ctx.arg::<u64>(1))
+}
+
+#[lsm(hook = "inode_create")]
+pub fn lsm_inode_create(ctx: LsmContext) -> i32 {
+    create_hook(&ctx, 3)
+}
+
+#[lsm(hook = "inode_mknod")]
+pub fn lsm_inode_mknod(ctx: LsmContext) -> i32 {
+    create_hook(&ctx, 4)
+}
+
+#[lsm(hook = "inode_mkdir")]
+pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
+    create_hook(&ctx, 3)
+}
+
+#[lsm(hook = "inode_symlink")]
+pub fn lsm_inode_symlink(ctx: LsmContext) -> i32 {
+    create_hook(&ctx, 3)
+}
+
+#[lsm(hook = "inode_link")]
+pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
+    decide_two(&ctx, 3, 0, 2)
 }

@@ -92,6 +92,8 @@ const PROTECT_CHECKS: &[&str] = &[
     "k3s-foreign-write-denied",
     "k3s-foreign-rm-denied",
     "k3s-blob-intact",
+    "k3s-foreign-create-denied",
+    "k3s-foreign-names-denied",
     "k3s-run",
     "k3s-rm-gc",
     "k3s-import",

@@ -176,8 +176,15 @@ k3s_blobs=$k3s_root/io.containerd.content.v1.content/blobs/sha256
 # protected from the start.
 if kctr images import --snapshotter overlayfs "$out/busybox-oci.tar" > "$out/k3s-import-before.txt" 2>&1 &&
     [ -n "$(ls "$k3s_blobs")" ]; then
-    k3s_blob=$k3s_blobs/$(ls "$k3s_blobs" | head -n 1)
+    # The blob of the image's manifest: one the image references. Not any file of the
+    # directory: the import also stores the archive's index.json as a blob, which no image
+    # references and containerd's garbage collector removes, at a time of its own, once the
+    # import's lease is gone (issue 15: picked as the first listed, it was gone by the time of
+    # the foreign write, whose denied open had created an empty file in its place).
+    k3s_blob=$k3s_blobs/$(kctr images ls | awk -v r="$k3s_image" '$1 == r { sub(/^sha256:/, "", $3); print $3 }')
     k3s_blob_sum=$(sha256sum "$k3s_blob")
+    # The archive's index.json, which the import stores as a blob that no image references.
+    k3s_index=$(tar -xOf "$out/busybox-oci.tar" index.json | sha256sum | cut -d' ' -f1)
     cat > /etc/ctrwatch-vmtest/ctrwatch.toml << CONF
 [watch]
 protect = "enforce"
@@ -226,6 +233,40 @@ CONF
             pass k3s-blob-intact
         else
             fail k3s-blob-intact "$(sha256sum "$k3s_blob" 2>&1)"
+        fi
+        # The index.json blob, once containerd's garbage collector removed it (or containerd
+        # removes it now): a foreign open(O_CREAT) of its name is denied before the file is
+        # made. The open's create comes before its file_open check: without the create hook
+        # an empty file with the blob's name was left behind, and the check above, when the
+        # blob it picked was this one (it picked the first listed), found it empty.
+        [ -e "$k3s_blobs/$k3s_index" ] && kctr content rm "sha256:$k3s_index" > /dev/null 2>&1
+        if [ -e "$k3s_blobs/$k3s_index" ]; then
+            fail k3s-foreign-create-denied "containerd did not remove the index.json blob $k3s_index"
+        elif sh -c "echo x >> '$k3s_blobs/$k3s_index'" 2> "$out/k3s-create.err"; then
+            fail k3s-foreign-create-denied "open(O_CREAT) succeeded"
+        elif [ -e "$k3s_blobs/$k3s_index" ]; then
+            fail k3s-foreign-create-denied "denied ($(cat "$out/k3s-create.err")) but left $(stat -c '%s bytes' "$k3s_blobs/$k3s_index") named $k3s_index"
+        elif grep -q 'Operation not permitted' "$out/k3s-create.err"; then
+            pass k3s-foreign-create-denied "$(cat "$out/k3s-create.err")"
+        else
+            fail k3s-foreign-create-denied "$(cat "$out/k3s-create.err")"
+        fi
+        # The other ways to make a name in the store (mkdir, symlink, mknod, a hard link in),
+        # and a hard link of a blob out of it (a protected inode written then through an
+        # unprotected path): each denied, nothing but blobs left in the directory.
+        made=""
+        mkdir "$k3s_blobs/d" 2> /dev/null && made="$made mkdir"
+        ln -s x "$k3s_blobs/s" 2> /dev/null && made="$made symlink"
+        mknod "$k3s_blobs/p" p 2> /dev/null && made="$made mknod"
+        echo y > /var/tmp/ctrwatch-vmtest-y
+        ln /var/tmp/ctrwatch-vmtest-y "$k3s_blobs/l" 2> /dev/null && made="$made link-in"
+        ln "$k3s_blob" /var/tmp/ctrwatch-vmtest-link 2> /dev/null && made="$made link-out"
+        rm -f /var/tmp/ctrwatch-vmtest-y /var/tmp/ctrwatch-vmtest-link
+        others=$(ls -A "$k3s_blobs" | grep -vx '[0-9a-f]\{64\}' | tr '\n' ' ')
+        if [ -z "$made" ] && [ -z "$others" ]; then
+            pass k3s-foreign-names-denied "mkdir, symlink, mknod, link in and out"
+        else
+            fail k3s-foreign-names-denied "allowed:$made; in the directory: $others"
         fi
         k3s_run k3s-run
         # --sync runs the garbage collector before returning: containerd removes the blobs

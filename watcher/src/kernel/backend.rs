@@ -510,6 +510,36 @@ pub const LSM_HOOKS: &[LsmHook] = &[
         params: 1,
         reads: &[(0, "struct path *")],
     },
+    LsmHook {
+        hook: "inode_create",
+        program: "lsm_inode_create",
+        params: 3,
+        reads: &[(1, "struct dentry *")],
+    },
+    LsmHook {
+        hook: "inode_mknod",
+        program: "lsm_inode_mknod",
+        params: 4,
+        reads: &[(1, "struct dentry *")],
+    },
+    LsmHook {
+        hook: "inode_mkdir",
+        program: "lsm_inode_mkdir",
+        params: 3,
+        reads: &[(1, "struct dentry *")],
+    },
+    LsmHook {
+        hook: "inode_symlink",
+        program: "lsm_inode_symlink",
+        params: 3,
+        reads: &[(1, "struct dentry *")],
+    },
+    LsmHook {
+        hook: "inode_link",
+        program: "lsm_inode_link",
+        params: 3,
+        reads: &[(0, "struct dentry *"), (2, "struct dentry *")],
+    },
 ];
 
 /// Why `hook`'s program cannot be attached on this kernel, or None.
@@ -857,6 +887,34 @@ mod tests {
             let usable = probe_fentry_hooks(btf.as_ref(), &probe(FamilyState::Usable));
             assert!(usable.iter().all(|h| h.usable), "{usable:?}");
         }
+    }
+
+    /// Every protect-mode program reads its hook's arguments where this kernel (6.18 here;
+    /// the guests check 6.1 and 6.12: no hook skipped) passes them: a wrong count or position
+    /// would leave the hook unattached, a hole in protect mode.
+    #[test]
+    fn lsm_hooks_match_the_running_kernels_prototypes() {
+        let Ok(btf) = KernelBtf::open(std::path::Path::new(super::super::btf_offsets::VMLINUX_BTF))
+        else {
+            return;
+        };
+        let mismatched: Vec<String> = LSM_HOOKS
+            .iter()
+            .filter_map(|h| lsm_hook_mismatch(&btf, h))
+            .collect();
+        assert!(mismatched.is_empty(), "{mismatched:?}");
+        let wrong = LsmHook {
+            hook: "inode_link",
+            program: "lsm_inode_link",
+            params: 3,
+            reads: &[(1, "struct dentry *")],
+        };
+        let why = lsm_hook_mismatch(&btf, &wrong);
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("parameter 1 is struct inode *")),
+            "{why:?}"
+        );
     }
 
     /// LSM is usable only when the test program attached AND `bpf` is an active LSM: a
