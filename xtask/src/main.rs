@@ -76,9 +76,9 @@ enum Task {
     /// (xtask/previous-build.txt, into target/previous/) for the upgrade test
     /// (CTRWATCH_PREVIOUS_BIN), and ends with the QEMU guests of
     /// `cargo xtask vm-test` (docs/kernels.md): the default scenario on Debian's 6.1 and 6.12
-    /// kernels, the package scenario on 6.12, the no-bpf-lsm and protect-fallback scenarios on
-    /// 6.1 (the protect scenario runs by hand for now), about 4-5 minutes; their images are
-    /// built (or taken from target/vm/images) while the workspace builds.
+    /// kernels, the package and protect scenarios on 6.12, the no-bpf-lsm and protect-fallback
+    /// scenarios on 6.1, about 5-7 minutes; their images are built (or taken from
+    /// target/vm/images) while the workspace builds.
     /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p watcher-common` or
     /// `cargo xtask test -- some_test -- --nocapture`; with them, or with --no-guests, no
     /// guest runs.
@@ -554,9 +554,8 @@ type GuestImages = std::thread::JoinHandle<(Vec<vm::PreparedImage>, Duration)>;
 
 /// The QEMU guests of `cargo xtask test`: the default scenario on both kernels, the package
 /// scenario on 6.12 (the kernel the package test was written against; the default scenario
-/// covers 6.1's verifier), the no-bpf-lsm and protect-fallback scenarios on 6.1 (not the
-/// protect scenario: below). Adds their steps; returns the
-/// guest checks passed and failed.
+/// covers 6.1's verifier), the protect scenario on 6.12, the no-bpf-lsm and protect-fallback
+/// scenarios on 6.1. Adds their steps; returns the guest checks passed and failed.
 fn run_guests(images: GuestImages, steps: &mut Vec<Step>) -> (usize, usize) {
     // A guest is given 10 minutes from QEMU's start to its power-off (TCG; 3-5 minutes here).
     const GUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -591,11 +590,9 @@ fn run_guests(images: GuestImages, steps: &mut Vec<Step>) -> (usize, usize) {
         ("vm-package", vm::Scenario::Package, &newest),
         // The fallback when `bpf` is not an active LSM: one kernel is enough (a minute).
         ("vm-no-bpf-lsm", vm::Scenario::NoBpfLsm, &oldest),
-        // Protect mode's loud fallback where `bpf` is not an active LSM (about a minute).
-        // The `protect` scenario itself (enforce and dry-run) is run by hand
-        // (`cargo xtask vm-test --kernel 6.12 --scenario protect`), not here: one run in six
-        // found a protected blob emptied after its denied writes (`k3s-blob-intact`), cause
-        // not known yet (docs/kernels.md).
+        // Protect mode enforcing and in dry-run (about 1.5-2 minutes), and its loud fallback
+        // where `bpf` is not an active LSM (about a minute).
+        ("vm-protect", vm::Scenario::Protect, &newest),
         (
             "vm-protect-fallback",
             vm::Scenario::ProtectFallback,
