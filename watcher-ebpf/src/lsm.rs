@@ -20,13 +20,22 @@
 //! name) 1; file_open(file) 0 (FMODE_WRITE only); path_truncate(path) 0;
 //! inode_create(dir, dentry, mode) 1; inode_mknod(dir, dentry, mode, dev) 1;
 //! inode_mkdir(dir, dentry, mode) 1; inode_symlink(dir, dentry, old_name) 1;
-//! inode_link(old_dentry, dir, new_dentry) 0, 2.
+//! inode_link(old_dentry, dir, new_dentry) 0, 2; inode_rmdir(dir, dentry) 1;
+//! file_truncate(file) 0 (6.2+); inode_setattr(idmap, dentry, attr) 1, 2 (6.8+) or
+//! inode_setattr(dentry, attr) 0, 1 (before 6.8), two programs of which the one whose
+//! prototype matches is attached.
 //!
 //! The creating hooks: an open with O_CREAT creates the file (inode_create) before
 //! file_open runs, so without them a denied `echo x >> BLOB` on a name the store no longer
 //! has left an empty file with the blob's name in the store (issue 15's "emptied blob").
 //! Their dentry is the new, negative one: the walk starts at its parent. inode_link also checks the old dentry: a hard link out of
 //! the store would be a protected inode written through an unprotected path.
+//!
+//! file_truncate: from 6.2 an open with O_TRUNC (even O_RDONLY|O_TRUNC, which file_open's
+//! FMODE_WRITE test lets through) and ftruncate(2) call it instead of path_truncate.
+//! inode_setattr denies only a change of mode, owner, group, size or times
+//! ([`ATTR_CHANGES`]): the kernel also calls it for a trusted writer's ATTR_KILL_SUID and the
+//! like, and a read's atime update does not go through it (touch_atime → inode_update_time).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -47,6 +56,10 @@ const PROTECT_WALK_DEPTH: usize = 24;
 
 const EPERM: i32 = 1;
 const FMODE_WRITE: u32 = 0x2;
+/// `struct iattr`'s `ia_valid` bits a foreign process may not set on a protected inode:
+/// ATTR_MODE, ATTR_UID, ATTR_GID, ATTR_SIZE, ATTR_ATIME, ATTR_MTIME (include/linux/fs.h,
+/// unchanged since 2.6).
+const ATTR_CHANGES: u32 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20;
 
 use watcher_common::InodeKey;
 
@@ -146,13 +159,24 @@ fn previous(ctx: &LsmContext, nargs: usize) -> i32 {
     ctx.arg::<i32>(nargs)
 }
 
-#[lsm(hook = "inode_unlink")]
-pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
-    let prev = previous(&ctx, 2);
+/// The verdict of a hook (of `nargs` arguments) whose dentry is its argument 1.
+#[inline(always)]
+fn dentry_hook(ctx: &LsmContext, nargs: usize) -> i32 {
+    let prev = previous(ctx, nargs);
     if prev != 0 {
         return prev;
     }
     decide(ctx.arg::<u64>(1))
+}
+
+#[lsm(hook = "inode_unlink")]
+pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
+    dentry_hook(&ctx, 2)
+}
+
+#[lsm(hook = "inode_rmdir")]
+pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
+    dentry_hook(&ctx, 2)
 }
 
 /// The verdict of a hook with two dentries, its arguments `a` and `b` (of `nargs`): denied
@@ -177,20 +201,39 @@ pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "inode_setxattr")]
 pub fn lsm_inode_setxattr(ctx: LsmContext) -> i32 {
-    let prev = previous(&ctx, 6);
-    if prev != 0 {
-        return prev;
-    }
-    decide(ctx.arg::<u64>(1))
+    dentry_hook(&ctx, 6)
 }
 
 #[lsm(hook = "inode_removexattr")]
 pub fn lsm_inode_removexattr(ctx: LsmContext) -> i32 {
-    let prev = previous(&ctx, 3);
+    dentry_hook(&ctx, 3)
+}
+
+/// inode_setattr with the dentry at `dentry_at` and the `struct iattr *` after it; its
+/// `ia_valid` is read at offset 0 (userspace attaches only where BTF puts it there).
+#[inline(always)]
+fn setattr_hook(ctx: &LsmContext, nargs: usize, dentry_at: usize) -> i32 {
+    let prev = previous(ctx, nargs);
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    let ia_valid: u32 = read(ctx.arg::<u64>(dentry_at + 1), 0);
+    if ia_valid & ATTR_CHANGES == 0 {
+        return 0;
+    }
+    decide(ctx.arg::<u64>(dentry_at))
+}
+
+/// 6.8+: inode_setattr(idmap, dentry, attr).
+#[lsm(hook = "inode_setattr")]
+pub fn lsm_inode_setattr(ctx: LsmContext) -> i32 {
+    setattr_hook(&ctx, 3, 1)
+}
+
+/// Before 6.8: inode_setattr(dentry, attr).
+#[lsm(hook = "inode_setattr")]
+pub fn lsm_inode_setattr_no_idmap(ctx: LsmContext) -> i32 {
+    setattr_hook(&ctx, 2, 0)
 }
 
 #[lsm(hook = "file_open")]
@@ -218,35 +261,38 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
     decide(dentry)
 }
 
-/// A new name in a directory (`dentry`, negative: the walk starts at its parent) for the
-/// hooks whose dentry is their argument 1.
-#[inline(always)]
-fn create_hook(ctx: &LsmContext, nargs: usize) -> i32 {
-    let prev = previous(ctx, nargs);
+/// 6.2+: an open with O_TRUNC, whatever its access mode, and ftruncate(2).
+#[lsm(hook = "file_truncate")]
+pub fn lsm_file_truncate(ctx: LsmContext) -> i32 {
+    let prev = previous(&ctx, 1);
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    let (_, dentry) = file_path(ctx.arg::<u64>(0));
+    decide(dentry)
 }
+
+// The creating hooks: their dentry is a new name in a directory (negative: the walk starts
+// at its parent).
 
 #[lsm(hook = "inode_create")]
 pub fn lsm_inode_create(ctx: LsmContext) -> i32 {
-    create_hook(&ctx, 3)
+    dentry_hook(&ctx, 3)
 }
 
 #[lsm(hook = "inode_mknod")]
 pub fn lsm_inode_mknod(ctx: LsmContext) -> i32 {
-    create_hook(&ctx, 4)
+    dentry_hook(&ctx, 4)
 }
 
 #[lsm(hook = "inode_mkdir")]
 pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
-    create_hook(&ctx, 3)
+    dentry_hook(&ctx, 3)
 }
 
 #[lsm(hook = "inode_symlink")]
 pub fn lsm_inode_symlink(ctx: LsmContext) -> i32 {
-    create_hook(&ctx, 3)
+    dentry_hook(&ctx, 3)
 }
 
 #[lsm(hook = "inode_link")]

@@ -94,6 +94,7 @@ const PROTECT_CHECKS: &[&str] = &[
     "k3s-blob-intact",
     "k3s-foreign-create-denied",
     "k3s-foreign-names-denied",
+    "k3s-foreign-truncate-setattr-rmdir-denied",
     "k3s-run",
     "k3s-rm-gc",
     "k3s-import",

@@ -268,6 +268,33 @@ CONF
         else
             fail k3s-foreign-names-denied "allowed:$made; in the directory: $others"
         fi
+        # open(O_RDONLY|O_TRUNC) (perl's sysopen, flags 512 = O_TRUNC): file_open lets a
+        # read-only open through; from 6.2 its truncation calls file_truncate (6.1:
+        # path_truncate). Then chmod, chown, touch -d (inode_setattr) and rmdir in the layer
+        # (inode_rmdir; its check comes before the emptiness test: an unguarded rmdir of the
+        # non-empty bin fails with ENOTEMPTY, not EPERM): each denied, the blob unchanged.
+        k3s_blob_stat=$(stat -c '%a %u %g %Y %s' "$k3s_blob")
+        denied=""
+        allowed=""
+        perl -e 'sysopen(F, $ARGV[0], 512) or die "$!\n"' "$k3s_blob" 2> "$out/k3s-trunc.err" &&
+            allowed="$allowed O_TRUNC"
+        grep -q 'Operation not permitted' "$out/k3s-trunc.err" && denied="$denied O_TRUNC"
+        for op in "chmod 600" "chown 1:1" "touch -d 2000-01-01"; do
+            $op "$k3s_blob" 2> "$out/k3s-setattr.err" && allowed="$allowed ${op%% *}"
+            grep -q 'Operation not permitted' "$out/k3s-setattr.err" && denied="$denied ${op%% *}"
+        done
+        if [ -n "$k3s_layer" ]; then
+            rmdir "$k3s_layer/bin" 2> "$out/k3s-rmdir.err" && allowed="$allowed rmdir"
+            grep -q 'Operation not permitted' "$out/k3s-rmdir.err" && denied="$denied rmdir"
+        fi
+        k3s_blob_after=$(stat -c '%a %u %g %Y %s' "$k3s_blob")
+        if [ "$denied" = " O_TRUNC chmod chown touch rmdir" ] &&
+            [ "$(sha256sum "$k3s_blob" 2>&1)" = "$k3s_blob_sum" ] &&
+            [ "$k3s_blob_after" = "$k3s_blob_stat" ] && [ -e "$k3s_layer/bin/busybox" ]; then
+            pass k3s-foreign-truncate-setattr-rmdir-denied "$denied"
+        else
+            fail k3s-foreign-truncate-setattr-rmdir-denied "denied:$denied; allowed:$allowed; blob $k3s_blob_stat -> $k3s_blob_after; layer '$k3s_layer'; $(cat "$out/k3s-trunc.err" "$out/k3s-rmdir.err" 2> /dev/null | tr '\n' ' ')"
+        fi
         k3s_run k3s-run
         # --sync runs the garbage collector before returning: containerd removes the blobs
         # and the committed layer it protects.

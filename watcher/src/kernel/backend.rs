@@ -470,6 +470,12 @@ pub struct LsmHook {
     pub params: usize,
     /// The parameters the program reads: position and short type.
     pub reads: &'static [(usize, &'static str)],
+    /// Struct fields the program reads at a fixed offset: (struct, field, offset). The hook
+    /// is skipped where the kernel's BTF puts one elsewhere.
+    pub fields: &'static [(&'static str, &'static str, u32)],
+    /// Why a kernel without this hook has no hole (another hook does its work there), or
+    /// None: there its absence is a hole, logged as an error.
+    pub covered_when_absent: Option<&'static str>,
 }
 
 /// The protect-mode hooks.
@@ -479,66 +485,123 @@ pub const LSM_HOOKS: &[LsmHook] = &[
         program: "lsm_inode_unlink",
         params: 2,
         reads: &[(1, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "inode_rename",
         program: "lsm_inode_rename",
         params: 4,
         reads: &[(1, "struct dentry *"), (3, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "inode_setxattr",
         program: "lsm_inode_setxattr",
         params: 6,
         reads: &[(1, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "inode_removexattr",
         program: "lsm_inode_removexattr",
         params: 3,
         reads: &[(1, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "file_open",
         program: "lsm_file_open",
         params: 1,
         reads: &[(0, "struct file *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "path_truncate",
         program: "lsm_path_truncate",
         params: 1,
         reads: &[(0, "struct path *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "inode_create",
         program: "lsm_inode_create",
         params: 3,
         reads: &[(1, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "inode_mknod",
         program: "lsm_inode_mknod",
         params: 4,
         reads: &[(1, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "inode_mkdir",
         program: "lsm_inode_mkdir",
         params: 3,
         reads: &[(1, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "inode_symlink",
         program: "lsm_inode_symlink",
         params: 3,
         reads: &[(1, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
     },
     LsmHook {
         hook: "inode_link",
         program: "lsm_inode_link",
         params: 3,
         reads: &[(0, "struct dentry *"), (2, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
+    },
+    LsmHook {
+        hook: "inode_rmdir",
+        program: "lsm_inode_rmdir",
+        params: 2,
+        reads: &[(1, "struct dentry *")],
+        fields: &[],
+        covered_when_absent: None,
+    },
+    LsmHook {
+        hook: "file_truncate",
+        program: "lsm_file_truncate",
+        params: 1,
+        reads: &[(0, "struct file *")],
+        fields: &[],
+        covered_when_absent: Some(
+            "before 6.2 an open with O_TRUNC and ftruncate(2) call path_truncate, which is guarded",
+        ),
+    },
+    // Two prototypes, one program each: the one that matches is attached.
+    LsmHook {
+        hook: "inode_setattr",
+        program: "lsm_inode_setattr",
+        params: 3,
+        reads: &[(1, "struct dentry *"), (2, "struct iattr *")],
+        fields: &[("iattr", "ia_valid", 0)],
+        covered_when_absent: None,
+    },
+    LsmHook {
+        hook: "inode_setattr",
+        program: "lsm_inode_setattr_no_idmap",
+        params: 2,
+        reads: &[(0, "struct dentry *"), (1, "struct iattr *")],
+        fields: &[("iattr", "ia_valid", 0)],
+        covered_when_absent: None,
     },
 ];
 
@@ -550,16 +613,33 @@ pub fn lsm_hook_mismatch(btf: &KernelBtf, hook: &LsmHook) -> Option<String> {
         Ok(None) => return Some(format!("{function} is not in the kernel's BTF")),
         Err(e) => return Some(format!("BTF: {e}")),
     };
-    params_mismatch(&prototype, hook.params, hook.reads, "the program reads")
-        .map(|why| format!("{function}{}: {why}", prototype.signature()))
+    if let Some(why) = params_mismatch(&prototype, hook.params, hook.reads, "the program reads") {
+        return Some(format!("{function}{}: {why}", prototype.signature()));
+    }
+    hook.fields.iter().find_map(
+        |&(struct_name, field, at)| match super::btf_offsets::field_offset(
+            btf,
+            struct_name,
+            &[field],
+        ) {
+            Ok(found) if found == at => None,
+            Ok(found) => Some(format!(
+                "struct {struct_name}.{field} is at offset {found}, the program reads it at {at}"
+            )),
+            Err(e) => Some(format!("struct {struct_name}.{field}: {e}")),
+        },
+    )
 }
 
 /// The protect-mode programs attached, and the hooks skipped with the reason.
 pub struct LsmAttached {
     /// (program name, link).
     pub links: Vec<(String, aya::programs::links::FdLink)>,
-    /// (hook, why not attached).
+    /// (hook, why not attached): hooks left unguarded.
     pub skipped: Vec<(&'static str, String)>,
+    /// (hook, why not attached): hooks absent where another hook does their work, and the
+    /// programs of a hook's other prototype when one of its programs is attached.
+    pub not_needed: Vec<(&'static str, String)>,
 }
 
 /// Loads and attaches the protect-mode programs whose prototypes match (the maps are filled
@@ -576,10 +656,21 @@ pub fn attach_lsm(
     let mut out = LsmAttached {
         links: Vec::new(),
         skipped: Vec::new(),
+        not_needed: Vec::new(),
     };
+    let mut guarded: Vec<&'static str> = Vec::new();
     for hook in LSM_HOOKS {
         if let Some(why) = lsm_hook_mismatch(btf, hook) {
-            out.skipped.push((hook.hook, why));
+            let absent = matches!(
+                function_prototype(btf, &format!("bpf_lsm_{}", hook.hook)),
+                Ok(None)
+            );
+            match hook.covered_when_absent {
+                Some(covered) if absent => out
+                    .not_needed
+                    .push((hook.hook, format!("{why}; {covered}"))),
+                _ => out.skipped.push((hook.hook, why)),
+            }
             continue;
         }
         let attached = (|| -> Result<aya::programs::links::FdLink, aya::programs::ProgramError> {
@@ -592,10 +683,24 @@ pub fn attach_lsm(
             Ok(program.take_link(id)?.into())
         })();
         match attached {
-            Ok(link) => out.links.push((hook.program.to_string(), link)),
+            Ok(link) => {
+                out.links.push((hook.program.to_string(), link));
+                guarded.push(hook.hook);
+            }
             Err(e) => out.skipped.push((hook.hook, e.to_string())),
         }
     }
+    // A hook with two prototypes: the other program's mismatch is no hole.
+    let (other, holes): (Vec<_>, Vec<_>) = std::mem::take(&mut out.skipped)
+        .into_iter()
+        .partition(|(hook, _)| guarded.contains(hook));
+    out.skipped = holes;
+    out.not_needed.extend(other.into_iter().map(|(hook, why)| {
+        (
+            hook,
+            format!("{why}; its program for the other prototype is attached"),
+        )
+    }));
     Ok(out)
 }
 
@@ -889,9 +994,10 @@ mod tests {
         }
     }
 
-    /// Every protect-mode program reads its hook's arguments where this kernel (6.18 here;
-    /// the guests check 6.1 and 6.12: no hook skipped) passes them: a wrong count or position
-    /// would leave the hook unattached, a hole in protect mode.
+    /// Every protect-mode hook has a program that reads its arguments where this kernel (6.18
+    /// here; the guests check 6.1 and 6.12) passes them: a wrong count or position would leave
+    /// the hook unattached, a hole in protect mode. inode_setattr's other prototype (before
+    /// 6.8, no idmap) is the one program that does not match here, and is refused.
     #[test]
     fn lsm_hooks_match_the_running_kernels_prototypes() {
         let Ok(btf) = KernelBtf::open(std::path::Path::new(super::super::btf_offsets::VMLINUX_BTF))
@@ -900,19 +1006,44 @@ mod tests {
         };
         let mismatched: Vec<String> = LSM_HOOKS
             .iter()
-            .filter_map(|h| lsm_hook_mismatch(&btf, h))
+            .filter_map(|h| Some((h.program, lsm_hook_mismatch(&btf, h)?)))
+            .map(|(program, why)| format!("{program}: {why}"))
             .collect();
-        assert!(mismatched.is_empty(), "{mismatched:?}");
+        assert_eq!(mismatched.len(), 1, "{mismatched:?}");
+        assert!(
+            mismatched[0].starts_with("lsm_inode_setattr_no_idmap: ")
+                && mismatched[0].contains("3 parameters, the program reads 2"),
+            "{mismatched:?}"
+        );
         let wrong = LsmHook {
             hook: "inode_link",
             program: "lsm_inode_link",
             params: 3,
             reads: &[(1, "struct dentry *")],
+            fields: &[],
+            covered_when_absent: None,
         };
         let why = lsm_hook_mismatch(&btf, &wrong);
         assert!(
             why.as_deref()
                 .is_some_and(|w| w.contains("parameter 1 is struct inode *")),
+            "{why:?}"
+        );
+        // A field read at an offset the kernel does not put it at: refused.
+        let setattr = LSM_HOOKS
+            .iter()
+            .find(|h| h.program == "lsm_inode_setattr")
+            .copied()
+            .unwrap();
+        let wrong_field = LsmHook {
+            fields: &[("iattr", "ia_valid", 4)],
+            ..setattr
+        };
+        let why = lsm_hook_mismatch(&btf, &wrong_field);
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w
+                    .contains("struct iattr.ia_valid is at offset 0, the program reads it at 4")),
             "{why:?}"
         );
     }

@@ -399,6 +399,13 @@ fn attach_protect(
     };
     let state = match attached {
         Ok(lsm) if !lsm.links.is_empty() => {
+            for (hook, why) in &lsm.not_needed {
+                log::info!(
+                    "protect = {:?}: the LSM hook {hook} has no program here, and needs none: {}",
+                    requested.name(),
+                    ctrwatch_event::escape(why)
+                );
+            }
             for (hook, why) in &lsm.skipped {
                 log::error!(
                     "protect = {:?}: the LSM hook {hook} is not guarded: {}",
