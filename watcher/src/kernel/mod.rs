@@ -401,7 +401,7 @@ fn attach_protect(
         Ok(lsm) if !lsm.links.is_empty() => {
             for (hook, why) in &lsm.not_needed {
                 log::info!(
-                    "protect = {:?}: the LSM hook {hook} has no program here, and needs none: {}",
+                    "protect = {:?}: a program of the LSM hook {hook} is not attached, and leaves no hole: {}",
                     requested.name(),
                     ctrwatch_event::escape(why)
                 );
