@@ -132,6 +132,7 @@ const DEFAULT_CHECKS: &[&str] = &[
     "copyup-dir-kernel-internal",
     "copyup-file-kernel-internal",
     "unlink-kernel-internal",
+    "namespace-once",
     "tracepoint-watching",
     "tracepoint-stopped",
     "tracepoint-not-kernel-internal",

@@ -152,6 +152,17 @@ if wait_watching "$out/daemon.log" "$daemon"; then
     perl -e 'my ($p, $n, $v) = ($ARGV[0], "user.ctrwatch", "v");
         syscall(188, $p, $n, $v, 1, 0) == 0 or die "setxattr: $!\n"' "$root/vmtest-xattr"
     overlay_setup ovl-auto && overlay_ops ovl-auto
+    # Each namespace system call on the root's own filesystem (one VFS call of a hooked
+    # function each: mknod of a regular file is vfs_create, of a FIFO vfs_mknod): the
+    # tracepoints report it, the fentry programs must not report it again.
+    ns=$root/vmtest-ns
+    mkdir -p "$ns/d"
+    perl -e 'syscall(133, $ARGV[0], 0100644, 0) == 0 or die "mknod: $!\n"' "$ns/reg"
+    mknod "$ns/fifo" p
+    ln "$ns/reg" "$ns/hard"
+    mv "$ns/hard" "$ns/moved"
+    rm -- "$ns/moved"
+    rmdir "$ns/d"
     rm -f -- "$victim"
     # Stopped once the last operation, the unlink, is in the store: the ring buffer hands the
     # records over in order, so the ones before it are there too.
@@ -186,6 +197,21 @@ if wait_watching "$out/daemon.log" "$daemon"; then
         pass xattr-once
     else
         fail xattr-once "$n setxattr record(s) of user.ctrwatch, $internal kernel-internal"
+    fi
+
+    # The namespace system calls: each op once, none kernel-internal.
+    "$bin" query --store "$store" --path "$ns/**" --json > "$out/namespace-once.json" 2>&1
+    counts=""
+    for op in mkdir mknod link rename unlink rmdir; do
+        counts="$counts $op=$(grep "\"path\":\"$ns/" "$out/namespace-once.json" | grep -c "\"op\":\"$op\"")"
+    done
+    # Below $ns: the mkdir of d, the mknods of reg and fifo, one of each other.
+    want=" mkdir=1 mknod=2 link=1 rename=1 unlink=1 rmdir=1"
+    internal=$(grep -c '"kernel_internal"' "$out/namespace-once.json")
+    if [ "$counts" = "$want" ] && [ "$internal" -eq 0 ]; then
+        pass namespace-once "$counts"
+    else
+        fail namespace-once "records:$counts (want$want), $internal kernel-internal (want 0)"
     fi
 
     # The overlay: everything ctrwatch has of it, for a look; then the opaque directory's

@@ -141,8 +141,8 @@ impl FamilyProbe {
     }
 }
 
-/// An fentry/fexit pair of watcher-ebpf/src/fentry.rs on one VFS function, and the prototype
-/// its programs read their arguments by.
+/// An fentry/fexit pair of watcher-ebpf/src/fentry_xattr.rs or fentry_namespace.rs on one VFS
+/// function, and the prototype its programs read their arguments by.
 #[derive(Clone, Copy, Debug)]
 pub struct FentryHook {
     /// The kernel function.
