@@ -2,8 +2,9 @@
 //! removes, renames and links itself. overlayfs does all of these on its upper and work
 //! directories on a process's behalf: a whiteout (a 0/0 character device, `vfs_mknod` in
 //! `work/`, then linked and renamed over the removed name in `upper/`), the copy-up of a
-//! directory (`vfs_mkdir` in `work/`, renamed into `upper/`) or of a file (`vfs_create` in
-//! `work/` and a rename, or an O_TMPFILE linked into `upper/`), the upper file it unlinks or
+//! directory (`vfs_mkdir` in `work/`, renamed into `upper/`), of a symlink (`vfs_symlink`) or
+//! of a file (`vfs_create` in `work/` and a rename, or an O_TMPFILE linked into `upper/`), the
+//! upper file it unlinks or
 //! the upper directory it removes when a merged one is. The model (depth, a thread's own
 //! system call, the path) is fentry.rs's; the records are the tracepoints' (op::MKNOD with
 //! mode and device, op::RENAME and op::LINK with a second path), flagged kernel-internal.
@@ -16,6 +17,7 @@
 //! Argument positions (5.12 and later; `struct mnt_idmap *` since 6.3 where a `struct
 //! user_namespace *` was): `vfs_create(ns, dir, dentry, mode, want_excl)`,
 //! `vfs_mknod(ns, dir, dentry, mode, dev)`, `vfs_mkdir(ns, dir, dentry, mode)`,
+//! `vfs_symlink(ns, dir, dentry, oldname)`,
 //! `vfs_unlink(ns, dir, dentry, delegated)`, `vfs_rmdir(ns, dir, dentry)`,
 //! `vfs_link(old_dentry, ns, dir, new_dentry, delegated)`, `vfs_rename(struct renamedata *)`
 //! (its `old_dentry` and `flags` at the offsets the kernel's BTF gives); each returns an int
@@ -23,12 +25,17 @@
 //! (watcher/src/kernel/backend.rs).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str},
+    },
     macros::{fentry, fexit, map},
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext},
 };
-use watcher_common::{FLAG_PATH2_TRUNCATED, FileRecord, PATH_BUF_CAP, op};
+use core::ffi::c_void;
+
+use watcher_common::{FLAG_PATH2_TRUNCATED, FileRecord, PATH_BUF_CAP, PATH_CAP, op};
 
 use crate::{
     fentry::{Family, begin_internal, enter_depth, leave_depth, root_mount_of, syscall_own},
@@ -193,6 +200,41 @@ pub fn fexit_vfs_mkdir(ctx: FExitContext) -> u32 {
             0,
         );
     }
+    0
+}
+
+/// `int vfs_symlink(ns, struct inode *dir, struct dentry *, const char *oldname)`: the copy-up
+/// of a symlink makes one in `work/`. The record's second string is the target as given, as
+/// the symlink system call's.
+#[fentry(function = "vfs_symlink")]
+pub fn fentry_vfs_symlink(_ctx: FEntryContext) -> u32 {
+    enter_depth(Family::Namespace);
+    0
+}
+
+#[fexit(function = "vfs_symlink")]
+pub fn fexit_vfs_symlink(ctx: FExitContext) -> u32 {
+    if !succeeded_internal(ctx.arg::<u64>(4), &[op::SYMLINK]) {
+        return 0;
+    }
+    let Some(rec) = begin_internal(op::SYMLINK, ctx.arg::<u64>(2)) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch record; the offset is masked, the length bounded (PATH_CAP
+    // past an offset below PATH_BUF_CAP fits the record's data).
+    unsafe {
+        let FileRecord { fixed: r, data } = &mut *rec;
+        let tail = r.path_len as usize & MASK;
+        let n = bpf_probe_read_kernel_str(
+            data.as_mut_ptr().add(tail & MASK2).cast(),
+            PATH_CAP as u32,
+            ctx.arg::<u64>(3) as *const c_void,
+        );
+        if n > 0 {
+            r.path2_len = ((n - 1) as usize & MASK) as u16;
+        }
+    }
+    send(rec);
     0
 }
 

@@ -131,6 +131,7 @@ const DEFAULT_CHECKS: &[&str] = &[
     "whiteout-kernel-internal",
     "copyup-dir-kernel-internal",
     "copyup-file-kernel-internal",
+    "copyup-symlink-kernel-internal",
     "unlink-kernel-internal",
     "namespace-once",
     "tracepoint-watching",

@@ -65,6 +65,7 @@ overlay_setup() {
     echo lower > "$o/lower/gone/sub/f"
     echo lower > "$o/lower/dir/f"
     echo lower > "$o/lower/rmme"
+    ln -s rmme "$o/lower/sym"
     mount -t overlay overlay -o "lowerdir=$o/lower,upperdir=$o/upper,workdir=$o/work" "$o/merged"
 }
 # The operations, each by a process whose pid is written to $out/$1-*.pid first (exec keeps it).
@@ -79,6 +80,8 @@ overlay_ops() {
     # A lower file opened for writing: copied up (an O_TMPFILE in work/ linked into upper/,
     # or a file made in work/ and renamed).
     sh -c 'echo $$ > "$0"; exec touch -- "$1"' "$out/$1-copyfile.pid" "$o/merged/dir/f"
+    # A lower symlink's owner changed: the symlink is copied up (made in work/, renamed).
+    sh -c 'echo $$ > "$0"; exec chown -h 1:1 -- "$1"' "$out/$1-copysym.pid" "$o/merged/sym"
     # A file only in the upper layer removed: overlayfs unlinks the upper file.
     sh -c 'echo $$ > "$0"; exec rm -- "$1"' "$out/$1-unlink.pid" "$o/merged/dir/new"
     rm -rf -- "$o/merged/gone"
@@ -132,10 +135,10 @@ if wait_watching "$out/daemon.log" "$daemon"; then
     pass watching "$(grep -o 'watching .*' "$out/daemon.log" | head -n 1)"
     say INFO start_seconds "$(since "$start")"
 
-    if grep -q 'hook families: .*fentry usable .*, 18 programs attached' "$out/daemon.log"; then
+    if grep -q 'hook families: .*fentry usable .*, 20 programs attached' "$out/daemon.log"; then
         pass fentry-attached "$(grep -o 'hook families: .*' "$out/daemon.log" | head -n 1)"
     else
-        fail fentry-attached "no 'fentry usable ..., 18 programs attached' in the daemon's log"
+        fail fentry-attached "no 'fentry usable ..., 20 programs attached' in the daemon's log"
     fi
     # The start log reports the LSM probe's result with the other families.
     if grep -q 'hook families: .*; lsm usable (' "$out/daemon.log"; then
@@ -160,6 +163,7 @@ if wait_watching "$out/daemon.log" "$daemon"; then
     perl -e 'syscall(133, $ARGV[0], 0100644, 0) == 0 or die "mknod: $!\n"' "$ns/reg"
     mknod "$ns/fifo" p
     ln "$ns/reg" "$ns/hard"
+    ln -s reg "$ns/soft"
     mv "$ns/hard" "$ns/moved"
     rm -- "$ns/moved"
     rmdir "$ns/d"
@@ -202,11 +206,11 @@ if wait_watching "$out/daemon.log" "$daemon"; then
     # The namespace system calls: each op once, none kernel-internal.
     "$bin" query --store "$store" --path "$ns/**" --json > "$out/namespace-once.json" 2>&1
     counts=""
-    for op in mkdir mknod link rename unlink rmdir; do
+    for op in mkdir mknod symlink link rename unlink rmdir; do
         counts="$counts $op=$(grep "\"path\":\"$ns/" "$out/namespace-once.json" | grep -c "\"op\":\"$op\"")"
     done
     # Below $ns: the mkdir of d, the mknods of reg and fifo, one of each other.
-    want=" mkdir=1 mknod=2 link=1 rename=1 unlink=1 rmdir=1"
+    want=" mkdir=1 mknod=2 symlink=1 link=1 rename=1 unlink=1 rmdir=1"
     internal=$(grep -c '"kernel_internal"' "$out/namespace-once.json")
     if [ "$counts" = "$want" ] && [ "$internal" -eq 0 ]; then
         pass namespace-once "$counts"
@@ -245,6 +249,13 @@ if wait_watching "$out/daemon.log" "$daemon"; then
         fail copyup-dir-kernel-internal "no kernel-internal create of $u/dir/new by the touch's pid"
     else
         pass copyup-dir-kernel-internal "$(overlay_internal ovl-auto copyup rename | head -c 300)"
+    fi
+    if ! overlay_internal ovl-auto copysym symlink | grep -q "\"new_path\":\"rmme\""; then
+        fail copyup-symlink-kernel-internal "no kernel-internal symlink to rmme by the chown's pid $(cat "$out/ovl-auto-copysym.pid")"
+    elif ! overlay_internal ovl-auto copysym rename | grep -q "\"new_path\":\"$u/sym\""; then
+        fail copyup-symlink-kernel-internal "no kernel-internal rename onto $u/sym by the chown's pid"
+    else
+        pass copyup-symlink-kernel-internal "$(overlay_internal ovl-auto copysym symlink | head -c 300)"
     fi
     if { overlay_internal ovl-auto copyfile link; overlay_internal ovl-auto copyfile rename; } |
         grep -q "\"new_path\":\"$u/dir/f\""; then
