@@ -13,15 +13,15 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str},
+    helpers::generated::bpf_probe_read_kernel_str,
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use watcher_common::{FLAG_VALUE_TRUNCATED, FileRecord, XATTR_NAME_CAP, XATTR_VALUE_CAP, op};
+use watcher_common::{FileRecord, XATTR_NAME_CAP, op};
 
 use crate::{
     fentry::{Family, begin_internal, ctx_arg_unchecked, enter_depth, leave_depth, syscall_own},
-    file_ops::{is_overlay_xattr, send},
+    file_ops::{is_overlay_xattr, send, xattr_value},
     maps::capturing,
     path::{MASK, MASK2},
 };
@@ -51,23 +51,7 @@ fn report(op: u16, dentry: u64, name: u64, value: u64, size: u64) {
             if op == op::SETXATTR {
                 r.size = size;
                 if is_overlay_xattr(data.as_ptr().add(name_off), name_len) {
-                    let mut copy = size as usize;
-                    if copy > XATTR_VALUE_CAP {
-                        copy = XATTR_VALUE_CAP;
-                        r.flags |= FLAG_VALUE_TRUNCATED;
-                    }
-                    let value_off = (name_off + name_len) & MASK2;
-                    // The same volatile mask as file_ops::xattr_name_value: 6.1's verifier
-                    // needs to see the bound on the length it is given.
-                    let copy = core::ptr::read_volatile(&copy) & (2 * XATTR_VALUE_CAP - 1);
-                    if bpf_probe_read_kernel(
-                        data.as_mut_ptr().add(value_off) as *mut c_void,
-                        copy as u32,
-                        value as *const c_void,
-                    ) == 0
-                    {
-                        r.value_len = copy as u16;
-                    }
+                    xattr_value(r, data, (name_off + name_len) & MASK2, value, size, false);
                 }
             }
         }
