@@ -817,6 +817,11 @@ pub struct KernelOffsets {
     /// `xfs_inode.i_vnode` (the embedded VFS inode), for the xfs rename-target hooks; 0 when
     /// the kernel's BTF does not describe xfs (not built, or a module), and they stay detached.
     pub xfs_inode_i_vnode: u32,
+    /// `renamedata.old_dentry` and `renamedata.flags`, for the fentry program on
+    /// `vfs_rename` (5.12 and later); 0 when the kernel's BTF has no `struct renamedata`, and
+    /// that hook stays detached (kernel/backend.rs).
+    pub renamedata_old_dentry: u32,
+    pub renamedata_flags: u32,
     // struct mount / struct vfsmount
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,

@@ -272,7 +272,9 @@ impl Enricher {
         let x = &f.fixed;
         let kop = x.hdr.op;
         let mut d = Details::default();
-        let has_mode = matches!(kop, op::MKDIR | op::MKNOD | op::CHMOD)
+        // CREATE comes from the kernel's own vfs_create (fentry_namespace.rs), with the mode
+        // it was asked for; an open that created a file is an OPEN_WRITE here.
+        let has_mode = matches!(kop, op::CREATE | op::MKDIR | op::MKNOD | op::CHMOD)
             || (kop == op::OPEN_WRITE && x.sys_flags & O_CREAT != 0);
         if has_mode {
             d.mode = Some(Mode::permissions(x.mode));
@@ -647,6 +649,12 @@ mod tests {
         );
         assert_eq!(v.details.mode, None);
 
+        // A file the kernel created itself (vfs_create), with the mode it was asked for.
+        let mut create = file(op::CREATE, t, at("upper-new"));
+        create.fixed.mode = 0o100644;
+        create.fixed.flags = FLAG_KERNEL_INTERNAL;
+        let v = event(&mut e, Record::File(create));
+        assert_eq!((v.op, v.details.mode), (Op::Create, Some(Mode(0o644))));
         // A whiteout.
         let mut mknod = file(op::MKNOD, t, at("wh"));
         mknod.fixed.mode = 0o020000;
