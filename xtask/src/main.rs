@@ -140,7 +140,7 @@ enum Task {
         /// nothing) or `protect-fallback` (`protect = "enforce"` with `bpf` left out of
         /// `lsm=`: watch-only, said in the log and `status`, nothing blocked) or `bench` (each
         /// backend's overhead on operation loops as ratios, into docs/benchmarks-guests.md;
-        /// ~15 minutes a kernel, at least 25 allowed whatever `--timeout` says).
+        /// ~10 minutes a kernel, at least 25 allowed whatever `--timeout` says).
         #[arg(long, value_enum, default_value = "default")]
         scenario: vm::Scenario,
     },

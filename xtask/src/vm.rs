@@ -202,7 +202,7 @@ pub enum Scenario {
     ProtectFallback,
     /// The overhead of each backend (no watcher, tracepoints, fentry, LSM dry-run) on
     /// operation loops, as ratios (xtask/vm/vm-test-bench.sh); writes them into
-    /// docs/benchmarks-guests.md. About 15 minutes per kernel; by hand, not in CI.
+    /// docs/benchmarks-guests.md. About 10 minutes per kernel; by hand, not in CI.
     Bench,
 }
 
