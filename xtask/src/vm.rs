@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd, deb, target_dir, workspace_root};
+use crate::{cmd, deb, guest_bench, target_dir, workspace_root};
 
 /// The guest's release and where its packages come from (the GUEST has no network: only
 /// mmdebstrap, on the host, downloads).
@@ -66,6 +66,20 @@ const NO_BPF_LSM_SCRIPT: &str = include_str!("../vm/vm-test-no-bpf-lsm.sh");
 const PROTECT_SCRIPT: &str = include_str!("../vm/vm-test-protect.sh");
 /// The protect-fallback scenario's script (`--scenario protect-fallback`).
 const PROTECT_FALLBACK_SCRIPT: &str = include_str!("../vm/vm-test-protect-fallback.sh");
+/// The bench scenario's script (`--scenario bench`, xtask/src/guest_bench.rs).
+const BENCH_SCRIPT: &str = include_str!("../vm/vm-test-bench.sh");
+/// What the guest must report as PASS in the bench scenario: each configuration ran and gave
+/// numbers (the figures themselves are not checked: a benchmark, not a timed assertion).
+const BENCH_CHECKS: &[&str] = &[
+    "bench-calibrated",
+    "bench-none",
+    "bench-tracepoint",
+    "bench-fentry",
+    "bench-lsm",
+];
+/// The least time a bench guest gets, whatever `--timeout` says: its script has 20 minutes
+/// (the boot wrapper's bound) and plans for 15.
+const BENCH_MIN_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 /// What the guest must report as PASS in the protect-fallback scenario.
 const PROTECT_FALLBACK_CHECKS: &[&str] = &[
     "protect-fallback-started",
@@ -194,6 +208,10 @@ pub enum Scenario {
     /// watches only and says so (log, status), nothing is blocked
     /// (xtask/vm/vm-test-protect-fallback.sh).
     ProtectFallback,
+    /// The overhead of each backend (no watcher, tracepoints, fentry, LSM dry-run) on
+    /// operation loops, as ratios (xtask/vm/vm-test-bench.sh); writes them into
+    /// docs/benchmarks-guests.md. About 10 minutes per kernel; by hand, not in CI.
+    Bench,
 }
 
 impl Scenario {
@@ -204,6 +222,7 @@ impl Scenario {
             Scenario::NoBpfLsm => NO_BPF_LSM_SCRIPT,
             Scenario::Protect => PROTECT_SCRIPT,
             Scenario::ProtectFallback => PROTECT_FALLBACK_SCRIPT,
+            Scenario::Bench => BENCH_SCRIPT,
         }
     }
 
@@ -214,6 +233,7 @@ impl Scenario {
             Scenario::NoBpfLsm => NO_BPF_LSM_CHECKS,
             Scenario::Protect => PROTECT_CHECKS,
             Scenario::ProtectFallback => PROTECT_FALLBACK_CHECKS,
+            Scenario::Bench => BENCH_CHECKS,
         }
     }
 
@@ -225,13 +245,16 @@ impl Scenario {
             Scenario::NoBpfLsm => format!("{}-no-bpf-lsm", kernel.label()),
             Scenario::Protect => format!("{}-protect", kernel.label()),
             Scenario::ProtectFallback => format!("{}-protect-fallback", kernel.label()),
+            Scenario::Bench => format!("{}-bench", kernel.label()),
         }
     }
 
     /// The guest kernel's command line.
     fn kernel_args(self) -> String {
         match self {
-            Scenario::Default | Scenario::Package | Scenario::Protect => KERNEL_ARGS.to_string(),
+            Scenario::Default | Scenario::Package | Scenario::Protect | Scenario::Bench => {
+                KERNEL_ARGS.to_string()
+            }
             Scenario::NoBpfLsm | Scenario::ProtectFallback => {
                 format!("{KERNEL_ARGS} {LSM_WITHOUT_BPF}")
             }
@@ -348,6 +371,14 @@ pub fn run_scenario(
             Payload::Binary(deb::build_static_binary(&build)?)
         }
         Scenario::Package => Payload::Package(deb::build(&build)?),
+        Scenario::Bench => Payload::BinaryAndLoops(
+            deb::build_static_binary(&build)?,
+            guest_bench::build_loops(&build.target)?,
+        ),
+    };
+    let timeout = match scenario {
+        Scenario::Bench => timeout.max(BENCH_MIN_TIMEOUT),
+        _ => timeout,
     };
 
     let mut outcome = ScenarioOutcome {
@@ -361,7 +392,20 @@ pub fn run_scenario(
             .as_ref()
             .map_err(|e| anyhow::anyhow!("no guest image: {e:#}"))
             .and_then(|image| {
+                let load_before = guest_bench::host_load();
                 let run = boot_and_test(kernel, image, &payload, scenario, timeout)?;
+                if write_docs && scenario == Scenario::Bench {
+                    guest_bench::write_docs(&guest_bench::GuestRun {
+                        kernel,
+                        kernel_package: &image.kernel_package,
+                        out_dir: &run.run_dir.join("out"),
+                        info: &run.info,
+                        passed: run.passed(),
+                        qemu_seconds: run.total_seconds,
+                        load_before: &load_before,
+                        load_after: &guest_bench::host_load(),
+                    })?;
+                }
                 Ok((image, run))
             });
         match run {
@@ -410,6 +454,8 @@ pub fn run_scenario(
 enum Payload {
     /// The static binary, as `ctrwatch`.
     Binary(PathBuf),
+    /// The static binary, and the loop program (tests' `bench`) as `bench`.
+    BinaryAndLoops(PathBuf, PathBuf),
     /// The package, as `ctrwatch.deb`.
     Package(PathBuf),
 }
@@ -824,11 +870,14 @@ fn boot_and_test(
     }
     let stage = run_dir.join("disk");
     fs::create_dir_all(&stage)?;
-    let (from, name) = match payload {
-        Payload::Binary(path) => (path, "ctrwatch"),
-        Payload::Package(path) => (path, "ctrwatch.deb"),
+    let files: Vec<(&PathBuf, &str)> = match payload {
+        Payload::Binary(path) => vec![(path, "ctrwatch")],
+        Payload::BinaryAndLoops(path, loops) => vec![(path, "ctrwatch"), (loops, "bench")],
+        Payload::Package(path) => vec![(path, "ctrwatch.deb")],
     };
-    fs::copy(from, stage.join(name)).with_context(|| format!("copying {}", from.display()))?;
+    for (from, name) in files {
+        fs::copy(from, stage.join(name)).with_context(|| format!("copying {}", from.display()))?;
+    }
     fs::write(stage.join("vm-test.sh"), scenario.script())?;
     fs::set_permissions(stage.join("vm-test.sh"), fs::Permissions::from_mode(0o755))?;
     fs::write(stage.join("lib.sh"), LIB_SCRIPT)?;
@@ -1030,7 +1079,7 @@ fn parse_results(text: &str) -> (Vec<Check>, BTreeMap<String, String>) {
 const DOCS_BEGIN: &str = "<!-- BEGIN generated by cargo xtask vm-test -->";
 const DOCS_END: &str = "<!-- END generated by cargo xtask vm-test -->";
 
-fn block_markers(kernel: Kernel) -> (String, String) {
+pub(crate) fn block_markers(kernel: Kernel) -> (String, String) {
     (
         format!("<!-- vm-test kernel {} -->", kernel.label()),
         format!("<!-- /vm-test kernel {} -->", kernel.label()),
@@ -1050,7 +1099,7 @@ fn write_docs_of(image: &Image, run: &Run) -> Result<()> {
 
 /// `doc` with `kernel`'s block replaced by `block` (or added, blocks in the order of
 /// `Kernel::All.expand()`). None when the generated section is missing.
-fn replace_block(doc: &str, kernel: Kernel, block: &str) -> Option<String> {
+pub(crate) fn replace_block(doc: &str, kernel: Kernel, block: &str) -> Option<String> {
     let begin = doc.find(DOCS_BEGIN)? + DOCS_BEGIN.len();
     let end = begin + doc[begin..].find(DOCS_END)?;
     let section = &doc[begin..end];
@@ -1308,7 +1357,7 @@ impl KernelFacts {
 }
 
 /// `2026-12-07` (UTC): the date part of humantime's RFC 3339 form.
-fn utc_date(now: SystemTime) -> String {
+pub(crate) fn utc_date(now: SystemTime) -> String {
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
     stamp.get(..10).unwrap_or(&stamp).to_string()
 }
