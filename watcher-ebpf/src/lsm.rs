@@ -1,4 +1,4 @@
-//! BPF LSM protect mode (issue 15; denials are not sent as records yet).
+//! BPF LSM protect mode (issue 15).
 //!
 //! Each program runs on one LSM hook and decides, cheaply and in the kernel:
 //! 1. is protect mode on ([`PROTECT_MODE`]: 0 off, 1 dry-run, 2 enforce)?
@@ -14,6 +14,15 @@
 //! (dry-run); when in doubt (a read fails, a map is full), it is allowed: a missed denial is
 //! a watch event, a wrong denial breaks a node.
 //!
+//! Every denial (and, in dry-run, every operation that would have been denied) is sent to
+//! the events ring buffer as a file record of the operation flagged [`FLAG_DENIED`] or
+//! [`FLAG_WOULD_DENY`] ([`report`]), whether or not it is under a watched root: the object's
+//! (dev, ino) and path, the acting task. A record the ring buffer has no room for is counted
+//! in [`LOSS_PROTECT`]. The path is built from the dentry: through the file's own mount for
+//! file_open and path_truncate; for the inode hooks, which have no mount, through the task's
+//! root mount when the dentry is on its filesystem (as the fentry programs do), else it is
+//! the path inside its filesystem after `…/` (top unknown, flagged truncated).
+//!
 //! Hooks and the argument each reads (positions checked against BTF by userspace):
 //! inode_unlink(dir, dentry) 1; inode_rename(old_dir, old_dentry, new_dir, new_dentry) 1, 3;
 //! inode_setxattr(idmap|userns, dentry, ...) 1; inode_removexattr(idmap|userns, dentry,
@@ -26,9 +35,16 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 
+use watcher_common::{
+    FLAG_DENIED, FLAG_PATH_TRUNCATED, FLAG_WOULD_DENY, FileRecord, InodeKey, LOSS_PROTECT,
+    PATH_BUF_CAP, PATH_GAP, op,
+};
+
 use crate::{
-    kernel::{current_task, file_inode, file_path, inode_identity, read, read_path},
+    file_ops::{begin_record, scratch, send_or_count},
+    kernel::{current_task, file_inode, file_path, inode_identity, read, read_path, root_mount_of},
     maps::{off, offsets, offsets_valid},
+    path::write_dentry_path,
 };
 
 /// How many dentries up from the object are looked up in [`PROTECTED`]: a layer's `fs` dir
@@ -38,8 +54,6 @@ const PROTECT_WALK_DEPTH: usize = 24;
 
 const EPERM: i32 = 1;
 const FMODE_WRITE: u32 = 0x2;
-
-use watcher_common::InodeKey;
 
 /// Slot 0: 0 off, 1 dry-run, 2 enforce.
 #[map]
@@ -118,15 +132,61 @@ fn trusted() -> bool {
     }
 }
 
-/// The verdict for an operation on `dentry` (0 allow, -EPERM deny).
+/// The verdict for operation `op` on `dentry`, reached through mount `mnt` (0: unknown):
+/// 0 allow, -EPERM deny. A denial or would-deny is reported.
 #[inline(always)]
-fn decide(dentry: u64) -> i32 {
+fn decide(op: u16, mnt: u64, dentry: u64) -> i32 {
     let m = mode();
     if m == 0 || !offsets_valid() || !protected_dentry(dentry) || trusted() {
         return 0;
     }
-    // TODO(i15): a FileRecord with FLAG_DENIED / FLAG_WOULD_DENY to EVENTS.
-    if m == 2 { -EPERM } else { 0 }
+    let deny = m == 2;
+    report(op, mnt, dentry, deny);
+    if deny { -EPERM } else { 0 }
+}
+
+/// Sends the record of a denial (`deny`) or would-deny of `op` on `dentry`, or counts it lost.
+#[inline(always)]
+fn report(op: u16, mnt: u64, dentry: u64, deny: bool) {
+    let Some(rec) = scratch() else {
+        return;
+    };
+    begin_record(rec, op);
+    let mnt = if mnt != 0 { mnt } else { root_mount_of(dentry) };
+    // SAFETY: `rec` is this CPU's scratch record; the path is written by write_dentry_path
+    // (masked offsets, the tail has room for PATH_GAP before it).
+    unsafe {
+        let FileRecord { fixed: r, data } = &mut *rec;
+        r.flags = if deny { FLAG_DENIED } else { FLAG_WOULD_DENY };
+        r.result = if deny { -(EPERM as i64) } else { 0 };
+        // No mount to name it by: its path inside its filesystem (write_dentry_path without a
+        // mount stops at the filesystem's root) after `…` (the top is unknown). One call
+        // either way: each inlined copy is one more for the verifier.
+        let skip = if mnt != 0 { 0 } else { PATH_GAP.len() };
+        let (mut len, mut truncated) = write_dentry_path(
+            data.as_mut_ptr().add(skip),
+            mnt,
+            dentry,
+            PATH_BUF_CAP - skip,
+        );
+        if skip != 0 {
+            data[0] = PATH_GAP[0];
+            data[1] = PATH_GAP[1];
+            data[2] = PATH_GAP[2];
+            len += skip;
+            truncated = true;
+        }
+        r.path_len = len as u16;
+        if truncated {
+            r.flags |= FLAG_PATH_TRUNCATED;
+        }
+        let inode: u64 = read(dentry, off(&offsets().dentry_d_inode));
+        let (dev, ino, mode, _) = inode_identity(inode);
+        r.dev = dev;
+        r.ino = ino;
+        r.mode = mode;
+    }
+    send_or_count(rec, LOSS_PROTECT);
 }
 
 /// An earlier LSM program's denial stands.
@@ -143,7 +203,7 @@ pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    decide(op::UNLINK, 0, ctx.arg::<u64>(1))
 }
 
 #[lsm(hook = "inode_rename")]
@@ -152,11 +212,18 @@ pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    let r = decide(ctx.arg::<u64>(1));
-    if r != 0 {
-        return r;
+    if mode() == 0 {
+        return 0;
     }
-    decide(ctx.arg::<u64>(3))
+    // One verdict (and one record) per rename: on the old name when it is protected, else
+    // on the new one (one place that builds a path: each is a copy the verifier checks).
+    let old: u64 = ctx.arg(1);
+    let dentry = if protected_dentry(old) {
+        old
+    } else {
+        ctx.arg::<u64>(3)
+    };
+    decide(op::RENAME, 0, dentry)
 }
 
 #[lsm(hook = "inode_setxattr")]
@@ -165,7 +232,7 @@ pub fn lsm_inode_setxattr(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    decide(op::SETXATTR, 0, ctx.arg::<u64>(1))
 }
 
 #[lsm(hook = "inode_removexattr")]
@@ -174,7 +241,7 @@ pub fn lsm_inode_removexattr(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    decide(op::REMOVEXATTR, 0, ctx.arg::<u64>(1))
 }
 
 #[lsm(hook = "file_open")]
@@ -188,8 +255,8 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     if f_mode & FMODE_WRITE == 0 {
         return 0;
     }
-    let (_, dentry) = file_path(file);
-    decide(dentry)
+    let (mnt, dentry) = file_path(file);
+    decide(op::OPEN_WRITE, mnt, dentry)
 }
 
 #[lsm(hook = "path_truncate")]
@@ -198,6 +265,6 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    let (_, dentry) = read_path(ctx.arg::<u64>(0));
-    decide(dentry)
+    let (mnt, dentry) = read_path(ctx.arg::<u64>(0));
+    decide(op::TRUNCATE, mnt, dentry)
 }

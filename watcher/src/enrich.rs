@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use ctrwatch_event::{
     AncestorView, Clock, Details, Dev, FileEvent, Mode, Notes, Op, OpResult, OpenFlags,
-    Overwritten, PathBytes, ProcessView, Xattr, lossless_text,
+    Overwritten, PathBytes, ProcessView, Protect, Xattr, lossless_text,
 };
 use watcher_common::{
-    FLAG_BY_FD, FLAG_KERNEL_INTERNAL, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED,
-    FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecordFixed, KernelFileOp, PATH_GAP, Record, TaskInfo,
-    WriteAgg, WriteKey, op,
+    FLAG_BY_FD, FLAG_DENIED, FLAG_KERNEL_INTERNAL, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED,
+    FLAG_PATH2_TRUNCATED, FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FLAG_WOULD_DENY, FileRecordFixed,
+    KernelFileOp, PATH_GAP, Record, TaskInfo, WriteAgg, WriteKey, op,
 };
 
 use crate::{
@@ -188,10 +188,12 @@ impl Enricher {
         let new_path = (!f.path2.is_empty() && !symlink)
             .then(|| self.canonical_path(&f.path2, x.flags & FLAG_PATH2_TRUNCATED != 0));
         // The kernel's prefix test is lexical; `/root/../elsewhere` passes it. Drop what is
-        // not under a root once `..` is folded.
+        // not under a root once `..` is folded. Protect's records are kept wherever they are:
+        // every denial is an event (the protected objects are containerd's, normally under
+        // its roots anyway).
         let inside =
             self.roots.contains(&path) || new_path.as_ref().is_some_and(|p| self.roots.contains(p));
-        if !inside {
+        if !inside && protect_of(x.flags).is_none() {
             return None;
         }
         // A modify's "result" is the bytes written.
@@ -271,7 +273,16 @@ impl Enricher {
     fn details(&self, f: &KernelFileOp) -> Details {
         let x = &f.fixed;
         let kop = x.hdr.op;
-        let mut d = Details::default();
+        let mut d = Details {
+            protect: protect_of(x.flags),
+            ..Details::default()
+        };
+        if d.protect.is_some() {
+            // Protect's record of an operation that had not run yet: its op, object and
+            // process, no arguments (docs/operations.md, "Protect mode").
+            d.notes = notes_of(x.flags);
+            return d;
+        }
         let has_mode = matches!(kop, op::MKDIR | op::MKNOD | op::CHMOD)
             || (kop == op::OPEN_WRITE && x.sys_flags & O_CREAT != 0);
         if has_mode {
@@ -316,18 +327,7 @@ impl Enricher {
                 dev: Dev(x.replaced_dev),
             });
         }
-        for (bit, note) in [
-            (FLAG_BY_FD, Notes::BY_FD),
-            (FLAG_PATH_TRUNCATED, Notes::PATH_TRUNCATED),
-            (FLAG_PATH2_TRUNCATED, Notes::NEW_PATH_TRUNCATED),
-            (FLAG_VALUE_TRUNCATED, Notes::VALUE_TRUNCATED),
-            (FLAG_NOT_CLOSED, Notes::NOT_CLOSED),
-            (FLAG_KERNEL_INTERNAL, Notes::KERNEL_INTERNAL),
-        ] {
-            if x.flags & bit != 0 {
-                d.notes.insert(note);
-            }
-        }
+        d.notes = notes_of(x.flags);
         d
     }
 
@@ -399,6 +399,35 @@ fn first_gap(path: &[u8]) -> Option<usize> {
         at += component.len() + 1;
     }
     None
+}
+
+/// The notes of a record's `FLAG_*` bits.
+fn notes_of(flags: u32) -> Notes {
+    let mut notes = Notes::default();
+    for (bit, note) in [
+        (FLAG_BY_FD, Notes::BY_FD),
+        (FLAG_PATH_TRUNCATED, Notes::PATH_TRUNCATED),
+        (FLAG_PATH2_TRUNCATED, Notes::NEW_PATH_TRUNCATED),
+        (FLAG_VALUE_TRUNCATED, Notes::VALUE_TRUNCATED),
+        (FLAG_NOT_CLOSED, Notes::NOT_CLOSED),
+        (FLAG_KERNEL_INTERNAL, Notes::KERNEL_INTERNAL),
+    ] {
+        if flags & bit != 0 {
+            notes.insert(note);
+        }
+    }
+    notes
+}
+
+/// Protect mode's verdict, on the records of its LSM programs.
+fn protect_of(flags: u32) -> Option<Protect> {
+    if flags & FLAG_DENIED != 0 {
+        Some(Protect::Denied)
+    } else if flags & FLAG_WOULD_DENY != 0 {
+        Some(Protect::WouldDeny)
+    } else {
+        None
+    }
 }
 
 /// The event op of a kernel op number (`watcher_common::op`, also the loss counter slot of
@@ -566,6 +595,58 @@ mod tests {
             Notes::BY_FD | Notes::PATH_TRUNCATED | Notes::NOT_CLOSED
         );
         assert_eq!((out[0].op, out[0].details.bytes), (Op::Modify, Some(3)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Protect's records become events with their verdict, wherever the object is (every
+    /// denial is an event); a record without the flags outside the roots is still dropped.
+    /// They carry no op arguments: the operation had not run.
+    #[test]
+    fn protect_records_become_verdicts_outside_the_roots_too() {
+        let dir =
+            std::env::temp_dir().join(format!("ctrwatch-enrich-protect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let roots = RootSet::resolve(std::slice::from_ref(&PathBuf::from(&dir)));
+        let root = roots.kernel_prefixes().into_iter().next().expect("root");
+        let mut e = Enricher::new(roots, ProcessTable::detached(Duration::from_secs(60)));
+        let record = |op: u16, path: &[u8], flags: u32, result: i64| {
+            let mut f = file(op, task(4000, 4000, "rm"), path.to_vec());
+            f.fixed.flags = flags;
+            f.fixed.result = result;
+            f.fixed.ino = 42;
+            f.fixed.dev = 7;
+            Record::File(f)
+        };
+        let outside = b"/elsewhere/blob";
+        let v = event(&mut e, record(op::UNLINK, outside, FLAG_DENIED, -1));
+        assert_eq!(v.details.protect, Some(Protect::Denied));
+        assert_eq!((v.op, v.result), (Op::Unlink, OpResult::Err(1)));
+        assert_eq!((v.inode, v.dev), (Some(42), Some(Dev(7))));
+        assert_eq!(v.path.0, outside);
+        assert_eq!(v.process.comm, "rm");
+        let mut inside = root.clone();
+        inside.extend_from_slice(b"/blob");
+        let v = event(&mut e, record(op::OPEN_WRITE, &inside, FLAG_WOULD_DENY, 0));
+        assert_eq!(v.details.protect, Some(Protect::WouldDeny));
+        assert_eq!((v.op, v.result), (Op::OpenWrite, OpResult::Ok));
+        assert_eq!(
+            (v.details.size, v.details.open_flags),
+            (None, OpenFlags::default())
+        );
+        let cut = "…/fs/blob".as_bytes();
+        let v = event(
+            &mut e,
+            record(op::SETXATTR, cut, FLAG_DENIED | FLAG_PATH_TRUNCATED, -1),
+        );
+        assert_eq!(
+            (v.path.0.as_slice(), v.details.notes),
+            (cut, Notes::PATH_TRUNCATED)
+        );
+        assert_eq!(v.details.xattr, None);
+        assert!(matches!(
+            e.on_record(record(op::UNLINK, outside, 0, -1)),
+            Outcome::Nothing
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
