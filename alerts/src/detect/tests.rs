@@ -408,6 +408,21 @@ fn protect_verdicts_raise_their_rules_folded_per_tree() {
             severity: Severity::Warning
         })
     );
+    // Nor does the metadata check take a would-deny open of a blob for a write.
+    let blob = format!(
+        "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/{}",
+        "a".repeat(64)
+    );
+    let mut open = ev(
+        T0,
+        Op::OpenWrite,
+        view(StorageKind::Blob, None, Verdict::Foreign),
+        script(900),
+    );
+    open.path = PathBytes(blob.into_bytes());
+    assert!(mismatch::candidate(&open).is_some());
+    open.details.protect = Some(Protect::WouldDeny);
+    assert!(mismatch::candidate(&open).is_none());
     let mut d = Detector::new(&config(""), node());
     for i in 0..1000 {
         d.event(&verdict(T0 + i, Op::Unlink, Protect::Denied), T0);
