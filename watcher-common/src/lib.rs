@@ -260,6 +260,10 @@ pub const FLAG_DENIED: u32 = 128;
 /// Protect mode (dry-run) would have denied this operation and let it through: `result` is 0;
 /// the syscall's own record says how the call ended.
 pub const FLAG_WOULD_DENY: u32 = 256;
+/// A protect record's path is `PATH_GAP` then the object's complete path inside its own
+/// filesystem (an inode hook: no mount to name it by; [`FLAG_PATH_TRUNCATED`] is set too):
+/// userspace may put where that filesystem is mounted in front of it.
+pub const FLAG_PATH_IN_FS: u32 = 512;
 
 /// Common prefix of every ring buffer record.
 #[allow(

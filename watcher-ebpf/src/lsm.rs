@@ -21,7 +21,8 @@
 //! in [`LOSS_PROTECT`]. The path is built from the dentry: through the file's own mount for
 //! file_open and path_truncate; for the inode hooks, which have no mount, through the task's
 //! root mount when the dentry is on its filesystem (as the fentry programs do), else it is
-//! the path inside its filesystem after `…/` (top unknown, flagged truncated).
+//! the path inside its filesystem after `…/` (flagged truncated, and [`FLAG_PATH_IN_FS`]:
+//! the daemon names the filesystem's mount point from its mount table).
 //!
 //! Hooks and the argument each reads (positions checked against BTF by userspace):
 //! inode_unlink(dir, dentry) 1; inode_rename(old_dir, old_dentry, new_dir, new_dentry) 1, 3;
@@ -36,8 +37,8 @@ use aya_ebpf::{
 };
 
 use watcher_common::{
-    FLAG_DENIED, FLAG_PATH_TRUNCATED, FLAG_WOULD_DENY, FileRecord, InodeKey, LOSS_PROTECT,
-    PATH_BUF_CAP, PATH_GAP, op,
+    FLAG_DENIED, FLAG_PATH_IN_FS, FLAG_PATH_TRUNCATED, FLAG_WOULD_DENY, FileRecord, InodeKey,
+    LOSS_PROTECT, PATH_BUF_CAP, PATH_GAP, op,
 };
 
 use crate::{
@@ -170,6 +171,10 @@ fn report(op: u16, mnt: u64, dentry: u64, deny: bool) {
             PATH_BUF_CAP - skip,
         );
         if skip != 0 {
+            if !truncated {
+                // The walk reached the filesystem's root: userspace can name its mount.
+                r.flags |= FLAG_PATH_IN_FS;
+            }
             data[0] = PATH_GAP[0];
             data[1] = PATH_GAP[1];
             data[2] = PATH_GAP[2];

@@ -7,6 +7,7 @@
 //! numbers stay numbers (times in ns, `Dev`, `Mode`), ops and flags become enums and bit sets.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt as _;
 use std::sync::Arc;
 
 use ctrwatch_event::{
@@ -14,15 +15,16 @@ use ctrwatch_event::{
     Overwritten, PathBytes, ProcessView, Protect, Xattr, lossless_text,
 };
 use watcher_common::{
-    FLAG_BY_FD, FLAG_DENIED, FLAG_KERNEL_INTERNAL, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED,
-    FLAG_PATH2_TRUNCATED, FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FLAG_WOULD_DENY, FileRecordFixed,
-    KernelFileOp, PATH_GAP, Record, TaskInfo, WriteAgg, WriteKey, op,
+    FLAG_BY_FD, FLAG_DENIED, FLAG_KERNEL_INTERNAL, FLAG_NOT_CLOSED, FLAG_PATH_IN_FS,
+    FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_REPLACED, FLAG_VALUE_TRUNCATED,
+    FLAG_WOULD_DENY, FileRecordFixed, KernelFileOp, PATH_GAP, Record, TaskInfo, WriteAgg, WriteKey,
+    op,
 };
 
 use crate::{
     containerd::attribution::Attributor,
     process::{ExecEvent, ProcessTable, Task},
-    roots::RootSet,
+    roots::{MountEntry, RootSet, parse_mountinfo},
 };
 
 /// `file->f_mode` bit set when an open created the file (include/linux/fs.h; unchanged since
@@ -177,7 +179,17 @@ impl Enricher {
         out
     }
 
-    fn file_event(&mut self, f: KernelFileOp) -> Option<FileEvent> {
+    fn file_event(&mut self, mut f: KernelFileOp) -> Option<FileEvent> {
+        if f.fixed.flags & FLAG_PATH_IN_FS != 0 {
+            // Read when needed only: protect's records of objects off the root filesystem.
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+                .map(|t| parse_mountinfo(&t))
+                .unwrap_or_default();
+            if let Some(path) = mounted_path(Dev(f.fixed.dev), &f.path, &mounts) {
+                f.path = path;
+                f.fixed.flags &= !FLAG_PATH_TRUNCATED;
+            }
+        }
         let x = &f.fixed;
         let Some(op) = file_op(x) else {
             log::debug!("file record of unknown op {} skipped", x.hdr.op);
@@ -419,6 +431,26 @@ fn notes_of(flags: u32) -> Notes {
     notes
 }
 
+/// The path of a record flagged `FLAG_PATH_IN_FS` (`…` then the object's path inside its
+/// filesystem `dev`) from where that filesystem is mounted whole (the first such mount of
+/// `mounts`); None when it is not mounted whole or the path is not of that form.
+fn mounted_path(dev: Dev, path: &[u8], mounts: &[MountEntry]) -> Option<Vec<u8>> {
+    let inner = path.strip_prefix(&PATH_GAP[..])?;
+    if !inner.starts_with(b"/") || first_gap(inner).is_some() {
+        return None;
+    }
+    let dev = dev.to_string();
+    let mount = mounts
+        .iter()
+        .find(|m| m.dev == dev && m.fs_root.as_os_str() == "/")?;
+    let mut out = mount.mount_point.as_os_str().as_bytes().to_vec();
+    if out.ends_with(b"/") {
+        out.pop();
+    }
+    out.extend_from_slice(inner);
+    Some(out)
+}
+
 /// Protect mode's verdict, on the records of its LSM programs.
 fn protect_of(flags: u32) -> Option<Protect> {
     if flags & FLAG_DENIED != 0 {
@@ -647,7 +679,47 @@ mod tests {
             e.on_record(record(op::UNLINK, outside, 0, -1)),
             Outcome::Nothing
         ));
+        // Off the process's root filesystem (FLAG_PATH_IN_FS): named from the mount table,
+        // here the real one's /proc.
+        use std::os::unix::fs::MetadataExt as _;
+        let proc_dev = std::fs::metadata("/proc")
+            .map(|m| m.dev())
+            .expect("stat /proc");
+        let mut f = file(
+            op::UNLINK,
+            task(4000, 4000, "rm"),
+            "…/self".as_bytes().to_vec(),
+        );
+        f.fixed.flags = FLAG_DENIED | FLAG_PATH_TRUNCATED | FLAG_PATH_IN_FS;
+        f.fixed.dev = Dev::from_user(proc_dev).0;
+        let v = event(&mut e, Record::File(f));
+        assert_eq!(
+            (v.path.0.as_slice(), v.details.notes),
+            (&b"/proc/self"[..], Notes::default())
+        );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A path inside a filesystem is put under the filesystem's first whole mount; a bind
+    /// mount of part of it, a path with another gap or without the leading gap are not.
+    #[test]
+    fn a_path_inside_its_filesystem_is_named_by_its_whole_mount() {
+        let mounts = parse_mountinfo(
+            "20 1 254:1 /sub /bind rw - ext4 /dev/vdb rw\n\
+             21 1 254:1 / /var/lib/containerd rw - ext4 /dev/vdb rw\n\
+             22 1 254:1 / /again rw - ext4 /dev/vdb rw\n\
+             23 1 254:0 / / rw - ext4 /dev/vda rw\n",
+        );
+        let at = |dev: Dev, path: &str| mounted_path(dev, path.as_bytes(), &mounts);
+        assert_eq!(
+            at(Dev::new(254, 1), "…/blobs/x"),
+            Some(b"/var/lib/containerd/blobs/x".to_vec())
+        );
+        assert_eq!(at(Dev::new(254, 0), "…/srv/x"), Some(b"/srv/x".to_vec()));
+        assert_eq!(at(Dev::new(254, 2), "…/x"), None);
+        assert_eq!(at(Dev::new(254, 1), "…/a/…/x"), None);
+        assert_eq!(at(Dev::new(254, 1), "/x"), None);
+        assert_eq!(at(Dev::new(254, 1), "……/x"), None);
     }
 
     /// A thread's events share one description until the process table changes; an exec

@@ -76,6 +76,27 @@ if start enforce; then
     else
         fail enforce-status "$(cut -c 1-400 "$out/status-enforce.json")"
     fi
+    # A figure, not a check: what the kernel verified of each LSM and fentry program (they
+    # build their paths with an inlined walk): verified_insns of bpf_prog_info (offset 216),
+    # by BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID and BPF_OBJ_GET_INFO_BY_FD (bpftool 7.1
+    # does not show it).
+    perl -MPOSIX -e '
+        my $id = 0;
+        while (1) {
+            my $next = pack("LLL", $id, 0, 0) . ("\0" x 116);
+            last if syscall(321, 11, $next, 128) != 0;
+            $id = unpack("x4 L", $next);
+            my $fd = syscall(321, 13, pack("LLL", $id, 0, 0) . ("\0" x 116), 128);
+            next if $fd < 0;
+            my $info = "\0" x 232;
+            my $get = pack("LLQ", $fd, 232, unpack("Q", pack("p", $info))) . ("\0" x 112);
+            if (syscall(321, 15, $get, 128) == 0) {
+                my $name = unpack("Z16", substr($info, 64, 16));
+                printf "%s %u\n", $name, unpack("L", substr($info, 216, 4))
+                    if $name =~ /^(lsm_|fentry_|fexit_)/;
+            }
+            POSIX::close($fd);
+        }' > "$out/lsm-verified-insns.txt" 2>&1
     if rm -f "$blobs/victim" 2> "$out/rm.err"; then
         fail enforce-rm-denied "rm succeeded"
     elif [ -e "$blobs/victim" ] && grep -q 'Operation not permitted' "$out/rm.err"; then
