@@ -162,8 +162,12 @@ fn report(op: u16, mnt: u64, dentry: u64, deny: bool) {
         r.result = if deny { -(EPERM as i64) } else { 0 };
         // No mount to name it by: its path inside its filesystem (write_dentry_path without a
         // mount stops at the filesystem's root) after `…` (the top is unknown). One call
-        // either way: each inlined copy is one more for the verifier.
-        let skip = if mnt != 0 { 0 } else { PATH_GAP.len() };
+        // either way: each inlined copy is one more for the verifier. The offset goes
+        // through map memory (the record's unused `rdev`), which the verifier does not track:
+        // as a constant 0 or 3 it would check the walk once for each.
+        r.rdev = if mnt != 0 { 0 } else { PATH_GAP.len() as u32 };
+        let skip = core::ptr::read_volatile(&raw const r.rdev) as usize & 3;
+        r.rdev = 0;
         let (mut len, mut truncated) = write_dentry_path(
             data.as_mut_ptr().add(skip),
             mnt,
