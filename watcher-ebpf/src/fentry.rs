@@ -42,7 +42,7 @@ use watcher_common::{FLAG_KERNEL_INTERNAL, FLAG_PATH_TRUNCATED, FileRecord, PATH
 
 use crate::{
     file_ops::{begin_record, scratch},
-    kernel::{current_task, inode_identity, read, read_path},
+    kernel::{inode_identity, read, root_mount_of},
     maps::{INFLIGHT_PENDING, PENDING, none_inflight, off, offsets, offsets_valid, self_tgid},
     path::{under_root, write_dentry_path},
 };
@@ -118,33 +118,6 @@ pub fn syscall_own(level: u32, ops: &[u16]) -> bool {
         Some(p) => ops.contains(&p.op),
         None => false,
     }
-}
-
-/// The `struct vfsmount *` through which `dentry` has its path from `/`: the task's root
-/// mount when the dentry is on its filesystem and the mount shows the whole filesystem; 0
-/// otherwise. The filesystem is taken from the dentry's parent: a dentry an unlink or rmdir
-/// has just removed has no inode left.
-#[inline(always)]
-pub fn root_mount_of(dentry: u64) -> u64 {
-    let o = offsets();
-    let fs: u64 = read(current_task(), off(&o.task_fs));
-    if fs == 0 {
-        return 0;
-    }
-    let (mnt, _) = read_path(fs + off(&o.fs_root));
-    let mnt_root: u64 = read(mnt, off(&o.vfsmount_mnt_root));
-    if mnt_root == 0 || read::<u64>(mnt_root, off(&o.dentry_d_parent)) != mnt_root {
-        return 0;
-    }
-    let sb_of = |d: u64| -> u64 {
-        let inode: u64 = read(d, off(&o.dentry_d_inode));
-        read(inode, off(&o.inode_i_sb))
-    };
-    let sb = sb_of(read(dentry, off(&o.dentry_d_parent)));
-    if sb == 0 || sb != sb_of(mnt_root) {
-        return 0;
-    }
-    mnt
 }
 
 /// Begins the record of an operation `op` the kernel made itself on `dentry`: this CPU's

@@ -38,9 +38,9 @@ use core::ffi::c_void;
 use watcher_common::{FLAG_PATH2_TRUNCATED, FileRecord, PATH_BUF_CAP, PATH_CAP, op};
 
 use crate::{
-    fentry::{Family, begin_internal, enter_depth, leave_depth, root_mount_of, syscall_own},
+    fentry::{Family, begin_internal, enter_depth, leave_depth, syscall_own},
     file_ops::send,
-    kernel::read,
+    kernel::{read, root_mount_of},
     maps::{SCRATCH2, capturing, off, offsets},
     path::{MASK, MASK2, write_dentry_path},
 };

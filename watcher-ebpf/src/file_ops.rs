@@ -502,9 +502,18 @@ pub(crate) fn begin_record(rec: *mut FileRecord, op: u16) {
     }
 }
 
-/// Sends the scratch record (fixed part plus the used tail) or counts it lost.
+/// Sends the scratch record (fixed part plus the used tail) or counts it lost in its op's
+/// slot.
 #[inline(always)]
 pub(crate) fn send(rec: *mut FileRecord) {
+    // SAFETY: `rec` is this CPU's scratch record.
+    let slot = unsafe { (*rec).fixed.hdr.op } as u32;
+    send_or_count(rec, slot);
+}
+
+/// Sends the scratch record (fixed part plus the used tail) or counts it lost in `slot`.
+#[inline(always)]
+pub(crate) fn send_or_count(rec: *mut FileRecord, slot: u32) {
     // SAFETY: `rec` is this CPU's scratch record; the length is bounded below its size.
     unsafe {
         let r = &mut (*rec).fixed;
@@ -521,7 +530,7 @@ pub(crate) fn send(rec: *mut FileRecord) {
             0,
         );
         if ret != 0 {
-            count_lost(r.hdr.op as u32);
+            count_lost(slot);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! BPF LSM protect mode (issue 15; denials are not sent as records yet).
+//! BPF LSM protect mode (issue 15).
 //!
 //! Each program runs on one LSM hook and decides, cheaply and in the kernel:
 //! 1. is protect mode on ([`PROTECT_MODE`]: 0 off, 1 dry-run, 2 enforce)?
@@ -13,6 +13,16 @@
 //! Only when all three hold is the operation denied (-EPERM, enforce) or let through
 //! (dry-run); when in doubt (a read fails, a map is full), it is allowed: a missed denial is
 //! a watch event, a wrong denial breaks a node.
+//!
+//! Every denial (and, in dry-run, every operation that would have been denied) is sent to
+//! the events ring buffer as a file record of the operation flagged [`FLAG_DENIED`] or
+//! [`FLAG_WOULD_DENY`] ([`report`]), whether or not it is under a watched root: the object's
+//! (dev, ino) and path, the acting task. A record the ring buffer has no room for is counted
+//! in [`LOSS_PROTECT`]. The path is built from the dentry: through the file's own mount for
+//! file_open and path_truncate; for the inode hooks, which have no mount, through the task's
+//! root mount when the dentry is on its filesystem (as the fentry programs do), else it is
+//! the path inside its filesystem after `…/` (flagged truncated, and [`FLAG_PATH_IN_FS`]:
+//! the daemon names the filesystem's mount point from its mount table).
 //!
 //! Hooks and the argument each reads (positions checked against BTF by userspace):
 //! inode_unlink(dir, dentry) 1; inode_rename(old_dir, old_dentry, new_dir, new_dentry) 1, 3;
@@ -35,9 +45,16 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 
+use watcher_common::{
+    FLAG_DENIED, FLAG_PATH_IN_FS, FLAG_PATH_TRUNCATED, FLAG_WOULD_DENY, FileRecord, InodeKey,
+    LOSS_PROTECT, PATH_BUF_CAP, PATH_GAP, op,
+};
+
 use crate::{
-    kernel::{current_task, file_inode, file_path, inode_identity, read, read_path},
+    file_ops::{begin_record, scratch, send_or_count},
+    kernel::{current_task, file_inode, file_path, inode_identity, read, read_path, root_mount_of},
     maps::{off, offsets, offsets_valid},
+    path::write_dentry_path,
 };
 
 /// How many dentries up from the object are looked up in [`PROTECTED`]: a layer's `fs` dir
@@ -47,8 +64,6 @@ const PROTECT_WALK_DEPTH: usize = 24;
 
 const EPERM: i32 = 1;
 const FMODE_WRITE: u32 = 0x2;
-
-use watcher_common::InodeKey;
 
 /// Slot 0: 0 off, 1 dry-run, 2 enforce.
 #[map]
@@ -127,15 +142,69 @@ fn trusted() -> bool {
     }
 }
 
-/// The verdict for an operation on `dentry` (0 allow, -EPERM deny).
+/// The verdict for operation `op` on `dentry`, reached through mount `mnt` (0: unknown):
+/// 0 allow, -EPERM deny. A denial or would-deny is reported.
 #[inline(always)]
-fn decide(dentry: u64) -> i32 {
+fn decide(op: u16, mnt: u64, dentry: u64) -> i32 {
     let m = mode();
     if m == 0 || !offsets_valid() || !protected_dentry(dentry) || trusted() {
         return 0;
     }
-    // TODO(i15): a FileRecord with FLAG_DENIED / FLAG_WOULD_DENY to EVENTS.
-    if m == 2 { -EPERM } else { 0 }
+    let deny = m == 2;
+    report(op, mnt, dentry, deny);
+    if deny { -EPERM } else { 0 }
+}
+
+/// Sends the record of a denial (`deny`) or would-deny of `op` on `dentry`, or counts it lost.
+#[inline(always)]
+fn report(op: u16, mnt: u64, dentry: u64, deny: bool) {
+    let Some(rec) = scratch() else {
+        return;
+    };
+    begin_record(rec, op);
+    let mnt = if mnt != 0 { mnt } else { root_mount_of(dentry) };
+    // SAFETY: `rec` is this CPU's scratch record; the path is written by write_dentry_path
+    // (masked offsets, the tail has room for PATH_GAP before it).
+    unsafe {
+        let FileRecord { fixed: r, data } = &mut *rec;
+        r.flags = if deny { FLAG_DENIED } else { FLAG_WOULD_DENY };
+        r.result = if deny { -(EPERM as i64) } else { 0 };
+        // No mount to name it by: its path inside its filesystem (write_dentry_path without a
+        // mount stops at the filesystem's root) after `…` (the top is unknown). One call
+        // either way: each inlined copy is one more for the verifier. The offset goes
+        // through map memory (the record's unused `rdev`), which the verifier does not track:
+        // as a constant 0 or 3 it would check the walk once for each.
+        r.rdev = if mnt != 0 { 0 } else { PATH_GAP.len() as u32 };
+        let skip = core::ptr::read_volatile(&raw const r.rdev) as usize & 3;
+        r.rdev = 0;
+        let (mut len, mut truncated) = write_dentry_path(
+            data.as_mut_ptr().add(skip),
+            mnt,
+            dentry,
+            PATH_BUF_CAP - skip,
+        );
+        if skip != 0 {
+            if !truncated {
+                // The walk reached the filesystem's root: userspace can name its mount.
+                r.flags |= FLAG_PATH_IN_FS;
+            }
+            data[0] = PATH_GAP[0];
+            data[1] = PATH_GAP[1];
+            data[2] = PATH_GAP[2];
+            len += skip;
+            truncated = true;
+        }
+        r.path_len = len as u16;
+        if truncated {
+            r.flags |= FLAG_PATH_TRUNCATED;
+        }
+        let inode: u64 = read(dentry, off(&offsets().dentry_d_inode));
+        let (dev, ino, mode, _) = inode_identity(inode);
+        r.dev = dev;
+        r.ino = ino;
+        r.mode = mode;
+    }
+    send_or_count(rec, LOSS_PROTECT);
 }
 
 /// An earlier LSM program's denial stands.
@@ -152,27 +221,34 @@ pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    decide(op::UNLINK, 0, ctx.arg::<u64>(1))
 }
 
-/// The verdict of a hook with two dentries, its arguments `a` and `b` (of `nargs`): denied
-/// when either is.
+/// The verdict of `op`, a hook with two dentries, its arguments `a` and `b` (of `nargs`):
+/// denied when either is.
 #[inline(always)]
-fn decide_two(ctx: &LsmContext, nargs: usize, a: usize, b: usize) -> i32 {
+fn decide_two(ctx: &LsmContext, nargs: usize, op: u16, a: usize, b: usize) -> i32 {
     let prev = previous(ctx, nargs);
     if prev != 0 {
         return prev;
     }
-    let r = decide(ctx.arg::<u64>(a));
-    if r != 0 {
-        return r;
+    if mode() == 0 {
+        return 0;
     }
-    decide(ctx.arg::<u64>(b))
+    // One verdict (and one record) per call: on the first name when it is protected, else
+    // on the second (one place that builds a path: each is a copy the verifier checks).
+    let first: u64 = ctx.arg(a);
+    let dentry = if protected_dentry(first) {
+        first
+    } else {
+        ctx.arg::<u64>(b)
+    };
+    decide(op, 0, dentry)
 }
 
 #[lsm(hook = "inode_rename")]
 pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
-    decide_two(&ctx, 4, 1, 3)
+    decide_two(&ctx, 4, op::RENAME, 1, 3)
 }
 
 #[lsm(hook = "inode_setxattr")]
@@ -181,7 +257,7 @@ pub fn lsm_inode_setxattr(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    decide(op::SETXATTR, 0, ctx.arg::<u64>(1))
 }
 
 #[lsm(hook = "inode_removexattr")]
@@ -190,7 +266,7 @@ pub fn lsm_inode_removexattr(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    decide(op::REMOVEXATTR, 0, ctx.arg::<u64>(1))
 }
 
 #[lsm(hook = "file_open")]
@@ -204,8 +280,8 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     if f_mode & FMODE_WRITE == 0 {
         return 0;
     }
-    let (_, dentry) = file_path(file);
-    decide(dentry)
+    let (mnt, dentry) = file_path(file);
+    decide(op::OPEN_WRITE, mnt, dentry)
 }
 
 #[lsm(hook = "path_truncate")]
@@ -214,42 +290,42 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    let (_, dentry) = read_path(ctx.arg::<u64>(0));
-    decide(dentry)
+    let (mnt, dentry) = read_path(ctx.arg::<u64>(0));
+    decide(op::TRUNCATE, mnt, dentry)
 }
 
 /// A new name in a directory (`dentry`, negative: the walk starts at its parent) for the
 /// hooks whose dentry is their argument 1.
 #[inline(always)]
-fn create_hook(ctx: &LsmContext, nargs: usize) -> i32 {
+fn create_hook(ctx: &LsmContext, nargs: usize, op: u16) -> i32 {
     let prev = previous(ctx, nargs);
     if prev != 0 {
         return prev;
     }
-    decide(ctx.arg::<u64>(1))
+    decide(op, 0, ctx.arg::<u64>(1))
 }
 
 #[lsm(hook = "inode_create")]
 pub fn lsm_inode_create(ctx: LsmContext) -> i32 {
-    create_hook(&ctx, 3)
+    create_hook(&ctx, 3, op::CREATE)
 }
 
 #[lsm(hook = "inode_mknod")]
 pub fn lsm_inode_mknod(ctx: LsmContext) -> i32 {
-    create_hook(&ctx, 4)
+    create_hook(&ctx, 4, op::MKNOD)
 }
 
 #[lsm(hook = "inode_mkdir")]
 pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
-    create_hook(&ctx, 3)
+    create_hook(&ctx, 3, op::MKDIR)
 }
 
 #[lsm(hook = "inode_symlink")]
 pub fn lsm_inode_symlink(ctx: LsmContext) -> i32 {
-    create_hook(&ctx, 3)
+    create_hook(&ctx, 3, op::SYMLINK)
 }
 
 #[lsm(hook = "inode_link")]
 pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
-    decide_two(&ctx, 3, 0, 2)
+    decide_two(&ctx, 3, op::LINK, 0, 2)
 }
