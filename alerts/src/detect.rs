@@ -11,6 +11,10 @@
 //!   it unpacks, before the commit; its events can be enriched after the metadata already
 //!   says "committed", so its own writes are left to the layer check at commit (the tar
 //!   replay, watcher/src/layercheck.rs), which judges the result whoever made it.
+//! * `protect-denied` / `protect-would-deny`: protect mode's record of a denial (enforce,
+//!   critical) or of an operation it would have denied (dry-run, warning). These records are
+//!   the verdicts; the syscall's own record of the same call is not judged twice:
+//!   `foreign-change` leaves protect's records to these rules.
 //!
 //! Grouping (docs/alerts.md): one rule's events of one severity from one process tree
 //! within the group window fold into one alert. Revision 1 goes out a settle delay after the
@@ -27,7 +31,7 @@ use std::time::Duration;
 
 use ctrwatch_config::{Config, RuleId, Severity};
 use ctrwatch_event::{
-    FileEvent, Op, OpResult, PathBytes, ProcessView, StorageKind, Verdict, format_rfc3339,
+    FileEvent, Op, OpResult, PathBytes, ProcessView, Protect, StorageKind, Verdict, format_rfc3339,
 };
 
 use crate::alert::{Alert, FileRef, MAX_EVENTS, MAX_SAMPLE_PATHS, Node, history_command};
@@ -97,7 +101,8 @@ fn judged_path(ev: &FileEvent) -> &PathBytes {
 
 /// What `foreign-change` says about an event (None: not its business).
 pub fn foreign_change(ev: &FileEvent) -> Option<Finding> {
-    if ev.result != OpResult::Ok {
+    // A would-deny record (result ok) is a verdict, not the change: the syscall's record is.
+    if ev.result != OpResult::Ok || ev.details.protect.is_some() {
         return None;
     }
     let view = ev.details.containerd.as_deref()?;
@@ -149,10 +154,23 @@ pub fn opaque_leak(ev: &FileEvent) -> Option<Finding> {
         })
 }
 
+/// What `protect-denied` or `protect-would-deny` says about an event: every record of protect
+/// mode's verdict is one (None: not a protect record).
+pub fn protect_verdict(ev: &FileEvent) -> Option<Finding> {
+    let rule = match ev.details.protect? {
+        Protect::Denied => RuleId::ProtectDenied,
+        Protect::WouldDeny => RuleId::ProtectWouldDeny,
+    };
+    Some(Finding {
+        rule,
+        severity: rule.default_severity(),
+    })
+}
+
 /// Whether any rule could judge this event: the daemon's cheap filter on the capture path,
 /// so that only candidates are copied to the detection thread.
 pub fn wants(ev: &FileEvent) -> bool {
-    foreign_change(ev).is_some() || opaque_leak(ev).is_some()
+    foreign_change(ev).is_some() || opaque_leak(ev).is_some() || protect_verdict(ev).is_some()
 }
 
 struct RuleSetting {
@@ -191,6 +209,8 @@ pub struct Detector {
     window_ns: i64,
     foreign: RuleSetting,
     opaque: RuleSetting,
+    denied: RuleSetting,
+    would_deny: RuleSetting,
     groups: HashMap<String, Group>,
     /// Groups replaced by a newer one of the same key, not yet finished.
     finished: Vec<Group>,
@@ -216,6 +236,8 @@ impl Detector {
             window_ns: ns(config.alerts.group_window),
             foreign: RuleSetting::of(config, RuleId::ForeignChange),
             opaque: RuleSetting::of(config, RuleId::OpaqueLeak),
+            denied: RuleSetting::of(config, RuleId::ProtectDenied),
+            would_deny: RuleSetting::of(config, RuleId::ProtectWouldDeny),
             groups: HashMap::new(),
             finished: Vec::new(),
             judged_until_ns: i64::MIN,
@@ -230,6 +252,8 @@ impl Detector {
         self.window_ns = ns(config.alerts.group_window);
         self.foreign = RuleSetting::of(config, RuleId::ForeignChange);
         self.opaque = RuleSetting::of(config, RuleId::OpaqueLeak);
+        self.denied = RuleSetting::of(config, RuleId::ProtectDenied);
+        self.would_deny = RuleSetting::of(config, RuleId::ProtectWouldDeny);
     }
 
     /// A reload changed `[alerts] node_name`: the groups opened from now on name `node`
@@ -240,7 +264,10 @@ impl Detector {
 
     /// Whether any rule is on.
     pub fn any_enabled(&self) -> bool {
-        self.foreign.enabled || self.opaque.enabled
+        self.foreign.enabled
+            || self.opaque.enabled
+            || self.denied.enabled
+            || self.would_deny.enabled
     }
 
     /// Judges one event, seen at `now_ns` (wall clock): it opens or joins a group of every
@@ -253,6 +280,13 @@ impl Detector {
                 foreign_change(ev),
             ),
             (self.opaque.enabled, self.opaque.severity, opaque_leak(ev)),
+            {
+                let setting = match ev.details.protect {
+                    Some(Protect::WouldDeny) => &self.would_deny,
+                    _ => &self.denied,
+                };
+                (setting.enabled, setting.severity, protect_verdict(ev))
+            },
         ];
         for (enabled, fixed, finding) in judged {
             let Some(f) = finding.filter(|_| enabled) else {
@@ -401,6 +435,19 @@ fn verb(op: Op) -> &'static str {
     }
 }
 
+/// What a process denied by protect mode tried to do (`it tried to …`).
+fn attempt(op: Op) -> &'static str {
+    match op {
+        Op::Unlink | Op::Rmdir => "delete",
+        Op::Truncate => "truncate",
+        Op::Rename => "rename",
+        Op::Setxattr => "set an xattr on",
+        Op::Removexattr => "remove an xattr of",
+        Op::OpenWrite | Op::Create | Op::Modify | Op::Fallocate => "open for writing",
+        _ => "change",
+    }
+}
+
 /// Where the file is, for people: "layer sha256:… of IMAGE", "blob sha256:…", …
 fn place(view: Option<&ctrwatch_event::ContainerdView>) -> String {
     let Some(v) = view else {
@@ -449,22 +496,27 @@ fn describe(g: &mut Group) {
             )
         })
         .unwrap_or_default();
-    let verbs: Vec<&str> = {
-        let mut v: Vec<&str> = g.ops.iter().map(|o| verb(*o)).collect();
-        v.dedup();
-        v
+    // "deleted PATH …", or "deleted N files, first PATH …": the ops' words, the count.
+    let count = a.count;
+    let phrase = |word: fn(Op) -> &'static str, counted: &str| {
+        let mut words: Vec<&str> = g.ops.iter().map(|o| word(*o)).collect();
+        words.dedup();
+        let words = words.join("/");
+        if count == 1 {
+            format!("{words} {what}{}", place(view))
+        } else {
+            format!("{words} {count} {counted}, first {what}{}", place(view))
+        }
     };
-    let body = if a.count == 1 {
-        format!("{who} {} {what}{}", verbs.join("/"), place(view))
-    } else {
-        format!(
-            "{who} {} {} files, first {what}{}",
-            verbs.join("/"),
-            a.count,
-            place(view)
-        )
-    };
+    let body = format!("{who} {}", phrase(verb, "files"));
+    let tried = phrase(attempt, "times");
     a.summary = match a.rule {
+        RuleId::ProtectDenied => {
+            format!("protect mode denied {who} (EPERM): it tried to {tried}{verdict}")
+        }
+        RuleId::ProtectWouldDeny => format!(
+            "protect mode (dry-run) would have denied {who} and let it through: it tried to {tried}{verdict}"
+        ),
         RuleId::OpaqueLeak => format!(
             "opaque marker set on {what}{}: overlay will hide the lower layers' files under it; by {who}{verdict}",
             place(view)

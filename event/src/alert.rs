@@ -63,15 +63,17 @@ pub enum RuleId {
     Heartbeat,
     /// A configuration reload was refused; the previous configuration stays in force.
     ConfigInvalid,
-    /// Protect mode denied (or, in dry-run, would have denied) an operation.
+    /// Protect mode (enforce) denied an operation.
     ProtectDenied,
+    /// Protect mode in dry-run would have denied an operation, and let it through.
+    ProtectWouldDeny,
     /// Protect mode was asked for but cannot run on this kernel.
     ProtectUnavailable,
 }
 
 impl RuleId {
     /// Every rule.
-    pub const ALL: [RuleId; 10] = [
+    pub const ALL: [RuleId; 11] = [
         RuleId::ForeignChange,
         RuleId::OpaqueLeak,
         RuleId::LayerDamaged,
@@ -81,6 +83,7 @@ impl RuleId {
         RuleId::Heartbeat,
         RuleId::ConfigInvalid,
         RuleId::ProtectDenied,
+        RuleId::ProtectWouldDeny,
         RuleId::ProtectUnavailable,
     ];
     /// The id (`foreign-change`, ...).
@@ -95,6 +98,7 @@ impl RuleId {
             RuleId::Heartbeat => "heartbeat",
             RuleId::ConfigInvalid => "config-invalid",
             RuleId::ProtectDenied => "protect-denied",
+            RuleId::ProtectWouldDeny => "protect-would-deny",
             RuleId::ProtectUnavailable => "protect-unavailable",
         }
     }
@@ -115,6 +119,7 @@ impl RuleId {
             RuleId::Heartbeat => Severity::Info,
             RuleId::ConfigInvalid => Severity::Warning,
             RuleId::ProtectDenied => Severity::Critical,
+            RuleId::ProtectWouldDeny => Severity::Warning,
             RuleId::ProtectUnavailable => Severity::Warning,
         }
     }
@@ -134,6 +139,9 @@ impl RuleId {
             RuleId::Heartbeat => "ctrwatch is alive (its silence is the alarm)",
             RuleId::ConfigInvalid => "a configuration reload was refused",
             RuleId::ProtectDenied => "protect mode denied an operation",
+            RuleId::ProtectWouldDeny => {
+                "protect mode in dry-run would have denied an operation (let through)"
+            }
             RuleId::ProtectUnavailable => "protect mode cannot run on this kernel",
         }
     }

@@ -261,6 +261,33 @@ flag_set! {
     }
 }
 
+/// Protect mode's verdict on an operation (issue 15): the record of a BPF LSM program that
+/// denied it, or in dry-run would have (docs/operations.md, "Protect mode").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protect {
+    /// Denied (enforce): the process got EPERM, nothing changed.
+    Denied,
+    /// Would have been denied (dry-run): let through.
+    WouldDeny,
+}
+
+impl Protect {
+    /// Every verdict.
+    pub const ALL: [Protect; 2] = [Protect::Denied, Protect::WouldDeny];
+    /// The name (`denied`, `would_deny`), as in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protect::Denied => "denied",
+            Protect::WouldDeny => "would_deny",
+        }
+    }
+    /// The verdict with this name.
+    pub fn from_name(name: &str) -> Option<Protect> {
+        Protect::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
 /// What depends on the op; absent fields do not apply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Details {
@@ -293,6 +320,9 @@ pub struct Details {
     pub open_flags: OpenFlags,
     /// How the event was seen.
     pub notes: Notes,
+    /// Protect mode's verdict: set only on the records of the protect programs, which are the
+    /// denials (and would-denials) themselves, not changes.
+    pub protect: Option<Protect>,
     /// Its place in containerd's storage and whose it is (under containerd roots only).
     pub containerd: Option<Box<ContainerdView>>,
 }
@@ -316,6 +346,8 @@ struct Json<'a> {
     result: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     errno: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protect: Option<Protect>,
     #[serde(skip_serializing_if = "Option::is_none")]
     inode: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -368,6 +400,7 @@ impl Serialize for FileEvent {
             new_path: self.new_path.as_ref(),
             result: self.result.name(),
             errno: self.result.errno(),
+            protect: d.protect,
             inode: self.inode,
             dev: self.dev,
             process: &self.process,

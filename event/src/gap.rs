@@ -24,6 +24,8 @@ pub enum LossKind {
     /// An operation anywhere on the node whose path was deeper than the kernel side follows:
     /// whether it was under a root cannot be told.
     PathUnresolved,
+    /// A record of protect mode's denial or would-deny (the ring buffer was full).
+    Protect,
     /// An event the daemon's store writer could not take in time (its queue was full).
     StoreQueue,
     /// A counter slot this version does not know.
@@ -40,6 +42,7 @@ impl LossKind {
             LossKind::Fork => "fork",
             LossKind::Exit => "exit",
             LossKind::PathUnresolved => "path_unresolved",
+            LossKind::Protect => "protect",
             LossKind::StoreQueue => "store_queue",
             LossKind::Unknown => "unknown",
         }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     containerd::{ContainerdView, StorageKind},
-    file::{FileEvent, Notes},
+    file::{FileEvent, Notes, Protect},
     process::ProcessView,
     text::{escape, escape_bytes},
 };
@@ -17,8 +17,27 @@ pub const TRUNCATED_MARK: &str = " (path truncated)";
 pub const NEW_TRUNCATED_MARK: &str = " (new path truncated)";
 /// Written after the op of a change the kernel made itself (note `kernel_internal`).
 pub const KERNEL_INTERNAL_MARK: &str = " (kernel-internal)";
+/// Written after the op of protect mode's record of a denial (`protect` `denied`).
+pub const DENIED_MARK: &str = " (protect: denied)";
+/// Written after the op of protect mode's record of a would-deny (`protect` `would_deny`).
+pub const WOULD_DENY_MARK: &str = " (protect: would deny)";
 
 impl FileEvent {
+    /// What is written after the op for people: the kernel-internal mark, protect's verdict.
+    pub fn op_marks(&self) -> String {
+        let d = &self.details;
+        let mut marks = String::new();
+        if d.notes.contains(Notes::KERNEL_INTERNAL) {
+            marks.push_str(KERNEL_INTERNAL_MARK);
+        }
+        match d.protect {
+            Some(Protect::Denied) => marks.push_str(DENIED_MARK),
+            Some(Protect::WouldDeny) => marks.push_str(WOULD_DENY_MARK),
+            None => {}
+        }
+        marks
+    }
+
     /// The path for people, with the truncation mark when it is not the whole path.
     pub fn path_display(&self) -> String {
         let mut p = self.path.display();
@@ -52,10 +71,8 @@ impl FileEvent {
         if let Some(new) = self.new_path_display() {
             let _ = write!(line, " -> {new}");
         }
+        line.push_str(&self.op_marks());
         let d = &self.details;
-        if d.notes.contains(Notes::KERNEL_INTERNAL) {
-            line.push_str(KERNEL_INTERNAL_MARK);
-        }
         if let Some(o) = &d.overwritten {
             let _ = write!(
                 line,
@@ -303,6 +320,35 @@ mod tests {
         assert!(json.contains(r#""notes":["kernel_internal"]"#), "{json}");
         let line = rename("/r/a", "/r/b", Notes::default()).human_line();
         assert!(!line.contains("kernel-internal"), "{line}");
+    }
+
+    /// Protect mode's records say their verdict on the readable line and in the JSON, next
+    /// to the result; other records have no `protect` field.
+    #[test]
+    fn protect_verdicts_are_labelled() -> Result<(), serde_json::Error> {
+        let mut event = rename("/r/a", "/r/b", Notes::default());
+        event.result = OpResult::from_ret(-1);
+        event.details.protect = Some(Protect::Denied);
+        let line = event.human_line();
+        assert!(line.contains(" -> /r/b (protect: denied) pid="), "{line}");
+        let json = serde_json::to_string(&event)?;
+        assert!(
+            json.contains(r#""result":"EPERM","errno":1,"protect":"denied","#),
+            "{json}"
+        );
+        event.result = OpResult::Ok;
+        event.details.protect = Some(Protect::WouldDeny);
+        assert!(event.human_line().contains("(protect: would deny)"));
+        let json = serde_json::to_string(&event)?;
+        assert!(json.contains(r#""protect":"would_deny""#), "{json}");
+        event.details.protect = None;
+        assert!(!serde_json::to_string(&event)?.contains("protect"));
+        assert!(!event.human_line().contains("protect"));
+        for p in Protect::ALL {
+            assert_eq!(Protect::from_name(p.name()), Some(p));
+            assert_eq!(serde_json::to_string(&p)?, format!("\"{}\"", p.name()));
+        }
+        Ok(())
     }
 
     /// A truncated path is marked on the readable line right after it, a complete one not.

@@ -20,7 +20,7 @@ pub mod time;
 
 pub use alert::{RuleId, Severity};
 pub use containerd::{BlobRole, ContainerdView, PodInfo, SnapshotKind, StorageKind, Verdict};
-pub use file::{Details, Dev, FileEvent, Mode, Notes, OpenFlags, Overwritten, Xattr};
+pub use file::{Details, Dev, FileEvent, Mode, Notes, OpenFlags, Overwritten, Protect, Xattr};
 pub use gap::{Gap, GapKind, LossEvent, LossKind};
 pub use op::{Op, OpResult, errno_name};
 pub use process::{AncestorView, ProcessView};

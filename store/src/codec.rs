@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use ctrwatch_containerd::paths::{SNAPSHOTS_DIR, SNAPSHOTTER_PREFIX, SnapshotLayout};
 use ctrwatch_event::{
-    ContainerdView, Details, Dev, Mode, Notes, OpenFlags, Overwritten, PathBytes, Xattr, hex,
-    lossless_text, text::unhex,
+    ContainerdView, Details, Dev, Mode, Notes, OpenFlags, Overwritten, PathBytes, Protect, Xattr,
+    hex, lossless_text, text::unhex,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -538,6 +538,20 @@ const T_CONTAINERD_PATH_INNER: u8 = 19;
 /// Rename: the inode the rename deleted, and its filesystem's "major:minor" (an atom).
 const T_OVERWRITTEN_INODE: u8 = 20;
 const T_OVERWRITTEN_DEV: u8 = 21;
+/// Protect mode's verdict (`protect`): [`protect_code`].
+const T_PROTECT: u8 = 22;
+
+/// The stored number of a protect verdict (0 is no verdict, never stored).
+fn protect_code(p: Protect) -> u64 {
+    match p {
+        Protect::Denied => 1,
+        Protect::WouldDeny => 2,
+    }
+}
+
+fn protect_of_code(code: u64) -> Option<Protect> {
+    Protect::ALL.into_iter().find(|p| protect_code(*p) == code)
+}
 
 /// Which dictionary ("atoms") a short string goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -700,6 +714,9 @@ pub(crate) fn encode_details<E>(
     for n in d.notes.names() {
         put_u(out, T_NOTE, atom(AtomKind::Note, n)? as u64);
     }
+    if let Some(p) = d.protect {
+        put_u(out, T_PROTECT, protect_code(p));
+    }
     Ok(())
 }
 
@@ -765,6 +782,7 @@ pub(crate) fn decode_details(
                 .open_flags
                 .insert(OpenFlags::from_name(&atom_at(&mut pos)?)?),
             T_NOTE => d.notes.insert(Notes::from_name(&atom_at(&mut pos)?)?),
+            T_PROTECT => d.protect = Some(protect_of_code(get_varint(buf, &mut pos)?)?),
             T_CONTAINERD => {
                 let view: ContainerdView = serde_json::from_str(&atom_at(&mut pos)?).ok()?;
                 d.containerd = Some(Box::new(view));
@@ -1153,6 +1171,7 @@ mod tests {
             }),
             open_flags: OpenFlags::WRITE | OpenFlags::CREATE,
             notes: Notes::BY_FD | Notes::VALUE_TRUNCATED,
+            protect: Some(Protect::WouldDeny),
             ..Default::default()
         };
         let mut atoms: Vec<String> = Vec::new();
@@ -1193,6 +1212,14 @@ mod tests {
         let mut enc = Vec::new();
         put_u(&mut enc, T_NOTE, 0);
         assert!(decode_details(&enc, 0, b"", |_| Some("by_hand".into())).is_none());
+        // A protect verdict this version does not know is damage.
+        let mut enc = Vec::new();
+        put_u(&mut enc, T_PROTECT, 3);
+        assert!(decode_details(&enc, 0, b"", |_| None).is_none());
+        let mut enc = Vec::new();
+        put_u(&mut enc, T_PROTECT, protect_code(Protect::Denied));
+        let dec = decode_details(&enc, 0, b"", |_| None);
+        assert_eq!(dec.and_then(|d| d.protect), Some(Protect::Denied));
         // Half of an overwritten target is damage too.
         let mut enc = Vec::new();
         put_u(&mut enc, T_OVERWRITTEN_INODE, 5);

@@ -123,6 +123,13 @@ pub fn round_trip(data: &[u8]) {
         }),
         open_flags: OpenFlags(u16::from(input.byte()) & 0xf),
         notes: Notes(u16::from(input.byte()) & 0x3f),
+        protect: input.opt(|i| {
+            if i.byte() & 1 == 0 {
+                ctrwatch_event::Protect::Denied
+            } else {
+                ctrwatch_event::Protect::WouldDeny
+            }
+        }),
         ..Default::default()
     };
     let mut table: Vec<(AtomKind, String)> = Vec::new();

@@ -1247,6 +1247,11 @@ fn deletion_kind(
     if !opts.failed && !e.result.is_ok() {
         return None;
     }
+    // Protect's record is a verdict, not a change: a would-deny unlink's deletion is the
+    // syscall's own record.
+    if d.protect.is_some() {
+        return None;
+    }
     let on_path = ev.path_is(names);
     let onto = ev.new_path_is(names);
     match e.op {

@@ -106,12 +106,7 @@ fn cells(e: &FileEvent, deletion: Option<DeletionKind>) -> Cells {
         Some(d) if d.name() != e.op.name() => format!("{} ({d})", e.op),
         _ => e.op.name().to_owned(),
     };
-    if e.details
-        .notes
-        .contains(ctrwatch_event::Notes::KERNEL_INTERNAL)
-    {
-        op.push_str(ctrwatch_event::human::KERNEL_INTERNAL_MARK);
-    }
+    op.push_str(&e.op_marks());
     let p = &e.process;
     let who = format!(
         "{} ({})",

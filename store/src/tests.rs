@@ -407,6 +407,7 @@ fn full_event() -> FileEvent {
             overwritten: None,
             open_flags: OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
             notes: Notes::BY_FD | Notes::NOT_CLOSED,
+            protect: Some(ctrwatch_event::Protect::Denied),
             containerd: Some(Box::new(ContainerdView {
                 root: path_bytes("/var/lib/containerd"),
                 kind: StorageKind::Snapshot,
@@ -1942,6 +1943,8 @@ fn a_store_of_the_previous_release_reads_back_typed() {
         inode: 9,
         dev: Dev::new(254, 1),
     });
+    // That release had no protect verdicts.
+    full.details.protect = None;
     let stored = all
         .found
         .iter()

@@ -251,6 +251,8 @@ fn every_offset_matches_bpftool() {
         inode_i_nlink,
         sb_s_dev,
         xfs_inode_i_vnode,
+        renamedata_old_dentry,
+        renamedata_flags,
         mount_mnt,
         mount_mnt_parent,
         mount_mnt_mountpoint,
@@ -320,6 +322,14 @@ fn every_offset_matches_bpftool() {
         ("nsproxy_mnt_ns", "nsproxy", "mnt_ns", nsproxy_mnt_ns),
         ("mnt_ns_ns", "mnt_namespace", "ns", mnt_ns_ns),
         ("ns_common_inum", "ns_common", "inum", ns_common_inum),
+        // struct renamedata exists since 5.12: this host's kernel has it.
+        (
+            "renamedata_old_dentry",
+            "renamedata",
+            "old_dentry",
+            renamedata_old_dentry,
+        ),
+        ("renamedata_flags", "renamedata", "flags", renamedata_flags),
     ];
     // Optional (0 when this kernel's BTF has no xfs), checked when present.
     if xfs_inode_i_vnode != 0 {

@@ -222,6 +222,9 @@ pub const LOSS_EXIT: u32 = 26;
 /// [`MAX_PATH_DEPTH`] components): whether it was under a root cannot be told, so it is not
 /// reported, only counted here, and the history says so.
 pub const LOSS_PATH_UNRESOLVED: u32 = 27;
+/// Protect records lost ([`FLAG_DENIED`] / [`FLAG_WOULD_DENY`]): counted apart from the ops'
+/// slots, so that a lost denial shows as one.
+pub const LOSS_PROTECT: u32 = 28;
 /// Loss counter slots in all (the size of the kernel's loss array).
 pub const LOSS_SLOTS: u32 = 32;
 
@@ -250,6 +253,17 @@ pub const FLAG_REPLACED: u32 = 32;
 /// overlayfs copy-up or opaque directory setting `trusted.overlay.*`), seen by an fentry hook
 /// (watcher-ebpf/src/fentry.rs); the task is the one whose operation triggered it.
 pub const FLAG_KERNEL_INTERNAL: u32 = 64;
+/// Protect mode (issue 15, enforce) denied this operation (-EPERM), seen by a BPF LSM program
+/// (watcher-ebpf/src/lsm.rs): the record is the denial itself, `result` is -EPERM; the
+/// syscall's own record, if its tracepoints saw it, says the same call failed with EPERM.
+pub const FLAG_DENIED: u32 = 128;
+/// Protect mode (dry-run) would have denied this operation and let it through: `result` is 0;
+/// the syscall's own record says how the call ended.
+pub const FLAG_WOULD_DENY: u32 = 256;
+/// A protect record's path is `PATH_GAP` then the object's complete path inside its own
+/// filesystem (an inode hook: no mount to name it by; [`FLAG_PATH_TRUNCATED`] is set too):
+/// userspace may put where that filesystem is mounted in front of it.
+pub const FLAG_PATH_IN_FS: u32 = 512;
 
 /// Common prefix of every ring buffer record.
 #[allow(
@@ -817,6 +831,11 @@ pub struct KernelOffsets {
     /// `xfs_inode.i_vnode` (the embedded VFS inode), for the xfs rename-target hooks; 0 when
     /// the kernel's BTF does not describe xfs (not built, or a module), and they stay detached.
     pub xfs_inode_i_vnode: u32,
+    /// `renamedata.old_dentry` and `renamedata.flags`, for the fentry program on
+    /// `vfs_rename` (5.12 and later); 0 when the kernel's BTF has no `struct renamedata`, and
+    /// that hook stays detached (kernel/backend.rs).
+    pub renamedata_old_dentry: u32,
+    pub renamedata_flags: u32,
     // struct mount / struct vfsmount
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,

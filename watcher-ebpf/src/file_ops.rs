@@ -502,9 +502,18 @@ pub(crate) fn begin_record(rec: *mut FileRecord, op: u16) {
     }
 }
 
-/// Sends the scratch record (fixed part plus the used tail) or counts it lost.
+/// Sends the scratch record (fixed part plus the used tail) or counts it lost in its op's
+/// slot.
 #[inline(always)]
 pub(crate) fn send(rec: *mut FileRecord) {
+    // SAFETY: `rec` is this CPU's scratch record.
+    let slot = unsafe { (*rec).fixed.hdr.op } as u32;
+    send_or_count(rec, slot);
+}
+
+/// Sends the scratch record (fixed part plus the used tail) or counts it lost in `slot`.
+#[inline(always)]
+pub(crate) fn send_or_count(rec: *mut FileRecord, slot: u32) {
     // SAFETY: `rec` is this CPU's scratch record; the length is bounded below its size.
     unsafe {
         let r = &mut (*rec).fixed;
@@ -521,7 +530,7 @@ pub(crate) fn send(rec: *mut FileRecord) {
             0,
         );
         if ret != 0 {
-            count_lost(r.hdr.op as u32);
+            count_lost(slot);
         }
     }
 }
@@ -891,23 +900,49 @@ unsafe fn xattr_name_value(
             (saved(&p.args, spec.value), saved(&p.args, spec.size))
         };
         r.size = size;
-        let mut copy = size as usize;
-        if copy > XATTR_VALUE_CAP {
-            copy = XATTR_VALUE_CAP;
-            r.flags |= FLAG_VALUE_TRUNCATED;
-        }
-        let value_off = (name_off + name_len) & MASK2;
+        xattr_value(
+            r,
+            data,
+            (name_off + name_len) & MASK2,
+            value_ptr,
+            size,
+            true,
+        );
+    }
+}
+
+/// Copies an xattr value of `size` bytes at `value_ptr` (user memory if `user`, else the
+/// kernel's) to `data[value_off..]`, at most XATTR_VALUE_CAP bytes (flagged truncated past
+/// that). `user` is a constant at every call: the branch is compiled away.
+#[inline(always)]
+pub(crate) unsafe fn xattr_value(
+    r: &mut FileRecordFixed,
+    data: &mut [u8; DATA_CAP],
+    value_off: usize,
+    value_ptr: u64,
+    size: u64,
+    user: bool,
+) {
+    let mut copy = size as usize;
+    if copy > XATTR_VALUE_CAP {
+        copy = XATTR_VALUE_CAP;
+        r.flags |= FLAG_VALUE_TRUNCATED;
+    }
+    // SAFETY: value_off <= MASK2 and the buffer has room for 2 * XATTR_VALUE_CAP more bytes;
+    // the helpers cope with any source address.
+    unsafe {
         // The mask must reach the verifier: without the volatile read LLVM drops it (copy is
         // already <= XATTR_VALUE_CAP on both paths) and passes `size` reloaded from its stack
         // spill, whose bounds a 6.1 verifier does not keep ("R2 min value is negative": the
         // program was refused on Debian 12's kernel, docs/kernels.md).
         let copy = core::ptr::read_volatile(&copy) & (2 * XATTR_VALUE_CAP - 1);
-        if bpf_probe_read_user(
-            data.as_mut_ptr().add(value_off) as *mut c_void,
-            copy as u32,
-            value_ptr as *const c_void,
-        ) == 0
-        {
+        let dst = data.as_mut_ptr().add(value_off & MASK2) as *mut c_void;
+        let ret = if user {
+            bpf_probe_read_user(dst, copy as u32, value_ptr as *const c_void)
+        } else {
+            bpf_probe_read_kernel(dst, copy as u32, value_ptr as *const c_void)
+        };
+        if ret == 0 {
             r.value_len = copy as u16;
         }
     }

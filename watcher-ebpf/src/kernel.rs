@@ -118,3 +118,30 @@ pub fn inode_identity(inode: u64) -> (u32, u64, u32, u64) {
     let size: i64 = read(inode, off(&o.inode_i_size));
     (dev, ino, mode as u32, size as u64)
 }
+
+/// The `struct vfsmount *` through which `dentry` has its path from `/`: the task's root
+/// mount when the dentry is on its filesystem and the mount shows the whole filesystem; 0
+/// otherwise. The filesystem is taken from the dentry's parent: a dentry an unlink or rmdir
+/// has just removed, or the new name of a create, has no inode.
+#[inline(always)]
+pub fn root_mount_of(dentry: u64) -> u64 {
+    let o = offsets();
+    let fs: u64 = read(current_task(), off(&o.task_fs));
+    if fs == 0 {
+        return 0;
+    }
+    let (mnt, _) = read_path(fs + off(&o.fs_root));
+    let mnt_root: u64 = read(mnt, off(&o.vfsmount_mnt_root));
+    if mnt_root == 0 || read::<u64>(mnt_root, off(&o.dentry_d_parent)) != mnt_root {
+        return 0;
+    }
+    let sb_of = |d: u64| -> u64 {
+        let inode: u64 = read(d, off(&o.dentry_d_inode));
+        read(inode, off(&o.inode_i_sb))
+    };
+    let sb = sb_of(read(dentry, off(&o.dentry_d_parent)));
+    if sb == 0 || sb != sb_of(mnt_root) {
+        return 0;
+    }
+    mnt
+}

@@ -1,4 +1,4 @@
-//! BPF LSM protect mode (issue 15; denials are not sent as records yet).
+//! BPF LSM protect mode (issue 15).
 //!
 //! Each program runs on one LSM hook and decides, cheaply and in the kernel:
 //! 1. is protect mode on ([`PROTECT_MODE`]: 0 off, 1 dry-run, 2 enforce)?
@@ -13,6 +13,16 @@
 //! Only when all three hold is the operation denied (-EPERM, enforce) or let through
 //! (dry-run); when in doubt (a read fails, a map is full), it is allowed: a missed denial is
 //! a watch event, a wrong denial breaks a node.
+//!
+//! Every denial (and, in dry-run, every operation that would have been denied) is sent to
+//! the events ring buffer as a file record of the operation flagged [`FLAG_DENIED`] or
+//! [`FLAG_WOULD_DENY`] ([`report`]), whether or not it is under a watched root: the object's
+//! (dev, ino) and path, the acting task. A record the ring buffer has no room for is counted
+//! in [`LOSS_PROTECT`]. The path is built from the dentry: through the file's own mount for
+//! file_open and path_truncate; for the inode hooks, which have no mount, through the task's
+//! root mount when the dentry is on its filesystem (as the fentry programs do), else it is
+//! the path inside its filesystem after `…/` (flagged truncated, and [`FLAG_PATH_IN_FS`]:
+//! the daemon names the filesystem's mount point from its mount table).
 //!
 //! Hooks and the argument each reads (positions checked against BTF by userspace):
 //! inode_unlink(dir, dentry) 1; inode_rename(old_dir, old_dentry, new_dir, new_dentry) 1, 3;
@@ -44,9 +54,16 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 
+use watcher_common::{
+    FLAG_DENIED, FLAG_PATH_IN_FS, FLAG_PATH_TRUNCATED, FLAG_WOULD_DENY, FileRecord, InodeKey,
+    LOSS_PROTECT, PATH_BUF_CAP, PATH_GAP, op,
+};
+
 use crate::{
-    kernel::{current_task, file_inode, file_path, inode_identity, read, read_path},
+    file_ops::{begin_record, scratch, send_or_count},
+    kernel::{current_task, file_inode, file_path, inode_identity, read, read_path, root_mount_of},
     maps::{off, offsets, offsets_valid},
+    path::write_dentry_path,
 };
 
 /// How many dentries up from the object are looked up in [`PROTECTED`]: a layer's `fs` dir
@@ -59,9 +76,10 @@ const FMODE_WRITE: u32 = 0x2;
 /// `struct iattr`'s `ia_valid` bits a foreign process may not set on a protected inode:
 /// ATTR_MODE, ATTR_UID, ATTR_GID, ATTR_SIZE, ATTR_ATIME, ATTR_MTIME (include/linux/fs.h,
 /// unchanged since 2.6).
-const ATTR_CHANGES: u32 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20;
-
-use watcher_common::InodeKey;
+const ATTR_MODE: u32 = 0x1;
+const ATTR_OWNER: u32 = 0x2 | 0x4;
+const ATTR_SIZE: u32 = 0x8;
+const ATTR_CHANGES: u32 = ATTR_MODE | ATTR_OWNER | ATTR_SIZE | 0x10 | 0x20;
 
 /// Slot 0: 0 off, 1 dry-run, 2 enforce.
 #[map]
@@ -140,15 +158,69 @@ fn trusted() -> bool {
     }
 }
 
-/// The verdict for an operation on `dentry` (0 allow, -EPERM deny).
+/// The verdict for operation `op` on `dentry`, reached through mount `mnt` (0: unknown):
+/// 0 allow, -EPERM deny. A denial or would-deny is reported.
 #[inline(always)]
-fn decide(dentry: u64) -> i32 {
+fn decide(op: u16, mnt: u64, dentry: u64) -> i32 {
     let m = mode();
     if m == 0 || !offsets_valid() || !protected_dentry(dentry) || trusted() {
         return 0;
     }
-    // TODO(i15): a FileRecord with FLAG_DENIED / FLAG_WOULD_DENY to EVENTS.
-    if m == 2 { -EPERM } else { 0 }
+    let deny = m == 2;
+    report(op, mnt, dentry, deny);
+    if deny { -EPERM } else { 0 }
+}
+
+/// Sends the record of a denial (`deny`) or would-deny of `op` on `dentry`, or counts it lost.
+#[inline(always)]
+fn report(op: u16, mnt: u64, dentry: u64, deny: bool) {
+    let Some(rec) = scratch() else {
+        return;
+    };
+    begin_record(rec, op);
+    let mnt = if mnt != 0 { mnt } else { root_mount_of(dentry) };
+    // SAFETY: `rec` is this CPU's scratch record; the path is written by write_dentry_path
+    // (masked offsets, the tail has room for PATH_GAP before it).
+    unsafe {
+        let FileRecord { fixed: r, data } = &mut *rec;
+        r.flags = if deny { FLAG_DENIED } else { FLAG_WOULD_DENY };
+        r.result = if deny { -(EPERM as i64) } else { 0 };
+        // No mount to name it by: its path inside its filesystem (write_dentry_path without a
+        // mount stops at the filesystem's root) after `…` (the top is unknown). One call
+        // either way: each inlined copy is one more for the verifier. The offset goes
+        // through map memory (the record's unused `rdev`), which the verifier does not track:
+        // as a constant 0 or 3 it would check the walk once for each.
+        r.rdev = if mnt != 0 { 0 } else { PATH_GAP.len() as u32 };
+        let skip = core::ptr::read_volatile(&raw const r.rdev) as usize & 3;
+        r.rdev = 0;
+        let (mut len, mut truncated) = write_dentry_path(
+            data.as_mut_ptr().add(skip),
+            mnt,
+            dentry,
+            PATH_BUF_CAP - skip,
+        );
+        if skip != 0 {
+            if !truncated {
+                // The walk reached the filesystem's root: userspace can name its mount.
+                r.flags |= FLAG_PATH_IN_FS;
+            }
+            data[0] = PATH_GAP[0];
+            data[1] = PATH_GAP[1];
+            data[2] = PATH_GAP[2];
+            len += skip;
+            truncated = true;
+        }
+        r.path_len = len as u16;
+        if truncated {
+            r.flags |= FLAG_PATH_TRUNCATED;
+        }
+        let inode: u64 = read(dentry, off(&offsets().dentry_d_inode));
+        let (dev, ino, mode, _) = inode_identity(inode);
+        r.dev = dev;
+        r.ino = ino;
+        r.mode = mode;
+    }
+    send_or_count(rec, LOSS_PROTECT);
 }
 
 /// An earlier LSM program's denial stands.
@@ -159,81 +231,58 @@ fn previous(ctx: &LsmContext, nargs: usize) -> i32 {
     ctx.arg::<i32>(nargs)
 }
 
-/// The verdict of a hook (of `nargs` arguments) whose dentry is its argument 1.
-#[inline(always)]
-fn dentry_hook(ctx: &LsmContext, nargs: usize) -> i32 {
-    let prev = previous(ctx, nargs);
-    if prev != 0 {
-        return prev;
-    }
-    decide(ctx.arg::<u64>(1))
-}
-
 #[lsm(hook = "inode_unlink")]
 pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
-    dentry_hook(&ctx, 2)
+    let prev = previous(&ctx, 2);
+    if prev != 0 {
+        return prev;
+    }
+    decide(op::UNLINK, 0, ctx.arg::<u64>(1))
 }
 
-#[lsm(hook = "inode_rmdir")]
-pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
-    dentry_hook(&ctx, 2)
-}
-
-/// The verdict of a hook with two dentries, its arguments `a` and `b` (of `nargs`): denied
-/// when either is.
+/// The verdict of `op`, a hook with two dentries, its arguments `a` and `b` (of `nargs`):
+/// denied when either is.
 #[inline(always)]
-fn decide_two(ctx: &LsmContext, nargs: usize, a: usize, b: usize) -> i32 {
+fn decide_two(ctx: &LsmContext, nargs: usize, op: u16, a: usize, b: usize) -> i32 {
     let prev = previous(ctx, nargs);
     if prev != 0 {
         return prev;
     }
-    let r = decide(ctx.arg::<u64>(a));
-    if r != 0 {
-        return r;
+    if mode() == 0 {
+        return 0;
     }
-    decide(ctx.arg::<u64>(b))
+    // One verdict (and one record) per call: on the first name when it is protected, else
+    // on the second (one place that builds a path: each is a copy the verifier checks).
+    let first: u64 = ctx.arg(a);
+    let dentry = if protected_dentry(first) {
+        first
+    } else {
+        ctx.arg::<u64>(b)
+    };
+    decide(op, 0, dentry)
 }
 
 #[lsm(hook = "inode_rename")]
 pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
-    decide_two(&ctx, 4, 1, 3)
+    decide_two(&ctx, 4, op::RENAME, 1, 3)
 }
 
 #[lsm(hook = "inode_setxattr")]
 pub fn lsm_inode_setxattr(ctx: LsmContext) -> i32 {
-    dentry_hook(&ctx, 6)
+    let prev = previous(&ctx, 6);
+    if prev != 0 {
+        return prev;
+    }
+    decide(op::SETXATTR, 0, ctx.arg::<u64>(1))
 }
 
 #[lsm(hook = "inode_removexattr")]
 pub fn lsm_inode_removexattr(ctx: LsmContext) -> i32 {
-    dentry_hook(&ctx, 3)
-}
-
-/// inode_setattr with the dentry at `dentry_at` and the `struct iattr *` after it; its
-/// `ia_valid` is read at offset 0 (userspace attaches only where BTF puts it there).
-#[inline(always)]
-fn setattr_hook(ctx: &LsmContext, nargs: usize, dentry_at: usize) -> i32 {
-    let prev = previous(ctx, nargs);
+    let prev = previous(&ctx, 3);
     if prev != 0 {
         return prev;
     }
-    let ia_valid: u32 = read(ctx.arg::<u64>(dentry_at + 1), 0);
-    if ia_valid & ATTR_CHANGES == 0 {
-        return 0;
-    }
-    decide(ctx.arg::<u64>(dentry_at))
-}
-
-/// 6.8+: inode_setattr(idmap, dentry, attr).
-#[lsm(hook = "inode_setattr")]
-pub fn lsm_inode_setattr(ctx: LsmContext) -> i32 {
-    setattr_hook(&ctx, 3, 1)
-}
-
-/// Before 6.8: inode_setattr(dentry, attr).
-#[lsm(hook = "inode_setattr")]
-pub fn lsm_inode_setattr_no_idmap(ctx: LsmContext) -> i32 {
-    setattr_hook(&ctx, 2, 0)
+    decide(op::REMOVEXATTR, 0, ctx.arg::<u64>(1))
 }
 
 #[lsm(hook = "file_open")]
@@ -247,8 +296,8 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     if f_mode & FMODE_WRITE == 0 {
         return 0;
     }
-    let (_, dentry) = file_path(file);
-    decide(dentry)
+    let (mnt, dentry) = file_path(file);
+    decide(op::OPEN_WRITE, mnt, dentry)
 }
 
 #[lsm(hook = "path_truncate")]
@@ -257,8 +306,53 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    let (_, dentry) = read_path(ctx.arg::<u64>(0));
-    decide(dentry)
+    let (mnt, dentry) = read_path(ctx.arg::<u64>(0));
+    decide(op::TRUNCATE, mnt, dentry)
+}
+
+/// A new name in a directory (`dentry`, negative: the walk starts at its parent) for the
+/// hooks whose dentry is their argument 1.
+#[inline(always)]
+fn create_hook(ctx: &LsmContext, nargs: usize, op: u16) -> i32 {
+    let prev = previous(ctx, nargs);
+    if prev != 0 {
+        return prev;
+    }
+    decide(op, 0, ctx.arg::<u64>(1))
+}
+
+#[lsm(hook = "inode_create")]
+pub fn lsm_inode_create(ctx: LsmContext) -> i32 {
+    create_hook(&ctx, 3, op::CREATE)
+}
+
+#[lsm(hook = "inode_mknod")]
+pub fn lsm_inode_mknod(ctx: LsmContext) -> i32 {
+    create_hook(&ctx, 4, op::MKNOD)
+}
+
+#[lsm(hook = "inode_mkdir")]
+pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
+    create_hook(&ctx, 3, op::MKDIR)
+}
+
+#[lsm(hook = "inode_symlink")]
+pub fn lsm_inode_symlink(ctx: LsmContext) -> i32 {
+    create_hook(&ctx, 3, op::SYMLINK)
+}
+
+#[lsm(hook = "inode_link")]
+pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
+    decide_two(&ctx, 3, op::LINK, 0, 2)
+}
+
+#[lsm(hook = "inode_rmdir")]
+pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
+    let prev = previous(&ctx, 2);
+    if prev != 0 {
+        return prev;
+    }
+    decide(op::RMDIR, 0, ctx.arg::<u64>(1))
 }
 
 /// 6.2+: an open with O_TRUNC, whatever its access mode, and ftruncate(2).
@@ -268,34 +362,43 @@ pub fn lsm_file_truncate(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    let (_, dentry) = file_path(ctx.arg::<u64>(0));
-    decide(dentry)
+    let (mnt, dentry) = file_path(ctx.arg::<u64>(0));
+    decide(op::TRUNCATE, mnt, dentry)
 }
 
-// The creating hooks: their dentry is a new name in a directory (negative: the walk starts
-// at its parent).
-
-#[lsm(hook = "inode_create")]
-pub fn lsm_inode_create(ctx: LsmContext) -> i32 {
-    dentry_hook(&ctx, 3)
+/// inode_setattr with the dentry at `dentry_at` and the `struct iattr *` after it; its
+/// `ia_valid` is read at offset 0 (userspace attaches only where BTF puts it there). The
+/// record's op: chmod, chown, truncate, or modify for times alone (no op of their own).
+#[inline(always)]
+fn setattr_hook(ctx: &LsmContext, nargs: usize, dentry_at: usize) -> i32 {
+    let prev = previous(ctx, nargs);
+    if prev != 0 {
+        return prev;
+    }
+    let ia_valid: u32 = read(ctx.arg::<u64>(dentry_at + 1), 0);
+    if ia_valid & ATTR_CHANGES == 0 {
+        return 0;
+    }
+    let what = if ia_valid & ATTR_MODE != 0 {
+        op::CHMOD
+    } else if ia_valid & ATTR_OWNER != 0 {
+        op::CHOWN
+    } else if ia_valid & ATTR_SIZE != 0 {
+        op::TRUNCATE
+    } else {
+        op::MODIFY
+    };
+    decide(what, 0, ctx.arg::<u64>(dentry_at))
 }
 
-#[lsm(hook = "inode_mknod")]
-pub fn lsm_inode_mknod(ctx: LsmContext) -> i32 {
-    dentry_hook(&ctx, 4)
+/// 6.8+: inode_setattr(idmap, dentry, attr).
+#[lsm(hook = "inode_setattr")]
+pub fn lsm_inode_setattr(ctx: LsmContext) -> i32 {
+    setattr_hook(&ctx, 3, 1)
 }
 
-#[lsm(hook = "inode_mkdir")]
-pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
-    dentry_hook(&ctx, 3)
-}
-
-#[lsm(hook = "inode_symlink")]
-pub fn lsm_inode_symlink(ctx: LsmContext) -> i32 {
-    dentry_hook(&ctx, 3)
-}
-
-#[lsm(hook = "inode_link")]
-pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
-    decide_two(&ctx, 3, 0, 2)
+/// Before 6.8: inode_setattr(dentry, attr).
+#[lsm(hook = "inode_setattr")]
+pub fn lsm_inode_setattr_no_idmap(ctx: LsmContext) -> i32 {
+    setattr_hook(&ctx, 2, 0)
 }

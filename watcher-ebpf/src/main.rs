@@ -15,6 +15,8 @@
 #![allow(internal_features)]
 
 mod fentry;
+mod fentry_namespace;
+mod fentry_xattr;
 mod file_ops;
 mod kernel;
 mod lifecycle;

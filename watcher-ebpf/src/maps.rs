@@ -43,6 +43,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_nlink: 0,
     sb_s_dev: 0,
     xfs_inode_i_vnode: 0,
+    renamedata_old_dentry: 0,
+    renamedata_flags: 0,
     mount_mnt: 0,
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,

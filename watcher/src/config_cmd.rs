@@ -53,7 +53,7 @@ pub fn check(path: &Path) -> Checked {
 
 /// The rules this ctrwatch raises alerts for; the others are accepted in the file (so that a
 /// fleet's file need not change when they come) and shown as not built.
-const BUILT_RULES: [RuleId; 9] = [
+const BUILT_RULES: [RuleId; 11] = [
     RuleId::ForeignChange,
     RuleId::OpaqueLeak,
     RuleId::LayerDamaged,
@@ -62,6 +62,8 @@ const BUILT_RULES: [RuleId; 9] = [
     RuleId::HistoryGap,
     RuleId::Heartbeat,
     RuleId::ConfigInvalid,
+    RuleId::ProtectDenied,
+    RuleId::ProtectWouldDeny,
     RuleId::ProtectUnavailable,
 ];
 

@@ -7,22 +7,24 @@
 //! numbers stay numbers (times in ns, `Dev`, `Mode`), ops and flags become enums and bit sets.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt as _;
 use std::sync::Arc;
 
 use ctrwatch_event::{
     AncestorView, Clock, Details, Dev, FileEvent, Mode, Notes, Op, OpResult, OpenFlags,
-    Overwritten, PathBytes, ProcessView, Xattr, lossless_text,
+    Overwritten, PathBytes, ProcessView, Protect, Xattr, lossless_text,
 };
 use watcher_common::{
-    FLAG_BY_FD, FLAG_KERNEL_INTERNAL, FLAG_NOT_CLOSED, FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED,
-    FLAG_REPLACED, FLAG_VALUE_TRUNCATED, FileRecordFixed, KernelFileOp, PATH_GAP, Record, TaskInfo,
-    WriteAgg, WriteKey, op,
+    FLAG_BY_FD, FLAG_DENIED, FLAG_KERNEL_INTERNAL, FLAG_NOT_CLOSED, FLAG_PATH_IN_FS,
+    FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FLAG_REPLACED, FLAG_VALUE_TRUNCATED,
+    FLAG_WOULD_DENY, FileRecordFixed, KernelFileOp, PATH_GAP, Record, TaskInfo, WriteAgg, WriteKey,
+    op,
 };
 
 use crate::{
     containerd::attribution::Attributor,
     process::{ExecEvent, ProcessTable, Task},
-    roots::RootSet,
+    roots::{MountEntry, RootSet, parse_mountinfo},
 };
 
 /// `file->f_mode` bit set when an open created the file (include/linux/fs.h; unchanged since
@@ -177,7 +179,17 @@ impl Enricher {
         out
     }
 
-    fn file_event(&mut self, f: KernelFileOp) -> Option<FileEvent> {
+    fn file_event(&mut self, mut f: KernelFileOp) -> Option<FileEvent> {
+        if f.fixed.flags & FLAG_PATH_IN_FS != 0 {
+            // Read when needed only: protect's records of objects off the root filesystem.
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+                .map(|t| parse_mountinfo(&t))
+                .unwrap_or_default();
+            if let Some(path) = mounted_path(Dev(f.fixed.dev), &f.path, &mounts) {
+                f.path = path;
+                f.fixed.flags &= !FLAG_PATH_TRUNCATED;
+            }
+        }
         let x = &f.fixed;
         let Some(op) = file_op(x) else {
             log::debug!("file record of unknown op {} skipped", x.hdr.op);
@@ -188,10 +200,12 @@ impl Enricher {
         let new_path = (!f.path2.is_empty() && !symlink)
             .then(|| self.canonical_path(&f.path2, x.flags & FLAG_PATH2_TRUNCATED != 0));
         // The kernel's prefix test is lexical; `/root/../elsewhere` passes it. Drop what is
-        // not under a root once `..` is folded.
+        // not under a root once `..` is folded. Protect's records are kept wherever they are:
+        // every denial is an event (the protected objects are containerd's, normally under
+        // its roots anyway).
         let inside =
             self.roots.contains(&path) || new_path.as_ref().is_some_and(|p| self.roots.contains(p));
-        if !inside {
+        if !inside && protect_of(x.flags).is_none() {
             return None;
         }
         // A modify's "result" is the bytes written.
@@ -271,8 +285,19 @@ impl Enricher {
     fn details(&self, f: &KernelFileOp) -> Details {
         let x = &f.fixed;
         let kop = x.hdr.op;
-        let mut d = Details::default();
-        let has_mode = matches!(kop, op::MKDIR | op::MKNOD | op::CHMOD)
+        let mut d = Details {
+            protect: protect_of(x.flags),
+            ..Details::default()
+        };
+        if d.protect.is_some() {
+            // Protect's record of an operation that had not run yet: its op, object and
+            // process, no arguments (docs/operations.md, "Protect mode").
+            d.notes = notes_of(x.flags);
+            return d;
+        }
+        // CREATE comes from the kernel's own vfs_create (fentry_namespace.rs), with the mode
+        // it was asked for; an open that created a file is an OPEN_WRITE here.
+        let has_mode = matches!(kop, op::CREATE | op::MKDIR | op::MKNOD | op::CHMOD)
             || (kop == op::OPEN_WRITE && x.sys_flags & O_CREAT != 0);
         if has_mode {
             d.mode = Some(Mode::permissions(x.mode));
@@ -316,18 +341,7 @@ impl Enricher {
                 dev: Dev(x.replaced_dev),
             });
         }
-        for (bit, note) in [
-            (FLAG_BY_FD, Notes::BY_FD),
-            (FLAG_PATH_TRUNCATED, Notes::PATH_TRUNCATED),
-            (FLAG_PATH2_TRUNCATED, Notes::NEW_PATH_TRUNCATED),
-            (FLAG_VALUE_TRUNCATED, Notes::VALUE_TRUNCATED),
-            (FLAG_NOT_CLOSED, Notes::NOT_CLOSED),
-            (FLAG_KERNEL_INTERNAL, Notes::KERNEL_INTERNAL),
-        ] {
-            if x.flags & bit != 0 {
-                d.notes.insert(note);
-            }
-        }
+        d.notes = notes_of(x.flags);
         d
     }
 
@@ -399,6 +413,55 @@ fn first_gap(path: &[u8]) -> Option<usize> {
         at += component.len() + 1;
     }
     None
+}
+
+/// The notes of a record's `FLAG_*` bits.
+fn notes_of(flags: u32) -> Notes {
+    let mut notes = Notes::default();
+    for (bit, note) in [
+        (FLAG_BY_FD, Notes::BY_FD),
+        (FLAG_PATH_TRUNCATED, Notes::PATH_TRUNCATED),
+        (FLAG_PATH2_TRUNCATED, Notes::NEW_PATH_TRUNCATED),
+        (FLAG_VALUE_TRUNCATED, Notes::VALUE_TRUNCATED),
+        (FLAG_NOT_CLOSED, Notes::NOT_CLOSED),
+        (FLAG_KERNEL_INTERNAL, Notes::KERNEL_INTERNAL),
+    ] {
+        if flags & bit != 0 {
+            notes.insert(note);
+        }
+    }
+    notes
+}
+
+/// The path of a record flagged `FLAG_PATH_IN_FS` (`…` then the object's path inside its
+/// filesystem `dev`) from where that filesystem is mounted whole (the first such mount of
+/// `mounts`); None when it is not mounted whole or the path is not of that form.
+fn mounted_path(dev: Dev, path: &[u8], mounts: &[MountEntry]) -> Option<Vec<u8>> {
+    let inner = path.strip_prefix(&PATH_GAP[..])?;
+    if !inner.starts_with(b"/") || first_gap(inner).is_some() {
+        return None;
+    }
+    let dev = dev.to_string();
+    let mount = mounts
+        .iter()
+        .find(|m| m.dev == dev && m.fs_root.as_os_str() == "/")?;
+    let mut out = mount.mount_point.as_os_str().as_bytes().to_vec();
+    if out.ends_with(b"/") {
+        out.pop();
+    }
+    out.extend_from_slice(inner);
+    Some(out)
+}
+
+/// Protect mode's verdict, on the records of its LSM programs.
+fn protect_of(flags: u32) -> Option<Protect> {
+    if flags & FLAG_DENIED != 0 {
+        Some(Protect::Denied)
+    } else if flags & FLAG_WOULD_DENY != 0 {
+        Some(Protect::WouldDeny)
+    } else {
+        None
+    }
 }
 
 /// The event op of a kernel op number (`watcher_common::op`, also the loss counter slot of
@@ -569,6 +632,98 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Protect's records become events with their verdict, wherever the object is (every
+    /// denial is an event); a record without the flags outside the roots is still dropped.
+    /// They carry no op arguments: the operation had not run.
+    #[test]
+    fn protect_records_become_verdicts_outside_the_roots_too() {
+        let dir =
+            std::env::temp_dir().join(format!("ctrwatch-enrich-protect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let roots = RootSet::resolve(std::slice::from_ref(&PathBuf::from(&dir)));
+        let root = roots.kernel_prefixes().into_iter().next().expect("root");
+        let mut e = Enricher::new(roots, ProcessTable::detached(Duration::from_secs(60)));
+        let record = |op: u16, path: &[u8], flags: u32, result: i64| {
+            let mut f = file(op, task(4000, 4000, "rm"), path.to_vec());
+            f.fixed.flags = flags;
+            f.fixed.result = result;
+            f.fixed.ino = 42;
+            f.fixed.dev = 7;
+            Record::File(f)
+        };
+        let outside = b"/elsewhere/blob";
+        let v = event(&mut e, record(op::UNLINK, outside, FLAG_DENIED, -1));
+        assert_eq!(v.details.protect, Some(Protect::Denied));
+        assert_eq!((v.op, v.result), (Op::Unlink, OpResult::Err(1)));
+        assert_eq!((v.inode, v.dev), (Some(42), Some(Dev(7))));
+        assert_eq!(v.path.0, outside);
+        assert_eq!(v.process.comm, "rm");
+        let mut inside = root.clone();
+        inside.extend_from_slice(b"/blob");
+        let v = event(&mut e, record(op::OPEN_WRITE, &inside, FLAG_WOULD_DENY, 0));
+        assert_eq!(v.details.protect, Some(Protect::WouldDeny));
+        assert_eq!((v.op, v.result), (Op::OpenWrite, OpResult::Ok));
+        assert_eq!(
+            (v.details.size, v.details.open_flags),
+            (None, OpenFlags::default())
+        );
+        let cut = "…/fs/blob".as_bytes();
+        let v = event(
+            &mut e,
+            record(op::SETXATTR, cut, FLAG_DENIED | FLAG_PATH_TRUNCATED, -1),
+        );
+        assert_eq!(
+            (v.path.0.as_slice(), v.details.notes),
+            (cut, Notes::PATH_TRUNCATED)
+        );
+        assert_eq!(v.details.xattr, None);
+        assert!(matches!(
+            e.on_record(record(op::UNLINK, outside, 0, -1)),
+            Outcome::Nothing
+        ));
+        // Off the process's root filesystem (FLAG_PATH_IN_FS): named from the mount table,
+        // here the real one's /proc.
+        use std::os::unix::fs::MetadataExt as _;
+        let proc_dev = std::fs::metadata("/proc")
+            .map(|m| m.dev())
+            .expect("stat /proc");
+        let mut f = file(
+            op::UNLINK,
+            task(4000, 4000, "rm"),
+            "…/self".as_bytes().to_vec(),
+        );
+        f.fixed.flags = FLAG_DENIED | FLAG_PATH_TRUNCATED | FLAG_PATH_IN_FS;
+        f.fixed.dev = Dev::from_user(proc_dev).0;
+        let v = event(&mut e, Record::File(f));
+        assert_eq!(
+            (v.path.0.as_slice(), v.details.notes),
+            (&b"/proc/self"[..], Notes::default())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A path inside a filesystem is put under the filesystem's first whole mount; a bind
+    /// mount of part of it, a path with another gap or without the leading gap are not.
+    #[test]
+    fn a_path_inside_its_filesystem_is_named_by_its_whole_mount() {
+        let mounts = parse_mountinfo(
+            "20 1 254:1 /sub /bind rw - ext4 /dev/vdb rw\n\
+             21 1 254:1 / /var/lib/containerd rw - ext4 /dev/vdb rw\n\
+             22 1 254:1 / /again rw - ext4 /dev/vdb rw\n\
+             23 1 254:0 / / rw - ext4 /dev/vda rw\n",
+        );
+        let at = |dev: Dev, path: &str| mounted_path(dev, path.as_bytes(), &mounts);
+        assert_eq!(
+            at(Dev::new(254, 1), "…/blobs/x"),
+            Some(b"/var/lib/containerd/blobs/x".to_vec())
+        );
+        assert_eq!(at(Dev::new(254, 0), "…/srv/x"), Some(b"/srv/x".to_vec()));
+        assert_eq!(at(Dev::new(254, 2), "…/x"), None);
+        assert_eq!(at(Dev::new(254, 1), "…/a/…/x"), None);
+        assert_eq!(at(Dev::new(254, 1), "/x"), None);
+        assert_eq!(at(Dev::new(254, 1), "……/x"), None);
+    }
+
     /// A thread's events share one description until the process table changes; an exec
     /// gives the next event the new program.
     #[test]
@@ -647,6 +802,12 @@ mod tests {
         );
         assert_eq!(v.details.mode, None);
 
+        // A file the kernel created itself (vfs_create), with the mode it was asked for.
+        let mut create = file(op::CREATE, t, at("upper-new"));
+        create.fixed.mode = 0o100644;
+        create.fixed.flags = FLAG_KERNEL_INTERNAL;
+        let v = event(&mut e, Record::File(create));
+        assert_eq!((v.op, v.details.mode), (Op::Create, Some(Mode(0o644))));
         // A whiteout.
         let mut mknod = file(op::MKNOD, t, at("wh"));
         mknod.fixed.mode = 0o020000;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ctrwatch_event::{Clock, LossEvent, LossKind};
-use watcher_common::{LOSS_EXEC, LOSS_EXIT, LOSS_FORK, LOSS_PATH_UNRESOLVED, op};
+use watcher_common::{LOSS_EXEC, LOSS_EXIT, LOSS_FORK, LOSS_PATH_UNRESOLVED, LOSS_PROTECT, op};
 
 use crate::enrich::kernel_op;
 
@@ -64,6 +64,7 @@ fn slot_kind(slot: usize) -> LossKind {
         LOSS_FORK => LossKind::Fork,
         LOSS_EXIT => LossKind::Exit,
         LOSS_PATH_UNRESOLVED => LossKind::PathUnresolved,
+        LOSS_PROTECT => LossKind::Protect,
         s if s == u32::from(op::WRITE_BIND) => LossKind::WriteBind,
         s => u16::try_from(s)
             .ok()
@@ -99,7 +100,7 @@ mod tests {
     }
 
     /// Every slot has the name it had as text: op names, `write_bind`, the process records,
-    /// `path_unresolved`, and `unknown` for the unused ones.
+    /// `path_unresolved`, `protect`, and `unknown` for the unused ones.
     #[test]
     fn slots_are_named_as_before() {
         let names: Vec<&str> = (0..LOSS_SLOTS as usize)
@@ -136,7 +137,7 @@ mod tests {
                 "fork",
                 "exit",
                 "path_unresolved",
-                "unknown",
+                "protect",
                 "unknown",
                 "unknown",
                 "unknown",

@@ -1006,7 +1006,7 @@ fn probe(json: bool) -> anyhow::Result<()> {
         );
     }
     let btf = btf_offsets::KernelBtf::open(std::path::Path::new(btf_offsets::VMLINUX_BTF));
-    for (_, prototype) in watcher::kernel::backend::xattr_prototypes(btf.as_ref()) {
+    for (_, prototype) in watcher::kernel::backend::fentry_target_prototypes(btf.as_ref()) {
         let _ = writeln!(text, "fentry target {prototype}");
     }
     for hook in &caps.rename_target_hooks {

@@ -7,6 +7,7 @@ mod cmd;
 mod daemon_run;
 mod deb;
 mod footprint;
+mod guest_bench;
 mod previous;
 mod setup;
 mod startup;
@@ -137,7 +138,9 @@ enum Task {
         /// `ctrwatch probe` must say BPF LSM is inactive, and why) or `protect` (protect mode
         /// on a containerd-shaped root: enforce denies foreign changes, dry-run blocks
         /// nothing) or `protect-fallback` (`protect = "enforce"` with `bpf` left out of
-        /// `lsm=`: watch-only, said in the log and `status`, nothing blocked).
+        /// `lsm=`: watch-only, said in the log and `status`, nothing blocked) or `bench` (each
+        /// backend's overhead on operation loops as ratios, into docs/benchmarks-guests.md;
+        /// ~10 minutes a kernel, at least 25 allowed whatever `--timeout` says).
         #[arg(long, value_enum, default_value = "default")]
         scenario: vm::Scenario,
     },

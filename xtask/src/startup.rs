@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use ctrwatch_stats::median;
 
 use crate::daemon_run::{Daemon, TempDir, write_generated};
 
@@ -177,19 +178,6 @@ fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 /// Pids and names of running ctrwatch processes (other helpers' tests, a service).
 fn other_ctrwatch_processes() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -240,7 +228,7 @@ fn render(opts: &StartupOptions, fresh: &[Start], adopted: &[Start], others: &[S
         let _ = writeln!(
             s,
             "| {label} | {:.2} s | {min:.2}..{max:.2} s | {target} |",
-            median(secs.clone())
+            median(&secs)
         );
     }
     for (label, starts) in [("Fresh", fresh), ("Adopting", adopted)] {
@@ -261,7 +249,7 @@ fn render(opts: &StartupOptions, fresh: &[Start], adopted: &[Start], others: &[S
         let _ = writeln!(s, "| step | median ms |");
         let _ = writeln!(s, "|---|---:|");
         for (step, ms) in by_step.into_values() {
-            let _ = writeln!(s, "| {step} | {:.1} |", median(ms));
+            let _ = writeln!(s, "| {step} | {:.1} |", median(&ms));
         }
     }
     s

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd, deb, target_dir, workspace_root};
+use crate::{cmd, deb, guest_bench, target_dir, workspace_root};
 
 /// The guest's release and where its packages come from (the GUEST has no network: only
 /// mmdebstrap, on the host, downloads).
@@ -66,6 +66,20 @@ const NO_BPF_LSM_SCRIPT: &str = include_str!("../vm/vm-test-no-bpf-lsm.sh");
 const PROTECT_SCRIPT: &str = include_str!("../vm/vm-test-protect.sh");
 /// The protect-fallback scenario's script (`--scenario protect-fallback`).
 const PROTECT_FALLBACK_SCRIPT: &str = include_str!("../vm/vm-test-protect-fallback.sh");
+/// The bench scenario's script (`--scenario bench`, xtask/src/guest_bench.rs).
+const BENCH_SCRIPT: &str = include_str!("../vm/vm-test-bench.sh");
+/// What the guest must report as PASS in the bench scenario: each configuration ran and gave
+/// numbers (the figures themselves are not checked: a benchmark, not a timed assertion).
+const BENCH_CHECKS: &[&str] = &[
+    "bench-calibrated",
+    "bench-none",
+    "bench-tracepoint",
+    "bench-fentry",
+    "bench-lsm",
+];
+/// The least time a bench guest gets, whatever `--timeout` says: its script has 20 minutes
+/// (the boot wrapper's bound) and plans for 15.
+const BENCH_MIN_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 /// What the guest must report as PASS in the protect-fallback scenario.
 const PROTECT_FALLBACK_CHECKS: &[&str] = &[
     "protect-fallback-started",
@@ -83,10 +97,14 @@ const PROTECT_CHECKS: &[&str] = &[
     "enforce-read-allowed",
     "enforce-trusted-allowed",
     "enforce-outside-allowed",
+    "enforce-denials-recorded",
+    "enforce-denied-alert",
     "released",
     "dry-run-watching",
     "dry-run-status",
     "dry-run-allows",
+    "dry-run-would-deny-recorded",
+    "dry-run-would-deny-alert",
     "k3s-trusted",
     "k3s-running-exe-trusted-before-enforce",
     "k3s-foreign-write-denied",
@@ -131,6 +149,12 @@ const DEFAULT_CHECKS: &[&str] = &[
     "history-command",
     "xattr-once",
     "opaque-kernel-internal",
+    "whiteout-kernel-internal",
+    "copyup-dir-kernel-internal",
+    "copyup-file-kernel-internal",
+    "copyup-symlink-kernel-internal",
+    "unlink-kernel-internal",
+    "namespace-once",
     "tracepoint-watching",
     "tracepoint-stopped",
     "tracepoint-not-kernel-internal",
@@ -189,6 +213,10 @@ pub enum Scenario {
     /// watches only and says so (log, status), nothing is blocked
     /// (xtask/vm/vm-test-protect-fallback.sh).
     ProtectFallback,
+    /// The overhead of each backend (no watcher, tracepoints, fentry, LSM dry-run) on
+    /// operation loops, as ratios (xtask/vm/vm-test-bench.sh); writes them into
+    /// docs/benchmarks-guests.md. About 10 minutes per kernel; by hand, not in CI.
+    Bench,
 }
 
 impl Scenario {
@@ -199,6 +227,7 @@ impl Scenario {
             Scenario::NoBpfLsm => NO_BPF_LSM_SCRIPT,
             Scenario::Protect => PROTECT_SCRIPT,
             Scenario::ProtectFallback => PROTECT_FALLBACK_SCRIPT,
+            Scenario::Bench => BENCH_SCRIPT,
         }
     }
 
@@ -209,6 +238,7 @@ impl Scenario {
             Scenario::NoBpfLsm => NO_BPF_LSM_CHECKS,
             Scenario::Protect => PROTECT_CHECKS,
             Scenario::ProtectFallback => PROTECT_FALLBACK_CHECKS,
+            Scenario::Bench => BENCH_CHECKS,
         }
     }
 
@@ -220,13 +250,16 @@ impl Scenario {
             Scenario::NoBpfLsm => format!("{}-no-bpf-lsm", kernel.label()),
             Scenario::Protect => format!("{}-protect", kernel.label()),
             Scenario::ProtectFallback => format!("{}-protect-fallback", kernel.label()),
+            Scenario::Bench => format!("{}-bench", kernel.label()),
         }
     }
 
     /// The guest kernel's command line.
     fn kernel_args(self) -> String {
         match self {
-            Scenario::Default | Scenario::Package | Scenario::Protect => KERNEL_ARGS.to_string(),
+            Scenario::Default | Scenario::Package | Scenario::Protect | Scenario::Bench => {
+                KERNEL_ARGS.to_string()
+            }
             Scenario::NoBpfLsm | Scenario::ProtectFallback => {
                 format!("{KERNEL_ARGS} {LSM_WITHOUT_BPF}")
             }
@@ -343,6 +376,14 @@ pub fn run_scenario(
             Payload::Binary(deb::build_static_binary(&build)?)
         }
         Scenario::Package => Payload::Package(deb::build(&build)?),
+        Scenario::Bench => Payload::BinaryAndLoops(
+            deb::build_static_binary(&build)?,
+            guest_bench::build_loops(&build.target)?,
+        ),
+    };
+    let timeout = match scenario {
+        Scenario::Bench => timeout.max(BENCH_MIN_TIMEOUT),
+        _ => timeout,
     };
 
     let mut outcome = ScenarioOutcome {
@@ -356,9 +397,45 @@ pub fn run_scenario(
             .as_ref()
             .map_err(|e| anyhow::anyhow!("no guest image: {e:#}"))
             .and_then(|image| {
+                let load_before = guest_bench::host_load();
                 let run = boot_and_test(kernel, image, &payload, scenario, timeout)?;
+                if write_docs && scenario == Scenario::Bench {
+                    guest_bench::write_docs(&guest_bench::GuestRun {
+                        kernel,
+                        kernel_package: &image.kernel_package,
+                        out_dir: &run.run_dir.join("out"),
+                        info: &run.info,
+                        passed: run.passed(),
+                        qemu_seconds: run.total_seconds,
+                        load_before: &load_before,
+                        load_after: &guest_bench::host_load(),
+                    })?;
+                }
                 Ok((image, run))
             });
+        // A guest kernel's oops here has been QEMU's emulation, not ctrwatch (seen once, on
+        // 6.12: an int3 still in __alloc_pages after a static key's patching, in a page fault
+        // of runc's, with no BPF program in the trace): such a failed run is booted once
+        // more, said loudly. A second oops fails the kernel; an oops in a run that passed is
+        // reported too.
+        let mut oops_before = None;
+        let run = match run {
+            Ok((image, first)) if !first.passed() && first.kernel_trouble.is_some() => {
+                let line = first.kernel_trouble.clone().unwrap_or_default();
+                let kept = first.run_dir.with_extension("oops");
+                let _ = fs::remove_dir_all(&kept);
+                let _ = fs::rename(&first.run_dir, &kept);
+                eprintln!(
+                    "vm-test {}: the guest's kernel reported `{line}` and the run failed; \
+                     booting it once more (the failed run is in {})",
+                    kernel.label(),
+                    kept.display()
+                );
+                oops_before = Some(format!("{line} (kept in {})", kept.display()));
+                boot_and_test(kernel, image, &payload, scenario, timeout).map(|run| (image, run))
+            }
+            other => other,
+        };
         match run {
             Ok((image, run)) => {
                 let ok = run.passed();
@@ -371,7 +448,7 @@ pub fn run_scenario(
                     write_docs_of(image, &run)?;
                 }
                 outcome.summary.push(format!(
-                    "  {} {:<5} {:?} {} (boot {:.0} s, test {:.0} s, total {:.0} s){}",
+                    "  {} {:<5} {:?} {} (boot {:.0} s, test {:.0} s, total {:.0} s){}{}{}",
                     if ok { "ok    " } else { "FAILED" },
                     kernel.label(),
                     scenario,
@@ -379,6 +456,13 @@ pub fn run_scenario(
                     run.boot_seconds.unwrap_or(f64::NAN),
                     run.test_seconds.unwrap_or(f64::NAN),
                     run.total_seconds,
+                    oops_before
+                        .map(|line| format!("\n           second boot: the first failed with a guest kernel oops: {line}"))
+                        .unwrap_or_default(),
+                    run.kernel_trouble
+                        .as_ref()
+                        .map(|line| format!("\n           guest kernel oops in this run: {line}"))
+                        .unwrap_or_default(),
                     run.failures()
                         .map(|f| format!("\n           {f}"))
                         .collect::<String>()
@@ -405,6 +489,8 @@ pub fn run_scenario(
 enum Payload {
     /// The static binary, as `ctrwatch`.
     Binary(PathBuf),
+    /// The static binary, and the loop program (tests' `bench`) as `bench`.
+    BinaryAndLoops(PathBuf, PathBuf),
     /// The package, as `ctrwatch.deb`.
     Package(PathBuf),
 }
@@ -766,6 +852,8 @@ struct Run {
     poweroff_seconds: Option<f64>,
     total_seconds: f64,
     timed_out: bool,
+    /// The first console line in which the guest's kernel reported an oops, a BUG or a panic.
+    kernel_trouble: Option<String>,
     /// Where the console log and the guest's output are kept.
     run_dir: PathBuf,
 }
@@ -802,6 +890,26 @@ impl Run {
 enum Marker {
     Begin(Instant),
     End(Instant),
+    KernelTrouble(String),
+}
+
+/// The guest's kernel reports an oops (`die()`'s `int3: 0000 [#1] ...`, `Oops: ...`, `general
+/// protection fault: ...`), a BUG or a panic on this console line. The test script's own lines
+/// (`ctrwatch-vmtest: ...`, which may quote anything) are not the kernel's.
+fn kernel_trouble(line: &str) -> bool {
+    if line.contains("ctrwatch-vmtest:") {
+        return false;
+    }
+    // die() prints "%s: %04lx [#%d]".
+    let die = line.find(" [#").is_some_and(|at| {
+        let before = &line[..at];
+        before
+            .rsplit_once(": ")
+            .is_some_and(|(_, code)| code.len() == 4 && code.chars().all(|c| c.is_ascii_hexdigit()))
+    });
+    die || line.contains("BUG: ")
+        || line.contains("kernel BUG at ")
+        || line.contains("Kernel panic - not syncing")
 }
 
 /// Boots the image with the test disk, waits for QEMU to exit (or kills it at the timeout) and
@@ -819,11 +927,14 @@ fn boot_and_test(
     }
     let stage = run_dir.join("disk");
     fs::create_dir_all(&stage)?;
-    let (from, name) = match payload {
-        Payload::Binary(path) => (path, "ctrwatch"),
-        Payload::Package(path) => (path, "ctrwatch.deb"),
+    let files: Vec<(&PathBuf, &str)> = match payload {
+        Payload::Binary(path) => vec![(path, "ctrwatch")],
+        Payload::BinaryAndLoops(path, loops) => vec![(path, "ctrwatch"), (loops, "bench")],
+        Payload::Package(path) => vec![(path, "ctrwatch.deb")],
     };
-    fs::copy(from, stage.join(name)).with_context(|| format!("copying {}", from.display()))?;
+    for (from, name) in files {
+        fs::copy(from, stage.join(name)).with_context(|| format!("copying {}", from.display()))?;
+    }
     fs::write(stage.join("vm-test.sh"), scenario.script())?;
     fs::set_permissions(stage.join("vm-test.sh"), fs::Permissions::from_mode(0o755))?;
     fs::write(stage.join("lib.sh"), LIB_SCRIPT)?;
@@ -882,6 +993,8 @@ fn boot_and_test(
                 let _ = markers.send(Marker::Begin(Instant::now()));
             } else if line.contains("ctrwatch-vmtest: end") {
                 let _ = markers.send(Marker::End(Instant::now()));
+            } else if kernel_trouble(&line) {
+                let _ = markers.send(Marker::KernelTrouble(line.clone()));
             }
         }
     });
@@ -905,11 +1018,14 @@ fn boot_and_test(
     };
     let end = Instant::now();
     let _ = reader.join();
-    let (mut begin, mut unit_end) = (None, None);
+    let (mut begin, mut unit_end, mut kernel_trouble) = (None, None, None);
     for marker in marker_rx.try_iter() {
         match marker {
             Marker::Begin(at) => begin = Some(at),
             Marker::End(at) => unit_end = Some(at),
+            Marker::KernelTrouble(line) => {
+                kernel_trouble.get_or_insert(line);
+            }
         }
     }
     if let Some(status) = status
@@ -951,6 +1067,7 @@ fn boot_and_test(
         poweroff_seconds: unit_end.map(|e| secs(e, end)),
         total_seconds: secs(start, end),
         timed_out,
+        kernel_trouble,
         run_dir,
     })
 }
@@ -1025,7 +1142,7 @@ fn parse_results(text: &str) -> (Vec<Check>, BTreeMap<String, String>) {
 const DOCS_BEGIN: &str = "<!-- BEGIN generated by cargo xtask vm-test -->";
 const DOCS_END: &str = "<!-- END generated by cargo xtask vm-test -->";
 
-fn block_markers(kernel: Kernel) -> (String, String) {
+pub(crate) fn block_markers(kernel: Kernel) -> (String, String) {
     (
         format!("<!-- vm-test kernel {} -->", kernel.label()),
         format!("<!-- /vm-test kernel {} -->", kernel.label()),
@@ -1045,7 +1162,7 @@ fn write_docs_of(image: &Image, run: &Run) -> Result<()> {
 
 /// `doc` with `kernel`'s block replaced by `block` (or added, blocks in the order of
 /// `Kernel::All.expand()`). None when the generated section is missing.
-fn replace_block(doc: &str, kernel: Kernel, block: &str) -> Option<String> {
+pub(crate) fn replace_block(doc: &str, kernel: Kernel, block: &str) -> Option<String> {
     let begin = doc.find(DOCS_BEGIN)? + DOCS_BEGIN.len();
     let end = begin + doc[begin..].find(DOCS_END)?;
     let section = &doc[begin..end];
@@ -1303,7 +1420,7 @@ impl KernelFacts {
 }
 
 /// `2026-12-07` (UTC): the date part of humantime's RFC 3339 form.
-fn utc_date(now: SystemTime) -> String {
+pub(crate) fn utc_date(now: SystemTime) -> String {
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
     stamp.get(..10).unwrap_or(&stamp).to_string()
 }
@@ -1320,6 +1437,28 @@ mod tests {
             Some("linux-image-6.1.0-57-cloud-amd64")
         );
         assert_eq!(kernel_dependency("linux-image-cloud-amd64\n"), None);
+    }
+
+    #[test]
+    fn kernel_oopses_are_told_from_other_lines() {
+        for oops in [
+            "[  812.345678] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
+            "[   12.000001] int3: 0000 [#1] SMP NOPTI",
+            "general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP",
+            "BUG: kernel NULL pointer dereference, address: 0000000000000008",
+            "kernel BUG at mm/page_alloc.c:123!",
+            "Kernel panic - not syncing: Fatal exception",
+        ] {
+            assert!(kernel_trouble(oops), "{oops}");
+        }
+        for other in [
+            "ctrwatch-vmtest: FAIL x BUG: kernel NULL pointer dereference",
+            "[  OK  ] Started containerd.service - containerd container runtime.",
+            "ctrwatch: watching 1 root(s) [#1]",
+            "Welcome to Debian GNU/Linux 12 (bookworm)!",
+        ] {
+            assert!(!kernel_trouble(other), "{other}");
+        }
     }
 
     #[test]
@@ -1349,6 +1488,7 @@ mod tests {
                 poweroff_seconds: None,
                 total_seconds: 0.0,
                 timed_out,
+                kernel_trouble: None,
                 run_dir: PathBuf::from("/nonexistent"),
             }
         };

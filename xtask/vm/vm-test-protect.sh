@@ -3,7 +3,9 @@
 # A containerd-shaped root without containerd: the daemon protects the content store's
 # blobs directory (by its (dev, ino)) and trusts the executables of `trust_exes`; a foreign
 # rm, setxattr and open-for-write below it are denied with EPERM in enforce; a copy of rm
-# listed in trust_exes is allowed; after the stop nothing is blocked; dry-run blocks nothing.
+# listed in trust_exes is allowed; each denial is a record of its own in the history and a
+# protect-denied alert; after the stop nothing is blocked; dry-run blocks nothing and records
+# would-deny (and a protect-would-deny alert).
 set -u
 disk=$1
 out=$2
@@ -48,6 +50,18 @@ status_in_force() {
     done
     return 1
 }
+# Protect's own record in the history $1 (query --json): op $2 on path $3 by comm $4, verdict
+# $5 (denied, would_deny).
+protect_record() {
+    grep -F "\"op\":\"$2\",\"path\":\"$3\"," "$1" | grep -F "\"protect\":\"$5\"" |
+        grep -qF "\"comm\":\"$4\""
+}
+# Queries the history and the alerts of the run with protect = $1 (after its stop) into
+# $out/history-$1.json and $out/alerts-$1.json.
+history_and_alerts() {
+    "$bin" query --store "$store" --limit 1000000 --json > "$out/history-$1.json" 2>&1
+    "$bin" alerts --store "$store" --json > "$out/alerts-$1.json" 2>&1
+}
 setxattr() {
     perl -e 'my ($p, $n, $v) = ($ARGV[0], "trusted.overlay.opaque", "y");
         syscall(188, $p, $n, $v, 1, 0) == 0 or die "setxattr: $!\n"' "$1"
@@ -62,6 +76,27 @@ if start enforce; then
     else
         fail enforce-status "$(cut -c 1-400 "$out/status-enforce.json")"
     fi
+    # A figure, not a check: what the kernel verified of each LSM and fentry program (they
+    # build their paths with an inlined walk): verified_insns of bpf_prog_info (offset 216),
+    # by BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID and BPF_OBJ_GET_INFO_BY_FD (bpftool 7.1
+    # does not show it).
+    perl -MPOSIX -e '
+        my $id = 0;
+        while (1) {
+            my $next = pack("LLL", $id, 0, 0) . ("\0" x 116);
+            last if syscall(321, 11, $next, 128) != 0;
+            $id = unpack("x4 L", $next);
+            my $fd = syscall(321, 13, pack("LLL", $id, 0, 0) . ("\0" x 116), 128);
+            next if $fd < 0;
+            my $info = "\0" x 232;
+            my $get = pack("LLQ", $fd, 232, unpack("Q", pack("p", $info))) . ("\0" x 112);
+            if (syscall(321, 15, $get, 128) == 0) {
+                my $name = unpack("Z16", substr($info, 64, 16));
+                printf "%s %u\n", $name, unpack("L", substr($info, 216, 4))
+                    if $name =~ /^(lsm_|fentry_|fexit_)/;
+            }
+            POSIX::close($fd);
+        }' > "$out/lsm-verified-insns.txt" 2>&1
     if rm -f "$blobs/victim" 2> "$out/rm.err"; then
         fail enforce-rm-denied "rm succeeded"
     elif [ -e "$blobs/victim" ] && grep -q 'Operation not permitted' "$out/rm.err"; then
@@ -90,6 +125,23 @@ if start enforce; then
     echo outside > "$root/outside"
     if rm -f "$root/outside"; then pass enforce-outside-allowed; else fail enforce-outside-allowed; fi
     stop
+    # Every denial is an event (protect's own record: op, path, process, verdict) and an
+    # alert (protect-denied, critical; written to the outbox at the latest at the stop).
+    history_and_alerts enforce
+    missing=""
+    protect_record "$out/history-enforce.json" unlink "$blobs/victim" rm denied || missing="$missing unlink"
+    protect_record "$out/history-enforce.json" setxattr "$blobs" perl denied || missing="$missing setxattr"
+    protect_record "$out/history-enforce.json" open_write "$blobs/victim" sh denied || missing="$missing open_write"
+    if [ -z "$missing" ]; then
+        pass enforce-denials-recorded "$(grep -c '"protect":"denied"' "$out/history-enforce.json") denied record(s)"
+    else
+        fail enforce-denials-recorded "no denied record for:$missing (history-enforce.json)"
+    fi
+    if grep -F '"rule":"protect-denied"' "$out/alerts-enforce.json" | grep -qF '"severity":"critical"'; then
+        pass enforce-denied-alert "$(grep -o '"summary":"[^"]*"' "$out/alerts-enforce.json" | grep 'protect mode denied' | head -n 1 | cut -c 1-300)"
+    else
+        fail enforce-denied-alert "$(cut -c 1-400 "$out/alerts-enforce.json")"
+    fi
     if rm -f "$blobs/victim"; then pass released; else fail released "rm still denied after the stop"; fi
 else
     fail enforce-watching "$(grep -m 1 -i 'error' "$out/daemon-enforce.log" | cut -c 1-300)"
@@ -106,6 +158,19 @@ if start dry-run; then
         fail dry-run-allows "rm was blocked in dry-run"
     fi
     stop
+    history_and_alerts dry-run
+    if protect_record "$out/history-dry-run.json" unlink "$blobs/victim" rm would_deny &&
+        ! grep -q '"protect":"denied"' "$out/history-dry-run.json"; then
+        pass dry-run-would-deny-recorded
+    else
+        fail dry-run-would-deny-recorded "no would_deny record for the rm, or a denied one (history-dry-run.json)"
+    fi
+    if grep -F '"rule":"protect-would-deny"' "$out/alerts-dry-run.json" | grep -qF '"severity":"warning"' &&
+        ! grep -qF '"rule":"protect-denied"' "$out/alerts-dry-run.json"; then
+        pass dry-run-would-deny-alert
+    else
+        fail dry-run-would-deny-alert "$(cut -c 1-400 "$out/alerts-dry-run.json")"
+    fi
 else
     fail dry-run-watching "$(grep -m 1 -i 'error' "$out/daemon-dry-run.log" | cut -c 1-300)"
     kill -KILL "$daemon" 2> /dev/null

@@ -64,15 +64,34 @@ overlay_setup() {
     mkdir -p "$o/lower/gone/sub" "$o/lower/dir" "$o/upper" "$o/work" "$o/merged"
     echo lower > "$o/lower/gone/sub/f"
     echo lower > "$o/lower/dir/f"
+    echo lower > "$o/lower/rmme"
+    ln -s rmme "$o/lower/sym"
     mount -t overlay overlay -o "lowerdir=$o/lower,upperdir=$o/upper,workdir=$o/work" "$o/merged"
 }
 # The operations, each by a process whose pid is written to $out/$1-*.pid first (exec keeps it).
 overlay_ops() {
     o=$root/$1
-    # A file created in a lower directory: the directory is copied up.
+    # A lower file removed: overlayfs makes the mount's first whiteout (a 0/0 device in work/)
+    # and renames it (a link of it) over the name in upper/.
+    sh -c 'echo $$ > "$0"; exec rm -- "$1"' "$out/$1-whiteout.pid" "$o/merged/rmme"
+    # A file created in a lower directory: the directory is copied up (made in work/, renamed
+    # into upper/), the file created in upper/.
     sh -c 'echo $$ > "$0"; exec touch -- "$1"' "$out/$1-copyup.pid" "$o/merged/dir/new"
+    # A lower file opened for writing: copied up (an O_TMPFILE in work/ linked into upper/,
+    # or a file made in work/ and renamed).
+    sh -c 'echo $$ > "$0"; exec touch -- "$1"' "$out/$1-copyfile.pid" "$o/merged/dir/f"
+    # A lower symlink's owner changed: the symlink is copied up (made in work/, renamed).
+    sh -c 'echo $$ > "$0"; exec chown -h 1:1 -- "$1"' "$out/$1-copysym.pid" "$o/merged/sym"
+    # A file only in the upper layer removed: overlayfs unlinks the upper file.
+    sh -c 'echo $$ > "$0"; exec rm -- "$1"' "$out/$1-unlink.pid" "$o/merged/dir/new"
     rm -rf -- "$o/merged/gone"
     sh -c 'echo $$ > "$0"; exec mkdir -- "$1"' "$out/$1-opaque.pid" "$o/merged/gone"
+}
+# The kernel-internal records of `$1`'s overlay (ovl-auto: from $out/overlay-auto.json) by the
+# pid in $out/$1-$2.pid, of op $3.
+overlay_internal() {
+    grep '"kernel_internal"' "$out/overlay-${1#ovl-}.json" | grep "\"pid\":$(cat "$out/$1-$2.pid")[,}]" |
+        grep "\"op\":\"$3\""
 }
 # The daemon's history of `$1`'s overlay: kernel-internal setxattrs of the opaque mkdir's pid.
 overlay_opaque_records() {
@@ -116,10 +135,10 @@ if wait_watching "$out/daemon.log" "$daemon"; then
     pass watching "$(grep -o 'watching .*' "$out/daemon.log" | head -n 1)"
     say INFO start_seconds "$(since "$start")"
 
-    if grep -q 'hook families: .*fentry usable .*, 4 programs attached' "$out/daemon.log"; then
+    if grep -q 'hook families: .*fentry usable .*, 20 programs attached' "$out/daemon.log"; then
         pass fentry-attached "$(grep -o 'hook families: .*' "$out/daemon.log" | head -n 1)"
     else
-        fail fentry-attached "no 'fentry usable ..., 4 programs attached' in the daemon's log"
+        fail fentry-attached "no 'fentry usable ..., 20 programs attached' in the daemon's log"
     fi
     # The start log reports the LSM probe's result with the other families.
     if grep -q 'hook families: .*; lsm usable (' "$out/daemon.log"; then
@@ -136,6 +155,18 @@ if wait_watching "$out/daemon.log" "$daemon"; then
     perl -e 'my ($p, $n, $v) = ($ARGV[0], "user.ctrwatch", "v");
         syscall(188, $p, $n, $v, 1, 0) == 0 or die "setxattr: $!\n"' "$root/vmtest-xattr"
     overlay_setup ovl-auto && overlay_ops ovl-auto
+    # Each namespace system call on the root's own filesystem (one VFS call of a hooked
+    # function each: mknod of a regular file is vfs_create, of a FIFO vfs_mknod): the
+    # tracepoints report it, the fentry programs must not report it again.
+    ns=$root/vmtest-ns
+    mkdir -p "$ns/d"
+    perl -e 'syscall(133, $ARGV[0], 0100644, 0) == 0 or die "mknod: $!\n"' "$ns/reg"
+    mknod "$ns/fifo" p
+    ln "$ns/reg" "$ns/hard"
+    ln -s reg "$ns/soft"
+    mv "$ns/hard" "$ns/moved"
+    rm -- "$ns/moved"
+    rmdir "$ns/d"
     rm -f -- "$victim"
     # Stopped once the last operation, the unlink, is in the store: the ring buffer hands the
     # records over in order, so the ones before it are there too.
@@ -172,6 +203,21 @@ if wait_watching "$out/daemon.log" "$daemon"; then
         fail xattr-once "$n setxattr record(s) of user.ctrwatch, $internal kernel-internal"
     fi
 
+    # The namespace system calls: each op once, none kernel-internal.
+    "$bin" query --store "$store" --path "$ns/**" --json > "$out/namespace-once.json" 2>&1
+    counts=""
+    for op in mkdir mknod symlink link rename unlink rmdir; do
+        counts="$counts $op=$(grep "\"path\":\"$ns/" "$out/namespace-once.json" | grep -c "\"op\":\"$op\"")"
+    done
+    # Below $ns: the mkdir of d, the mknods of reg and fifo, one of each other.
+    want=" mkdir=1 mknod=2 symlink=1 link=1 rename=1 unlink=1 rmdir=1"
+    internal=$(grep -c '"kernel_internal"' "$out/namespace-once.json")
+    if [ "$counts" = "$want" ] && [ "$internal" -eq 0 ]; then
+        pass namespace-once "$counts"
+    else
+        fail namespace-once "records:$counts (want$want), $internal kernel-internal (want 0)"
+    fi
+
     # The overlay: everything ctrwatch has of it, for a look; then the opaque directory's
     # xattr, kernel-internal and attributed to the mkdir.
     "$bin" query --store "$store" --path "$root/ovl-auto/**" --json > "$out/overlay-auto.json" 2>&1
@@ -183,6 +229,53 @@ if wait_watching "$out/daemon.log" "$daemon"; then
     copyup_pid=$(cat "$out/ovl-auto-copyup.pid")
     say INFO copyup_kernel_internal "$(grep '"kernel_internal"' "$out/overlay-auto.json" |
         grep "\"pid\":$copyup_pid[,}]" | grep -o '"xattr":{"name":"[^"]*"' | sort | uniq -c | tr '\n' ' ')"
+    # The namespace operations overlayfs made itself (fentry_namespace.rs), each attributed to
+    # the process whose system call made it do them.
+    say INFO namespace_kernel_internal "$(grep '"kernel_internal"' "$out/overlay-auto.json" |
+        grep -v '"xattr"' | grep -o '"op":"[a-z_]*"' | sort | uniq -c | tr -s ' \n' ' ')"
+    u=$root/ovl-auto/upper
+    if ! overlay_internal ovl-auto whiteout mknod | grep -q '"whiteout":true'; then
+        fail whiteout-kernel-internal "no kernel-internal whiteout mknod by the rm's pid $(cat "$out/ovl-auto-whiteout.pid")"
+    elif ! overlay_internal ovl-auto whiteout rename | grep -q "\"new_path\":\"$u/rmme\""; then
+        fail whiteout-kernel-internal "no kernel-internal rename onto $u/rmme by the rm's pid"
+    else
+        pass whiteout-kernel-internal "$(overlay_internal ovl-auto whiteout mknod | head -c 300)"
+    fi
+    if ! overlay_internal ovl-auto copyup mkdir | grep -q "\"path\":\"$root/ovl-auto/work/"; then
+        fail copyup-dir-kernel-internal "no kernel-internal mkdir in work/ by the touch's pid $copyup_pid"
+    elif ! overlay_internal ovl-auto copyup rename | grep -q "\"new_path\":\"$u/dir\""; then
+        fail copyup-dir-kernel-internal "no kernel-internal rename onto $u/dir by the touch's pid"
+    elif ! overlay_internal ovl-auto copyup create | grep -q "\"path\":\"$u/dir/new\""; then
+        fail copyup-dir-kernel-internal "no kernel-internal create of $u/dir/new by the touch's pid"
+    else
+        pass copyup-dir-kernel-internal "$(overlay_internal ovl-auto copyup rename | head -c 300)"
+    fi
+    if ! overlay_internal ovl-auto copysym symlink | grep -q "\"new_path\":\"rmme\""; then
+        fail copyup-symlink-kernel-internal "no kernel-internal symlink to rmme by the chown's pid $(cat "$out/ovl-auto-copysym.pid")"
+    elif ! overlay_internal ovl-auto copysym rename | grep -q "\"new_path\":\"$u/sym\""; then
+        fail copyup-symlink-kernel-internal "no kernel-internal rename onto $u/sym by the chown's pid"
+    else
+        pass copyup-symlink-kernel-internal "$(overlay_internal ovl-auto copysym symlink | head -c 300)"
+    fi
+    if { overlay_internal ovl-auto copyfile link; overlay_internal ovl-auto copyfile rename; } |
+        grep -q "\"new_path\":\"$u/dir/f\""; then
+        pass copyup-file-kernel-internal "$({ overlay_internal ovl-auto copyfile link; overlay_internal ovl-auto copyfile rename; } | head -c 300)"
+    else
+        fail copyup-file-kernel-internal "no kernel-internal link or rename onto $u/dir/f by the touch's pid $(cat "$out/ovl-auto-copyfile.pid")"
+    fi
+    # The rm's own unlink: once, by its system call; the upper file's: kernel-internal.
+    unlink_pid=$(cat "$out/ovl-auto-unlink.pid")
+    own=$(grep '"op":"unlink"' "$out/overlay-auto.json" | grep "\"pid\":$unlink_pid[,}]" |
+        grep -c "\"path\":\"$root/ovl-auto/merged/dir/new\"")
+    own_internal=$(grep '"op":"unlink"' "$out/overlay-auto.json" | grep "\"pid\":$unlink_pid[,}]" |
+        grep "\"path\":\"$root/ovl-auto/merged/dir/new\"" | grep -c '"kernel_internal"')
+    if [ "$own" -ne 1 ] || [ "$own_internal" -ne 0 ]; then
+        fail unlink-kernel-internal "$own unlink record(s) of merged/dir/new by pid $unlink_pid, $own_internal kernel-internal (want 1, 0)"
+    elif ! overlay_internal ovl-auto unlink unlink | grep -q "\"path\":\"$u/dir/new\""; then
+        fail unlink-kernel-internal "no kernel-internal unlink of $u/dir/new by the rm's pid $unlink_pid"
+    else
+        pass unlink-kernel-internal "$(overlay_internal ovl-auto unlink unlink | head -c 300)"
+    fi
 
     # The same with the syscall tracepoints alone: the kernel's own change is not seen.
     rm -f "$store"
@@ -208,8 +301,10 @@ if wait_watching "$out/daemon.log" "$daemon"; then
             fail tracepoint-not-kernel-internal "the tracepoint backend recorded the kernel's own setxattr"
         elif grep -q '"kernel_internal"' "$out/overlay-tp.json"; then
             fail tracepoint-not-kernel-internal "a kernel-internal record with --backend tracepoint"
+        elif ! grep '"op":"unlink"' "$out/overlay-tp.json" | grep -q "\"pid\":$(cat "$out/ovl-tp-whiteout.pid")[,}]"; then
+            fail tracepoint-not-kernel-internal "the rm of merged/rmme is not recorded: the run saw nothing of it"
         else
-            pass tracepoint-not-kernel-internal "the mkdir is recorded, the opaque xattr is not"
+            pass tracepoint-not-kernel-internal "the mkdir and the rm are recorded; the opaque xattr, whiteout and copy-ups are not"
         fi
     else
         fail tracepoint-watching "run --backend tracepoint: $(grep -m 1 'error' "$out/daemon-tracepoint.log" | cut -c 1-300)"

@@ -129,7 +129,9 @@ fn blob_digest_of(root: &[u8], path: &[u8]) -> Option<String> {
 /// (away) of a snapshot directory or its `fs`; a successful write, truncate, fallocate or
 /// open for writing of a committed sha256 blob, or a `rename`/`link` onto one.
 pub fn candidate(ev: &FileEvent) -> Option<Subject> {
-    if ev.result != OpResult::Ok {
+    // Protect's records are verdicts on calls not yet made: the call's own record, if it
+    // went through, asks for the check.
+    if ev.result != OpResult::Ok || ev.details.protect.is_some() {
         return None;
     }
     let view = ev.details.containerd.as_deref()?;

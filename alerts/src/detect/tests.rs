@@ -1,5 +1,5 @@
 use ctrwatch_event::{
-    AncestorView, ContainerdView, Details, PathBytes, SnapshotKind, StorageKind, Xattr,
+    AncestorView, ContainerdView, Details, PathBytes, Protect, SnapshotKind, StorageKind, Xattr,
 };
 
 use super::*;
@@ -383,4 +383,85 @@ fn nothing_is_emitted_before_the_settle_delay_and_flush_emits_what_is_left() {
         t,
     );
     assert_eq!(d.flush().len(), 1);
+}
+
+/// Protect's records raise `protect-denied` (critical) and `protect-would-deny` (warning),
+/// not `foreign-change` (the syscall's own record is the change); a process looping on a
+/// denied operation folds into one alert that counts the attempts.
+#[test]
+fn protect_verdicts_raise_their_rules_folded_per_tree() {
+    let verdict = |t: i64, op: Op, protect: Protect| {
+        let mut e = ev(t, op, committed(Verdict::Foreign), script(900));
+        e.details.protect = Some(protect);
+        if protect == Protect::Denied {
+            e.result = OpResult::Err(1);
+        }
+        e
+    };
+    let would = verdict(T0, Op::Unlink, Protect::WouldDeny);
+    assert!(wants(&would));
+    assert_eq!(foreign_change(&would), None);
+    assert_eq!(
+        protect_verdict(&would),
+        Some(Finding {
+            rule: RuleId::ProtectWouldDeny,
+            severity: Severity::Warning
+        })
+    );
+    // Nor does the metadata check take a would-deny open of a blob for a write.
+    let blob = format!(
+        "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/{}",
+        "a".repeat(64)
+    );
+    let mut open = ev(
+        T0,
+        Op::OpenWrite,
+        view(StorageKind::Blob, None, Verdict::Foreign),
+        script(900),
+    );
+    open.path = PathBytes(blob.into_bytes());
+    assert!(mismatch::candidate(&open).is_some());
+    open.details.protect = Some(Protect::WouldDeny);
+    assert!(mismatch::candidate(&open).is_none());
+    let mut d = Detector::new(&config(""), node());
+    for i in 0..1000 {
+        d.event(&verdict(T0 + i, Op::Unlink, Protect::Denied), T0);
+    }
+    d.event(&verdict(T0 + 2000, Op::OpenWrite, Protect::Denied), T0);
+    d.event(&would, T0);
+    let out = d.flush();
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let denied = out
+        .iter()
+        .find(|a| a.rule == RuleId::ProtectDenied)
+        .unwrap_or_else(|| panic!("no protect-denied: {out:#?}"));
+    assert_eq!((denied.severity, denied.count), (Severity::Critical, 1001));
+    assert!(
+        denied.summary.starts_with(
+            "protect mode denied rm -f x (EPERM): it tried to delete/open for writing 1001 times, first /pause in committed layer sha256:abc"
+        ),
+        "{}",
+        denied.summary
+    );
+    let would = out
+        .iter()
+        .find(|a| a.rule == RuleId::ProtectWouldDeny)
+        .unwrap_or_else(|| panic!("no protect-would-deny: {out:#?}"));
+    assert_eq!((would.severity, would.count), (Severity::Warning, 1));
+    assert!(
+        would.summary.contains("would have denied")
+            && would.summary.contains("tried to delete /pause"),
+        "{}",
+        would.summary
+    );
+    // Off: nothing.
+    let mut off = Detector::new(
+        &config(
+            "[rules.protect-denied]\nenabled = false\n[rules.protect-would-deny]\nenabled = false\n[rules.foreign-change]\nenabled = false\n[rules.opaque-leak]\nenabled = false\n",
+        ),
+        node(),
+    );
+    assert!(!off.any_enabled());
+    off.event(&verdict(T0, Op::Unlink, Protect::Denied), T0);
+    assert!(off.flush().is_empty());
 }

@@ -52,6 +52,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
+use ctrwatch_stats::{median, median_ci95};
 use watcher::kernel::capabilities::RENAME_TARGET_HOOKS;
 
 /// The audit key our rule carries, to count its records.
@@ -108,6 +109,9 @@ enum Workload {
     Getppid,
     Read1,
     Stat,
+    /// Not in this bench's phases: one of the loops `cargo xtask vm-test --scenario bench`
+    /// runs in the guests, where the fentry and LSM hooks on setxattr attach.
+    Setxattr,
 }
 
 /// The workloads of every phase (paired, daemon, inside the root, auditd).
@@ -134,6 +138,7 @@ impl Workload {
             Workload::Getppid => "getppid loop",
             Workload::Read1 => "1-byte read loop",
             Workload::Stat => "stat loop",
+            Workload::Setxattr => "setxattr loop",
         }
     }
 
@@ -145,6 +150,7 @@ impl Workload {
             Workload::Getppid => "getppid",
             Workload::Read1 => "read1",
             Workload::Stat => "stat",
+            Workload::Setxattr => "setxattr",
         }
     }
 
@@ -155,6 +161,7 @@ impl Workload {
             Workload::Write1 => 5.0,
             Workload::CreateUnlink => 5.0,
             Workload::Getppid | Workload::Read1 | Workload::Stat => 2.0,
+            Workload::Setxattr => 5.0,
         }
     }
 
@@ -167,6 +174,7 @@ impl Workload {
             Workload::Getppid => 6_000_000,
             Workload::Read1 => 4_500_000,
             Workload::Stat => 1_000_000,
+            Workload::Setxattr => 500_000,
         };
         if quick { full / 10 } else { full }
     }
@@ -181,6 +189,7 @@ impl Workload {
             Workload::Getppid => 2_000_000,
             Workload::Read1 => 1_500_000,
             Workload::Stat => 300_000,
+            Workload::Setxattr => 150_000,
         };
         if quick { n / 5 } else { n }
     }
@@ -194,6 +203,7 @@ impl Workload {
             Workload::Getppid => 800_000,
             Workload::Read1 => 600_000,
             Workload::Stat => 130_000,
+            Workload::Setxattr => 60_000,
         };
         if quick { n / 4 } else { n }
     }
@@ -209,7 +219,7 @@ impl Workload {
             Workload::Write4k => 1.0 + 1.0 / 256.0,
             Workload::Write1 => 1.0 + 1.0 / f64::from(1u32 << 20),
             Workload::CreateUnlink => 3.0,
-            Workload::Getppid | Workload::Read1 | Workload::Stat => 1.0,
+            Workload::Getppid | Workload::Read1 | Workload::Stat | Workload::Setxattr => 1.0,
         }
     }
 
@@ -226,6 +236,9 @@ impl Workload {
             Workload::Read1 => "read(fd, 1 byte) of /dev/zero, a syscall ctrwatch does not hook",
             Workload::Stat => {
                 "stat of one existing file (newfstatat/statx), a syscall ctrwatch does not hook"
+            }
+            Workload::Setxattr => {
+                "setxattr of `user.ctrwatch-bench` (1 byte) on one existing file, the same value each time"
             }
         }
     }
@@ -253,6 +266,9 @@ enum Loop {
     },
     Stat {
         path: PathBuf,
+    },
+    Setxattr {
+        path: CString,
     },
 }
 
@@ -291,6 +307,14 @@ impl Loop {
                 let path = dir.join("bench-stat");
                 fs::write(&path, b"x").with_context(|| format!("creating {}", path.display()))?;
                 Ok(Loop::Stat { path })
+            }
+            Workload::Setxattr => {
+                let path = dir.join("bench-xattr");
+                fs::write(&path, b"x").with_context(|| format!("creating {}", path.display()))?;
+                Ok(Loop::Setxattr {
+                    path: CString::new(path.as_os_str().as_bytes())
+                        .context("path with a NUL byte")?,
+                })
             }
         }
     }
@@ -366,6 +390,23 @@ impl Loop {
                     );
                 }
             }
+            Loop::Setxattr { path } => {
+                for _ in 0..n {
+                    // SAFETY: valid C strings; the value is valid for its 1 byte.
+                    let rc = unsafe {
+                        libc::setxattr(
+                            path.as_ptr(),
+                            c"user.ctrwatch-bench".as_ptr(),
+                            c"y".as_ptr().cast(),
+                            1,
+                            0,
+                        )
+                    };
+                    if rc != 0 {
+                        return Err(io::Error::last_os_error()).context("setxattr");
+                    }
+                }
+            }
         }
         Ok(start.elapsed().as_nanos() as u64)
     }
@@ -378,6 +419,10 @@ impl Loop {
                 fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             }
             Loop::Stat { path } => {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            Loop::Setxattr { path } => {
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(path.as_bytes()));
                 fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             }
             Loop::CreateUnlink { .. } | Loop::Getppid | Loop::Read1 { .. } => {}
@@ -518,20 +563,6 @@ fn run_cmd(cmd: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 fn min_max(v: &[f64]) -> (f64, f64) {
@@ -1202,8 +1233,10 @@ const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: &str = "17";
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
-const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+// ioctl's request type is glibc's unsigned long and musl's int (the static build the guests
+// run, cargo xtask vm-test --scenario bench); both values fit either.
+const PERF_EVENT_IOC_ENABLE: libc::Ioctl = 0x2400;
+const PERF_EVENT_IOC_SET_BPF: libc::Ioctl = 0x4004_2408;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 
 #[repr(C)]
@@ -2090,20 +2123,6 @@ impl Overhead {
     }
 }
 
-/// 95 % confidence interval of a median from order statistics: ranks n/2 ± 0.98·√n.
-fn median_ci(v: &[f64]) -> Option<(f64, f64)> {
-    let n = v.len();
-    if n < 6 {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let half = 0.98 * (n as f64).sqrt();
-    let lo = ((n as f64 / 2.0 - half).floor().max(0.0)) as usize;
-    let hi = ((n as f64 / 2.0 + half).ceil() as usize).min(n - 1);
-    Some((s[lo], s[hi]))
-}
-
 fn quantile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -2130,7 +2149,7 @@ fn paired_overhead(base: &[f64], with: &[f64]) -> Option<Overhead> {
         pct: median(&ratios),
         q1: quantile(&ratios, 0.25),
         q3: quantile(&ratios, 0.75),
-        ci: median_ci(&ratios),
+        ci: median_ci95(&ratios),
         ns: median(&diffs),
         n: ratios.len(),
     })

@@ -19,12 +19,14 @@
 //! [`FamilyState::Inactive`], with the active list and the way to enable it.
 //!
 //! Where the probe succeeded and the backend asked for is `auto` or `fentry`, the fentry/fexit
-//! programs of watcher-ebpf/src/fentry.rs are attached to the VFS xattr functions
-//! ([`FENTRY_HOOKS`]): they report the xattr changes the kernel makes itself (overlayfs's
-//! `trusted.overlay.*`), labelled kernel-internal. Every system call is still reported by the
-//! syscall tracepoints (the fentry programs skip a thread's own xattr system call, so none is
-//! reported twice). Each hook's argument positions are checked against the running kernel's
-//! prototype in BTF first; a hook whose prototype differs is left unattached, with the reason.
+//! programs of watcher-ebpf/src/fentry_xattr.rs and fentry_namespace.rs are attached to the
+//! VFS xattr and namespace functions ([`FENTRY_HOOKS`]): they report the operations the
+//! kernel makes itself (overlayfs's `trusted.overlay.*`, whiteouts, copy-ups, upper-layer
+//! unlinks), labelled kernel-internal. Every system call is still reported by the syscall
+//! tracepoints (the fentry programs skip a thread's own system call, so none is reported
+//! twice). Each hook's argument positions, return type and the struct members it reads are
+//! checked against the running kernel's BTF first; a hook that differs is left unattached,
+//! with the reason.
 //! `fentry` asked for on a kernel that refuses it is an error at the start (an operator who
 //! asks for it wants to know); `auto` never fails for it.
 
@@ -44,24 +46,36 @@ pub const LSM_PROBE_TARGET: &str = "bpf_lsm_inode_setxattr";
 /// Where the kernel lists its active LSMs, in order.
 pub const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
 
-/// The VFS xattr functions whose prototypes `ctrwatch probe` shows from BTF: where an fentry
+/// The VFS functions whose prototypes `ctrwatch probe` shows from BTF: where an fentry
 /// program on them finds its arguments (they gained a `user_namespace` in 5.12, a
-/// `mnt_idmap` in 6.3).
-pub const XATTR_FUNCTIONS: &[&str] = &[
+/// `mnt_idmap` in 6.3; vfs_mkdir returns a dentry since 6.15).
+pub const FENTRY_TARGETS: &[&str] = &[
     "vfs_setxattr",
     "__vfs_setxattr_locked",
     "__vfs_setxattr",
     "vfs_removexattr",
     "__vfs_removexattr_locked",
+    "vfs_create",
+    "vfs_mknod",
+    "vfs_mkdir",
+    "vfs_symlink",
+    "vfs_unlink",
+    "vfs_rmdir",
+    "vfs_link",
+    "vfs_rename",
 ];
 
-/// `name(params)` from BTF, or why not, for each of [`XATTR_FUNCTIONS`].
-pub fn xattr_prototypes(btf: Result<&KernelBtf, &BtfError>) -> Vec<(&'static str, String)> {
-    XATTR_FUNCTIONS
+/// `name(params)` from BTF, or why not, for each of [`FENTRY_TARGETS`].
+pub fn fentry_target_prototypes(btf: Result<&KernelBtf, &BtfError>) -> Vec<(&'static str, String)> {
+    FENTRY_TARGETS
         .iter()
         .map(|&name| {
             let text = match btf.map(|btf| function_prototype(btf, name)) {
-                Ok(Ok(Some(p))) => format!("{name}{}", p.signature()),
+                Ok(Ok(Some(p))) => format!(
+                    "{name}{} -> {}",
+                    p.signature(),
+                    ctrwatch_event::escape(&p.returns)
+                ),
                 Ok(Ok(None)) => format!("{name}: not in the kernel's BTF"),
                 Ok(Err(e)) => format!("{name}: BTF: {e}"),
                 Err(e) => format!("{name}: BTF: {e}"),
@@ -128,8 +142,8 @@ impl FamilyProbe {
     }
 }
 
-/// An fentry/fexit pair of watcher-ebpf/src/fentry.rs on one VFS function, and the prototype
-/// its programs read their arguments by.
+/// An fentry/fexit pair of watcher-ebpf/src/fentry_xattr.rs or fentry_namespace.rs on one VFS
+/// function, and the prototype its programs read their arguments by.
 #[derive(Clone, Copy, Debug)]
 pub struct FentryHook {
     /// The kernel function.
@@ -143,6 +157,11 @@ pub struct FentryHook {
     /// The parameters the programs read: position and short type (see
     /// [`super::btf_offsets::FunctionParam::type_name`]).
     pub reads: &'static [(usize, &'static str)],
+    /// The return type the fexit program reads (an error number or 0).
+    pub returns: &'static str,
+    /// Struct members the programs read through a pointer argument, at the offsets of the
+    /// kernel's BTF (`KernelOffsets`): (struct, member).
+    pub members: &'static [(&'static str, &'static str)],
     /// What it sees, for `ctrwatch probe`.
     pub sees: &'static str,
 }
@@ -160,6 +179,8 @@ pub const FENTRY_HOOKS: &[FentryHook] = &[
             (3, "void *"),
             (4, "size_t"),
         ],
+        returns: "int",
+        members: &[],
         sees: "xattrs the kernel sets itself (overlayfs copy-up, opaque directories)",
     },
     FentryHook {
@@ -168,7 +189,90 @@ pub const FENTRY_HOOKS: &[FentryHook] = &[
         fentry: "fentry_vfs_removexattr",
         params: 3,
         reads: &[(1, "struct dentry *"), (2, "char *")],
+        returns: "int",
+        members: &[],
         sees: "xattrs the kernel removes itself",
+    },
+    FentryHook {
+        function: "vfs_create",
+        fexit: "fexit_vfs_create",
+        fentry: "fentry_vfs_create",
+        params: 5,
+        reads: &[(2, "struct dentry *"), (3, "umode_t")],
+        returns: "int",
+        members: &[],
+        sees: "files the kernel creates itself (overlayfs copy-up in work/, upper files)",
+    },
+    FentryHook {
+        function: "vfs_mknod",
+        fexit: "fexit_vfs_mknod",
+        fentry: "fentry_vfs_mknod",
+        params: 5,
+        reads: &[(2, "struct dentry *"), (3, "umode_t"), (4, "dev_t")],
+        returns: "int",
+        members: &[],
+        sees: "devices the kernel makes itself (overlayfs whiteouts)",
+    },
+    FentryHook {
+        function: "vfs_mkdir",
+        fexit: "fexit_vfs_mkdir",
+        fentry: "fentry_vfs_mkdir",
+        params: 4,
+        reads: &[(2, "struct dentry *"), (3, "umode_t")],
+        // A dentry since 6.15: not this build's.
+        returns: "int",
+        members: &[],
+        sees: "directories the kernel makes itself (overlayfs copy-up, opaque directories)",
+    },
+    FentryHook {
+        function: "vfs_symlink",
+        fexit: "fexit_vfs_symlink",
+        fentry: "fentry_vfs_symlink",
+        params: 4,
+        reads: &[(2, "struct dentry *"), (3, "char *")],
+        returns: "int",
+        members: &[],
+        sees: "symlinks the kernel makes itself (overlayfs copy-up of a symlink)",
+    },
+    FentryHook {
+        function: "vfs_unlink",
+        fexit: "fexit_vfs_unlink",
+        fentry: "fentry_vfs_unlink",
+        params: 4,
+        reads: &[(2, "struct dentry *")],
+        returns: "int",
+        members: &[],
+        sees: "files the kernel unlinks itself (overlayfs's upper files)",
+    },
+    FentryHook {
+        function: "vfs_rmdir",
+        fexit: "fexit_vfs_rmdir",
+        fentry: "fentry_vfs_rmdir",
+        params: 3,
+        reads: &[(2, "struct dentry *")],
+        returns: "int",
+        members: &[],
+        sees: "directories the kernel removes itself (overlayfs's upper directories)",
+    },
+    FentryHook {
+        function: "vfs_link",
+        fexit: "fexit_vfs_link",
+        fentry: "fentry_vfs_link",
+        params: 5,
+        reads: &[(0, "struct dentry *"), (3, "struct dentry *")],
+        returns: "int",
+        members: &[],
+        sees: "links the kernel makes itself (overlayfs copy-up of a file, shared whiteouts)",
+    },
+    FentryHook {
+        function: "vfs_rename",
+        fexit: "fexit_vfs_rename",
+        fentry: "fentry_vfs_rename",
+        params: 1,
+        reads: &[(0, "struct renamedata *")],
+        returns: "int",
+        members: &[("renamedata", "old_dentry"), ("renamedata", "flags")],
+        sees: "renames the kernel makes itself (overlayfs copy-up and whiteouts into upper/)",
     },
 ];
 
@@ -206,6 +310,13 @@ pub fn probe_fentry_hooks(
                 Ok(Err(e)) => return status(false, format!("BTF: {e}")),
                 Err(e) => return status(false, format!("BTF: {e}")),
             };
+            let btf = btf.ok();
+            let missing = hook.members.iter().find(|&&(s, m)| {
+                btf.is_none_or(|btf| super::btf_offsets::field_offset(btf, s, &[m]).is_err())
+            });
+            if let Some((s, m)) = missing {
+                return status(false, format!("struct {s} has no {m} in the kernel's BTF"));
+            }
             match prototype_mismatch(hook, &prototype) {
                 None => status(true, hook.sees.to_string()),
                 Some(why) => status(
@@ -223,6 +334,14 @@ pub fn probe_fentry_hooks(
 
 /// Why `prototype` is not the one `hook`'s programs read, or None.
 fn prototype_mismatch(hook: &FentryHook, prototype: &FunctionPrototype) -> Option<String> {
+    if prototype.returns != hook.returns {
+        // The name is the BTF's: escaped for display.
+        return Some(format!(
+            "returns {}, the fexit program reads {}",
+            ctrwatch_event::escape(&prototype.returns),
+            hook.returns
+        ));
+    }
     params_mismatch(prototype, hook.params, hook.reads, "the programs read")
 }
 
@@ -947,6 +1066,7 @@ mod tests {
         let setxattr = &FENTRY_HOOKS[0];
         let since_6_3 = FunctionPrototype {
             btf_id: 1,
+            returns: "int".into(),
             params: vec![
                 param("idmap", "struct mnt_idmap *"),
                 param("dentry", "struct dentry *"),
@@ -964,10 +1084,30 @@ mod tests {
         // Before 5.12: no namespace, every argument one place earlier.
         let before_5_12 = FunctionPrototype {
             btf_id: 1,
+            returns: "int".into(),
             params: since_6_3.params[1..].to_vec(),
         };
         let why = prototype_mismatch(setxattr, &before_5_12).unwrap();
         assert!(why.contains("5 parameters"), "{why}");
+        // vfs_mkdir since 6.15: the same parameters, a dentry returned.
+        let mkdir = FENTRY_HOOKS
+            .iter()
+            .find(|h| h.function == "vfs_mkdir")
+            .unwrap();
+        let mut mkdir_6_12 = FunctionPrototype {
+            btf_id: 1,
+            returns: "int".into(),
+            params: vec![
+                param("idmap", "struct mnt_idmap *"),
+                param("dir", "struct inode *"),
+                param("dentry", "struct dentry *"),
+                param("mode", "umode_t"),
+            ],
+        };
+        assert_eq!(prototype_mismatch(mkdir, &mkdir_6_12), None);
+        mkdir_6_12.returns = "struct dentry *".into();
+        let why = prototype_mismatch(mkdir, &mkdir_6_12).unwrap();
+        assert!(why.contains("returns struct dentry *"), "{why}");
         let mut moved = since_6_3.clone();
         moved.params.swap(1, 2);
         let why = prototype_mismatch(setxattr, &moved).unwrap();
@@ -986,11 +1126,25 @@ mod tests {
                 .iter()
                 .all(|h| !h.usable && h.note.contains("refused"))
         );
-        if btf.is_ok() {
-            // This kernel's vfs_setxattr/vfs_removexattr (6.3 or later here) are the ones
-            // the programs read.
-            let usable = probe_fentry_hooks(btf.as_ref(), &probe(FamilyState::Usable));
-            assert!(usable.iter().all(|h| h.usable), "{usable:?}");
+        if let Ok(kernel) = btf.as_ref() {
+            // This kernel's functions (6.3 or later here) are the ones the programs read, but
+            // for vfs_mkdir from 6.15 on (it returns a dentry), which is skipped with the
+            // prototype it has.
+            let found = probe_fentry_hooks(btf.as_ref(), &probe(FamilyState::Usable));
+            let mkdir_returns = function_prototype(kernel, "vfs_mkdir")
+                .ok()
+                .flatten()
+                .map(|p| p.returns);
+            for hook in &found {
+                if hook.function == "vfs_mkdir" && mkdir_returns.as_deref() != Some("int") {
+                    assert!(
+                        !hook.usable && hook.note.contains("returns struct dentry *"),
+                        "{hook:?}"
+                    );
+                } else {
+                    assert!(hook.usable, "{hook:?}");
+                }
+            }
         }
     }
 

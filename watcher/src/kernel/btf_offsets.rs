@@ -372,6 +372,10 @@ pub fn offsets_from_btf(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         // Optional: only the xfs rename-target hooks use it, and they are not attached
         // without it (capabilities.rs).
         xfs_inode_i_vnode: f("xfs_inode", "i_vnode").unwrap_or(0),
+        // Optional: only the fentry program on vfs_rename uses them, and it is not attached
+        // without them (backend.rs).
+        renamedata_old_dentry: f("renamedata", "old_dentry").unwrap_or(0),
+        renamedata_flags: f("renamedata", "flags").unwrap_or(0),
         mount_mnt: f("mount", "mnt")?,
         mount_mnt_parent: f("mount", "mnt_parent")?,
         mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
@@ -472,6 +476,8 @@ pub struct FunctionPrototype {
     pub btf_id: u32,
     /// Its parameters, in order.
     pub params: Vec<FunctionParam>,
+    /// Its return type, in the short form of [`FunctionParam::type_name`] (`int`; `void`).
+    pub returns: String,
 }
 
 impl FunctionPrototype {
@@ -536,7 +542,12 @@ pub fn function_prototype(
             type_name: btf.short_type_name(type_id)?,
         });
     }
-    Ok(Some(FunctionPrototype { btf_id, params }))
+    let returns = btf.short_type_name(proto.size_or_type)?;
+    Ok(Some(FunctionPrototype {
+        btf_id,
+        params,
+        returns,
+    }))
 }
 
 impl KernelBtf {
@@ -616,7 +627,7 @@ pub fn describe_offsets(o: &KernelOffsets) -> Vec<String> {
 
 /// Every offset of [`KernelOffsets`] under the struct and member the kernel calls it (a unit
 /// test checks that none is left out).
-fn offset_groups(o: &KernelOffsets) -> [(&'static str, Vec<(&'static str, u32)>); 14] {
+fn offset_groups(o: &KernelOffsets) -> [(&'static str, Vec<(&'static str, u32)>); 15] {
     [
         (
             "task_struct",
@@ -668,6 +679,13 @@ fn offset_groups(o: &KernelOffsets) -> [(&'static str, Vec<(&'static str, u32)>)
         ("super_block", vec![("s_dev", o.sb_s_dev)]),
         ("xfs_inode", vec![("i_vnode", o.xfs_inode_i_vnode)]),
         (
+            "renamedata",
+            vec![
+                ("old_dentry", o.renamedata_old_dentry),
+                ("flags", o.renamedata_flags),
+            ],
+        ),
+        (
             "mount, vfsmount",
             vec![
                 ("mnt", o.mount_mnt),
@@ -714,7 +732,7 @@ mod tests {
             task_pid: 1264,
             ..KernelOffsets::default()
         });
-        assert_eq!(lines.len(), 14);
+        assert_eq!(lines.len(), 15);
         assert!(
             lines[0].starts_with("task_struct: pid 1264, tgid 0"),
             "{lines:?}"
@@ -1104,7 +1122,7 @@ mod tests {
         );
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
         // The backend's listing of the xattr functions shows the same.
-        let listed = crate::kernel::backend::xattr_prototypes(Ok(&btf));
+        let listed = crate::kernel::backend::fentry_target_prototypes(Ok(&btf));
         let line = &listed[0].1;
         assert!(
             line.starts_with("vfs_setxattr(struct dentry\\x0a"),
