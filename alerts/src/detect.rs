@@ -443,8 +443,16 @@ fn attempt(op: Op) -> &'static str {
         Op::Rename => "rename",
         Op::Setxattr => "set an xattr on",
         Op::Removexattr => "remove an xattr of",
-        Op::OpenWrite | Op::Create | Op::Modify | Op::Fallocate => "open for writing",
-        _ => "change",
+        Op::OpenWrite | Op::Fallocate => "open for writing",
+        // Protect's only modify: a setattr of the times alone (`touch -d`).
+        Op::Modify => "change the times of",
+        Op::Create => "create",
+        Op::Mkdir => "make the directory",
+        Op::Mknod => "make the device node or FIFO",
+        Op::Symlink => "make the symlink",
+        Op::Link => "hard-link",
+        Op::Chmod => "change the mode of",
+        Op::Chown => "change the owner of",
     }
 }
 

@@ -214,8 +214,19 @@ fn report(op: u16, mnt: u64, dentry: u64, deny: bool) {
         if truncated {
             r.flags |= FLAG_PATH_TRUNCATED;
         }
-        let inode: u64 = read(dentry, off(&offsets().dentry_d_inode));
-        let (dev, ino, mode, _) = inode_identity(inode);
+        let o = offsets();
+        let inode: u64 = read(dentry, off(&o.dentry_d_inode));
+        let (mut dev, ino, mode, _) = inode_identity(inode);
+        if inode == 0 {
+            // A create hook's new name has no inode yet: its filesystem is its parent's
+            // (the daemon names the mount of a path inside its filesystem by it).
+            let parent: u64 = read(dentry, off(&o.dentry_d_parent));
+            let sb: u64 = read(
+                read::<u64>(parent, off(&o.dentry_d_inode)),
+                off(&o.inode_i_sb),
+            );
+            dev = read(sb, off(&o.sb_s_dev));
+        }
         r.dev = dev;
         r.ino = ino;
         r.mode = mode;

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt as _;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ctrwatch_event::{
     AncestorView, Clock, Details, Dev, FileEvent, Mode, Notes, Op, OpResult, OpenFlags,
@@ -77,7 +78,15 @@ pub struct Enricher {
     /// the process table changes (an entry added, replaced or reaped: exec, fork, a pid read
     /// from /proc) or the kernel reports the thread differently (comm, ids, cgroup).
     views: HashMap<u32, CachedView>,
+    /// The mount table, for protect records of objects off the root filesystem, and when it
+    /// was read: read again only when a record's filesystem is not in it, at most once per
+    /// [`MOUNTS_REREAD`] (a foreign process looping on a denied call must not make the daemon
+    /// parse /proc/self/mountinfo thousands of times a second).
+    mounts: Option<(Instant, Vec<MountEntry>)>,
 }
+
+/// How often the mount table may be read again for a filesystem it does not have.
+const MOUNTS_REREAD: Duration = Duration::from_secs(1);
 
 struct CachedView {
     generation: u64,
@@ -95,6 +104,7 @@ impl Enricher {
             attributor: None,
             bindings: HashMap::new(),
             views: HashMap::new(),
+            mounts: None,
         }
     }
 
@@ -179,16 +189,35 @@ impl Enricher {
         out
     }
 
+    /// [`mounted_path`] with the cached mount table, read (again) only when needed: protect's
+    /// records of objects off the root filesystem.
+    fn mounted_path(&mut self, dev: Dev, path: &[u8]) -> Option<Vec<u8>> {
+        if let Some((_, mounts)) = &self.mounts
+            && let Some(found) = mounted_path(dev, path, mounts)
+        {
+            return Some(found);
+        }
+        if self
+            .mounts
+            .as_ref()
+            .is_some_and(|(read, _)| read.elapsed() < MOUNTS_REREAD)
+        {
+            return None;
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|t| parse_mountinfo(&t))
+            .unwrap_or_default();
+        let found = mounted_path(dev, path, &mounts);
+        self.mounts = Some((Instant::now(), mounts));
+        found
+    }
+
     fn file_event(&mut self, mut f: KernelFileOp) -> Option<FileEvent> {
-        if f.fixed.flags & FLAG_PATH_IN_FS != 0 {
-            // Read when needed only: protect's records of objects off the root filesystem.
-            let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-                .map(|t| parse_mountinfo(&t))
-                .unwrap_or_default();
-            if let Some(path) = mounted_path(Dev(f.fixed.dev), &f.path, &mounts) {
-                f.path = path;
-                f.fixed.flags &= !FLAG_PATH_TRUNCATED;
-            }
+        if f.fixed.flags & FLAG_PATH_IN_FS != 0
+            && let Some(path) = self.mounted_path(Dev(f.fixed.dev), &f.path)
+        {
+            f.path = path;
+            f.fixed.flags &= !FLAG_PATH_TRUNCATED;
         }
         let x = &f.fixed;
         let Some(op) = file_op(x) else {

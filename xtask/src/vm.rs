@@ -417,10 +417,15 @@ pub fn run_scenario(
         // 6.12: an int3 still in __alloc_pages after a static key's patching, in a page fault
         // of runc's, with no BPF program in the trace): such a failed run is booted once
         // more, said loudly. A second oops fails the kernel; an oops in a run that passed is
-        // reported too.
+        // reported too. Not the bench scenario: it runs by hand and has written its figures
+        // (marked failed) already.
         let mut oops_before = None;
         let run = match run {
-            Ok((image, first)) if !first.passed() && first.kernel_trouble.is_some() => {
+            Ok((image, first))
+                if scenario != Scenario::Bench
+                    && !first.passed()
+                    && first.kernel_trouble.is_some() =>
+            {
                 let line = first.kernel_trouble.clone().unwrap_or_default();
                 let kept = first.run_dir.with_extension("oops");
                 let _ = fs::remove_dir_all(&kept);

@@ -465,3 +465,23 @@ fn protect_verdicts_raise_their_rules_folded_per_tree() {
     off.event(&verdict(T0, Op::Unlink, Protect::Denied), T0);
     assert!(off.flush().is_empty());
 }
+
+/// A denied create, mkdir, link or setattr is told as what it was, not as a write or a change
+/// (the hooks added after the first protect alerts: a reader acts on these words).
+#[test]
+fn protect_attempts_name_the_operation() {
+    for (op, words) in [
+        (Op::Create, "create"),
+        (Op::Mkdir, "make the directory"),
+        (Op::Mknod, "make the device node or FIFO"),
+        (Op::Symlink, "make the symlink"),
+        (Op::Link, "hard-link"),
+        (Op::Chmod, "change the mode of"),
+        (Op::Chown, "change the owner of"),
+        (Op::Modify, "change the times of"),
+        (Op::OpenWrite, "open for writing"),
+        (Op::Rmdir, "delete"),
+    ] {
+        assert_eq!(super::attempt(op), words, "{op:?}");
+    }
+}
