@@ -248,7 +248,29 @@ pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    decide(op::UNLINK, 0, ctx.arg::<u64>(1))
+    let dentry: u64 = ctx.arg(1);
+    let verdict = decide(op::UNLINK, 0, dentry);
+    if verdict == 0 {
+        forget_removed(dentry);
+    }
+    verdict
+}
+
+/// A protected inode whose removal is allowed (containerd's GC removing a layer's `fs`): its key
+/// goes now, not at the daemon's next look a second later, so that the inode number, which
+/// ext4 hands out again at once, cannot protect a new container's directory by mistake. If
+/// the removal then fails (a directory not empty), the inode is left unprotected: when in
+/// doubt, allow. (Also a file with other hard links: unprotected; the store's files have
+/// none.)
+#[inline(always)]
+fn forget_removed(dentry: u64) {
+    if mode() == 0 || !offsets_valid() {
+        return;
+    }
+    let inode: u64 = read(dentry, off(&offsets().dentry_d_inode));
+    if let Some(key) = key_of_inode(inode) {
+        let _ = PROTECTED.remove(&key);
+    }
 }
 
 /// The verdict of `op`, a hook with two dentries, its arguments `a` and `b` (of `nargs`):
@@ -363,7 +385,12 @@ pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    decide(op::RMDIR, 0, ctx.arg::<u64>(1))
+    let dentry: u64 = ctx.arg(1);
+    let verdict = decide(op::RMDIR, 0, dentry);
+    if verdict == 0 {
+        forget_removed(dentry);
+    }
+    verdict
 }
 
 /// 6.2+: an open with O_TRUNC, whatever its access mode, and ftruncate(2).

@@ -114,6 +114,7 @@ const PROTECT_CHECKS: &[&str] = &[
     "k3s-foreign-names-denied",
     "k3s-foreign-truncate-setattr-rmdir-denied",
     "k3s-run",
+    "k3s-gc-unprotects-at-once",
     "k3s-rm-gc",
     "k3s-import",
     "k3s-removed-layer-unprotected",

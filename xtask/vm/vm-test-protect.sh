@@ -361,10 +361,25 @@ CONF
             fail k3s-foreign-truncate-setattr-rmdir-denied "denied:$denied; allowed:$allowed; blob $k3s_blob_stat -> $k3s_blob_after; layer '$k3s_layer'; $(cat "$out/k3s-trunc.err" "$out/k3s-rmdir.err" 2> /dev/null | tr '\n' ' ')"
         fi
         k3s_run k3s-run
+        # The layer's key in the PROTECTED map (InodeKey: the kernel's dev_t, padding, ino),
+        # as bpftool -j prints key bytes.
+        layer_key=$(perl -e '@s = lstat($ARGV[0]) or exit 1; my $d = $s[0];
+            my $k = ((($d >> 8) & 0xfff) << 20) | (($d & 0xff) | (($d >> 12) & 0xfff00));
+            print join(",", map { sprintf("\"0x%02x\"", $_) } unpack("C*", pack("L<L<Q<", $k, 0, $s[1])))' "$k3s_layer")
+        bpftool -j map dump name PROTECTED > "$out/k3s-protected-before.json" 2>&1
         # --sync runs the garbage collector before returning: containerd removes the blobs
         # and the committed layer it protects.
         rm_out=$(kctr images rm --sync "$k3s_image" 2>&1)
         rm_status=$?
+        # At once, not at the daemon's next look a second later: the trusted rmdir of the
+        # layer's `fs` took its key out (ext4 hands the inode number out again at once).
+        bpftool -j map dump name PROTECTED > "$out/k3s-protected-after.json" 2>&1
+        if [ -n "$layer_key" ] && grep -qF "[$layer_key]" "$out/k3s-protected-before.json" &&
+            ! grep -qF "[$layer_key]" "$out/k3s-protected-after.json"; then
+            pass k3s-gc-unprotects-at-once
+        else
+            fail k3s-gc-unprotects-at-once "key [$layer_key] of '$k3s_layer'; before: $(grep -cF "[$layer_key]" "$out/k3s-protected-before.json"), after: $(grep -cF "[$layer_key]" "$out/k3s-protected-after.json"); $(head -c 300 "$out/k3s-protected-after.json" | tr '\n' ' ')"
+        fi
         content=$(kctr content ls -q 2>&1)
         snapshots=$(kctr snapshots --snapshotter overlayfs ls 2>&1 | tail -n +2)
         leftover=$(find "$k3s_root/io.containerd.snapshotter.v1.overlayfs/snapshots" -mindepth 1 -maxdepth 1 2> /dev/null)

@@ -577,8 +577,16 @@ impl KernelWatch {
         let mut m: aya::maps::HashMap<_, watcher_common::InodeKey, u8> =
             aya::maps::HashMap::try_from(self.map_mut(name)?)
                 .map_err(|source| KernelError::Map { name, source })?;
+        // Gone already is done: the LSM program takes the key of an inode whose removal it
+        // allowed out itself (lsm.rs, forget_removed), and aya reports a missing key as the
+        // system call's ENOENT.
         match m.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(KernelError::Map { name, source }),
         }
     }
