@@ -33,6 +33,20 @@ wait_for() {
     return 0
 }
 
+# Waits up to $2 seconds, while the process $1 lives, for the command after them to succeed
+# (a daemon started in the background to answer: containerd); false when it never did.
+wait_answer() {
+    _wa_pid=$1
+    _wa_limit=$2
+    shift 2
+    _wa=0
+    while ! "$@" > /dev/null 2>&1 && kill -0 "$_wa_pid" 2> /dev/null && [ "$_wa" -lt "$_wa_limit" ]; do
+        sleep 1
+        _wa=$((_wa + 1))
+    done
+    "$@" > /dev/null 2>&1
+}
+
 # Waits up to 600 s (loading and verifying the programs is slow under TCG) for the daemon
 # whose pid is $2 to log, in $1, that it is watching; false when it did not (it exited, or
 # the time ran out).

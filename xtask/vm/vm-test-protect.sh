@@ -16,7 +16,7 @@ store=/var/lib/ctrwatch-vmtest/events.db
 results=$out/results.txt
 failed=0
 : > "$results"
-# say, pass, fail, uptime_s, since, wait_for, wait_watching, desc, build_busybox_image.
+# say, pass, fail, uptime_s, since, wait_for, wait_answer, wait_watching, desc, build_busybox_image.
 . "$disk/lib.sh"
 mkdir -p "$blobs" /etc/ctrwatch-vmtest
 mkdir -p -m 0700 "$(dirname "$store")"
@@ -228,11 +228,7 @@ start_k3s_containerd() {
     PATH=$1:$PATH "$1/containerd" --config "$k3s_state/config.toml" --root "$k3s_root" \
         --state "$k3s_state" --address "$k3s_sock" > "$2" 2>&1 &
     k3s_ctrd=$!
-    _up=0
-    while ! kctr version > /dev/null 2>&1 && kill -0 "$k3s_ctrd" 2> /dev/null && [ "$_up" -lt 120 ]; do
-        sleep 1
-        _up=$((_up + 1))
-    done
+    wait_answer "$k3s_ctrd" 120 kctr version
 }
 start_k3s_containerd "$k3s_bin" "$out/k3s-containerd.log"
 build_busybox_image "$out/busybox-oci.tar" "$k3s_image"

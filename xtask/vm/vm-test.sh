@@ -22,7 +22,7 @@ results=$out/results.txt
 failed=0
 : > "$results"
 
-# say, pass, fail, uptime_s, since, wait_for, wait_watching, desc, build_busybox_image.
+# say, pass, fail, uptime_s, since, wait_for, wait_answer, wait_watching, desc, build_busybox_image.
 . "$disk/lib.sh"
 
 # What this kernel offers, whatever ctrwatch makes of it.
@@ -351,11 +351,7 @@ EOF
 containerd --config "$ctrd_state/config.toml" --root "$ctrd_root" --state "$ctrd_state" \
     --address "$ctrd_sock" > "$out/containerd.log" 2>&1 &
 ctrd=$!
-i=0
-while ! ctr_ version > /dev/null 2>&1 && kill -0 "$ctrd" 2> /dev/null && [ "$i" -lt 120 ]; do
-    sleep 1
-    i=$((i + 1))
-done
+wait_answer "$ctrd" 120 ctr_ version
 if ! ctr_ version > "$out/ctr-version.txt" 2>&1; then
     fail containerd-started "no answer on $ctrd_sock within 120 s: $(tail -n 3 "$out/containerd.log" | cut -c 1-300)"
 else
